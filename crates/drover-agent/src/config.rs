@@ -1,0 +1,173 @@
+//! Agent configuration. Precedence: flags, then `DROVER_*` variables, then the seed's `CONTROL_PLANE_URL` /
+//! `HEARTBEAT_INTERVAL`, then the TOML file (`--config`, default /etc/drover/agent.toml when present),
+//! then built-in defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use drover_types::{Labels, duration::parse_duration, labels::parse_labels};
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/drover/agent.toml";
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "drover-agent",
+    version,
+    about = "The drover node agent: enrolls with a drover server, reports inventory and heartbeats.",
+    after_help = "Examples:\n  \
+      # first start: enroll with a join token from `drover token create`\n  \
+      drover-agent --server https://cp.example.com:9090 --token drv1.… --label role=edge\n\n  \
+      # later starts need no token: the certificate is in the state dir\n  \
+      drover-agent --state-dir /var/lib/drover-agent"
+)]
+pub struct Args {
+    /// Server's agent endpoint, e.g. https://cp.example.com:9090 (also CONTROL_PLANE_URL).
+    #[arg(long, env = "DROVER_SERVER")]
+    pub server: Option<String>,
+    /// Join token for the first start (from `drover token create`).
+    #[arg(long, env = "DROVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where the agent keeps its key, certificate and state.
+    #[arg(long, env = "DROVER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Node name to ask for at enrollment (default: the hostname).
+    #[arg(long, env = "DROVER_NAME")]
+    pub name: Option<String>,
+    /// Label reported by this node, key=value; repeatable (env: comma-separated).
+    #[arg(long = "label", env = "DROVER_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Seconds between heartbeats, or a duration like 500ms (also HEARTBEAT_INTERVAL). Default 10s.
+    #[arg(long, env = "DROVER_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, env = "DROVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, env = "DROVER_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+}
+
+/// The TOML file's keys; every one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: Option<String>,
+    pub token: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: Labels,
+    pub heartbeat_interval: Option<toml::Value>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: Option<String>,
+    pub token: Option<String>,
+    pub state_dir: PathBuf,
+    pub name: Option<String>,
+    pub labels: Labels,
+    pub heartbeat_interval: Duration,
+    pub log_json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The default state dir: system-wide for root, per-user otherwise.
+pub fn default_state_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/drover-agent");
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("drover-agent")
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+impl AgentConfig {
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                read_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => FileConfig::default(),
+        };
+        let interval_text = args
+            .heartbeat_interval
+            .or_else(|| env_nonempty("HEARTBEAT_INTERVAL"))
+            .or_else(|| {
+                file.heartbeat_interval.as_ref().map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    _ => "invalid".to_string(),
+                })
+            });
+        let heartbeat_interval = match interval_text {
+            Some(t) => parse_duration(&t)
+                .map_err(|e| ConfigError::Invalid(format!("heartbeat interval: {e}")))?,
+            None => DEFAULT_HEARTBEAT,
+        };
+        let mut labels = file.labels;
+        labels.extend(parse_labels(&args.labels).map_err(|e| ConfigError::Invalid(e.to_string()))?);
+        drover_types::labels::validate_labels(&labels)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let log_format = args.log_format.or(file.log_format);
+        if let Some(f) = &log_format
+            && f != "text"
+            && f != "json"
+        {
+            return Err(ConfigError::Invalid(format!(
+                "log format {f:?}: use text or json"
+            )));
+        }
+        Ok(Self {
+            server: args
+                .server
+                .or_else(|| env_nonempty("CONTROL_PLANE_URL"))
+                .or(file.server),
+            token: args.token.or(file.token),
+            state_dir: args
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(default_state_dir),
+            name: args.name.or(file.name),
+            labels,
+            heartbeat_interval,
+            log_json: log_format.as_deref() == Some("json"),
+        })
+    }
+}

@@ -1,0 +1,333 @@
+//! The node's identity: its key, the client certificate the server signed, and the pinned CA, all in the
+//! state dir. Enrollment trades a join token and a CSR for that certificate, after checking that the
+//! server's CA matches the fingerprint the token carries.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::v1::EnrollRequest;
+use drover_types::{Labels, PROTOCOL_VERSION, token::JoinToken};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+
+const KEY_FILE: &str = "node.key";
+const CERT_FILE: &str = "node.crt";
+const CA_FILE: &str = "ca.crt";
+const NODE_FILE: &str = "node.json";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt: {message}; remove the state dir and enroll again")]
+    Corrupt { path: PathBuf, message: String },
+    #[error(
+        "this node is not enrolled yet: start it once with --token (from `drover token create`) and --server"
+    )]
+    NotEnrolled,
+    #[error("--server is required to enroll (for example https://cp.example.com:9090)")]
+    NoServer,
+    #[error("server URL {0:?} is invalid: {1}")]
+    BadUrl(String, String),
+    #[error(transparent)]
+    Token(#[from] drover_types::token::TokenFormatError),
+    #[error(
+        "the server at {url} presents CA fingerprint {found}, but the join token pins {expected}: \
+         this is not the server that made the token (wrong address, or someone in between)"
+    )]
+    FingerprintMismatch {
+        url: String,
+        found: String,
+        expected: String,
+    },
+    #[error("cannot reach the server at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("the server refused the enrollment: {0}")]
+    Refused(String),
+    #[error("cannot make a key or certificate request: {0}")]
+    Crypto(#[from] rcgen::Error),
+}
+
+/// What the agent remembers about its enrollment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub name: String,
+    pub server: String,
+}
+
+/// An enrolled node's credentials.
+pub struct Identity {
+    pub info: NodeInfo,
+    pub key_pem: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Accepts `host:port`, `https://host:port`; refuses plain http (the agent link is always TLS).
+pub fn normalize_url(url: &str) -> Result<String, IdentityError> {
+    let url = url.trim().trim_end_matches('/');
+    let with_scheme = if url.starts_with("https://") {
+        url.to_string()
+    } else if url.starts_with("http://") {
+        return Err(IdentityError::BadUrl(
+            url.into(),
+            "the agent link is always TLS: use https:// and the agent port (default 9090)".into(),
+        ));
+    } else {
+        format!("https://{url}")
+    };
+    let authority = &with_scheme["https://".len()..];
+    if authority.is_empty() || authority.contains('/') {
+        return Err(IdentityError::BadUrl(
+            url.into(),
+            "expected https://HOST:PORT".into(),
+        ));
+    }
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        with_scheme
+    } else {
+        format!("{with_scheme}:9090")
+    };
+    Ok(with_port)
+}
+
+impl Identity {
+    /// Loads the identity from the state dir; `None` when the node has not enrolled.
+    pub fn load(dir: &Path) -> Result<Option<Self>, IdentityError> {
+        let node_path = dir.join(NODE_FILE);
+        if !node_path.exists() {
+            return Ok(None);
+        }
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read_to_string(&p).map_err(io_err(&p))
+        };
+        let info: NodeInfo =
+            serde_json::from_str(&read(NODE_FILE)?).map_err(|e| IdentityError::Corrupt {
+                path: node_path.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Some(Self {
+            info,
+            key_pem: read(KEY_FILE)?,
+            cert_pem: read(CERT_FILE)?,
+            ca_pem: read(CA_FILE)?,
+        }))
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), IdentityError> {
+        drover_files::create_private_dir(dir).map_err(io_err(dir))?;
+        let write = |name: &str, text: &str, private: bool| {
+            let p = dir.join(name);
+            drover_files::write_atomic(&p, text.as_bytes(), private).map_err(io_err(&p))
+        };
+        write(KEY_FILE, &self.key_pem, true)?;
+        write(CERT_FILE, &self.cert_pem, false)?;
+        write(CA_FILE, &self.ca_pem, false)?;
+        // node.json last: its presence means the enrollment is complete.
+        let info = serde_json::to_string_pretty(&self.info).unwrap_or_default();
+        write(NODE_FILE, &info, false)
+    }
+
+    /// A TLS endpoint to the server that verifies it against the pinned CA and presents our certificate.
+    pub fn endpoint(&self, server: &str) -> Result<Endpoint, IdentityError> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(TlsIdentity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(drover_proto::SERVER_TLS_NAME);
+        endpoint(server, tls)
+    }
+}
+
+fn endpoint(url: &str, tls: ClientTlsConfig) -> Result<Endpoint, IdentityError> {
+    Channel::from_shared(url.to_string())
+        .map_err(|e| IdentityError::BadUrl(url.into(), e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| IdentityError::BadUrl(url.into(), e.to_string()))
+        .map(|e| {
+            e.connect_timeout(CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .keep_alive_while_idle(true)
+        })
+}
+
+/// Enrolls this node: pins the CA by the token's fingerprint, sends a CSR with the token, keeps the result.
+pub async fn enroll(
+    dir: &Path,
+    server: &str,
+    token: &str,
+    name: &str,
+    labels: &Labels,
+) -> Result<Identity, IdentityError> {
+    let token = JoinToken::parse(token, true)?;
+    let ca_der = fetch_ca(server).await?;
+    let found = hex::encode(Sha256::digest(&ca_der));
+    if found != token.ca_fingerprint {
+        return Err(IdentityError::FingerprintMismatch {
+            url: server.into(),
+            found,
+            expected: token.ca_fingerprint,
+        });
+    }
+    let ca_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca_der));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca_pem))
+        .domain_name(drover_proto::SERVER_TLS_NAME);
+    let channel =
+        endpoint(server, tls)?
+            .connect()
+            .await
+            .map_err(|e| IdentityError::Unreachable {
+                url: server.into(),
+                message: crate::link::describe_transport_error(&e),
+            })?;
+
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)?
+        .pem()?;
+    let response = drover_proto::AgentLinkClient::new(channel)
+        .enroll(EnrollRequest {
+            protocol_version: PROTOCOL_VERSION,
+            token: token.credential(),
+            csr_pem: csr,
+            name: name.to_string(),
+            labels: labels.clone().into_iter().collect(),
+        })
+        .await
+        .map_err(|status| IdentityError::Refused(status.message().to_string()))?
+        .into_inner();
+    let identity = Identity {
+        info: NodeInfo {
+            node_id: response.node_id,
+            name: response.name,
+            server: server.to_string(),
+        },
+        key_pem: key.serialize_pem(),
+        cert_pem: response.cert_pem,
+        ca_pem,
+    };
+    identity.save(dir)?;
+    Ok(identity)
+}
+
+/// Reads the CA certificate the server sends at the end of its chain. Nothing secret is sent on this
+/// connection; what it returns is trusted only after its fingerprint matches the join token.
+async fn fetch_ca(server: &str) -> Result<Vec<u8>, IdentityError> {
+    let unreachable = |message: String| IdentityError::Unreachable {
+        url: server.into(),
+        message,
+    };
+    let authority = &server["https://".len()..];
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| unreachable(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyForPinning(provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority))
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let name = ServerName::try_from(drover_proto::SERVER_TLS_NAME)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| unreachable("TLS handshake timed out".into()))?
+        .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    chain
+        .last()
+        .filter(|_| chain.len() >= 2)
+        .map(|c| c.to_vec())
+        .ok_or_else(|| unreachable("the server did not present a CA certificate: is this a drover server's agent port?".into()))
+}
+
+/// Only used to read the chain for pinning; see `fetch_ca`.
+#[derive(Debug)]
+struct AcceptAnyForPinning(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyForPinning {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_get_a_scheme_and_port() {
+        assert_eq!(normalize_url("cp:9090").unwrap(), "https://cp:9090");
+        assert_eq!(normalize_url("https://cp").unwrap(), "https://cp:9090");
+        assert_eq!(
+            normalize_url("https://127.0.0.1:7000/").unwrap(),
+            "https://127.0.0.1:7000"
+        );
+        assert!(normalize_url("http://cp:9090").is_err());
+        assert!(normalize_url("https://").is_err());
+    }
+}

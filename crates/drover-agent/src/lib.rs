@@ -1,0 +1,10 @@
+//! The drover node agent as a library: configuration, identity (enrollment and the state dir), the link to
+//! the server, and inventory (capabilities and metrics). The `drover-agent` binary is a thin shell over it.
+
+pub mod backoff;
+pub mod config;
+pub mod identity;
+pub mod inventory;
+pub mod link;
+
+pub use config::AgentConfig;

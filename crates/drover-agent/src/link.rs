@@ -1,0 +1,231 @@
+//! The link to the server: enroll when needed, then hold one mTLS stream, say Hello, send heartbeats,
+//! and reconnect with backoff whenever the stream breaks.
+
+use std::time::Duration;
+
+use drover_proto::v1::{
+    AgentMessage, Heartbeat, Hello, ServerMessage, agent_message::Msg, server_message,
+};
+use drover_types::PROTOCOL_VERSION;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::identity::{self, Identity, IdentityError};
+use crate::inventory::Collector;
+
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("cannot read system information: {0}")]
+    Inventory(#[from] sysinfo::Error),
+}
+
+/// Why one stream ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("{0}")]
+    Connect(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("the server closed the stream")]
+    Closed,
+    #[error("{0}")]
+    Broken(String),
+}
+
+/// All sources of an error, joined: transport errors hide their cause several levels down.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Turns a transport error into advice an operator can act on.
+pub fn describe_transport_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let chain = error_chain(e);
+    if chain.contains("Connection refused") {
+        format!("{chain} (is the server running and listening on this address?)")
+    } else if chain.contains("alert")
+        && (chain.contains("UnknownCA")
+            || chain.contains("BadCertificate")
+            || chain.contains("CertificateRequired")
+            || chain.contains("DecryptError"))
+    {
+        format!(
+            "the server refused this node's certificate ({chain}): it was not issued by this server's CA. \
+             If the server was reinstalled, remove the agent's state dir and enroll again with a new join token"
+        )
+    } else if chain.contains("invalid peer certificate") {
+        format!(
+            "the server's certificate is not signed by the CA this node pinned at enrollment ({chain}): \
+             wrong server address, or the server was reinstalled"
+        )
+    } else {
+        chain
+    }
+}
+
+fn describe_status(status: &tonic::Status) -> String {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            status.message().to_string()
+        }
+        _ => describe_transport_error(status),
+    }
+}
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(
+    config: AgentConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), LinkError> {
+    let Some(identity) = load_or_enroll(&config, &mut shutdown).await? else {
+        return Ok(());
+    };
+    let server = match &config.server {
+        Some(url) => identity::normalize_url(url)?,
+        None => identity.info.server.clone(),
+    };
+    let endpoint = identity.endpoint(&server)?;
+    tracing::info!(node = %identity.info.name, id = %identity.info.node_id, %server, "starting");
+    let mut collector = Collector::new()?;
+    let mut backoff = Backoff::default();
+    loop {
+        let end = tokio::select! {
+            end = session(&endpoint, &config, &mut collector, &mut backoff) => end,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let delay = backoff.next_delay();
+        match &end {
+            SessionEnd::Refused(m) => {
+                tracing::error!(%server, "the server refused this agent: {m}; retrying in {delay:.1?}")
+            }
+            other => tracing::warn!(%server, "link down: {other}; retrying in {delay:.1?}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// The node's identity, enrolling first when the state dir has none. `None` when shut down meanwhile.
+async fn load_or_enroll(
+    config: &AgentConfig,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Identity>, LinkError> {
+    if let Some(identity) = Identity::load(&config.state_dir)? {
+        if config.token.is_some() {
+            tracing::info!(node = %identity.info.name, "already enrolled; the join token is not needed any more");
+        }
+        return Ok(Some(identity));
+    }
+    let token = config.token.as_deref().ok_or(IdentityError::NotEnrolled)?;
+    let server = identity::normalize_url(config.server.as_deref().ok_or(IdentityError::NoServer)?)?;
+    let name = config
+        .name
+        .clone()
+        .or_else(|| sysinfo::System::host_name().ok())
+        .unwrap_or_else(|| "node".to_string());
+    let mut backoff = Backoff::default();
+    loop {
+        match identity::enroll(&config.state_dir, &server, token, &name, &config.labels).await {
+            Ok(identity) => {
+                tracing::info!(node = %identity.info.name, id = %identity.info.node_id, "enrolled; certificate kept in {}", config.state_dir.display());
+                return Ok(Some(identity));
+            }
+            // The server may simply not be up yet; everything else is final.
+            Err(IdentityError::Unreachable { url, message }) => {
+                let delay = backoff.next_delay();
+                tracing::warn!("cannot reach {url} to enroll: {message}; retrying in {delay:.1?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return Ok(None),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn session(
+    endpoint: &Endpoint,
+    config: &AgentConfig,
+    collector: &mut Collector,
+    backoff: &mut Backoff,
+) -> SessionEnd {
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Connect(describe_transport_error(&e)),
+    };
+    let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        capabilities: Some(collector.capabilities().await.into()),
+        labels: config.labels.clone().into_iter().collect(),
+        heartbeat_interval_ms: config.heartbeat_interval.as_millis().min(u64::MAX as u128) as u64,
+        metrics: Some(collector.metrics().await.into()),
+    };
+    // Fresh channel with room: cannot fail.
+    let _ = tx.try_send(AgentMessage {
+        msg: Some(Msg::Hello(hello)),
+    });
+    let mut client = drover_proto::AgentLinkClient::new(channel);
+    let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return refused_or_broken(&status),
+    };
+    match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(ServerMessage {
+            msg: Some(server_message::Msg::Welcome(w)),
+        }))) => {
+            tracing::info!(node = %w.name, server_version = %w.server_version, "connected");
+        }
+        Ok(Err(status)) => return refused_or_broken(&status),
+        Ok(Ok(_)) => return SessionEnd::Broken("the server did not send Welcome".into()),
+        Err(_) => return SessionEnd::Broken("no Welcome from the server in time".into()),
+    }
+    backoff.reset();
+
+    let mut ticker = tokio::time::interval(config.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate; Hello carried those metrics
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let metrics = collector.metrics().await;
+                let beat = AgentMessage { msg: Some(Msg::Heartbeat(Heartbeat { metrics: Some(metrics.into()) })) };
+                if tx.send(beat).await.is_err() {
+                    return SessionEnd::Closed;
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(_)) => {} // nothing else is sent to agents at this protocol version
+                Ok(None) => return SessionEnd::Closed,
+                Err(status) => return refused_or_broken(&status),
+            },
+        }
+    }
+}
+
+fn refused_or_broken(status: &tonic::Status) -> SessionEnd {
+    let text = describe_status(status);
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => SessionEnd::Refused(text),
+        _ if text.contains("refused this node's certificate") => SessionEnd::Refused(text),
+        _ => SessionEnd::Broken(text),
+    }
+}

@@ -1,0 +1,74 @@
+//! `drover-agent`: parse configuration, set up logging, run the agent until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use drover_agent::{AgentConfig, config::Args, link};
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn main() -> ExitCode {
+    let config = match AgentConfig::from_args(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("drover-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_json);
+    // Two workers are plenty for an agent and keep its footprint small on tiny nodes.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drover-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = tx.send(true);
+        });
+        match link::run(config, rx).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("drover-agent: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,43 @@
+//! Small files in data and state dirs, written atomically (temp file, fsync, rename) so a crash never leaves half a key.
+
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `contents` to `path` atomically; `private` files get mode 0600.
+pub fn write_atomic(path: &Path, contents: &[u8], private: bool) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp"));
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(if private { 0o600 } else { 0o644 });
+        }
+        let mut file = options.open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        // Persist the rename itself; failure here only weakens durability, so it is not an error.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Creates a directory (and parents) readable only by its owner.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! A JSON body extractor whose errors name the offending field and answer 400, as the API promises.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use serde::de::DeserializeOwned;
+
+use super::MAX_BODY_BYTES;
+use super::error::ApiError;
+
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?;
+        parse(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a body, naming the field path of the first problem.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+            None,
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // A missing field is reported by its parent; name the field itself.
+        let field = if path == "." {
+            missing_field(&inner.to_string())
+        } else {
+            Some(path)
+        };
+        let message = match (&field, inner.classify()) {
+            (_, serde_json::error::Category::Syntax | serde_json::error::Category::Eof) => {
+                format!("the request body is not valid JSON: {inner}")
+            }
+            (Some(f), _) => format!("field `{f}`: {inner}"),
+            (None, _) => format!("invalid request body: {inner}"),
+        };
+        ApiError::bad_request(message, field)
+    })
+}
+
+fn missing_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("missing field `")?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_types::Metrics;
+
+    fn field_of(body: &str) -> Option<String> {
+        match parse::<Metrics>(body.as_bytes()) {
+            Err(ApiError::BadRequest { field, .. }) => field,
+            other => panic!("expected a bad request, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn names_missing_and_mistyped_fields() {
+        assert_eq!(
+            field_of(r#"{"cpu_usage":1,"mem_usage":2}"#).as_deref(),
+            Some("disk_free_mb")
+        );
+        assert_eq!(
+            field_of(r#"{"cpu_usage":"high","mem_usage":2,"disk_free_mb":1}"#).as_deref(),
+            Some("cpu_usage")
+        );
+        assert_eq!(field_of("{not json"), None);
+        assert_eq!(field_of(""), None);
+    }
+}

@@ -1,0 +1,99 @@
+//! The REST API under /api/v1 (JSON). Operator routes need the admin token; the MIaaS agent routes use
+//! join tokens and node tokens; `/health` is open.
+
+mod error;
+mod json;
+mod miaas;
+mod nodes;
+mod tokens;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use sha2::{Digest, Sha256};
+
+pub use error::ApiError;
+
+use crate::Fleet;
+
+/// Bodies above this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub fleet: Arc<Fleet>,
+    /// SHA-256 of the admin token; comparing digests keeps the check constant-time in the secret.
+    admin_token_sha256: [u8; 32],
+}
+
+impl ApiState {
+    pub fn new(fleet: Arc<Fleet>, admin_token: &str) -> Self {
+        Self {
+            fleet,
+            admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
+        }
+    }
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?
+        .trim();
+    (!token.is_empty()).then_some(token)
+}
+
+async fn require_operator(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let ok = bearer(request.headers()).is_some_and(|t| {
+        let digest: [u8; 32] = Sha256::digest(t.as_bytes()).into();
+        digest == state.admin_token_sha256
+    });
+    if !ok {
+        return Err(ApiError::Unauthorized(
+            "an operator token is required: pass `Authorization: Bearer <token>` (the admin token is in the server's data dir, admin.token)".into(),
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok", "version": drover_types::VERSION}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such API route; see docs/api.md".into())
+}
+
+pub fn router(state: ApiState) -> Router {
+    let operator = Router::new()
+        .route("/api/v1/nodes", get(nodes::list))
+        .route("/api/v1/nodes/{id}", get(nodes::get).delete(nodes::delete))
+        .route("/api/v1/nodes/{id}/metrics", get(nodes::metrics))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{id}", delete(tokens::revoke))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_operator,
+        ));
+    let agents = Router::new()
+        .route("/api/v1/nodes/register", post(miaas::register))
+        .route("/api/v1/nodes/{id}/heartbeat", post(miaas::heartbeat));
+    Router::new()
+        .route("/health", get(health))
+        .merge(operator)
+        .merge(agents)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

@@ -1,0 +1,41 @@
+//! Operator routes for nodes.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use drover_types::{MetricsSample, Node};
+use serde::Deserialize;
+
+use super::{ApiError, ApiState};
+
+pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<Node>>, ApiError> {
+    Ok(Json(s.fleet.nodes().await?))
+}
+
+pub async fn get(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Node>, ApiError> {
+    Ok(Json(s.fleet.node(&id).await?))
+}
+
+pub async fn delete(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Node>, ApiError> {
+    Ok(Json(s.fleet.delete_node(&id).await?))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+pub async fn metrics(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<MetricsSample>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), Some("limit".into())))?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    Ok(Json(s.fleet.metrics_history(&id, limit).await?))
+}

@@ -1,0 +1,185 @@
+//! The agent gateway: the gRPC `AgentLink` service. It turns wire messages into fleet calls and fleet
+//! errors into gRPC statuses; decisions stay in `Fleet`.
+
+pub mod tls;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::v1::{
+    self, AgentMessage, EnrollRequest, EnrollResponse, ServerMessage, agent_message::Msg,
+    server_message,
+};
+use drover_types::{Labels, PROTOCOL_VERSION, VERSION};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::fleet::{AgentHello, Fleet, FleetError};
+use tls::Peer;
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct Gateway {
+    fleet: Arc<Fleet>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Gateway {
+    pub fn new(fleet: Arc<Fleet>, shutdown: watch::Receiver<bool>) -> Self {
+        Self { fleet, shutdown }
+    }
+}
+
+fn status(e: FleetError) -> Status {
+    match e {
+        FleetError::TokenFormat(_) | FleetError::TokenRefused(_) | FleetError::TokenRequired => {
+            Status::unauthenticated(e.to_string())
+        }
+        FleetError::NodeNotFound(_) => Status::permission_denied(
+            "this node was deleted from the server: enroll it again with a new join token (remove the agent's state dir first)",
+        ),
+        FleetError::Invalid { .. } | FleetError::Pki(crate::pki::PkiError::BadCsr(_)) => {
+            Status::invalid_argument(e.to_string())
+        }
+        other => {
+            tracing::error!("internal error serving an agent: {other}");
+            Status::internal("internal server error; see the server's log")
+        }
+    }
+}
+
+fn peer(req: &Request<impl Sized>) -> Option<Peer> {
+    req.extensions().get::<Peer>().cloned()
+}
+
+type AttachStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl drover_proto::AgentLink for Gateway {
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let addr = peer(&request).and_then(|p| p.addr);
+        let req = request.into_inner();
+        let labels: Labels = req.labels.into_iter().collect();
+        match self
+            .fleet
+            .enroll(&req.token, &req.csr_pem, &req.name, labels)
+            .await
+        {
+            Ok(e) => {
+                tracing::info!(node = %e.name, id = %e.node_id, peer = ?addr, "node enrolled");
+                Ok(Response::new(EnrollResponse {
+                    node_id: e.node_id,
+                    name: e.name,
+                    cert_pem: e.cert_pem,
+                    ca_pem: self.fleet.pki().ca_pem().to_string(),
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(peer = ?addr, "refused an enrollment: {e}");
+                Err(status(e))
+            }
+        }
+    }
+
+    type AttachStream = AttachStream;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<AttachStream>, Status> {
+        let peer = peer(&request);
+        let addr = peer.as_ref().and_then(|p| p.addr);
+        let Some(node_id) = peer.and_then(|p| p.node_id) else {
+            tracing::warn!(peer = ?addr, "refused a stream without a client certificate");
+            return Err(Status::unauthenticated(
+                "a client certificate issued by this server is required: enroll with a join token first",
+            ));
+        };
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(AgentMessage {
+                msg: Some(Msg::Hello(h)),
+            }))) => h,
+            Ok(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a stream must be Hello",
+                ));
+            }
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            tracing::info!(node = %node_id, version = hello.protocol_version, "agent speaks another protocol version");
+        }
+        let interval = Duration::from_millis(hello.heartbeat_interval_ms.max(1));
+        let agent_hello = AgentHello {
+            capabilities: hello.capabilities.unwrap_or_default().into(),
+            labels: hello.labels.into_iter().collect(),
+            heartbeat_interval: interval,
+            metrics: hello.metrics.map(Into::into),
+            ip: addr.map(|a| a.ip().to_string()),
+        };
+        let (node, attachment) = self
+            .fleet
+            .attach(&node_id, agent_hello)
+            .await
+            .map_err(|e| {
+                tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
+                status(e)
+            })?;
+        tracing::info!(node = %node.name, id = %node.id, peer = ?addr, "agent attached");
+
+        let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(16);
+        let welcome = ServerMessage {
+            msg: Some(server_message::Msg::Welcome(v1::Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                node_id: node.id.clone(),
+                name: node.name.clone(),
+                server_version: VERSION.to_string(),
+            })),
+        };
+        // The channel was just made with room to spare, so this cannot fail.
+        let _ = tx.try_send(Ok(welcome));
+
+        let fleet = self.fleet.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _attachment = attachment;
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(AgentMessage { msg: Some(Msg::Heartbeat(hb)) })) => {
+                            let metrics = hb.metrics.unwrap_or_default().into();
+                            if let Err(e) = fleet.heartbeat(&node.id, metrics).await {
+                                tracing::warn!(node = %node.name, "ignored a heartbeat: {e}");
+                                if matches!(e, FleetError::NodeNotFound(_)) {
+                                    let _ = tx.send(Err(status(e))).await;
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(Some(AgentMessage { msg: Some(Msg::Hello(_)) })) => {
+                            tracing::warn!(node = %node.name, "ignored a second Hello on one stream");
+                        }
+                        Ok(Some(AgentMessage { msg: None })) => {
+                            tracing::debug!(node = %node.name, "ignored an empty or unknown message");
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(node = %node.name, "stream ended: {e}");
+                            break;
+                        }
+                    },
+                    _ = tx.closed() => break,
+                    _ = shutdown.changed() => break,
+                }
+            }
+            tracing::info!(node = %node.name, id = %node.id, "agent detached");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,11 @@
+//! The drover control plane: the agent gateway (gRPC over mTLS), the REST API, fleet state and its store.
+
+pub mod api;
+pub mod fleet;
+pub mod gateway;
+pub mod pki;
+pub mod server;
+pub mod store;
+
+pub use fleet::Fleet;
+pub use server::{RunningServer, ServerConfig, ServerError};

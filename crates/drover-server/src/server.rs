@@ -1,0 +1,238 @@
+//! Starting and stopping the control plane: data dir, CA, admin token, store, the two listeners.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use drover_types::LivenessPolicy;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiState};
+use crate::fleet::{Fleet, FleetConfig};
+use crate::gateway::{Gateway, tls};
+use crate::pki::{CA_CERT_FILE, Pki, PkiError};
+use crate::store::{SqliteStore, StoreError};
+use drover_files::{create_private_dir, write_atomic};
+
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const DB_FILE: &str = "drover.db";
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    /// REST API and dashboard.
+    pub listen: SocketAddr,
+    /// Agent gRPC (always TLS).
+    pub agent_listen: SocketAddr,
+    /// Extra DNS names or IPs for the server certificate (agents verify a fixed name, so this is optional).
+    pub agent_sans: Vec<String>,
+    pub liveness: LivenessPolicy,
+    pub metrics_history: usize,
+    pub open_registration: bool,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            listen: ([127, 0, 0, 1], 8080).into(),
+            agent_listen: ([0, 0, 0, 0], 9090).into(),
+            agent_sans: Vec::new(),
+            liveness: LivenessPolicy::default(),
+            metrics_history: 360,
+            open_registration: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot use the data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error(
+        "cannot listen on {addr}: {source} (is another server running? choose another address with {flag})"
+    )]
+    Listen {
+        addr: SocketAddr,
+        flag: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("the {0} listener failed: {1}")]
+    Serve(&'static str, String),
+}
+
+/// What a start created, so the caller can tell the user.
+#[derive(Debug, Clone, Default)]
+pub struct FirstStart {
+    pub created_ca: bool,
+    pub created_admin_token: bool,
+}
+
+pub struct RunningServer {
+    pub fleet: Arc<Fleet>,
+    pub api_addr: SocketAddr,
+    pub agent_addr: SocketAddr,
+    pub admin_token: String,
+    pub admin_token_path: PathBuf,
+    pub ca_path: PathBuf,
+    pub first_start: FirstStart,
+    shutdown: watch::Sender<bool>,
+    api_task: JoinHandle<Result<(), ServerError>>,
+    agent_task: JoinHandle<Result<(), ServerError>>,
+}
+
+fn load_or_create_admin_token(dir: &Path) -> Result<(String, bool), ServerError> {
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    let io = |source| ServerError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    let create = || {
+        let token = format!("drvadm.{}", hex::encode(rand::random::<[u8; 24]>()));
+        write_atomic(&path, format!("{token}\n").as_bytes(), true).map_err(io)?;
+        Ok((token, true))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok((t.trim().to_string(), false)),
+        Ok(_) => create(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(),
+        Err(e) => Err(io(e)),
+    }
+}
+
+async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, flag, source })
+}
+
+impl RunningServer {
+    /// Prepares the data dir and starts both listeners. Returns once they accept connections.
+    pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
+        let dir = &config.data_dir;
+        create_private_dir(dir).map_err(|source| ServerError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut sans = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        sans.extend(config.agent_sans.iter().cloned());
+        let (pki, created_ca) = Pki::load_or_create(dir, &sans)?;
+        let (admin_token, created_admin_token) = load_or_create_admin_token(dir)?;
+        let store = SqliteStore::open(&dir.join(DB_FILE))?;
+        let pki = Arc::new(pki);
+        let fleet = Fleet::new(
+            Arc::new(store),
+            pki.clone(),
+            FleetConfig {
+                liveness: config.liveness,
+                metrics_history: config.metrics_history.max(1),
+                open_registration: config.open_registration,
+            },
+        );
+
+        let api_listener = bind(config.listen, "--listen").await?;
+        let agent_listener = bind(config.agent_listen, "--agent-listen").await?;
+        let api_addr = api_listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                flag: "--listen",
+                source,
+            })?;
+        let agent_addr = agent_listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: config.agent_listen,
+                flag: "--agent-listen",
+                source,
+            })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let router = api::router(ApiState::new(fleet.clone(), &admin_token));
+        let mut api_shutdown = shutdown_rx.clone();
+        let api_task = tokio::spawn(async move {
+            axum::serve(api_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = api_shutdown.changed().await;
+                })
+                .await
+                .map_err(|e| ServerError::Serve("REST API", e.to_string()))
+        });
+
+        let incoming = tls::incoming(agent_listener, tls::server_config(&pki)?);
+        let gateway = Gateway::new(fleet.clone(), shutdown_rx.clone());
+        let mut agent_shutdown = shutdown_rx;
+        let agent_task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+                .add_service(drover_proto::AgentLinkServer::new(gateway))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = agent_shutdown.changed().await;
+                })
+                .await
+                .map_err(|e| ServerError::Serve("agent gRPC", e.to_string()))
+        });
+
+        Ok(Self {
+            fleet,
+            api_addr,
+            agent_addr,
+            admin_token,
+            admin_token_path: dir.join(ADMIN_TOKEN_FILE),
+            ca_path: dir.join(CA_CERT_FILE),
+            first_start: FirstStart {
+                created_ca,
+                created_admin_token,
+            },
+            shutdown,
+            api_task,
+            agent_task,
+        })
+    }
+
+    /// Runs until `signal` completes or a listener fails, then stops gracefully.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let RunningServer {
+            shutdown,
+            mut api_task,
+            mut agent_task,
+            ..
+        } = self;
+        let failed = tokio::select! {
+            _ = signal => None,
+            r = &mut api_task => Some(r),
+            r = &mut agent_task => Some(r),
+        };
+        let _ = shutdown.send(true);
+        if let Some(result) = failed {
+            return result.map_err(|e| ServerError::Serve("server", e.to_string()))?;
+        }
+        let grace = std::time::Duration::from_secs(10);
+        for task in [api_task, agent_task] {
+            match tokio::time::timeout(grace, task).await {
+                Ok(Ok(r)) => r?,
+                Ok(Err(e)) => return Err(ServerError::Serve("server", e.to_string())),
+                Err(_) => tracing::warn!("a listener did not stop within {grace:?}"),
+            }
+        }
+        Ok(())
+    }
+}

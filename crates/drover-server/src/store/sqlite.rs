@@ -1,0 +1,545 @@
+//! The embedded store: one SQLite file in WAL mode, driven from a blocking thread.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use drover_types::{
+    Metrics, MetricsSample, Transport,
+    token::{JoinTokenInfo, TokenRefusal},
+};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{JoinTokenRecord, NodeRecord, Store, StoreError};
+
+/// Versioned schema: entry N moves the database from `user_version` N to N+1. Never edit a released entry.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE join_tokens (
+    id TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    max_uses INTEGER,
+    uses INTEGER NOT NULL DEFAULT 0,
+    labels TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    transport TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    ip TEXT,
+    registered_at TEXT NOT NULL,
+    last_seen TEXT,
+    heartbeat_interval_ms INTEGER NOT NULL,
+    capabilities TEXT NOT NULL,
+    metrics TEXT,
+    node_token_sha256 TEXT
+);
+CREATE TABLE metrics_history (
+    node_id TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    metrics TEXT NOT NULL
+);
+CREATE INDEX metrics_history_node ON metrics_history(node_id, seq);
+"#];
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection in a blocking thread.
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll back).
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serializing our own plain data types cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: &'static str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt { what, source })
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339()
+}
+
+fn parse_ts(text: &str, what: &'static str) -> Result<DateTime<Utc>, StoreError> {
+    // Stored as JSON strings' content; reuse serde's RFC 3339 parsing for one error type.
+    from_json(&format!("\"{text}\""), what)
+}
+
+fn token_info(row: &Row) -> rusqlite::Result<(JoinTokenInfo, String)> {
+    let labels: String = row.get("labels")?;
+    let labels = serde_json::from_str(&labels).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    let info = JoinTokenInfo {
+        id: row.get("id")?,
+        created_at: row.get("created_at")?,
+        expires_at: row.get("expires_at")?,
+        max_uses: row.get("max_uses")?,
+        uses: row.get("uses")?,
+        labels,
+        revoked: row.get("revoked")?,
+    };
+    Ok((info, row.get("secret_sha256")?))
+}
+
+struct RawNode {
+    id: String,
+    name: String,
+    transport: String,
+    labels: String,
+    ip: Option<String>,
+    registered_at: String,
+    last_seen: Option<String>,
+    heartbeat_interval_ms: i64,
+    capabilities: String,
+    metrics: Option<String>,
+    node_token_sha256: Option<String>,
+}
+
+const NODE_COLUMNS: &str = "id, name, transport, labels, ip, registered_at, last_seen, \
+     heartbeat_interval_ms, capabilities, metrics, node_token_sha256";
+
+fn raw_node(row: &Row) -> rusqlite::Result<RawNode> {
+    Ok(RawNode {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        transport: row.get(2)?,
+        labels: row.get(3)?,
+        ip: row.get(4)?,
+        registered_at: row.get(5)?,
+        last_seen: row.get(6)?,
+        heartbeat_interval_ms: row.get(7)?,
+        capabilities: row.get(8)?,
+        metrics: row.get(9)?,
+        node_token_sha256: row.get(10)?,
+    })
+}
+
+impl RawNode {
+    fn decode(self) -> Result<NodeRecord, StoreError> {
+        Ok(NodeRecord {
+            transport: if self.transport == "http" {
+                Transport::Http
+            } else {
+                Transport::Grpc
+            },
+            labels: from_json(&self.labels, "node labels")?,
+            registered_at: parse_ts(&self.registered_at, "node registered_at")?,
+            last_seen: self
+                .last_seen
+                .as_deref()
+                .map(|t| parse_ts(t, "node last_seen"))
+                .transpose()?,
+            heartbeat_interval_ms: self.heartbeat_interval_ms.max(1) as u64,
+            capabilities: from_json(&self.capabilities, "node capabilities")?,
+            metrics: self
+                .metrics
+                .as_deref()
+                .map(|m| from_json(m, "node metrics"))
+                .transpose()?,
+            id: self.id,
+            name: self.name,
+            ip: self.ip,
+            node_token_sha256: self.node_token_sha256,
+        })
+    }
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
+        let t = token.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO join_tokens (id, secret_sha256, created_at, expires_at, max_uses, uses, labels, revoked)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    t.info.id,
+                    t.secret_sha256,
+                    ts(t.info.created_at),
+                    ts(t.info.expires_at),
+                    t.info.max_uses,
+                    t.info.uses,
+                    to_json(&t.info.labels),
+                    t.info.revoked
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_join_tokens(&self) -> Result<Vec<JoinTokenInfo>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c.prepare("SELECT * FROM join_tokens ORDER BY created_at")?;
+            let rows = stmt.query_map([], token_info)?;
+            Ok(rows
+                .map(|r| r.map(|(info, _)| info))
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_join_token(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            Ok(c.execute("UPDATE join_tokens SET revoked = 1 WHERE id = ?1", [id])? > 0)
+        })
+        .await
+    }
+
+    async fn use_join_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Result<JoinTokenInfo, TokenRefusal>, StoreError> {
+        let (id, secret) = (id.to_string(), secret_sha256.to_string());
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let found = tx
+                .query_row("SELECT * FROM join_tokens WHERE id = ?1", [&id], token_info)
+                .optional()?;
+            let Some((mut info, stored_secret)) = found else {
+                return Ok(Err(TokenRefusal::Unknown));
+            };
+            if stored_secret != secret {
+                return Ok(Err(TokenRefusal::Unknown));
+            }
+            if info.revoked {
+                return Ok(Err(TokenRefusal::Revoked));
+            }
+            if info.expires_at <= now {
+                return Ok(Err(TokenRefusal::Expired));
+            }
+            if let Some(max) = info.max_uses
+                && info.uses >= max
+            {
+                return Ok(Err(TokenRefusal::Exhausted(max)));
+            }
+            tx.execute(
+                "UPDATE join_tokens SET uses = uses + 1 WHERE id = ?1",
+                [&id],
+            )?;
+            tx.commit()?;
+            info.uses += 1;
+            Ok(Ok(info))
+        })
+        .await
+    }
+
+    async fn insert_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        let n = node.clone();
+        self.call(move |c| {
+            let result = c.execute(
+                &format!(
+                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ),
+                params![
+                    n.id,
+                    n.name,
+                    n.transport.as_str(),
+                    to_json(&n.labels),
+                    n.ip,
+                    ts(n.registered_at),
+                    n.last_seen.map(ts),
+                    n.heartbeat_interval_ms as i64,
+                    to_json(&n.capabilities),
+                    n.metrics.as_ref().map(to_json),
+                    n.node_token_sha256
+                ],
+            );
+            match result {
+                Err(e) if is_unique_violation(&e) => Err(StoreError::NameTaken(n.name)),
+                other => other.map(|_| ()).map_err(Into::into),
+            }
+        })
+        .await
+    }
+
+    async fn update_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        let n = node.clone();
+        self.call(move |c| {
+            let result = c.execute(
+                "UPDATE nodes SET name = ?2, transport = ?3, labels = ?4, ip = ?5, registered_at = ?6,
+                 last_seen = ?7, heartbeat_interval_ms = ?8, capabilities = ?9, metrics = ?10,
+                 node_token_sha256 = ?11 WHERE id = ?1",
+                params![
+                    n.id,
+                    n.name,
+                    n.transport.as_str(),
+                    to_json(&n.labels),
+                    n.ip,
+                    ts(n.registered_at),
+                    n.last_seen.map(ts),
+                    n.heartbeat_interval_ms as i64,
+                    to_json(&n.capabilities),
+                    n.metrics.as_ref().map(to_json),
+                    n.node_token_sha256
+                ],
+            );
+            match result {
+                Err(e) if is_unique_violation(&e) => Err(StoreError::NameTaken(n.name)),
+                other => other.map(|_| ()).map_err(Into::into),
+            }
+        })
+        .await
+    }
+
+    async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"),
+                [id],
+                raw_node,
+            )
+            .optional()?
+            .map(RawNode::decode)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn get_node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let name = name.to_string();
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = ?1"),
+                [name],
+                raw_node,
+            )
+            .optional()?
+            .map(RawNode::decode)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY name"))?;
+            let raws = stmt
+                .query_map([], raw_node)?
+                .collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter().map(RawNode::decode).collect()
+        })
+        .await
+    }
+
+    async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| Ok(c.execute("DELETE FROM nodes WHERE id = ?1", [id])? > 0))
+            .await
+    }
+
+    async fn record_heartbeat(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        metrics: &Metrics,
+        keep: usize,
+    ) -> Result<bool, StoreError> {
+        let (id, json) = (id.to_string(), to_json(metrics));
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let updated = tx.execute(
+                "UPDATE nodes SET last_seen = ?2, metrics = ?3 WHERE id = ?1",
+                params![id, ts(at), json],
+            )?;
+            if updated == 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO metrics_history (node_id, at, metrics) VALUES (?1, ?2, ?3)",
+                params![id, ts(at), json],
+            )?;
+            tx.execute(
+                "DELETE FROM metrics_history WHERE node_id = ?1 AND seq <=
+                   (SELECT seq FROM metrics_history WHERE node_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                params![id, keep as i64],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn metrics_history(
+        &self,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<MetricsSample>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT at, metrics FROM metrics_history WHERE node_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![id, limit as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut samples = rows
+                .into_iter()
+                .map(|(at, m)| {
+                    Ok(MetricsSample {
+                        at: parse_ts(&at, "metrics time")?,
+                        metrics: from_json(&m, "metrics sample")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            samples.reverse();
+            Ok(samples)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_types::Capabilities;
+
+    fn node(id: &str, name: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            name: name.into(),
+            transport: Transport::Grpc,
+            labels: Default::default(),
+            ip: None,
+            registered_at: Utc::now(),
+            last_seen: None,
+            heartbeat_interval_ms: 10_000,
+            capabilities: Capabilities::default(),
+            metrics: None,
+            node_token_sha256: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_names_and_bounded_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        store.insert_node(&node("a", "alpha")).await.unwrap();
+        assert!(matches!(
+            store.insert_node(&node("b", "alpha")).await,
+            Err(StoreError::NameTaken(_))
+        ));
+        for i in 0..10 {
+            let m = Metrics {
+                cpu_usage: i as f64,
+                ..Metrics::default()
+            };
+            assert!(
+                store
+                    .record_heartbeat("a", Utc::now(), &m, 4)
+                    .await
+                    .unwrap()
+            );
+        }
+        let history = store.metrics_history("a", 100).await.unwrap();
+        assert_eq!(history.len(), 4);
+        assert_eq!(history[3].metrics.cpu_usage, 9.0);
+        assert!(
+            !store
+                .record_heartbeat("zz", Utc::now(), &Metrics::default(), 4)
+                .await
+                .unwrap()
+        );
+        assert!(store.delete_node("a").await.unwrap());
+        assert!(store.metrics_history("a", 100).await.unwrap().is_empty());
+        // Reopening keeps the schema version and runs no migration twice.
+        drop(store);
+        SqliteStore::open(&dir.path().join("db")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn join_token_limits_are_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let now = Utc::now();
+        let rec = JoinTokenRecord {
+            info: JoinTokenInfo {
+                id: "t1".into(),
+                created_at: now,
+                expires_at: now + chrono::Duration::hours(1),
+                max_uses: Some(1),
+                uses: 0,
+                labels: Default::default(),
+                revoked: false,
+            },
+            secret_sha256: "s".into(),
+        };
+        store.insert_join_token(&rec).await.unwrap();
+        assert_eq!(
+            store.use_join_token("t1", "wrong", now).await.unwrap(),
+            Err(TokenRefusal::Unknown)
+        );
+        assert!(store.use_join_token("t1", "s", now).await.unwrap().is_ok());
+        assert_eq!(
+            store.use_join_token("t1", "s", now).await.unwrap(),
+            Err(TokenRefusal::Exhausted(1))
+        );
+        let later = now + chrono::Duration::hours(2);
+        store.revoke_join_token("t1").await.unwrap();
+        assert_eq!(
+            store.use_join_token("t1", "s", later).await.unwrap(),
+            Err(TokenRefusal::Revoked)
+        );
+    }
+}

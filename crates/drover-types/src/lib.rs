@@ -1,0 +1,19 @@
+//! The typed model shared by drover's server, agent and CLI: nodes, capabilities, metrics, liveness,
+//! join tokens, labels and the REST API's bodies. Pure data and pure functions, no I/O.
+
+pub mod api;
+pub mod duration;
+pub mod labels;
+pub mod liveness;
+pub mod node;
+pub mod token;
+
+pub use labels::Labels;
+pub use liveness::{LivenessPolicy, NodeStatus};
+pub use node::{Capabilities, Gpu, Metrics, MetricsSample, Node, RunningContainer, Transport};
+
+/// Version of the agent <-> server protocol this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version of this drover build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,128 @@
+//! The REST client the CLI uses, with errors that say what to do next.
+
+use std::path::PathBuf;
+
+use drover_types::api::ErrorBody;
+use reqwest::{Method, StatusCode};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{Global, default_data_dir};
+
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no operator token: pass --token or set DROVER_TOKEN (the admin token is in the server's data dir; {path} was not readable)"
+    )]
+    NoToken { path: PathBuf },
+    #[error(
+        "cannot reach the drover server at {url}: {message} (is `drover server` running? set --server or DROVER_SERVER)"
+    )]
+    Unreachable { url: String, message: String },
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    #[error("unexpected answer from {url}: {message}")]
+    Protocol { url: String, message: String },
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(global: &Global) -> Result<Self, ClientError> {
+        let base = global
+            .server
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+            .trim_end_matches('/')
+            .to_string();
+        let token = match &global.token {
+            Some(t) => t.clone(),
+            None => {
+                let path = global
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(default_data_dir)
+                    .join("admin.token");
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .ok_or(ClientError::NoToken { path })?
+            }
+        };
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::Protocol {
+                url: base.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Self { http, base, token })
+    }
+
+    pub async fn request<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Option<T>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            message: e.to_string(),
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Protocol {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| format!("the server answered {status}"));
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        if status == StatusCode::NO_CONTENT || bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol {
+                url,
+                message: e.to_string(),
+            })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.request(Method::GET, path, None::<&()>)
+            .await?
+            .ok_or_else(|| ClientError::Protocol {
+                url: path.into(),
+                message: "empty answer".into(),
+            })
+    }
+}
+
+/// Escapes a path segment (node names and ids are plain, but user input may not be).
+pub fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,98 @@
+//! Command-line parsing and dispatch. One file per command group.
+
+mod client;
+mod nodes;
+mod output;
+mod server;
+mod tokens;
+mod up;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use client::ClientError;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "drover",
+    version,
+    about = "drover: a fleet agent's control plane and its operator CLI.",
+    after_help = "Examples:\n  \
+      drover up                       # a local server plus an enrolled local agent\n  \
+      drover server --data-dir /var/lib/drover\n  \
+      drover nodes                    # the fleet as a table\n  \
+      drover token create --ttl 1h --label role=edge\n\n\
+      Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 not authorized, 5 server unreachable."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// REST API of the server (default http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "DROVER_SERVER")]
+    pub server: Option<String>,
+    /// Operator API token (default: the admin token in the local data dir).
+    #[arg(long, global = true, env = "DROVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The server's data dir (default /var/lib/drover for root, else ~/.local/share/drover).
+    #[arg(long, global = true, env = "DROVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane.
+    Server(server::ServerArgs),
+    /// Run a local control plane and a local agent enrolled into it, for a first look.
+    Up(up::UpArgs),
+    /// List and inspect nodes.
+    Nodes(nodes::NodesArgs),
+    /// Manage join tokens that let agents enroll.
+    Token(tokens::TokenArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+}
+
+/// The server's data dir when none is given.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/drover");
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("drover")
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Server(args) => server::run(args, &cli.global).await,
+        Command::Up(args) => up::run(args, &cli.global).await,
+        Command::Nodes(args) => nodes::run(args, &client::Client::new(&cli.global)?).await,
+        Command::Token(args) => tokens::run(args, &client::Client::new(&cli.global)?).await,
+    }
+}
+
+/// Exit codes scripts can rely on.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Api { status, .. }) if *status == 404 => 3,
+        Some(ClientError::Api { status, .. }) if *status == 401 || *status == 403 => 4,
+        Some(ClientError::NoToken { .. }) => 4,
+        Some(ClientError::Unreachable { .. }) => 5,
+        _ => 1,
+    }
+}

@@ -1,0 +1,236 @@
+//! `drover nodes`: the fleet at a glance, one node in full, its metrics history, deletion.
+
+use clap::{Args, Subcommand};
+use drover_types::{MetricsSample, Node};
+use reqwest::Method;
+
+use super::OutputFormat;
+use super::client::{Client, segment};
+use super::output::{ago, labels, mb, or_dash, pct, print_json, table};
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  drover nodes\n  drover nodes -o json\n  drover nodes show pi-kitchen\n  drover nodes metrics pi-kitchen --limit 20\n  drover nodes delete pi-kitchen"
+)]
+pub struct NodesArgs {
+    #[command(subcommand)]
+    command: Option<NodesCommand>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t, global = true)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodesCommand {
+    /// List nodes (the default).
+    List,
+    /// Show one node in full (NODE is its id or name).
+    Show { node: String },
+    /// Show a node's recent metrics, oldest first.
+    Metrics {
+        node: String,
+        /// How many samples.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Forget a node; its agent must enroll again to come back.
+    Delete { node: String },
+}
+
+pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
+    match args.command.unwrap_or(NodesCommand::List) {
+        NodesCommand::List => {
+            let nodes: Vec<Node> = client.get("/api/v1/nodes").await?;
+            match args.output {
+                OutputFormat::Json => print_json(&nodes),
+                OutputFormat::Table => {
+                    print_list(&nodes);
+                    Ok(())
+                }
+            }
+        }
+        NodesCommand::Show { node } => {
+            let node: Node = client
+                .get(&format!("/api/v1/nodes/{}", segment(&node)))
+                .await?;
+            match args.output {
+                OutputFormat::Json => print_json(&node),
+                OutputFormat::Table => {
+                    print_node(&node);
+                    Ok(())
+                }
+            }
+        }
+        NodesCommand::Metrics { node, limit } => {
+            let samples: Vec<MetricsSample> = client
+                .get(&format!(
+                    "/api/v1/nodes/{}/metrics?limit={limit}",
+                    segment(&node)
+                ))
+                .await?;
+            match args.output {
+                OutputFormat::Json => print_json(&samples),
+                OutputFormat::Table => {
+                    let mut t =
+                        table(&["TIME", "CPU %", "MEM %", "DISK FREE", "LOAD1", "CONTAINERS"]);
+                    for s in &samples {
+                        t.add_row(vec![
+                            s.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            pct(Some(s.metrics.cpu_usage)),
+                            pct(Some(s.metrics.mem_usage)),
+                            mb(Some(s.metrics.disk_free_mb)),
+                            pct(s.metrics.load1),
+                            s.metrics.running_containers.len().to_string(),
+                        ]);
+                    }
+                    println!("{t}");
+                    Ok(())
+                }
+            }
+        }
+        NodesCommand::Delete { node } => {
+            let deleted: Option<Node> = client
+                .request(
+                    Method::DELETE,
+                    &format!("/api/v1/nodes/{}", segment(&node)),
+                    None::<&()>,
+                )
+                .await?;
+            match (args.output, deleted) {
+                (OutputFormat::Json, Some(n)) => print_json(&n),
+                (_, Some(n)) => {
+                    println!("deleted node {} ({})", n.name, n.id);
+                    Ok(())
+                }
+                (_, None) => Ok(()),
+            }
+        }
+    }
+}
+
+fn print_list(nodes: &[Node]) {
+    if nodes.is_empty() {
+        println!(
+            "No nodes yet. Create a join token with `drover token create` and start an agent with it."
+        );
+        return;
+    }
+    let mut t = table(&[
+        "NAME",
+        "ID",
+        "STATUS",
+        "OS/ARCH",
+        "CPUS",
+        "MEMORY",
+        "CPU %",
+        "MEM %",
+        "DISK FREE",
+        "LAST SEEN",
+        "LABELS",
+    ]);
+    for n in nodes {
+        let c = &n.capabilities;
+        let m = n.metrics.as_ref();
+        t.add_row(vec![
+            n.name.clone(),
+            n.id.chars().take(8).collect(),
+            n.status.to_string(),
+            format!(
+                "{}/{}",
+                or_dash(c.os.as_deref()),
+                or_dash(c.arch.as_deref())
+            ),
+            c.cpu_count
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            mb(c.mem_mb),
+            pct(m.map(|m| m.cpu_usage)),
+            pct(m.map(|m| m.mem_usage)),
+            mb(m.map(|m| m.disk_free_mb)),
+            ago(n.last_seen),
+            labels(&n.labels),
+        ]);
+    }
+    println!("{t}");
+}
+
+fn print_node(n: &Node) {
+    let c = &n.capabilities;
+    let mut rows: Vec<(&str, String)> = vec![
+        ("Name", n.name.clone()),
+        ("ID", n.id.clone()),
+        ("Status", n.status.to_string()),
+        ("Transport", n.transport.as_str().to_string()),
+        ("Connected", n.connected.to_string()),
+        ("Labels", labels(&n.labels)),
+        ("IP", or_dash(n.ip.as_deref())),
+        ("Registered", n.registered_at.to_rfc3339()),
+        ("Last seen", ago(n.last_seen)),
+        ("Heartbeat", format!("{} ms", n.heartbeat_interval_ms)),
+        ("Hostname", or_dash(c.hostname.as_deref())),
+        (
+            "OS",
+            format!(
+                "{} ({})",
+                or_dash(c.os.as_deref()),
+                or_dash(c.os_version.as_deref())
+            ),
+        ),
+        ("Arch", or_dash(c.arch.as_deref())),
+        ("Kernel", or_dash(c.kernel.as_deref())),
+        (
+            "CPUs",
+            c.cpu_count
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ),
+        ("Memory", mb(c.mem_mb)),
+        ("Disk", mb(c.disk_mb)),
+        (
+            "IPs",
+            if c.ips.is_empty() {
+                "-".into()
+            } else {
+                c.ips.join(", ")
+            },
+        ),
+        ("Agent", or_dash(c.agent_version.as_deref())),
+    ];
+    let gpus = if c.gpus.is_empty() {
+        "none".to_string()
+    } else {
+        c.gpus
+            .iter()
+            .map(|g| format!("{} ({})", g.name, mb(g.mem_mb)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    rows.push(("GPUs", gpus));
+    if let Some(m) = &n.metrics {
+        rows.push(("CPU usage", format!("{} %", pct(Some(m.cpu_usage)))));
+        rows.push(("Memory usage", format!("{} %", pct(Some(m.mem_usage)))));
+        rows.push(("Disk free", mb(Some(m.disk_free_mb))));
+        if let (Some(a), Some(b), Some(c)) = (m.load1, m.load5, m.load15) {
+            rows.push(("Load", format!("{a:.2} {b:.2} {c:.2}")));
+        }
+        if let Some(u) = m.uptime_s {
+            rows.push((
+                "Uptime",
+                humantime::format_duration(std::time::Duration::from_secs(u)).to_string(),
+            ));
+        }
+        let containers = if m.running_containers.is_empty() {
+            "none".to_string()
+        } else {
+            m.running_containers
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        rows.push(("Containers", containers));
+    }
+    for (k, v) in rows {
+        println!("{:<14}{v}", format!("{k}:"));
+    }
+}

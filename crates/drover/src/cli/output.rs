@@ -1,0 +1,62 @@
+//! Tables for people, JSON for scripts, and the small formatters both views share.
+
+use chrono::{DateTime, Utc};
+use comfy_table::{ContentArrangement, Table, presets::NOTHING};
+use serde::Serialize;
+
+use drover_types::Labels;
+
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    t
+}
+
+/// "12s ago", "3m ago", "never".
+pub fn ago(t: Option<DateTime<Utc>>) -> String {
+    let Some(t) = t else {
+        return "never".into();
+    };
+    let secs = (Utc::now() - t).num_seconds().max(0);
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86_399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+/// Megabytes as people read them.
+pub fn mb(v: Option<u64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(m) if m >= 1024 * 1024 => format!("{:.1}T", m as f64 / (1024.0 * 1024.0)),
+        Some(m) if m >= 1024 => format!("{:.1}G", m as f64 / 1024.0),
+        Some(m) => format!("{m}M"),
+    }
+}
+
+pub fn pct(v: Option<f64>) -> String {
+    v.map(|p| format!("{p:.1}")).unwrap_or_else(|| "-".into())
+}
+
+pub fn labels(l: &Labels) -> String {
+    if l.is_empty() {
+        return "-".into();
+    }
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn or_dash(s: Option<&str>) -> String {
+    s.filter(|s| !s.is_empty()).unwrap_or("-").to_string()
+}

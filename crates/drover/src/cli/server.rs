@@ -1,0 +1,184 @@
+//! `drover server`: configuration (flags, then `DROVER_*` variables, then the TOML file) and the run loop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use drover_server::{RunningServer, ServerConfig};
+use serde::Deserialize;
+
+use super::{Global, default_data_dir};
+
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/drover/server.toml";
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    drover server\n  \
+    drover server --data-dir /var/lib/drover --listen 0.0.0.0:8080 --agent-listen 0.0.0.0:9090\n  \
+    drover server --config /etc/drover/server.toml --log-format json")]
+pub struct ServerArgs {
+    /// REST API and dashboard address [default: 127.0.0.1:8080].
+    #[arg(long, env = "DROVER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Agent gRPC address, always TLS [default: 0.0.0.0:9090].
+    #[arg(long, env = "DROVER_AGENT_LISTEN")]
+    pub agent_listen: Option<SocketAddr>,
+    /// Extra DNS name or IP for the server's TLS certificate; repeatable.
+    #[arg(long = "agent-san")]
+    pub agent_sans: Vec<String>,
+    /// Let MIaaS HTTP agents register without a join token (labs only).
+    #[arg(long, env = "DROVER_OPEN_REGISTRATION")]
+    pub open_registration: bool,
+    /// A node is NotReady after this many of its heartbeat intervals without one [default: 2].
+    #[arg(long, env = "DROVER_NOT_READY_AFTER")]
+    pub not_ready_after: Option<f64>,
+    /// A node is Offline after this many of its heartbeat intervals without one [default: 5].
+    #[arg(long, env = "DROVER_OFFLINE_AFTER")]
+    pub offline_after: Option<f64>,
+    /// Metrics samples kept per node [default: 360].
+    #[arg(long, env = "DROVER_METRICS_HISTORY")]
+    pub metrics_history: Option<usize>,
+    /// TOML configuration file [default: /etc/drover/server.toml when present].
+    #[arg(long, env = "DROVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "DROVER_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    agent_listen: Option<SocketAddr>,
+    #[serde(default)]
+    agent_sans: Vec<String>,
+    open_registration: Option<bool>,
+    not_ready_after: Option<f64>,
+    offline_after: Option<f64>,
+    metrics_history: Option<usize>,
+    log_format: Option<String>,
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("the config file {} is invalid", path.display()))
+}
+
+/// Merges flags, environment and file into a server configuration, plus the log format.
+pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConfig, bool)> {
+    let file = match &args.config {
+        Some(p) => read_file(p)?,
+        None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+            read_file(Path::new(DEFAULT_CONFIG_FILE))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = global
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(default_data_dir);
+    let mut config = ServerConfig::new(data_dir);
+    if let Some(a) = args.listen.or(file.listen) {
+        config.listen = a;
+    }
+    if let Some(a) = args.agent_listen.or(file.agent_listen) {
+        config.agent_listen = a;
+    }
+    config.agent_sans = file.agent_sans;
+    config.agent_sans.extend(args.agent_sans.iter().cloned());
+    config.open_registration = args.open_registration || file.open_registration.unwrap_or(false);
+    if let Some(n) = args.not_ready_after.or(file.not_ready_after) {
+        config.liveness.not_ready_after = n;
+    }
+    if let Some(n) = args.offline_after.or(file.offline_after) {
+        config.liveness.offline_after = n;
+    }
+    let l = config.liveness;
+    if !(l.not_ready_after > 0.0 && l.offline_after > l.not_ready_after) {
+        bail!(
+            "liveness multiples must satisfy 0 < --not-ready-after ({}) < --offline-after ({})",
+            l.not_ready_after,
+            l.offline_after
+        );
+    }
+    if let Some(n) = args.metrics_history.or(file.metrics_history) {
+        if n == 0 {
+            bail!("--metrics-history must be at least 1");
+        }
+        config.metrics_history = n;
+    }
+    let json = match args.log_format.clone().or(file.log_format).as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => bail!("log format {other:?}: use text or json"),
+    };
+    Ok((config, json))
+}
+
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Tells the user what a start created and where to go next.
+pub fn announce(server: &RunningServer, data_dir: &Path) {
+    if server.first_start.created_ca {
+        tracing::info!(
+            "created the certificate authority in {}",
+            server.ca_path.display()
+        );
+    }
+    if server.first_start.created_admin_token {
+        tracing::info!(
+            "wrote the admin API token to {}",
+            server.admin_token_path.display()
+        );
+    }
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        "drover server ready: REST API on http://{}, agents on https://{}",
+        server.api_addr,
+        server.agent_addr
+    );
+}
+
+pub async fn run(args: ServerArgs, global: &Global) -> anyhow::Result<()> {
+    let (config, json) = resolve(&args, global)?;
+    init_logging(json);
+    let data_dir = config.data_dir.clone();
+    let server = RunningServer::start(config).await?;
+    announce(&server, &data_dir);
+    server.run_until(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need, then format, lint and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/testbed.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
