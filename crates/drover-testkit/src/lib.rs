@@ -1,1 +1,440 @@
+//! An end-to-end harness that drives the real `drover` and `drover-agent` binaries: free loopback ports,
+//! temp dirs, logs kept for failure messages, polling for a state with a timeout instead of sleeping, and
+//! every process killed when its handle drops.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// The usual patience for a state to appear on a loaded machine.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Environment variables that would leak the caller's setup into a spawned process.
+const SCRUBBED_ENV: &[&str] = &[
+    "DROVER_SERVER",
+    "DROVER_TOKEN",
+    "DROVER_DATA_DIR",
+    "DROVER_STATE_DIR",
+    "DROVER_CONFIG",
+    "DROVER_LABELS",
+    "DROVER_NAME",
+    "DROVER_HEARTBEAT_INTERVAL",
+    "DROVER_LISTEN",
+    "DROVER_AGENT_LISTEN",
+    "DROVER_LOG_FORMAT",
+    "CONTROL_PLANE_URL",
+    "HEARTBEAT_INTERVAL",
+];
+
+/// Path of a binary built by `cargo test --workspace` (it sits beside the test's own `deps` dir).
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate the target dir")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{name} is not built at {}: run the tests with `cargo test --workspace`, which builds every binary",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A port free right now on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("loopback has free ports")
+}
+
+/// Polls `probe` until it returns `Some`, or fails after `timeout` saying what was awaited.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn scrubbed(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("DROVER_LOG", "info,drover_server=debug");
+    cmd
+}
+
+fn spawn_logged(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))
+}
+
+fn terminate(child: &mut Child, graceful: bool) {
+    if graceful {
+        // SAFETY: kill(2) on a child we own and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Options for a server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    pub args: Vec<String>,
+}
+
+/// A real `drover server` on free loopback ports in its own data dir.
+pub struct Server {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub api_port: u16,
+    pub agent_port: u16,
+    options: ServerOptions,
+    http: reqwest::blocking::Client,
+}
+
+/// An HTTP answer: status and JSON body (Null when the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Server {
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(ServerOptions::default())
+    }
+
+    pub fn start_with(options: ServerOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("server.toml"), "")?;
+        let mut server = Self {
+            child: None,
+            dir,
+            api_port: free_port(),
+            agent_port: free_port(),
+            options,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        };
+        server.launch()?;
+        Ok(server)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut cmd = scrubbed(&bin("drover")?);
+        cmd.arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("server")
+            .arg("--config")
+            .arg(self.dir.path().join("server.toml"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.api_port))
+            .arg("--agent-listen")
+            .arg(format!("127.0.0.1:{}", self.agent_port))
+            .args(&self.options.args);
+        self.child = Some(spawn_logged(cmd, &self.log_path())?);
+        let health = format!("{}/health", self.api_url());
+        let child = self.child.as_mut().context("server child")?;
+        let http = &self.http;
+        let mut exited = None;
+        let ready = wait_for("the server's /health", TIMEOUT, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited = Some(status);
+                return Some(false);
+            }
+            http.get(&health)
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| true)
+        });
+        match (ready, exited) {
+            (Ok(true), _) => Ok(()),
+            (_, Some(status)) => bail!("the server exited ({status}) at start:\n{}", self.log()),
+            (Err(e), _) => bail!("{e}\nserver log:\n{}", self.log()),
+            (Ok(false), None) => unreachable!("false only when exited"),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn agent_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.agent_port)
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("admin.token"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Stops the server with SIGTERM (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, true);
+        }
+    }
+
+    /// Kills the server outright.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, false);
+        }
+    }
+
+    /// Starts the server again on the same ports and data dir.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.launch()
+    }
+
+    /// A raw request. `token`: `None` sends no Authorization header.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Reply> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.api_url()));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send()?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes()?;
+        Ok(Reply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        })
+    }
+
+    /// An operator GET with the admin token.
+    pub fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        self.request("GET", path, Some(&self.admin_token()), None)
+    }
+
+    /// A POST of a JSON value.
+    pub fn post(&self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<Reply> {
+        self.request("POST", path, token, Some(serde_json::to_vec(body)?))
+    }
+
+    /// A join token made through the REST API.
+    pub fn join_token(&self, request: Value) -> anyhow::Result<String> {
+        let reply = self.post("/api/v1/tokens", Some(&self.admin_token()), &request)?;
+        if reply.status != 201 {
+            bail!("token creation failed: {reply:?}");
+        }
+        reply.body["token"]
+            .as_str()
+            .map(str::to_string)
+            .context("no token in the answer")
+    }
+
+    /// All nodes as JSON.
+    pub fn nodes(&self) -> anyhow::Result<Vec<Value>> {
+        let reply = self.get("/api/v1/nodes")?;
+        Ok(reply.body.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until the node named `name` satisfies `pred`, and returns it.
+    pub fn wait_node(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        wait_for(&format!("node {name} {what}"), TIMEOUT, || {
+            self.nodes()
+                .ok()?
+                .into_iter()
+                .find(|n| n["name"] == name && pred(n))
+        })
+        .with_context(|| format!("server log:\n{}", tail(&self.log(), 40)))
+    }
+
+    /// Runs the `drover` CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut cmd = scrubbed(&bin("drover")?);
+        cmd.arg("--server")
+            .arg(self.api_url())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args);
+        Ok(cmd.output()?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `n` lines of a log.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A real `drover-agent` with its own state dir.
+pub struct Agent {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+impl Agent {
+    /// Starts an agent named `name` against `server_url` with extra `args` (a `--token`, labels...).
+    pub fn start(server_url: &str, name: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("agent.toml"), "")?;
+        let mut all = vec![
+            "--server".to_string(),
+            server_url.to_string(),
+            "--name".to_string(),
+            name.to_string(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let mut agent = Self {
+            child: None,
+            dir,
+            args: all,
+        };
+        agent.launch(None)?;
+        Ok(agent)
+    }
+
+    fn launch(&mut self, args: Option<&[&str]>) -> anyhow::Result<()> {
+        let mut cmd = scrubbed(&bin("drover-agent")?);
+        cmd.arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--config")
+            .arg(self.dir.path().join("agent.toml"));
+        match args {
+            Some(a) => cmd.args(a),
+            None => cmd.args(&self.args),
+        };
+        self.child = Some(spawn_logged(cmd, &self.log_path())?);
+        Ok(())
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills the agent with SIGKILL, as a crash or power loss would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, false);
+        }
+    }
+
+    /// Stops the agent with SIGTERM.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, true);
+        }
+    }
+
+    /// Starts the agent again with the same state dir and the given arguments (none: the original ones).
+    pub fn restart(&mut self, args: Option<&[&str]>) -> anyhow::Result<()> {
+        self.stop();
+        self.launch(args)
+    }
+
+    /// Waits for the agent to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> anyhow::Result<Option<i32>> {
+        let child = self.child.as_mut().context("the agent is not running")?;
+        let status = wait_for("the agent to exit", TIMEOUT, || {
+            child.try_wait().ok().flatten()
+        })
+        .with_context(|| format!("agent log:\n{}", tail(&self.log(), 40)))?;
+        self.child = None;
+        Ok(status.code())
+    }
+
+    /// Waits until the agent's log contains `text`.
+    pub fn wait_log(&self, text: &str) -> anyhow::Result<()> {
+        wait_for(&format!("{text:?} in the agent log"), TIMEOUT, || {
+            self.log().contains(text).then_some(())
+        })
+        .with_context(|| format!("agent log:\n{}", tail(&self.log(), 40)))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Parses an RFC 3339 time from a JSON field (`None` when absent or malformed).
+pub fn time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
