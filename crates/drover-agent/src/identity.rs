@@ -82,33 +82,31 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
 
 /// Accepts `host:port`, `https://host:port`; refuses plain http (the agent link is always TLS).
 pub fn normalize_url(url: &str) -> Result<String, IdentityError> {
-    let url = url.trim().trim_end_matches('/');
-    let with_scheme = if url.starts_with("https://") {
-        url.to_string()
-    } else if url.starts_with("http://") {
+    let url = url.trim();
+    if url.starts_with("http://") {
         return Err(IdentityError::BadUrl(
             url.into(),
             "the agent link is always TLS: use https:// and the agent port (default 9090)".into(),
         ));
-    } else {
-        format!("https://{url}")
-    };
-    let authority = &with_scheme["https://".len()..];
-    if authority.is_empty() || authority.contains('/') {
+    }
+    let authority = url
+        .strip_prefix("https://")
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') || authority.contains("://") {
         return Err(IdentityError::BadUrl(
             url.into(),
             "expected https://HOST:PORT".into(),
         ));
     }
-    let with_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        with_scheme
+    let has_port = authority.rsplit_once(':').is_some_and(|(host, p)| {
+        !host.is_empty() && !host.ends_with(':') && p.parse::<u16>().is_ok()
+    });
+    if has_port {
+        Ok(format!("https://{authority}"))
     } else {
-        format!("{with_scheme}:9090")
-    };
-    Ok(with_port)
+        Ok(format!("https://{authority}:9090"))
+    }
 }
 
 impl Identity {

@@ -36,18 +36,23 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        // A missing field is reported by its parent; name the field itself.
-        let field = if path == "." {
-            missing_field(&inner.to_string())
-        } else {
-            Some(path)
+        if matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        ) {
+            return ApiError::bad_request(
+                format!("the request body is not valid JSON: {inner}"),
+                None,
+            );
+        }
+        // A missing field is reported at its parent's path; name the field itself.
+        let field = match path.as_str() {
+            "." => missing_field(&inner.to_string()),
+            _ => Some(path),
         };
-        let message = match (&field, inner.classify()) {
-            (_, serde_json::error::Category::Syntax | serde_json::error::Category::Eof) => {
-                format!("the request body is not valid JSON: {inner}")
-            }
-            (Some(f), _) => format!("field `{f}`: {inner}"),
-            (None, _) => format!("invalid request body: {inner}"),
+        let message = match &field {
+            Some(f) => format!("field `{f}`: {inner}"),
+            None => format!("invalid request body: {inner}"),
         };
         ApiError::bad_request(message, field)
     })
