@@ -71,16 +71,22 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     let mut agent = command.spawn().context(
         "cannot start drover-agent: build it with `cargo build --release` (it must sit next to drover or on PATH), or pass --agent PATH",
     )?;
-    let api = format!("http://{}", server.api_addr);
+    // The shortest CLI invocation that reaches this server.
+    let mut cli = String::from("drover");
+    if server.api_addr != drover_server::ServerConfig::new(data_dir.clone()).listen {
+        cli.push_str(&format!(" --server http://{}", server.api_addr));
+    }
+    if global.data_dir.is_some() {
+        cli.push_str(&format!(" --data-dir {}", data_dir.display()));
+    }
     eprintln!(
-        "\ndrover is up: server {api} with a local agent (state in {}).\n\
+        "\ndrover is up: server http://{} with a local agent (state in {}).\n\
          Next, in another terminal:\n  \
-           drover --data-dir {} nodes\n  \
-           drover --data-dir {} token create --ttl 1h   # to enroll more nodes\n\
+           {cli} nodes\n  \
+           {cli} token create --ttl 1h   # to enroll more nodes\n\
          Press Ctrl-C to stop both.\n",
+        server.api_addr,
         state_dir.display(),
-        data_dir.display(),
-        data_dir.display()
     );
     let stopped = tokio::select! {
         status = agent.wait() => Some(status),
