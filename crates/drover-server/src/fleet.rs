@@ -255,15 +255,14 @@ impl Fleet {
         let token = self.use_token(token).await?;
         let id = new_node_id();
         let cert_pem = self.pki.sign_node_csr(csr_pem, &id)?;
-        let mut all_labels = token.labels;
-        all_labels.extend(labels);
         let name = self.free_name(name, &id).await?;
         self.store
             .insert_node(&NodeRecord {
                 id: id.clone(),
                 name: name.clone(),
                 transport: Transport::Grpc,
-                labels: all_labels,
+                labels: token.labels,
+                reported_labels: labels,
                 ip: None,
                 registered_at: Utc::now(),
                 last_seen: None,
@@ -291,9 +290,8 @@ impl Fleet {
             .get_node(node_id)
             .await?
             .ok_or_else(|| FleetError::NodeNotFound(node_id.to_string()))?;
-        // Agent-reported labels add to (and win over) the ones given at enrollment.
-        node.labels.extend(hello.labels);
-        validate_labels(&node.labels)?;
+        validate_labels(&hello.labels)?;
+        node.reported_labels = hello.labels;
         node.capabilities = hello.capabilities;
         node.heartbeat_interval_ms = hello
             .heartbeat_interval
@@ -364,14 +362,13 @@ impl Fleet {
         };
         let node_token = random_hex::<24>();
         let existing = self.store.get_node_by_name(&req.name).await?;
-        let mut labels = token_labels;
-        labels.extend(req.labels);
         let id = match existing {
             Some(node) if node.transport == Transport::Grpc => {
                 return Err(FleetError::NameOwnedByAgent(req.name));
             }
             Some(mut node) => {
-                node.labels.extend(labels);
+                node.labels.extend(token_labels);
+                node.reported_labels = req.labels;
                 node.capabilities = req.capabilities;
                 node.ip = req.ip;
                 node.heartbeat_interval_ms = interval.as_millis() as u64;
@@ -386,7 +383,8 @@ impl Fleet {
                         id: id.clone(),
                         name: req.name,
                         transport: Transport::Http,
-                        labels,
+                        labels: token_labels,
+                        reported_labels: req.labels,
                         ip: req.ip,
                         registered_at: Utc::now(),
                         // Registration is a sign of life: the node is Ready until its first heartbeat is due.
@@ -440,7 +438,11 @@ impl Fleet {
             id: record.id,
             name: record.name,
             transport: record.transport,
-            labels: record.labels,
+            labels: {
+                let mut labels = record.reported_labels;
+                labels.extend(record.labels);
+                labels
+            },
             ip: record.ip,
             registered_at: record.registered_at,
             last_seen: record.last_seen,

@@ -147,8 +147,11 @@ impl Server {
             api_port: free_port(),
             agent_port: free_port(),
             options,
+            // No pooling: a server may close a connection after refusing a request, and a reused
+            // pooled connection would then fail the next, unrelated request.
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(0)
                 .build()?,
         };
         server.launch()?;

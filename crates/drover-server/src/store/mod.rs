@@ -40,7 +40,10 @@ pub struct NodeRecord {
     pub id: String,
     pub name: String,
     pub transport: Transport,
+    /// Labels the server gave the node (from its join token; later, from operators). They win over reported ones.
     pub labels: Labels,
+    /// Labels the node reports about itself, replaced whenever it says hello or registers again.
+    pub reported_labels: Labels,
     pub ip: Option<String>,
     pub registered_at: DateTime<Utc>,
     pub last_seen: Option<DateTime<Utc>>,

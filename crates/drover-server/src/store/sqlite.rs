@@ -14,7 +14,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::{JoinTokenRecord, NodeRecord, Store, StoreError};
 
 /// Versioned schema: entry N moves the database from `user_version` N to N+1. Never edit a released entry.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE join_tokens (
     id TEXT PRIMARY KEY,
     secret_sha256 TEXT NOT NULL,
@@ -45,7 +46,11 @@ CREATE TABLE metrics_history (
     metrics TEXT NOT NULL
 );
 CREATE INDEX metrics_history_node ON metrics_history(node_id, seq);
-"#];
+"#,
+    r#"
+ALTER TABLE nodes ADD COLUMN reported_labels TEXT NOT NULL DEFAULT '{}';
+"#,
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -143,10 +148,11 @@ struct RawNode {
     capabilities: String,
     metrics: Option<String>,
     node_token_sha256: Option<String>,
+    reported_labels: String,
 }
 
 const NODE_COLUMNS: &str = "id, name, transport, labels, ip, registered_at, last_seen, \
-     heartbeat_interval_ms, capabilities, metrics, node_token_sha256";
+     heartbeat_interval_ms, capabilities, metrics, node_token_sha256, reported_labels";
 
 fn raw_node(row: &Row) -> rusqlite::Result<RawNode> {
     Ok(RawNode {
@@ -161,6 +167,7 @@ fn raw_node(row: &Row) -> rusqlite::Result<RawNode> {
         capabilities: row.get(8)?,
         metrics: row.get(9)?,
         node_token_sha256: row.get(10)?,
+        reported_labels: row.get(11)?,
     })
 }
 
@@ -173,6 +180,7 @@ impl RawNode {
                 Transport::Grpc
             },
             labels: from_json(&self.labels, "node labels")?,
+            reported_labels: from_json(&self.reported_labels, "node reported labels")?,
             registered_at: parse_ts(&self.registered_at, "node registered_at")?,
             last_seen: self
                 .last_seen
@@ -287,7 +295,7 @@ impl Store for SqliteStore {
         self.call(move |c| {
             let result = c.execute(
                 &format!(
-                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
                 ),
                 params![
                     n.id,
@@ -300,7 +308,8 @@ impl Store for SqliteStore {
                     n.heartbeat_interval_ms as i64,
                     to_json(&n.capabilities),
                     n.metrics.as_ref().map(to_json),
-                    n.node_token_sha256
+                    n.node_token_sha256,
+                    to_json(&n.reported_labels)
                 ],
             );
             match result {
@@ -317,7 +326,7 @@ impl Store for SqliteStore {
             let result = c.execute(
                 "UPDATE nodes SET name = ?2, transport = ?3, labels = ?4, ip = ?5, registered_at = ?6,
                  last_seen = ?7, heartbeat_interval_ms = ?8, capabilities = ?9, metrics = ?10,
-                 node_token_sha256 = ?11 WHERE id = ?1",
+                 node_token_sha256 = ?11, reported_labels = ?12 WHERE id = ?1",
                 params![
                     n.id,
                     n.name,
@@ -329,7 +338,8 @@ impl Store for SqliteStore {
                     n.heartbeat_interval_ms as i64,
                     to_json(&n.capabilities),
                     n.metrics.as_ref().map(to_json),
-                    n.node_token_sha256
+                    n.node_token_sha256,
+                    to_json(&n.reported_labels)
                 ],
             );
             match result {
@@ -461,6 +471,7 @@ mod tests {
             name: name.into(),
             transport: Transport::Grpc,
             labels: Default::default(),
+            reported_labels: Default::default(),
             ip: None,
             registered_at: Utc::now(),
             last_seen: None,
