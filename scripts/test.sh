@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/testbed.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The integration tests drive the real binaries: build them first (cargo test alone does not).
+cargo build --workspace --locked
 cargo test --workspace --locked

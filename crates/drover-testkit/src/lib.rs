@@ -29,7 +29,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "HEARTBEAT_INTERVAL",
 ];
 
-/// Path of a binary built by `cargo test --workspace` (it sits beside the test's own `deps` dir).
+/// Path of a binary built by `cargo build --workspace` (it sits beside the test's own `deps` dir).
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
@@ -39,7 +39,7 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     if !path.exists() {
         bail!(
-            "{name} is not built at {}: run the tests with `cargo test --workspace`, which builds every binary",
+            "{name} is not built at {}: run `cargo build --workspace` before the tests (scripts/test.sh does)",
             path.display()
         );
     }
