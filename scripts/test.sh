@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 
 scripts/testbed.sh
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-# The integration tests drive the real binaries: build them first (cargo test alone does not).
-cargo build --workspace --locked
+cargo clippy --workspace --all-targets --locked --features drover-agent/test-plugins -- -D warnings
+# The integration tests drive the real binaries: build them first (cargo test alone does not), with the
+# agent's test-only plugins compiled in.
+cargo build --workspace --locked --features drover-agent/test-plugins
 cargo test --workspace --locked

@@ -48,6 +48,27 @@ pub struct Args {
     /// Log format: text or json.
     #[arg(long, env = "DROVER_LOG_FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
+    /// Directory under which file actions may read (and, later, write); repeatable. Default: /var/log.
+    #[arg(long = "allow-path", env = "DROVER_ALLOW_PATHS", value_delimiter = ',')]
+    pub allow_paths: Vec<PathBuf>,
+    /// Turn a daemon plugin off; repeatable.
+    #[arg(long = "disable-plugin", value_name = "PLUGIN")]
+    pub disable_plugins: Vec<String>,
+    /// A daemon plugin's update interval, PLUGIN=DURATION; repeatable.
+    #[arg(long = "plugin-interval", value_name = "PLUGIN=DURATION")]
+    pub plugin_intervals: Vec<String>,
+    /// A daemon plugin's deadline per call, PLUGIN=DURATION; repeatable.
+    #[arg(long = "plugin-deadline", value_name = "PLUGIN=DURATION")]
+    pub plugin_deadlines: Vec<String>,
+}
+
+/// `[plugins.NAME]` in the TOML file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginFileConfig {
+    pub enabled: Option<bool>,
+    pub interval: Option<String>,
+    pub deadline: Option<String>,
 }
 
 /// The TOML file's keys; every one optional.
@@ -62,6 +83,10 @@ pub struct FileConfig {
     pub labels: Labels,
     pub heartbeat_interval: Option<toml::Value>,
     pub log_format: Option<String>,
+    #[serde(default)]
+    pub allow_paths: Vec<PathBuf>,
+    #[serde(default)]
+    pub plugins: std::collections::BTreeMap<String, PluginFileConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +98,99 @@ pub struct AgentConfig {
     pub labels: Labels,
     pub heartbeat_interval: Duration,
     pub log_json: bool,
+    pub allow_paths: Vec<PathBuf>,
+    /// The daemon plugins to run, with their timing.
+    pub plugins: Vec<crate::daemon::Enabled>,
+}
+
+impl std::fmt::Debug for crate::daemon::Enabled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}(every {:?}, deadline {:?})",
+            self.name, self.interval, self.deadline
+        )
+    }
+}
+
+/// Resolves which daemon plugins run and how: built-in defaults, then the file, then flags.
+fn resolve_plugins(
+    args: &Args,
+    file: &std::collections::BTreeMap<String, PluginFileConfig>,
+) -> Result<Vec<crate::daemon::Enabled>, ConfigError> {
+    let registry = crate::daemon::registry();
+    let known = || {
+        registry
+            .iter()
+            .map(|e| e.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let check = |name: &str| {
+        if registry.iter().any(|e| e.name == name) {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "unknown daemon plugin {name:?}; this agent has: {}",
+                known()
+            )))
+        }
+    };
+    let pair = |arg: &str, flag: &str| -> Result<(String, Duration), ConfigError> {
+        let (name, d) = arg.split_once('=').ok_or_else(|| {
+            ConfigError::Invalid(format!("{flag} {arg:?}: expected PLUGIN=DURATION"))
+        })?;
+        check(name)?;
+        let d =
+            parse_duration(d).map_err(|e| ConfigError::Invalid(format!("{flag} {arg:?}: {e}")))?;
+        Ok((name.to_string(), d))
+    };
+    for name in file.keys().chain(args.disable_plugins.iter()) {
+        check(name)?;
+    }
+    let intervals = args
+        .plugin_intervals
+        .iter()
+        .map(|a| pair(a, "--plugin-interval"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let deadlines = args
+        .plugin_deadlines
+        .iter()
+        .map(|a| pair(a, "--plugin-deadline"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut enabled = Vec::new();
+    for entry in registry {
+        let fc = file.get(entry.name).cloned().unwrap_or_default();
+        if fc.enabled == Some(false) || args.disable_plugins.iter().any(|d| d == entry.name) {
+            continue;
+        }
+        let from_file = |v: &Option<String>, what: &str| -> Result<Option<Duration>, ConfigError> {
+            v.as_deref()
+                .map(|t| {
+                    parse_duration(t).map_err(|e| {
+                        ConfigError::Invalid(format!("plugins.{}.{what}: {e}", entry.name))
+                    })
+                })
+                .transpose()
+        };
+        let flag = |list: &[(String, Duration)]| {
+            list.iter()
+                .rev()
+                .find(|(n, _)| n == entry.name)
+                .map(|(_, d)| *d)
+        };
+        enabled.push(crate::daemon::Enabled {
+            name: entry.name,
+            make: entry.make,
+            interval: flag(&intervals)
+                .or(from_file(&fc.interval, "interval")?)
+                .unwrap_or(entry.interval),
+            deadline: flag(&deadlines)
+                .or(from_file(&fc.deadline, "deadline")?)
+                .unwrap_or(entry.deadline),
+        });
+    }
+    Ok(enabled)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +243,7 @@ impl AgentConfig {
             }
             None => FileConfig::default(),
         };
+        let plugins = resolve_plugins(&args, &file.plugins)?;
         let interval_text = args
             .heartbeat_interval
             .or_else(|| env_nonempty("HEARTBEAT_INTERVAL"))
@@ -145,6 +264,17 @@ impl AgentConfig {
         labels.extend(parse_labels(&args.labels).map_err(|e| ConfigError::Invalid(e.to_string()))?);
         drover_types::labels::validate_labels(&labels)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let allow_paths = if args.allow_paths.is_empty() {
+            file.allow_paths
+        } else {
+            args.allow_paths
+        };
+        if let Some(p) = allow_paths.iter().find(|p| !p.is_absolute()) {
+            return Err(ConfigError::Invalid(format!(
+                "--allow-path {}: use an absolute path",
+                p.display()
+            )));
+        }
         let log_format = args.log_format.or(file.log_format);
         if let Some(f) = &log_format
             && f != "text"
@@ -168,6 +298,8 @@ impl AgentConfig {
             labels,
             heartbeat_interval,
             log_json: log_format.as_deref() == Some("json"),
+            allow_paths,
+            plugins,
         })
     }
 }

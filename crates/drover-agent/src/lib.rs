@@ -1,10 +1,13 @@
 //! The drover node agent as a library: configuration, identity (enrollment and the state dir), the link to
 //! the server, and inventory (capabilities and metrics). The `drover-agent` binary is a thin shell over it.
 
+pub mod actions;
 pub mod backoff;
 pub mod config;
+pub mod daemon;
 pub mod identity;
 pub mod inventory;
 pub mod link;
+pub mod policy;
 
 pub use config::AgentConfig;

@@ -3,18 +3,25 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use drover_proto::v1::{
-    AgentMessage, Heartbeat, Hello, ServerMessage, agent_message::Msg, server_message,
+    self, AgentMessage, Heartbeat, Hello, ServerMessage, action_result, agent_message::Msg,
+    server_message,
 };
 use drover_types::PROTOCOL_VERSION;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
+use crate::actions::{self, ActionCtx, Calls};
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
+use crate::daemon::{self, Control};
 use crate::identity::{self, Identity, IdentityError};
 use crate::inventory::Collector;
+use crate::policy::Policy;
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -103,9 +110,14 @@ pub async fn run(
     tracing::info!(node = %identity.info.name, id = %identity.info.node_id, %server, "starting");
     let mut collector = Collector::new()?;
     let mut backoff = Backoff::default();
+    let ctx = ActionCtx {
+        policy: Arc::new(Policy::new(&config.allow_paths)),
+    };
+    // Outlives connections, so a call redelivered after a reconnect is recognised.
+    let calls = Arc::new(Calls::default());
     loop {
         let end = tokio::select! {
-            end = session(&endpoint, &config, &mut collector, &mut backoff) => end,
+            end = session(&endpoint, &config, &mut collector, &mut backoff, &ctx, &calls) => end,
             _ = shutdown.changed() => return Ok(()),
         };
         let delay = backoff.next_delay();
@@ -166,18 +178,28 @@ async fn session(
     config: &AgentConfig,
     collector: &mut Collector,
     backoff: &mut Backoff,
+    ctx: &ActionCtx,
+    calls: &Arc<Calls>,
 ) -> SessionEnd {
     let channel = match endpoint.connect().await {
         Ok(c) => c,
         Err(e) => return SessionEnd::Connect(describe_transport_error(&e)),
     };
-    let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(64);
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         capabilities: Some(collector.capabilities().await.into()),
         labels: config.labels.clone().into_iter().collect(),
         heartbeat_interval_ms: config.heartbeat_interval.as_millis().min(u64::MAX as u128) as u64,
         metrics: Some(collector.metrics().await.into()),
+        actions: actions::advertised()
+            .into_iter()
+            .map(|a| v1::ActionInfo {
+                name: a.name,
+                version: a.version,
+            })
+            .collect(),
+        daemon_plugins: config.plugins.iter().map(|p| p.name.to_string()).collect(),
     };
     // Fresh channel with room: cannot fail.
     let _ = tx.try_send(AgentMessage {
@@ -200,6 +222,15 @@ async fn session(
     }
     backoff.reset();
 
+    // One task per daemon plugin; dropping the set when the stream ends stops them all.
+    let mut plugins = tokio::task::JoinSet::new();
+    let mut controls: HashMap<&'static str, mpsc::Sender<Control>> = HashMap::new();
+    for plugin in &config.plugins {
+        let (ctl_tx, ctl_rx) = mpsc::channel(8);
+        controls.insert(plugin.name, ctl_tx);
+        plugins.spawn(daemon::run(plugin.clone(), ctl_rx, tx.clone()));
+    }
+
     let mut ticker = tokio::time::interval(config.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate; Hello carried those metrics
@@ -213,11 +244,108 @@ async fn session(
                 }
             }
             msg = inbound.message() => match msg {
-                Ok(Some(_)) => {} // nothing else is sent to agents at this protocol version
+                Ok(Some(ServerMessage { msg: Some(m) })) => dispatch(m, ctx, calls, &controls, &tx).await,
+                Ok(Some(ServerMessage { msg: None })) => {} // a newer server's message this agent does not know
                 Ok(None) => return SessionEnd::Closed,
                 Err(status) => return refused_or_broken(&status),
             },
         }
+    }
+}
+
+/// Routes one message from the server.
+async fn dispatch(
+    m: server_message::Msg,
+    ctx: &ActionCtx,
+    calls: &Arc<Calls>,
+    controls: &HashMap<&'static str, mpsc::Sender<Control>>,
+    tx: &mpsc::Sender<AgentMessage>,
+) {
+    use server_message::Msg as M;
+    let to_plugin = |plugin: &str, c: Control| {
+        if let Some(ctl) = controls.get(plugin) {
+            // A full control queue means the plugin task is stuck; dropping a control message is safe:
+            // the server re-terminates or the agent recreates.
+            let _ = ctl.try_send(c);
+        }
+    };
+    match m {
+        M::Welcome(_) => {}
+        M::ActionCall(call) => {
+            let Some(cancel) = calls.begin(&call.call_id) else {
+                tracing::info!(call = %call.call_id, "ignored a redelivered action call");
+                return;
+            };
+            let (ctx, calls, tx) = (ctx.clone(), calls.clone(), tx.clone());
+            tokio::spawn(async move {
+                let args = if call.args_json.trim().is_empty() {
+                    Ok(serde_json::Value::Null)
+                } else {
+                    serde_json::from_str(&call.args_json).map_err(|e| {
+                        drover_types::action::ActionError::invalid(
+                            None,
+                            format!("arguments are not JSON: {e}"),
+                        )
+                    })
+                };
+                let deadline = Duration::from_millis(call.deadline_ms.max(1));
+                let result = match args {
+                    Ok(args) => actions::run(ctx, &call.name, args, deadline, cancel).await,
+                    Err(e) => Err(e),
+                };
+                calls.finish(&call.call_id);
+                let outcome = match result {
+                    Ok(v) => action_result::Outcome::OkJson(v.to_string()),
+                    Err(e) => action_result::Outcome::ErrorJson(
+                        serde_json::to_string(&e).unwrap_or_default(),
+                    ),
+                };
+                let result = v1::ActionResult {
+                    call_id: call.call_id,
+                    outcome: Some(outcome),
+                };
+                let _ = tx
+                    .send(AgentMessage {
+                        msg: Some(Msg::ActionResult(result)),
+                    })
+                    .await;
+            });
+        }
+        M::CancelAction(c) => {
+            calls.cancel(&c.call_id);
+        }
+        M::SessionCreated(c) => to_plugin(
+            &c.plugin,
+            Control::Created {
+                session_id: c.session_id,
+            },
+        ),
+        M::TerminateSession(t) => {
+            tracing::info!(plugin = %t.plugin, reason = %t.reason, "server terminated session(s)");
+            if t.plugin.is_empty() {
+                for name in controls.keys() {
+                    to_plugin(
+                        name,
+                        Control::Terminate {
+                            session_id: String::new(),
+                        },
+                    );
+                }
+            } else {
+                to_plugin(
+                    &t.plugin,
+                    Control::Terminate {
+                        session_id: t.session_id,
+                    },
+                );
+            }
+        }
+        M::SessionMessage(m) => match serde_json::from_str(&m.body_json) {
+            Ok(body) => to_plugin(&m.plugin, Control::Message { body }),
+            Err(e) => {
+                tracing::warn!(plugin = %m.plugin, "ignored a session message that is not JSON: {e}")
+            }
+        },
     }
 }
 

@@ -1,20 +1,22 @@
 //! The fleet: enrollment, registration, heartbeats and the node views built from the store.
 //! Everything that decides something about a node lives here; the gateway and the API only translate.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use drover_types::{
     Capabilities, Labels, LivenessPolicy, Metrics, MetricsSample, Node, Transport,
+    action::{ActionError, ActionInfo},
     api::{CreateTokenRequest, CreatedToken, RegisterRequest, RegisterResponse},
     duration::{DurationError, parse_duration},
     labels::{LabelError, validate_labels},
+    session::{SessionDetail, SessionInfo, SessionSample},
     token::{JoinToken, JoinTokenInfo, TokenFormatError, TokenRefusal},
 };
 use sha2::{Digest, Sha256};
 
+use crate::links::Links;
 use crate::pki::{Pki, PkiError};
 use crate::store::{JoinTokenRecord, NodeRecord, Store, StoreError};
 
@@ -43,6 +45,12 @@ pub enum FleetError {
     NameOwnedByAgent(String),
     #[error("field `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error(transparent)]
+    Action(#[from] ActionError),
+    #[error("no action call {0:?} is running")]
+    CallNotFound(String),
+    #[error("node {node:?} has no session for plugin {plugin:?}")]
+    SessionNotFound { node: String, plugin: String },
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error(transparent)]
@@ -92,18 +100,17 @@ pub struct AgentHello {
     pub heartbeat_interval: Duration,
     pub metrics: Option<Metrics>,
     pub ip: Option<String>,
+    pub actions: Vec<ActionInfo>,
 }
 
 pub struct Fleet {
     store: Arc<dyn Store>,
     pki: Arc<Pki>,
     config: FleetConfig,
-    /// Node id -> serial of the stream attached to this server now.
-    attached: Mutex<HashMap<String, u64>>,
-    next_serial: std::sync::atomic::AtomicU64,
+    links: Links,
 }
 
-/// Marks a node attached while alive; a newer stream for the same node takes over the mark.
+/// Keeps a node's stream registered while alive; a newer stream for the same node takes over.
 pub struct Attachment {
     fleet: Arc<Fleet>,
     node_id: String,
@@ -112,13 +119,21 @@ pub struct Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        let mut attached = self
-            .fleet
-            .attached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if attached.get(&self.node_id) == Some(&self.serial) {
-            attached.remove(&self.node_id);
+        self.fleet.links.detach(&self.node_id, self.serial);
+    }
+}
+
+/// Gives up on an action call when its caller goes away before the answer.
+struct CallGuard<'a> {
+    fleet: &'a Fleet,
+    call_id: String,
+    done: bool,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.fleet.links.abandon_call(&self.call_id);
         }
     }
 }
@@ -157,8 +172,7 @@ impl Fleet {
             store,
             pki,
             config,
-            attached: Mutex::new(HashMap::new()),
-            next_serial: Default::default(),
+            links: Links::default(),
         })
     }
 
@@ -279,11 +293,12 @@ impl Fleet {
         })
     }
 
-    /// Records an agent's hello and marks its stream attached until the returned guard drops.
+    /// Records an agent's hello and registers its stream until the returned guard drops.
     pub async fn attach(
         self: &Arc<Self>,
         node_id: &str,
         hello: AgentHello,
+        tx: tokio::sync::mpsc::Sender<drover_proto::v1::ServerMessage>,
     ) -> Result<(NodeRecord, Attachment), FleetError> {
         let mut node = self
             .store
@@ -302,13 +317,7 @@ impl Fleet {
         if let Some(metrics) = hello.metrics {
             self.heartbeat(node_id, metrics).await?;
         }
-        let serial = self
-            .next_serial
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.attached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node_id.to_string(), serial);
+        let serial = self.links.attach(node_id, tx, hello.actions);
         Ok((
             node,
             Attachment {
@@ -317,6 +326,11 @@ impl Fleet {
                 serial,
             },
         ))
+    }
+
+    /// The live streams: for the gateway to route what agents send.
+    pub fn links(&self) -> &Links {
+        &self.links
     }
 
     pub async fn heartbeat(&self, node_id: &str, metrics: Metrics) -> Result<(), FleetError> {
@@ -428,11 +442,7 @@ impl Fleet {
     fn view(&self, record: NodeRecord) -> Node {
         let now = Utc::now();
         let interval = Duration::from_millis(record.heartbeat_interval_ms);
-        let connected = self
-            .attached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&record.id);
+        let connected = self.links.is_attached(&record.id);
         Node {
             status: self.config.liveness.status(record.last_seen, interval, now),
             id: record.id,
@@ -476,6 +486,7 @@ impl Fleet {
     pub async fn delete_node(&self, id_or_name: &str) -> Result<Node, FleetError> {
         let node = self.find(id_or_name).await?;
         self.store.delete_node(&node.id).await?;
+        self.links.forget(&node.id);
         Ok(self.view(node))
     }
 
@@ -486,5 +497,168 @@ impl Fleet {
     ) -> Result<Vec<MetricsSample>, FleetError> {
         let node = self.find(id_or_name).await?;
         Ok(self.store.metrics_history(&node.id, limit).await?)
+    }
+
+    // ---- actions ----
+
+    /// The actions a connected node offers.
+    pub async fn node_actions(&self, id_or_name: &str) -> Result<Vec<ActionInfo>, FleetError> {
+        let node = self.find(id_or_name).await?;
+        self.links
+            .actions(&node.id)
+            .ok_or(FleetError::Action(ActionError::NodeUnavailable))
+    }
+
+    /// Calls an action on a node and waits for its outcome. If the caller stops waiting (drops this
+    /// future), the call is cancelled on the node.
+    pub async fn call_action(
+        &self,
+        id_or_name: &str,
+        name: &str,
+        args: serde_json::Value,
+        deadline: Duration,
+        call_id: Option<String>,
+    ) -> Result<(String, serde_json::Value), FleetError> {
+        let node = self.find(id_or_name).await?;
+        let known = self
+            .links
+            .actions(&node.id)
+            .ok_or(ActionError::NodeUnavailable)?;
+        if !known.iter().any(|a| a.name == name) {
+            return Err(ActionError::UnknownAction {
+                name: name.to_string(),
+                known: known.into_iter().map(|a| a.name).collect(),
+            }
+            .into());
+        }
+        let call_id = match call_id {
+            Some(id)
+                if !id.is_empty()
+                    && id.len() <= 64
+                    && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+            {
+                id
+            }
+            Some(id) => {
+                return Err(FleetError::invalid(
+                    "call_id",
+                    format!("{id:?} is not 1-64 letters, digits or '-'"),
+                ));
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        let deadline_ms = deadline.as_millis().clamp(1, u64::MAX as u128) as u64;
+        let reply = self
+            .links
+            .start_call(&node.id, &call_id, name, &args, deadline_ms)
+            .await?;
+        let mut guard = CallGuard {
+            fleet: self,
+            call_id: call_id.clone(),
+            done: false,
+        };
+        // The agent enforces the deadline; the margin covers the trip there and back.
+        let outcome = match tokio::time::timeout(deadline + Duration::from_secs(2), reply).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ActionError::NodeUnavailable),
+            Err(_) => {
+                self.links.abandon_call(&call_id);
+                Err(ActionError::DeadlineExceeded { deadline_ms })
+            }
+        };
+        guard.done = true;
+        Ok((call_id, outcome?))
+    }
+
+    /// Cancels a running call; its caller receives Cancelled.
+    pub async fn cancel_call(&self, call_id: &str) -> Result<(), FleetError> {
+        if self.links.cancel_call(call_id).await {
+            Ok(())
+        } else {
+            Err(FleetError::CallNotFound(call_id.to_string()))
+        }
+    }
+
+    // ---- sessions ----
+
+    pub async fn sessions(&self, id_or_name: &str) -> Result<Vec<SessionInfo>, FleetError> {
+        let node = self.find(id_or_name).await?;
+        Ok(self.links.sessions(&node.id))
+    }
+
+    pub async fn session(
+        &self,
+        id_or_name: &str,
+        plugin: &str,
+    ) -> Result<SessionDetail, FleetError> {
+        let node = self.find(id_or_name).await?;
+        self.links
+            .session(&node.id, plugin)
+            .ok_or(FleetError::SessionNotFound {
+                node: node.name,
+                plugin: plugin.to_string(),
+            })
+    }
+
+    pub async fn session_history(
+        &self,
+        id_or_name: &str,
+        plugin: &str,
+    ) -> Result<Vec<SessionSample>, FleetError> {
+        let node = self.find(id_or_name).await?;
+        self.links
+            .session_history(&node.id, plugin)
+            .ok_or(FleetError::SessionNotFound {
+                node: node.name,
+                plugin: plugin.to_string(),
+            })
+    }
+
+    /// Terminates one plugin's session or all of a node's; the agent recreates them.
+    pub async fn terminate_sessions(
+        &self,
+        id_or_name: &str,
+        plugin: Option<&str>,
+    ) -> Result<usize, FleetError> {
+        let node = self.find(id_or_name).await?;
+        let n = self
+            .links
+            .terminate_sessions(&node.id, plugin, "terminated by an operator")
+            .await;
+        match plugin {
+            Some(p) if n == 0 => Err(FleetError::SessionNotFound {
+                node: node.name,
+                plugin: p.to_string(),
+            }),
+            _ => Ok(n),
+        }
+    }
+
+    /// Sends a message to a plugin's handler on the node.
+    pub async fn session_message(
+        &self,
+        id_or_name: &str,
+        plugin: &str,
+        body: serde_json::Value,
+    ) -> Result<(), FleetError> {
+        let detail = self.session(id_or_name, plugin).await?;
+        let node = self.find(id_or_name).await?;
+        let m = drover_proto::v1::SessionMessage {
+            plugin: plugin.to_string(),
+            session_id: detail.info.session_id,
+            body_json: body.to_string(),
+        };
+        if self
+            .links
+            .send(
+                &node.id,
+                drover_proto::v1::server_message::Msg::SessionMessage(m),
+            )
+            .await
+        {
+            Ok(())
+        } else {
+            Err(ActionError::NodeUnavailable.into())
+        }
     }
 }

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod fleet;
 pub mod gateway;
+pub mod links;
 pub mod pki;
 pub mod server;
 pub mod store;

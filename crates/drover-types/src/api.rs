@@ -10,6 +10,9 @@ pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For action calls: the typed error (`{"kind": "DeadlineExceeded", ...}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_error: Option<crate::action::ActionError>,
 }
 
 /// `POST /api/v1/tokens`

@@ -1,11 +1,13 @@
 //! The typed model shared by drover's server, agent and CLI: nodes, capabilities, metrics, liveness,
 //! join tokens, labels and the REST API's bodies. Pure data and pure functions, no I/O.
 
+pub mod action;
 pub mod api;
 pub mod duration;
 pub mod labels;
 pub mod liveness;
 pub mod node;
+pub mod session;
 pub mod token;
 
 pub use labels::Labels;

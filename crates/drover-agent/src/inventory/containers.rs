@@ -38,22 +38,33 @@ struct ApiContainer {
     state: String,
 }
 
+/// Running containers; empty when no engine answers.
 pub async fn running(timeout: Duration) -> Vec<RunningContainer> {
+    list(false, timeout).await.unwrap_or_default()
+}
+
+/// Containers (`all`: stopped ones too) from the first engine that answers; `None` when none does.
+pub async fn list(all: bool, timeout: Duration) -> Option<Vec<RunningContainer>> {
     for socket in sockets() {
         if !socket.exists() {
             continue;
         }
-        if let Ok(Some(list)) = tokio::time::timeout(timeout, query(&socket)).await {
-            return list;
+        if let Ok(Some(list)) = tokio::time::timeout(timeout, query(&socket, all)).await {
+            return Some(list);
         }
     }
-    Vec::new()
+    None
 }
 
-async fn query(socket: &std::path::Path) -> Option<Vec<RunningContainer>> {
+async fn query(socket: &std::path::Path, all: bool) -> Option<Vec<RunningContainer>> {
     let mut stream = tokio::net::UnixStream::connect(socket).await.ok()?;
+    let path = if all {
+        "/containers/json?all=true"
+    } else {
+        "/containers/json"
+    };
     stream
-        .write_all(b"GET /containers/json HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n").as_bytes())
         .await
         .ok()?;
     let mut response = Vec::new();

@@ -1,8 +1,10 @@
 //! What the node is (capabilities, reported once per connection) and how it is doing (metrics, every
 //! heartbeat). Collection is cheap by design: /proc reads, one statvfs, one local socket query.
 
-mod containers;
+pub mod containers;
+pub mod disks;
 mod gpu;
+pub mod systemd;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -14,7 +16,7 @@ use sysinfo::{CpuRefreshKind, MemoryRefreshKind, Networks, RefreshKind, System};
 const MIB: u64 = 1024 * 1024;
 
 /// Total and available bytes of the filesystem holding `path`.
-fn disk_space(path: &Path) -> Option<(u64, u64)> {
+pub fn disk_space(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -113,6 +115,53 @@ impl<'a, I: Iterator<Item = &'a sysinfo::NetworkData>> ClonedIps for I {
         self.flat_map(|data| data.ip_networks().iter().map(|n| n.addr))
             .collect()
     }
+}
+
+/// One process, as `list_processes` reports it.
+pub struct Process {
+    pub pid: u32,
+    pub name: String,
+    pub cmd: Vec<String>,
+    pub cpu_usage: f32,
+    pub mem_kb: u64,
+    pub user_id: Option<String>,
+    pub status: String,
+}
+
+/// Processes whose name contains `name` (all when `None`), highest CPU first, at most `limit`.
+/// Blocking: it samples CPU twice, a short interval apart.
+pub fn processes(name: Option<&str>, limit: usize) -> Result<Vec<Process>, sysinfo::Error> {
+    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, UpdateKind};
+    let kind = ProcessRefreshKind::nothing()
+        .with_cpu()
+        .with_memory()
+        .with_cmd(UpdateKind::OnlyIfNotSet)
+        .with_user(UpdateKind::OnlyIfNotSet);
+    let mut system = System::new()?;
+    system.refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
+    std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+    system.refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
+    let mut list: Vec<Process> = system
+        .processes()
+        .values()
+        .filter(|p| name.is_none_or(|n| p.name().to_string_lossy().contains(n)))
+        .map(|p| Process {
+            pid: p.pid().as_u32(),
+            name: p.name().to_string_lossy().into_owned(),
+            cmd: p
+                .cmd()
+                .iter()
+                .map(|c| c.to_string_lossy().into_owned())
+                .collect(),
+            cpu_usage: p.cpu_usage(),
+            mem_kb: p.memory() / 1024,
+            user_id: p.user_id().map(|u| u.to_string()),
+            status: p.status().to_string(),
+        })
+        .collect();
+    list.sort_by(|a, b| b.cpu_usage.total_cmp(&a.cpu_usage).then(a.pid.cmp(&b.pid)));
+    list.truncate(limit);
+    Ok(list)
 }
 
 fn round2(v: f64) -> f64 {

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use drover_types::action::ActionError;
 use drover_types::api::ErrorBody;
 
 use crate::fleet::FleetError;
@@ -24,6 +25,8 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("internal server error; see the server's log")]
     Internal,
+    #[error(transparent)]
+    Action(ActionError),
 }
 
 impl ApiError {
@@ -38,9 +41,11 @@ impl ApiError {
 impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
         match e {
-            FleetError::NodeNotFound(_) | FleetError::TokenNotFound(_) => {
-                ApiError::NotFound(e.to_string())
-            }
+            FleetError::NodeNotFound(_)
+            | FleetError::TokenNotFound(_)
+            | FleetError::CallNotFound(_)
+            | FleetError::SessionNotFound { .. } => ApiError::NotFound(e.to_string()),
+            FleetError::Action(a) => ApiError::Action(a),
             FleetError::TokenFormat(_)
             | FleetError::TokenRefused(_)
             | FleetError::TokenRequired
@@ -67,14 +72,29 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Action(a) => match a {
+                ActionError::InvalidArgs { .. } => StatusCode::BAD_REQUEST,
+                ActionError::UnknownAction { .. } => StatusCode::NOT_FOUND,
+                ActionError::NodeUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                ActionError::Cancelled => StatusCode::CONFLICT,
+                ActionError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+                ActionError::Denied { .. } => StatusCode::FORBIDDEN,
+                ActionError::Failed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            },
         };
         let field = match &self {
             ApiError::BadRequest { field, .. } => field.clone(),
+            ApiError::Action(ActionError::InvalidArgs { field, .. }) => field.clone(),
+            _ => None,
+        };
+        let action_error = match &self {
+            ApiError::Action(a) => Some(a.clone()),
             _ => None,
         };
         let body = ErrorBody {
             error: self.to_string(),
             field,
+            action_error,
         };
         (code, Json(body)).into_response()
     }

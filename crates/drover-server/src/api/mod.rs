@@ -1,10 +1,12 @@
 //! The REST API under /api/v1 (JSON). Operator routes need the admin token; the MIaaS agent routes use
 //! join tokens and node tokens; `/health` is open.
 
+mod actions;
 mod error;
 mod json;
 mod miaas;
 mod nodes;
+mod sessions;
 mod tokens;
 
 use std::sync::Arc;
@@ -80,6 +82,28 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/nodes", get(nodes::list))
         .route("/api/v1/nodes/{id}", get(nodes::get).delete(nodes::delete))
         .route("/api/v1/nodes/{id}/metrics", get(nodes::metrics))
+        .route("/api/v1/nodes/{id}/actions", get(actions::list))
+        .route("/api/v1/nodes/{id}/actions/{name}", post(actions::call))
+        .route(
+            "/api/v1/nodes/{id}/actions/calls/{call_id}/cancel",
+            post(actions::cancel),
+        )
+        .route(
+            "/api/v1/nodes/{id}/sessions",
+            get(sessions::list).delete(sessions::terminate_all),
+        )
+        .route(
+            "/api/v1/nodes/{id}/sessions/{plugin}",
+            get(sessions::get).delete(sessions::terminate),
+        )
+        .route(
+            "/api/v1/nodes/{id}/sessions/{plugin}/history",
+            get(sessions::history),
+        )
+        .route(
+            "/api/v1/nodes/{id}/sessions/{plugin}/messages",
+            post(sessions::message),
+        )
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
         .route_layer(middleware::from_fn_with_state(

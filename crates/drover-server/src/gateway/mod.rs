@@ -11,6 +11,7 @@ use drover_proto::v1::{
     self, AgentMessage, EnrollRequest, EnrollResponse, ServerMessage, agent_message::Msg,
     server_message,
 };
+use drover_types::action::{ActionError, ActionInfo};
 use drover_types::{Labels, PROTOCOL_VERSION, VERSION};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -52,6 +53,69 @@ fn status(e: FleetError) -> Status {
 
 fn peer(req: &Request<impl Sized>) -> Option<Peer> {
     req.extensions().get::<Peer>().cloned()
+}
+
+/// Handles what an attached agent sends besides hellos and heartbeats.
+async fn handle(fleet: &Fleet, node_id: &str, name: &str, msg: Msg) {
+    let links = fleet.links();
+    match msg {
+        Msg::ActionResult(r) => {
+            let outcome = match r.outcome {
+                Some(v1::action_result::Outcome::OkJson(json)) => serde_json::from_str(&json)
+                    .map_err(|e| {
+                        ActionError::failed(format!(
+                            "the agent sent a result that is not JSON: {e}"
+                        ))
+                    }),
+                Some(v1::action_result::Outcome::ErrorJson(json)) => Err(serde_json::from_str::<
+                    ActionError,
+                >(&json)
+                .unwrap_or_else(|e| {
+                    ActionError::failed(format!("the agent sent an unreadable error: {e}"))
+                })),
+                None => Err(ActionError::failed("the agent sent an empty result")),
+            };
+            links.finish_call(node_id, &r.call_id, outcome);
+        }
+        Msg::CreateSession(c) => {
+            let valid = !c.plugin.is_empty()
+                && c.plugin.len() <= 64
+                && c.plugin
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
+            if !valid {
+                tracing::warn!(node = %name, "ignored a session request for an invalid plugin name");
+                return;
+            }
+            let session_id = links.create_session(node_id, &c.plugin, c.interval_ms, c.deadline_ms);
+            tracing::debug!(node = %name, plugin = %c.plugin, %session_id, "session created");
+            let created = v1::SessionCreated {
+                plugin: c.plugin,
+                session_id,
+            };
+            links
+                .send(node_id, server_message::Msg::SessionCreated(created))
+                .await;
+        }
+        Msg::SessionData(d) => match links.session_data(node_id, &d) {
+            Ok(()) => {}
+            Err(crate::links::SessionRejected::Unknown(_)) => {
+                tracing::info!(node = %name, plugin = %d.plugin, "data for an unknown session; asking the agent to recreate it");
+                links
+                    .reject_session(node_id, &d.plugin, &d.session_id)
+                    .await;
+            }
+            Err(e) => tracing::warn!(node = %name, plugin = %d.plugin, "ignored session data: {e}"),
+        },
+        Msg::SessionStatus(st) => {
+            if links.session_status(node_id, &st).is_err() {
+                links
+                    .reject_session(node_id, &st.plugin, &st.session_id)
+                    .await;
+            }
+        }
+        Msg::Hello(_) | Msg::Heartbeat(_) => {}
+    }
 }
 
 type AttachStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
@@ -122,10 +186,21 @@ impl drover_proto::AgentLink for Gateway {
             heartbeat_interval: interval,
             metrics: hello.metrics.map(Into::into),
             ip: addr.map(|a| a.ip().to_string()),
+            actions: hello
+                .actions
+                .into_iter()
+                .map(|a| ActionInfo {
+                    name: a.name,
+                    version: a.version,
+                })
+                .collect(),
         };
+        // The fleet sends to the node through `link_tx`; a forwarder feeds those into the response stream,
+        // beside which this handler can still end the stream with an error status.
+        let (link_tx, mut link_rx) = mpsc::channel::<ServerMessage>(64);
         let (node, attachment) = self
             .fleet
-            .attach(&node_id, agent_hello)
+            .attach(&node_id, agent_hello, link_tx.clone())
             .await
             .map_err(|e| {
                 tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
@@ -133,7 +208,7 @@ impl drover_proto::AgentLink for Gateway {
             })?;
         tracing::info!(node = %node.name, id = %node.id, peer = ?addr, "agent attached");
 
-        let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(16);
+        let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(64);
         let welcome = ServerMessage {
             msg: Some(server_message::Msg::Welcome(v1::Welcome {
                 protocol_version: PROTOCOL_VERSION,
@@ -144,6 +219,15 @@ impl drover_proto::AgentLink for Gateway {
         };
         // The channel was just made with room to spare, so this cannot fail.
         let _ = tx.try_send(Ok(welcome));
+        let forward_tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = link_rx.recv().await {
+                if forward_tx.send(Ok(m)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        drop(link_tx);
 
         let fleet = self.fleet.clone();
         let mut shutdown = self.shutdown.clone();
@@ -165,6 +249,7 @@ impl drover_proto::AgentLink for Gateway {
                         Ok(Some(AgentMessage { msg: Some(Msg::Hello(_)) })) => {
                             tracing::warn!(node = %node.name, "ignored a second Hello on one stream");
                         }
+                        Ok(Some(AgentMessage { msg: Some(other) })) => handle(&fleet, &node.id, &node.name, other).await,
                         Ok(Some(AgentMessage { msg: None })) => {
                             tracing::debug!(node = %node.name, "ignored an empty or unknown message");
                         }

@@ -21,7 +21,11 @@ pub enum ClientError {
     )]
     Unreachable { url: String, message: String },
     #[error("{message}")]
-    Api { status: u16, message: String },
+    Api {
+        status: u16,
+        message: String,
+        action: Option<drover_types::action::ActionError>,
+    },
     #[error("unexpected answer from {url}: {message}")]
     Protocol { url: String, message: String },
 }
@@ -71,10 +75,24 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<Option<T>, ClientError> {
+        self.request_with_timeout(method, path, body, None).await
+    }
+
+    /// A request that may take longer than the default 30 s (an action with a long deadline).
+    pub async fn request_with_timeout<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Option<T>, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(b);
+        }
+        if let Some(t) = timeout {
+            req = req.timeout(t);
         }
         let resp = req.send().await.map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),
@@ -86,12 +104,14 @@ impl Client {
             message: e.to_string(),
         })?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| format!("the server answered {status}"));
+            let (message, action) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(b) => (b.error, b.action_error),
+                Err(_) => (format!("the server answered {status}"), None),
+            };
             return Err(ClientError::Api {
                 status: status.as_u16(),
                 message,
+                action,
             });
         }
         if status == StatusCode::NO_CONTENT || bytes.is_empty() {

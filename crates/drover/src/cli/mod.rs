@@ -1,9 +1,11 @@
 //! Command-line parsing and dispatch. One file per command group.
 
+mod action;
 mod client;
 mod nodes;
 mod output;
 mod server;
+mod sessions;
 mod tokens;
 mod up;
 
@@ -23,7 +25,8 @@ pub use client::ClientError;
       drover server --data-dir /var/lib/drover\n  \
       drover nodes                    # the fleet as a table\n  \
       drover token create --ttl 1h --label role=edge\n\n\
-      Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 not authorized, 5 server unreachable."
+      Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 not authorized, 5 server unreachable,\n\
+      6 node not connected, 124 action deadline exceeded, 130 action cancelled."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -55,6 +58,10 @@ pub enum Command {
     Nodes(nodes::NodesArgs),
     /// Manage join tokens that let agents enroll.
     Token(tokens::TokenArgs),
+    /// Call an action on a node and print its JSON result.
+    Action(action::ActionArgs),
+    /// A node's daemon-plugin sessions and their latest payloads.
+    Sessions(sessions::SessionsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -83,12 +90,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args, &cli.global).await,
         Command::Nodes(args) => nodes::run(args, &client::Client::new(&cli.global)?).await,
         Command::Token(args) => tokens::run(args, &client::Client::new(&cli.global)?).await,
+        Command::Action(args) => action::run(args, &client::Client::new(&cli.global)?).await,
+        Command::Sessions(args) => sessions::run(args, &client::Client::new(&cli.global)?).await,
     }
 }
 
 /// Exit codes scripts can rely on.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use drover_types::action::ActionError;
     match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Api {
+            action: Some(a), ..
+        }) => match a {
+            ActionError::UnknownAction { .. } => 3,
+            ActionError::NodeUnavailable => 6,
+            ActionError::DeadlineExceeded { .. } => 124,
+            ActionError::Cancelled => 130,
+            _ => 1,
+        },
         Some(ClientError::Api { status, .. }) if *status == 404 => 3,
         Some(ClientError::Api { status, .. }) if *status == 401 || *status == 403 => 4,
         Some(ClientError::NoToken { .. }) => 4,

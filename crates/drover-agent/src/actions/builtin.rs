@@ -1,0 +1,246 @@
+//! The built-in actions.
+
+use std::io::Read;
+use std::time::Duration;
+
+use drover_types::{Capabilities, RunningContainer, action::ActionError};
+use serde::{Deserialize, Serialize};
+
+use super::ActionCtx;
+use crate::inventory::{self, Collector};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
+
+#[derive(Serialize)]
+pub struct Pong {
+    pub pong: bool,
+    pub agent_version: &'static str,
+    pub time: chrono::DateTime<chrono::Utc>,
+}
+
+/// Liveness of the action path itself.
+pub async fn ping(_: ActionCtx, _: NoArgs) -> Result<Pong, ActionError> {
+    Ok(Pong {
+        pong: true,
+        agent_version: drover_types::VERSION,
+        time: chrono::Utc::now(),
+    })
+}
+
+/// The full capability report, collected afresh.
+pub async fn inventory(_: ActionCtx, _: NoArgs) -> Result<Capabilities, ActionError> {
+    let mut collector = Collector::new().map_err(ActionError::failed)?;
+    Ok(collector.capabilities().await)
+}
+
+/// Largest file content `read_file` returns.
+pub const READ_FILE_MAX: u64 = 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadFileArgs {
+    pub path: String,
+    /// At most this many bytes (capped at 1 MiB).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct FileContent {
+    pub path: String,
+    pub size: u64,
+    pub truncated: bool,
+    /// The content when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// The content, base64-encoded, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
+}
+
+/// Reads a file under the node's allowed roots.
+pub async fn read_file(ctx: ActionCtx, args: ReadFileArgs) -> Result<FileContent, ActionError> {
+    let real = ctx
+        .policy
+        .check_existing(&args.path)
+        .map_err(ActionError::denied)?;
+    let limit = args.max_bytes.unwrap_or(READ_FILE_MAX).min(READ_FILE_MAX);
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&real).map_err(ActionError::failed)?;
+        let meta = file.metadata().map_err(ActionError::failed)?;
+        if !meta.is_file() {
+            return Err(ActionError::invalid(
+                Some("path"),
+                format!("{} is not a regular file", real.display()),
+            ));
+        }
+        let mut bytes = Vec::new();
+        file.take(limit)
+            .read_to_end(&mut bytes)
+            .map_err(ActionError::failed)?;
+        let truncated = meta.len() > bytes.len() as u64;
+        let (content, content_base64) = match String::from_utf8(bytes) {
+            Ok(text) => (Some(text), None),
+            Err(e) => (None, Some(base64(e.as_bytes()))),
+        };
+        Ok(FileContent {
+            path: real.display().to_string(),
+            size: meta.len(),
+            truncated,
+            content,
+            content_base64,
+        })
+    })
+    .await
+    .map_err(ActionError::failed)?
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListProcessesArgs {
+    /// Only processes whose name contains this.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// At most this many, highest CPU first (default 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub name: String,
+    pub cmd: Vec<String>,
+    pub cpu_usage: f32,
+    pub mem_kb: u64,
+    pub user_id: Option<String>,
+    pub status: String,
+}
+
+pub async fn list_processes(
+    _: ActionCtx,
+    args: ListProcessesArgs,
+) -> Result<Vec<ProcessInfo>, ActionError> {
+    tokio::task::spawn_blocking(move || {
+        inventory::processes(args.name.as_deref(), args.limit.unwrap_or(100))
+    })
+    .await
+    .map_err(ActionError::failed)?
+    .map_err(ActionError::failed)
+    .map(|list| {
+        list.into_iter()
+            .map(|p| ProcessInfo {
+                pid: p.pid,
+                name: p.name,
+                cmd: p.cmd,
+                cpu_usage: p.cpu_usage,
+                mem_kb: p.mem_kb,
+                user_id: p.user_id,
+                status: p.status,
+            })
+            .collect()
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListContainersArgs {
+    /// Include stopped containers.
+    #[serde(default)]
+    pub all: bool,
+}
+
+pub async fn list_containers(
+    _: ActionCtx,
+    args: ListContainersArgs,
+) -> Result<Vec<RunningContainer>, ActionError> {
+    inventory::containers::list(args.all, Duration::from_secs(5))
+        .await
+        .ok_or_else(|| ActionError::failed("no container engine answers on this node (looked for the Docker API socket of Docker or Podman)"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceStatusArgs {
+    /// A systemd unit, like `ssh.service` (`.service` is assumed when no suffix is given).
+    pub unit: String,
+}
+
+#[derive(Serialize)]
+pub struct ServiceStatus {
+    pub unit: String,
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    pub unit_file_state: String,
+    pub main_pid: Option<u32>,
+    pub description: String,
+}
+
+pub async fn service_status(
+    _: ActionCtx,
+    args: ServiceStatusArgs,
+) -> Result<ServiceStatus, ActionError> {
+    let unit = if args.unit.contains('.') {
+        args.unit
+    } else {
+        format!("{}.service", args.unit)
+    };
+    if unit.starts_with('-') || unit.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(ActionError::invalid(
+            Some("unit"),
+            format!("{unit:?} is not a unit name"),
+        ));
+    }
+    let props = inventory::systemd::show(&unit)
+        .await
+        .map_err(ActionError::failed)?;
+    let get = |k: &str| props.get(k).cloned().unwrap_or_default();
+    Ok(ServiceStatus {
+        load_state: get("LoadState"),
+        active_state: get("ActiveState"),
+        sub_state: get("SubState"),
+        unit_file_state: get("UnitFileState"),
+        main_pid: props
+            .get("MainPID")
+            .and_then(|p| p.parse().ok())
+            .filter(|p| *p != 0),
+        description: get("Description"),
+        unit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(&[0xff, 0xfe, 0x00, 0x01]), "//4AAQ==");
+    }
+}

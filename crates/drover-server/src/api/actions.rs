@@ -1,0 +1,61 @@
+//! Operator routes for action calls.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use drover_types::action::{ActionInfo, ActionReply, DEFAULT_DEADLINE_MS};
+use drover_types::duration::parse_duration;
+use serde::Deserialize;
+
+use super::{ApiError, ApiState, json};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallQuery {
+    /// Deadline, like `30s` (default 30 s).
+    timeout: Option<String>,
+    /// A caller-chosen id, so the caller can cancel the call while it waits.
+    call_id: Option<String>,
+}
+
+pub async fn list(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<ActionInfo>>, ApiError> {
+    Ok(Json(s.fleet.node_actions(&id).await?))
+}
+
+pub async fn call(
+    State(s): State<ApiState>,
+    Path((id, name)): Path<(String, String)>,
+    query: Result<Query<CallQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Result<Json<ActionReply>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    let deadline = match q.timeout.as_deref() {
+        Some(t) => parse_duration(t)
+            .map_err(|e| ApiError::bad_request(e.to_string(), Some("timeout".into())))?,
+        None => Duration::from_millis(DEFAULT_DEADLINE_MS),
+    };
+    let args = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Null
+    } else {
+        json::parse::<serde_json::Value>(&body)?
+    };
+    let (call_id, result) = s
+        .fleet
+        .call_action(&id, &name, args, deadline, q.call_id)
+        .await?;
+    Ok(Json(ActionReply { call_id, result }))
+}
+
+pub async fn cancel(
+    State(s): State<ApiState>,
+    Path((_node, call_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    s.fleet.cancel_call(&call_id).await?;
+    Ok(StatusCode::ACCEPTED)
+}

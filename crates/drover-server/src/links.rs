@@ -1,0 +1,438 @@
+//! Live agent streams on this server: how to reach each attached node, the action calls waiting for an
+//! answer, and the daemon-plugin sessions with their latest payloads. All in memory: a stream, a call and a
+//! session cannot outlive the process, and agents recreate their sessions when they reconnect.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::Utc;
+use drover_proto::v1::{self, ServerMessage, server_message::Msg};
+use drover_types::action::{ActionError, ActionInfo};
+use drover_types::session::{SessionDetail, SessionInfo, SessionSample, SessionState};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+/// Payloads kept per session.
+pub const SESSION_HISTORY: usize = 100;
+
+struct Link {
+    serial: u64,
+    tx: mpsc::Sender<ServerMessage>,
+    actions: Vec<ActionInfo>,
+}
+
+struct Pending {
+    node_id: String,
+    reply: oneshot::Sender<Result<Value, ActionError>>,
+}
+
+struct Session {
+    info: SessionInfo,
+    payload: Option<Value>,
+    history: VecDeque<SessionSample>,
+}
+
+/// Why session data was not accepted.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionRejected {
+    #[error("no session {0} for this plugin on this server")]
+    Unknown(String),
+    #[error("the payload is not JSON")]
+    BadPayload,
+}
+
+#[derive(Default)]
+pub struct Links {
+    links: Mutex<HashMap<String, Link>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Node id -> plugin -> session. Kept when a stream ends, so the last payload stays visible.
+    sessions: Mutex<HashMap<String, BTreeMap<String, Session>>>,
+    next_serial: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing here can leave a map inconsistent mid-update, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Links {
+    /// Registers a node's stream; returns its serial (a newer stream for the node replaces an older one).
+    pub fn attach(
+        &self,
+        node_id: &str,
+        tx: mpsc::Sender<ServerMessage>,
+        actions: Vec<ActionInfo>,
+    ) -> u64 {
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        lock(&self.links).insert(
+            node_id.to_string(),
+            Link {
+                serial,
+                tx,
+                actions,
+            },
+        );
+        serial
+    }
+
+    /// Forgets a stream, if it is still the node's current one, and fails the calls waiting on it.
+    pub fn detach(&self, node_id: &str, serial: u64) {
+        let mut links = lock(&self.links);
+        if links.get(node_id).is_some_and(|l| l.serial == serial) {
+            links.remove(node_id);
+            drop(links);
+            let mut pending = lock(&self.pending);
+            let ids: Vec<String> = pending
+                .iter()
+                .filter(|(_, p)| p.node_id == node_id)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in ids {
+                if let Some(p) = pending.remove(&id) {
+                    let _ = p.reply.send(Err(ActionError::NodeUnavailable));
+                }
+            }
+        }
+    }
+
+    pub fn is_attached(&self, node_id: &str) -> bool {
+        lock(&self.links).contains_key(node_id)
+    }
+
+    pub fn actions(&self, node_id: &str) -> Option<Vec<ActionInfo>> {
+        lock(&self.links).get(node_id).map(|l| l.actions.clone())
+    }
+
+    fn sender(&self, node_id: &str) -> Option<mpsc::Sender<ServerMessage>> {
+        lock(&self.links).get(node_id).map(|l| l.tx.clone())
+    }
+
+    /// Sends to a node's stream; false when it has none.
+    pub async fn send(&self, node_id: &str, msg: Msg) -> bool {
+        match self.sender(node_id) {
+            Some(tx) => tx.send(ServerMessage { msg: Some(msg) }).await.is_ok(),
+            None => false,
+        }
+    }
+
+    // ---- actions ----
+
+    /// Starts a call and returns the receiver of its outcome.
+    pub async fn start_call(
+        &self,
+        node_id: &str,
+        call_id: &str,
+        name: &str,
+        args: &Value,
+        deadline_ms: u64,
+    ) -> Result<oneshot::Receiver<Result<Value, ActionError>>, ActionError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let mut pending = lock(&self.pending);
+            if pending.contains_key(call_id) {
+                return Err(ActionError::invalid(
+                    Some("call_id"),
+                    format!("call {call_id} is already running"),
+                ));
+            }
+            pending.insert(
+                call_id.to_string(),
+                Pending {
+                    node_id: node_id.to_string(),
+                    reply,
+                },
+            );
+        }
+        let call = v1::ActionCall {
+            call_id: call_id.to_string(),
+            name: name.to_string(),
+            args_json: args.to_string(),
+            deadline_ms,
+        };
+        if !self.send(node_id, Msg::ActionCall(call)).await {
+            lock(&self.pending).remove(call_id);
+            return Err(ActionError::NodeUnavailable);
+        }
+        Ok(rx)
+    }
+
+    /// Delivers an agent's answer; only the node a call went to can answer it.
+    pub fn finish_call(&self, node_id: &str, call_id: &str, outcome: Result<Value, ActionError>) {
+        let mut pending = lock(&self.pending);
+        if pending.get(call_id).is_some_and(|p| p.node_id == node_id)
+            && let Some(p) = pending.remove(call_id)
+        {
+            let _ = p.reply.send(outcome);
+        }
+    }
+
+    /// Asks the agent to stop a call; the agent answers it with Cancelled. False when no such call runs.
+    pub async fn cancel_call(&self, call_id: &str) -> bool {
+        let node_id = match lock(&self.pending).get(call_id) {
+            Some(p) => p.node_id.clone(),
+            None => return false,
+        };
+        self.send(
+            &node_id,
+            Msg::CancelAction(v1::CancelAction {
+                call_id: call_id.to_string(),
+            }),
+        )
+        .await
+    }
+
+    /// Gives up on a call locally (its caller left or its deadline passed) and tells the agent to stop it.
+    /// Never waits, so it can run in a destructor; a full stream queue only loses the courtesy cancel,
+    /// and the agent's own deadline still stops the call.
+    pub fn abandon_call(&self, call_id: &str) {
+        let node_id = lock(&self.pending).remove(call_id).map(|p| p.node_id);
+        if let Some(tx) = node_id.and_then(|n| self.sender(&n)) {
+            let cancel = v1::CancelAction {
+                call_id: call_id.to_string(),
+            };
+            let _ = tx.try_send(ServerMessage {
+                msg: Some(Msg::CancelAction(cancel)),
+            });
+        }
+    }
+
+    // ---- sessions ----
+
+    /// Creates (or replaces) the node's session for a plugin and returns its id.
+    pub fn create_session(
+        &self,
+        node_id: &str,
+        plugin: &str,
+        interval_ms: u64,
+        deadline_ms: u64,
+    ) -> String {
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let info = SessionInfo {
+            plugin: plugin.to_string(),
+            session_id: session_id.clone(),
+            state: SessionState::Pending,
+            created_at: Utc::now(),
+            last_update: None,
+            seq: 0,
+            deadline_misses: 0,
+            interval_ms,
+            deadline_ms,
+        };
+        lock(&self.sessions)
+            .entry(node_id.to_string())
+            .or_default()
+            .insert(
+                plugin.to_string(),
+                Session {
+                    info,
+                    payload: None,
+                    history: VecDeque::new(),
+                },
+            );
+        session_id
+    }
+
+    fn with_session<T>(
+        &self,
+        node_id: &str,
+        plugin: &str,
+        session_id: &str,
+        f: impl FnOnce(&mut Session) -> T,
+    ) -> Result<T, SessionRejected> {
+        let mut sessions = lock(&self.sessions);
+        match sessions.get_mut(node_id).and_then(|s| s.get_mut(plugin)) {
+            Some(s) if s.info.session_id == session_id => Ok(f(s)),
+            _ => Err(SessionRejected::Unknown(session_id.to_string())),
+        }
+    }
+
+    /// Records a payload for a session this server knows.
+    pub fn session_data(
+        &self,
+        node_id: &str,
+        data: &v1::SessionData,
+    ) -> Result<(), SessionRejected> {
+        let payload: Value =
+            serde_json::from_str(&data.payload_json).map_err(|_| SessionRejected::BadPayload)?;
+        self.with_session(node_id, &data.plugin, &data.session_id, |s| {
+            let now = Utc::now();
+            s.info.state = SessionState::Active;
+            s.info.last_update = Some(now);
+            s.info.seq = data.seq;
+            s.info.deadline_misses = data.deadline_misses;
+            s.history.push_back(SessionSample {
+                at: now,
+                seq: data.seq,
+                payload: payload.clone(),
+            });
+            if s.history.len() > SESSION_HISTORY {
+                s.history.pop_front();
+            }
+            s.payload = Some(payload);
+        })
+    }
+
+    pub fn session_status(
+        &self,
+        node_id: &str,
+        status: &v1::SessionStatus,
+    ) -> Result<(), SessionRejected> {
+        self.with_session(node_id, &status.plugin, &status.session_id, |s| {
+            s.info.deadline_misses = status.deadline_misses;
+        })
+    }
+
+    pub fn sessions(&self, node_id: &str) -> Vec<SessionInfo> {
+        lock(&self.sessions)
+            .get(node_id)
+            .map(|s| s.values().map(|s| s.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn session(&self, node_id: &str, plugin: &str) -> Option<SessionDetail> {
+        lock(&self.sessions)
+            .get(node_id)
+            .and_then(|s| s.get(plugin))
+            .map(|s| SessionDetail {
+                info: s.info.clone(),
+                payload: s.payload.clone(),
+            })
+    }
+
+    pub fn session_history(&self, node_id: &str, plugin: &str) -> Option<Vec<SessionSample>> {
+        lock(&self.sessions)
+            .get(node_id)
+            .and_then(|s| s.get(plugin))
+            .map(|s| s.history.iter().cloned().collect())
+    }
+
+    /// Forgets sessions (one plugin's, or all) and tells the agent, which recreates them.
+    /// Returns how many were terminated.
+    pub async fn terminate_sessions(
+        &self,
+        node_id: &str,
+        plugin: Option<&str>,
+        reason: &str,
+    ) -> usize {
+        let removed: Vec<(String, String)> = {
+            let mut sessions = lock(&self.sessions);
+            let Some(node) = sessions.get_mut(node_id) else {
+                return 0;
+            };
+            let names: Vec<String> = match plugin {
+                Some(p) => node.keys().filter(|k| k.as_str() == p).cloned().collect(),
+                None => node.keys().cloned().collect(),
+            };
+            names
+                .into_iter()
+                .filter_map(|n| node.remove(&n).map(|s| (n, s.info.session_id)))
+                .collect()
+        };
+        let message = match plugin {
+            Some(_) => removed.first().map(|(p, id)| v1::TerminateSession {
+                plugin: p.clone(),
+                session_id: id.clone(),
+                reason: reason.to_string(),
+            }),
+            None => Some(v1::TerminateSession {
+                plugin: String::new(),
+                session_id: String::new(),
+                reason: reason.to_string(),
+            }),
+        };
+        if let Some(m) = message {
+            self.send(node_id, Msg::TerminateSession(m)).await;
+        }
+        removed.len()
+    }
+
+    /// Tells the agent that data arrived for a session this server does not know, so it recreates it.
+    pub async fn reject_session(&self, node_id: &str, plugin: &str, session_id: &str) {
+        let m = v1::TerminateSession {
+            plugin: plugin.to_string(),
+            session_id: session_id.to_string(),
+            reason: "unknown session".to_string(),
+        };
+        self.send(node_id, Msg::TerminateSession(m)).await;
+    }
+
+    /// Forgets everything about a node (it was deleted).
+    pub fn forget(&self, node_id: &str) {
+        lock(&self.sessions).remove(node_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(plugin: &str, session_id: &str, seq: u64) -> v1::SessionData {
+        v1::SessionData {
+            plugin: plugin.into(),
+            session_id: session_id.into(),
+            seq,
+            payload_json: format!("{{\"seq\":{seq}}}"),
+            deadline_misses: 0,
+        }
+    }
+
+    #[test]
+    fn sessions_accept_only_their_own_data_and_bound_history() {
+        let links = Links::default();
+        assert_eq!(
+            links.session_data("n", &data("p", "nope", 0)),
+            Err(SessionRejected::Unknown("nope".into()))
+        );
+        let id = links.create_session("n", "p", 1000, 100);
+        assert_eq!(links.sessions("n")[0].state, SessionState::Pending);
+        for seq in 0..150 {
+            links.session_data("n", &data("p", &id, seq)).unwrap();
+        }
+        let detail = links.session("n", "p").unwrap();
+        assert_eq!(detail.info.state, SessionState::Active);
+        assert_eq!(detail.info.seq, 149);
+        assert_eq!(
+            links.session_history("n", "p").unwrap().len(),
+            SESSION_HISTORY
+        );
+        // A new session for the plugin replaces the old; the old id is now unknown.
+        let newer = links.create_session("n", "p", 1000, 100);
+        assert_ne!(newer, id);
+        assert!(links.session_data("n", &data("p", &id, 150)).is_err());
+        let mut bad = data("p", &newer, 0);
+        bad.payload_json = "{".into();
+        assert_eq!(
+            links.session_data("n", &bad),
+            Err(SessionRejected::BadPayload)
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_fail_when_their_node_goes_away() {
+        let links = Links::default();
+        assert_eq!(
+            links
+                .start_call("n", "c1", "ping", &Value::Null, 1000)
+                .await
+                .unwrap_err(),
+            ActionError::NodeUnavailable
+        );
+        let (tx, mut rx) = mpsc::channel(4);
+        let serial = links.attach("n", tx, vec![]);
+        let reply = links
+            .start_call("n", "c1", "ping", &Value::Null, 1000)
+            .await
+            .unwrap();
+        assert!(matches!(
+            rx.recv().await,
+            Some(ServerMessage {
+                msg: Some(Msg::ActionCall(_))
+            })
+        ));
+        // Another node cannot answer it.
+        links.finish_call("other", "c1", Ok(Value::Bool(true)));
+        links.detach("n", serial);
+        assert_eq!(reply.await.unwrap(), Err(ActionError::NodeUnavailable));
+    }
+}
