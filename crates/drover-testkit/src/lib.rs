@@ -340,13 +340,12 @@ pub struct Agent {
     child: Option<Child>,
     dir: tempfile::TempDir,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
     /// Starts an agent named `name` against `server_url` with extra `args` (a `--token`, labels...).
     pub fn start(server_url: &str, name: &str, args: &[&str]) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join("agent.toml"), "")?;
         let mut all = vec![
             "--server".to_string(),
             server_url.to_string(),
@@ -354,10 +353,21 @@ impl Agent {
             name.to_string(),
         ];
         all.extend(args.iter().map(|s| s.to_string()));
+        Self::start_raw(all, &[])
+    }
+
+    /// Starts an agent with exactly these arguments and environment variables (nothing added).
+    pub fn start_raw(args: Vec<String>, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("agent.toml"), "")?;
         let mut agent = Self {
             child: None,
             dir,
-            args: all,
+            args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         agent.launch(None)?;
         Ok(agent)
@@ -373,6 +383,7 @@ impl Agent {
             Some(a) => cmd.args(a),
             None => cmd.args(&self.args),
         };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(spawn_logged(cmd, &self.log_path())?);
         Ok(())
     }
