@@ -51,6 +51,15 @@ pub struct Args {
     /// Directory under which file actions may read (and, later, write); repeatable. Default: /var/log.
     #[arg(long = "allow-path", env = "DROVER_ALLOW_PATHS", value_delimiter = ',')]
     pub allow_paths: Vec<PathBuf>,
+    /// Allow shell tasks and any program (off by default: the node's own choice).
+    #[arg(long, env = "DROVER_ALLOW_SHELL")]
+    pub allow_shell: bool,
+    /// A program tasks may run without --allow-shell (name on PATH or absolute path); repeatable.
+    #[arg(long = "allow-exec", value_name = "PROGRAM")]
+    pub allow_exec: Vec<String>,
+    /// Tasks that may run at once; more wait their turn [default: 2 x CPUs].
+    #[arg(long, env = "DROVER_MAX_TASKS")]
+    pub max_tasks: Option<usize>,
     /// Turn a daemon plugin off; repeatable.
     #[arg(long = "disable-plugin", value_name = "PLUGIN")]
     pub disable_plugins: Vec<String>,
@@ -87,6 +96,10 @@ pub struct FileConfig {
     pub allow_paths: Vec<PathBuf>,
     #[serde(default)]
     pub plugins: std::collections::BTreeMap<String, PluginFileConfig>,
+    pub allow_shell: Option<bool>,
+    #[serde(default)]
+    pub allow_exec: Vec<String>,
+    pub max_tasks: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +114,8 @@ pub struct AgentConfig {
     pub allow_paths: Vec<PathBuf>,
     /// The daemon plugins to run, with their timing.
     pub plugins: Vec<crate::daemon::Enabled>,
+    pub exec_policy: crate::tasks::exec::ExecPolicy,
+    pub max_tasks: usize,
 }
 
 impl std::fmt::Debug for crate::daemon::Enabled {
@@ -275,6 +290,30 @@ impl AgentConfig {
                 p.display()
             )));
         }
+        let mut allow_exec = Vec::new();
+        for program in args.allow_exec.iter().chain(file.allow_exec.iter()) {
+            let path = crate::tasks::exec::resolve_program(program).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "--allow-exec {program}: no such program on this node"
+                ))
+            })?;
+            allow_exec.push(path);
+        }
+        let exec_policy = crate::tasks::exec::ExecPolicy {
+            allow_shell: args.allow_shell || file.allow_shell.unwrap_or(false),
+            allow_exec,
+        };
+        let max_tasks = match args.max_tasks.or(file.max_tasks) {
+            Some(0) => {
+                return Err(ConfigError::Invalid(
+                    "--max-tasks must be at least 1".into(),
+                ));
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get() * 2)
+                .unwrap_or(2),
+        };
         let log_format = args.log_format.or(file.log_format);
         if let Some(f) = &log_format
             && f != "text"
@@ -300,6 +339,8 @@ impl AgentConfig {
             log_json: log_format.as_deref() == Some("json"),
             allow_paths,
             plugins,
+            exec_policy,
+            max_tasks,
         })
     }
 }

@@ -5,9 +5,11 @@ pub mod actions;
 pub mod backoff;
 pub mod config;
 pub mod daemon;
+pub mod docker;
 pub mod identity;
 pub mod inventory;
 pub mod link;
 pub mod policy;
+pub mod tasks;
 
 pub use config::AgentConfig;

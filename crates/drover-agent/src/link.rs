@@ -22,6 +22,7 @@ use crate::daemon::{self, Control};
 use crate::identity::{self, Identity, IdentityError};
 use crate::inventory::Collector;
 use crate::policy::Policy;
+use crate::tasks::TaskManager;
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -115,9 +116,19 @@ pub async fn run(
     };
     // Outlives connections, so a call redelivered after a reconnect is recognised.
     let calls = Arc::new(Calls::default());
+    let tasks_dir = config.state_dir.join("tasks");
+    let tasks = TaskManager::new(
+        tasks_dir.clone(),
+        config.exec_policy.clone(),
+        config.max_tasks,
+    )
+    .map_err(|source| IdentityError::Io {
+        path: tasks_dir,
+        source,
+    })?;
     loop {
         let end = tokio::select! {
-            end = session(&endpoint, &config, &mut collector, &mut backoff, &ctx, &calls) => end,
+            end = session(&endpoint, &config, &mut collector, &mut backoff, &ctx, &calls, &tasks) => end,
             _ = shutdown.changed() => return Ok(()),
         };
         let delay = backoff.next_delay();
@@ -180,6 +191,7 @@ async fn session(
     backoff: &mut Backoff,
     ctx: &ActionCtx,
     calls: &Arc<Calls>,
+    tasks: &Arc<TaskManager>,
 ) -> SessionEnd {
     let channel = match endpoint.connect().await {
         Ok(c) => c,
@@ -231,6 +243,33 @@ async fn session(
         plugins.spawn(daemon::run(plugin.clone(), ctl_rx, tx.clone()));
     }
 
+    tasks.connected(tx.clone());
+    let end = stream(
+        config,
+        collector,
+        ctx,
+        calls,
+        tasks,
+        &controls,
+        &tx,
+        &mut inbound,
+    )
+    .await;
+    tasks.disconnected();
+    end
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    config: &AgentConfig,
+    collector: &mut Collector,
+    ctx: &ActionCtx,
+    calls: &Arc<Calls>,
+    tasks: &Arc<TaskManager>,
+    controls: &HashMap<&'static str, mpsc::Sender<Control>>,
+    tx: &mpsc::Sender<AgentMessage>,
+    inbound: &mut tonic::Streaming<ServerMessage>,
+) -> SessionEnd {
     let mut ticker = tokio::time::interval(config.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate; Hello carried those metrics
@@ -244,7 +283,7 @@ async fn session(
                 }
             }
             msg = inbound.message() => match msg {
-                Ok(Some(ServerMessage { msg: Some(m) })) => dispatch(m, ctx, calls, &controls, &tx).await,
+                Ok(Some(ServerMessage { msg: Some(m) })) => dispatch(m, ctx, calls, tasks, controls, tx).await,
                 Ok(Some(ServerMessage { msg: None })) => {} // a newer server's message this agent does not know
                 Ok(None) => return SessionEnd::Closed,
                 Err(status) => return refused_or_broken(&status),
@@ -258,6 +297,7 @@ async fn dispatch(
     m: server_message::Msg,
     ctx: &ActionCtx,
     calls: &Arc<Calls>,
+    tasks: &Arc<TaskManager>,
     controls: &HashMap<&'static str, mpsc::Sender<Control>>,
     tx: &mpsc::Sender<AgentMessage>,
 ) {
@@ -340,6 +380,9 @@ async fn dispatch(
                 );
             }
         }
+        M::TaskStart(t) => tasks.start(t.task_id, t.spec_json),
+        M::TaskCancel(t) => tasks.cancel(&t.task_id),
+        M::TaskAck(a) => tasks.acknowledged(&a.task_id, a.exit),
         M::SessionMessage(m) => match serde_json::from_str(&m.body_json) {
             Ok(body) => to_plugin(&m.plugin, Control::Message { body }),
             Err(e) => {

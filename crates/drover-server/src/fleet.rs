@@ -44,11 +44,13 @@ pub enum FleetError {
     #[error("the name {0:?} belongs to a drover-agent node; choose another name")]
     NameOwnedByAgent(String),
     #[error("field `{field}`: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid { field: String, reason: String },
     #[error(transparent)]
     Action(#[from] ActionError),
     #[error("no action call {0:?} is running")]
     CallNotFound(String),
+    #[error("no task has the id {0:?}")]
+    TaskNotFound(String),
     #[error("node {node:?} has no session for plugin {plugin:?}")]
     SessionNotFound { node: String, plugin: String },
     #[error(transparent)]
@@ -58,9 +60,9 @@ pub enum FleetError {
 }
 
 impl FleetError {
-    fn invalid(field: &'static str, reason: impl std::fmt::Display) -> Self {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> Self {
         FleetError::Invalid {
-            field,
+            field: field.into(),
             reason: reason.to_string(),
         }
     }
@@ -108,6 +110,7 @@ pub struct Fleet {
     pki: Arc<Pki>,
     config: FleetConfig,
     links: Links,
+    live: crate::tasks::TaskLive,
 }
 
 /// Keeps a node's stream registered while alive; a newer stream for the same node takes over.
@@ -173,6 +176,7 @@ impl Fleet {
             pki,
             config,
             links: Links::default(),
+            live: Default::default(),
         })
     }
 
@@ -331,6 +335,14 @@ impl Fleet {
     /// The live streams: for the gateway to route what agents send.
     pub fn links(&self) -> &Links {
         &self.links
+    }
+
+    pub(crate) fn live(&self) -> &crate::tasks::TaskLive {
+        &self.live
+    }
+
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     pub async fn heartbeat(&self, node_id: &str, metrics: Metrics) -> Result<(), FleetError> {

@@ -7,6 +7,7 @@ pub mod links;
 pub mod pki;
 pub mod server;
 pub mod store;
+pub mod tasks;
 
 pub use fleet::Fleet;
 pub use server::{RunningServer, ServerConfig, ServerError};

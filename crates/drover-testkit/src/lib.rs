@@ -311,15 +311,79 @@ impl Server {
         .with_context(|| format!("server log:\n{}", tail(&self.log(), 40)))
     }
 
+    /// Creates a task through the REST API and returns it.
+    pub fn create_task(&self, request: Value) -> anyhow::Result<Value> {
+        let reply = self.post("/api/v1/tasks", Some(&self.admin_token()), &request)?;
+        if reply.status != 201 {
+            bail!("task creation failed: {reply:?}");
+        }
+        Ok(reply.body)
+    }
+
+    /// Waits until the task satisfies `pred`, and returns it.
+    pub fn wait_task(
+        &self,
+        id: &str,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        wait_for(&format!("task {id} {what}"), TIMEOUT, || {
+            let t = self.get(&format!("/api/v1/tasks/{id}")).ok()?.body;
+            pred(&t).then_some(t)
+        })
+        .with_context(|| format!("server log:\n{}", tail(&self.log(), 40)))
+    }
+
+    /// Waits for the task to finish on every node.
+    pub fn wait_task_done(&self, id: &str) -> anyhow::Result<Value> {
+        self.wait_task(id, "to finish", |t| {
+            t["runs"].as_array().is_some_and(|runs| {
+                runs.iter()
+                    .all(|r| !matches!(r["state"].as_str(), Some("Pending") | Some("Running")))
+            })
+        })
+    }
+
+    /// The task's stored output events (`output` chunks, `exit` runs, `done`), replayed without following.
+    pub fn task_events(&self, id: &str) -> anyhow::Result<Vec<(String, Value)>> {
+        let text = self
+            .http
+            .get(format!("{}/api/v1/tasks/{id}/output", self.api_url()))
+            .bearer_auth(self.admin_token())
+            .send()?
+            .text()?;
+        Ok(parse_sse(&text))
+    }
+
+    /// The stored output of a task as (stream, text) pairs in order.
+    pub fn task_lines(&self, id: &str) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(self
+            .task_events(id)?
+            .into_iter()
+            .filter(|(name, _)| name == "output")
+            .map(|(_, v)| {
+                (
+                    v["stream"].as_str().unwrap_or_default().to_string(),
+                    v["text"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect())
+    }
+
     /// Runs the `drover` CLI against this server.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.cli_command(args)?.output()?)
+    }
+
+    /// The `drover` CLI against this server, to spawn.
+    pub fn cli_command(&self, args: &[&str]) -> anyhow::Result<Command> {
         let mut cmd = scrubbed(&bin("drover")?);
         cmd.arg("--server")
             .arg(self.api_url())
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(args);
-        Ok(cmd.output()?)
+        Ok(cmd)
     }
 }
 
@@ -327,6 +391,24 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Parses a Server-Sent Events body into (event, JSON data) pairs.
+pub fn parse_sse(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut name = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                }
+            }
+            Some((name?, serde_json::from_str(&data).ok()?))
+        })
+        .collect()
 }
 
 /// The last `n` lines of a log.

@@ -3,11 +3,13 @@
 
 pub mod action;
 pub mod api;
+pub mod base64;
 pub mod duration;
 pub mod labels;
 pub mod liveness;
 pub mod node;
 pub mod session;
+pub mod task;
 pub mod token;
 
 pub use labels::Labels;

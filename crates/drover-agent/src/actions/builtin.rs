@@ -83,7 +83,7 @@ pub async fn read_file(ctx: ActionCtx, args: ReadFileArgs) -> Result<FileContent
         let truncated = meta.len() > bytes.len() as u64;
         let (content, content_base64) = match String::from_utf8(bytes) {
             Ok(text) => (Some(text), None),
-            Err(e) => (None, Some(base64(e.as_bytes()))),
+            Err(e) => (None, Some(drover_types::base64::encode(e.as_bytes()))),
         };
         Ok(FileContent {
             path: real.display().to_string(),
@@ -95,27 +95,6 @@ pub async fn read_file(ctx: ActionCtx, args: ReadFileArgs) -> Result<FileContent
     })
     .await
     .map_err(ActionError::failed)?
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[derive(Deserialize)]
@@ -231,16 +210,4 @@ pub async fn service_status(
         description: get("Description"),
         unit,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(super::base64(b""), "");
-        assert_eq!(super::base64(b"f"), "Zg==");
-        assert_eq!(super::base64(b"fo"), "Zm8=");
-        assert_eq!(super::base64(b"foo"), "Zm9v");
-        assert_eq!(super::base64(&[0xff, 0xfe, 0x00, 0x01]), "//4AAQ==");
-    }
 }

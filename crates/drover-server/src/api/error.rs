@@ -44,6 +44,7 @@ impl From<FleetError> for ApiError {
             FleetError::NodeNotFound(_)
             | FleetError::TokenNotFound(_)
             | FleetError::CallNotFound(_)
+            | FleetError::TaskNotFound(_)
             | FleetError::SessionNotFound { .. } => ApiError::NotFound(e.to_string()),
             FleetError::Action(a) => ApiError::Action(a),
             FleetError::TokenFormat(_)
@@ -51,9 +52,9 @@ impl From<FleetError> for ApiError {
             | FleetError::TokenRequired
             | FleetError::BadNodeToken => ApiError::Unauthorized(e.to_string()),
             FleetError::NameOwnedByAgent(_) => ApiError::Conflict(e.to_string()),
-            FleetError::Invalid { field, .. } => ApiError::BadRequest {
+            FleetError::Invalid { ref field, .. } => ApiError::BadRequest {
+                field: Some(field.clone()),
                 message: e.to_string(),
-                field: Some(field.to_string()),
             },
             other => {
                 tracing::error!("internal error in the REST API: {other}");

@@ -7,6 +7,7 @@ mod json;
 mod miaas;
 mod nodes;
 mod sessions;
+mod tasks;
 mod tokens;
 
 use std::sync::Arc;
@@ -104,6 +105,11 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/nodes/{id}/sessions/{plugin}/messages",
             post(sessions::message),
         )
+        .route("/api/v1/tasks", get(tasks::list).post(tasks::create))
+        .route("/api/v1/tasks/{id}", get(tasks::get))
+        .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/api/v1/tasks/{id}/output", get(tasks::output))
+        .route("/api/v1/audit", get(tasks::audit))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
         .route_layer(middleware::from_fn_with_state(

@@ -114,6 +114,8 @@ async fn handle(fleet: &Fleet, node_id: &str, name: &str, msg: Msg) {
                     .await;
             }
         }
+        Msg::TaskOutput(o) => fleet.task_output(node_id, o).await,
+        Msg::TaskExit(e) => fleet.task_exit(node_id, e).await,
         Msg::Hello(_) | Msg::Heartbeat(_) => {}
     }
 }
@@ -207,6 +209,10 @@ impl drover_proto::AgentLink for Gateway {
                 status(e)
             })?;
         tracing::info!(node = %node.name, id = %node.id, peer = ?addr, "agent attached");
+        {
+            let (fleet, id, name) = (self.fleet.clone(), node.id.clone(), node.name.clone());
+            tokio::spawn(async move { fleet.redeliver_tasks(&id, &name).await });
+        }
 
         let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(64);
         let welcome = ServerMessage {

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use drover_types::{
     Capabilities, Labels, Metrics, MetricsSample, Transport,
+    task::{AuditEntry, Task, TaskRun, TaskSpec},
     token::{JoinTokenInfo, TokenRefusal},
 };
 
@@ -91,4 +92,61 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         limit: usize,
     ) -> Result<Vec<MetricsSample>, StoreError>;
+
+    /// Stores a new task with its runs.
+    async fn insert_task(&self, task: &Task) -> Result<(), StoreError>;
+    /// Replaces one run of a task.
+    async fn update_run(&self, task_id: &str, run: &TaskRun) -> Result<(), StoreError>;
+    async fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError>;
+    /// Ids of tasks starting with `prefix` (at most `limit`).
+    async fn task_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+    /// The newest `limit` tasks, newest first.
+    async fn list_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError>;
+    /// Tasks a node was running (not yet final), to redeliver when it comes back.
+    async fn running_tasks_for_node(
+        &self,
+        node_id: &str,
+    ) -> Result<Vec<(String, TaskSpec)>, StoreError>;
+    /// Stores output chunks; ones already stored (same task, node and seq) are ignored.
+    async fn insert_output(
+        &self,
+        task_id: &str,
+        chunks: Vec<OutputRecord>,
+    ) -> Result<(), StoreError>;
+    /// Stored output in arrival order, after `after` (a row cursor), at most `limit` rows.
+    async fn output(
+        &self,
+        task_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, OutputRecord)>, StoreError>;
+    /// One past the highest output seq stored for a task on a node (0 when none).
+    async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError>;
+    async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// One output chunk as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputRecord {
+    pub node_id: String,
+    pub seq: u64,
+    /// 1 stdout, 2 stderr
+    pub stream: u8,
+    pub data: Vec<u8>,
+}
+
+/// Which audit entries to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// Entries whose target contains this.
+    pub target: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: usize,
 }

@@ -11,7 +11,8 @@ use drover_types::{
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{JoinTokenRecord, NodeRecord, Store, StoreError};
+use super::{AuditFilter, JoinTokenRecord, NodeRecord, OutputRecord, Store, StoreError};
+use drover_types::task::{AuditEntry, Task, TaskRun, TaskSpec};
 
 /// Versioned schema: entry N moves the database from `user_version` N to N+1. Never edit a released entry.
 const MIGRATIONS: &[&str] = &[
@@ -49,6 +50,43 @@ CREATE INDEX metrics_history_node ON metrics_history(node_id, seq);
 "#,
     r#"
 ALTER TABLE nodes ADD COLUMN reported_labels TEXT NOT NULL DEFAULT '{}';
+"#,
+    r#"
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    max_parallel INTEGER
+);
+CREATE INDEX tasks_created ON tasks(created_at);
+CREATE TABLE task_runs (
+    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    node_id TEXT NOT NULL,
+    run TEXT NOT NULL,
+    final INTEGER NOT NULL,
+    PRIMARY KEY (task_id, node_id)
+);
+CREATE INDEX task_runs_open ON task_runs(node_id, final);
+CREATE TABLE task_output (
+    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    node_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (task_id, node_id, seq)
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_at ON audit(at);
 "#,
 ];
 
@@ -458,6 +496,260 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn insert_task(&self, task: &Task) -> Result<(), StoreError> {
+        let t = task.clone();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO tasks (id, target, spec, created_by, created_at, max_parallel) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![t.id, to_json(&t.target), to_json(&t.spec), t.created_by, t.created_at, t.max_parallel],
+            )?;
+            for run in &t.runs {
+                tx.execute(
+                    "INSERT INTO task_runs (task_id, node_id, run, final) VALUES (?1, ?2, ?3, ?4)",
+                    params![t.id, run.node_id, to_json(run), run.state.is_final()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_run(&self, task_id: &str, run: &TaskRun) -> Result<(), StoreError> {
+        let (id, run) = (task_id.to_string(), run.clone());
+        self.call(move |c| {
+            c.execute(
+                "UPDATE task_runs SET run = ?3, final = ?4 WHERE task_id = ?1 AND node_id = ?2",
+                params![id, run.node_id, to_json(&run), run.state.is_final()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| load_task(c, &id)).await
+    }
+
+    async fn task_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let prefix = prefix.to_string();
+        self.call(move |c| {
+            let mut stmt =
+                c.prepare("SELECT id FROM tasks WHERE substr(id, 1, length(?1)) = ?1 LIMIT ?2")?;
+            let ids = stmt
+                .query_map(params![prefix, limit as i64], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn list_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
+        self.call(move |c| {
+            let mut stmt =
+                c.prepare("SELECT id FROM tasks ORDER BY created_at DESC, rowid DESC LIMIT ?1")?;
+            let ids = stmt
+                .query_map([limit as i64], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut tasks = Vec::new();
+            for id in ids {
+                tasks.extend(load_task(c, &id)?);
+            }
+            Ok(tasks)
+        })
+        .await
+    }
+
+    async fn running_tasks_for_node(
+        &self,
+        node_id: &str,
+    ) -> Result<Vec<(String, TaskSpec)>, StoreError> {
+        let node_id = node_id.to_string();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT t.id, t.spec, r.run FROM task_runs r JOIN tasks t ON t.id = r.task_id
+                 WHERE r.node_id = ?1 AND r.final = 0",
+            )?;
+            let rows = stmt
+                .query_map([node_id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out = Vec::new();
+            for (id, spec, run) in rows {
+                let run: TaskRun = from_json(&run, "task run")?;
+                if run.state == drover_types::task::RunState::Running {
+                    out.push((id, from_json(&spec, "task spec")?));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn insert_output(
+        &self,
+        task_id: &str,
+        chunks: Vec<OutputRecord>,
+    ) -> Result<(), StoreError> {
+        let id = task_id.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO task_output (task_id, node_id, seq, stream, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for ch in &chunks {
+                    stmt.execute(params![id, ch.node_id, ch.seq as i64, ch.stream, ch.data])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn output(
+        &self,
+        task_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, OutputRecord)>, StoreError> {
+        let id = task_id.to_string();
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT row, node_id, seq, stream, data FROM task_output WHERE task_id = ?1 AND row > ?2 ORDER BY row LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![id, after, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        OutputRecord {
+                            node_id: r.get(1)?,
+                            seq: r.get::<_, i64>(2)? as u64,
+                            stream: r.get(3)?,
+                            data: r.get(4)?,
+                        },
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError> {
+        let (t, n) = (task_id.to_string(), node_id.to_string());
+        self.call(move |c| {
+            let max: Option<i64> = c.query_row(
+                "SELECT MAX(seq) FROM task_output WHERE task_id = ?1 AND node_id = ?2",
+                params![t, n],
+                |r| r.get(0),
+            )?;
+            Ok(max.map(|m| m as u64 + 1).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let e = entry.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![e.at, e.actor, e.action, e.target, to_json(&e.detail)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        let f = filter.clone();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, at, actor, action, target, detail FROM audit
+                 WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR action = ?2)
+                   AND (?3 IS NULL OR instr(target, ?3) > 0) AND (?4 IS NULL OR at >= ?4)
+                 ORDER BY id DESC LIMIT ?5",
+            )?;
+            let rows = stmt
+                .query_map(
+                    params![f.actor, f.action, f.target, f.since, f.limit as i64],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, DateTime<Utc>>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, String>(5)?,
+                        ))
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, at, actor, action, target, detail)| {
+                    Ok(AuditEntry {
+                        id,
+                        at,
+                        actor,
+                        action,
+                        target,
+                        detail: from_json(&detail, "audit detail")?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+fn load_task(c: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
+    let row = c
+        .query_row(
+            "SELECT target, spec, created_by, created_at, max_parallel FROM tasks WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, DateTime<Utc>>(3)?,
+                    r.get::<_, Option<u32>>(4)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((target, spec, created_by, created_at, max_parallel)) = row else {
+        return Ok(None);
+    };
+    let mut stmt = c.prepare("SELECT run FROM task_runs WHERE task_id = ?1 ORDER BY rowid")?;
+    let runs = stmt
+        .query_map([id], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .map(|r| from_json(r, "task run"))
+        .collect::<Result<Vec<TaskRun>, _>>()?;
+    Ok(Some(Task {
+        id: id.to_string(),
+        target: from_json(&target, "task target")?,
+        spec: from_json(&spec, "task spec")?,
+        created_by,
+        created_at,
+        max_parallel,
+        runs,
+    }))
 }
 
 #[cfg(test)]

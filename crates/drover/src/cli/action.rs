@@ -40,6 +40,8 @@ pub async fn run(args: ActionArgs, client: &Client) -> anyhow::Result<()> {
         Some(t) => parse_duration(t)?,
         None => Duration::from_millis(DEFAULT_DEADLINE_MS),
     };
+    // Catch Ctrl-C from the start, so an early one cancels the call instead of killing us.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let call_id = hex_id();
     let path = format!(
         "/api/v1/nodes/{}/actions/{}?timeout={}ms&call_id={call_id}",
@@ -54,7 +56,7 @@ pub async fn run(args: ActionArgs, client: &Client) -> anyhow::Result<()> {
     tokio::pin!(call);
     let reply = tokio::select! {
         r = &mut call => r,
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupt.recv() => {
             eprintln!("cancelling call {call_id}...");
             let cancel = format!("/api/v1/nodes/{}/actions/calls/{call_id}/cancel", segment(&args.node));
             if let Err(e) = client.request::<serde_json::Value>(Method::POST, &cancel, None::<&()>).await {

@@ -135,6 +135,83 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Opens a Server-Sent Events stream (no overall timeout: following may take long).
+    pub async fn events(&self, path: &str) -> Result<EventStream, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .timeout(std::time::Duration::from_secs(365 * 24 * 3600))
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                message: e.to_string(),
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.bytes().await.unwrap_or_default();
+            let (message, action) = match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(b) => (b.error, b.action_error),
+                Err(_) => (format!("the server answered {status}"), None),
+            };
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+                action,
+            });
+        }
+        Ok(EventStream {
+            resp,
+            buf: Vec::new(),
+            url,
+        })
+    }
+}
+
+/// A Server-Sent Events reader: yields (event name, data).
+pub struct EventStream {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    url: String,
+}
+
+impl EventStream {
+    /// The next event; `None` when the server closed the stream.
+    pub async fn next(&mut self) -> Result<Option<(String, String)>, ClientError> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block);
+                let (mut name, mut data) = (String::from("message"), Vec::new());
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Ok(Some((name, data.join("\n"))));
+            }
+            match self.resp.chunk().await {
+                Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    return Err(ClientError::Protocol {
+                        url: self.url.clone(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Escapes a path segment (node names and ids are plain, but user input may not be).
 pub fn segment(s: &str) -> String {
     s.bytes()

@@ -1,11 +1,15 @@
 //! Command-line parsing and dispatch. One file per command group.
 
 mod action;
+mod audit;
 mod client;
+mod containers;
+mod exec;
 mod nodes;
 mod output;
 mod server;
 mod sessions;
+mod tasks;
 mod tokens;
 mod up;
 
@@ -62,6 +66,14 @@ pub enum Command {
     Action(action::ActionArgs),
     /// A node's daemon-plugin sessions and their latest payloads.
     Sessions(sessions::SessionsArgs),
+    /// Run a command on a node (or many) with live output.
+    Exec(exec::ExecArgs),
+    /// Recorded tasks: list, show, logs, cancel.
+    Tasks(tasks::TasksArgs),
+    /// Container operations on a node (list, start, stop, restart, rm, logs).
+    Containers(containers::ContainersArgs),
+    /// The audit log: every task, who ran it, where, when, and how it ended.
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -92,6 +104,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(args) => tokens::run(args, &client::Client::new(&cli.global)?).await,
         Command::Action(args) => action::run(args, &client::Client::new(&cli.global)?).await,
         Command::Sessions(args) => sessions::run(args, &client::Client::new(&cli.global)?).await,
+        Command::Exec(args) => exec::run(args, &client::Client::new(&cli.global)?).await,
+        Command::Tasks(args) => tasks::run(args, &client::Client::new(&cli.global)?).await,
+        Command::Containers(args) => {
+            containers::run(args, &client::Client::new(&cli.global)?).await
+        }
+        Command::Audit(args) => audit::run(args, &client::Client::new(&cli.global)?).await,
     }
 }
 

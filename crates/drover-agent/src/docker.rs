@@ -1,0 +1,130 @@
+//! A small Docker Engine API client over the local unix socket (Docker and Podman both serve it).
+
+use std::path::PathBuf;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(
+        "no container engine answers on this node (looked for the Docker API socket of Docker or Podman)"
+    )]
+    NoEngine,
+    #[error("the container engine connection failed: {0}")]
+    Io(String),
+    #[error("the container engine refused: {message} (HTTP {status})")]
+    Api { status: u16, message: String },
+    #[error("the container engine sent something unreadable: {0}")]
+    Decode(String),
+}
+
+/// Candidate sockets, in order: DOCKER_HOST, Docker's, Podman's (root, then rootless).
+fn sockets() -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    if let Ok(host) = std::env::var("DOCKER_HOST")
+        && let Some(p) = host.strip_prefix("unix://")
+    {
+        paths.push(PathBuf::from(p));
+    }
+    paths.push("/var/run/docker.sock".into());
+    paths.push("/run/podman/podman.sock".into());
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        paths.push(PathBuf::from(dir).join("podman/podman.sock"));
+    }
+    paths
+}
+
+pub struct Docker {
+    socket: PathBuf,
+}
+
+impl Docker {
+    /// The first engine socket that exists.
+    pub fn find() -> Result<Self, DockerError> {
+        sockets()
+            .into_iter()
+            .find(|p| p.exists())
+            .map(|socket| Self { socket })
+            .ok_or(DockerError::NoEngine)
+    }
+
+    /// Sends one request on a fresh connection and returns the response with its body unread.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<Response<Incoming>, DockerError> {
+        let io = |e: &dyn std::fmt::Display| DockerError::Io(e.to_string());
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| io(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| io(&e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "docker")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| io(&e))?;
+        let resp = sender.send_request(req).await.map_err(|e| io(&e))?;
+        let status = resp.status();
+        if status.is_success() || status == StatusCode::NOT_MODIFIED {
+            return Ok(resp);
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+        Err(DockerError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    /// A request whose answer is JSON.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<T, DockerError> {
+        let resp = self.send(method, path).await?;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| DockerError::Io(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| DockerError::Decode(e.to_string()))
+    }
+
+    /// A request whose answer has no body worth reading.
+    pub async fn call(&self, method: Method, path: &str) -> Result<(), DockerError> {
+        let resp = self.send(method, path).await?;
+        let _ = resp.into_body().collect().await;
+        Ok(())
+    }
+}
+
+/// Escapes a container name or id for a URL path.
+pub fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

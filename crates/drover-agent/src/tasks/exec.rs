@@ -1,0 +1,247 @@
+//! Running a command: its own process group, output read line by line from both streams in arrival order,
+//! and on cancel or timeout SIGTERM to the whole group, a grace period, then SIGKILL.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use drover_types::task::MAX_LINE_BYTES;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::{mpsc, watch};
+
+use super::Ended;
+
+/// What the node allows. Set where the agent starts; nothing from the server changes it.
+#[derive(Debug, Clone, Default)]
+pub struct ExecPolicy {
+    /// Shell pipelines and any program.
+    pub allow_shell: bool,
+    /// Programs allowed without --allow-shell, as absolute paths.
+    pub allow_exec: Vec<PathBuf>,
+}
+
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    pub shell: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+    pub timeout: Option<Duration>,
+    pub grace: Duration,
+}
+
+/// Finds a program the way a shell would: a path as given, a bare name on PATH.
+pub fn resolve_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Path::new(name).canonicalize().ok();
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
+}
+
+fn refused(message: String) -> Ended {
+    Ended::refused(message)
+}
+
+/// Checks the node's policy, then runs the command, passing each output chunk (stream 1 or 2) to `emit`.
+pub async fn run(
+    req: ExecRequest,
+    policy: &ExecPolicy,
+    emit: mpsc::Sender<(u8, Vec<u8>)>,
+    mut cancel: watch::Receiver<bool>,
+) -> Ended {
+    let (program, args): (PathBuf, Vec<String>) = match (&req.shell, req.argv.first()) {
+        (Some(shell), _) => {
+            if !policy.allow_shell {
+                return refused("shell tasks are off on this node: its agent must be started with --allow-shell".into());
+            }
+            (PathBuf::from("/bin/sh"), vec!["-c".into(), shell.clone()])
+        }
+        (None, Some(name)) => {
+            let Some(path) = resolve_program(name) else {
+                return Ended::error(format!(
+                    "cannot start {name:?}: no such program on this node"
+                ));
+            };
+            if !policy.allow_shell && !policy.allow_exec.contains(&path) {
+                return refused(format!(
+                    "{} is not allowed on this node: its agent runs without --allow-shell and {} is not in --allow-exec",
+                    name,
+                    path.display()
+                ));
+            }
+            (path, req.argv[1..].to_vec())
+        }
+        (None, None) => return Ended::error("nothing to run".into()),
+    };
+
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&args)
+        .envs(&req.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(cwd) = &req.cwd {
+        cmd.current_dir(cwd);
+    }
+    if let Some(user) = &req.user {
+        match lookup_user(user) {
+            Ok((uid, gid, home)) => {
+                cmd.uid(uid)
+                    .gid(gid)
+                    .env("HOME", home)
+                    .env("USER", user)
+                    .env("LOGNAME", user);
+            }
+            Err(e) => return refused(e),
+        }
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Ended::error(format!("cannot start {}: {e}", program.display())),
+    };
+    let pgid = child.id().map(|p| p as i32);
+    let readers = [
+        child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(pump(s, 1, emit.clone()))),
+        child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(pump(s, 2, emit.clone()))),
+    ];
+    drop(emit);
+
+    let timeout = async {
+        match req.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(timeout);
+    let (status, stopped) = tokio::select! {
+        status = child.wait() => (status, None),
+        _ = super::cancelled(&mut cancel) => (stop(&mut child, pgid, req.grace).await, Some("Cancelled")),
+        _ = &mut timeout => (stop(&mut child, pgid, req.grace).await, Some("TimedOut")),
+    };
+    // Whatever the command left running in its group goes with it, so no orphan outlives the task
+    // (and no leftover holds the output pipes open).
+    if let Some(pgid) = pgid {
+        // SAFETY: killpg on the group this task created; ESRCH when it is already empty is fine.
+        unsafe { libc::killpg(pgid, libc::SIGKILL) };
+    }
+    for r in readers.into_iter().flatten() {
+        let _ = r.await;
+    }
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => return Ended::error(format!("lost the task's process: {e}")),
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let (code, signal) = (status.code(), status.signal());
+    let state = match stopped {
+        Some(s) => s,
+        None if code == Some(0) => "Succeeded",
+        None => "Failed",
+    };
+    Ended {
+        state,
+        exit_code: code,
+        signal,
+        error: String::new(),
+    }
+}
+
+/// SIGTERM to the group, up to `grace` for it to exit, then SIGKILL.
+async fn stop(
+    child: &mut tokio::process::Child,
+    pgid: Option<i32>,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    if let Some(pgid) = pgid {
+        // SAFETY: signalling the process group this task created.
+        unsafe { libc::killpg(pgid, libc::SIGTERM) };
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            if let Some(pgid) = pgid {
+                // SAFETY: as above.
+                unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            }
+            child.wait().await
+        }
+    }
+}
+
+/// Reads a stream in lines (with their newline), splitting lines longer than MAX_LINE_BYTES.
+async fn pump(stream: impl AsyncRead + Unpin, which: u8, emit: mpsc::Sender<(u8, Vec<u8>)>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    loop {
+        let mut line = Vec::new();
+        loop {
+            let buf = match reader.fill_buf().await {
+                Ok(b) => b,
+                Err(_) => return,
+            };
+            if buf.is_empty() {
+                break;
+            }
+            let room = MAX_LINE_BYTES - line.len();
+            let take = match buf.iter().take(room).position(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None => buf.len().min(room),
+            };
+            line.extend_from_slice(&buf[..take]);
+            reader.consume(take);
+            if line.ends_with(b"\n") || line.len() >= MAX_LINE_BYTES {
+                break;
+            }
+        }
+        if line.is_empty() {
+            return;
+        }
+        if emit.send((which, line)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// uid, gid and home of a user; only root may switch users.
+fn lookup_user(name: &str) -> Result<(u32, u32, String), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("--user needs the agent to run as root; this agent does not".into());
+    }
+    let c_name =
+        std::ffi::CString::new(name).map_err(|_| format!("{name:?} is not a user name"))?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the call; getpwnam_r writes only into pwd and buf.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return Err(format!("no user {name:?} on this node"));
+    }
+    // SAFETY: pw_dir points into buf, NUL-terminated, when getpwnam_r succeeded.
+    let home = unsafe { std::ffi::CStr::from_ptr(pwd.pw_dir) }
+        .to_string_lossy()
+        .into_owned();
+    Ok((pwd.pw_uid, pwd.pw_gid, home))
+}

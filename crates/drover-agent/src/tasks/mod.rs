@@ -1,0 +1,376 @@
+//! Tasks on the node: commands and container operations, each run at most once per task id, with output
+//! streamed in order and kept on disk until the server acknowledges it, so a broken link loses nothing.
+
+mod container;
+pub mod exec;
+pub mod outbox;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_proto::v1::{self, AgentMessage, agent_message::Msg};
+use drover_types::task::{DEFAULT_GRACE_MS, TaskSpec};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use exec::ExecPolicy;
+use outbox::{Exit, Outbox};
+
+/// How a task ended on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub state: &'static str,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: String,
+}
+
+impl Ended {
+    pub fn refused(error: String) -> Self {
+        Self {
+            state: "Refused",
+            exit_code: None,
+            signal: None,
+            error,
+        }
+    }
+
+    pub fn error(error: String) -> Self {
+        Self {
+            state: "Error",
+            exit_code: None,
+            signal: None,
+            error,
+        }
+    }
+
+    pub fn ok() -> Self {
+        Self {
+            state: "Succeeded",
+            exit_code: Some(0),
+            signal: None,
+            error: String::new(),
+        }
+    }
+}
+
+/// Task ids finished and acknowledged, remembered so a redelivered start is not run again.
+const REMEMBERED_TASKS: usize = 10_000;
+const DONE_FILE: &str = "done";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct TaskManager {
+    dir: PathBuf,
+    policy: ExecPolicy,
+    slots: Arc<Semaphore>,
+    link: Mutex<Option<mpsc::Sender<AgentMessage>>>,
+    cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
+    done: Mutex<(HashSet<String>, VecDeque<String>)>,
+}
+
+impl TaskManager {
+    /// `dir` holds one directory per unacknowledged task and the list of finished ids.
+    pub fn new(
+        dir: PathBuf,
+        policy: ExecPolicy,
+        max_concurrent: usize,
+    ) -> std::io::Result<Arc<Self>> {
+        drover_files::create_private_dir(&dir)?;
+        let text = std::fs::read_to_string(dir.join(DONE_FILE)).unwrap_or_default();
+        let order: VecDeque<String> = text.lines().map(str::to_string).collect();
+        let skip = order.len().saturating_sub(REMEMBERED_TASKS);
+        let order: VecDeque<String> = order.into_iter().skip(skip).collect();
+        let set = order.iter().cloned().collect();
+        Ok(Arc::new(Self {
+            dir,
+            policy,
+            slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            link: Mutex::new(None),
+            cancels: Mutex::new(HashMap::new()),
+            done: Mutex::new((set, order)),
+        }))
+    }
+
+    fn task_dir(&self, task_id: &str) -> Option<PathBuf> {
+        // Task ids come from the server; refuse anything that is not a plain name.
+        let ok = !task_id.is_empty()
+            && task_id.len() <= 64
+            && task_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        ok.then(|| self.dir.join(task_id))
+    }
+
+    async fn send(&self, m: Msg) {
+        let tx = lock(&self.link).clone();
+        if let Some(tx) = tx {
+            // A closed link is fine: the outbox has it and resends after the reconnect.
+            let _ = tx.send(AgentMessage { msg: Some(m) }).await;
+        }
+    }
+
+    /// A new stream: remember where to send, and resend everything the server has not acknowledged.
+    pub fn connected(self: &Arc<Self>, tx: mpsc::Sender<AgentMessage>) {
+        *lock(&self.link) = Some(tx);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let Ok(entries) = std::fs::read_dir(&me.dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                if entry.path().is_dir() {
+                    let id = entry.file_name().to_string_lossy().into_owned();
+                    me.resend(&id, 0).await;
+                }
+            }
+        });
+    }
+
+    pub fn disconnected(&self) {
+        *lock(&self.link) = None;
+    }
+
+    async fn resend(&self, task_id: &str, from: u64) {
+        let Some(dir) = self.task_dir(task_id) else {
+            return;
+        };
+        let chunks = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || outbox::read_chunks(&dir, from)).await
+        };
+        if let Ok(Ok(chunks)) = chunks {
+            for c in chunks {
+                self.send(Msg::TaskOutput(v1::TaskOutput {
+                    task_id: task_id.to_string(),
+                    seq: c.seq,
+                    stream: c.stream.into(),
+                    data: c.data,
+                }))
+                .await;
+            }
+        }
+        if let Some(exit) = outbox::read_exit(&dir) {
+            self.send(Msg::TaskExit(exit_message(task_id, &exit))).await;
+        }
+    }
+
+    /// Starts a task, unless this id was run before: then only what is unacknowledged is resent.
+    pub fn start(self: &Arc<Self>, task_id: String, spec_json: String) {
+        let Some(dir) = self.task_dir(&task_id) else {
+            tracing::warn!("ignored a task with an invalid id {task_id:?}");
+            return;
+        };
+        if lock(&self.done).0.contains(&task_id) {
+            tracing::info!(task = %task_id, "ignored a redelivered task that already finished");
+            return;
+        }
+        if lock(&self.cancels).contains_key(&task_id) || dir.exists() {
+            tracing::info!(task = %task_id, "task already known; resending its unacknowledged output");
+            let me = self.clone();
+            tokio::spawn(async move { me.resend(&task_id, 0).await });
+            return;
+        }
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        lock(&self.cancels).insert(task_id.clone(), cancel_tx);
+        let me = self.clone();
+        tokio::spawn(async move { me.run(task_id, dir, spec_json, cancel_rx).await });
+    }
+
+    pub fn cancel(&self, task_id: &str) {
+        if let Some(tx) = lock(&self.cancels).get(task_id) {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// The server stored the exit: forget the task (but remember its id).
+    pub fn acknowledged(&self, task_id: &str, exit: bool) {
+        if !exit {
+            return;
+        }
+        let Some(dir) = self.task_dir(task_id) else {
+            return;
+        };
+        if !dir.join("exit.json").exists() {
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut done = lock(&self.done);
+        if done.0.insert(task_id.to_string()) {
+            done.1.push_back(task_id.to_string());
+            if done.1.len() > REMEMBERED_TASKS {
+                if let Some(old) = done.1.pop_front() {
+                    done.0.remove(&old);
+                }
+                let text: String = done.1.iter().map(|id| format!("{id}\n")).collect();
+                let _ =
+                    drover_files::write_atomic(&self.dir.join(DONE_FILE), text.as_bytes(), true);
+            } else {
+                use std::io::Write;
+                let appended = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join(DONE_FILE))
+                    .and_then(|mut f| f.write_all(format!("{task_id}\n").as_bytes()));
+                if let Err(e) = appended {
+                    tracing::warn!("cannot record finished task {task_id}: {e}");
+                }
+            }
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        task_id: String,
+        dir: PathBuf,
+        spec_json: String,
+        mut cancel: watch::Receiver<bool>,
+    ) {
+        let mut outbox = match Outbox::create(&dir, &spec_json) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(task = %task_id, "cannot keep task output in {}: {e}", dir.display());
+                self.send(Msg::TaskExit(exit_message(
+                    &task_id,
+                    &Exit {
+                        seq: 0,
+                        state: "Error".into(),
+                        exit_code: None,
+                        signal: None,
+                        error: format!("the agent cannot write its state dir: {e}"),
+                    },
+                )))
+                .await;
+                lock(&self.cancels).remove(&task_id);
+                return;
+            }
+        };
+        let ended = match serde_json::from_str::<TaskSpec>(&spec_json) {
+            Err(e) => Ended::error(format!("this agent does not understand the task: {e}")),
+            Ok(spec) => {
+                // Wait for a slot (the per-node concurrency limit), unless cancelled meanwhile.
+                let permit = tokio::select! {
+                    p = self.slots.clone().acquire_owned() => p.ok(),
+                    _ = cancelled(&mut cancel) => None,
+                };
+                match permit {
+                    None => Ended {
+                        state: "Cancelled",
+                        exit_code: None,
+                        signal: None,
+                        error: "cancelled before it started".into(),
+                    },
+                    Some(_permit) => self.execute(&task_id, spec, &mut outbox, cancel).await,
+                }
+            }
+        };
+        let exit = Exit {
+            seq: outbox.next_seq,
+            state: ended.state.to_string(),
+            exit_code: ended.exit_code,
+            signal: ended.signal,
+            error: ended.error,
+        };
+        if let Err(e) = outbox.finish(&exit) {
+            tracing::warn!(task = %task_id, "cannot record the task's end on disk: {e}");
+        }
+        lock(&self.cancels).remove(&task_id);
+        tracing::info!(task = %task_id, state = %exit.state, code = ?exit.exit_code, "task finished");
+        self.send(Msg::TaskExit(exit_message(&task_id, &exit)))
+            .await;
+    }
+
+    /// Runs the spec, appending output to the outbox and streaming it live.
+    async fn execute(
+        &self,
+        task_id: &str,
+        spec: TaskSpec,
+        outbox: &mut Outbox,
+        cancel: watch::Receiver<bool>,
+    ) -> Ended {
+        let (emit_tx, mut emit_rx) = mpsc::channel::<(u8, Vec<u8>)>(256);
+        let work = async {
+            match spec {
+                TaskSpec::Exec {
+                    argv,
+                    shell,
+                    env,
+                    cwd,
+                    user,
+                    timeout_ms,
+                    grace_ms,
+                } => {
+                    let req = exec::ExecRequest {
+                        argv,
+                        shell,
+                        env: env.into_iter().collect(),
+                        cwd,
+                        user,
+                        timeout: timeout_ms.map(Duration::from_millis),
+                        grace: Duration::from_millis(grace_ms.unwrap_or(DEFAULT_GRACE_MS)),
+                    };
+                    exec::run(req, &self.policy, emit_tx, cancel).await
+                }
+                TaskSpec::Container {
+                    op,
+                    container,
+                    all,
+                    follow,
+                    tail,
+                    timeout_ms,
+                } => {
+                    let timeout = timeout_ms.map(Duration::from_millis);
+                    let job = container::Job {
+                        op,
+                        container,
+                        all,
+                        follow,
+                        tail,
+                        timeout,
+                    };
+                    container::run(job, emit_tx, cancel).await
+                }
+            }
+        };
+        tokio::pin!(work);
+        let (mut ended, mut open) = (None, true);
+        loop {
+            tokio::select! {
+                chunk = emit_rx.recv(), if open => match chunk {
+                    Some((stream, data)) => match outbox.append(stream, &data) {
+                        Ok(Some(c)) => self.send(Msg::TaskOutput(v1::TaskOutput { task_id: task_id.to_string(), seq: c.seq, stream: c.stream.into(), data: c.data })).await,
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(task = %task_id, "cannot keep task output: {e}"),
+                    },
+                    None => open = false,
+                },
+                e = &mut work, if ended.is_none() => ended = Some(e),
+            }
+            if ended.is_some() && !open {
+                break;
+            }
+        }
+        ended.unwrap_or_else(|| Ended::error("the task ended without a result".into()))
+    }
+}
+
+/// Resolves once the task is cancelled (never, if its canceller is gone).
+pub(crate) async fn cancelled(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn exit_message(task_id: &str, exit: &Exit) -> v1::TaskExit {
+    v1::TaskExit {
+        task_id: task_id.to_string(),
+        seq: exit.seq,
+        state: exit.state.clone(),
+        exit_code: exit.exit_code,
+        signal: exit.signal,
+        error: exit.error.clone(),
+    }
+}

@@ -1,0 +1,389 @@
+//! Tasks: commands and container operations run on nodes, with streamed output and a final state.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Default grace between SIGTERM and SIGKILL when a task is cancelled or times out.
+pub const DEFAULT_GRACE_MS: u64 = 10_000;
+/// Output lines longer than this are split.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TaskSpec {
+    /// A program (argv) or a shell pipeline (`shell`, run by `sh -c`): exactly one of them.
+    Exec {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        argv: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shell: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+        /// Run as this user (the agent must run as root).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_ms: Option<u64>,
+    },
+    /// An operation on a container through the Docker Engine API (Docker or Podman).
+    Container {
+        op: ContainerOp,
+        /// Container name or id (not for `list`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
+        /// `list`: include stopped containers. `logs`: keep following.
+        #[serde(default)]
+        all: bool,
+        #[serde(default)]
+        follow: bool,
+        /// `logs`: only the last N lines.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tail: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerOp {
+    List,
+    Start,
+    Stop,
+    Restart,
+    Remove,
+    Logs,
+}
+
+impl ContainerOp {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ContainerOp::List => "list",
+            ContainerOp::Start => "start",
+            ContainerOp::Stop => "stop",
+            ContainerOp::Restart => "restart",
+            ContainerOp::Remove => "remove",
+            ContainerOp::Logs => "logs",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("field `{field}`: {reason}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl TaskSpec {
+    /// Checks what a server can check before anything ships.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let err = |field, reason: &str| {
+            Err(SpecError {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        match self {
+            TaskSpec::Exec {
+                argv,
+                shell,
+                env,
+                cwd,
+                timeout_ms,
+                ..
+            } => {
+                match (argv.is_empty(), shell) {
+                    (true, None) => {
+                        return err("argv", "give a command (argv) or a shell pipeline (shell)");
+                    }
+                    (false, Some(_)) => return err("shell", "give either argv or shell, not both"),
+                    _ => {}
+                }
+                if argv.first().is_some_and(|a| a.is_empty()) {
+                    return err("argv", "the program name is empty");
+                }
+                if let Some(k) = env
+                    .keys()
+                    .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+                {
+                    return Err(SpecError {
+                        field: "env",
+                        reason: format!("{k:?} is not a variable name"),
+                    });
+                }
+                if cwd.as_deref().is_some_and(|c| !c.starts_with('/')) {
+                    return err("cwd", "use an absolute path");
+                }
+                if *timeout_ms == Some(0) {
+                    return err("timeout_ms", "must be greater than zero");
+                }
+            }
+            TaskSpec::Container { op, container, .. } => {
+                if *op != ContainerOp::List && container.as_deref().is_none_or(str::is_empty) {
+                    return err("container", "this operation needs a container name or id");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A one-line description for tables and the audit log.
+    pub fn summary(&self) -> String {
+        match self {
+            TaskSpec::Exec {
+                argv,
+                shell: Some(s),
+                ..
+            } if argv.is_empty() => format!("sh -c {s:?}"),
+            TaskSpec::Exec { argv, .. } => argv.join(" "),
+            TaskSpec::Container { op, container, .. } => format!(
+                "container {} {}",
+                op.as_str(),
+                container.as_deref().unwrap_or("")
+            )
+            .trim_end()
+            .to_string(),
+        }
+    }
+}
+
+/// Which nodes a task runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Target {
+    /// One node, by id or name.
+    Node(String),
+    /// Every node whose labels contain all of these.
+    Selector(BTreeMap<String, String>),
+    /// Every node.
+    All,
+}
+
+/// `POST /api/v1/tasks`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTask {
+    pub target: Target,
+    pub spec: TaskSpec,
+    /// At most this many nodes run it at once (default: all).
+    #[serde(default)]
+    pub max_parallel: Option<u32>,
+}
+
+/// Where a task stands on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+pub enum RunState {
+    /// Waiting for its turn (max_parallel) or for the node to take it.
+    Pending,
+    /// Sent to the node; queued there or running.
+    Running,
+    Succeeded,
+    /// Ran and exited non-zero or by a signal.
+    Failed,
+    Cancelled,
+    TimedOut,
+    /// The node's policy refused it (shell off, program not allowed, ...).
+    Refused,
+    /// The node was not connected when the task was created.
+    Unreachable,
+    /// The agent could not start it (no such program, bad cwd, no engine, ...).
+    Error,
+}
+
+impl RunState {
+    pub fn is_final(&self) -> bool {
+        !matches!(self, RunState::Pending | RunState::Running)
+    }
+
+    pub fn is_success(&self) -> bool {
+        *self == RunState::Succeeded
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunState::Pending => "Pending",
+            RunState::Running => "Running",
+            RunState::Succeeded => "Succeeded",
+            RunState::Failed => "Failed",
+            RunState::Cancelled => "Cancelled",
+            RunState::TimedOut => "TimedOut",
+            RunState::Refused => "Refused",
+            RunState::Unreachable => "Unreachable",
+            RunState::Error => "Error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            RunState::Pending,
+            RunState::Running,
+            RunState::Succeeded,
+            RunState::Failed,
+            RunState::Cancelled,
+            RunState::TimedOut,
+            RunState::Refused,
+            RunState::Unreachable,
+            RunState::Error,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// A task on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRun {
+    pub node_id: String,
+    pub node_name: String,
+    pub state: RunState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl TaskRun {
+    /// The exit code a shell would show: the code, or 128+N for a signal.
+    pub fn shell_code(&self) -> Option<i32> {
+        self.exit_code.or(self.signal.map(|s| 128 + s))
+    }
+}
+
+/// A task as listed and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub target: Target,
+    pub spec: TaskSpec,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+    pub runs: Vec<TaskRun>,
+}
+
+impl Task {
+    pub fn is_finished(&self) -> bool {
+        self.runs.iter().all(|r| r.state.is_final())
+    }
+
+    /// An overall state for lists: Running until every run is final, then Succeeded only if all did.
+    pub fn state(&self) -> &'static str {
+        if !self.is_finished() {
+            "Running"
+        } else if self.runs.iter().all(|r| r.state.is_success()) {
+            "Succeeded"
+        } else if self.runs.iter().all(|r| r.state == RunState::Cancelled) {
+            "Cancelled"
+        } else {
+            "Failed"
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One piece of output: a line (with its newline) or part of an overlong line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    pub node_id: String,
+    pub node_name: String,
+    pub seq: u64,
+    pub stream: Stream,
+    /// The bytes as text when they are UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The bytes, base64, when they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+/// An entry in the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// Who: `admin` for the admin token.
+    pub actor: String,
+    /// What: `task.create`, `task.finish`, `task.cancel`, ...
+    pub action: String,
+    /// Where: the node, or the task's target.
+    pub target: String,
+    pub detail: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(argv: &[&str], shell: Option<&str>) -> TaskSpec {
+        TaskSpec::Exec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            shell: shell.map(str::to_string),
+            env: Default::default(),
+            cwd: None,
+            user: None,
+            timeout_ms: None,
+            grace_ms: None,
+        }
+    }
+
+    #[test]
+    fn exec_needs_exactly_one_of_argv_and_shell() {
+        assert!(exec(&["true"], None).validate().is_ok());
+        assert!(exec(&[], Some("true | cat")).validate().is_ok());
+        assert_eq!(exec(&[], None).validate().unwrap_err().field, "argv");
+        assert_eq!(
+            exec(&["a"], Some("b")).validate().unwrap_err().field,
+            "shell"
+        );
+    }
+
+    #[test]
+    fn specs_round_trip_with_a_kind_tag() {
+        let spec = exec(&["echo", "hi"], None);
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["kind"], "exec");
+        assert_eq!(serde_json::from_value::<TaskSpec>(v).unwrap(), spec);
+        assert!(
+            serde_json::from_value::<TaskSpec>(
+                serde_json::json!({"kind": "exec", "argv": ["x"], "bogus": 1})
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn signals_become_shell_codes() {
+        let run = TaskRun {
+            node_id: "n".into(),
+            node_name: "n".into(),
+            state: RunState::Cancelled,
+            exit_code: None,
+            signal: Some(15),
+            error: None,
+            started_at: None,
+            finished_at: None,
+        };
+        assert_eq!(run.shell_code(), Some(143));
+    }
+}

@@ -1,0 +1,165 @@
+//! `drover tasks`: recorded tasks, their output, cancellation.
+
+use clap::{Args, Subcommand};
+use drover_types::task::Task;
+use reqwest::Method;
+
+use super::OutputFormat;
+use super::client::{Client, segment};
+use super::exec::{follow, run_exit_code};
+use super::output::{ago, print_json, table};
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  drover tasks\n  drover tasks show 3f2a…\n  drover tasks logs 3f2a… --follow\n  drover tasks cancel 3f2a…"
+)]
+pub struct TasksArgs {
+    #[command(subcommand)]
+    command: Option<TasksCommand>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t, global = true)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum TasksCommand {
+    /// List recent tasks (the default).
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One task with its runs.
+    Show { id: String },
+    /// Replay a task's stored output; with --follow, keep printing until it ends.
+    Logs {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Cancel a task on every node still running it.
+    Cancel { id: String },
+}
+
+pub async fn run(args: TasksArgs, client: &Client) -> anyhow::Result<()> {
+    match args.command.unwrap_or(TasksCommand::List { limit: 50 }) {
+        TasksCommand::List { limit } => {
+            let tasks: Vec<Task> = client.get(&format!("/api/v1/tasks?limit={limit}")).await?;
+            match args.output {
+                OutputFormat::Json => print_json(&tasks),
+                OutputFormat::Table => {
+                    let mut t = table(&[
+                        "ID",
+                        "TARGET",
+                        "COMMAND",
+                        "STATE",
+                        "STARTED",
+                        "DURATION",
+                        "EXIT CODES",
+                    ]);
+                    for task in &tasks {
+                        t.add_row(row(task));
+                    }
+                    println!("{t}");
+                    Ok(())
+                }
+            }
+        }
+        TasksCommand::Show { id } => {
+            let task: Task = client
+                .get(&format!("/api/v1/tasks/{}", segment(&id)))
+                .await?;
+            match args.output {
+                OutputFormat::Json => print_json(&task),
+                OutputFormat::Table => {
+                    println!(
+                        "Task:     {}\nCommand:  {}\nState:    {}\nCreated:  {} by {}\n",
+                        task.id,
+                        task.spec.summary(),
+                        task.state(),
+                        task.created_at.to_rfc3339(),
+                        task.created_by
+                    );
+                    let mut t = table(&["NODE", "STATE", "EXIT", "STARTED", "FINISHED", "ERROR"]);
+                    for r in &task.runs {
+                        t.add_row(vec![
+                            r.node_name.clone(),
+                            r.state.as_str().to_string(),
+                            if r.state.is_final() {
+                                run_exit_code(r).to_string()
+                            } else {
+                                "-".into()
+                            },
+                            r.started_at
+                                .map(|t| t.format("%H:%M:%S").to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            r.finished_at
+                                .map(|t| t.format("%H:%M:%S").to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            r.error.clone().unwrap_or_default(),
+                        ]);
+                    }
+                    println!("{t}");
+                    Ok(())
+                }
+            }
+        }
+        TasksCommand::Logs { id, follow: keep } => {
+            let task: Task = client
+                .get(&format!("/api/v1/tasks/{}", segment(&id)))
+                .await?;
+            follow(client, &task.id, keep, task.runs.len() > 1, None).await?;
+            Ok(())
+        }
+        TasksCommand::Cancel { id } => {
+            let task: Option<Task> = client
+                .request(
+                    Method::POST,
+                    &format!("/api/v1/tasks/{}/cancel", segment(&id)),
+                    None::<&()>,
+                )
+                .await?;
+            eprintln!("cancel requested for task {id}");
+            if let (OutputFormat::Json, Some(t)) = (args.output, task) {
+                print_json(&t)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn row(task: &Task) -> Vec<String> {
+    let target = match &task.target {
+        drover_types::task::Target::Node(n) => n.clone(),
+        drover_types::task::Target::Selector(s) => s
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        drover_types::task::Target::All => "all".into(),
+    };
+    let started = task.runs.iter().filter_map(|r| r.started_at).min();
+    let finished = task.runs.iter().filter_map(|r| r.finished_at).max();
+    let duration = match (started, finished, task.is_finished()) {
+        (Some(a), Some(b), true) => format!("{:.1}s", (b - a).num_milliseconds() as f64 / 1000.0),
+        _ => "-".into(),
+    };
+    let codes: Vec<String> = task
+        .runs
+        .iter()
+        .filter(|r| r.state.is_final())
+        .map(|r| run_exit_code(r).to_string())
+        .collect();
+    let mut command = task.spec.summary();
+    if command.chars().count() > 40 {
+        command = command.chars().take(39).collect::<String>() + "…";
+    }
+    vec![
+        task.id.chars().take(8).collect(),
+        target,
+        command,
+        task.state().to_string(),
+        ago(started),
+        duration,
+        codes.join(","),
+    ]
+}
