@@ -1,17 +1,48 @@
 #!/usr/bin/env bash
-# Installs what drover's tests need on a fresh Debian machine (see ../shared/TESTBED.md).
+# Installs and prepares what drover's tests need on a fresh Debian machine (see ../shared/TESTBED.md):
+# python3 and curl; Podman with runc and a local busybox image (no registry is reachable).
 # Idempotent: installs only what is missing. Needs root (or sudo) when something is missing.
 set -euo pipefail
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+[ -x /bin/busybox ] || need+=(busybox-static)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "testbed: installing ${need[*]}"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+# crun fails on hybrid cgroups and podman's default rlimits are refused in this sandbox: use runc and cgroupfs.
+conf=/etc/containers/containers.conf
+if ! grep -q 'runtime = "runc"' "$conf" 2>/dev/null; then
+  echo "testbed: writing $conf"
+  $SUDO mkdir -p /etc/containers
+  $SUDO tee "$conf" >/dev/null <<CONF
+[containers]
+default_ulimits = []
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+CONF
+fi
+
+# A busybox image built locally from Debian's static busybox.
+if ! $SUDO podman image exists localhost/busybox:latest; then
+  echo "testbed: importing localhost/busybox:latest"
+  root=$(mktemp -d)
+  mkdir -p "$root/bin"
+  cp /bin/busybox "$root/bin/"
+  for c in sh sleep echo cat httpd ls; do ln -s busybox "$root/bin/$c"; done
+  tar -C "$root" -c . | $SUDO podman import - localhost/busybox:latest >/dev/null
+  rm -rf "$root"
 fi
 echo "testbed: ready"

@@ -534,3 +534,109 @@ pub fn time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
         .map(|t| t.with_timezone(&chrono::Utc))
 }
+
+/// A real Podman serving the Docker Engine API on its own socket, for container tests.
+/// Needs `scripts/testbed.sh` (Podman, runc, the local `localhost/busybox:latest` image).
+pub struct Podman {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    containers: std::sync::Mutex<Vec<String>>,
+}
+
+/// The image tests run.
+pub const BUSYBOX: &str = "localhost/busybox:latest";
+
+impl Podman {
+    pub fn start() -> anyhow::Result<Self> {
+        let installed = Command::new("podman")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            bail!(
+                "podman is not installed: run scripts/testbed.sh (it installs Podman, runc and the busybox image)"
+            );
+        }
+        let image = Command::new("podman")
+            .args(["image", "exists", BUSYBOX])
+            .status()?;
+        if !image.success() {
+            bail!("the image {BUSYBOX} is missing: run scripts/testbed.sh to build it");
+        }
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("podman.sock");
+        let log = std::fs::File::create(dir.path().join("podman.log"))?;
+        let child = Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start `podman system service`")?;
+        let podman = Self {
+            child: Some(child),
+            dir,
+            containers: Default::default(),
+        };
+        wait_for("the Podman API socket", TIMEOUT, || {
+            podman.socket().exists().then_some(())
+        })
+        .with_context(|| {
+            std::fs::read_to_string(podman.dir.path().join("podman.log")).unwrap_or_default()
+        })?;
+        Ok(podman)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("podman.sock")
+    }
+
+    /// `DOCKER_HOST` pointing at this engine.
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// Runs the podman CLI; fails when it fails.
+    pub fn podman(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("podman").args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "podman {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Starts a detached busybox container running `script`; it is removed when this handle drops.
+    pub fn run_container(&self, name: &str, script: &str) -> anyhow::Result<()> {
+        self.containers
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .push(name.to_string());
+        self.podman(&["run", "-d", "--name", name, BUSYBOX, "sh", "-c", script])
+            .map(|_| ())
+    }
+
+    /// The container's state (`running`, `exited`, ...), or `None` when it does not exist.
+    pub fn state(&self, name: &str) -> Option<String> {
+        self.podman(&["inspect", "--format", "{{.State.Status}}", name])
+            .ok()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        if let Ok(names) = self.containers.lock() {
+            for name in names.iter() {
+                let _ = Command::new("podman")
+                    .args(["rm", "-f", "-t", "0", name])
+                    .output();
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, true);
+        }
+    }
+}
