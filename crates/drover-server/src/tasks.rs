@@ -276,8 +276,10 @@ impl Fleet {
             let Some(p) = progress.get_mut(&key) else {
                 return;
             };
-            if out.seq >= p.next_seq && p.held.len() < MAX_HELD_CHUNKS {
-                p.held.insert(out.seq, (out.stream.min(2) as u8, out.data));
+            for c in out.chunks {
+                if c.seq >= p.next_seq && p.held.len() < MAX_HELD_CHUNKS {
+                    p.held.insert(c.seq, (c.stream.min(2) as u8, c.data));
+                }
             }
             let mut r = Vec::new();
             while let Some((stream, data)) = p.held.remove(&p.next_seq) {
@@ -303,6 +305,7 @@ impl Fleet {
             tracing::error!(task = %out.task_id, "cannot store task output: {e}");
             return;
         }
+        let first = ready.first().map(|r| r.0).unwrap_or_default();
         let last = ready.last().map(|r| r.0).unwrap_or_default();
         for (seq, stream, data) in &ready {
             self.publish(
@@ -310,7 +313,8 @@ impl Fleet {
                 TaskEvent::Output(chunk(node_id, &node_name, *seq, *stream, data)),
             );
         }
-        if (last + 1).is_multiple_of(ACK_EVERY) {
+        // Acknowledge whenever a batch crosses a multiple of ACK_EVERY.
+        if (last + 1) / ACK_EVERY > first / ACK_EVERY {
             let ack = v1::TaskAck {
                 task_id: out.task_id.clone(),
                 upto_seq: last + 1,

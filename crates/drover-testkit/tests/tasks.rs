@@ -484,3 +484,29 @@ fn tasks_are_listed_replayed_and_audited() {
         404
     );
 }
+
+#[test]
+fn user_switching_needs_a_root_agent() {
+    let server = Server::start().unwrap();
+    let _a = agent(&server, "box", &["--allow-shell"]);
+    let out = server
+        .cli(&["exec", "box", "--user", "nobody", "--", "id", "-u"])
+        .unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(out.status.success(), "{out:?}");
+        let expected = std::process::Command::new("id")
+            .args(["-u", "nobody"])
+            .output()
+            .unwrap()
+            .stdout;
+        assert_eq!(out.stdout, expected);
+    } else {
+        assert_eq!(out.status.code(), Some(126));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("needs the agent to run as root"));
+    }
+    let out = server
+        .cli(&["exec", "box", "--user", "no-such-user-here", "--", "true"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+}

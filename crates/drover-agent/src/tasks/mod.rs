@@ -143,14 +143,8 @@ impl TaskManager {
             tokio::task::spawn_blocking(move || outbox::read_chunks(&dir, from)).await
         };
         if let Ok(Ok(chunks)) = chunks {
-            for c in chunks {
-                self.send(Msg::TaskOutput(v1::TaskOutput {
-                    task_id: task_id.to_string(),
-                    seq: c.seq,
-                    stream: c.stream.into(),
-                    data: c.data,
-                }))
-                .await;
+            for batch in chunks.chunks(BATCH_CHUNKS) {
+                self.send(output_message(task_id, batch.to_vec())).await;
             }
         }
         if let Some(exit) = outbox::read_exit(&dir) {
@@ -340,11 +334,25 @@ impl TaskManager {
         loop {
             tokio::select! {
                 chunk = emit_rx.recv(), if open => match chunk {
-                    Some((stream, data)) => match outbox.append(stream, &data) {
-                        Ok(Some(c)) => self.send(Msg::TaskOutput(v1::TaskOutput { task_id: task_id.to_string(), seq: c.seq, stream: c.stream.into(), data: c.data })).await,
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(task = %task_id, "cannot keep task output: {e}"),
-                    },
+                    Some(first) => {
+                        // Take whatever else is already waiting, so fast output travels in batches.
+                        let mut batch = Vec::new();
+                        let mut next = Some(first);
+                        while let Some((stream, data)) = next {
+                            match outbox.append(stream, &data) {
+                                Ok(Some(c)) => batch.push(c),
+                                Ok(None) => {}
+                                Err(e) => tracing::warn!(task = %task_id, "cannot keep task output: {e}"),
+                            }
+                            next = if batch.len() < BATCH_CHUNKS { emit_rx.try_recv().ok() } else { None };
+                        }
+                        if let Err(e) = outbox.flush() {
+                            tracing::warn!(task = %task_id, "cannot keep task output: {e}");
+                        }
+                        if !batch.is_empty() {
+                            self.send(output_message(task_id, batch)).await;
+                        }
+                    }
                     None => open = false,
                 },
                 e = &mut work, if ended.is_none() => ended = Some(e),
@@ -362,6 +370,23 @@ pub(crate) async fn cancelled(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// Chunks per TaskOutput message at most.
+const BATCH_CHUNKS: usize = 512;
+
+fn output_message(task_id: &str, chunks: Vec<outbox::Chunk>) -> Msg {
+    Msg::TaskOutput(v1::TaskOutput {
+        task_id: task_id.to_string(),
+        chunks: chunks
+            .into_iter()
+            .map(|c| v1::OutputChunk {
+                seq: c.seq,
+                stream: c.stream.into(),
+                data: c.data,
+            })
+            .collect(),
+    })
 }
 
 fn exit_message(task_id: &str, exit: &Exit) -> v1::TaskExit {

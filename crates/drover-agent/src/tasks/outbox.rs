@@ -2,7 +2,7 @@
 //! `exit.json`. Bounded per task; what a broken link kept from the server is resent from here.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,7 @@ pub struct Chunk {
 
 pub struct Outbox {
     dir: PathBuf,
-    out: File,
+    out: BufWriter<File>,
     written: u64,
     pub next_seq: u64,
     truncated: bool,
@@ -50,7 +50,7 @@ impl Outbox {
             .open(dir.join("out"))?;
         Ok(Self {
             dir: dir.to_path_buf(),
-            out,
+            out: BufWriter::with_capacity(256 * 1024, out),
             written: 0,
             next_seq: 0,
             truncated: false,
@@ -87,9 +87,15 @@ impl Outbox {
         Ok(Some(chunk))
     }
 
+    /// Pushes buffered frames to the file (before they are sent, so a resend can find them).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+
     /// Records the end durably: after this, a crash of the agent still reports it.
     pub fn finish(&mut self, exit: &Exit) -> std::io::Result<()> {
-        self.out.sync_all()?;
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
         let json = serde_json::to_vec(exit).map_err(std::io::Error::other)?;
         drover_files::write_atomic(&self.dir.join("exit.json"), &json, true)
     }
