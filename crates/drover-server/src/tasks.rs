@@ -17,7 +17,8 @@ use crate::store::{AuditFilter, OutputRecord};
 /// Something that happened to a task, for live followers.
 #[derive(Debug, Clone)]
 pub enum TaskEvent {
-    Output(OutputChunk),
+    /// Consecutive chunks from one node.
+    Output(Vec<OutputChunk>),
     Exit(TaskRun),
     Done,
 }
@@ -307,12 +308,11 @@ impl Fleet {
         }
         let first = ready.first().map(|r| r.0).unwrap_or_default();
         let last = ready.last().map(|r| r.0).unwrap_or_default();
-        for (seq, stream, data) in &ready {
-            self.publish(
-                &out.task_id,
-                TaskEvent::Output(chunk(node_id, &node_name, *seq, *stream, data)),
-            );
-        }
+        let chunks = ready
+            .iter()
+            .map(|(seq, stream, data)| chunk(node_id, &node_name, *seq, *stream, data))
+            .collect();
+        self.publish(&out.task_id, TaskEvent::Output(chunks));
         // Acknowledge whenever a batch crosses a multiple of ACK_EVERY.
         if (last + 1) / ACK_EVERY > first / ACK_EVERY {
             let ack = v1::TaskAck {

@@ -361,10 +361,11 @@ impl Server {
             .task_events(id)?
             .into_iter()
             .filter(|(name, _)| name == "output")
-            .map(|(_, v)| {
+            .flat_map(|(_, v)| v.as_array().cloned().unwrap_or_default())
+            .map(|c| {
                 (
-                    v["stream"].as_str().unwrap_or_default().to_string(),
-                    v["text"].as_str().unwrap_or_default().to_string(),
+                    c["stream"].as_str().unwrap_or_default().to_string(),
+                    c["text"].as_str().unwrap_or_default().to_string(),
                 )
             })
             .collect())

@@ -108,40 +108,16 @@ pub struct ListProcessesArgs {
     pub limit: Option<usize>,
 }
 
-#[derive(Serialize)]
-pub struct ProcessInfo {
-    pub pid: u32,
-    pub name: String,
-    pub cmd: Vec<String>,
-    pub cpu_usage: f32,
-    pub mem_kb: u64,
-    pub user_id: Option<String>,
-    pub status: String,
-}
-
 pub async fn list_processes(
     _: ActionCtx,
     args: ListProcessesArgs,
-) -> Result<Vec<ProcessInfo>, ActionError> {
+) -> Result<Vec<inventory::Process>, ActionError> {
     tokio::task::spawn_blocking(move || {
         inventory::processes(args.name.as_deref(), args.limit.unwrap_or(100))
     })
     .await
     .map_err(ActionError::failed)?
     .map_err(ActionError::failed)
-    .map(|list| {
-        list.into_iter()
-            .map(|p| ProcessInfo {
-                pid: p.pid,
-                name: p.name,
-                cmd: p.cmd,
-                cpu_usage: p.cpu_usage,
-                mem_kb: p.mem_kb,
-                user_id: p.user_id,
-                status: p.status,
-            })
-            .collect()
-    })
 }
 
 #[derive(Deserialize)]

@@ -118,6 +118,7 @@ impl<'a, I: Iterator<Item = &'a sysinfo::NetworkData>> ClonedIps for I {
 }
 
 /// One process, as `list_processes` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Process {
     pub pid: u32,
     pub name: String,

@@ -67,7 +67,8 @@ pub struct OutputQuery {
     follow: bool,
 }
 
-/// `event: output` (an OutputChunk), `event: exit` (a TaskRun), `event: done` (the Task, when every run is final).
+/// `event: output` (an array of consecutive OutputChunks), `event: exit` (a TaskRun), `event: done` (the Task,
+/// when every run is final).
 pub async fn output(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -115,13 +116,20 @@ async fn stream_task(
             _ = tx.closed() => return,
         };
         let done = match ev {
-            Ok(TaskEvent::Output(c)) => {
-                let next = sent.next_seq.entry(c.node_id.clone()).or_default();
-                if c.seq >= *next {
-                    *next = c.seq + 1;
-                    if tx.send(event("output", &c)).await.is_err() {
-                        return;
-                    }
+            Ok(TaskEvent::Output(chunks)) => {
+                let fresh: Vec<_> = chunks
+                    .into_iter()
+                    .filter(|c| {
+                        let next = sent.next_seq.entry(c.node_id.clone()).or_default();
+                        let new = c.seq >= *next;
+                        if new {
+                            *next = c.seq + 1;
+                        }
+                        new
+                    })
+                    .collect();
+                if !fresh.is_empty() && tx.send(event("output", &fresh)).await.is_err() {
+                    return;
                 }
                 false
             }
@@ -166,6 +174,7 @@ async fn catch_up(
         if page.is_empty() {
             break;
         }
+        let mut fresh = Vec::new();
         for (row, rec) in page {
             sent.cursor = row;
             let next = sent.next_seq.entry(rec.node_id.clone()).or_default();
@@ -174,12 +183,10 @@ async fn catch_up(
             }
             *next = rec.seq + 1;
             let name = names.get(rec.node_id.as_str()).copied().unwrap_or_default();
-            tx.send(event(
-                "output",
-                &chunk(&rec.node_id, name, rec.seq, rec.stream, &rec.data),
-            ))
-            .await
-            .map_err(|_| ())?;
+            fresh.push(chunk(&rec.node_id, name, rec.seq, rec.stream, &rec.data));
+        }
+        if !fresh.is_empty() {
+            tx.send(event("output", &fresh)).await.map_err(|_| ())?;
         }
     }
     // Reread: runs may have finished while the output was being sent.

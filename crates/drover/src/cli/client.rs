@@ -104,15 +104,7 @@ impl Client {
             message: e.to_string(),
         })?;
         if !status.is_success() {
-            let (message, action) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(b) => (b.error, b.action_error),
-                Err(_) => (format!("the server answered {status}"), None),
-            };
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                message,
-                action,
-            });
+            return Err(api_error(status, &bytes));
         }
         if status == StatusCode::NO_CONTENT || bytes.is_empty() {
             return Ok(None);
@@ -152,16 +144,7 @@ impl Client {
             })?;
         if !resp.status().is_success() {
             let status = resp.status();
-            let body = resp.bytes().await.unwrap_or_default();
-            let (message, action) = match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(b) => (b.error, b.action_error),
-                Err(_) => (format!("the server answered {status}"), None),
-            };
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                message,
-                action,
-            });
+            return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
         }
         Ok(EventStream {
             resp,
@@ -179,6 +162,11 @@ pub struct EventStream {
 }
 
 impl EventStream {
+    /// Whether a complete event is already buffered (so `next` will not wait for the network).
+    pub fn has_buffered(&self) -> bool {
+        self.buf.windows(2).any(|w| w == b"\n\n")
+    }
+
     /// The next event; `None` when the server closed the stream.
     pub async fn next(&mut self) -> Result<Option<(String, String)>, ClientError> {
         loop {
@@ -209,6 +197,19 @@ impl EventStream {
                 }
             }
         }
+    }
+}
+
+/// The error of a failed request, from its body when the server explained itself.
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let (message, action) = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => (b.error, b.action_error),
+        Err(_) => (format!("the server answered {status}"), None),
+    };
+    ClientError::Api {
+        status: status.as_u16(),
+        message,
+        action,
     }
 }
 

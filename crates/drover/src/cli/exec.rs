@@ -146,25 +146,47 @@ pub fn run_exit_code(run: &TaskRun) -> i32 {
     }
 }
 
-fn write_chunk(chunk: &OutputChunk, prefix: bool) {
-    let bytes = match (&chunk.text, &chunk.base64) {
-        (Some(t), _) => t.as_bytes().to_vec(),
-        (None, Some(b)) => drover_types::base64::decode(b).unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    let mut line = Vec::with_capacity(bytes.len() + 32);
-    if prefix {
-        line.extend_from_slice(format!("{}: ", chunk.node_name).as_bytes());
+/// Output waiting to be written: gathered while events arrive back to back, written out before waiting
+/// for more, so bulk output costs few writes and live output still shows at once.
+#[derive(Default)]
+struct Pending {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Pending {
+    fn add(&mut self, chunk: &OutputChunk, prefix: bool) {
+        let bytes = match (&chunk.text, &chunk.base64) {
+            (Some(t), _) => t.as_bytes().to_vec(),
+            (None, Some(b)) => drover_types::base64::decode(b).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let out = match chunk.stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        };
+        if prefix {
+            out.extend_from_slice(format!("{}: ", chunk.node_name).as_bytes());
+        }
+        out.extend_from_slice(&bytes);
+        if prefix && !bytes.ends_with(b"\n") {
+            out.push(b'\n');
+        }
     }
-    line.extend_from_slice(&bytes);
-    if prefix && !line.ends_with(b"\n") {
-        line.push(b'\n');
+
+    fn flush(&mut self) {
+        // A closed stdout (a pipe into `head`) is not an error worth failing for.
+        if !self.stdout.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&self.stdout);
+            let _ = out.flush();
+            self.stdout.clear();
+        }
+        if !self.stderr.is_empty() {
+            let _ = std::io::stderr().write_all(&self.stderr);
+            self.stderr.clear();
+        }
     }
-    // A closed stdout (a pipe into `head`) is not an error worth failing for.
-    let _ = match chunk.stream {
-        Stream::Stdout => std::io::stdout().write_all(&line),
-        Stream::Stderr => std::io::stderr().write_all(&line),
-    };
 }
 
 /// Prints a task's output (replayed, then live when `follow`). With `fan_out`, lines carry the node name and
@@ -201,7 +223,14 @@ pub async fn follow(
     };
     let (mut finished, mut failed) = (0u64, 0u64);
     let mut interrupts = 0;
+    let mut pending = Pending::default();
     loop {
+        if !events.has_buffered() {
+            match &bar {
+                Some(b) => b.suspend(|| pending.flush()),
+                None => pending.flush(),
+            }
+        }
         let next = tokio::select! {
             e = events.next() => e?,
             Some(_) = async { match interrupt.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
@@ -217,13 +246,13 @@ pub async fn follow(
         let Some((name, data)) = next else { break };
         match name.as_str() {
             "output" => {
-                let chunk: OutputChunk = serde_json::from_str(&data)?;
-                match &bar {
-                    Some(b) => b.suspend(|| write_chunk(&chunk, true)),
-                    None => write_chunk(&chunk, false),
+                let chunks: Vec<OutputChunk> = serde_json::from_str(&data)?;
+                for chunk in &chunks {
+                    pending.add(chunk, bar.is_some());
                 }
             }
             "exit" => {
+                pending.flush();
                 let run: TaskRun = serde_json::from_str(&data)?;
                 finished += 1;
                 if !run.state.is_success() {
@@ -256,6 +285,7 @@ pub async fn follow(
                 }
             }
             "done" => {
+                pending.flush();
                 let task: Task = serde_json::from_str(&data)?;
                 if let Some(b) = &bar {
                     b.finish_and_clear();
@@ -266,6 +296,7 @@ pub async fn follow(
             _ => {}
         }
     }
+    pending.flush();
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

@@ -120,35 +120,7 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     Ok((config, json))
 }
 
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
-}
+pub use drover_process::{init_logging, shutdown_signal};
 
 /// Tells the user what a start created and where to go next.
 pub fn announce(server: &RunningServer, data_dir: &Path) {
