@@ -7,6 +7,7 @@ pub mod base64;
 pub mod duration;
 pub mod labels;
 pub mod liveness;
+pub mod manifest;
 pub mod node;
 pub mod session;
 pub mod task;

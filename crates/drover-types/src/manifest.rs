@@ -1,0 +1,497 @@
+//! Manifests: named sets of typed resources for the nodes a label selector chooses, and the status nodes
+//! report as they converge.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::Labels;
+use crate::labels::validate_labels;
+
+/// A manifest as written by an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    /// Nodes whose labels contain all of these (empty: every node).
+    #[serde(default)]
+    pub selector: Labels,
+    pub resources: Vec<Resource>,
+}
+
+/// One resource: a stable id and exactly one kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resource {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<UnitSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell_job: Option<ShellJobSpec>,
+}
+
+/// The kinds, for matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind<'a> {
+    File(&'a FileSpec),
+    Container(&'a ContainerSpec),
+    SystemdUnit(&'a UnitSpec),
+    ShellJob(&'a ShellJobSpec),
+}
+
+impl Resource {
+    /// The resource's kind; `None` unless exactly one is set.
+    pub fn kind(&self) -> Option<Kind<'_>> {
+        let kinds: Vec<Kind<'_>> = [
+            self.file.as_ref().map(Kind::File),
+            self.container.as_ref().map(Kind::Container),
+            self.systemd_unit.as_ref().map(Kind::SystemdUnit),
+            self.shell_job.as_ref().map(Kind::ShellJob),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match kinds.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind() {
+            Some(Kind::File(_)) => "file",
+            Some(Kind::Container(_)) => "container",
+            Some(Kind::SystemdUnit(_)) => "systemd_unit",
+            Some(Kind::ShellJob(_)) => "shell_job",
+            None => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub path: String,
+    /// Inline content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// A local file `drover apply` uploads to the server's blob store; replaced by `sha256` on the way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Content from the server's blob store, by its SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Octal permissions, like "0644".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The file must not exist.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absent: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub image: String,
+    #[serde(default)]
+    pub pull: PullPolicy,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// `[HOST_IP:]HOST_PORT:CONTAINER_PORT`
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// `HOST_PATH:CONTAINER_PATH[:ro]`
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// `no`, `always`, `on-failure`, `unless-stopped`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
+    /// Run by the agent itself inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitSpec {
+    /// Unit name, like `myapp.service`.
+    pub name: String,
+    /// The unit file's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absent: bool,
+}
+
+/// The audited escape hatch: a command with a guard that makes it idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellJobSpec {
+    pub command: String,
+    /// Skip when this path exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates: Option<String>,
+    /// Skip when this command succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unless: Option<String>,
+}
+
+/// One validation problem, naming the document, the resource and the field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("manifest {manifest:?}{}: field `{field}`: {reason}", resource.as_ref().map(|r| format!(", resource {r:?}")).unwrap_or_default())]
+pub struct ManifestError {
+    pub manifest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    pub field: String,
+    pub reason: String,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn parse_mode(mode: &str) -> Option<u32> {
+    (mode.len() <= 5 && !mode.is_empty()).then(|| u32::from_str_radix(mode, 8).ok()).flatten().filter(|m| *m <= 0o7777)
+}
+
+/// The mode of a file spec as a number (validated manifests always parse).
+pub fn file_mode(spec: &FileSpec) -> Option<u32> {
+    spec.mode.as_deref().and_then(parse_mode)
+}
+
+impl Manifest {
+    /// Every problem at once, so an operator fixes a file in one go.
+    pub fn validate(&self) -> Result<(), Vec<ManifestError>> {
+        let mut errors = Vec::new();
+        let mut err = |resource: Option<&str>, field: &str, reason: String| {
+            errors.push(ManifestError {
+                manifest: self.name.clone(),
+                resource: resource.map(str::to_string),
+                field: field.to_string(),
+                reason,
+            })
+        };
+        if !valid_name(&self.name) {
+            err(None, "name", "use 1-128 letters, digits, '-', '_' or '.'".into());
+        }
+        if let Err(e) = validate_labels(&self.selector) {
+            err(None, "selector", e.to_string());
+        }
+        let mut ids = BTreeSet::new();
+        for (i, r) in self.resources.iter().enumerate() {
+            let id = r.id.as_str();
+            if !valid_name(id) {
+                err(Some(id), &format!("resources[{i}].id"), "use 1-128 letters, digits, '-', '_' or '.'".into());
+            }
+            if !ids.insert(id) {
+                err(Some(id), &format!("resources[{i}].id"), "duplicate id: ids must be unique in a manifest".into());
+            }
+            let Some(kind) = r.kind() else {
+                err(Some(id), &format!("resources[{i}]"), "give exactly one kind: file, container, systemd_unit or shell_job".into());
+                continue;
+            };
+            match kind {
+                Kind::File(f) => {
+                    if !f.path.starts_with('/') {
+                        err(Some(id), "file.path", format!("{:?} is relative; use an absolute path", f.path));
+                    }
+                    let sources = [f.content.is_some(), f.source.is_some(), f.sha256.is_some()].iter().filter(|b| **b).count();
+                    if f.absent && sources > 0 {
+                        err(Some(id), "file.absent", "an absent file has no content".into());
+                    }
+                    if !f.absent && sources != 1 {
+                        err(Some(id), "file.content", "give exactly one of content, source or sha256 (or absent: true)".into());
+                    }
+                    if let Some(m) = &f.mode
+                        && parse_mode(m).is_none()
+                    {
+                        err(Some(id), "file.mode", format!("{m:?} is not an octal mode like \"0644\""));
+                    }
+                    if let Some(h) = &f.sha256
+                        && !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    {
+                        err(Some(id), "file.sha256", "not a SHA-256 in hex".into());
+                    }
+                }
+                Kind::Container(c) => {
+                    if c.image.trim().is_empty() {
+                        err(Some(id), "container.image", "give an image".into());
+                    }
+                    if let Some(rp) = &c.restart
+                        && !matches!(rp.as_str(), "no" | "always" | "on-failure" | "unless-stopped")
+                    {
+                        err(Some(id), "container.restart", format!("{rp:?}: use no, always, on-failure or unless-stopped"));
+                    }
+                    for p in &c.ports {
+                        if parse_port(p).is_none() {
+                            err(Some(id), "container.ports", format!("{p:?}: use [HOST_IP:]HOST_PORT:CONTAINER_PORT"));
+                        }
+                    }
+                    for v in &c.volumes {
+                        if !v.starts_with('/') || v.split(':').count() < 2 {
+                            err(Some(id), "container.volumes", format!("{v:?}: use /HOST/PATH:/CONTAINER/PATH[:ro]"));
+                        }
+                    }
+                    if c.health.as_ref().is_some_and(|h| h.command.is_empty()) {
+                        err(Some(id), "container.health.command", "give a command".into());
+                    }
+                }
+                Kind::SystemdUnit(u) => {
+                    let suffix_ok = [".service", ".timer", ".socket", ".target", ".path", ".mount"].iter().any(|s| u.name.ends_with(s));
+                    if !suffix_ok || u.name.contains('/') || u.name.starts_with('-') {
+                        err(Some(id), "systemd_unit.name", format!("{:?} is not a unit name like app.service", u.name));
+                    }
+                }
+                Kind::ShellJob(s) => {
+                    if s.command.trim().is_empty() {
+                        err(Some(id), "shell_job.command", "give a command".into());
+                    }
+                    if s.creates.is_none() && s.unless.is_none() {
+                        err(Some(id), "shell_job", "give a guard, creates: PATH or unless: COMMAND, so the job runs once".into());
+                    }
+                    if s.creates.as_deref().is_some_and(|c| !c.starts_with('/')) {
+                        err(Some(id), "shell_job.creates", "use an absolute path".into());
+                    }
+                }
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// Whether the manifest applies to a node with these labels.
+    pub fn selects(&self, labels: &Labels) -> bool {
+        self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// `[HOST_IP:]HOST_PORT:CONTAINER_PORT` -> (host ip, host port, container port).
+pub fn parse_port(spec: &str) -> Option<(Option<String>, u16, u16)> {
+    let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+    match parts.as_slice() {
+        [c, h] => Some((None, h.parse().ok()?, c.parse().ok()?)),
+        [c, h, ip] => Some((Some(ip.to_string()), h.parse().ok()?, c.parse().ok()?)),
+        _ => None,
+    }
+}
+
+/// A manifest as stored: with its generation (bumped when its content changes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredManifest {
+    pub generation: u64,
+    pub updated_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub manifest: Manifest,
+}
+
+/// Answer to `drover apply`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub name: String,
+    pub generation: u64,
+    pub changed: bool,
+    /// Nodes the manifest selects now.
+    pub nodes: Vec<String>,
+}
+
+/// A resource in a node's desired state: which manifest gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredResource {
+    pub manifest: String,
+    #[serde(flatten)]
+    pub resource: Resource,
+}
+
+/// A node's desired state: every resource of every manifest that selects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DesiredState {
+    /// Bumped whenever what the node should run changes.
+    pub generation: u64,
+    pub resources: Vec<DesiredResource>,
+    /// Resource ids that more than one manifest gives this node: none of them is applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub id: String,
+    pub manifests: Vec<String>,
+}
+
+/// Computes a node's desired resources from the manifests that select it. Conflicting ids are left out
+/// and reported, never decided silently.
+pub fn desired_for(labels: &Labels, manifests: &[Manifest]) -> (Vec<DesiredResource>, Vec<Conflict>) {
+    let mut by_id: BTreeMap<&str, Vec<(&str, &Resource)>> = BTreeMap::new();
+    for m in manifests.iter().filter(|m| m.selects(labels)) {
+        for r in &m.resources {
+            by_id.entry(r.id.as_str()).or_default().push((m.name.as_str(), r));
+        }
+    }
+    let mut resources = Vec::new();
+    let mut conflicts = Vec::new();
+    for (id, owners) in by_id {
+        match owners.as_slice() {
+            [(manifest, r)] => resources.push(DesiredResource { manifest: manifest.to_string(), resource: (*r).clone() }),
+            _ => conflicts.push(Conflict { id: id.to_string(), manifests: owners.iter().map(|(m, _)| m.to_string()).collect() }),
+        }
+    }
+    (resources, conflicts)
+}
+
+/// Where one resource stands on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResourceState {
+    Pending,
+    Reconciling,
+    Ready,
+    Failed,
+    /// This agent does not know the resource's kind.
+    UnknownKind,
+    /// Two manifests give this id; neither is applied.
+    Conflict,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftEvent {
+    pub at: DateTime<Utc>,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub id: String,
+    pub manifest: String,
+    pub kind: String,
+    pub state: ResourceState,
+    /// Kind-specific facts: file sha256; container id, state, restarts, health; unit active/sub state.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<DriftEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Condition {
+    /// Ready, Reconciling, Degraded
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// What a node reports about its convergence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct NodeConvergence {
+    pub observed_generation: u64,
+    pub conditions: Vec<Condition>,
+    pub resources: Vec<ResourceStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<DateTime<Utc>>,
+}
+
+/// A node's line in `drover status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatusReport {
+    pub node_id: String,
+    pub node_name: String,
+    pub desired_generation: u64,
+    #[serde(flatten)]
+    pub convergence: NodeConvergence,
+}
+
+impl NodeStatusReport {
+    /// Converged: the node reports the generation it was given and every resource is Ready.
+    pub fn converged(&self) -> bool {
+        self.convergence.observed_generation == self.desired_generation
+            && self.convergence.resources.iter().all(|r| r.state == ResourceState::Ready)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(yaml_like: serde_json::Value) -> Manifest {
+        serde_json::from_value(yaml_like).unwrap()
+    }
+
+    #[test]
+    fn validation_names_manifest_resource_and_field() {
+        let m = manifest(serde_json::json!({
+            "name": "web",
+            "resources": [
+                {"id": "a", "file": {"path": "etc/motd", "content": "x", "mode": "999"}},
+                {"id": "a", "shell_job": {"command": "true"}},
+                {"id": "b"}
+            ]
+        }));
+        let errors = m.validate().unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"file.path") && fields.contains(&"file.mode"), "{errors:?}");
+        assert!(fields.contains(&"resources[1].id") && fields.contains(&"shell_job") && fields.contains(&"resources[2]"));
+        assert!(errors[0].to_string().contains("manifest \"web\", resource \"a\""));
+        assert!(serde_json::from_value::<Manifest>(serde_json::json!({"name": "x", "resources": [{"id": "a", "volume": {}}]})).is_err());
+    }
+
+    #[test]
+    fn conflicts_are_reported_not_decided() {
+        let a = manifest(serde_json::json!({"name": "a", "resources": [{"id": "motd", "file": {"path": "/x", "content": "a"}}]}));
+        let b = manifest(serde_json::json!({"name": "b", "selector": {"role": "edge"}, "resources": [{"id": "motd", "file": {"path": "/x", "content": "b"}}, {"id": "other", "file": {"path": "/y", "content": "b"}}]}));
+        let edge: Labels = [("role".to_string(), "edge".to_string())].into();
+        let (res, conflicts) = desired_for(&edge, &[a.clone(), b.clone()]);
+        assert_eq!(res.iter().map(|r| r.resource.id.as_str()).collect::<Vec<_>>(), vec!["other"]);
+        assert_eq!(conflicts[0].manifests, vec!["a", "b"]);
+        let (res, conflicts) = desired_for(&Labels::new(), &[a, b]);
+        assert_eq!(res.len(), 1);
+        assert!(conflicts.is_empty());
+    }
+
+    #[test]
+    fn ports_parse() {
+        assert_eq!(parse_port("8080:80"), Some((None, 8080, 80)));
+        assert_eq!(parse_port("127.0.0.1:8080:80"), Some((Some("127.0.0.1".into()), 8080, 80)));
+        assert_eq!(parse_port("x:80"), None);
+    }
+}
