@@ -60,6 +60,9 @@ pub struct Args {
     /// Tasks that may run at once; more wait their turn [default: 2 x CPUs].
     #[arg(long, env = "DROVER_MAX_TASKS")]
     pub max_tasks: Option<usize>,
+    /// How often every resource is observed again to catch drift [default: 30s].
+    #[arg(long, env = "DROVER_RESYNC_INTERVAL")]
+    pub resync_interval: Option<String>,
     /// Turn a daemon plugin off; repeatable.
     #[arg(long = "disable-plugin", value_name = "PLUGIN")]
     pub disable_plugins: Vec<String>,
@@ -100,6 +103,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub allow_exec: Vec<String>,
     pub max_tasks: Option<usize>,
+    pub resync_interval: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +120,7 @@ pub struct AgentConfig {
     pub plugins: Vec<crate::daemon::Enabled>,
     pub exec_policy: crate::tasks::exec::ExecPolicy,
     pub max_tasks: usize,
+    pub resync_interval: Duration,
 }
 
 impl std::fmt::Debug for crate::daemon::Enabled {
@@ -314,6 +319,11 @@ impl AgentConfig {
                 .map(|n| n.get() * 2)
                 .unwrap_or(2),
         };
+        let resync_interval = match args.resync_interval.or(file.resync_interval) {
+            Some(t) => parse_duration(&t)
+                .map_err(|e| ConfigError::Invalid(format!("resync interval: {e}")))?,
+            None => Duration::from_secs(30),
+        };
         let log_format = args.log_format.or(file.log_format);
         if let Some(f) = &log_format
             && f != "text"
@@ -341,6 +351,7 @@ impl AgentConfig {
             plugins,
             exec_policy,
             max_tasks,
+            resync_interval,
         })
     }
 }

@@ -58,6 +58,16 @@ impl Docker {
         method: Method,
         path: &str,
     ) -> Result<Response<Incoming>, DockerError> {
+        self.send_json(method, path, None).await
+    }
+
+    /// Like `send`, with a JSON body.
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response<Incoming>, DockerError> {
         let io = |e: &dyn std::fmt::Display| DockerError::Io(e.to_string());
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
@@ -68,11 +78,13 @@ impl Docker {
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "docker")
-            .body(Full::new(Bytes::new()))
+            .header("content-type", "application/json")
+            .body(Full::new(bytes))
             .map_err(|e| io(&e))?;
         let resp = sender.send_request(req).await.map_err(|e| io(&e))?;
         let status = resp.status();
@@ -109,6 +121,22 @@ impl Docker {
             .map_err(|e| DockerError::Io(e.to_string()))?
             .to_bytes();
         serde_json::from_slice(&body).map_err(|e| DockerError::Decode(e.to_string()))
+    }
+
+    /// A request with a JSON body whose answer is JSON.
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, DockerError> {
+        let resp = self.send_json(Method::POST, path, Some(body)).await?;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| DockerError::Io(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| DockerError::Decode(e.to_string()))
     }
 
     /// A request whose answer has no body worth reading.

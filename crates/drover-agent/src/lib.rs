@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod backoff;
 pub mod config;
+pub mod converge;
 pub mod daemon;
 pub mod docker;
 pub mod identity;

@@ -18,6 +18,7 @@ use tonic::transport::Endpoint;
 use crate::actions::{self, ActionCtx, Calls};
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
+use crate::converge::{ConvergeCtx, Converger};
 use crate::daemon::{self, Control};
 use crate::identity::{self, Identity, IdentityError};
 use crate::inventory::Collector;
@@ -126,9 +127,23 @@ pub async fn run(
         path: tasks_dir,
         source,
     })?;
+    let converger = Converger::start(
+        config.state_dir.clone(),
+        ConvergeCtx {
+            policy: ctx.policy.clone(),
+            allow_shell: config.exec_policy.allow_shell,
+        },
+        config.resync_interval,
+    );
+    let services = Services {
+        ctx,
+        calls,
+        tasks,
+        converger,
+    };
     loop {
         let end = tokio::select! {
-            end = session(&endpoint, &config, &mut collector, &mut backoff, &ctx, &calls, &tasks) => end,
+            end = session(&endpoint, &config, &mut collector, &mut backoff, &services) => end,
             _ = shutdown.changed() => return Ok(()),
         };
         let delay = backoff.next_delay();
@@ -189,9 +204,7 @@ async fn session(
     config: &AgentConfig,
     collector: &mut Collector,
     backoff: &mut Backoff,
-    ctx: &ActionCtx,
-    calls: &Arc<Calls>,
-    tasks: &Arc<TaskManager>,
+    services: &Services,
 ) -> SessionEnd {
     let channel = match endpoint.connect().await {
         Ok(c) => c,
@@ -243,29 +256,18 @@ async fn session(
         plugins.spawn(daemon::run(plugin.clone(), ctl_rx, tx.clone()));
     }
 
-    tasks.connected(tx.clone());
-    let end = stream(
-        config,
-        collector,
-        ctx,
-        calls,
-        tasks,
-        &controls,
-        &tx,
-        &mut inbound,
-    )
-    .await;
-    tasks.disconnected();
+    services.tasks.connected(tx.clone());
+    services.converger.connected(tx.clone()).await;
+    let end = stream(config, collector, services, &controls, &tx, &mut inbound).await;
+    services.tasks.disconnected();
+    services.converger.disconnected();
     end
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn stream(
     config: &AgentConfig,
     collector: &mut Collector,
-    ctx: &ActionCtx,
-    calls: &Arc<Calls>,
-    tasks: &Arc<TaskManager>,
+    services: &Services,
     controls: &HashMap<&'static str, mpsc::Sender<Control>>,
     tx: &mpsc::Sender<AgentMessage>,
     inbound: &mut tonic::Streaming<ServerMessage>,
@@ -283,7 +285,7 @@ async fn stream(
                 }
             }
             msg = inbound.message() => match msg {
-                Ok(Some(ServerMessage { msg: Some(m) })) => dispatch(m, ctx, calls, tasks, controls, tx).await,
+                Ok(Some(ServerMessage { msg: Some(m) })) => dispatch(m, services, controls, tx).await,
                 Ok(Some(ServerMessage { msg: None })) => {} // a newer server's message this agent does not know
                 Ok(None) => return SessionEnd::Closed,
                 Err(status) => return refused_or_broken(&status),
@@ -292,16 +294,28 @@ async fn stream(
     }
 }
 
+/// What handles the server's messages; outlives connections.
+struct Services {
+    ctx: ActionCtx,
+    calls: Arc<Calls>,
+    tasks: Arc<TaskManager>,
+    converger: Converger,
+}
+
 /// Routes one message from the server.
 async fn dispatch(
     m: server_message::Msg,
-    ctx: &ActionCtx,
-    calls: &Arc<Calls>,
-    tasks: &Arc<TaskManager>,
+    services: &Services,
     controls: &HashMap<&'static str, mpsc::Sender<Control>>,
     tx: &mpsc::Sender<AgentMessage>,
 ) {
     use server_message::Msg as M;
+    let Services {
+        ctx,
+        calls,
+        tasks,
+        converger,
+    } = services;
     let to_plugin = |plugin: &str, c: Control| {
         if let Some(ctl) = controls.get(plugin) {
             // A full control queue means the plugin task is stuck; dropping a control message is safe:
@@ -381,6 +395,7 @@ async fn dispatch(
             }
         }
         M::TaskStart(t) => tasks.start(t.task_id, t.spec_json),
+        M::DesiredState(d) => converger.desired(d).await,
         M::TaskCancel(t) => tasks.cancel(&t.task_id),
         M::TaskAck(a) => tasks.acknowledged(&a.task_id, a.exit),
         M::SessionMessage(m) => match serde_json::from_str(&m.body_json) {

@@ -38,6 +38,63 @@ impl Policy {
         Self { allowed_roots }
     }
 
+    /// Checks a path that may not exist yet: its nearest existing ancestor is resolved (symlinks
+    /// included) and the whole must lie under an allowed root. `..` is refused outright.
+    pub fn check_writable(&self, path: &str) -> Result<PathBuf, PathDenied> {
+        let p = Path::new(path);
+        if !p.is_absolute() {
+            return Err(PathDenied::Relative(path.to_string()));
+        }
+        if p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(PathDenied::Unresolvable {
+                path: path.to_string(),
+                reason: "`..` is not allowed".into(),
+            });
+        }
+        let mut existing = p.to_path_buf();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match (
+                existing.file_name().map(|n| n.to_os_string()),
+                existing.parent(),
+            ) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name);
+                    existing = parent.to_path_buf();
+                }
+                _ => break,
+            }
+        }
+        let mut real = existing
+            .canonicalize()
+            .map_err(|e| PathDenied::Unresolvable {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
+        for part in rest.iter().rev() {
+            real.push(part);
+        }
+        if self.allowed_roots.iter().any(|root| real.starts_with(root)) {
+            Ok(real)
+        } else {
+            Err(self.outside(path))
+        }
+    }
+
+    fn outside(&self, path: &str) -> PathDenied {
+        PathDenied::Outside {
+            path: path.to_string(),
+            roots: self
+                .allowed_roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
     /// Resolves `path` (symlinks and `..` included) and checks it lies under an allowed root.
     pub fn check_existing(&self, path: &str) -> Result<PathBuf, PathDenied> {
         let p = Path::new(path);
@@ -51,15 +108,7 @@ impl Policy {
         if self.allowed_roots.iter().any(|root| real.starts_with(root)) {
             Ok(real)
         } else {
-            Err(PathDenied::Outside {
-                path: path.to_string(),
-                roots: self
-                    .allowed_roots
-                    .iter()
-                    .map(|r| r.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+            Err(self.outside(path))
         }
     }
 }

@@ -51,6 +51,10 @@ pub enum FleetError {
     CallNotFound(String),
     #[error("no task has the id {0:?}")]
     TaskNotFound(String),
+    #[error("no manifest is named {0:?}")]
+    ManifestNotFound(String),
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    ManifestInvalid(Vec<drover_types::manifest::ManifestError>),
     #[error("node {node:?} has no session for plugin {plugin:?}")]
     SessionNotFound { node: String, plugin: String },
     #[error(transparent)]

@@ -182,11 +182,17 @@ pub struct ManifestError {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn parse_mode(mode: &str) -> Option<u32> {
-    (mode.len() <= 5 && !mode.is_empty()).then(|| u32::from_str_radix(mode, 8).ok()).flatten().filter(|m| *m <= 0o7777)
+    (mode.len() <= 5 && !mode.is_empty())
+        .then(|| u32::from_str_radix(mode, 8).ok())
+        .flatten()
+        .filter(|m| *m <= 0o7777)
 }
 
 /// The mode of a file spec as a number (validated manifests always parse).
@@ -207,7 +213,11 @@ impl Manifest {
             })
         };
         if !valid_name(&self.name) {
-            err(None, "name", "use 1-128 letters, digits, '-', '_' or '.'".into());
+            err(
+                None,
+                "name",
+                "use 1-128 letters, digits, '-', '_' or '.'".into(),
+            );
         }
         if let Err(e) = validate_labels(&self.selector) {
             err(None, "selector", e.to_string());
@@ -216,31 +226,63 @@ impl Manifest {
         for (i, r) in self.resources.iter().enumerate() {
             let id = r.id.as_str();
             if !valid_name(id) {
-                err(Some(id), &format!("resources[{i}].id"), "use 1-128 letters, digits, '-', '_' or '.'".into());
+                err(
+                    Some(id),
+                    &format!("resources[{i}].id"),
+                    "use 1-128 letters, digits, '-', '_' or '.'".into(),
+                );
             }
             if !ids.insert(id) {
-                err(Some(id), &format!("resources[{i}].id"), "duplicate id: ids must be unique in a manifest".into());
+                err(
+                    Some(id),
+                    &format!("resources[{i}].id"),
+                    "duplicate id: ids must be unique in a manifest".into(),
+                );
             }
             let Some(kind) = r.kind() else {
-                err(Some(id), &format!("resources[{i}]"), "give exactly one kind: file, container, systemd_unit or shell_job".into());
+                err(
+                    Some(id),
+                    &format!("resources[{i}]"),
+                    "give exactly one kind: file, container, systemd_unit or shell_job".into(),
+                );
                 continue;
             };
             match kind {
                 Kind::File(f) => {
                     if !f.path.starts_with('/') {
-                        err(Some(id), "file.path", format!("{:?} is relative; use an absolute path", f.path));
+                        err(
+                            Some(id),
+                            "file.path",
+                            format!("{:?} is relative; use an absolute path", f.path),
+                        );
                     }
-                    let sources = [f.content.is_some(), f.source.is_some(), f.sha256.is_some()].iter().filter(|b| **b).count();
+                    let sources = [f.content.is_some(), f.source.is_some(), f.sha256.is_some()]
+                        .iter()
+                        .filter(|b| **b)
+                        .count();
                     if f.absent && sources > 0 {
-                        err(Some(id), "file.absent", "an absent file has no content".into());
+                        err(
+                            Some(id),
+                            "file.absent",
+                            "an absent file has no content".into(),
+                        );
                     }
                     if !f.absent && sources != 1 {
-                        err(Some(id), "file.content", "give exactly one of content, source or sha256 (or absent: true)".into());
+                        err(
+                            Some(id),
+                            "file.content",
+                            "give exactly one of content, source or sha256 (or absent: true)"
+                                .into(),
+                        );
                     }
                     if let Some(m) = &f.mode
                         && parse_mode(m).is_none()
                     {
-                        err(Some(id), "file.mode", format!("{m:?} is not an octal mode like \"0644\""));
+                        err(
+                            Some(id),
+                            "file.mode",
+                            format!("{m:?} is not an octal mode like \"0644\""),
+                        );
                     }
                     if let Some(h) = &f.sha256
                         && !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -253,28 +295,55 @@ impl Manifest {
                         err(Some(id), "container.image", "give an image".into());
                     }
                     if let Some(rp) = &c.restart
-                        && !matches!(rp.as_str(), "no" | "always" | "on-failure" | "unless-stopped")
+                        && !matches!(
+                            rp.as_str(),
+                            "no" | "always" | "on-failure" | "unless-stopped"
+                        )
                     {
-                        err(Some(id), "container.restart", format!("{rp:?}: use no, always, on-failure or unless-stopped"));
+                        err(
+                            Some(id),
+                            "container.restart",
+                            format!("{rp:?}: use no, always, on-failure or unless-stopped"),
+                        );
                     }
                     for p in &c.ports {
                         if parse_port(p).is_none() {
-                            err(Some(id), "container.ports", format!("{p:?}: use [HOST_IP:]HOST_PORT:CONTAINER_PORT"));
+                            err(
+                                Some(id),
+                                "container.ports",
+                                format!("{p:?}: use [HOST_IP:]HOST_PORT:CONTAINER_PORT"),
+                            );
                         }
                     }
                     for v in &c.volumes {
                         if !v.starts_with('/') || v.split(':').count() < 2 {
-                            err(Some(id), "container.volumes", format!("{v:?}: use /HOST/PATH:/CONTAINER/PATH[:ro]"));
+                            err(
+                                Some(id),
+                                "container.volumes",
+                                format!("{v:?}: use /HOST/PATH:/CONTAINER/PATH[:ro]"),
+                            );
                         }
                     }
                     if c.health.as_ref().is_some_and(|h| h.command.is_empty()) {
-                        err(Some(id), "container.health.command", "give a command".into());
+                        err(
+                            Some(id),
+                            "container.health.command",
+                            "give a command".into(),
+                        );
                     }
                 }
                 Kind::SystemdUnit(u) => {
-                    let suffix_ok = [".service", ".timer", ".socket", ".target", ".path", ".mount"].iter().any(|s| u.name.ends_with(s));
+                    let suffix_ok = [
+                        ".service", ".timer", ".socket", ".target", ".path", ".mount",
+                    ]
+                    .iter()
+                    .any(|s| u.name.ends_with(s));
                     if !suffix_ok || u.name.contains('/') || u.name.starts_with('-') {
-                        err(Some(id), "systemd_unit.name", format!("{:?} is not a unit name like app.service", u.name));
+                        err(
+                            Some(id),
+                            "systemd_unit.name",
+                            format!("{:?} is not a unit name like app.service", u.name),
+                        );
                     }
                 }
                 Kind::ShellJob(s) => {
@@ -282,7 +351,12 @@ impl Manifest {
                         err(Some(id), "shell_job.command", "give a command".into());
                     }
                     if s.creates.is_none() && s.unless.is_none() {
-                        err(Some(id), "shell_job", "give a guard, creates: PATH or unless: COMMAND, so the job runs once".into());
+                        err(
+                            Some(id),
+                            "shell_job",
+                            "give a guard, creates: PATH or unless: COMMAND, so the job runs once"
+                                .into(),
+                        );
                     }
                     if s.creates.as_deref().is_some_and(|c| !c.starts_with('/')) {
                         err(Some(id), "shell_job.creates", "use an absolute path".into());
@@ -290,7 +364,11 @@ impl Manifest {
                 }
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     /// Whether the manifest applies to a node with these labels.
@@ -355,19 +433,31 @@ pub struct Conflict {
 
 /// Computes a node's desired resources from the manifests that select it. Conflicting ids are left out
 /// and reported, never decided silently.
-pub fn desired_for(labels: &Labels, manifests: &[Manifest]) -> (Vec<DesiredResource>, Vec<Conflict>) {
+pub fn desired_for(
+    labels: &Labels,
+    manifests: &[Manifest],
+) -> (Vec<DesiredResource>, Vec<Conflict>) {
     let mut by_id: BTreeMap<&str, Vec<(&str, &Resource)>> = BTreeMap::new();
     for m in manifests.iter().filter(|m| m.selects(labels)) {
         for r in &m.resources {
-            by_id.entry(r.id.as_str()).or_default().push((m.name.as_str(), r));
+            by_id
+                .entry(r.id.as_str())
+                .or_default()
+                .push((m.name.as_str(), r));
         }
     }
     let mut resources = Vec::new();
     let mut conflicts = Vec::new();
     for (id, owners) in by_id {
         match owners.as_slice() {
-            [(manifest, r)] => resources.push(DesiredResource { manifest: manifest.to_string(), resource: (*r).clone() }),
-            _ => conflicts.push(Conflict { id: id.to_string(), manifests: owners.iter().map(|(m, _)| m.to_string()).collect() }),
+            [(manifest, r)] => resources.push(DesiredResource {
+                manifest: manifest.to_string(),
+                resource: (*r).clone(),
+            }),
+            _ => conflicts.push(Conflict {
+                id: id.to_string(),
+                manifests: owners.iter().map(|(m, _)| m.to_string()).collect(),
+            }),
         }
     }
     (resources, conflicts)
@@ -445,7 +535,11 @@ impl NodeStatusReport {
     /// Converged: the node reports the generation it was given and every resource is Ready.
     pub fn converged(&self) -> bool {
         self.convergence.observed_generation == self.desired_generation
-            && self.convergence.resources.iter().all(|r| r.state == ResourceState::Ready)
+            && self
+                .convergence
+                .resources
+                .iter()
+                .all(|r| r.state == ResourceState::Ready)
     }
 }
 
@@ -469,19 +563,44 @@ mod tests {
         }));
         let errors = m.validate().unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert!(fields.contains(&"file.path") && fields.contains(&"file.mode"), "{errors:?}");
-        assert!(fields.contains(&"resources[1].id") && fields.contains(&"shell_job") && fields.contains(&"resources[2]"));
-        assert!(errors[0].to_string().contains("manifest \"web\", resource \"a\""));
-        assert!(serde_json::from_value::<Manifest>(serde_json::json!({"name": "x", "resources": [{"id": "a", "volume": {}}]})).is_err());
+        assert!(
+            fields.contains(&"file.path") && fields.contains(&"file.mode"),
+            "{errors:?}"
+        );
+        assert!(
+            fields.contains(&"resources[1].id")
+                && fields.contains(&"shell_job")
+                && fields.contains(&"resources[2]")
+        );
+        assert!(
+            errors[0]
+                .to_string()
+                .contains("manifest \"web\", resource \"a\"")
+        );
+        assert!(
+            serde_json::from_value::<Manifest>(
+                serde_json::json!({"name": "x", "resources": [{"id": "a", "volume": {}}]})
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn conflicts_are_reported_not_decided() {
-        let a = manifest(serde_json::json!({"name": "a", "resources": [{"id": "motd", "file": {"path": "/x", "content": "a"}}]}));
-        let b = manifest(serde_json::json!({"name": "b", "selector": {"role": "edge"}, "resources": [{"id": "motd", "file": {"path": "/x", "content": "b"}}, {"id": "other", "file": {"path": "/y", "content": "b"}}]}));
+        let a = manifest(
+            serde_json::json!({"name": "a", "resources": [{"id": "motd", "file": {"path": "/x", "content": "a"}}]}),
+        );
+        let b = manifest(
+            serde_json::json!({"name": "b", "selector": {"role": "edge"}, "resources": [{"id": "motd", "file": {"path": "/x", "content": "b"}}, {"id": "other", "file": {"path": "/y", "content": "b"}}]}),
+        );
         let edge: Labels = [("role".to_string(), "edge".to_string())].into();
         let (res, conflicts) = desired_for(&edge, &[a.clone(), b.clone()]);
-        assert_eq!(res.iter().map(|r| r.resource.id.as_str()).collect::<Vec<_>>(), vec!["other"]);
+        assert_eq!(
+            res.iter()
+                .map(|r| r.resource.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["other"]
+        );
         assert_eq!(conflicts[0].manifests, vec!["a", "b"]);
         let (res, conflicts) = desired_for(&Labels::new(), &[a, b]);
         assert_eq!(res.len(), 1);
@@ -491,7 +610,10 @@ mod tests {
     #[test]
     fn ports_parse() {
         assert_eq!(parse_port("8080:80"), Some((None, 8080, 80)));
-        assert_eq!(parse_port("127.0.0.1:8080:80"), Some((Some("127.0.0.1".into()), 8080, 80)));
+        assert_eq!(
+            parse_port("127.0.0.1:8080:80"),
+            Some((Some("127.0.0.1".into()), 8080, 80))
+        );
         assert_eq!(parse_port("x:80"), None);
     }
 }

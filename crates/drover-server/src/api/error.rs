@@ -45,8 +45,13 @@ impl From<FleetError> for ApiError {
             | FleetError::TokenNotFound(_)
             | FleetError::CallNotFound(_)
             | FleetError::TaskNotFound(_)
+            | FleetError::ManifestNotFound(_)
             | FleetError::SessionNotFound { .. } => ApiError::NotFound(e.to_string()),
             FleetError::Action(a) => ApiError::Action(a),
+            FleetError::ManifestInvalid(ref errors) => ApiError::BadRequest {
+                field: errors.first().map(|e| e.field.clone()),
+                message: e.to_string(),
+            },
             FleetError::TokenFormat(_)
             | FleetError::TokenRefused(_)
             | FleetError::TokenRequired

@@ -4,6 +4,7 @@
 mod actions;
 mod error;
 mod json;
+mod manifests;
 mod miaas;
 mod nodes;
 mod sessions;
@@ -110,6 +111,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{id}/output", get(tasks::output))
         .route("/api/v1/audit", get(tasks::audit))
+        .route(
+            "/api/v1/manifests",
+            get(manifests::list).post(manifests::apply),
+        )
+        .route(
+            "/api/v1/manifests/{name}",
+            get(manifests::get).delete(manifests::delete),
+        )
+        .route("/api/v1/status", get(manifests::status))
+        .route("/api/v1/nodes/{id}/status", get(manifests::node_status))
+        .route("/api/v1/nodes/{id}/labels", post(manifests::label))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
         .route_layer(middleware::from_fn_with_state(

@@ -116,6 +116,7 @@ async fn handle(fleet: &Fleet, node_id: &str, name: &str, msg: Msg) {
         }
         Msg::TaskOutput(o) => fleet.task_output(node_id, o).await,
         Msg::TaskExit(e) => fleet.task_exit(node_id, e).await,
+        Msg::ConvergenceReport(r) => fleet.convergence_report(node_id, &r.report_json).await,
         Msg::Hello(_) | Msg::Heartbeat(_) => {}
     }
 }
@@ -211,7 +212,10 @@ impl drover_proto::AgentLink for Gateway {
         tracing::info!(node = %node.name, id = %node.id, peer = ?addr, "agent attached");
         {
             let (fleet, id, name) = (self.fleet.clone(), node.id.clone(), node.name.clone());
-            tokio::spawn(async move { fleet.redeliver_tasks(&id, &name).await });
+            tokio::spawn(async move {
+                fleet.redeliver_tasks(&id, &name).await;
+                fleet.desired_on_attach(&id).await;
+            });
         }
 
         let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(64);

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use drover_types::{
     Capabilities, Labels, Metrics, MetricsSample, Transport,
+    manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest},
     task::{AuditEntry, Task, TaskRun, TaskSpec},
     token::{JoinTokenInfo, TokenRefusal},
 };
@@ -127,6 +128,33 @@ pub trait Store: Send + Sync + 'static {
     /// One past the highest output seq stored for a task on a node (0 when none).
     async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError>;
     async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// Stores a manifest; its generation goes up when its content changed. Returns (generation, changed).
+    async fn put_manifest(
+        &self,
+        manifest: &Manifest,
+        now: DateTime<Utc>,
+    ) -> Result<(u64, bool), StoreError>;
+    async fn list_manifests(&self) -> Result<Vec<StoredManifest>, StoreError>;
+    /// Returns false when no such manifest exists.
+    async fn delete_manifest(&self, name: &str) -> Result<bool, StoreError>;
+    /// A node's desired state and the hash of its content.
+    async fn get_desired(
+        &self,
+        node_id: &str,
+    ) -> Result<Option<(DesiredState, String)>, StoreError>;
+    async fn put_desired(
+        &self,
+        node_id: &str,
+        state: &DesiredState,
+        hash: &str,
+    ) -> Result<(), StoreError>;
+    async fn put_convergence(
+        &self,
+        node_id: &str,
+        report: &NodeConvergence,
+    ) -> Result<(), StoreError>;
+    async fn get_convergence(&self, node_id: &str) -> Result<Option<NodeConvergence>, StoreError>;
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
 }
 

@@ -12,6 +12,7 @@ use drover_types::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{AuditFilter, JoinTokenRecord, NodeRecord, OutputRecord, Store, StoreError};
+use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
 use drover_types::task::{AuditEntry, Task, TaskRun, TaskSpec};
 
 /// Versioned schema: entry N moves the database from `user_version` N to N+1. Never edit a released entry.
@@ -91,6 +92,23 @@ CREATE INDEX audit_at ON audit(at);
     // Replaying a task's output walks this index in row order instead of sorting every row per page.
     r#"
 CREATE INDEX task_output_task ON task_output(task_id);
+"#,
+    r#"
+CREATE TABLE manifests (
+    name TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE node_desired (
+    node_id TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE node_convergence (
+    node_id TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
+    report TEXT NOT NULL
+);
 "#,
 ];
 
@@ -714,6 +732,136 @@ impl Store for SqliteStore {
                     })
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn put_manifest(
+        &self,
+        manifest: &Manifest,
+        now: DateTime<Utc>,
+    ) -> Result<(u64, bool), StoreError> {
+        let (m, json) = (manifest.clone(), to_json(manifest));
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let current: Option<(i64, String)> = tx
+                .query_row("SELECT generation, manifest FROM manifests WHERE name = ?1", [&m.name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let (generation, changed) = match current {
+                Some((g, old)) if old == json => (g as u64, false),
+                Some((g, _)) => (g as u64 + 1, true),
+                None => (1, true),
+            };
+            if changed {
+                tx.execute(
+                    "INSERT INTO manifests (name, generation, manifest, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(name) DO UPDATE SET generation = ?2, manifest = ?3, updated_at = ?4",
+                    params![m.name, generation as i64, json, now],
+                )?;
+            }
+            tx.commit()?;
+            Ok((generation, changed))
+        })
+        .await
+    }
+
+    async fn list_manifests(&self) -> Result<Vec<StoredManifest>, StoreError> {
+        self.call(|c| {
+            let mut stmt =
+                c.prepare("SELECT generation, manifest, updated_at FROM manifests ORDER BY name")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, DateTime<Utc>>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(g, m, at)| {
+                    Ok(StoredManifest {
+                        generation: g as u64,
+                        updated_at: at,
+                        manifest: from_json(&m, "manifest")?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn delete_manifest(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.call(move |c| Ok(c.execute("DELETE FROM manifests WHERE name = ?1", [name])? > 0))
+            .await
+    }
+
+    async fn get_desired(
+        &self,
+        node_id: &str,
+    ) -> Result<Option<(DesiredState, String)>, StoreError> {
+        let id = node_id.to_string();
+        self.call(move |c| {
+            let row: Option<(String, String)> = c
+                .query_row(
+                    "SELECT state, hash FROM node_desired WHERE node_id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            row.map(|(s, h)| Ok((from_json(&s, "desired state")?, h)))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn put_desired(
+        &self,
+        node_id: &str,
+        state: &DesiredState,
+        hash: &str,
+    ) -> Result<(), StoreError> {
+        let (id, json, hash) = (node_id.to_string(), to_json(state), hash.to_string());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO node_desired (node_id, state, hash) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(node_id) DO UPDATE SET state = ?2, hash = ?3",
+                params![id, json, hash],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_convergence(
+        &self,
+        node_id: &str,
+        report: &NodeConvergence,
+    ) -> Result<(), StoreError> {
+        let (id, json) = (node_id.to_string(), to_json(report));
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO node_convergence (node_id, report) VALUES (?1, ?2)
+                 ON CONFLICT(node_id) DO UPDATE SET report = ?2",
+                params![id, json],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_convergence(&self, node_id: &str) -> Result<Option<NodeConvergence>, StoreError> {
+        let id = node_id.to_string();
+        self.call(move |c| {
+            let row: Option<String> = c
+                .query_row(
+                    "SELECT report FROM node_convergence WHERE node_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            row.map(|r| from_json(&r, "convergence report")).transpose()
         })
         .await
     }

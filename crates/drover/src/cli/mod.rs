@@ -5,6 +5,7 @@ mod audit;
 mod client;
 mod containers;
 mod exec;
+mod manifests;
 mod nodes;
 mod output;
 mod server;
@@ -74,6 +75,14 @@ pub enum Command {
     Containers(containers::ContainersArgs),
     /// The audit log: every task, who ran it, where, when, and how it ended.
     Audit(audit::AuditArgs),
+    /// Apply a manifest of desired state (files, containers, systemd units, shell jobs).
+    Apply(manifests::ApplyArgs),
+    /// List and show manifests.
+    Manifests(manifests::ManifestsArgs),
+    /// Delete a manifest.
+    Delete(manifests::DeleteArgs),
+    /// Convergence of the fleet, or of one node's resources.
+    Status(manifests::StatusArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -110,6 +119,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             containers::run(args, &client::Client::new(&cli.global)?).await
         }
         Command::Audit(args) => audit::run(args, &client::Client::new(&cli.global)?).await,
+        Command::Apply(args) => manifests::apply(args, &client::Client::new(&cli.global)?).await,
+        Command::Manifests(args) => {
+            manifests::manifests(args, &client::Client::new(&cli.global)?).await
+        }
+        Command::Delete(args) => manifests::delete(args, &client::Client::new(&cli.global)?).await,
+        Command::Status(args) => manifests::status(args, &client::Client::new(&cli.global)?).await,
     }
 }
 

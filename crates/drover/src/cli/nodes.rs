@@ -35,6 +35,12 @@ enum NodesCommand {
     },
     /// Forget a node; its agent must enroll again to come back.
     Delete { node: String },
+    /// Set (key=value) and remove (key-) the node's server-side labels.
+    Label {
+        node: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
 }
 
 pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
@@ -87,6 +93,34 @@ pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        NodesCommand::Label { node, changes } => {
+            let mut set = drover_types::Labels::new();
+            let mut remove = Vec::new();
+            for c in &changes {
+                match c.strip_suffix('-') {
+                    Some(key) if !c.contains('=') => remove.push(key.to_string()),
+                    _ => {
+                        let (k, v) = drover_types::labels::parse_label(c)?;
+                        set.insert(k, v);
+                    }
+                }
+            }
+            let body = serde_json::json!({"set": set, "remove": remove});
+            let node: Option<Node> = client
+                .request(
+                    Method::POST,
+                    &format!("/api/v1/nodes/{}/labels", segment(&node)),
+                    Some(&body),
+                )
+                .await?;
+            if let Some(n) = node {
+                match args.output {
+                    OutputFormat::Json => print_json(&n)?,
+                    OutputFormat::Table => println!("{}: {}", n.name, labels(&n.labels)),
+                }
+            }
+            Ok(())
         }
         NodesCommand::Delete { node } => {
             let deleted: Option<Node> = client

@@ -1,0 +1,69 @@
+//! Operator routes for manifests, convergence status and node labels.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use drover_types::manifest::{Applied, Manifest, NodeStatusReport, StoredManifest};
+use drover_types::{Labels, Node};
+use serde::Deserialize;
+
+use super::json::ApiJson;
+use super::{ApiError, ApiState};
+
+const ACTOR: &str = "admin";
+
+pub async fn apply(
+    State(s): State<ApiState>,
+    ApiJson(m): ApiJson<Manifest>,
+) -> Result<Json<Applied>, ApiError> {
+    Ok(Json(s.fleet.apply_manifest(ACTOR, m).await?))
+}
+
+pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<StoredManifest>>, ApiError> {
+    Ok(Json(s.fleet.manifests().await?))
+}
+
+pub async fn get(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<StoredManifest>, ApiError> {
+    Ok(Json(s.fleet.manifest(&name).await?))
+}
+
+pub async fn delete(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.fleet.delete_manifest(ACTOR, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn status(State(s): State<ApiState>) -> Result<Json<Vec<NodeStatusReport>>, ApiError> {
+    Ok(Json(s.fleet.status().await?))
+}
+
+pub async fn node_status(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeStatusReport>, ApiError> {
+    Ok(Json(s.fleet.node_status(&id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRequest {
+    #[serde(default)]
+    set: Labels,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+pub async fn label(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<LabelRequest>,
+) -> Result<Json<Node>, ApiError> {
+    Ok(Json(
+        s.fleet.label_node(ACTOR, &id, req.set, req.remove).await?,
+    ))
+}

@@ -1,0 +1,220 @@
+//! Desired state on the server: manifests, each node's computed desired state (pushed when it changes),
+//! the convergence nodes report, and operator labels that change what a node gets.
+
+use chrono::Utc;
+use drover_proto::v1::{self, server_message::Msg};
+use drover_types::manifest::{
+    Applied, DesiredState, Manifest, NodeConvergence, NodeStatusReport, StoredManifest, desired_for,
+};
+use drover_types::{Labels, Node};
+use sha2::{Digest, Sha256};
+
+use crate::fleet::{Fleet, FleetError};
+
+impl Fleet {
+    /// Validates and stores a manifest, then recomputes every node's desired state.
+    pub async fn apply_manifest(
+        &self,
+        actor: &str,
+        manifest: Manifest,
+    ) -> Result<Applied, FleetError> {
+        manifest.validate().map_err(FleetError::ManifestInvalid)?;
+        let (generation, changed) = self.store().put_manifest(&manifest, Utc::now()).await?;
+        if changed {
+            self.audit(
+                actor,
+                "manifest.apply",
+                &manifest.name,
+                serde_json::json!({"generation": generation}),
+            )
+            .await;
+            tracing::info!(manifest = %manifest.name, generation, "manifest applied");
+            self.recompute_all().await?;
+        }
+        let nodes = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| manifest.selects(&n.labels))
+            .map(|n| n.name)
+            .collect();
+        Ok(Applied {
+            name: manifest.name,
+            generation,
+            changed,
+            nodes,
+        })
+    }
+
+    pub async fn manifests(&self) -> Result<Vec<StoredManifest>, FleetError> {
+        Ok(self.store().list_manifests().await?)
+    }
+
+    pub async fn manifest(&self, name: &str) -> Result<StoredManifest, FleetError> {
+        self.manifests()
+            .await?
+            .into_iter()
+            .find(|m| m.manifest.name == name)
+            .ok_or_else(|| FleetError::ManifestNotFound(name.to_string()))
+    }
+
+    /// Deletes a manifest; the agents garbage-collect what it gave them.
+    pub async fn delete_manifest(&self, actor: &str, name: &str) -> Result<(), FleetError> {
+        if !self.store().delete_manifest(name).await? {
+            return Err(FleetError::ManifestNotFound(name.to_string()));
+        }
+        self.audit(actor, "manifest.delete", name, serde_json::json!({}))
+            .await;
+        self.recompute_all().await
+    }
+
+    pub(crate) async fn recompute_all(&self) -> Result<(), FleetError> {
+        let manifests: Vec<Manifest> = self
+            .manifests()
+            .await?
+            .into_iter()
+            .map(|m| m.manifest)
+            .collect();
+        for node in self.nodes().await? {
+            self.recompute_node(&node, &manifests).await?;
+        }
+        Ok(())
+    }
+
+    /// Recomputes one node's desired state; a change gets a new generation and is pushed.
+    async fn recompute_node(&self, node: &Node, manifests: &[Manifest]) -> Result<(), FleetError> {
+        let (resources, conflicts) = desired_for(&node.labels, manifests);
+        let content = serde_json::to_vec(&(&resources, &conflicts)).unwrap_or_default();
+        let hash = hex::encode(Sha256::digest(&content));
+        let previous = self.store().get_desired(&node.id).await?;
+        if previous.as_ref().is_some_and(|(_, h)| *h == hash) {
+            return Ok(());
+        }
+        let generation = previous.map(|(s, _)| s.generation).unwrap_or(0) + 1;
+        let state = DesiredState {
+            generation,
+            resources,
+            conflicts,
+        };
+        self.store().put_desired(&node.id, &state, &hash).await?;
+        tracing::info!(node = %node.name, generation, resources = state.resources.len(), "desired state changed");
+        self.push_desired(&node.id, &state).await;
+        Ok(())
+    }
+
+    async fn push_desired(&self, node_id: &str, state: &DesiredState) {
+        let update = v1::DesiredStateUpdate {
+            generation: state.generation,
+            state_json: serde_json::to_string(state).unwrap_or_default(),
+        };
+        self.links().send(node_id, Msg::DesiredState(update)).await;
+    }
+
+    /// A node (re)attached: make sure its desired state is current, and send it.
+    pub async fn desired_on_attach(&self, node_id: &str) {
+        let result = async {
+            let node = self.node(node_id).await?;
+            let manifests: Vec<Manifest> = self
+                .manifests()
+                .await?
+                .into_iter()
+                .map(|m| m.manifest)
+                .collect();
+            self.recompute_node(&node, &manifests).await?;
+            if let Some((state, _)) = self.store().get_desired(node_id).await? {
+                self.push_desired(node_id, &state).await;
+            }
+            Ok::<(), FleetError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!("cannot send desired state: {e}");
+        }
+    }
+
+    /// Records what a node reports about its convergence.
+    pub async fn convergence_report(&self, node_id: &str, json: &str) {
+        match serde_json::from_str::<NodeConvergence>(json) {
+            Ok(mut report) => {
+                report.reported_at = Some(Utc::now());
+                if let Err(e) = self.store().put_convergence(node_id, &report).await {
+                    tracing::error!("cannot store a convergence report: {e}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(node = %node_id, "ignored an unreadable convergence report: {e}")
+            }
+        }
+    }
+
+    async fn status_of(&self, node: &Node) -> Result<NodeStatusReport, FleetError> {
+        let desired = self
+            .store()
+            .get_desired(&node.id)
+            .await?
+            .map(|(s, _)| s.generation)
+            .unwrap_or(0);
+        Ok(NodeStatusReport {
+            node_id: node.id.clone(),
+            node_name: node.name.clone(),
+            desired_generation: desired,
+            convergence: self
+                .store()
+                .get_convergence(&node.id)
+                .await?
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Convergence of every node that has desired state.
+    pub async fn status(&self) -> Result<Vec<NodeStatusReport>, FleetError> {
+        let mut out = Vec::new();
+        for node in self.nodes().await? {
+            out.push(self.status_of(&node).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn node_status(&self, id_or_name: &str) -> Result<NodeStatusReport, FleetError> {
+        let node = self.node(id_or_name).await?;
+        self.status_of(&node).await
+    }
+
+    /// Sets and removes a node's server-side labels (they win over the ones its agent reports).
+    pub async fn label_node(
+        &self,
+        actor: &str,
+        id_or_name: &str,
+        set: Labels,
+        remove: Vec<String>,
+    ) -> Result<Node, FleetError> {
+        drover_types::labels::validate_labels(&set)?;
+        let node = self.node(id_or_name).await?;
+        let mut record = self
+            .store()
+            .get_node(&node.id)
+            .await?
+            .ok_or_else(|| FleetError::NodeNotFound(id_or_name.to_string()))?;
+        for k in &remove {
+            record.labels.remove(k);
+        }
+        record.labels.extend(set.clone());
+        self.store().update_node(&record).await?;
+        self.audit(
+            actor,
+            "node.label",
+            &node.name,
+            serde_json::json!({"set": set, "remove": remove}),
+        )
+        .await;
+        let node = self.node(&node.id).await?;
+        let manifests: Vec<Manifest> = self
+            .manifests()
+            .await?
+            .into_iter()
+            .map(|m| m.manifest)
+            .collect();
+        self.recompute_node(&node, &manifests).await?;
+        Ok(node)
+    }
+}

@@ -1,0 +1,492 @@
+//! Desired state with real agents: files, shell jobs and containers (real Podman) converge; updates, drift,
+//! garbage collection, conflicts, labels, validation, backoff, agent restarts and offline enforcement.
+
+use std::path::Path;
+use std::time::Duration;
+
+use drover_testkit::{Agent, Podman, Server, TIMEOUT, wait_for};
+use serde_json::{Value, json};
+
+struct Fleet {
+    server: Server,
+    agent: Agent,
+    files: tempfile::TempDir,
+}
+
+fn fleet(extra: &[&str]) -> Fleet {
+    let server = Server::start().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let token = server
+        .join_token(json!({"labels": {"role": "edge"}}))
+        .unwrap();
+    let root = files.path().to_str().unwrap().to_string();
+    let mut args = vec![
+        "--token",
+        &token,
+        "--heartbeat-interval",
+        "300ms",
+        "--allow-path",
+        &root,
+        "--resync-interval",
+        "500ms",
+    ];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(&server.agent_url(), "edge", &args).unwrap();
+    server
+        .wait_node("edge", "connected", |n| n["connected"] == true)
+        .unwrap();
+    Fleet {
+        server,
+        agent,
+        files,
+    }
+}
+
+impl Fleet {
+    fn path(&self, name: &str) -> String {
+        self.files.path().join(name).to_str().unwrap().to_string()
+    }
+
+    fn apply(&self, manifest: Value) -> Value {
+        let r = self
+            .server
+            .post(
+                "/api/v1/manifests",
+                Some(&self.server.admin_token()),
+                &manifest,
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body
+    }
+
+    fn status(&self) -> Value {
+        self.server.get("/api/v1/nodes/edge/status").unwrap().body
+    }
+
+    fn resource(&self, id: &str) -> Option<Value> {
+        self.status()["resources"]
+            .as_array()?
+            .iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+    }
+
+    fn wait_resource(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(&format!("resource {id} {what}"), TIMEOUT, || {
+            self.resource(id).filter(|r| pred(r))
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nstatus: {}\nagent log:\n{}",
+                self.status(),
+                drover_testkit::tail(&self.agent.log(), 30)
+            )
+        })
+    }
+
+    fn wait_converged(&self) -> Value {
+        wait_for("convergence", TIMEOUT, || {
+            let s = self.status();
+            let ok = s["observed_generation"] == s["desired_generation"]
+                && s["resources"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().all(|r| r["state"] == "Ready"));
+            ok.then_some(s)
+        })
+        .unwrap_or_else(|e| panic!("{e}\nstatus: {}", self.status()))
+    }
+}
+
+fn file_manifest(name: &str, resources: Vec<Value>) -> Value {
+    json!({"name": name, "selector": {"role": "edge"}, "resources": resources})
+}
+
+#[test]
+fn files_converge_update_correct_drift_and_are_collected() {
+    let f = fleet(&[]);
+    let motd = f.path("motd");
+    f.apply(file_manifest(
+        "base",
+        vec![json!({"id": "motd", "file": {"path": motd, "content": "hello\n", "mode": "0640"}})],
+    ));
+    let r = f.wait_resource("motd", "Ready", |r| r["state"] == "Ready");
+    assert_eq!(std::fs::read_to_string(&motd).unwrap(), "hello\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&motd).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
+    assert_eq!(r["details"]["sha256"].as_str().unwrap().len(), 64);
+    let converged = f.wait_converged();
+    assert!(
+        converged["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == true)
+    );
+
+    // An update ships as a new generation.
+    let before = f.status()["desired_generation"].as_u64().unwrap();
+    let applied = f.apply(file_manifest("base", vec![json!({"id": "motd", "file": {"path": motd, "content": "hello again\n", "mode": "0640"}})]));
+    assert_eq!(applied["generation"], 2);
+    wait_for("the new content", TIMEOUT, || {
+        (std::fs::read_to_string(&motd).ok()? == "hello again\n").then_some(())
+    })
+    .unwrap();
+    assert!(f.wait_converged()["desired_generation"].as_u64().unwrap() > before);
+    // Applying the same content again changes nothing.
+    assert_eq!(f.apply(file_manifest("base", vec![json!({"id": "motd", "file": {"path": motd, "content": "hello again\n", "mode": "0640"}})]))["changed"], false);
+
+    // Someone edits the file: the drift is corrected and reported.
+    std::fs::write(&motd, "tampered\n").unwrap();
+    f.wait_resource("motd", "to report drift", |r| {
+        r["drift"].as_array().is_some_and(|d| !d.is_empty())
+    });
+    assert_eq!(std::fs::read_to_string(&motd).unwrap(), "hello again\n");
+
+    // A resource the manifest no longer names is removed; a file the agent did not create is left alone.
+    let preexisting = f.path("preexisting");
+    std::fs::write(&preexisting, "mine\n").unwrap();
+    f.apply(file_manifest("base", vec![
+        json!({"id": "motd", "file": {"path": motd, "content": "hello again\n", "mode": "0640"}}),
+        json!({"id": "pre", "file": {"path": preexisting, "content": "managed\n"}}),
+    ]));
+    f.wait_resource("pre", "Ready", |r| r["state"] == "Ready");
+    assert_eq!(std::fs::read_to_string(&preexisting).unwrap(), "managed\n");
+    f.apply(file_manifest("base", vec![]));
+    wait_for("motd to be collected", TIMEOUT, || {
+        (!Path::new(&motd).exists()).then_some(())
+    })
+    .unwrap();
+    assert!(
+        Path::new(&preexisting).exists(),
+        "the agent never deletes what it did not create"
+    );
+
+    // Deleting the manifest through the CLI.
+    f.apply(file_manifest(
+        "other",
+        vec![json!({"id": "x", "file": {"path": f.path("x"), "content": "x"}})],
+    ));
+    wait_for("x", TIMEOUT, || {
+        Path::new(&f.path("x")).exists().then_some(())
+    })
+    .unwrap();
+    assert!(
+        f.server
+            .cli(&["delete", "manifest", "other"])
+            .unwrap()
+            .status
+            .success()
+    );
+    wait_for("x to be collected", TIMEOUT, || {
+        (!Path::new(&f.path("x")).exists()).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn policy_conflicts_backoff_and_shell_jobs() {
+    let f = fleet(&[]);
+    // Outside the allowed roots: that resource fails, the others still converge.
+    f.apply(file_manifest("m", vec![
+        json!({"id": "outside", "file": {"path": "/etc/drover-never", "content": "x"}}),
+        json!({"id": "inside", "file": {"path": f.path("inside"), "content": "ok"}}),
+        json!({"id": "job", "shell_job": {"command": format!("echo run >> {}", f.path("job.log")), "unless": "false"}}),
+    ]));
+    f.wait_resource("inside", "Ready", |r| r["state"] == "Ready");
+    let outside = f.wait_resource("outside", "Failed", |r| r["state"] == "Failed");
+    assert!(
+        outside["error"]
+            .as_str()
+            .unwrap()
+            .contains("outside this node's allowed roots")
+    );
+    assert!(outside["attempts"].as_u64().unwrap() >= 1);
+    assert!(
+        outside["retry_at"].is_string(),
+        "failing resources back off: {outside}"
+    );
+    assert!(!Path::new("/etc/drover-never").exists());
+    let job = f.wait_resource("job", "Failed", |r| r["state"] == "Failed");
+    assert!(job["error"].as_str().unwrap().contains("--allow-shell"));
+    assert!(!Path::new(&f.path("job.log")).exists());
+    let status = f.status();
+    assert!(
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Degraded" && c["status"] == true)
+    );
+
+    // Two manifests giving one id: reported as a conflict, neither applied. (Both start selecting the node
+    // at once, when it gets the label.)
+    let shared = f.path("shared");
+    f.apply(json!({"name": "a", "selector": {"conf": "yes"}, "resources": [{"id": "shared", "file": {"path": shared, "content": "a"}}]}));
+    f.apply(json!({"name": "b", "selector": {"conf": "yes"}, "resources": [{"id": "shared", "file": {"path": shared, "content": "b"}}]}));
+    assert!(
+        f.server
+            .cli(&["nodes", "label", "edge", "conf=yes"])
+            .unwrap()
+            .status
+            .success()
+    );
+    let c = f.wait_resource("shared", "in conflict", |r| r["state"] == "Conflict");
+    assert!(c["error"].as_str().unwrap().contains("a, b"), "{c}");
+    assert!(!Path::new(&shared).exists());
+}
+
+#[test]
+fn shell_jobs_run_once_with_their_guard() {
+    let f = fleet(&["--allow-shell"]);
+    let marker = f.path("done");
+    let log = f.path("runs");
+    f.apply(file_manifest("jobs", vec![json!({"id": "init", "shell_job": {"command": format!("echo run >> {log}; touch {marker}"), "creates": marker}})]));
+    f.wait_resource("init", "Ready", |r| r["state"] == "Ready");
+    std::thread::sleep(Duration::from_millis(1500)); // several resyncs
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "run\n");
+}
+
+#[test]
+fn labels_decide_what_a_node_runs() {
+    let f = fleet(&[]);
+    let path = f.path("gpu.conf");
+    f.apply(json!({"name": "gpu", "selector": {"gpu": "yes"}, "resources": [{"id": "gpu", "file": {"path": path, "content": "on"}}]}));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!Path::new(&path).exists());
+    let out = f
+        .server
+        .cli(&["nodes", "label", "edge", "gpu=yes"])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the labelled node to get the file", TIMEOUT, || {
+        Path::new(&path).exists().then_some(())
+    })
+    .unwrap();
+    assert!(
+        f.server
+            .cli(&["nodes", "label", "edge", "gpu-"])
+            .unwrap()
+            .status
+            .success()
+    );
+    wait_for("the file to go with the label", TIMEOUT, || {
+        (!Path::new(&path).exists()).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn the_agent_enforces_while_offline_and_keeps_ownership_across_restarts() {
+    let mut f = fleet(&[]);
+    let path = f.path("kept");
+    f.apply(file_manifest(
+        "keep",
+        vec![json!({"id": "kept", "file": {"path": path, "content": "v1"}})],
+    ));
+    f.wait_converged();
+
+    // The server goes away; the agent still corrects drift.
+    f.server.kill();
+    std::fs::write(&path, "tampered").unwrap();
+    wait_for("offline correction", TIMEOUT, || {
+        (std::fs::read_to_string(&path).ok()? == "v1").then_some(())
+    })
+    .unwrap();
+    f.server.restart().unwrap();
+    f.wait_resource("kept", "reporting the drift it fixed offline", |r| {
+        r["drift"].as_array().is_some_and(|d| !d.is_empty())
+    });
+
+    // The agent restarts: it still owns the file, so deleting the manifest removes it.
+    f.agent
+        .restart(Some(&[
+            "--heartbeat-interval",
+            "300ms",
+            "--allow-path",
+            f.files.path().to_str().unwrap(),
+            "--resync-interval",
+            "500ms",
+        ]))
+        .unwrap();
+    f.server
+        .wait_node("edge", "connected", |n| n["connected"] == true)
+        .unwrap();
+    assert!(
+        f.server
+            .cli(&["delete", "manifest", "keep"])
+            .unwrap()
+            .status
+            .success()
+    );
+    wait_for("collection after the restart", TIMEOUT, || {
+        (!Path::new(&path).exists()).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn invalid_manifests_are_refused_with_document_resource_and_field() {
+    let f = fleet(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let cases = [
+        (
+            "relative.yaml",
+            "name: web\nresources:\n  - id: motd\n    file: {path: etc/motd, content: x}\n",
+            "resource \"motd\": field `file.path`",
+        ),
+        (
+            "mode.yaml",
+            "name: web\nresources:\n  - id: motd\n    file: {path: /x, content: x, mode: \"999\"}\n",
+            "field `file.mode`",
+        ),
+        (
+            "dup.yaml",
+            "name: web\nresources:\n  - id: a\n    file: {path: /a, content: x}\n  - id: a\n    file: {path: /b, content: x}\n",
+            "duplicate id",
+        ),
+        (
+            "kind.yaml",
+            "name: web\nresources:\n  - id: a\n    volume: {size: 1}\n",
+            "unknown field `volume`",
+        ),
+        (
+            "nokind.yaml",
+            "name: web\nresources:\n  - id: a\n",
+            "exactly one kind",
+        ),
+        (
+            "guard.yaml",
+            "name: web\nresources:\n  - id: a\n    shell_job: {command: \"echo hi\"}\n",
+            "give a guard",
+        ),
+        ("yaml.yaml", "name: [unclosed\n", "not valid YAML"),
+    ];
+    for (file, text, expect) in cases {
+        let out = f.server.cli(&["apply", "-f", &write(file, text)]).unwrap();
+        assert!(!out.status.success(), "{file} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{file}: {stderr}");
+    }
+    let list: Value =
+        serde_json::from_slice(&f.server.cli(&["manifests", "-o", "json"]).unwrap().stdout)
+            .unwrap();
+    assert_eq!(list, json!([]));
+
+    // A valid file, through the CLI, with --wait.
+    let good = write(
+        "good.yaml",
+        &format!(
+            "name: web\nselector: {{role: edge}}\nresources:\n  - id: motd\n    file: {{path: {}, content: \"hi\\n\"}}\n",
+            f.path("motd")
+        ),
+    );
+    let out = f
+        .server
+        .cli(&["apply", "-f", &good, "--wait", "--timeout", "30s"])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(f.path("motd")).unwrap(), "hi\n");
+    let table = String::from_utf8_lossy(&f.server.cli(&["status"]).unwrap().stdout).to_string();
+    assert!(table.contains("edge") && table.contains("1/1"), "{table}");
+    let table =
+        String::from_utf8_lossy(&f.server.cli(&["status", "edge"]).unwrap().stdout).to_string();
+    assert!(table.contains("motd") && table.contains("Ready"), "{table}");
+}
+
+#[test]
+fn containers_converge_and_drift_is_corrected_through_a_real_engine() {
+    let podman = Podman::start().unwrap();
+    let server = Server::start().unwrap();
+    let token = server
+        .join_token(json!({"labels": {"role": "edge"}}))
+        .unwrap();
+    let args = [
+        "--name",
+        "edge",
+        "--server",
+        &server.agent_url(),
+        "--token",
+        &token,
+        "--heartbeat-interval",
+        "300ms",
+        "--resync-interval",
+        "500ms",
+    ];
+    let agent_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut agent =
+        Agent::start_raw(agent_args, &[("DOCKER_HOST", &podman.docker_host())]).unwrap();
+    server
+        .wait_node("edge", "connected", |n| n["connected"] == true)
+        .unwrap();
+    let id = format!("web{}", std::process::id());
+    let name = format!("drover-{id}");
+    let manifest = json!({"name": "c", "selector": {"role": "edge"}, "resources": [{"id": id, "container": {
+        "image": drover_testkit::BUSYBOX, "pull": "never", "command": ["sh", "-c", "while true; do sleep 1; done"],
+        "health": {"command": ["sh", "-c", "true"]}}}]});
+    let r = server
+        .post("/api/v1/manifests", Some(&server.admin_token()), &manifest)
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let status = |server: &Server| server.get("/api/v1/nodes/edge/status").unwrap().body;
+    let ready = wait_for("the container Ready", TIMEOUT, || {
+        let s = status(&server);
+        s["resources"]
+            .as_array()?
+            .iter()
+            .find(|r| r["state"] == "Ready")
+            .cloned()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", status(&server)));
+    assert_eq!(ready["details"]["state"], "running");
+    assert_eq!(ready["details"]["health"], "healthy");
+    let first_id = ready["details"]["container_id"].clone();
+    assert_eq!(podman.state(&name).as_deref(), Some("running"));
+
+    // Someone stops it: started again, drift reported, same container.
+    podman.podman(&["stop", "-t", "0", &name]).unwrap();
+    let drifted = wait_for("drift on the container", TIMEOUT, || {
+        let s = status(&server);
+        s["resources"]
+            .as_array()?
+            .iter()
+            .find(|r| r["drift"].as_array().is_some_and(|d| !d.is_empty()))
+            .cloned()
+    })
+    .unwrap();
+    assert_eq!(podman.state(&name).as_deref(), Some("running"));
+    assert_eq!(drifted["details"]["container_id"], first_id);
+
+    // An agent restart does not recreate a healthy container.
+    agent.restart(None).unwrap();
+    server
+        .wait_node("edge", "connected again", |n| n["connected"] == true)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = status(&server);
+    assert_eq!(
+        after["resources"][0]["details"]["container_id"], first_id,
+        "{after}"
+    );
+
+    // Deleting the manifest removes the container.
+    assert!(
+        server
+            .cli(&["delete", "manifest", "c"])
+            .unwrap()
+            .status
+            .success()
+    );
+    wait_for("the container to be removed", TIMEOUT, || {
+        podman.state(&name).is_none().then_some(())
+    })
+    .unwrap();
+}

@@ -1,0 +1,292 @@
+//! `drover apply`, `drover manifests`, `drover delete manifest`, `drover status`: desired state.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use drover_types::manifest::{Applied, NodeStatusReport, ResourceState, StoredManifest};
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::Method;
+
+use super::OutputFormat;
+use super::client::{Client, segment};
+use super::output::{ago, print_json, table};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    drover apply -f web.yaml\n  \
+    drover apply -f web.yaml --wait --timeout 5m\n\n\
+    A manifest (YAML or JSON):\n  \
+    name: web\n  \
+    selector: {role: edge}\n  \
+    resources:\n    \
+      - id: motd\n      \
+        file: {path: /etc/motd, content: \"hello\\n\", mode: \"0644\"}\n    \
+      - id: app\n      \
+        container: {image: localhost/busybox:latest, command: [httpd, -f, -p, \"8080\"]}")]
+pub struct ApplyArgs {
+    /// The manifest file (YAML or JSON).
+    #[arg(short, long)]
+    file: std::path::PathBuf,
+    /// Wait until every targeted node reports the new state converged.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "5m")]
+    timeout: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+/// Reads a manifest file: YAML (JSON is YAML too).
+fn read_manifest(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_saphyr::from_str::<serde_json::Value>(&text)
+        .with_context(|| format!("{} is not valid YAML", path.display()))
+}
+
+pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
+    let manifest = read_manifest(&args.file)?;
+    let applied: Applied = client
+        .request(Method::POST, "/api/v1/manifests", Some(&manifest))
+        .await
+        .with_context(|| format!("{} was not applied", args.file.display()))?
+        .context("the server returned nothing")?;
+    match args.output {
+        OutputFormat::Json if !args.wait => return print_json(&applied),
+        _ => eprintln!(
+            "manifest {} {} (generation {}), targeting {} node(s)",
+            applied.name,
+            if applied.changed {
+                "applied"
+            } else {
+                "unchanged"
+            },
+            applied.generation,
+            applied.nodes.len()
+        ),
+    }
+    if args.wait {
+        let timeout = drover_types::duration::parse_duration(&args.timeout)?;
+        wait_converged(client, &applied.nodes, timeout).await?;
+    }
+    Ok(())
+}
+
+async fn wait_converged(
+    client: &Client,
+    nodes: &[String],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let bar = ProgressBar::new(nodes.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} nodes converged {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let start = Instant::now();
+    loop {
+        let all: Vec<NodeStatusReport> = client.get("/api/v1/status").await?;
+        let mine: Vec<&NodeStatusReport> = all
+            .iter()
+            .filter(|s| nodes.contains(&s.node_name))
+            .collect();
+        let done = mine.iter().filter(|s| s.converged()).count();
+        bar.set_position(done as u64);
+        if done == nodes.len() {
+            bar.finish_and_clear();
+            eprintln!("all {} node(s) converged", nodes.len());
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bar.finish_and_clear();
+            for s in mine.iter().filter(|s| !s.converged()) {
+                eprintln!(
+                    "{}: observed generation {} of {}",
+                    s.node_name, s.convergence.observed_generation, s.desired_generation
+                );
+                for r in s
+                    .convergence
+                    .resources
+                    .iter()
+                    .filter(|r| r.state != ResourceState::Ready)
+                {
+                    eprintln!(
+                        "  {} ({}): {:?} {}",
+                        r.id,
+                        r.kind,
+                        r.state,
+                        r.error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            bail!("not converged within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  drover manifests\n  drover manifests show web -o json")]
+pub struct ManifestsArgs {
+    #[command(subcommand)]
+    command: Option<ManifestsCommand>,
+    #[arg(short, long, value_enum, default_value_t, global = true)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum ManifestsCommand {
+    /// List manifests (the default).
+    List,
+    /// One manifest in full.
+    Show { name: String },
+}
+
+pub async fn manifests(args: ManifestsArgs, client: &Client) -> anyhow::Result<()> {
+    match args.command.unwrap_or(ManifestsCommand::List) {
+        ManifestsCommand::List => {
+            let list: Vec<StoredManifest> = client.get("/api/v1/manifests").await?;
+            match args.output {
+                OutputFormat::Json => print_json(&list),
+                OutputFormat::Table => {
+                    let mut t = table(&["NAME", "GENERATION", "SELECTOR", "RESOURCES", "UPDATED"]);
+                    for m in &list {
+                        t.add_row(vec![
+                            m.manifest.name.clone(),
+                            m.generation.to_string(),
+                            super::output::labels(&m.manifest.selector),
+                            m.manifest.resources.len().to_string(),
+                            ago(Some(m.updated_at)),
+                        ]);
+                    }
+                    println!("{t}");
+                    Ok(())
+                }
+            }
+        }
+        ManifestsCommand::Show { name } => {
+            let m: StoredManifest = client
+                .get(&format!("/api/v1/manifests/{}", segment(&name)))
+                .await?;
+            print_json(&m)
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  drover delete manifest web")]
+pub struct DeleteArgs {
+    #[command(subcommand)]
+    what: DeleteWhat,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeleteWhat {
+    /// Delete a manifest; agents remove what it gave them.
+    Manifest { name: String },
+}
+
+pub async fn delete(args: DeleteArgs, client: &Client) -> anyhow::Result<()> {
+    match args.what {
+        DeleteWhat::Manifest { name } => {
+            client
+                .request::<serde_json::Value>(
+                    Method::DELETE,
+                    &format!("/api/v1/manifests/{}", segment(&name)),
+                    None::<&()>,
+                )
+                .await?;
+            eprintln!("deleted manifest {name}");
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  drover status\n  drover status pi-kitchen\n  drover status -o json"
+)]
+pub struct StatusArgs {
+    /// One node: its resources.
+    node: Option<String>,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+pub async fn status(args: StatusArgs, client: &Client) -> anyhow::Result<()> {
+    match args.node {
+        None => {
+            let all: Vec<NodeStatusReport> = client.get("/api/v1/status").await?;
+            if args.output == OutputFormat::Json {
+                return print_json(&all);
+            }
+            let mut t = table(&["NODE", "GENERATION", "RESOURCES", "CONDITIONS"]);
+            for s in &all {
+                let ready = s
+                    .convergence
+                    .resources
+                    .iter()
+                    .filter(|r| r.state == ResourceState::Ready)
+                    .count();
+                let conditions: Vec<&str> = s
+                    .convergence
+                    .conditions
+                    .iter()
+                    .filter(|c| c.status)
+                    .map(|c| c.kind.as_str())
+                    .collect();
+                t.add_row(vec![
+                    s.node_name.clone(),
+                    format!(
+                        "{}/{}",
+                        s.convergence.observed_generation, s.desired_generation
+                    ),
+                    format!("{ready}/{}", s.convergence.resources.len()),
+                    conditions.join(","),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        Some(node) => {
+            let s: NodeStatusReport = client
+                .get(&format!("/api/v1/nodes/{}/status", segment(&node)))
+                .await?;
+            if args.output == OutputFormat::Json {
+                return print_json(&s);
+            }
+            println!(
+                "Node: {}   generation {}/{}",
+                s.node_name, s.convergence.observed_generation, s.desired_generation
+            );
+            let mut t = table(&[
+                "RESOURCE", "MANIFEST", "KIND", "STATE", "DETAILS", "ERROR", "DRIFT",
+            ]);
+            for r in &s.convergence.resources {
+                t.add_row(vec![
+                    r.id.clone(),
+                    r.manifest.clone(),
+                    r.kind.clone(),
+                    format!("{:?}", r.state),
+                    if r.details.is_null() {
+                        String::new()
+                    } else {
+                        r.details.to_string()
+                    },
+                    r.error.clone().unwrap_or_default(),
+                    r.drift
+                        .last()
+                        .map(|d| format!("{} ({})", d.what, ago(Some(d.at))))
+                        .unwrap_or_default(),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+    }
+}
