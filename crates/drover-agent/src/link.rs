@@ -18,7 +18,7 @@ use tonic::transport::Endpoint;
 use crate::actions::{self, ActionCtx, Calls};
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
-use crate::converge::{ConvergeCtx, Converger};
+use crate::converge::{Blobs, ConvergeCtx, Converger};
 use crate::daemon::{self, Control};
 use crate::identity::{self, Identity, IdentityError};
 use crate::inventory::Collector;
@@ -132,6 +132,10 @@ pub async fn run(
         ConvergeCtx {
             policy: ctx.policy.clone(),
             allow_shell: config.exec_policy.allow_shell,
+            blobs: Blobs {
+                cache: config.state_dir.join("blobs"),
+                server: Some(endpoint.clone()),
+            },
         },
         config.resync_interval,
     );

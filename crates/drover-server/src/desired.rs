@@ -19,6 +19,18 @@ impl Fleet {
         manifest: Manifest,
     ) -> Result<Applied, FleetError> {
         manifest.validate().map_err(FleetError::ManifestInvalid)?;
+        if let Some(r) = manifest
+            .resources
+            .iter()
+            .find(|r| r.file.as_ref().is_some_and(|f| f.source.is_some()))
+        {
+            return Err(FleetError::ManifestInvalid(vec![drover_types::manifest::ManifestError {
+                manifest: manifest.name.clone(),
+                resource: Some(r.id.clone()),
+                field: "file.source".into(),
+                reason: "`drover apply` uploads sources; through the API, upload to /api/v1/blobs/{sha256} and give sha256".into(),
+            }]));
+        }
         let (generation, changed) = self.store().put_manifest(&manifest, Utc::now()).await?;
         if changed {
             self.audit(
@@ -216,5 +228,38 @@ impl Fleet {
             .collect();
         self.recompute_node(&node, &manifests).await?;
         Ok(node)
+    }
+
+    /// Stores uploaded content after checking it hashes to the name it was given.
+    pub async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), FleetError> {
+        let actual = hex::encode(Sha256::digest(&data));
+        if actual != sha256.to_ascii_lowercase() {
+            return Err(FleetError::invalid(
+                "sha256",
+                format!("the content's SHA-256 is {actual}, not {sha256}"),
+            ));
+        }
+        Ok(self.store().put_blob(&actual, data).await?)
+    }
+
+    /// A blob for a node, only when its desired state references it.
+    pub async fn blob_for_node(
+        &self,
+        node_id: &str,
+        sha256: &str,
+    ) -> Result<Option<Vec<u8>>, FleetError> {
+        let referenced = self
+            .store()
+            .get_desired(node_id)
+            .await?
+            .is_some_and(|(s, _)| {
+                s.resources.iter().any(|r| {
+                    r.resource.file.as_ref().and_then(|f| f.sha256.as_deref()) == Some(sha256)
+                })
+            });
+        if !referenced {
+            return Ok(None);
+        }
+        Ok(self.store().get_blob(sha256).await?)
     }
 }

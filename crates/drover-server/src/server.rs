@@ -18,6 +18,8 @@ use drover_files::{create_private_dir, write_atomic};
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const DB_FILE: &str = "drover.db";
+/// Largest gRPC message either way: blobs travel whole.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -180,7 +182,11 @@ impl RunningServer {
         let agent_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
-                .add_service(drover_proto::AgentLinkServer::new(gateway))
+                .add_service(
+                    drover_proto::AgentLinkServer::new(gateway)
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .max_encoding_message_size(MAX_MESSAGE),
+                )
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = agent_shutdown.changed().await;
                 })

@@ -490,3 +490,57 @@ fn containers_converge_and_drift_is_corrected_through_a_real_engine() {
     })
     .unwrap();
 }
+
+#[test]
+fn file_sources_travel_through_the_blob_store() {
+    let f = fleet(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    // Larger than a REST body may be, and not text.
+    let payload: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("payload.bin"), &payload).unwrap();
+    let target = f.path("payload.bin");
+    let manifest = dir.path().join("m.yaml");
+    std::fs::write(&manifest, format!("name: blob\nselector: {{role: edge}}\nresources:\n  - id: payload\n    file: {{path: {target}, source: payload.bin}}\n")).unwrap();
+    let out = f
+        .server
+        .cli(&[
+            "apply",
+            "-f",
+            manifest.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(&target).unwrap(), payload);
+    let stored: Value =
+        serde_json::from_slice(&f.server.cli(&["manifests", "show", "blob"]).unwrap().stdout)
+            .unwrap();
+    assert_eq!(
+        stored["resources"][0]["file"]["sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64,
+        "{stored}"
+    );
+
+    // Through the API, a source is refused (only the CLI can read local files).
+    let r = f.server.post("/api/v1/manifests", Some(&f.server.admin_token()), &json!({"name": "raw", "resources": [{"id": "a", "file": {"path": "/tmp/a", "source": "x"}}]})).unwrap();
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (400, Some("file.source"))
+    );
+    // A blob whose content does not match its name is refused.
+    let r = f
+        .server
+        .request(
+            "PUT",
+            &format!("/api/v1/blobs/{}", "0".repeat(64)),
+            Some(&f.server.admin_token()),
+            Some(b"nope".to_vec()),
+        )
+        .unwrap();
+    assert_eq!(r.status, 400);
+}

@@ -26,16 +26,17 @@ pub async fn reconcile(spec: &FileSpec, ctx: &ConvergeCtx) -> Result<Outcome, St
             handle,
         });
     }
+    let current = std::fs::read(&path).ok();
     let content = match (&spec.content, &spec.sha256) {
         (Some(c), _) => c.as_bytes().to_vec(),
-        (None, Some(_)) => return Err(
-            "content from the blob store is not supported by this agent yet; use inline content"
-                .into(),
-        ),
+        // Fetch only when the file does not already hold it (so a node enforces offline too).
+        (None, Some(sha)) => match &current {
+            Some(cur) if hex::encode(Sha256::digest(cur)) == *sha => cur.clone(),
+            _ => ctx.blobs.get(sha).await?,
+        },
         (None, None) => return Err("no content".into()),
     };
     let mut changes = Vec::new();
-    let current = std::fs::read(&path).ok();
     if current.as_deref() != Some(content.as_slice()) {
         changes.push(if existed {
             "content differed"

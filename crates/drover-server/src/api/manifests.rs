@@ -19,6 +19,15 @@ pub async fn apply(
     Ok(Json(s.fleet.apply_manifest(ACTOR, m).await?))
 }
 
+pub async fn put_blob(
+    State(s): State<ApiState>,
+    Path(sha256): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    s.fleet.put_blob(&sha256, body.to_vec()).await?;
+    Ok(StatusCode::CREATED)
+}
+
 pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<StoredManifest>>, ApiError> {
     Ok(Json(s.fleet.manifests().await?))
 }

@@ -120,6 +120,11 @@ pub fn router(state: ApiState) -> Router {
             get(manifests::get).delete(manifests::delete),
         )
         .route("/api/v1/status", get(manifests::status))
+        .route(
+            "/api/v1/blobs/{sha256}",
+            axum::routing::put(manifests::put_blob)
+                .layer(DefaultBodyLimit::max(crate::server::MAX_MESSAGE)),
+        )
         .route("/api/v1/nodes/{id}/status", get(manifests::node_status))
         .route("/api/v1/nodes/{id}/labels", post(manifests::label))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::v1::{
-    self, AgentMessage, EnrollRequest, EnrollResponse, ServerMessage, agent_message::Msg,
-    server_message,
+    self, AgentMessage, Blob, EnrollRequest, EnrollResponse, FetchBlobRequest, ServerMessage,
+    agent_message::Msg, server_message,
 };
 use drover_types::action::{ActionError, ActionInfo};
 use drover_types::{Labels, PROTOCOL_VERSION, VERSION};
@@ -150,6 +150,25 @@ impl drover_proto::AgentLink for Gateway {
                 tracing::warn!(peer = ?addr, "refused an enrollment: {e}");
                 Err(status(e))
             }
+        }
+    }
+
+    async fn fetch_blob(
+        &self,
+        request: Request<FetchBlobRequest>,
+    ) -> Result<Response<Blob>, Status> {
+        let Some(node_id) = peer(&request).and_then(|p| p.node_id) else {
+            return Err(Status::unauthenticated(
+                "a client certificate issued by this server is required",
+            ));
+        };
+        let sha = request.into_inner().sha256;
+        match self.fleet.blob_for_node(&node_id, &sha).await {
+            Ok(Some(data)) => Ok(Response::new(Blob { data })),
+            Ok(None) => Err(Status::not_found(format!(
+                "no blob {sha} in this node's desired state"
+            ))),
+            Err(e) => Err(status(e)),
         }
     }
 

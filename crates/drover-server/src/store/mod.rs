@@ -155,6 +155,9 @@ pub trait Store: Send + Sync + 'static {
         report: &NodeConvergence,
     ) -> Result<(), StoreError>;
     async fn get_convergence(&self, node_id: &str) -> Result<Option<NodeConvergence>, StoreError>;
+    /// Stores content under its SHA-256 (storing it twice is harmless).
+    async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError>;
+    async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
 }
 

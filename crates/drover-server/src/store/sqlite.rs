@@ -110,6 +110,12 @@ CREATE TABLE node_convergence (
     report TEXT NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE blobs (
+    sha256 TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+);
+"#,
 ];
 
 #[derive(Clone)]
@@ -862,6 +868,31 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             row.map(|r| from_json(&r, "convergence report")).transpose()
+        })
+        .await
+    }
+
+    async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError> {
+        let sha = sha256.to_string();
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?1, ?2)",
+                params![sha, data],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let sha = sha256.to_string();
+        self.call(move |c| {
+            Ok(
+                c.query_row("SELECT data FROM blobs WHERE sha256 = ?1", [sha], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
         })
         .await
     }

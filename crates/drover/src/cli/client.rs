@@ -128,6 +128,28 @@ impl Client {
 }
 
 impl Client {
+    /// Uploads raw bytes.
+    pub async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .put(&url)
+            .bearer_auth(&self.token)
+            .timeout(std::time::Duration::from_secs(600))
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                message: e.to_string(),
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
     /// Opens a Server-Sent Events stream (no overall timeout: following may take long).
     pub async fn events(&self, path: &str) -> Result<EventStream, ClientError> {
         let url = format!("{}{path}", self.base);

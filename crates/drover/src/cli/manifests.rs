@@ -47,8 +47,48 @@ fn read_manifest(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
         .with_context(|| format!("{} is not valid YAML", path.display()))
 }
 
+/// Uploads every `file.source` to the server's blob store and replaces it with the content's SHA-256.
+async fn upload_sources(
+    manifest: &mut serde_json::Value,
+    base: &std::path::Path,
+    client: &Client,
+) -> anyhow::Result<()> {
+    use sha2::Digest;
+    let Some(resources) = manifest.get_mut("resources").and_then(|r| r.as_array_mut()) else {
+        return Ok(());
+    };
+    for r in resources {
+        let Some(file) = r.get_mut("file").and_then(|f| f.as_object_mut()) else {
+            continue;
+        };
+        let Some(source) = file
+            .get("source")
+            .and_then(|s| s.as_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let path = base.join(&source);
+        let data = std::fs::read(&path)
+            .with_context(|| format!("cannot read source {}", path.display()))?;
+        let sha = hex::encode(sha2::Sha256::digest(&data));
+        client
+            .put_bytes(&format!("/api/v1/blobs/{sha}"), data)
+            .await?;
+        file.remove("source");
+        file.insert("sha256".into(), serde_json::Value::String(sha));
+    }
+    Ok(())
+}
+
 pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
-    let manifest = read_manifest(&args.file)?;
+    let mut manifest = read_manifest(&args.file)?;
+    let base = args
+        .file
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    upload_sources(&mut manifest, &base, client).await?;
     let applied: Applied = client
         .request(Method::POST, "/api/v1/manifests", Some(&manifest))
         .await
