@@ -400,6 +400,14 @@ async fn dispatch(
         }
         M::TaskStart(t) => tasks.start(t.task_id, t.spec_json),
         M::DesiredState(d) => converger.desired(d).await,
+        M::PlanRequest(p) => {
+            // A plan waits for the converger; the stream (and heartbeats) must not.
+            let (converger, tx) = (converger.clone(), tx.clone());
+            tokio::spawn(async move {
+                let answer = converger.plan(p).await;
+                let _ = tx.send(answer).await;
+            });
+        }
         M::TaskCancel(t) => tasks.cancel(&t.task_id),
         M::TaskAck(a) => tasks.acknowledged(&a.task_id, a.exit),
         M::SessionMessage(m) => match serde_json::from_str(&m.body_json) {

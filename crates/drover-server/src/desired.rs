@@ -4,7 +4,8 @@
 use chrono::Utc;
 use drover_proto::v1::{self, server_message::Msg};
 use drover_types::manifest::{
-    Applied, DesiredState, Manifest, NodeConvergence, NodeStatusReport, StoredManifest, desired_for,
+    Applied, DesiredState, Manifest, NodeConvergence, NodePlan, NodeStatusReport, PlanItem,
+    StoredManifest, desired_for,
 };
 use drover_types::{Labels, Node};
 use sha2::{Digest, Sha256};
@@ -12,12 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::fleet::{Fleet, FleetError};
 
 impl Fleet {
-    /// Validates and stores a manifest, then recomputes every node's desired state.
-    pub async fn apply_manifest(
-        &self,
-        actor: &str,
-        manifest: Manifest,
-    ) -> Result<Applied, FleetError> {
+    fn check_manifest(manifest: &Manifest) -> Result<(), FleetError> {
         manifest.validate().map_err(FleetError::ManifestInvalid)?;
         if let Some(r) = manifest
             .resources
@@ -31,6 +27,80 @@ impl Fleet {
                 reason: "`drover apply` uploads sources; through the API, upload to /api/v1/blobs/{sha256} and give sha256".into(),
             }]));
         }
+        Ok(())
+    }
+
+    /// Asks every node the manifest would touch what it would change; nothing is stored or changed.
+    pub async fn plan_manifest(&self, manifest: Manifest) -> Result<Vec<NodePlan>, FleetError> {
+        Self::check_manifest(&manifest)?;
+        let mut manifests: Vec<Manifest> = self
+            .manifests()
+            .await?
+            .into_iter()
+            .map(|m| m.manifest)
+            .collect();
+        let old = manifests
+            .iter()
+            .position(|m| m.name == manifest.name)
+            .map(|i| manifests.remove(i));
+        manifests.push(manifest.clone());
+        let nodes: Vec<Node> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| {
+                manifest.selects(&n.labels) || old.as_ref().is_some_and(|o| o.selects(&n.labels))
+            })
+            .collect();
+        let asks = nodes.iter().map(|node| {
+            let (resources, conflicts) = desired_for(&node.labels, &manifests);
+            let state = DesiredState {
+                generation: 0,
+                resources,
+                conflicts,
+            };
+            async move {
+                let json = serde_json::to_string(&state).unwrap_or_default();
+                let Some((request_id, rx)) = self.links().start_plan(&node.id, json).await else {
+                    return NodePlan {
+                        node: node.name.clone(),
+                        plan: vec![],
+                        error: Some("not connected".into()),
+                    };
+                };
+                let answer = tokio::time::timeout(std::time::Duration::from_secs(20), rx).await;
+                self.links().forget_plan(&request_id);
+                match answer {
+                    Ok(Ok(json)) => match serde_json::from_str::<Vec<PlanItem>>(&json) {
+                        Ok(plan) => NodePlan {
+                            node: node.name.clone(),
+                            plan,
+                            error: None,
+                        },
+                        Err(e) => NodePlan {
+                            node: node.name.clone(),
+                            plan: vec![],
+                            error: Some(format!("unreadable plan: {e}")),
+                        },
+                    },
+                    _ => NodePlan {
+                        node: node.name.clone(),
+                        plan: vec![],
+                        error: Some("no plan in time".into()),
+                    },
+                }
+            }
+        });
+        Ok(futures_util::future::join_all(asks).await)
+    }
+
+    /// Validates and stores a manifest, then recomputes every node's desired state.
+    pub async fn apply_manifest(
+        &self,
+        actor: &str,
+        manifest: Manifest,
+    ) -> Result<Applied, FleetError> {
+        Self::check_manifest(&manifest)?;
         let (generation, changed) = self.store().put_manifest(&manifest, Utc::now()).await?;
         if changed {
             self.audit(

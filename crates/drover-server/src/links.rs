@@ -48,6 +48,8 @@ pub struct Links {
     pending: Mutex<HashMap<String, Pending>>,
     /// Node id -> plugin -> session. Kept when a stream ends, so the last payload stays visible.
     sessions: Mutex<HashMap<String, BTreeMap<String, Session>>>,
+    /// Dry runs waiting for their node's plan: request id -> (node id, reply).
+    plans: Mutex<HashMap<String, (String, oneshot::Sender<String>)>>,
     next_serial: AtomicU64,
 }
 
@@ -195,6 +197,42 @@ impl Links {
                 msg: Some(Msg::CancelAction(cancel)),
             });
         }
+    }
+
+    // ---- dry runs ----
+
+    /// Asks a node what it would change for `state_json`; the receiver gets its plan (JSON).
+    pub async fn start_plan(
+        &self,
+        node_id: &str,
+        state_json: String,
+    ) -> Option<(String, oneshot::Receiver<String>)> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.plans).insert(request_id.clone(), (node_id.to_string(), tx));
+        let req = v1::PlanRequest {
+            request_id: request_id.clone(),
+            state_json,
+        };
+        if self.send(node_id, Msg::PlanRequest(req)).await {
+            Some((request_id, rx))
+        } else {
+            lock(&self.plans).remove(&request_id);
+            None
+        }
+    }
+
+    pub fn finish_plan(&self, node_id: &str, request_id: &str, plan_json: String) {
+        let mut plans = lock(&self.plans);
+        if plans.get(request_id).is_some_and(|(n, _)| n == node_id)
+            && let Some((_, tx)) = plans.remove(request_id)
+        {
+            let _ = tx.send(plan_json);
+        }
+    }
+
+    pub fn forget_plan(&self, request_id: &str) {
+        lock(&self.plans).remove(request_id);
     }
 
     // ---- sessions ----

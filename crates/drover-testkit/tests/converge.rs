@@ -544,3 +544,62 @@ fn file_sources_travel_through_the_blob_store() {
         .unwrap();
     assert_eq!(r.status, 400);
 }
+
+#[test]
+fn a_dry_run_says_what_would_change_and_changes_nothing() {
+    let f = fleet(&[]);
+    let keep = f.path("keep");
+    let old = f.path("old");
+    f.apply(file_manifest(
+        "plan",
+        vec![
+            json!({"id": "keep", "file": {"path": keep, "content": "same"}}),
+            json!({"id": "old", "file": {"path": old, "content": "old"}}),
+        ],
+    ));
+    f.wait_converged();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("plan.yaml");
+    let new = f.path("new");
+    std::fs::write(&manifest, format!("name: plan\nselector: {{role: edge}}\nresources:\n  - id: keep\n    file: {{path: {keep}, content: same}}\n  - id: new\n    file: {{path: {new}, content: fresh}}\n")).unwrap();
+    let out = f
+        .server
+        .cli(&[
+            "apply",
+            "-f",
+            manifest.to_str().unwrap(),
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let plans: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = plans[0]["plan"].as_array().unwrap();
+    let action = |id: &str| {
+        plan.iter()
+            .find(|i| i["id"] == id)
+            .map(|i| i["action"].as_str().unwrap().to_string())
+    };
+    assert_eq!(action("keep").as_deref(), Some("none"), "{plans}");
+    assert_eq!(action("new").as_deref(), Some("create"));
+    assert_eq!(action("old").as_deref(), Some("delete"));
+    // Nothing changed.
+    assert!(!Path::new(&new).exists());
+    assert!(Path::new(&old).exists());
+    assert_eq!(
+        f.server.get("/api/v1/manifests/plan").unwrap().body["generation"],
+        1
+    );
+    let table = String::from_utf8_lossy(
+        &f.server
+            .cli(&["apply", "-f", manifest.to_str().unwrap(), "--dry-run"])
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    assert!(
+        table.contains("ACTION") && table.contains("create"),
+        "{table}"
+    );
+}

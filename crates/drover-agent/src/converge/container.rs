@@ -19,7 +19,12 @@ pub fn name_for(id: &str) -> String {
     format!("drover-{id}")
 }
 
-pub async fn reconcile(id: &str, spec: &ContainerSpec, hash: &str) -> Result<Outcome, String> {
+pub async fn reconcile(
+    id: &str,
+    spec: &ContainerSpec,
+    hash: &str,
+    dry: bool,
+) -> Result<Outcome, String> {
     let docker = Docker::find().map_err(err)?;
     let name = name_for(id);
     let path = format!("/containers/{}/json", segment(&name));
@@ -30,6 +35,22 @@ pub async fn reconcile(id: &str, spec: &ContainerSpec, hash: &str) -> Result<Out
         Err(DockerError::Api { status: 404, .. }) => None,
         Err(e) => return Err(err(e)),
     };
+    if dry {
+        let action = match &existing {
+            None => Some("create the container".to_string()),
+            Some(c) if c["Config"]["Labels"]["drover.spec"].as_str() != Some(hash) => {
+                Some("recreate the container (spec changed)".to_string())
+            }
+            Some(c) if c["State"]["Running"] != true => Some("start the container".to_string()),
+            Some(_) => None,
+        };
+        return Ok(Outcome {
+            changed: action,
+            details: Value::Null,
+            created: existing.is_none(),
+            handle: name,
+        });
+    }
     let current = match existing {
         Some(c) if c["Config"]["Labels"]["drover.spec"].as_str() == Some(hash) => Some(c),
         Some(_) => {

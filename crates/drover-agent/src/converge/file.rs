@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ConvergeCtx, Outcome};
 
-pub async fn reconcile(spec: &FileSpec, ctx: &ConvergeCtx) -> Result<Outcome, String> {
+pub async fn reconcile(spec: &FileSpec, ctx: &ConvergeCtx, dry: bool) -> Result<Outcome, String> {
     let path = ctx
         .policy
         .check_writable(&spec.path)
@@ -16,7 +16,7 @@ pub async fn reconcile(spec: &FileSpec, ctx: &ConvergeCtx) -> Result<Outcome, St
     let existed = path.exists();
     let handle = path.display().to_string();
     if spec.absent {
-        if existed {
+        if existed && !dry {
             std::fs::remove_file(&path).map_err(|e| format!("cannot remove {handle}: {e}"))?;
         }
         return Ok(Outcome {
@@ -37,6 +37,9 @@ pub async fn reconcile(spec: &FileSpec, ctx: &ConvergeCtx) -> Result<Outcome, St
         (None, None) => return Err("no content".into()),
     };
     let mut changes = Vec::new();
+    if dry {
+        return Ok(plan(spec, &path, current.as_deref(), &content));
+    }
     if current.as_deref() != Some(content.as_slice()) {
         changes.push(if existed {
             "content differed"
@@ -113,4 +116,30 @@ fn lookup_group(name: &str) -> Result<u32, String> {
     }
     // SAFETY: non-null, as checked.
     Ok(unsafe { (*gr).gr_gid })
+}
+
+/// What a reconcile would change, without changing it.
+fn plan(
+    spec: &FileSpec,
+    path: &std::path::Path,
+    current: Option<&[u8]>,
+    content: &[u8],
+) -> Outcome {
+    let mut changes = Vec::new();
+    match current {
+        None => changes.push("create the file".to_string()),
+        Some(c) if c != content => changes.push("replace the content".to_string()),
+        _ => {}
+    }
+    if let (Some(mode), Ok(meta)) = (file_mode(spec), std::fs::metadata(path))
+        && meta.permissions().mode() & 0o7777 != mode
+    {
+        changes.push(format!("set mode {mode:04o}"));
+    }
+    Outcome {
+        changed: (!changes.is_empty()).then(|| changes.join(", ")),
+        details: serde_json::Value::Null,
+        created: current.is_none(),
+        handle: path.display().to_string(),
+    }
 }

@@ -19,7 +19,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use drover_proto::v1::{self, AgentMessage, agent_message::Msg};
 use drover_types::manifest::{
-    Condition, Conflict, DriftEvent, Kind, NodeConvergence, Resource, ResourceState, ResourceStatus,
+    Condition, Conflict, DriftEvent, Kind, NodeConvergence, PlanItem, Resource, ResourceState,
+    ResourceStatus,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -130,8 +131,15 @@ fn spec_hash(r: &Value) -> String {
 }
 
 /// The converger's handle: give it desired states, tell it where to report.
+/// What the runtime is told.
+enum Command {
+    Desired(WireDesired),
+    Plan(WireDesired, tokio::sync::oneshot::Sender<Vec<PlanItem>>),
+}
+
+#[derive(Clone)]
 pub struct Converger {
-    updates: mpsc::Sender<WireDesired>,
+    updates: mpsc::Sender<Command>,
     link: Arc<Mutex<Option<mpsc::Sender<AgentMessage>>>>,
     last_report: Arc<Mutex<Option<NodeConvergence>>>,
 }
@@ -164,7 +172,7 @@ impl Converger {
     pub async fn desired(&self, update: v1::DesiredStateUpdate) {
         match serde_json::from_str::<WireDesired>(&update.state_json) {
             Ok(d) => {
-                let _ = self.updates.send(d).await;
+                let _ = self.updates.send(Command::Desired(d)).await;
             }
             Err(e) => tracing::warn!("ignored a desired state this agent cannot read: {e}"),
         }
@@ -181,6 +189,29 @@ impl Converger {
 
     pub fn disconnected(&self) {
         *lock(&self.link) = None;
+    }
+
+    /// A dry run: what would change for this desired state, from observation only.
+    pub async fn plan(&self, request: v1::PlanRequest) -> AgentMessage {
+        let items = match serde_json::from_str::<WireDesired>(&request.state_json) {
+            Ok(d) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = self.updates.send(Command::Plan(d, tx)).await;
+                rx.await.unwrap_or_default()
+            }
+            Err(e) => vec![PlanItem {
+                id: String::new(),
+                kind: String::new(),
+                action: "fail".into(),
+                detail: format!("unreadable desired state: {e}"),
+            }],
+        };
+        AgentMessage {
+            msg: Some(Msg::PlanResult(v1::PlanResult {
+                request_id: request.request_id,
+                plan_json: serde_json::to_string(&items).unwrap_or_default(),
+            })),
+        }
     }
 }
 
@@ -217,21 +248,81 @@ struct Runtime {
 }
 
 impl Runtime {
-    async fn run(mut self, mut updates: mpsc::Receiver<WireDesired>) {
+    async fn run(mut self, mut updates: mpsc::Receiver<Command>) {
+        let mut due = true;
         loop {
-            self.pass().await;
+            if due {
+                self.pass().await;
+            }
             let wait = self.next_wake();
-            tokio::select! {
-                update = updates.recv() => match update {
-                    Some(d) => self.accept(d),
+            due = tokio::select! {
+                command = updates.recv() => match command {
+                    Some(Command::Desired(d)) => { self.accept(d); true }
+                    Some(Command::Plan(d, reply)) => { let _ = reply.send(self.plan(&d).await); false }
                     None => return,
                 },
-                _ = tokio::time::sleep(wait) => {}
-            }
+                _ = tokio::time::sleep(wait) => true,
+            };
         }
     }
 
+    /// What a pass over `desired` would do, changing nothing.
+    async fn plan(&self, desired: &WireDesired) -> Vec<PlanItem> {
+        let mut items = Vec::new();
+        let mut wanted = std::collections::BTreeSet::new();
+        for raw in &desired.resources {
+            let (id, _, resource) = parse_resource(raw);
+            wanted.insert(id.clone());
+            let item = match resource {
+                Err(e) => PlanItem {
+                    id,
+                    kind: "unknown".into(),
+                    action: "fail".into(),
+                    detail: e,
+                },
+                Ok(r) => match run_kind(&r, &self.ctx, &spec_hash(raw), true).await {
+                    Ok(o) => PlanItem {
+                        kind: r.kind_name().into(),
+                        action: match (&o.changed, o.created) {
+                            (None, _) => "none".into(),
+                            (Some(_), true) => "create".into(),
+                            (Some(_), false) => "update".into(),
+                        },
+                        detail: o.changed.unwrap_or_default(),
+                        id,
+                    },
+                    Err(e) => PlanItem {
+                        id,
+                        kind: r.kind_name().into(),
+                        action: "fail".into(),
+                        detail: e,
+                    },
+                },
+            };
+            items.push(item);
+        }
+        for c in &desired.conflicts {
+            items.push(PlanItem {
+                id: c.id.clone(),
+                kind: "unknown".into(),
+                action: "fail".into(),
+                detail: format!("conflict between {}", c.manifests.join(", ")),
+            });
+        }
+        for (id, entry) in self.ledger.iter().filter(|(id, _)| !wanted.contains(*id)) {
+            let action = if entry.created { "delete" } else { "none" };
+            items.push(PlanItem {
+                id: id.clone(),
+                kind: entry.kind.clone(),
+                action: action.into(),
+                detail: format!("no manifest wants {}", entry.handle),
+            });
+        }
+        items
+    }
+
     fn accept(&mut self, desired: WireDesired) {
+        self.mark_pending(&desired);
         if desired.generation < self.desired.generation {
             return; // an older state arriving late
         }
@@ -246,6 +337,27 @@ impl Runtime {
         if let Err(e) = drover_files::write_atomic(&self.state_dir.join(DESIRED_FILE), &json, true)
         {
             tracing::warn!("cannot persist the desired state: {e}");
+        }
+    }
+
+    /// New resources show as Pending at once, before a pass gets to them.
+    fn mark_pending(&mut self, desired: &WireDesired) {
+        for raw in &desired.resources {
+            let (id, manifest, resource) = parse_resource(raw);
+            if !self.statuses.contains_key(&id) {
+                let kind = resource
+                    .as_ref()
+                    .map(|r| r.kind_name())
+                    .unwrap_or("unknown");
+                self.set(
+                    &id,
+                    &manifest,
+                    kind,
+                    ResourceState::Pending,
+                    Value::Null,
+                    None,
+                );
+            }
         }
     }
 
@@ -278,15 +390,9 @@ impl Runtime {
             .collect();
         let resources = self.desired.resources.clone();
         for raw in &resources {
-            let id = raw["id"].as_str().unwrap_or_default().to_string();
-            let manifest = raw["manifest"].as_str().unwrap_or_default().to_string();
+            let (id, manifest, resource) = parse_resource(raw);
             wanted.insert(id.clone());
-            // The manifest's name travels beside the resource's own fields.
-            let mut fields = raw.clone();
-            if let Some(obj) = fields.as_object_mut() {
-                obj.remove("manifest");
-            }
-            let resource: Resource = match serde_json::from_value(fields) {
+            let resource = match resource {
                 Ok(r) => r,
                 Err(e) => {
                     self.set(
@@ -295,7 +401,7 @@ impl Runtime {
                         "unknown",
                         ResourceState::UnknownKind,
                         Value::Null,
-                        Some(format!("this agent does not understand this resource: {e}")),
+                        Some(e),
                     );
                     continue;
                 }
@@ -366,13 +472,7 @@ impl Runtime {
     ) {
         let id = resource.id.clone();
         let kind = resource.kind_name();
-        let result = match resource.kind() {
-            Some(Kind::File(spec)) => file::reconcile(spec, &self.ctx).await,
-            Some(Kind::ShellJob(spec)) => shell_job::reconcile(spec, &self.ctx).await,
-            Some(Kind::Container(spec)) => container::reconcile(&id, spec, hash).await,
-            Some(Kind::SystemdUnit(spec)) => unit::reconcile(spec).await,
-            None => Err("no kind".to_string()),
-        };
+        let result = run_kind(resource, &self.ctx, hash, false).await;
         let same_spec = self.hashes.get(&id).map(String::as_str) == Some(hash);
         self.hashes.insert(id.clone(), hash.to_string());
         match result {
@@ -523,6 +623,36 @@ impl Runtime {
             let _ = tx.send(report_message(&report)).await;
         }
     }
+}
+
+/// Dispatches to the kind's reconciler; `dry` only observes and says what it would change.
+async fn run_kind(
+    resource: &Resource,
+    ctx: &ConvergeCtx,
+    hash: &str,
+    dry: bool,
+) -> Result<Outcome, String> {
+    match resource.kind() {
+        Some(Kind::File(spec)) => file::reconcile(spec, ctx, dry).await,
+        Some(Kind::ShellJob(spec)) => shell_job::reconcile(spec, ctx, dry).await,
+        Some(Kind::Container(spec)) => container::reconcile(&resource.id, spec, hash, dry).await,
+        Some(Kind::SystemdUnit(spec)) => unit::reconcile(spec, dry).await,
+        None => Err("no kind".to_string()),
+    }
+}
+
+/// Splits a desired resource as it travels into its manifest's name and the resource itself.
+fn parse_resource(raw: &Value) -> (String, String, Result<Resource, String>) {
+    let id = raw["id"].as_str().unwrap_or_default().to_string();
+    let manifest = raw["manifest"].as_str().unwrap_or_default().to_string();
+    // The manifest's name travels beside the resource's own fields.
+    let mut fields = raw.clone();
+    if let Some(obj) = fields.as_object_mut() {
+        obj.remove("manifest");
+    }
+    let resource = serde_json::from_value(fields)
+        .map_err(|e| format!("this agent does not understand this resource: {e}"));
+    (id, manifest, resource)
 }
 
 async fn delete(entry: &LedgerEntry, ctx: &ConvergeCtx) -> Result<(), String> {

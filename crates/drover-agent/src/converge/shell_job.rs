@@ -23,7 +23,11 @@ async fn sh(command: &str) -> Result<std::process::Output, String> {
         .map_err(|e| format!("cannot run sh: {e}"))
 }
 
-pub async fn reconcile(spec: &ShellJobSpec, ctx: &ConvergeCtx) -> Result<Outcome, String> {
+pub async fn reconcile(
+    spec: &ShellJobSpec,
+    ctx: &ConvergeCtx,
+    dry: bool,
+) -> Result<Outcome, String> {
     if !ctx.allow_shell {
         return Err("shell_job resources are off on this node: its agent must be started with --allow-shell".into());
     }
@@ -44,6 +48,14 @@ pub async fn reconcile(spec: &ShellJobSpec, ctx: &ConvergeCtx) -> Result<Outcome
         return Ok(Outcome {
             changed: None,
             details: json!({"skipped": "the unless command succeeded"}),
+            created: false,
+            handle,
+        });
+    }
+    if dry {
+        return Ok(Outcome {
+            changed: Some(format!("run {:?}", spec.command)),
+            details: json!(null),
             created: false,
             handle,
         });

@@ -26,7 +26,7 @@ async fn must(args: &[&str]) -> Result<(), String> {
     }
 }
 
-pub async fn reconcile(spec: &UnitSpec) -> Result<Outcome, String> {
+pub async fn reconcile(spec: &UnitSpec, dry: bool) -> Result<Outcome, String> {
     if !systemd::running() {
         return Err("systemd is not running on this node".into());
     }
@@ -34,6 +34,45 @@ pub async fn reconcile(spec: &UnitSpec) -> Result<Outcome, String> {
     let handle = spec.name.clone();
     let mut changes = Vec::new();
     let existed = path.exists();
+    if dry {
+        if spec.absent {
+            if existed {
+                changes.push("remove the unit");
+            }
+        } else {
+            if spec
+                .content
+                .as_ref()
+                .is_some_and(|c| std::fs::read_to_string(&path).ok().as_deref() != Some(c.as_str()))
+            {
+                changes.push("write the unit file");
+            }
+            if let Some(enabled) = spec.enabled
+                && systemctl(&["is-enabled", "--quiet", &spec.name]).await? != enabled
+            {
+                changes.push(if enabled {
+                    "enable the unit"
+                } else {
+                    "disable the unit"
+                });
+            }
+            if let Some(active) = spec.active
+                && systemctl(&["is-active", "--quiet", &spec.name]).await? != active
+            {
+                changes.push(if active {
+                    "start the unit"
+                } else {
+                    "stop the unit"
+                });
+            }
+        }
+        return Ok(Outcome {
+            changed: (!changes.is_empty()).then(|| changes.join(", ")),
+            details: json!(null),
+            created: !existed,
+            handle,
+        });
+    }
     if spec.absent {
         if systemctl(&["is-active", "--quiet", &spec.name]).await? {
             must(&["stop", &spec.name]).await?;

@@ -1,7 +1,7 @@
 //! Operator routes for manifests, convergence status and node labels.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use drover_types::manifest::{Applied, Manifest, NodeStatusReport, StoredManifest};
 use drover_types::{Labels, Node};
@@ -12,11 +12,27 @@ use super::{ApiError, ApiState};
 
 const ACTOR: &str = "admin";
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Applies a manifest; with `?dry_run=true`, answers each touched node's plan instead and changes nothing.
 pub async fn apply(
     State(s): State<ApiState>,
+    query: Result<Query<ApplyQuery>, axum::extract::rejection::QueryRejection>,
     ApiJson(m): ApiJson<Manifest>,
-) -> Result<Json<Applied>, ApiError> {
-    Ok(Json(s.fleet.apply_manifest(ACTOR, m).await?))
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request(e.body_text(), Some("dry_run".into())))?;
+    if q.dry_run {
+        let nodes = s.fleet.plan_manifest(m).await?;
+        return Ok(Json(serde_json::json!({"dry_run": true, "nodes": nodes})));
+    }
+    let applied: Applied = s.fleet.apply_manifest(ACTOR, m).await?;
+    Ok(Json(serde_json::to_value(applied).unwrap_or_default()))
 }
 
 pub async fn put_blob(

@@ -117,6 +117,7 @@ async fn handle(fleet: &Fleet, node_id: &str, name: &str, msg: Msg) {
         Msg::TaskOutput(o) => fleet.task_output(node_id, o).await,
         Msg::TaskExit(e) => fleet.task_exit(node_id, e).await,
         Msg::ConvergenceReport(r) => fleet.convergence_report(node_id, &r.report_json).await,
+        Msg::PlanResult(p) => links.finish_plan(node_id, &p.request_id, p.plan_json),
         Msg::Hello(_) | Msg::Heartbeat(_) => {}
     }
 }

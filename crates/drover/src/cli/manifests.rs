@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use drover_types::manifest::{Applied, NodeStatusReport, ResourceState, StoredManifest};
+use drover_types::manifest::{Applied, NodePlan, NodeStatusReport, ResourceState, StoredManifest};
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 
@@ -15,7 +15,8 @@ use super::output::{ago, print_json, table};
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     drover apply -f web.yaml\n  \
-    drover apply -f web.yaml --wait --timeout 5m\n\n\
+    drover apply -f web.yaml --wait --timeout 5m\n  \
+    drover apply -f web.yaml --dry-run            # what each node would change\n\n\
     A manifest (YAML or JSON):\n  \
     name: web\n  \
     selector: {role: edge}\n  \
@@ -31,6 +32,9 @@ pub struct ApplyArgs {
     /// Wait until every targeted node reports the new state converged.
     #[arg(long)]
     wait: bool,
+    /// Change nothing: ask each node what it would change, and print the plans.
+    #[arg(long, conflicts_with = "wait")]
+    dry_run: bool,
     /// How long --wait waits.
     #[arg(long, default_value = "5m")]
     timeout: String,
@@ -89,6 +93,42 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
         .map(|p| p.to_path_buf())
         .unwrap_or_default();
     upload_sources(&mut manifest, &base, client).await?;
+    if args.dry_run {
+        let answer: serde_json::Value = client
+            .request(
+                Method::POST,
+                "/api/v1/manifests?dry_run=true",
+                Some(&manifest),
+            )
+            .await?
+            .context("the server returned nothing")?;
+        let plans: Vec<NodePlan> = serde_json::from_value(answer["nodes"].clone())?;
+        if args.output == OutputFormat::Json {
+            return print_json(&plans);
+        }
+        for p in &plans {
+            match &p.error {
+                Some(e) => println!("{}: {e}", p.node),
+                None => {
+                    println!("{}:", p.node);
+                    let mut t = table(&["RESOURCE", "KIND", "ACTION", "DETAIL"]);
+                    for i in &p.plan {
+                        t.add_row(vec![
+                            i.id.clone(),
+                            i.kind.clone(),
+                            i.action.clone(),
+                            i.detail.clone(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+        }
+        if plans.is_empty() {
+            println!("no node is selected by this manifest");
+        }
+        return Ok(());
+    }
     let applied: Applied = client
         .request(Method::POST, "/api/v1/manifests", Some(&manifest))
         .await
