@@ -10,6 +10,7 @@ SUDO=""
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
+command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 [ -x /bin/busybox ] || need+=(busybox-static)
@@ -44,5 +45,13 @@ if ! $SUDO podman image exists localhost/busybox:latest; then
   for c in sh sleep echo cat httpd ls; do ln -s busybox "$root/bin/$c"; done
   tar -C "$root" -c . | $SUDO podman import - localhost/busybox:latest >/dev/null
   rm -rf "$root"
+fi
+# A real systemd to test SystemdUnit resources against: a minimal Debian with systemd, as an image.
+if ! $SUDO podman image exists localhost/debian-systemd:latest; then
+  echo "testbed: building localhost/debian-systemd:latest (debootstrap, about a minute)"
+  root=$(mktemp -d)
+  $SUDO debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm "$root" >/dev/null
+  tar -C "$root" -c . | $SUDO podman import --change 'CMD ["/sbin/init"]' - localhost/debian-systemd:latest >/dev/null
+  $SUDO rm -rf "$root"
 fi
 echo "testbed: ready"

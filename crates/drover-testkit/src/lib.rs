@@ -641,3 +641,97 @@ impl Drop for Podman {
         }
     }
 }
+
+/// A real systemd, PID 1 of a container sharing the host's network, with the built binaries mounted at
+/// /drover. Needs `scripts/testbed.sh` (it builds `localhost/debian-systemd:latest`).
+pub struct SystemdHost {
+    pub name: String,
+}
+
+pub const SYSTEMD_IMAGE: &str = "localhost/debian-systemd:latest";
+
+impl SystemdHost {
+    pub fn start(name: &str) -> anyhow::Result<Self> {
+        let image = Command::new("podman")
+            .args(["image", "exists", SYSTEMD_IMAGE])
+            .status();
+        if !image.is_ok_and(|s| s.success()) {
+            bail!(
+                "the image {SYSTEMD_IMAGE} is missing (or podman is): run scripts/testbed.sh to build it"
+            );
+        }
+        let bin_dir = bin("drover-agent")?
+            .parent()
+            .context("binary dir")?
+            .to_path_buf();
+        let _ = Command::new("podman")
+            .args(["rm", "-f", "-t", "0", name])
+            .output();
+        let out = Command::new("podman")
+            .args([
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--systemd=always",
+                "--network",
+                "host",
+            ])
+            .arg("-v")
+            .arg(format!("{}:/drover:ro", bin_dir.display()))
+            .args([SYSTEMD_IMAGE, "/sbin/init"])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "cannot start the systemd container: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let host = Self {
+            name: name.to_string(),
+        };
+        wait_for("systemd to finish booting", TIMEOUT, || {
+            let state = host.exec(&["systemctl", "is-system-running"]).ok()?;
+            matches!(state.trim(), "running" | "degraded").then_some(())
+        })?;
+        Ok(host)
+    }
+
+    /// Runs a command in the container and returns its stdout (also when it exits non-zero).
+    pub fn exec(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("podman")
+            .arg("exec")
+            .arg(&self.name)
+            .args(args)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Starts `drover-agent` inside, in the background, logging to /var/log/drover-agent.log there.
+    pub fn start_agent(&self, args: &[&str]) -> anyhow::Result<()> {
+        let line = format!(
+            "exec /drover/drover-agent --state-dir /var/lib/drover-agent {} > /var/log/drover-agent.log 2>&1",
+            args.join(" ")
+        );
+        let status = Command::new("podman")
+            .args(["exec", "-d", &self.name, "sh", "-c", &line])
+            .status()?;
+        if !status.success() {
+            bail!("cannot start the agent in the systemd container");
+        }
+        Ok(())
+    }
+
+    pub fn agent_log(&self) -> String {
+        self.exec(&["cat", "/var/log/drover-agent.log"])
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SystemdHost {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "-f", "-t", "0", &self.name])
+            .output();
+    }
+}
