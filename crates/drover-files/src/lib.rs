@@ -10,7 +10,10 @@ pub fn write_atomic(path: &Path, contents: &[u8], private: bool) -> std::io::Res
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
+    // Unique per process and call, so two writers of one file never share a temp file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{file_name}.{}.{n}.tmp", std::process::id()));
     {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);

@@ -669,3 +669,67 @@ async fn delete(entry: &LedgerEntry, ctx: &ConvergeCtx) -> Result<(), String> {
 pub fn now() -> DateTime<Utc> {
     Utc::now()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(dir: &std::path::Path, desired: WireDesired) -> Runtime {
+        Runtime {
+            state_dir: dir.to_path_buf(),
+            ctx: ConvergeCtx {
+                policy: Arc::new(Policy::new(&[dir.to_path_buf()])),
+                allow_shell: false,
+                blobs: Blobs {
+                    cache: dir.join("blobs"),
+                    server: None,
+                },
+            },
+            desired,
+            ledger: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            hashes: BTreeMap::new(),
+            link: Arc::new(Mutex::new(None)),
+            last_report: Arc::new(Mutex::new(None)),
+            resync: Duration::from_secs(30),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kind_is_reported_and_the_rest_still_converges() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        let desired = WireDesired {
+            generation: 3,
+            resources: vec![
+                serde_json::json!({"id": "new", "manifest": "m", "volume": {"size": 1}}),
+                serde_json::json!({"id": "f", "manifest": "m", "file": {"path": file, "content": "x"}}),
+            ],
+            conflicts: vec![],
+        };
+        let mut rt = runtime(dir.path(), desired);
+        rt.pass().await;
+        assert_eq!(rt.statuses["new"].state, ResourceState::UnknownKind);
+        assert!(
+            rt.statuses["new"]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("volume")
+        );
+        assert_eq!(rt.statuses["f"].state, ResourceState::Ready);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+        let report = rt.last_report.lock().unwrap().clone().unwrap();
+        assert_eq!(report.observed_generation, 3);
+        assert!(
+            report
+                .conditions
+                .iter()
+                .any(|c| c.kind == "Degraded" && c.status)
+        );
+        // The ledger went to disk, for garbage collection after a restart.
+        let ledger: BTreeMap<String, LedgerEntry> =
+            read_json(&dir.path().join(LEDGER_FILE)).unwrap();
+        assert!(ledger["f"].created);
+    }
+}
