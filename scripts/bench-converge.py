@@ -68,12 +68,14 @@ def main():
             manifest = os.path.join(work, f"{name}.json")
             for r in range(ROUNDS):
                 # One file per manifest; on this one machine all agents manage the same path.
-                res = [{"id": "f", "file": {"path": os.path.join(files, name), "content": f"round {r}\n"}}]
+                res = [{"id": name, "file": {"path": os.path.join(files, name), "content": f"round {r}\n"}}]
                 with open(manifest, "w") as fh:
                     json.dump({"name": name, "selector": selector, "resources": res}, fh)
                 t = time.perf_counter()
-                subprocess.run(cli + ["apply", "-f", manifest, "--wait", "--timeout", "60s"], check=True, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                done = subprocess.run(cli + ["apply", "-f", manifest, "--wait", "--timeout", "60s"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                if done.returncode != 0:
+                    sys.exit(f"apply --wait failed:\n{done.stderr}")
                 times.append((time.perf_counter() - t) * 1000)
             times.sort()
             return statistics.median(times), times[-1]

@@ -206,7 +206,7 @@ async fn wait_converged(
             }
             bail!("not converged within {timeout:?}");
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
