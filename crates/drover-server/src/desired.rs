@@ -33,12 +33,7 @@ impl Fleet {
     /// Asks every node the manifest would touch what it would change; nothing is stored or changed.
     pub async fn plan_manifest(&self, manifest: Manifest) -> Result<Vec<NodePlan>, FleetError> {
         Self::check_manifest(&manifest)?;
-        let mut manifests: Vec<Manifest> = self
-            .manifests()
-            .await?
-            .into_iter()
-            .map(|m| m.manifest)
-            .collect();
+        let mut manifests = self.manifest_list().await?;
         let old = manifests
             .iter()
             .position(|m| m.name == manifest.name)
@@ -128,6 +123,16 @@ impl Fleet {
         })
     }
 
+    /// The manifests themselves, without their bookkeeping.
+    async fn manifest_list(&self) -> Result<Vec<Manifest>, FleetError> {
+        Ok(self
+            .manifests()
+            .await?
+            .into_iter()
+            .map(|m| m.manifest)
+            .collect())
+    }
+
     pub async fn manifests(&self) -> Result<Vec<StoredManifest>, FleetError> {
         Ok(self.store().list_manifests().await?)
     }
@@ -151,12 +156,7 @@ impl Fleet {
     }
 
     pub(crate) async fn recompute_all(&self) -> Result<(), FleetError> {
-        let manifests: Vec<Manifest> = self
-            .manifests()
-            .await?
-            .into_iter()
-            .map(|m| m.manifest)
-            .collect();
+        let manifests = self.manifest_list().await?;
         for node in self.nodes().await? {
             self.recompute_node(&node, &manifests).await?;
         }
@@ -196,12 +196,7 @@ impl Fleet {
     pub async fn desired_on_attach(&self, node_id: &str) {
         let result = async {
             let node = self.node(node_id).await?;
-            let manifests: Vec<Manifest> = self
-                .manifests()
-                .await?
-                .into_iter()
-                .map(|m| m.manifest)
-                .collect();
+            let manifests = self.manifest_list().await?;
             self.recompute_node(&node, &manifests).await?;
             if let Some((state, _)) = self.store().get_desired(node_id).await? {
                 self.push_desired(node_id, &state).await;
@@ -290,12 +285,7 @@ impl Fleet {
         )
         .await;
         let node = self.node(&node.id).await?;
-        let manifests: Vec<Manifest> = self
-            .manifests()
-            .await?
-            .into_iter()
-            .map(|m| m.manifest)
-            .collect();
+        let manifests = self.manifest_list().await?;
         self.recompute_node(&node, &manifests).await?;
         Ok(node)
     }
