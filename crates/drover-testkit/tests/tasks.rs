@@ -33,6 +33,8 @@ fn run_of<'a>(task: &'a Value, node: &str) -> &'a Value {
         .unwrap()
 }
 
+/// Processes whose whole command line matches `pattern` (anchor it, so the shell or CLI that carries the
+/// command in its own arguments does not count).
 fn pgrep(pattern: &str) -> Vec<String> {
     let out = std::process::Command::new("pgrep")
         .args(["-f", pattern])
@@ -159,7 +161,7 @@ fn cancel_and_timeout_kill_the_whole_process_tree() {
         .unwrap();
     let id = task["id"].as_str().unwrap();
     wait_for("both sleeps to run", TIMEOUT, || {
-        (pgrep("sleep 1000").len() >= 2).then_some(())
+        (pgrep("^sleep 1000$").len() >= 2).then_some(())
     })
     .unwrap();
     let out = server.cli(&["tasks", "cancel", &id[..8]]).unwrap();
@@ -167,7 +169,7 @@ fn cancel_and_timeout_kill_the_whole_process_tree() {
     let done = server.wait_task_done(id).unwrap();
     assert_eq!(run_of(&done, "box")["state"], "Cancelled");
     wait_for("no sleep left behind", TIMEOUT, || {
-        pgrep("sleep 1000").is_empty().then_some(())
+        pgrep("^sleep 1000$").is_empty().then_some(())
     })
     .unwrap();
 
@@ -178,7 +180,7 @@ fn cancel_and_timeout_kill_the_whole_process_tree() {
     let done = server.wait_task_done(task["id"].as_str().unwrap()).unwrap();
     assert_eq!(run_of(&done, "box")["state"], "TimedOut");
     wait_for("the stubborn child to be killed", TIMEOUT, || {
-        pgrep("sleep 2000").is_empty().then_some(())
+        pgrep("^sleep 2000$").is_empty().then_some(())
     })
     .unwrap();
 
@@ -191,7 +193,7 @@ fn cancel_and_timeout_kill_the_whole_process_tree() {
         .spawn()
         .unwrap();
     wait_for("the sleep to run", TIMEOUT, || {
-        (!pgrep("sleep 3000").is_empty()).then_some(())
+        (!pgrep("^sleep 3000$").is_empty()).then_some(())
     })
     .unwrap();
     // SAFETY: signalling our own child.
@@ -199,7 +201,7 @@ fn cancel_and_timeout_kill_the_whole_process_tree() {
     let status = wait_for("the CLI to exit", TIMEOUT, || cli.try_wait().ok().flatten()).unwrap();
     assert_eq!(status.code(), Some(143), "cancelled by SIGTERM");
     wait_for("the sleep to be gone", TIMEOUT, || {
-        pgrep("sleep 3000").is_empty().then_some(())
+        pgrep("^sleep 3000$").is_empty().then_some(())
     })
     .unwrap();
 }
