@@ -154,7 +154,20 @@ impl Server {
                 .pool_max_idle_per_host(0)
                 .build()?,
         };
-        server.launch()?;
+        // A port picked free can be taken before the server binds it (outgoing connections use the same
+        // range): try again on fresh ports rather than fail the test.
+        for attempt in 0.. {
+            match server.launch() {
+                Ok(()) => break,
+                Err(e) if attempt < 3 && server.log().contains("cannot listen") => {
+                    eprintln!("retrying server start on other ports: {e}");
+                    server.api_port = free_port();
+                    server.agent_port = free_port();
+                    let _ = std::fs::remove_file(server.log_path());
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(server)
     }
 
