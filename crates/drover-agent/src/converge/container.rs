@@ -106,10 +106,21 @@ pub async fn reconcile(
         .map_err(err)?;
     let mut health = Value::Null;
     if let Some(check) = &spec.health {
-        let code = exec(&docker, &name, &check.command).await?;
+        // The engine runs no health checks without systemd: the agent probes, a few tries a second apart.
+        let tries = check.retries.unwrap_or(3).max(1);
+        let mut code = -1;
+        for attempt in 0..tries {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            code = exec(&docker, &name, &check.command).await?;
+            if code == 0 {
+                break;
+            }
+        }
         health = json!(if code == 0 { "healthy" } else { "unhealthy" });
         if code != 0 {
-            return Err(format!("the health check exited {code}"));
+            return Err(format!("the health check exited {code} ({tries} tries)"));
         }
     }
     Ok(Outcome {

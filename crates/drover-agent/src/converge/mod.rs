@@ -389,6 +389,21 @@ impl Runtime {
             .map(|c| c.id.clone())
             .collect();
         let resources = self.desired.resources.clone();
+        // Resources whose spec is new or changed show as Reconciling while the pass works on them.
+        let mut touched = false;
+        for raw in &resources {
+            let (id, _, _) = parse_resource(raw);
+            if self.hashes.get(&id) != Some(&spec_hash(raw))
+                && let Some(s) = self.statuses.get_mut(&id)
+                && s.state != ResourceState::Reconciling
+            {
+                s.state = ResourceState::Reconciling;
+                touched = true;
+            }
+        }
+        if touched {
+            self.report().await;
+        }
         for raw in &resources {
             let (id, manifest, resource) = parse_resource(raw);
             wanted.insert(id.clone());
