@@ -157,6 +157,51 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// Connects with this node's certificate and waits briefly for the server's first word. A server that
+    /// refuses the certificate answers with a TLS alert, returned here; `None` means it did not refuse.
+    pub async fn probe_refusal(&self, server: &str) -> Option<std::io::Error> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        use tokio::io::AsyncReadExt;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()).flatten() {
+            roots.add(ca).ok()?;
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .flatten()
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).ok()?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .ok()?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let authority = server.strip_prefix("https://").unwrap_or(server);
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority))
+            .await
+            .ok()?
+            .ok()?;
+        let name = ServerName::try_from(drover_proto::SERVER_TLS_NAME).ok()?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let mut tls =
+            match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return e.to_string().contains("alert").then_some(e),
+                Err(_) => return None,
+            };
+        // An accepted client waits for our HTTP/2 preface and says nothing; a refused one gets an alert.
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_secs(3), tls.read(&mut byte)).await {
+            Ok(Err(e)) if e.to_string().contains("alert") => Some(e),
+            _ => None,
+        }
+    }
+}
+
 fn endpoint(url: &str, tls: ClientTlsConfig) -> Result<Endpoint, IdentityError> {
     Channel::from_shared(url.to_string())
         .map_err(|e| IdentityError::BadUrl(url.into(), e.to_string()))?

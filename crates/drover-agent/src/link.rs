@@ -150,6 +150,18 @@ pub async fn run(
             end = session(&endpoint, &config, &mut collector, &mut backoff, &services) => end,
             _ = shutdown.changed() => return Ok(()),
         };
+        // A refused client certificate often surfaces only as a closed connection (TLS 1.3 sends the alert
+        // after the handshake, racing the first request). Ask the server plainly before calling it a network
+        // problem.
+        let end = match end {
+            SessionEnd::Broken(_) | SessionEnd::Closed => {
+                match identity.probe_refusal(&server).await {
+                    Some(refusal) => SessionEnd::Refused(describe_transport_error(&refusal)),
+                    None => end,
+                }
+            }
+            other => other,
+        };
         let delay = backoff.next_delay();
         match &end {
             SessionEnd::Refused(m) => {

@@ -522,6 +522,23 @@ pub struct ResourceStatus {
     pub drift: Vec<DriftEvent>,
 }
 
+impl ResourceStatus {
+    /// A status with nothing but its identity and state.
+    pub fn new(id: &str, manifest: &str, kind: &str, state: ResourceState) -> Self {
+        Self {
+            id: id.to_string(),
+            manifest: manifest.to_string(),
+            kind: kind.to_string(),
+            state,
+            details: serde_json::Value::Null,
+            error: None,
+            attempts: 0,
+            retry_at: None,
+            drift: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Condition {
     /// Ready, Reconciling, Degraded

@@ -521,20 +521,10 @@ impl Runtime {
                         drift.remove(0);
                     }
                 }
-                self.statuses.insert(
-                    id.clone(),
-                    ResourceStatus {
-                        id,
-                        manifest: manifest.to_string(),
-                        kind: kind.to_string(),
-                        state: ResourceState::Ready,
-                        details: outcome.details,
-                        error: None,
-                        attempts: 0,
-                        retry_at: None,
-                        drift,
-                    },
-                );
+                let mut status = ResourceStatus::new(&id, manifest, kind, ResourceState::Ready);
+                status.details = outcome.details;
+                status.drift = drift;
+                self.statuses.insert(id, status);
             }
             Err(error) => {
                 let attempts = if same_spec {
@@ -547,20 +537,12 @@ impl Runtime {
                     .min(BACKOFF_CAP);
                 let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 tracing::warn!(resource = %id, attempts, "resource failed: {error}; retrying in {delay:?}");
-                self.statuses.insert(
-                    id.clone(),
-                    ResourceStatus {
-                        id,
-                        manifest: manifest.to_string(),
-                        kind: kind.to_string(),
-                        state: ResourceState::Failed,
-                        details: Value::Null,
-                        error: Some(error),
-                        attempts,
-                        retry_at: Some(retry_at),
-                        drift: previous.map(|p| p.drift).unwrap_or_default(),
-                    },
-                );
+                let mut status = ResourceStatus::new(&id, manifest, kind, ResourceState::Failed);
+                status.error = Some(error);
+                status.attempts = attempts;
+                status.retry_at = Some(retry_at);
+                status.drift = previous.map(|p| p.drift).unwrap_or_default();
+                self.statuses.insert(id, status);
             }
         }
     }
@@ -574,20 +556,10 @@ impl Runtime {
         details: Value,
         error: Option<String>,
     ) {
-        self.statuses.insert(
-            id.to_string(),
-            ResourceStatus {
-                id: id.to_string(),
-                manifest: manifest.to_string(),
-                kind: kind.to_string(),
-                state,
-                details,
-                error,
-                attempts: 0,
-                retry_at: None,
-                drift: Vec::new(),
-            },
-        );
+        let mut status = ResourceStatus::new(id, manifest, kind, state);
+        status.details = details;
+        status.error = error;
+        self.statuses.insert(id.to_string(), status);
     }
 
     async fn report(&mut self) {

@@ -89,12 +89,7 @@ pub async fn run(
         }
         Ok::<Ended, Ended>(Ended::ok())
     };
-    let limit = async {
-        match timeout {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
-        }
-    };
+    let limit = super::time_limit(timeout);
     tokio::select! {
         r = work => r.unwrap_or_else(|e| e),
         _ = super::cancelled(&mut cancel) => Ended { state: "Cancelled", exit_code: None, signal: None, error: String::new() },

@@ -120,12 +120,7 @@ pub async fn run(
     ];
     drop(emit);
 
-    let timeout = async {
-        match req.timeout {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
-        }
-    };
+    let timeout = super::time_limit(req.timeout);
     tokio::pin!(timeout);
     let (status, stopped) = tokio::select! {
         status = child.wait() => (status, None),

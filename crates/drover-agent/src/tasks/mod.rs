@@ -365,6 +365,14 @@ impl TaskManager {
     }
 }
 
+/// Resolves after `limit`, or never when there is none.
+pub(crate) async fn time_limit(limit: Option<Duration>) {
+    match limit {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves once the task is cancelled (never, if its canceller is gone).
 pub(crate) async fn cancelled(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|c| *c).await.is_err() {
