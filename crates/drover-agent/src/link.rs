@@ -241,6 +241,7 @@ async fn session(
             })
             .collect(),
         daemon_plugins: config.plugins.iter().map(|p| p.name.to_string()).collect(),
+        open_tasks: services.tasks.open_tasks(),
     };
     // Fresh channel with room: cannot fail.
     let _ = tx.try_send(AgentMessage {
@@ -422,6 +423,7 @@ async fn dispatch(
         }
         M::TaskCancel(t) => tasks.cancel(&t.task_id),
         M::TaskAck(a) => tasks.acknowledged(&a.task_id, a.exit),
+        M::BlobData(_) => {}
         M::SessionMessage(m) => match serde_json::from_str(&m.body_json) {
             Ok(body) => to_plugin(&m.plugin, Control::Message { body }),
             Err(e) => {

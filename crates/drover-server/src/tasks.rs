@@ -151,6 +151,7 @@ impl Fleet {
                     }),
                     started_at: None,
                     finished_at: (!reachable).then_some(now),
+                    late_exit: None,
                 }
             })
             .collect();

@@ -18,7 +18,8 @@ pub use liveness::{LivenessPolicy, NodeStatus};
 pub use node::{Capabilities, Gpu, Metrics, MetricsSample, Node, RunningContainer, Transport};
 
 /// Version of the agent <-> server protocol this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: Hello lists the agent's open tasks; blobs travel over the stream.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Version of this drover build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

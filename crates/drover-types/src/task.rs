@@ -196,7 +196,24 @@ pub enum RunState {
     Unreachable,
     /// The agent could not start it (no such program, bad cwd, no engine, ...).
     Error,
+    /// The server lost track of it: its agent came back without it, or its node stayed offline past the
+    /// server's `--lost-after`. Whether it ran is unknown; an exit that arrives later is kept beside it.
+    Lost,
 }
+
+/// Every run state, in declaration order.
+pub const RUN_STATES: [RunState; 10] = [
+    RunState::Pending,
+    RunState::Running,
+    RunState::Succeeded,
+    RunState::Failed,
+    RunState::Cancelled,
+    RunState::TimedOut,
+    RunState::Refused,
+    RunState::Unreachable,
+    RunState::Error,
+    RunState::Lost,
+];
 
 impl RunState {
     pub fn is_final(&self) -> bool {
@@ -218,24 +235,27 @@ impl RunState {
             RunState::Refused => "Refused",
             RunState::Unreachable => "Unreachable",
             RunState::Error => "Error",
+            RunState::Lost => "Lost",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            RunState::Pending,
-            RunState::Running,
-            RunState::Succeeded,
-            RunState::Failed,
-            RunState::Cancelled,
-            RunState::TimedOut,
-            RunState::Refused,
-            RunState::Unreachable,
-            RunState::Error,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        RUN_STATES.into_iter().find(|r| r.as_str() == s)
     }
+}
+
+/// An exit that arrived after its run had already ended (as Lost, or cancelled on the server only): kept
+/// for the record, it does not reopen the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LateExit {
+    pub state: RunState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// A task on one node.
@@ -254,6 +274,9 @@ pub struct TaskRun {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// The agent's own report, when it came after the run had ended here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_exit: Option<LateExit>,
 }
 
 impl TaskRun {
@@ -383,6 +406,7 @@ mod tests {
             error: None,
             started_at: None,
             finished_at: None,
+            late_exit: None,
         };
         assert_eq!(run.shell_code(), Some(143));
     }

@@ -130,6 +130,21 @@ impl TaskManager {
         });
     }
 
+    /// Tasks running here or finished without the server's acknowledgement: the hello lists them, so the
+    /// server can tell which of the runs it thinks are on this node were lost.
+    pub fn open_tasks(&self) -> Vec<String> {
+        let mut open: std::collections::BTreeSet<String> =
+            lock(&self.cancels).keys().cloned().collect();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                if entry.path().is_dir() {
+                    open.insert(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        open.into_iter().collect()
+    }
+
     pub fn disconnected(&self) {
         *lock(&self.link) = None;
     }

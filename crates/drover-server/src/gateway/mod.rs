@@ -118,6 +118,7 @@ async fn handle(fleet: &Fleet, node_id: &str, name: &str, msg: Msg) {
         Msg::TaskExit(e) => fleet.task_exit(node_id, e).await,
         Msg::ConvergenceReport(r) => fleet.convergence_report(node_id, &r.report_json).await,
         Msg::PlanResult(p) => links.finish_plan(node_id, &p.request_id, p.plan_json),
+        Msg::BlobRequest(_) => {}
         Msg::Hello(_) | Msg::Heartbeat(_) => {}
     }
 }
@@ -203,7 +204,10 @@ impl drover_proto::AgentLink for Gateway {
             tracing::info!(node = %node_id, version = hello.protocol_version, "agent speaks another protocol version");
         }
         let interval = Duration::from_millis(hello.heartbeat_interval_ms.max(1));
+        // Agents before protocol 2 do not list their open tasks, so their silence proves nothing.
+        let open_tasks = (hello.protocol_version >= 2).then_some(hello.open_tasks);
         let agent_hello = AgentHello {
+            open_tasks,
             capabilities: hello.capabilities.unwrap_or_default().into(),
             labels: hello.labels.into_iter().collect(),
             heartbeat_interval: interval,
