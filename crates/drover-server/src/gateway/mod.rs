@@ -11,7 +11,7 @@ use drover_proto::v1::{
     self, AgentMessage, Blob, EnrollRequest, EnrollResponse, FetchBlobRequest, ServerMessage,
     agent_message::Msg, server_message,
 };
-use drover_types::action::{ActionError, ActionInfo};
+use drover_types::action::ActionInfo;
 use drover_types::{Labels, PROTOCOL_VERSION, VERSION};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -53,74 +53,6 @@ fn status(e: FleetError) -> Status {
 
 fn peer(req: &Request<impl Sized>) -> Option<Peer> {
     req.extensions().get::<Peer>().cloned()
-}
-
-/// Handles what an attached agent sends besides hellos and heartbeats.
-async fn handle(fleet: &Fleet, node_id: &str, name: &str, msg: Msg) {
-    let links = fleet.links();
-    match msg {
-        Msg::ActionResult(r) => {
-            let outcome = match r.outcome {
-                Some(v1::action_result::Outcome::OkJson(json)) => serde_json::from_str(&json)
-                    .map_err(|e| {
-                        ActionError::failed(format!(
-                            "the agent sent a result that is not JSON: {e}"
-                        ))
-                    }),
-                Some(v1::action_result::Outcome::ErrorJson(json)) => Err(serde_json::from_str::<
-                    ActionError,
-                >(&json)
-                .unwrap_or_else(|e| {
-                    ActionError::failed(format!("the agent sent an unreadable error: {e}"))
-                })),
-                None => Err(ActionError::failed("the agent sent an empty result")),
-            };
-            links.finish_call(node_id, &r.call_id, outcome);
-        }
-        Msg::CreateSession(c) => {
-            let valid = !c.plugin.is_empty()
-                && c.plugin.len() <= 64
-                && c.plugin
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
-            if !valid {
-                tracing::warn!(node = %name, "ignored a session request for an invalid plugin name");
-                return;
-            }
-            let session_id = links.create_session(node_id, &c.plugin, c.interval_ms, c.deadline_ms);
-            tracing::debug!(node = %name, plugin = %c.plugin, %session_id, "session created");
-            let created = v1::SessionCreated {
-                plugin: c.plugin,
-                session_id,
-            };
-            links
-                .send(node_id, server_message::Msg::SessionCreated(created))
-                .await;
-        }
-        Msg::SessionData(d) => match links.session_data(node_id, &d) {
-            Ok(()) => {}
-            Err(crate::links::SessionRejected::Unknown(_)) => {
-                tracing::info!(node = %name, plugin = %d.plugin, "data for an unknown session; asking the agent to recreate it");
-                links
-                    .reject_session(node_id, &d.plugin, &d.session_id)
-                    .await;
-            }
-            Err(e) => tracing::warn!(node = %name, plugin = %d.plugin, "ignored session data: {e}"),
-        },
-        Msg::SessionStatus(st) => {
-            if links.session_status(node_id, &st).is_err() {
-                links
-                    .reject_session(node_id, &st.plugin, &st.session_id)
-                    .await;
-            }
-        }
-        Msg::TaskOutput(o) => fleet.task_output(node_id, o).await,
-        Msg::TaskExit(e) => fleet.task_exit(node_id, e).await,
-        Msg::ConvergenceReport(r) => fleet.convergence_report(node_id, &r.report_json).await,
-        Msg::PlanResult(p) => links.finish_plan(node_id, &p.request_id, p.plan_json),
-        Msg::BlobRequest(_) => {}
-        Msg::Hello(_) | Msg::Heartbeat(_) => {}
-    }
 }
 
 type AttachStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
@@ -283,7 +215,7 @@ impl drover_proto::AgentLink for Gateway {
                         Ok(Some(AgentMessage { msg: Some(Msg::Hello(_)) })) => {
                             tracing::warn!(node = %node.name, "ignored a second Hello on one stream");
                         }
-                        Ok(Some(AgentMessage { msg: Some(other) })) => handle(&fleet, &node.id, &node.name, other).await,
+                        Ok(Some(AgentMessage { msg: Some(other) })) => fleet.agent_message(&node.id, &node.name, other).await,
                         Ok(Some(AgentMessage { msg: None })) => {
                             tracing::debug!(node = %node.name, "ignored an empty or unknown message");
                         }

@@ -1,0 +1,110 @@
+//! Action calls: typed RPC to one node, with a deadline, cancellation and a caller that may leave.
+
+use std::time::Duration;
+
+use drover_proto::v1;
+
+use drover_types::action::{ActionError, ActionInfo};
+
+use super::{CallGuard, Fleet, FleetError};
+
+impl Fleet {
+    // ---- actions ----
+
+    /// The actions a connected node offers.
+    pub async fn node_actions(&self, id_or_name: &str) -> Result<Vec<ActionInfo>, FleetError> {
+        let node = self.find(id_or_name).await?;
+        self.links
+            .actions(&node.id)
+            .ok_or(FleetError::Action(ActionError::NodeUnavailable))
+    }
+
+    /// Calls an action on a node and waits for its outcome. If the caller stops waiting (drops this
+    /// future), the call is cancelled on the node.
+    pub async fn call_action(
+        &self,
+        id_or_name: &str,
+        name: &str,
+        args: serde_json::Value,
+        deadline: Duration,
+        call_id: Option<String>,
+    ) -> Result<(String, serde_json::Value), FleetError> {
+        let node = self.find(id_or_name).await?;
+        let known = self
+            .links
+            .actions(&node.id)
+            .ok_or(ActionError::NodeUnavailable)?;
+        if !known.iter().any(|a| a.name == name) {
+            return Err(ActionError::UnknownAction {
+                name: name.to_string(),
+                known: known.into_iter().map(|a| a.name).collect(),
+            }
+            .into());
+        }
+        let call_id = match call_id {
+            Some(id)
+                if !id.is_empty()
+                    && id.len() <= 64
+                    && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+            {
+                id
+            }
+            Some(id) => {
+                return Err(FleetError::invalid(
+                    "call_id",
+                    format!("{id:?} is not 1-64 letters, digits or '-'"),
+                ));
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        let deadline_ms = deadline.as_millis().clamp(1, u64::MAX as u128) as u64;
+        let reply = self
+            .links
+            .start_call(&node.id, &call_id, name, &args, deadline_ms)
+            .await?;
+        let mut guard = CallGuard {
+            fleet: self,
+            call_id: call_id.clone(),
+            done: false,
+        };
+        // The agent enforces the deadline; the margin covers the trip there and back.
+        let outcome = match tokio::time::timeout(deadline + Duration::from_secs(2), reply).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ActionError::NodeUnavailable),
+            Err(_) => {
+                self.links.abandon_call(&call_id);
+                Err(ActionError::DeadlineExceeded { deadline_ms })
+            }
+        };
+        guard.done = true;
+        Ok((call_id, outcome?))
+    }
+
+    /// Cancels a running call; its caller receives Cancelled.
+    pub async fn cancel_call(&self, call_id: &str) -> Result<(), FleetError> {
+        if self.links.cancel_call(call_id).await {
+            Ok(())
+        } else {
+            Err(FleetError::CallNotFound(call_id.to_string()))
+        }
+    }
+
+    /// An agent's answer to a call; only the node a call went to can answer it.
+    pub(super) fn action_result(&self, node_id: &str, r: v1::ActionResult) {
+        let outcome = match r.outcome {
+            Some(v1::action_result::Outcome::OkJson(json)) => {
+                serde_json::from_str(&json).map_err(|e| {
+                    ActionError::failed(format!("the agent sent a result that is not JSON: {e}"))
+                })
+            }
+            Some(v1::action_result::Outcome::ErrorJson(json)) => Err(serde_json::from_str::<
+                ActionError,
+            >(&json)
+            .unwrap_or_else(|e| {
+                ActionError::failed(format!("the agent sent an unreadable error: {e}"))
+            })),
+            None => Err(ActionError::failed("the agent sent an empty result")),
+        };
+        self.links.finish_call(node_id, &r.call_id, outcome);
+    }
+}

@@ -1,0 +1,265 @@
+//! Nodes: enrollment, attachment of agent streams, heartbeats, MIaaS HTTP nodes and the views built from the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use drover_types::api::{RegisterRequest, RegisterResponse};
+use drover_types::labels::validate_labels;
+use drover_types::{Capabilities, Labels, Metrics, MetricsSample, Node, Transport};
+
+use super::{
+    AgentHello, Attachment, DEFAULT_HTTP_INTERVAL, Enrollment, Fleet, FleetError, new_node_id,
+    random_hex, sha256_hex, validate_name,
+};
+use crate::store::NodeRecord;
+
+impl Fleet {
+    // ---- drover-agent nodes ----
+
+    /// Finds a free name: the wanted one, else the wanted one with a short suffix.
+    async fn free_name(&self, wanted: &str, id: &str) -> Result<String, FleetError> {
+        if self.store.get_node_by_name(wanted).await?.is_none() {
+            return Ok(wanted.to_string());
+        }
+        Ok(format!("{wanted}-{}", &id[..8.min(id.len())]))
+    }
+
+    /// Trades a join token and a CSR for a client certificate naming a new node.
+    pub async fn enroll(
+        &self,
+        token: &str,
+        csr_pem: &str,
+        name: &str,
+        labels: Labels,
+    ) -> Result<Enrollment, FleetError> {
+        validate_name(name)?;
+        validate_labels(&labels)?;
+        let token = self.use_token(token).await?;
+        let id = new_node_id();
+        let cert_pem = self.pki.sign_node_csr(csr_pem, &id)?;
+        let name = self.free_name(name, &id).await?;
+        self.store
+            .insert_node(&NodeRecord {
+                id: id.clone(),
+                name: name.clone(),
+                transport: Transport::Grpc,
+                labels: token.labels,
+                reported_labels: labels,
+                ip: None,
+                registered_at: Utc::now(),
+                last_seen: None,
+                heartbeat_interval_ms: 10_000,
+                capabilities: Capabilities::default(),
+                metrics: None,
+                node_token_sha256: None,
+            })
+            .await?;
+        Ok(Enrollment {
+            node_id: id,
+            name,
+            cert_pem,
+        })
+    }
+
+    /// Records an agent's hello and registers its stream until the returned guard drops.
+    pub async fn attach(
+        self: &Arc<Self>,
+        node_id: &str,
+        hello: AgentHello,
+        tx: tokio::sync::mpsc::Sender<drover_proto::v1::ServerMessage>,
+    ) -> Result<(NodeRecord, Attachment), FleetError> {
+        let mut node = self
+            .store
+            .get_node(node_id)
+            .await?
+            .ok_or_else(|| FleetError::NodeNotFound(node_id.to_string()))?;
+        validate_labels(&hello.labels)?;
+        node.reported_labels = hello.labels;
+        node.capabilities = hello.capabilities;
+        node.heartbeat_interval_ms = hello
+            .heartbeat_interval
+            .as_millis()
+            .clamp(1, u64::MAX as u128) as u64;
+        node.ip = hello.ip.or(node.ip);
+        self.store.update_node(&node).await?;
+        if let Some(metrics) = hello.metrics {
+            self.heartbeat(node_id, metrics).await?;
+        }
+        let serial = self.links.attach(node_id, tx, hello.actions);
+        Ok((
+            node,
+            Attachment {
+                fleet: self.clone(),
+                node_id: node_id.to_string(),
+                serial,
+            },
+        ))
+    }
+
+    pub async fn heartbeat(&self, node_id: &str, metrics: Metrics) -> Result<(), FleetError> {
+        metrics
+            .validate()
+            .map_err(|e| FleetError::invalid(e.field, e.reason))?;
+        let found = self
+            .store
+            .record_heartbeat(node_id, Utc::now(), &metrics, self.config.metrics_history)
+            .await?;
+        if found {
+            Ok(())
+        } else {
+            Err(FleetError::NodeNotFound(node_id.to_string()))
+        }
+    }
+
+    // ---- MIaaS HTTP nodes ----
+
+    /// `POST /api/v1/nodes/register`. Registering again under the same name returns the same node with a
+    /// fresh node token (the old one stops working).
+    pub async fn register_http(
+        &self,
+        bearer: Option<&str>,
+        req: RegisterRequest,
+    ) -> Result<RegisterResponse, FleetError> {
+        validate_name(&req.name)?;
+        validate_labels(&req.labels)?;
+        let interval = match req.heartbeat_interval {
+            None => DEFAULT_HTTP_INTERVAL,
+            Some(s) if s.is_finite() && s > 0.0 && s < 1e7 => Duration::from_secs_f64(s),
+            Some(s) => {
+                return Err(FleetError::invalid(
+                    "heartbeat_interval",
+                    format!("{s} is not a positive number of seconds"),
+                ));
+            }
+        };
+        let token_labels = match bearer {
+            Some(t) => self.use_token(t).await?.labels,
+            None if self.config.open_registration => Labels::new(),
+            None => return Err(FleetError::TokenRequired),
+        };
+        let node_token = random_hex::<24>();
+        let existing = self.store.get_node_by_name(&req.name).await?;
+        let id = match existing {
+            Some(node) if node.transport == Transport::Grpc => {
+                return Err(FleetError::NameOwnedByAgent(req.name));
+            }
+            Some(mut node) => {
+                node.labels.extend(token_labels);
+                node.reported_labels = req.labels;
+                node.capabilities = req.capabilities;
+                node.ip = req.ip;
+                node.heartbeat_interval_ms = interval.as_millis() as u64;
+                node.node_token_sha256 = Some(sha256_hex(&node_token));
+                self.store.update_node(&node).await?;
+                node.id
+            }
+            None => {
+                let id = new_node_id();
+                self.store
+                    .insert_node(&NodeRecord {
+                        id: id.clone(),
+                        name: req.name,
+                        transport: Transport::Http,
+                        labels: token_labels,
+                        reported_labels: req.labels,
+                        ip: req.ip,
+                        registered_at: Utc::now(),
+                        // Registration is a sign of life: the node is Ready until its first heartbeat is due.
+                        last_seen: Some(Utc::now()),
+                        heartbeat_interval_ms: interval.as_millis() as u64,
+                        capabilities: req.capabilities,
+                        metrics: None,
+                        node_token_sha256: Some(sha256_hex(&node_token)),
+                    })
+                    .await?;
+                id
+            }
+        };
+        Ok(RegisterResponse {
+            node_id: id,
+            node_token,
+        })
+    }
+
+    /// `POST /api/v1/nodes/{node_id}/heartbeat`.
+    pub async fn http_heartbeat(
+        &self,
+        node_id: &str,
+        bearer: Option<&str>,
+        metrics: Metrics,
+    ) -> Result<(), FleetError> {
+        let node = self
+            .store
+            .get_node(node_id)
+            .await?
+            .ok_or_else(|| FleetError::NodeNotFound(node_id.to_string()))?;
+        let presented = bearer.map(sha256_hex);
+        if node.node_token_sha256.is_none() || presented != node.node_token_sha256 {
+            return Err(FleetError::BadNodeToken);
+        }
+        self.heartbeat(node_id, metrics).await
+    }
+
+    // ---- views ----
+
+    fn view(&self, record: NodeRecord) -> Node {
+        let now = Utc::now();
+        let interval = Duration::from_millis(record.heartbeat_interval_ms);
+        let connected = self.links.is_attached(&record.id);
+        Node {
+            status: self.config.liveness.status(record.last_seen, interval, now),
+            id: record.id,
+            name: record.name,
+            transport: record.transport,
+            labels: {
+                let mut labels = record.reported_labels;
+                labels.extend(record.labels);
+                labels
+            },
+            ip: record.ip,
+            registered_at: record.registered_at,
+            last_seen: record.last_seen,
+            heartbeat_interval_ms: record.heartbeat_interval_ms,
+            connected,
+            capabilities: record.capabilities,
+            metrics: record.metrics,
+        }
+    }
+
+    pub(super) async fn find(&self, id_or_name: &str) -> Result<NodeRecord, FleetError> {
+        if let Some(n) = self.store.get_node(id_or_name).await? {
+            return Ok(n);
+        }
+        self.store
+            .get_node_by_name(id_or_name)
+            .await?
+            .ok_or_else(|| FleetError::NodeNotFound(id_or_name.to_string()))
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>, FleetError> {
+        let records = self.store.list_nodes().await?;
+        Ok(records.into_iter().map(|r| self.view(r)).collect())
+    }
+
+    pub async fn node(&self, id_or_name: &str) -> Result<Node, FleetError> {
+        Ok(self.view(self.find(id_or_name).await?))
+    }
+
+    /// Forgets a node. A drover-agent of a deleted node is refused until it enrolls again.
+    pub async fn delete_node(&self, id_or_name: &str) -> Result<Node, FleetError> {
+        let node = self.find(id_or_name).await?;
+        self.store.delete_node(&node.id).await?;
+        self.links.forget(&node.id);
+        Ok(self.view(node))
+    }
+
+    pub async fn metrics_history(
+        &self,
+        id_or_name: &str,
+        limit: usize,
+    ) -> Result<Vec<MetricsSample>, FleetError> {
+        let node = self.find(id_or_name).await?;
+        Ok(self.store.metrics_history(&node.id, limit).await?)
+    }
+}

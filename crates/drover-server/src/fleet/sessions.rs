@@ -1,0 +1,140 @@
+//! Daemon-plugin sessions: what agents ask for and send, what operators see and send. The sessions
+//! themselves live in `Links`.
+
+use drover_proto::v1::{self, server_message};
+use drover_types::action::ActionError;
+use drover_types::session::{SessionDetail, SessionInfo, SessionSample};
+
+use super::{Fleet, FleetError};
+use crate::links::SessionRejected;
+
+impl Fleet {
+    // ---- sessions ----
+
+    pub async fn sessions(&self, id_or_name: &str) -> Result<Vec<SessionInfo>, FleetError> {
+        let node = self.find(id_or_name).await?;
+        Ok(self.links.sessions(&node.id))
+    }
+
+    pub async fn session(
+        &self,
+        id_or_name: &str,
+        plugin: &str,
+    ) -> Result<SessionDetail, FleetError> {
+        let node = self.find(id_or_name).await?;
+        self.links
+            .session(&node.id, plugin)
+            .ok_or(FleetError::SessionNotFound {
+                node: node.name,
+                plugin: plugin.to_string(),
+            })
+    }
+
+    pub async fn session_history(
+        &self,
+        id_or_name: &str,
+        plugin: &str,
+    ) -> Result<Vec<SessionSample>, FleetError> {
+        let node = self.find(id_or_name).await?;
+        self.links
+            .session_history(&node.id, plugin)
+            .ok_or(FleetError::SessionNotFound {
+                node: node.name,
+                plugin: plugin.to_string(),
+            })
+    }
+
+    /// Terminates one plugin's session or all of a node's; the agent recreates them.
+    pub async fn terminate_sessions(
+        &self,
+        id_or_name: &str,
+        plugin: Option<&str>,
+    ) -> Result<usize, FleetError> {
+        let node = self.find(id_or_name).await?;
+        let n = self
+            .links
+            .terminate_sessions(&node.id, plugin, "terminated by an operator")
+            .await;
+        match plugin {
+            Some(p) if n == 0 => Err(FleetError::SessionNotFound {
+                node: node.name,
+                plugin: p.to_string(),
+            }),
+            _ => Ok(n),
+        }
+    }
+
+    /// Sends a message to a plugin's handler on the node.
+    pub async fn session_message(
+        &self,
+        id_or_name: &str,
+        plugin: &str,
+        body: serde_json::Value,
+    ) -> Result<(), FleetError> {
+        let detail = self.session(id_or_name, plugin).await?;
+        let node = self.find(id_or_name).await?;
+        let m = drover_proto::v1::SessionMessage {
+            plugin: plugin.to_string(),
+            session_id: detail.info.session_id,
+            body_json: body.to_string(),
+        };
+        if self
+            .links
+            .send(
+                &node.id,
+                drover_proto::v1::server_message::Msg::SessionMessage(m),
+            )
+            .await
+        {
+            Ok(())
+        } else {
+            Err(ActionError::NodeUnavailable.into())
+        }
+    }
+
+    /// An agent asks for a session for one of its plugins (Empty -> Pending); the answer carries its id.
+    pub(super) async fn create_session(&self, node_id: &str, name: &str, c: v1::CreateSession) {
+        let valid = !c.plugin.is_empty()
+            && c.plugin.len() <= 64
+            && c.plugin
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
+        if !valid {
+            tracing::warn!(node = %name, "ignored a session request for an invalid plugin name");
+            return;
+        }
+        let session_id =
+            self.links
+                .create_session(node_id, &c.plugin, c.interval_ms, c.deadline_ms);
+        tracing::debug!(node = %name, plugin = %c.plugin, %session_id, "session created");
+        let created = v1::SessionCreated {
+            plugin: c.plugin,
+            session_id,
+        };
+        self.links
+            .send(node_id, server_message::Msg::SessionCreated(created))
+            .await;
+    }
+
+    /// A payload; data for a session this server does not know makes the agent recreate it.
+    pub(super) async fn session_data(&self, node_id: &str, name: &str, d: v1::SessionData) {
+        match self.links.session_data(node_id, &d) {
+            Ok(()) => {}
+            Err(SessionRejected::Unknown(_)) => {
+                tracing::info!(node = %name, plugin = %d.plugin, "data for an unknown session; asking the agent to recreate it");
+                self.links
+                    .reject_session(node_id, &d.plugin, &d.session_id)
+                    .await;
+            }
+            Err(e) => tracing::warn!(node = %name, plugin = %d.plugin, "ignored session data: {e}"),
+        }
+    }
+
+    pub(super) async fn session_status(&self, node_id: &str, st: v1::SessionStatus) {
+        if self.links.session_status(node_id, &st).is_err() {
+            self.links
+                .reject_session(node_id, &st.plugin, &st.session_id)
+                .await;
+        }
+    }
+}
