@@ -13,8 +13,24 @@ use drover_types::session::{SessionDetail, SessionInfo, SessionSample, SessionSt
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-/// Payloads kept per session.
-pub const SESSION_HISTORY: usize = 100;
+/// Payloads kept per session. Small on purpose: every node holds a few sessions, and a fleet holds
+/// thousands of nodes (metrics history lives in the store).
+pub const SESSION_HISTORY: usize = 10;
+
+/// A payload as the agent sent it: JSON text, checked on arrival, parsed only when someone looks (a
+/// parsed `Value` costs several times its text).
+#[derive(Clone)]
+struct Payload {
+    at: chrono::DateTime<Utc>,
+    seq: u64,
+    json: Box<str>,
+}
+
+impl Payload {
+    fn value(&self) -> Value {
+        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+    }
+}
 
 struct Link {
     serial: u64,
@@ -29,8 +45,8 @@ struct Pending {
 
 struct Session {
     info: SessionInfo,
-    payload: Option<Value>,
-    history: VecDeque<SessionSample>,
+    /// Oldest first; the last one is the latest payload.
+    history: VecDeque<Payload>,
 }
 
 /// Why session data was not accepted.
@@ -264,7 +280,6 @@ impl Links {
                 plugin.to_string(),
                 Session {
                     info,
-                    payload: None,
                     history: VecDeque::new(),
                 },
             );
@@ -291,23 +306,22 @@ impl Links {
         node_id: &str,
         data: &v1::SessionData,
     ) -> Result<(), SessionRejected> {
-        let payload: Value =
-            serde_json::from_str(&data.payload_json).map_err(|_| SessionRejected::BadPayload)?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&data.payload_json)
+            .map_err(|_| SessionRejected::BadPayload)?;
         self.with_session(node_id, &data.plugin, &data.session_id, |s| {
             let now = Utc::now();
             s.info.state = SessionState::Active;
             s.info.last_update = Some(now);
             s.info.seq = data.seq;
             s.info.deadline_misses = data.deadline_misses;
-            s.history.push_back(SessionSample {
-                at: now,
-                seq: data.seq,
-                payload: payload.clone(),
-            });
-            if s.history.len() > SESSION_HISTORY {
+            if s.history.len() >= SESSION_HISTORY {
                 s.history.pop_front();
             }
-            s.payload = Some(payload);
+            s.history.push_back(Payload {
+                at: now,
+                seq: data.seq,
+                json: data.payload_json.as_str().into(),
+            });
         })
     }
 
@@ -334,7 +348,7 @@ impl Links {
             .and_then(|s| s.get(plugin))
             .map(|s| SessionDetail {
                 info: s.info.clone(),
-                payload: s.payload.clone(),
+                payload: s.history.back().map(Payload::value),
             })
     }
 
@@ -342,7 +356,16 @@ impl Links {
         lock(&self.sessions)
             .get(node_id)
             .and_then(|s| s.get(plugin))
-            .map(|s| s.history.iter().cloned().collect())
+            .map(|s| {
+                s.history
+                    .iter()
+                    .map(|p| SessionSample {
+                        at: p.at,
+                        seq: p.seq,
+                        payload: p.value(),
+                    })
+                    .collect()
+            })
     }
 
     /// Forgets sessions (one plugin's, or all) and tells the agent, which recreates them.
@@ -424,12 +447,12 @@ mod tests {
         );
         let id = links.create_session("n", "p", 1000, 100);
         assert_eq!(links.sessions("n")[0].state, SessionState::Pending);
-        for seq in 0..150 {
+        for seq in 0..(SESSION_HISTORY as u64 + 50) {
             links.session_data("n", &data("p", &id, seq)).unwrap();
         }
         let detail = links.session("n", "p").unwrap();
         assert_eq!(detail.info.state, SessionState::Active);
-        assert_eq!(detail.info.seq, 149);
+        assert_eq!(detail.info.seq, SESSION_HISTORY as u64 + 49);
         assert_eq!(
             links.session_history("n", "p").unwrap().len(),
             SESSION_HISTORY

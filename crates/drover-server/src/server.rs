@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use drover_types::LivenessPolicy;
 use tokio::net::TcpListener;
@@ -33,7 +34,16 @@ pub struct ServerConfig {
     pub liveness: LivenessPolicy,
     pub metrics_history: usize,
     pub open_registration: bool,
+    /// A run whose node has not been heard from for this long ends as Lost.
+    pub lost_after: Duration,
+    /// Finished tasks older than this are deleted with their output.
+    pub task_retention: Duration,
+    /// All task output together is kept under this many bytes (the oldest finished tasks' output goes first).
+    pub max_task_output: u64,
 }
+
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 impl ServerConfig {
     pub fn new(data_dir: PathBuf) -> Self {
@@ -45,6 +55,9 @@ impl ServerConfig {
             liveness: LivenessPolicy::default(),
             metrics_history: 360,
             open_registration: false,
+            lost_after: Duration::from_secs(600),
+            task_retention: Duration::from_secs(7 * 24 * 3600),
+            max_task_output: 4 << 30,
         }
     }
 }
@@ -119,6 +132,41 @@ async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Serve
         .map_err(|source| ServerError::Listen { addr, flag, source })
 }
 
+/// Housekeeping: runs whose node went silent end as Lost; old tasks and output go.
+async fn janitor(fleet: Arc<Fleet>, config: ServerConfig, mut shutdown: watch::Receiver<bool>) {
+    let every = (config.lost_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let mut since_retention = RETENTION_EVERY;
+    loop {
+        if since_retention >= RETENTION_EVERY {
+            since_retention = Duration::ZERO;
+            match fleet
+                .apply_retention(config.task_retention, config.max_task_output)
+                .await
+            {
+                Ok((0, 0)) => {}
+                Ok((deleted, trimmed)) => {
+                    tracing::info!(
+                        deleted,
+                        trimmed,
+                        "task retention: deleted old tasks, trimmed output"
+                    )
+                }
+                Err(e) => tracing::error!("task retention failed: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        since_retention += every;
+        match fleet.sweep_lost_runs(config.lost_after).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "runs whose node went silent ended as Lost"),
+            Err(e) => tracing::error!("cannot look for lost runs: {e}"),
+        }
+    }
+}
+
 impl RunningServer {
     /// Prepares the data dir and starts both listeners. Returns once they accept connections.
     pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
@@ -164,6 +212,7 @@ impl RunningServer {
                 source,
             })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(janitor(fleet.clone(), config.clone(), shutdown_rx.clone()));
 
         let router = api::router(ApiState::new(fleet.clone(), &admin_token));
         let mut api_shutdown = shutdown_rx.clone();

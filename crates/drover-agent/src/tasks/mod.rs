@@ -84,14 +84,30 @@ impl TaskManager {
         let order: VecDeque<String> = text.lines().map(str::to_string).collect();
         let skip = order.len().saturating_sub(REMEMBERED_TASKS);
         let order: VecDeque<String> = order.into_iter().skip(skip).collect();
-        let set = order.iter().cloned().collect();
+        let mut done: (HashSet<String>, VecDeque<String>) =
+            (order.iter().cloned().collect(), order);
+        // A task dir without an exit belongs to a task this agent was running when it died: its process is
+        // gone and its outcome unknown. Forget it (the server ends the run as Lost, since the hello will not
+        // list it) and remember its id, so a redelivered start never runs it a second time.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
+            if path.is_dir() && outbox::read_exit(&path).is_none() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                tracing::warn!(task = %id, "a task was running when the agent stopped; its outcome is unknown");
+                let _ = std::fs::remove_dir_all(&path);
+                if done.0.insert(id.clone()) {
+                    done.1.push_back(id.clone());
+                    append_done(&dir, &id);
+                }
+            }
+        }
         Ok(Arc::new(Self {
             dir,
             policy,
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
             link: Mutex::new(None),
             cancels: Mutex::new(HashMap::new()),
-            done: Mutex::new((set, order)),
+            done: Mutex::new(done),
         }))
     }
 
@@ -218,15 +234,7 @@ impl TaskManager {
                 let _ =
                     drover_files::write_atomic(&self.dir.join(DONE_FILE), text.as_bytes(), true);
             } else {
-                use std::io::Write;
-                let appended = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.join(DONE_FILE))
-                    .and_then(|mut f| f.write_all(format!("{task_id}\n").as_bytes()));
-                if let Err(e) = appended {
-                    tracing::warn!("cannot record finished task {task_id}: {e}");
-                }
+                append_done(&self.dir, task_id);
             }
         }
     }
@@ -377,6 +385,19 @@ impl TaskManager {
             }
         }
         ended.unwrap_or_else(|| Ended::error("the task ended without a result".into()))
+    }
+}
+
+/// Adds a task id to the list of tasks never to run again.
+fn append_done(dir: &std::path::Path, task_id: &str) {
+    use std::io::Write;
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(DONE_FILE))
+        .and_then(|mut f| f.write_all(format!("{task_id}\n").as_bytes()));
+    if let Err(e) = appended {
+        tracing::warn!("cannot record finished task {task_id}: {e}");
     }
 }
 

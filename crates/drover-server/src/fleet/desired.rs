@@ -12,6 +12,11 @@ use sha2::{Digest, Sha256};
 
 use crate::fleet::{Fleet, FleetError};
 
+/// Nodes whose desired state is recomputed at once.
+const RECOMPUTE_AT_ONCE: usize = 64;
+/// Attempts at a node's compare-and-set before giving up (each loses only to a newer change).
+const RECOMPUTE_TRIES: usize = 5;
+
 impl Fleet {
     fn check_manifest(manifest: &Manifest) -> Result<(), FleetError> {
         manifest.validate().map_err(FleetError::ManifestInvalid)?;
@@ -155,33 +160,52 @@ impl Fleet {
         self.recompute_all().await
     }
 
+    /// Recomputes every node's desired state, many nodes at once: their writes share transactions and no
+    /// push waits for another node.
     pub(crate) async fn recompute_all(&self) -> Result<(), FleetError> {
         let manifests = self.manifest_list().await?;
-        for node in self.nodes().await? {
-            self.recompute_node(&node, &manifests).await?;
-        }
-        Ok(())
+        let nodes = self.nodes().await?;
+        let slots = tokio::sync::Semaphore::new(RECOMPUTE_AT_ONCE);
+        let work = nodes.iter().map(|node| async {
+            let _slot = slots.acquire().await;
+            self.recompute_node(node, &manifests).await
+        });
+        futures_util::future::join_all(work)
+            .await
+            .into_iter()
+            .collect()
     }
 
-    /// Recomputes one node's desired state; a change gets a new generation and is pushed.
+    /// Recomputes one node's desired state; a change gets a new generation and is pushed. The write is a
+    /// compare-and-set on the generation, so two recomputations of one node never both win.
     async fn recompute_node(&self, node: &Node, manifests: &[Manifest]) -> Result<(), FleetError> {
         let (resources, conflicts) = desired_for(&node.labels, manifests);
         let content = serde_json::to_vec(&(&resources, &conflicts)).unwrap_or_default();
         let hash = hex::encode(Sha256::digest(&content));
-        let previous = self.store().get_desired(&node.id).await?;
-        if previous.as_ref().is_some_and(|(_, h)| *h == hash) {
-            return Ok(());
-        }
-        let generation = previous.map(|(s, _)| s.generation).unwrap_or(0) + 1;
-        let state = DesiredState {
-            generation,
+        let mut state = DesiredState {
+            generation: 0,
             resources,
             conflicts,
         };
-        self.store().put_desired(&node.id, &state, &hash).await?;
-        tracing::info!(node = %node.name, generation, resources = state.resources.len(), "desired state changed");
-        self.push_desired(&node.id, &state).await;
-        Ok(())
+        for _ in 0..RECOMPUTE_TRIES {
+            let previous = self.store().get_desired(&node.id).await?;
+            if previous.as_ref().is_some_and(|(_, h)| *h == hash) {
+                return Ok(());
+            }
+            state.generation = previous.map(|(s, _)| s.generation).unwrap_or(0) + 1;
+            if self.store().put_desired(&node.id, &state, &hash).await? {
+                tracing::info!(node = %node.name, generation = state.generation, resources = state.resources.len(), "desired state changed");
+                self.push_desired(&node.id, &state).await;
+                return Ok(());
+            }
+        }
+        Err(FleetError::invalid(
+            "desired state",
+            format!(
+                "node {} changed too often to recompute; try again",
+                node.name
+            ),
+        ))
     }
 
     async fn push_desired(&self, node_id: &str, state: &DesiredState) {
@@ -243,13 +267,29 @@ impl Fleet {
         })
     }
 
-    /// Convergence of every node that has desired state.
+    /// Convergence of every node, read in one go.
     pub async fn status(&self) -> Result<Vec<NodeStatusReport>, FleetError> {
-        let mut out = Vec::new();
-        for node in self.nodes().await? {
-            out.push(self.status_of(&node).await?);
-        }
-        Ok(out)
+        let names: std::collections::HashMap<String, String> = self
+            .store()
+            .list_nodes()
+            .await?
+            .into_iter()
+            .map(|n| (n.id, n.name))
+            .collect();
+        Ok(self
+            .store()
+            .all_convergence()
+            .await?
+            .into_iter()
+            .filter_map(|(node_id, desired_generation, convergence)| {
+                Some(NodeStatusReport {
+                    node_name: names.get(&node_id)?.clone(),
+                    node_id,
+                    desired_generation,
+                    convergence: convergence.unwrap_or_default(),
+                })
+            })
+            .collect())
     }
 
     pub async fn node_status(&self, id_or_name: &str) -> Result<NodeStatusReport, FleetError> {
@@ -267,16 +307,19 @@ impl Fleet {
     ) -> Result<Node, FleetError> {
         drover_types::labels::validate_labels(&set)?;
         let node = self.node(id_or_name).await?;
-        let mut record = self
-            .store()
-            .get_node(&node.id)
+        let (to_set, to_remove) = (set.clone(), remove.clone());
+        self.store()
+            .modify_node(
+                &node.id,
+                Box::new(move |record| {
+                    for k in &to_remove {
+                        record.labels.remove(k);
+                    }
+                    record.labels.extend(to_set);
+                }),
+            )
             .await?
             .ok_or_else(|| FleetError::NodeNotFound(id_or_name.to_string()))?;
-        for k in &remove {
-            record.labels.remove(k);
-        }
-        record.labels.extend(set.clone());
-        self.store().update_node(&record).await?;
         self.audit(
             actor,
             "node.label",

@@ -112,8 +112,6 @@ pub struct AgentHello {
     pub metrics: Option<Metrics>,
     pub ip: Option<String>,
     pub actions: Vec<ActionInfo>,
-    /// The tasks the agent runs or holds unacknowledged exits of; `None` from agents that do not say.
-    pub open_tasks: Option<Vec<String>>,
 }
 
 pub struct Fleet {

@@ -69,20 +69,27 @@ impl Fleet {
         hello: AgentHello,
         tx: tokio::sync::mpsc::Sender<drover_proto::v1::ServerMessage>,
     ) -> Result<(NodeRecord, Attachment), FleetError> {
-        let mut node = self
-            .store
-            .get_node(node_id)
-            .await?
-            .ok_or_else(|| FleetError::NodeNotFound(node_id.to_string()))?;
         validate_labels(&hello.labels)?;
-        node.reported_labels = hello.labels;
-        node.capabilities = hello.capabilities;
-        node.heartbeat_interval_ms = hello
+        let interval_ms = hello
             .heartbeat_interval
             .as_millis()
             .clamp(1, u64::MAX as u128) as u64;
-        node.ip = hello.ip.or(node.ip);
-        self.store.update_node(&node).await?;
+        let (labels, capabilities, ip) = (hello.labels, hello.capabilities, hello.ip);
+        let node = self
+            .store
+            .modify_node(
+                node_id,
+                Box::new(move |node| {
+                    node.reported_labels = labels;
+                    node.capabilities = capabilities;
+                    node.heartbeat_interval_ms = interval_ms;
+                    if ip.is_some() {
+                        node.ip = ip;
+                    }
+                }),
+            )
+            .await?
+            .ok_or_else(|| FleetError::NodeNotFound(node_id.to_string()))?;
         if let Some(metrics) = hello.metrics {
             self.heartbeat(node_id, metrics).await?;
         }
@@ -144,14 +151,23 @@ impl Fleet {
             Some(node) if node.transport == Transport::Grpc => {
                 return Err(FleetError::NameOwnedByAgent(req.name));
             }
-            Some(mut node) => {
-                node.labels.extend(token_labels);
-                node.reported_labels = req.labels;
-                node.capabilities = req.capabilities;
-                node.ip = req.ip;
-                node.heartbeat_interval_ms = interval.as_millis() as u64;
-                node.node_token_sha256 = Some(sha256_hex(&node_token));
-                self.store.update_node(&node).await?;
+            Some(node) => {
+                let token_sha256 = sha256_hex(&node_token);
+                let interval_ms = interval.as_millis() as u64;
+                self.store
+                    .modify_node(
+                        &node.id,
+                        Box::new(move |node| {
+                            node.labels.extend(token_labels);
+                            node.reported_labels = req.labels;
+                            node.capabilities = req.capabilities;
+                            node.ip = req.ip;
+                            node.heartbeat_interval_ms = interval_ms;
+                            node.node_token_sha256 = Some(token_sha256);
+                        }),
+                    )
+                    .await?
+                    .ok_or_else(|| FleetError::NodeNotFound(req.name.clone()))?;
                 node.id
             }
             None => {

@@ -1,18 +1,23 @@
 //! Tasks on the server: targeting, dispatch with a parallelism limit, in-order output from each node
-//! (reordered after reconnects, stored once), final states, cancellation, redelivery and the audit log.
+//! (reordered after reconnects, stored once), final states, lost runs, cancellation, redelivery, retention
+//! and the audit log.
+//!
+//! Every change of a run's state is a guarded transition in the store (`Store::transition_runs`): it names
+//! the states it leaves, and a final state is never left. Nothing here writes a run from a copy.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::Utc;
 use drover_proto::v1::{self, server_message::Msg};
 use drover_types::task::{
-    AuditEntry, CreateTask, OutputChunk, RunState, Stream, Target, Task, TaskRun,
+    AuditEntry, CreateTask, LateExit, OutputChunk, RunState, Stream, Target, Task, TaskRun,
 };
 use tokio::sync::broadcast;
 
-use crate::fleet::{Fleet, FleetError};
-use crate::store::{AuditFilter, OutputRecord};
+use super::{Fleet, FleetError};
+use crate::store::{AuditFilter, OutputRecord, RunPatch, SERVER_ONLY_CANCEL};
 
 /// Something that happened to a task, for live followers.
 #[derive(Debug, Clone)]
@@ -23,10 +28,19 @@ pub enum TaskEvent {
     Done,
 }
 
+/// States a run can still leave.
+const OPEN: &[RunState] = &[RunState::Pending, RunState::Running];
+const PENDING: &[RunState] = &[RunState::Pending];
+const RUNNING: &[RunState] = &[RunState::Running];
+
 /// Out-of-order output held per run before it can be stored in order.
 const MAX_HELD_CHUNKS: usize = 10_000;
 /// Output chunks between acknowledgements to the agent.
 const ACK_EVERY: u64 = 1024;
+/// Events a follower may fall behind by before it re-reads the store instead.
+const FOLLOWER_BACKLOG: usize = 1024;
+/// How long a start may wait for room in one agent's stream before that node counts as unreachable.
+const SEND_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Progress {
@@ -36,12 +50,24 @@ struct Progress {
     exit: Option<v1::TaskExit>,
 }
 
-/// Live task state: per-run ordering and the followers' channels.
+/// What the audit log says of a task; kept while its runs finish so each exit costs no task read.
+struct TaskMeta {
+    created_by: String,
+    summary: String,
+    max_parallel: Option<u32>,
+    spec_json: Arc<str>,
+}
+
+/// Live task state: per-run ordering, the followers' channels, and the tasks being finished.
 #[derive(Default)]
 pub struct TaskLive {
     progress: Mutex<HashMap<(String, String), Progress>>,
-    events: Mutex<HashMap<String, broadcast::Sender<TaskEvent>>>,
-    /// One dispatcher at a time, so a parallelism limit holds under concurrent exits.
+    /// Only while someone follows the task: a task nobody watches costs no channel.
+    followers: Mutex<HashMap<String, broadcast::Sender<TaskEvent>>>,
+    meta: Mutex<HashMap<String, Arc<TaskMeta>>>,
+    /// Tasks whose end is being checked: `true` when another run ended meanwhile (check again).
+    checks: Mutex<HashMap<String, bool>>,
+    /// Dispatch of tasks with a parallelism limit, one at a time, so the limit holds under concurrent exits.
     pump: tokio::sync::Mutex<()>,
 }
 
@@ -68,21 +94,36 @@ pub fn chunk(node_id: &str, node_name: &str, seq: u64, stream: u8, data: &[u8]) 
     }
 }
 
-impl Fleet {
-    fn events(&self, task_id: &str) -> broadcast::Sender<TaskEvent> {
-        lock(&self.live().events)
-            .entry(task_id.to_string())
-            .or_insert_with(|| broadcast::channel(4096).0)
-            .clone()
-    }
+/// The state an agent's exit puts a run in: only what an agent may report; anything else is an Error.
+fn reported_state(exit: &v1::TaskExit) -> RunState {
+    RunState::parse(&exit.state)
+        .filter(|s| s.is_final() && !matches!(s, RunState::Lost | RunState::Unreachable))
+        .unwrap_or(RunState::Error)
+}
 
+impl Fleet {
     fn publish(&self, task_id: &str, event: TaskEvent) {
-        let _ = self.events(task_id).send(event);
+        let mut followers = lock(&self.live().followers);
+        if let Some(tx) = followers.get(task_id) {
+            let done = matches!(event, TaskEvent::Done);
+            if tx.send(event).is_err() || done {
+                // Nobody listens any more, or nothing more will come: the channel goes.
+                followers.remove(task_id);
+            }
+        }
     }
 
     /// Follows a task's events from now on.
     pub fn subscribe(&self, task_id: &str) -> broadcast::Receiver<TaskEvent> {
-        self.events(task_id).subscribe()
+        lock(&self.live().followers)
+            .entry(task_id.to_string())
+            .or_insert_with(|| broadcast::channel(FOLLOWER_BACKLOG).0)
+            .subscribe()
+    }
+
+    /// Drops the channels of tasks nobody follows any more (their followers left between events).
+    pub(crate) fn sweep_followers(&self) {
+        lock(&self.live().followers).retain(|_, tx| tx.receiver_count() > 0);
     }
 
     pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: serde_json::Value) {
@@ -174,8 +215,9 @@ impl Fleet {
         )
         .await;
         tracing::info!(task = %task.id, nodes = task.runs.len(), command = %task.spec.summary(), "task created");
-        self.events(&task.id);
-        self.pump(&task.id).await?;
+        lock(&self.live().meta).insert(task.id.clone(), Arc::new(meta_of(&task)));
+        self.dispatch(&task.id).await?;
+        self.check_done(&task.id).await;
         self.task(&task.id).await
     }
 
@@ -216,56 +258,178 @@ impl Fleet {
         Ok(self.store().output(id, after, limit).await?)
     }
 
-    /// Starts pending runs while the parallelism limit allows; announces the end when all are final.
-    async fn pump(&self, task_id: &str) -> Result<(), FleetError> {
-        let _one_at_a_time = self.live().pump.lock().await;
+    /// A task's bookkeeping, read once per task and server process.
+    async fn meta(&self, task_id: &str) -> Result<Arc<TaskMeta>, FleetError> {
+        if let Some(m) = lock(&self.live().meta).get(task_id) {
+            return Ok(m.clone());
+        }
         let task = self.task(task_id).await?;
-        let limit = task.max_parallel.map(|m| m as usize).unwrap_or(usize::MAX);
-        let mut running = task
-            .runs
-            .iter()
-            .filter(|r| r.state == RunState::Running)
-            .count();
-        let spec_json = serde_json::to_string(&task.spec).unwrap_or_default();
-        for mut run in task
-            .runs
-            .iter()
-            .filter(|r| r.state == RunState::Pending)
-            .cloned()
+        let meta = Arc::new(meta_of(&task));
+        lock(&self.live().meta).insert(task_id.to_string(), meta.clone());
+        Ok(meta)
+    }
+
+    /// Starts pending runs, as many as the parallelism limit allows: each moves Pending -> Running in one
+    /// batch, then every start is sent at once (no node waits for another).
+    async fn dispatch(&self, task_id: &str) -> Result<(), FleetError> {
+        let meta = self.meta(task_id).await?;
+        let _one_at_a_time = match meta.max_parallel {
+            Some(_) => Some(self.live().pump.lock().await),
+            None => None,
+        };
+        let room = match meta.max_parallel {
+            None => usize::MAX,
+            Some(limit) => {
+                let running = self.store().count_runs(task_id, RUNNING).await?;
+                (limit as usize).saturating_sub(running)
+            }
+        };
+        if room == 0 {
+            return Ok(());
+        }
+        let pending = self.store().runs_in_state(task_id, PENDING, room).await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // Output can arrive as soon as a start is sent: be ready for it first.
         {
-            if running >= limit {
-                break;
-            }
-            lock(&self.live().progress).insert(
-                (task.id.clone(), run.node_id.clone()),
-                Progress {
-                    node_name: run.node_name.clone(),
-                    ..Progress::default()
-                },
-            );
-            let start = v1::TaskStart {
-                task_id: task.id.clone(),
-                spec_json: spec_json.clone(),
-            };
-            if self.links().send(&run.node_id, Msg::TaskStart(start)).await {
-                run.state = RunState::Running;
-                run.started_at = Some(Utc::now());
-                running += 1;
-            } else {
-                lock(&self.live().progress).remove(&(task.id.clone(), run.node_id.clone()));
-                run.state = RunState::Unreachable;
-                run.error = Some("the node disconnected before the task could start".into());
-                run.finished_at = Some(Utc::now());
-            }
-            self.store().update_run(&task.id, &run).await?;
-            if run.state.is_final() {
-                self.publish(&task.id, TaskEvent::Exit(run));
+            let mut progress = lock(&self.live().progress);
+            for run in &pending {
+                progress.insert(
+                    (task_id.to_string(), run.node_id.clone()),
+                    Progress {
+                        node_name: run.node_name.clone(),
+                        ..Progress::default()
+                    },
+                );
             }
         }
-        if self.task(task_id).await?.is_finished() {
-            self.publish(task_id, TaskEvent::Done);
+        let ids = pending.iter().map(|r| r.node_id.clone()).collect();
+        let started = self
+            .store()
+            .transition_runs(
+                task_id,
+                ids,
+                PENDING,
+                RunPatch {
+                    started_at: Some(Utc::now()),
+                    ..RunPatch::to(RunState::Running)
+                },
+            )
+            .await?;
+        if started.len() < pending.len() {
+            // Some ended meanwhile (cancelled): they need no ordering.
+            let mut progress = lock(&self.live().progress);
+            for run in &pending {
+                if !started.iter().any(|s| s.node_id == run.node_id) {
+                    progress.remove(&(task_id.to_string(), run.node_id.clone()));
+                }
+            }
+        }
+        let sends = started.iter().map(|run| {
+            let start = v1::TaskStart {
+                task_id: task_id.to_string(),
+                spec_json: meta.spec_json.to_string(),
+            };
+            async move {
+                let sent = tokio::time::timeout(
+                    SEND_PATIENCE,
+                    self.links().send(&run.node_id, Msg::TaskStart(start)),
+                )
+                .await;
+                (run.node_id.clone(), matches!(sent, Ok(true)))
+            }
+        });
+        let failed: Vec<String> = futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|(_, sent)| !sent)
+            .map(|(id, _)| id)
+            .collect();
+        if !failed.is_empty() {
+            self.end_runs(
+                task_id,
+                failed,
+                RUNNING,
+                RunPatch::end(
+                    RunState::Unreachable,
+                    "the node disconnected before the task could start",
+                ),
+            )
+            .await?;
         }
         Ok(())
+    }
+
+    /// Ends runs by the server's own decision (never an agent's report), then announces them.
+    async fn end_runs(
+        &self,
+        task_id: &str,
+        node_ids: Vec<String>,
+        from: &'static [RunState],
+        patch: RunPatch,
+    ) -> Result<usize, FleetError> {
+        let ended = self
+            .store()
+            .transition_runs(task_id, node_ids, from, patch)
+            .await?;
+        {
+            let mut progress = lock(&self.live().progress);
+            for run in &ended {
+                progress.remove(&(task_id.to_string(), run.node_id.clone()));
+            }
+        }
+        let n = ended.len();
+        for run in ended {
+            tracing::info!(task = %task_id, node = %run.node_name, state = run.state.as_str(), "task run ended by the server");
+            self.publish(task_id, TaskEvent::Exit(run));
+        }
+        Ok(n)
+    }
+
+    /// After runs ended: starts the next ones (parallelism limit) and announces the end once every run is
+    /// final. Concurrent calls for one task fold into one check that runs again while runs keep ending.
+    async fn check_done(&self, task_id: &str) {
+        {
+            let mut checks = lock(&self.live().checks);
+            if let Some(again) = checks.get_mut(task_id) {
+                *again = true;
+                return;
+            }
+            checks.insert(task_id.to_string(), false);
+        }
+        loop {
+            let limited = match self.meta(task_id).await {
+                Ok(m) => m.max_parallel.is_some(),
+                Err(_) => false,
+            };
+            if limited && let Err(e) = self.dispatch(task_id).await {
+                tracing::error!(task = %task_id, "cannot continue a task: {e}");
+            }
+            let open = self.store().count_runs(task_id, OPEN).await;
+            let again = {
+                let mut checks = lock(&self.live().checks);
+                if checks.get(task_id) == Some(&true) {
+                    checks.insert(task_id.to_string(), false);
+                    true
+                } else {
+                    checks.remove(task_id);
+                    false
+                }
+            };
+            if again {
+                continue;
+            }
+            match open {
+                Ok(0) => {
+                    lock(&self.live().meta).remove(task_id);
+                    self.publish(task_id, TaskEvent::Done);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(task = %task_id, "cannot check a task's runs: {e}"),
+            }
+            return;
+        }
     }
 
     /// Output from a node: held until it is next in order, then stored and published.
@@ -294,25 +458,25 @@ impl Fleet {
         if ready.is_empty() {
             return;
         }
-        let records = ready
+        let chunks = ready
             .iter()
+            .map(|(seq, stream, data)| chunk(node_id, &node_name, *seq, *stream, data))
+            .collect();
+        let first = ready.first().map(|r| r.0).unwrap_or_default();
+        let last = ready.last().map(|r| r.0).unwrap_or_default();
+        let records = ready
+            .into_iter()
             .map(|(seq, stream, data)| OutputRecord {
                 node_id: node_id.to_string(),
-                seq: *seq,
-                stream: *stream,
-                data: data.clone(),
+                seq,
+                stream,
+                data,
             })
             .collect();
         if let Err(e) = self.store().insert_output(&out.task_id, records).await {
             tracing::error!(task = %out.task_id, "cannot store task output: {e}");
             return;
         }
-        let first = ready.first().map(|r| r.0).unwrap_or_default();
-        let last = ready.last().map(|r| r.0).unwrap_or_default();
-        let chunks = ready
-            .iter()
-            .map(|(seq, stream, data)| chunk(node_id, &node_name, *seq, *stream, data))
-            .collect();
         self.publish(&out.task_id, TaskEvent::Output(chunks));
         // Acknowledge whenever a batch crosses a multiple of ACK_EVERY.
         if (last + 1) / ACK_EVERY > first / ACK_EVERY {
@@ -341,15 +505,34 @@ impl Fleet {
         };
         if known {
             self.try_finish(&exit.task_id, node_id).await;
-        } else {
-            // Already final here (say, cancelled while the node was away): let the agent forget it.
-            let ack = v1::TaskAck {
-                task_id: exit.task_id,
-                upto_seq: exit.seq,
-                exit: true,
-            };
-            self.links().send(node_id, Msg::TaskAck(ack)).await;
+            return;
         }
+        // Already final here (lost, or cancelled while the node was away): keep the agent's word beside
+        // it, then let the agent forget the task.
+        let late = LateExit {
+            state: reported_state(&exit),
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            error: (!exit.error.is_empty()).then(|| exit.error.clone()),
+            at: Utc::now(),
+        };
+        match self
+            .store()
+            .record_late_exit(&exit.task_id, node_id, late)
+            .await
+        {
+            Ok(Some(run)) => {
+                tracing::info!(task = %exit.task_id, node = %run.node_name, "kept a late exit beside a run that had already ended")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(task = %exit.task_id, "cannot keep a late exit: {e}"),
+        }
+        let ack = v1::TaskAck {
+            task_id: exit.task_id,
+            upto_seq: exit.seq,
+            exit: true,
+        };
+        self.links().send(node_id, Msg::TaskAck(ack)).await;
     }
 
     async fn try_finish(&self, task_id: &str, node_id: &str) {
@@ -375,55 +558,88 @@ impl Fleet {
             exit: true,
         };
         self.links().send(node_id, Msg::TaskAck(ack)).await;
-        if let Err(e) = self.pump(task_id).await {
-            tracing::error!(task = %task_id, "cannot continue a task: {e}");
-        }
+        self.check_done(task_id).await;
     }
 
+    /// Records the agent's exit: Pending or Running -> the reported final state. A run already final stays
+    /// as it is (the exit is kept beside it when the server had ended it).
     async fn finish_run(
         &self,
         task_id: &str,
         node_id: &str,
         exit: &v1::TaskExit,
     ) -> Result<(), FleetError> {
-        let task = self.task(task_id).await?;
-        let Some(mut run) = task.runs.into_iter().find(|r| r.node_id == node_id) else {
+        let state = reported_state(exit);
+        let now = Utc::now();
+        let patch = RunPatch {
+            state,
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            error: (!exit.error.is_empty()).then(|| exit.error.clone()),
+            started_at: None,
+            finished_at: Some(now),
+        };
+        let Some(run) = self
+            .store()
+            .transition_runs(task_id, vec![node_id.to_string()], OPEN, patch)
+            .await?
+            .pop()
+        else {
+            let late = LateExit {
+                state,
+                exit_code: exit.exit_code,
+                signal: exit.signal,
+                error: (!exit.error.is_empty()).then(|| exit.error.clone()),
+                at: now,
+            };
+            self.store()
+                .record_late_exit(task_id, node_id, late)
+                .await?;
             return Ok(());
         };
-        if run.state.is_final() {
-            return Ok(());
-        }
-        run.state = RunState::parse(&exit.state)
-            .filter(|s| s.is_final())
-            .unwrap_or(RunState::Error);
-        run.exit_code = exit.exit_code;
-        run.signal = exit.signal;
-        run.error = (!exit.error.is_empty()).then(|| exit.error.clone());
-        run.finished_at = Some(Utc::now());
-        self.store().update_run(task_id, &run).await?;
         tracing::info!(task = %task_id, node = %run.node_name, state = run.state.as_str(), code = ?run.exit_code, "task run finished");
+        let meta = self.meta(task_id).await?;
         self.audit(
-            &task.created_by,
+            &meta.created_by,
             "task.finish",
             &run.node_name,
-            serde_json::json!({"task": task_id, "command": task.spec.summary(), "state": run.state, "exit_code": run.exit_code, "signal": run.signal, "error": run.error}),
+            serde_json::json!({"task": task_id, "command": meta.summary, "state": run.state, "exit_code": run.exit_code, "signal": run.signal, "error": run.error}),
         )
         .await;
         self.publish(task_id, TaskEvent::Exit(run));
         Ok(())
     }
 
-    /// A node (re)attached: redeliver the tasks it was running. The agent runs none twice; it resends
-    /// the output and exits the server has not acknowledged.
-    pub async fn redeliver_tasks(&self, node_id: &str, node_name: &str) {
-        let running = match self.store().running_tasks_for_node(node_id).await {
+    /// A node (re)attached. Runs it is listed as running (or holding an unacknowledged exit of) are
+    /// redelivered: the agent runs none twice and resends what the server has not acknowledged. Runs it does
+    /// not list end as Lost: it restarted, or never received them. `open_tasks` is `None` for agents that do
+    /// not say (protocol 1): theirs are redelivered.
+    pub async fn tasks_on_attach(
+        &self,
+        node_id: &str,
+        node_name: &str,
+        open_tasks: Option<Vec<String>>,
+        attached_at: chrono::DateTime<Utc>,
+    ) {
+        let open = match self.store().open_runs_for_node(node_id).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("cannot look up tasks to redeliver: {e}");
                 return;
             }
         };
-        for (task_id, spec) in running {
+        let mut lost = Vec::new();
+        for (task_id, run, spec) in open {
+            if run.state != RunState::Running {
+                continue;
+            }
+            let listed = open_tasks.as_ref().is_none_or(|l| l.contains(&task_id));
+            // A run started after the hello (through this very stream) cannot be in its list.
+            let before_hello = run.started_at.is_none_or(|t| t < attached_at);
+            if !listed && before_hello {
+                lost.push(task_id);
+                continue;
+            }
             let next_seq = self
                 .store()
                 .stored_seq(&task_id, node_id)
@@ -443,9 +659,74 @@ impl Fleet {
             self.links().send(node_id, Msg::TaskStart(start)).await;
             tracing::info!(task = %task_id, node = %node_name, "redelivered a running task");
         }
+        for task_id in lost {
+            let ended = self
+                .end_runs(
+                    &task_id,
+                    vec![node_id.to_string()],
+                    RUNNING,
+                    RunPatch::end(
+                        RunState::Lost,
+                        "the agent came back without this task (it restarted, or never received it); whether it ran is unknown",
+                    ),
+                )
+                .await;
+            match ended {
+                Ok(_) => self.check_done(&task_id).await,
+                Err(e) => tracing::error!(task = %task_id, "cannot mark a run lost: {e}"),
+            }
+        }
     }
 
-    /// Cancels every run not yet final: pending ones at once, running ones on their nodes.
+    /// Ends as Lost every open run whose node has not been heard from for `lost_after` and is not
+    /// connected. Returns how many.
+    pub async fn sweep_lost_runs(&self, lost_after: Duration) -> Result<usize, FleetError> {
+        let span = chrono::Duration::from_std(lost_after)
+            .map_err(|_| FleetError::invalid("lost_after", "too long"))?;
+        let Some(cutoff) = Utc::now().checked_sub_signed(span) else {
+            return Ok(0);
+        };
+        let mut by_task: HashMap<String, Vec<String>> = HashMap::new();
+        for (task_id, node_id) in self.store().open_runs_silent_since(cutoff).await? {
+            if !self.links().is_attached(&node_id) {
+                by_task.entry(task_id).or_default().push(node_id);
+            }
+        }
+        let mut n = 0;
+        let why = format!(
+            "its node has not been heard from for more than {}; whether it ran is unknown",
+            humantime::format_duration(lost_after)
+        );
+        for (task_id, nodes) in by_task {
+            n += self
+                .end_runs(&task_id, nodes, OPEN, RunPatch::end(RunState::Lost, &why))
+                .await?;
+            self.check_done(&task_id).await;
+        }
+        Ok(n)
+    }
+
+    /// Deletes finished tasks older than `retention`, then the output of the oldest finished tasks while
+    /// all output takes more than `max_output` bytes.
+    pub async fn apply_retention(
+        &self,
+        retention: Duration,
+        max_output: u64,
+    ) -> Result<(usize, usize), FleetError> {
+        let cutoff = chrono::Duration::from_std(retention)
+            .ok()
+            .and_then(|r| Utc::now().checked_sub_signed(r));
+        let deleted = match cutoff {
+            Some(c) => self.store().delete_finished_tasks_before(c).await?,
+            None => 0,
+        };
+        let trimmed = self.store().trim_output(max_output).await?;
+        self.sweep_followers();
+        Ok((deleted, trimmed))
+    }
+
+    /// Cancels every run not yet final: pending ones at once, running ones on their nodes (or here, when
+    /// their node is away).
     pub async fn cancel_task(&self, actor: &str, id: &str) -> Result<Task, FleetError> {
         let task = self.task(id).await?;
         let id = task.id.as_str();
@@ -461,44 +742,86 @@ impl Fleet {
             serde_json::json!({"task": id}),
         )
         .await;
-        for mut run in task.runs.into_iter().filter(|r| !r.state.is_final()) {
-            let on_node = run.state == RunState::Running
-                && self
-                    .links()
-                    .send(
-                        &run.node_id,
-                        Msg::TaskCancel(v1::TaskCancel {
-                            task_id: id.to_string(),
-                        }),
-                    )
-                    .await;
-            if !on_node {
-                run.state = RunState::Cancelled;
-                run.finished_at = Some(Utc::now());
-                if run.started_at.is_some() {
-                    run.error =
-                        Some("the node is not connected; cancelled on the server only".into());
-                }
-                lock(&self.live().progress).remove(&(id.to_string(), run.node_id.clone()));
-                self.store().update_run(id, &run).await?;
-                self.publish(id, TaskEvent::Exit(run));
-            }
-        }
-        self.pump(id).await?;
+        let pending: Vec<String> = task
+            .runs
+            .iter()
+            .filter(|r| r.state == RunState::Pending)
+            .map(|r| r.node_id.clone())
+            .collect();
+        self.end_runs(
+            id,
+            pending,
+            PENDING,
+            RunPatch {
+                finished_at: Some(Utc::now()),
+                ..RunPatch::to(RunState::Cancelled)
+            },
+        )
+        .await?;
+        let running = task.runs.iter().filter(|r| r.state == RunState::Running);
+        let sends = running.map(|run| async move {
+            let cancel = v1::TaskCancel {
+                task_id: id.to_string(),
+            };
+            let sent = self
+                .links()
+                .send(&run.node_id, Msg::TaskCancel(cancel))
+                .await;
+            (run.node_id.clone(), sent)
+        });
+        let away: Vec<String> = futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|(_, sent)| !sent)
+            .map(|(node, _)| node)
+            .collect();
+        self.end_runs(
+            id,
+            away,
+            RUNNING,
+            RunPatch::end(RunState::Cancelled, SERVER_ONLY_CANCEL),
+        )
+        .await?;
+        self.check_done(id).await;
         self.task(id).await
+    }
+}
+
+fn meta_of(task: &Task) -> TaskMeta {
+    TaskMeta {
+        created_by: task.created_by.clone(),
+        summary: task.spec.summary(),
+        max_parallel: task.max_parallel,
+        spec_json: serde_json::to_string(&task.spec).unwrap_or_default().into(),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn binary_output_is_base64() {
-        let c = super::chunk("n", "n", 0, 1, &[0xff, 0xfe, 0, 1]);
+        let c = chunk("n", "n", 0, 1, &[0xff, 0xfe, 0, 1]);
         assert_eq!(c.base64.as_deref(), Some("//4AAQ=="));
         assert!(c.text.is_none());
-        assert_eq!(
-            super::chunk("n", "n", 0, 2, b"hi\n").text.as_deref(),
-            Some("hi\n")
-        );
+        assert_eq!(chunk("n", "n", 0, 2, b"hi\n").text.as_deref(), Some("hi\n"));
+    }
+
+    #[test]
+    fn an_agent_cannot_declare_a_run_lost_or_unreachable() {
+        let exit = |state: &str| v1::TaskExit {
+            task_id: "t".into(),
+            seq: 0,
+            state: state.into(),
+            exit_code: None,
+            signal: None,
+            error: String::new(),
+        };
+        assert_eq!(reported_state(&exit("Succeeded")), RunState::Succeeded);
+        assert_eq!(reported_state(&exit("Lost")), RunState::Error);
+        assert_eq!(reported_state(&exit("Unreachable")), RunState::Error);
+        assert_eq!(reported_state(&exit("Running")), RunState::Error);
+        assert_eq!(reported_state(&exit("bogus")), RunState::Error);
     }
 }

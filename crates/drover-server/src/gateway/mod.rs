@@ -139,7 +139,6 @@ impl drover_proto::AgentLink for Gateway {
         // Agents before protocol 2 do not list their open tasks, so their silence proves nothing.
         let open_tasks = (hello.protocol_version >= 2).then_some(hello.open_tasks);
         let agent_hello = AgentHello {
-            open_tasks,
             capabilities: hello.capabilities.unwrap_or_default().into(),
             labels: hello.labels.into_iter().collect(),
             heartbeat_interval: interval,
@@ -165,11 +164,15 @@ impl drover_proto::AgentLink for Gateway {
                 tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
                 status(e)
             })?;
+        // Runs started from now on go through this stream, so the hello's list cannot name them.
+        let hello_at = chrono::Utc::now();
         tracing::info!(node = %node.name, id = %node.id, peer = ?addr, "agent attached");
         {
             let (fleet, id, name) = (self.fleet.clone(), node.id.clone(), node.name.clone());
             tokio::spawn(async move {
-                fleet.redeliver_tasks(&id, &name).await;
+                fleet
+                    .tasks_on_attach(&id, &name, open_tasks, hello_at)
+                    .await;
                 fleet.desired_on_attach(&id).await;
             });
         }

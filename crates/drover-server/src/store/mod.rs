@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use drover_types::{
     Capabilities, Labels, Metrics, MetricsSample, Transport,
     manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest},
-    task::{AuditEntry, Task, TaskRun, TaskSpec},
+    task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec},
     token::{JoinTokenInfo, TokenRefusal},
 };
 
@@ -72,7 +72,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Fails with `NameTaken` when another node has the name.
     async fn insert_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
-    async fn update_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+    /// Changes a node in one step (read, change, write, with nothing in between): never write a whole
+    /// record read earlier. Returns the node as changed, `None` when no such node exists.
+    async fn modify_node(
+        &self,
+        id: &str,
+        change: NodeChange,
+    ) -> Result<Option<NodeRecord>, StoreError>;
     async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError>;
     async fn get_node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
@@ -96,8 +102,55 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a new task with its runs.
     async fn insert_task(&self, task: &Task) -> Result<(), StoreError>;
-    /// Replaces one run of a task.
-    async fn update_run(&self, task_id: &str, run: &TaskRun) -> Result<(), StoreError>;
+    /// Moves the named runs that are in one of `from` to `patch.state`, setting the fields the patch
+    /// carries, and returns them as they are now. Runs in any other state are left alone: a transition names
+    /// the state it leaves, so nothing overwrites a transition it did not see.
+    async fn transition_runs(
+        &self,
+        task_id: &str,
+        node_ids: Vec<String>,
+        from: &'static [RunState],
+        patch: RunPatch,
+    ) -> Result<Vec<TaskRun>, StoreError>;
+    /// Keeps an exit that came after its run had been ended by the server (Lost, Unreachable, or cancelled
+    /// on the server only); the run stays as it is. Returns the run when the exit was kept.
+    async fn record_late_exit(
+        &self,
+        task_id: &str,
+        node_id: &str,
+        late: LateExit,
+    ) -> Result<Option<TaskRun>, StoreError>;
+    async fn get_run(&self, task_id: &str, node_id: &str) -> Result<Option<TaskRun>, StoreError>;
+    /// A task's runs in one of `states`, in the task's node order, at most `limit`.
+    async fn runs_in_state(
+        &self,
+        task_id: &str,
+        states: &'static [RunState],
+        limit: usize,
+    ) -> Result<Vec<TaskRun>, StoreError>;
+    async fn count_runs(
+        &self,
+        task_id: &str,
+        states: &'static [RunState],
+    ) -> Result<usize, StoreError>;
+    /// Runs not yet final on a node, with their task's spec: to redeliver or declare lost when it comes back.
+    async fn open_runs_for_node(
+        &self,
+        node_id: &str,
+    ) -> Result<Vec<(String, TaskRun, TaskSpec)>, StoreError>;
+    /// (task id, node id) of runs not yet final whose node was last heard from before `cutoff` (or never).
+    async fn open_runs_silent_since(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+    /// Deletes finished tasks created before `cutoff`, with their output; returns how many.
+    async fn delete_finished_tasks_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<usize, StoreError>;
+    /// Deletes the output of the oldest finished tasks until all output takes at most `max_bytes`;
+    /// returns how many tasks lost their output.
+    async fn trim_output(&self, max_bytes: u64) -> Result<usize, StoreError>;
     async fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError>;
     /// Ids of tasks starting with `prefix` (at most `limit`).
     async fn task_ids_with_prefix(
@@ -107,11 +160,6 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<String>, StoreError>;
     /// The newest `limit` tasks, newest first.
     async fn list_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError>;
-    /// Tasks a node was running (not yet final), to redeliver when it comes back.
-    async fn running_tasks_for_node(
-        &self,
-        node_id: &str,
-    ) -> Result<Vec<(String, TaskSpec)>, StoreError>;
     /// Stores output chunks; ones already stored (same task, node and seq) are ignored.
     async fn insert_output(
         &self,
@@ -143,22 +191,68 @@ pub trait Store: Send + Sync + 'static {
         &self,
         node_id: &str,
     ) -> Result<Option<(DesiredState, String)>, StoreError>;
+    /// Stores a node's desired state if the stored one still has generation `state.generation - 1` (none
+    /// counts as 0); returns false, changing nothing, when another change got there first.
     async fn put_desired(
         &self,
         node_id: &str,
         state: &DesiredState,
         hash: &str,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
+    /// Stores a node's report unless the stored one is for a newer generation (reports can cross).
     async fn put_convergence(
         &self,
         node_id: &str,
         report: &NodeConvergence,
     ) -> Result<(), StoreError>;
     async fn get_convergence(&self, node_id: &str) -> Result<Option<NodeConvergence>, StoreError>;
+    /// Every node's desired generation (0 when none) and latest report, in one read.
+    async fn all_convergence(
+        &self,
+    ) -> Result<Vec<(String, u64, Option<NodeConvergence>)>, StoreError>;
     /// Stores content under its SHA-256 (storing it twice is harmless).
     async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError>;
     async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// The error of a run cancelled by the server alone, its node being away; a later exit is kept beside it.
+pub const SERVER_ONLY_CANCEL: &str = "the node is not connected; cancelled on the server only";
+
+/// A change to a node, applied to the stored record inside the store's write.
+pub type NodeChange = Box<dyn FnOnce(&mut NodeRecord) + Send>;
+
+/// What a run transition sets besides the state; `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPatch {
+    pub state: RunState,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl RunPatch {
+    pub fn to(state: RunState) -> Self {
+        Self {
+            state,
+            exit_code: None,
+            signal: None,
+            error: None,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    /// To a final state, now, with a reason.
+    pub fn end(state: RunState, error: impl Into<String>) -> Self {
+        Self {
+            error: Some(error.into()),
+            finished_at: Some(Utc::now()),
+            ..Self::to(state)
+        }
+    }
 }
 
 /// One output chunk as stored.

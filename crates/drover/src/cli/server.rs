@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 use drover_server::{RunningServer, ServerConfig};
+use drover_types::duration::parse_duration;
+use drover_types::size::parse_size;
 use serde::Deserialize;
 
 use super::{Global, default_data_dir};
@@ -16,7 +18,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/drover/server.toml";
 #[command(after_help = "Examples:\n  \
     drover server\n  \
     drover server --data-dir /var/lib/drover --listen 0.0.0.0:8080 --agent-listen 0.0.0.0:9090\n  \
-    drover server --config /etc/drover/server.toml --log-format json")]
+    drover server --config /etc/drover/server.toml --log-format json\n  \
+    drover server --lost-after 30m --task-retention 30d --task-output-limit 10GiB")]
 pub struct ServerArgs {
     /// REST API and dashboard address [default: 127.0.0.1:8080].
     #[arg(long, env = "DROVER_LISTEN")]
@@ -39,6 +42,16 @@ pub struct ServerArgs {
     /// Metrics samples kept per node [default: 360].
     #[arg(long, env = "DROVER_METRICS_HISTORY")]
     pub metrics_history: Option<usize>,
+    /// A task's run ends as Lost when its node has not been heard from for this long [default: 10m].
+    #[arg(long, env = "DROVER_LOST_AFTER")]
+    pub lost_after: Option<String>,
+    /// Finished tasks older than this are deleted with their output [default: 7d].
+    #[arg(long, env = "DROVER_TASK_RETENTION")]
+    pub task_retention: Option<String>,
+    /// All task output together stays under this size; the oldest finished tasks' output goes first
+    /// [default: 4GiB].
+    #[arg(long, env = "DROVER_TASK_OUTPUT_LIMIT")]
+    pub task_output_limit: Option<String>,
     /// TOML configuration file [default: /etc/drover/server.toml when present].
     #[arg(long, env = "DROVER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -59,6 +72,9 @@ struct FileConfig {
     not_ready_after: Option<f64>,
     offline_after: Option<f64>,
     metrics_history: Option<usize>,
+    lost_after: Option<String>,
+    task_retention: Option<String>,
+    task_output_limit: Option<String>,
     log_format: Option<String>,
 }
 
@@ -111,6 +127,15 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
             bail!("--metrics-history must be at least 1");
         }
         config.metrics_history = n;
+    }
+    if let Some(t) = args.lost_after.clone().or(file.lost_after) {
+        config.lost_after = parse_duration(&t).context("--lost-after")?;
+    }
+    if let Some(t) = args.task_retention.clone().or(file.task_retention) {
+        config.task_retention = parse_duration(&t).context("--task-retention")?;
+    }
+    if let Some(t) = args.task_output_limit.clone().or(file.task_output_limit) {
+        config.max_task_output = parse_size(&t).context("--task-output-limit")?;
     }
     let json = match args.log_format.clone().or(file.log_format).as_deref() {
         None | Some("text") => false,

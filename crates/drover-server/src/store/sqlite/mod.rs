@@ -1,7 +1,11 @@
-//! The embedded store: one SQLite file in WAL mode, driven from a blocking thread.
+//! The embedded store: one SQLite file in WAL mode; writes are committed in groups by one writer thread,
+//! reads run beside it.
+
+mod pool;
+mod schema;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,145 +15,41 @@ use drover_types::{
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{AuditFilter, JoinTokenRecord, NodeRecord, OutputRecord, Store, StoreError};
+use super::{
+    AuditFilter, JoinTokenRecord, NodeChange, NodeRecord, OutputRecord, RunPatch, Store, StoreError,
+};
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
-use drover_types::task::{AuditEntry, Task, TaskRun, TaskSpec};
-
-/// Versioned schema: entry N moves the database from `user_version` N to N+1. Never edit a released entry.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE join_tokens (
-    id TEXT PRIMARY KEY,
-    secret_sha256 TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    max_uses INTEGER,
-    uses INTEGER NOT NULL DEFAULT 0,
-    labels TEXT NOT NULL,
-    revoked INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE nodes (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    transport TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    ip TEXT,
-    registered_at TEXT NOT NULL,
-    last_seen TEXT,
-    heartbeat_interval_ms INTEGER NOT NULL,
-    capabilities TEXT NOT NULL,
-    metrics TEXT,
-    node_token_sha256 TEXT
-);
-CREATE TABLE metrics_history (
-    node_id TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    metrics TEXT NOT NULL
-);
-CREATE INDEX metrics_history_node ON metrics_history(node_id, seq);
-"#,
-    r#"
-ALTER TABLE nodes ADD COLUMN reported_labels TEXT NOT NULL DEFAULT '{}';
-"#,
-    r#"
-CREATE TABLE tasks (
-    id TEXT PRIMARY KEY,
-    target TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    created_by TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    max_parallel INTEGER
-);
-CREATE INDEX tasks_created ON tasks(created_at);
-CREATE TABLE task_runs (
-    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
-    node_id TEXT NOT NULL,
-    run TEXT NOT NULL,
-    final INTEGER NOT NULL,
-    PRIMARY KEY (task_id, node_id)
-);
-CREATE INDEX task_runs_open ON task_runs(node_id, final);
-CREATE TABLE task_output (
-    row INTEGER PRIMARY KEY AUTOINCREMENT,
-    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
-    node_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    stream INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    UNIQUE (task_id, node_id, seq)
-);
-CREATE TABLE audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE INDEX audit_at ON audit(at);
-"#,
-    // Replaying a task's output walks this index in row order instead of sorting every row per page.
-    r#"
-CREATE INDEX task_output_task ON task_output(task_id);
-"#,
-    r#"
-CREATE TABLE manifests (
-    name TEXT PRIMARY KEY,
-    generation INTEGER NOT NULL,
-    manifest TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE node_desired (
-    node_id TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
-    state TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE TABLE node_convergence (
-    node_id TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
-    report TEXT NOT NULL
-);
-"#,
-    r#"
-CREATE TABLE blobs (
-    sha256 TEXT PRIMARY KEY,
-    data BLOB NOT NULL
-);
-"#,
-];
+use drover_types::task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec};
+use pool::Pool;
+use schema::MIGRATIONS;
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    pool: Arc<Pool>,
 }
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate(&mut conn)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            pool: Arc::new(Pool::open(path, migrate)?),
         })
     }
 
-    /// Runs `f` on the connection in a blocking thread.
-    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll back).
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        self.pool.read(f).await
+    }
+
+    /// A write, committed together with the others queued meanwhile; atomic on its own.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.pool.write(f).await
     }
 }
 
@@ -174,6 +74,32 @@ fn from_json<T: serde::de::DeserializeOwned>(
     what: &'static str,
 ) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|source| StoreError::Corrupt { what, source })
+}
+
+/// Run states as an SQL list. They are our own constant names, so inlining them is safe.
+fn state_list(states: &[RunState]) -> String {
+    states
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A run patch as a JSON merge patch: the state and only the fields it sets.
+fn patch_json(p: &RunPatch) -> String {
+    let mut m = serde_json::Map::new();
+    m.insert("state".into(), serde_json::json!(p.state));
+    let mut set = |k: &str, v: Option<serde_json::Value>| {
+        if let Some(v) = v {
+            m.insert(k.into(), v);
+        }
+    };
+    set("exit_code", p.exit_code.map(Into::into));
+    set("signal", p.signal.map(Into::into));
+    set("error", p.error.clone().map(Into::into));
+    set("started_at", p.started_at.map(|t| serde_json::json!(t)));
+    set("finished_at", p.finished_at.map(|t| serde_json::json!(t)));
+    serde_json::Value::Object(m).to_string()
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -277,7 +203,7 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 impl Store for SqliteStore {
     async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
         let t = token.clone();
-        self.call(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO join_tokens (id, secret_sha256, created_at, expires_at, max_uses, uses, labels, revoked)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -298,7 +224,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_join_tokens(&self) -> Result<Vec<JoinTokenInfo>, StoreError> {
-        self.call(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare("SELECT * FROM join_tokens ORDER BY created_at")?;
             let rows = stmt.query_map([], token_info)?;
             Ok(rows
@@ -310,7 +236,7 @@ impl Store for SqliteStore {
 
     async fn revoke_join_token(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.call(move |c| {
+        self.write(move |c| {
             Ok(c.execute("UPDATE join_tokens SET revoked = 1 WHERE id = ?1", [id])? > 0)
         })
         .await
@@ -323,8 +249,8 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Result<JoinTokenInfo, TokenRefusal>, StoreError> {
         let (id, secret) = (id.to_string(), secret_sha256.to_string());
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.write(move |c| {
+            let tx = c;
             let found = tx
                 .query_row("SELECT * FROM join_tokens WHERE id = ?1", [&id], token_info)
                 .optional()?;
@@ -349,7 +275,6 @@ impl Store for SqliteStore {
                 "UPDATE join_tokens SET uses = uses + 1 WHERE id = ?1",
                 [&id],
             )?;
-            tx.commit()?;
             info.uses += 1;
             Ok(Ok(info))
         })
@@ -358,7 +283,7 @@ impl Store for SqliteStore {
 
     async fn insert_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         let n = node.clone();
-        self.call(move |c| {
+        self.write(move |c| {
             let result = c.execute(
                 &format!(
                     "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
@@ -386,31 +311,43 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        let n = node.clone();
-        self.call(move |c| {
+    async fn modify_node(
+        &self,
+        id: &str,
+        change: NodeChange,
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        let id = id.to_string();
+        self.write(move |c| {
+            let Some(mut n) = c
+                .query_row(
+                    &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"),
+                    [&id],
+                    raw_node,
+                )
+                .optional()?
+                .map(RawNode::decode)
+                .transpose()?
+            else {
+                return Ok(None);
+            };
+            change(&mut n);
             let result = c.execute(
-                "UPDATE nodes SET name = ?2, transport = ?3, labels = ?4, ip = ?5, registered_at = ?6,
-                 last_seen = ?7, heartbeat_interval_ms = ?8, capabilities = ?9, metrics = ?10,
-                 node_token_sha256 = ?11, reported_labels = ?12 WHERE id = ?1",
+                "UPDATE nodes SET name = ?2, labels = ?3, ip = ?4, heartbeat_interval_ms = ?5,
+                 capabilities = ?6, node_token_sha256 = ?7, reported_labels = ?8 WHERE id = ?1",
                 params![
                     n.id,
                     n.name,
-                    n.transport.as_str(),
                     to_json(&n.labels),
                     n.ip,
-                    ts(n.registered_at),
-                    n.last_seen.map(ts),
                     n.heartbeat_interval_ms as i64,
                     to_json(&n.capabilities),
-                    n.metrics.as_ref().map(to_json),
                     n.node_token_sha256,
                     to_json(&n.reported_labels)
                 ],
             );
             match result {
                 Err(e) if is_unique_violation(&e) => Err(StoreError::NameTaken(n.name)),
-                other => other.map(|_| ()).map_err(Into::into),
+                other => other.map(|_| Some(n)).map_err(Into::into),
             }
         })
         .await
@@ -418,7 +355,7 @@ impl Store for SqliteStore {
 
     async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
         let id = id.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             c.query_row(
                 &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"),
                 [id],
@@ -433,7 +370,7 @@ impl Store for SqliteStore {
 
     async fn get_node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
         let name = name.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             c.query_row(
                 &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = ?1"),
                 [name],
@@ -447,7 +384,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        self.call(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY name"))?;
             let raws = stmt
                 .query_map([], raw_node)?
@@ -459,7 +396,7 @@ impl Store for SqliteStore {
 
     async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.call(move |c| Ok(c.execute("DELETE FROM nodes WHERE id = ?1", [id])? > 0))
+        self.write(move |c| Ok(c.execute("DELETE FROM nodes WHERE id = ?1", [id])? > 0))
             .await
     }
 
@@ -471,8 +408,8 @@ impl Store for SqliteStore {
         keep: usize,
     ) -> Result<bool, StoreError> {
         let (id, json) = (id.to_string(), to_json(metrics));
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.write(move |c| {
+            let tx = c;
             let updated = tx.execute(
                 "UPDATE nodes SET last_seen = ?2, metrics = ?3 WHERE id = ?1",
                 params![id, ts(at), json],
@@ -489,7 +426,6 @@ impl Store for SqliteStore {
                    (SELECT seq FROM metrics_history WHERE node_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
                 params![id, keep as i64],
             )?;
-            tx.commit()?;
             Ok(true)
         })
         .await
@@ -501,7 +437,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<MetricsSample>, StoreError> {
         let id = id.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare(
                 "SELECT at, metrics FROM metrics_history WHERE node_id = ?1 ORDER BY seq DESC LIMIT ?2",
             )?;
@@ -527,39 +463,248 @@ impl Store for SqliteStore {
 
     async fn insert_task(&self, task: &Task) -> Result<(), StoreError> {
         let t = task.clone();
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.write(move |c| {
+            let tx = c;
             tx.execute(
                 "INSERT INTO tasks (id, target, spec, created_by, created_at, max_parallel) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![t.id, to_json(&t.target), to_json(&t.spec), t.created_by, t.created_at, t.max_parallel],
             )?;
             for run in &t.runs {
                 tx.execute(
-                    "INSERT INTO task_runs (task_id, node_id, run, final) VALUES (?1, ?2, ?3, ?4)",
-                    params![t.id, run.node_id, to_json(run), run.state.is_final()],
+                    "INSERT INTO task_runs (task_id, node_id, run, final, state) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![t.id, run.node_id, to_json(run), run.state.is_final(), run.state.as_str()],
                 )?;
             }
-            tx.commit()?;
             Ok(())
         })
         .await
     }
 
-    async fn update_run(&self, task_id: &str, run: &TaskRun) -> Result<(), StoreError> {
-        let (id, run) = (task_id.to_string(), run.clone());
-        self.call(move |c| {
-            c.execute(
-                "UPDATE task_runs SET run = ?3, final = ?4 WHERE task_id = ?1 AND node_id = ?2",
-                params![id, run.node_id, to_json(&run), run.state.is_final()],
+    async fn transition_runs(
+        &self,
+        task_id: &str,
+        node_ids: Vec<String>,
+        from: &'static [RunState],
+        patch: RunPatch,
+    ) -> Result<Vec<TaskRun>, StoreError> {
+        let id = task_id.to_string();
+        let changes = patch_json(&patch);
+        self.write(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "UPDATE task_runs SET run = json_patch(run, ?3), state = ?4, final = ?5
+                 WHERE task_id = ?1 AND node_id = ?2 AND state IN ({}) RETURNING run",
+                state_list(from)
+            ))?;
+            let mut moved = Vec::new();
+            for node_id in &node_ids {
+                let run: Option<String> = stmt
+                    .query_row(
+                        params![
+                            id,
+                            node_id,
+                            changes,
+                            patch.state.as_str(),
+                            patch.state.is_final()
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(run) = run {
+                    moved.push(from_json(&run, "task run")?);
+                }
+            }
+            Ok(moved)
+        })
+        .await
+    }
+
+    async fn record_late_exit(
+        &self,
+        task_id: &str,
+        node_id: &str,
+        late: LateExit,
+    ) -> Result<Option<TaskRun>, StoreError> {
+        let (t, n) = (task_id.to_string(), node_id.to_string());
+        let patch = to_json(&serde_json::json!({ "late_exit": late }));
+        self.write(move |c| {
+            let run: Option<String> = c
+                .query_row(
+                    &format!(
+                        "UPDATE task_runs SET run = json_patch(run, ?3)
+                         WHERE task_id = ?1 AND node_id = ?2 AND json_extract(run, '$.late_exit') IS NULL
+                           AND (state IN ('Lost', 'Unreachable')
+                                OR (state = 'Cancelled' AND json_extract(run, '$.error') = '{}'))
+                         RETURNING run",
+                        super::SERVER_ONLY_CANCEL
+                    ),
+                    params![t, n, patch],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            run.map(|r| from_json(&r, "task run")).transpose()
+        })
+        .await
+    }
+
+    async fn get_run(&self, task_id: &str, node_id: &str) -> Result<Option<TaskRun>, StoreError> {
+        let (t, n) = (task_id.to_string(), node_id.to_string());
+        self.read(move |c| {
+            let run: Option<String> = c
+                .query_row(
+                    "SELECT run FROM task_runs WHERE task_id = ?1 AND node_id = ?2",
+                    params![t, n],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            run.map(|r| from_json(&r, "task run")).transpose()
+        })
+        .await
+    }
+
+    async fn runs_in_state(
+        &self,
+        task_id: &str,
+        states: &'static [RunState],
+        limit: usize,
+    ) -> Result<Vec<TaskRun>, StoreError> {
+        let t = task_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT run FROM task_runs WHERE task_id = ?1 AND state IN ({}) ORDER BY rowid LIMIT ?2",
+                state_list(states)
+            ))?;
+            let runs = stmt
+                .query_map(params![t, limit.min(i64::MAX as usize) as i64], |r| {
+                    r.get::<_, String>(0)
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            runs.iter().map(|r| from_json(r, "task run")).collect()
+        })
+        .await
+    }
+
+    async fn count_runs(
+        &self,
+        task_id: &str,
+        states: &'static [RunState],
+    ) -> Result<usize, StoreError> {
+        let t = task_id.to_string();
+        self.read(move |c| {
+            let n: i64 = c.query_row(
+                &format!(
+                    "SELECT count(*) FROM task_runs WHERE task_id = ?1 AND state IN ({})",
+                    state_list(states)
+                ),
+                [t],
+                |r| r.get(0),
             )?;
-            Ok(())
+            Ok(n.max(0) as usize)
+        })
+        .await
+    }
+
+    async fn open_runs_for_node(
+        &self,
+        node_id: &str,
+    ) -> Result<Vec<(String, TaskRun, TaskSpec)>, StoreError> {
+        let node_id = node_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT t.id, t.spec, r.run FROM task_runs r JOIN tasks t ON t.id = r.task_id
+                 WHERE r.node_id = ?1 AND r.state IN ('Pending', 'Running')",
+            )?;
+            let rows = stmt
+                .query_map([node_id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, spec, run)| {
+                    Ok((
+                        id,
+                        from_json(&run, "task run")?,
+                        from_json(&spec, "task spec")?,
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn open_runs_silent_since(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT r.task_id, r.node_id FROM task_runs r JOIN nodes n ON n.id = r.node_id
+                 WHERE r.state IN ('Pending', 'Running') AND (n.last_seen IS NULL OR n.last_seen < ?1)",
+            )?;
+            let rows = stmt
+                .query_map([ts(cutoff)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn delete_finished_tasks_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            Ok(c.execute(
+                "DELETE FROM tasks WHERE created_at < ?1 AND NOT EXISTS
+                   (SELECT 1 FROM task_runs r WHERE r.task_id = tasks.id AND r.state IN ('Pending', 'Running'))",
+                [cutoff],
+            )?)
+        })
+        .await
+    }
+
+    async fn trim_output(&self, max_bytes: u64) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            let total: i64 =
+                c.query_row("SELECT coalesce(sum(length(data)), 0) FROM task_output", [], |r| {
+                    r.get(0)
+                })?;
+            let mut excess = (total.max(0) as u64).saturating_sub(max_bytes);
+            if excess == 0 {
+                return Ok(0);
+            }
+            let mut stmt = c.prepare(
+                "SELECT t.id, (SELECT coalesce(sum(length(o.data)), 0) FROM task_output o WHERE o.task_id = t.id)
+                 FROM tasks t WHERE NOT EXISTS
+                   (SELECT 1 FROM task_runs r WHERE r.task_id = t.id AND r.state IN ('Pending', 'Running'))
+                 ORDER BY t.created_at",
+            )?;
+            let sizes = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut trimmed = 0;
+            for (id, size) in sizes {
+                if excess == 0 {
+                    break;
+                }
+                if size <= 0 {
+                    continue;
+                }
+                c.execute("DELETE FROM task_output WHERE task_id = ?1", [&id])?;
+                excess = excess.saturating_sub(size as u64);
+                trimmed += 1;
+            }
+            Ok(trimmed)
         })
         .await
     }
 
     async fn get_task(&self, id: &str) -> Result<Option<Task>, StoreError> {
         let id = id.to_string();
-        self.call(move |c| load_task(c, &id)).await
+        self.read(move |c| load_task(c, &id)).await
     }
 
     async fn task_ids_with_prefix(
@@ -568,7 +713,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         let prefix = prefix.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt =
                 c.prepare("SELECT id FROM tasks WHERE substr(id, 1, length(?1)) = ?1 LIMIT ?2")?;
             let ids = stmt
@@ -580,7 +725,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt =
                 c.prepare("SELECT id FROM tasks ORDER BY created_at DESC, rowid DESC LIMIT ?1")?;
             let ids = stmt
@@ -595,45 +740,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn running_tasks_for_node(
-        &self,
-        node_id: &str,
-    ) -> Result<Vec<(String, TaskSpec)>, StoreError> {
-        let node_id = node_id.to_string();
-        self.call(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT t.id, t.spec, r.run FROM task_runs r JOIN tasks t ON t.id = r.task_id
-                 WHERE r.node_id = ?1 AND r.final = 0",
-            )?;
-            let rows = stmt
-                .query_map([node_id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut out = Vec::new();
-            for (id, spec, run) in rows {
-                let run: TaskRun = from_json(&run, "task run")?;
-                if run.state == drover_types::task::RunState::Running {
-                    out.push((id, from_json(&spec, "task spec")?));
-                }
-            }
-            Ok(out)
-        })
-        .await
-    }
-
     async fn insert_output(
         &self,
         task_id: &str,
         chunks: Vec<OutputRecord>,
     ) -> Result<(), StoreError> {
         let id = task_id.to_string();
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.write(move |c| {
+            let tx = c;
             {
                 let mut stmt = tx.prepare_cached(
                     "INSERT OR IGNORE INTO task_output (task_id, node_id, seq, stream, data) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -642,7 +756,6 @@ impl Store for SqliteStore {
                     stmt.execute(params![id, ch.node_id, ch.seq as i64, ch.stream, ch.data])?;
                 }
             }
-            tx.commit()?;
             Ok(())
         })
         .await
@@ -655,7 +768,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<(i64, OutputRecord)>, StoreError> {
         let id = task_id.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT row, node_id, seq, stream, data FROM task_output WHERE task_id = ?1 AND row > ?2 ORDER BY row LIMIT ?3",
             )?;
@@ -679,7 +792,7 @@ impl Store for SqliteStore {
 
     async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError> {
         let (t, n) = (task_id.to_string(), node_id.to_string());
-        self.call(move |c| {
+        self.write(move |c| {
             let max: Option<i64> = c.query_row(
                 "SELECT MAX(seq) FROM task_output WHERE task_id = ?1 AND node_id = ?2",
                 params![t, n],
@@ -692,7 +805,7 @@ impl Store for SqliteStore {
 
     async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let e = entry.clone();
-        self.call(move |c| {
+        self.read(move |c| {
             c.execute(
                 "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![e.at, e.actor, e.action, e.target, to_json(&e.detail)],
@@ -704,7 +817,7 @@ impl Store for SqliteStore {
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
         let f = filter.clone();
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare(
                 "SELECT id, at, actor, action, target, detail FROM audit
                  WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR action = ?2)
@@ -748,8 +861,8 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<(u64, bool), StoreError> {
         let (m, json) = (manifest.clone(), to_json(manifest));
-        self.call(move |c| {
-            let tx = c.transaction()?;
+        self.write(move |c| {
+            let tx = c;
             let current: Option<(i64, String)> = tx
                 .query_row("SELECT generation, manifest FROM manifests WHERE name = ?1", [&m.name], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
@@ -765,14 +878,13 @@ impl Store for SqliteStore {
                     params![m.name, generation as i64, json, now],
                 )?;
             }
-            tx.commit()?;
             Ok((generation, changed))
         })
         .await
     }
 
     async fn list_manifests(&self) -> Result<Vec<StoredManifest>, StoreError> {
-        self.call(|c| {
+        self.read(|c| {
             let mut stmt =
                 c.prepare("SELECT generation, manifest, updated_at FROM manifests ORDER BY name")?;
             let rows = stmt
@@ -799,7 +911,7 @@ impl Store for SqliteStore {
 
     async fn delete_manifest(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_string();
-        self.call(move |c| Ok(c.execute("DELETE FROM manifests WHERE name = ?1", [name])? > 0))
+        self.write(move |c| Ok(c.execute("DELETE FROM manifests WHERE name = ?1", [name])? > 0))
             .await
     }
 
@@ -808,7 +920,7 @@ impl Store for SqliteStore {
         node_id: &str,
     ) -> Result<Option<(DesiredState, String)>, StoreError> {
         let id = node_id.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             let row: Option<(String, String)> = c
                 .query_row(
                     "SELECT state, hash FROM node_desired WHERE node_id = ?1",
@@ -827,15 +939,17 @@ impl Store for SqliteStore {
         node_id: &str,
         state: &DesiredState,
         hash: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let (id, json, hash) = (node_id.to_string(), to_json(state), hash.to_string());
-        self.call(move |c| {
-            c.execute(
-                "INSERT INTO node_desired (node_id, state, hash) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(node_id) DO UPDATE SET state = ?2, hash = ?3",
-                params![id, json, hash],
+        let previous = state.generation.saturating_sub(1) as i64;
+        self.write(move |c| {
+            let n = c.execute(
+                "INSERT INTO node_desired (node_id, state, hash) SELECT ?1, ?2, ?3 WHERE ?4 = 0
+                 ON CONFLICT(node_id) DO UPDATE SET state = ?2, hash = ?3
+                 WHERE json_extract(node_desired.state, '$.generation') = ?4",
+                params![id, json, hash, previous],
             )?;
-            Ok(())
+            Ok(n > 0)
         })
         .await
     }
@@ -846,10 +960,11 @@ impl Store for SqliteStore {
         report: &NodeConvergence,
     ) -> Result<(), StoreError> {
         let (id, json) = (node_id.to_string(), to_json(report));
-        self.call(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO node_convergence (node_id, report) VALUES (?1, ?2)
-                 ON CONFLICT(node_id) DO UPDATE SET report = ?2",
+                 ON CONFLICT(node_id) DO UPDATE SET report = ?2
+                 WHERE json_extract(report, '$.observed_generation') <= json_extract(?2, '$.observed_generation')",
                 params![id, json],
             )?;
             Ok(())
@@ -859,7 +974,7 @@ impl Store for SqliteStore {
 
     async fn get_convergence(&self, node_id: &str) -> Result<Option<NodeConvergence>, StoreError> {
         let id = node_id.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             let row: Option<String> = c
                 .query_row(
                     "SELECT report FROM node_convergence WHERE node_id = ?1",
@@ -872,9 +987,42 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn all_convergence(
+        &self,
+    ) -> Result<Vec<(String, u64, Option<NodeConvergence>)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT n.id, json_extract(d.state, '$.generation'), v.report FROM nodes n
+                 LEFT JOIN node_desired d ON d.node_id = n.id
+                 LEFT JOIN node_convergence v ON v.node_id = n.id ORDER BY n.name",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, generation, report)| {
+                    Ok((
+                        id,
+                        generation.unwrap_or(0).max(0) as u64,
+                        report
+                            .map(|r| from_json(&r, "convergence report"))
+                            .transpose()?,
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError> {
         let sha = sha256.to_string();
-        self.call(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?1, ?2)",
                 params![sha, data],
@@ -886,7 +1034,7 @@ impl Store for SqliteStore {
 
     async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let sha = sha256.to_string();
-        self.call(move |c| {
+        self.read(move |c| {
             Ok(
                 c.query_row("SELECT data FROM blobs WHERE sha256 = ?1", [sha], |r| {
                     r.get(0)

@@ -1,0 +1,163 @@
+//! Connections to the SQLite file: one writer thread that commits the writes queued meanwhile together
+//! (group commit: a thousand heartbeats cost one transaction, not a thousand), and a few readers, which WAL
+//! lets run beside the writer.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::StoreError;
+
+/// Writes committed together at most.
+const MAX_BATCH: usize = 1024;
+/// Writes queued at most before writers wait.
+const QUEUE: usize = 16 * 1024;
+/// Read connections.
+const READERS: usize = 3;
+
+/// Hands a write's result to its caller once the batch it ran in is committed (or not).
+type Deliver = Box<dyn FnOnce(Option<&str>) + Send>;
+/// One write: runs inside the batch's transaction, in its own savepoint; says whether it succeeded.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Deliver) + Send>;
+
+pub(super) struct Pool {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+}
+
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll back).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Pool {
+    /// Opens the file, lets `prepare` (migrations) run on the writer first, then starts the writer thread.
+    pub fn open(
+        path: &Path,
+        prepare: impl FnOnce(&mut Connection) -> Result<(), StoreError>,
+    ) -> Result<Self, StoreError> {
+        let mut writer = open(path)?;
+        prepare(&mut writer)?;
+        let readers = (0..READERS)
+            .map(|_| open(path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("drover-store-writer".into())
+            .spawn(move || write_loop(writer, rx))
+            .map_err(|e| StoreError::Task(format!("cannot start the store's writer: {e}")))?;
+        Ok(Self {
+            jobs,
+            readers: Arc::new(readers),
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `f` in the writer's current transaction. Returns once that transaction is committed, so what
+    /// `f` wrote is visible to every later read.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let deliver: Deliver = Box::new(move |commit_error| {
+                let result = match (result, commit_error) {
+                    (Ok(_), Some(e)) => Err(StoreError::Task(format!("commit failed: {e}"))),
+                    (r, _) => r,
+                };
+                let _ = tx.send(result);
+            });
+            (ok, deliver)
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Task("the store's writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Task("the store's writer has stopped".into()))?
+    }
+
+    /// Runs `f` on a read connection in a blocking thread.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            // Take a free reader if there is one, else wait for the one in turn.
+            for i in 0..readers.len() {
+                if let Ok(conn) = readers[(start + i) % readers.len()].try_lock() {
+                    return f(&conn);
+                }
+            }
+            f(&lock(&readers[start % readers.len()]))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let in_transaction = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+        let mut delivers = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            // A failing write rolls back to its savepoint and leaves the others in the batch alone.
+            let savepoint = in_transaction && conn.execute_batch("SAVEPOINT job").is_ok();
+            let (ok, deliver) = job(&conn);
+            if savepoint {
+                let end = if ok {
+                    "RELEASE job"
+                } else {
+                    "ROLLBACK TO job; RELEASE job"
+                };
+                if let Err(e) = conn.execute_batch(end) {
+                    tracing::error!("store savepoint: {e}");
+                }
+            }
+            delivers.push(deliver);
+        }
+        let commit_error = if in_transaction {
+            match conn.execute_batch("COMMIT") {
+                Ok(()) => None,
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    tracing::error!("cannot commit to the store: {e}");
+                    Some(e.to_string())
+                }
+            }
+        } else {
+            None
+        };
+        for deliver in delivers {
+            deliver(commit_error.as_deref());
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The schema, as versioned migrations.
+
+/// Versioned schema: entry N moves the database from `user_version` N to N+1. Never edit a released entry.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE join_tokens (
+    id TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    max_uses INTEGER,
+    uses INTEGER NOT NULL DEFAULT 0,
+    labels TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    transport TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    ip TEXT,
+    registered_at TEXT NOT NULL,
+    last_seen TEXT,
+    heartbeat_interval_ms INTEGER NOT NULL,
+    capabilities TEXT NOT NULL,
+    metrics TEXT,
+    node_token_sha256 TEXT
+);
+CREATE TABLE metrics_history (
+    node_id TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    metrics TEXT NOT NULL
+);
+CREATE INDEX metrics_history_node ON metrics_history(node_id, seq);
+"#,
+    r#"
+ALTER TABLE nodes ADD COLUMN reported_labels TEXT NOT NULL DEFAULT '{}';
+"#,
+    r#"
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    max_parallel INTEGER
+);
+CREATE INDEX tasks_created ON tasks(created_at);
+CREATE TABLE task_runs (
+    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    node_id TEXT NOT NULL,
+    run TEXT NOT NULL,
+    final INTEGER NOT NULL,
+    PRIMARY KEY (task_id, node_id)
+);
+CREATE INDEX task_runs_open ON task_runs(node_id, final);
+CREATE TABLE task_output (
+    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    node_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (task_id, node_id, seq)
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_at ON audit(at);
+"#,
+    // Replaying a task's output walks this index in row order instead of sorting every row per page.
+    r#"
+CREATE INDEX task_output_task ON task_output(task_id);
+"#,
+    r#"
+CREATE TABLE manifests (
+    name TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE node_desired (
+    node_id TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE node_convergence (
+    node_id TEXT PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
+    report TEXT NOT NULL
+);
+"#,
+    r#"
+CREATE TABLE blobs (
+    sha256 TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+);
+"#,
+    // Run states as a column, so every transition can name the state it leaves.
+    r#"
+ALTER TABLE task_runs ADD COLUMN state TEXT NOT NULL DEFAULT 'Pending';
+UPDATE task_runs SET state = json_extract(run, '$.state');
+CREATE INDEX task_runs_task_state ON task_runs(task_id, state);
+CREATE INDEX task_runs_node_state ON task_runs(node_id, state);
+"#,
+];
