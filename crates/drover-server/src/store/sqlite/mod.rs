@@ -943,12 +943,19 @@ impl Store for SqliteStore {
         let (id, json, hash) = (node_id.to_string(), to_json(state), hash.to_string());
         let previous = state.generation.saturating_sub(1) as i64;
         self.write(move |c| {
-            let n = c.execute(
-                "INSERT INTO node_desired (node_id, state, hash) SELECT ?1, ?2, ?3 WHERE ?4 = 0
-                 ON CONFLICT(node_id) DO UPDATE SET state = ?2, hash = ?3
-                 WHERE json_extract(node_desired.state, '$.generation') = ?4",
-                params![id, json, hash, previous],
-            )?;
+            let n = if previous == 0 {
+                c.execute(
+                    "INSERT INTO node_desired (node_id, state, hash) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(node_id) DO NOTHING",
+                    params![id, json, hash],
+                )?
+            } else {
+                c.execute(
+                    "UPDATE node_desired SET state = ?2, hash = ?3
+                     WHERE node_id = ?1 AND json_extract(state, '$.generation') = ?4",
+                    params![id, json, hash, previous],
+                )?
+            };
             Ok(n > 0)
         })
         .await
@@ -1175,5 +1182,292 @@ mod tests {
             store.use_join_token("t1", "s", later).await.unwrap(),
             Err(TokenRefusal::Revoked)
         );
+    }
+
+    fn task(id: &str, nodes: &[&str]) -> Task {
+        Task {
+            id: id.into(),
+            target: drover_types::task::Target::All,
+            spec: drover_types::task::TaskSpec::Exec {
+                argv: vec!["true".into()],
+                shell: None,
+                env: Default::default(),
+                cwd: None,
+                user: None,
+                timeout_ms: None,
+                grace_ms: None,
+            },
+            created_by: "admin".into(),
+            created_at: Utc::now(),
+            max_parallel: None,
+            runs: nodes
+                .iter()
+                .map(|n| TaskRun {
+                    node_id: n.to_string(),
+                    node_name: n.to_string(),
+                    state: RunState::Pending,
+                    exit_code: None,
+                    signal: None,
+                    error: None,
+                    started_at: None,
+                    finished_at: None,
+                    late_exit: None,
+                })
+                .collect(),
+        }
+    }
+
+    const OPEN: &[RunState] = &[RunState::Pending, RunState::Running];
+
+    #[tokio::test]
+    async fn a_transition_names_the_state_it_leaves_and_a_final_state_is_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        store.insert_task(&task("t", &["a", "b"])).await.unwrap();
+        let started = RunPatch {
+            started_at: Some(Utc::now()),
+            ..RunPatch::to(RunState::Running)
+        };
+        let moved = store
+            .transition_runs(
+                "t",
+                vec!["a".into(), "b".into()],
+                &[RunState::Pending],
+                started.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(moved.len(), 2);
+        // The exit lands first; a late "Running" write from a copy taken before can no longer win.
+        let exit = RunPatch {
+            exit_code: Some(0),
+            finished_at: Some(Utc::now()),
+            ..RunPatch::to(RunState::Succeeded)
+        };
+        let done = store
+            .transition_runs("t", vec!["a".into()], OPEN, exit)
+            .await
+            .unwrap();
+        assert_eq!(done[0].state, RunState::Succeeded);
+        assert_eq!(done[0].exit_code, Some(0));
+        assert!(
+            done[0].started_at.is_some(),
+            "a patch keeps what it does not set"
+        );
+        let again = store
+            .transition_runs("t", vec!["a".into()], &[RunState::Pending], started)
+            .await
+            .unwrap();
+        assert!(again.is_empty());
+        let lost = store
+            .transition_runs(
+                "t",
+                vec!["a".into()],
+                OPEN,
+                RunPatch::end(RunState::Lost, "x"),
+            )
+            .await
+            .unwrap();
+        assert!(lost.is_empty(), "a final state is never left");
+        assert_eq!(
+            store.get_run("t", "a").await.unwrap().unwrap().state,
+            RunState::Succeeded
+        );
+        assert_eq!(store.count_runs("t", OPEN).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .runs_in_state("t", &[RunState::Running], 10)
+                .await
+                .unwrap()[0]
+                .node_id,
+            "b"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_late_exit_is_kept_only_beside_a_run_the_server_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        store.insert_task(&task("t", &["a", "b"])).await.unwrap();
+        store
+            .transition_runs(
+                "t",
+                vec!["a".into()],
+                OPEN,
+                RunPatch::end(RunState::Lost, "gone"),
+            )
+            .await
+            .unwrap();
+        store
+            .transition_runs(
+                "t",
+                vec!["b".into()],
+                OPEN,
+                RunPatch::to(RunState::Succeeded),
+            )
+            .await
+            .unwrap();
+        let late = LateExit {
+            state: RunState::Failed,
+            exit_code: Some(3),
+            signal: None,
+            error: None,
+            at: Utc::now(),
+        };
+        let kept = store
+            .record_late_exit("t", "a", late.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.state, RunState::Lost);
+        assert_eq!(kept.late_exit.as_ref().unwrap().exit_code, Some(3));
+        assert!(
+            store
+                .record_late_exit("t", "a", late.clone())
+                .await
+                .unwrap()
+                .is_none(),
+            "only once"
+        );
+        assert!(
+            store
+                .record_late_exit("t", "b", late)
+                .await
+                .unwrap()
+                .is_none(),
+            "an agent's own exit is not overwritten by a duplicate"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_are_committed_together_and_each_is_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        for i in 0..50 {
+            store
+                .insert_node(&node(&format!("n{i}"), &format!("name{i}")))
+                .await
+                .unwrap();
+        }
+        let beats = (0..50).flat_map(|i| {
+            let store = store.clone();
+            (0..20).map(move |k| {
+                let store = store.clone();
+                async move {
+                    let m = Metrics {
+                        cpu_usage: k as f64,
+                        ..Metrics::default()
+                    };
+                    store
+                        .record_heartbeat(&format!("n{i}"), Utc::now(), &m, 5)
+                        .await
+                }
+            })
+        });
+        let results = futures_util::future::join_all(beats).await;
+        assert!(results.iter().all(|r| matches!(r, Ok(true))));
+        for i in 0..50 {
+            assert_eq!(
+                store
+                    .metrics_history(&format!("n{i}"), 100)
+                    .await
+                    .unwrap()
+                    .len(),
+                5
+            );
+        }
+        // A failing write leaves the others in its batch alone.
+        let (x, y) = (node("x", "name1"), node("y", "fresh"));
+        let (a, b) = tokio::join!(store.insert_node(&x), store.insert_node(&y));
+        assert!(matches!(a, Err(StoreError::NameTaken(_))));
+        assert!(b.is_ok());
+        assert!(store.get_node("y").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn desired_state_is_compare_and_set_on_its_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        store.insert_node(&node("a", "alpha")).await.unwrap();
+        let state = |generation| DesiredState {
+            generation,
+            resources: vec![],
+            conflicts: vec![],
+        };
+        assert!(store.put_desired("a", &state(1), "h1").await.unwrap());
+        assert!(
+            !store.put_desired("a", &state(1), "h1b").await.unwrap(),
+            "both saw none"
+        );
+        assert!(store.put_desired("a", &state(2), "h2").await.unwrap());
+        assert!(!store.put_desired("a", &state(2), "h2b").await.unwrap());
+        assert_eq!(store.get_desired("a").await.unwrap().unwrap().1, "h2");
+        // Reports cannot go back in generations.
+        let report = |g| NodeConvergence {
+            observed_generation: g,
+            ..NodeConvergence::default()
+        };
+        store.put_convergence("a", &report(2)).await.unwrap();
+        store.put_convergence("a", &report(1)).await.unwrap();
+        assert_eq!(
+            store
+                .get_convergence("a")
+                .await
+                .unwrap()
+                .unwrap()
+                .observed_generation,
+            2
+        );
+        let all = store.all_convergence().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            (all[0].1, all[0].2.as_ref().unwrap().observed_generation),
+            (2, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_old_finished_tasks_and_trims_output_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let mut old = task("old", &["a"]);
+        old.created_at = Utc::now() - chrono::Duration::days(30);
+        store.insert_task(&old).await.unwrap();
+        let mut running = task("running", &["a"]);
+        running.created_at = Utc::now() - chrono::Duration::days(30);
+        store.insert_task(&running).await.unwrap();
+        store.insert_task(&task("new1", &["a"])).await.unwrap();
+        store.insert_task(&task("new2", &["a"])).await.unwrap();
+        for id in ["old", "new1", "new2"] {
+            store
+                .transition_runs(
+                    id,
+                    vec!["a".into()],
+                    OPEN,
+                    RunPatch::to(RunState::Succeeded),
+                )
+                .await
+                .unwrap();
+            let out = OutputRecord {
+                node_id: "a".into(),
+                seq: 0,
+                stream: 1,
+                data: vec![b'x'; 1000],
+            };
+            store.insert_output(id, vec![out]).await.unwrap();
+        }
+        let cutoff = Utc::now() - chrono::Duration::days(7);
+        assert_eq!(store.delete_finished_tasks_before(cutoff).await.unwrap(), 1);
+        assert!(store.get_task("old").await.unwrap().is_none());
+        assert!(
+            store.get_task("running").await.unwrap().is_some(),
+            "open tasks stay"
+        );
+        assert_eq!(store.trim_output(1500).await.unwrap(), 1);
+        assert!(
+            store.output("new1", 0, 10).await.unwrap().is_empty(),
+            "the oldest goes first"
+        );
+        assert_eq!(store.output("new2", 0, 10).await.unwrap().len(), 1);
     }
 }
