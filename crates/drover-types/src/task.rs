@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// Default grace between SIGTERM and SIGKILL when a task is cancelled or times out.
 pub const DEFAULT_GRACE_MS: u64 = 10_000;
-/// Output lines longer than this are split.
-pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Output travels by size, not by line, in chunks of at most this many bytes (a chunk may end mid-line).
+pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,7 +325,7 @@ pub enum Stream {
     Stderr,
 }
 
-/// One piece of output: a line (with its newline) or part of an overlong line.
+/// One piece of output, as it came: up to `MAX_CHUNK_BYTES`, possibly ending mid-line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputChunk {
     pub node_id: String,

@@ -1,4 +1,4 @@
-//! Running a command: its own process group, output read line by line from both streams in arrival order,
+//! Running a command: its own process group, output read by size from both streams in arrival order,
 //! and on cancel or timeout SIGTERM to the whole group, a grace period, then SIGKILL.
 
 use std::collections::BTreeMap;
@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use drover_types::task::MAX_LINE_BYTES;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use drover_types::task::MAX_CHUNK_BYTES;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
 
 use super::Ended;
@@ -177,34 +177,34 @@ async fn stop(
     }
 }
 
-/// Reads a stream in lines (with their newline), splitting lines longer than MAX_LINE_BYTES.
-async fn pump(stream: impl AsyncRead + Unpin, which: u8, emit: mpsc::Sender<(u8, Vec<u8>)>) {
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+/// Reads a stream by size, not by line: whatever is there, up to MAX_CHUNK_BYTES at a time, so bulk output
+/// travels in few large chunks and live output still shows at once. A chunk never ends inside a UTF-8
+/// character when the output is text (the cut bytes start the next chunk).
+async fn pump(mut stream: impl AsyncRead + Unpin, which: u8, emit: mpsc::Sender<(u8, Vec<u8>)>) {
+    let mut carry: Vec<u8> = Vec::new();
     loop {
-        let mut line = Vec::new();
-        loop {
-            let buf = match reader.fill_buf().await {
-                Ok(b) => b,
-                Err(_) => return,
-            };
-            if buf.is_empty() {
-                break;
+        let mut buf = vec![0u8; MAX_CHUNK_BYTES];
+        let start = carry.len();
+        buf[..start].copy_from_slice(&carry);
+        carry.clear();
+        let n = match stream.read(&mut buf[start..]).await {
+            Ok(0) | Err(_) => {
+                if start > 0 {
+                    buf.truncate(start);
+                    let _ = emit.send((which, buf)).await;
+                }
+                return;
             }
-            let room = MAX_LINE_BYTES - line.len();
-            let take = match buf.iter().take(room).position(|b| *b == b'\n') {
-                Some(i) => i + 1,
-                None => buf.len().min(room),
-            };
-            line.extend_from_slice(&buf[..take]);
-            reader.consume(take);
-            if line.ends_with(b"\n") || line.len() >= MAX_LINE_BYTES {
-                break;
-            }
+            Ok(n) => n,
+        };
+        buf.truncate(start + n);
+        if let Err(e) = std::str::from_utf8(&buf)
+            && e.error_len().is_none()
+            && e.valid_up_to() > 0
+        {
+            carry = buf.split_off(e.valid_up_to());
         }
-        if line.is_empty() {
-            return;
-        }
-        if emit.send((which, line)).await.is_err() {
+        if emit.send((which, buf)).await.is_err() {
             return;
         }
     }

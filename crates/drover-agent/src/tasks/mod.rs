@@ -359,15 +359,16 @@ impl TaskManager {
                 chunk = emit_rx.recv(), if open => match chunk {
                     Some(first) => {
                         // Take whatever else is already waiting, so fast output travels in batches.
-                        let mut batch = Vec::new();
+                        let (mut batch, mut bytes) = (Vec::new(), 0);
                         let mut next = Some(first);
                         while let Some((stream, data)) = next {
+                            bytes += data.len();
                             match outbox.append(stream, &data) {
                                 Ok(Some(c)) => batch.push(c),
                                 Ok(None) => {}
                                 Err(e) => tracing::warn!(task = %task_id, "cannot keep task output: {e}"),
                             }
-                            next = if batch.len() < BATCH_CHUNKS { emit_rx.try_recv().ok() } else { None };
+                            next = if batch.len() < BATCH_CHUNKS && bytes < BATCH_BYTES { emit_rx.try_recv().ok() } else { None };
                         }
                         if let Err(e) = outbox.flush() {
                             tracing::warn!(task = %task_id, "cannot keep task output: {e}");
@@ -418,6 +419,8 @@ pub(crate) async fn cancelled(rx: &mut watch::Receiver<bool>) {
 
 /// Chunks per TaskOutput message at most.
 const BATCH_CHUNKS: usize = 512;
+/// Bytes per TaskOutput message, about: big enough for throughput, small enough to keep the stream moving.
+const BATCH_BYTES: usize = 1024 * 1024;
 
 fn output_message(task_id: &str, chunks: Vec<outbox::Chunk>) -> Msg {
     Msg::TaskOutput(v1::TaskOutput {
