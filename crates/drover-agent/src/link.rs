@@ -127,15 +127,13 @@ pub async fn run(
         path: tasks_dir,
         source,
     })?;
+    let blobs = Blobs::new(config.state_dir.join("blobs"));
     let converger = Converger::start(
         config.state_dir.clone(),
         ConvergeCtx {
             policy: ctx.policy.clone(),
             allow_shell: config.exec_policy.allow_shell,
-            blobs: Blobs {
-                cache: config.state_dir.join("blobs"),
-                server: Some(endpoint.clone()),
-            },
+            blobs: blobs.clone(),
         },
         config.resync_interval,
     );
@@ -144,6 +142,7 @@ pub async fn run(
         calls,
         tasks,
         converger,
+        blobs,
     };
     loop {
         let end = tokio::select! {
@@ -274,9 +273,11 @@ async fn session(
     }
 
     services.tasks.connected(tx.clone());
+    services.blobs.fetcher.connected(tx.clone());
     services.converger.connected(tx.clone()).await;
     let end = stream(config, collector, services, &controls, &tx, &mut inbound).await;
     services.tasks.disconnected();
+    services.blobs.fetcher.disconnected();
     services.converger.disconnected();
     end
 }
@@ -317,6 +318,7 @@ struct Services {
     calls: Arc<Calls>,
     tasks: Arc<TaskManager>,
     converger: Converger,
+    blobs: Blobs,
 }
 
 /// Routes one message from the server.
@@ -332,6 +334,7 @@ async fn dispatch(
         calls,
         tasks,
         converger,
+        blobs,
     } = services;
     let to_plugin = |plugin: &str, c: Control| {
         if let Some(ctl) = controls.get(plugin) {
@@ -423,7 +426,7 @@ async fn dispatch(
         }
         M::TaskCancel(t) => tasks.cancel(&t.task_id),
         M::TaskAck(a) => tasks.acknowledged(&a.task_id, a.exit),
-        M::BlobData(_) => {}
+        M::BlobData(d) => blobs.fetcher.data(d),
         M::SessionMessage(m) => match serde_json::from_str(&m.body_json) {
             Ok(body) => to_plugin(&m.plugin, Control::Message { body }),
             Err(e) => {

@@ -6,6 +6,7 @@
 //! the ledger of what this agent owns (for garbage collection across restarts), per-resource backoff,
 //! periodic re-observation that catches drift, and reporting.
 
+mod blobs;
 mod container;
 mod file;
 mod shell_job;
@@ -28,6 +29,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::policy::Policy;
+pub use blobs::Blobs;
 
 /// What reconcilers may touch, from the node's own policy, and where content comes from.
 #[derive(Clone)]
@@ -35,53 +37,6 @@ pub struct ConvergeCtx {
     pub policy: Arc<Policy>,
     pub allow_shell: bool,
     pub blobs: Blobs,
-}
-
-/// Content by SHA-256: a local cache in the state dir, filled from the server.
-#[derive(Clone)]
-pub struct Blobs {
-    pub cache: PathBuf,
-    pub server: Option<tonic::transport::Endpoint>,
-}
-
-impl Blobs {
-    pub async fn get(&self, sha256: &str) -> Result<Vec<u8>, String> {
-        if !(sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
-            return Err(format!("{sha256:?} is not a SHA-256"));
-        }
-        let cached = self.cache.join(sha256);
-        if let Ok(data) = std::fs::read(&cached)
-            && hex::encode(Sha256::digest(&data)) == sha256
-        {
-            return Ok(data);
-        }
-        let endpoint = self
-            .server
-            .as_ref()
-            .ok_or("no server to fetch content from")?;
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach the server for content {sha256}: {e}"))?;
-        let blob = drover_proto::AgentLinkClient::new(channel)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .fetch_blob(v1::FetchBlobRequest {
-                sha256: sha256.to_string(),
-            })
-            .await
-            .map_err(|s| format!("cannot fetch content {sha256}: {}", s.message()))?
-            .into_inner()
-            .data;
-        if hex::encode(Sha256::digest(&blob)) != sha256 {
-            return Err(format!(
-                "the server sent content that does not hash to {sha256}"
-            ));
-        }
-        if drover_files::create_private_dir(&self.cache).is_ok() {
-            let _ = drover_files::write_atomic(&cached, &blob, true);
-        }
-        Ok(blob)
-    }
 }
 
 /// What a reconcile did.
@@ -667,10 +622,7 @@ mod tests {
             ctx: ConvergeCtx {
                 policy: Arc::new(Policy::new(&[dir.to_path_buf()])),
                 allow_shell: false,
-                blobs: Blobs {
-                    cache: dir.join("blobs"),
-                    server: None,
-                },
+                blobs: Blobs::new(dir.join("blobs")),
             },
             desired,
             ledger: BTreeMap::new(),

@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::fleet::{Fleet, FleetError};
 
+/// Bytes per BlobData piece.
+const BLOB_PIECE: usize = 1024 * 1024;
 /// Nodes whose desired state is recomputed at once.
 const RECOMPUTE_AT_ONCE: usize = 64;
 /// Attempts at a node's compare-and-set before giving up (each loses only to a newer change).
@@ -343,6 +345,56 @@ impl Fleet {
             ));
         }
         Ok(self.store().put_blob(&actual, data).await?)
+    }
+
+    /// Sends a blob to a node over its stream, in pieces, when its desired state references it.
+    pub(super) async fn serve_blob(&self, node_id: &str, req: v1::BlobRequest) {
+        let piece = |offset: u64, data: Vec<u8>, last: bool, error: String| {
+            Msg::BlobData(v1::BlobData {
+                request_id: req.request_id.clone(),
+                offset,
+                data,
+                last,
+                error,
+            })
+        };
+        let blob = match self.blob_for_node(node_id, &req.sha256).await {
+            Ok(Some(blob)) => blob,
+            Ok(None) => {
+                let why = format!("no blob {} in this node's desired state", req.sha256);
+                self.links()
+                    .send(node_id, piece(0, vec![], true, why))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!("cannot read a blob: {e}");
+                let why = "the server cannot read it; see its log".to_string();
+                self.links()
+                    .send(node_id, piece(0, vec![], true, why))
+                    .await;
+                return;
+            }
+        };
+        let mut offset = 0;
+        let mut pieces = blob.chunks(BLOB_PIECE).peekable();
+        if pieces.peek().is_none() {
+            self.links()
+                .send(node_id, piece(0, vec![], true, String::new()))
+                .await;
+            return;
+        }
+        while let Some(data) = pieces.next() {
+            let last = pieces.peek().is_none();
+            if !self
+                .links()
+                .send(node_id, piece(offset, data.to_vec(), last, String::new()))
+                .await
+            {
+                return;
+            }
+            offset += data.len() as u64;
+        }
     }
 
     /// A blob for a node, only when its desired state references it.

@@ -207,7 +207,12 @@ impl Fleet {
     }
 
     /// What an attached agent sends besides hellos and heartbeats.
-    pub async fn agent_message(&self, node_id: &str, name: &str, msg: agent_message::Msg) {
+    pub async fn agent_message(
+        self: &Arc<Self>,
+        node_id: &str,
+        name: &str,
+        msg: agent_message::Msg,
+    ) {
         use agent_message::Msg;
         match msg {
             Msg::ActionResult(r) => self.action_result(node_id, r),
@@ -218,7 +223,11 @@ impl Fleet {
             Msg::TaskExit(e) => self.task_exit(node_id, e).await,
             Msg::ConvergenceReport(r) => self.convergence_report(node_id, &r.report_json).await,
             Msg::PlanResult(p) => self.links.finish_plan(node_id, &p.request_id, p.plan_json),
-            Msg::BlobRequest(_) => {}
+            Msg::BlobRequest(r) => {
+                // Pieces wait for room in the node's stream; the stream's other messages must not.
+                let (fleet, node_id) = (self.clone(), node_id.to_string());
+                tokio::spawn(async move { fleet.serve_blob(&node_id, r).await });
+            }
             Msg::Hello(_) | Msg::Heartbeat(_) => {}
         }
     }

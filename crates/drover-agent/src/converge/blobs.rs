@@ -1,0 +1,209 @@
+//! Content by SHA-256 for File resources: a local cache in the state dir, filled from the server over the
+//! agent's own stream (`BlobRequest` out, `BlobData` pieces back), so a fleet-wide apply opens no
+//! connection per file.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_proto::v1::{self, AgentMessage, agent_message::Msg};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+/// Largest blob accepted, as the server's largest message.
+const MAX_BLOB: usize = 64 * 1024 * 1024;
+/// How long a fetch may take in all.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Pending {
+    sha256: String,
+    data: Vec<u8>,
+    reply: oneshot::Sender<Result<Vec<u8>, String>>,
+}
+
+/// Fetches in flight over the current stream.
+#[derive(Default)]
+pub struct Fetcher {
+    link: Mutex<Option<mpsc::Sender<AgentMessage>>>,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+impl Fetcher {
+    pub fn connected(&self, tx: mpsc::Sender<AgentMessage>) {
+        *lock(&self.link) = Some(tx);
+    }
+
+    /// The stream is gone: what was in flight fails (the reconciler retries with backoff).
+    pub fn disconnected(&self) {
+        *lock(&self.link) = None;
+        for (_, p) in lock(&self.pending).drain() {
+            let _ = p
+                .reply
+                .send(Err("the link to the server broke during the fetch".into()));
+        }
+    }
+
+    /// A piece from the server. Pieces come in order; anything else fails the fetch.
+    pub fn data(&self, piece: v1::BlobData) {
+        let mut pending = lock(&self.pending);
+        let Some(p) = pending.get_mut(&piece.request_id) else {
+            return;
+        };
+        let outcome = if !piece.error.is_empty() {
+            Some(Err(format!(
+                "the server cannot send content {}: {}",
+                p.sha256, piece.error
+            )))
+        } else if piece.offset != p.data.len() as u64 {
+            Some(Err(format!("content {} arrived out of order", p.sha256)))
+        } else if p.data.len() + piece.data.len() > MAX_BLOB {
+            Some(Err(format!(
+                "content {} is larger than {MAX_BLOB} bytes",
+                p.sha256
+            )))
+        } else {
+            p.data.extend_from_slice(&piece.data);
+            piece.last.then(|| Ok(std::mem::take(&mut p.data)))
+        };
+        if let Some(outcome) = outcome
+            && let Some(p) = pending.remove(&piece.request_id)
+        {
+            let _ = p.reply.send(outcome);
+        }
+    }
+
+    async fn fetch(&self, sha256: &str) -> Result<Vec<u8>, String> {
+        let tx = lock(&self.link)
+            .clone()
+            .ok_or("not connected to the server; content is fetched once the link is back")?;
+        let request_id = uuid_like();
+        let (reply, rx) = oneshot::channel();
+        lock(&self.pending).insert(
+            request_id.clone(),
+            Pending {
+                sha256: sha256.to_string(),
+                data: Vec::new(),
+                reply,
+            },
+        );
+        let request = v1::BlobRequest {
+            request_id: request_id.clone(),
+            sha256: sha256.to_string(),
+        };
+        let outcome = async {
+            tx.send(AgentMessage {
+                msg: Some(Msg::BlobRequest(request)),
+            })
+            .await
+            .map_err(|_| "the link to the server broke".to_string())?;
+            match tokio::time::timeout(FETCH_TIMEOUT, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err("the fetch was abandoned".to_string()),
+                Err(_) => Err(format!(
+                    "no content {sha256} from the server within {FETCH_TIMEOUT:?}"
+                )),
+            }
+        }
+        .await;
+        lock(&self.pending).remove(&request_id);
+        outcome
+    }
+}
+
+/// A request id unique within this agent's lifetime.
+fn uuid_like() -> String {
+    hex::encode(rand::random::<[u8; 12]>())
+}
+
+/// Content by SHA-256: the cache first, then the server.
+#[derive(Clone)]
+pub struct Blobs {
+    pub cache: PathBuf,
+    pub fetcher: Arc<Fetcher>,
+}
+
+impl Blobs {
+    pub fn new(cache: PathBuf) -> Self {
+        Self {
+            cache,
+            fetcher: Arc::default(),
+        }
+    }
+
+    pub async fn get(&self, sha256: &str) -> Result<Vec<u8>, String> {
+        if !(sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(format!("{sha256:?} is not a SHA-256"));
+        }
+        let cached = self.cache.join(sha256);
+        if let Ok(data) = std::fs::read(&cached)
+            && hex::encode(Sha256::digest(&data)) == sha256
+        {
+            return Ok(data);
+        }
+        let blob = self.fetcher.fetch(sha256).await?;
+        if hex::encode(Sha256::digest(&blob)) != sha256 {
+            return Err(format!(
+                "the server sent content that does not hash to {sha256}"
+            ));
+        }
+        if drover_files::create_private_dir(&self.cache).is_ok() {
+            let _ = drover_files::write_atomic(&cached, &blob, true);
+        }
+        Ok(blob)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pieces_are_assembled_in_order_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::new(dir.path().join("blobs"));
+        let (tx, mut rx) = mpsc::channel(4);
+        blobs.fetcher.connected(tx);
+        let content = b"hello, fleet".to_vec();
+        let sha = hex::encode(Sha256::digest(&content));
+        let fetcher = blobs.fetcher.clone();
+        let server = tokio::spawn(async move {
+            let Some(AgentMessage {
+                msg: Some(Msg::BlobRequest(r)),
+            }) = rx.recv().await
+            else {
+                panic!("expected a blob request");
+            };
+            fetcher.data(v1::BlobData {
+                request_id: r.request_id.clone(),
+                offset: 0,
+                data: b"hello, ".to_vec(),
+                last: false,
+                error: String::new(),
+            });
+            fetcher.data(v1::BlobData {
+                request_id: r.request_id,
+                offset: 7,
+                data: b"fleet".to_vec(),
+                last: true,
+                error: String::new(),
+            });
+        });
+        assert_eq!(blobs.get(&sha).await.unwrap(), content);
+        server.await.unwrap();
+        // Cached now: no link needed.
+        blobs.fetcher.disconnected();
+        assert_eq!(blobs.get(&sha).await.unwrap(), content);
+        assert!(
+            blobs
+                .get(&"0".repeat(64))
+                .await
+                .unwrap_err()
+                .contains("not connected")
+        );
+    }
+}
