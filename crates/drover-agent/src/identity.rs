@@ -212,6 +212,9 @@ fn endpoint(url: &str, tls: ClientTlsConfig) -> Result<Endpoint, IdentityError> 
                 .http2_keep_alive_interval(Duration::from_secs(20))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .keep_alive_while_idle(true)
+                // HTTP/2's default 64 KiB window would hold bulk output (and blobs) to a trickle.
+                .initial_stream_window_size(Some(drover_types::STREAM_WINDOW))
+                .initial_connection_window_size(Some(drover_types::STREAM_WINDOW * 2))
         })
 }
 

@@ -3,8 +3,19 @@
 use std::io::Write;
 use std::path::Path;
 
-/// Writes `contents` to `path` atomically; `private` files get mode 0600.
+/// Writes `contents` to `path` atomically and durably; `private` files get mode 0600.
 pub fn write_atomic(path: &Path, contents: &[u8], private: bool) -> std::io::Result<()> {
+    write(path, contents, private, true)
+}
+
+/// Writes `contents` to `path` atomically but without waiting for the disk: a crash of the process never
+/// leaves half a file, a power loss may leave the old one. For hot paths where each fsync costs milliseconds
+/// and losing the write only makes the outcome unknown, never wrong.
+pub fn replace(path: &Path, contents: &[u8], private: bool) -> std::io::Result<()> {
+    write(path, contents, private, false)
+}
+
+fn write(path: &Path, contents: &[u8], private: bool, durable: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
@@ -24,9 +35,14 @@ pub fn write_atomic(path: &Path, contents: &[u8], private: bool) -> std::io::Res
         }
         let mut file = options.open(&tmp)?;
         file.write_all(contents)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
     }
     std::fs::rename(&tmp, path)?;
+    if !durable {
+        return Ok(());
+    }
     if let Ok(d) = std::fs::File::open(dir) {
         // Persist the rename itself; failure here only weakens durability, so it is not an error.
         let _ = d.sync_all();

@@ -132,7 +132,7 @@ async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Serve
         .map_err(|source| ServerError::Listen { addr, flag, source })
 }
 
-/// Housekeeping: runs whose node went silent end as Lost; old tasks and output go.
+/// Housekeeping: runs whose node went silent end as Lost; channels nobody follows go; old tasks and output go.
 async fn janitor(fleet: Arc<Fleet>, config: ServerConfig, mut shutdown: watch::Receiver<bool>) {
     let every = (config.lost_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let mut since_retention = RETENTION_EVERY;
@@ -159,6 +159,7 @@ async fn janitor(fleet: Arc<Fleet>, config: ServerConfig, mut shutdown: watch::R
             _ = shutdown.changed() => return,
         }
         since_retention += every;
+        fleet.sweep_followers();
         match fleet.sweep_lost_runs(config.lost_after).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(runs = n, "runs whose node went silent ended as Lost"),
@@ -231,6 +232,8 @@ impl RunningServer {
         let agent_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+                .initial_stream_window_size(Some(drover_types::STREAM_WINDOW))
+                .initial_connection_window_size(Some(drover_types::STREAM_WINDOW * 2))
                 .add_service(
                     drover_proto::AgentLinkServer::new(gateway)
                         .max_decoding_message_size(MAX_MESSAGE)

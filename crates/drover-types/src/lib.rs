@@ -22,5 +22,9 @@ pub use node::{Capabilities, Gpu, Metrics, MetricsSample, Node, RunningContainer
 /// 2: Hello lists the agent's open tasks; blobs travel over the stream.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// HTTP/2 flow-control window of an agent's stream, both ways: credit, not a buffer, so idle streams cost
+/// nothing, while bulk output and blobs are not throttled to one default 64 KiB window per round trip.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
 /// Version of this drover build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

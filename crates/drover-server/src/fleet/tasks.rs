@@ -122,7 +122,7 @@ impl Fleet {
     }
 
     /// Drops the channels of tasks nobody follows any more (their followers left between events).
-    pub(crate) fn sweep_followers(&self) {
+    pub fn sweep_followers(&self) {
         lock(&self.live().followers).retain(|_, tx| tx.receiver_count() > 0);
     }
 
@@ -319,9 +319,11 @@ impl Fleet {
             .await?;
         if started.len() < pending.len() {
             // Some ended meanwhile (cancelled): they need no ordering.
+            let moved: std::collections::HashSet<&str> =
+                started.iter().map(|s| s.node_id.as_str()).collect();
             let mut progress = lock(&self.live().progress);
             for run in &pending {
-                if !started.iter().any(|s| s.node_id == run.node_id) {
+                if !moved.contains(run.node_id.as_str()) {
                     progress.remove(&(task_id.to_string(), run.node_id.clone()));
                 }
             }
@@ -458,26 +460,36 @@ impl Fleet {
         if ready.is_empty() {
             return;
         }
-        let chunks = ready
-            .iter()
-            .map(|(seq, stream, data)| chunk(node_id, &node_name, *seq, *stream, data))
-            .collect();
         let first = ready.first().map(|r| r.0).unwrap_or_default();
         let last = ready.last().map(|r| r.0).unwrap_or_default();
         let records = ready
-            .into_iter()
+            .iter()
             .map(|(seq, stream, data)| OutputRecord {
                 node_id: node_id.to_string(),
-                seq,
-                stream,
-                data,
+                seq: *seq,
+                stream: *stream,
+                data: data.clone(),
             })
             .collect();
         if let Err(e) = self.store().insert_output(&out.task_id, records).await {
             tracing::error!(task = %out.task_id, "cannot store task output: {e}");
             return;
         }
-        self.publish(&out.task_id, TaskEvent::Output(chunks));
+        // Checked after the output is stored: a follower that subscribes later reads it from the store.
+        // Followers get the chunks as JSON-ready text; without followers there is nothing to build.
+        let followed = lock(&self.live().followers).contains_key(&out.task_id);
+        let chunks: Vec<OutputChunk> = if followed {
+            ready
+                .iter()
+                .map(|(seq, stream, data)| chunk(node_id, &node_name, *seq, *stream, data))
+                .collect()
+        } else {
+            Vec::new()
+        };
+
+        if !chunks.is_empty() {
+            self.publish(&out.task_id, TaskEvent::Output(chunks));
+        }
         // Acknowledge whenever a batch crosses a multiple of ACK_EVERY.
         if (last + 1) / ACK_EVERY > first / ACK_EVERY {
             let ack = v1::TaskAck {
@@ -721,7 +733,6 @@ impl Fleet {
             None => 0,
         };
         let trimmed = self.store().trim_output(max_output).await?;
-        self.sweep_followers();
         Ok((deleted, trimmed))
     }
 
