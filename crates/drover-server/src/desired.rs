@@ -12,6 +12,27 @@ use sha2::{Digest, Sha256};
 
 use crate::fleet::{Fleet, FleetError};
 
+/// Followers of convergence (`GET /api/v1/status/events`) hear the id of every node whose desired generation
+/// or convergence report changed; one that falls behind reads the whole status again.
+pub struct StatusEvents(tokio::sync::broadcast::Sender<String>);
+
+impl Default for StatusEvents {
+    fn default() -> Self {
+        Self(tokio::sync::broadcast::channel(4096).0)
+    }
+}
+
+impl Fleet {
+    pub fn subscribe_status(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.status_events.0.subscribe()
+    }
+
+    fn status_changed(&self, node_id: &str) {
+        // No follower is not an error.
+        let _ = self.status_events.0.send(node_id.to_string());
+    }
+}
+
 impl Fleet {
     fn check_manifest(manifest: &Manifest) -> Result<(), FleetError> {
         manifest.validate().map_err(FleetError::ManifestInvalid)?;
@@ -179,6 +200,7 @@ impl Fleet {
             conflicts,
         };
         self.store().put_desired(&node.id, &state, &hash).await?;
+        self.status_changed(&node.id);
         tracing::info!(node = %node.name, generation, resources = state.resources.len(), "desired state changed");
         self.push_desired(&node.id, &state).await;
         Ok(())
@@ -217,6 +239,7 @@ impl Fleet {
                 if let Err(e) = self.store().put_convergence(node_id, &report).await {
                     tracing::error!("cannot store a convergence report: {e}");
                 }
+                self.status_changed(node_id);
             }
             Err(e) => {
                 tracing::warn!(node = %node_id, "ignored an unreadable convergence report: {e}")
