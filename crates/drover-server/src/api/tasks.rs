@@ -207,8 +207,11 @@ impl Follower {
             return self.catch_up().await;
         }
         // Output is stored before it is published: sent from the store it carries an exact resume point.
-        // What the store does not have yet goes out as it came, under the last resume point known.
-        self.send_stored().await?;
+        // What the store does not have yet goes out as it came, under the last resume point known. A burst
+        // of exits alone needs no look: a run's output is published before its exit.
+        if !chunks.is_empty() {
+            self.send_stored().await?;
+        }
         let fresh: Vec<_> = chunks
             .into_iter()
             .filter(|c| self.sent.fresh(&c.node_id, c.seq))
