@@ -402,3 +402,46 @@ pub fn segment(s: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{ClientError, Event, retryable, take_event};
+
+    #[test]
+    fn events_carry_their_name_data_and_id_and_keep_alives_are_skipped() {
+        let mut buf =
+            b": keep-alive\n\nevent: output\nid: 42\ndata: [1,\ndata: 2]\n\nid: 43\n\nevent: do"
+                .to_vec();
+        assert_eq!(take_event(&mut buf), Some(None), "a comment");
+        assert_eq!(
+            take_event(&mut buf),
+            Some(Some(Event {
+                name: "output".into(),
+                data: "[1,\n2]".into(),
+                id: Some("42".into()),
+            }))
+        );
+        assert_eq!(take_event(&mut buf), Some(None), "an id alone is no event");
+        assert_eq!(take_event(&mut buf), None, "incomplete: wait for more");
+        assert_eq!(buf, b"event: do");
+    }
+
+    #[test]
+    fn only_a_server_away_or_a_broken_stream_is_worth_retrying() {
+        let api = |status| ClientError::Api {
+            status,
+            message: String::new(),
+            action: None,
+        };
+        let unreachable = ClientError::Unreachable {
+            url: "u".into(),
+            message: "refused".into(),
+        };
+        let broken = ClientError::Protocol {
+            url: "u".into(),
+            message: "cut".into(),
+        };
+        assert!(retryable(&unreachable) && retryable(&broken) && retryable(&api(503)));
+        assert!(!retryable(&api(404)) && !retryable(&api(401)) && !retryable(&api(400)));
+    }
+}

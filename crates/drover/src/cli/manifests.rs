@@ -30,7 +30,8 @@ pub struct ApplyArgs {
     /// The manifest file (YAML or JSON).
     #[arg(short, long)]
     file: std::path::PathBuf,
-    /// Wait until every targeted node reports the new state converged.
+    /// Wait until every targeted node reports the new state converged (follows pushed status events;
+    /// rides out a server restart).
     #[arg(long)]
     wait: bool,
     /// Change nothing: ask each node what it would change, and print the plans.
