@@ -218,6 +218,11 @@ impl RunningServer {
         let router = api::router(ApiState::new(fleet.clone(), &admin_token));
         let mut api_shutdown = shutdown_rx.clone();
         let api_task = tokio::spawn(async move {
+            // Without TCP_NODELAY an event written while the previous one is unacknowledged waits for the
+            // client's delayed ACK (40 ms on Linux): every streamed task output would be that late.
+            let api_listener = axum::serve::ListenerExt::tap_io(api_listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(api_listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = api_shutdown.changed().await;

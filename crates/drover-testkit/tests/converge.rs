@@ -603,3 +603,112 @@ fn a_dry_run_says_what_would_change_and_changes_nothing() {
         "{table}"
     );
 }
+
+/// The next Server-Sent Event (name, JSON data) on a stream, skipping keep-alives.
+fn next_event(reader: &mut impl std::io::BufRead) -> (String, Value) {
+    let (mut name, mut data) = (String::new(), String::new());
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+        let line = line.trim_end_matches('\n');
+        if line.is_empty() {
+            if !data.is_empty() {
+                return (name, serde_json::from_str(&data).unwrap());
+            }
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("event:") {
+            name = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        }
+    }
+}
+
+fn converged(report: &Value) -> bool {
+    report["observed_generation"] == report["desired_generation"]
+        && report["resources"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty() && r.iter().all(|r| r["state"] == "Ready"))
+}
+
+#[test]
+fn status_changes_are_pushed_and_apply_wait_rides_out_a_server_restart() {
+    let mut f = fleet(&["--allow-shell"]);
+    let http = reqwest::blocking::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .unwrap();
+    let resp = http
+        .get(format!("{}/api/v1/status/events", f.server.api_url()))
+        .bearer_auth(f.server.admin_token())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = std::io::BufReader::new(resp);
+    // First the whole status, then each change as it happens, up to convergence.
+    let (name, all) = next_event(&mut stream);
+    assert_eq!(name, "status");
+    assert_eq!(all[0]["node_name"], "edge", "{all}");
+    f.apply(file_manifest(
+        "base",
+        vec![json!({"id": "motd", "file": {"path": f.path("motd"), "content": "pushed\n"}})],
+    ));
+    loop {
+        let (name, report) = next_event(&mut stream);
+        assert_eq!(name, "node", "{report}");
+        assert_eq!(report["node_name"], "edge");
+        if converged(&report) {
+            assert_eq!(report["resources"][0]["id"], "motd", "{report}");
+            break;
+        }
+    }
+    drop(stream);
+
+    // `apply --wait` on a node still converging when the server goes down and comes back.
+    let marker = f.path("job-done");
+    let manifest = f.files.path().join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name: job\nselector: {{role: edge}}\nresources:\n  - id: slow\n    shell_job: {{command: \"sleep 3; touch {marker}\", creates: {marker}}}\n"
+        ),
+    )
+    .unwrap();
+    let mut cli = f
+        .server
+        .cli_command(&[
+            "apply",
+            "-f",
+            manifest.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "2m",
+        ])
+        .unwrap()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(cli.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.contains("manifest job applied"), "{line}");
+    f.server.kill();
+    f.server.restart().unwrap();
+    let status = wait_for("apply --wait to end", TIMEOUT * 2, || {
+        cli.try_wait().ok().flatten()
+    });
+    if status.is_err() {
+        let _ = cli.kill();
+        let _ = cli.wait();
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.unwrap().success(), "{rest}");
+    assert!(rest.contains("all 1 node(s) converged"), "{rest}");
+    assert!(
+        Path::new(&marker).exists(),
+        "the job ran before --wait returned"
+    );
+}

@@ -124,12 +124,19 @@ fn a_run_ends_lost_when_its_agent_comes_back_without_it() {
     server
         .wait_node("box", "connected", |n| n["connected"] == true)
         .unwrap();
-    let task = server
-        .create_task(
-            json!({"target": {"node": "box"}, "spec": {"kind": "exec", "shell": "sleep 60"}}),
-        )
+    // Followed by the CLI, which must end with 7 (lost) rather than wait for ever.
+    let cli = server
+        .cli_command(&["exec", "box", "--shell", "sleep 60"])
+        .unwrap()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let id = task["id"].as_str().unwrap().to_string();
+    let id = wait_for("the task to exist", Duration::from_secs(30), || {
+        let tasks = server.get("/api/v1/tasks?limit=1").ok()?.body;
+        tasks[0]["id"].as_str().map(str::to_string)
+    })
+    .unwrap();
     server
         .wait_task(&id, "the run to be Running", |t| {
             t["runs"][0]["state"] == "Running"
@@ -145,6 +152,8 @@ fn a_run_ends_lost_when_its_agent_comes_back_without_it() {
         .unwrap();
     let error = task["runs"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("came back without this task"), "{error}");
+    let (code, err) = finish(cli, "exec of a lost run");
+    assert_eq!(code, 7, "a lost run exits 7: {}", tail(&err, 10));
     // A final state is final: the restarted agent never runs it again, and it stays Lost.
     agent
         .wait_log("a task was running when the agent stopped")

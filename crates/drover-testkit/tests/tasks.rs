@@ -524,3 +524,129 @@ fn user_switching_needs_a_root_agent() {
         .unwrap();
     assert_eq!(out.status.code(), Some(126), "{out:?}");
 }
+
+/// A spawned CLI killed if the test fails before it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn exec_rides_out_a_server_restart_and_prints_every_line_once() {
+    let mut server = Server::start().unwrap();
+    let _a = agent(&server, "box", &["--allow-shell"]);
+    let mut cli = Running(
+        server
+            .cli_command(&[
+                "exec",
+                "box",
+                "--",
+                "sh",
+                "-c",
+                "for i in 1 2 3 4 5 6; do echo $i; sleep 1; done",
+            ])
+            .unwrap()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = BufReader::new(cli.0.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first, "1\n");
+    // Down while the command runs on: the CLI is cut off, then the server comes back on the same ports.
+    server.kill();
+    server.restart().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = cli.0.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut e) = cli.0.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr).unwrap();
+    }
+    assert_eq!(
+        first + &rest,
+        "1\n2\n3\n4\n5\n6\n",
+        "every line once, in order; stderr: {stderr}"
+    );
+    assert!(status.success(), "{status:?}; stderr: {stderr}");
+    assert!(stderr.contains("reconnected"), "{stderr}");
+}
+
+/// (event, id, data) of each event in a Server-Sent Events body.
+fn sse_with_ids(text: &str) -> Vec<(String, String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let (mut name, mut id, mut data) = (None, String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            Some((name?, id, serde_json::from_str(&data).ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn an_output_stream_resumes_after_the_last_event_id() {
+    let server = Server::start().unwrap();
+    let _a = agent(&server, "box", &["--allow-shell"]);
+    let task = server
+        .create_task(shell(
+            "box",
+            "echo a; sleep 0.3; echo b; sleep 0.3; echo c; sleep 0.3; echo d",
+        ))
+        .unwrap();
+    let id = task["id"].as_str().unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .unwrap();
+    let events = |follow: bool, last: Option<&str>| {
+        let mut req = http
+            .get(format!(
+                "{}/api/v1/tasks/{id}/output?follow={follow}",
+                server.api_url()
+            ))
+            .bearer_auth(server.admin_token());
+        if let Some(l) = last {
+            req = req.header("Last-Event-ID", l);
+        }
+        sse_with_ids(&req.send().unwrap().text().unwrap())
+    };
+    let texts = |events: &[(String, String, Value)]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|(name, _, _)| name == "output")
+            .flat_map(|(_, _, v)| v.as_array().cloned().unwrap_or_default())
+            .map(|c| c["text"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    // Followed live, the lines (written apart) come in events of their own, each with a resume point.
+    let live = events(true, None);
+    assert_eq!(texts(&live), vec!["a\n", "b\n", "c\n", "d\n"], "{live:?}");
+    assert!(live.iter().all(|(_, id, _)| !id.is_empty()), "{live:?}");
+    let upto = live
+        .iter()
+        .position(|(name, _, v)| name == "output" && v.to_string().contains("b\\n"))
+        .unwrap();
+    let seen = texts(&live[..=upto]).len();
+    // Resuming after the event that carried "b" sends only what came after it, then the end again.
+    let resumed = events(false, Some(&live[upto].1));
+    assert_eq!(texts(&resumed), texts(&live)[seen..], "{resumed:?}");
+    assert!(seen < 4, "the lines came apart: {live:?}");
+    let names: Vec<&str> = resumed.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names.last(), Some(&"done"), "{names:?}");
+    // A resume point this server never gave replays everything rather than skip.
+    assert_eq!(texts(&events(false, Some("not-an-id"))).len(), 4);
+}

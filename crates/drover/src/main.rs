@@ -8,10 +8,15 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The server wants every core; a CLI command makes a few requests, and starting worker threads for
+    // them would cost more than they save.
+    let mut builder = match args.command {
+        cli::Command::Server(_) | cli::Command::Up(_) => {
+            tokio::runtime::Builder::new_multi_thread()
+        }
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drover: cannot start the runtime: {e}");

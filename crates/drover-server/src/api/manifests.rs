@@ -7,8 +7,16 @@ use drover_types::manifest::{Applied, Manifest, NodeStatusReport, StoredManifest
 use drover_types::{Labels, Node};
 use serde::Deserialize;
 
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
 use super::json::ApiJson;
 use super::{ApiError, ApiState};
+use crate::Fleet;
 
 const ACTOR: &str = "admin";
 
@@ -65,6 +73,83 @@ pub async fn delete(
 
 pub async fn status(State(s): State<ApiState>) -> Result<Json<Vec<NodeStatusReport>>, ApiError> {
     Ok(Json(s.fleet.status().await?))
+}
+
+/// Events a burst of changes is read in before the statuses are looked up once per node.
+const BURST: usize = 4096;
+
+/// Server-Sent Events: `event: status` (every node's `NodeStatusReport`) first, and again whenever this
+/// follower fell behind; then `event: node` (one node's report) whenever its desired generation or its
+/// convergence report changes. Ids count the stream's events. Resuming needs no replay: every stream,
+/// resumed (`Last-Event-ID`) or not, starts with the whole status, subscribed to before it is read.
+pub async fn status_events(State(s): State<ApiState>) -> impl axum::response::IntoResponse {
+    let live = s.fleet.subscribe_status();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(follow_status(s.fleet.clone(), live, tx));
+    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+}
+
+async fn follow_status(
+    fleet: Arc<Fleet>,
+    mut live: broadcast::Receiver<String>,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    let mut id = 0u64;
+    let mut event = |name: &str, data: String| {
+        id += 1;
+        Ok::<_, Infallible>(Event::default().event(name).id(id.to_string()).data(data))
+    };
+    let mut whole = true;
+    loop {
+        if whole {
+            let Ok(all) = fleet.status().await else {
+                return;
+            };
+            if tx.send(event("status", json(&all))).await.is_err() {
+                return;
+            }
+        }
+        let first = tokio::select! {
+            ev = live.recv() => ev,
+            _ = tx.closed() => return,
+        };
+        // Take what else is queued, so a burst costs one look per node.
+        let mut nodes = Vec::new();
+        whole = false;
+        let mut next = first.map_err(|e| match e {
+            broadcast::error::RecvError::Lagged(n) => broadcast::error::TryRecvError::Lagged(n),
+            broadcast::error::RecvError::Closed => broadcast::error::TryRecvError::Closed,
+        });
+        loop {
+            match next {
+                Ok(node) if !nodes.contains(&node) => nodes.push(node),
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => whole = true,
+                Err(broadcast::error::TryRecvError::Closed) => return,
+            }
+            if nodes.len() >= BURST {
+                break;
+            }
+            next = live.try_recv();
+        }
+        if whole {
+            continue;
+        }
+        for node in nodes {
+            // A node deleted meanwhile has nothing to report.
+            let Ok(report) = fleet.node_status(&node).await else {
+                continue;
+            };
+            if tx.send(event("node", json(&report))).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn json(data: &impl serde::Serialize) -> String {
+    serde_json::to_string(data).unwrap_or_default()
 }
 
 pub async fn node_status(

@@ -120,6 +120,7 @@ pub fn router(state: ApiState) -> Router {
             get(manifests::get).delete(manifests::delete),
         )
         .route("/api/v1/status", get(manifests::status))
+        .route("/api/v1/status/events", get(manifests::status_events))
         .route(
             "/api/v1/blobs/{sha256}",
             axum::routing::put(manifests::put_blob)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use drover_types::task::{AuditEntry, CreateTask, Task};
 use serde::Deserialize;
@@ -67,140 +67,213 @@ pub struct OutputQuery {
     follow: bool,
 }
 
+/// Events a burst of live events is read in before the follower looks at the store once for all of them.
+const BURST: usize = 1024;
+
+/// The resume point a follower sends back (`Last-Event-ID`): a row cursor of the stored output. One this
+/// server did not make counts as none: replaying from an earlier point is harmless, skipping is not.
+pub(super) fn last_event_id(headers: &HeaderMap) -> i64 {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|c| *c >= 0)
+        .unwrap_or(0)
+}
+
 /// `event: output` (an array of consecutive OutputChunks), `event: exit` (a TaskRun), `event: done` (the Task,
-/// when every run is final).
+/// when every run is final). Every event has an `id:`, the stored output's row cursor up to which the
+/// follower has everything; sent back as `Last-Event-ID`, the stream resumes after it. A resumed stream may
+/// repeat chunks from before that point (same node and seq) and exits (same node): followers drop repeats.
 pub async fn output(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     query: Result<Query<OutputQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(e.body_text(), Some("follow".into())))?;
-    let id = s.fleet.task(&id).await?.id;
+    let task = s.fleet.task(&id).await?;
     // Subscribe before reading what is stored, so nothing falls between the two.
-    let live = s.fleet.subscribe(&id);
+    let live = s.fleet.subscribe(&task.id);
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(stream_task(s.fleet.clone(), id, q.follow, live, tx));
+    let follower = Follower {
+        fleet: s.fleet.clone(),
+        names: task
+            .runs
+            .iter()
+            .map(|r| (r.node_id.clone(), r.node_name.clone()))
+            .collect(),
+        id: task.id,
+        sent: Sent {
+            cursor: last_event_id(&headers),
+            ..Sent::default()
+        },
+        tx,
+    };
+    tokio::spawn(follower.run(q.follow, live));
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
-}
-
-fn event(name: &str, data: &impl serde::Serialize) -> Result<Event, Infallible> {
-    Ok(Event::default()
-        .event(name)
-        .data(serde_json::to_string(data).unwrap_or_default()))
 }
 
 /// What a follower has been sent, so replay and live events never repeat.
 #[derive(Default)]
 struct Sent {
-    /// Stored rows read so far.
+    /// Stored rows read so far: the resume point.
     cursor: i64,
     next_seq: HashMap<String, u64>,
     exits: HashSet<String>,
 }
 
-async fn stream_task(
-    fleet: Arc<Fleet>,
-    id: String,
-    follow: bool,
-    mut live: broadcast::Receiver<TaskEvent>,
-    tx: mpsc::Sender<Result<Event, Infallible>>,
-) {
-    let mut sent = Sent::default();
-    if catch_up(&fleet, &id, &mut sent, &tx).await.unwrap_or(true) || !follow {
-        return;
-    }
-    loop {
-        let ev = tokio::select! {
-            ev = live.recv() => ev,
-            _ = tx.closed() => return,
-        };
-        let done = match ev {
-            Ok(TaskEvent::Output(chunks)) => {
-                let fresh: Vec<_> = chunks
-                    .into_iter()
-                    .filter(|c| {
-                        let next = sent.next_seq.entry(c.node_id.clone()).or_default();
-                        let new = c.seq >= *next;
-                        if new {
-                            *next = c.seq + 1;
-                        }
-                        new
-                    })
-                    .collect();
-                if !fresh.is_empty() && tx.send(event("output", &fresh)).await.is_err() {
-                    return;
-                }
-                false
-            }
-            Ok(TaskEvent::Exit(run)) => {
-                if sent.exits.insert(run.node_id.clone())
-                    && tx.send(event("exit", &run)).await.is_err()
-                {
-                    return;
-                }
-                false
-            }
-            // The end, or events lost to a slow follower: either way the store has the truth.
-            Ok(TaskEvent::Done) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                catch_up(&fleet, &id, &mut sent, &tx).await.unwrap_or(true)
-            }
-            Err(broadcast::error::RecvError::Closed) => true,
-        };
-        if done {
-            return;
+impl Sent {
+    /// Whether this chunk is new (and from now on sent).
+    fn fresh(&mut self, node_id: &str, seq: u64) -> bool {
+        let next = self.next_seq.entry(node_id.to_string()).or_default();
+        let new = seq >= *next;
+        if new {
+            *next = seq + 1;
         }
+        new
     }
 }
 
-/// Sends stored output and final runs not sent yet; true when the task is finished (and `done` was sent).
-async fn catch_up(
-    fleet: &Fleet,
-    id: &str,
-    sent: &mut Sent,
-    tx: &mpsc::Sender<Result<Event, Infallible>>,
-) -> Result<bool, ()> {
-    let task = fleet.task(id).await.map_err(|_| ())?;
-    let names: HashMap<&str, &str> = task
-        .runs
-        .iter()
-        .map(|r| (r.node_id.as_str(), r.node_name.as_str()))
-        .collect();
-    loop {
-        let page = fleet
-            .task_output_page(id, sent.cursor, 1000)
-            .await
-            .map_err(|_| ())?;
-        if page.is_empty() {
-            break;
+/// The stream stopped: the follower went away or the task is gone.
+struct Stop;
+
+/// One follower of one task's output.
+struct Follower {
+    fleet: Arc<Fleet>,
+    id: String,
+    names: HashMap<String, String>,
+    sent: Sent,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+}
+
+impl Follower {
+    async fn run(mut self, follow: bool, mut live: broadcast::Receiver<TaskEvent>) {
+        match self.catch_up().await {
+            Ok(false) if follow => {}
+            _ => return,
         }
-        let mut fresh = Vec::new();
-        for (row, rec) in page {
-            sent.cursor = row;
-            let next = sent.next_seq.entry(rec.node_id.clone()).or_default();
-            if rec.seq < *next {
-                continue;
+        while let Ok(false) = self.live(&mut live).await {}
+    }
+
+    async fn send(&self, name: &str, data: &impl serde::Serialize) -> Result<(), Stop> {
+        let event = Event::default()
+            .event(name)
+            .id(self.sent.cursor.to_string())
+            .data(serde_json::to_string(data).unwrap_or_default());
+        self.tx.send(Ok(event)).await.map_err(|_| Stop)
+    }
+
+    /// Waits for live events and sends what they bring; true when the task is finished.
+    async fn live(&mut self, live: &mut broadcast::Receiver<TaskEvent>) -> Result<bool, Stop> {
+        let first = tokio::select! {
+            ev = live.recv() => ev,
+            _ = self.tx.closed() => return Err(Stop),
+        };
+        // Take what else is queued, so a burst costs one look at the store.
+        let mut batch = vec![first];
+        while batch.len() < BURST {
+            match live.try_recv() {
+                Ok(ev) => batch.push(Ok(ev)),
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    batch.push(Err(broadcast::error::RecvError::Lagged(n)))
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    batch.push(Err(broadcast::error::RecvError::Closed));
+                    break;
+                }
             }
-            *next = rec.seq + 1;
-            let name = names.get(rec.node_id.as_str()).copied().unwrap_or_default();
-            fresh.push(chunk(&rec.node_id, name, rec.seq, rec.stream, &rec.data));
         }
+        let (mut chunks, mut exits, mut reread, mut closed) =
+            (Vec::new(), Vec::new(), false, false);
+        for ev in batch {
+            match ev {
+                Ok(TaskEvent::Output(c)) => chunks.extend(c),
+                Ok(TaskEvent::Exit(run)) => exits.push(run),
+                // The end, or events lost to a slow follower: either way the store has the truth.
+                Ok(TaskEvent::Done) | Err(broadcast::error::RecvError::Lagged(_)) => reread = true,
+                Err(broadcast::error::RecvError::Closed) => closed = true,
+            }
+        }
+        if closed {
+            // Nothing more will come this way: send what is stored and end the stream (a follower
+            // that still waits for the end reconnects and subscribes afresh).
+            self.catch_up().await?;
+            return Err(Stop);
+        }
+        if reread {
+            return self.catch_up().await;
+        }
+        // Output is stored before it is published: sent from the store it carries an exact resume point.
+        // What the store does not have yet goes out as it came, under the last resume point known. A burst
+        // of exits alone needs no look: a run's output is published before its exit.
+        if !chunks.is_empty() {
+            self.send_stored().await?;
+        }
+        let fresh: Vec<_> = chunks
+            .into_iter()
+            .filter(|c| self.sent.fresh(&c.node_id, c.seq))
+            .collect();
         if !fresh.is_empty() {
-            tx.send(event("output", &fresh)).await.map_err(|_| ())?;
+            self.send("output", &fresh).await?;
+        }
+        for run in exits {
+            if self.sent.exits.insert(run.node_id.clone()) {
+                self.send("exit", &run).await?;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Sends stored output not sent yet, a page at a time.
+    async fn send_stored(&mut self) -> Result<(), Stop> {
+        loop {
+            let page = self
+                .fleet
+                .task_output_page(&self.id, self.sent.cursor, 1000)
+                .await
+                .map_err(|_| Stop)?;
+            let Some(last) = page.last().map(|(row, _)| *row) else {
+                return Ok(());
+            };
+            let mut fresh = Vec::new();
+            for (_, rec) in page {
+                if self.sent.fresh(&rec.node_id, rec.seq) {
+                    let name = self.names.get(&rec.node_id).map(String::as_str);
+                    fresh.push(chunk(
+                        &rec.node_id,
+                        name.unwrap_or_default(),
+                        rec.seq,
+                        rec.stream,
+                        &rec.data,
+                    ));
+                }
+            }
+            self.sent.cursor = last;
+            if !fresh.is_empty() {
+                self.send("output", &fresh).await?;
+            }
         }
     }
-    // Reread: runs may have finished while the output was being sent.
-    let task = fleet.task(id).await.map_err(|_| ())?;
-    for run in task.runs.iter().filter(|r| r.state.is_final()) {
-        if sent.exits.insert(run.node_id.clone()) {
-            tx.send(event("exit", run)).await.map_err(|_| ())?;
+
+    /// Sends stored output and final runs not sent yet; true when the task is finished (and `done` was sent).
+    async fn catch_up(&mut self) -> Result<bool, Stop> {
+        self.send_stored().await?;
+        // Read after the output: runs that finished meanwhile have all their output stored.
+        let task = self.fleet.task(&self.id).await.map_err(|_| Stop)?;
+        for run in task.runs.iter().filter(|r| r.state.is_final()) {
+            if self.sent.exits.insert(run.node_id.clone()) {
+                self.send("exit", run).await?;
+            }
         }
+        if task.is_finished() {
+            self.send("done", &task).await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
-    if task.is_finished() {
-        tx.send(event("done", &task)).await.map_err(|_| ())?;
-        return Ok(true);
-    }
-    Ok(false)
 }
 
 #[derive(Deserialize)]

@@ -19,6 +19,27 @@ const RECOMPUTE_AT_ONCE: usize = 64;
 /// Attempts at a node's compare-and-set before giving up (each loses only to a newer change).
 const RECOMPUTE_TRIES: usize = 5;
 
+/// Followers of convergence (`GET /api/v1/status/events`) hear the id of every node whose desired generation
+/// or convergence report changed; one that falls behind reads the whole status again.
+pub struct StatusEvents(tokio::sync::broadcast::Sender<String>);
+
+impl Default for StatusEvents {
+    fn default() -> Self {
+        Self(tokio::sync::broadcast::channel(4096).0)
+    }
+}
+
+impl Fleet {
+    pub fn subscribe_status(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.status_events.0.subscribe()
+    }
+
+    fn status_changed(&self, node_id: &str) {
+        // No follower is not an error.
+        let _ = self.status_events.0.send(node_id.to_string());
+    }
+}
+
 impl Fleet {
     fn check_manifest(manifest: &Manifest) -> Result<(), FleetError> {
         manifest.validate().map_err(FleetError::ManifestInvalid)?;
@@ -196,6 +217,7 @@ impl Fleet {
             }
             state.generation = previous.map(|(s, _)| s.generation).unwrap_or(0) + 1;
             if self.store().put_desired(&node.id, &state, &hash).await? {
+                self.status_changed(&node.id);
                 tracing::info!(node = %node.name, generation = state.generation, resources = state.resources.len(), "desired state changed");
                 self.push_desired(&node.id, &state).await;
                 return Ok(());
@@ -243,6 +265,7 @@ impl Fleet {
                 if let Err(e) = self.store().put_convergence(node_id, &report).await {
                     tracing::error!("cannot store a convergence report: {e}");
                 }
+                self.status_changed(node_id);
             }
             Err(e) => {
                 tracing::warn!(node = %node_id, "ignored an unreadable convergence report: {e}")

@@ -120,6 +120,7 @@ pub struct Fleet {
     config: FleetConfig,
     links: Links,
     live: crate::tasks::TaskLive,
+    pub(crate) status_events: desired::StatusEvents,
 }
 
 /// Keeps a node's stream registered while alive; a newer stream for the same node takes over.
@@ -186,6 +187,7 @@ impl Fleet {
             config,
             links: Links::default(),
             live: Default::default(),
+            status_events: Default::default(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! The REST client the CLI uses, with errors that say what to do next.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use drover_types::api::ErrorBody;
 use reqwest::{Method, StatusCode};
@@ -9,6 +10,15 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::{Global, default_data_dir};
 
 const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+/// How long an ordinary request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A followed stream with no byte (the server sends a keep-alive every 15 s) for this long is dead.
+const STREAM_IDLE: Duration = Duration::from_secs(45);
+/// How long a follower keeps trying to reach the server again before it gives up (exit 5).
+pub const RECONNECT_FOR: Duration = Duration::from_secs(300);
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -59,8 +69,9 @@ impl Client {
                     .ok_or(ClientError::NoToken { path })?
             }
         };
+        // No overall timeout on the client: each request sets its own, so a followed stream is never cut.
         let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
+            .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| ClientError::Protocol {
                 url: base.clone(),
@@ -78,21 +89,23 @@ impl Client {
         self.request_with_timeout(method, path, body, None).await
     }
 
-    /// A request that may take longer than the default 30 s (an action with a long deadline).
+    /// A request that may take longer than the default 30 s (an action with a long deadline, a task created
+    /// on thousands of nodes).
     pub async fn request_with_timeout<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&impl Serialize>,
-        timeout: Option<std::time::Duration>,
+        timeout: Option<Duration>,
     ) -> Result<Option<T>, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .timeout(timeout.unwrap_or(REQUEST_TIMEOUT));
         if let Some(b) = body {
             req = req.json(b);
-        }
-        if let Some(t) = timeout {
-            req = req.timeout(t);
         }
         let resp = req.send().await.map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),
@@ -135,7 +148,7 @@ impl Client {
             .http
             .put(&url)
             .bearer_auth(&self.token)
-            .timeout(std::time::Duration::from_secs(600))
+            .timeout(Duration::from_secs(600))
             .body(bytes)
             .send()
             .await
@@ -150,20 +163,22 @@ impl Client {
         Ok(())
     }
 
-    /// Opens a Server-Sent Events stream (no overall timeout: following may take long).
-    pub async fn events(&self, path: &str) -> Result<EventStream, ClientError> {
+    /// Opens a Server-Sent Events stream, resuming after `last_id` when given. No overall timeout:
+    /// following may take long; a stream silent past its keep-alives counts as broken instead.
+    pub async fn events(
+        &self,
+        path: &str,
+        last_id: Option<&str>,
+    ) -> Result<EventStream, ClientError> {
         let url = format!("{}{path}", self.base);
-        let resp = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
-            .timeout(std::time::Duration::from_secs(365 * 24 * 3600))
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                url: self.base.clone(),
-                message: e.to_string(),
-            })?;
+        let mut req = self.http.get(&url).bearer_auth(&self.token);
+        if let Some(id) = last_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            message: e.to_string(),
+        })?;
         if !resp.status().is_success() {
             let status = resp.status();
             return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
@@ -176,11 +191,47 @@ impl Client {
     }
 }
 
-/// A Server-Sent Events reader: yields (event name, data).
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub name: String,
+    pub data: String,
+    /// The event's `id:`, from which a follower resumes.
+    pub id: Option<String>,
+}
+
+/// A Server-Sent Events reader.
 pub struct EventStream {
     resp: reqwest::Response,
     buf: Vec<u8>,
     url: String,
+}
+
+/// Takes the first complete event block out of `buf`: `Some(None)` for a block without data (a keep-alive
+/// comment, or an `id:` alone), `None` when no block is complete yet.
+fn take_event(buf: &mut Vec<u8>) -> Option<Option<Event>> {
+    let end = buf.windows(2).position(|w| w == b"\n\n")?;
+    let block: Vec<u8> = buf.drain(..end + 2).collect();
+    let text = String::from_utf8_lossy(&block);
+    let (mut name, mut data, mut id) = (String::from("message"), Vec::new(), None);
+    for line in text.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => name = value.to_string(),
+            "data" => data.push(value.to_string()),
+            "id" => id = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    if data.is_empty() {
+        return Some(None);
+    }
+    Some(Some(Event {
+        name,
+        data: data.join("\n"),
+        id,
+    }))
 }
 
 impl EventStream {
@@ -190,35 +241,140 @@ impl EventStream {
     }
 
     /// The next event; `None` when the server closed the stream.
-    pub async fn next(&mut self) -> Result<Option<(String, String)>, ClientError> {
+    pub async fn next(&mut self) -> Result<Option<Event>, ClientError> {
         loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&block);
-                let (mut name, mut data) = (String::from("message"), Vec::new());
-                for line in text.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        name = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
-                    }
+            if let Some(event) = take_event(&mut self.buf) {
+                match event {
+                    Some(e) => return Ok(Some(e)),
+                    None => continue,
                 }
-                if data.is_empty() {
-                    continue; // a keep-alive comment
-                }
-                return Ok(Some((name, data.join("\n"))));
             }
-            match self.resp.chunk().await {
-                Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
-                Ok(None) => return Ok(None),
-                Err(e) => {
-                    return Err(ClientError::Protocol {
-                        url: self.url.clone(),
-                        message: e.to_string(),
-                    });
-                }
+            let broken = |message: String| ClientError::Protocol {
+                url: self.url.clone(),
+                message,
+            };
+            match tokio::time::timeout(STREAM_IDLE, self.resp.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.buf.extend_from_slice(&bytes),
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(e)) => return Err(broken(e.to_string())),
+                Err(_) => return Err(broken(format!("nothing received for {STREAM_IDLE:?}"))),
             }
         }
+    }
+}
+
+/// An event stream that outlives the connection under it: when the stream breaks or the server cannot be
+/// reached it reconnects with backoff (100 ms doubling to 2 s), resuming after the last event id seen, and
+/// gives up only after [`RECONNECT_FOR`] without a connection. Events may repeat across a resume (the
+/// server resumes from a point at or before the last event); callers drop what they have seen.
+pub struct Subscription<'a> {
+    client: &'a Client,
+    path: String,
+    /// Whether the server ending the stream is its natural end (a replay) rather than a break.
+    ends: bool,
+    stream: Option<EventStream>,
+    last_id: Option<String>,
+    backoff: Duration,
+    down_since: Option<Instant>,
+}
+
+impl<'a> Subscription<'a> {
+    pub fn new(client: &'a Client, path: String, ends: bool) -> Self {
+        Self {
+            client,
+            path,
+            ends,
+            stream: None,
+            last_id: None,
+            backoff: BACKOFF_FIRST,
+            down_since: None,
+        }
+    }
+
+    /// Whether a complete event is already buffered (so `next` will not wait for the network).
+    pub fn has_buffered(&self) -> bool {
+        self.stream.as_ref().is_some_and(EventStream::has_buffered)
+    }
+
+    /// The next event; `None` when the stream ended and `ends` says that is its end.
+    pub async fn next(&mut self) -> Result<Option<Event>, ClientError> {
+        loop {
+            let stream = match &mut self.stream {
+                Some(s) => s,
+                None => {
+                    if self.down_since.is_some() {
+                        tokio::time::sleep(self.backoff).await;
+                        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                    }
+                    match self
+                        .client
+                        .events(&self.path, self.last_id.as_deref())
+                        .await
+                    {
+                        Ok(s) => {
+                            if self.down_since.take().is_some() {
+                                eprintln!("reconnected to the server");
+                            }
+                            self.stream.insert(s)
+                        }
+                        Err(e) if retryable(&e) => {
+                            self.broken(e)?;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            match stream.next().await {
+                Ok(Some(event)) => {
+                    self.backoff = BACKOFF_FIRST;
+                    if event.id.is_some() {
+                        self.last_id.clone_from(&event.id);
+                    }
+                    return Ok(Some(event));
+                }
+                Ok(None) if self.ends => return Ok(None),
+                Ok(None) => self.broken(ClientError::Protocol {
+                    url: self.path.clone(),
+                    message: "the server ended the stream".into(),
+                })?,
+                Err(e) => self.broken(e)?,
+            }
+        }
+    }
+
+    /// Notes a lost connection; fails once the server has been away too long.
+    fn broken(&mut self, error: ClientError) -> Result<(), ClientError> {
+        self.stream = None;
+        let since = *self.down_since.get_or_insert_with(|| {
+            eprintln!(
+                "lost the connection to the server ({error}); reconnecting for up to {} minutes...",
+                RECONNECT_FOR.as_secs() / 60
+            );
+            Instant::now()
+        });
+        if since.elapsed() < RECONNECT_FOR {
+            return Ok(());
+        }
+        Err(match error {
+            e @ ClientError::Unreachable { .. } => e,
+            other => ClientError::Unreachable {
+                url: self.client.base.clone(),
+                message: format!(
+                    "no working event stream for {} minutes ({other})",
+                    RECONNECT_FOR.as_secs() / 60
+                ),
+            },
+        })
+    }
+}
+
+/// Errors a later attempt may not see: the server away, the stream cut, a proxy answering for it.
+fn retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Unreachable { .. } | ClientError::Protocol { .. } => true,
+        ClientError::Api { status, .. } => matches!(status, 502..=504),
+        ClientError::NoToken { .. } => false,
     }
 }
 
@@ -245,4 +401,47 @@ pub fn segment(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ClientError, Event, retryable, take_event};
+
+    #[test]
+    fn events_carry_their_name_data_and_id_and_keep_alives_are_skipped() {
+        let mut buf =
+            b": keep-alive\n\nevent: output\nid: 42\ndata: [1,\ndata: 2]\n\nid: 43\n\nevent: do"
+                .to_vec();
+        assert_eq!(take_event(&mut buf), Some(None), "a comment");
+        assert_eq!(
+            take_event(&mut buf),
+            Some(Some(Event {
+                name: "output".into(),
+                data: "[1,\n2]".into(),
+                id: Some("42".into()),
+            }))
+        );
+        assert_eq!(take_event(&mut buf), Some(None), "an id alone is no event");
+        assert_eq!(take_event(&mut buf), None, "incomplete: wait for more");
+        assert_eq!(buf, b"event: do");
+    }
+
+    #[test]
+    fn only_a_server_away_or_a_broken_stream_is_worth_retrying() {
+        let api = |status| ClientError::Api {
+            status,
+            message: String::new(),
+            action: None,
+        };
+        let unreachable = ClientError::Unreachable {
+            url: "u".into(),
+            message: "refused".into(),
+        };
+        let broken = ClientError::Protocol {
+            url: "u".into(),
+            message: "cut".into(),
+        };
+        assert!(retryable(&unreachable) && retryable(&broken) && retryable(&api(503)));
+        assert!(!retryable(&api(404)) && !retryable(&api(401)) && !retryable(&api(400)));
+    }
 }

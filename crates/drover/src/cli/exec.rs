@@ -1,7 +1,7 @@
 //! `drover exec`: run a command on one node or many, with live output, and exit with its code.
 //! The following and printing of a task's output lives here too; `tasks logs` and `containers` reuse it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use drover_types::task::{
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 
-use super::client::{Client, segment};
+use super::client::{Client, Subscription, segment};
 use super::output::table;
 
 #[derive(Debug, Args)]
@@ -24,7 +24,10 @@ use super::output::table;
     drover exec pi-kitchen --shell 'journalctl -n 50 | grep -i error'\n  \
     drover exec --selector role=edge --max-parallel 10 -- systemctl restart myapp\n  \
     drover exec --all --timeout 30s -- df -h /\n\n\
-    The exit code is the remote one (128+N for a signal); with several nodes, 0 only if all succeeded.\n\
+    Exit codes, one node: the remote code (128+N for a signal), 126 refused, 6 unreachable, 7 lost (the\n\
+    server lost track of the run: whether it ran is unknown), 1 could not start. Several nodes: 0 when all\n\
+    succeeded, 1 when any failed, 7 when the only ones that did not succeed were lost. 5: the server could\n\
+    not be reached (while following, only after 5 minutes of trying again).\n\
     Ctrl-C cancels the task on every node; a second Ctrl-C stops waiting.")]
 pub struct ExecArgs {
     /// The node (id or name); or use --selector / --all.
@@ -106,27 +109,35 @@ pub async fn run(args: ExecArgs, client: &Client) -> anyhow::Result<()> {
     .await
 }
 
+/// Creating a task on thousands of nodes stores a run per node before the server answers.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Exit code of `drover exec` for a run the server lost track of (whether it ran is unknown).
+pub const EXIT_LOST: i32 = 7;
+/// A partial line longer than this is printed as a line of its own rather than held without bound.
+const MAX_PARTIAL_LINE: usize = 64 * 1024;
+
 /// Creates a task, follows it to its end, and exits like the remote command.
 pub async fn run_task(client: &Client, req: CreateTask) -> anyhow::Result<()> {
     let single = matches!(req.target, Target::Node(_));
     // Catch Ctrl-C from before the task exists, so an early one cancels it instead of killing us.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let task: Task = client
-        .request(Method::POST, "/api/v1/tasks", Some(&req))
+        .request_with_timeout(
+            Method::POST,
+            "/api/v1/tasks",
+            Some(&req),
+            Some(CREATE_TIMEOUT),
+        )
         .await?
         .context("the server returned no task")?;
-    let done = follow(client, &task.id, true, !single, Some(&mut interrupt)).await?;
+    let done = follow(client, &task, true, !single, Some(&mut interrupt)).await?;
     let Some(task) = done else {
         bail!(
             "the output stream ended before the task did; see `drover tasks show {}`",
             task.id
         );
     };
-    let code = if single {
-        task.runs.first().map(run_exit_code).unwrap_or(1)
-    } else {
-        i32::from(!task.runs.iter().all(|r| r.state.is_success()))
-    };
+    let code = task_exit_code(&task.runs, single);
     if code != 0 {
         std::process::exit(code);
     }
@@ -137,6 +148,8 @@ pub async fn run_task(client: &Client, req: CreateTask) -> anyhow::Result<()> {
 pub fn run_exit_code(run: &TaskRun) -> i32 {
     match (run.state, run.shell_code()) {
         (RunState::Succeeded, _) => 0,
+        // Whatever code it had before is not the outcome: the server does not know how it ended.
+        (RunState::Lost, _) => EXIT_LOST,
         (_, Some(code)) if code != 0 => code,
         (RunState::Refused, _) => 126,
         (RunState::Unreachable, _) => 6,
@@ -146,31 +159,120 @@ pub fn run_exit_code(run: &TaskRun) -> i32 {
     }
 }
 
+/// The exit code of a whole task. One node: its run's code. Several: 0 when all succeeded, 1 when any ended
+/// in a definite failure, 7 when the only runs that did not succeed were lost (so "failed somewhere" and
+/// "may not have run somewhere" stay apart; a definite failure wins).
+pub fn task_exit_code(runs: &[TaskRun], single: bool) -> i32 {
+    if single && runs.len() == 1 {
+        return runs.first().map(run_exit_code).unwrap_or(1);
+    }
+    let failed = runs
+        .iter()
+        .any(|r| !matches!(r.state, RunState::Succeeded | RunState::Lost));
+    let lost = runs.iter().any(|r| r.state == RunState::Lost);
+    match (failed, lost) {
+        (true, _) => 1,
+        (false, true) => EXIT_LOST,
+        (false, false) => 0,
+    }
+}
+
+/// Fan-out output as whole lines prefixed with the node name. Output arrives in chunks that may end
+/// mid-line, so each node's unfinished line (per stream) waits here until its newline comes or its run ends.
+#[derive(Default)]
+struct Lines {
+    /// Keyed by node name and whether it is stderr.
+    partial: HashMap<(String, bool), Vec<u8>>,
+}
+
+impl Lines {
+    /// Adds a chunk; writes every line it completes to `out`.
+    fn push(&mut self, node: &str, stream: Stream, mut bytes: &[u8], out: &mut Vec<u8>) {
+        let held = self
+            .partial
+            .entry((node.to_string(), stream == Stream::Stderr))
+            .or_default();
+        while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+            line(node, held, &bytes[..=nl], out);
+            held.clear();
+            bytes = &bytes[nl + 1..];
+        }
+        held.extend_from_slice(bytes);
+        if held.len() >= MAX_PARTIAL_LINE {
+            line(node, held, b"\n", out);
+            held.clear();
+        }
+    }
+
+    /// Ends a node's unfinished lines (its run is over), each with a newline.
+    fn finish(&mut self, node: &str, stdout: &mut Vec<u8>, stderr: &mut Vec<u8>) {
+        for (is_stderr, out) in [(false, &mut *stdout), (true, &mut *stderr)] {
+            match self.partial.remove(&(node.to_string(), is_stderr)) {
+                Some(held) if !held.is_empty() => line(node, &held, b"\n", out),
+                _ => {}
+            }
+        }
+    }
+
+    /// The nodes with an unfinished line.
+    fn nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self.partial.keys().map(|(n, _)| n.clone()).collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+}
+
+fn line(node: &str, start: &[u8], end: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(node.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(start);
+    out.extend_from_slice(end);
+}
+
 /// Output waiting to be written: gathered while events arrive back to back, written out before waiting
 /// for more, so bulk output costs few writes and live output still shows at once.
 #[derive(Default)]
 struct Pending {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// Fan-out only: whole lines with the node name.
+    lines: Option<Lines>,
 }
 
 impl Pending {
-    fn add(&mut self, chunk: &OutputChunk, prefix: bool) {
-        let bytes = match (&chunk.text, &chunk.base64) {
-            (Some(t), _) => t.as_bytes().to_vec(),
-            (None, Some(b)) => drover_types::base64::decode(b).unwrap_or_default(),
-            _ => Vec::new(),
+    fn add(&mut self, chunk: &OutputChunk) {
+        let decoded;
+        let bytes: &[u8] = match (&chunk.text, &chunk.base64) {
+            (Some(t), _) => t.as_bytes(),
+            (None, Some(b)) => {
+                decoded = drover_types::base64::decode(b).unwrap_or_default();
+                &decoded
+            }
+            _ => &[],
         };
         let out = match chunk.stream {
             Stream::Stdout => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
         };
-        if prefix {
-            out.extend_from_slice(format!("{}: ", chunk.node_name).as_bytes());
+        match &mut self.lines {
+            Some(lines) => lines.push(&chunk.node_name, chunk.stream, bytes, out),
+            None => out.extend_from_slice(bytes),
         }
-        out.extend_from_slice(&bytes);
-        if prefix && !bytes.ends_with(b"\n") {
-            out.push(b'\n');
+    }
+
+    /// A node's run ended: its unfinished lines are complete now.
+    fn end_of(&mut self, node: &str) {
+        if let Some(lines) = &mut self.lines {
+            lines.finish(node, &mut self.stdout, &mut self.stderr);
+        }
+    }
+
+    /// The output ended: every unfinished line is complete now.
+    fn end_all(&mut self) {
+        let nodes = self.lines.as_ref().map(Lines::nodes).unwrap_or_default();
+        for node in nodes {
+            self.end_of(&node);
         }
     }
 
@@ -189,24 +291,41 @@ impl Pending {
     }
 }
 
+/// What a follower has printed, so nothing repeats when the stream resumes from an earlier point.
+#[derive(Default)]
+struct Seen {
+    next_seq: HashMap<String, u64>,
+    exits: HashSet<String>,
+}
+
+impl Seen {
+    /// Whether this chunk is new (and from now on seen).
+    fn chunk(&mut self, chunk: &OutputChunk) -> bool {
+        let next = self.next_seq.entry(chunk.node_id.clone()).or_default();
+        let new = chunk.seq >= *next;
+        if new {
+            *next = chunk.seq + 1;
+        }
+        new
+    }
+}
+
 /// Prints a task's output (replayed, then live when `follow`). With `fan_out`, lines carry the node name and
-/// a progress bar counts nodes. With `interrupt`, Ctrl-C cancels the task. Returns the task once done.
+/// a progress bar counts nodes. With `interrupt`, Ctrl-C cancels the task. Rides out a server restart: the
+/// stream resumes where it broke. Returns the task once done.
 pub async fn follow(
     client: &Client,
-    task_id: &str,
+    task: &Task,
     follow: bool,
     fan_out: bool,
     mut interrupt: Option<&mut tokio::signal::unix::Signal>,
 ) -> anyhow::Result<Option<Task>> {
-    let mut events = client
-        .events(&format!(
-            "/api/v1/tasks/{}/output?follow={follow}",
-            segment(task_id)
-        ))
-        .await?;
-    let task: Task = client
-        .get(&format!("/api/v1/tasks/{}", segment(task_id)))
-        .await?;
+    let task_id = task.id.as_str();
+    let mut events = Subscription::new(
+        client,
+        format!("/api/v1/tasks/{}/output?follow={follow}", segment(task_id)),
+        !follow,
+    );
     let total = task.runs.len() as u64;
     let bar = if fan_out {
         let bar = ProgressBar::new(total);
@@ -223,7 +342,11 @@ pub async fn follow(
     };
     let (mut finished, mut failed) = (0u64, 0u64);
     let mut interrupts = 0;
-    let mut pending = Pending::default();
+    let mut pending = Pending {
+        lines: fan_out.then(Lines::default),
+        ..Pending::default()
+    };
+    let mut seen = Seen::default();
     loop {
         if !events.has_buffered() {
             match &bar {
@@ -239,21 +362,28 @@ pub async fn follow(
                     std::process::exit(130);
                 }
                 eprintln!("cancelling task {task_id} (Ctrl-C again to stop waiting)...");
-                client.request::<Task>(Method::POST, &format!("/api/v1/tasks/{}/cancel", segment(task_id)), None::<&()>).await?;
+                let cancel = client.request::<Task>(Method::POST, &format!("/api/v1/tasks/{}/cancel", segment(task_id)), None::<&()>).await;
+                if let Err(e) = cancel {
+                    eprintln!("could not cancel: {e}; Ctrl-C again to stop waiting, or `drover tasks cancel {task_id}` later");
+                }
                 continue;
             }
         };
-        let Some((name, data)) = next else { break };
-        match name.as_str() {
+        let Some(event) = next else { break };
+        match event.name.as_str() {
             "output" => {
-                let chunks: Vec<OutputChunk> = serde_json::from_str(&data)?;
-                for chunk in &chunks {
-                    pending.add(chunk, bar.is_some());
+                let chunks: Vec<OutputChunk> = serde_json::from_str(&event.data)?;
+                for chunk in chunks.iter().filter(|c| seen.chunk(c)) {
+                    pending.add(chunk);
                 }
             }
             "exit" => {
+                let run: TaskRun = serde_json::from_str(&event.data)?;
+                if !seen.exits.insert(run.node_id.clone()) {
+                    continue;
+                }
+                pending.end_of(&run.node_name);
                 pending.flush();
-                let run: TaskRun = serde_json::from_str(&data)?;
                 finished += 1;
                 if !run.state.is_success() {
                     failed += 1;
@@ -285,8 +415,9 @@ pub async fn follow(
                 }
             }
             "done" => {
+                pending.end_all();
                 pending.flush();
-                let task: Task = serde_json::from_str(&data)?;
+                let task: Task = serde_json::from_str(&event.data)?;
                 if let Some(b) = &bar {
                     b.finish_and_clear();
                     print_summary(&task);
@@ -296,6 +427,7 @@ pub async fn follow(
             _ => {}
         }
     }
+    pending.end_all();
     pending.flush();
     if let Some(b) = &bar {
         b.finish_and_clear();
@@ -319,5 +451,116 @@ fn print_summary(task: &Task) {
     }
     eprintln!("{t}");
     let ok = task.runs.iter().filter(|r| r.state.is_success()).count();
-    eprintln!("{ok}/{} nodes succeeded", task.runs.len());
+    let lost = task
+        .runs
+        .iter()
+        .filter(|r| r.state == RunState::Lost)
+        .count();
+    if lost > 0 {
+        eprintln!(
+            "{ok}/{} nodes succeeded; {lost} lost (whether it ran there is unknown; see `drover tasks show {}`)",
+            task.runs.len(),
+            task.id
+        );
+    } else {
+        eprintln!("{ok}/{} nodes succeeded", task.runs.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_types::task::{RunState, Stream, TaskRun};
+
+    use super::{EXIT_LOST, Lines, run_exit_code, task_exit_code};
+
+    fn run(state: RunState, exit_code: Option<i32>, signal: Option<i32>) -> TaskRun {
+        TaskRun {
+            node_id: "id".into(),
+            node_name: "n".into(),
+            state,
+            exit_code,
+            signal,
+            error: None,
+            started_at: None,
+            finished_at: None,
+            late_exit: None,
+        }
+    }
+
+    #[test]
+    fn one_node_exits_like_its_run() {
+        assert_eq!(run_exit_code(&run(RunState::Succeeded, Some(0), None)), 0);
+        assert_eq!(run_exit_code(&run(RunState::Failed, Some(3), None)), 3);
+        assert_eq!(run_exit_code(&run(RunState::Failed, None, Some(9))), 137);
+        assert_eq!(run_exit_code(&run(RunState::Refused, None, None)), 126);
+        assert_eq!(run_exit_code(&run(RunState::Unreachable, None, None)), 6);
+        assert_eq!(run_exit_code(&run(RunState::Error, None, None)), 1);
+        assert_eq!(run_exit_code(&run(RunState::Lost, None, None)), EXIT_LOST);
+        // A code recorded before the server lost track of the run is not its outcome.
+        assert_eq!(run_exit_code(&run(RunState::Lost, Some(0), None)), 7);
+        let one = [run(RunState::Lost, None, None)];
+        assert_eq!(task_exit_code(&one, true), 7);
+        let one = [run(RunState::Failed, Some(42), None)];
+        assert_eq!(task_exit_code(&one, true), 42);
+    }
+
+    #[test]
+    fn a_fan_out_exits_0_all_succeeded_1_any_failed_7_only_lost() {
+        let ok = || run(RunState::Succeeded, Some(0), None);
+        let lost = || run(RunState::Lost, None, None);
+        assert_eq!(task_exit_code(&[ok(), ok()], false), 0);
+        assert_eq!(task_exit_code(&[ok(), lost()], false), 7);
+        assert_eq!(task_exit_code(&[lost(), lost()], false), 7);
+        // A single-node target that matched one node by a selector is still a fan-out.
+        assert_eq!(task_exit_code(&[lost()], false), 7);
+        for failure in [
+            RunState::Failed,
+            RunState::Error,
+            RunState::Refused,
+            RunState::Cancelled,
+            RunState::TimedOut,
+            RunState::Unreachable,
+        ] {
+            let failed = run(failure, Some(2), None);
+            assert_eq!(
+                task_exit_code(&[ok(), lost(), failed.clone()], false),
+                1,
+                "{failure:?} beats Lost"
+            );
+            assert_eq!(task_exit_code(&[ok(), failed], false), 1);
+        }
+    }
+
+    #[test]
+    fn fan_out_lines_are_whole_and_prefixed_even_when_chunks_split_them() {
+        let mut lines = Lines::default();
+        let mut out = Vec::new();
+        lines.push("a", Stream::Stdout, b"hel", &mut out);
+        lines.push("b", Stream::Stdout, b"one\ntw", &mut out);
+        assert_eq!(out, b"b: one\n", "a's half line waits");
+        lines.push("a", Stream::Stdout, b"lo\nwor", &mut out);
+        // stderr has its own partial line.
+        lines.push("a", Stream::Stderr, b"warn", &mut out);
+        lines.push("a", Stream::Stdout, b"ld\n\nlast", &mut out);
+        assert_eq!(out, b"b: one\na: hello\na: world\na: \n".as_slice());
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        lines.finish("a", &mut stdout, &mut stderr);
+        assert_eq!(stdout, b"a: last\n", "the run ended: the rest is a line");
+        assert_eq!(stderr, b"a: warn\n");
+        assert_eq!(lines.nodes(), vec!["b".to_string()]);
+        lines.finish("b", &mut stdout, &mut stderr);
+        assert_eq!(stdout, b"a: last\nb: tw\n");
+        assert!(lines.nodes().is_empty());
+    }
+
+    #[test]
+    fn an_endless_line_is_cut_rather_than_held_without_bound() {
+        let mut lines = Lines::default();
+        let mut out = Vec::new();
+        let big = vec![b'x'; super::MAX_PARTIAL_LINE];
+        lines.push("a", Stream::Stdout, &big, &mut out);
+        assert_eq!(out.len(), super::MAX_PARTIAL_LINE + 4);
+        assert!(out.starts_with(b"a: xx") && out.ends_with(b"x\n"));
+        assert!(lines.partial.values().all(Vec::is_empty));
+    }
 }

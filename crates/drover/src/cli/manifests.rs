@@ -1,6 +1,7 @@
 //! `drover apply`, `drover manifests`, `drover delete manifest`, `drover status`: desired state.
 
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -9,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 
 use super::OutputFormat;
-use super::client::{Client, segment};
+use super::client::{Client, Subscription, segment};
 use super::output::{ago, print_json, table};
 
 #[derive(Debug, Args)]
@@ -29,7 +30,8 @@ pub struct ApplyArgs {
     /// The manifest file (YAML or JSON).
     #[arg(short, long)]
     file: std::path::PathBuf,
-    /// Wait until every targeted node reports the new state converged.
+    /// Wait until every targeted node reports the new state converged (follows pushed status events;
+    /// rides out a server restart).
     #[arg(long)]
     wait: bool,
     /// Change nothing: ask each node what it would change, and print the plans.
@@ -155,6 +157,9 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits on the server's pushed status events (no polling) until every node in `nodes` converged. The
+/// stream starts with the whole status, read after subscribing, so nothing since the apply is missed; it
+/// resumes by itself across a server restart.
 async fn wait_converged(
     client: &Client,
     nodes: &[String],
@@ -168,45 +173,75 @@ async fn wait_converged(
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut events = Subscription::new(client, "/api/v1/status/events".into(), false);
+    let mut status: HashMap<String, NodeStatusReport> = HashMap::new();
+    let keep = |report: NodeStatusReport, status: &mut HashMap<_, _>| {
+        if nodes.contains(&report.node_name) {
+            status.insert(report.node_name.clone(), report);
+        }
+    };
     loop {
-        let all: Vec<NodeStatusReport> = client.get("/api/v1/status").await?;
-        let mine: Vec<&NodeStatusReport> = all
-            .iter()
-            .filter(|s| nodes.contains(&s.node_name))
-            .collect();
-        let done = mine.iter().filter(|s| s.converged()).count();
+        let Ok(next) = tokio::time::timeout_at(deadline, events.next()).await else {
+            bar.finish_and_clear();
+            explain_waiting(nodes, &status);
+            bail!("not converged within {timeout:?}");
+        };
+        let Some(event) = next? else {
+            bail!("the server ended the status stream");
+        };
+        match event.name.as_str() {
+            "status" => {
+                let all: Vec<NodeStatusReport> = serde_json::from_str(&event.data)?;
+                status.clear();
+                for report in all {
+                    keep(report, &mut status);
+                }
+            }
+            "node" => keep(serde_json::from_str(&event.data)?, &mut status),
+            _ => continue,
+        }
+        if events.has_buffered() {
+            continue;
+        }
+        let done = status.values().filter(|s| s.converged()).count();
         bar.set_position(done as u64);
         if done == nodes.len() {
             bar.finish_and_clear();
             eprintln!("all {} node(s) converged", nodes.len());
             return Ok(());
         }
-        if start.elapsed() > timeout {
-            bar.finish_and_clear();
-            for s in mine.iter().filter(|s| !s.converged()) {
-                eprintln!(
-                    "{}: observed generation {} of {}",
-                    s.node_name, s.convergence.observed_generation, s.desired_generation
-                );
-                for r in s
-                    .convergence
-                    .resources
-                    .iter()
-                    .filter(|r| r.state != ResourceState::Ready)
-                {
-                    eprintln!(
-                        "  {} ({}): {:?} {}",
-                        r.id,
-                        r.kind,
-                        r.state,
-                        r.error.as_deref().unwrap_or("")
-                    );
-                }
-            }
-            bail!("not converged within {timeout:?}");
+    }
+}
+
+/// Says, per node not converged, where it stands.
+fn explain_waiting(nodes: &[String], status: &HashMap<String, NodeStatusReport>) {
+    for node in nodes {
+        let Some(s) = status.get(node) else {
+            eprintln!("{node}: no status reported");
+            continue;
+        };
+        if s.converged() {
+            continue;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        eprintln!(
+            "{}: observed generation {} of {}",
+            s.node_name, s.convergence.observed_generation, s.desired_generation
+        );
+        for r in s
+            .convergence
+            .resources
+            .iter()
+            .filter(|r| r.state != ResourceState::Ready)
+        {
+            eprintln!(
+                "  {} ({}): {:?} {}",
+                r.id,
+                r.kind,
+                r.state,
+                r.error.as_deref().unwrap_or("")
+            );
+        }
     }
 }
 

@@ -30,8 +30,10 @@ pub use client::ClientError;
       drover server --data-dir /var/lib/drover\n  \
       drover nodes                    # the fleet as a table\n  \
       drover token create --ttl 1h --label role=edge\n\n\
-      Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 not authorized, 5 server unreachable,\n\
-      6 node not connected, 124 action deadline exceeded, 130 action cancelled."
+      Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 not authorized, 5 server unreachable (after\n\
+      5 minutes of trying again, for a command that follows a task), 6 node not connected, 7 task run\n\
+      lost (exec: whether it ran is unknown), 124 action deadline exceeded, 130 action cancelled.\n\
+      `drover exec` exits with the remote code; see `drover exec --help` for several nodes."
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -1,7 +1,7 @@
 //! `drover tasks`: recorded tasks, their output, cancellation.
 
 use clap::{Args, Subcommand};
-use drover_types::task::Task;
+use drover_types::task::{LateExit, Task};
 use reqwest::Method;
 
 use super::OutputFormat;
@@ -79,9 +79,16 @@ pub async fn run(args: TasksArgs, client: &Client) -> anyhow::Result<()> {
                         task.created_at.to_rfc3339(),
                         task.created_by
                     );
-                    let mut t = table(&["NODE", "STATE", "EXIT", "STARTED", "FINISHED", "ERROR"]);
+                    // Only when an agent reported after its run had ended (it was lost, or cancelled on
+                    // the server only): what really happened there, kept beside the recorded state.
+                    let late = task.runs.iter().any(|r| r.late_exit.is_some());
+                    let mut headers = vec!["NODE", "STATE", "EXIT", "STARTED", "FINISHED", "ERROR"];
+                    if late {
+                        headers.push("LATE EXIT");
+                    }
+                    let mut t = table(&headers);
                     for r in &task.runs {
-                        t.add_row(vec![
+                        let mut row = vec![
                             r.node_name.clone(),
                             r.state.as_str().to_string(),
                             if r.state.is_final() {
@@ -96,7 +103,11 @@ pub async fn run(args: TasksArgs, client: &Client) -> anyhow::Result<()> {
                                 .map(|t| t.format("%H:%M:%S").to_string())
                                 .unwrap_or_else(|| "-".into()),
                             r.error.clone().unwrap_or_default(),
-                        ]);
+                        ];
+                        if late {
+                            row.push(r.late_exit.as_ref().map(late_exit).unwrap_or_default());
+                        }
+                        t.add_row(row);
                     }
                     println!("{t}");
                     Ok(())
@@ -107,7 +118,7 @@ pub async fn run(args: TasksArgs, client: &Client) -> anyhow::Result<()> {
             let task: Task = client
                 .get(&format!("/api/v1/tasks/{}", segment(&id)))
                 .await?;
-            follow(client, &task.id, keep, task.runs.len() > 1, None).await?;
+            follow(client, &task, keep, task.runs.len() > 1, None).await?;
             Ok(())
         }
         TasksCommand::Cancel { id } => {
@@ -162,4 +173,50 @@ fn row(task: &Task) -> Vec<String> {
         duration,
         codes.join(","),
     ]
+}
+
+/// A late exit in a few words: its state, code or signal, error and when it came.
+fn late_exit(e: &LateExit) -> String {
+    let mut parts = vec![e.state.as_str().to_string()];
+    if let Some(code) = e.exit_code {
+        parts.push(format!("exit {code}"));
+    }
+    if let Some(signal) = e.signal {
+        parts.push(format!("signal {signal}"));
+    }
+    if let Some(error) = &e.error {
+        parts.push(error.clone());
+    }
+    parts.push(format!("at {}", e.at.format("%H:%M:%S")));
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use drover_types::task::{LateExit, RunState};
+
+    #[test]
+    fn a_late_exit_says_how_and_when_it_ended() {
+        let at = chrono::Utc.with_ymd_and_hms(2026, 11, 23, 9, 5, 7).unwrap();
+        let e = LateExit {
+            state: RunState::Failed,
+            exit_code: Some(3),
+            signal: None,
+            error: None,
+            at,
+        };
+        assert_eq!(super::late_exit(&e), "Failed, exit 3, at 09:05:07");
+        let e = LateExit {
+            state: RunState::Failed,
+            exit_code: None,
+            signal: Some(9),
+            error: Some("killed".into()),
+            at,
+        };
+        assert_eq!(
+            super::late_exit(&e),
+            "Failed, signal 9, killed, at 09:05:07"
+        );
+    }
 }
