@@ -63,25 +63,34 @@ impl Blobs {
             .connect()
             .await
             .map_err(|e| format!("cannot reach the server for content {sha256}: {e}"))?;
-        let blob = drover_proto::AgentLinkClient::new(channel)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .fetch_blob(v1::FetchBlobRequest {
-                sha256: sha256.to_string(),
-            })
-            .await
-            .map_err(|s| format!("cannot fetch content {sha256}: {}", s.message()))?
-            .into_inner()
-            .data;
-        if hex::encode(Sha256::digest(&blob)) != sha256 {
-            return Err(format!(
-                "the server sent content that does not hash to {sha256}"
-            ));
-        }
+        let blob = fetch_blob(channel, sha256).await?;
         if drover_files::create_private_dir(&self.cache).is_ok() {
             let _ = drover_files::write_atomic(&cached, &blob, true);
         }
         Ok(blob)
     }
+}
+
+/// Fetches content by SHA-256 over a connected channel (`FetchBlob`) and checks that it hashes right.
+pub async fn fetch_blob(
+    channel: tonic::transport::Channel,
+    sha256: &str,
+) -> Result<Vec<u8>, String> {
+    let blob = drover_proto::AgentLinkClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .fetch_blob(v1::FetchBlobRequest {
+            sha256: sha256.to_string(),
+        })
+        .await
+        .map_err(|s| format!("cannot fetch content {sha256}: {}", s.message()))?
+        .into_inner()
+        .data;
+    if hex::encode(Sha256::digest(&blob)) != sha256 {
+        return Err(format!(
+            "the server sent content that does not hash to {sha256}"
+        ));
+    }
+    Ok(blob)
 }
 
 /// What a reconcile did.
@@ -215,7 +224,7 @@ impl Converger {
     }
 }
 
-fn report_message(r: &NodeConvergence) -> AgentMessage {
+pub fn report_message(r: &NodeConvergence) -> AgentMessage {
     AgentMessage {
         msg: Some(Msg::ConvergenceReport(v1::ConvergenceReport {
             report_json: serde_json::to_string(r).unwrap_or_default(),
@@ -564,42 +573,7 @@ impl Runtime {
 
     async fn report(&mut self) {
         let resources: Vec<ResourceStatus> = self.statuses.values().cloned().collect();
-        let any = |s: ResourceState| resources.iter().any(|r| r.state == s);
-        let degraded = any(ResourceState::Failed)
-            || any(ResourceState::UnknownKind)
-            || any(ResourceState::Conflict);
-        let reconciling = any(ResourceState::Pending) || any(ResourceState::Reconciling);
-        let failed: Vec<&str> = resources
-            .iter()
-            .filter(|r| r.state != ResourceState::Ready)
-            .map(|r| r.id.as_str())
-            .collect();
-        let report = NodeConvergence {
-            observed_generation: self.desired.generation,
-            conditions: vec![
-                Condition {
-                    kind: "Ready".into(),
-                    status: !degraded && !reconciling,
-                    message: String::new(),
-                },
-                Condition {
-                    kind: "Reconciling".into(),
-                    status: reconciling,
-                    message: String::new(),
-                },
-                Condition {
-                    kind: "Degraded".into(),
-                    status: degraded,
-                    message: if degraded {
-                        format!("not ready: {}", failed.join(", "))
-                    } else {
-                        String::new()
-                    },
-                },
-            ],
-            resources,
-            reported_at: None,
-        };
+        let report = node_convergence(self.desired.generation, resources);
         let changed = lock(&self.last_report).as_ref() != Some(&report);
         if !changed {
             return;
@@ -609,6 +583,47 @@ impl Runtime {
         if let Some(tx) = tx {
             let _ = tx.send(report_message(&report)).await;
         }
+    }
+}
+
+/// The report for these statuses at this generation, with its Ready / Reconciling / Degraded conditions.
+pub fn node_convergence(generation: u64, resources: Vec<ResourceStatus>) -> NodeConvergence {
+    let any = |s: ResourceState| resources.iter().any(|r| r.state == s);
+    let degraded = any(ResourceState::Failed)
+        || any(ResourceState::UnknownKind)
+        || any(ResourceState::Conflict);
+    let reconciling = any(ResourceState::Pending) || any(ResourceState::Reconciling);
+    let failed: Vec<&str> = resources
+        .iter()
+        .filter(|r| r.state != ResourceState::Ready)
+        .map(|r| r.id.as_str())
+        .collect();
+    let conditions = vec![
+        Condition {
+            kind: "Ready".into(),
+            status: !degraded && !reconciling,
+            message: String::new(),
+        },
+        Condition {
+            kind: "Reconciling".into(),
+            status: reconciling,
+            message: String::new(),
+        },
+        Condition {
+            kind: "Degraded".into(),
+            status: degraded,
+            message: if degraded {
+                format!("not ready: {}", failed.join(", "))
+            } else {
+                String::new()
+            },
+        },
+    ];
+    NodeConvergence {
+        observed_generation: generation,
+        conditions,
+        resources,
+        reported_at: None,
     }
 }
 
@@ -628,8 +643,8 @@ async fn run_kind(
     }
 }
 
-/// Splits a desired resource as it travels into its manifest's name and the resource itself.
-fn parse_resource(raw: &Value) -> (String, String, Result<Resource, String>) {
+/// Splits a desired resource as it travels into its id, its manifest's name and the resource itself.
+pub fn parse_resource(raw: &Value) -> (String, String, Result<Resource, String>) {
     let id = raw["id"].as_str().unwrap_or_default().to_string();
     let manifest = raw["manifest"].as_str().unwrap_or_default().to_string();
     // The manifest's name travels beside the resource's own fields.

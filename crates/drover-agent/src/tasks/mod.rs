@@ -398,7 +398,8 @@ pub(crate) async fn cancelled(rx: &mut watch::Receiver<bool>) {
 /// Chunks per TaskOutput message at most.
 const BATCH_CHUNKS: usize = 512;
 
-fn output_message(task_id: &str, chunks: Vec<outbox::Chunk>) -> Msg {
+/// Output chunks as they travel.
+pub fn output_message(task_id: &str, chunks: Vec<outbox::Chunk>) -> Msg {
     Msg::TaskOutput(v1::TaskOutput {
         task_id: task_id.to_string(),
         chunks: chunks
@@ -412,7 +413,8 @@ fn output_message(task_id: &str, chunks: Vec<outbox::Chunk>) -> Msg {
     })
 }
 
-fn exit_message(task_id: &str, exit: &Exit) -> v1::TaskExit {
+/// A task's end as it travels.
+pub fn exit_message(task_id: &str, exit: &Exit) -> v1::TaskExit {
     v1::TaskExit {
         task_id: task_id.to_string(),
         seq: exit.seq,
