@@ -549,7 +549,9 @@ impl Store for SqliteStore {
         let (id, run) = (task_id.to_string(), run.clone());
         self.call(move |c| {
             c.execute(
-                "UPDATE task_runs SET run = ?3, final = ?4 WHERE task_id = ?1 AND node_id = ?2",
+                // A final state is final: a stale copy (the Running that `pump` writes after sending
+                // TaskStart, when the node already answered) must not undo it.
+                "UPDATE task_runs SET run = ?3, final = ?4 WHERE task_id = ?1 AND node_id = ?2 AND final = 0",
                 params![id, run.node_id, to_json(&run), run.state.is_final()],
             )?;
             Ok(())
