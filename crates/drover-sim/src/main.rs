@@ -83,40 +83,6 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_may_be_zero() {
-        assert_eq!(duration("0s").unwrap(), Duration::ZERO);
-        assert_eq!(duration("0").unwrap(), Duration::ZERO);
-        assert_eq!(duration("1500ms").unwrap(), Duration::from_millis(1500));
-        assert!(duration("soon").is_err());
-    }
-
-    #[test]
-    fn the_example_command_line_parses() {
-        let args = Args::try_parse_from([
-            "drover-sim",
-            "--server",
-            "https://127.0.0.1:9090",
-            "--token",
-            "drv1.x",
-            "--agents",
-            "19000",
-            "--state-dir",
-            "/tmp/sim",
-            "--label",
-            "rack=r1",
-        ])
-        .unwrap();
-        assert_eq!(args.agents, 19_000);
-        assert_eq!(args.heartbeat_interval, Duration::from_secs(10));
-        assert_eq!(args.task_delay, Duration::ZERO);
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -162,4 +128,38 @@ fn main() -> anyhow::Result<()> {
     // Thousands of streams: do not wait for each to close politely.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_may_be_zero() {
+        assert_eq!(duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(duration("1500ms").unwrap(), Duration::from_millis(1500));
+        assert!(duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_example_command_line_parses() {
+        let args = Args::try_parse_from([
+            "drover-sim",
+            "--server",
+            "https://127.0.0.1:9090",
+            "--token",
+            "drv1.x",
+            "--agents",
+            "19000",
+            "--state-dir",
+            "/tmp/sim",
+            "--label",
+            "rack=r1",
+        ])
+        .unwrap();
+        assert_eq!(args.agents, 19_000);
+        assert_eq!(args.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(args.task_delay, Duration::ZERO);
+    }
 }
