@@ -121,6 +121,12 @@ wait_for() {
   done
 }
 
+sims_ticks() {
+  local total=0 p
+  for p in "${sim_pids[@]}"; do total=$((total + $(ticks "$p"))); done
+  echo "$total"
+}
+
 sims_rss_kib() {
   local total=0 p
   for p in "${sim_pids[@]}"; do total=$((total + $(rss_kib "$p"))); done
@@ -167,23 +173,35 @@ for size in "${sizes[@]}"; do
 
   sleep 5 # let the start-up burst settle
   c0=$(ticks "$server_pid")
+  s0=$(sims_ticks)
   sleep "$IDLE_SECS"
   c1=$(ticks "$server_pid")
+  s1=$(sims_ticks)
   rss=$(rss_kib "$server_pid")
   sim_rss=$(sims_rss_kib)
-  record "$(awk -v n="$size" -v d="$((c1 - c0))" -v hz="$hz" -v secs="$IDLE_SECS" -v rss="$rss" -v srss="$sim_rss" 'BEGIN {
-    printf "%d agents idle: server CPU %.2f s over %d s = %.1f %% of one core; server RSS %.1f MiB (%.1f KiB per agent); simulator RSS %.1f KiB per agent",
-      n, d / hz, secs, 100 * d / hz / secs, rss / 1024, rss / n, srss / n }')"
+  record "$(awk -v n="$size" -v d="$((c1 - c0))" -v sd="$((s1 - s0))" -v hz="$hz" -v secs="$IDLE_SECS" -v rss="$rss" -v srss="$sim_rss" 'BEGIN {
+    printf "%d agents idle: server CPU %.2f s over %d s = %.1f %% of one core; server RSS %.1f MiB (%.1f KiB per agent); simulator CPU %.1f %% of one core, RSS %.1f KiB per agent",
+      n, d / hz, secs, 100 * d / hz / secs, rss / 1024, rss / n, 100 * sd / hz / secs, srss / n }')"
 
   if [[ " $EXEC_SIZES " == *" $size "* ]]; then
     : >"$work/exec-$size.txt"
+    failed=""
     for _ in $(seq "$EXEC_TRIES"); do
       t=$(now_ns)
-      "${cli[@]}" exec --all -- true >/dev/null 2>>"$work/exec.log" || { echo "exec --all failed at $size agents; see $work/exec.log" >&2; exit 1; }
+      # A failure is a result too: note it and go on with the rest of the benchmark.
+      if ! "${cli[@]}" exec --all -- true >"$work/exec-out.txt" 2>&1; then
+        failed="$(secs_since "$t")s: $(grep -i error "$work/exec-out.txt" | head -1)"
+        cat "$work/exec-out.txt" >>"$work/exec.log"
+        break
+      fi
       secs_since "$t" >>"$work/exec-$size.txt"
       echo >>"$work/exec-$size.txt"
     done
-    record "$size agents: exec --all -- true: $(grep . "$work/exec-$size.txt" | percentiles)"
+    if [[ -n "$failed" ]]; then
+      record "$size agents: exec --all -- true FAILED after $failed"
+    else
+      record "$size agents: exec --all -- true: $(grep . "$work/exec-$size.txt" | percentiles)"
+    fi
   fi
   prev=$size
 done
@@ -199,11 +217,17 @@ resources:
     file: {path: /tmp/drover-bench-scale/file, source: $work/blob.txt}
 EOF
   t=$(now_ns)
-  "${cli[@]}" apply -f "$work/m.yaml" --wait --timeout 30m >>"$work/apply.log" 2>&1 || { echo "apply --wait failed; see $work/apply.log" >&2; exit 1; }
+  if ! "${cli[@]}" apply -f "$work/m.yaml" --wait --timeout 30m >"$work/apply-out.txt" 2>&1; then
+    cat "$work/apply-out.txt" >>"$work/apply.log"
+    record "$total agents: apply -> converged FAILED after $(secs_since "$t")s: $(grep -i error "$work/apply-out.txt" | head -1)"
+    break
+  fi
   secs_since "$t" >>"$work/apply.txt"
   echo >>"$work/apply.txt"
 done
-record "$total agents: apply -> converged (one File resource by sha256, fetched by every node): $(grep . "$work/apply.txt" | percentiles)"
+if [[ -s "$work/apply.txt" ]]; then
+  record "$total agents: apply -> converged (one File resource by sha256, fetched by every node): $(grep . "$work/apply.txt" | percentiles)"
+fi
 
 log "restarting the server"
 t0=$(now_ns)
