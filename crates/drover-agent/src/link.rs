@@ -13,7 +13,7 @@ use drover_proto::v1::{
 use drover_types::PROTOCOL_VERSION;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::actions::{self, ActionCtx, Calls};
 use crate::backoff::Backoff;
@@ -37,7 +37,7 @@ pub enum LinkError {
 
 /// Why one stream ended.
 #[derive(Debug, thiserror::Error)]
-enum SessionEnd {
+pub enum SessionEnd {
     #[error("{0}")]
     Connect(String),
     #[error("{0}")]
@@ -225,42 +225,24 @@ async fn session(
         Ok(c) => c,
         Err(e) => return SessionEnd::Connect(describe_transport_error(&e)),
     };
-    let (tx, rx) = mpsc::channel::<AgentMessage>(64);
-    let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
-        capabilities: Some(collector.capabilities().await.into()),
-        labels: config.labels.clone().into_iter().collect(),
-        heartbeat_interval_ms: config.heartbeat_interval.as_millis().min(u64::MAX as u128) as u64,
-        metrics: Some(collector.metrics().await.into()),
-        actions: actions::advertised()
-            .into_iter()
-            .map(|a| v1::ActionInfo {
-                name: a.name,
-                version: a.version,
-            })
-            .collect(),
+    let hello = HelloInfo {
+        capabilities: collector.capabilities().await,
+        metrics: collector.metrics().await,
+        labels: config.labels.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        actions: actions::advertised(),
         daemon_plugins: config.plugins.iter().map(|p| p.name.to_string()).collect(),
         open_tasks: services.tasks.open_tasks(),
     };
-    // Fresh channel with room: cannot fail.
-    let _ = tx.try_send(AgentMessage {
-        msg: Some(Msg::Hello(hello)),
-    });
-    let mut client = drover_proto::AgentLinkClient::new(channel);
-    let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(status) => return refused_or_broken(&status),
+    let Attached {
+        tx,
+        mut inbound,
+        welcome,
+    } = match attach(channel, hello.into_hello()).await {
+        Ok(a) => a,
+        Err(end) => return end,
     };
-    match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
-        Ok(Ok(Some(ServerMessage {
-            msg: Some(server_message::Msg::Welcome(w)),
-        }))) => {
-            tracing::info!(node = %w.name, server_version = %w.server_version, "connected");
-        }
-        Ok(Err(status)) => return refused_or_broken(&status),
-        Ok(Ok(_)) => return SessionEnd::Broken("the server did not send Welcome".into()),
-        Err(_) => return SessionEnd::Broken("no Welcome from the server in time".into()),
-    }
+    tracing::info!(node = %welcome.name, server_version = %welcome.server_version, "connected");
     backoff.reset();
 
     // One task per daemon plugin; dropping the set when the stream ends stops them all.
@@ -296,9 +278,7 @@ async fn stream(
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let metrics = collector.metrics().await;
-                let beat = AgentMessage { msg: Some(Msg::Heartbeat(Heartbeat { metrics: Some(metrics.into()) })) };
-                if tx.send(beat).await.is_err() {
+                if tx.send(heartbeat(collector.metrics().await)).await.is_err() {
                     return SessionEnd::Closed;
                 }
             }
@@ -368,21 +348,7 @@ async fn dispatch(
                     Err(e) => Err(e),
                 };
                 calls.finish(&call.call_id);
-                let outcome = match result {
-                    Ok(v) => action_result::Outcome::OkJson(v.to_string()),
-                    Err(e) => action_result::Outcome::ErrorJson(
-                        serde_json::to_string(&e).unwrap_or_default(),
-                    ),
-                };
-                let result = v1::ActionResult {
-                    call_id: call.call_id,
-                    outcome: Some(outcome),
-                };
-                let _ = tx
-                    .send(AgentMessage {
-                        msg: Some(Msg::ActionResult(result)),
-                    })
-                    .await;
+                let _ = tx.send(action_result(call.call_id, result)).await;
             });
         }
         M::CancelAction(c) => {
@@ -436,11 +402,106 @@ async fn dispatch(
     }
 }
 
-fn refused_or_broken(status: &tonic::Status) -> SessionEnd {
+/// How a stream error ends a session: refusals (the certificate, a deleted node) apart from breakage.
+pub fn refused_or_broken(status: &tonic::Status) -> SessionEnd {
     let text = describe_status(status);
     match status.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => SessionEnd::Refused(text),
         _ if text.contains("refused this node's certificate") => SessionEnd::Refused(text),
         _ => SessionEnd::Broken(text),
+    }
+}
+
+/// What a Hello says, in the shared model's types; the real agent and `drover-sim` both build theirs here.
+pub struct HelloInfo {
+    pub capabilities: drover_types::Capabilities,
+    pub metrics: drover_types::Metrics,
+    pub labels: drover_types::Labels,
+    pub heartbeat_interval: Duration,
+    pub actions: Vec<drover_types::action::ActionInfo>,
+    pub daemon_plugins: Vec<String>,
+    /// Tasks running here or finished without the server's acknowledgement (protocol 2).
+    pub open_tasks: Vec<String>,
+}
+
+impl HelloInfo {
+    pub fn into_hello(self) -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            capabilities: Some(self.capabilities.into()),
+            labels: self.labels.into_iter().collect(),
+            heartbeat_interval_ms: self.heartbeat_interval.as_millis().min(u64::MAX as u128) as u64,
+            metrics: Some(self.metrics.into()),
+            actions: self
+                .actions
+                .into_iter()
+                .map(|a| v1::ActionInfo {
+                    name: a.name,
+                    version: a.version,
+                })
+                .collect(),
+            daemon_plugins: self.daemon_plugins,
+            open_tasks: self.open_tasks,
+        }
+    }
+}
+
+pub fn heartbeat(metrics: drover_types::Metrics) -> AgentMessage {
+    AgentMessage {
+        msg: Some(Msg::Heartbeat(Heartbeat {
+            metrics: Some(metrics.into()),
+        })),
+    }
+}
+
+/// An action's outcome as it travels.
+pub fn action_result(
+    call_id: String,
+    result: Result<serde_json::Value, drover_types::action::ActionError>,
+) -> AgentMessage {
+    let outcome = match result {
+        Ok(v) => action_result::Outcome::OkJson(v.to_string()),
+        Err(e) => action_result::Outcome::ErrorJson(serde_json::to_string(&e).unwrap_or_default()),
+    };
+    AgentMessage {
+        msg: Some(Msg::ActionResult(v1::ActionResult {
+            call_id,
+            outcome: Some(outcome),
+        })),
+    }
+}
+
+/// An open stream after the server's Welcome: `tx` feeds it, `inbound` is what the server sends.
+pub struct Attached {
+    pub tx: mpsc::Sender<AgentMessage>,
+    pub inbound: tonic::Streaming<ServerMessage>,
+    pub welcome: v1::Welcome,
+}
+
+/// Opens the `Attach` stream on a connected channel, says Hello first and waits for Welcome.
+pub async fn attach(channel: Channel, hello: Hello) -> Result<Attached, SessionEnd> {
+    let (tx, rx) = mpsc::channel::<AgentMessage>(64);
+    // Fresh channel with room: cannot fail.
+    let _ = tx.try_send(AgentMessage {
+        msg: Some(Msg::Hello(hello)),
+    });
+    let mut client = drover_proto::AgentLinkClient::new(channel);
+    let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Err(refused_or_broken(&status)),
+    };
+    match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(ServerMessage {
+            msg: Some(server_message::Msg::Welcome(welcome)),
+        }))) => Ok(Attached {
+            tx,
+            inbound,
+            welcome,
+        }),
+        Ok(Err(status)) => Err(refused_or_broken(&status)),
+        Ok(Ok(_)) => Err(SessionEnd::Broken("the server did not send Welcome".into())),
+        Err(_) => Err(SessionEnd::Broken(
+            "no Welcome from the server in time".into(),
+        )),
     }
 }

@@ -77,7 +77,18 @@ impl Fetcher {
         }
     }
 
-    async fn fetch(&self, sha256: &str) -> Result<Vec<u8>, String> {
+    /// Fetches content over the current stream and checks that it hashes to its name.
+    pub async fn fetch(&self, sha256: &str) -> Result<Vec<u8>, String> {
+        let blob = self.fetch_unchecked(sha256).await?;
+        if hex::encode(Sha256::digest(&blob)) != sha256 {
+            return Err(format!(
+                "the server sent content that does not hash to {sha256}"
+            ));
+        }
+        Ok(blob)
+    }
+
+    async fn fetch_unchecked(&self, sha256: &str) -> Result<Vec<u8>, String> {
         let tx = lock(&self.link)
             .clone()
             .ok_or("not connected to the server; content is fetched once the link is back")?;
@@ -146,11 +157,6 @@ impl Blobs {
             return Ok(data);
         }
         let blob = self.fetcher.fetch(sha256).await?;
-        if hex::encode(Sha256::digest(&blob)) != sha256 {
-            return Err(format!(
-                "the server sent content that does not hash to {sha256}"
-            ));
-        }
         if drover_files::create_private_dir(&self.cache).is_ok() {
             let _ = drover_files::write_atomic(&cached, &blob, true);
         }

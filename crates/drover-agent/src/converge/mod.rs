@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::policy::Policy;
-pub use blobs::Blobs;
+pub use blobs::{Blobs, Fetcher};
 
 /// What reconcilers may touch, from the node's own policy, and where content comes from.
 #[derive(Clone)]
@@ -170,7 +170,7 @@ impl Converger {
     }
 }
 
-fn report_message(r: &NodeConvergence) -> AgentMessage {
+pub fn report_message(r: &NodeConvergence) -> AgentMessage {
     AgentMessage {
         msg: Some(Msg::ConvergenceReport(v1::ConvergenceReport {
             report_json: serde_json::to_string(r).unwrap_or_default(),
@@ -519,42 +519,7 @@ impl Runtime {
 
     async fn report(&mut self) {
         let resources: Vec<ResourceStatus> = self.statuses.values().cloned().collect();
-        let any = |s: ResourceState| resources.iter().any(|r| r.state == s);
-        let degraded = any(ResourceState::Failed)
-            || any(ResourceState::UnknownKind)
-            || any(ResourceState::Conflict);
-        let reconciling = any(ResourceState::Pending) || any(ResourceState::Reconciling);
-        let failed: Vec<&str> = resources
-            .iter()
-            .filter(|r| r.state != ResourceState::Ready)
-            .map(|r| r.id.as_str())
-            .collect();
-        let report = NodeConvergence {
-            observed_generation: self.desired.generation,
-            conditions: vec![
-                Condition {
-                    kind: "Ready".into(),
-                    status: !degraded && !reconciling,
-                    message: String::new(),
-                },
-                Condition {
-                    kind: "Reconciling".into(),
-                    status: reconciling,
-                    message: String::new(),
-                },
-                Condition {
-                    kind: "Degraded".into(),
-                    status: degraded,
-                    message: if degraded {
-                        format!("not ready: {}", failed.join(", "))
-                    } else {
-                        String::new()
-                    },
-                },
-            ],
-            resources,
-            reported_at: None,
-        };
+        let report = node_convergence(self.desired.generation, resources);
         let changed = lock(&self.last_report).as_ref() != Some(&report);
         if !changed {
             return;
@@ -564,6 +529,47 @@ impl Runtime {
         if let Some(tx) = tx {
             let _ = tx.send(report_message(&report)).await;
         }
+    }
+}
+
+/// The report for these statuses at this generation, with its Ready / Reconciling / Degraded conditions.
+pub fn node_convergence(generation: u64, resources: Vec<ResourceStatus>) -> NodeConvergence {
+    let any = |s: ResourceState| resources.iter().any(|r| r.state == s);
+    let degraded = any(ResourceState::Failed)
+        || any(ResourceState::UnknownKind)
+        || any(ResourceState::Conflict);
+    let reconciling = any(ResourceState::Pending) || any(ResourceState::Reconciling);
+    let failed: Vec<&str> = resources
+        .iter()
+        .filter(|r| r.state != ResourceState::Ready)
+        .map(|r| r.id.as_str())
+        .collect();
+    let conditions = vec![
+        Condition {
+            kind: "Ready".into(),
+            status: !degraded && !reconciling,
+            message: String::new(),
+        },
+        Condition {
+            kind: "Reconciling".into(),
+            status: reconciling,
+            message: String::new(),
+        },
+        Condition {
+            kind: "Degraded".into(),
+            status: degraded,
+            message: if degraded {
+                format!("not ready: {}", failed.join(", "))
+            } else {
+                String::new()
+            },
+        },
+    ];
+    NodeConvergence {
+        observed_generation: generation,
+        conditions,
+        resources,
+        reported_at: None,
     }
 }
 
@@ -583,8 +589,8 @@ async fn run_kind(
     }
 }
 
-/// Splits a desired resource as it travels into its manifest's name and the resource itself.
-fn parse_resource(raw: &Value) -> (String, String, Result<Resource, String>) {
+/// Splits a desired resource as it travels into its id, its manifest's name and the resource itself.
+pub fn parse_resource(raw: &Value) -> (String, String, Result<Resource, String>) {
     let id = raw["id"].as_str().unwrap_or_default().to_string();
     let manifest = raw["manifest"].as_str().unwrap_or_default().to_string();
     // The manifest's name travels beside the resource's own fields.

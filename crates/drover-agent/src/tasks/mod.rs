@@ -422,7 +422,8 @@ const BATCH_CHUNKS: usize = 512;
 /// Bytes per TaskOutput message, about: big enough for throughput, small enough to keep the stream moving.
 const BATCH_BYTES: usize = 1024 * 1024;
 
-fn output_message(task_id: &str, chunks: Vec<outbox::Chunk>) -> Msg {
+/// Output chunks as they travel.
+pub fn output_message(task_id: &str, chunks: Vec<outbox::Chunk>) -> Msg {
     Msg::TaskOutput(v1::TaskOutput {
         task_id: task_id.to_string(),
         chunks: chunks
@@ -436,7 +437,8 @@ fn output_message(task_id: &str, chunks: Vec<outbox::Chunk>) -> Msg {
     })
 }
 
-fn exit_message(task_id: &str, exit: &Exit) -> v1::TaskExit {
+/// A task's end as it travels.
+pub fn exit_message(task_id: &str, exit: &Exit) -> v1::TaskExit {
     v1::TaskExit {
         task_id: task_id.to_string(),
         seq: exit.seq,

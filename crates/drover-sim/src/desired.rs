@@ -1,0 +1,204 @@
+//! Desired state, simulated: every resource the agent understands is "applied" at once and reported Ready
+//! with the details the real reconciler gives; File content by sha256 is fetched from the server first,
+//! since that is load the server must carry. Reports are built by the agent's own code, so their JSON is
+//! the real agent's.
+
+use drover_agent::converge::{WireDesired, node_convergence, parse_resource};
+use drover_types::manifest::{
+    FileSpec, Kind, NodeConvergence, ResourceState, ResourceStatus, file_mode,
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// A desired state as the simulated node took it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Taken {
+    pub generation: u64,
+    /// Sorted by id, as the real agent reports them.
+    pub statuses: Vec<ResourceStatus>,
+    /// Content to fetch before the File resources using it are Ready.
+    pub blobs: Vec<String>,
+}
+
+pub fn take(state_json: &str) -> Result<Taken, String> {
+    let desired: WireDesired = serde_json::from_str(state_json)
+        .map_err(|e| format!("ignored a desired state this agent cannot read: {e}"))?;
+    let mut statuses = Vec::new();
+    let mut blobs: Vec<String> = Vec::new();
+    for raw in &desired.resources {
+        let (id, manifest, resource) = parse_resource(raw);
+        let status = match resource {
+            Err(e) => {
+                let mut s =
+                    ResourceStatus::new(&id, &manifest, "unknown", ResourceState::UnknownKind);
+                s.error = Some(e);
+                s
+            }
+            Ok(r) => {
+                let mut s =
+                    ResourceStatus::new(&id, &manifest, r.kind_name(), ResourceState::Ready);
+                if let Some(Kind::File(spec)) = r.kind() {
+                    s.details = file_details(spec);
+                    if let (None, Some(sha)) = (&spec.content, &spec.sha256)
+                        && !spec.absent
+                        && !blobs.contains(sha)
+                    {
+                        blobs.push(sha.clone());
+                    }
+                }
+                s
+            }
+        };
+        statuses.push(status);
+    }
+    for c in &desired.conflicts {
+        let manifests = c.manifests.join(",");
+        let mut s = ResourceStatus::new(&c.id, &manifests, "unknown", ResourceState::Conflict);
+        s.error = Some(format!(
+            "manifests {} all give this resource; none is applied until one stops",
+            c.manifests.join(", ")
+        ));
+        statuses.push(s);
+    }
+    statuses.sort_by(|a, b| a.id.cmp(&b.id));
+    statuses.dedup_by(|a, b| a.id == b.id);
+    Ok(Taken {
+        generation: desired.generation,
+        statuses,
+        blobs,
+    })
+}
+
+/// What the file reconciler reports for a file it wrote.
+fn file_details(spec: &FileSpec) -> Value {
+    if spec.absent {
+        return json!({"absent": true});
+    }
+    let sha = match (&spec.content, &spec.sha256) {
+        (Some(c), _) => hex::encode(Sha256::digest(c.as_bytes())),
+        (None, Some(sha)) => sha.clone(),
+        (None, None) => String::new(),
+    };
+    let mode = file_mode(spec).unwrap_or(0o644);
+    json!({"sha256": sha, "mode": format!("{mode:04o}"), "uid": 0, "gid": 0})
+}
+
+impl Taken {
+    /// The report while the pass works: every resource Reconciling.
+    pub fn reconciling(&self) -> NodeConvergence {
+        let statuses = self
+            .statuses
+            .iter()
+            .map(|s| {
+                let mut s = ResourceStatus::new(&s.id, &s.manifest, &s.kind, s.state);
+                if s.state == ResourceState::Ready {
+                    s.state = ResourceState::Reconciling;
+                }
+                s
+            })
+            .collect();
+        node_convergence(self.generation, statuses)
+    }
+
+    /// The report after the pass; `failed` names content that could not be fetched, and why.
+    pub fn report(&self, failed: &[(String, String)]) -> NodeConvergence {
+        let statuses = self
+            .statuses
+            .iter()
+            .cloned()
+            .map(|mut s| {
+                let sha = s.details["sha256"].as_str().unwrap_or_default();
+                if let Some((_, why)) = failed.iter().find(|(f, _)| f == sha) {
+                    s.state = ResourceState::Failed;
+                    s.error = Some(why.clone());
+                    s.attempts = 1;
+                    s.details = Value::Null;
+                }
+                s
+            })
+            .collect();
+        node_convergence(self.generation, statuses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(resources: Value) -> String {
+        json!({"generation": 7, "resources": resources, "conflicts": [{"id": "c", "manifests": ["m1", "m2"]}]})
+            .to_string()
+    }
+
+    #[test]
+    fn every_known_resource_is_ready_and_content_by_sha_is_fetched_first() {
+        let sha = "ab".repeat(32);
+        let taken = take(&state(json!([
+            {"id": "motd", "manifest": "m", "file": {"path": "/etc/motd", "content": "hi\n", "mode": "0600"}},
+            {"id": "blob", "manifest": "m", "file": {"path": "/etc/big", "sha256": sha}},
+            {"id": "app", "manifest": "m", "container": {"image": "busybox"}},
+            {"id": "vol", "manifest": "m", "volume": {"size": 1}},
+        ])))
+        .unwrap();
+        assert_eq!(taken.generation, 7);
+        assert_eq!(taken.blobs, std::slice::from_ref(&sha));
+        let ids: Vec<&str> = taken.statuses.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["app", "blob", "c", "motd", "vol"]);
+
+        let during = taken.reconciling();
+        assert_eq!(during.observed_generation, 7);
+        assert!(
+            during
+                .conditions
+                .iter()
+                .any(|c| c.kind == "Reconciling" && c.status)
+        );
+
+        let report = taken.report(&[]);
+        let by_id = |id: &str| {
+            report
+                .resources
+                .iter()
+                .find(|r| r.id == id)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by_id("motd").state, ResourceState::Ready);
+        assert_eq!(by_id("motd").details["mode"], "0600");
+        assert_eq!(
+            by_id("motd").details["sha256"],
+            hex::encode(Sha256::digest(b"hi\n"))
+        );
+        assert_eq!(by_id("blob").details["sha256"], sha.as_str());
+        assert_eq!(by_id("app").state, ResourceState::Ready);
+        assert_eq!(by_id("vol").state, ResourceState::UnknownKind);
+        assert_eq!(by_id("c").state, ResourceState::Conflict);
+
+        let failed = taken.report(&[(sha.clone(), "cannot fetch".into())]);
+        let blob = failed.resources.iter().find(|r| r.id == "blob").unwrap();
+        assert_eq!(blob.state, ResourceState::Failed);
+        assert!(
+            failed
+                .conditions
+                .iter()
+                .any(|c| c.kind == "Degraded" && c.status)
+        );
+    }
+
+    #[test]
+    fn a_clean_state_is_ready_and_an_unreadable_one_is_refused() {
+        let taken = take(
+            &json!({"generation": 2, "resources": [{"id": "f", "manifest": "m", "file": {"path": "/x", "content": ""}}]})
+                .to_string(),
+        )
+        .unwrap();
+        let report = taken.report(&[]);
+        assert!(
+            report
+                .conditions
+                .iter()
+                .any(|c| c.kind == "Ready" && c.status)
+        );
+        assert!(take("not json").is_err());
+    }
+}

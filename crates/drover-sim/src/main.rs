@@ -1,0 +1,165 @@
+//! `drover-sim`: runs many simulated agents in one process against a real server, for benchmarks.
+//! Each simulated agent has its own key, certificate and mTLS stream and speaks the real protocol through
+//! the agent library's own message code; what it does on the node is faked, cheaply.
+
+mod agent;
+mod desired;
+mod fleet;
+mod limits;
+mod payloads;
+mod stats;
+mod tasks;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use drover_types::duration::parse_duration;
+
+const EXAMPLES: &str = "Examples:
+  drover-sim --server https://127.0.0.1:9090 --token drv1.… --agents 19000 --state-dir /var/tmp/sim
+  drover-sim --state-dir /var/tmp/sim --agents 19000            # again: reconnects, no enrollment
+  drover-sim --state-dir /var/tmp/sim --agents 10000 --start-index 10000 --token drv1.… --server …
+  drover-sim … --status-file /tmp/sim.json --stats-interval 5s --task-delay 2s
+
+Each agent keeps its key and certificate in STATE_DIR/agents/NNNNN. A status line
+(`agents=… enrolled=… connected=… …`) goes to stderr every --stats-interval; --status-file
+gets the same counters as JSON, rewritten four times a second.";
+
+/// Runs N simulated drover agents in one process, for benchmarks (tests use real agents).
+#[derive(Debug, Parser)]
+#[command(version, after_help = EXAMPLES)]
+struct Args {
+    /// The server's agent port, https://HOST:PORT (default: the address each agent enrolled with)
+    #[arg(long)]
+    server: Option<String>,
+    /// Join token (from `drover token create`); only needed for agents not enrolled yet
+    #[arg(long, env = "DROVER_SIM_TOKEN")]
+    token: Option<String>,
+    /// How many agents to run
+    #[arg(long)]
+    agents: u32,
+    /// Index of the first agent, so several processes can split one fleet
+    #[arg(long, default_value_t = 0)]
+    start_index: u32,
+    /// Where the agents' identities live (DIR/agents/NNNNN)
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// New agents (enrollments or first connections) per second
+    #[arg(long, default_value_t = 500.0)]
+    ramp: f64,
+    /// Heartbeat interval (each beat is jittered by ±5 %)
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    heartbeat_interval: Duration,
+    /// How long a task "runs" before it exits (0: at once)
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    task_delay: Duration,
+    /// Daemon-plugin sessions per agent (the first N of the agent's plugins; 0: none)
+    #[arg(long, default_value_t = 5)]
+    sessions: usize,
+    /// Chance that a session payload changed at a tick (only changed payloads are sent)
+    #[arg(long, default_value_t = 0.2)]
+    change_probability: f64,
+    /// Label for every agent, key=value; repeatable (`sim=1` is always added)
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// How often to print the status line on stderr (0: never)
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    stats_interval: Duration,
+    /// A JSON file with the counters, rewritten four times a second
+    #[arg(long)]
+    status_file: Option<PathBuf>,
+    /// Runtime worker threads (default: one per core)
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// A duration like `10s` or `500ms`; unlike elsewhere, zero is allowed (no delay, no status line).
+fn duration(s: &str) -> Result<Duration, String> {
+    if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if !(args.ramp > 0.0 && args.ramp.is_finite()) {
+        bail!("--ramp must be a positive number of agents per second");
+    }
+    if !(0.0..=1.0).contains(&args.change_probability) {
+        bail!("--change-probability must be between 0 and 1");
+    }
+    if args.heartbeat_interval.is_zero() {
+        bail!("--heartbeat-interval must be more than 0");
+    }
+    let files = limits::raise_open_files().context("cannot raise the open-file limit")?;
+    limits::check_capacity(u64::from(args.agents), files.soft).map_err(anyhow::Error::msg)?;
+    let config = fleet::Config::new(fleet::Options {
+        server: args.server,
+        token: args.token,
+        agents: args.agents,
+        start_index: args.start_index,
+        state_dir: args.state_dir,
+        ramp: args.ramp,
+        heartbeat: args.heartbeat_interval,
+        task_delay: args.task_delay,
+        sessions: args.sessions,
+        change_probability: args.change_probability,
+        labels: args.labels,
+        stats_interval: args.stats_interval,
+        status_file: args.status_file,
+    })?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = args.threads {
+        runtime.worker_threads(n.max(1));
+    }
+    let runtime = runtime.build().context("cannot start the runtime")?;
+    let result = runtime.block_on(fleet::run(config));
+    // Thousands of streams: do not wait for each to close politely.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_may_be_zero() {
+        assert_eq!(duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(duration("1500ms").unwrap(), Duration::from_millis(1500));
+        assert!(duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_example_command_line_parses() {
+        let args = Args::try_parse_from([
+            "drover-sim",
+            "--server",
+            "https://127.0.0.1:9090",
+            "--token",
+            "drv1.x",
+            "--agents",
+            "19000",
+            "--state-dir",
+            "/tmp/sim",
+            "--label",
+            "rack=r1",
+        ])
+        .unwrap();
+        assert_eq!(args.agents, 19_000);
+        assert_eq!(args.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(args.task_delay, Duration::ZERO);
+    }
+}
