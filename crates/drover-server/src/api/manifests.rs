@@ -115,6 +115,7 @@ async fn follow_status(
         };
         // Take what else is queued, so a burst costs one look per node.
         let mut nodes = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         whole = false;
         let mut next = first.map_err(|e| match e {
             broadcast::error::RecvError::Lagged(n) => broadcast::error::TryRecvError::Lagged(n),
@@ -122,8 +123,11 @@ async fn follow_status(
         });
         loop {
             match next {
-                Ok(node) if !nodes.contains(&node) => nodes.push(node),
-                Ok(_) => {}
+                Ok(node) => {
+                    if seen.insert(node.clone()) {
+                        nodes.push(node);
+                    }
+                }
                 Err(broadcast::error::TryRecvError::Empty) => break,
                 Err(broadcast::error::TryRecvError::Lagged(_)) => whole = true,
                 Err(broadcast::error::TryRecvError::Closed) => return,
@@ -136,11 +140,10 @@ async fn follow_status(
         if whole {
             continue;
         }
-        for node in nodes {
-            // A node deleted meanwhile has nothing to report.
-            let Ok(report) = fleet.node_status(&node).await else {
-                continue;
-            };
+        let Ok(reports) = fleet.statuses_of(&nodes).await else {
+            return;
+        };
+        for report in reports {
             if tx.send(event("node", json(&report))).await.is_err() {
                 return;
             }

@@ -294,27 +294,41 @@ impl Fleet {
 
     /// Convergence of every node, read in one go.
     pub async fn status(&self) -> Result<Vec<NodeStatusReport>, FleetError> {
-        let names: std::collections::HashMap<String, String> = self
-            .store()
-            .list_nodes()
-            .await?
-            .into_iter()
-            .map(|n| (n.id, n.name))
-            .collect();
         Ok(self
             .store()
             .all_convergence()
             .await?
             .into_iter()
-            .filter_map(|(node_id, desired_generation, convergence)| {
-                Some(NodeStatusReport {
-                    node_name: names.get(&node_id)?.clone(),
+            .map(
+                |(node_id, node_name, desired_generation, convergence)| NodeStatusReport {
                     node_id,
+                    node_name,
                     desired_generation,
                     convergence: convergence.unwrap_or_default(),
-                })
-            })
+                },
+            )
             .collect())
+    }
+
+    /// Convergence of these nodes (by id): one read per node for a few, one read in all for many.
+    pub async fn statuses_of(&self, ids: &[String]) -> Result<Vec<NodeStatusReport>, FleetError> {
+        if ids.len() > 16 {
+            let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+            return Ok(self
+                .status()
+                .await?
+                .into_iter()
+                .filter(|r| wanted.contains(r.node_id.as_str()))
+                .collect());
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            // A node deleted meanwhile has nothing to report.
+            if let Ok(report) = self.node_status(id).await {
+                out.push(report);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn node_status(&self, id_or_name: &str) -> Result<NodeStatusReport, FleetError> {

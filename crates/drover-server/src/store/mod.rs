@@ -206,10 +206,10 @@ pub trait Store: Send + Sync + 'static {
         report: &NodeConvergence,
     ) -> Result<(), StoreError>;
     async fn get_convergence(&self, node_id: &str) -> Result<Option<NodeConvergence>, StoreError>;
-    /// Every node's desired generation (0 when none) and latest report, in one read.
+    /// Every node's (id, name), desired generation (0 when none) and latest report, in one read.
     async fn all_convergence(
         &self,
-    ) -> Result<Vec<(String, u64, Option<NodeConvergence>)>, StoreError>;
+    ) -> Result<Vec<(String, String, u64, Option<NodeConvergence>)>, StoreError>;
     /// Stores content under its SHA-256 (storing it twice is harmless).
     async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError>;
     async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;

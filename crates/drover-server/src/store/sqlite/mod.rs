@@ -996,10 +996,10 @@ impl Store for SqliteStore {
 
     async fn all_convergence(
         &self,
-    ) -> Result<Vec<(String, u64, Option<NodeConvergence>)>, StoreError> {
+    ) -> Result<Vec<(String, String, u64, Option<NodeConvergence>)>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT n.id, json_extract(d.state, '$.generation'), v.report FROM nodes n
+                "SELECT n.id, n.name, json_extract(d.state, '$.generation'), v.report FROM nodes n
                  LEFT JOIN node_desired d ON d.node_id = n.id
                  LEFT JOIN node_convergence v ON v.node_id = n.id ORDER BY n.name",
             )?;
@@ -1007,15 +1007,17 @@ impl Store for SqliteStore {
                 .query_map([], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
-                        r.get::<_, Option<i64>>(1)?,
-                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
-                .map(|(id, generation, report)| {
+                .map(|(id, name, generation, report)| {
                     Ok((
                         id,
+                        name,
                         generation.unwrap_or(0).max(0) as u64,
                         report
                             .map(|r| from_json(&r, "convergence report"))
@@ -1420,8 +1422,9 @@ mod tests {
         );
         let all = store.all_convergence().await.unwrap();
         assert_eq!(all.len(), 1);
+        assert_eq!(all[0].1, "alpha");
         assert_eq!(
-            (all[0].1, all[0].2.as_ref().unwrap().observed_generation),
+            (all[0].2, all[0].3.as_ref().unwrap().observed_generation),
             (2, 2)
         );
     }
