@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub max_task_output: u64,
 }
 
+/// How often stream heartbeats are written.
+const HEARTBEAT_FLUSH: Duration = Duration::from_secs(1);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
@@ -132,6 +134,24 @@ async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Serve
         .map_err(|source| ServerError::Listen { addr, flag, source })
 }
 
+/// Writes stream heartbeats once a second (and once more at shutdown).
+async fn flush_heartbeats(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(HEARTBEAT_FLUSH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stop = tokio::select! {
+            _ = every.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        if let Err(e) = fleet.flush_heartbeats().await {
+            tracing::error!("cannot record heartbeats: {e}");
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
 /// Housekeeping: runs whose node went silent end as Lost; channels nobody follows go; old tasks and output go.
 async fn janitor(fleet: Arc<Fleet>, config: ServerConfig, mut shutdown: watch::Receiver<bool>) {
     let every = (config.lost_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
@@ -214,6 +234,7 @@ impl RunningServer {
             })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(janitor(fleet.clone(), config.clone(), shutdown_rx.clone()));
+        tokio::spawn(flush_heartbeats(fleet.clone(), shutdown_rx.clone()));
 
         let router = api::router(ApiState::new(fleet.clone(), &admin_token));
         let mut api_shutdown = shutdown_rx.clone();

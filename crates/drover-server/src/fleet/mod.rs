@@ -121,6 +121,7 @@ pub struct Fleet {
     links: Links,
     live: crate::tasks::TaskLive,
     pub(crate) status_events: desired::StatusEvents,
+    beats: nodes::Heartbeats,
 }
 
 /// Keeps a node's stream registered while alive; a newer stream for the same node takes over.
@@ -188,6 +189,7 @@ impl Fleet {
             links: Links::default(),
             live: Default::default(),
             status_events: Default::default(),
+            beats: Default::default(),
         })
     }
 

@@ -8,6 +8,24 @@ use drover_types::api::{RegisterRequest, RegisterResponse};
 use drover_types::labels::validate_labels;
 use drover_types::{Capabilities, Labels, Metrics, MetricsSample, Node, Transport};
 
+/// Heartbeats kept per node between two flushes.
+const BEATS_PER_FLUSH: usize = 16;
+
+/// Stream heartbeats not yet written, and deleted nodes whose stream is still open.
+#[derive(Default)]
+pub(super) struct Heartbeats(std::sync::Mutex<PendingBeats>);
+
+#[derive(Default)]
+pub(super) struct PendingBeats {
+    /// Per node, oldest first, at most `BEATS_PER_FLUSH` (a node beating faster keeps its newest).
+    latest: std::collections::HashMap<String, Vec<(chrono::DateTime<Utc>, Metrics)>>,
+    deleted: std::collections::HashSet<String>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 use super::{
     AgentHello, Attachment, DEFAULT_HTTP_INTERVAL, Enrollment, Fleet, FleetError, new_node_id,
     random_hex, sha256_hex, validate_name,
@@ -91,7 +109,7 @@ impl Fleet {
             .await?
             .ok_or_else(|| FleetError::NodeNotFound(node_id.to_string()))?;
         if let Some(metrics) = hello.metrics {
-            self.heartbeat(node_id, metrics).await?;
+            self.stream_heartbeat(node_id, metrics)?;
         }
         let serial = self.links.attach(node_id, tx, hello.actions);
         Ok((
@@ -102,6 +120,46 @@ impl Fleet {
                 serial,
             },
         ))
+    }
+
+    /// A heartbeat on an agent's stream: kept in memory and written with every other node's in one store
+    /// write a second (`flush_heartbeats`), so an idle fleet costs one commit a second, not one per beat.
+    /// Fails with NodeNotFound once the node was deleted, which ends its stream.
+    pub fn stream_heartbeat(&self, node_id: &str, metrics: Metrics) -> Result<(), FleetError> {
+        metrics
+            .validate()
+            .map_err(|e| FleetError::invalid(e.field, e.reason))?;
+        let mut beats = lock(&self.beats.0);
+        if beats.deleted.remove(node_id) {
+            return Err(FleetError::NodeNotFound(node_id.to_string()));
+        }
+        let pending = beats.latest.entry(node_id.to_string()).or_default();
+        if pending.len() >= BEATS_PER_FLUSH {
+            pending.remove(0);
+        }
+        pending.push((Utc::now(), metrics));
+        Ok(())
+    }
+
+    /// Writes the heartbeats kept since the last flush.
+    pub async fn flush_heartbeats(&self) -> Result<usize, FleetError> {
+        let batch: Vec<_> = {
+            let mut beats = lock(&self.beats.0);
+            beats
+                .latest
+                .drain()
+                .flat_map(|(id, samples)| {
+                    samples.into_iter().map(move |(at, m)| (id.clone(), at, m))
+                })
+                .collect()
+        };
+        let n = batch.len();
+        if n > 0 {
+            self.store
+                .record_heartbeats(batch, self.config.metrics_history)
+                .await?;
+        }
+        Ok(n)
     }
 
     pub async fn heartbeat(&self, node_id: &str, metrics: Metrics) -> Result<(), FleetError> {
@@ -219,7 +277,16 @@ impl Fleet {
 
     // ---- views ----
 
-    fn view(&self, record: NodeRecord) -> Node {
+    fn view(&self, mut record: NodeRecord) -> Node {
+        // A heartbeat not written yet is still the latest word from the node.
+        if let Some((at, metrics)) = lock(&self.beats.0)
+            .latest
+            .get(&record.id)
+            .and_then(|s| s.last())
+        {
+            record.last_seen = Some(*at);
+            record.metrics = Some(metrics.clone());
+        }
         let now = Utc::now();
         let interval = Duration::from_millis(record.heartbeat_interval_ms);
         let connected = self.links.is_attached(&record.id);
@@ -267,6 +334,14 @@ impl Fleet {
         let node = self.find(id_or_name).await?;
         self.store.delete_node(&node.id).await?;
         self.links.forget(&node.id);
+        {
+            let mut beats = lock(&self.beats.0);
+            beats.latest.remove(&node.id);
+            if self.links.is_attached(&node.id) {
+                // Its stream ends at its next heartbeat.
+                beats.deleted.insert(node.id.clone());
+            }
+        }
         Ok(self.view(node))
     }
 

@@ -207,7 +207,7 @@ impl drover_proto::AgentLink for Gateway {
                     msg = inbound.message() => match msg {
                         Ok(Some(AgentMessage { msg: Some(Msg::Heartbeat(hb)) })) => {
                             let metrics = hb.metrics.unwrap_or_default().into();
-                            if let Err(e) = fleet.heartbeat(&node.id, metrics).await {
+                            if let Err(e) = fleet.stream_heartbeat(&node.id, metrics) {
                                 tracing::warn!(node = %node.name, "ignored a heartbeat: {e}");
                                 if matches!(e, FleetError::NodeNotFound(_)) {
                                     let _ = tx.send(Err(status(e))).await;

@@ -93,6 +93,12 @@ pub trait Store: Send + Sync + 'static {
         metrics: &Metrics,
         keep: usize,
     ) -> Result<bool, StoreError>;
+    /// `record_heartbeat` for many nodes in one write; nodes that no longer exist are skipped.
+    async fn record_heartbeats(
+        &self,
+        beats: Vec<(String, DateTime<Utc>, Metrics)>,
+        keep: usize,
+    ) -> Result<(), StoreError>;
     /// The newest `limit` samples, oldest first.
     async fn metrics_history(
         &self,

@@ -76,6 +76,30 @@ fn from_json<T: serde::de::DeserializeOwned>(
     serde_json::from_str(text).map_err(|source| StoreError::Corrupt { what, source })
 }
 
+/// One heartbeat: the node's latest metrics and a history sample, pruned to `keep`. False for no such node.
+fn beat(
+    c: &Connection,
+    id: &str,
+    at: DateTime<Utc>,
+    json: &str,
+    keep: usize,
+) -> Result<bool, StoreError> {
+    let updated = c
+        .prepare_cached("UPDATE nodes SET last_seen = ?2, metrics = ?3 WHERE id = ?1")?
+        .execute(params![id, ts(at), json])?;
+    if updated == 0 {
+        return Ok(false);
+    }
+    c.prepare_cached("INSERT INTO metrics_history (node_id, at, metrics) VALUES (?1, ?2, ?3)")?
+        .execute(params![id, ts(at), json])?;
+    c.prepare_cached(
+        "DELETE FROM metrics_history WHERE node_id = ?1 AND seq <=
+           (SELECT seq FROM metrics_history WHERE node_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+    )?
+    .execute(params![id, keep as i64])?;
+    Ok(true)
+}
+
 /// Run states as an SQL list. They are our own constant names, so inlining them is safe.
 fn state_list(states: &[RunState]) -> String {
     states
@@ -408,25 +432,19 @@ impl Store for SqliteStore {
         keep: usize,
     ) -> Result<bool, StoreError> {
         let (id, json) = (id.to_string(), to_json(metrics));
+        self.write(move |c| beat(c, &id, at, &json, keep)).await
+    }
+
+    async fn record_heartbeats(
+        &self,
+        beats: Vec<(String, DateTime<Utc>, Metrics)>,
+        keep: usize,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
-            let tx = c;
-            let updated = tx.execute(
-                "UPDATE nodes SET last_seen = ?2, metrics = ?3 WHERE id = ?1",
-                params![id, ts(at), json],
-            )?;
-            if updated == 0 {
-                return Ok(false);
+            for (id, at, metrics) in &beats {
+                beat(c, id, *at, &to_json(metrics), keep)?;
             }
-            tx.execute(
-                "INSERT INTO metrics_history (node_id, at, metrics) VALUES (?1, ?2, ?3)",
-                params![id, ts(at), json],
-            )?;
-            tx.execute(
-                "DELETE FROM metrics_history WHERE node_id = ?1 AND seq <=
-                   (SELECT seq FROM metrics_history WHERE node_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
-                params![id, keep as i64],
-            )?;
-            Ok(true)
+            Ok(())
         })
         .await
     }
