@@ -218,7 +218,7 @@ impl Fleet {
             state.generation = previous.map(|(s, _)| s.generation).unwrap_or(0) + 1;
             if self.store().put_desired(&node.id, &state, &hash).await? {
                 self.status_changed(&node.id);
-                tracing::info!(node = %node.name, generation = state.generation, resources = state.resources.len(), "desired state changed");
+                tracing::debug!(node = %node.name, generation = state.generation, resources = state.resources.len(), "desired state changed");
                 self.push_desired(&node.id, &state).await;
                 return Ok(());
             }
@@ -452,6 +452,49 @@ impl Fleet {
         if !referenced {
             return Ok(None);
         }
-        Ok(self.store().get_blob(sha256).await?)
+        if let Some(hit) = self.blobs.get(sha256) {
+            return Ok(Some(hit.to_vec()));
+        }
+        let blob = self.store().get_blob(sha256).await?;
+        if let Some(b) = &blob {
+            self.blobs.put(sha256, b);
+        }
+        Ok(blob)
+    }
+}
+
+/// The blobs served last, so a fleet-wide apply reads each from the store once, not once per node.
+#[derive(Default)]
+pub struct BlobCache(std::sync::Mutex<std::collections::VecDeque<(String, std::sync::Arc<[u8]>)>>);
+
+/// Bytes the blob cache holds at most.
+const BLOB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+impl BlobCache {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(String, std::sync::Arc<[u8]>)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, sha256: &str) -> Option<std::sync::Arc<[u8]>> {
+        self.lock()
+            .iter()
+            .find(|(k, _)| k == sha256)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, sha256: &str, data: &[u8]) {
+        if data.len() > BLOB_CACHE_BYTES {
+            return;
+        }
+        let mut cache = self.lock();
+        cache.retain(|(k, _)| k != sha256);
+        cache.push_front((sha256.to_string(), data.into()));
+        let mut total = 0;
+        cache.retain(|(_, v)| {
+            total += v.len();
+            total <= BLOB_CACHE_BYTES
+        });
     }
 }

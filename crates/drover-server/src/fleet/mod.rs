@@ -122,6 +122,7 @@ pub struct Fleet {
     live: crate::tasks::TaskLive,
     pub(crate) status_events: desired::StatusEvents,
     beats: nodes::Heartbeats,
+    blobs: desired::BlobCache,
 }
 
 /// Keeps a node's stream registered while alive; a newer stream for the same node takes over.
@@ -190,6 +191,7 @@ impl Fleet {
             live: Default::default(),
             status_events: Default::default(),
             beats: Default::default(),
+            blobs: Default::default(),
         })
     }
 

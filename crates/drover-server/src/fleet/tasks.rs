@@ -39,6 +39,8 @@ const MAX_HELD_CHUNKS: usize = 10_000;
 const ACK_EVERY: u64 = 1024;
 /// Events a follower may fall behind by before it re-reads the store instead.
 const FOLLOWER_BACKLOG: usize = 1024;
+/// Pause before recounting a task's open runs while its runs keep ending.
+const RECHECK_AFTER: Duration = Duration::from_millis(20);
 /// How long a start may wait for room in one agent's stream before that node counts as unreachable.
 const SEND_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -420,6 +422,9 @@ impl Fleet {
                 }
             };
             if again {
+                // Runs are still ending: let more of them end before counting again, so a fan-out's
+                // thousands of exits cost a few counts, not one each.
+                tokio::time::sleep(RECHECK_AFTER).await;
                 continue;
             }
             match open {
@@ -609,7 +614,7 @@ impl Fleet {
                 .await?;
             return Ok(());
         };
-        tracing::info!(task = %task_id, node = %run.node_name, state = run.state.as_str(), code = ?run.exit_code, "task run finished");
+        tracing::debug!(task = %task_id, node = %run.node_name, state = run.state.as_str(), code = ?run.exit_code, "task run finished");
         let meta = self.meta(task_id).await?;
         self.audit(
             &meta.created_by,

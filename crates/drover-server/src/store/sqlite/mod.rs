@@ -100,6 +100,22 @@ fn beat(
     Ok(true)
 }
 
+/// `Connection::execute` through the statement cache: hot paths run the same few statements thousands of
+/// times a second, and parsing SQL each time was a visible share of the server's time.
+fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
+}
+
+/// `Connection::query_row` through the statement cache.
+fn row<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(params, f)
+}
+
 /// Run states as an SQL list. They are our own constant names, so inlining them is safe.
 fn state_list(states: &[RunState]) -> String {
     states
@@ -228,7 +244,7 @@ impl Store for SqliteStore {
     async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
         let t = token.clone();
         self.write(move |c| {
-            c.execute(
+            exec(c,
                 "INSERT INTO join_tokens (id, secret_sha256, created_at, expires_at, max_uses, uses, labels, revoked)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
@@ -261,7 +277,7 @@ impl Store for SqliteStore {
     async fn revoke_join_token(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.write(move |c| {
-            Ok(c.execute("UPDATE join_tokens SET revoked = 1 WHERE id = ?1", [id])? > 0)
+            Ok(exec(c, "UPDATE join_tokens SET revoked = 1 WHERE id = ?1", [id])? > 0)
         })
         .await
     }
@@ -275,9 +291,13 @@ impl Store for SqliteStore {
         let (id, secret) = (id.to_string(), secret_sha256.to_string());
         self.write(move |c| {
             let tx = c;
-            let found = tx
-                .query_row("SELECT * FROM join_tokens WHERE id = ?1", [&id], token_info)
-                .optional()?;
+            let found = row(
+                tx,
+                "SELECT * FROM join_tokens WHERE id = ?1",
+                [&id],
+                token_info,
+            )
+            .optional()?;
             let Some((mut info, stored_secret)) = found else {
                 return Ok(Err(TokenRefusal::Unknown));
             };
@@ -295,7 +315,8 @@ impl Store for SqliteStore {
             {
                 return Ok(Err(TokenRefusal::Exhausted(max)));
             }
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE join_tokens SET uses = uses + 1 WHERE id = ?1",
                 [&id],
             )?;
@@ -308,7 +329,7 @@ impl Store for SqliteStore {
     async fn insert_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         let n = node.clone();
         self.write(move |c| {
-            let result = c.execute(
+            let result = exec(c,
                 &format!(
                     "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
                 ),
@@ -342,20 +363,21 @@ impl Store for SqliteStore {
     ) -> Result<Option<NodeRecord>, StoreError> {
         let id = id.to_string();
         self.write(move |c| {
-            let Some(mut n) = c
-                .query_row(
-                    &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"),
-                    [&id],
-                    raw_node,
-                )
-                .optional()?
-                .map(RawNode::decode)
-                .transpose()?
+            let Some(mut n) = row(
+                c,
+                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"),
+                [&id],
+                raw_node,
+            )
+            .optional()?
+            .map(RawNode::decode)
+            .transpose()?
             else {
                 return Ok(None);
             };
             change(&mut n);
-            let result = c.execute(
+            let result = exec(
+                c,
                 "UPDATE nodes SET name = ?2, labels = ?3, ip = ?4, heartbeat_interval_ms = ?5,
                  capabilities = ?6, node_token_sha256 = ?7, reported_labels = ?8 WHERE id = ?1",
                 params![
@@ -380,7 +402,8 @@ impl Store for SqliteStore {
     async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
         let id = id.to_string();
         self.read(move |c| {
-            c.query_row(
+            row(
+                c,
                 &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"),
                 [id],
                 raw_node,
@@ -395,7 +418,8 @@ impl Store for SqliteStore {
     async fn get_node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
         let name = name.to_string();
         self.read(move |c| {
-            c.query_row(
+            row(
+                c,
                 &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = ?1"),
                 [name],
                 raw_node,
@@ -420,7 +444,7 @@ impl Store for SqliteStore {
 
     async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.write(move |c| Ok(c.execute("DELETE FROM nodes WHERE id = ?1", [id])? > 0))
+        self.write(move |c| Ok(exec(c, "DELETE FROM nodes WHERE id = ?1", [id])? > 0))
             .await
     }
 
@@ -483,12 +507,12 @@ impl Store for SqliteStore {
         let t = task.clone();
         self.write(move |c| {
             let tx = c;
-            tx.execute(
+            exec(tx,
                 "INSERT INTO tasks (id, target, spec, created_by, created_at, max_parallel) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![t.id, to_json(&t.target), to_json(&t.spec), t.created_by, t.created_at, t.max_parallel],
             )?;
             for run in &t.runs {
-                tx.execute(
+                exec(tx,
                     "INSERT INTO task_runs (task_id, node_id, run, final, state) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![t.id, run.node_id, to_json(run), run.state.is_final(), run.state.as_str()],
                 )?;
@@ -545,8 +569,7 @@ impl Store for SqliteStore {
         let (t, n) = (task_id.to_string(), node_id.to_string());
         let patch = to_json(&serde_json::json!({ "late_exit": late }));
         self.write(move |c| {
-            let run: Option<String> = c
-                .query_row(
+            let run: Option<String> = row(c,
                     &format!(
                         "UPDATE task_runs SET run = json_patch(run, ?3)
                          WHERE task_id = ?1 AND node_id = ?2 AND json_extract(run, '$.late_exit') IS NULL
@@ -567,13 +590,13 @@ impl Store for SqliteStore {
     async fn get_run(&self, task_id: &str, node_id: &str) -> Result<Option<TaskRun>, StoreError> {
         let (t, n) = (task_id.to_string(), node_id.to_string());
         self.read(move |c| {
-            let run: Option<String> = c
-                .query_row(
-                    "SELECT run FROM task_runs WHERE task_id = ?1 AND node_id = ?2",
-                    params![t, n],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let run: Option<String> = row(
+                c,
+                "SELECT run FROM task_runs WHERE task_id = ?1 AND node_id = ?2",
+                params![t, n],
+                |r| r.get(0),
+            )
+            .optional()?;
             run.map(|r| from_json(&r, "task run")).transpose()
         })
         .await
@@ -608,7 +631,8 @@ impl Store for SqliteStore {
     ) -> Result<usize, StoreError> {
         let t = task_id.to_string();
         self.read(move |c| {
-            let n: i64 = c.query_row(
+            let n: i64 = row(
+                c,
                 &format!(
                     "SELECT count(*) FROM task_runs WHERE task_id = ?1 AND state IN ({})",
                     state_list(states)
@@ -675,7 +699,7 @@ impl Store for SqliteStore {
         cutoff: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         self.write(move |c| {
-            Ok(c.execute(
+            Ok(exec(c,
                 "DELETE FROM tasks WHERE created_at < ?1 AND NOT EXISTS
                    (SELECT 1 FROM task_runs r WHERE r.task_id = tasks.id AND r.state IN ('Pending', 'Running'))",
                 [cutoff],
@@ -687,7 +711,7 @@ impl Store for SqliteStore {
     async fn trim_output(&self, max_bytes: u64) -> Result<usize, StoreError> {
         self.write(move |c| {
             let total: i64 =
-                c.query_row("SELECT coalesce(sum(length(data)), 0) FROM task_output", [], |r| {
+                row(c, "SELECT coalesce(sum(length(data)), 0) FROM task_output", [], |r| {
                     r.get(0)
                 })?;
             let mut excess = (total.max(0) as u64).saturating_sub(max_bytes);
@@ -711,7 +735,7 @@ impl Store for SqliteStore {
                 if size <= 0 {
                     continue;
                 }
-                c.execute("DELETE FROM task_output WHERE task_id = ?1", [&id])?;
+                exec(c, "DELETE FROM task_output WHERE task_id = ?1", [&id])?;
                 excess = excess.saturating_sub(size as u64);
                 trimmed += 1;
             }
@@ -811,7 +835,8 @@ impl Store for SqliteStore {
     async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError> {
         let (t, n) = (task_id.to_string(), node_id.to_string());
         self.write(move |c| {
-            let max: Option<i64> = c.query_row(
+            let max: Option<i64> = row(
+                c,
                 "SELECT MAX(seq) FROM task_output WHERE task_id = ?1 AND node_id = ?2",
                 params![t, n],
                 |r| r.get(0),
@@ -824,7 +849,8 @@ impl Store for SqliteStore {
     async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let e = entry.clone();
         self.read(move |c| {
-            c.execute(
+            exec(
+                c,
                 "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![e.at, e.actor, e.action, e.target, to_json(&e.detail)],
             )?;
@@ -881,8 +907,7 @@ impl Store for SqliteStore {
         let (m, json) = (manifest.clone(), to_json(manifest));
         self.write(move |c| {
             let tx = c;
-            let current: Option<(i64, String)> = tx
-                .query_row("SELECT generation, manifest FROM manifests WHERE name = ?1", [&m.name], |r| Ok((r.get(0)?, r.get(1)?)))
+            let current: Option<(i64, String)> = row(tx, "SELECT generation, manifest FROM manifests WHERE name = ?1", [&m.name], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             let (generation, changed) = match current {
                 Some((g, old)) if old == json => (g as u64, false),
@@ -890,7 +915,7 @@ impl Store for SqliteStore {
                 None => (1, true),
             };
             if changed {
-                tx.execute(
+                exec(tx,
                     "INSERT INTO manifests (name, generation, manifest, updated_at) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT(name) DO UPDATE SET generation = ?2, manifest = ?3, updated_at = ?4",
                     params![m.name, generation as i64, json, now],
@@ -929,7 +954,7 @@ impl Store for SqliteStore {
 
     async fn delete_manifest(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_string();
-        self.write(move |c| Ok(c.execute("DELETE FROM manifests WHERE name = ?1", [name])? > 0))
+        self.write(move |c| Ok(exec(c, "DELETE FROM manifests WHERE name = ?1", [name])? > 0))
             .await
     }
 
@@ -939,13 +964,13 @@ impl Store for SqliteStore {
     ) -> Result<Option<(DesiredState, String)>, StoreError> {
         let id = node_id.to_string();
         self.read(move |c| {
-            let row: Option<(String, String)> = c
-                .query_row(
-                    "SELECT state, hash FROM node_desired WHERE node_id = ?1",
-                    [id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
+            let row: Option<(String, String)> = row(
+                c,
+                "SELECT state, hash FROM node_desired WHERE node_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
             row.map(|(s, h)| Ok((from_json(&s, "desired state")?, h)))
                 .transpose()
         })
@@ -962,13 +987,15 @@ impl Store for SqliteStore {
         let previous = state.generation.saturating_sub(1) as i64;
         self.write(move |c| {
             let n = if previous == 0 {
-                c.execute(
+                exec(
+                    c,
                     "INSERT INTO node_desired (node_id, state, hash) VALUES (?1, ?2, ?3)
                      ON CONFLICT(node_id) DO NOTHING",
                     params![id, json, hash],
                 )?
             } else {
-                c.execute(
+                exec(
+                    c,
                     "UPDATE node_desired SET state = ?2, hash = ?3
                      WHERE node_id = ?1 AND json_extract(state, '$.generation') = ?4",
                     params![id, json, hash, previous],
@@ -986,7 +1013,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let (id, json) = (node_id.to_string(), to_json(report));
         self.write(move |c| {
-            c.execute(
+            exec(c,
                 "INSERT INTO node_convergence (node_id, report) VALUES (?1, ?2)
                  ON CONFLICT(node_id) DO UPDATE SET report = ?2
                  WHERE json_extract(report, '$.observed_generation') <= json_extract(?2, '$.observed_generation')",
@@ -1000,13 +1027,13 @@ impl Store for SqliteStore {
     async fn get_convergence(&self, node_id: &str) -> Result<Option<NodeConvergence>, StoreError> {
         let id = node_id.to_string();
         self.read(move |c| {
-            let row: Option<String> = c
-                .query_row(
-                    "SELECT report FROM node_convergence WHERE node_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let row: Option<String> = row(
+                c,
+                "SELECT report FROM node_convergence WHERE node_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
             row.map(|r| from_json(&r, "convergence report")).transpose()
         })
         .await
@@ -1050,7 +1077,8 @@ impl Store for SqliteStore {
     async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError> {
         let sha = sha256.to_string();
         self.write(move |c| {
-            c.execute(
+            exec(
+                c,
                 "INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?1, ?2)",
                 params![sha, data],
             )?;
@@ -1063,7 +1091,7 @@ impl Store for SqliteStore {
         let sha = sha256.to_string();
         self.read(move |c| {
             Ok(
-                c.query_row("SELECT data FROM blobs WHERE sha256 = ?1", [sha], |r| {
+                row(c, "SELECT data FROM blobs WHERE sha256 = ?1", [sha], |r| {
                     r.get(0)
                 })
                 .optional()?,
@@ -1074,21 +1102,21 @@ impl Store for SqliteStore {
 }
 
 fn load_task(c: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
-    let row = c
-        .query_row(
-            "SELECT target, spec, created_by, created_at, max_parallel FROM tasks WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, DateTime<Utc>>(3)?,
-                    r.get::<_, Option<u32>>(4)?,
-                ))
-            },
-        )
-        .optional()?;
+    let row = row(
+        c,
+        "SELECT target, spec, created_by, created_at, max_parallel FROM tasks WHERE id = ?1",
+        [id],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, DateTime<Utc>>(3)?,
+                r.get::<_, Option<u32>>(4)?,
+            ))
+        },
+    )
+    .optional()?;
     let Some((target, spec, created_by, created_at, max_parallel)) = row else {
         return Ok(None);
     };

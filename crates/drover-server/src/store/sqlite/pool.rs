@@ -126,29 +126,30 @@ fn write_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let in_transaction = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+        let in_transaction = run("BEGIN IMMEDIATE").is_ok();
         let mut delivers = Vec::with_capacity(jobs.len());
         for job in jobs {
             // A failing write rolls back to its savepoint and leaves the others in the batch alone.
-            let savepoint = in_transaction && conn.execute_batch("SAVEPOINT job").is_ok();
+            let savepoint = in_transaction && run("SAVEPOINT job").is_ok();
             let (ok, deliver) = job(&conn);
             if savepoint {
                 let end = if ok {
-                    "RELEASE job"
+                    run("RELEASE job")
                 } else {
-                    "ROLLBACK TO job; RELEASE job"
+                    run("ROLLBACK TO job").and_then(|_| run("RELEASE job"))
                 };
-                if let Err(e) = conn.execute_batch(end) {
+                if let Err(e) = end {
                     tracing::error!("store savepoint: {e}");
                 }
             }
             delivers.push(deliver);
         }
         let commit_error = if in_transaction {
-            match conn.execute_batch("COMMIT") {
-                Ok(()) => None,
+            match run("COMMIT") {
+                Ok(_) => None,
                 Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK");
+                    let _ = run("ROLLBACK");
                     tracing::error!("cannot commit to the store: {e}");
                     Some(e.to_string())
                 }
