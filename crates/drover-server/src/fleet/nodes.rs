@@ -8,6 +8,8 @@ use drover_types::api::{RegisterRequest, RegisterResponse};
 use drover_types::labels::validate_labels;
 use drover_types::{Capabilities, Labels, Metrics, MetricsSample, Node, Transport};
 
+/// Heartbeats written per store write.
+const FLUSH_SLICE: usize = 256;
 /// Heartbeats kept per node between two flushes.
 const BEATS_PER_FLUSH: usize = 16;
 
@@ -154,10 +156,15 @@ impl Fleet {
                 .collect()
         };
         let n = batch.len();
-        if n > 0 {
+        // In slices, one after another: every write queued meanwhile commits with the next slice instead
+        // of waiting for a whole fleet's heartbeats (a reconnecting fleet's attaches wait on those writes).
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(FLUSH_SLICE));
             self.store
-                .record_heartbeats(batch, self.config.metrics_history)
+                .record_heartbeats(rest, self.config.metrics_history)
                 .await?;
+            rest = tail;
         }
         Ok(n)
     }
