@@ -358,6 +358,29 @@ impl Fleet {
         limit: usize,
     ) -> Result<Vec<MetricsSample>, FleetError> {
         let node = self.find(id_or_name).await?;
-        Ok(self.store.metrics_history(&node.id, limit).await?)
+        // Heartbeats not written yet are the newest samples. Read before the store: one flushed in between
+        // then shows up in both and is dropped below, never missed.
+        let pending: Vec<MetricsSample> = lock(&self.beats.0)
+            .latest
+            .get(&node.id)
+            .map(|beats| {
+                beats
+                    .iter()
+                    .map(|(at, metrics)| MetricsSample {
+                        at: *at,
+                        metrics: metrics.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut samples = self.store.metrics_history(&node.id, limit).await?;
+        let newest_stored = samples.last().map(|s| s.at);
+        samples.extend(
+            pending
+                .into_iter()
+                .filter(|p| newest_stored.is_none_or(|t| p.at > t)),
+        );
+        let skip = samples.len().saturating_sub(limit);
+        Ok(samples.split_off(skip))
     }
 }
