@@ -439,8 +439,44 @@ impl Fleet {
         }
     }
 
+    /// Makes sure a run that is open in the store has its ordering state here. A reconnecting agent resends
+    /// its output and exit at once, which can beat the redelivery that would have set it up; without this,
+    /// such an exit would be taken for one of a finished run and acknowledged unrecorded.
+    async fn ensure_progress(&self, task_id: &str, node_id: &str) -> bool {
+        let key = (task_id.to_string(), node_id.to_string());
+        if lock(&self.live().progress).contains_key(&key) {
+            return true;
+        }
+        let run = match self.store().get_run(task_id, node_id).await {
+            Ok(Some(run)) if run.state == RunState::Running => run,
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::error!(task = %task_id, "cannot look up a run: {e}");
+                return false;
+            }
+        };
+        let next_seq = match self.store().stored_seq(task_id, node_id).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(task = %task_id, "cannot look up a run's output: {e}");
+                return false;
+            }
+        };
+        lock(&self.live().progress)
+            .entry(key)
+            .or_insert_with(|| Progress {
+                node_name: run.node_name,
+                next_seq,
+                ..Progress::default()
+            });
+        true
+    }
+
     /// Output from a node: held until it is next in order, then stored and published.
     pub async fn task_output(&self, node_id: &str, out: v1::TaskOutput) {
+        if !self.ensure_progress(&out.task_id, node_id).await {
+            return;
+        }
         let key = (out.task_id.clone(), node_id.to_string());
         let ready: Vec<(u64, u8, Vec<u8>)>;
         let node_name;
@@ -510,6 +546,7 @@ impl Fleet {
     /// A node's task ended; it is final once every chunk before it is stored.
     pub async fn task_exit(&self, node_id: &str, exit: v1::TaskExit) {
         let key = (exit.task_id.clone(), node_id.to_string());
+        self.ensure_progress(&exit.task_id, node_id).await;
         let known = {
             let mut progress = lock(&self.live().progress);
             match progress.get_mut(&key) {
