@@ -105,25 +105,27 @@ fn fan_outs_to_two_hundred_agents_all_end_and_every_cli_returns() {
     drop(agents);
 }
 
+/// An agent that allows shell, heartbeating fast, connected.
+fn shell_agent(server: &Server, name: &str) -> Agent {
+    let token = server.join_token(json!({})).unwrap();
+    let args = [
+        "--token",
+        &token,
+        "--allow-shell",
+        "--heartbeat-interval",
+        "300ms",
+    ];
+    let agent = Agent::start(&server.agent_url(), name, &args).unwrap();
+    server
+        .wait_node(name, "connected", |n| n["connected"] == true)
+        .unwrap();
+    agent
+}
+
 #[test]
 fn a_run_ends_lost_when_its_agent_comes_back_without_it() {
     let server = Server::start().unwrap();
-    let token = server.join_token(json!({})).unwrap();
-    let mut agent = Agent::start(
-        &server.agent_url(),
-        "box",
-        &[
-            "--token",
-            &token,
-            "--allow-shell",
-            "--heartbeat-interval",
-            "300ms",
-        ],
-    )
-    .unwrap();
-    server
-        .wait_node("box", "connected", |n| n["connected"] == true)
-        .unwrap();
+    let mut agent = shell_agent(&server, "box");
     // Followed by the CLI, which must end with 7 (lost) rather than wait for ever.
     let cli = server
         .cli_command(&["exec", "box", "--shell", "sleep 60"])
@@ -171,22 +173,7 @@ fn a_run_ends_lost_when_its_node_stays_away_past_lost_after() {
         args: vec!["--lost-after".into(), "2s".into()],
     })
     .unwrap();
-    let token = server.join_token(json!({})).unwrap();
-    let mut agent = Agent::start(
-        &server.agent_url(),
-        "away",
-        &[
-            "--token",
-            &token,
-            "--allow-shell",
-            "--heartbeat-interval",
-            "300ms",
-        ],
-    )
-    .unwrap();
-    server
-        .wait_node("away", "connected", |n| n["connected"] == true)
-        .unwrap();
+    let mut agent = shell_agent(&server, "away");
     let task = server
         .create_task(
             json!({"target": {"node": "away"}, "spec": {"kind": "exec", "shell": "sleep 60"}}),

@@ -1,6 +1,8 @@
 //! Desired state on the server: manifests, each node's computed desired state (pushed when it changes),
 //! the convergence nodes report, and operator labels that change what a node gets.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use drover_proto::v1::{self, server_message::Msg};
 use drover_types::manifest::{
@@ -384,8 +386,29 @@ impl Fleet {
         Ok(self.store().put_blob(&actual, data).await?)
     }
 
+    /// A node asks for a blob. Served in a task of its own (pieces wait for room in the node's stream; the
+    /// stream's other messages must not), at most `BLOBS_PER_NODE` at once per node: more are refused.
+    pub(super) async fn blob_request(self: &Arc<Self>, node_id: &str, req: v1::BlobRequest) {
+        let Some(slot) = self.blobs.slot(node_id) else {
+            let refusal = v1::BlobData {
+                request_id: req.request_id,
+                offset: 0,
+                data: vec![],
+                last: true,
+                error: format!("more than {BLOBS_PER_NODE} fetches at once; retry later"),
+            };
+            self.links().send(node_id, Msg::BlobData(refusal)).await;
+            return;
+        };
+        let (fleet, node_id) = (self.clone(), node_id.to_string());
+        tokio::spawn(async move {
+            let _slot = slot;
+            fleet.serve_blob(&node_id, req).await
+        });
+    }
+
     /// Sends a blob to a node over its stream, in pieces, when its desired state references it.
-    pub(super) async fn serve_blob(&self, node_id: &str, req: v1::BlobRequest) {
+    async fn serve_blob(&self, node_id: &str, req: v1::BlobRequest) {
         let piece = |offset: u64, data: Vec<u8>, last: bool, error: String| {
             Msg::BlobData(v1::BlobData {
                 request_id: req.request_id.clone(),
@@ -463,9 +486,34 @@ impl Fleet {
     }
 }
 
-/// The blobs served last, so a fleet-wide apply reads each from the store once, not once per node.
+/// The blobs served last, so a fleet-wide apply reads each from the store once, not once per node; and
+/// the fetches each node has in flight.
 #[derive(Default)]
-pub struct BlobCache(std::sync::Mutex<std::collections::VecDeque<(String, std::sync::Arc<[u8]>)>>);
+pub struct BlobCache(
+    std::sync::Mutex<std::collections::VecDeque<(String, std::sync::Arc<[u8]>)>>,
+    Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+);
+
+/// Blob fetches one node may have in flight.
+const BLOBS_PER_NODE: usize = 4;
+
+/// One of a node's blob fetches in flight; frees its place when dropped.
+pub struct BlobSlot {
+    node_id: String,
+    serving: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Drop for BlobSlot {
+    fn drop(&mut self) {
+        let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = serving.get_mut(&self.node_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                serving.remove(&self.node_id);
+            }
+        }
+    }
+}
 
 /// Bytes the blob cache holds at most.
 const BLOB_CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -475,6 +523,19 @@ impl BlobCache {
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(String, std::sync::Arc<[u8]>)>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slot(&self, node_id: &str) -> Option<BlobSlot> {
+        let mut serving = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        let n = serving.entry(node_id.to_string()).or_default();
+        if *n >= BLOBS_PER_NODE {
+            return None;
+        }
+        *n += 1;
+        Some(BlobSlot {
+            node_id: node_id.to_string(),
+            serving: self.1.clone(),
+        })
     }
 
     fn get(&self, sha256: &str) -> Option<std::sync::Arc<[u8]>> {
@@ -496,5 +557,36 @@ impl BlobCache {
             total += v.len();
             total <= BLOB_CACHE_BYTES
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_has_a_bounded_number_of_blob_fetches_in_flight() {
+        let cache = BlobCache::default();
+        let slots: Vec<BlobSlot> = (0..BLOBS_PER_NODE)
+            .map(|_| cache.slot("n").unwrap())
+            .collect();
+        assert!(cache.slot("n").is_none(), "one more is refused");
+        assert!(cache.slot("other").is_some(), "other nodes are not held up");
+        drop(slots);
+        assert!(
+            cache.slot("n").is_some(),
+            "finished fetches free their place"
+        );
+    }
+
+    #[test]
+    fn the_blob_cache_keeps_the_newest_within_its_size() {
+        let cache = BlobCache::default();
+        cache.put("a", b"one");
+        cache.put("b", &vec![0u8; BLOB_CACHE_BYTES]);
+        assert!(cache.get("b").is_some());
+        assert!(cache.get("a").is_none(), "the oldest went to make room");
+        cache.put("c", &vec![0u8; BLOB_CACHE_BYTES + 1]);
+        assert!(cache.get("c").is_none(), "too large to cache");
     }
 }

@@ -229,11 +229,7 @@ impl Fleet {
             Msg::TaskExit(e) => self.task_exit(node_id, e).await,
             Msg::ConvergenceReport(r) => self.convergence_report(node_id, &r.report_json).await,
             Msg::PlanResult(p) => self.links.finish_plan(node_id, &p.request_id, p.plan_json),
-            Msg::BlobRequest(r) => {
-                // Pieces wait for room in the node's stream; the stream's other messages must not.
-                let (fleet, node_id) = (self.clone(), node_id.to_string());
-                tokio::spawn(async move { fleet.serve_blob(&node_id, r).await });
-            }
+            Msg::BlobRequest(r) => self.blob_request(node_id, r).await,
             Msg::Hello(_) | Msg::Heartbeat(_) => {}
         }
     }

@@ -455,6 +455,11 @@ impl Fleet {
                 return false;
             }
         };
+        self.resume_progress(task_id, node_id, &run.node_name).await
+    }
+
+    /// Sets up a running run's ordering from what the store holds (output stored so far), unless it is set up.
+    async fn resume_progress(&self, task_id: &str, node_id: &str, node_name: &str) -> bool {
         let next_seq = match self.store().stored_seq(task_id, node_id).await {
             Ok(n) => n,
             Err(e) => {
@@ -463,9 +468,9 @@ impl Fleet {
             }
         };
         lock(&self.live().progress)
-            .entry(key)
+            .entry((task_id.to_string(), node_id.to_string()))
             .or_insert_with(|| Progress {
-                node_name: run.node_name,
+                node_name: node_name.to_string(),
                 next_seq,
                 ..Progress::default()
             });
@@ -672,7 +677,7 @@ impl Fleet {
         &self,
         node_id: &str,
         node_name: &str,
-        open_tasks: Option<Vec<String>>,
+        open_tasks: Option<std::collections::HashSet<String>>,
         attached_at: chrono::DateTime<Utc>,
     ) {
         let open = match self.store().open_runs_for_node(node_id).await {
@@ -694,18 +699,8 @@ impl Fleet {
                 lost.push(task_id);
                 continue;
             }
-            let next_seq = self
-                .store()
-                .stored_seq(&task_id, node_id)
-                .await
-                .unwrap_or(0);
-            lock(&self.live().progress)
-                .entry((task_id.clone(), node_id.to_string()))
-                .or_insert_with(|| Progress {
-                    node_name: node_name.to_string(),
-                    next_seq,
-                    ..Progress::default()
-                });
+            // Should this fail, the run's resent output sets it up on arrival (`ensure_progress`).
+            self.resume_progress(&task_id, node_id, node_name).await;
             let start = v1::TaskStart {
                 task_id: task_id.clone(),
                 spec_json: serde_json::to_string(&spec).unwrap_or_default(),

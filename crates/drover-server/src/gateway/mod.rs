@@ -137,7 +137,12 @@ impl drover_proto::AgentLink for Gateway {
         }
         let interval = Duration::from_millis(hello.heartbeat_interval_ms.max(1));
         // Agents before protocol 2 do not list their open tasks, so their silence proves nothing.
-        let open_tasks = (hello.protocol_version >= 2).then_some(hello.open_tasks);
+        let open_tasks = (hello.protocol_version >= 2).then(|| {
+            hello
+                .open_tasks
+                .into_iter()
+                .collect::<std::collections::HashSet<_>>()
+        });
         let agent_hello = AgentHello {
             capabilities: hello.capabilities.unwrap_or_default().into(),
             labels: hello.labels.into_iter().collect(),
