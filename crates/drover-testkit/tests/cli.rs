@@ -221,3 +221,32 @@ fn every_command_has_help_with_an_example() {
         .unwrap();
     assert!(stdout(&out).contains("Example"));
 }
+
+/// `drover token list -o json | head -c0`: a reader that went away ends the CLI quietly, like any Unix tool,
+/// instead of a Rust panic on stderr.
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+
+    let server = Server::start().unwrap();
+    server.cli(&["token", "create"]).unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just opened by pipe(2) and are owned by nobody else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The reader is gone before the CLI writes a byte.
+    drop(read_end);
+    let out = server
+        .cli_command(&["token", "list", "-o", "json"])
+        .unwrap()
+        .stdout(std::process::Stdio::from(write_end))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{out:?}");
+}
