@@ -1286,6 +1286,84 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_token_stored_with_an_unreadable_expiry_is_listed_and_refused() {
+        // What an older server stored for `ttl: 100000y`: a six-digit year RFC 3339 cannot carry.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let now = Utc::now();
+        let far = now
+            .checked_add_signed(chrono::Duration::days(100_000 * 365))
+            .unwrap();
+        let mut rec = JoinTokenRecord {
+            info: JoinTokenInfo {
+                id: "far".into(),
+                created_at: now,
+                expires_at: far,
+                max_uses: None,
+                uses: 0,
+                labels: Default::default(),
+                revoked: false,
+            },
+            secret_sha256: "s".into(),
+        };
+        store.insert_join_token(&rec).await.unwrap();
+        rec.info.id = "fine".into();
+        rec.info.expires_at = now + chrono::Duration::hours(1);
+        store.insert_join_token(&rec).await.unwrap();
+        let listed = store.list_join_tokens().await.unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        let far_one = listed.iter().find(|t| t.id == "far").unwrap();
+        assert!(far_one.expires_at < now, "counts as expired: {far_one:?}");
+        assert_eq!(
+            store.use_join_token("far", "s", now).await.unwrap(),
+            Err(TokenRefusal::Expired)
+        );
+        assert!(
+            store
+                .use_join_token("fine", "s", now)
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        assert!(store.revoke_join_token("far").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_audit_entry_leaves_the_rest_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let entry = AuditEntry {
+            id: 0,
+            at: Utc::now(),
+            actor: "admin".into(),
+            action: "token.create".into(),
+            target: "t".into(),
+            detail: serde_json::json!({}),
+        };
+        store.insert_audit(&entry).await.unwrap();
+        store
+            .write(|c| {
+                exec(
+                    c,
+                    "INSERT INTO audit (at, actor, action, target, detail) VALUES ('never', 'x', 'y', 'z', '{')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let listed = store
+            .list_audit(&AuditFilter {
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].action, "token.create");
+    }
+
     fn task(id: &str, nodes: &[&str]) -> Task {
         Task {
             id: id.into(),
