@@ -16,7 +16,6 @@ use drover_proto::v1::agent_message;
 use drover_types::{
     Capabilities, Labels, LivenessPolicy, Metrics,
     action::{ActionError, ActionInfo},
-    duration::DurationError,
     labels::LabelError,
     token::{TokenFormatError, TokenRefusal},
 };
@@ -86,12 +85,6 @@ impl FleetError {
 impl From<LabelError> for FleetError {
     fn from(e: LabelError) -> Self {
         FleetError::invalid("labels", e)
-    }
-}
-
-impl From<DurationError> for FleetError {
-    fn from(e: DurationError) -> Self {
-        FleetError::invalid("ttl", e)
     }
 }
 
