@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
 use crate::fleet::{Fleet, FleetConfig};
+use crate::gateway::limits::UnprovenLimits;
 use crate::gateway::{Gateway, tls};
 use crate::pki::{CA_CERT_FILE, Pki, PkiError};
 use crate::store::{SqliteStore, StoreError};
@@ -42,6 +43,10 @@ pub struct ServerConfig {
     pub max_task_output: u64,
 }
 
+/// Agent connections are pinged this often; one that does not answer within `KEEPALIVE_TIMEOUT` is dropped,
+/// and its node shows as disconnected: a dead peer (a partition, a frozen machine) is noticed within 20 s.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often stream heartbeats are written.
 const HEARTBEAT_FLUSH: Duration = Duration::from_secs(1);
 /// How often retention runs.
@@ -202,6 +207,11 @@ impl RunningServer {
             "::1".to_string(),
         ];
         sans.extend(config.agent_sans.iter().cloned());
+        if config.open_registration {
+            tracing::warn!(
+                "open registration is on (labs only): anyone who reaches the REST API can register an HTTP node without a token, and take over an existing HTTP node's name"
+            );
+        }
         let (pki, created_ca) = Pki::load_or_create(dir, &sans)?;
         let (admin_token, created_admin_token) = load_or_create_admin_token(dir)?;
         let store = SqliteStore::open(&dir.join(DB_FILE))?;
@@ -237,17 +247,9 @@ impl RunningServer {
         tokio::spawn(flush_heartbeats(fleet.clone(), shutdown_rx.clone()));
 
         let router = api::router(ApiState::new(fleet.clone(), &admin_token));
-        let mut api_shutdown = shutdown_rx.clone();
+        let api_shutdown = shutdown_rx.clone();
         let api_task = tokio::spawn(async move {
-            // Without TCP_NODELAY an event written while the previous one is unacknowledged waits for the
-            // client's delayed ACK (40 ms on Linux): every streamed task output would be that late.
-            let api_listener = axum::serve::ListenerExt::tap_io(api_listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(api_listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = api_shutdown.changed().await;
-                })
+            api::serve(api_listener, router, api_shutdown)
                 .await
                 .map_err(|e| ServerError::Serve("REST API", e.to_string()))
         });
@@ -257,14 +259,15 @@ impl RunningServer {
         let mut agent_shutdown = shutdown_rx;
         let agent_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
                 .initial_stream_window_size(Some(drover_types::STREAM_WINDOW))
                 .initial_connection_window_size(Some(drover_types::STREAM_WINDOW * 2))
-                .add_service(
+                .add_service(UnprovenLimits::new(
                     drover_proto::AgentLinkServer::new(gateway)
                         .max_decoding_message_size(MAX_MESSAGE)
                         .max_encoding_message_size(MAX_MESSAGE),
-                )
+                ))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = agent_shutdown.changed().await;
                 })

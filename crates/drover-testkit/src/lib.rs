@@ -496,6 +496,11 @@ impl Agent {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The agent's process id while it runs (to freeze it with SIGSTOP, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the agent with SIGKILL, as a crash or power loss would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

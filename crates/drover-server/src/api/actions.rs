@@ -7,10 +7,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use drover_types::action::{ActionInfo, ActionReply, DEFAULT_DEADLINE_MS};
-use drover_types::duration::parse_duration;
+use drover_types::duration::parse_duration_at_most;
 use serde::Deserialize;
 
-use super::{ApiError, ApiState, json};
+use super::{ApiError, ApiState, OPERATOR, json};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,7 +36,7 @@ pub async fn call(
 ) -> Result<Json<ActionReply>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
     let deadline = match q.timeout.as_deref() {
-        Some(t) => parse_duration(t)
+        Some(t) => parse_duration_at_most(t, crate::fleet::MAX_ACTION_DEADLINE)
             .map_err(|e| ApiError::bad_request(e.to_string(), Some("timeout".into())))?,
         None => Duration::from_millis(DEFAULT_DEADLINE_MS),
     };
@@ -47,15 +47,23 @@ pub async fn call(
     };
     let (call_id, result) = s
         .fleet
-        .call_action(&id, &name, args, deadline, q.call_id)
+        .call_action(OPERATOR, &id, &name, args, deadline, q.call_id)
         .await?;
     Ok(Json(ActionReply { call_id, result }))
 }
 
 pub async fn cancel(
     State(s): State<ApiState>,
-    Path((_node, call_id)): Path<(String, String)>,
+    Path((node, call_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     s.fleet.cancel_call(&call_id).await?;
+    s.fleet
+        .audit(
+            OPERATOR,
+            "action.cancel",
+            &node,
+            serde_json::json!({"call": call_id}),
+        )
+        .await;
     Ok(StatusCode::ACCEPTED)
 }

@@ -24,6 +24,15 @@ where
     }
 }
 
+/// Reads and parses a body the handler took unread: for routes that authenticate from the body's sender
+/// first, so that nothing an unauthenticated caller sends is read, let alone parsed.
+pub async fn read<T: DeserializeOwned>(body: axum::body::Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?;
+    parse(&bytes)
+}
+
 /// Parses a body, naming the field path of the first problem.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -48,7 +48,16 @@ pub async fn put_blob(
     Path(sha256): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
+    let bytes = body.len();
     s.fleet.put_blob(&sha256, body.to_vec()).await?;
+    s.fleet
+        .audit(
+            ACTOR,
+            "blob.put",
+            &sha256,
+            serde_json::json!({"bytes": bytes}),
+        )
+        .await;
     Ok(StatusCode::CREATED)
 }
 

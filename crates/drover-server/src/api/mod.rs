@@ -7,6 +7,7 @@ mod json;
 mod manifests;
 mod miaas;
 mod nodes;
+mod serve;
 mod sessions;
 mod tasks;
 mod tokens;
@@ -22,8 +23,12 @@ use axum::routing::{delete, get, post};
 use sha2::{Digest, Sha256};
 
 pub use error::ApiError;
+pub use serve::{HEADER_DEADLINE, serve};
 
 use crate::Fleet;
+
+/// Who acts through the operator routes. Only the admin token exists so far.
+pub const OPERATOR: &str = "admin";
 
 /// Bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

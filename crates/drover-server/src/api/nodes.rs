@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use drover_types::{MetricsSample, Node};
 use serde::Deserialize;
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, OPERATOR};
 
 pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<Node>>, ApiError> {
     Ok(Json(s.fleet.nodes().await?))
@@ -22,7 +22,7 @@ pub async fn delete(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
-    Ok(Json(s.fleet.delete_node(&id).await?))
+    Ok(Json(s.fleet.delete_node(OPERATOR, &id).await?))
 }
 
 #[derive(Deserialize)]

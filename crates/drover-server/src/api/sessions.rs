@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use drover_types::session::{SessionDetail, SessionInfo, SessionSample};
 
 use super::json::ApiJson;
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, OPERATOR};
 
 pub async fn list(
     State(s): State<ApiState>,
@@ -34,6 +34,14 @@ pub async fn terminate_all(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let n = s.fleet.terminate_sessions(&id, None).await?;
+    s.fleet
+        .audit(
+            OPERATOR,
+            "session.terminate",
+            &id,
+            serde_json::json!({"terminated": n}),
+        )
+        .await;
     Ok(Json(serde_json::json!({"terminated": n})))
 }
 
@@ -42,6 +50,14 @@ pub async fn terminate(
     Path((id, plugin)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let n = s.fleet.terminate_sessions(&id, Some(&plugin)).await?;
+    s.fleet
+        .audit(
+            OPERATOR,
+            "session.terminate",
+            &id,
+            serde_json::json!({"plugin": plugin, "terminated": n}),
+        )
+        .await;
     Ok(Json(serde_json::json!({"terminated": n})))
 }
 
@@ -50,6 +66,15 @@ pub async fn message(
     Path((id, plugin)): Path<(String, String)>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<StatusCode, ApiError> {
+    // Recorded without the message: it is the plugin's payload, possibly large or private.
     s.fleet.session_message(&id, &plugin, body).await?;
+    s.fleet
+        .audit(
+            OPERATOR,
+            "session.message",
+            &id,
+            serde_json::json!({"plugin": plugin}),
+        )
+        .await;
     Ok(StatusCode::ACCEPTED)
 }

@@ -19,8 +19,7 @@ use crate::Fleet;
 use crate::store::AuditFilter;
 use crate::tasks::{TaskEvent, chunk};
 
-/// Who acts through the REST API. Only the admin token exists so far.
-const ACTOR: &str = "admin";
+use super::OPERATOR as ACTOR;
 
 pub async fn create(
     State(s): State<ApiState>,
@@ -291,21 +290,7 @@ pub async fn audit(
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
-    let since = match q.since.as_deref() {
-        None => None,
-        Some(text) => Some(match chrono::DateTime::parse_from_rfc3339(text) {
-            Ok(t) => t.with_timezone(&chrono::Utc),
-            Err(_) => {
-                let ago = drover_types::duration::parse_duration(text).map_err(|_| {
-                    ApiError::bad_request(
-                        format!("{text:?} is neither an RFC 3339 time nor a duration like 1h"),
-                        Some("since".into()),
-                    )
-                })?;
-                chrono::Utc::now() - chrono::Duration::from_std(ago).unwrap_or_default()
-            }
-        }),
-    };
+    let since = q.since.as_deref().map(audit_since).transpose()?;
     let filter = AuditFilter {
         actor: q.actor,
         action: q.action,
@@ -314,4 +299,21 @@ pub async fn audit(
         limit: q.limit.unwrap_or(100).min(10_000),
     };
     Ok(Json(s.fleet.audit_log(filter).await?))
+}
+
+/// `since`: an RFC 3339 time, or a duration ago. Checked: a duration reaching before the earliest time
+/// chrono holds is refused, not overflowed.
+fn audit_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let field = || Some("since".to_string());
+    let ago = drover_types::duration::parse_duration(text).map_err(|e| {
+        ApiError::bad_request(
+            format!("{text:?} is neither an RFC 3339 time nor a duration like 1h ({e})"),
+            field(),
+        )
+    })?;
+    drover_types::duration::before(chrono::Utc::now(), ago)
+        .ok_or_else(|| ApiError::bad_request(format!("{text:?} reaches too far back"), field()))
 }

@@ -8,6 +8,13 @@ use drover_types::action::{ActionError, ActionInfo};
 
 use super::{CallGuard, Fleet, FleetError};
 
+/// The longest an action call may be given: calls hold a caller and a slot on the node while they run.
+pub const MAX_ACTION_DEADLINE: Duration = Duration::from_secs(3600);
+/// Arguments up to this size (as JSON) are kept whole in the audit log; larger ones by their size only.
+const AUDITED_ARGS_BYTES: usize = 4096;
+/// The margin the server waits beyond a call's deadline, for the agent's answer to travel back.
+const REPLY_MARGIN: Duration = Duration::from_secs(2);
+
 impl Fleet {
     // ---- actions ----
 
@@ -23,12 +30,22 @@ impl Fleet {
     /// future), the call is cancelled on the node.
     pub async fn call_action(
         &self,
+        actor: &str,
         id_or_name: &str,
         name: &str,
         args: serde_json::Value,
         deadline: Duration,
         call_id: Option<String>,
     ) -> Result<(String, serde_json::Value), FleetError> {
+        if deadline.is_zero() || deadline > MAX_ACTION_DEADLINE {
+            return Err(FleetError::invalid(
+                "timeout",
+                format!(
+                    "{deadline:?} is not between 1 ms and {}",
+                    humantime::format_duration(MAX_ACTION_DEADLINE)
+                ),
+            ));
+        }
         let node = self.find(id_or_name).await?;
         let known = self
             .links
@@ -57,7 +74,16 @@ impl Fleet {
             }
             None => uuid::Uuid::new_v4().to_string(),
         };
-        let deadline_ms = deadline.as_millis().clamp(1, u64::MAX as u128) as u64;
+        let mut detail = serde_json::json!({"action": name, "call": call_id, "timeout_ms": deadline.as_millis() as u64});
+        let args_bytes = args.to_string().len();
+        if args_bytes <= AUDITED_ARGS_BYTES {
+            detail["args"] = args.clone();
+        } else {
+            detail["args_bytes"] = args_bytes.into();
+        }
+        self.audit(actor, "action.call", &node.name, detail).await;
+        // Within MAX_ACTION_DEADLINE, so neither this nor the margin below can overflow.
+        let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
         let reply = self
             .links
             .start_call(&node.id, &call_id, name, &args, deadline_ms)
@@ -68,7 +94,8 @@ impl Fleet {
             done: false,
         };
         // The agent enforces the deadline; the margin covers the trip there and back.
-        let outcome = match tokio::time::timeout(deadline + Duration::from_secs(2), reply).await {
+        let outcome = match tokio::time::timeout(deadline.saturating_add(REPLY_MARGIN), reply).await
+        {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(ActionError::NodeUnavailable),
             Err(_) => {

@@ -2,6 +2,7 @@
 //! concern per file; the gateway (gRPC) and the API (REST) only translate to and from it.
 
 mod actions;
+mod audit;
 pub mod desired;
 mod nodes;
 mod sessions;
@@ -15,7 +16,6 @@ use drover_proto::v1::agent_message;
 use drover_types::{
     Capabilities, Labels, LivenessPolicy, Metrics,
     action::{ActionError, ActionInfo},
-    duration::DurationError,
     labels::LabelError,
     token::{TokenFormatError, TokenRefusal},
 };
@@ -24,6 +24,11 @@ use sha2::{Digest, Sha256};
 use crate::links::Links;
 use crate::pki::{Pki, PkiError};
 use crate::store::{Store, StoreError};
+
+pub use actions::MAX_ACTION_DEADLINE;
+pub use audit::node_actor;
+pub use nodes::{MAX_HEARTBEAT_INTERVAL, Registrant};
+pub use tokens::{CheckedToken, MAX_TOKEN_TTL};
 
 /// Default lifetime of a join token.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -80,12 +85,6 @@ impl FleetError {
 impl From<LabelError> for FleetError {
     fn from(e: LabelError) -> Self {
         FleetError::invalid("labels", e)
-    }
-}
-
-impl From<DurationError> for FleetError {
-    fn from(e: DurationError) -> Self {
-        FleetError::invalid("ttl", e)
     }
 }
 

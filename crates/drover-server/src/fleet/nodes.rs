@@ -28,10 +28,24 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+use super::tokens::CheckedToken;
 use super::{
     AgentHello, Attachment, DEFAULT_HTTP_INTERVAL, Enrollment, Fleet, FleetError, new_node_id,
-    random_hex, sha256_hex, validate_name,
+    node_actor, random_hex, sha256_hex, validate_name,
 };
+
+/// The longest heartbeat interval a node may promise (liveness is measured in it).
+pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// Who registers an HTTP node: proven by its bearer before the request is read.
+pub enum Registrant {
+    /// A join token, checked and not yet spent.
+    JoinToken(CheckedToken),
+    /// The node's own node token: it may register again under its own name only.
+    Node(Box<NodeRecord>),
+    /// No token, on a server with open registration.
+    Open,
+}
 use crate::store::NodeRecord;
 
 impl Fleet {
@@ -45,7 +59,8 @@ impl Fleet {
         Ok(format!("{wanted}-{}", &id[..8.min(id.len())]))
     }
 
-    /// Trades a join token and a CSR for a client certificate naming a new node.
+    /// Trades a join token and a CSR for a client certificate naming a new node. The token is checked first
+    /// and spent last: a request refused for its name, labels or CSR costs no use of it.
     pub async fn enroll(
         &self,
         token: &str,
@@ -53,11 +68,12 @@ impl Fleet {
         name: &str,
         labels: Labels,
     ) -> Result<Enrollment, FleetError> {
+        let token = self.check_token(token).await?;
         validate_name(name)?;
         validate_labels(&labels)?;
-        let token = self.use_token(token).await?;
         let id = new_node_id();
         let cert_pem = self.pki.sign_node_csr(csr_pem, &id)?;
+        let token = self.spend_token(token).await?;
         let name = self.free_name(name, &id).await?;
         self.store
             .insert_node(&NodeRecord {
@@ -75,6 +91,13 @@ impl Fleet {
                 node_token_sha256: None,
             })
             .await?;
+        self.audit(
+            &node_actor(&name),
+            "node.enroll",
+            &name,
+            serde_json::json!({"node": id, "token": token.id}),
+        )
+        .await;
         Ok(Enrollment {
             node_id: id,
             name,
@@ -186,39 +209,78 @@ impl Fleet {
 
     // ---- MIaaS HTTP nodes ----
 
-    /// `POST /api/v1/nodes/register`. Registering again under the same name returns the same node with a
-    /// fresh node token (the old one stops working).
+    /// Who is registering an HTTP node, from its bearer alone: checked before the request body is read.
+    pub async fn registrant(&self, bearer: Option<&str>) -> Result<Registrant, FleetError> {
+        match bearer {
+            Some(t) if t.starts_with("drv1.") => {
+                Ok(Registrant::JoinToken(self.check_token(t).await?))
+            }
+            Some(t) => self
+                .store
+                .get_node_by_token(&sha256_hex(t))
+                .await?
+                .map(|n| Registrant::Node(Box::new(n)))
+                .ok_or(FleetError::BadNodeToken),
+            None if self.config.open_registration => Ok(Registrant::Open),
+            None => Err(FleetError::TokenRequired),
+        }
+    }
+
+    /// `POST /api/v1/nodes/register`. Registering again under the same name (the MIaaS agent's way back
+    /// after losing its node token) returns the same node with a fresh node token; the old one stops working.
+    /// It takes a join token or that node's own token; with open registration, nothing (labs only).
     pub async fn register_http(
         &self,
-        bearer: Option<&str>,
+        registrant: Registrant,
         req: RegisterRequest,
     ) -> Result<RegisterResponse, FleetError> {
         validate_name(&req.name)?;
         validate_labels(&req.labels)?;
         let interval = match req.heartbeat_interval {
             None => DEFAULT_HTTP_INTERVAL,
-            Some(s) if s.is_finite() && s > 0.0 && s < 1e7 => Duration::from_secs_f64(s),
+            Some(s) if s.is_finite() && s > 0.0 && s <= MAX_HEARTBEAT_INTERVAL.as_secs_f64() => {
+                Duration::from_secs_f64(s)
+            }
             Some(s) => {
                 return Err(FleetError::invalid(
                     "heartbeat_interval",
-                    format!("{s} is not a positive number of seconds"),
+                    format!(
+                        "{s} is not a number of seconds above 0 and at most {}",
+                        MAX_HEARTBEAT_INTERVAL.as_secs()
+                    ),
                 ));
             }
         };
-        let token_labels = match bearer {
-            Some(t) => self.use_token(t).await?.labels,
-            None if self.config.open_registration => Labels::new(),
-            None => return Err(FleetError::TokenRequired),
+        let existing = self.store.get_node_by_name(&req.name).await?;
+        if existing
+            .as_ref()
+            .is_some_and(|n| n.transport == Transport::Grpc)
+        {
+            return Err(FleetError::NameOwnedByAgent(req.name));
+        }
+        if let Registrant::Node(node) = &registrant
+            && node.name != req.name
+        {
+            // A node token speaks for its own node only.
+            return Err(FleetError::BadNodeToken);
+        }
+        // Checked everything: only now is a join token spent.
+        let (token_labels, credential) = match registrant {
+            Registrant::JoinToken(t) => {
+                let info = self.spend_token(t).await?;
+                (info.labels, format!("join token {}", info.id))
+            }
+            Registrant::Node(_) => (Labels::new(), "node token".to_string()),
+            Registrant::Open => (Labels::new(), "open registration".to_string()),
         };
         let node_token = random_hex::<24>();
-        let existing = self.store.get_node_by_name(&req.name).await?;
-        let id = match existing {
-            Some(node) if node.transport == Transport::Grpc => {
-                return Err(FleetError::NameOwnedByAgent(req.name));
-            }
+        let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        let (id, again) = match existing {
             Some(node) => {
+                if credential == "open registration" {
+                    tracing::warn!(node = %node.name, "an HTTP node re-registered without any token (open registration): it may be another machine taking the name over");
+                }
                 let token_sha256 = sha256_hex(&node_token);
-                let interval_ms = interval.as_millis() as u64;
                 self.store
                     .modify_node(
                         &node.id,
@@ -233,14 +295,14 @@ impl Fleet {
                     )
                     .await?
                     .ok_or_else(|| FleetError::NodeNotFound(req.name.clone()))?;
-                node.id
+                (node.id, true)
             }
             None => {
                 let id = new_node_id();
                 self.store
                     .insert_node(&NodeRecord {
                         id: id.clone(),
-                        name: req.name,
+                        name: req.name.clone(),
                         transport: Transport::Http,
                         labels: token_labels,
                         reported_labels: req.labels,
@@ -248,28 +310,35 @@ impl Fleet {
                         registered_at: Utc::now(),
                         // Registration is a sign of life: the node is Ready until its first heartbeat is due.
                         last_seen: Some(Utc::now()),
-                        heartbeat_interval_ms: interval.as_millis() as u64,
+                        heartbeat_interval_ms: interval_ms,
                         capabilities: req.capabilities,
                         metrics: None,
                         node_token_sha256: Some(sha256_hex(&node_token)),
                     })
                     .await?;
-                id
+                (id, false)
             }
         };
+        self.audit(
+            &node_actor(&req.name),
+            "node.register",
+            &req.name,
+            serde_json::json!({"node": id, "credential": credential, "again": again}),
+        )
+        .await;
         Ok(RegisterResponse {
             node_id: id,
             node_token,
         })
     }
 
-    /// `POST /api/v1/nodes/{node_id}/heartbeat`.
-    pub async fn http_heartbeat(
+    /// Checks an HTTP node's bearer (its node token) before anything it sent is read.
+    pub async fn authenticate_http_node(
         &self,
         node_id: &str,
         bearer: Option<&str>,
-        metrics: Metrics,
     ) -> Result<(), FleetError> {
+        // An unknown node is told so (404): the MIaaS agent registers again, as after a deletion.
         let node = self
             .store
             .get_node(node_id)
@@ -279,7 +348,7 @@ impl Fleet {
         if node.node_token_sha256.is_none() || presented != node.node_token_sha256 {
             return Err(FleetError::BadNodeToken);
         }
-        self.heartbeat(node_id, metrics).await
+        Ok(())
     }
 
     // ---- views ----
@@ -337,9 +406,16 @@ impl Fleet {
     }
 
     /// Forgets a node. A drover-agent of a deleted node is refused until it enrolls again.
-    pub async fn delete_node(&self, id_or_name: &str) -> Result<Node, FleetError> {
+    pub async fn delete_node(&self, actor: &str, id_or_name: &str) -> Result<Node, FleetError> {
         let node = self.find(id_or_name).await?;
         self.store.delete_node(&node.id).await?;
+        self.audit(
+            actor,
+            "node.delete",
+            &node.name,
+            serde_json::json!({"node": node.id}),
+        )
+        .await;
         self.links.forget(&node.id);
         {
             let mut beats = lock(&self.beats.0);

@@ -1,6 +1,5 @@
 //! Tasks on the server: targeting, dispatch with a parallelism limit, in-order output from each node
-//! (reordered after reconnects, stored once), final states, lost runs, cancellation, redelivery, retention
-//! and the audit log.
+//! (reordered after reconnects, stored once), final states, lost runs, cancellation, redelivery and retention.
 //!
 //! Every change of a run's state is a guarded transition in the store (`Store::transition_runs`): it names
 //! the states it leaves, and a final state is never left. Nothing here writes a run from a copy.
@@ -12,12 +11,12 @@ use std::time::Duration;
 use chrono::Utc;
 use drover_proto::v1::{self, server_message::Msg};
 use drover_types::task::{
-    AuditEntry, CreateTask, LateExit, OutputChunk, RunState, Stream, Target, Task, TaskRun,
+    CreateTask, LateExit, OutputChunk, RunState, Stream, Target, Task, TaskRun,
 };
 use tokio::sync::broadcast;
 
 use super::{Fleet, FleetError};
-use crate::store::{AuditFilter, OutputRecord, RunPatch, SERVER_ONLY_CANCEL};
+use crate::store::{OutputRecord, RunPatch, SERVER_ONLY_CANCEL};
 
 /// Something that happened to a task, for live followers.
 #[derive(Debug, Clone)]
@@ -126,24 +125,6 @@ impl Fleet {
     /// Drops the channels of tasks nobody follows any more (their followers left between events).
     pub fn sweep_followers(&self) {
         lock(&self.live().followers).retain(|_, tx| tx.receiver_count() > 0);
-    }
-
-    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: serde_json::Value) {
-        let entry = AuditEntry {
-            id: 0,
-            at: Utc::now(),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            target: target.to_string(),
-            detail,
-        };
-        if let Err(e) = self.store().insert_audit(&entry).await {
-            tracing::error!("cannot write the audit log: {e}");
-        }
-    }
-
-    pub async fn audit_log(&self, filter: AuditFilter) -> Result<Vec<AuditEntry>, FleetError> {
-        Ok(self.store().list_audit(&filter).await?)
     }
 
     /// Creates a task on every targeted node and starts dispatching it.

@@ -1,6 +1,7 @@
 //! The agent gateway: the gRPC `AgentLink` service. It turns wire messages into fleet calls and fleet
 //! errors into gRPC statuses; decisions stay in `Fleet`.
 
+pub mod limits;
 pub mod tls;
 
 use std::pin::Pin;
@@ -17,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::fleet::{AgentHello, Fleet, FleetError};
+use crate::fleet::{AgentHello, Fleet, FleetError, MAX_HEARTBEAT_INTERVAL};
 use tls::Peer;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
@@ -136,6 +137,14 @@ impl drover_proto::AgentLink for Gateway {
             tracing::info!(node = %node_id, version = hello.protocol_version, "agent speaks another protocol version");
         }
         let interval = Duration::from_millis(hello.heartbeat_interval_ms.max(1));
+        if interval > MAX_HEARTBEAT_INTERVAL {
+            tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: heartbeat interval {interval:?} is too long");
+            return Err(Status::invalid_argument(format!(
+                "field `heartbeat_interval_ms`: {} is above the maximum of {} ms",
+                hello.heartbeat_interval_ms,
+                MAX_HEARTBEAT_INTERVAL.as_millis()
+            )));
+        }
         // Agents before protocol 2 do not list their open tasks, so their silence proves nothing.
         let open_tasks = (hello.protocol_version >= 2).then(|| {
             hello

@@ -2,6 +2,7 @@
 //! `Enroll` works without one) but when presented it must chain to our CA. The node id is read from the
 //! verified certificate here, once, and travels with the connection.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +21,11 @@ use tonic::transport::server::Connected;
 
 use crate::pki::{Pki, node_id_from_cert};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection has this long for its TLS handshake, then as long again for the HTTP/2 preface: one that
+/// has not proven itself by then is closed. Afterwards HTTP/2 keepalive pings watch it (see `server.rs`).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The client's HTTP/2 connection preface (RFC 9113, 3.4).
+const PREFACE_BYTES: usize = 24;
 
 /// Who is on the other end of a connection, as proven by TLS.
 #[derive(Debug, Clone)]
@@ -34,6 +39,8 @@ pub struct Peer {
 pub struct AgentConn {
     inner: TlsStream<TcpStream>,
     peer: Peer,
+    /// Until the preface has arrived: when it must have, and how many of its bytes are still to come.
+    preface: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 impl Connected for AgentConn {
@@ -49,7 +56,27 @@ impl AsyncRead for AgentConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some((deadline, left)) = this.preface.as_mut() {
+            match &polled {
+                Poll::Ready(Ok(())) => {
+                    *left = left.saturating_sub(buf.filled().len() - before);
+                    if *left == 0 {
+                        this.preface = None;
+                    }
+                }
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface within the deadline",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        polled
     }
 }
 
@@ -154,6 +181,10 @@ pub fn incoming(
                         addr: Some(addr),
                         node_id,
                     },
+                    preface: Some((
+                        Box::pin(tokio::time::sleep(HANDSHAKE_TIMEOUT)),
+                        PREFACE_BYTES,
+                    )),
                 };
                 let _ = tx.send(Ok(conn)).await;
             });

@@ -36,6 +36,24 @@ pub struct JoinTokenRecord {
     pub secret_sha256: String,
 }
 
+impl JoinTokenRecord {
+    /// Whether the secret with this SHA-256 may use the token now (without counting a use).
+    pub fn check(&self, secret_sha256: &str, now: DateTime<Utc>) -> Result<(), TokenRefusal> {
+        let info = &self.info;
+        if self.secret_sha256 != secret_sha256 {
+            Err(TokenRefusal::Unknown)
+        } else if info.revoked {
+            Err(TokenRefusal::Revoked)
+        } else if info.expires_at <= now {
+            Err(TokenRefusal::Expired)
+        } else if let Some(max) = info.max_uses.filter(|max| info.uses >= *max) {
+            Err(TokenRefusal::Exhausted(max))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// A node as stored. Liveness is not stored: it is derived from `last_seen` when read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRecord {
@@ -59,7 +77,9 @@ pub struct NodeRecord {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError>;
+    /// Every readable token (one that cannot be read is logged and left out).
     async fn list_join_tokens(&self) -> Result<Vec<JoinTokenInfo>, StoreError>;
+    async fn get_join_token(&self, id: &str) -> Result<Option<JoinTokenRecord>, StoreError>;
     /// Returns false when no such token exists.
     async fn revoke_join_token(&self, id: &str) -> Result<bool, StoreError>;
     /// Checks a token and counts one use, atomically, so a limited token cannot be overused by racing agents.
@@ -81,6 +101,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<NodeRecord>, StoreError>;
     async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError>;
     async fn get_node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
+    /// The HTTP node whose node token has this SHA-256.
+    async fn get_node_by_token(&self, token_sha256: &str)
+    -> Result<Option<NodeRecord>, StoreError>;
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
     /// Returns false when no such node exists. Its metrics history goes with it.
     async fn delete_node(&self, id: &str) -> Result<bool, StoreError>;

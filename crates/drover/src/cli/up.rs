@@ -59,11 +59,14 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     if !state_dir.join("node.json").exists() {
         let token = server
             .fleet
-            .create_token(CreateTokenRequest {
-                ttl: Some("10m".into()),
-                max_uses: Some(1),
-                labels: Default::default(),
-            })
+            .create_token(
+                "drover up",
+                CreateTokenRequest {
+                    ttl: Some("10m".into()),
+                    max_uses: Some(1),
+                    labels: Default::default(),
+                },
+            )
             .await
             .context("cannot create a join token for the local agent")?;
         command.arg("--token").arg(token.token);

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use drover_types::{
     Metrics, MetricsSample, Transport,
     token::{JoinTokenInfo, TokenRefusal},
@@ -151,21 +151,46 @@ fn parse_ts(text: &str, what: &'static str) -> Result<DateTime<Utc>, StoreError>
     from_json(&format!("\"{text}\""), what)
 }
 
+/// A token's stored time. One that cannot be read (an older server stored lifetimes too long for its format)
+/// reads as the Unix epoch: the token is still listed, refused as expired, and can be revoked.
+fn token_time(row: &Row, column: &str, id: &str) -> rusqlite::Result<DateTime<Utc>> {
+    let text: String = row.get(column)?;
+    // Years past 9999 do not survive RFC 3339 (JSON, the CLI): they count as unreadable too.
+    match text.parse::<DateTime<Utc>>() {
+        Ok(t) if t.year() <= 9999 => Ok(t),
+        _ => {
+            tracing::warn!(token = %id, "join token {column} {text:?} is unreadable; it counts as expired");
+            Ok(DateTime::<Utc>::UNIX_EPOCH)
+        }
+    }
+}
+
 fn token_info(row: &Row) -> rusqlite::Result<(JoinTokenInfo, String)> {
     let labels: String = row.get("labels")?;
     let labels = serde_json::from_str(&labels).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })?;
+    let id: String = row.get("id")?;
     let info = JoinTokenInfo {
-        id: row.get("id")?,
-        created_at: row.get("created_at")?,
-        expires_at: row.get("expires_at")?,
+        created_at: token_time(row, "created_at", &id)?,
+        expires_at: token_time(row, "expires_at", &id)?,
+        id,
         max_uses: row.get("max_uses")?,
         uses: row.get("uses")?,
         labels,
         revoked: row.get("revoked")?,
     };
     Ok((info, row.get("secret_sha256")?))
+}
+
+/// The rows of a list that can be read; one that cannot is logged and left out, so one bad row never
+/// takes a whole list down.
+fn readable<T>(what: &str, rows: impl Iterator<Item = Result<T, StoreError>>) -> Vec<T> {
+    rows.filter_map(|r| {
+        r.map_err(|e| tracing::error!("left an unreadable {what} out of a list: {e}"))
+            .ok()
+    })
+    .collect()
 }
 
 struct RawNode {
@@ -267,9 +292,28 @@ impl Store for SqliteStore {
         self.read(|c| {
             let mut stmt = c.prepare("SELECT * FROM join_tokens ORDER BY created_at")?;
             let rows = stmt.query_map([], token_info)?;
-            Ok(rows
-                .map(|r| r.map(|(info, _)| info))
-                .collect::<Result<_, _>>()?)
+            Ok(readable(
+                "join token",
+                rows.map(|r| r.map(|(info, _)| info).map_err(StoreError::from)),
+            ))
+        })
+        .await
+    }
+
+    async fn get_join_token(&self, id: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let id = id.to_string();
+        self.read(move |c| {
+            Ok(row(
+                c,
+                "SELECT * FROM join_tokens WHERE id = ?1",
+                [&id],
+                token_info,
+            )
+            .optional()?
+            .map(|(info, secret_sha256)| JoinTokenRecord {
+                info,
+                secret_sha256,
+            }))
         })
         .await
     }
@@ -301,19 +345,12 @@ impl Store for SqliteStore {
             let Some((mut info, stored_secret)) = found else {
                 return Ok(Err(TokenRefusal::Unknown));
             };
-            if stored_secret != secret {
-                return Ok(Err(TokenRefusal::Unknown));
-            }
-            if info.revoked {
-                return Ok(Err(TokenRefusal::Revoked));
-            }
-            if info.expires_at <= now {
-                return Ok(Err(TokenRefusal::Expired));
-            }
-            if let Some(max) = info.max_uses
-                && info.uses >= max
-            {
-                return Ok(Err(TokenRefusal::Exhausted(max)));
+            let record = JoinTokenRecord {
+                info: info.clone(),
+                secret_sha256: stored_secret,
+            };
+            if let Err(refusal) = record.check(&secret, now) {
+                return Ok(Err(refusal));
             }
             exec(
                 tx,
@@ -422,6 +459,25 @@ impl Store for SqliteStore {
                 c,
                 &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = ?1"),
                 [name],
+                raw_node,
+            )
+            .optional()?
+            .map(RawNode::decode)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn get_node_by_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        let sha = token_sha256.to_string();
+        self.read(move |c| {
+            row(
+                c,
+                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE node_token_sha256 = ?1"),
+                [sha],
                 raw_node,
             )
             .optional()?
@@ -868,33 +924,31 @@ impl Store for SqliteStore {
                    AND (?3 IS NULL OR instr(target, ?3) > 0) AND (?4 IS NULL OR at >= ?4)
                  ORDER BY id DESC LIMIT ?5",
             )?;
-            let rows = stmt
-                .query_map(
-                    params![f.actor, f.action, f.target, f.since, f.limit as i64],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, DateTime<Utc>>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, String>(4)?,
-                            r.get::<_, String>(5)?,
-                        ))
-                    },
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(|(id, at, actor, action, target, detail)| {
-                    Ok(AuditEntry {
-                        id,
-                        at,
-                        actor,
-                        action,
-                        target,
-                        detail: from_json(&detail, "audit detail")?,
-                    })
+            let rows = stmt.query_map(
+                params![f.actor, f.action, f.target, f.since, f.limit as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, DateTime<Utc>>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                    ))
+                },
+            )?;
+            let entries = rows.map(|row| {
+                let (id, at, actor, action, target, detail) = row?;
+                Ok(AuditEntry {
+                    id,
+                    at,
+                    actor,
+                    action,
+                    target,
+                    detail: from_json(&detail, "audit detail")?,
                 })
-                .collect()
+            });
+            Ok(readable("audit entry", entries))
         })
         .await
     }
@@ -1230,6 +1284,84 @@ mod tests {
             store.use_join_token("t1", "s", later).await.unwrap(),
             Err(TokenRefusal::Revoked)
         );
+    }
+
+    #[tokio::test]
+    async fn a_token_stored_with_an_unreadable_expiry_is_listed_and_refused() {
+        // What an older server stored for `ttl: 100000y`: a six-digit year RFC 3339 cannot carry.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let now = Utc::now();
+        let far = now
+            .checked_add_signed(chrono::Duration::days(100_000 * 365))
+            .unwrap();
+        let mut rec = JoinTokenRecord {
+            info: JoinTokenInfo {
+                id: "far".into(),
+                created_at: now,
+                expires_at: far,
+                max_uses: None,
+                uses: 0,
+                labels: Default::default(),
+                revoked: false,
+            },
+            secret_sha256: "s".into(),
+        };
+        store.insert_join_token(&rec).await.unwrap();
+        rec.info.id = "fine".into();
+        rec.info.expires_at = now + chrono::Duration::hours(1);
+        store.insert_join_token(&rec).await.unwrap();
+        let listed = store.list_join_tokens().await.unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        let far_one = listed.iter().find(|t| t.id == "far").unwrap();
+        assert!(far_one.expires_at < now, "counts as expired: {far_one:?}");
+        assert_eq!(
+            store.use_join_token("far", "s", now).await.unwrap(),
+            Err(TokenRefusal::Expired)
+        );
+        assert!(
+            store
+                .use_join_token("fine", "s", now)
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        assert!(store.revoke_join_token("far").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_audit_entry_leaves_the_rest_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let entry = AuditEntry {
+            id: 0,
+            at: Utc::now(),
+            actor: "admin".into(),
+            action: "token.create".into(),
+            target: "t".into(),
+            detail: serde_json::json!({}),
+        };
+        store.insert_audit(&entry).await.unwrap();
+        store
+            .write(|c| {
+                exec(
+                    c,
+                    "INSERT INTO audit (at, actor, action, target, detail) VALUES ('never', 'x', 'y', 'z', '{')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let listed = store
+            .list_audit(&AuditFilter {
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].action, "token.create");
     }
 
     fn task(id: &str, nodes: &[&str]) -> Task {
