@@ -90,7 +90,7 @@ pub async fn run(
                     .env("USER", user)
                     .env("LOGNAME", user);
             }
-            Err(e) => return Ended::error(e),
+            Err(e) => return Ended::refused(e),
         }
     }
     let mut child = match cmd.spawn() {

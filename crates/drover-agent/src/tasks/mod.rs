@@ -14,7 +14,7 @@ use drover_proto::v1::{self, AgentMessage, agent_message::Msg};
 use drover_types::task::{DEFAULT_GRACE_MS, TaskSpec};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::policy::{Policy, Refusal};
+use crate::policy::Policy;
 use outbox::{Exit, Outbox};
 
 /// How a task ended on this node.
@@ -27,13 +27,13 @@ pub struct Ended {
 }
 
 impl Ended {
-    /// The node's policy refused the task: it never started. The error names the rule.
-    pub fn refused(refusal: &Refusal) -> Self {
+    /// The node refused the task: it never started. A policy [`Refusal`](crate::policy::Refusal) names its rule.
+    pub fn refused(why: impl ToString) -> Self {
         Self {
             state: "Refused",
             exit_code: None,
             signal: None,
-            error: refusal.to_string(),
+            error: why.to_string(),
         }
     }
 
