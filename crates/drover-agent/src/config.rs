@@ -434,3 +434,57 @@ impl AgentConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str, flags: &[&str]) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut argv = vec!["drover-agent", "--config", path.to_str().unwrap()];
+        argv.extend_from_slice(flags);
+        AgentConfig::from_args(Args::parse_from(argv))
+    }
+
+    #[test]
+    fn the_default_policy_accepts_files_and_nothing_that_runs_code() {
+        let c = config("", &[]).unwrap();
+        assert!(c.policy.allows_kind("file"));
+        for kind in ["container", "systemd_unit", "shell_job"] {
+            assert!(!c.policy.allows_kind(kind), "{kind}");
+        }
+        assert!(!c.policy.allow_shell);
+        assert!(c.policy.mount_roots.is_empty() && c.policy.allow_env.is_empty());
+    }
+
+    #[test]
+    fn the_policy_comes_from_flags_and_the_toml_file() {
+        let c = config(
+            "allow_kinds = [\"container\"]\nallow_env = [\"LANG\"]\nallow_mounts = [\"/srv\"]\n",
+            &["--allow-kind", "systemd_unit", "--allow-env", "APP_*"],
+        )
+        .unwrap();
+        assert!(c.policy.allows_kind("container") && c.policy.allows_kind("systemd_unit"));
+        assert!(!c.policy.allows_kind("shell_job"));
+        assert_eq!(c.policy.allow_env, vec!["APP_*", "LANG"]);
+        assert_eq!(c.policy.mount_roots, vec![PathBuf::from("/srv")]);
+        let all = config("", &["--allow-kind", "all"]).unwrap();
+        assert!(
+            crate::policy::KINDS
+                .iter()
+                .all(|k| all.policy.allows_kind(k))
+        );
+    }
+
+    #[test]
+    fn bad_policy_entries_are_refused_naming_the_flag() {
+        let e = config("", &["--allow-kind", "volume"]).unwrap_err();
+        assert!(e.to_string().contains("--allow-kind \"volume\""), "{e}");
+        let e = config("", &["--allow-mount", "relative"]).unwrap_err();
+        assert!(e.to_string().contains("--allow-mount"), "{e}");
+        let e = config("allow_env = [\"A=B\"]\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("--allow-env"), "{e}");
+    }
+}
