@@ -468,7 +468,7 @@ pub fn desired_for(
 pub struct PlanItem {
     pub id: String,
     pub kind: String,
-    /// `create`, `update`, `delete`, `none`, `fail`
+    /// `create`, `update`, `delete`, `none`, `fail`, `refuse` (the node's policy refuses it)
     pub action: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
