@@ -57,6 +57,33 @@ pub struct Args {
     /// A program tasks may run without --allow-shell (name on PATH or absolute path); repeatable.
     #[arg(long = "allow-exec", value_name = "PROGRAM")]
     pub allow_exec: Vec<String>,
+    /// An environment variable tasks may set without --allow-shell: a name, or a prefix ending in `*`;
+    /// repeatable. LD_*, DYLD_* and PATH pass only when named (`LD_LIBRARY_PATH`, `LD_*`), never by `*`.
+    #[arg(
+        long = "allow-env",
+        value_name = "NAME",
+        env = "DROVER_ALLOW_ENV",
+        value_delimiter = ','
+    )]
+    pub allow_env: Vec<String>,
+    /// A resource kind this node accepts besides `file`: container, systemd_unit, shell_job, or all;
+    /// repeatable. Container tasks need `container` too; shell_job also needs --allow-shell.
+    #[arg(
+        long = "allow-kind",
+        value_name = "KIND",
+        env = "DROVER_ALLOW_KINDS",
+        value_delimiter = ','
+    )]
+    pub allow_kinds: Vec<String>,
+    /// A directory containers may bind-mount from (the host path must lie under it); repeatable.
+    /// Default: none, so a container with any bind mount is refused.
+    #[arg(
+        long = "allow-mount",
+        value_name = "DIR",
+        env = "DROVER_ALLOW_MOUNTS",
+        value_delimiter = ','
+    )]
+    pub allow_mounts: Vec<PathBuf>,
     /// Tasks that may run at once; more wait their turn [default: 2 x CPUs].
     #[arg(long, env = "DROVER_MAX_TASKS")]
     pub max_tasks: Option<usize>,
@@ -102,6 +129,12 @@ pub struct FileConfig {
     pub allow_shell: Option<bool>,
     #[serde(default)]
     pub allow_exec: Vec<String>,
+    #[serde(default)]
+    pub allow_env: Vec<String>,
+    #[serde(default)]
+    pub allow_kinds: Vec<String>,
+    #[serde(default)]
+    pub allow_mounts: Vec<PathBuf>,
     pub max_tasks: Option<usize>,
     pub resync_interval: Option<String>,
 }
@@ -118,7 +151,8 @@ pub struct AgentConfig {
     pub allow_paths: Vec<PathBuf>,
     /// The daemon plugins to run, with their timing.
     pub plugins: Vec<crate::daemon::Enabled>,
-    pub exec_policy: crate::tasks::exec::ExecPolicy,
+    /// What this node allows: resource kinds, paths, bind mounts, programs, environment.
+    pub policy: crate::policy::Policy,
     pub max_tasks: usize,
     pub resync_interval: Duration,
 }
@@ -304,9 +338,54 @@ impl AgentConfig {
             })?;
             allow_exec.push(path);
         }
-        let exec_policy = crate::tasks::exec::ExecPolicy {
+        let allow_kinds: Vec<String> = args
+            .allow_kinds
+            .iter()
+            .chain(file.allow_kinds.iter())
+            .map(|k| k.trim().to_string())
+            .collect();
+        if let Some(k) = allow_kinds
+            .iter()
+            .find(|k| *k != "all" && !crate::policy::KINDS.contains(&k.as_str()))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--allow-kind {k:?}: use one of {} or all",
+                crate::policy::KINDS.join(", ")
+            )));
+        }
+        let allow_mounts = if args.allow_mounts.is_empty() {
+            file.allow_mounts
+        } else {
+            args.allow_mounts
+        };
+        if let Some(p) = allow_mounts.iter().find(|p| !p.is_absolute()) {
+            return Err(ConfigError::Invalid(format!(
+                "--allow-mount {}: use an absolute path",
+                p.display()
+            )));
+        }
+        let allow_env: Vec<String> = args
+            .allow_env
+            .iter()
+            .chain(file.allow_env.iter())
+            .map(|n| n.trim().to_string())
+            .collect();
+        if let Some(n) = allow_env.iter().find(|n| {
+            let name = n.strip_suffix('*').unwrap_or(n);
+            (name.is_empty() && n.as_str() != "*")
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }) {
+            return Err(ConfigError::Invalid(format!(
+                "--allow-env {n:?}: use a variable name like LANG, or a prefix like APP_*"
+            )));
+        }
+        let policy = crate::policy::Policy {
             allow_shell: args.allow_shell || file.allow_shell.unwrap_or(false),
             allow_exec,
+            allow_env,
+            ..crate::policy::Policy::new(&allow_paths)
+                .with_kinds(&allow_kinds)
+                .with_mount_roots(&allow_mounts)
         };
         let max_tasks = match args.max_tasks.or(file.max_tasks) {
             Some(0) => {
@@ -349,9 +428,63 @@ impl AgentConfig {
             log_json: log_format.as_deref() == Some("json"),
             allow_paths,
             plugins,
-            exec_policy,
+            policy,
             max_tasks,
             resync_interval,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml: &str, flags: &[&str]) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut argv = vec!["drover-agent", "--config", path.to_str().unwrap()];
+        argv.extend_from_slice(flags);
+        AgentConfig::from_args(Args::parse_from(argv))
+    }
+
+    #[test]
+    fn the_default_policy_accepts_files_and_nothing_that_runs_code() {
+        let c = config("", &[]).unwrap();
+        assert!(c.policy.allows_kind("file"));
+        for kind in ["container", "systemd_unit", "shell_job"] {
+            assert!(!c.policy.allows_kind(kind), "{kind}");
+        }
+        assert!(!c.policy.allow_shell);
+        assert!(c.policy.mount_roots.is_empty() && c.policy.allow_env.is_empty());
+    }
+
+    #[test]
+    fn the_policy_comes_from_flags_and_the_toml_file() {
+        let c = config(
+            "allow_kinds = [\"container\"]\nallow_env = [\"LANG\"]\nallow_mounts = [\"/srv\"]\n",
+            &["--allow-kind", "systemd_unit", "--allow-env", "APP_*"],
+        )
+        .unwrap();
+        assert!(c.policy.allows_kind("container") && c.policy.allows_kind("systemd_unit"));
+        assert!(!c.policy.allows_kind("shell_job"));
+        assert_eq!(c.policy.allow_env, vec!["APP_*", "LANG"]);
+        assert_eq!(c.policy.mount_roots, vec![PathBuf::from("/srv")]);
+        let all = config("", &["--allow-kind", "all"]).unwrap();
+        assert!(
+            crate::policy::KINDS
+                .iter()
+                .all(|k| all.policy.allows_kind(k))
+        );
+    }
+
+    #[test]
+    fn bad_policy_entries_are_refused_naming_the_flag() {
+        let e = config("", &["--allow-kind", "volume"]).unwrap_err();
+        assert!(e.to_string().contains("--allow-kind \"volume\""), "{e}");
+        let e = config("", &["--allow-mount", "relative"]).unwrap_err();
+        assert!(e.to_string().contains("--allow-mount"), "{e}");
+        let e = config("allow_env = [\"A=B\"]\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("--allow-env"), "{e}");
     }
 }

@@ -22,7 +22,6 @@ use crate::converge::{Blobs, ConvergeCtx, Converger};
 use crate::daemon::{self, Control};
 use crate::identity::{self, Identity, IdentityError};
 use crate::inventory::Collector;
-use crate::policy::Policy;
 use crate::tasks::TaskManager;
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
@@ -113,26 +112,22 @@ pub async fn run(
     let mut collector = Collector::new()?;
     let mut backoff = Backoff::default();
     let ctx = ActionCtx {
-        policy: Arc::new(Policy::new(&config.allow_paths)),
+        policy: Arc::new(config.policy.clone()),
     };
     // Outlives connections, so a call redelivered after a reconnect is recognised.
     let calls = Arc::new(Calls::default());
     let tasks_dir = config.state_dir.join("tasks");
-    let tasks = TaskManager::new(
-        tasks_dir.clone(),
-        config.exec_policy.clone(),
-        config.max_tasks,
-    )
-    .map_err(|source| IdentityError::Io {
-        path: tasks_dir,
-        source,
-    })?;
+    let tasks = TaskManager::new(tasks_dir.clone(), ctx.policy.clone(), config.max_tasks).map_err(
+        |source| IdentityError::Io {
+            path: tasks_dir,
+            source,
+        },
+    )?;
     let blobs = Blobs::new(config.state_dir.join("blobs"));
     let converger = Converger::start(
         config.state_dir.clone(),
         ConvergeCtx {
             policy: ctx.policy.clone(),
-            allow_shell: config.exec_policy.allow_shell,
             blobs: blobs.clone(),
         },
         config.resync_interval,

@@ -23,6 +23,8 @@ fn container_operations_through_a_real_engine() {
         token,
         "--heartbeat-interval".into(),
         "300ms".into(),
+        "--allow-kind".into(),
+        "container".into(),
     ];
     let _agent =
         Agent::start_raw(args.to_vec(), &[("DOCKER_HOST", &podman.docker_host())]).unwrap();

@@ -197,21 +197,25 @@ fn policy_conflicts_backoff_and_shell_jobs() {
         json!({"id": "job", "shell_job": {"command": format!("echo run >> {}", f.path("job.log")), "unless": "false"}}),
     ]));
     f.wait_resource("inside", "Ready", |r| r["state"] == "Ready");
-    let outside = f.wait_resource("outside", "Failed", |r| r["state"] == "Failed");
+    // The node's policy refuses, naming the rule: final, not retried with backoff.
+    let outside = f.wait_resource("outside", "Refused", |r| r["state"] == "Refused");
     assert!(
         outside["error"]
             .as_str()
             .unwrap()
             .contains("outside this node's allowed roots")
     );
-    assert!(outside["attempts"].as_u64().unwrap() >= 1);
-    assert!(
-        outside["retry_at"].is_string(),
-        "failing resources back off: {outside}"
-    );
+    assert_eq!(outside["details"]["rule"], "allow-path", "{outside}");
+    assert!(outside["retry_at"].is_null(), "{outside}");
     assert!(!Path::new("/etc/drover-never").exists());
-    let job = f.wait_resource("job", "Failed", |r| r["state"] == "Failed");
-    assert!(job["error"].as_str().unwrap().contains("--allow-shell"));
+    let job = f.wait_resource("job", "Refused", |r| r["state"] == "Refused");
+    assert_eq!(job["details"]["rule"], "allow-kind", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-kind shell_job")
+    );
     assert!(!Path::new(&f.path("job.log")).exists());
     let status = f.status();
     assert!(
@@ -241,7 +245,7 @@ fn policy_conflicts_backoff_and_shell_jobs() {
 
 #[test]
 fn shell_jobs_run_once_with_their_guard() {
-    let f = fleet(&["--allow-shell"]);
+    let f = fleet(&["--allow-shell", "--allow-kind", "shell_job"]);
     let marker = f.path("done");
     let log = f.path("runs");
     f.apply(file_manifest("jobs", vec![json!({"id": "init", "shell_job": {"command": format!("echo run >> {log}; touch {marker}"), "creates": marker}})]));
@@ -420,6 +424,8 @@ fn containers_converge_and_drift_is_corrected_through_a_real_engine() {
         "300ms",
         "--resync-interval",
         "500ms",
+        "--allow-kind",
+        "container",
     ];
     let agent_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let mut agent =
@@ -634,7 +640,7 @@ fn converged(report: &Value) -> bool {
 
 #[test]
 fn status_changes_are_pushed_and_apply_wait_rides_out_a_server_restart() {
-    let mut f = fleet(&["--allow-shell"]);
+    let mut f = fleet(&["--allow-shell", "--allow-kind", "shell_job"]);
     let http = reqwest::blocking::Client::builder()
         .timeout(TIMEOUT)
         .build()

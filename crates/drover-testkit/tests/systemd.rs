@@ -25,6 +25,8 @@ fn units_converge_drift_is_corrected_and_deletion_cleans_up() {
         "300ms",
         "--resync-interval",
         "500ms",
+        "--allow-kind",
+        "systemd_unit",
     ])
     .unwrap();
     wait_for("the agent in the container", TIMEOUT, || {

@@ -468,7 +468,7 @@ pub fn desired_for(
 pub struct PlanItem {
     pub id: String,
     pub kind: String,
-    /// `create`, `update`, `delete`, `none`, `fail`
+    /// `create`, `update`, `delete`, `none`, `fail`, `refuse` (the node's policy refuses it)
     pub action: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
@@ -495,6 +495,17 @@ pub enum ResourceState {
     UnknownKind,
     /// Two manifests give this id; neither is applied.
     Conflict,
+    /// The node's own policy refuses it; `error` says why and `details.rule` names the rule. Final until the
+    /// spec or the node's policy changes: it is not retried with backoff.
+    Refused,
+}
+
+impl ResourceState {
+    /// A state that stays until something changes (the spec, the node's policy or a conflicting manifest):
+    /// nothing converges by waiting.
+    pub fn is_final_failure(self) -> bool {
+        matches!(self, Self::UnknownKind | Self::Conflict | Self::Refused)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -578,6 +589,19 @@ impl NodeStatusReport {
                 .resources
                 .iter()
                 .all(|r| r.state == ResourceState::Ready)
+    }
+
+    /// Resources that will not converge by waiting, at the generation the node was given: refused by the
+    /// node's policy, of a kind it does not know, or in conflict.
+    pub fn stuck(&self) -> Vec<&ResourceStatus> {
+        if self.convergence.observed_generation != self.desired_generation {
+            return Vec::new();
+        }
+        self.convergence
+            .resources
+            .iter()
+            .filter(|r| r.state.is_final_failure())
+            .collect()
     }
 }
 

@@ -1,142 +1,194 @@
 //! Container resources through the Docker Engine API: created with labels naming the resource and a hash of
 //! its spec, recreated when the spec changes, started when found stopped, probed by the agent's own health
-//! check (engines without systemd never run theirs).
+//! check (engines without systemd never run theirs). Bind mounts are admitted by the node's policy before
+//! any of this runs.
 
 use std::time::Duration;
 
-use drover_types::manifest::{ContainerSpec, PullPolicy, parse_port};
+use drover_types::manifest::{ContainerSpec, Kind, PullPolicy, Resource, parse_port};
 use hyper::Method;
 use serde_json::{Value, json};
 
-use super::Outcome;
+use super::ConvergeCtx;
+use super::reconciler::{ConvergeError, Outcome, Reconciler, Summary, Target};
 use crate::docker::{Docker, DockerError, segment};
-
-fn err(e: DockerError) -> String {
-    e.to_string()
-}
 
 pub fn name_for(id: &str) -> String {
     format!("drover-{id}")
 }
 
-pub async fn reconcile(
-    id: &str,
-    spec: &ContainerSpec,
-    hash: &str,
-    dry: bool,
-) -> Result<Outcome, String> {
-    let docker = Docker::find().map_err(err)?;
-    let name = name_for(id);
-    let path = format!("/containers/{}/json", segment(&name));
-    let mut changes = Vec::new();
-    let mut created = false;
-    let existing: Option<Value> = match docker.json(Method::GET, &path).await {
-        Ok(v) => Some(v),
-        Err(DockerError::Api { status: 404, .. }) => None,
-        Err(e) => return Err(err(e)),
-    };
-    if dry {
-        let action = match &existing {
-            None => Some("create the container".to_string()),
-            Some(c) if c["Config"]["Labels"]["drover.spec"].as_str() != Some(hash) => {
-                Some("recreate the container (spec changed)".to_string())
-            }
-            Some(c) if c["State"]["Running"] != true => Some("start the container".to_string()),
-            Some(_) => None,
-        };
-        return Ok(Outcome {
-            changed: action,
-            details: Value::Null,
-            created: existing.is_none(),
-            handle: name,
-        });
+pub struct ContainerKind;
+
+pub struct Observed {
+    docker: Docker,
+    existing: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Action {
+    Create,
+    /// The spec changed: remove, then create.
+    Recreate,
+    /// Found in this state, not running.
+    Start(String),
+    Nothing,
+}
+
+pub struct Plan {
+    docker: Docker,
+    name: String,
+    action: Action,
+}
+
+impl Plan {
+    fn what(&self) -> Option<String> {
+        match &self.action {
+            Action::Create => Some("the container is missing".into()),
+            Action::Recreate => Some("the spec changed; recreate".into()),
+            Action::Start(state) => Some(format!("the container is {state}")),
+            Action::Nothing => None,
+        }
     }
-    let current = match existing {
-        Some(c) if c["Config"]["Labels"]["drover.spec"].as_str() == Some(hash) => Some(c),
-        Some(_) => {
+}
+
+impl Reconciler for ContainerKind {
+    type Spec = ContainerSpec;
+    type Observed = Observed;
+    type Plan = Plan;
+    const KIND: &'static str = "container";
+
+    fn spec(resource: &Resource) -> Option<&ContainerSpec> {
+        match resource.kind() {
+            Some(Kind::Container(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    async fn observe(
+        &self,
+        _ctx: &ConvergeCtx,
+        target: &Target<'_, ContainerSpec>,
+    ) -> Result<Observed, ConvergeError> {
+        let docker = Docker::find()?;
+        let path = format!("/containers/{}/json", segment(&name_for(target.id)));
+        let existing = match docker.json(Method::GET, &path).await {
+            Ok(v) => Some(v),
+            Err(DockerError::Api { status: 404, .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Observed { docker, existing })
+    }
+
+    fn plan(&self, target: &Target<'_, ContainerSpec>, o: Observed) -> Plan {
+        let action = match &o.existing {
+            None => Action::Create,
+            Some(c) if c["Config"]["Labels"]["drover.spec"].as_str() != Some(target.hash) => {
+                Action::Recreate
+            }
+            Some(c) if c["State"]["Running"] != true => Action::Start(
+                c["State"]["Status"]
+                    .as_str()
+                    .unwrap_or("not running")
+                    .to_string(),
+            ),
+            Some(_) => Action::Nothing,
+        };
+        Plan {
+            docker: o.docker,
+            name: name_for(target.id),
+            action,
+        }
+    }
+
+    fn summary(plan: &Plan) -> Summary {
+        Summary {
+            handle: plan.name.clone(),
+            creates: plan.action == Action::Create,
+            changes: plan.what().into_iter().collect(),
+        }
+    }
+
+    async fn apply(
+        &self,
+        _ctx: &ConvergeCtx,
+        target: &Target<'_, ContainerSpec>,
+        plan: Plan,
+    ) -> Result<Outcome, ConvergeError> {
+        let (docker, name, spec) = (&plan.docker, &plan.name, target.spec);
+        let path = format!("/containers/{}/json", segment(name));
+        if plan.action == Action::Recreate {
             docker
                 .call(
                     Method::DELETE,
-                    &format!("/containers/{}?force=true", segment(&name)),
+                    &format!("/containers/{}?force=true", segment(name)),
                 )
-                .await
-                .map_err(err)?;
-            changes.push("the spec changed; recreated".to_string());
-            None
+                .await?;
         }
-        None => None,
-    };
-    if current.is_none() {
-        ensure_image(&docker, spec).await?;
-        let body = create_body(id, spec, hash);
-        docker
-            .post_json::<Value>(
-                &format!("/containers/create?name={}", segment(&name)),
-                &body,
-            )
-            .await
-            .map_err(err)?;
-        created = true;
-        if changes.is_empty() {
-            changes.push("container was missing".to_string());
+        if matches!(plan.action, Action::Create | Action::Recreate) {
+            ensure_image(docker, spec).await?;
+            let body = create_body(target.id, spec, target.hash);
+            docker
+                .post_json::<Value>(&format!("/containers/create?name={}", segment(name)), &body)
+                .await?;
         }
+        let state = docker.json::<Value>(Method::GET, &path).await?;
+        if state["State"]["Running"] != true {
+            docker
+                .call(
+                    Method::POST,
+                    &format!("/containers/{}/start", segment(name)),
+                )
+                .await?;
+        }
+        let state = docker.json::<Value>(Method::GET, &path).await?;
+        let mut health = Value::Null;
+        if let Some(check) = &spec.health {
+            // The engine runs no health checks without systemd: the agent probes, a few tries a second apart.
+            let tries = check.retries.unwrap_or(3).max(1);
+            let mut code = -1;
+            for attempt in 0..tries {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                code = exec(docker, name, &check.command).await?;
+                if code == 0 {
+                    break;
+                }
+            }
+            health = json!(if code == 0 { "healthy" } else { "unhealthy" });
+            if code != 0 {
+                return Err(ConvergeError::Unhealthy { code, tries });
+            }
+        }
+        Ok(Outcome {
+            changed: plan.what(),
+            details: json!({
+                "container_id": state["Id"].as_str().map(|s| s.chars().take(12).collect::<String>()),
+                "state": state["State"]["Status"],
+                "restart_count": state["RestartCount"],
+                "health": health,
+            }),
+            // Containers named drover-<id> are always the agent's own.
+            created: true,
+        })
     }
-    let state = docker
-        .json::<Value>(Method::GET, &path)
-        .await
-        .map_err(err)?;
-    if state["State"]["Running"] != true {
-        if !created {
-            changes.push(format!(
-                "container was {}",
-                state["State"]["Status"].as_str().unwrap_or("not running")
-            ));
-        }
-        docker
+
+    async fn delete(&self, _ctx: &ConvergeCtx, name: &str) -> Result<(), ConvergeError> {
+        let docker = Docker::find()?;
+        match docker
             .call(
-                Method::POST,
-                &format!("/containers/{}/start", segment(&name)),
+                Method::DELETE,
+                &format!("/containers/{}?force=true", segment(name)),
             )
             .await
-            .map_err(err)?;
-    }
-    let state = docker
-        .json::<Value>(Method::GET, &path)
-        .await
-        .map_err(err)?;
-    let mut health = Value::Null;
-    if let Some(check) = &spec.health {
-        // The engine runs no health checks without systemd: the agent probes, a few tries a second apart.
-        let tries = check.retries.unwrap_or(3).max(1);
-        let mut code = -1;
-        for attempt in 0..tries {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            code = exec(&docker, &name, &check.command).await?;
-            if code == 0 {
-                break;
-            }
-        }
-        health = json!(if code == 0 { "healthy" } else { "unhealthy" });
-        if code != 0 {
-            return Err(format!("the health check exited {code} ({tries} tries)"));
+        {
+            Ok(()) | Err(DockerError::Api { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
-    Ok(Outcome {
-        changed: (!changes.is_empty()).then(|| changes.join(", ")),
-        details: json!({
-            "container_id": state["Id"].as_str().map(|s| s.chars().take(12).collect::<String>()),
-            "state": state["State"]["Status"],
-            "restart_count": state["RestartCount"],
-            "health": health,
-        }),
-        created: true,
-        handle: name,
-    })
 }
 
-async fn ensure_image(docker: &Docker, spec: &ContainerSpec) -> Result<(), String> {
+async fn ensure_image(docker: &Docker, spec: &ContainerSpec) -> Result<(), ConvergeError> {
     let present = match docker
         .call(
             Method::GET,
@@ -146,7 +198,7 @@ async fn ensure_image(docker: &Docker, spec: &ContainerSpec) -> Result<(), Strin
     {
         Ok(()) => true,
         Err(DockerError::Api { status: 404, .. }) => false,
-        Err(e) => return Err(err(e)),
+        Err(e) => return Err(e.into()),
     };
     let pull = match spec.pull {
         PullPolicy::Always => true,
@@ -160,12 +212,12 @@ async fn ensure_image(docker: &Docker, spec: &ContainerSpec) -> Result<(), Strin
                 &format!("/images/create?fromImage={}", segment(&spec.image)),
             )
             .await
-            .map_err(|e| format!("cannot pull {}: {}", spec.image, err(e)))?;
+            .map_err(|source| ConvergeError::Pull {
+                image: spec.image.clone(),
+                source,
+            })?;
     } else if !present {
-        return Err(format!(
-            "image {} is not on this node and its pull policy is never",
-            spec.image
-        ));
+        return Err(ConvergeError::NoImage(spec.image.clone()));
     }
     Ok(())
 }
@@ -203,17 +255,16 @@ fn create_body(id: &str, spec: &ContainerSpec, hash: &str) -> Value {
 }
 
 /// Runs a command in the container and returns its exit code.
-async fn exec(docker: &Docker, name: &str, command: &[String]) -> Result<i64, String> {
+async fn exec(docker: &Docker, name: &str, command: &[String]) -> Result<i64, ConvergeError> {
     let created: Value = docker
         .post_json(
             &format!("/containers/{}/exec", segment(name)),
             &json!({"Cmd": command, "AttachStdout": true, "AttachStderr": true}),
         )
-        .await
-        .map_err(err)?;
+        .await?;
     let exec_id = created["Id"]
         .as_str()
-        .ok_or("the engine returned no exec id")?
+        .ok_or(ConvergeError::NoExecId)?
         .to_string();
     let run = async {
         let resp = docker
@@ -222,32 +273,16 @@ async fn exec(docker: &Docker, name: &str, command: &[String]) -> Result<i64, St
                 &format!("/exec/{exec_id}/start"),
                 Some(&json!({"Detach": false, "Tty": false})),
             )
-            .await
-            .map_err(err)?;
+            .await?;
         use http_body_util::BodyExt;
         let _ = resp.into_body().collect().await;
-        Ok::<(), String>(())
+        Ok::<(), ConvergeError>(())
     };
     tokio::time::timeout(Duration::from_secs(30), run)
         .await
-        .map_err(|_| "the health check timed out".to_string())??;
+        .map_err(|_| ConvergeError::HealthTimeout)??;
     let info: Value = docker
         .json(Method::GET, &format!("/exec/{exec_id}/json"))
-        .await
-        .map_err(err)?;
+        .await?;
     Ok(info["ExitCode"].as_i64().unwrap_or(-1))
-}
-
-pub async fn delete(name: &str) -> Result<(), String> {
-    let docker = Docker::find().map_err(err)?;
-    match docker
-        .call(
-            Method::DELETE,
-            &format!("/containers/{}?force=true", segment(name)),
-        )
-        .await
-    {
-        Ok(()) | Err(DockerError::Api { status: 404, .. }) => Ok(()),
-        Err(e) => Err(err(e)),
-    }
 }

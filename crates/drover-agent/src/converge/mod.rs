@@ -1,14 +1,17 @@
 //! Convergence: the agent makes the node match the last desired state it received, keeps doing so while
 //! the server is away and across its own restarts, and reports where each resource stands.
 //!
-//! Each kind has a reconciler, a plain async function from the desired resource to an outcome (observe,
-//! then change only what differs), and a delete. This runtime owns the rest: the persisted desired state,
-//! the ledger of what this agent owns (for garbage collection across restarts), per-resource backoff,
-//! periodic re-observation that catches drift, and reporting.
+//! Each kind has a [`Reconciler`](reconciler::Reconciler): observe, plan, apply, delete. This runtime owns
+//! the rest: the node's policy, asked once per resource before any kind observes or changes anything (so a
+//! new kind cannot forget it); the persisted desired state; the ledger of what this agent owns (for garbage
+//! collection across restarts); per-resource backoff; periodic re-observation that catches drift; and
+//! reporting.
 
 mod blobs;
 mod container;
 mod file;
+pub mod ledger;
+pub mod reconciler;
 mod shell_job;
 mod unit;
 
@@ -20,7 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use drover_proto::v1::{self, AgentMessage, agent_message::Msg};
 use drover_types::manifest::{
-    Condition, Conflict, DriftEvent, Kind, NodeConvergence, PlanItem, Resource, ResourceState,
+    Condition, Conflict, DriftEvent, NodeConvergence, PlanItem, Resource, ResourceState,
     ResourceStatus,
 };
 use serde::{Deserialize, Serialize};
@@ -28,36 +31,16 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::policy::Policy;
+use crate::policy::{Policy, Refusal};
 pub use blobs::{Blobs, Fetcher};
+pub use ledger::{Held, LedgerEntry};
+use reconciler::{ConvergeError, Registry};
 
 /// What reconcilers may touch, from the node's own policy, and where content comes from.
 #[derive(Clone)]
 pub struct ConvergeCtx {
     pub policy: Arc<Policy>,
-    pub allow_shell: bool,
     pub blobs: Blobs,
-}
-
-/// What a reconcile did.
-pub struct Outcome {
-    /// What had to change, when the resource did not match (drift, if it matched before).
-    pub changed: Option<String>,
-    pub details: Value,
-    /// Whether this agent created the thing (so garbage collection may delete it).
-    pub created: bool,
-    /// The handle garbage collection needs (a path, a container name, a unit name).
-    pub handle: String,
-}
-
-/// A resource this agent applied, persisted so garbage collection is right across restarts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerEntry {
-    pub manifest: String,
-    pub kind: String,
-    pub handle: String,
-    /// Things that existed before the agent took them over are never deleted by it.
-    pub created: bool,
 }
 
 /// The desired state as it travels: resources stay JSON until each is understood, so one resource of a kind
@@ -110,6 +93,7 @@ impl Converger {
             ledger: read_json(&state_dir.join(LEDGER_FILE)).unwrap_or_default(),
             state_dir,
             ctx,
+            registry: Registry::new(),
             statuses: BTreeMap::new(),
             hashes: BTreeMap::new(),
             link: link.clone(),
@@ -192,6 +176,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Option<T
 struct Runtime {
     state_dir: PathBuf,
     ctx: ConvergeCtx,
+    registry: Registry,
     desired: WireDesired,
     ledger: BTreeMap<String, LedgerEntry>,
     statuses: BTreeMap<String, ResourceStatus>,
@@ -221,40 +206,47 @@ impl Runtime {
         }
     }
 
-    /// What a pass over `desired` would do, changing nothing.
+    /// What a pass over `desired` would do: the policy, then each kind's observe and plan, nothing else.
     async fn plan(&self, desired: &WireDesired) -> Vec<PlanItem> {
         let mut items = Vec::new();
         let mut wanted = std::collections::BTreeSet::new();
         for raw in &desired.resources {
             let (id, _, resource) = parse_resource(raw);
             wanted.insert(id.clone());
-            let item = match resource {
-                Err(e) => PlanItem {
-                    id,
-                    kind: "unknown".into(),
-                    action: "fail".into(),
-                    detail: e,
-                },
-                Ok(r) => match run_kind(&r, &self.ctx, &spec_hash(raw), true).await {
-                    Ok(o) => PlanItem {
-                        kind: r.kind_name().into(),
-                        action: match (&o.changed, o.created) {
-                            (None, _) => "none".into(),
-                            (Some(_), true) => "create".into(),
-                            (Some(_), false) => "update".into(),
-                        },
-                        detail: o.changed.unwrap_or_default(),
-                        id,
-                    },
-                    Err(e) => PlanItem {
-                        id,
-                        kind: r.kind_name().into(),
-                        action: "fail".into(),
-                        detail: e,
-                    },
-                },
+            let item = |kind: &str, action: &str, detail: String| PlanItem {
+                id: id.clone(),
+                kind: kind.into(),
+                action: action.into(),
+                detail,
             };
-            items.push(item);
+            let resource = match resource {
+                Ok(r) => r,
+                Err(e) => {
+                    items.push(item("unknown", "fail", e));
+                    continue;
+                }
+            };
+            let kind = resource.kind_name();
+            if let Err(refusal) = self.ctx.policy.admit(&resource) {
+                items.push(item(kind, "refuse", refusal.to_string()));
+                continue;
+            }
+            let planned = match self.registry.for_resource(&resource) {
+                Ok(k) => k.plan(&self.ctx, &resource, &spec_hash(raw)).await,
+                Err(e) => Err(e),
+            };
+            items.push(match planned {
+                Ok(p) => {
+                    let s = p.summary;
+                    let action = match (s.changes.is_empty(), s.creates) {
+                        (true, _) => "none",
+                        (false, true) => "create",
+                        (false, false) => "update",
+                    };
+                    item(kind, action, s.changes.join(", "))
+                }
+                Err(e) => item(kind, "fail", e.to_string()),
+            });
         }
         for c in &desired.conflicts {
             items.push(PlanItem {
@@ -265,13 +257,14 @@ impl Runtime {
             });
         }
         for (id, entry) in self.ledger.iter().filter(|(id, _)| !wanted.contains(*id)) {
-            let action = if entry.created { "delete" } else { "none" };
-            items.push(PlanItem {
-                id: id.clone(),
-                kind: entry.kind.clone(),
-                action: action.into(),
-                detail: format!("no manifest wants {}", entry.handle),
-            });
+            for held in &entry.held {
+                items.push(PlanItem {
+                    id: id.clone(),
+                    kind: held.kind.clone(),
+                    action: if held.created { "delete" } else { "none" }.into(),
+                    detail: format!("no manifest wants {}", held.handle),
+                });
+            }
         }
         items
     }
@@ -411,26 +404,46 @@ impl Runtime {
             let Some(entry) = self.ledger.get(&id).cloned() else {
                 continue;
             };
-            let result = if entry.created {
-                delete(&entry, &self.ctx).await
-            } else {
-                Ok(())
-            };
-            match result {
-                Ok(()) => {
-                    tracing::info!(resource = %id, kind = %entry.kind, "removed a resource no manifest wants");
-                    self.ledger.remove(&id);
-                    self.save_ledger();
-                }
-                Err(e) => {
-                    tracing::warn!(resource = %id, "cannot remove a resource no manifest wants: {e}")
-                }
+            let left = self.release(&id, entry.held).await;
+            if left == 0 {
+                tracing::info!(resource = %id, "removed a resource no manifest wants");
+                self.ledger.remove(&id);
+                self.save_ledger();
             }
         }
         let keep: std::collections::BTreeSet<&String> =
             wanted.iter().chain(conflicted.iter()).collect();
         self.statuses.retain(|id, _| keep.contains(id));
         self.report().await;
+    }
+
+    /// Deletes what the agent created among `held` (what it took over is only forgotten) and drops each
+    /// from the resource's ledger entry once done; returns how many are left (their delete failed).
+    async fn release(&mut self, id: &str, held: Vec<Held>) -> usize {
+        let mut left = 0;
+        for h in held {
+            let result = match (h.created, self.registry.get(&h.kind)) {
+                (false, _) => Ok(()),
+                (true, Some(kind)) => kind.delete(&self.ctx, &h.handle).await,
+                (true, None) => Err(ConvergeError::NoKind(h.kind.clone())),
+            };
+            match result {
+                Ok(()) => {
+                    if h.created {
+                        tracing::info!(resource = %id, kind = %h.kind, handle = %h.handle, "removed what the agent created");
+                    }
+                    if let Some(entry) = self.ledger.get_mut(id) {
+                        entry.release(&h);
+                    }
+                    self.save_ledger();
+                }
+                Err(e) => {
+                    left += 1;
+                    tracing::warn!(resource = %id, handle = %h.handle, "cannot remove what the agent created: {e}");
+                }
+            }
+        }
+        left
     }
 
     async fn reconcile(
@@ -442,21 +455,16 @@ impl Runtime {
     ) {
         let id = resource.id.clone();
         let kind = resource.kind_name();
-        let result = run_kind(resource, &self.ctx, hash, false).await;
         let same_spec = self.hashes.get(&id).map(String::as_str) == Some(hash);
         self.hashes.insert(id.clone(), hash.to_string());
+        // The node's policy, once, before any kind looks at the resource.
+        if let Err(refusal) = self.ctx.policy.admit(resource) {
+            self.refused(&id, manifest, kind, &refusal, previous);
+            return;
+        }
+        let result = self.converge(resource, manifest, hash).await;
         match result {
             Ok(outcome) => {
-                let entry = LedgerEntry {
-                    manifest: manifest.to_string(),
-                    kind: kind.to_string(),
-                    handle: outcome.handle.clone(),
-                    created: outcome.created || self.ledger.get(&id).is_some_and(|e| e.created),
-                };
-                if self.ledger.get(&id) != Some(&entry) {
-                    self.ledger.insert(id.clone(), entry);
-                    self.save_ledger();
-                }
                 let mut drift = previous
                     .as_ref()
                     .map(|p| p.drift.clone())
@@ -493,13 +501,74 @@ impl Runtime {
                 let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 tracing::warn!(resource = %id, attempts, "resource failed: {error}; retrying in {delay:?}");
                 let mut status = ResourceStatus::new(&id, manifest, kind, ResourceState::Failed);
-                status.error = Some(error);
+                status.error = Some(error.to_string());
                 status.attempts = attempts;
                 status.retry_at = Some(retry_at);
                 status.drift = previous.map(|p| p.drift).unwrap_or_default();
                 self.statuses.insert(id, status);
             }
         }
+    }
+
+    /// Plans, lets go of what an earlier spec held elsewhere (a changed path: the old is deleted if the agent
+    /// created it), applies, and records what the resource holds now.
+    async fn converge(
+        &mut self,
+        resource: &Resource,
+        manifest: &str,
+        hash: &str,
+    ) -> Result<reconciler::Outcome, ConvergeError> {
+        let id = resource.id.as_str();
+        let kind = self.registry.for_resource(resource)?;
+        let planned = kind.plan(&self.ctx, resource, hash).await?;
+        let handle = planned.summary.handle.clone();
+        let stale = self
+            .ledger
+            .get(id)
+            .map(|e| e.stale(kind.name(), &handle))
+            .unwrap_or_default();
+        if !stale.is_empty() {
+            // A failed delete stays in the ledger and is tried again on the next pass.
+            self.release(id, stale).await;
+        }
+        let kind = self.registry.for_resource(resource)?;
+        let outcome = kind.apply(&self.ctx, resource, hash, planned).await?;
+        let entry = self
+            .ledger
+            .entry(id.to_string())
+            .or_insert_with(|| LedgerEntry {
+                manifest: manifest.to_string(),
+                held: Vec::new(),
+            });
+        let before = entry.clone();
+        entry.manifest = manifest.to_string();
+        entry.hold(kind.name(), &handle, outcome.created);
+        if *entry != before {
+            self.save_ledger();
+        }
+        Ok(outcome)
+    }
+
+    /// The node's policy refused the resource: final until the spec or the policy changes, so no backoff.
+    fn refused(
+        &mut self,
+        id: &str,
+        manifest: &str,
+        kind: &str,
+        refusal: &Refusal,
+        previous: Option<ResourceStatus>,
+    ) {
+        if previous
+            .as_ref()
+            .is_none_or(|p| p.state != ResourceState::Refused)
+        {
+            tracing::warn!(resource = %id, "{refusal}");
+        }
+        let mut status = ResourceStatus::new(id, manifest, kind, ResourceState::Refused);
+        status.error = Some(refusal.to_string());
+        status.details = serde_json::json!({ "rule": refusal.rule() });
+        status.drift = previous.map(|p| p.drift).unwrap_or_default();
+        self.statuses.insert(id.to_string(), status);
     }
 
     fn set(
@@ -537,7 +606,8 @@ pub fn node_convergence(generation: u64, resources: Vec<ResourceStatus>) -> Node
     let any = |s: ResourceState| resources.iter().any(|r| r.state == s);
     let degraded = any(ResourceState::Failed)
         || any(ResourceState::UnknownKind)
-        || any(ResourceState::Conflict);
+        || any(ResourceState::Conflict)
+        || any(ResourceState::Refused);
     let reconciling = any(ResourceState::Pending) || any(ResourceState::Reconciling);
     let failed: Vec<&str> = resources
         .iter()
@@ -573,22 +643,6 @@ pub fn node_convergence(generation: u64, resources: Vec<ResourceStatus>) -> Node
     }
 }
 
-/// Dispatches to the kind's reconciler; `dry` only observes and says what it would change.
-async fn run_kind(
-    resource: &Resource,
-    ctx: &ConvergeCtx,
-    hash: &str,
-    dry: bool,
-) -> Result<Outcome, String> {
-    match resource.kind() {
-        Some(Kind::File(spec)) => file::reconcile(spec, ctx, dry).await,
-        Some(Kind::ShellJob(spec)) => shell_job::reconcile(spec, ctx, dry).await,
-        Some(Kind::Container(spec)) => container::reconcile(&resource.id, spec, hash, dry).await,
-        Some(Kind::SystemdUnit(spec)) => unit::reconcile(spec, dry).await,
-        None => Err("no kind".to_string()),
-    }
-}
-
 /// Splits a desired resource as it travels into its id, its manifest's name and the resource itself.
 pub fn parse_resource(raw: &Value) -> (String, String, Result<Resource, String>) {
     let id = raw["id"].as_str().unwrap_or_default().to_string();
@@ -601,16 +655,6 @@ pub fn parse_resource(raw: &Value) -> (String, String, Result<Resource, String>)
     let resource = serde_json::from_value(fields)
         .map_err(|e| format!("this agent does not understand this resource: {e}"));
     (id, manifest, resource)
-}
-
-async fn delete(entry: &LedgerEntry, ctx: &ConvergeCtx) -> Result<(), String> {
-    match entry.kind.as_str() {
-        "file" => file::delete(&entry.handle, ctx).await,
-        "container" => container::delete(&entry.handle).await,
-        "systemd_unit" => unit::delete(&entry.handle).await,
-        // A shell job cannot be undone; forgetting it is all there is.
-        _ => Ok(()),
-    }
 }
 
 /// Time as the reports carry it.
@@ -627,9 +671,9 @@ mod tests {
             state_dir: dir.to_path_buf(),
             ctx: ConvergeCtx {
                 policy: Arc::new(Policy::new(&[dir.to_path_buf()])),
-                allow_shell: false,
                 blobs: Blobs::new(dir.join("blobs")),
             },
+            registry: Registry::new(),
             desired,
             ledger: BTreeMap::new(),
             statuses: BTreeMap::new(),
@@ -675,6 +719,84 @@ mod tests {
         // The ledger went to disk, for garbage collection after a restart.
         let ledger: BTreeMap<String, LedgerEntry> =
             read_json(&dir.path().join(LEDGER_FILE)).unwrap();
-        assert!(ledger["f"].created);
+        assert!(ledger["f"].current().unwrap().created);
+    }
+
+    fn file(id: &str, path: &std::path::Path, content: &str) -> Value {
+        serde_json::json!({"id": id, "manifest": "m", "file": {"path": path, "content": content}})
+    }
+
+    #[tokio::test]
+    async fn a_changed_path_deletes_the_old_file_only_if_created_and_takes_the_new_one_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+        std::fs::write(&second, "before drover").unwrap();
+        let mut rt = runtime(
+            dir.path(),
+            WireDesired {
+                generation: 1,
+                resources: vec![file("f", &first, "x")],
+                conflicts: vec![],
+            },
+        );
+        rt.pass().await;
+        assert_eq!(std::fs::read_to_string(&first).unwrap(), "x");
+        // The path moves onto a file that existed before: the old one (the agent's) goes, the new is taken over.
+        rt.accept(WireDesired {
+            generation: 2,
+            resources: vec![file("f", &second, "y")],
+            conflicts: vec![],
+        });
+        rt.pass().await;
+        assert!(
+            !first.exists(),
+            "the agent's own file at the old path is removed"
+        );
+        assert_eq!(std::fs::read_to_string(&second).unwrap(), "y");
+        let held = rt.ledger["f"].held.clone();
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert!(!held[0].created, "taken over, not created");
+        // No manifest wants it any more: the taken-over file stays.
+        rt.accept(WireDesired {
+            generation: 3,
+            resources: vec![],
+            conflicts: vec![],
+        });
+        rt.pass().await;
+        assert!(second.exists(), "never deletes what it did not create");
+        assert!(rt.ledger.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_policy_refuses_before_any_kind_runs_and_names_the_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let desired = WireDesired {
+            generation: 1,
+            resources: vec![
+                serde_json::json!({"id": "job", "manifest": "m", "shell_job": {"command": format!("touch {}", marker.display()), "unless": format!("touch {}", marker.display())}}),
+                serde_json::json!({"id": "out", "manifest": "m", "file": {"path": "/etc/drover-never", "content": "x"}}),
+            ],
+            conflicts: vec![],
+        };
+        let mut rt = runtime(dir.path(), desired.clone());
+        rt.pass().await;
+        let job = &rt.statuses["job"];
+        assert_eq!(job.state, ResourceState::Refused);
+        assert_eq!(job.details["rule"], "allow-kind");
+        assert!(job.retry_at.is_none(), "a refusal is final, not retried");
+        assert!(!marker.exists(), "not even the guard ran");
+        assert_eq!(rt.statuses["out"].details["rule"], "allow-path");
+        assert!(!std::path::Path::new("/etc/drover-never").exists());
+        let plan = rt.plan(&desired).await;
+        assert!(plan.iter().all(|i| i.action == "refuse"), "{plan:?}");
+        assert!(!marker.exists());
+        let report = rt.last_report.lock().unwrap().clone().unwrap();
+        assert!(
+            report
+                .conditions
+                .iter()
+                .any(|c| c.kind == "Degraded" && c.status)
+        );
     }
 }

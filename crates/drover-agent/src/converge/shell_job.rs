@@ -1,16 +1,17 @@
-//! Shell jobs: the audited escape hatch. A guard (`creates` or `unless`) makes them run once; the node must
-//! allow shell.
+//! Shell jobs: the audited escape hatch. A guard (`creates` or `unless`) makes them run once. The node's
+//! policy (`--allow-kind shell_job` and `--allow-shell`) is checked by the runtime before the guard runs.
 
 use std::time::Duration;
 
-use drover_types::manifest::ShellJobSpec;
+use drover_types::manifest::{Kind, Resource, ShellJobSpec};
 use serde_json::json;
 
-use super::{ConvergeCtx, Outcome};
+use super::ConvergeCtx;
+use super::reconciler::{ConvergeError, Outcome, Reconciler, Summary, Target};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 
-async fn sh(command: &str) -> Result<std::process::Output, String> {
+async fn sh(command: &str) -> Result<std::process::Output, ConvergeError> {
     let run = tokio::process::Command::new("/bin/sh")
         .args(["-c", command])
         .stdin(std::process::Stdio::null())
@@ -19,68 +20,107 @@ async fn sh(command: &str) -> Result<std::process::Output, String> {
         .output();
     tokio::time::timeout(JOB_TIMEOUT, run)
         .await
-        .map_err(|_| format!("timed out after {JOB_TIMEOUT:?}"))?
-        .map_err(|e| format!("cannot run sh: {e}"))
+        .map_err(|_| ConvergeError::Timeout(JOB_TIMEOUT))?
+        .map_err(|source| ConvergeError::Spawn {
+            program: "sh",
+            source,
+        })
 }
 
-pub async fn reconcile(
-    spec: &ShellJobSpec,
-    ctx: &ConvergeCtx,
-    dry: bool,
-) -> Result<Outcome, String> {
-    if !ctx.allow_shell {
-        return Err("shell_job resources are off on this node: its agent must be started with --allow-shell".into());
+pub struct ShellJobKind;
+
+pub struct Plan {
+    command: String,
+    /// Why the job need not run, when its guard says so.
+    skip: Option<String>,
+}
+
+impl Reconciler for ShellJobKind {
+    type Spec = ShellJobSpec;
+    /// The guard's verdict: why the job need not run.
+    type Observed = Option<String>;
+    type Plan = Plan;
+    const KIND: &'static str = "shell_job";
+
+    fn spec(resource: &Resource) -> Option<&ShellJobSpec> {
+        match resource.kind() {
+            Some(Kind::ShellJob(s)) => Some(s),
+            _ => None,
+        }
     }
-    let handle = spec.command.clone();
-    if let Some(path) = &spec.creates
-        && std::path::Path::new(path).exists()
-    {
-        return Ok(Outcome {
-            changed: None,
-            details: json!({"skipped": format!("{path} exists")}),
+
+    async fn observe(
+        &self,
+        _ctx: &ConvergeCtx,
+        target: &Target<'_, ShellJobSpec>,
+    ) -> Result<Option<String>, ConvergeError> {
+        let spec = target.spec;
+        if let Some(path) = &spec.creates
+            && std::path::Path::new(path).exists()
+        {
+            return Ok(Some(format!("{path} exists")));
+        }
+        if let Some(guard) = &spec.unless
+            && sh(guard).await?.status.success()
+        {
+            return Ok(Some("the unless command succeeded".into()));
+        }
+        Ok(None)
+    }
+
+    fn plan(&self, target: &Target<'_, ShellJobSpec>, skip: Option<String>) -> Plan {
+        Plan {
+            command: target.spec.command.clone(),
+            skip,
+        }
+    }
+
+    fn summary(plan: &Plan) -> Summary {
+        Summary {
+            handle: plan.command.clone(),
+            creates: false,
+            changes: match plan.skip {
+                Some(_) => vec![],
+                None => vec![format!("run {:?}", plan.command)],
+            },
+        }
+    }
+
+    async fn apply(
+        &self,
+        _ctx: &ConvergeCtx,
+        target: &Target<'_, ShellJobSpec>,
+        plan: Plan,
+    ) -> Result<Outcome, ConvergeError> {
+        if let Some(skipped) = plan.skip {
+            return Ok(Outcome {
+                changed: None,
+                details: json!({ "skipped": skipped }),
+                created: false,
+            });
+        }
+        let out = sh(&plan.command).await?;
+        if !out.status.success() {
+            return Err(ConvergeError::JobFailed {
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        if let Some(path) = &target.spec.creates
+            && !std::path::Path::new(path).exists()
+        {
+            return Err(ConvergeError::NotCreated(path.clone()));
+        }
+        tracing::info!(command = %plan.command, "shell job ran");
+        Ok(Outcome {
+            changed: Some("the job ran".into()),
+            details: json!({"ran_at": super::now()}),
             created: false,
-            handle,
-        });
+        })
     }
-    if let Some(guard) = &spec.unless
-        && sh(guard).await?.status.success()
-    {
-        return Ok(Outcome {
-            changed: None,
-            details: json!({"skipped": "the unless command succeeded"}),
-            created: false,
-            handle,
-        });
+
+    /// A shell job cannot be undone; forgetting it is all there is.
+    async fn delete(&self, _ctx: &ConvergeCtx, _handle: &str) -> Result<(), ConvergeError> {
+        Ok(())
     }
-    if dry {
-        return Ok(Outcome {
-            changed: Some(format!("run {:?}", spec.command)),
-            details: json!(null),
-            created: false,
-            handle,
-        });
-    }
-    let out = sh(&spec.command).await?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "the command failed ({}): {}",
-            out.status,
-            stderr.trim()
-        ));
-    }
-    if let Some(path) = &spec.creates
-        && !std::path::Path::new(path).exists()
-    {
-        return Err(format!(
-            "the command succeeded but did not create {path}, so it would run again"
-        ));
-    }
-    tracing::info!(command = %spec.command, "shell job ran");
-    Ok(Outcome {
-        changed: Some("the job ran".into()),
-        details: json!({"ran_at": super::now()}),
-        created: false,
-        handle,
-    })
 }

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use crate::policy::Policy;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -11,15 +13,6 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
 
 use super::Ended;
-
-/// What the node allows. Set where the agent starts; nothing from the server changes it.
-#[derive(Debug, Clone, Default)]
-pub struct ExecPolicy {
-    /// Shell pipelines and any program.
-    pub allow_shell: bool,
-    /// Programs allowed without --allow-shell, as absolute paths.
-    pub allow_exec: Vec<PathBuf>,
-}
 
 pub struct ExecRequest {
     pub argv: Vec<String>,
@@ -44,21 +37,17 @@ pub fn resolve_program(name: &str) -> Option<PathBuf> {
         .and_then(|p| p.canonicalize().ok())
 }
 
-fn refused(message: String) -> Ended {
-    Ended::refused(message)
-}
-
 /// Checks the node's policy, then runs the command, passing each output chunk (stream 1 or 2) to `emit`.
 pub async fn run(
     req: ExecRequest,
-    policy: &ExecPolicy,
+    policy: &Policy,
     emit: mpsc::Sender<(u8, Vec<u8>)>,
     mut cancel: watch::Receiver<bool>,
 ) -> Ended {
     let (program, args): (PathBuf, Vec<String>) = match (&req.shell, req.argv.first()) {
         (Some(shell), _) => {
-            if !policy.allow_shell {
-                return refused("shell tasks are off on this node: its agent must be started with --allow-shell".into());
+            if let Err(refusal) = policy.check_shell_task() {
+                return Ended::refused(&refusal);
             }
             (PathBuf::from("/bin/sh"), vec!["-c".into(), shell.clone()])
         }
@@ -68,17 +57,18 @@ pub async fn run(
                     "cannot start {name:?}: no such program on this node"
                 ));
             };
-            if !policy.allow_shell && !policy.allow_exec.contains(&path) {
-                return refused(format!(
-                    "{} is not allowed on this node: its agent runs without --allow-shell and {} is not in --allow-exec",
-                    name,
-                    path.display()
-                ));
+            if let Err(refusal) = policy.check_program(name, &path) {
+                return Ended::refused(&refusal);
             }
             (path, req.argv[1..].to_vec())
         }
         (None, None) => return Ended::error("nothing to run".into()),
     };
+    // The environment reaches the dynamic loader before the program runs: an allowed program with
+    // LD_PRELOAD set is any code, so without --allow-shell only the names the node allows pass.
+    if let Err(refusal) = policy.check_env(&req.env) {
+        return Ended::refused(&refusal);
+    }
 
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&args)
@@ -100,7 +90,7 @@ pub async fn run(
                     .env("USER", user)
                     .env("LOGNAME", user);
             }
-            Err(e) => return refused(e),
+            Err(e) => return Ended::refused(e),
         }
     }
     let mut child = match cmd.spawn() {

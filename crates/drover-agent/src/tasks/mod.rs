@@ -14,7 +14,7 @@ use drover_proto::v1::{self, AgentMessage, agent_message::Msg};
 use drover_types::task::{DEFAULT_GRACE_MS, TaskSpec};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use exec::ExecPolicy;
+use crate::policy::Policy;
 use outbox::{Exit, Outbox};
 
 /// How a task ended on this node.
@@ -27,12 +27,13 @@ pub struct Ended {
 }
 
 impl Ended {
-    pub fn refused(error: String) -> Self {
+    /// The node refused the task: it never started. A policy [`Refusal`](crate::policy::Refusal) names its rule.
+    pub fn refused(why: impl ToString) -> Self {
         Self {
             state: "Refused",
             exit_code: None,
             signal: None,
-            error,
+            error: why.to_string(),
         }
     }
 
@@ -65,7 +66,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub struct TaskManager {
     dir: PathBuf,
-    policy: ExecPolicy,
+    policy: Arc<Policy>,
     slots: Arc<Semaphore>,
     link: Mutex<Option<mpsc::Sender<AgentMessage>>>,
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
@@ -76,7 +77,7 @@ impl TaskManager {
     /// `dir` holds one directory per unacknowledged task and the list of finished ids.
     pub fn new(
         dir: PathBuf,
-        policy: ExecPolicy,
+        policy: Arc<Policy>,
         max_concurrent: usize,
     ) -> std::io::Result<Arc<Self>> {
         drover_files::create_private_dir(&dir)?;
@@ -348,7 +349,10 @@ impl TaskManager {
                         tail,
                         timeout,
                     };
-                    container::run(job, emit_tx, cancel).await
+                    match self.policy.check_container_task() {
+                        Ok(()) => container::run(job, emit_tx, cancel).await,
+                        Err(refusal) => Ended::refused(&refusal),
+                    }
                 }
             }
         };

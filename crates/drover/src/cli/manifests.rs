@@ -211,6 +211,14 @@ async fn wait_converged(
             eprintln!("all {} node(s) converged", nodes.len());
             return Ok(());
         }
+        // Refused (by a node's policy), unknown or conflicting resources never converge by waiting.
+        if status.values().any(|s| !s.stuck().is_empty()) {
+            bar.finish_and_clear();
+            explain_waiting(nodes, &status);
+            bail!(
+                "some resources cannot converge: refused by a node's policy, unknown to the node, or in conflict"
+            );
+        }
     }
 }
 

@@ -55,6 +55,10 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
         .arg(&args.heartbeat_interval)
         .arg("--label")
         .arg("drover.io/local=true")
+        // A first look on one's own machine: the local agent's policy allows everything a manifest or task
+        // can ask for. Agents on real nodes allow files under their roots and nothing that runs code.
+        .args(["--allow-kind", "all", "--allow-shell"])
+        .args(["--allow-mount", "/", "--allow-path", "/"])
         .kill_on_drop(true);
     if !state_dir.join("node.json").exists() {
         let token = server
