@@ -17,6 +17,7 @@ use drover_types::{
     action::{ActionError, ActionInfo},
     duration::DurationError,
     labels::LabelError,
+    limits::LimitError,
     token::{TokenFormatError, TokenRefusal},
 };
 use sha2::{Digest, Sha256};
@@ -83,6 +84,15 @@ impl From<LabelError> for FleetError {
     }
 }
 
+impl From<LimitError> for FleetError {
+    fn from(e: LimitError) -> Self {
+        FleetError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
 impl From<DurationError> for FleetError {
     fn from(e: DurationError) -> Self {
         FleetError::invalid("ttl", e)
@@ -95,6 +105,8 @@ pub struct FleetConfig {
     pub metrics_history: usize,
     /// Accept MIaaS registrations without a join token (labs only).
     pub open_registration: bool,
+    /// Selection also uses the labels nodes report after enrolling (the behaviour before pending labels).
+    pub trust_reported_labels: bool,
 }
 
 /// What an enrolled agent receives.

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use drover_types::api::{RegisterRequest, RegisterResponse};
-use drover_types::labels::validate_labels;
+use drover_types::labels::{pending_labels, validate_labels};
+use drover_types::limits::{MAX_ACTIONS, MAX_NAME, check_count, check_len};
 use drover_types::{Capabilities, Labels, Metrics, MetricsSample, Node, Transport};
 
 /// Heartbeats written per store write.
@@ -26,6 +27,24 @@ pub(super) struct PendingBeats {
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A node's reported labels under the operator's, which win.
+fn bound_labels(reported: &Labels, operator: Labels) -> Labels {
+    let mut labels = reported.clone();
+    labels.extend(operator);
+    labels
+}
+
+/// Refuses a hello larger than any real agent's (see `drover_types::limits`).
+fn check_hello(hello: &AgentHello) -> Result<(), FleetError> {
+    validate_labels(&hello.labels)?;
+    hello.capabilities.validate()?;
+    check_count("actions", hello.actions.len(), MAX_ACTIONS)?;
+    for a in &hello.actions {
+        check_len("actions.name", &a.name, MAX_NAME)?;
+    }
+    Ok(())
 }
 
 use super::{
@@ -64,7 +83,9 @@ impl Fleet {
                 id: id.clone(),
                 name: name.clone(),
                 transport: Transport::Grpc,
-                labels: token.labels,
+                // The labels an agent asks for at its first enrollment are bound with the token's (which win):
+                // whoever holds the join token speaks for the operator. Later ones wait for acceptance.
+                labels: bound_labels(&labels, token.labels),
                 reported_labels: labels,
                 ip: None,
                 registered_at: Utc::now(),
@@ -89,7 +110,7 @@ impl Fleet {
         hello: AgentHello,
         tx: tokio::sync::mpsc::Sender<drover_proto::v1::ServerMessage>,
     ) -> Result<(NodeRecord, Attachment), FleetError> {
-        validate_labels(&hello.labels)?;
+        check_hello(&hello)?;
         let interval_ms = hello
             .heartbeat_interval
             .as_millis()
@@ -110,6 +131,10 @@ impl Fleet {
             )
             .await?
             .ok_or_else(|| FleetError::NodeNotFound(node_id.to_string()))?;
+        let pending = pending_labels(&node.labels, &node.reported_labels);
+        if !pending.is_empty() && !self.config.trust_reported_labels {
+            tracing::info!(node = %node.name, ?pending, "the node reports labels that selection does not use until accepted (drover nodes accept-labels)");
+        }
         if let Some(metrics) = hello.metrics {
             self.stream_heartbeat(node_id, metrics)?;
         }
@@ -195,6 +220,7 @@ impl Fleet {
     ) -> Result<RegisterResponse, FleetError> {
         validate_name(&req.name)?;
         validate_labels(&req.labels)?;
+        req.capabilities.validate()?;
         let interval = match req.heartbeat_interval {
             None => DEFAULT_HTTP_INTERVAL,
             Some(s) if s.is_finite() && s > 0.0 && s < 1e7 => Duration::from_secs_f64(s),
@@ -242,7 +268,7 @@ impl Fleet {
                         id: id.clone(),
                         name: req.name,
                         transport: Transport::Http,
-                        labels: token_labels,
+                        labels: bound_labels(&req.labels, token_labels),
                         reported_labels: req.labels,
                         ip: req.ip,
                         registered_at: Utc::now(),
@@ -297,16 +323,18 @@ impl Fleet {
         let now = Utc::now();
         let interval = Duration::from_millis(record.heartbeat_interval_ms);
         let connected = self.links.is_attached(&record.id);
+        let labels = if self.config.trust_reported_labels {
+            bound_labels(&record.reported_labels, record.labels)
+        } else {
+            record.labels
+        };
         Node {
             status: self.config.liveness.status(record.last_seen, interval, now),
             id: record.id,
             name: record.name,
             transport: record.transport,
-            labels: {
-                let mut labels = record.reported_labels;
-                labels.extend(record.labels);
-                labels
-            },
+            pending_labels: pending_labels(&labels, &record.reported_labels),
+            labels,
             ip: record.ip,
             registered_at: record.registered_at,
             last_seen: record.last_seen,

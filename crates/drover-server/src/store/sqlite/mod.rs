@@ -1160,6 +1160,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn migration_8_binds_the_labels_nodes_were_selected_by() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let before = &MIGRATIONS[..7];
+        for sql in before {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before.len() as i64)
+            .unwrap();
+        conn.execute(
+            "INSERT INTO nodes (id, name, transport, labels, registered_at, heartbeat_interval_ms, capabilities, reported_labels)
+             VALUES ('a', 'alpha', 'grpc', '{\"zone\":\"lab\",\"role\":\"edge\"}', '2026-01-01T00:00:00Z', 1000, '{}', '{\"role\":\"db\",\"gpu\":\"yes\"}')",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let labels: String = conn
+            .query_row("SELECT labels FROM nodes WHERE id = 'a'", [], |r| r.get(0))
+            .unwrap();
+        let labels: drover_types::Labels = serde_json::from_str(&labels).unwrap();
+        let want = drover_types::labels::parse_labels(["zone=lab", "role=edge", "gpu=yes"]).unwrap();
+        assert_eq!(labels, want, "the server's labels win, as they did in selection");
+    }
+
     #[tokio::test]
     async fn nodes_names_and_bounded_history() {
         let dir = tempfile::tempdir().unwrap();

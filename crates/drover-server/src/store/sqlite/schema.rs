@@ -108,4 +108,10 @@ UPDATE task_runs SET state = json_extract(run, '$.state');
 CREATE INDEX task_runs_task_state ON task_runs(task_id, state);
 CREATE INDEX task_runs_node_state ON task_runs(node_id, state);
 "#,
+    // Selection now uses only the labels the operator controls (`labels`); what nodes report later waits
+    // for acceptance. Nodes enrolled before keep what they were selected by: their reported labels, under
+    // the server's, become theirs.
+    r#"
+UPDATE nodes SET labels = json_patch(reported_labels, labels);
+"#,
 ];
