@@ -16,7 +16,9 @@ use drover_types::limits::{
 use drover_types::{Labels, Node};
 use sha2::{Digest, Sha256};
 
+use crate::fleet::nodes::controlled_labels;
 use crate::fleet::{Fleet, FleetError};
+use crate::store::NodeRecord;
 
 /// Bytes per BlobData piece.
 const BLOB_PIECE: usize = 1024 * 1024;
@@ -359,11 +361,12 @@ impl Fleet {
         drover_types::labels::validate_labels(&set)?;
         let node = self.node(id_or_name).await?;
         let (to_set, to_remove) = (set.clone(), remove.clone());
-        self.modify_labels(&node.id, id_or_name, move |labels, _| {
+        self.modify_labels(&node.id, id_or_name, move |record| {
             for k in &to_remove {
-                labels.remove(k);
+                record.labels.remove(k);
+                record.enrolled_labels.remove(k);
             }
-            labels.extend(to_set);
+            record.labels.extend(to_set);
         })
         .await?;
         self.audit(
@@ -380,9 +383,12 @@ impl Fleet {
     pub async fn accept_labels(&self, actor: &str, id_or_name: &str) -> Result<Node, FleetError> {
         let node = self.find(id_or_name).await?;
         let accepted = self
-            .modify_labels(&node.id, id_or_name, |labels, reported| {
-                let pending = drover_types::labels::pending_labels(labels, reported);
-                labels.extend(pending);
+            .modify_labels(&node.id, id_or_name, |record| {
+                let pending = drover_types::labels::pending_labels(
+                    &controlled_labels(record),
+                    &record.reported_labels,
+                );
+                record.labels.extend(pending);
             })
             .await?;
         if !accepted.is_empty() {
@@ -398,13 +404,13 @@ impl Fleet {
         self.relabeled(&node.id).await
     }
 
-    /// Changes the labels a node's selection uses, in one store write, unless the change would leave more
-    /// than a node may hold. Returns the labels added or changed.
+    /// Changes the labels the operator controls on a node, in one store write, unless the change would
+    /// leave more than a node may hold. Returns the labels added or changed.
     async fn modify_labels(
         &self,
         node_id: &str,
         id_or_name: &str,
-        change: impl FnOnce(&mut Labels, &Labels) + Send + 'static,
+        change: impl FnOnce(&mut NodeRecord) + Send + 'static,
     ) -> Result<Labels, FleetError> {
         let outcome = Arc::new(std::sync::Mutex::new(Ok(Labels::new())));
         let result = outcome.clone();
@@ -412,13 +418,14 @@ impl Fleet {
             .modify_node(
                 node_id,
                 Box::new(move |record| {
-                    let mut labels = record.labels.clone();
-                    change(&mut labels, &record.reported_labels);
-                    let checked = drover_types::labels::validate_labels(&labels).map(|()| {
-                        drover_types::labels::pending_labels(&record.labels, &labels)
+                    let mut changed = record.clone();
+                    change(&mut changed);
+                    let after = controlled_labels(&changed);
+                    let checked = drover_types::labels::validate_labels(&after).map(|()| {
+                        drover_types::labels::pending_labels(&controlled_labels(record), &after)
                     });
                     if checked.is_ok() {
-                        record.labels = labels;
+                        *record = changed;
                     }
                     *result.lock().unwrap_or_else(|p| p.into_inner()) = checked;
                 }),

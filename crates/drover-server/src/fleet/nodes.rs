@@ -29,11 +29,17 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A node's reported labels under the operator's, which win.
-fn bound_labels(reported: &Labels, operator: Labels) -> Labels {
-    let mut labels = reported.clone();
-    labels.extend(operator);
+/// A node's own labels under the server's, which win.
+fn bound_labels(own: &Labels, server: &Labels) -> Labels {
+    let mut labels = own.clone();
+    labels.extend(server.iter().map(|(k, v)| (k.clone(), v.clone())));
     labels
+}
+
+/// The labels the operator controls: the server's (join token, set or accepted by an operator) over those
+/// the node reported when it enrolled. Unless the server trusts reported labels, selection uses these.
+pub(super) fn controlled_labels(record: &NodeRecord) -> Labels {
+    bound_labels(&record.enrolled_labels, &record.labels)
 }
 
 /// Refuses a hello larger than any real agent's (see `drover_types::limits`).
@@ -83,9 +89,10 @@ impl Fleet {
                 id: id.clone(),
                 name: name.clone(),
                 transport: Transport::Grpc,
-                // The labels an agent asks for at its first enrollment are bound with the token's (which win):
+                labels: token.labels,
+                // The labels an agent asks for at its first enrollment are bound, under the token's:
                 // whoever holds the join token speaks for the operator. Later ones wait for acceptance.
-                labels: bound_labels(&labels, token.labels),
+                enrolled_labels: labels.clone(),
                 reported_labels: labels,
                 ip: None,
                 registered_at: Utc::now(),
@@ -131,7 +138,7 @@ impl Fleet {
             )
             .await?
             .ok_or_else(|| FleetError::NodeNotFound(node_id.to_string()))?;
-        let pending = pending_labels(&node.labels, &node.reported_labels);
+        let pending = pending_labels(&controlled_labels(&node), &node.reported_labels);
         if !pending.is_empty() && !self.config.trust_reported_labels {
             tracing::info!(node = %node.name, ?pending, "the node reports labels that selection does not use until accepted (drover nodes accept-labels)");
         }
@@ -268,7 +275,8 @@ impl Fleet {
                         id: id.clone(),
                         name: req.name,
                         transport: Transport::Http,
-                        labels: bound_labels(&req.labels, token_labels),
+                        labels: token_labels,
+                        enrolled_labels: req.labels.clone(),
                         reported_labels: req.labels,
                         ip: req.ip,
                         registered_at: Utc::now(),
@@ -324,9 +332,9 @@ impl Fleet {
         let interval = Duration::from_millis(record.heartbeat_interval_ms);
         let connected = self.links.is_attached(&record.id);
         let labels = if self.config.trust_reported_labels {
-            bound_labels(&record.reported_labels, record.labels)
+            bound_labels(&record.reported_labels, &record.labels)
         } else {
-            record.labels
+            controlled_labels(&record)
         };
         Node {
             status: self.config.liveness.status(record.last_seen, interval, now),
