@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::Utc;
 use drover_proto::v1::{self, ServerMessage, server_message::Msg};
 use drover_types::action::{ActionError, ActionInfo};
-use drover_types::limits::{
-    MAX_SESSION_HISTORY_BYTES, MAX_SESSION_PAYLOAD, MAX_SESSIONS_PER_NODE,
-};
+use drover_types::limits::{MAX_SESSION_HISTORY_BYTES, MAX_SESSION_PAYLOAD, MAX_SESSIONS_PER_NODE};
 use drover_types::session::{SessionDetail, SessionInfo, SessionSample, SessionState};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -492,7 +490,9 @@ mod tests {
     fn a_node_holds_a_bounded_number_of_sessions_and_payload_bytes() {
         let links = Links::default();
         for i in 0..MAX_SESSIONS_PER_NODE {
-            links.create_session("n", &format!("p{i}"), 1000, 100).unwrap();
+            links
+                .create_session("n", &format!("p{i}"), 1000, 100)
+                .unwrap();
         }
         assert_eq!(
             links.create_session("n", "one-more", 1000, 100),

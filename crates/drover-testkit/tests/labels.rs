@@ -8,7 +8,12 @@ use std::path::Path;
 use drover_testkit::{Agent, Server, ServerOptions, TIMEOUT, wait_for};
 use serde_json::{Value, json};
 
-const FAST: &[&str] = &["--heartbeat-interval", "300ms", "--resync-interval", "500ms"];
+const FAST: &[&str] = &[
+    "--heartbeat-interval",
+    "300ms",
+    "--resync-interval",
+    "500ms",
+];
 
 /// An agent enrolled with `token` that reports `label` at its first enrollment.
 fn agent(server: &Server, token: &str, root: &Path, label: &str) -> Agent {
@@ -61,9 +66,7 @@ fn db_manifest(root: &Path) -> Value {
 #[test]
 fn labels_claimed_after_enrollment_select_nothing_until_accepted() {
     let server = Server::start().unwrap();
-    let token = server
-        .join_token(json!({"labels": {"site": "a"}}))
-        .unwrap();
+    let token = server.join_token(json!({"labels": {"site": "a"}})).unwrap();
     let files = tempfile::tempdir().unwrap();
     let mut agent = agent(&server, &token, files.path(), "role=edge");
     let node = server
@@ -136,7 +139,11 @@ fn labels_claimed_after_enrollment_select_nothing_until_accepted() {
             .success()
     );
     let audit = server.get("/api/v1/audit?action=node.label").unwrap().body;
-    assert_eq!(audit[0]["detail"]["set"], json!({"tier": "gold"}), "{audit}");
+    assert_eq!(
+        audit[0]["detail"]["set"],
+        json!({"tier": "gold"}),
+        "{audit}"
+    );
 }
 
 #[test]
@@ -145,9 +152,7 @@ fn trusting_reported_labels_selects_by_what_nodes_report() {
         args: vec!["--trust-reported-labels".into()],
     })
     .unwrap();
-    let token = server
-        .join_token(json!({"labels": {"site": "a"}}))
-        .unwrap();
+    let token = server.join_token(json!({"labels": {"site": "a"}})).unwrap();
     let files = tempfile::tempdir().unwrap();
     let mut agent = agent(&server, &token, files.path(), "role=edge");
     server

@@ -7,8 +7,7 @@ use std::time::Duration;
 use drover_agent::identity;
 use drover_agent::link::{self, Attached, HelloInfo};
 use drover_proto::v1::{
-    AgentMessage, ConvergenceReport, CreateSession, SessionData, agent_message::Msg,
-    server_message,
+    AgentMessage, ConvergenceReport, CreateSession, SessionData, agent_message::Msg, server_message,
 };
 use drover_testkit::{Agent, Server, TIMEOUT, wait_for};
 use drover_types::Labels;
@@ -112,7 +111,9 @@ fn a_node_cannot_make_the_server_hold_more_than_the_limits() {
 
         // 100,000 labels in one hello.
         let mut many = hello();
-        many.labels = (0..100_000).map(|i| (format!("k{i}"), "v".into())).collect();
+        many.labels = (0..100_000)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
         let refused = attach(&channel, many).await.err().expect("refused");
         assert!(
             refused.contains("100000 labels") && refused.contains(&format!("at most {MAX_LABELS}")),

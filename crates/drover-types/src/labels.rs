@@ -127,7 +127,9 @@ mod tests {
             parse_label("x=a b"),
             Err(LabelError::BadValue { .. })
         ));
-        let many: Labels = (0..=MAX_LABELS).map(|i| (format!("k{i}"), "v".into())).collect();
+        let many: Labels = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
         assert_eq!(
             validate_labels(&many),
             Err(LabelError::TooMany(MAX_LABELS + 1))

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use drover_proto::v1::{self, server_message::Msg};
-use drover_types::manifest::{
-    Applied, DesiredState, Manifest, NodeConvergence, NodePlan, NodeStatusReport, PlanItem,
-    StoredManifest, desired_for,
-};
 use drover_types::limits::{
     LimitError, MAX_DRIFT_EVENTS, MAX_REPORT_BYTES, MAX_REPORT_CONDITIONS, MAX_REPORT_RESOURCES,
     check_count, check_len,
+};
+use drover_types::manifest::{
+    Applied, DesiredState, Manifest, NodeConvergence, NodePlan, NodeStatusReport, PlanItem,
+    StoredManifest, desired_for,
 };
 use drover_types::{Labels, Node};
 use sha2::{Digest, Sha256};
@@ -269,9 +269,7 @@ impl Fleet {
     pub async fn convergence_report(&self, node_id: &str, json: &str) {
         let report = check_len("report_json", json, MAX_REPORT_BYTES)
             .map_err(|e| e.to_string())
-            .and_then(|()| {
-                serde_json::from_str::<NodeConvergence>(json).map_err(|e| e.to_string())
-            })
+            .and_then(|()| serde_json::from_str::<NodeConvergence>(json).map_err(|e| e.to_string()))
             .and_then(|r| check_report(&r).map(|()| r).map_err(|e| e.to_string()));
         match report {
             Ok(mut report) => {

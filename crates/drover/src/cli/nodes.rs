@@ -139,7 +139,11 @@ pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
                 match args.output {
                     OutputFormat::Json => print_json(&n)?,
                     OutputFormat::Table if before.pending_labels.is_empty() => {
-                        println!("{}: no pending labels; labels {}", n.name, labels(&n.labels))
+                        println!(
+                            "{}: no pending labels; labels {}",
+                            n.name,
+                            labels(&n.labels)
+                        )
                     }
                     OutputFormat::Table => println!(
                         "{}: accepted {}; labels {}",

@@ -1193,7 +1193,11 @@ mod tests {
             .unwrap();
         let parse = |text: &str| serde_json::from_str::<drover_types::Labels>(text).unwrap();
         let want = |args: &[&str]| drover_types::labels::parse_labels(args).unwrap();
-        assert_eq!(parse(&labels), want(&["zone=lab", "role=edge"]), "unchanged");
+        assert_eq!(
+            parse(&labels),
+            want(&["zone=lab", "role=edge"]),
+            "unchanged"
+        );
         assert_eq!(
             parse(&enrolled),
             want(&["role=db", "gpu=yes"]),
