@@ -182,3 +182,36 @@ fn trusting_reported_labels_selects_by_what_nodes_report() {
         .unwrap();
     assert_eq!(node["labels"]["site"], "a");
 }
+
+#[test]
+fn an_http_node_registering_again_with_other_labels_has_them_pending() {
+    let server = Server::start().unwrap();
+    let join = server.join_token(json!({})).unwrap();
+    let register = |labels: Value| {
+        let body = json!({"name": "worker", "capabilities": {}, "labels": labels});
+        server
+            .post("/api/v1/nodes/register", Some(&join), &body)
+            .unwrap()
+    };
+    assert_eq!(register(json!({"role": "edge"})).status, 201);
+    // Registering again (the MIaaS agent's recovery path) keeps working, but its new claim waits.
+    assert_eq!(register(json!({"role": "db"})).status, 201);
+    let node = &server.get("/api/v1/nodes/worker").unwrap().body;
+    assert_eq!(node["labels"], json!({"role": "edge"}), "{node}");
+    assert_eq!(node["pending_labels"], json!({"role": "db"}), "{node}");
+    // Too many labels or capabilities no real node has: refused, naming the field.
+    let many: serde_json::Map<String, Value> =
+        (0..200).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let reply = register(Value::Object(many));
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(reply.body.to_string().contains("at most 128"), "{reply:?}");
+    let body = json!({"name": "gpus", "capabilities": {"gpus": vec!["A100"; 1000]}});
+    let reply = server
+        .post("/api/v1/nodes/register", Some(&join), &body)
+        .unwrap();
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(
+        reply.body.to_string().contains("capabilities.gpus"),
+        "{reply:?}"
+    );
+}
