@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub liveness: LivenessPolicy,
     pub metrics_history: usize,
     pub open_registration: bool,
+    /// Selection uses the labels nodes report after enrolling, not only those the operator controls.
+    pub trust_reported_labels: bool,
     /// A run whose node has not been heard from for this long ends as Lost.
     pub lost_after: Duration,
     /// Finished tasks older than this are deleted with their output.
@@ -62,6 +64,7 @@ impl ServerConfig {
             liveness: LivenessPolicy::default(),
             metrics_history: 360,
             open_registration: false,
+            trust_reported_labels: false,
             lost_after: Duration::from_secs(600),
             task_retention: Duration::from_secs(7 * 24 * 3600),
             max_task_output: 4 << 30,
@@ -223,6 +226,7 @@ impl RunningServer {
                 liveness: config.liveness,
                 metrics_history: config.metrics_history.max(1),
                 open_registration: config.open_registration,
+                trust_reported_labels: config.trust_reported_labels,
             },
         );
 

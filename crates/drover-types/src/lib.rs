@@ -6,6 +6,7 @@ pub mod api;
 pub mod base64;
 pub mod duration;
 pub mod labels;
+pub mod limits;
 pub mod liveness;
 pub mod manifest;
 pub mod node;

@@ -133,6 +133,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/nodes/{id}/status", get(manifests::node_status))
         .route("/api/v1/nodes/{id}/labels", post(manifests::label))
+        .route(
+            "/api/v1/nodes/{id}/labels/accept",
+            post(nodes::accept_labels),
+        )
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
         .route_layer(middleware::from_fn_with_state(

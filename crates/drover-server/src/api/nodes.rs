@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 use super::{ApiError, ApiState, OPERATOR};
 
+/// Who operator changes are audited as.
+const ACTOR: &str = "admin";
+
 pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<Node>>, ApiError> {
     Ok(Json(s.fleet.nodes().await?))
 }
@@ -23,6 +26,15 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
     Ok(Json(s.fleet.delete_node(OPERATOR, &id).await?))
+}
+
+/// `POST /api/v1/nodes/{id}/labels/accept`: the labels the node reported after enrolling count in
+/// selection from now on.
+pub async fn accept_labels(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Node>, ApiError> {
+    Ok(Json(s.fleet.accept_labels(ACTOR, &id).await?))
 }
 
 #[derive(Deserialize)]

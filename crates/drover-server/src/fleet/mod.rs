@@ -17,6 +17,7 @@ use drover_types::{
     Capabilities, Labels, LivenessPolicy, Metrics,
     action::{ActionError, ActionInfo},
     labels::LabelError,
+    limits::LimitError,
     token::{TokenFormatError, TokenRefusal},
 };
 use sha2::{Digest, Sha256};
@@ -88,12 +89,23 @@ impl From<LabelError> for FleetError {
     }
 }
 
+impl From<LimitError> for FleetError {
+    fn from(e: LimitError) -> Self {
+        FleetError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
 pub struct FleetConfig {
     pub liveness: LivenessPolicy,
     /// Metrics samples kept per node.
     pub metrics_history: usize,
     /// Accept MIaaS registrations without a join token (labs only).
     pub open_registration: bool,
+    /// Selection also uses the labels nodes report after enrolling (the behaviour before pending labels).
+    pub trust_reported_labels: bool,
 }
 
 /// What an enrolled agent receives.

@@ -60,10 +60,14 @@ pub struct NodeRecord {
     pub id: String,
     pub name: String,
     pub transport: Transport,
-    /// Labels the server gave the node (from its join token; later, from operators). They win over reported ones.
+    /// Labels the server gave the node (from its join token; later, set or accepted by operators). They win
+    /// over the others.
     pub labels: Labels,
-    /// Labels the node reports about itself, replaced whenever it says hello or registers again.
+    /// Labels the node reports about itself, replaced whenever it says hello or registers again. Selection
+    /// uses them only when the server trusts reported labels.
     pub reported_labels: Labels,
+    /// The labels the node reported when it enrolled (first registered): bound then, as the join token was.
+    pub enrolled_labels: Labels,
     pub ip: Option<String>,
     pub registered_at: DateTime<Utc>,
     pub last_seen: Option<DateTime<Utc>>,

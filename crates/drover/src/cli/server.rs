@@ -33,6 +33,10 @@ pub struct ServerArgs {
     /// Let MIaaS HTTP agents register without a join token (labs only).
     #[arg(long, env = "DROVER_OPEN_REGISTRATION")]
     pub open_registration: bool,
+    /// Let selection use the labels agents report after enrolling (hello, re-registration) without an
+    /// operator accepting them (`drover nodes accept-labels`): a node could then claim another group's labels.
+    #[arg(long, env = "DROVER_TRUST_REPORTED_LABELS")]
+    pub trust_reported_labels: bool,
     /// A node is NotReady after this many of its heartbeat intervals without one [default: 2].
     #[arg(long, env = "DROVER_NOT_READY_AFTER")]
     pub not_ready_after: Option<f64>,
@@ -69,6 +73,7 @@ struct FileConfig {
     #[serde(default)]
     agent_sans: Vec<String>,
     open_registration: Option<bool>,
+    trust_reported_labels: Option<bool>,
     not_ready_after: Option<f64>,
     offline_after: Option<f64>,
     metrics_history: Option<usize>,
@@ -108,6 +113,8 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     config.agent_sans = file.agent_sans;
     config.agent_sans.extend(args.agent_sans.iter().cloned());
     config.open_registration = args.open_registration || file.open_registration.unwrap_or(false);
+    config.trust_reported_labels =
+        args.trust_reported_labels || file.trust_reported_labels.unwrap_or(false);
     if let Some(n) = args.not_ready_after.or(file.not_ready_after) {
         config.liveness.not_ready_after = n;
     }

@@ -108,4 +108,11 @@ UPDATE task_runs SET state = json_extract(run, '$.state');
 CREATE INDEX task_runs_task_state ON task_runs(task_id, state);
 CREATE INDEX task_runs_node_state ON task_runs(node_id, state);
 "#,
+    // Selection now uses only the labels the operator controls: the server's (`labels`) over those the
+    // agent reported when it enrolled (`enrolled_labels`); what nodes report later waits for acceptance.
+    // Nodes enrolled before keep what they were selected by: their reported labels become bound.
+    r#"
+ALTER TABLE nodes ADD COLUMN enrolled_labels TEXT NOT NULL DEFAULT '{}';
+UPDATE nodes SET enrolled_labels = reported_labels;
+"#,
 ];
