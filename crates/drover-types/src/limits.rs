@@ -43,6 +43,13 @@ pub const MAX_REPORT_CONDITIONS: usize = 64;
 /// Drift events per resource in one convergence report.
 pub const MAX_DRIFT_EVENTS: usize = 64;
 
+/// Bytes of a run's error text a node reports with its exit (longer text is cut, the exit still counts).
+pub const MAX_EXIT_ERROR: usize = 4096;
+/// The longest task timeout an operator may ask for.
+pub const MAX_TASK_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
+/// The longest grace between SIGTERM and SIGKILL.
+pub const MAX_TASK_GRACE_MS: u64 = 3600 * 1000;
+
 /// Something a node sent is over a limit.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("field `{field}`: {reason}")]
@@ -73,6 +80,21 @@ pub fn check_len(field: &str, text: &str, max: usize) -> Result<(), LimitError> 
     })
 }
 
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut: for text that must be kept
+/// (an exit's error) but not at any size.
+pub fn clip(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    const MARK: &str = "…";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(MARK);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +107,17 @@ mod tests {
         assert!(e.to_string().contains("100000 entries; at most 128"), "{e}");
         let e = check_len("hostname", &"x".repeat(MAX_TEXT + 1), MAX_TEXT).unwrap_err();
         assert!(e.to_string().contains("at most 1024"), "{e}");
+    }
+
+    #[test]
+    fn clip_cuts_on_a_character_boundary_and_marks_it() {
+        let mut short = "ok".to_string();
+        clip(&mut short, 10);
+        assert_eq!(short, "ok");
+        let mut long = "é".repeat(100);
+        clip(&mut long, 11);
+        assert!(long.len() <= 11, "{}", long.len());
+        assert!(long.ends_with('…'));
+        assert!(long.starts_with("éééé"));
     }
 }
