@@ -9,6 +9,7 @@ pub mod labels;
 pub mod liveness;
 pub mod manifest;
 pub mod node;
+pub mod operator;
 pub mod session;
 pub mod size;
 pub mod task;

@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use drover_types::{MetricsSample, Node};
 use serde::Deserialize;
 
-use super::{ApiError, ApiState, OPERATOR};
+use super::{ApiError, ApiState, Caller};
 
 pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<Node>>, ApiError> {
     Ok(Json(s.fleet.nodes().await?))
@@ -20,9 +20,10 @@ pub async fn get(
 
 pub async fn delete(
     State(s): State<ApiState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
-    Ok(Json(s.fleet.delete_node(OPERATOR, &id).await?))
+    Ok(Json(s.fleet.delete_node(&caller.name, &id).await?))
 }
 
 #[derive(Deserialize)]

@@ -108,4 +108,15 @@ UPDATE task_runs SET state = json_extract(run, '$.state');
 CREATE INDEX task_runs_task_state ON task_runs(task_id, state);
 CREATE INDEX task_runs_node_state ON task_runs(node_id, state);
 "#,
+    // Operators: each with a role and an API token kept only as its SHA-256.
+    r#"
+CREATE TABLE operators (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+"#,
 ];
