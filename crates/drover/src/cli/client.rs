@@ -7,9 +7,11 @@ use drover_types::api::ErrorBody;
 use reqwest::{Method, StatusCode};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{Global, default_data_dir};
+use super::{Global, config, default_data_dir};
 
 const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+/// The CA certificate in a server's data dir.
+const LOCAL_CA_FILE: &str = "ca.crt";
 /// How long an ordinary request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,7 +25,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "no operator token: pass --token or set DROVER_TOKEN (the admin token is in the server's data dir; {path} was not readable)"
+        "no operator token: pass --token, set DROVER_TOKEN or `drover login` (the admin token is in the server's data dir; {path} was not readable)"
     )]
     NoToken { path: PathBuf },
     #[error(
@@ -46,22 +48,76 @@ pub struct Client {
     token: String,
 }
 
-impl Client {
-    pub fn new(global: &Global) -> Result<Self, ClientError> {
-        let base = global
-            .server
-            .clone()
-            .unwrap_or_else(|| DEFAULT_SERVER.to_string())
-            .trim_end_matches('/')
-            .to_string();
-        let token = match &global.token {
-            Some(t) => t.clone(),
+/// Where a command goes and with what: from flags and environment first, then the chosen context of the
+/// operator's config, then the local server's admin token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub base: String,
+    pub token: String,
+    /// The pinned CA (PEM) to verify an `https` server with.
+    pub ca: Option<String>,
+}
+
+fn trim_url(url: &str) -> &str {
+    url.trim_end_matches('/')
+}
+
+impl Target {
+    pub fn resolve(global: &Global) -> anyhow::Result<Self> {
+        let path = config::path();
+        // A broken config file must not break a command that names its server and token.
+        let config = if global.context.is_some() || global.server.is_none() || global.token.is_none() {
+            config::load(&path)?
+        } else {
+            config::OperatorConfig::default()
+        };
+        Self::from_parts(global, &config, &path)
+    }
+
+    fn from_parts(
+        global: &Global,
+        config: &config::OperatorConfig,
+        path: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let named = global.context.as_ref().or(config.current.as_ref());
+        let context = match named {
+            Some(name) => match config.contexts.get(name) {
+                Some(c) => Some(c),
+                None if global.context.is_some() => anyhow::bail!(
+                    "no context is named {name:?} in {} (see `drover context list`)",
+                    path.display()
+                ),
+                None => None,
+            },
+            None => None,
+        };
+        // A context applies unless --server names another server: its token must never go elsewhere.
+        let context = match (context, &global.server) {
+            (Some(c), Some(server)) if trim_url(server) != trim_url(&c.server) => {
+                if global.context.is_some() {
+                    anyhow::bail!(
+                        "--server {server} is not the server of context {:?} ({})",
+                        named.map(String::as_str).unwrap_or_default(),
+                        c.server
+                    );
+                }
+                None
+            }
+            (c, _) => c,
+        };
+        let base = trim_url(
+            global
+                .server
+                .as_deref()
+                .or(context.map(|c| c.server.as_str()))
+                .unwrap_or(DEFAULT_SERVER),
+        )
+        .to_string();
+        let data_dir = global.data_dir.clone().unwrap_or_else(default_data_dir);
+        let token = match global.token.clone().or(context.map(|c| c.token.clone())) {
+            Some(t) => t,
             None => {
-                let path = global
-                    .data_dir
-                    .clone()
-                    .unwrap_or_else(default_data_dir)
-                    .join("admin.token");
+                let path = data_dir.join("admin.token");
                 std::fs::read_to_string(&path)
                     .ok()
                     .map(|t| t.trim().to_string())
@@ -69,14 +125,34 @@ impl Client {
                     .ok_or(ClientError::NoToken { path })?
             }
         };
+        // Without a context, a local server's own CA (beside its admin token) verifies `--api-tls`.
+        let ca = match context {
+            Some(c) => c.ca.clone(),
+            None if base.starts_with("https://") => {
+                std::fs::read_to_string(data_dir.join(LOCAL_CA_FILE)).ok()
+            }
+            None => None,
+        };
+        Ok(Self { base, token, ca })
+    }
+}
+
+impl Client {
+    pub fn new(global: &Global) -> anyhow::Result<Self> {
+        Self::for_target(Target::resolve(global)?)
+    }
+
+    pub fn for_target(target: Target) -> anyhow::Result<Self> {
+        let Target { base, token, ca } = target;
         // No overall timeout on the client: each request sets its own, so a followed stream is never cut.
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| ClientError::Protocol {
-                url: base.clone(),
-                message: e.to_string(),
-            })?;
+        let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+        if let Some(ca) = &ca {
+            builder = builder.use_preconfigured_tls(super::tls::pinned_config(ca)?);
+        }
+        let http = builder.build().map_err(|e| ClientError::Protocol {
+            url: base.clone(),
+            message: e.to_string(),
+        })?;
         Ok(Self { http, base, token })
     }
 
@@ -107,10 +183,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            message: e.to_string(),
-        })?;
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Protocol {
             url: url.clone(),
@@ -141,6 +214,21 @@ impl Client {
 }
 
 impl Client {
+    /// A failed send, with its causes: "error sending request" alone hides a refused certificate.
+    fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            message,
+        }
+    }
+
     /// Uploads raw bytes.
     pub async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
         let url = format!("{}{path}", self.base);
@@ -152,10 +240,7 @@ impl Client {
             .body(bytes)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: self.base.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| self.unreachable(&e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
@@ -175,10 +260,7 @@ impl Client {
         if let Some(id) = last_id {
             req = req.header("Last-Event-ID", id);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            message: e.to_string(),
-        })?;
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
         if !resp.status().is_success() {
             let status = resp.status();
             return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
