@@ -284,8 +284,8 @@ async fn fetch_ca(server: &str) -> Result<Vec<u8>, IdentityError> {
         message,
     };
     let authority = &server["https://".len()..];
-    let config = drover_proto::pinning::chain_reading_config()
-        .map_err(|e| unreachable(e.to_string()))?;
+    let config =
+        drover_proto::pinning::chain_reading_config().map_err(|e| unreachable(e.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority))
         .await

@@ -13,11 +13,13 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 /// A client configuration that accepts any server chain, to read it for pinning. Never send a secret on it.
 pub fn chain_reading_config() -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ReadChainOnly(provider)))
-        .with_no_client_auth())
+    Ok(
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ReadChainOnly(provider)))
+            .with_no_client_auth(),
+    )
 }
 
 /// Accepts any chain; see [`chain_reading_config`].

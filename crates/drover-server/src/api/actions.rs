@@ -10,7 +10,7 @@ use drover_types::action::{ActionInfo, ActionReply, DEFAULT_DEADLINE_MS};
 use drover_types::duration::parse_duration_at_most;
 use serde::Deserialize;
 
-use super::{ApiError, ApiState, json, Caller};
+use super::{ApiError, ApiState, Caller, json};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

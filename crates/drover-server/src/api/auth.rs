@@ -24,7 +24,11 @@ pub const ROUTE_ROLES: &[(&str, &str, Role)] = &[
     ("GET", "/api/v1/nodes/{id}/actions", Role::Viewer),
     ("GET", "/api/v1/nodes/{id}/sessions", Role::Viewer),
     ("GET", "/api/v1/nodes/{id}/sessions/{plugin}", Role::Viewer),
-    ("GET", "/api/v1/nodes/{id}/sessions/{plugin}/history", Role::Viewer),
+    (
+        "GET",
+        "/api/v1/nodes/{id}/sessions/{plugin}/history",
+        Role::Viewer,
+    ),
     ("GET", "/api/v1/tasks", Role::Viewer),
     ("GET", "/api/v1/tasks/{id}", Role::Viewer),
     ("GET", "/api/v1/tasks/{id}/output", Role::Viewer),
@@ -40,7 +44,11 @@ pub const ROUTE_ROLES: &[(&str, &str, Role)] = &[
         Role::Operator,
     ),
     ("DELETE", "/api/v1/nodes/{id}/sessions", Role::Operator),
-    ("DELETE", "/api/v1/nodes/{id}/sessions/{plugin}", Role::Operator),
+    (
+        "DELETE",
+        "/api/v1/nodes/{id}/sessions/{plugin}",
+        Role::Operator,
+    ),
     (
         "POST",
         "/api/v1/nodes/{id}/sessions/{plugin}/messages",
@@ -138,7 +146,7 @@ pub async fn authorize(
     };
     if caller.role < needed {
         return Err(ApiError::Forbidden(format!(
-            "{method} {route} needs the `{needed}` role; {} is a {}",
+            "{method} {route} needs the `{needed}` role; {} has the `{}` role",
             caller.name, caller.role
         )));
     }
@@ -154,7 +162,9 @@ mod tests {
     fn every_route_is_named_once_and_head_needs_what_get_needs() {
         for (i, (m, r, _)) in ROUTE_ROLES.iter().enumerate() {
             assert!(
-                !ROUTE_ROLES[i + 1..].iter().any(|(m2, r2, _)| m2 == m && r2 == r),
+                !ROUTE_ROLES[i + 1..]
+                    .iter()
+                    .any(|(m2, r2, _)| m2 == m && r2 == r),
                 "{m} {r} is listed twice"
             );
         }

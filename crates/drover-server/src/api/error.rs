@@ -59,7 +59,9 @@ impl From<FleetError> for ApiError {
             | FleetError::TokenRefused(_)
             | FleetError::TokenRequired
             | FleetError::BadNodeToken => ApiError::Unauthorized(e.to_string()),
-            FleetError::NameOwnedByAgent(_) | FleetError::OperatorExists(_) => ApiError::Conflict(e.to_string()),
+            FleetError::NameOwnedByAgent(_) | FleetError::OperatorExists(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             FleetError::Invalid { ref field, .. } => ApiError::BadRequest {
                 field: Some(field.clone()),
                 message: e.to_string(),

@@ -188,6 +188,8 @@ pub async fn label(
     ApiJson(req): ApiJson<LabelRequest>,
 ) -> Result<Json<Node>, ApiError> {
     Ok(Json(
-        s.fleet.label_node(&caller.name, &id, req.set, req.remove).await?,
+        s.fleet
+            .label_node(&caller.name, &id, req.set, req.remove)
+            .await?,
     ))
 }

@@ -46,8 +46,12 @@ pub async fn serve(
         // Without TCP_NODELAY an event written while the previous one is unacknowledged waits for the
         // client's delayed ACK (40 ms on Linux): every streamed task output would be that late.
         let _ = tcp.set_nodelay(true);
-        let (router, shutdown, open, acceptor) =
-            (router.clone(), shutdown.clone(), open.clone(), acceptor.clone());
+        let (router, shutdown, open, acceptor) = (
+            router.clone(),
+            shutdown.clone(),
+            open.clone(),
+            acceptor.clone(),
+        );
         // The handshake runs in the connection's own task, so a slow client never holds up accepting.
         tokio::spawn(async move {
             match acceptor {

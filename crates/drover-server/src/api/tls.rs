@@ -53,7 +53,10 @@ pub fn server_config(pki: &Pki, tls: &ApiTls) -> Result<rustls::ServerConfig, Ap
             if chain.is_empty() {
                 return Err(ApiTlsError::NoCertificate(cert.clone()));
             }
-            (chain, PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?)
+            (
+                chain,
+                PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?,
+            )
         }
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -89,7 +89,10 @@ impl Fleet {
     }
 
     /// The active operator a token belongs to, if any.
-    pub async fn operator_for_token(&self, token: &str) -> Result<Option<OperatorInfo>, FleetError> {
+    pub async fn operator_for_token(
+        &self,
+        token: &str,
+    ) -> Result<Option<OperatorInfo>, FleetError> {
         if !token.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use drover_types::{
     Capabilities, Labels, Metrics, MetricsSample, Transport,
     manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest},
-    task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec},
     operator::OperatorInfo,
+    task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec},
     token::{JoinTokenInfo, TokenRefusal},
 };
 
@@ -104,8 +104,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every readable operator, revoked ones included.
     async fn list_operators(&self) -> Result<Vec<OperatorInfo>, StoreError>;
     /// The operator, not revoked, whose token has this SHA-256.
-    async fn operator_by_token(&self, token_sha256: &str)
-    -> Result<Option<OperatorInfo>, StoreError>;
+    async fn operator_by_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<OperatorInfo>, StoreError>;
     /// Returns false when no active operator has the name.
     async fn revoke_operator(&self, name: &str) -> Result<bool, StoreError>;
 

@@ -66,11 +66,12 @@ impl Target {
     pub fn resolve(global: &Global) -> anyhow::Result<Self> {
         let path = config::path();
         // A broken config file must not break a command that names its server and token.
-        let config = if global.context.is_some() || global.server.is_none() || global.token.is_none() {
-            config::load(&path)?
-        } else {
-            config::OperatorConfig::default()
-        };
+        let config =
+            if global.context.is_some() || global.server.is_none() || global.token.is_none() {
+                config::load(&path)?
+            } else {
+                config::OperatorConfig::default()
+            };
         Self::from_parts(global, &config, &path)
     }
 
@@ -487,7 +488,54 @@ pub fn segment(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{ClientError, Event, retryable, take_event};
+    use super::{ClientError, Event, Target, retryable, take_event};
+    use crate::cli::Global;
+    use crate::cli::config::{Context, OperatorConfig};
+
+    fn global(server: Option<&str>, token: Option<&str>, context: Option<&str>) -> Global {
+        Global {
+            server: server.map(Into::into),
+            context: context.map(Into::into),
+            token: token.map(Into::into),
+            data_dir: Some("/nonexistent".into()),
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_context_and_its_token_never_goes_to_another_server() {
+        let mut config = OperatorConfig::default();
+        for (name, server) in [("prod", "https://prod:8080"), ("lab", "https://lab:8080")] {
+            config.contexts.insert(
+                name.into(),
+                Context {
+                    server: server.into(),
+                    token: format!("tok-{name}"),
+                    ca: Some(format!("ca-{name}")),
+                    ca_fingerprint: None,
+                },
+            );
+        }
+        config.current = Some("prod".into());
+        let path = std::path::Path::new("config.toml");
+        let resolve = |g: Global| Target::from_parts(&g, &config, path);
+        let t = resolve(global(None, None, None)).unwrap();
+        assert_eq!(
+            (t.base.as_str(), t.token.as_str()),
+            ("https://prod:8080", "tok-prod")
+        );
+        assert_eq!(t.ca.as_deref(), Some("ca-prod"));
+        let t = resolve(global(None, Some("mine"), Some("lab"))).unwrap();
+        assert_eq!(
+            (t.base.as_str(), t.token.as_str()),
+            ("https://lab:8080", "mine")
+        );
+        // Another server: the context's token is not used (and there is no admin token to fall back on).
+        assert!(resolve(global(Some("https://other:8080"), None, None)).is_err());
+        let t = resolve(global(Some("https://other:8080"), Some("t"), None)).unwrap();
+        assert_eq!((t.base.as_str(), t.ca), ("https://other:8080", None));
+        assert!(resolve(global(Some("https://other:8080"), Some("t"), Some("lab"))).is_err());
+        assert!(resolve(global(None, None, Some("missing"))).is_err());
+    }
 
     #[test]
     fn events_carry_their_name_data_and_id_and_keep_alives_are_skipped() {

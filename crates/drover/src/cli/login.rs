@@ -83,7 +83,9 @@ fn accept_fingerprint(args: &LoginArgs, url: &str, found: &str) -> anyhow::Resul
              again with --ca-fingerprint {found} (or --yes to trust it as it is)"
         );
     }
-    eprint!("The server's CA has fingerprint\n  {found}\nDoes it match the one your admin gave you? [y/N] ");
+    eprint!(
+        "The server's CA has fingerprint\n  {found}\nDoes it match the one your admin gave you? [y/N] "
+    );
     std::io::stderr().flush().ok();
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
@@ -97,8 +99,12 @@ pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
     let Some(token) = global.token.clone() else {
         bail!("--token is required (an operator token from `drover operator create`)");
     };
-    let url = reqwest::Url::parse(&args.url)
-        .with_context(|| format!("{:?} is not a URL like https://cp.example.com:8080", args.url))?;
+    let url = reqwest::Url::parse(&args.url).with_context(|| {
+        format!(
+            "{:?} is not a URL like https://cp.example.com:8080",
+            args.url
+        )
+    })?;
     let host = url
         .host_str()
         .with_context(|| format!("{} names no host", args.url))?

@@ -128,9 +128,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args, &cli.global).await,
         Command::Nodes(args) => nodes::run(args, &client::Client::new(&cli.global)?).await,
         Command::Token(args) => tokens::run(args, &client::Client::new(&cli.global)?).await,
-        Command::Operator(args) => {
-            operators::run(args, &client::Client::new(&cli.global)?).await
-        }
+        Command::Operator(args) => operators::run(args, &client::Client::new(&cli.global)?).await,
         Command::Login(args) => login::login(args, &cli.global).await,
         Command::Context(args) => login::context(args),
         Command::Action(args) => action::run(args, &client::Client::new(&cli.global)?).await,

@@ -42,7 +42,8 @@ enum OperatorCommand {
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse().map_err(|e: drover_types::operator::UnknownRole| e.to_string())
+    s.parse()
+        .map_err(|e: drover_types::operator::UnknownRole| e.to_string())
 }
 
 pub async fn run(args: OperatorArgs, client: &Client) -> anyhow::Result<()> {
@@ -63,10 +64,7 @@ pub async fn run(args: OperatorArgs, client: &Client) -> anyhow::Result<()> {
                     println!("{}", created.token);
                     eprintln!(
                         "Operator {} ({}). They log in with:\n  drover login https://SERVER:8080 --token {} --ca-fingerprint {}",
-                        created.info.name,
-                        created.info.role,
-                        created.token,
-                        created.ca_fingerprint
+                        created.info.name, created.info.role, created.token, created.ca_fingerprint
                     );
                 }
             }

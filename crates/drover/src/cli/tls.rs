@@ -62,7 +62,9 @@ pub async fn fetch_ca(host: &str, port: u16) -> anyhow::Result<Vec<u8>> {
         .await
         .map_err(|_| anyhow::anyhow!("the TLS handshake with {host}:{port} timed out"))?
         .with_context(|| {
-            format!("TLS handshake with {host}:{port} failed (is the server started with --api-tls?)")
+            format!(
+                "TLS handshake with {host}:{port} failed (is the server started with --api-tls?)"
+            )
         })?;
     let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
     match chain {

@@ -20,8 +20,8 @@ use super::{
     AuditFilter, JoinTokenRecord, NodeChange, NodeRecord, OperatorRecord, OutputRecord, RunPatch,
     Store, StoreError,
 };
-use drover_types::operator::OperatorInfo;
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
+use drover_types::operator::OperatorInfo;
 use drover_types::task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec};
 use pool::Pool;
 use schema::MIGRATIONS;
