@@ -1,10 +1,15 @@
 //! Operators with roles and the REST API over TLS, with the real server, agent and CLI: each role is
 //! refused what it may not do with a 403 naming the role it needs, the audit log names the operator, a
 //! revoked token is refused, and `drover login` pins the server's CA so commands run through a context.
+//! The API over TLS keeps the deadlines on connections that do not prove themselves.
 
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use drover_testkit::{Agent, Server, ServerOptions, drover_cli};
 use serde_json::{Value, json};
@@ -319,4 +324,73 @@ fn plain_http_still_works_without_api_tls_and_contexts_can_be_switched() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Waits until the peer closes `stream` (a read of 0 or an error); the time since `opened`, or `None`
+/// when it is still open after `limit`.
+fn closed_after(stream: &mut dyn Read, opened: Instant, limit: Duration) -> Option<Duration> {
+    let mut buf = [0u8; 256];
+    while opened.elapsed() < limit {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(opened.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(opened.elapsed()),
+        }
+    }
+    None
+}
+
+/// With `--api-tls`, a connection that never finishes its handshake, and one that does and then sends no
+/// request, are both closed after about 10 s; the API keeps answering.
+#[test]
+fn api_tls_connections_that_say_nothing_are_closed() {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--api-tls".into()],
+    })
+    .unwrap();
+    let opened = Instant::now();
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", server.api_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        s
+    };
+    let mut no_handshake = connect();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(server.data_dir().join("ca.crt")).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut sock = connect();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).unwrap();
+    }
+    let mut no_request = rustls::StreamOwned::new(conn, sock);
+
+    let limit = Duration::from_secs(25);
+    for (what, stream) in [
+        (
+            "a connection without a TLS handshake",
+            &mut no_handshake as &mut dyn Read,
+        ),
+        ("a TLS connection without a request", &mut no_request),
+    ] {
+        let took = closed_after(stream, opened, limit);
+        assert!(took.is_some(), "{what} was still open after {limit:?}");
+        assert!(
+            took.unwrap() >= Duration::from_secs(5),
+            "{what} closed too early: {took:?}"
+        );
+    }
+    assert_eq!(server.get("/health").unwrap().status, 200);
 }
