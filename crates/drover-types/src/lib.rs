@@ -10,6 +10,7 @@ pub mod limits;
 pub mod liveness;
 pub mod manifest;
 pub mod node;
+pub mod operator;
 pub mod session;
 pub mod size;
 pub mod task;

@@ -5,6 +5,7 @@ mod actions;
 mod audit;
 pub mod desired;
 mod nodes;
+mod operators;
 mod sessions;
 pub mod tasks;
 mod tokens;
@@ -29,6 +30,7 @@ use crate::store::{Store, StoreError};
 pub use actions::MAX_ACTION_DEADLINE;
 pub use audit::node_actor;
 pub use nodes::{MAX_HEARTBEAT_INTERVAL, Registrant};
+pub use operators::BOOTSTRAP_ADMIN;
 pub use tokens::{CheckedToken, MAX_TOKEN_TTL};
 
 /// Default lifetime of a join token.
@@ -42,6 +44,10 @@ pub enum FleetError {
     NodeNotFound(String),
     #[error("no join token has the id {0:?}")]
     TokenNotFound(String),
+    #[error("no active operator is named {0:?}")]
+    OperatorNotFound(String),
+    #[error("an active operator is named {0:?}: revoke it first to give that name a new token")]
+    OperatorExists(String),
     #[error(transparent)]
     TokenFormat(#[from] TokenFormatError),
     #[error(transparent)]

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use drover_types::{
     Capabilities, Labels, Metrics, MetricsSample, Transport,
     manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest},
+    operator::OperatorInfo,
     task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec},
     token::{JoinTokenInfo, TokenRefusal},
 };
@@ -54,6 +55,13 @@ impl JoinTokenRecord {
     }
 }
 
+/// An operator as stored: its token only as a hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorRecord {
+    pub info: OperatorInfo,
+    pub token_sha256: String,
+}
+
 /// A node as stored. Liveness is not stored: it is derived from `last_seen` when read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRecord {
@@ -93,6 +101,19 @@ pub trait Store: Send + Sync + 'static {
         secret_sha256: &str,
         now: DateTime<Utc>,
     ) -> Result<Result<JoinTokenInfo, TokenRefusal>, StoreError>;
+
+    /// Stores a new operator, or replaces a revoked one of the same name (a person whose token was revoked
+    /// gets a new one under their name). Returns false, changing nothing, when an active one has the name.
+    async fn put_operator(&self, operator: &OperatorRecord) -> Result<bool, StoreError>;
+    /// Every readable operator, revoked ones included.
+    async fn list_operators(&self) -> Result<Vec<OperatorInfo>, StoreError>;
+    /// The operator, not revoked, whose token has this SHA-256.
+    async fn operator_by_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<OperatorInfo>, StoreError>;
+    /// Returns false when no active operator has the name.
+    async fn revoke_operator(&self, name: &str) -> Result<bool, StoreError>;
 
     /// Fails with `NameTaken` when another node has the name.
     async fn insert_node(&self, node: &NodeRecord) -> Result<(), StoreError>;

@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode; writes are committed in groups by one writer thread,
 //! reads run beside it.
 
+mod operators;
 mod pool;
 mod schema;
 
@@ -16,9 +17,11 @@ use drover_types::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    AuditFilter, JoinTokenRecord, NodeChange, NodeRecord, OutputRecord, RunPatch, Store, StoreError,
+    AuditFilter, JoinTokenRecord, NodeChange, NodeRecord, OperatorRecord, OutputRecord, RunPatch,
+    Store, StoreError,
 };
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
+use drover_types::operator::OperatorInfo;
 use drover_types::task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec};
 use pool::Pool;
 use schema::MIGRATIONS;
@@ -365,6 +368,28 @@ impl Store for SqliteStore {
             Ok(Ok(info))
         })
         .await
+    }
+
+    async fn put_operator(&self, operator: &OperatorRecord) -> Result<bool, StoreError> {
+        let o = operator.clone();
+        self.write(move |c| operators::put(c, &o)).await
+    }
+
+    async fn list_operators(&self) -> Result<Vec<OperatorInfo>, StoreError> {
+        self.read(operators::list).await
+    }
+
+    async fn operator_by_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<OperatorInfo>, StoreError> {
+        let sha = token_sha256.to_string();
+        self.read(move |c| operators::by_token(c, &sha)).await
+    }
+
+    async fn revoke_operator(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write(move |c| operators::revoke(c, &name)).await
     }
 
     async fn insert_node(&self, node: &NodeRecord) -> Result<(), StoreError> {

@@ -115,4 +115,15 @@ CREATE INDEX task_runs_node_state ON task_runs(node_id, state);
 ALTER TABLE nodes ADD COLUMN enrolled_labels TEXT NOT NULL DEFAULT '{}';
 UPDATE nodes SET enrolled_labels = reported_labels;
 "#,
+    // Operators: each with a role and an API token kept only as its SHA-256.
+    r#"
+CREATE TABLE operators (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+"#,
 ];
