@@ -260,7 +260,16 @@ pub async fn enroll(
             labels: labels.clone().into_iter().collect(),
         })
         .await
-        .map_err(|status| IdentityError::Refused(status.message().to_string()))?
+        .map_err(|status| match status.code() {
+            // The server is busy (too many enrollments at once) or went away mid-call: try again later.
+            tonic::Code::ResourceExhausted | tonic::Code::Unavailable => {
+                IdentityError::Unreachable {
+                    url: server.into(),
+                    message: status.message().to_string(),
+                }
+            }
+            _ => IdentityError::Refused(status.message().to_string()),
+        })?
         .into_inner();
     let identity = Identity {
         info: NodeInfo {
