@@ -10,6 +10,7 @@ pub mod liveness;
 pub mod manifest;
 pub mod node;
 pub mod session;
+pub mod signing;
 pub mod size;
 pub mod task;
 pub mod token;

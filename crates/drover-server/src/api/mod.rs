@@ -9,6 +9,8 @@ mod miaas;
 mod nodes;
 mod serve;
 mod sessions;
+#[cfg(feature = "tamper")]
+mod tamper;
 mod tasks;
 mod tokens;
 
@@ -85,7 +87,11 @@ async fn not_found() -> ApiError {
 }
 
 pub fn router(state: ApiState) -> Router {
-    let operator = Router::new()
+    #[cfg(feature = "tamper")]
+    let operator = tamper::routes(Router::new());
+    #[cfg(not(feature = "tamper"))]
+    let operator = Router::new();
+    let operator = operator
         .route("/api/v1/nodes", get(nodes::list))
         .route("/api/v1/nodes/{id}", get(nodes::get).delete(nodes::delete))
         .route("/api/v1/nodes/{id}/metrics", get(nodes::metrics))

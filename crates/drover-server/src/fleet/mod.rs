@@ -6,6 +6,8 @@ mod audit;
 pub mod desired;
 mod nodes;
 mod sessions;
+#[cfg(feature = "tamper")]
+pub mod tamper;
 pub mod tasks;
 mod tokens;
 
@@ -122,6 +124,8 @@ pub struct Fleet {
     pub(crate) status_events: desired::StatusEvents,
     beats: nodes::Heartbeats,
     blobs: desired::BlobCache,
+    #[cfg(feature = "tamper")]
+    tamper: tamper::Tamper,
 }
 
 /// Keeps a node's stream registered while alive; a newer stream for the same node takes over.
@@ -191,7 +195,14 @@ impl Fleet {
             status_events: Default::default(),
             beats: Default::default(),
             blobs: Default::default(),
+            #[cfg(feature = "tamper")]
+            tamper: Default::default(),
         })
+    }
+
+    #[cfg(feature = "tamper")]
+    pub(crate) fn tamper(&self) -> &tamper::Tamper {
+        &self.tamper
     }
 
     pub fn pki(&self) -> &Pki {

@@ -5,6 +5,7 @@ mod audit;
 mod client;
 mod containers;
 mod exec;
+mod keys;
 mod manifests;
 mod nodes;
 mod output;
@@ -85,6 +86,8 @@ pub enum Command {
     Delete(manifests::DeleteArgs),
     /// Convergence of the fleet, or of one node's resources.
     Status(manifests::StatusArgs),
+    /// Manifest signing keys: create one, list which manifests are signed by which key.
+    Keys(keys::KeysArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -127,6 +130,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Delete(args) => manifests::delete(args, &client::Client::new(&cli.global)?).await,
         Command::Status(args) => manifests::status(args, &client::Client::new(&cli.global)?).await,
+        Command::Keys(args) => keys::run(args, || Ok(client::Client::new(&cli.global)?)).await,
     }
 }
 

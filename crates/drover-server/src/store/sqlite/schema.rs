@@ -108,4 +108,10 @@ UPDATE task_runs SET state = json_extract(run, '$.state');
 CREATE INDEX task_runs_task_state ON task_runs(task_id, state);
 CREATE INDEX task_runs_node_state ON task_runs(node_id, state);
 "#,
+    // Signatures beside what they sign: an operator's over a manifest (its generation ignores it) and
+    // over a task's spec, both JSON of drover_types::signing types; NULL when unsigned.
+    r#"
+ALTER TABLE manifests ADD COLUMN signature TEXT;
+ALTER TABLE tasks ADD COLUMN signature TEXT;
+"#,
 ];
