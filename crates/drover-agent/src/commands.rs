@@ -53,7 +53,12 @@ impl CommandGate {
     /// Whether `command` (a task's or an action's signed form) may run, given the signature that came with
     /// it (JSON; empty when none). Always yes on a node that pins no key.
     pub fn admit(&self, what: &str, command: &Value, signature_json: &str) -> Result<(), Refusal> {
-        self.admit_at(what, command, signature_json, chrono::Utc::now().timestamp())
+        self.admit_at(
+            what,
+            command,
+            signature_json,
+            chrono::Utc::now().timestamp(),
+        )
     }
 
     fn admit_at(
@@ -84,7 +89,9 @@ impl CommandGate {
             && *node != self.node_id
             && *node != self.node_name
         {
-            return Err(bad(format!("it was signed for node {node:?}, not this one")));
+            return Err(bad(format!(
+                "it was signed for node {node:?}, not this one"
+            )));
         }
         signed.check_window(now).map_err(|e| Refusal::Expired {
             what: what.into(),
@@ -136,15 +143,19 @@ mod tests {
         let gate = CommandGate::new(policy.into(), "id-1", "web-1", dir.path());
         let cmd = serde_json::json!({"task": {"kind": "exec", "argv": ["true"]}});
         let sign = |node: Option<&str>, now: i64, nonce: &str| {
-            let s = CommandSignature::sign(&key, &cmd, node.map(Into::into), now, 300, nonce.into())
-                .unwrap();
+            let s =
+                CommandSignature::sign(&key, &cmd, node.map(Into::into), now, 300, nonce.into())
+                    .unwrap();
             serde_json::to_string(&s).unwrap()
         };
         let rule = |r: Result<(), Refusal>| r.err().map(|r| r.rule());
         let now = 1_000_000;
         let ok = sign(Some("web-1"), now, "00112233445566778899");
         assert_eq!(rule(gate.admit_at("task", &cmd, &ok, now)), None);
-        assert_eq!(rule(gate.admit_at("task", &cmd, &ok, now + 1)), Some("replayed"));
+        assert_eq!(
+            rule(gate.admit_at("task", &cmd, &ok, now + 1)),
+            Some("replayed")
+        );
         // Remembered across a restart.
         let again = CommandGate::new(
             Policy {
@@ -156,15 +167,27 @@ mod tests {
             "web-1",
             dir.path(),
         );
-        assert_eq!(rule(again.admit_at("task", &cmd, &ok, now + 2)), Some("replayed"));
+        assert_eq!(
+            rule(again.admit_at("task", &cmd, &ok, now + 2)),
+            Some("replayed")
+        );
         assert_eq!(rule(gate.admit_at("task", &cmd, "", now)), Some("unsigned"));
         let other = serde_json::json!({"task": {"kind": "exec", "argv": ["rm", "-rf", "/"]}});
         let fresh = sign(None, now, "aaaaaaaaaaaaaaaa");
-        assert_eq!(rule(gate.admit_at("task", &other, &fresh, now)), Some("bad signature"));
+        assert_eq!(
+            rule(gate.admit_at("task", &other, &fresh, now)),
+            Some("bad signature")
+        );
         let elsewhere = sign(Some("web-2"), now, "bbbbbbbbbbbbbbbb");
-        assert_eq!(rule(gate.admit_at("task", &cmd, &elsewhere, now)), Some("bad signature"));
+        assert_eq!(
+            rule(gate.admit_at("task", &cmd, &elsewhere, now)),
+            Some("bad signature")
+        );
         let old = sign(None, now - 3600, "cccccccccccccccc");
-        assert_eq!(rule(gate.admit_at("task", &cmd, &old, now)), Some("expired"));
+        assert_eq!(
+            rule(gate.admit_at("task", &cmd, &old, now)),
+            Some("expired")
+        );
         assert_eq!(rule(gate.admit_at("task", &cmd, &fresh, now)), None);
         // A node that pins nothing asks for nothing.
         let open = CommandGate::new(Policy::new(&[]).into(), "id-1", "web-1", dir.path());

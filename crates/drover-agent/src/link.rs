@@ -129,12 +129,10 @@ pub async fn run(
         gate.clone(),
         config.max_tasks,
     )
-    .map_err(
-        |source| IdentityError::Io {
-            path: tasks_dir,
-            source,
-        },
-    )?;
+    .map_err(|source| IdentityError::Io {
+        path: tasks_dir,
+        source,
+    })?;
     let blobs = Blobs::new(config.state_dir.join("blobs"));
     let converger = Converger::start(
         config.state_dir.clone(),
@@ -357,7 +355,11 @@ async fn dispatch(
                         return Ok(args);
                     }
                     let command = serde_json::json!({"action": call.name, "args": args});
-                    match gate.admit(&format!("action {}", call.name), &command, &call.signature_json) {
+                    match gate.admit(
+                        &format!("action {}", call.name),
+                        &command,
+                        &call.signature_json,
+                    ) {
                         Ok(()) => Ok(args),
                         Err(refusal) => Err(drover_types::action::ActionError::denied(refusal)),
                     }

@@ -26,7 +26,9 @@ fn keys_create(server: &Server, dir: &Path) -> String {
     let line = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(line.starts_with("ed25519:"), "{line}");
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(dir.join("manifest.key")).unwrap().permissions(),
+        &std::fs::metadata(dir.join("manifest.key"))
+            .unwrap()
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
     line
@@ -354,7 +356,11 @@ fn a_pinned_node_runs_only_signed_commands_once_within_their_window() {
     // Read-only actions stay open; one that changes the node needs a signature.
     let ping = f
         .server
-        .post("/api/v1/nodes/edge/actions/ping", Some(&f.token()), &json!({}))
+        .post(
+            "/api/v1/nodes/edge/actions/ping",
+            Some(&f.token()),
+            &json!({}),
+        )
         .unwrap();
     assert_eq!(ping.status, 200, "{ping:?}");
     let pid_file = f.path("pid");
@@ -367,7 +373,10 @@ fn a_pinned_node_runs_only_signed_commands_once_within_their_window() {
         )
         .unwrap();
     assert_ne!(sleep.status, 200, "{sleep:?}");
-    assert!(sleep.body.to_string().contains("rule unsigned"), "{sleep:?}");
+    assert!(
+        sleep.body.to_string().contains("rule unsigned"),
+        "{sleep:?}"
+    );
     assert!(!pid_file.exists());
     f.server
         .wait_node("edge", "still connected", |n| n["connected"] == true)

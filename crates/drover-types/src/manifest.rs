@@ -66,8 +66,8 @@ impl<'de> Deserialize<'de> for ApplyManifest {
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| D::Error::custom(format!("signature: {e}")))?;
-        let manifest = serde_json::from_value(serde_json::Value::Object(fields))
-            .map_err(D::Error::custom)?;
+        let manifest =
+            serde_json::from_value(serde_json::Value::Object(fields)).map_err(D::Error::custom)?;
         Ok(Self {
             manifest,
             signature,

@@ -34,7 +34,9 @@ const NONCE_LEN: std::ops::RangeInclusive<usize> = 16..=64;
 pub enum SignError {
     #[error("{0:?} is not a public key: write it as ed25519:BASE64 (32 bytes)")]
     BadKey(String),
-    #[error("not a drover signing key: the file holds one line, ed25519-secret:BASE64 (see `drover keys create`)")]
+    #[error(
+        "not a drover signing key: the file holds one line, ed25519-secret:BASE64 (see `drover keys create`)"
+    )]
     BadSecret,
     #[error("the signature is malformed: {0}")]
     Malformed(String),
@@ -346,7 +348,9 @@ fn number(n: &serde_json::Number) -> Result<String, SignError> {
 /// ECMAScript's Number::toString for a finite double (ECMA-262, 7.1.12.1).
 fn es_number(f: f64) -> Result<String, SignError> {
     if !f.is_finite() {
-        return Err(SignError::Canonical("NaN and infinities are not JSON".into()));
+        return Err(SignError::Canonical(
+            "NaN and infinities are not JSON".into(),
+        ));
     }
     if f == 0.0 {
         return Ok("0".into());
@@ -358,9 +362,7 @@ fn es_number(f: f64) -> Result<String, SignError> {
         .split_once('e')
         .ok_or_else(|| SignError::Canonical(sci.clone()))?;
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    let exp: i64 = exp
-        .parse()
-        .map_err(|_| SignError::Canonical(sci.clone()))?;
+    let exp: i64 = exp.parse().map_err(|_| SignError::Canonical(sci.clone()))?;
     let k = digits.len() as i64;
     // The value is 0.DIGITS x 10^n.
     let n = exp + 1;
@@ -391,6 +393,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::excessive_precision)] // RFC 8785's own literal
     fn canonical_json_follows_rfc_8785s_examples() {
         // RFC 8785, section 3.2.2: the sample input and its canonical form.
         let input: Value = serde_json::from_str(
@@ -403,8 +406,13 @@ mod tests {
         .unwrap();
         // serde_json's default parser may miss the nearest double by one unit; the literals do not.
         let mut input = input;
-        input["numbers"] =
-            serde_json::json!([333333333.33333329f64, 1E30, 4.50, 2e-3, 0.000000000000000000000000001]);
+        input["numbers"] = serde_json::json!([
+            333333333.33333329f64,
+            1E30,
+            4.50,
+            2e-3,
+            0.000000000000000000000000001
+        ]);
         assert_eq!(
             canonical_json(&input).unwrap(),
             r#"{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}"#
@@ -450,13 +458,16 @@ mod tests {
         assert_eq!(again.public(), key.public());
         let public = PublicKey::parse(&key.public().to_string()).unwrap();
         let sig = key.sign(MANIFEST_CONTEXT, "{}");
-        assert_eq!(sig.verify(&[public.clone()], MANIFEST_CONTEXT, "{}"), Ok(()));
         assert_eq!(
-            sig.verify(&[public.clone()], MANIFEST_CONTEXT, "{\"a\":1}"),
+            sig.verify(std::slice::from_ref(&public), MANIFEST_CONTEXT, "{}"),
+            Ok(())
+        );
+        assert_eq!(
+            sig.verify(std::slice::from_ref(&public), MANIFEST_CONTEXT, "{\"a\":1}"),
             Err(SignError::Invalid)
         );
         assert_eq!(
-            sig.verify(&[public.clone()], COMMAND_CONTEXT, "{}"),
+            sig.verify(std::slice::from_ref(&public), COMMAND_CONTEXT, "{}"),
             Err(SignError::Invalid),
             "a manifest's signature is no command's"
         );
@@ -468,7 +479,9 @@ mod tests {
         // A forged signature naming the pinned key.
         let forged = Signature {
             key: sig.key.clone(),
-            sig: SecretKey::from_seed([8; 32]).sign(MANIFEST_CONTEXT, "{}").sig,
+            sig: SecretKey::from_seed([8; 32])
+                .sign(MANIFEST_CONTEXT, "{}")
+                .sig,
         };
         assert_eq!(
             forged.verify(&[public], MANIFEST_CONTEXT, "{}"),
@@ -508,10 +521,7 @@ mod tests {
             not_before: i64::MIN,
             ..signed.clone()
         };
-        assert!(matches!(
-            long.check_window(0),
-            Err(WindowError::TooLong(_))
-        ));
+        assert!(matches!(long.check_window(0), Err(WindowError::TooLong(_))));
         let bad_nonce = CommandSignature {
             nonce: "x".into(),
             ..signed

@@ -200,7 +200,10 @@ mod tests {
             Verdicts::judge(&keys, names(), &[proof(&key, &v2)], &mut versions, true);
         assert!(changed);
         assert_eq!(rule(&verdicts, &v2), None);
-        assert_eq!(rule(&verdicts, &manifest(2, "altered")), Some("bad signature"));
+        assert_eq!(
+            rule(&verdicts, &manifest(2, "altered")),
+            Some("bad signature")
+        );
         let (verdicts, _) = Verdicts::judge(&keys, names(), &[], &mut versions, true);
         assert_eq!(rule(&verdicts, &v2), Some("unsigned"));
         let (verdicts, _) =
@@ -211,8 +214,13 @@ mod tests {
             Verdicts::judge(&keys, names(), &[proof(&key, &v1)], &mut versions, true);
         assert_eq!(rule(&verdicts, &v1), Some("older version"));
         let other_two = manifest(2, "other");
-        let (verdicts, _) =
-            Verdicts::judge(&keys, names(), &[proof(&key, &other_two)], &mut versions, true);
+        let (verdicts, _) = Verdicts::judge(
+            &keys,
+            names(),
+            &[proof(&key, &other_two)],
+            &mut versions,
+            true,
+        );
         assert_eq!(rule(&verdicts, &other_two), Some("older version"));
         assert_eq!(versions["web"].version, 2);
         // A node that pins nothing checks nothing.

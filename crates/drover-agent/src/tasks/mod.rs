@@ -283,9 +283,10 @@ impl TaskManager {
         let ended = match serde_json::from_str::<TaskSpec>(&spec_json) {
             Err(e) => Ended::error(format!("this agent does not understand the task: {e}")),
             // Checked on arrival, not after waiting for a slot: its window is short.
-            Ok(spec) if let Err(refusal) =
-                self.gate
-                    .admit("the task", &spec.signed_command(), &signature_json) =>
+            Ok(spec)
+                if let Err(refusal) =
+                    self.gate
+                        .admit("the task", &spec.signed_command(), &signature_json) =>
             {
                 tracing::warn!(task = %task_id, "{refusal}");
                 Ended::refused(refusal)

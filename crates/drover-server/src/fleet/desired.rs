@@ -249,9 +249,8 @@ impl Fleet {
         let mut state = desired_state(&node.labels, manifests);
         #[cfg(feature = "tamper")]
         self.tamper().desired(&mut state);
-        let content =
-            serde_json::to_vec(&(&state.resources, &state.conflicts, &state.signed))
-                .unwrap_or_default();
+        let content = serde_json::to_vec(&(&state.resources, &state.conflicts, &state.signed))
+            .unwrap_or_default();
         let hash = hex::encode(Sha256::digest(&content));
         for _ in 0..RECOMPUTE_TRIES {
             let previous = self.store().get_desired(&node.id).await?;

@@ -77,9 +77,8 @@ impl Tamper {
                         else {
                             continue;
                         };
-                        if let Some(resources) = payload
-                            .get_mut("resources")
-                            .and_then(|r| r.as_array_mut())
+                        if let Some(resources) =
+                            payload.get_mut("resources").and_then(|r| r.as_array_mut())
                         {
                             resources.iter_mut().for_each(alter_files);
                         }
@@ -103,7 +102,11 @@ impl Tamper {
 impl Fleet {
     /// Sets what the server does to desired states, and sends every node its state again.
     pub async fn tamper_desired(&self, mode: DesiredTamper) -> Result<(), FleetError> {
-        *self.tamper.desired.lock().unwrap_or_else(|p| p.into_inner()) = mode;
+        *self
+            .tamper
+            .desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = mode;
         tracing::warn!(?mode, "tampering with desired states");
         self.recompute_all().await
     }

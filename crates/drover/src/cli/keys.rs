@@ -12,9 +12,9 @@ use drover_types::signing::{COMMAND_VALIDITY_S, CommandSignature, SecretKey};
 use drover_types::task::{CreateTask, Target};
 use reqwest::Method;
 
+use super::OutputFormat;
 use super::client::Client;
 use super::output::{print_json, table};
-use super::OutputFormat;
 
 /// The key file `keys create` writes in its directory.
 const KEY_FILE: &str = "manifest.key";

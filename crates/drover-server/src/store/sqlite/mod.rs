@@ -16,12 +16,12 @@ use drover_types::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    AuditFilter, JoinTokenRecord, NodeChange, NodeRecord, OutputRecord, PutManifest, RunPatch, Store,
-    StoreError,
+    AuditFilter, JoinTokenRecord, NodeChange, NodeRecord, OutputRecord, PutManifest, RunPatch,
+    Store, StoreError,
 };
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
-use drover_types::task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec};
 use drover_types::signing::Signature;
+use drover_types::task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec};
 use pool::Pool;
 use schema::MIGRATIONS;
 
@@ -1408,6 +1408,7 @@ mod tests {
             created_by: "admin".into(),
             created_at: Utc::now(),
             max_parallel: None,
+            signature: None,
             runs: nodes
                 .iter()
                 .map(|n| TaskRun {
@@ -1593,6 +1594,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn manifest_versions_only_go_up_and_signing_again_keeps_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let manifest = |version: u64, content: &str| -> Manifest {
+            serde_json::from_value(serde_json::json!({"name": "web", "version": version,
+                "resources": [{"id": "f", "file": {"path": "/x", "content": content}}]}))
+            .unwrap()
+        };
+        let sig = |key: &str| Signature {
+            key: key.into(),
+            sig: "s".into(),
+        };
+        let now = Utc::now();
+        let put = store
+            .put_manifest(&manifest(2, "a"), Some(&sig("k1")), now)
+            .await
+            .unwrap();
+        assert_eq!((put.generation, put.changed), (1, true));
+        let put = store
+            .put_manifest(&manifest(2, "a"), Some(&sig("k2")), now)
+            .await
+            .unwrap();
+        assert_eq!(
+            (put.generation, put.changed, put.resigned),
+            (1, false, true)
+        );
+        assert_eq!(
+            store.list_manifests().await.unwrap()[0].signature,
+            Some(sig("k2"))
+        );
+        for refused in [manifest(1, "a"), manifest(2, "changed")] {
+            assert!(matches!(
+                store.put_manifest(&refused, Some(&sig("k2")), now).await,
+                Err(StoreError::ManifestVersion { have: 2, .. })
+            ));
+        }
+        let put = store
+            .put_manifest(&manifest(3, "changed"), Some(&sig("k2")), now)
+            .await
+            .unwrap();
+        assert_eq!((put.generation, put.changed), (2, true));
+    }
+
+    #[tokio::test]
     async fn desired_state_is_compare_and_set_on_its_generation() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("db")).unwrap();
@@ -1601,6 +1646,7 @@ mod tests {
             generation,
             resources: vec![],
             conflicts: vec![],
+            signed: vec![],
         };
         assert!(store.put_desired("a", &state(1), "h1").await.unwrap());
         assert!(
