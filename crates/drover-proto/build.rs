@@ -1,9 +1,12 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // protox compiles the .proto in pure Rust, so no `protoc` is needed on build machines.
-    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    // Read at run time, not baked in with env!: cargo reuses a build script across checkouts of the same
+    // workspace (a CI clone, a worktree), and a baked-in path would compile another checkout's .proto.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let proto_dir = format!("{manifest_dir}/../../proto");
     let file = format!("{proto_dir}/drover.proto");
-    println!("cargo:rerun-if-changed={file}");
-    let fds = protox::compile([file.as_str()], [proto_dir])?;
+    // Relative to this package, so the check follows the checkout being built.
+    println!("cargo:rerun-if-changed=../../proto/drover.proto");
+    let fds = protox::compile([file.as_str()], [proto_dir.as_str()])?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

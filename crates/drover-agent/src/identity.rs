@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use drover_proto::v1::EnrollRequest;
 use drover_types::{Labels, PROTOCOL_VERSION, token::JoinToken};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
@@ -286,13 +284,8 @@ async fn fetch_ca(server: &str) -> Result<Vec<u8>, IdentityError> {
         message,
     };
     let authority = &server["https://".len()..];
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| unreachable(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyForPinning(provider)))
-        .with_no_client_auth();
+    let config =
+        drover_proto::pinning::chain_reading_config().map_err(|e| unreachable(e.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority))
         .await
@@ -310,55 +303,6 @@ async fn fetch_ca(server: &str) -> Result<Vec<u8>, IdentityError> {
         .filter(|_| chain.len() >= 2)
         .map(|c| c.to_vec())
         .ok_or_else(|| unreachable("the server did not present a CA certificate: is this a drover server's agent port?".into()))
-}
-
-/// Only used to read the chain for pinning; see `fetch_ca`.
-#[derive(Debug)]
-struct AcceptAnyForPinning(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyForPinning {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

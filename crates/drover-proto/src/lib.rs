@@ -7,6 +7,7 @@ pub mod v1 {
 }
 
 mod convert;
+pub mod pinning;
 
 pub use v1::agent_link_client::AgentLinkClient;
 pub use v1::agent_link_server::{AgentLink, AgentLinkServer};

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::Utc;
 use drover_proto::v1::{self, ServerMessage, server_message::Msg};
 use drover_types::action::{ActionError, ActionInfo};
+use drover_types::limits::{MAX_SESSION_HISTORY_BYTES, MAX_SESSION_PAYLOAD, MAX_SESSIONS_PER_NODE};
 use drover_types::session::{SessionDetail, SessionInfo, SessionSample, SessionState};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -56,6 +57,10 @@ pub enum SessionRejected {
     Unknown(String),
     #[error("the payload is not JSON")]
     BadPayload,
+    #[error("the payload has {0} bytes; at most {MAX_SESSION_PAYLOAD} are accepted")]
+    TooLarge(usize),
+    #[error("the node has {MAX_SESSIONS_PER_NODE} sessions, as many as one node may hold")]
+    TooMany,
 }
 
 #[derive(Default)]
@@ -254,14 +259,15 @@ impl Links {
 
     // ---- sessions ----
 
-    /// Creates (or replaces) the node's session for a plugin and returns its id.
+    /// Creates (or replaces) the node's session for a plugin and returns its id; refused when the node
+    /// already holds `MAX_SESSIONS_PER_NODE` sessions for other plugins.
     pub fn create_session(
         &self,
         node_id: &str,
         plugin: &str,
         interval_ms: u64,
         deadline_ms: u64,
-    ) -> String {
+    ) -> Result<String, SessionRejected> {
         let session_id = uuid::Uuid::new_v4().to_string();
         let info = SessionInfo {
             plugin: plugin.to_string(),
@@ -274,17 +280,19 @@ impl Links {
             interval_ms,
             deadline_ms,
         };
-        lock(&self.sessions)
-            .entry(node_id.to_string())
-            .or_default()
-            .insert(
-                plugin.to_string(),
-                Session {
-                    info,
-                    history: VecDeque::new(),
-                },
-            );
-        session_id
+        let mut sessions = lock(&self.sessions);
+        let node = sessions.entry(node_id.to_string()).or_default();
+        if node.len() >= MAX_SESSIONS_PER_NODE && !node.contains_key(plugin) {
+            return Err(SessionRejected::TooMany);
+        }
+        node.insert(
+            plugin.to_string(),
+            Session {
+                info,
+                history: VecDeque::new(),
+            },
+        );
+        Ok(session_id)
     }
 
     fn with_session<T>(
@@ -307,6 +315,9 @@ impl Links {
         node_id: &str,
         data: &v1::SessionData,
     ) -> Result<(), SessionRejected> {
+        if data.payload_json.len() > MAX_SESSION_PAYLOAD {
+            return Err(SessionRejected::TooLarge(data.payload_json.len()));
+        }
         serde_json::from_str::<serde::de::IgnoredAny>(&data.payload_json)
             .map_err(|_| SessionRejected::BadPayload)?;
         self.with_session(node_id, &data.plugin, &data.session_id, |s| {
@@ -315,14 +326,20 @@ impl Links {
             s.info.last_update = Some(now);
             s.info.seq = data.seq;
             s.info.deadline_misses = data.deadline_misses;
-            if s.history.len() >= SESSION_HISTORY {
-                s.history.pop_front();
-            }
             s.history.push_back(Payload {
                 at: now,
                 seq: data.seq,
                 json: data.payload_json.as_str().into(),
             });
+            // The oldest samples go past either bound; the latest always stays.
+            let mut bytes: usize = s.history.iter().map(|p| p.json.len()).sum();
+            while s.history.len() > 1
+                && (s.history.len() > SESSION_HISTORY || bytes > MAX_SESSION_HISTORY_BYTES)
+            {
+                if let Some(old) = s.history.pop_front() {
+                    bytes -= old.json.len();
+                }
+            }
         })
     }
 
@@ -446,7 +463,7 @@ mod tests {
             links.session_data("n", &data("p", "nope", 0)),
             Err(SessionRejected::Unknown("nope".into()))
         );
-        let id = links.create_session("n", "p", 1000, 100);
+        let id = links.create_session("n", "p", 1000, 100).unwrap();
         assert_eq!(links.sessions("n")[0].state, SessionState::Pending);
         for seq in 0..(SESSION_HISTORY as u64 + 50) {
             links.session_data("n", &data("p", &id, seq)).unwrap();
@@ -459,7 +476,7 @@ mod tests {
             SESSION_HISTORY
         );
         // A new session for the plugin replaces the old; the old id is now unknown.
-        let newer = links.create_session("n", "p", 1000, 100);
+        let newer = links.create_session("n", "p", 1000, 100).unwrap();
         assert_ne!(newer, id);
         assert!(links.session_data("n", &data("p", &id, 150)).is_err());
         let mut bad = data("p", &newer, 0);
@@ -468,6 +485,39 @@ mod tests {
             links.session_data("n", &bad),
             Err(SessionRejected::BadPayload)
         );
+    }
+
+    #[test]
+    fn a_node_holds_a_bounded_number_of_sessions_and_payload_bytes() {
+        let links = Links::default();
+        for i in 0..MAX_SESSIONS_PER_NODE {
+            links
+                .create_session("n", &format!("p{i}"), 1000, 100)
+                .unwrap();
+        }
+        assert_eq!(
+            links.create_session("n", "one-more", 1000, 100),
+            Err(SessionRejected::TooMany)
+        );
+        // A plugin it has may still replace its session, and other nodes are not held up.
+        let id = links.create_session("n", "p0", 1000, 100).unwrap();
+        assert!(links.create_session("other", "one-more", 1000, 100).is_ok());
+
+        let mut big = data("p0", &id, 0);
+        big.payload_json = format!("\"{}\"", "x".repeat(MAX_SESSION_PAYLOAD));
+        assert_eq!(
+            links.session_data("n", &big),
+            Err(SessionRejected::TooLarge(MAX_SESSION_PAYLOAD + 2))
+        );
+        // Payloads just under the limit: the history keeps what fits in its bytes, the latest included.
+        big.payload_json = format!("\"{}\"", "x".repeat(MAX_SESSION_PAYLOAD - 2));
+        for seq in 0..SESSION_HISTORY as u64 {
+            big.seq = seq;
+            links.session_data("n", &big).unwrap();
+        }
+        let kept = links.session_history("n", "p0").unwrap();
+        assert_eq!(kept.len(), MAX_SESSION_HISTORY_BYTES / MAX_SESSION_PAYLOAD);
+        assert_eq!(kept.last().unwrap().seq, SESSION_HISTORY as u64 - 1);
     }
 
     #[tokio::test]

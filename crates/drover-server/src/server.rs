@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, ApiTls, ApiTlsError};
 use crate::fleet::{Fleet, FleetConfig};
 use crate::gateway::limits::UnprovenLimits;
 use crate::gateway::{Gateway, tls};
@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// REST API and dashboard.
     pub listen: SocketAddr,
+    /// Serve the REST API over TLS.
+    pub api_tls: Option<ApiTls>,
     /// Agent gRPC (always TLS).
     pub agent_listen: SocketAddr,
     /// Extra DNS names or IPs for the server certificate (agents verify a fixed name, so this is optional).
@@ -35,6 +37,8 @@ pub struct ServerConfig {
     pub liveness: LivenessPolicy,
     pub metrics_history: usize,
     pub open_registration: bool,
+    /// Selection uses the labels nodes report after enrolling, not only those the operator controls.
+    pub trust_reported_labels: bool,
     /// A run whose node has not been heard from for this long ends as Lost.
     pub lost_after: Duration,
     /// Finished tasks older than this are deleted with their output.
@@ -57,11 +61,13 @@ impl ServerConfig {
         Self {
             data_dir,
             listen: ([127, 0, 0, 1], 8080).into(),
+            api_tls: None,
             agent_listen: ([0, 0, 0, 0], 9090).into(),
             agent_sans: Vec::new(),
             liveness: LivenessPolicy::default(),
             metrics_history: 360,
             open_registration: false,
+            trust_reported_labels: false,
             lost_after: Duration::from_secs(600),
             task_retention: Duration::from_secs(7 * 24 * 3600),
             max_task_output: 4 << 30,
@@ -90,6 +96,8 @@ pub enum ServerError {
     },
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    ApiTls(#[from] ApiTlsError),
     #[error("the {0} listener failed: {1}")]
     Serve(&'static str, String),
 }
@@ -104,6 +112,8 @@ pub struct FirstStart {
 pub struct RunningServer {
     pub fleet: Arc<Fleet>,
     pub api_addr: SocketAddr,
+    /// Whether the REST API is served over TLS.
+    pub api_tls: bool,
     pub agent_addr: SocketAddr,
     pub admin_token: String,
     pub admin_token_path: PathBuf,
@@ -223,8 +233,17 @@ impl RunningServer {
                 liveness: config.liveness,
                 metrics_history: config.metrics_history.max(1),
                 open_registration: config.open_registration,
+                trust_reported_labels: config.trust_reported_labels,
             },
         );
+
+        // Before listening: a bad --api-cert is a start error, not a listener that fails later.
+        let api_tls = config
+            .api_tls
+            .as_ref()
+            .map(|t| api::tls_config(&pki, t))
+            .transpose()?;
+        let api_tls_on = api_tls.is_some();
 
         let api_listener = bind(config.listen, "--listen").await?;
         let agent_listener = bind(config.agent_listen, "--agent-listen").await?;
@@ -249,7 +268,7 @@ impl RunningServer {
         let router = api::router(ApiState::new(fleet.clone(), &admin_token));
         let api_shutdown = shutdown_rx.clone();
         let api_task = tokio::spawn(async move {
-            api::serve(api_listener, router, api_shutdown)
+            api::serve(api_listener, router, api_tls, api_shutdown)
                 .await
                 .map_err(|e| ServerError::Serve("REST API", e.to_string()))
         });
@@ -278,6 +297,7 @@ impl RunningServer {
         Ok(Self {
             fleet,
             api_addr,
+            api_tls: api_tls_on,
             agent_addr,
             admin_token,
             admin_token_path: dir.join(ADMIN_TOKEN_FILE),

@@ -16,6 +16,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 const SCRUBBED_ENV: &[&str] = &[
     "DROVER_SERVER",
     "DROVER_TOKEN",
+    "DROVER_CONTEXT",
+    "DROVER_API_TLS",
+    "DROVER_API_CERT",
+    "DROVER_API_KEY",
     "DROVER_DATA_DIR",
     "DROVER_STATE_DIR",
     "DROVER_CONFIG",
@@ -148,10 +152,13 @@ impl Server {
             agent_port: free_port(),
             options,
             // No pooling: a server may close a connection after refusing a request, and a reused
-            // pooled connection would then fail the next, unrelated request.
+            // pooled connection would then fail the next, unrelated request. The harness's own client
+            // does not verify an `--api-tls` server's certificate (its CA is made at the server's first
+            // start); what the CLI verifies is what the tests check.
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .pool_max_idle_per_host(0)
+                .danger_accept_invalid_certs(true)
                 .build()?,
         };
         // A port picked free can be taken before the server binds it (outgoing connections use the same
@@ -219,8 +226,11 @@ impl Server {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The REST API's URL: `https` when the server was started with `--api-tls`.
     pub fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
+        let tls = self.options.args.iter().any(|a| a == "--api-tls");
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.api_port)
     }
 
     pub fn agent_url(&self) -> String {
@@ -405,6 +415,11 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The `drover` CLI with no server, token or context from the caller's environment, to point anywhere.
+pub fn drover_cli() -> anyhow::Result<Command> {
+    Ok(scrubbed(&bin("drover")?))
 }
 
 /// Parses a Server-Sent Events body into (event, JSON data) pairs.

@@ -207,6 +207,9 @@ fn every_command_has_help_with_an_example() {
         vec!["up", "--help"],
         vec!["nodes", "--help"],
         vec!["token", "--help"],
+        vec!["operator", "--help"],
+        vec!["login", "--help"],
+        vec!["context", "--help"],
     ] {
         let out = std::process::Command::new(&drover)
             .args(&args)

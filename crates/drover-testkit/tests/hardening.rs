@@ -111,6 +111,19 @@ fn huge_durations_are_refused_naming_the_field() {
         bad_field(&reply, "heartbeat_interval");
     }
 
+    for (field, value) in [("timeout_ms", u64::MAX), ("grace_ms", u64::MAX)] {
+        let mut spec = json!({"kind": "exec", "argv": ["true"]});
+        spec[field] = json!(value);
+        let reply = server
+            .post(
+                "/api/v1/tasks",
+                Some(&admin),
+                &json!({"target": "all", "spec": spec}),
+            )
+            .unwrap();
+        bad_field(&reply, &format!("spec.{field}"));
+    }
+
     // The CLI says the same, and the server is still there.
     let out = server.cli(&["audit", "--since", "1000000y"]).unwrap();
     assert!(!out.status.success());

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::limits::{MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS};
+
 pub type Labels = BTreeMap<String, String>;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -9,19 +11,37 @@ pub enum LabelError {
     #[error("label {0:?} is not of the form key=value")]
     NotKeyValue(String),
     #[error(
-        "label key {0:?} is invalid: use 1-63 characters of letters, digits, '-', '_', '.' or '/', starting with a letter or digit"
+        "label key {0:?} is invalid: use 1-{MAX_LABEL_KEY} characters of letters, digits, '-', '_', '.' or '/', starting with a letter or digit"
     )]
     BadKey(String),
     #[error(
-        "label value {value:?} for key {key:?} is invalid: use at most 253 printable characters without spaces"
+        "label value {value:?} for key {key:?} is invalid: use at most {MAX_LABEL_VALUE} printable characters without spaces"
     )]
     BadValue { key: String, value: String },
+    #[error("{0} labels; at most {MAX_LABELS} are accepted")]
+    TooMany(usize),
+}
+
+/// Bytes of a refused key or value quoted back in an error.
+const QUOTED: usize = 80;
+
+/// A refused text as quoted in an error: at most `QUOTED` bytes (on a character boundary).
+fn quoted(text: &str) -> String {
+    let mut end = text.len().min(QUOTED);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() {
+        format!("{}... ({} bytes)", &text[..end], text.len())
+    } else {
+        text.to_string()
+    }
 }
 
 /// Checks one key and value.
 pub fn validate_label(key: &str, value: &str) -> Result<(), LabelError> {
     let key_ok = !key.is_empty()
-        && key.len() <= 63
+        && key.len() <= MAX_LABEL_KEY
         && key
             .chars()
             .next()
@@ -30,13 +50,13 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), LabelError> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
     if !key_ok {
-        return Err(LabelError::BadKey(key.to_string()));
+        return Err(LabelError::BadKey(quoted(key)));
     }
-    let value_ok = value.len() <= 253 && value.chars().all(|c| c.is_ascii_graphic());
+    let value_ok = value.len() <= MAX_LABEL_VALUE && value.chars().all(|c| c.is_ascii_graphic());
     if !value_ok {
         return Err(LabelError::BadValue {
             key: key.to_string(),
-            value: value.to_string(),
+            value: quoted(value),
         });
     }
     Ok(())
@@ -67,9 +87,22 @@ where
     Ok(labels)
 }
 
-/// Checks every label of a map.
+/// Checks every label of a map, and that there are not too many.
 pub fn validate_labels(labels: &Labels) -> Result<(), LabelError> {
+    if labels.len() > MAX_LABELS {
+        return Err(LabelError::TooMany(labels.len()));
+    }
     labels.iter().try_for_each(|(k, v)| validate_label(k, v))
+}
+
+/// The labels a node reports that selection does not use yet: those whose value differs from the one
+/// the operator controls (bound at enrollment, set with `drover nodes label`, or accepted).
+pub fn pending_labels(controlled: &Labels, reported: &Labels) -> Labels {
+    reported
+        .iter()
+        .filter(|(k, v)| controlled.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -94,5 +127,20 @@ mod tests {
             parse_label("x=a b"),
             Err(LabelError::BadValue { .. })
         ));
+        let many: Labels = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
+        assert_eq!(
+            validate_labels(&many),
+            Err(LabelError::TooMany(MAX_LABELS + 1))
+        );
+    }
+
+    #[test]
+    fn pending_labels_are_the_reported_ones_that_differ() {
+        let controlled = parse_labels(["role=edge", "zone=a"]).unwrap();
+        let reported = parse_labels(["role=db", "zone=a", "gpu=yes"]).unwrap();
+        let pending = pending_labels(&controlled, &reported);
+        assert_eq!(pending, parse_labels(["role=db", "gpu=yes"]).unwrap());
     }
 }

@@ -1,6 +1,10 @@
 //! A node as the server knows it: identity, labels, capabilities, the latest metrics and liveness.
 //! Field names of capabilities and metrics follow the MIaaS agent's HTTP contract.
 
+use crate::limits::{
+    LimitError, MAX_EXTRA_CAPABILITIES, MAX_GPUS, MAX_IPS, MAX_RUNNING_CONTAINERS, MAX_TEXT,
+    check_count, check_len,
+};
 use crate::{Labels, NodeStatus};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -52,6 +56,43 @@ pub struct Capabilities {
     /// Capabilities this build does not know, kept as sent.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Capabilities {
+    /// Refuses a report larger than any real node's (see `limits`), so one node cannot grow the store.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        check_count("capabilities.gpus", self.gpus.len(), MAX_GPUS)?;
+        check_count("capabilities.ips", self.ips.len(), MAX_IPS)?;
+        let texts = [
+            ("capabilities.hostname", &self.hostname),
+            ("capabilities.os", &self.os),
+            ("capabilities.os_version", &self.os_version),
+            ("capabilities.arch", &self.arch),
+            ("capabilities.kernel", &self.kernel),
+            ("capabilities.agent_version", &self.agent_version),
+        ];
+        for (field, text) in texts {
+            check_len(field, text.as_deref().unwrap_or_default(), MAX_TEXT)?;
+        }
+        for ip in &self.ips {
+            check_len("capabilities.ips", ip, MAX_TEXT)?;
+        }
+        for gpu in &self.gpus {
+            let texts = [
+                Some(gpu.name.as_str()),
+                gpu.uuid.as_deref(),
+                gpu.driver_version.as_deref(),
+            ];
+            for text in texts.into_iter().flatten() {
+                check_len("capabilities.gpus", text, MAX_TEXT)?;
+            }
+        }
+        if !self.extra.is_empty() {
+            let extra = serde_json::to_string(&self.extra).unwrap_or_default();
+            check_len("capabilities", &extra, MAX_EXTRA_CAPABILITIES)?;
+        }
+        Ok(())
+    }
 }
 
 /// One GPU. HTTP agents may send just a name as a string.
@@ -203,7 +244,23 @@ impl Metrics {
                 });
             }
         }
-        Ok(())
+        let containers = &self.running_containers;
+        let limit = check_count(
+            "running_containers",
+            containers.len(),
+            MAX_RUNNING_CONTAINERS,
+        )
+        .and_then(|()| {
+            containers.iter().try_for_each(|c| {
+                [&c.id, &c.name, &c.image, &c.state]
+                    .into_iter()
+                    .try_for_each(|t| check_len("running_containers", t, MAX_TEXT))
+            })
+        });
+        limit.map_err(|e| MetricsError {
+            field: "running_containers",
+            reason: e.reason,
+        })
     }
 }
 
@@ -221,7 +278,13 @@ pub struct Node {
     pub name: String,
     pub status: NodeStatus,
     pub transport: Transport,
+    /// The labels selection uses: only those the operator controls (bound at enrollment, set with
+    /// `drover nodes label`, or accepted), plus the reported ones when the server trusts them.
     pub labels: Labels,
+    /// Labels the node reported after it enrolled that selection does not use until an operator accepts
+    /// them (`drover nodes accept-labels`).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub pending_labels: Labels,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
     pub registered_at: DateTime<Utc>,
@@ -269,5 +332,25 @@ mod tests {
             ..Metrics::default()
         };
         assert_eq!(m.validate().unwrap_err().field, "cpu_usage");
+        let m = Metrics {
+            running_containers: vec![RunningContainer::default(); MAX_RUNNING_CONTAINERS + 1],
+            ..Metrics::default()
+        };
+        assert_eq!(m.validate().unwrap_err().field, "running_containers");
+    }
+
+    #[test]
+    fn capabilities_beyond_the_limits_are_refused() {
+        let caps = Capabilities {
+            gpus: vec![Gpu::default(); MAX_GPUS + 1],
+            ..Capabilities::default()
+        };
+        assert_eq!(caps.validate().unwrap_err().field, "capabilities.gpus");
+        let caps = Capabilities {
+            hostname: Some("h".repeat(MAX_TEXT + 1)),
+            ..Capabilities::default()
+        };
+        assert_eq!(caps.validate().unwrap_err().field, "capabilities.hostname");
+        assert!(Capabilities::default().validate().is_ok());
     }
 }

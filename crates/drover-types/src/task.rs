@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::limits;
+
 /// Default grace between SIGTERM and SIGKILL when a task is cancelled or times out.
 pub const DEFAULT_GRACE_MS: u64 = 10_000;
 /// Output travels by size, not by line, in chunks of at most this many bytes (a chunk may end mid-line).
@@ -98,6 +100,7 @@ impl TaskSpec {
                 env,
                 cwd,
                 timeout_ms,
+                grace_ms,
                 ..
             } => {
                 match (argv.is_empty(), shell) {
@@ -125,8 +128,16 @@ impl TaskSpec {
                 if *timeout_ms == Some(0) {
                     return err("timeout_ms", "must be greater than zero");
                 }
+                check_at_most("timeout_ms", *timeout_ms, limits::MAX_TASK_TIMEOUT_MS)?;
+                check_at_most("grace_ms", *grace_ms, limits::MAX_TASK_GRACE_MS)?;
             }
-            TaskSpec::Container { op, container, .. } => {
+            TaskSpec::Container {
+                op,
+                container,
+                timeout_ms,
+                ..
+            } => {
+                check_at_most("timeout_ms", *timeout_ms, limits::MAX_TASK_TIMEOUT_MS)?;
                 if *op != ContainerOp::List && container.as_deref().is_none_or(str::is_empty) {
                     return err("container", "this operation needs a container name or id");
                 }
@@ -157,6 +168,17 @@ impl TaskSpec {
             .trim_end()
             .to_string(),
         }
+    }
+}
+
+/// Refuses a number of milliseconds over `max` (timers past it would overflow or never fire).
+fn check_at_most(field: &'static str, value: Option<u64>, max: u64) -> Result<(), SpecError> {
+    match value {
+        Some(v) if v > max => Err(SpecError {
+            field,
+            reason: format!("{v} is more than the most accepted, {max}"),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -390,6 +412,45 @@ mod tests {
             exec(&["a"], Some("b")).validate().unwrap_err().field,
             "shell"
         );
+    }
+
+    #[test]
+    fn timeouts_past_the_limits_are_refused_naming_the_field() {
+        let with = |timeout: Option<u64>, grace: Option<u64>| {
+            let mut spec = exec(&["true"], None);
+            if let TaskSpec::Exec {
+                timeout_ms,
+                grace_ms,
+                ..
+            } = &mut spec
+            {
+                *timeout_ms = timeout;
+                *grace_ms = grace;
+            }
+            spec
+        };
+        assert!(
+            with(Some(limits::MAX_TASK_TIMEOUT_MS), Some(1000))
+                .validate()
+                .is_ok()
+        );
+        assert_eq!(
+            with(Some(u64::MAX), None).validate().unwrap_err().field,
+            "timeout_ms"
+        );
+        assert_eq!(
+            with(None, Some(u64::MAX)).validate().unwrap_err().field,
+            "grace_ms"
+        );
+        let container = TaskSpec::Container {
+            op: ContainerOp::List,
+            container: None,
+            all: false,
+            follow: false,
+            tail: None,
+            timeout_ms: Some(u64::MAX),
+        };
+        assert_eq!(container.validate().unwrap_err().field, "timeout_ms");
     }
 
     #[test]

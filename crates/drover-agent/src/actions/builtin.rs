@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::ActionCtx;
 use crate::inventory::{self, Collector};
 
+mod redact;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoArgs {}
@@ -60,22 +62,29 @@ pub struct FileContent {
     pub content_base64: Option<String>,
 }
 
-/// Reads a file under the node's allowed roots.
+/// Reads a file under the node's allowed roots. The policy check resolves the path; the open then walks from
+/// the allowed root's descriptor with `O_NOFOLLOW`, so a link swapped in after the check is refused rather
+/// than followed out of the root.
 pub async fn read_file(ctx: ActionCtx, args: ReadFileArgs) -> Result<FileContent, ActionError> {
     let real = ctx
         .policy
         .check_existing(&args.path)
         .map_err(ActionError::denied)?;
+    let (root, rel) = drover_files::split_under_root(&ctx.policy.allowed_roots, &real)
+        .map(|(root, rel)| (root.to_path_buf(), rel.to_path_buf()))
+        .ok_or_else(|| {
+            ActionError::denied(format!("{} is outside the allowed roots", real.display()))
+        })?;
     let limit = args.max_bytes.unwrap_or(READ_FILE_MAX).min(READ_FILE_MAX);
     tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&real).map_err(ActionError::failed)?;
+        let file = drover_files::Root::open(&root)
+            .and_then(|root| root.open_file(&rel))
+            .map_err(|e| match e {
+                drover_files::FileError::Symlink { .. } => ActionError::denied(e),
+                drover_files::FileError::NotAFile { .. } => ActionError::invalid(Some("path"), e),
+                e => ActionError::failed(e),
+            })?;
         let meta = file.metadata().map_err(ActionError::failed)?;
-        if !meta.is_file() {
-            return Err(ActionError::invalid(
-                Some("path"),
-                format!("{} is not a regular file", real.display()),
-            ));
-        }
         let mut bytes = Vec::new();
         file.take(limit)
             .read_to_end(&mut bytes)
@@ -112,12 +121,16 @@ pub async fn list_processes(
     _: ActionCtx,
     args: ListProcessesArgs,
 ) -> Result<Vec<inventory::Process>, ActionError> {
-    tokio::task::spawn_blocking(move || {
+    let mut list = tokio::task::spawn_blocking(move || {
         inventory::processes(args.name.as_deref(), args.limit.unwrap_or(100))
     })
     .await
     .map_err(ActionError::failed)?
-    .map_err(ActionError::failed)
+    .map_err(ActionError::failed)?;
+    for p in &mut list {
+        redact::command_line(&mut p.cmd);
+    }
+    Ok(list)
 }
 
 #[derive(Deserialize)]

@@ -1,8 +1,12 @@
 //! File resources: content, mode and ownership, written atomically, only under the allowed roots.
+//!
+//! Every access goes through the allowed root's descriptor with `O_NOFOLLOW` on each component
+//! (`drover_files::Root`), and modes and owners are set on the open file: a symlink planted under a root
+//! after the policy check cannot lead a read, a write, a chmod or a chown outside it.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use drover_files::{Root, WriteOptions};
 use drover_types::manifest::{FileSpec, Kind, Resource, file_mode};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -11,6 +15,23 @@ use super::ConvergeCtx;
 use super::reconciler::{ConvergeError, Outcome, Reconciler, Summary, Target};
 
 pub struct FileKind;
+
+/// The file's path, admitted by the policy, as a root held open and the rest of the path under it.
+struct Confined {
+    root: Root,
+    rel: PathBuf,
+    path: PathBuf,
+}
+
+fn confine(ctx: &ConvergeCtx, path: &str) -> Result<Confined, ConvergeError> {
+    let path = ctx.policy.check_writable(path)?;
+    let (root, rel) =
+        drover_files::split_under_root(&ctx.policy.allowed_roots, &path).ok_or_else(|| {
+            ConvergeError::Content(format!("{} is under no allowed root", path.display()))
+        })?;
+    let (root, rel) = (Root::open(root)?, rel.to_path_buf());
+    Ok(Confined { root, rel, path })
+}
 
 /// The file as found.
 pub struct Observed {
@@ -82,15 +103,17 @@ impl Reconciler for FileKind {
         target: &Target<'_, FileSpec>,
     ) -> Result<Observed, ConvergeError> {
         // The runtime has admitted the path; resolving it again gives the real path to work on.
-        let path = ctx.policy.check_writable(&target.spec.path)?;
-        let meta = std::fs::metadata(&path).ok();
-        let sha256 = std::fs::read(&path)
-            .ok()
+        let file = confine(ctx, &target.spec.path)?;
+        let meta = file.root.metadata(&file.rel)?;
+        let sha256 = file
+            .root
+            .read(&file.rel)?
             .map(|c| hex::encode(Sha256::digest(&c)));
+        let path = file.path;
         Ok(Observed {
             existed: meta.is_some(),
-            mode: meta.as_ref().map(|m| m.permissions().mode() & 0o7777),
-            owner: meta.as_ref().map(|m| (m.uid(), m.gid())),
+            mode: meta.map(|m| m.mode),
+            owner: meta.map(|m| (m.uid, m.gid)),
             want_uid: target.spec.owner.as_deref().map(lookup_user).transpose()?,
             want_gid: target.spec.group.as_deref().map(lookup_group).transpose()?,
             sha256,
@@ -155,11 +178,12 @@ impl Reconciler for FileKind {
         let spec = target.spec;
         let changes = plan.changes();
         let changed = (!changes.is_empty()).then(|| changes.join(", "));
-        let path = &plan.path;
-        let handle = path.display().to_string();
+        let handle = plan.path.display().to_string();
+        let file = confine(ctx, &handle)?;
+        let rel = file.rel.as_path();
         if plan.absent {
             if plan.remove {
-                std::fs::remove_file(path).map_err(|e| ConvergeError::io("remove", &handle, e))?;
+                file.root.remove(rel)?;
             }
             return Ok(Outcome {
                 changed,
@@ -167,50 +191,54 @@ impl Reconciler for FileKind {
                 created: false,
             });
         }
-        if plan.write.is_some() {
+        let (uid, gid) = plan.chown.unwrap_or((None, None));
+        let info = if plan.write.is_some() {
             let content = match (&spec.content, &spec.sha256) {
                 (Some(c), _) => c.as_bytes().to_vec(),
                 (None, Some(sha)) => ctx.blobs.get(sha).await.map_err(ConvergeError::Content)?,
                 (None, None) => return Err(ConvergeError::Content("the spec gives none".into())),
             };
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| ConvergeError::io("create", parent.display(), e))?;
-            }
-            drover_files::write_atomic(path, &content, false)
-                .map_err(|e| ConvergeError::io("write", &handle, e))?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(plan.write_mode))
-                .map_err(|e| ConvergeError::io("set the mode of", &handle, e))?;
-        }
-        if let Some(mode) = plan.set_mode {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| ConvergeError::io("set the mode of", &handle, e))?;
-        }
-        if let Some((uid, gid)) = plan.chown {
-            std::os::unix::fs::chown(path, uid, gid)
-                .map_err(|e| ConvergeError::io("change the owner of", &handle, e))?;
-        }
-        let meta = std::fs::metadata(path).map_err(|e| ConvergeError::io("read", &handle, e))?;
+            let options = WriteOptions {
+                mode: plan.write_mode,
+                owner: uid,
+                group: gid,
+                durable: true,
+                create_dirs: true,
+            };
+            file.root.write(rel, &content, &options)?
+        } else if plan.set_mode.is_some() || plan.chown.is_some() {
+            file.root.set_mode_owner(rel, plan.set_mode, uid, gid)?
+        } else {
+            present(&file.root, rel, &handle)?
+        };
         Ok(Outcome {
             changed,
             details: json!({
                 "sha256": desired_sha(spec),
-                "mode": format!("{:04o}", meta.permissions().mode() & 0o7777),
-                "uid": meta.uid(),
-                "gid": meta.gid(),
+                "mode": format!("{:04o}", info.mode),
+                "uid": info.uid,
+                "gid": info.gid,
             }),
             created: !plan.existed,
         })
     }
 
     async fn delete(&self, ctx: &ConvergeCtx, handle: &str) -> Result<(), ConvergeError> {
-        let path = ctx.policy.check_writable(handle)?;
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ConvergeError::io("remove", path.display(), e)),
-        }
+        let file = confine(ctx, handle)?;
+        file.root.remove(&file.rel)?;
+        Ok(())
     }
+}
+
+/// The file as it is, which must exist.
+fn present(root: &Root, rel: &Path, handle: &str) -> Result<drover_files::FileInfo, ConvergeError> {
+    root.metadata(rel)?.ok_or_else(|| {
+        ConvergeError::io(
+            "read",
+            handle,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    })
 }
 
 fn lookup_user(name: &str) -> Result<u32, ConvergeError> {

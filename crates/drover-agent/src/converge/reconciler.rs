@@ -26,6 +26,9 @@ pub enum ConvergeError {
     },
     #[error(transparent)]
     Path(#[from] PathDenied),
+    /// A link planted below an allowed root, or something that is not a file where one is wanted.
+    #[error(transparent)]
+    File(#[from] drover_files::FileError),
     #[error("cannot get the content: {0}")]
     Content(String),
     #[error("no user {0:?} on this node")]

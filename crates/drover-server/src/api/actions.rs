@@ -10,7 +10,7 @@ use drover_types::action::{ActionInfo, ActionReply, DEFAULT_DEADLINE_MS};
 use drover_types::duration::parse_duration_at_most;
 use serde::Deserialize;
 
-use super::{ApiError, ApiState, OPERATOR, json};
+use super::{ApiError, ApiState, Caller, json};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +30,7 @@ pub async fn list(
 
 pub async fn call(
     State(s): State<ApiState>,
+    caller: Caller,
     Path((id, name)): Path<(String, String)>,
     query: Result<Query<CallQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
@@ -47,19 +48,20 @@ pub async fn call(
     };
     let (call_id, result) = s
         .fleet
-        .call_action(OPERATOR, &id, &name, args, deadline, q.call_id)
+        .call_action(&caller.name, &id, &name, args, deadline, q.call_id)
         .await?;
     Ok(Json(ActionReply { call_id, result }))
 }
 
 pub async fn cancel(
     State(s): State<ApiState>,
+    caller: Caller,
     Path((node, call_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     s.fleet.cancel_call(&call_id).await?;
     s.fleet
         .audit(
-            OPERATOR,
+            &caller.name,
             "action.cancel",
             &node,
             serde_json::json!({"call": call_id}),

@@ -18,6 +18,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -43,6 +45,7 @@ impl From<FleetError> for ApiError {
         match e {
             FleetError::NodeNotFound(_)
             | FleetError::TokenNotFound(_)
+            | FleetError::OperatorNotFound(_)
             | FleetError::CallNotFound(_)
             | FleetError::TaskNotFound(_)
             | FleetError::ManifestNotFound(_)
@@ -56,7 +59,9 @@ impl From<FleetError> for ApiError {
             | FleetError::TokenRefused(_)
             | FleetError::TokenRequired
             | FleetError::BadNodeToken => ApiError::Unauthorized(e.to_string()),
-            FleetError::NameOwnedByAgent(_) => ApiError::Conflict(e.to_string()),
+            FleetError::NameOwnedByAgent(_) | FleetError::OperatorExists(_) => {
+                ApiError::Conflict(e.to_string())
+            }
             FleetError::Invalid { ref field, .. } => ApiError::BadRequest {
                 field: Some(field.clone()),
                 message: e.to_string(),
@@ -74,6 +79,7 @@ impl IntoResponse for ApiError {
         let code = match &self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

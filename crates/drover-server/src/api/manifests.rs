@@ -15,10 +15,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::json::ApiJson;
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, Caller};
 use crate::Fleet;
-
-const ACTOR: &str = "admin";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +29,7 @@ pub struct ApplyQuery {
 /// node's plan instead and changes nothing.
 pub async fn apply(
     State(s): State<ApiState>,
+    caller: Caller,
     query: Result<Query<ApplyQuery>, axum::extract::rejection::QueryRejection>,
     ApiJson(m): ApiJson<ApplyManifest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -40,12 +39,13 @@ pub async fn apply(
         let nodes = s.fleet.plan_manifest(m).await?;
         return Ok(Json(serde_json::json!({"dry_run": true, "nodes": nodes})));
     }
-    let applied: Applied = s.fleet.apply_manifest(ACTOR, m).await?;
+    let applied: Applied = s.fleet.apply_manifest(&caller.name, m).await?;
     Ok(Json(serde_json::to_value(applied).unwrap_or_default()))
 }
 
 pub async fn put_blob(
     State(s): State<ApiState>,
+    caller: Caller,
     Path(sha256): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
@@ -53,7 +53,7 @@ pub async fn put_blob(
     s.fleet.put_blob(&sha256, body.to_vec()).await?;
     s.fleet
         .audit(
-            ACTOR,
+            &caller.name,
             "blob.put",
             &sha256,
             serde_json::json!({"bytes": bytes}),
@@ -75,9 +75,10 @@ pub async fn get(
 
 pub async fn delete(
     State(s): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    s.fleet.delete_manifest(ACTOR, &name).await?;
+    s.fleet.delete_manifest(&caller.name, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -183,10 +184,13 @@ pub struct LabelRequest {
 
 pub async fn label(
     State(s): State<ApiState>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<LabelRequest>,
 ) -> Result<Json<Node>, ApiError> {
     Ok(Json(
-        s.fleet.label_node(ACTOR, &id, req.set, req.remove).await?,
+        s.fleet
+            .label_node(&caller.name, &id, req.set, req.remove)
+            .await?,
     ))
 }

@@ -1,36 +1,38 @@
-//! The REST API under /api/v1 (JSON). Operator routes need the admin token; the MIaaS agent routes use
-//! join tokens and node tokens; `/health` is open.
+//! The REST API under /api/v1 (JSON). Operator routes need an operator token (or the bootstrap admin
+//! token) whose role allows the route (see `auth`); the MIaaS agent routes use join tokens and node tokens;
+//! `/health` is open.
 
 mod actions;
+mod auth;
 mod error;
 mod json;
 mod manifests;
 mod miaas;
 mod nodes;
+mod operators;
 mod serve;
 mod sessions;
 #[cfg(feature = "tamper")]
 mod tamper;
 mod tasks;
+mod tls;
 mod tokens;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::header::AUTHORIZATION;
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use axum::routing::{delete, get, post};
 use sha2::{Digest, Sha256};
 
+pub use auth::{Caller, ROUTE_ROLES, required_role};
 pub use error::ApiError;
-pub use serve::{HEADER_DEADLINE, serve};
+pub use serve::{HANDSHAKE_DEADLINE, HEADER_DEADLINE, serve};
+pub use tls::{ApiTls, ApiTlsError, server_config as tls_config};
 
 use crate::Fleet;
-
-/// Who acts through the operator routes. Only the admin token exists so far.
-pub const OPERATOR: &str = "admin";
 
 /// Bodies above this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -59,23 +61,6 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .or_else(|| value.strip_prefix("bearer "))?
         .trim();
     (!token.is_empty()).then_some(token)
-}
-
-async fn require_operator(
-    State(state): State<ApiState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let ok = bearer(request.headers()).is_some_and(|t| {
-        let digest: [u8; 32] = Sha256::digest(t.as_bytes()).into();
-        digest == state.admin_token_sha256
-    });
-    if !ok {
-        return Err(ApiError::Unauthorized(
-            "an operator token is required: pass `Authorization: Bearer <token>` (the admin token is in the server's data dir, admin.token)".into(),
-        ));
-    }
-    Ok(next.run(request).await)
 }
 
 async fn health() -> axum::Json<serde_json::Value> {
@@ -139,11 +124,22 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/nodes/{id}/status", get(manifests::node_status))
         .route("/api/v1/nodes/{id}/labels", post(manifests::label))
+        .route(
+            "/api/v1/nodes/{id}/labels/accept",
+            post(nodes::accept_labels),
+        )
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
+        .route(
+            "/api/v1/operators",
+            get(operators::list).post(operators::create),
+        )
+        .route("/api/v1/operators/{name}", delete(operators::revoke))
+        .route("/api/v1/whoami", get(operators::whoami))
+        // Every route above needs a line in `auth::ROUTE_ROLES`.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            require_operator,
+            auth::authorize,
         ));
     let agents = Router::new()
         .route("/api/v1/nodes/register", post(miaas::register))

@@ -5,7 +5,10 @@ use axum::extract::{Path, Query, State};
 use drover_types::{MetricsSample, Node};
 use serde::Deserialize;
 
-use super::{ApiError, ApiState, OPERATOR};
+use super::{ApiError, ApiState, Caller};
+
+/// Who operator changes are audited as.
+const ACTOR: &str = "admin";
 
 pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<Node>>, ApiError> {
     Ok(Json(s.fleet.nodes().await?))
@@ -20,9 +23,19 @@ pub async fn get(
 
 pub async fn delete(
     State(s): State<ApiState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
-    Ok(Json(s.fleet.delete_node(OPERATOR, &id).await?))
+    Ok(Json(s.fleet.delete_node(&caller.name, &id).await?))
+}
+
+/// `POST /api/v1/nodes/{id}/labels/accept`: the labels the node reported after enrolling count in
+/// selection from now on.
+pub async fn accept_labels(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Node>, ApiError> {
+    Ok(Json(s.fleet.accept_labels(ACTOR, &id).await?))
 }
 
 #[derive(Deserialize)]

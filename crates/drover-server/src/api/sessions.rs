@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use drover_types::session::{SessionDetail, SessionInfo, SessionSample};
 
 use super::json::ApiJson;
-use super::{ApiError, ApiState, OPERATOR};
+use super::{ApiError, ApiState, Caller};
 
 pub async fn list(
     State(s): State<ApiState>,
@@ -31,12 +31,13 @@ pub async fn history(
 
 pub async fn terminate_all(
     State(s): State<ApiState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let n = s.fleet.terminate_sessions(&id, None).await?;
     s.fleet
         .audit(
-            OPERATOR,
+            &caller.name,
             "session.terminate",
             &id,
             serde_json::json!({"terminated": n}),
@@ -47,12 +48,13 @@ pub async fn terminate_all(
 
 pub async fn terminate(
     State(s): State<ApiState>,
+    caller: Caller,
     Path((id, plugin)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let n = s.fleet.terminate_sessions(&id, Some(&plugin)).await?;
     s.fleet
         .audit(
-            OPERATOR,
+            &caller.name,
             "session.terminate",
             &id,
             serde_json::json!({"plugin": plugin, "terminated": n}),
@@ -63,6 +65,7 @@ pub async fn terminate(
 
 pub async fn message(
     State(s): State<ApiState>,
+    caller: Caller,
     Path((id, plugin)): Path<(String, String)>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<StatusCode, ApiError> {
@@ -70,7 +73,7 @@ pub async fn message(
     s.fleet.session_message(&id, &plugin, body).await?;
     s.fleet
         .audit(
-            OPERATOR,
+            &caller.name,
             "session.message",
             &id,
             serde_json::json!({"plugin": plugin}),

@@ -14,20 +14,19 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::json::ApiJson;
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, Caller};
 use crate::Fleet;
 use crate::store::AuditFilter;
 use crate::tasks::{TaskEvent, chunk};
 
-use super::OPERATOR as ACTOR;
-
 pub async fn create(
     State(s): State<ApiState>,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
     Ok((
         StatusCode::CREATED,
-        Json(s.fleet.create_task(ACTOR, req).await?),
+        Json(s.fleet.create_task(&caller.name, req).await?),
     ))
 }
 
@@ -54,9 +53,10 @@ pub async fn get(
 
 pub async fn cancel(
     State(s): State<ApiState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(s.fleet.cancel_task(ACTOR, &id).await?))
+    Ok(Json(s.fleet.cancel_task(&caller.name, &id).await?))
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,10 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use drover_proto::v1::{self, server_message::Msg};
+use drover_types::limits::{
+    LimitError, MAX_DRIFT_EVENTS, MAX_REPORT_BYTES, MAX_REPORT_CONDITIONS, MAX_REPORT_RESOURCES,
+    check_count, check_len,
+};
 use drover_types::manifest::{
     Applied, ApplyManifest, DesiredState, Manifest, ManifestProof, NodeConvergence, NodePlan,
     NodeStatusReport, PlanItem, StoredManifest, desired_for,
@@ -12,7 +16,9 @@ use drover_types::manifest::{
 use drover_types::{Labels, Node};
 use sha2::{Digest, Sha256};
 
+use crate::fleet::nodes::controlled_labels;
 use crate::fleet::{Fleet, FleetError};
+use crate::store::NodeRecord;
 use crate::store::StoreError;
 
 /// A node's desired state from the stored manifests (generation left at 0): the resources of those that
@@ -299,9 +305,13 @@ impl Fleet {
         }
     }
 
-    /// Records what a node reports about its convergence.
+    /// Records what a node reports about its convergence; one larger than any real node's is refused.
     pub async fn convergence_report(&self, node_id: &str, json: &str) {
-        match serde_json::from_str::<NodeConvergence>(json) {
+        let report = check_len("report_json", json, MAX_REPORT_BYTES)
+            .map_err(|e| e.to_string())
+            .and_then(|()| serde_json::from_str::<NodeConvergence>(json).map_err(|e| e.to_string()))
+            .and_then(|r| check_report(&r).map(|()| r).map_err(|e| e.to_string()));
+        match report {
             Ok(mut report) => {
                 report.reported_at = Some(Utc::now());
                 if let Err(e) = self.store().put_convergence(node_id, &report).await {
@@ -310,7 +320,7 @@ impl Fleet {
                 self.status_changed(node_id);
             }
             Err(e) => {
-                tracing::warn!(node = %node_id, "ignored an unreadable convergence report: {e}")
+                tracing::warn!(node = %node_id, "refused a convergence report: {e}")
             }
         }
     }
@@ -378,7 +388,7 @@ impl Fleet {
         self.status_of(&node).await
     }
 
-    /// Sets and removes a node's server-side labels (they win over the ones its agent reports).
+    /// Sets and removes a node's server-side labels (the ones selection uses; they win over reported ones).
     pub async fn label_node(
         &self,
         actor: &str,
@@ -389,18 +399,14 @@ impl Fleet {
         drover_types::labels::validate_labels(&set)?;
         let node = self.node(id_or_name).await?;
         let (to_set, to_remove) = (set.clone(), remove.clone());
-        self.store()
-            .modify_node(
-                &node.id,
-                Box::new(move |record| {
-                    for k in &to_remove {
-                        record.labels.remove(k);
-                    }
-                    record.labels.extend(to_set);
-                }),
-            )
-            .await?
-            .ok_or_else(|| FleetError::NodeNotFound(id_or_name.to_string()))?;
+        self.modify_labels(&node.id, id_or_name, move |record| {
+            for k in &to_remove {
+                record.labels.remove(k);
+                record.enrolled_labels.remove(k);
+            }
+            record.labels.extend(to_set);
+        })
+        .await?;
         self.audit(
             actor,
             "node.label",
@@ -408,7 +414,72 @@ impl Fleet {
             serde_json::json!({"set": set, "remove": remove}),
         )
         .await;
-        let node = self.node(&node.id).await?;
+        self.relabeled(&node.id).await
+    }
+
+    /// Makes the labels a node reported after enrolling count in selection (`drover nodes accept-labels`).
+    pub async fn accept_labels(&self, actor: &str, id_or_name: &str) -> Result<Node, FleetError> {
+        let node = self.find(id_or_name).await?;
+        let accepted = self
+            .modify_labels(&node.id, id_or_name, |record| {
+                let pending = drover_types::labels::pending_labels(
+                    &controlled_labels(record),
+                    &record.reported_labels,
+                );
+                record.labels.extend(pending);
+            })
+            .await?;
+        if !accepted.is_empty() {
+            self.audit(
+                actor,
+                "node.accept_labels",
+                &node.name,
+                serde_json::json!({"accepted": accepted}),
+            )
+            .await;
+            tracing::info!(node = %node.name, ?accepted, "reported labels accepted");
+        }
+        self.relabeled(&node.id).await
+    }
+
+    /// Changes the labels the operator controls on a node, in one store write, unless the change would
+    /// leave more than a node may hold. Returns the labels added or changed.
+    async fn modify_labels(
+        &self,
+        node_id: &str,
+        id_or_name: &str,
+        change: impl FnOnce(&mut NodeRecord) + Send + 'static,
+    ) -> Result<Labels, FleetError> {
+        let outcome = Arc::new(std::sync::Mutex::new(Ok(Labels::new())));
+        let result = outcome.clone();
+        self.store()
+            .modify_node(
+                node_id,
+                Box::new(move |record| {
+                    let mut changed = record.clone();
+                    change(&mut changed);
+                    let after = controlled_labels(&changed);
+                    let checked = drover_types::labels::validate_labels(&after).map(|()| {
+                        drover_types::labels::pending_labels(&controlled_labels(record), &after)
+                    });
+                    if checked.is_ok() {
+                        *record = changed;
+                    }
+                    *result.lock().unwrap_or_else(|p| p.into_inner()) = checked;
+                }),
+            )
+            .await?
+            .ok_or_else(|| FleetError::NodeNotFound(id_or_name.to_string()))?;
+        let outcome = std::mem::replace(
+            &mut *outcome.lock().unwrap_or_else(|p| p.into_inner()),
+            Ok(Labels::new()),
+        );
+        Ok(outcome?)
+    }
+
+    /// A node's labels changed: its desired state follows.
+    async fn relabeled(&self, node_id: &str) -> Result<Node, FleetError> {
+        let node = self.node(node_id).await?;
         let manifests = self.manifests().await?;
         self.recompute_node(&node, &manifests).await?;
         Ok(node)
@@ -524,6 +595,16 @@ impl Fleet {
         }
         Ok(blob)
     }
+}
+
+/// Refuses a convergence report with more entries than any real node's.
+fn check_report(report: &NodeConvergence) -> Result<(), LimitError> {
+    check_count("resources", report.resources.len(), MAX_REPORT_RESOURCES)?;
+    check_count("conditions", report.conditions.len(), MAX_REPORT_CONDITIONS)?;
+    report
+        .resources
+        .iter()
+        .try_for_each(|r| check_count("resources.drift", r.drift.len(), MAX_DRIFT_EVENTS))
 }
 
 /// The blobs served last, so a fleet-wide apply reads each from the store once, not once per node; and

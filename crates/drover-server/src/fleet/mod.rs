@@ -5,6 +5,7 @@ mod actions;
 mod audit;
 pub mod desired;
 mod nodes;
+mod operators;
 mod sessions;
 #[cfg(feature = "tamper")]
 pub mod tamper;
@@ -19,6 +20,7 @@ use drover_types::{
     Capabilities, Labels, LivenessPolicy, Metrics,
     action::{ActionError, ActionInfo},
     labels::LabelError,
+    limits::LimitError,
     token::{TokenFormatError, TokenRefusal},
 };
 use sha2::{Digest, Sha256};
@@ -30,6 +32,7 @@ use crate::store::{Store, StoreError};
 pub use actions::MAX_ACTION_DEADLINE;
 pub use audit::node_actor;
 pub use nodes::{MAX_HEARTBEAT_INTERVAL, Registrant};
+pub use operators::BOOTSTRAP_ADMIN;
 pub use tokens::{CheckedToken, MAX_TOKEN_TTL};
 
 /// Default lifetime of a join token.
@@ -43,6 +46,10 @@ pub enum FleetError {
     NodeNotFound(String),
     #[error("no join token has the id {0:?}")]
     TokenNotFound(String),
+    #[error("no active operator is named {0:?}")]
+    OperatorNotFound(String),
+    #[error("an active operator is named {0:?}: revoke it first to give that name a new token")]
+    OperatorExists(String),
     #[error(transparent)]
     TokenFormat(#[from] TokenFormatError),
     #[error(transparent)]
@@ -90,12 +97,23 @@ impl From<LabelError> for FleetError {
     }
 }
 
+impl From<LimitError> for FleetError {
+    fn from(e: LimitError) -> Self {
+        FleetError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
 pub struct FleetConfig {
     pub liveness: LivenessPolicy,
     /// Metrics samples kept per node.
     pub metrics_history: usize,
     /// Accept MIaaS registrations without a join token (labs only).
     pub open_registration: bool,
+    /// Selection also uses the labels nodes report after enrolling (the behaviour before pending labels).
+    pub trust_reported_labels: bool,
 }
 
 /// What an enrolled agent receives.

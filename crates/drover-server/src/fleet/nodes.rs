@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use drover_types::api::{RegisterRequest, RegisterResponse};
-use drover_types::labels::validate_labels;
+use drover_types::labels::{pending_labels, validate_labels};
+use drover_types::limits::{MAX_ACTIONS, MAX_NAME, check_count, check_len};
 use drover_types::{Capabilities, Labels, Metrics, MetricsSample, Node, Transport};
 
 /// Heartbeats written per store write.
@@ -29,6 +30,31 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 use super::tokens::CheckedToken;
+
+/// A node's own labels under the server's, which win.
+fn bound_labels(own: &Labels, server: &Labels) -> Labels {
+    let mut labels = own.clone();
+    labels.extend(server.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels
+}
+
+/// The labels the operator controls: the server's (join token, set or accepted by an operator) over those
+/// the node reported when it enrolled. Unless the server trusts reported labels, selection uses these.
+pub(super) fn controlled_labels(record: &NodeRecord) -> Labels {
+    bound_labels(&record.enrolled_labels, &record.labels)
+}
+
+/// Refuses a hello larger than any real agent's (see `drover_types::limits`).
+fn check_hello(hello: &AgentHello) -> Result<(), FleetError> {
+    validate_labels(&hello.labels)?;
+    hello.capabilities.validate()?;
+    check_count("actions", hello.actions.len(), MAX_ACTIONS)?;
+    for a in &hello.actions {
+        check_len("actions.name", &a.name, MAX_NAME)?;
+    }
+    Ok(())
+}
+
 use super::{
     AgentHello, Attachment, DEFAULT_HTTP_INTERVAL, Enrollment, Fleet, FleetError, new_node_id,
     node_actor, random_hex, sha256_hex, validate_name,
@@ -81,6 +107,9 @@ impl Fleet {
                 name: name.clone(),
                 transport: Transport::Grpc,
                 labels: token.labels,
+                // The labels an agent asks for at its first enrollment are bound, under the token's:
+                // whoever holds the join token speaks for the operator. Later ones wait for acceptance.
+                enrolled_labels: labels.clone(),
                 reported_labels: labels,
                 ip: None,
                 registered_at: Utc::now(),
@@ -112,7 +141,7 @@ impl Fleet {
         hello: AgentHello,
         tx: tokio::sync::mpsc::Sender<drover_proto::v1::ServerMessage>,
     ) -> Result<(NodeRecord, Attachment), FleetError> {
-        validate_labels(&hello.labels)?;
+        check_hello(&hello)?;
         let interval_ms = hello
             .heartbeat_interval
             .as_millis()
@@ -133,6 +162,10 @@ impl Fleet {
             )
             .await?
             .ok_or_else(|| FleetError::NodeNotFound(node_id.to_string()))?;
+        let pending = pending_labels(&controlled_labels(&node), &node.reported_labels);
+        if !pending.is_empty() && !self.config.trust_reported_labels {
+            tracing::info!(node = %node.name, ?pending, "the node reports labels that selection does not use until accepted (drover nodes accept-labels)");
+        }
         if let Some(metrics) = hello.metrics {
             self.stream_heartbeat(node_id, metrics)?;
         }
@@ -236,6 +269,7 @@ impl Fleet {
     ) -> Result<RegisterResponse, FleetError> {
         validate_name(&req.name)?;
         validate_labels(&req.labels)?;
+        req.capabilities.validate()?;
         let interval = match req.heartbeat_interval {
             None => DEFAULT_HTTP_INTERVAL,
             Some(s) if s.is_finite() && s > 0.0 && s <= MAX_HEARTBEAT_INTERVAL.as_secs_f64() => {
@@ -305,6 +339,7 @@ impl Fleet {
                         name: req.name.clone(),
                         transport: Transport::Http,
                         labels: token_labels,
+                        enrolled_labels: req.labels.clone(),
                         reported_labels: req.labels,
                         ip: req.ip,
                         registered_at: Utc::now(),
@@ -366,16 +401,18 @@ impl Fleet {
         let now = Utc::now();
         let interval = Duration::from_millis(record.heartbeat_interval_ms);
         let connected = self.links.is_attached(&record.id);
+        let labels = if self.config.trust_reported_labels {
+            bound_labels(&record.reported_labels, &record.labels)
+        } else {
+            controlled_labels(&record)
+        };
         Node {
             status: self.config.liveness.status(record.last_seen, interval, now),
             id: record.id,
             name: record.name,
             transport: record.transport,
-            labels: {
-                let mut labels = record.reported_labels;
-                labels.extend(record.labels);
-                labels
-            },
+            pending_labels: pending_labels(&labels, &record.reported_labels),
+            labels,
             ip: record.ip,
             registered_at: record.registered_at,
             last_seen: record.last_seen,

@@ -95,7 +95,7 @@ impl Fleet {
     /// An agent asks for a session for one of its plugins (Empty -> Pending); the answer carries its id.
     pub(super) async fn create_session(&self, node_id: &str, name: &str, c: v1::CreateSession) {
         let valid = !c.plugin.is_empty()
-            && c.plugin.len() <= 64
+            && c.plugin.len() <= drover_types::limits::MAX_NAME
             && c.plugin
                 .chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
@@ -104,8 +104,24 @@ impl Fleet {
             return;
         }
         let session_id =
-            self.links
-                .create_session(node_id, &c.plugin, c.interval_ms, c.deadline_ms);
+            match self
+                .links
+                .create_session(node_id, &c.plugin, c.interval_ms, c.deadline_ms)
+            {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(node = %name, plugin = %c.plugin, "refused a session: {e}");
+                    let refusal = v1::TerminateSession {
+                        plugin: c.plugin,
+                        session_id: String::new(),
+                        reason: format!("session refused: {e}"),
+                    };
+                    self.links
+                        .send(node_id, server_message::Msg::TerminateSession(refusal))
+                        .await;
+                    return;
+                }
+            };
         tracing::debug!(node = %name, plugin = %c.plugin, %session_id, "session created");
         let created = v1::SessionCreated {
             plugin: c.plugin,

@@ -534,7 +534,8 @@ impl Fleet {
     }
 
     /// A node's task ended; it is final once every chunk before it is stored.
-    pub async fn task_exit(&self, node_id: &str, exit: v1::TaskExit) {
+    pub async fn task_exit(&self, node_id: &str, mut exit: v1::TaskExit) {
+        drover_types::limits::clip(&mut exit.error, drover_types::limits::MAX_EXIT_ERROR);
         let key = (exit.task_id.clone(), node_id.to_string());
         self.ensure_progress(&exit.task_id, node_id).await;
         let known = {

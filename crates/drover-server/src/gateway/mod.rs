@@ -13,6 +13,7 @@ use drover_proto::v1::{
     agent_message::Msg, server_message,
 };
 use drover_types::action::ActionInfo;
+use drover_types::limits::{MAX_OPEN_TASKS, check_count};
 use drover_types::{Labels, PROTOCOL_VERSION, VERSION};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -135,6 +136,10 @@ impl drover_proto::AgentLink for Gateway {
         };
         if hello.protocol_version != PROTOCOL_VERSION {
             tracing::info!(node = %node_id, version = hello.protocol_version, "agent speaks another protocol version");
+        }
+        if let Err(e) = check_count("open_tasks", hello.open_tasks.len(), MAX_OPEN_TASKS) {
+            tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
+            return Err(status(e.into()));
         }
         let interval = Duration::from_millis(hello.heartbeat_interval_ms.max(1));
         if interval > MAX_HEARTBEAT_INTERVAL {

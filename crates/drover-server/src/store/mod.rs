@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use drover_types::{
     Capabilities, Labels, Metrics, MetricsSample, Transport,
     manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest},
+    operator::OperatorInfo,
     signing::Signature,
     task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec},
     token::{JoinTokenInfo, TokenRefusal},
@@ -71,16 +72,27 @@ impl JoinTokenRecord {
     }
 }
 
+/// An operator as stored: its token only as a hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorRecord {
+    pub info: OperatorInfo,
+    pub token_sha256: String,
+}
+
 /// A node as stored. Liveness is not stored: it is derived from `last_seen` when read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRecord {
     pub id: String,
     pub name: String,
     pub transport: Transport,
-    /// Labels the server gave the node (from its join token; later, from operators). They win over reported ones.
+    /// Labels the server gave the node (from its join token; later, set or accepted by operators). They win
+    /// over the others.
     pub labels: Labels,
-    /// Labels the node reports about itself, replaced whenever it says hello or registers again.
+    /// Labels the node reports about itself, replaced whenever it says hello or registers again. Selection
+    /// uses them only when the server trusts reported labels.
     pub reported_labels: Labels,
+    /// The labels the node reported when it enrolled (first registered): bound then, as the join token was.
+    pub enrolled_labels: Labels,
     pub ip: Option<String>,
     pub registered_at: DateTime<Utc>,
     pub last_seen: Option<DateTime<Utc>>,
@@ -106,6 +118,19 @@ pub trait Store: Send + Sync + 'static {
         secret_sha256: &str,
         now: DateTime<Utc>,
     ) -> Result<Result<JoinTokenInfo, TokenRefusal>, StoreError>;
+
+    /// Stores a new operator, or replaces a revoked one of the same name (a person whose token was revoked
+    /// gets a new one under their name). Returns false, changing nothing, when an active one has the name.
+    async fn put_operator(&self, operator: &OperatorRecord) -> Result<bool, StoreError>;
+    /// Every readable operator, revoked ones included.
+    async fn list_operators(&self) -> Result<Vec<OperatorInfo>, StoreError>;
+    /// The operator, not revoked, whose token has this SHA-256.
+    async fn operator_by_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<OperatorInfo>, StoreError>;
+    /// Returns false when no active operator has the name.
+    async fn revoke_operator(&self, name: &str) -> Result<bool, StoreError>;
 
     /// Fails with `NameTaken` when another node has the name.
     async fn insert_node(&self, node: &NodeRecord) -> Result<(), StoreError>;

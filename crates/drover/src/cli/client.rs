@@ -7,9 +7,11 @@ use drover_types::api::ErrorBody;
 use reqwest::{Method, StatusCode};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{Global, default_data_dir};
+use super::{Global, config, default_data_dir};
 
 const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+/// The CA certificate in a server's data dir.
+const LOCAL_CA_FILE: &str = "ca.crt";
 /// How long an ordinary request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,7 +25,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "no operator token: pass --token or set DROVER_TOKEN (the admin token is in the server's data dir; {path} was not readable)"
+        "no operator token: pass --token, set DROVER_TOKEN or `drover login` (the admin token is in the server's data dir; {path} was not readable)"
     )]
     NoToken { path: PathBuf },
     #[error(
@@ -46,22 +48,77 @@ pub struct Client {
     token: String,
 }
 
-impl Client {
-    pub fn new(global: &Global) -> Result<Self, ClientError> {
-        let base = global
-            .server
-            .clone()
-            .unwrap_or_else(|| DEFAULT_SERVER.to_string())
-            .trim_end_matches('/')
-            .to_string();
-        let token = match &global.token {
-            Some(t) => t.clone(),
+/// Where a command goes and with what: from flags and environment first, then the chosen context of the
+/// operator's config, then the local server's admin token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub base: String,
+    pub token: String,
+    /// The pinned CA (PEM) to verify an `https` server with.
+    pub ca: Option<String>,
+}
+
+fn trim_url(url: &str) -> &str {
+    url.trim_end_matches('/')
+}
+
+impl Target {
+    pub fn resolve(global: &Global) -> anyhow::Result<Self> {
+        let path = config::path();
+        // A broken config file must not break a command that names its server and token.
+        let config =
+            if global.context.is_some() || global.server.is_none() || global.token.is_none() {
+                config::load(&path)?
+            } else {
+                config::OperatorConfig::default()
+            };
+        Self::from_parts(global, &config, &path)
+    }
+
+    fn from_parts(
+        global: &Global,
+        config: &config::OperatorConfig,
+        path: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let named = global.context.as_ref().or(config.current.as_ref());
+        let context = match named {
+            Some(name) => match config.contexts.get(name) {
+                Some(c) => Some(c),
+                None if global.context.is_some() => anyhow::bail!(
+                    "no context is named {name:?} in {} (see `drover context list`)",
+                    path.display()
+                ),
+                None => None,
+            },
+            None => None,
+        };
+        // A context applies unless --server names another server: its token must never go elsewhere.
+        let context = match (context, &global.server) {
+            (Some(c), Some(server)) if trim_url(server) != trim_url(&c.server) => {
+                if global.context.is_some() {
+                    anyhow::bail!(
+                        "--server {server} is not the server of context {:?} ({})",
+                        named.map(String::as_str).unwrap_or_default(),
+                        c.server
+                    );
+                }
+                None
+            }
+            (c, _) => c,
+        };
+        let base = trim_url(
+            global
+                .server
+                .as_deref()
+                .or(context.map(|c| c.server.as_str()))
+                .unwrap_or(DEFAULT_SERVER),
+        )
+        .to_string();
+        let data_dir = global.data_dir.clone().unwrap_or_else(default_data_dir);
+        let token = match global.token.clone().or(context.map(|c| c.token.clone())) {
+            Some(t) => t,
             None => {
-                let path = global
-                    .data_dir
-                    .clone()
-                    .unwrap_or_else(default_data_dir)
-                    .join("admin.token");
+                let path = data_dir.join("admin.token");
                 std::fs::read_to_string(&path)
                     .ok()
                     .map(|t| t.trim().to_string())
@@ -69,14 +126,34 @@ impl Client {
                     .ok_or(ClientError::NoToken { path })?
             }
         };
+        // Without a context, a local server's own CA (beside its admin token) verifies `--api-tls`.
+        let ca = match context {
+            Some(c) => c.ca.clone(),
+            None if base.starts_with("https://") => {
+                std::fs::read_to_string(data_dir.join(LOCAL_CA_FILE)).ok()
+            }
+            None => None,
+        };
+        Ok(Self { base, token, ca })
+    }
+}
+
+impl Client {
+    pub fn new(global: &Global) -> anyhow::Result<Self> {
+        Self::for_target(Target::resolve(global)?)
+    }
+
+    pub fn for_target(target: Target) -> anyhow::Result<Self> {
+        let Target { base, token, ca } = target;
         // No overall timeout on the client: each request sets its own, so a followed stream is never cut.
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| ClientError::Protocol {
-                url: base.clone(),
-                message: e.to_string(),
-            })?;
+        let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+        if let Some(ca) = &ca {
+            builder = builder.use_preconfigured_tls(super::tls::pinned_config(ca)?);
+        }
+        let http = builder.build().map_err(|e| ClientError::Protocol {
+            url: base.clone(),
+            message: e.to_string(),
+        })?;
         Ok(Self { http, base, token })
     }
 
@@ -107,10 +184,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            message: e.to_string(),
-        })?;
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Protocol {
             url: url.clone(),
@@ -141,6 +215,21 @@ impl Client {
 }
 
 impl Client {
+    /// A failed send, with its causes: "error sending request" alone hides a refused certificate.
+    fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            message,
+        }
+    }
+
     /// Uploads raw bytes.
     pub async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
         let url = format!("{}{path}", self.base);
@@ -152,10 +241,7 @@ impl Client {
             .body(bytes)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: self.base.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| self.unreachable(&e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
@@ -175,10 +261,7 @@ impl Client {
         if let Some(id) = last_id {
             req = req.header("Last-Event-ID", id);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            message: e.to_string(),
-        })?;
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
         if !resp.status().is_success() {
             let status = resp.status();
             return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
@@ -405,7 +488,54 @@ pub fn segment(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{ClientError, Event, retryable, take_event};
+    use super::{ClientError, Event, Target, retryable, take_event};
+    use crate::cli::Global;
+    use crate::cli::config::{Context, OperatorConfig};
+
+    fn global(server: Option<&str>, token: Option<&str>, context: Option<&str>) -> Global {
+        Global {
+            server: server.map(Into::into),
+            context: context.map(Into::into),
+            token: token.map(Into::into),
+            data_dir: Some("/nonexistent".into()),
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_context_and_its_token_never_goes_to_another_server() {
+        let mut config = OperatorConfig::default();
+        for (name, server) in [("prod", "https://prod:8080"), ("lab", "https://lab:8080")] {
+            config.contexts.insert(
+                name.into(),
+                Context {
+                    server: server.into(),
+                    token: format!("tok-{name}"),
+                    ca: Some(format!("ca-{name}")),
+                    ca_fingerprint: None,
+                },
+            );
+        }
+        config.current = Some("prod".into());
+        let path = std::path::Path::new("config.toml");
+        let resolve = |g: Global| Target::from_parts(&g, &config, path);
+        let t = resolve(global(None, None, None)).unwrap();
+        assert_eq!(
+            (t.base.as_str(), t.token.as_str()),
+            ("https://prod:8080", "tok-prod")
+        );
+        assert_eq!(t.ca.as_deref(), Some("ca-prod"));
+        let t = resolve(global(None, Some("mine"), Some("lab"))).unwrap();
+        assert_eq!(
+            (t.base.as_str(), t.token.as_str()),
+            ("https://lab:8080", "mine")
+        );
+        // Another server: the context's token is not used (and there is no admin token to fall back on).
+        assert!(resolve(global(Some("https://other:8080"), None, None)).is_err());
+        let t = resolve(global(Some("https://other:8080"), Some("t"), None)).unwrap();
+        assert_eq!((t.base.as_str(), t.ca), ("https://other:8080", None));
+        assert!(resolve(global(Some("https://other:8080"), Some("t"), Some("lab"))).is_err());
+        assert!(resolve(global(None, None, Some("missing"))).is_err());
+    }
 
     #[test]
     fn events_carry_their_name_data_and_id_and_keep_alives_are_skipped() {

@@ -3,15 +3,19 @@
 mod action;
 mod audit;
 mod client;
+mod config;
 mod containers;
 mod exec;
 mod keys;
+mod login;
 mod manifests;
 mod nodes;
+mod operators;
 mod output;
 mod server;
 mod sessions;
 mod tasks;
+mod tls;
 mod tokens;
 mod up;
 
@@ -30,7 +34,9 @@ pub use client::ClientError;
       drover up                       # a local server plus an enrolled local agent\n  \
       drover server --data-dir /var/lib/drover\n  \
       drover nodes                    # the fleet as a table\n  \
-      drover token create --ttl 1h --label role=edge\n\n\
+      drover token create --ttl 1h --label role=edge\n  \
+      drover operator create alice --role operator\n  \
+      drover login https://cp.example.com:8080 --token drvop.… --ca-fingerprint 3f2a…\n\n\
       Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 not authorized, 5 server unreachable (after\n\
       5 minutes of trying again, for a command that follows a task), 6 node not connected, 7 task run\n\
       lost (exec: whether it ran is unknown), 124 action deadline exceeded, 130 action cancelled.\n\
@@ -45,10 +51,13 @@ pub struct Cli {
 
 #[derive(Debug, clap::Args)]
 pub struct Global {
-    /// REST API of the server (default http://127.0.0.1:8080).
+    /// REST API of the server (default: the current context's, else http://127.0.0.1:8080).
     #[arg(long, global = true, env = "DROVER_SERVER")]
     pub server: Option<String>,
-    /// Operator API token (default: the admin token in the local data dir).
+    /// Context of the operator's config to use (default: the current one; see `drover context`).
+    #[arg(long, global = true, env = "DROVER_CONTEXT")]
+    pub context: Option<String>,
+    /// Operator API token (default: the context's, else the admin token in the local data dir).
     #[arg(long, global = true, env = "DROVER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// The server's data dir (default /var/lib/drover for root, else ~/.local/share/drover).
@@ -66,6 +75,12 @@ pub enum Command {
     Nodes(nodes::NodesArgs),
     /// Manage join tokens that let agents enroll.
     Token(tokens::TokenArgs),
+    /// Manage operators: API tokens with a role (viewer, operator, admin).
+    Operator(operators::OperatorArgs),
+    /// Log in to a server: pin its CA and keep server, CA and token as a context.
+    Login(login::LoginArgs),
+    /// The contexts of the operator's config: list, use, remove.
+    Context(login::ContextArgs),
     /// Call an action on a node and print its JSON result.
     Action(action::ActionArgs),
     /// A node's daemon-plugin sessions and their latest payloads.
@@ -116,6 +131,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args, &cli.global).await,
         Command::Nodes(args) => nodes::run(args, &client::Client::new(&cli.global)?).await,
         Command::Token(args) => tokens::run(args, &client::Client::new(&cli.global)?).await,
+        Command::Operator(args) => operators::run(args, &client::Client::new(&cli.global)?).await,
+        Command::Login(args) => login::login(args, &cli.global).await,
+        Command::Context(args) => login::context(args),
         Command::Action(args) => action::run(args, &client::Client::new(&cli.global)?).await,
         Command::Sessions(args) => sessions::run(args, &client::Client::new(&cli.global)?).await,
         Command::Exec(args) => exec::run(args, &client::Client::new(&cli.global)?).await,
@@ -130,7 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Delete(args) => manifests::delete(args, &client::Client::new(&cli.global)?).await,
         Command::Status(args) => manifests::status(args, &client::Client::new(&cli.global)?).await,
-        Command::Keys(args) => keys::run(args, || Ok(client::Client::new(&cli.global)?)).await,
+        Command::Keys(args) => keys::run(args, || client::Client::new(&cli.global)).await,
     }
 }
 

@@ -10,7 +10,7 @@ use super::output::{ago, labels, mb, or_dash, pct, print_json, table};
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  drover nodes\n  drover nodes -o json\n  drover nodes show pi-kitchen\n  drover nodes metrics pi-kitchen --limit 20\n  drover nodes delete pi-kitchen"
+    after_help = "Examples:\n  drover nodes\n  drover nodes -o json\n  drover nodes show pi-kitchen\n  drover nodes metrics pi-kitchen --limit 20\n  drover nodes label pi-kitchen role=edge gpu-\n  drover nodes accept-labels pi-kitchen\n  drover nodes delete pi-kitchen"
 )]
 pub struct NodesArgs {
     #[command(subcommand)]
@@ -41,6 +41,8 @@ enum NodesCommand {
         #[arg(required = true)]
         changes: Vec<String>,
     },
+    /// Let the labels the node reported after enrolling (shown as pending) count in selection.
+    AcceptLabels { node: String },
 }
 
 pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
@@ -122,6 +124,37 @@ pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        NodesCommand::AcceptLabels { node } => {
+            let before: Node = client
+                .get(&format!("/api/v1/nodes/{}", segment(&node)))
+                .await?;
+            let node: Option<Node> = client
+                .request(
+                    Method::POST,
+                    &format!("/api/v1/nodes/{}/labels/accept", segment(&node)),
+                    None::<&()>,
+                )
+                .await?;
+            if let Some(n) = node {
+                match args.output {
+                    OutputFormat::Json => print_json(&n)?,
+                    OutputFormat::Table if before.pending_labels.is_empty() => {
+                        println!(
+                            "{}: no pending labels; labels {}",
+                            n.name,
+                            labels(&n.labels)
+                        )
+                    }
+                    OutputFormat::Table => println!(
+                        "{}: accepted {}; labels {}",
+                        n.name,
+                        labels(&before.pending_labels),
+                        labels(&n.labels)
+                    ),
+                }
+            }
+            Ok(())
+        }
         NodesCommand::Delete { node } => {
             let deleted: Option<Node> = client
                 .request(
@@ -182,7 +215,10 @@ fn print_list(nodes: &[Node]) {
             pct(m.map(|m| m.mem_usage)),
             mb(m.map(|m| m.disk_free_mb)),
             ago(n.last_seen),
-            labels(&n.labels),
+            match n.pending_labels.len() {
+                0 => labels(&n.labels),
+                k => format!("{} (+{k} pending)", labels(&n.labels)),
+            },
         ]);
     }
     println!("{t}");
@@ -197,6 +233,18 @@ fn print_node(n: &Node) {
         ("Transport", n.transport.as_str().to_string()),
         ("Connected", n.connected.to_string()),
         ("Labels", labels(&n.labels)),
+        (
+            "Pending",
+            if n.pending_labels.is_empty() {
+                "-".into()
+            } else {
+                format!(
+                    "{} (reported by the node; `drover nodes accept-labels {}` to use them)",
+                    labels(&n.pending_labels),
+                    n.name
+                )
+            },
+        ),
         ("IP", or_dash(n.ip.as_deref())),
         ("Registered", n.registered_at.to_rfc3339()),
         ("Last seen", ago(n.last_seen)),

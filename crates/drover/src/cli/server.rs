@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use drover_server::api::ApiTls;
 use drover_server::{RunningServer, ServerConfig};
 use drover_types::duration::parse_duration;
 use drover_types::size::parse_size;
@@ -19,11 +20,24 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/drover/server.toml";
     drover server\n  \
     drover server --data-dir /var/lib/drover --listen 0.0.0.0:8080 --agent-listen 0.0.0.0:9090\n  \
     drover server --config /etc/drover/server.toml --log-format json\n  \
+    drover server --listen 0.0.0.0:8080 --api-tls --agent-san cp.example.com\n  \
+    drover server --api-cert /etc/drover/api-chain.pem --api-key /etc/drover/api.key\n  \
     drover server --lost-after 30m --task-retention 30d --task-output-limit 10GiB")]
 pub struct ServerArgs {
     /// REST API and dashboard address [default: 127.0.0.1:8080].
     #[arg(long, env = "DROVER_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Serve the REST API over TLS with a certificate from the server's CA (operators pin the CA with
+    /// `drover login`); the certificate names `drover-server`, localhost, loopback and every --agent-san.
+    #[arg(long, env = "DROVER_API_TLS")]
+    pub api_tls: bool,
+    /// Serve the REST API over TLS with this PEM certificate chain (leaf first, ending with the CA that
+    /// `drover login` pins) instead; needs --api-key.
+    #[arg(long, env = "DROVER_API_CERT", requires = "api_key")]
+    pub api_cert: Option<PathBuf>,
+    /// The PEM private key of --api-cert.
+    #[arg(long, env = "DROVER_API_KEY", requires = "api_cert")]
+    pub api_key: Option<PathBuf>,
     /// Agent gRPC address, always TLS [default: 0.0.0.0:9090].
     #[arg(long, env = "DROVER_AGENT_LISTEN")]
     pub agent_listen: Option<SocketAddr>,
@@ -33,6 +47,10 @@ pub struct ServerArgs {
     /// Let MIaaS HTTP agents register without a join token (labs only).
     #[arg(long, env = "DROVER_OPEN_REGISTRATION")]
     pub open_registration: bool,
+    /// Let selection use the labels agents report after enrolling (hello, re-registration) without an
+    /// operator accepting them (`drover nodes accept-labels`): a node could then claim another group's labels.
+    #[arg(long, env = "DROVER_TRUST_REPORTED_LABELS")]
+    pub trust_reported_labels: bool,
     /// A node is NotReady after this many of its heartbeat intervals without one [default: 2].
     #[arg(long, env = "DROVER_NOT_READY_AFTER")]
     pub not_ready_after: Option<f64>,
@@ -65,10 +83,14 @@ pub struct ServerArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    api_tls: Option<bool>,
+    api_cert: Option<PathBuf>,
+    api_key: Option<PathBuf>,
     agent_listen: Option<SocketAddr>,
     #[serde(default)]
     agent_sans: Vec<String>,
     open_registration: Option<bool>,
+    trust_reported_labels: Option<bool>,
     not_ready_after: Option<f64>,
     offline_after: Option<f64>,
     metrics_history: Option<usize>,
@@ -102,12 +124,22 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     if let Some(a) = args.listen.or(file.listen) {
         config.listen = a;
     }
+    let cert = args.api_cert.clone().or(file.api_cert);
+    let key = args.api_key.clone().or(file.api_key);
+    config.api_tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(ApiTls::Files { cert, key }),
+        (None, None) if args.api_tls || file.api_tls.unwrap_or(false) => Some(ApiTls::ServerCa),
+        (None, None) => None,
+        _ => bail!("--api-cert and --api-key go together"),
+    };
     if let Some(a) = args.agent_listen.or(file.agent_listen) {
         config.agent_listen = a;
     }
     config.agent_sans = file.agent_sans;
     config.agent_sans.extend(args.agent_sans.iter().cloned());
     config.open_registration = args.open_registration || file.open_registration.unwrap_or(false);
+    config.trust_reported_labels =
+        args.trust_reported_labels || file.trust_reported_labels.unwrap_or(false);
     if let Some(n) = args.not_ready_after.or(file.not_ready_after) {
         config.liveness.not_ready_after = n;
     }
@@ -161,9 +193,11 @@ pub fn announce(server: &RunningServer, data_dir: &Path) {
             server.admin_token_path.display()
         );
     }
+    let scheme = if server.api_tls { "https" } else { "http" };
     tracing::info!(
         data_dir = %data_dir.display(),
-        "drover server ready: REST API on http://{}, agents on https://{}",
+        ca_fingerprint = %server.fleet.pki().fingerprint(),
+        "drover server ready: REST API on {scheme}://{}, agents on https://{}",
         server.api_addr,
         server.agent_addr
     );

@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode; writes are committed in groups by one writer thread,
 //! reads run beside it.
 
+mod operators;
 mod pool;
 mod schema;
 
@@ -16,10 +17,11 @@ use drover_types::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    AuditFilter, JoinTokenRecord, NodeChange, NodeRecord, OutputRecord, PutManifest, RunPatch,
-    Store, StoreError,
+    AuditFilter, JoinTokenRecord, NodeChange, NodeRecord, OperatorRecord, OutputRecord,
+    PutManifest, RunPatch, Store, StoreError,
 };
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
+use drover_types::operator::OperatorInfo;
 use drover_types::signing::Signature;
 use drover_types::task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec};
 use pool::Pool;
@@ -208,10 +210,12 @@ struct RawNode {
     metrics: Option<String>,
     node_token_sha256: Option<String>,
     reported_labels: String,
+    enrolled_labels: String,
 }
 
 const NODE_COLUMNS: &str = "id, name, transport, labels, ip, registered_at, last_seen, \
-     heartbeat_interval_ms, capabilities, metrics, node_token_sha256, reported_labels";
+     heartbeat_interval_ms, capabilities, metrics, node_token_sha256, reported_labels, \
+     enrolled_labels";
 
 fn raw_node(row: &Row) -> rusqlite::Result<RawNode> {
     Ok(RawNode {
@@ -227,6 +231,7 @@ fn raw_node(row: &Row) -> rusqlite::Result<RawNode> {
         metrics: row.get(9)?,
         node_token_sha256: row.get(10)?,
         reported_labels: row.get(11)?,
+        enrolled_labels: row.get(12)?,
     })
 }
 
@@ -240,6 +245,7 @@ impl RawNode {
             },
             labels: from_json(&self.labels, "node labels")?,
             reported_labels: from_json(&self.reported_labels, "node reported labels")?,
+            enrolled_labels: from_json(&self.enrolled_labels, "node enrolled labels")?,
             registered_at: parse_ts(&self.registered_at, "node registered_at")?,
             last_seen: self
                 .last_seen
@@ -365,12 +371,34 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_operator(&self, operator: &OperatorRecord) -> Result<bool, StoreError> {
+        let o = operator.clone();
+        self.write(move |c| operators::put(c, &o)).await
+    }
+
+    async fn list_operators(&self) -> Result<Vec<OperatorInfo>, StoreError> {
+        self.read(operators::list).await
+    }
+
+    async fn operator_by_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<OperatorInfo>, StoreError> {
+        let sha = token_sha256.to_string();
+        self.read(move |c| operators::by_token(c, &sha)).await
+    }
+
+    async fn revoke_operator(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write(move |c| operators::revoke(c, &name)).await
+    }
+
     async fn insert_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         let n = node.clone();
         self.write(move |c| {
             let result = exec(c,
                 &format!(
-                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
                 ),
                 params![
                     n.id,
@@ -384,7 +412,8 @@ impl Store for SqliteStore {
                     to_json(&n.capabilities),
                     n.metrics.as_ref().map(to_json),
                     n.node_token_sha256,
-                    to_json(&n.reported_labels)
+                    to_json(&n.reported_labels),
+                    to_json(&n.enrolled_labels)
                 ],
             );
             match result {
@@ -418,7 +447,8 @@ impl Store for SqliteStore {
             let result = exec(
                 c,
                 "UPDATE nodes SET name = ?2, labels = ?3, ip = ?4, heartbeat_interval_ms = ?5,
-                 capabilities = ?6, node_token_sha256 = ?7, reported_labels = ?8 WHERE id = ?1",
+                 capabilities = ?6, node_token_sha256 = ?7, reported_labels = ?8, enrolled_labels = ?9
+                 WHERE id = ?1",
                 params![
                     n.id,
                     n.name,
@@ -427,7 +457,8 @@ impl Store for SqliteStore {
                     n.heartbeat_interval_ms as i64,
                     to_json(&n.capabilities),
                     n.node_token_sha256,
-                    to_json(&n.reported_labels)
+                    to_json(&n.reported_labels),
+                    to_json(&n.enrolled_labels)
                 ],
             );
             match result {
@@ -1232,6 +1263,7 @@ mod tests {
             transport: Transport::Grpc,
             labels: Default::default(),
             reported_labels: Default::default(),
+            enrolled_labels: Default::default(),
             ip: None,
             registered_at: Utc::now(),
             last_seen: None,
@@ -1240,6 +1272,43 @@ mod tests {
             metrics: None,
             node_token_sha256: None,
         }
+    }
+
+    #[test]
+    fn migration_8_binds_the_labels_existing_nodes_report() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let before = &MIGRATIONS[..7];
+        for sql in before {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before.len() as i64)
+            .unwrap();
+        conn.execute(
+            "INSERT INTO nodes (id, name, transport, labels, registered_at, heartbeat_interval_ms, capabilities, reported_labels)
+             VALUES ('a', 'alpha', 'grpc', '{\"zone\":\"lab\",\"role\":\"edge\"}', '2026-01-01T00:00:00Z', 1000, '{}', '{\"role\":\"db\",\"gpu\":\"yes\"}')",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let (labels, enrolled): (String, String) = conn
+            .query_row(
+                "SELECT labels, enrolled_labels FROM nodes WHERE id = 'a'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let parse = |text: &str| serde_json::from_str::<drover_types::Labels>(text).unwrap();
+        let want = |args: &[&str]| drover_types::labels::parse_labels(args).unwrap();
+        assert_eq!(
+            parse(&labels),
+            want(&["zone=lab", "role=edge"]),
+            "unchanged"
+        );
+        assert_eq!(
+            parse(&enrolled),
+            want(&["role=db", "gpu=yes"]),
+            "what the node was selected by stays bound"
+        );
     }
 
     #[tokio::test]

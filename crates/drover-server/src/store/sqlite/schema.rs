@@ -108,6 +108,24 @@ UPDATE task_runs SET state = json_extract(run, '$.state');
 CREATE INDEX task_runs_task_state ON task_runs(task_id, state);
 CREATE INDEX task_runs_node_state ON task_runs(node_id, state);
 "#,
+    // Selection now uses only the labels the operator controls: the server's (`labels`) over those the
+    // agent reported when it enrolled (`enrolled_labels`); what nodes report later waits for acceptance.
+    // Nodes enrolled before keep what they were selected by: their reported labels become bound.
+    r#"
+ALTER TABLE nodes ADD COLUMN enrolled_labels TEXT NOT NULL DEFAULT '{}';
+UPDATE nodes SET enrolled_labels = reported_labels;
+"#,
+    // Operators: each with a role and an API token kept only as its SHA-256.
+    r#"
+CREATE TABLE operators (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+"#,
     // Signatures beside what they sign: an operator's over a manifest (its generation ignores it) and
     // over a task's spec, both JSON of drover_types::signing types; NULL when unsigned.
     r#"

@@ -1,0 +1,66 @@
+//! Operators in SQLite: the statements behind the `Store` methods of the same names.
+
+use drover_types::operator::OperatorInfo;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{StoreError, exec, from_json, parse_ts, readable, ts};
+use crate::store::OperatorRecord;
+
+fn operator_info(row: &Row) -> Result<OperatorInfo, StoreError> {
+    let role: String = row.get("role")?;
+    let created_at: String = row.get("created_at")?;
+    Ok(OperatorInfo {
+        name: row.get("name")?,
+        role: from_json(&format!("\"{role}\""), "operator role")?,
+        created_at: parse_ts(&created_at, "operator created_at")?,
+        created_by: row.get("created_by")?,
+        revoked: row.get("revoked")?,
+    })
+}
+
+pub(super) fn put(c: &Connection, o: &OperatorRecord) -> Result<bool, StoreError> {
+    let changed = exec(
+        c,
+        "INSERT INTO operators (name, role, token_sha256, created_at, created_by, revoked)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0)
+         ON CONFLICT (name) DO UPDATE SET role = ?2, token_sha256 = ?3, created_at = ?4,
+             created_by = ?5, revoked = 0
+         WHERE operators.revoked = 1",
+        params![
+            o.info.name,
+            o.info.role.as_str(),
+            o.token_sha256,
+            ts(o.info.created_at),
+            o.info.created_by
+        ],
+    )?;
+    Ok(changed > 0)
+}
+
+pub(super) fn list(c: &Connection) -> Result<Vec<OperatorInfo>, StoreError> {
+    let mut stmt = c.prepare("SELECT * FROM operators ORDER BY name")?;
+    let mut rows = stmt.query([])?;
+    let mut found = Vec::new();
+    while let Some(row) = rows.next()? {
+        found.push(operator_info(row));
+    }
+    Ok(readable("operator", found.into_iter()))
+}
+
+pub(super) fn by_token(c: &Connection, sha: &str) -> Result<Option<OperatorInfo>, StoreError> {
+    c.query_row(
+        "SELECT * FROM operators WHERE token_sha256 = ?1 AND revoked = 0",
+        [sha],
+        |row| Ok(operator_info(row)),
+    )
+    .optional()?
+    .transpose()
+}
+
+pub(super) fn revoke(c: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(exec(
+        c,
+        "UPDATE operators SET revoked = 1 WHERE name = ?1 AND revoked = 0",
+        [name],
+    )? > 0)
+}

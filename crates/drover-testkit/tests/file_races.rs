@@ -1,0 +1,221 @@
+//! Path races against a real agent (issue 9, rows 2 and 15): symlinks planted under an allowed root never
+//! lead a File resource's write or chmod outside it, and `list_processes` never shows the agent's token.
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::PathBuf;
+
+use drover_testkit::{Agent, Server, TIMEOUT, wait_for};
+use serde_json::{Value, json};
+
+struct Fleet {
+    server: Server,
+    agent: Agent,
+    token: String,
+    root: tempfile::TempDir,
+    outside: tempfile::TempDir,
+}
+
+fn fleet() -> Fleet {
+    let server = Server::start().unwrap();
+    let token = server
+        .join_token(json!({"labels": {"role": "edge"}}))
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        &server.agent_url(),
+        "edge",
+        &[
+            "--token",
+            &token,
+            "--heartbeat-interval",
+            "300ms",
+            "--allow-path",
+            root.path().to_str().unwrap(),
+            "--resync-interval",
+            "500ms",
+        ],
+    )
+    .unwrap();
+    server
+        .wait_node("edge", "connected", |n| n["connected"] == true)
+        .unwrap();
+    let f = Fleet {
+        server,
+        agent,
+        token,
+        root,
+        outside,
+    };
+    std::fs::write(f.secret(), "precious").unwrap();
+    std::fs::set_permissions(f.secret(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    f
+}
+
+impl Fleet {
+    fn secret(&self) -> PathBuf {
+        self.outside.path().join("secret")
+    }
+
+    fn assert_secret_untouched(&self) {
+        assert_eq!(std::fs::read_to_string(self.secret()).unwrap(), "precious");
+        let mode = std::fs::metadata(self.secret())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o600, "the outside file was chmodded");
+    }
+
+    fn apply(&self, name: &str, resources: Value) {
+        let manifest = json!({"name": name, "selector": {"role": "edge"}, "resources": resources});
+        let r = self
+            .server
+            .post(
+                "/api/v1/manifests",
+                Some(&self.server.admin_token()),
+                &manifest,
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+
+    fn wait_resource(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(&format!("resource {id} {what}"), TIMEOUT, || {
+            let status = self.server.get("/api/v1/nodes/edge/status").ok()?.body;
+            status["resources"]
+                .as_array()?
+                .iter()
+                .find(|r| r["id"] == id && pred(r))
+                .cloned()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nagent log:\n{}",
+                drover_testkit::tail(&self.agent.log(), 30)
+            )
+        })
+    }
+
+    /// The agent's pid, found by its state dir on its command line (the testkit does not hand it out).
+    fn agent_pid(&self) -> u32 {
+        let state = self.agent.state_dir();
+        let state = state.to_str().unwrap();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(state))
+            })
+            .expect("the agent's process")
+    }
+}
+
+fn failed(r: &Value) -> bool {
+    !matches!(
+        r["state"].as_str(),
+        Some("Pending" | "Reconciling" | "Ready")
+    )
+}
+
+#[test]
+fn planted_symlinks_under_an_allowed_root_never_lead_a_write_outside() {
+    let f = fleet();
+    let root = f.root.path();
+
+    // The old temp names were `.NAME.PID.N.tmp`: squat them all with links to the outside file.
+    let pid = f.agent_pid();
+    for n in 0..300 {
+        symlink(f.secret(), root.join(format!(".app.conf.{pid}.{n}.tmp"))).unwrap();
+    }
+    let app = root.join("app.conf");
+    // A link as the file itself, and a link as a directory on the way.
+    symlink(f.secret(), root.join("linked.conf")).unwrap();
+    symlink(f.outside.path(), root.join("etc")).unwrap();
+    f.apply(
+        "race",
+        json!([
+            {"id": "app", "file": {"path": app, "content": "fine\n", "mode": "0666"}},
+            {"id": "linked", "file": {"path": root.join("linked.conf"), "content": "evil\n", "mode": "0666"}},
+            {"id": "via-dir", "file": {"path": root.join("etc/secret"), "content": "evil\n", "mode": "0666"}},
+        ]),
+    );
+    f.wait_resource("app", "Ready", |r| r["state"] == "Ready");
+    let linked = f.wait_resource("linked", "refused", failed);
+    let via_dir = f.wait_resource("via-dir", "refused", failed);
+    f.assert_secret_untouched();
+    assert!(
+        std::fs::symlink_metadata(&app).unwrap().is_file(),
+        "written as a file of its own"
+    );
+    assert_eq!(std::fs::read_to_string(&app).unwrap(), "fine\n");
+    assert_eq!(
+        std::fs::metadata(&app).unwrap().permissions().mode() & 0o7777,
+        0o666
+    );
+    for r in [&linked, &via_dir] {
+        let text = r.to_string();
+        assert!(
+            text.contains("outside") || text.contains("link"),
+            "names the refusal: {text}"
+        );
+    }
+    // The agent is still up and answering.
+    let r = f
+        .server
+        .request(
+            "POST",
+            "/api/v1/nodes/edge/actions/ping",
+            Some(&f.server.admin_token()),
+            Some(b"null".to_vec()),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[test]
+fn read_file_does_not_follow_a_link_and_list_processes_hides_the_token() {
+    let f = fleet();
+    let call = |action: &str, args: Value| {
+        f.server
+            .request(
+                "POST",
+                &format!("/api/v1/nodes/edge/actions/{action}"),
+                Some(&f.server.admin_token()),
+                Some(serde_json::to_vec(&args).unwrap()),
+            )
+            .unwrap()
+    };
+    symlink(f.secret(), f.root.path().join("peek")).unwrap();
+    let r = call("read_file", json!({"path": f.root.path().join("peek")}));
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(!r.body.to_string().contains("precious"));
+
+    let r = call("list_processes", json!({"name": "drover-agent"}));
+    assert_eq!(r.status, 200, "{r:?}");
+    let list = r.body["result"].as_array().unwrap();
+    let ours = list
+        .iter()
+        .find(|p| {
+            p["cmd"]
+                .to_string()
+                .contains(f.agent.state_dir().to_str().unwrap())
+        })
+        .unwrap_or_else(|| panic!("the agent itself is listed: {list:?}"));
+    let cmd: Vec<&str> = ours["cmd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let at = cmd
+        .iter()
+        .position(|a| *a == "--token")
+        .expect("--token is shown");
+    assert_eq!(cmd[at + 1], "[redacted]");
+    let secret = f.token.split('.').nth(2).unwrap();
+    assert!(
+        !r.body.to_string().contains(secret),
+        "the join token's secret leaked"
+    );
+}

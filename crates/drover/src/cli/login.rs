@@ -1,0 +1,258 @@
+//! `drover login` and `drover context`: remote servers as named contexts in the operator's config, each
+//! with its pinned CA, so a token only ever travels to the server it belongs to, over TLS.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::IpAddr;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use drover_types::operator::WhoAmI;
+use serde::Serialize;
+
+use super::client::{Client, Target};
+use super::config::{self, Context};
+use super::output::{or_dash, print_json, table};
+use super::{Global, OutputFormat, tls};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    drover login https://cp.example.com:8080 --token drvop.… --ca-fingerprint 3f2a…\n  \
+    drover login https://10.0.0.5:8080 --token drvop.… --name lab --yes\n  \
+    drover login http://127.0.0.1:8080 --token drvop.…   # plain HTTP only on loopback\n\n\
+    With https, the server's CA is read from its TLS chain before anything is sent, and pinned once its\n\
+    SHA-256 fingerprint matches --ca-fingerprint (an admin sees it in `drover operator create`), or\n\
+    once you confirm it (--yes: trust what is shown without asking). Server, CA and token go into\n\
+    $XDG_CONFIG_HOME/drover/config.toml (else ~/.config/drover/config.toml), mode 0600.")]
+pub struct LoginArgs {
+    /// The server's REST API, like https://cp.example.com:8080.
+    url: String,
+    /// The context's name [default: the URL's host].
+    #[arg(long)]
+    name: Option<String>,
+    /// The SHA-256 fingerprint the server's CA must have (64 hex digits; colons and a `sha256:` prefix
+    /// are fine).
+    #[arg(long)]
+    ca_fingerprint: Option<String>,
+    /// Trust the CA the server presents without asking (when no --ca-fingerprint is given).
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Serialize)]
+struct LoggedIn {
+    context: String,
+    server: String,
+    operator: String,
+    role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_fingerprint: Option<String>,
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Decides whether to trust a CA with fingerprint `found`; `Err` explains why not.
+fn accept_fingerprint(args: &LoginArgs, url: &str, found: &str) -> anyhow::Result<()> {
+    if let Some(given) = &args.ca_fingerprint {
+        let expected = tls::normalize_fingerprint(given).with_context(|| {
+            format!("--ca-fingerprint {given:?} is not a SHA-256 fingerprint (64 hex digits)")
+        })?;
+        if expected != found {
+            bail!(
+                "the server at {url} presents a CA with fingerprint {found}, but --ca-fingerprint is {expected}: \
+                 this is not the server you were given (or someone is in between); nothing was sent to it"
+            );
+        }
+        return Ok(());
+    }
+    if args.yes {
+        eprintln!("trusting the server's CA, fingerprint {found} (--yes)");
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "the server's CA has fingerprint {found}: compare it with the one your admin gave you, then log in \
+             again with --ca-fingerprint {found} (or --yes to trust it as it is)"
+        );
+    }
+    eprint!(
+        "The server's CA has fingerprint\n  {found}\nDoes it match the one your admin gave you? [y/N] "
+    );
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        bail!("not logged in: the CA was not trusted");
+    }
+    Ok(())
+}
+
+pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
+    let Some(token) = global.token.clone() else {
+        bail!("--token is required (an operator token from `drover operator create`)");
+    };
+    let url = reqwest::Url::parse(&args.url).with_context(|| {
+        format!(
+            "{:?} is not a URL like https://cp.example.com:8080",
+            args.url
+        )
+    })?;
+    let host = url
+        .host_str()
+        .with_context(|| format!("{} names no host", args.url))?
+        .to_string();
+    let base = args.url.trim_end_matches('/').to_string();
+    let (ca, ca_fingerprint) = match url.scheme() {
+        "https" => {
+            let port = url.port_or_known_default().unwrap_or(443);
+            let der = tls::fetch_ca(&host, port).await?;
+            let found = tls::fingerprint(&der);
+            accept_fingerprint(&args, &base, &found)?;
+            (Some(tls::der_to_pem(&der)), Some(found))
+        }
+        "http" if is_loopback(&host) => (None, None),
+        "http" => bail!(
+            "refusing to send a token in the clear to {host}: start the server with --api-tls and log in with https://"
+        ),
+        other => bail!("unsupported scheme {other:?}: use https:// (or http:// on loopback)"),
+    };
+    // Proves the token (and, with TLS, the pinned CA) before anything is saved.
+    let target = Target {
+        base: base.clone(),
+        token: token.clone(),
+        ca: ca.clone(),
+    };
+    let me: WhoAmI = Client::for_target(target)?.get("/api/v1/whoami").await?;
+    let name = args.name.clone().unwrap_or_else(|| host.clone());
+    let path = config::path();
+    let mut config = config::load(&path)?;
+    config.contexts.insert(
+        name.clone(),
+        Context {
+            server: base.clone(),
+            token,
+            ca,
+            ca_fingerprint: ca_fingerprint.clone(),
+        },
+    );
+    config.current = Some(name.clone());
+    config::save(&path, &config)?;
+    let done = LoggedIn {
+        context: name,
+        server: base,
+        operator: me.name,
+        role: me.role.to_string(),
+        ca_fingerprint,
+    };
+    match args.output {
+        OutputFormat::Json => print_json(&done)?,
+        OutputFormat::Table => eprintln!(
+            "logged in to {} as {} ({}); context {:?} is now current ({})",
+            done.server,
+            done.operator,
+            done.role,
+            done.context,
+            path.display()
+        ),
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    drover context list\n  \
+    drover context use prod\n  \
+    drover context remove lab\n  \
+    drover --context lab nodes     # one command in another context")]
+pub struct ContextArgs {
+    #[command(subcommand)]
+    command: ContextCommand,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t, global = true)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum ContextCommand {
+    /// List contexts (never their tokens); the current one is marked.
+    List,
+    /// Make a context current: commands without --server use it.
+    Use { name: String },
+    /// Forget a context and its token.
+    Remove { name: String },
+}
+
+#[derive(Debug, Serialize)]
+struct ContextView {
+    name: String,
+    current: bool,
+    server: String,
+    ca_fingerprint: Option<String>,
+}
+
+pub fn context(args: ContextArgs) -> anyhow::Result<()> {
+    let path = config::path();
+    let mut config = config::load(&path)?;
+    let missing = |name: &str| {
+        anyhow::anyhow!(
+            "no context is named {name:?} in {} (see `drover context list`)",
+            path.display()
+        )
+    };
+    match args.command {
+        ContextCommand::List => {
+            let views: Vec<ContextView> = config
+                .contexts
+                .iter()
+                .map(|(name, c)| ContextView {
+                    current: config.current.as_deref() == Some(name),
+                    name: name.clone(),
+                    server: c.server.clone(),
+                    ca_fingerprint: c.ca_fingerprint.clone(),
+                })
+                .collect();
+            match args.output {
+                OutputFormat::Json => print_json(&views)?,
+                OutputFormat::Table => {
+                    let mut t = table(&["CURRENT", "NAME", "SERVER", "CA FINGERPRINT"]);
+                    for v in &views {
+                        t.add_row(vec![
+                            if v.current { "*" } else { "" }.to_string(),
+                            v.name.clone(),
+                            v.server.clone(),
+                            or_dash(v.ca_fingerprint.as_deref()),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+        }
+        ContextCommand::Use { name } => {
+            if !config.contexts.contains_key(&name) {
+                return Err(missing(&name));
+            }
+            config.current = Some(name.clone());
+            config::save(&path, &config)?;
+            eprintln!("context {name:?} is now current");
+        }
+        ContextCommand::Remove { name } => {
+            if config.contexts.remove(&name).is_none() {
+                return Err(missing(&name));
+            }
+            if config.current.as_deref() == Some(name.as_str()) {
+                config.current = None;
+            }
+            config::save(&path, &config)?;
+            eprintln!("removed context {name:?}");
+        }
+    }
+    Ok(())
+}
