@@ -5,8 +5,9 @@ cd "$(dirname "$0")/.."
 
 scripts/testbed.sh
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked --features drover-agent/test-plugins -- -D warnings
+cargo clippy --workspace --all-targets --locked --features drover-agent/test-plugins,drover-server/tamper -- -D warnings
 # The integration tests drive the real binaries: build them first (cargo test alone does not), with the
-# agent's test-only plugins compiled in.
-cargo build --workspace --locked --features drover-agent/test-plugins
+# agent's test-only plugins and the server's tampering routes (tests/signing.rs) compiled in. Release
+# builds (`cargo build --release`) have neither.
+cargo build --workspace --locked --features drover-agent/test-plugins,drover-server/tamper
 cargo test --workspace --locked

@@ -84,6 +84,16 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub allow_mounts: Vec<PathBuf>,
+    /// A public key (`ed25519:BASE64`, from `drover keys create`) manifests and commands must be signed
+    /// with; repeatable, for rotation. With one, this node applies only signed manifests and runs only
+    /// signed tasks and node-changing actions. Default: none (the server is trusted).
+    #[arg(
+        long = "manifest-key",
+        value_name = "KEY",
+        env = "DROVER_MANIFEST_KEYS",
+        value_delimiter = ','
+    )]
+    pub manifest_keys: Vec<String>,
     /// Tasks that may run at once; more wait their turn [default: 2 x CPUs].
     #[arg(long, env = "DROVER_MAX_TASKS")]
     pub max_tasks: Option<usize>,
@@ -135,6 +145,8 @@ pub struct FileConfig {
     pub allow_kinds: Vec<String>,
     #[serde(default)]
     pub allow_mounts: Vec<PathBuf>,
+    #[serde(default)]
+    pub manifest_keys: Vec<String>,
     pub max_tasks: Option<usize>,
     pub resync_interval: Option<String>,
 }
@@ -379,10 +391,19 @@ impl AgentConfig {
                 "--allow-env {n:?}: use a variable name like LANG, or a prefix like APP_*"
             )));
         }
+        let mut manifest_keys = Vec::new();
+        for k in args.manifest_keys.iter().chain(file.manifest_keys.iter()) {
+            let key = drover_types::signing::PublicKey::parse(k)
+                .map_err(|e| ConfigError::Invalid(format!("--manifest-key: {e}")))?;
+            if !manifest_keys.contains(&key) {
+                manifest_keys.push(key);
+            }
+        }
         let policy = crate::policy::Policy {
             allow_shell: args.allow_shell || file.allow_shell.unwrap_or(false),
             allow_exec,
             allow_env,
+            manifest_keys,
             ..crate::policy::Policy::new(&allow_paths)
                 .with_kinds(&allow_kinds)
                 .with_mount_roots(&allow_mounts)

@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod backoff;
+pub mod commands;
 pub mod config;
 pub mod converge;
 pub mod daemon;

@@ -117,12 +117,22 @@ pub async fn run(
     // Outlives connections, so a call redelivered after a reconnect is recognised.
     let calls = Arc::new(Calls::default());
     let tasks_dir = config.state_dir.join("tasks");
-    let tasks = TaskManager::new(tasks_dir.clone(), ctx.policy.clone(), config.max_tasks).map_err(
-        |source| IdentityError::Io {
-            path: tasks_dir,
-            source,
-        },
-    )?;
+    let gate = Arc::new(crate::commands::CommandGate::new(
+        ctx.policy.clone(),
+        &identity.info.node_id,
+        &identity.info.name,
+        &config.state_dir,
+    ));
+    let tasks = TaskManager::new(
+        tasks_dir.clone(),
+        ctx.policy.clone(),
+        gate.clone(),
+        config.max_tasks,
+    )
+    .map_err(|source| IdentityError::Io {
+        path: tasks_dir,
+        source,
+    })?;
     let blobs = Blobs::new(config.state_dir.join("blobs"));
     let converger = Converger::start(
         config.state_dir.clone(),
@@ -325,8 +335,9 @@ async fn dispatch(
                 tracing::info!(call = %call.call_id, "ignored a redelivered action call");
                 return;
             };
-            let (ctx, calls, tx) = (ctx.clone(), calls.clone(), tx.clone());
+            let (ctx, calls, tx, tasks) = (ctx.clone(), calls.clone(), tx.clone(), tasks.clone());
             tokio::spawn(async move {
+                let gate = tasks.gate();
                 let args = if call.args_json.trim().is_empty() {
                     Ok(serde_json::Value::Null)
                 } else {
@@ -338,6 +349,21 @@ async fn dispatch(
                     })
                 };
                 let deadline = Duration::from_millis(call.deadline_ms.max(1));
+                // On a node that pins keys, an action that changes the node needs a signature like a task.
+                let args = args.and_then(|args| {
+                    if !actions::changes_node(&call.name) {
+                        return Ok(args);
+                    }
+                    let command = serde_json::json!({"action": call.name, "args": args});
+                    match gate.admit(
+                        &format!("action {}", call.name),
+                        &command,
+                        &call.signature_json,
+                    ) {
+                        Ok(()) => Ok(args),
+                        Err(refusal) => Err(drover_types::action::ActionError::denied(refusal)),
+                    }
+                });
                 let result = match args {
                     Ok(args) => actions::run(ctx, &call.name, args, deadline, cancel).await,
                     Err(e) => Err(e),
@@ -375,7 +401,7 @@ async fn dispatch(
                 );
             }
         }
-        M::TaskStart(t) => tasks.start(t.task_id, t.spec_json),
+        M::TaskStart(t) => tasks.start(t.task_id, t.spec_json, t.signature_json),
         M::DesiredState(d) => converger.desired(d).await,
         M::PlanRequest(p) => {
             // A plan waits for the converger; the stream (and heartbeats) must not.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use drover_types::manifest::{Kind, Resource};
+use drover_types::signing::PublicKey;
 
 /// Roots under which `read_file` (and, later, File resources) may touch files, when none are configured.
 pub const DEFAULT_ALLOWED_ROOTS: &[&str] = &["/var/log"];
@@ -35,6 +36,8 @@ pub struct Policy {
     pub allow_exec: Vec<PathBuf>,
     /// Environment variables tasks may set without `allow_shell`: names, or prefixes ending in `*`.
     pub allow_env: Vec<String>,
+    /// Keys manifests and commands must be signed with (any one of them); none: nothing needs a signature.
+    pub manifest_keys: Vec<PublicKey>,
 }
 
 /// What the node's policy refuses, naming the rule (the flag that would allow it).
@@ -66,6 +69,26 @@ pub enum Refusal {
         "refused by this node's policy (rule allow-env): the task sets {name}, which is not allowed on this node: its agent runs without --allow-shell and {name} is not in --allow-env{hint}"
     )]
     Env { name: String, hint: &'static str },
+    #[error(
+        "refused by this node's policy (rule unsigned): {what} carries no signature, and this node applies and runs only what is signed by a key it pins (--manifest-key)"
+    )]
+    Unsigned { what: String },
+    #[error("refused by this node's policy (rule bad signature): {what}: {reason}")]
+    BadSignature { what: String, reason: String },
+    #[error(
+        "refused by this node's policy (rule older version): manifest {manifest:?} version {version}: {reason}"
+    )]
+    OlderVersion {
+        manifest: String,
+        version: u64,
+        reason: String,
+    },
+    #[error("refused by this node's policy (rule expired): {what}: {reason}")]
+    Expired { what: String, reason: String },
+    #[error(
+        "refused by this node's policy (rule replayed): {what}: its nonce was used already; a signed command runs once"
+    )]
+    Replayed { what: String },
 }
 
 impl Refusal {
@@ -78,6 +101,11 @@ impl Refusal {
             Self::Shell { .. } => "allow-shell",
             Self::Program { .. } => "allow-exec",
             Self::Env { .. } => "allow-env",
+            Self::Unsigned { .. } => "unsigned",
+            Self::BadSignature { .. } => "bad signature",
+            Self::OlderVersion { .. } => "older version",
+            Self::Expired { .. } => "expired",
+            Self::Replayed { .. } => "replayed",
         }
     }
 }
@@ -169,7 +197,13 @@ impl Policy {
             allow_shell: false,
             allow_exec: Vec::new(),
             allow_env: Vec::new(),
+            manifest_keys: Vec::new(),
         }
+    }
+
+    /// Whether manifests and commands must be signed on this node.
+    pub fn pins_keys(&self) -> bool {
+        !self.manifest_keys.is_empty()
     }
 
     /// Also accepts these kinds (`all` for every one).

@@ -172,6 +172,7 @@ impl Links {
             name: name.to_string(),
             args_json: args.to_string(),
             deadline_ms,
+            signature_json: String::new(),
         };
         if !self.send(node_id, Msg::ActionCall(call)).await {
             lock(&self.pending).remove(call_id);

@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod node;
 pub mod operator;
 pub mod session;
+pub mod signing;
 pub mod size;
 pub mod task;
 pub mod token;

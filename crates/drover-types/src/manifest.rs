@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Labels;
 use crate::labels::validate_labels;
+use crate::signing::{MANIFEST_CONTEXT, PublicKey, SignError, Signature, canonical_json};
 
 /// A manifest as written by an operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,7 +18,82 @@ pub struct Manifest {
     /// Nodes whose labels contain all of these (empty: every node).
     #[serde(default)]
     pub selector: Labels,
+    /// Only goes up: the server refuses a lower one for a manifest it has, and a pinned node refuses a
+    /// signed manifest older than the newest it has seen (no replay of what an operator replaced).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
     pub resources: Vec<Resource>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl Manifest {
+    /// What a signature covers: the canonical JSON (RFC 8785) of the name, selector, version and
+    /// resources, the same whichever YAML form the manifest was written in.
+    pub fn signed_payload(&self) -> Result<String, SignError> {
+        canonical_json(&serde_json::json!({
+            "name": self.name,
+            "selector": self.selector,
+            "version": self.version,
+            "resources": self.resources,
+        }))
+    }
+
+    /// Checks `signature` over this manifest by the key it names (any key: the server pins none).
+    pub fn check_signature(&self, signature: &Signature) -> Result<(), SignError> {
+        signature.verify_self(MANIFEST_CONTEXT, &self.signed_payload()?)
+    }
+}
+
+/// `POST /api/v1/manifests`: a manifest and, when its operator signed it, the signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApplyManifest {
+    #[serde(flatten)]
+    pub manifest: Manifest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+}
+
+// By hand: serde's `flatten` would let unknown fields of the manifest through.
+impl<'de> Deserialize<'de> for ApplyManifest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let signature = fields
+            .remove("signature")
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| D::Error::custom(format!("signature: {e}")))?;
+        let manifest =
+            serde_json::from_value(serde_json::Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(Self {
+            manifest,
+            signature,
+        })
+    }
+}
+
+/// What a node needs to check a signed manifest: the signed payload itself and its signature. The node
+/// checks the signature against its pinned keys, then that every resource it is given from this manifest
+/// is the one in the payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestProof {
+    pub manifest: String,
+    /// The canonical JSON that was signed (see [`Manifest::signed_payload`]).
+    pub payload: String,
+    pub signature: Signature,
+}
+
+impl ManifestProof {
+    /// The signed manifest, once its signature checks out against `pinned`.
+    pub fn verify(&self, pinned: &[PublicKey]) -> Result<Manifest, SignError> {
+        self.signature
+            .verify(pinned, MANIFEST_CONTEXT, &self.payload)?;
+        serde_json::from_str(&self.payload)
+            .map_err(|e| SignError::Malformed(format!("the signed payload is not a manifest: {e}")))
+    }
 }
 
 /// One resource: a stable id and exactly one kind.
@@ -387,13 +463,16 @@ pub fn parse_port(spec: &str) -> Option<(Option<String>, u16, u16)> {
     }
 }
 
-/// A manifest as stored: with its generation (bumped when its content changes).
+/// A manifest as stored: with its generation (bumped when its content changes, not when it is only
+/// signed again) and its signature, if an operator signed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredManifest {
     pub generation: u64,
     pub updated_at: DateTime<Utc>,
     #[serde(flatten)]
     pub manifest: Manifest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
 }
 
 /// Answer to `drover apply`.
@@ -423,6 +502,10 @@ pub struct DesiredState {
     /// Resource ids that more than one manifest gives this node: none of them is applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<Conflict>,
+    /// The signed manifests among those that select the node, for nodes that pin a key (older agents
+    /// ignore it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signed: Vec<ManifestProof>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -667,6 +750,50 @@ mod tests {
         let (res, conflicts) = desired_for(&Labels::new(), &[a, b]);
         assert_eq!(res.len(), 1);
         assert!(conflicts.is_empty());
+    }
+
+    #[test]
+    fn the_signed_payload_is_the_same_whichever_form_the_manifest_was_written_in() {
+        let terse = manifest(serde_json::json!({
+            "name": "web", "version": 3,
+            "resources": [{"id": "app", "container": {"image": "nginx"}}]
+        }));
+        let verbose = manifest(serde_json::json!({
+            "resources": [{"container": {"pull": "if_not_present", "image": "nginx", "env": {}}, "id": "app"}],
+            "selector": {}, "version": 3, "name": "web"
+        }));
+        let payload = terse.signed_payload().unwrap();
+        assert_eq!(payload, verbose.signed_payload().unwrap());
+        assert_eq!(
+            payload,
+            r#"{"name":"web","resources":[{"container":{"image":"nginx","pull":"if_not_present"},"id":"app"}],"selector":{},"version":3}"#
+        );
+        let key = crate::signing::SecretKey::from_seed([3; 32]);
+        let signature = key.sign(MANIFEST_CONTEXT, &payload);
+        assert_eq!(verbose.check_signature(&signature), Ok(()));
+        let proof = ManifestProof {
+            manifest: "web".into(),
+            payload,
+            signature: signature.clone(),
+        };
+        assert_eq!(proof.verify(&[key.public()]).unwrap(), terse);
+        let newer = Manifest {
+            version: 4,
+            ..terse
+        };
+        assert!(newer.check_signature(&signature).is_err());
+        // The apply body takes the signature beside the manifest and still refuses unknown fields.
+        let body: ApplyManifest = serde_json::from_value(serde_json::json!({
+            "name": "web", "resources": [], "signature": signature
+        }))
+        .unwrap();
+        assert_eq!(body.signature, Some(signature));
+        assert!(
+            serde_json::from_value::<ApplyManifest>(
+                serde_json::json!({"name": "web", "resources": [], "sign": 1})
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -146,6 +146,11 @@ impl TaskSpec {
         Ok(())
     }
 
+    /// What a signed task's signature covers, beside its window and nonce.
+    pub fn signed_command(&self) -> serde_json::Value {
+        serde_json::json!({ "task": self })
+    }
+
     /// A one-line description for tables and the audit log.
     pub fn summary(&self) -> String {
         match self {
@@ -198,6 +203,10 @@ pub struct CreateTask {
     /// At most this many nodes run it at once (default: all).
     #[serde(default)]
     pub max_parallel: Option<u32>,
+    /// An operator's signature over the spec (see [`TaskSpec::signed_command`]); nodes that pin a key run
+    /// only signed tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::CommandSignature>,
 }
 
 /// Where a task stands on one node.
@@ -318,6 +327,8 @@ pub struct Task {
     pub created_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::CommandSignature>,
     pub runs: Vec<TaskRun>,
 }
 

@@ -31,6 +31,9 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, ActionError>> + Send>
 pub struct ActionEntry {
     pub name: &'static str,
     pub version: u32,
+    /// Whether it changes the node (writes, starts, stops). On a node that pins keys such an action needs an
+    /// operator's signature, like a task; read-only ones stay open to the server.
+    pub changes_node: bool,
     call: Box<dyn Fn(ActionCtx, Value) -> BoxFuture + Send + Sync>,
 }
 
@@ -61,6 +64,7 @@ where
     ActionEntry {
         name,
         version,
+        changes_node: false,
         call: Box::new(move |ctx, args| {
             let f = f.clone();
             Box::pin(async move {
@@ -70,6 +74,22 @@ where
             })
         }),
     }
+}
+
+/// Marks an action as one that changes the node.
+pub fn changing(entry: ActionEntry) -> ActionEntry {
+    ActionEntry {
+        changes_node: true,
+        ..entry
+    }
+}
+
+/// Whether the action named so changes the node (an unknown one is treated as if it did).
+pub fn changes_node(name: &str) -> bool {
+    registry()
+        .iter()
+        .find(|e| e.name == name)
+        .is_none_or(|e| e.changes_node)
 }
 
 /// Every action this agent offers.

@@ -3,7 +3,7 @@
 use drover_types::action::ActionError;
 use serde::{Deserialize, Serialize};
 
-use super::{ActionCtx, ActionEntry, action};
+use super::{ActionCtx, ActionEntry, action, changing};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +46,8 @@ async fn test_fail(_: ActionCtx, args: FailArgs) -> Result<(), ActionError> {
 
 pub fn entries() -> Vec<ActionEntry> {
     vec![
-        action("test_sleep", 1, test_sleep),
+        // It writes its pid file: it changes the node.
+        changing(action("test_sleep", 1, test_sleep)),
         action("test_fail", 1, test_fail),
     ]
 }

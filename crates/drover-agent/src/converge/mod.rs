@@ -13,6 +13,7 @@ mod file;
 pub mod ledger;
 pub mod reconciler;
 mod shell_job;
+mod signed;
 mod unit;
 
 use std::collections::BTreeMap;
@@ -23,8 +24,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use drover_proto::v1::{self, AgentMessage, agent_message::Msg};
 use drover_types::manifest::{
-    Condition, Conflict, DriftEvent, NodeConvergence, PlanItem, Resource, ResourceState,
-    ResourceStatus,
+    Condition, Conflict, DriftEvent, ManifestProof, NodeConvergence, PlanItem, Resource,
+    ResourceState, ResourceStatus,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -52,6 +53,9 @@ pub struct WireDesired {
     pub resources: Vec<Value>,
     #[serde(default)]
     pub conflicts: Vec<Conflict>,
+    /// Signed manifests' payloads and signatures, checked when the node pins keys.
+    #[serde(default)]
+    pub signed: Vec<ManifestProof>,
 }
 
 const DESIRED_FILE: &str = "desired.json";
@@ -91,6 +95,8 @@ impl Converger {
         let runtime = Runtime {
             desired: read_json(&state_dir.join(DESIRED_FILE)).unwrap_or_default(),
             ledger: read_json(&state_dir.join(LEDGER_FILE)).unwrap_or_default(),
+            versions: signed::load(&state_dir),
+            verdicts: signed::Verdicts::default(),
             state_dir,
             ctx,
             registry: Registry::new(),
@@ -179,6 +185,10 @@ struct Runtime {
     registry: Registry,
     desired: WireDesired,
     ledger: BTreeMap<String, LedgerEntry>,
+    /// The newest version of each signed manifest this node applied (no going back).
+    versions: signed::Versions,
+    /// This pass's verdict on each manifest's signature.
+    verdicts: signed::Verdicts,
     statuses: BTreeMap<String, ResourceStatus>,
     /// Spec hash each status was reached with, to tell drift from a change of spec.
     hashes: BTreeMap<String, String>,
@@ -209,6 +219,7 @@ impl Runtime {
     /// What a pass over `desired` would do: the policy, then each kind's observe and plan, nothing else.
     async fn plan(&self, desired: &WireDesired) -> Vec<PlanItem> {
         let mut items = Vec::new();
+        let (verdicts, _) = self.judge(desired, &mut self.versions.clone(), false);
         let mut wanted = std::collections::BTreeSet::new();
         for raw in &desired.resources {
             let (id, _, resource) = parse_resource(raw);
@@ -227,7 +238,11 @@ impl Runtime {
                 }
             };
             let kind = resource.kind_name();
-            if let Err(refusal) = self.ctx.policy.admit(&resource) {
+            let manifest = raw["manifest"].as_str().unwrap_or_default();
+            if let Err(refusal) = verdicts
+                .admit(manifest, &resource)
+                .and_then(|()| self.ctx.policy.admit(&resource))
+            {
                 items.push(item(kind, "refuse", refusal.to_string()));
                 continue;
             }
@@ -326,9 +341,36 @@ impl Runtime {
         }
     }
 
+    /// Judges the signed manifests of `desired` (when this node pins keys).
+    fn judge(
+        &self,
+        desired: &WireDesired,
+        versions: &mut signed::Versions,
+        record: bool,
+    ) -> (signed::Verdicts, bool) {
+        let names = desired
+            .resources
+            .iter()
+            .map(|r| r["manifest"].as_str().unwrap_or_default().to_string());
+        signed::Verdicts::judge(
+            &self.ctx.policy.manifest_keys,
+            names,
+            &desired.signed,
+            versions,
+            record,
+        )
+    }
+
     /// One pass: reconcile every due resource, collect what is no longer desired, report.
     async fn pass(&mut self) {
         let now = Utc::now();
+        let mut versions = std::mem::take(&mut self.versions);
+        let (verdicts, changed) = self.judge(&self.desired, &mut versions, true);
+        if changed {
+            signed::save(&self.state_dir, &versions);
+        }
+        self.versions = versions;
+        self.verdicts = verdicts;
         let mut wanted = std::collections::BTreeSet::new();
         let conflicted: std::collections::BTreeSet<String> = self
             .desired
@@ -457,8 +499,13 @@ impl Runtime {
         let kind = resource.kind_name();
         let same_spec = self.hashes.get(&id).map(String::as_str) == Some(hash);
         self.hashes.insert(id.clone(), hash.to_string());
-        // The node's policy, once, before any kind looks at the resource.
-        if let Err(refusal) = self.ctx.policy.admit(resource) {
+        // The manifest's signature (on a node that pins keys), then the node's policy, once, before any
+        // kind looks at the resource.
+        if let Err(refusal) = self
+            .verdicts
+            .admit(manifest, resource)
+            .and_then(|()| self.ctx.policy.admit(resource))
+        {
             self.refused(&id, manifest, kind, &refusal, previous);
             return;
         }
@@ -676,6 +723,8 @@ mod tests {
             registry: Registry::new(),
             desired,
             ledger: BTreeMap::new(),
+            versions: Default::default(),
+            verdicts: Default::default(),
             statuses: BTreeMap::new(),
             hashes: BTreeMap::new(),
             link: Arc::new(Mutex::new(None)),
@@ -695,6 +744,7 @@ mod tests {
                 serde_json::json!({"id": "f", "manifest": "m", "file": {"path": file, "content": "x"}}),
             ],
             conflicts: vec![],
+            signed: vec![],
         };
         let mut rt = runtime(dir.path(), desired);
         rt.pass().await;
@@ -737,6 +787,7 @@ mod tests {
                 generation: 1,
                 resources: vec![file("f", &first, "x")],
                 conflicts: vec![],
+                signed: vec![],
             },
         );
         rt.pass().await;
@@ -746,6 +797,7 @@ mod tests {
             generation: 2,
             resources: vec![file("f", &second, "y")],
             conflicts: vec![],
+            signed: vec![],
         });
         rt.pass().await;
         assert!(
@@ -761,6 +813,7 @@ mod tests {
             generation: 3,
             resources: vec![],
             conflicts: vec![],
+            signed: vec![],
         });
         rt.pass().await;
         assert!(second.exists(), "never deletes what it did not create");
@@ -778,6 +831,7 @@ mod tests {
                 serde_json::json!({"id": "out", "manifest": "m", "file": {"path": "/etc/drover-never", "content": "x"}}),
             ],
             conflicts: vec![],
+            signed: vec![],
         };
         let mut rt = runtime(dir.path(), desired.clone());
         rt.pass().await;

@@ -14,6 +14,7 @@ use drover_proto::v1::{self, AgentMessage, agent_message::Msg};
 use drover_types::task::{DEFAULT_GRACE_MS, TaskSpec};
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use crate::commands::CommandGate;
 use crate::policy::Policy;
 use outbox::{Exit, Outbox};
 
@@ -67,6 +68,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct TaskManager {
     dir: PathBuf,
     policy: Arc<Policy>,
+    /// Signed commands, on a node that pins keys.
+    gate: Arc<CommandGate>,
     slots: Arc<Semaphore>,
     link: Mutex<Option<mpsc::Sender<AgentMessage>>>,
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
@@ -78,6 +81,7 @@ impl TaskManager {
     pub fn new(
         dir: PathBuf,
         policy: Arc<Policy>,
+        gate: Arc<CommandGate>,
         max_concurrent: usize,
     ) -> std::io::Result<Arc<Self>> {
         drover_files::create_private_dir(&dir)?;
@@ -105,6 +109,7 @@ impl TaskManager {
         Ok(Arc::new(Self {
             dir,
             policy,
+            gate,
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
             link: Mutex::new(None),
             cancels: Mutex::new(HashMap::new()),
@@ -185,7 +190,7 @@ impl TaskManager {
     }
 
     /// Starts a task, unless this id was run before: then only what is unacknowledged is resent.
-    pub fn start(self: &Arc<Self>, task_id: String, spec_json: String) {
+    pub fn start(self: &Arc<Self>, task_id: String, spec_json: String, signature_json: String) {
         let Some(dir) = self.task_dir(&task_id) else {
             tracing::warn!("ignored a task with an invalid id {task_id:?}");
             return;
@@ -203,7 +208,15 @@ impl TaskManager {
         let (cancel_tx, cancel_rx) = watch::channel(false);
         lock(&self.cancels).insert(task_id.clone(), cancel_tx);
         let me = self.clone();
-        tokio::spawn(async move { me.run(task_id, dir, spec_json, cancel_rx).await });
+        tokio::spawn(async move {
+            me.run(task_id, dir, spec_json, signature_json, cancel_rx)
+                .await
+        });
+    }
+
+    /// What checks signed commands on this node (actions that change it use it too).
+    pub fn gate(&self) -> &CommandGate {
+        &self.gate
     }
 
     pub fn cancel(&self, task_id: &str) {
@@ -245,6 +258,7 @@ impl TaskManager {
         task_id: String,
         dir: PathBuf,
         spec_json: String,
+        signature_json: String,
         mut cancel: watch::Receiver<bool>,
     ) {
         let mut outbox = match Outbox::create(&dir, &spec_json) {
@@ -268,6 +282,15 @@ impl TaskManager {
         };
         let ended = match serde_json::from_str::<TaskSpec>(&spec_json) {
             Err(e) => Ended::error(format!("this agent does not understand the task: {e}")),
+            // Checked on arrival, not after waiting for a slot: its window is short.
+            Ok(spec)
+                if let Err(refusal) =
+                    self.gate
+                        .admit("the task", &spec.signed_command(), &signature_json) =>
+            {
+                tracing::warn!(task = %task_id, "{refusal}");
+                Ended::refused(refusal)
+            }
             Ok(spec) => {
                 // Wait for a slot (the per-node concurrency limit), unless cancelled meanwhile.
                 let permit = tokio::select! {

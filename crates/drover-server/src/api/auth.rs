@@ -68,6 +68,10 @@ pub const ROUTE_ROLES: &[(&str, &str, Role)] = &[
     ("GET", "/api/v1/operators", Role::Admin),
     ("POST", "/api/v1/operators", Role::Admin),
     ("DELETE", "/api/v1/operators/{name}", Role::Admin),
+    // Only in test builds with the `tamper` feature (see fleet::tamper); no such route exists otherwise.
+    ("POST", "/api/v1/tamper/desired", Role::Admin),
+    ("POST", "/api/v1/tamper/manifest", Role::Admin),
+    ("POST", "/api/v1/tamper/replay/{id}", Role::Admin),
 ];
 
 /// The role a route needs; `None` for a route nobody named (refused to all).

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use drover_types::manifest::{Applied, Manifest, NodeStatusReport, StoredManifest};
+use drover_types::manifest::{Applied, ApplyManifest, NodeStatusReport, StoredManifest};
 use drover_types::{Labels, Node};
 use serde::Deserialize;
 
@@ -25,12 +25,13 @@ pub struct ApplyQuery {
     dry_run: bool,
 }
 
-/// Applies a manifest; with `?dry_run=true`, answers each touched node's plan instead and changes nothing.
+/// Applies a manifest (and its signature, when it has one); with `?dry_run=true`, answers each touched
+/// node's plan instead and changes nothing.
 pub async fn apply(
     State(s): State<ApiState>,
     caller: Caller,
     query: Result<Query<ApplyQuery>, axum::extract::rejection::QueryRejection>,
-    ApiJson(m): ApiJson<Manifest>,
+    ApiJson(m): ApiJson<ApplyManifest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(e.body_text(), Some("dry_run".into())))?;

@@ -12,6 +12,8 @@ mod nodes;
 mod operators;
 mod serve;
 mod sessions;
+#[cfg(feature = "tamper")]
+mod tamper;
 mod tasks;
 mod tls;
 mod tokens;
@@ -70,7 +72,11 @@ async fn not_found() -> ApiError {
 }
 
 pub fn router(state: ApiState) -> Router {
-    let operator = Router::new()
+    #[cfg(feature = "tamper")]
+    let operator = tamper::routes(Router::new());
+    #[cfg(not(feature = "tamper"))]
+    let operator = Router::new();
+    let operator = operator
         .route("/api/v1/nodes", get(nodes::list))
         .route("/api/v1/nodes/{id}", get(nodes::get).delete(nodes::delete))
         .route("/api/v1/nodes/{id}/metrics", get(nodes::metrics))

@@ -10,8 +10,8 @@ use drover_types::limits::{
     check_count, check_len,
 };
 use drover_types::manifest::{
-    Applied, DesiredState, Manifest, NodeConvergence, NodePlan, NodeStatusReport, PlanItem,
-    StoredManifest, desired_for,
+    Applied, ApplyManifest, DesiredState, Manifest, ManifestProof, NodeConvergence, NodePlan,
+    NodeStatusReport, PlanItem, StoredManifest, desired_for,
 };
 use drover_types::{Labels, Node};
 use sha2::{Digest, Sha256};
@@ -19,6 +19,34 @@ use sha2::{Digest, Sha256};
 use crate::fleet::nodes::controlled_labels;
 use crate::fleet::{Fleet, FleetError};
 use crate::store::NodeRecord;
+use crate::store::StoreError;
+
+/// A node's desired state from the stored manifests (generation left at 0): the resources of those that
+/// select it, and the signed payload and signature of each signed one among them, for pinned nodes.
+fn desired_state(labels: &Labels, stored: &[StoredManifest]) -> DesiredState {
+    let manifests: Vec<Manifest> = stored.iter().map(|m| m.manifest.clone()).collect();
+    let (resources, conflicts) = desired_for(labels, &manifests);
+    let signed = stored
+        .iter()
+        .filter(|m| m.manifest.selects(labels))
+        .filter_map(|m| {
+            let signature = m.signature.clone()?;
+            // A payload that cannot be made was never signed: the node sees the manifest unsigned.
+            let payload = m.manifest.signed_payload().ok()?;
+            Some(ManifestProof {
+                manifest: m.manifest.name.clone(),
+                payload,
+                signature,
+            })
+        })
+        .collect();
+    DesiredState {
+        generation: 0,
+        resources,
+        conflicts,
+        signed,
+    }
+}
 
 /// Bytes per BlobData piece.
 const BLOB_PIECE: usize = 1024 * 1024;
@@ -67,14 +95,20 @@ impl Fleet {
     }
 
     /// Asks every node the manifest would touch what it would change; nothing is stored or changed.
-    pub async fn plan_manifest(&self, manifest: Manifest) -> Result<Vec<NodePlan>, FleetError> {
+    pub async fn plan_manifest(&self, apply: ApplyManifest) -> Result<Vec<NodePlan>, FleetError> {
+        let manifest = apply.manifest;
         Self::check_manifest(&manifest)?;
-        let mut manifests = self.manifest_list().await?;
+        let mut manifests = self.manifests().await?;
         let old = manifests
             .iter()
-            .position(|m| m.name == manifest.name)
-            .map(|i| manifests.remove(i));
-        manifests.push(manifest.clone());
+            .position(|m| m.manifest.name == manifest.name)
+            .map(|i| manifests.remove(i).manifest);
+        manifests.push(StoredManifest {
+            generation: 0,
+            updated_at: Utc::now(),
+            manifest: manifest.clone(),
+            signature: apply.signature,
+        });
         let nodes: Vec<Node> = self
             .nodes()
             .await?
@@ -84,12 +118,7 @@ impl Fleet {
             })
             .collect();
         let asks = nodes.iter().map(|node| {
-            let (resources, conflicts) = desired_for(&node.labels, &manifests);
-            let state = DesiredState {
-                generation: 0,
-                resources,
-                conflicts,
-            };
+            let state = desired_state(&node.labels, &manifests);
             async move {
                 let json = serde_json::to_string(&state).unwrap_or_default();
                 let Some((request_id, rx)) = self.links().start_plan(&node.id, json).await else {
@@ -125,23 +154,41 @@ impl Fleet {
         Ok(futures_util::future::join_all(asks).await)
     }
 
-    /// Validates and stores a manifest, then recomputes every node's desired state.
+    /// Validates and stores a manifest (checking its signature, if any, against the key it names), then
+    /// recomputes every node's desired state.
     pub async fn apply_manifest(
         &self,
         actor: &str,
-        manifest: Manifest,
+        apply: ApplyManifest,
     ) -> Result<Applied, FleetError> {
+        let ApplyManifest {
+            manifest,
+            signature,
+        } = apply;
         Self::check_manifest(&manifest)?;
-        let (generation, changed) = self.store().put_manifest(&manifest, Utc::now()).await?;
-        if changed {
+        if let Some(sig) = &signature {
+            manifest
+                .check_signature(sig)
+                .map_err(|e| FleetError::invalid("signature", e))?;
+        }
+        let put = self
+            .store()
+            .put_manifest(&manifest, signature.as_ref(), Utc::now())
+            .await
+            .map_err(|e| match e {
+                StoreError::ManifestVersion { .. } => FleetError::invalid("version", e),
+                e => e.into(),
+            })?;
+        let generation = put.generation;
+        if put.changed || put.resigned {
             self.audit(
                 actor,
-                "manifest.apply",
+                if put.changed { "manifest.apply" } else { "manifest.sign" },
                 &manifest.name,
-                serde_json::json!({"generation": generation}),
+                serde_json::json!({"generation": generation, "version": manifest.version, "signed_by": signature.as_ref().map(|s| &s.key)}),
             )
             .await;
-            tracing::info!(manifest = %manifest.name, generation, "manifest applied");
+            tracing::info!(manifest = %manifest.name, generation, signed = signature.is_some(), "manifest applied");
             self.recompute_all().await?;
         }
         let nodes = self
@@ -154,19 +201,9 @@ impl Fleet {
         Ok(Applied {
             name: manifest.name,
             generation,
-            changed,
+            changed: put.changed,
             nodes,
         })
-    }
-
-    /// The manifests themselves, without their bookkeeping.
-    async fn manifest_list(&self) -> Result<Vec<Manifest>, FleetError> {
-        Ok(self
-            .manifests()
-            .await?
-            .into_iter()
-            .map(|m| m.manifest)
-            .collect())
     }
 
     pub async fn manifests(&self) -> Result<Vec<StoredManifest>, FleetError> {
@@ -194,7 +231,7 @@ impl Fleet {
     /// Recomputes every node's desired state, many nodes at once: their writes share transactions and no
     /// push waits for another node.
     pub(crate) async fn recompute_all(&self) -> Result<(), FleetError> {
-        let manifests = self.manifest_list().await?;
+        let manifests = self.manifests().await?;
         let nodes = self.nodes().await?;
         let slots = tokio::sync::Semaphore::new(RECOMPUTE_AT_ONCE);
         let work = nodes.iter().map(|node| async {
@@ -209,15 +246,18 @@ impl Fleet {
 
     /// Recomputes one node's desired state; a change gets a new generation and is pushed. The write is a
     /// compare-and-set on the generation, so two recomputations of one node never both win.
-    async fn recompute_node(&self, node: &Node, manifests: &[Manifest]) -> Result<(), FleetError> {
-        let (resources, conflicts) = desired_for(&node.labels, manifests);
-        let content = serde_json::to_vec(&(&resources, &conflicts)).unwrap_or_default();
+    async fn recompute_node(
+        &self,
+        node: &Node,
+        manifests: &[StoredManifest],
+    ) -> Result<(), FleetError> {
+        #[allow(unused_mut)]
+        let mut state = desired_state(&node.labels, manifests);
+        #[cfg(feature = "tamper")]
+        self.tamper().desired(&mut state);
+        let content = serde_json::to_vec(&(&state.resources, &state.conflicts, &state.signed))
+            .unwrap_or_default();
         let hash = hex::encode(Sha256::digest(&content));
-        let mut state = DesiredState {
-            generation: 0,
-            resources,
-            conflicts,
-        };
         for _ in 0..RECOMPUTE_TRIES {
             let previous = self.store().get_desired(&node.id).await?;
             if previous.as_ref().is_some_and(|(_, h)| *h == hash) {
@@ -252,7 +292,7 @@ impl Fleet {
     pub async fn desired_on_attach(&self, node_id: &str) {
         let result = async {
             let node = self.node(node_id).await?;
-            let manifests = self.manifest_list().await?;
+            let manifests = self.manifests().await?;
             self.recompute_node(&node, &manifests).await?;
             if let Some((state, _)) = self.store().get_desired(node_id).await? {
                 self.push_desired(node_id, &state).await;
@@ -440,7 +480,7 @@ impl Fleet {
     /// A node's labels changed: its desired state follows.
     async fn relabeled(&self, node_id: &str) -> Result<Node, FleetError> {
         let node = self.node(node_id).await?;
-        let manifests = self.manifest_list().await?;
+        let manifests = self.manifests().await?;
         self.recompute_node(&node, &manifests).await?;
         Ok(node)
     }

@@ -7,6 +7,8 @@ pub mod desired;
 mod nodes;
 mod operators;
 mod sessions;
+#[cfg(feature = "tamper")]
+pub mod tamper;
 pub mod tasks;
 mod tokens;
 
@@ -140,6 +142,8 @@ pub struct Fleet {
     pub(crate) status_events: desired::StatusEvents,
     beats: nodes::Heartbeats,
     blobs: desired::BlobCache,
+    #[cfg(feature = "tamper")]
+    tamper: tamper::Tamper,
 }
 
 /// Keeps a node's stream registered while alive; a newer stream for the same node takes over.
@@ -209,7 +213,14 @@ impl Fleet {
             status_events: Default::default(),
             beats: Default::default(),
             blobs: Default::default(),
+            #[cfg(feature = "tamper")]
+            tamper: Default::default(),
         })
+    }
+
+    #[cfg(feature = "tamper")]
+    pub(crate) fn tamper(&self) -> &tamper::Tamper {
+        &self.tamper
     }
 
     pub fn pki(&self) -> &Pki {

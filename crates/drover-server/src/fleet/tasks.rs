@@ -57,6 +57,8 @@ struct TaskMeta {
     summary: String,
     max_parallel: Option<u32>,
     spec_json: Arc<str>,
+    /// The operator's signature, as the agent checks it; empty when unsigned.
+    signature_json: Arc<str>,
 }
 
 /// Live task state: per-run ordering, the followers' channels, and the tasks being finished.
@@ -186,6 +188,7 @@ impl Fleet {
             created_by: actor.to_string(),
             created_at: now,
             max_parallel: req.max_parallel,
+            signature: req.signature,
             runs,
         };
         self.store().insert_task(&task).await?;
@@ -315,6 +318,7 @@ impl Fleet {
             let start = v1::TaskStart {
                 task_id: task_id.to_string(),
                 spec_json: meta.spec_json.to_string(),
+                signature_json: meta.signature_json.to_string(),
             };
             async move {
                 let sent = tokio::time::timeout(
@@ -683,9 +687,14 @@ impl Fleet {
             }
             // Should this fail, the run's resent output sets it up on arrival (`ensure_progress`).
             self.resume_progress(&task_id, node_id, node_name).await;
+            let signature_json = match self.meta(&task_id).await {
+                Ok(meta) => meta.signature_json.to_string(),
+                Err(_) => String::new(),
+            };
             let start = v1::TaskStart {
                 task_id: task_id.clone(),
                 spec_json: serde_json::to_string(&spec).unwrap_or_default(),
+                signature_json,
             };
             self.links().send(node_id, Msg::TaskStart(start)).await;
             tracing::info!(task = %task_id, node = %node_name, "redelivered a running task");
@@ -823,6 +832,12 @@ fn meta_of(task: &Task) -> TaskMeta {
         summary: task.spec.summary(),
         max_parallel: task.max_parallel,
         spec_json: serde_json::to_string(&task.spec).unwrap_or_default().into(),
+        signature_json: task
+            .signature
+            .as_ref()
+            .map(|s| serde_json::to_string(s).unwrap_or_default())
+            .unwrap_or_default()
+            .into(),
     }
 }
 

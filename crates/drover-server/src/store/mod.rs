@@ -11,6 +11,7 @@ use drover_types::{
     Capabilities, Labels, Metrics, MetricsSample, Transport,
     manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest},
     operator::OperatorInfo,
+    signing::Signature,
     task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec},
     token::{JoinTokenInfo, TokenRefusal},
 };
@@ -28,6 +29,22 @@ pub enum StoreError {
     NameTaken(String),
     #[error("database task failed: {0}")]
     Task(String),
+    #[error("manifest {name:?} is at version {have}: {reason}")]
+    ManifestVersion {
+        name: String,
+        have: u64,
+        reason: &'static str,
+    },
+}
+
+/// What storing a manifest did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutManifest {
+    pub generation: u64,
+    /// Its content changed (and so its generation went up).
+    pub changed: bool,
+    /// Only its signature changed (signed again, or by another key): the generation stays.
+    pub resigned: bool,
 }
 
 /// A join token as stored: its secret only as a hash.
@@ -231,12 +248,14 @@ pub trait Store: Send + Sync + 'static {
     async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError>;
     async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
 
-    /// Stores a manifest; its generation goes up when its content changed. Returns (generation, changed).
+    /// Stores a manifest and its signature; its generation goes up when its content changed. A version
+    /// lower than the stored one is refused, and so is new signed content without a higher version.
     async fn put_manifest(
         &self,
         manifest: &Manifest,
+        signature: Option<&Signature>,
         now: DateTime<Utc>,
-    ) -> Result<(u64, bool), StoreError>;
+    ) -> Result<PutManifest, StoreError>;
     async fn list_manifests(&self) -> Result<Vec<StoredManifest>, StoreError>;
     /// Returns false when no such manifest exists.
     async fn delete_manifest(&self, name: &str) -> Result<bool, StoreError>;

@@ -16,6 +16,8 @@ pub struct ContainersArgs {
     node: String,
     #[command(subcommand)]
     op: Op,
+    #[command(flatten)]
+    sign: super::keys::SignArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,13 +73,12 @@ pub async fn run(args: ContainersArgs, client: &Client) -> anyhow::Result<()> {
         tail,
         timeout_ms: None,
     };
-    run_task(
-        client,
-        CreateTask {
-            target: Target::Node(args.node),
-            spec,
-            max_parallel: None,
-        },
-    )
-    .await
+    let mut req = CreateTask {
+        target: Target::Node(args.node),
+        spec,
+        max_parallel: None,
+        signature: None,
+    };
+    args.sign.task(&mut req)?;
+    run_task(client, req).await
 }

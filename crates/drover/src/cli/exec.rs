@@ -62,6 +62,8 @@ pub struct ExecArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
+    #[command(flatten)]
+    sign: super::keys::SignArgs,
 }
 
 fn duration_ms(text: &Option<String>) -> anyhow::Result<Option<u64>> {
@@ -98,15 +100,14 @@ pub async fn run(args: ExecArgs, client: &Client) -> anyhow::Result<()> {
         timeout_ms: duration_ms(&args.timeout)?,
         grace_ms: duration_ms(&args.grace)?,
     };
-    run_task(
-        client,
-        CreateTask {
-            target,
-            spec,
-            max_parallel: args.max_parallel,
-        },
-    )
-    .await
+    let mut req = CreateTask {
+        target,
+        spec,
+        max_parallel: args.max_parallel,
+        signature: None,
+    };
+    args.sign.task(&mut req)?;
+    run_task(client, req).await
 }
 
 /// Creating a task on thousands of nodes stores a run per node before the server answers.

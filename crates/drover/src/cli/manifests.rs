@@ -43,6 +43,8 @@ pub struct ApplyArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     output: OutputFormat,
+    #[command(flatten)]
+    sign: super::keys::SignArgs,
 }
 
 /// Reads a manifest file: YAML (JSON is YAML too).
@@ -95,6 +97,8 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
         .map(|p| p.to_path_buf())
         .unwrap_or_default();
     upload_sources(&mut manifest, &base, client).await?;
+    // Signed after the upload: the signature covers each source's SHA-256, so the content too.
+    let manifest = args.sign.manifest(manifest)?;
     if args.dry_run {
         let answer: serde_json::Value = client
             .request(

@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod containers;
 mod exec;
+mod keys;
 mod login;
 mod manifests;
 mod nodes;
@@ -100,6 +101,8 @@ pub enum Command {
     Delete(manifests::DeleteArgs),
     /// Convergence of the fleet, or of one node's resources.
     Status(manifests::StatusArgs),
+    /// Manifest signing keys: create one, list which manifests are signed by which key.
+    Keys(keys::KeysArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -145,6 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Delete(args) => manifests::delete(args, &client::Client::new(&cli.global)?).await,
         Command::Status(args) => manifests::status(args, &client::Client::new(&cli.global)?).await,
+        Command::Keys(args) => keys::run(args, || client::Client::new(&cli.global)).await,
     }
 }
 

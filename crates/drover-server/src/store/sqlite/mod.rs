@@ -17,11 +17,12 @@ use drover_types::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    AuditFilter, JoinTokenRecord, NodeChange, NodeRecord, OperatorRecord, OutputRecord, RunPatch,
-    Store, StoreError,
+    AuditFilter, JoinTokenRecord, NodeChange, NodeRecord, OperatorRecord, OutputRecord,
+    PutManifest, RunPatch, Store, StoreError,
 };
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
 use drover_types::operator::OperatorInfo;
+use drover_types::signing::Signature;
 use drover_types::task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec};
 use pool::Pool;
 use schema::MIGRATIONS;
@@ -596,8 +597,8 @@ impl Store for SqliteStore {
         self.write(move |c| {
             let tx = c;
             exec(tx,
-                "INSERT INTO tasks (id, target, spec, created_by, created_at, max_parallel) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![t.id, to_json(&t.target), to_json(&t.spec), t.created_by, t.created_at, t.max_parallel],
+                "INSERT INTO tasks (id, target, spec, created_by, created_at, max_parallel, signature) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![t.id, to_json(&t.target), to_json(&t.spec), t.created_by, t.created_at, t.max_parallel, t.signature.as_ref().map(to_json)],
             )?;
             for run in &t.runs {
                 exec(tx,
@@ -988,49 +989,71 @@ impl Store for SqliteStore {
     async fn put_manifest(
         &self,
         manifest: &Manifest,
+        signature: Option<&Signature>,
         now: DateTime<Utc>,
-    ) -> Result<(u64, bool), StoreError> {
+    ) -> Result<PutManifest, StoreError> {
         let (m, json) = (manifest.clone(), to_json(manifest));
+        let sig = signature.map(to_json);
         self.write(move |c| {
             let tx = c;
-            let current: Option<(i64, String)> = row(tx, "SELECT generation, manifest FROM manifests WHERE name = ?1", [&m.name], |r| Ok((r.get(0)?, r.get(1)?)))
+            let current: Option<(i64, String, Option<String>)> = row(tx, "SELECT generation, manifest, signature FROM manifests WHERE name = ?1", [&m.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
-            let (generation, changed) = match current {
-                Some((g, old)) if old == json => (g as u64, false),
-                Some((g, _)) => (g as u64 + 1, true),
-                None => (1, true),
+            let refuse = |have: u64, reason| StoreError::ManifestVersion { name: m.name.clone(), have, reason };
+            let put = match current {
+                Some((g, old, old_sig)) => {
+                    let have = from_json::<Manifest>(&old, "manifest")?.version;
+                    if m.version < have {
+                        return Err(refuse(have, "versions only go up; give a higher one"));
+                    }
+                    let changed = old != json;
+                    // A node that saw this version signed would refuse other content under it.
+                    if changed && sig.is_some() && m.version == have {
+                        return Err(refuse(have, "signed content that changed needs a higher version"));
+                    }
+                    PutManifest {
+                        generation: g as u64 + u64::from(changed),
+                        changed,
+                        resigned: !changed && old_sig != sig,
+                    }
+                }
+                None => PutManifest { generation: 1, changed: true, resigned: false },
             };
-            if changed {
+            if put.changed || put.resigned {
                 exec(tx,
-                    "INSERT INTO manifests (name, generation, manifest, updated_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(name) DO UPDATE SET generation = ?2, manifest = ?3, updated_at = ?4",
-                    params![m.name, generation as i64, json, now],
+                    "INSERT INTO manifests (name, generation, manifest, updated_at, signature) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(name) DO UPDATE SET generation = ?2, manifest = ?3, updated_at = ?4, signature = ?5",
+                    params![m.name, put.generation as i64, json, now, sig],
                 )?;
             }
-            Ok((generation, changed))
+            Ok(put)
         })
         .await
     }
 
     async fn list_manifests(&self) -> Result<Vec<StoredManifest>, StoreError> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare("SELECT generation, manifest, updated_at FROM manifests ORDER BY name")?;
+            let mut stmt = c.prepare(
+                "SELECT generation, manifest, updated_at, signature FROM manifests ORDER BY name",
+            )?;
             let rows = stmt
                 .query_map([], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, String>(1)?,
                         r.get::<_, DateTime<Utc>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
-                .map(|(g, m, at)| {
+                .map(|(g, m, at, sig)| {
                     Ok(StoredManifest {
                         generation: g as u64,
                         updated_at: at,
                         manifest: from_json(&m, "manifest")?,
+                        signature: sig
+                            .map(|s| from_json(&s, "manifest signature"))
+                            .transpose()?,
                     })
                 })
                 .collect()
@@ -1190,7 +1213,7 @@ impl Store for SqliteStore {
 fn load_task(c: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
     let row = row(
         c,
-        "SELECT target, spec, created_by, created_at, max_parallel FROM tasks WHERE id = ?1",
+        "SELECT target, spec, created_by, created_at, max_parallel, signature FROM tasks WHERE id = ?1",
         [id],
         |r| {
             Ok((
@@ -1199,11 +1222,12 @@ fn load_task(c: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
                 r.get::<_, String>(2)?,
                 r.get::<_, DateTime<Utc>>(3)?,
                 r.get::<_, Option<u32>>(4)?,
+                r.get::<_, Option<String>>(5)?,
             ))
         },
     )
     .optional()?;
-    let Some((target, spec, created_by, created_at, max_parallel)) = row else {
+    let Some((target, spec, created_by, created_at, max_parallel, signature)) = row else {
         return Ok(None);
     };
     let mut stmt = c.prepare("SELECT run FROM task_runs WHERE task_id = ?1 ORDER BY rowid")?;
@@ -1220,6 +1244,9 @@ fn load_task(c: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
         created_by,
         created_at,
         max_parallel,
+        signature: signature
+            .map(|s| from_json(&s, "task signature"))
+            .transpose()?,
         runs,
     }))
 }
@@ -1450,6 +1477,7 @@ mod tests {
             created_by: "admin".into(),
             created_at: Utc::now(),
             max_parallel: None,
+            signature: None,
             runs: nodes
                 .iter()
                 .map(|n| TaskRun {
@@ -1635,6 +1663,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn manifest_versions_only_go_up_and_signing_again_keeps_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let manifest = |version: u64, content: &str| -> Manifest {
+            serde_json::from_value(serde_json::json!({"name": "web", "version": version,
+                "resources": [{"id": "f", "file": {"path": "/x", "content": content}}]}))
+            .unwrap()
+        };
+        let sig = |key: &str| Signature {
+            key: key.into(),
+            sig: "s".into(),
+        };
+        let now = Utc::now();
+        let put = store
+            .put_manifest(&manifest(2, "a"), Some(&sig("k1")), now)
+            .await
+            .unwrap();
+        assert_eq!((put.generation, put.changed), (1, true));
+        let put = store
+            .put_manifest(&manifest(2, "a"), Some(&sig("k2")), now)
+            .await
+            .unwrap();
+        assert_eq!(
+            (put.generation, put.changed, put.resigned),
+            (1, false, true)
+        );
+        assert_eq!(
+            store.list_manifests().await.unwrap()[0].signature,
+            Some(sig("k2"))
+        );
+        for refused in [manifest(1, "a"), manifest(2, "changed")] {
+            assert!(matches!(
+                store.put_manifest(&refused, Some(&sig("k2")), now).await,
+                Err(StoreError::ManifestVersion { have: 2, .. })
+            ));
+        }
+        let put = store
+            .put_manifest(&manifest(3, "changed"), Some(&sig("k2")), now)
+            .await
+            .unwrap();
+        assert_eq!((put.generation, put.changed), (2, true));
+    }
+
+    #[tokio::test]
     async fn desired_state_is_compare_and_set_on_its_generation() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("db")).unwrap();
@@ -1643,6 +1715,7 @@ mod tests {
             generation,
             resources: vec![],
             conflicts: vec![],
+            signed: vec![],
         };
         assert!(store.put_desired("a", &state(1), "h1").await.unwrap());
         assert!(

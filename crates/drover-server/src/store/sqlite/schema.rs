@@ -126,4 +126,10 @@ CREATE TABLE operators (
     revoked INTEGER NOT NULL DEFAULT 0
 );
 "#,
+    // Signatures beside what they sign: an operator's over a manifest (its generation ignores it) and
+    // over a task's spec, both JSON of drover_types::signing types; NULL when unsigned.
+    r#"
+ALTER TABLE manifests ADD COLUMN signature TEXT;
+ALTER TABLE tasks ADD COLUMN signature TEXT;
+"#,
 ];

@@ -1,0 +1,384 @@
+//! Signed manifests and commands, with a real server (built with the test-only `tamper` feature, which
+//! lets it lie to its agents), the real CLI and a real agent that pins two keys (rotation). Each lie (altered
+//! resources or payload, a stripped or forged signature, an older version, a replayed, expired or altered
+//! task) ends as a refusal naming its rule, and the node is left as it was.
+
+use std::path::{Path, PathBuf};
+
+use drover_testkit::{Agent, Server, TIMEOUT, wait_for};
+use drover_types::signing::{CommandSignature, SecretKey};
+use serde_json::{Value, json};
+
+struct Fleet {
+    server: Server,
+    agent: Agent,
+    files: tempfile::TempDir,
+    keys: tempfile::TempDir,
+    /// Public keys of `a` and `b` (pinned) and `x` (not).
+    public: std::collections::BTreeMap<&'static str, String>,
+}
+
+fn keys_create(server: &Server, dir: &Path) -> String {
+    let out = server
+        .cli(&["keys", "create", "--out", dir.to_str().unwrap()])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(line.starts_with("ed25519:"), "{line}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("manifest.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    line
+}
+
+fn fleet() -> Fleet {
+    let server = Server::start().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let mut public = std::collections::BTreeMap::new();
+    for k in ["a", "b", "x"] {
+        public.insert(k, keys_create(&server, &keys.path().join(k)));
+    }
+    let token = server
+        .join_token(json!({"labels": {"role": "edge"}}))
+        .unwrap();
+    let args: Vec<String> = [
+        "--server",
+        &server.agent_url(),
+        "--name",
+        "edge",
+        "--token",
+        &token,
+        "--heartbeat-interval",
+        "300ms",
+        "--resync-interval",
+        "500ms",
+        "--allow-path",
+        files.path().to_str().unwrap(),
+        "--allow-exec",
+        "touch",
+        "--manifest-key",
+        &public["a"],
+        "--manifest-key",
+        &public["b"],
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let agent = Agent::start_raw(args, &[]).unwrap();
+    server
+        .wait_node("edge", "connected", |n| n["connected"] == true)
+        .unwrap();
+    Fleet {
+        server,
+        agent,
+        files,
+        keys,
+        public,
+    }
+}
+
+impl Fleet {
+    fn path(&self, name: &str) -> PathBuf {
+        self.files.path().join(name)
+    }
+
+    fn key(&self, k: &str) -> PathBuf {
+        self.keys.path().join(k).join("manifest.key")
+    }
+
+    fn token(&self) -> String {
+        self.server.admin_token()
+    }
+
+    /// Writes the manifest `web` (one file resource) as YAML and applies it with the CLI, signed with `key`.
+    fn apply_signed(&self, version: u64, content: &str, key: &str) -> std::process::Output {
+        let yaml = format!(
+            "name: web\nversion: {version}\nselector:\n  role: edge\nresources:\n  - id: motd\n    file:\n      path: {}\n      content: \"{content}\"\n",
+            self.path("motd").display()
+        );
+        let file = self.files.path().join(format!("web-{version}-{key}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        self.server
+            .cli(&[
+                "apply",
+                "-f",
+                file.to_str().unwrap(),
+                "--sign-key",
+                self.key(key).to_str().unwrap(),
+            ])
+            .unwrap()
+    }
+
+    fn status(&self) -> Value {
+        self.server.get("/api/v1/nodes/edge/status").unwrap().body
+    }
+
+    /// Waits for resource `id` to be in `state` (and, for Refused, by `rule`).
+    fn wait_resource(&self, id: &str, state: &str, rule: Option<&str>) -> Value {
+        wait_for(&format!("resource {id} {state} {rule:?}"), TIMEOUT, || {
+            self.status()["resources"]
+                .as_array()?
+                .iter()
+                .find(|r| {
+                    r["id"] == id
+                        && r["state"] == state
+                        && rule.is_none_or(|rule| r["details"]["rule"] == rule)
+                })
+                .cloned()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nstatus: {}\nagent log:\n{}",
+                self.status(),
+                drover_testkit::tail(&self.agent.log(), 30)
+            )
+        })
+    }
+
+    fn tamper(&self, mode: &str) {
+        let r = self
+            .server
+            .post(
+                "/api/v1/tamper/desired",
+                Some(&self.token()),
+                &json!({"mode": mode}),
+            )
+            .unwrap();
+        assert_eq!(r.status, 204, "{r:?}");
+    }
+
+    fn motd(&self) -> String {
+        std::fs::read_to_string(self.path("motd")).unwrap_or_default()
+    }
+
+    fn create_task(&self, request: Value) -> Value {
+        let task = self.server.create_task(request).unwrap();
+        let id = task["id"].as_str().unwrap().to_string();
+        self.server.wait_task_done(&id).unwrap()
+    }
+}
+
+fn refused(run: &Value, rule: &str) {
+    assert_eq!(run["state"], "Refused", "{run}");
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("rule {rule}")), "{run}");
+}
+
+#[test]
+fn a_pinned_node_applies_only_signed_manifests_and_refuses_every_tampering() {
+    let f = fleet();
+    // Unsigned through REST: refused, nothing written.
+    let plain = f.path("plain");
+    let r = f
+        .server
+        .post(
+            "/api/v1/manifests",
+            Some(&f.token()),
+            &json!({"name": "plain", "selector": {"role": "edge"}, "resources": [{"id": "plain", "file": {"path": plain, "content": "x"}}]}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let status = f.wait_resource("plain", "Refused", Some("unsigned"));
+    assert!(
+        status["error"].as_str().unwrap().contains("--manifest-key"),
+        "{status}"
+    );
+    assert!(!plain.exists());
+
+    // Signed with a pinned key: applied.
+    let out = f.apply_signed(1, "one", "a");
+    assert!(out.status.success(), "{out:?}");
+    f.wait_resource("motd", "Ready", None);
+    assert_eq!(f.motd(), "one");
+    let v1 = f.server.get("/api/v1/manifests/web").unwrap().body;
+    assert_eq!(v1["signature"]["key"], f.public["a"].as_str(), "{v1}");
+
+    // The server lies: each lie is refused by its rule and the file keeps what was signed.
+    for (mode, rule) in [
+        ("alter", "bad signature"),
+        ("alter_payload", "bad signature"),
+        ("strip", "unsigned"),
+        ("forge", "bad signature"),
+    ] {
+        f.tamper(mode);
+        f.wait_resource("motd", "Refused", Some(rule));
+        assert_eq!(f.motd(), "one", "{mode}");
+    }
+    f.tamper("off");
+    f.wait_resource("motd", "Ready", None);
+
+    // A signature by a key the node does not pin.
+    let out = f.apply_signed(2, "by x", "x");
+    assert!(out.status.success(), "{out:?}");
+    let status = f.wait_resource("motd", "Refused", Some("bad signature"));
+    assert!(
+        status["error"].as_str().unwrap().contains("does not pin"),
+        "{status}"
+    );
+    assert_eq!(f.motd(), "one");
+
+    // Rotation: the second pinned key works too.
+    let out = f.apply_signed(3, "three", "b");
+    assert!(out.status.success(), "{out:?}");
+    f.wait_resource("motd", "Ready", None);
+    assert_eq!(f.motd(), "three");
+
+    // The server refuses a lower version itself...
+    let out = f.apply_signed(1, "one", "a");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("version"),
+        "{out:?}"
+    );
+    // ...and a server that stores it anyway finds the node refusing it: no replay of what was replaced.
+    let mut old = v1.clone();
+    let sig = old["signature"].clone();
+    for k in ["generation", "updated_at"] {
+        old.as_object_mut().unwrap().remove(k);
+    }
+    old["signature"] = sig;
+    let r = f
+        .server
+        .post("/api/v1/tamper/manifest", Some(&f.token()), &old)
+        .unwrap();
+    assert_eq!(r.status, 204, "{r:?}");
+    f.wait_resource("motd", "Refused", Some("older version"));
+    assert_eq!(f.motd(), "three");
+    // Even after the agent restarts (the versions it saw are on disk).
+    let mut agent = f.agent;
+    agent.restart(None).unwrap();
+    f.server
+        .wait_node("edge", "reconnected", |n| n["connected"] == true)
+        .unwrap();
+    let f = Fleet { agent, ..f };
+    f.wait_resource("motd", "Refused", Some("older version"));
+    assert_eq!(f.motd(), "three");
+}
+
+#[test]
+fn signing_again_with_another_key_keeps_the_generation_and_keys_lists_the_signer() {
+    let f = fleet();
+    assert!(f.apply_signed(1, "one", "a").status.success());
+    let first = f.server.get("/api/v1/manifests/web").unwrap().body;
+    assert!(f.apply_signed(1, "one", "b").status.success());
+    let again = f.server.get("/api/v1/manifests/web").unwrap().body;
+    assert_eq!(again["generation"], first["generation"], "{again}");
+    assert_eq!(again["signature"]["key"], f.public["b"].as_str());
+    f.wait_resource("motd", "Ready", None);
+    let out = f.server.cli(&["keys"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("web"), "{out:?}");
+    assert!(text.contains(f.public["b"].as_str()), "{text}");
+    // New content under the same signed version is refused by the server.
+    let out = f.apply_signed(1, "changed", "a");
+    assert!(!out.status.success(), "{out:?}");
+}
+
+#[test]
+fn a_pinned_node_runs_only_signed_commands_once_within_their_window() {
+    let f = fleet();
+    let done = f.path("signed");
+    // A signed exec runs.
+    let out = f
+        .server
+        .cli(&[
+            "exec",
+            "edge",
+            "--sign-key",
+            f.key("a").to_str().unwrap(),
+            "--",
+            "touch",
+            done.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(done.exists());
+    let tasks = f.server.get("/api/v1/tasks").unwrap().body;
+    let signed_id = tasks[0]["id"].as_str().unwrap().to_string();
+
+    // Unsigned: refused, not run.
+    let unsigned = f.path("unsigned");
+    let task = f.create_task(
+        json!({"target": {"node": "edge"}, "spec": {"kind": "exec", "argv": ["touch", unsigned]}}),
+    );
+    refused(&task["runs"][0], "unsigned");
+    assert!(!unsigned.exists());
+
+    // Replayed by the server under a new id: refused, not run again.
+    std::fs::remove_file(&done).unwrap();
+    let r = f
+        .server
+        .post(
+            &format!("/api/v1/tamper/replay/{signed_id}"),
+            Some(&f.token()),
+            &json!({}),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let replay = f
+        .server
+        .wait_task_done(r.body["id"].as_str().unwrap())
+        .unwrap();
+    refused(&replay["runs"][0], "replayed");
+    assert!(!done.exists());
+
+    // Expired, and altered after signing: refused, not run.
+    let key = SecretKey::parse(&std::fs::read_to_string(f.key("a")).unwrap()).unwrap();
+    let spec = |path: &PathBuf| json!({"kind": "exec", "argv": ["touch", path]});
+    let sign = |spec: &Value, at: i64, nonce: &str| {
+        let typed: drover_types::task::TaskSpec = serde_json::from_value(spec.clone()).unwrap();
+        CommandSignature::sign(
+            &key,
+            &typed.signed_command(),
+            Some("edge".into()),
+            at,
+            300,
+            nonce.into(),
+        )
+        .unwrap()
+    };
+    let now = chrono::Utc::now().timestamp();
+    let expired = f.path("expired");
+    let task = f.create_task(json!({"target": {"node": "edge"}, "spec": spec(&expired),
+        "signature": sign(&spec(&expired), now - 3600, "0123456789abcdef")}));
+    refused(&task["runs"][0], "expired");
+    assert!(!expired.exists());
+    let (meant, altered) = (f.path("meant"), f.path("altered"));
+    let task = f.create_task(json!({"target": {"node": "edge"}, "spec": spec(&altered),
+        "signature": sign(&spec(&meant), now, "fedcba9876543210")}));
+    refused(&task["runs"][0], "bad signature");
+    assert!(!altered.exists() && !meant.exists());
+
+    // Read-only actions stay open; one that changes the node needs a signature.
+    let ping = f
+        .server
+        .post(
+            "/api/v1/nodes/edge/actions/ping",
+            Some(&f.token()),
+            &json!({}),
+        )
+        .unwrap();
+    assert_eq!(ping.status, 200, "{ping:?}");
+    let pid_file = f.path("pid");
+    let sleep = f
+        .server
+        .post(
+            "/api/v1/nodes/edge/actions/test_sleep",
+            Some(&f.token()),
+            &json!({"seconds": 0, "pid_file": pid_file}),
+        )
+        .unwrap();
+    assert_ne!(sleep.status, 200, "{sleep:?}");
+    assert!(
+        sleep.body.to_string().contains("rule unsigned"),
+        "{sleep:?}"
+    );
+    assert!(!pid_file.exists());
+    f.server
+        .wait_node("edge", "still connected", |n| n["connected"] == true)
+        .unwrap();
+}
