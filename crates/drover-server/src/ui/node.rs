@@ -102,11 +102,8 @@ fn facts(n: &Node) -> Vec<(&'static str, String)> {
         }
     };
     add("Hostname", c.hostname.clone());
-    add(
-        "OS",
-        c.os.clone()
-            .map(|os| format!("{os} {}", c.os_version.clone().unwrap_or_default())),
-    );
+    // The version names the system ("Linux (Debian GNU/Linux 12)"); the bare OS only without one.
+    add("OS", c.os_version.clone().or_else(|| c.os.clone()));
     add("Kernel", c.kernel.clone());
     add("Arch", c.arch.clone());
     add("CPUs", c.cpu_count.map(|v| v.to_string()));
