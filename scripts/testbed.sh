@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and prepares what drover's tests need on a fresh Debian machine (see ../shared/TESTBED.md):
-# python3 and curl; Podman with runc and a local busybox image (no registry is reachable).
+# python3 and curl; Chromium (headless, for the dashboard test); Podman with runc and a local busybox image (no registry is reachable).
 # Idempotent: installs only what is missing. Needs root (or sudo) when something is missing.
 set -euo pipefail
 
@@ -14,6 +14,8 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 [ -x /bin/busybox ] || need+=(busybox-static)
+# Headless Chromium for the dashboard test (crates/drover-testkit/tests/dashboard.rs).
+command -v chromium >/dev/null || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "testbed: installing ${need[*]}"

@@ -7,6 +7,7 @@ pub mod links;
 pub mod pki;
 pub mod server;
 pub mod store;
+mod ui;
 
 pub use fleet::{Fleet, desired, tasks};
 pub use server::{RunningServer, ServerConfig, ServerError};

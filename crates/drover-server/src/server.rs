@@ -265,7 +265,7 @@ impl RunningServer {
         tokio::spawn(janitor(fleet.clone(), config.clone(), shutdown_rx.clone()));
         tokio::spawn(flush_heartbeats(fleet.clone(), shutdown_rx.clone()));
 
-        let router = api::router(ApiState::new(fleet.clone(), &admin_token));
+        let router = api::router(ApiState::new(fleet.clone(), &admin_token).with_tls(api_tls_on));
         let api_shutdown = shutdown_rx.clone();
         let api_task = tokio::spawn(async move {
             api::serve(api_listener, router, api_tls, api_shutdown)

@@ -72,6 +72,15 @@ pub const ROUTE_ROLES: &[(&str, &str, Role)] = &[
     ("POST", "/api/v1/tamper/desired", Role::Admin),
     ("POST", "/api/v1/tamper/manifest", Role::Admin),
     ("POST", "/api/v1/tamper/replay/{id}", Role::Admin),
+    // The dashboard (`crate::ui`): its pages read, as the routes above they show do.
+    ("GET", "/ui/", Role::Viewer),
+    ("GET", "/ui/nodes/{id}", Role::Viewer),
+    ("GET", "/ui/tasks", Role::Viewer),
+    ("GET", "/ui/tasks/{id}", Role::Viewer),
+    ("GET", "/ui/manifests", Role::Viewer),
+    ("GET", "/ui/audit", Role::Viewer),
+    ("POST", "/ui/login-link", Role::Viewer),
+    ("POST", "/ui/tasks/{id}/cancel", Role::Operator),
 ];
 
 /// The role a route needs; `None` for a route nobody named (refused to all).
@@ -118,32 +127,41 @@ pub async fn authorize(
             "an operator token is required: pass `Authorization: Bearer <token>` (the bootstrap admin token is in the server's data dir, admin.token; `drover operator create` makes others)".into(),
         ));
     };
+    let caller = authenticate(&state, token).await?;
+    check_role(&caller, &request)?;
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+/// Who holds this token: the bootstrap admin, or an active operator.
+pub async fn authenticate(state: &ApiState, token: &str) -> Result<Caller, ApiError> {
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let caller = if digest == state.admin_token_sha256 {
-        Caller {
+    if digest == state.admin_token_sha256 {
+        return Ok(Caller {
             name: BOOTSTRAP_ADMIN.to_string(),
             role: Role::Admin,
-        }
-    } else {
-        match state.fleet.operator_for_token(token).await? {
-            Some(op) => Caller {
-                name: op.name,
-                role: op.role,
-            },
-            None => {
-                return Err(ApiError::Unauthorized(
-                    "the operator token is unknown or revoked".into(),
-                ));
-            }
-        }
-    };
+        });
+    }
+    match state.fleet.operator_for_token(token).await? {
+        Some(op) => Ok(Caller {
+            name: op.name,
+            role: op.role,
+        }),
+        None => Err(ApiError::Unauthorized(
+            "the operator token is unknown or revoked".into(),
+        )),
+    }
+}
+
+/// Whether the caller's role allows the request's route (by `ROUTE_ROLES`).
+pub fn check_role(caller: &Caller, request: &Request) -> Result<(), ApiError> {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let method = request.method().clone();
-    let Some(needed) = required_role(&method, &route) else {
+    let method = request.method();
+    let Some(needed) = required_role(method, &route) else {
         tracing::error!(%method, route, "no role is assigned to this route; refused");
         return Err(ApiError::Forbidden(format!(
             "{method} {route} has no role assigned on this server, so nobody may call it"
@@ -155,8 +173,7 @@ pub async fn authorize(
             caller.name, caller.role
         )));
     }
-    request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -27,8 +27,9 @@ use axum::middleware;
 use axum::routing::{delete, get, post};
 use sha2::{Digest, Sha256};
 
-pub use auth::{Caller, ROUTE_ROLES, required_role};
+pub use auth::{Caller, ROUTE_ROLES, authenticate, check_role, required_role};
 pub use error::ApiError;
+pub(crate) use nodes::percent_encode;
 pub use serve::{HANDSHAKE_DEADLINE, HEADER_DEADLINE, serve};
 pub use tls::{ApiTls, ApiTlsError, server_config as tls_config};
 
@@ -42,6 +43,10 @@ pub struct ApiState {
     pub fleet: Arc<Fleet>,
     /// SHA-256 of the admin token; comparing digests keeps the check constant-time in the secret.
     admin_token_sha256: [u8; 32],
+    /// The dashboard's login links waiting to be used.
+    login_codes: Arc<crate::ui::LoginCodes>,
+    /// Whether the API is served over TLS (the dashboard's cookie is then `Secure`).
+    tls: bool,
 }
 
 impl ApiState {
@@ -49,7 +54,23 @@ impl ApiState {
         Self {
             fleet,
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
+            login_codes: Arc::default(),
+            tls: false,
         }
+    }
+
+    /// Says the API is served over TLS.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    pub(crate) fn ui_secure(&self) -> bool {
+        self.tls
+    }
+
+    pub(crate) fn ui_codes(&self) -> &crate::ui::LoginCodes {
+        &self.login_codes
     }
 }
 
@@ -148,6 +169,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(health))
         .merge(operator)
         .merge(agents)
+        .merge(crate::ui::router(state.clone()))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -2,16 +2,76 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::header::LINK;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use drover_types::{MetricsSample, Node};
 use serde::Deserialize;
 
 use super::{ApiError, ApiState, Caller};
+use crate::fleet::pages::{MAX_PAGE, NodeFilter};
 
 /// Who operator changes are audited as.
 const ACTOR: &str = "admin";
 
-pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<Node>>, ApiError> {
-    Ok(Json(s.fleet.nodes().await?))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<usize>,
+    offset: Option<usize>,
+    status: Option<String>,
+    label: Option<String>,
+}
+
+/// `GET /api/v1/nodes`: every node, as always, when no parameter is given; with `limit`, `offset`, `status`
+/// or `label`, one page of the matching nodes (by name; `limit` 100 by default, at most 1000). The body is
+/// a JSON array either way; a page says how many match in `X-Total-Count` and links the next page in `Link`.
+pub async fn list(
+    State(s): State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    if q.limit.is_none() && q.offset.is_none() && q.status.is_none() && q.label.is_none() {
+        return Ok(Json(s.fleet.nodes().await?).into_response());
+    }
+    let filter = NodeFilter::parse(q.status.as_deref(), q.label.as_deref(), q.offset, q.limit)?;
+    let (offset, limit) = (filter.offset, filter.limit.clamp(1, MAX_PAGE));
+    let page = s.fleet.nodes_page(filter.clone()).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert("x-total-count", HeaderValue::from(page.total));
+    let next = offset.saturating_add(page.nodes.len());
+    if !page.nodes.is_empty() && next < page.total {
+        let mut link = format!("/api/v1/nodes?limit={limit}&offset={next}");
+        if let Some(status) = filter.status {
+            link.push_str(&format!("&status={status}"));
+        }
+        if !filter.labels.is_empty() {
+            let labels: Vec<String> = filter
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            link.push_str(&format!("&label={}", percent_encode(&labels.join(","))));
+        }
+        if let Ok(value) = HeaderValue::from_str(&format!("<{link}>; rel=\"next\"")) {
+            headers.insert(LINK, value);
+        }
+    }
+    Ok((headers, Json(page.nodes)).into_response())
+}
+
+/// Percent-encodes a query value (label values are printable ASCII, but may hold `&`, `#`, `+`, ...).
+pub(crate) fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'=' | b',' | b'/')
+        {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 pub async fn get(

@@ -6,6 +6,7 @@ mod audit;
 pub mod desired;
 mod nodes;
 mod operators;
+pub mod pages;
 mod sessions;
 #[cfg(feature = "tamper")]
 pub mod tamper;

@@ -388,7 +388,7 @@ impl Fleet {
 
     // ---- views ----
 
-    fn view(&self, mut record: NodeRecord) -> Node {
+    pub(super) fn view(&self, mut record: NodeRecord) -> Node {
         // A heartbeat not written yet is still the latest word from the node.
         if let Some((at, metrics)) = lock(&self.beats.0)
             .latest

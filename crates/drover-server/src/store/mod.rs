@@ -1,8 +1,10 @@
 //! Persistent fleet state behind one trait, so the control plane is written once for every backend.
 //! SQLite (embedded, the default) lives in `sqlite`; PostgreSQL will sit beside it.
 
+mod pages;
 mod sqlite;
 
+pub use pages::{NodeCounts, NodeQuery, NodeTaskRun, TaskSummary};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -147,6 +149,12 @@ pub trait Store: Send + Sync + 'static {
     async fn get_node_by_token(&self, token_sha256: &str)
     -> Result<Option<NodeRecord>, StoreError>;
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// One page of the nodes a query matches, by name, and how many match it in each status: the store
+    /// reads only the page's rows, so a page of a large fleet costs what a page of a small one does.
+    async fn list_nodes_page(
+        &self,
+        query: &NodeQuery,
+    ) -> Result<(Vec<NodeRecord>, NodeCounts), StoreError>;
     /// Returns false when no such node exists. Its metrics history goes with it.
     async fn delete_node(&self, id: &str) -> Result<bool, StoreError>;
     /// Stores the latest metrics and appends them to the history, keeping the newest `keep` samples.
@@ -231,6 +239,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<String>, StoreError>;
     /// The newest `limit` tasks, newest first.
     async fn list_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError>;
+    /// The newest `limit` tasks, newest first, with their runs counted by state instead of listed.
+    async fn task_summaries(&self, limit: usize) -> Result<Vec<TaskSummary>, StoreError>;
+    /// A node's newest `limit` runs, newest task first.
+    async fn node_task_runs(
+        &self,
+        node_id: &str,
+        limit: usize,
+    ) -> Result<Vec<NodeTaskRun>, StoreError>;
     /// Stores output chunks; ones already stored (same task, node and seq) are ignored.
     async fn insert_output(
         &self,

@@ -2,6 +2,7 @@
 //! reads run beside it.
 
 mod operators;
+mod pages;
 mod pool;
 mod schema;
 
@@ -17,8 +18,8 @@ use drover_types::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    AuditFilter, JoinTokenRecord, NodeChange, NodeRecord, OperatorRecord, OutputRecord,
-    PutManifest, RunPatch, Store, StoreError,
+    AuditFilter, JoinTokenRecord, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun,
+    OperatorRecord, OutputRecord, PutManifest, RunPatch, Store, StoreError, TaskSummary,
 };
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
 use drover_types::operator::OperatorInfo;
@@ -531,6 +532,14 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_nodes_page(
+        &self,
+        query: &NodeQuery,
+    ) -> Result<(Vec<NodeRecord>, NodeCounts), StoreError> {
+        let q = query.clone();
+        self.read(move |c| pages::nodes_page(c, &q)).await
+    }
+
     async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.write(move |c| Ok(exec(c, "DELETE FROM nodes WHERE id = ?1", [id])? > 0))
@@ -869,6 +878,20 @@ impl Store for SqliteStore {
             Ok(tasks)
         })
         .await
+    }
+
+    async fn task_summaries(&self, limit: usize) -> Result<Vec<TaskSummary>, StoreError> {
+        self.read(move |c| pages::task_summaries(c, limit)).await
+    }
+
+    async fn node_task_runs(
+        &self,
+        node_id: &str,
+        limit: usize,
+    ) -> Result<Vec<NodeTaskRun>, StoreError> {
+        let id = node_id.to_string();
+        self.read(move |c| pages::node_task_runs(c, &id, limit))
+            .await
     }
 
     async fn insert_output(

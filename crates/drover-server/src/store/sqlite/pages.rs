@@ -1,0 +1,314 @@
+//! Pages of large lists in SQLite: the statements behind `list_nodes_page`, `task_summaries` and
+//! `node_task_runs`.
+
+use chrono::{DateTime, Utc};
+use drover_types::NodeStatus;
+use drover_types::task::RunState;
+use rusqlite::types::Value;
+use rusqlite::{Connection, params, params_from_iter};
+
+use super::{NODE_COLUMNS, RawNode, StoreError, from_json, raw_node, readable, ts};
+use crate::store::{NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, TaskSummary};
+
+/// A node's status in SQL, as `LivenessPolicy::status` computes it from `last_seen` and the interval:
+/// `?1` is now, `?2` and `?3` the policy's `not_ready_after` and `offline_after` (missed intervals).
+const STATUS: &str = "CASE
+    WHEN last_seen IS NULL THEN 'Offline'
+    WHEN (julianday(?1) - julianday(last_seen)) * 86400000.0 >= ?3 * MAX(heartbeat_interval_ms, 1) THEN 'Offline'
+    WHEN (julianday(?1) - julianday(last_seen)) * 86400000.0 >= ?2 * MAX(heartbeat_interval_ms, 1) THEN 'NotReady'
+    ELSE 'Ready' END";
+
+fn status_name(s: NodeStatus) -> &'static str {
+    match s {
+        NodeStatus::Ready => "Ready",
+        NodeStatus::NotReady => "NotReady",
+        NodeStatus::Offline => "Offline",
+    }
+}
+
+/// The `WHERE` clause of a query's label filter, and its parameters (numbered from `first`). A label the
+/// server set wins over the one the node enrolled (or reports, when reported labels are trusted), as in
+/// the node's view.
+fn label_filter(q: &NodeQuery, first: usize) -> (String, Vec<Value>) {
+    let own = if q.trust_reported_labels {
+        "reported_labels"
+    } else {
+        "enrolled_labels"
+    };
+    let mut clauses = vec!["1".to_string()];
+    let mut values = Vec::new();
+    for (k, v) in &q.labels {
+        let (p, n) = (first + values.len(), first + values.len() + 1);
+        // Keys are validated label keys (letters, digits, - _ . /): safe inside a quoted JSON path.
+        clauses.push(format!(
+            "COALESCE(json_extract(labels, ?{p}), json_extract({own}, ?{p})) = ?{n}"
+        ));
+        values.push(Value::Text(format!("$.\"{k}\"")));
+        values.push(Value::Text(v.clone()));
+    }
+    (clauses.join(" AND "), values)
+}
+
+pub(super) fn nodes_page(
+    c: &Connection,
+    q: &NodeQuery,
+) -> Result<(Vec<NodeRecord>, NodeCounts), StoreError> {
+    let mut values = vec![
+        Value::Text(ts(q.now)),
+        Value::Real(q.liveness.not_ready_after),
+        Value::Real(q.liveness.offline_after),
+    ];
+    let (filter, label_values) = label_filter(q, values.len() + 1);
+    values.extend(label_values);
+
+    let mut counts = NodeCounts::default();
+    let mut stmt = c.prepare(&format!(
+        "SELECT status, COUNT(*) FROM (SELECT {STATUS} AS status FROM nodes WHERE {filter}) GROUP BY status"
+    ))?;
+    let rows = stmt.query_map(params_from_iter(values.iter()), |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (status, n) = row?;
+        let n = usize::try_from(n).unwrap_or(0);
+        match status.as_str() {
+            "Ready" => counts.ready = n,
+            "NotReady" => counts.not_ready = n,
+            _ => counts.offline = n,
+        }
+    }
+
+    let status_clause = match q.status {
+        Some(s) => {
+            values.push(Value::Text(status_name(s).to_string()));
+            format!("AND ({STATUS}) = ?{}", values.len())
+        }
+        None => String::new(),
+    };
+    values.push(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+    values.push(Value::Integer(i64::try_from(q.offset).unwrap_or(i64::MAX)));
+    let (lim, off) = (values.len() - 1, values.len());
+    let mut stmt = c.prepare(&format!(
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE {filter} {status_clause} ORDER BY name LIMIT ?{lim} OFFSET ?{off}"
+    ))?;
+    let raws = stmt
+        .query_map(params_from_iter(values.iter()), raw_node)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let nodes = readable("node", raws.into_iter().map(RawNode::decode));
+    Ok((nodes, counts))
+}
+
+fn run_state(text: &str) -> Result<RunState, StoreError> {
+    from_json(&format!("\"{text}\""), "run state")
+}
+
+pub(super) fn task_summaries(c: &Connection, limit: usize) -> Result<Vec<TaskSummary>, StoreError> {
+    let mut stmt = c.prepare(
+        "SELECT id, target, spec, created_by, created_at FROM tasks
+         ORDER BY created_at DESC, rowid DESC LIMIT ?1",
+    )?;
+    let rows = stmt
+        .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, DateTime<Utc>>(4)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut count = c.prepare_cached(
+        "SELECT state, COUNT(*) FROM task_runs WHERE task_id = ?1 GROUP BY state ORDER BY state",
+    )?;
+    let summaries = rows
+        .into_iter()
+        .map(|(id, target, spec, created_by, created_at)| {
+            let runs = count
+                .query_map([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .map(|(s, n)| Ok((run_state(&s)?, usize::try_from(n).unwrap_or(0))))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok(TaskSummary {
+                target: from_json(&target, "task target")?,
+                spec: from_json(&spec, "task spec")?,
+                id,
+                created_by,
+                created_at,
+                runs,
+            })
+        });
+    Ok(readable("task", summaries.collect::<Vec<_>>().into_iter()))
+}
+
+pub(super) fn node_task_runs(
+    c: &Connection,
+    node_id: &str,
+    limit: usize,
+) -> Result<Vec<NodeTaskRun>, StoreError> {
+    let mut stmt = c.prepare(
+        "SELECT r.task_id, t.spec, t.created_at, r.run FROM task_runs r JOIN tasks t ON t.id = r.task_id
+         WHERE r.node_id = ?1 ORDER BY t.created_at DESC, t.rowid DESC LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(
+            params![node_id, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, DateTime<Utc>>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    let runs = rows.into_iter().map(|(task_id, spec, created_at, run)| {
+        Ok(NodeTaskRun {
+            task_id,
+            spec: from_json(&spec, "task spec")?,
+            created_at,
+            run: from_json(&run, "task run")?,
+        })
+    });
+    Ok(readable("task run", runs))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use drover_types::{Capabilities, Labels, LivenessPolicy, NodeStatus, Transport};
+
+    use crate::store::{NodeQuery, NodeRecord, SqliteStore, Store};
+
+    fn node(i: usize, seen_ago_ms: Option<i64>, labels: &[(&str, &str)]) -> NodeRecord {
+        let now = Utc::now();
+        NodeRecord {
+            id: format!("id-{i:03}"),
+            name: format!("node-{i:03}"),
+            transport: Transport::Grpc,
+            labels: Labels::new(),
+            reported_labels: Labels::new(),
+            enrolled_labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ip: None,
+            registered_at: now,
+            last_seen: seen_ago_ms.map(|ms| now - chrono::Duration::milliseconds(ms)),
+            heartbeat_interval_ms: 1000,
+            capabilities: Capabilities::default(),
+            metrics: None,
+            node_token_sha256: None,
+        }
+    }
+
+    fn query(
+        status: Option<NodeStatus>,
+        labels: &[(&str, &str)],
+        offset: usize,
+        limit: usize,
+    ) -> NodeQuery {
+        NodeQuery {
+            status,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            offset,
+            limit,
+            now: Utc::now(),
+            liveness: LivenessPolicy::default(),
+            trust_reported_labels: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_of_nodes_is_filtered_by_status_and_labels_and_counted_by_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        // 0-9 ready, 10-14 not ready (3 intervals silent), 15-19 offline (never seen, or 10 intervals).
+        for i in 0..20 {
+            let seen = match i {
+                0..10 => Some(100),
+                10..15 => Some(3000),
+                15..18 => Some(10_000),
+                _ => None,
+            };
+            let zone = if i % 2 == 0 { "a" } else { "b" };
+            store
+                .insert_node(&node(i, seen, &[("zone", zone)]))
+                .await
+                .unwrap();
+        }
+        // A label the server set wins over the enrolled one.
+        store
+            .modify_node(
+                "id-000",
+                Box::new(|n| {
+                    n.labels.insert("zone".into(), "b".into());
+                }),
+            )
+            .await
+            .unwrap();
+
+        let (nodes, counts) = store
+            .list_nodes_page(&query(None, &[], 0, 7))
+            .await
+            .unwrap();
+        assert_eq!((counts.ready, counts.not_ready, counts.offline), (10, 5, 5));
+        let names: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "node-000", "node-001", "node-002", "node-003", "node-004", "node-005", "node-006"
+            ]
+        );
+
+        let (nodes, _) = store
+            .list_nodes_page(&query(None, &[], 14, 7))
+            .await
+            .unwrap();
+        assert_eq!(nodes.len(), 6, "the last page holds what is left");
+
+        let (nodes, counts) = store
+            .list_nodes_page(&query(Some(NodeStatus::NotReady), &[], 0, 100))
+            .await
+            .unwrap();
+        assert_eq!(counts.of(Some(NodeStatus::NotReady)), 5);
+        let names: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["node-010", "node-011", "node-012", "node-013", "node-014"]
+        );
+        // The store's status is the one the liveness policy gives.
+        let policy = LivenessPolicy::default();
+        for n in &nodes {
+            let status = policy.status(
+                n.last_seen,
+                Duration::from_millis(n.heartbeat_interval_ms),
+                Utc::now(),
+            );
+            assert_eq!(status, NodeStatus::NotReady, "{}", n.name);
+        }
+
+        let (nodes, counts) = store
+            .list_nodes_page(&query(Some(NodeStatus::Ready), &[("zone", "a")], 0, 100))
+            .await
+            .unwrap();
+        // Even nodes 2..8 are in zone a and ready; node 0 was moved to zone b by the server.
+        let names: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["node-002", "node-004", "node-006", "node-008"]);
+        assert_eq!((counts.ready, counts.not_ready, counts.offline), (4, 3, 2));
+
+        let (nodes, counts) = store
+            .list_nodes_page(&query(None, &[("zone", "nowhere")], 0, 100))
+            .await
+            .unwrap();
+        assert!(nodes.is_empty());
+        assert_eq!(counts.total(), 0);
+    }
+}

@@ -1,0 +1,548 @@
+//! The dashboard in a real browser: a server with a few agents and tasks, opened in headless Chromium
+//! (Debian's `chromium`, installed by scripts/testbed.sh) driven over the DevTools protocol. It checks what
+//! the pages show (node names, statuses, a task's output, live updates, cancelling), that nothing scrolls
+//! sideways on a phone, and saves screenshots at 1280×800 and 390×844 under target/screenshots/.
+//! Beside the browser, plain HTTP checks the login, the roles and the CSRF rule.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use drover_testkit::{Agent, Server, TIMEOUT, wait_for};
+use serde_json::{Value, json};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+/// Where the screenshots go: `target/screenshots` (beside the test binaries' profile dir).
+fn screenshot_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/dashboard-… → target
+    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+    let dir = target.join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A headless Chromium and one page of it, driven over the DevTools protocol.
+struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl Browser {
+    fn start() -> Self {
+        let found = Command::new("chromium")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "chromium is not installed: run scripts/testbed.sh (it installs Debian's chromium package)"
+        );
+        let profile = tempfile::tempdir().unwrap();
+        let child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--disable-gpu",
+                "--no-sandbox",
+                "--no-first-run",
+                "--hide-scrollbars",
+                "--remote-debugging-port=0",
+                "--window-size=1280,800",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own process group, so dropping the browser ends its helpers too.
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut child = child;
+        // Chromium names its DevTools address on stderr.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let browser_url = rx
+            .recv_timeout(TIMEOUT)
+            .expect("chromium did not say where DevTools listens");
+        let port = browser_url
+            .trim_start_matches("ws://")
+            .split(['/', ':'])
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let list_url = format!("http://127.0.0.1:{port}/json/list");
+        let page = wait_for("chromium's page target", TIMEOUT, || {
+            let list: Value = reqwest::blocking::get(&list_url).ok()?.json().ok()?;
+            list.as_array()?
+                .iter()
+                .find(|t| t["type"] == "page")
+                .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+        })
+        .unwrap();
+        let (ws, _) = tungstenite::connect(page.as_str()).unwrap();
+        let mut b = Browser {
+            child,
+            _profile: profile,
+            ws,
+            next_id: 0,
+        };
+        b.call("Page.enable", json!({}));
+        b.call("Runtime.enable", json!({}));
+        b
+    }
+
+    /// Sends a command and returns its result (events in between are skipped).
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = json!({"id": id, "method": method, "params": params});
+        self.ws.send(Message::text(msg.to_string())).unwrap();
+        loop {
+            let Message::Text(text) = self.ws.read().unwrap() else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(text.as_str()).unwrap();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method} failed: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates a JavaScript expression in the page and returns its value.
+    fn eval(&mut self, expression: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true}),
+        );
+        r["result"]["value"].clone()
+    }
+
+    fn size(&mut self, width: u32, height: u32, mobile: bool) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+        );
+    }
+
+    /// Opens a URL and waits until the page is loaded and its text contains `text`.
+    fn open(&mut self, url: &str, text: &str) -> String {
+        self.call("Page.navigate", json!({"url": url}));
+        self.wait_text(text, &format!("{url} to show {text:?}"))
+    }
+
+    /// Waits until the page's text contains `text` (it changes without reloads: htmx polls).
+    fn wait_text(&mut self, text: &str, what: &str) -> String {
+        let mut last = String::new();
+        let found = wait_for(what, TIMEOUT, || {
+            let ready = self.eval("document.readyState") == "complete";
+            last = self
+                .eval("document.body ? document.body.innerText : ''")
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (ready && last.contains(text)).then(|| last.clone())
+        });
+        found.unwrap_or_else(|e| panic!("{e}; the page showed:\n{last}"))
+    }
+
+    /// Saves a screenshot of the viewport.
+    fn screenshot(&mut self, path: &Path) {
+        let r = self.call("Page.captureScreenshot", json!({"format": "png"}));
+        let png = drover_types::base64::decode(r["data"].as_str().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+
+    /// Fails when the page is wider than the viewport (it would scroll sideways).
+    fn assert_no_sideways_scroll(&mut self, page: &str) {
+        let widths =
+            self.eval("JSON.stringify([document.documentElement.scrollWidth, window.innerWidth])");
+        let widths: Vec<u64> = serde_json::from_str(widths.as_str().unwrap()).unwrap();
+        assert!(
+            widths[0] <= widths[1],
+            "{page} is {} px wide in a {} px viewport: it scrolls sideways",
+            widths[0],
+            widths[1]
+        );
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group of a child we spawned and have not reaped.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+fn agent(server: &Server, name: &str, extra: &[&str]) -> Agent {
+    let token = server.join_token(json!({})).unwrap();
+    let mut args = vec!["--token", &token, "--heartbeat-interval", "300ms"];
+    args.extend_from_slice(extra);
+    let a = Agent::start(&server.agent_url(), name, &args).unwrap();
+    server
+        .wait_node(name, "connected", |n| n["connected"] == true)
+        .unwrap();
+    a
+}
+
+/// A one-time link that opens `next` logged in with `token`.
+fn login_link(server: &Server, token: &str, next: &str) -> String {
+    let reply = server
+        .request(
+            "POST",
+            &format!("/ui/login-link?next={next}"),
+            Some(token),
+            None,
+        )
+        .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    format!(
+        "{}{}",
+        server.api_url(),
+        reply.body["path"].as_str().unwrap()
+    )
+}
+
+#[test]
+fn the_dashboard_shows_the_fleet_nodes_and_tasks_in_a_real_browser() {
+    let server = Server::start().unwrap();
+    let admin = server.admin_token();
+    let _web1 = agent(&server, "web-1", &["--allow-shell", "--label", "role=web"]);
+    let _web2 = agent(&server, "web-2", &["--label", "role=web"]);
+    let _db1 = agent(&server, "db-1", &["--label", "role=db"]);
+    let task = server
+        .create_task(json!({"target": {"node": "web-1"},
+            "spec": {"kind": "exec", "shell": "echo hello from the dashboard test; echo a warning >&2"}}))
+        .unwrap();
+    let task_id = task["id"].as_str().unwrap().to_string();
+    server.wait_task_done(&task_id).unwrap();
+
+    let shots = screenshot_dir();
+    let mut b = Browser::start();
+
+    // Desktop: the fleet, with every node and its status, after logging in through a one-time link.
+    b.size(1280, 800, false);
+    let text = b.open(&login_link(&server, &admin, "/ui/"), "db-1");
+    for name in ["web-1", "web-2", "db-1", "Ready", "role=web", "1–3 of 3"] {
+        assert!(
+            text.contains(name),
+            "the fleet page lacks {name:?}:\n{text}"
+        );
+    }
+    b.screenshot(&shots.join("fleet-1280x800.png"));
+
+    // Filtered by label: the db node is not listed.
+    let url = format!("{}/ui/?label=role%3Dweb", server.api_url());
+    let text = b.open(&url, "web-2");
+    assert!(
+        !text.contains("db-1"),
+        "a label filter lists other nodes:\n{text}"
+    );
+
+    // A node: capabilities, charts drawn as SVG, its recent task.
+    let url = format!("{}/ui/nodes/web-1", server.api_url());
+    let text = b.open(&url, "Recent tasks");
+    assert!(
+        text.contains("Capabilities") && text.contains("echo hello"),
+        "{text}"
+    );
+    let lines = b.eval("document.querySelectorAll('svg.spark polyline').length");
+    assert!(lines.as_u64().unwrap_or(0) >= 1, "no chart has a line");
+    b.screenshot(&shots.join("node-1280x800.png"));
+
+    // A finished task's output.
+    let url = format!("{}/ui/tasks/{task_id}", server.api_url());
+    let text = b.open(&url, "hello from the dashboard test");
+    assert!(
+        text.contains("Succeeded") && text.contains("a warning"),
+        "{text}"
+    );
+    b.screenshot(&shots.join("task-1280x800.png"));
+
+    // A running task: its output appears live, and an operator (the admin) cancels it with the button.
+    let running = server
+        .create_task(json!({"target": {"node": "web-1"},
+            "spec": {"kind": "exec", "shell": "echo first-line; sleep 1; echo second-line; sleep 60"}}))
+        .unwrap();
+    let running_id = running["id"].as_str().unwrap();
+    let url = format!("{}/ui/tasks/{running_id}", server.api_url());
+    b.open(&url, "first-line");
+    b.wait_text(
+        "second-line",
+        "the running task's second line, without a reload",
+    );
+    // The confirmation dialog says yes on its own here.
+    b.eval("window.confirm = () => true; document.querySelector('button.danger').click(); true");
+    b.wait_text("Cancelled", "the task cancelled from the page");
+    let done = server.wait_task_done(running_id).unwrap();
+    assert_eq!(done["runs"][0]["state"], "Cancelled");
+
+    // Tasks, manifests and the audit log read.
+    let text = b.open(&format!("{}/ui/tasks", server.api_url()), "echo first-line");
+    assert!(
+        text.contains("Cancelled") && text.contains("Succeeded"),
+        "{text}"
+    );
+    b.screenshot(&shots.join("tasks-1280x800.png"));
+    b.open(&format!("{}/ui/manifests", server.api_url()), "No manifest");
+    let text = b.open(&format!("{}/ui/audit", server.api_url()), "task.cancel");
+    assert!(text.contains("task.create"), "{text}");
+
+    // A phone: the same pages, without sideways scrolling.
+    b.size(390, 844, true);
+    for (page, url, text) in [
+        ("fleet", format!("{}/ui/", server.api_url()), "db-1"),
+        (
+            "node",
+            format!("{}/ui/nodes/web-1", server.api_url()),
+            "Recent tasks",
+        ),
+        (
+            "task",
+            format!("{}/ui/tasks/{task_id}", server.api_url()),
+            "a warning",
+        ),
+        (
+            "tasks",
+            format!("{}/ui/tasks", server.api_url()),
+            "Cancelled",
+        ),
+        (
+            "audit",
+            format!("{}/ui/audit", server.api_url()),
+            "task.cancel",
+        ),
+    ] {
+        b.open(&url, text);
+        b.assert_no_sideways_scroll(page);
+        b.screenshot(&shots.join(format!("{page}-390x844.png")));
+    }
+}
+
+/// The raw HTTP side: `/` for programs, the login, roles, and the CSRF rule for changes made with the cookie.
+#[test]
+fn the_dashboard_checks_who_calls_and_refuses_changes_from_elsewhere() {
+    let server = Server::start().unwrap();
+    let admin = server.admin_token();
+    let _a = agent(&server, "box", &["--allow-shell"]);
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = |p: &str| format!("{}{p}", server.api_url());
+
+    // `/`: JSON for a program, the dashboard for a browser.
+    let root: Value = http.get(url("/")).send().unwrap().json().unwrap();
+    assert_eq!(root["name"], "drover");
+    assert!(root["version"].is_string());
+    let r = http
+        .get(url("/"))
+        .header("accept", "text/html,application/xhtml+xml")
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["location"], "/ui/");
+
+    // No login: pages send to the login form; htmx is told to go there.
+    let r = http.get(url("/ui/")).send().unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/login");
+    let r = http
+        .get(url("/ui/"))
+        .header("hx-request", "true")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["hx-redirect"], "/ui/login");
+
+    // A wrong token is refused at the form; a right one sets the cookie.
+    let r = http
+        .post(url("/ui/login"))
+        .form(&[("token", "drvop.nope")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none());
+    let viewer = server
+        .post(
+            "/api/v1/operators",
+            Some(&admin),
+            &json!({"name": "vera", "role": "viewer"}),
+        )
+        .unwrap();
+    assert_eq!(viewer.status, 201, "{viewer:?}");
+    let viewer_token = viewer.body["token"].as_str().unwrap().to_string();
+    let r = http
+        .post(url("/ui/login"))
+        .form(&[("token", viewer_token.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_string();
+
+    // A viewer sees, but may not cancel: no button, and the route is refused.
+    let task = server
+        .create_task(
+            json!({"target": {"node": "box"}, "spec": {"kind": "exec", "shell": "sleep 60"}}),
+        )
+        .unwrap();
+    let id = task["id"].as_str().unwrap();
+    let page = http
+        .get(url(&format!("/ui/tasks/{id}")))
+        .header("cookie", &session)
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(!page.text().unwrap().contains("Cancel task"));
+    let r = http
+        .post(url(&format!("/ui/tasks/{id}/cancel")))
+        .header("cookie", &session)
+        .header("hx-request", "true")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("needs the `operator` role"));
+
+    // The admin's cookie: a change without htmx's header, or from another origin, is refused; from the
+    // dashboard it goes through.
+    let r = http
+        .post(url("/ui/login"))
+        .form(&[("token", admin.as_str())])
+        .send()
+        .unwrap();
+    let admin_session = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let cancel = url(&format!("/ui/tasks/{id}/cancel"));
+    let r = http
+        .post(&cancel)
+        .header("cookie", &admin_session)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "a plain cross-site form post");
+    let r = http
+        .post(&cancel)
+        .header("cookie", &admin_session)
+        .header("hx-request", "true")
+        .header("origin", "https://evil.example")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "another origin");
+    let still = server.get(&format!("/api/v1/tasks/{id}")).unwrap();
+    assert_eq!(
+        still.body["runs"][0]["state"], "Running",
+        "refused changes change nothing"
+    );
+    let origin = server.api_url();
+    let r = http
+        .post(&cancel)
+        .header("cookie", &admin_session)
+        .header("hx-request", "true")
+        .header("origin", origin.trim_end_matches('/'))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let done = server.wait_task_done(id).unwrap();
+    assert_eq!(done["runs"][0]["state"], "Cancelled");
+
+    // Logging out clears the cookie; a revoked operator's cookie stops working at once.
+    let r = http.post(url("/ui/logout")).send().unwrap();
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let r = server
+        .request("DELETE", "/api/v1/operators/vera", Some(&admin), None)
+        .unwrap();
+    assert!(r.status < 300, "{r:?}");
+    let r = http
+        .get(url("/ui/"))
+        .header("cookie", &session)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303, "a revoked operator's session");
+
+    // A login link is used once, and opens only dashboard pages.
+    let link = login_link(&server, &admin, "/ui/tasks");
+    let r = http.get(&link).send().unwrap();
+    assert_eq!(r.headers()["location"], "/ui/tasks");
+    assert_eq!(http.get(&link).send().unwrap().status(), 401);
+    let r = server
+        .request(
+            "POST",
+            "/ui/login-link?next=https://evil.example/",
+            Some(&admin),
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 400);
+}
+
+/// `GET /api/v1/nodes` in pages: a page of the matching nodes, their count, and a link to the next page;
+/// without parameters, every node as before.
+#[test]
+fn the_rest_node_list_is_paged_and_filtered() {
+    let server = Server::start().unwrap();
+    let admin = server.admin_token();
+    let _agents: Vec<Agent> = ["n-a", "n-b", "n-c"]
+        .iter()
+        .map(|n| agent(&server, n, &["--label", "tier=x"]))
+        .collect();
+    assert_eq!(server.nodes().unwrap().len(), 3);
+    let http = reqwest::blocking::Client::new();
+    let get = |p: &str| {
+        http.get(format!("{}{p}", server.api_url()))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+    };
+    let r = get("/api/v1/nodes?limit=2");
+    assert_eq!(r.headers()["x-total-count"], "3");
+    let link = r.headers()["link"].to_str().unwrap().to_string();
+    assert_eq!(link, "</api/v1/nodes?limit=2&offset=2>; rel=\"next\"");
+    let page: Vec<Value> = r.json().unwrap();
+    let names: Vec<_> = page.iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["n-a", "n-b"]);
+    let r = get("/api/v1/nodes?limit=2&offset=2");
+    assert!(
+        r.headers().get("link").is_none(),
+        "the last page links no further"
+    );
+    let page: Vec<Value> = r.json().unwrap();
+    assert_eq!(page.len(), 1);
+    let r = get("/api/v1/nodes?status=Ready&label=tier%3Dx");
+    assert_eq!(r.headers()["x-total-count"], "3");
+    let r = get("/api/v1/nodes?status=Offline");
+    assert_eq!(r.headers()["x-total-count"], "0");
+    let r = get("/api/v1/nodes?status=sideways");
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["field"], "status", "{body}");
+    let r = get("/api/v1/nodes?label=not%20a%20label");
+    assert_eq!(r.status(), 400);
+}
