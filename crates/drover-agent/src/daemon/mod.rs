@@ -4,6 +4,7 @@
 //! differs from the last one sent. Each plugin runs in its own task, so a slow one delays nobody.
 
 mod builtin;
+mod gpus;
 #[cfg(feature = "test-plugins")]
 mod testing;
 
@@ -59,8 +60,8 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Every daemon plugin this agent has.
 pub fn registry() -> Vec<DaemonEntry> {
-    #[allow(unused_mut)]
     let mut entries = builtin::entries();
+    entries.push(gpus::entry());
     #[cfg(feature = "test-plugins")]
     entries.extend(testing::entries());
     entries
