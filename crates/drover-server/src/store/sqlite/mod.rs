@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode; writes are committed in groups by one writer thread,
 //! reads run beside it.
 
+mod counts;
 mod operators;
 mod pool;
 mod schema;
@@ -17,8 +18,8 @@ use drover_types::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    AuditFilter, JoinTokenRecord, NodeChange, NodeRecord, OperatorRecord, OutputRecord, RunPatch,
-    Store, StoreError,
+    AuditFilter, FleetCounts, JoinTokenRecord, NodeChange, NodeRecord, OperatorRecord,
+    OutputRecord, RunPatch, Store, StoreError,
 };
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
 use drover_types::operator::OperatorInfo;
@@ -945,6 +946,10 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn fleet_counts(&self) -> Result<FleetCounts, StoreError> {
+        self.read(counts::counts).await
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
