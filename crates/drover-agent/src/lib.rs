@@ -10,6 +10,7 @@ pub mod docker;
 pub mod identity;
 pub mod inventory;
 pub mod link;
+pub mod metrics_listen;
 pub mod policy;
 pub mod tasks;
 

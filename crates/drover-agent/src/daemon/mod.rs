@@ -162,7 +162,10 @@ async fn active(
                 let call = async {
                     if started { instance.update().await } else { instance.start().await.map(Some) }
                 };
-                match tokio::time::timeout(plugin.deadline, call).await {
+                let began = std::time::Instant::now();
+                let outcome = tokio::time::timeout(plugin.deadline, call).await;
+                crate::metrics_listen::plugin_call(plugin.name, began.elapsed(), outcome.is_err());
+                match outcome {
                     Err(_) => {
                         *misses += 1;
                         tracing::warn!(plugin = plugin.name, misses = *misses, "plugin missed its deadline of {:?}; cancelled, retrying next tick", plugin.deadline);

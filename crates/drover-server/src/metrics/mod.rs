@@ -117,7 +117,7 @@ impl ServerMetrics {
     }
 
     pub fn agent_message(&self, msg: &Msg) {
-        self.message(message_type(msg));
+        self.message(msg.kind());
     }
 
     /// An agent message of this type.
@@ -155,23 +155,6 @@ impl ServerMetrics {
         encode_registry(&mut out, &fleet_registry(fleet))?;
         encode_eof(&mut out)?;
         Ok(out)
-    }
-}
-
-/// The label of each agent message type.
-fn message_type(msg: &Msg) -> &'static str {
-    match msg {
-        Msg::Hello(_) => "hello",
-        Msg::Heartbeat(_) => "heartbeat",
-        Msg::ActionResult(_) => "action_result",
-        Msg::CreateSession(_) => "create_session",
-        Msg::SessionData(_) => "session_data",
-        Msg::SessionStatus(_) => "session_status",
-        Msg::TaskOutput(_) => "task_output",
-        Msg::TaskExit(_) => "task_exit",
-        Msg::ConvergenceReport(_) => "convergence_report",
-        Msg::PlanResult(_) => "plan_result",
-        Msg::BlobRequest(_) => "blob_request",
     }
 }
 
