@@ -3,7 +3,7 @@
 //! the server's session, `drover nodes show` and `/metrics`; a node without the tool reports no GPUs.
 //! No real GPU is used here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use drover_testkit::{
     Agent, Server, ServerOptions, TIMEOUT, get_text, parse_exposition, sample, wait_for,
@@ -20,7 +20,7 @@ fn fixtures() -> PathBuf {
 }
 
 /// An agent whose PATH starts with `path_head`, with the `gpus` plugin sampling every 200 ms.
-fn agent(server: &Server, name: &str, path_head: Option<&PathBuf>, state: &PathBuf) -> Agent {
+fn agent(server: &Server, name: &str, path_head: Option<&Path>, state: &Path) -> Agent {
     let token = server.join_token(json!({})).unwrap();
     let path = match path_head {
         Some(dir) => format!("{}:/usr/bin:/bin", dir.display()),
@@ -187,7 +187,7 @@ fn gpu_samples_from_nvidia_smi_reach_the_cli_and_metrics() {
 
 #[test]
 fn a_node_without_nvidia_smi_reports_no_gpus() {
-    if std::path::Path::new("/usr/bin/nvidia-smi").exists() {
+    if Path::new("/usr/bin/nvidia-smi").exists() {
         eprintln!("skipped: this machine has a real nvidia-smi in /usr/bin");
         return;
     }
