@@ -206,7 +206,7 @@ fn per_node_gauges_come_with_the_flag() {
 
 #[test]
 fn agent_metrics_listen_serves_its_own_counters() {
-    let server = Server::start().unwrap();
+    let mut server = Server::start().unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let _a = agent(
@@ -257,6 +257,13 @@ fn agent_metrics_listen_serves_its_own_counters() {
     // Other paths are not served.
     let (status, _) = get_text(&format!("http://{listen}/"), None).unwrap();
     assert_eq!(status, 404);
+
+    // A server restart is a reconnect.
+    server.restart().unwrap();
+    scrape_until(&url, None, "a reconnect counted", |s| {
+        sample(s, "drover_agent_reconnects_total", &[]) == Some(1.0)
+            && sample(s, "drover_agent_connected", &[]) == Some(1.0)
+    });
 
     // An address in use is a start error that names the flag, not a silent agent without metrics.
     let token = server.join_token(json!({})).unwrap();

@@ -28,18 +28,9 @@ pub const FULL_QUERY: &[&str] = &[
     "pstate",
 ];
 
-/// What is asked when a driver refuses `FULL_QUERY` (an old one that lacks a field): the essentials.
-pub const CORE_QUERY: &[&str] = &[
-    "index",
-    "uuid",
-    "utilization.gpu",
-    "utilization.memory",
-    "memory.used",
-    "memory.total",
-    "temperature.gpu",
-    "power.draw",
-    "power.limit",
-];
+/// What is asked when a driver refuses `FULL_QUERY` (an old one that lacks a field): the essentials, index
+/// and uuid through power limit.
+pub const CORE_QUERY: &[&str] = FULL_QUERY.split_at(9).0;
 
 /// The plugin's payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -233,6 +224,12 @@ mod tests {
         assert_eq!(s[1].memory_total_mib, None, "past u64");
         assert_eq!(s[1].temperature_c, None, "past f64");
         assert_eq!(throttle_reasons(0x1000), vec!["0x1000".to_string()]);
+    }
+
+    #[test]
+    fn the_core_query_is_the_essentials() {
+        assert_eq!(CORE_QUERY.first(), Some(&"index"));
+        assert_eq!(CORE_QUERY.last(), Some(&"power.limit"));
     }
 
     #[test]
