@@ -109,6 +109,9 @@ pub struct Args {
     /// A daemon plugin's deadline per call, PLUGIN=DURATION; repeatable.
     #[arg(long = "plugin-deadline", value_name = "PLUGIN=DURATION")]
     pub plugin_deadlines: Vec<String>,
+    /// Serve this agent's own Prometheus metrics at http://ADDR/metrics, without a token (off by default).
+    #[arg(long, env = "DROVER_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `[plugins.NAME]` in the TOML file.
@@ -149,6 +152,7 @@ pub struct FileConfig {
     pub manifest_keys: Vec<String>,
     pub max_tasks: Option<usize>,
     pub resync_interval: Option<String>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +171,8 @@ pub struct AgentConfig {
     pub policy: crate::policy::Policy,
     pub max_tasks: usize,
     pub resync_interval: Duration,
+    /// Where the agent serves its own metrics (`--metrics-listen`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for crate::daemon::Enabled {
@@ -452,6 +458,7 @@ impl AgentConfig {
             policy,
             max_tasks,
             resync_interval,
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod docker;
 pub mod identity;
 pub mod inventory;
 pub mod link;
+pub mod metrics_listen;
 pub mod policy;
 pub mod tasks;
 

@@ -12,6 +12,7 @@ use drover_proto::v1::{
 };
 use drover_types::PROTOCOL_VERSION;
 use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -154,6 +155,7 @@ pub async fn run(
             end = session(&endpoint, &config, &mut collector, &mut backoff, &services) => end,
             _ = shutdown.changed() => return Ok(()),
         };
+        crate::metrics_listen::link(false);
         // A refused client certificate often surfaces only as a closed connection (TLS 1.3 sends the alert
         // after the handshake, racing the first request). Ask the server plainly before calling it a network
         // problem.
@@ -249,6 +251,7 @@ async fn session(
     };
     tracing::info!(node = %welcome.name, server_version = %welcome.server_version, "connected");
     backoff.reset();
+    crate::metrics_listen::link(true);
 
     // One task per daemon plugin; dropping the set when the stream ends stops them all.
     let mut plugins = tokio::task::JoinSet::new();
@@ -507,7 +510,11 @@ pub async fn attach(channel: Channel, hello: Hello) -> Result<Attached, SessionE
         msg: Some(Msg::Hello(hello)),
     });
     let mut client = drover_proto::AgentLinkClient::new(channel);
-    let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
+    let outbound = ReceiverStream::new(rx).map(|m| {
+        crate::metrics_listen::sent(&m);
+        m
+    });
+    let mut inbound = match client.attach(outbound).await {
         Ok(r) => r.into_inner(),
         Err(status) => return Err(refused_or_broken(&status)),
     };

@@ -28,6 +28,15 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        if let Some(addr) = config.metrics_listen {
+            match drover_agent::metrics_listen::start(addr).await {
+                Ok(bound) => tracing::info!("agent metrics on http://{bound}/metrics"),
+                Err(e) => {
+                    eprintln!("drover-agent: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;

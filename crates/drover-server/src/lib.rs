@@ -4,6 +4,7 @@ pub mod api;
 pub mod fleet;
 pub mod gateway;
 pub mod links;
+pub mod metrics;
 pub mod pki;
 pub mod server;
 pub mod store;

@@ -123,6 +123,22 @@ impl Links {
         lock(&self.links).contains_key(node_id)
     }
 
+    /// How many nodes have a live stream.
+    pub fn attached_count(&self) -> usize {
+        lock(&self.links).len()
+    }
+
+    /// Every node's latest payload of `plugin`, as its JSON text: for `/metrics`, which parses only these.
+    pub fn latest_payloads(&self, plugin: &str) -> Vec<(String, Box<str>)> {
+        lock(&self.sessions)
+            .iter()
+            .filter_map(|(node, sessions)| {
+                let latest = sessions.get(plugin)?.history.back()?;
+                Some((node.clone(), latest.json.clone()))
+            })
+            .collect()
+    }
+
     pub fn actions(&self, node_id: &str) -> Option<Vec<ActionInfo>> {
         lock(&self.links).get(node_id).map(|l| l.actions.clone())
     }

@@ -14,6 +14,7 @@ use crate::api::{self, ApiState, ApiTls, ApiTlsError};
 use crate::fleet::{Fleet, FleetConfig};
 use crate::gateway::limits::UnprovenLimits;
 use crate::gateway::{Gateway, tls};
+use crate::metrics::{self, ServerMetrics, TimedStore};
 use crate::pki::{CA_CERT_FILE, Pki, PkiError};
 use crate::store::{SqliteStore, StoreError};
 use drover_files::{create_private_dir, write_atomic};
@@ -45,6 +46,10 @@ pub struct ServerConfig {
     pub task_retention: Duration,
     /// All task output together is kept under this many bytes (the oldest finished tasks' output goes first).
     pub max_task_output: u64,
+    /// Also serve `/metrics` here, without a token (off by default).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Export per-node CPU, memory, disk and GPU gauges in `/metrics` (a series set per node).
+    pub metrics_per_node: bool,
 }
 
 /// Agent connections are pinged this often; one that does not answer within `KEEPALIVE_TIMEOUT` is dropped,
@@ -71,6 +76,8 @@ impl ServerConfig {
             lost_after: Duration::from_secs(600),
             task_retention: Duration::from_secs(7 * 24 * 3600),
             max_task_output: 4 << 30,
+            metrics_listen: None,
+            metrics_per_node: false,
         }
     }
 }
@@ -115,6 +122,8 @@ pub struct RunningServer {
     /// Whether the REST API is served over TLS.
     pub api_tls: bool,
     pub agent_addr: SocketAddr,
+    /// Where `/metrics` is served without a token, with `--metrics-listen`.
+    pub metrics_addr: Option<SocketAddr>,
     pub admin_token: String,
     pub admin_token_path: PathBuf,
     pub ca_path: PathBuf,
@@ -225,6 +234,8 @@ impl RunningServer {
         let (pki, created_ca) = Pki::load_or_create(dir, &sans)?;
         let (admin_token, created_admin_token) = load_or_create_admin_token(dir)?;
         let store = SqliteStore::open(&dir.join(DB_FILE))?;
+        let metrics = Arc::new(ServerMetrics::new(config.metrics_per_node));
+        let store = TimedStore::new(Arc::new(store), metrics.clone());
         let pki = Arc::new(pki);
         let fleet = Fleet::new(
             Arc::new(store),
@@ -234,6 +245,7 @@ impl RunningServer {
                 metrics_history: config.metrics_history.max(1),
                 open_registration: config.open_registration,
                 trust_reported_labels: config.trust_reported_labels,
+                metrics,
             },
         );
 
@@ -261,7 +273,20 @@ impl RunningServer {
                 flag: "--agent-listen",
                 source,
             })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(bind(addr, "--metrics-listen").await?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let (shutdown, shutdown_rx) = watch::channel(false);
+        if let Some(listener) = metrics_listener {
+            let (fleet, stop) = (fleet.clone(), shutdown_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve_open(listener, fleet, stop).await {
+                    tracing::error!("the metrics listener failed: {e}");
+                }
+            });
+        }
         tokio::spawn(janitor(fleet.clone(), config.clone(), shutdown_rx.clone()));
         tokio::spawn(flush_heartbeats(fleet.clone(), shutdown_rx.clone()));
 
@@ -299,6 +324,7 @@ impl RunningServer {
             api_addr,
             api_tls: api_tls_on,
             agent_addr,
+            metrics_addr,
             admin_token,
             admin_token_path: dir.join(ADMIN_TOKEN_FILE),
             ca_path: dir.join(CA_CERT_FILE),

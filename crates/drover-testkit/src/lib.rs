@@ -768,3 +768,86 @@ impl Drop for SystemdHost {
             .output();
     }
 }
+
+/// A plain-text GET (a Prometheus scrape): status and body. `token`: `None` sends no Authorization header.
+pub fn get_text(url: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let mut req = http.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send()?;
+    Ok((resp.status().as_u16(), resp.text()?))
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Parses a text exposition (Prometheus or OpenMetrics), failing on any line that is neither a comment
+/// (`# HELP`, `# TYPE`, `# UNIT`, `# EOF`) nor `name{labels} value`: what a scraper would refuse.
+pub fn parse_exposition(text: &str) -> anyhow::Result<Vec<Sample>> {
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("# ") || line.is_empty() {
+            continue;
+        }
+        let bad = || anyhow::anyhow!("not an exposition line: {line:?}");
+        let (series, value) = line.rsplit_once(' ').ok_or_else(bad)?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().map_err(|_| bad())?,
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series, Vec::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').ok_or_else(bad)?;
+                let mut labels = Vec::new();
+                // Label values here never hold `",` (names, states, route patterns, uuids).
+                for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once("=\"").ok_or_else(bad)?;
+                    labels.push((k.to_string(), v.trim_end_matches('"').to_string()));
+                }
+                (name, labels)
+            }
+        };
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid_name {
+            return Err(bad());
+        }
+        samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    if !text.ends_with("# EOF\n") {
+        bail!("the exposition does not end with `# EOF`");
+    }
+    Ok(samples)
+}
+
+/// The value of the sample named `name` whose labels include all of `labels`.
+pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|s| s.value)
+}

@@ -161,6 +161,7 @@ impl Converger {
 }
 
 pub fn report_message(r: &NodeConvergence) -> AgentMessage {
+    crate::metrics_listen::converge_report(r);
     AgentMessage {
         msg: Some(Msg::ConvergenceReport(v1::ConvergenceReport {
             report_json: serde_json::to_string(r).unwrap_or_default(),

@@ -4,6 +4,7 @@
 //! differs from the last one sent. Each plugin runs in its own task, so a slow one delays nobody.
 
 mod builtin;
+mod gpus;
 #[cfg(feature = "test-plugins")]
 mod testing;
 
@@ -59,8 +60,8 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Every daemon plugin this agent has.
 pub fn registry() -> Vec<DaemonEntry> {
-    #[allow(unused_mut)]
     let mut entries = builtin::entries();
+    entries.push(gpus::entry());
     #[cfg(feature = "test-plugins")]
     entries.extend(testing::entries());
     entries
@@ -161,7 +162,10 @@ async fn active(
                 let call = async {
                     if started { instance.update().await } else { instance.start().await.map(Some) }
                 };
-                match tokio::time::timeout(plugin.deadline, call).await {
+                let began = std::time::Instant::now();
+                let outcome = tokio::time::timeout(plugin.deadline, call).await;
+                crate::metrics_listen::plugin_call(plugin.name, began.elapsed(), outcome.is_err());
+                match outcome {
                     Err(_) => {
                         *misses += 1;
                         tracing::warn!(plugin = plugin.name, misses = *misses, "plugin missed its deadline of {:?}; cancelled, retrying next tick", plugin.deadline);

@@ -13,18 +13,63 @@ const CANDIDATES: &[&str] = &[
 ];
 
 pub async fn detect() -> Vec<Gpu> {
+    match run(&[QUERY, "--format=csv,noheader,nounits"]).await {
+        Ok(out) => parse(&out),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Why `nvidia-smi` gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SmiError {
+    /// Not installed where GPU hosts keep it: the node has no NVIDIA driver.
+    #[error("nvidia-smi is not installed")]
+    NotFound,
+    #[error("nvidia-smi did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("nvidia-smi failed ({status}): {message}")]
+    Failed { status: String, message: String },
+}
+
+/// How long one `nvidia-smi` call may take; a hung driver must not hold a plugin or inventory up.
+const SMI_DEADLINE: Duration = Duration::from_secs(5);
+/// The most of its output that is read: a few GPUs' CSV is a few hundred bytes.
+const MAX_OUTPUT: usize = 256 * 1024;
+
+/// Runs `nvidia-smi` (the first of `CANDIDATES` that exists) with `args`; its stdout on success.
+pub async fn run(args: &[&str]) -> Result<String, SmiError> {
     for program in CANDIDATES {
         let run = tokio::process::Command::new(program)
-            .args([QUERY, "--format=csv,noheader,nounits"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .output();
-        if let Ok(Ok(out)) = tokio::time::timeout(Duration::from_secs(5), run).await
-            && out.status.success()
-        {
-            return parse(&String::from_utf8_lossy(&out.stdout));
+        let out = match tokio::time::timeout(SMI_DEADLINE, run).await {
+            Err(_) => return Err(SmiError::Timeout(SMI_DEADLINE)),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Ok(Err(e)) => {
+                return Err(SmiError::Failed {
+                    status: "not started".into(),
+                    message: e.to_string(),
+                });
+            }
+            Ok(Ok(out)) => out,
+        };
+        let text = |b: &[u8]| String::from_utf8_lossy(&b[..b.len().min(MAX_OUTPUT)]).into_owned();
+        if out.status.success() {
+            return Ok(text(&out.stdout));
         }
+        let mut message = text(&out.stderr).trim().to_string();
+        if message.is_empty() {
+            message = text(&out.stdout).trim().to_string();
+        }
+        drover_types::limits::clip(&mut message, drover_types::limits::MAX_TEXT);
+        return Err(SmiError::Failed {
+            status: out.status.to_string(),
+            message,
+        });
     }
-    Vec::new()
+    Err(SmiError::NotFound)
 }
 
 /// Parses `index, name, uuid, memory MiB, driver` lines; malformed lines are skipped.
@@ -57,5 +102,20 @@ mod tests {
         assert_eq!(gpus[1].index, Some(1));
         assert_eq!(gpus[0].mem_mb, Some(81559));
         assert_eq!(gpus[0].name, "NVIDIA H100 80GB HBM3");
+    }
+
+    #[test]
+    fn parses_a_real_h100_inventory() {
+        let gpus = super::parse(include_str!(
+            "../../../drover-testkit/fixtures/nvidia-smi-h100/inventory.csv"
+        ));
+        assert_eq!(gpus.len(), 1);
+        assert_eq!(gpus[0].name, "NVIDIA H100 80GB HBM3");
+        assert_eq!(
+            gpus[0].uuid.as_deref(),
+            Some("GPU-e129e46f-a911-1285-27fd-5b0c4c6d79a6")
+        );
+        assert_eq!(gpus[0].mem_mb, Some(81559));
+        assert_eq!(gpus[0].driver_version.as_deref(), Some("580.159.04"));
     }
 }

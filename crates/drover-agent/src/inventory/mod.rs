@@ -3,7 +3,7 @@
 
 pub mod containers;
 pub mod disks;
-mod gpu;
+pub mod gpu;
 pub mod systemd;
 
 use std::net::IpAddr;

@@ -308,6 +308,7 @@ impl TaskManager {
                 }
             }
         };
+        crate::metrics_listen::task_finished(ended.state);
         let exit = Exit {
             seq: outbox.next_seq,
             state: ended.state.to_string(),

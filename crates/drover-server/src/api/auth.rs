@@ -37,6 +37,7 @@ pub const ROUTE_ROLES: &[(&str, &str, Role)] = &[
     ("GET", "/api/v1/manifests/{name}", Role::Viewer),
     ("GET", "/api/v1/status", Role::Viewer),
     ("GET", "/api/v1/status/events", Role::Viewer),
+    ("GET", "/metrics", Role::Viewer),
     ("POST", "/api/v1/nodes/{id}/actions/{name}", Role::Operator),
     (
         "POST",

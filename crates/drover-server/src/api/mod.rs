@@ -157,6 +157,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/operators/{name}", delete(operators::revoke))
         .route("/api/v1/whoami", get(operators::whoami))
+        .route("/metrics", get(crate::metrics::scrape))
         // Every route above needs a line in `auth::ROUTE_ROLES`.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -171,6 +172,10 @@ pub fn router(state: ApiState) -> Router {
         .merge(agents)
         .merge(crate::ui::router(state.clone()))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track_requests,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

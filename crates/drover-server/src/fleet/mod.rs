@@ -5,6 +5,7 @@ mod actions;
 mod audit;
 pub mod desired;
 mod nodes;
+mod observe;
 mod operators;
 pub mod pages;
 mod sessions;
@@ -33,6 +34,7 @@ use crate::store::{Store, StoreError};
 pub use actions::MAX_ACTION_DEADLINE;
 pub use audit::node_actor;
 pub use nodes::{MAX_HEARTBEAT_INTERVAL, Registrant};
+pub use observe::{GPU_PLUGIN, NodeGauges, Observation};
 pub use operators::BOOTSTRAP_ADMIN;
 pub use tokens::{CheckedToken, MAX_TOKEN_TTL};
 
@@ -115,6 +117,8 @@ pub struct FleetConfig {
     pub open_registration: bool,
     /// Selection also uses the labels nodes report after enrolling (the behaviour before pending labels).
     pub trust_reported_labels: bool,
+    /// What `/metrics` counts as it happens (shared with the store's timing wrapper).
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 /// What an enrolled agent receives.
@@ -224,6 +228,10 @@ impl Fleet {
         &self.tamper
     }
 
+    pub fn metrics(&self) -> &crate::metrics::ServerMetrics {
+        &self.config.metrics
+    }
+
     pub fn pki(&self) -> &Pki {
         &self.pki
     }
@@ -249,6 +257,7 @@ impl Fleet {
         msg: agent_message::Msg,
     ) {
         use agent_message::Msg;
+        self.config.metrics.agent_message(&msg);
         match msg {
             Msg::ActionResult(r) => self.action_result(node_id, r),
             Msg::CreateSession(c) => self.create_session(node_id, name, c).await,

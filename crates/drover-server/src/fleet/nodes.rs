@@ -25,6 +25,16 @@ pub(super) struct PendingBeats {
     deleted: std::collections::HashSet<String>,
 }
 
+impl Heartbeats {
+    /// Runs `f` over the heartbeats not written yet (per node, oldest first), under their lock.
+    pub(super) fn read_pending<R>(
+        &self,
+        f: impl FnOnce(&std::collections::HashMap<String, Vec<(chrono::DateTime<Utc>, Metrics)>>) -> R,
+    ) -> R {
+        f(&lock(&self.0).latest)
+    }
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -141,6 +151,7 @@ impl Fleet {
         hello: AgentHello,
         tx: tokio::sync::mpsc::Sender<drover_proto::v1::ServerMessage>,
     ) -> Result<(NodeRecord, Attachment), FleetError> {
+        self.config.metrics.message("hello");
         check_hello(&hello)?;
         let interval_ms = hello
             .heartbeat_interval
@@ -226,6 +237,7 @@ impl Fleet {
     }
 
     pub async fn heartbeat(&self, node_id: &str, metrics: Metrics) -> Result<(), FleetError> {
+        self.config.metrics.heartbeat("http");
         metrics
             .validate()
             .map_err(|e| FleetError::invalid(e.field, e.reason))?;

@@ -712,7 +712,10 @@ impl Fleet {
                 )
                 .await;
             match ended {
-                Ok(_) => self.check_done(&task_id).await,
+                Ok(n) => {
+                    self.metrics().runs_lost(n);
+                    self.check_done(&task_id).await
+                }
                 Err(e) => tracing::error!(task = %task_id, "cannot mark a run lost: {e}"),
             }
         }
@@ -743,6 +746,7 @@ impl Fleet {
                 .await?;
             self.check_done(&task_id).await;
         }
+        self.metrics().runs_lost(n);
         Ok(n)
     }
 

@@ -225,6 +225,7 @@ impl drover_proto::AgentLink for Gateway {
                 tokio::select! {
                     msg = inbound.message() => match msg {
                         Ok(Some(AgentMessage { msg: Some(Msg::Heartbeat(hb)) })) => {
+                            fleet.metrics().heartbeat("grpc");
                             let metrics = hb.metrics.unwrap_or_default().into();
                             if let Err(e) = fleet.stream_heartbeat(&node.id, metrics) {
                                 tracing::warn!(node = %node.name, "ignored a heartbeat: {e}");

@@ -303,6 +303,31 @@ pub trait Store: Send + Sync + 'static {
     async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError>;
     async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// What `/metrics` counts, in one read: aggregates, never a record per node decoded.
+    async fn fleet_counts(&self) -> Result<FleetCounts, StoreError>;
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FleetCounts {
+    /// Every node's liveness inputs (its status is derived from them, as in views).
+    pub nodes: Vec<NodeLiveness>,
+    /// (run state, runs)
+    pub runs_by_state: Vec<(String, u64)>,
+    /// (task state as `Task::state` names it, tasks)
+    pub tasks_by_state: Vec<(String, u64)>,
+    pub manifests: u64,
+    /// (resource state, resources) over every node's latest convergence report.
+    pub resources_by_state: Vec<(String, u64)>,
+}
+
+/// What a node's status is derived from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeLiveness {
+    pub id: String,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub heartbeat_interval_ms: u64,
 }
 
 /// The error of a run cancelled by the server alone, its node being away; a later exit is kept beside it.

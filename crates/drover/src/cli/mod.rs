@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod containers;
 mod exec;
+mod gpus;
 mod keys;
 mod login;
 mod manifests;

@@ -65,6 +65,9 @@ pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
                 OutputFormat::Json => print_json(&node),
                 OutputFormat::Table => {
                     print_node(&node);
+                    if let Some((detail, report)) = super::gpus::latest(client, &node.id).await? {
+                        super::gpus::print(&detail, &report);
+                    }
                     Ok(())
                 }
             }

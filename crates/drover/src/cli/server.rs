@@ -70,6 +70,14 @@ pub struct ServerArgs {
     /// [default: 4GiB].
     #[arg(long, env = "DROVER_TASK_OUTPUT_LIMIT")]
     pub task_output_limit: Option<String>,
+    /// Also serve Prometheus metrics at /metrics on this address, without a token (off by default; on the
+    /// REST address /metrics always needs an operator token).
+    #[arg(long, env = "DROVER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Export per-node CPU, memory, disk and GPU gauges in /metrics: a set of series per node, so off by
+    /// default for large fleets.
+    #[arg(long, env = "DROVER_METRICS_PER_NODE")]
+    pub metrics_per_node: bool,
     /// TOML configuration file [default: /etc/drover/server.toml when present].
     #[arg(long, env = "DROVER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -97,6 +105,8 @@ struct FileConfig {
     lost_after: Option<String>,
     task_retention: Option<String>,
     task_output_limit: Option<String>,
+    metrics_listen: Option<SocketAddr>,
+    metrics_per_node: Option<bool>,
     log_format: Option<String>,
 }
 
@@ -169,6 +179,8 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     if let Some(t) = args.task_output_limit.clone().or(file.task_output_limit) {
         config.max_task_output = parse_size(&t).context("--task-output-limit")?;
     }
+    config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    config.metrics_per_node = args.metrics_per_node || file.metrics_per_node.unwrap_or(false);
     let json = match args.log_format.clone().or(file.log_format).as_deref() {
         None | Some("text") => false,
         Some("json") => true,
@@ -201,6 +213,9 @@ pub fn announce(server: &RunningServer, data_dir: &Path) {
         server.api_addr,
         server.agent_addr
     );
+    if let Some(addr) = server.metrics_addr {
+        tracing::info!("Prometheus metrics on http://{addr}/metrics (no token)");
+    }
 }
 
 pub async fn run(args: ServerArgs, global: &Global) -> anyhow::Result<()> {

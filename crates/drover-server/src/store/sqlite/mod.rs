@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode; writes are committed in groups by one writer thread,
 //! reads run beside it.
 
+mod counts;
 mod operators;
 mod pages;
 mod pool;
@@ -18,8 +19,9 @@ use drover_types::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    AuditFilter, JoinTokenRecord, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun,
-    OperatorRecord, OutputRecord, PutManifest, RunPatch, Store, StoreError, TaskSummary,
+    AuditFilter, FleetCounts, JoinTokenRecord, NodeChange, NodeCounts, NodeQuery, NodeRecord,
+    NodeTaskRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, Store, StoreError,
+    TaskSummary,
 };
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
 use drover_types::operator::OperatorInfo;
@@ -969,6 +971,10 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn fleet_counts(&self) -> Result<FleetCounts, StoreError> {
+        self.read(counts::counts).await
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {

@@ -1,0 +1,106 @@
+//! The store, timed: every `Store` operation's latency goes to `drover_store_operation_duration_seconds`,
+//! labelled by the operation's name, measured at the trait boundary so every backend is timed the same way
+//! (a write's time includes waiting for its group commit, which is what callers wait for).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use drover_types::{
+    Metrics, MetricsSample,
+    manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest},
+    operator::OperatorInfo,
+    signing::Signature,
+    task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec},
+    token::{JoinTokenInfo, TokenRefusal},
+};
+
+use super::ServerMetrics;
+use crate::store::{
+    AuditFilter, FleetCounts, JoinTokenRecord, NodeChange, NodeCounts, NodeQuery, NodeRecord,
+    NodeTaskRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, Store, StoreError,
+    TaskSummary,
+};
+
+pub struct TimedStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<ServerMetrics>,
+}
+
+impl TimedStore {
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<ServerMetrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+/// Implements `Store` by timing each listed operation around the inner store's.
+macro_rules! timed {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        #[async_trait]
+        impl Store for TimedStore {
+            $(
+                async fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
+                    let start = Instant::now();
+                    let result = self.inner.$name($($arg),*).await;
+                    self.metrics.store_op(stringify!($name), start.elapsed());
+                    result
+                }
+            )*
+        }
+    };
+}
+
+timed! {
+    insert_join_token(token: &JoinTokenRecord) -> ();
+    list_join_tokens() -> Vec<JoinTokenInfo>;
+    get_join_token(id: &str) -> Option<JoinTokenRecord>;
+    revoke_join_token(id: &str) -> bool;
+    use_join_token(id: &str, secret_sha256: &str, now: DateTime<Utc>) -> Result<JoinTokenInfo, TokenRefusal>;
+    put_operator(operator: &OperatorRecord) -> bool;
+    list_operators() -> Vec<OperatorInfo>;
+    operator_by_token(token_sha256: &str) -> Option<OperatorInfo>;
+    revoke_operator(name: &str) -> bool;
+    insert_node(node: &NodeRecord) -> ();
+    modify_node(id: &str, change: NodeChange) -> Option<NodeRecord>;
+    get_node(id: &str) -> Option<NodeRecord>;
+    get_node_by_name(name: &str) -> Option<NodeRecord>;
+    get_node_by_token(token_sha256: &str) -> Option<NodeRecord>;
+    list_nodes() -> Vec<NodeRecord>;
+    list_nodes_page(query: &NodeQuery) -> (Vec<NodeRecord>, NodeCounts);
+    delete_node(id: &str) -> bool;
+    record_heartbeat(id: &str, at: DateTime<Utc>, metrics: &Metrics, keep: usize) -> bool;
+    record_heartbeats(beats: Vec<(String, DateTime<Utc>, Metrics)>, keep: usize) -> ();
+    metrics_history(id: &str, limit: usize) -> Vec<MetricsSample>;
+    insert_task(task: &Task) -> ();
+    transition_runs(task_id: &str, node_ids: Vec<String>, from: &'static [RunState], patch: RunPatch) -> Vec<TaskRun>;
+    record_late_exit(task_id: &str, node_id: &str, late: LateExit) -> Option<TaskRun>;
+    get_run(task_id: &str, node_id: &str) -> Option<TaskRun>;
+    runs_in_state(task_id: &str, states: &'static [RunState], limit: usize) -> Vec<TaskRun>;
+    count_runs(task_id: &str, states: &'static [RunState]) -> usize;
+    open_runs_for_node(node_id: &str) -> Vec<(String, TaskRun, TaskSpec)>;
+    open_runs_silent_since(cutoff: DateTime<Utc>) -> Vec<(String, String)>;
+    delete_finished_tasks_before(cutoff: DateTime<Utc>) -> usize;
+    trim_output(max_bytes: u64) -> usize;
+    get_task(id: &str) -> Option<Task>;
+    task_ids_with_prefix(prefix: &str, limit: usize) -> Vec<String>;
+    list_tasks(limit: usize) -> Vec<Task>;
+    task_summaries(limit: usize) -> Vec<TaskSummary>;
+    node_task_runs(node_id: &str, limit: usize) -> Vec<NodeTaskRun>;
+    insert_output(task_id: &str, chunks: Vec<OutputRecord>) -> ();
+    output(task_id: &str, after: i64, limit: usize) -> Vec<(i64, OutputRecord)>;
+    stored_seq(task_id: &str, node_id: &str) -> u64;
+    insert_audit(entry: &AuditEntry) -> ();
+    put_manifest(manifest: &Manifest, signature: Option<&Signature>, now: DateTime<Utc>) -> PutManifest;
+    list_manifests() -> Vec<StoredManifest>;
+    delete_manifest(name: &str) -> bool;
+    get_desired(node_id: &str) -> Option<(DesiredState, String)>;
+    put_desired(node_id: &str, state: &DesiredState, hash: &str) -> bool;
+    put_convergence(node_id: &str, report: &NodeConvergence) -> ();
+    get_convergence(node_id: &str) -> Option<NodeConvergence>;
+    all_convergence() -> Vec<(String, String, u64, Option<NodeConvergence>)>;
+    put_blob(sha256: &str, data: Vec<u8>) -> ();
+    get_blob(sha256: &str) -> Option<Vec<u8>>;
+    list_audit(filter: &AuditFilter) -> Vec<AuditEntry>;
+    fleet_counts() -> FleetCounts;
+}
