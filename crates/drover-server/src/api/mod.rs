@@ -40,6 +40,8 @@ pub struct ApiState {
     pub fleet: Arc<Fleet>,
     /// SHA-256 of the admin token; comparing digests keeps the check constant-time in the secret.
     admin_token_sha256: [u8; 32],
+    /// Where agents reach this server (`--advertise-url`), told to HTTP agents when they register.
+    advertise_url: Arc<str>,
 }
 
 impl ApiState {
@@ -47,7 +49,26 @@ impl ApiState {
         Self {
             fleet,
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
+            advertise_url: "http://localhost:8080".into(),
         }
+    }
+
+    /// The URL registering HTTP agents are told to use (see [`advertise_url`]).
+    pub fn with_advertise_url(mut self, url: &str) -> Self {
+        self.advertise_url = url.into();
+        self
+    }
+}
+
+/// The URL HTTP agents are told to reach the server at when none is configured: `localhost` for a loopback
+/// listen address (what MIaaS answers), else the listen address itself; `https` when the API is served over TLS.
+pub fn advertise_url(listen: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    if listen.ip().is_loopback() {
+        format!("{scheme}://localhost:{}", listen.port())
+    } else {
+        // SocketAddr's Display brackets IPv6 addresses, as URLs need.
+        format!("{scheme}://{listen}")
     }
 }
 
@@ -61,8 +82,9 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+/// `healthy`, as MIaaS answers, so that MIaaS agents and probes read it alike.
 async fn health() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok", "version": drover_types::VERSION}))
+    axum::Json(serde_json::json!({"status": "healthy", "version": drover_types::VERSION}))
 }
 
 async fn not_found() -> ApiError {
@@ -145,4 +167,29 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_advertised_url_follows_the_listen_address() {
+        assert_eq!(
+            advertise_url(([127, 0, 0, 1], 8080).into(), false),
+            "http://localhost:8080"
+        );
+        assert_eq!(
+            advertise_url("[::1]:9000".parse().unwrap(), true),
+            "https://localhost:9000"
+        );
+        assert_eq!(
+            advertise_url(([10, 0, 0, 7], 8080).into(), false),
+            "http://10.0.0.7:8080"
+        );
+        assert_eq!(
+            advertise_url("[fd00::7]:8080".parse().unwrap(), true),
+            "https://[fd00::7]:8080"
+        );
+    }
 }
