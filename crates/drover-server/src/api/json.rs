@@ -66,7 +66,29 @@ fn parse_classified<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             None,
         )));
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    classify(
+        &mut serde_json::Deserializer::from_slice(bytes),
+        &|path: String| path,
+    )
+}
+
+/// Parses an already parsed body (a manifest unwrapped from its envelope, say); `rename` turns a field's
+/// path in `value` into its path in what the client sent.
+pub fn from_value<T: DeserializeOwned>(
+    value: serde_json::Value,
+    rename: &dyn Fn(String) -> String,
+) -> Result<T, ApiError> {
+    classify(value, rename).map_err(|e| match e {
+        Problem::Missing { message, field } => ApiError::bad_request(message, Some(field)),
+        Problem::Other(e) => e,
+    })
+}
+
+fn classify<'de, D, T>(de: D, rename: &dyn Fn(String) -> String) -> Result<T, Problem>
+where
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+    T: DeserializeOwned,
+{
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -81,16 +103,16 @@ fn parse_classified<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         }
         // A missing field is reported at its parent's path; name the field itself.
         if let Some(name) = missing_field(&inner.to_string()) {
-            let field = match path.as_str() {
+            let field = rename(match path.as_str() {
                 "." => name,
                 parent => format!("{parent}.{name}"),
-            };
+            });
             return Problem::Missing {
                 message: format!("field `{field}` is required"),
                 field,
             };
         }
-        let field = (path != ".").then_some(path);
+        let field = (path != ".").then(|| rename(path));
         let message = match &field {
             Some(f) => format!("field `{f}`: {inner}"),
             None => format!("invalid request body: {inner}"),

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use drover_types::envelope::{self, Form};
 use drover_types::manifest::{Applied, Manifest, NodeStatusReport, StoredManifest};
 use drover_types::{Labels, Node};
 use serde::Deserialize;
@@ -14,9 +15,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::json::ApiJson;
+use super::json::{self, ApiJson};
 use super::{ApiError, ApiState, Caller};
 use crate::Fleet;
+use crate::fleet::FleetError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,16 +32,53 @@ pub async fn apply(
     State(s): State<ApiState>,
     caller: Caller,
     query: Result<Query<ApplyQuery>, axum::extract::rejection::QueryRejection>,
-    ApiJson(m): ApiJson<Manifest>,
+    ApiJson(document): ApiJson<serde_json::Value>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(e.body_text(), Some("dry_run".into())))?;
+    let (m, form) = parse_manifest(document)?;
     if q.dry_run {
-        let nodes = s.fleet.plan_manifest(m).await?;
+        let nodes = s
+            .fleet
+            .plan_manifest(m)
+            .await
+            .map_err(|e| as_written(e, form))?;
         return Ok(Json(serde_json::json!({"dry_run": true, "nodes": nodes})));
     }
-    let applied: Applied = s.fleet.apply_manifest(&caller.name, m).await?;
+    let applied: Applied = s
+        .fleet
+        .apply_manifest(&caller.name, m)
+        .await
+        .map_err(|e| as_written(e, form))?;
     Ok(Json(serde_json::to_value(applied).unwrap_or_default()))
+}
+
+/// A manifest in the flat form or in its `apiVersion`/`kind` envelope (see `drover_types::envelope`).
+fn parse_manifest(document: serde_json::Value) -> Result<(Manifest, Form), ApiError> {
+    let (flat, form) = envelope::unwrap(document)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some(e.field)))?;
+    let manifest = json::from_value(flat, &|path| form.field(&path))?;
+    Ok((manifest, form))
+}
+
+/// Names a refused manifest's fields as its author wrote them (`spec.resources[0].id` in an envelope).
+fn as_written(e: FleetError, form: Form) -> FleetError {
+    match e {
+        FleetError::ManifestInvalid(errors) => FleetError::ManifestInvalid(
+            errors
+                .into_iter()
+                .map(|mut e| {
+                    // A resource's own fields (`file.path`) are named relative to the resource, which
+                    // the error names; only paths from the document's top are moved.
+                    if e.resource.is_none() || e.field.starts_with("resources[") {
+                        e.field = form.field(&e.field);
+                    }
+                    e
+                })
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 pub async fn put_blob(
