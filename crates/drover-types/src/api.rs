@@ -6,6 +6,7 @@ use crate::{Capabilities, Labels, Metrics, token::JoinTokenInfo};
 
 /// Every error response: a message for people, the offending field when there is one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -17,6 +18,7 @@ pub struct ErrorBody {
 
 /// `POST /api/v1/tokens`
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     /// Lifetime such as `1h` or `3600` (seconds); default one hour.
@@ -31,6 +33,7 @@ pub struct CreateTokenRequest {
 
 /// Answer to `POST /api/v1/tokens`: the only time the secret is shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedToken {
     pub token: String,
     #[serde(flatten)]
@@ -41,6 +44,7 @@ pub struct CreatedToken {
 /// `mem_mb`) are required as MIaaS requires them; [`RegisterRequest::missing_field`] names the first one
 /// absent, since serde lets an `Option` be missing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     pub name: String,
     #[serde(default)]
@@ -72,6 +76,7 @@ impl RegisterRequest {
 
 /// Answer to a registration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterResponse {
     pub node_id: String,
     pub node_token: String,
@@ -81,6 +86,7 @@ pub struct RegisterResponse {
 
 /// Answer to a heartbeat (MIaaS contract).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatResponse {
     /// Always `ok`.
     pub status: String,

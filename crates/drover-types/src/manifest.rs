@@ -11,6 +11,7 @@ use crate::labels::validate_labels;
 
 /// A manifest as written by an operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub name: String,
@@ -22,6 +23,7 @@ pub struct Manifest {
 
 /// One resource: a stable id and exactly one kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Resource {
     pub id: String,
@@ -74,6 +76,7 @@ impl Resource {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
     pub path: String,
@@ -99,6 +102,7 @@ pub struct FileSpec {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PullPolicy {
     Always,
@@ -108,6 +112,7 @@ pub enum PullPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ContainerSpec {
     pub image: String,
@@ -132,6 +137,7 @@ pub struct ContainerSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     pub command: Vec<String>,
@@ -142,6 +148,7 @@ pub struct HealthCheck {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UnitSpec {
     /// Unit name, like `myapp.service`.
@@ -159,6 +166,7 @@ pub struct UnitSpec {
 
 /// The audited escape hatch: a command with a guard that makes it idempotent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ShellJobSpec {
     pub command: String,
@@ -172,6 +180,7 @@ pub struct ShellJobSpec {
 
 /// One validation problem, naming the document, the resource and the field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[error("manifest {manifest:?}{}: field `{field}`: {reason}", resource.as_ref().map(|r| format!(", resource {r:?}")).unwrap_or_default())]
 pub struct ManifestError {
     pub manifest: String,
@@ -389,6 +398,7 @@ pub fn parse_port(spec: &str) -> Option<(Option<String>, u16, u16)> {
 
 /// A manifest as stored: with its generation (bumped when its content changes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoredManifest {
     pub generation: u64,
     pub updated_at: DateTime<Utc>,
@@ -398,6 +408,7 @@ pub struct StoredManifest {
 
 /// Answer to `drover apply`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Applied {
     pub name: String,
     pub generation: u64,
@@ -408,6 +419,7 @@ pub struct Applied {
 
 /// A resource in a node's desired state: which manifest gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DesiredResource {
     pub manifest: String,
     #[serde(flatten)]
@@ -416,6 +428,7 @@ pub struct DesiredResource {
 
 /// A node's desired state: every resource of every manifest that selects it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DesiredState {
     /// Bumped whenever what the node should run changes.
     pub generation: u64,
@@ -426,6 +439,7 @@ pub struct DesiredState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Conflict {
     pub id: String,
     pub manifests: Vec<String>,
@@ -465,6 +479,7 @@ pub fn desired_for(
 
 /// What a node would do about one resource (a dry run).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanItem {
     pub id: String,
     pub kind: String,
@@ -476,6 +491,7 @@ pub struct PlanItem {
 
 /// One node's answer to a dry run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodePlan {
     pub node: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -486,6 +502,7 @@ pub struct NodePlan {
 
 /// Where one resource stands on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ResourceState {
     Pending,
     Reconciling,
@@ -509,12 +526,14 @@ impl ResourceState {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DriftEvent {
     pub at: DateTime<Utc>,
     pub what: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResourceStatus {
     pub id: String,
     pub manifest: String,
@@ -551,6 +570,7 @@ impl ResourceStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Condition {
     /// Ready, Reconciling, Degraded
     #[serde(rename = "type")]
@@ -562,6 +582,7 @@ pub struct Condition {
 
 /// What a node reports about its convergence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeConvergence {
     pub observed_generation: u64,
     pub conditions: Vec<Condition>,
@@ -572,6 +593,7 @@ pub struct NodeConvergence {
 
 /// A node's line in `drover status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStatusReport {
     pub node_id: String,
     pub node_name: String,

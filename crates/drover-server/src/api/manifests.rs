@@ -20,7 +20,8 @@ use super::{ApiError, ApiState, Caller};
 use crate::Fleet;
 use crate::fleet::FleetError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyQuery {
     #[serde(default)]
@@ -28,6 +29,7 @@ pub struct ApplyQuery {
 }
 
 /// Applies a manifest; with `?dry_run=true`, answers each touched node's plan instead and changes nothing.
+#[utoipa::path(post, path = "/api/v1/manifests", tag = "manifests", operation_id = "manifests_apply", request_body(content = drover_types::manifest::Manifest, description = "a manifest, flat or in its `apiVersion: drover/v1`, `kind: Manifest` envelope (docs/desired-state.md)"), params(ApplyQuery), responses((status = 200, description = "`Applied`, or with `dry_run` `{\"dry_run\": true, \"nodes\": [NodePlan]}`", body = drover_types::manifest::Applied), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn apply(
     State(s): State<ApiState>,
     caller: Caller,
@@ -81,6 +83,7 @@ fn as_written(e: FleetError, form: Form) -> FleetError {
     }
 }
 
+#[utoipa::path(put, path = "/api/v1/blobs/{sha256}", tag = "manifests", operation_id = "manifests_put_blob", request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the raw content, up to 64 MiB"), params(("sha256" = String, Path, description = "hex SHA-256 of the content")), responses((status = 201, description = "stored"), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn put_blob(
     State(s): State<ApiState>,
     caller: Caller,
@@ -100,10 +103,12 @@ pub async fn put_blob(
     Ok(StatusCode::CREATED)
 }
 
+#[utoipa::path(get, path = "/api/v1/manifests", tag = "manifests", operation_id = "manifests_list", responses((status = 200, description = "every manifest", body = [drover_types::manifest::StoredManifest]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<StoredManifest>>, ApiError> {
     Ok(Json(s.fleet.manifests().await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/manifests/{name}", tag = "manifests", operation_id = "manifests_get", params(("name" = String, Path, description = "manifest name")), responses((status = 200, description = "the manifest", body = drover_types::manifest::StoredManifest), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn get(
     State(s): State<ApiState>,
     Path(name): Path<String>,
@@ -111,6 +116,7 @@ pub async fn get(
     Ok(Json(s.fleet.manifest(&name).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/manifests/{name}", tag = "manifests", operation_id = "manifests_delete", params(("name" = String, Path, description = "manifest name")), responses((status = 204, description = "deleted; agents remove what it gave them"), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn delete(
     State(s): State<ApiState>,
     caller: Caller,
@@ -120,6 +126,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/v1/status", tag = "manifests", operation_id = "manifests_status", responses((status = 200, description = "every node's convergence status", body = [drover_types::manifest::NodeStatusReport]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn status(State(s): State<ApiState>) -> Result<Json<Vec<NodeStatusReport>>, ApiError> {
     Ok(Json(s.fleet.status().await?))
 }
@@ -131,6 +138,7 @@ const BURST: usize = 4096;
 /// follower fell behind; then `event: node` (one node's report) whenever its desired generation or its
 /// convergence report changes. Ids count the stream's events. Resuming needs no replay: every stream,
 /// resumed (`Last-Event-ID`) or not, starts with the whole status, subscribed to before it is read.
+#[utoipa::path(get, path = "/api/v1/status/events", tag = "manifests", operation_id = "manifests_status_events", responses((status = 200, description = "Server-Sent Events: `status` (the whole status) then `node` changes", content_type = "text/event-stream", body = String), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn status_events(State(s): State<ApiState>) -> impl axum::response::IntoResponse {
     let live = s.fleet.subscribe_status();
     let (tx, rx) = mpsc::channel(64);
@@ -204,6 +212,7 @@ fn json(data: &impl serde::Serialize) -> String {
     serde_json::to_string(data).unwrap_or_default()
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/status", tag = "manifests", operation_id = "manifests_node_status", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the node's convergence status", body = drover_types::manifest::NodeStatusReport), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn node_status(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -211,7 +220,7 @@ pub async fn node_status(
     Ok(Json(s.fleet.node_status(&id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelRequest {
     #[serde(default)]
@@ -220,6 +229,7 @@ pub struct LabelRequest {
     remove: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/labels", tag = "nodes", operation_id = "manifests_label", request_body = LabelRequest, params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the node", body = drover_types::Node), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn label(
     State(s): State<ApiState>,
     caller: Caller,

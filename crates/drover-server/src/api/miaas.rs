@@ -9,6 +9,7 @@ use drover_types::api::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, Re
 
 use super::{ApiError, ApiState, bearer, json};
 
+#[utoipa::path(post, path = "/api/v1/nodes/register", tag = "miaas", operation_id = "miaas_register", request_body = drover_types::api::RegisterRequest, responses((status = 201, description = "registered (again under the same name: the same node, a new token)", body = drover_types::api::RegisterResponse), (status = 422, description = "a field the MIaaS contract requires is missing", body = drover_types::api::ErrorBody), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn register(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -33,6 +34,7 @@ pub async fn register(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/heartbeat", tag = "miaas", operation_id = "miaas_heartbeat", request_body = drover_types::Metrics, params(("id" = String, Path, description = "the node id registration gave")), responses((status = 200, description = "recorded", body = drover_types::api::HeartbeatResponse), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn heartbeat(
     State(s): State<ApiState>,
     Path(id): Path<String>,

@@ -9,6 +9,7 @@ mod json;
 mod manifests;
 mod miaas;
 mod nodes;
+mod openapi;
 mod operators;
 mod serve;
 mod sessions;
@@ -27,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 pub use auth::{Caller, ROUTE_ROLES, required_role};
 pub use error::ApiError;
+pub use openapi::{OPEN_ROUTES, document as openapi_document};
 pub use serve::{HANDSHAKE_DEADLINE, HEADER_DEADLINE, serve};
 pub use tls::{ApiTls, ApiTlsError, server_config as tls_config};
 
@@ -83,6 +85,13 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 }
 
 /// `healthy`, as MIaaS answers, so that MIaaS agents and probes read it alike.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "meta",
+    operation_id = "health",
+    responses((status = 200, description = "`{\"status\": \"healthy\", \"version\": \"…\"}`", body = Object))
+)]
 async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "healthy", "version": drover_types::VERSION}))
 }
@@ -162,6 +171,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/nodes/{id}/heartbeat", post(miaas::heartbeat));
     Router::new()
         .route("/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .merge(operator)
         .merge(agents)
         .fallback(not_found)
