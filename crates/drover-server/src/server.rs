@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Serve the REST API over TLS.
     pub api_tls: Option<ApiTls>,
+    /// The URL HTTP agents are told to use; by default derived from the listen address (see
+    /// [`api::advertise_url`]).
+    pub advertise_url: Option<String>,
     /// Agent gRPC (always TLS).
     pub agent_listen: SocketAddr,
     /// Extra DNS names or IPs for the server certificate (agents verify a fixed name, so this is optional).
@@ -67,6 +70,7 @@ impl ServerConfig {
             data_dir,
             listen: ([127, 0, 0, 1], 8080).into(),
             api_tls: None,
+            advertise_url: None,
             agent_listen: ([0, 0, 0, 0], 9090).into(),
             agent_sans: Vec::new(),
             liveness: LivenessPolicy::default(),
@@ -290,7 +294,15 @@ impl RunningServer {
         tokio::spawn(janitor(fleet.clone(), config.clone(), shutdown_rx.clone()));
         tokio::spawn(flush_heartbeats(fleet.clone(), shutdown_rx.clone()));
 
-        let router = api::router(ApiState::new(fleet.clone(), &admin_token).with_tls(api_tls_on));
+        let advertise_url = config
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| api::advertise_url(api_addr, api_tls_on));
+        let router = api::router(
+            ApiState::new(fleet.clone(), &admin_token)
+                .with_tls(api_tls_on)
+                .with_advertise_url(&advertise_url),
+        );
         let api_shutdown = shutdown_rx.clone();
         let api_task = tokio::spawn(async move {
             api::serve(api_listener, router, api_tls, api_shutdown)

@@ -440,6 +440,20 @@ pub fn parse_sse(text: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// A MIaaS registration body with every field MIaaS requires (`ip`, `capabilities` with `os`,
+/// `cpu_count`, `mem_mb`), plus the fields of `extra` (an object).
+pub fn registration(name: &str, extra: Value) -> Value {
+    let mut body = serde_json::json!({
+        "name": name,
+        "ip": "192.0.2.10",
+        "capabilities": {"os": "linux", "cpu_count": 2, "mem_mb": 2048, "gpus": []}
+    });
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    body
+}
+
 /// The last `n` lines of a log.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

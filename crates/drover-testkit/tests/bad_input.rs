@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use drover_testkit::Server;
+use drover_testkit::{Server, registration};
 use serde_json::json;
 
 #[test]
@@ -92,7 +92,8 @@ fn rest_api_refuses_bad_requests_with_precise_errors() {
             &json!({"ip": "1.2.3.4"}),
         )
         .unwrap();
-    assert_eq!(reply.status, 400);
+    // 422, as MIaaS answers a missing required field.
+    assert_eq!(reply.status, 422);
     assert_eq!(reply.body["field"], "name", "{reply:?}");
 
     // A mistyped field is named, even nested.
@@ -100,7 +101,7 @@ fn rest_api_refuses_bad_requests_with_precise_errors() {
         .post(
             "/api/v1/nodes/register",
             Some(&join),
-            &json!({"name": "x", "capabilities": {"cpu_count": "many"}}),
+            &registration("x", json!({"capabilities": {"cpu_count": "many"}})),
         )
         .unwrap();
     assert_eq!(reply.status, 400);
@@ -111,7 +112,7 @@ fn rest_api_refuses_bad_requests_with_precise_errors() {
         .post(
             "/api/v1/nodes/register",
             Some(&join),
-            &json!({"name": "ok-node"}),
+            &registration("ok-node", json!({})),
         )
         .unwrap();
     let (id, tok) = (
@@ -139,7 +140,7 @@ fn rest_api_refuses_bad_requests_with_precise_errors() {
         .post(
             "/api/v1/nodes/register",
             Some(&join),
-            &json!({"name": "no spaces/please"}),
+            &registration("no spaces/please", json!({})),
         )
         .unwrap();
     assert_eq!(

@@ -407,6 +407,118 @@ fn invalid_manifests_are_refused_with_document_resource_and_field() {
 }
 
 #[test]
+fn an_envelope_manifest_applies_like_a_flat_one() {
+    let f = fleet(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("motd.txt"), "from a source\n").unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    // The kubectl-style form, with a local source the CLI uploads from under `spec`.
+    let envelope = write(
+        "web.yaml",
+        format!(
+            "apiVersion: drover/v1\nkind: Manifest\nmetadata:\n  name: web\nspec:\n  selector: {{role: edge}}\n  resources:\n    - id: motd\n      file: {{path: {}, source: motd.txt}}\n",
+            f.path("motd")
+        ),
+    );
+    let out = f
+        .server
+        .cli(&["apply", "-f", &envelope, "--wait", "--timeout", "30s"])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(f.path("motd")).unwrap(),
+        "from a source\n"
+    );
+    let stored = f.server.get("/api/v1/manifests/web").unwrap().body;
+    assert_eq!(stored["selector"]["role"], "edge", "{stored}");
+
+    // An unknown apiVersion or kind is refused naming the field; a problem inside is named under spec.
+    let cases = [
+        (
+            "v2.yaml",
+            "apiVersion: drover/v2\nkind: Manifest\nmetadata: {name: x}\nspec: {resources: []}\n",
+            "field `apiVersion`: unknown apiVersion \"drover/v2\"",
+        ),
+        (
+            "kind.yaml",
+            "apiVersion: drover/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {resources: []}\n",
+            "field `kind`: unknown kind \"Deployment\"",
+        ),
+        (
+            "id.yaml",
+            "apiVersion: drover/v1\nkind: Manifest\nmetadata: {name: x}\nspec:\n  resources:\n    - id: \"bad id\"\n      file: {path: /x, content: x}\n",
+            "field `spec.resources[0].id`",
+        ),
+    ];
+    for (file, text, expect) in cases {
+        let out = f
+            .server
+            .cli(&["apply", "-f", &write(file, text.to_string())])
+            .unwrap();
+        assert!(!out.status.success(), "{file} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{file}: {stderr}");
+    }
+    // The REST API takes the envelope as JSON too.
+    let r = f.server.post(
+        "/api/v1/manifests",
+        Some(&f.server.admin_token()),
+        &json!({"apiVersion": "drover/v1", "kind": "Manifest", "metadata": {"name": "web"},
+                "spec": {"selector": {"role": "edge"}, "resources": [{"id": "motd", "file": {"path": f.path("motd"), "content": "json\n"}}]}}),
+    ).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["generation"], 2, "{r:?}");
+    let r = f.server.post(
+        "/api/v1/manifests",
+        Some(&f.server.admin_token()),
+        &json!({"apiVersion": "drover/v1", "kind": "Manifest", "metadata": {"name": "web"},
+                "spec": {"resources": [{"id": "motd", "file": {"path": "relative", "content": "x"}}]}}),
+    ).unwrap();
+    // A resource's fields are named within the resource, which the error names.
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (400, Some("file.path")),
+        "{r:?}"
+    );
+    for (spec, field) in [
+        (json!({"resources": [], "name": "x"}), "spec.name"),
+        (json!({"resources": "none"}), "spec.resources"),
+        (json!({}), "spec.resources"),
+    ] {
+        let r = f
+            .server
+            .post(
+                "/api/v1/manifests",
+                Some(&f.server.admin_token()),
+                &json!({"apiVersion": "drover/v1", "kind": "Manifest", "metadata": {"name": "web"}, "spec": spec}),
+            )
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["field"].as_str()),
+            (400, Some(field)),
+            "{r:?}"
+        );
+    }
+    let r = f
+        .server
+        .post(
+            "/api/v1/manifests",
+            Some(&f.server.admin_token()),
+            &json!({"apiVersion": "drover/v1", "kind": "Manifest", "metadata": {"name": "bad name"}, "spec": {"resources": []}}),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["field"].as_str()),
+        (400, Some("metadata.name")),
+        "{r:?}"
+    );
+}
+
+#[test]
 fn containers_converge_and_drift_is_corrected_through_a_real_engine() {
     let podman = Podman::start().unwrap();
     let server = Server::start().unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use drover_proto::v1::EnrollRequest;
 use drover_proto::{AgentLinkClient, SERVER_TLS_NAME};
-use drover_testkit::{Agent, Server, ServerOptions, TIMEOUT, tail, wait_for};
+use drover_testkit::{Agent, Server, ServerOptions, TIMEOUT, registration, tail, wait_for};
 use serde_json::{Value, json};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -105,7 +105,7 @@ fn huge_durations_are_refused_naming_the_field() {
             .post(
                 "/api/v1/nodes/register",
                 Some(&join),
-                &json!({"name": "slow", "heartbeat_interval": interval}),
+                &registration("slow", json!({"heartbeat_interval": interval})),
             )
             .unwrap();
         bad_field(&reply, "heartbeat_interval");
@@ -139,7 +139,7 @@ fn authentication_comes_before_parsing() {
         .post(
             "/api/v1/nodes/register",
             Some(&join),
-            &json!({"name": "box"}),
+            &registration("box", json!({})),
         )
         .unwrap();
     let id = reg.body["node_id"].as_str().unwrap().to_string();
@@ -224,7 +224,7 @@ fn a_refused_request_does_not_use_up_a_single_use_token() {
         .post(
             "/api/v1/nodes/register",
             Some(&second),
-            &json!({"name": "real"}),
+            &registration("real", json!({})),
         )
         .unwrap();
     assert_eq!(reply.status, 409, "{reply:?}");
@@ -232,7 +232,7 @@ fn a_refused_request_does_not_use_up_a_single_use_token() {
         .post(
             "/api/v1/nodes/register",
             Some(&second),
-            &json!({"name": "other", "heartbeat_interval": 0}),
+            &registration("other", json!({"heartbeat_interval": 0})),
         )
         .unwrap();
     bad_field(&reply, "heartbeat_interval");
@@ -240,7 +240,7 @@ fn a_refused_request_does_not_use_up_a_single_use_token() {
         .post(
             "/api/v1/nodes/register",
             Some(&second),
-            &json!({"name": "other"}),
+            &registration("other", json!({})),
         )
         .unwrap();
     assert_eq!(
@@ -534,7 +534,7 @@ fn every_change_is_audited() {
         .post(
             "/api/v1/nodes/register",
             Some(&token),
-            &json!({"name": "http-box"}),
+            &registration("http-box", json!({})),
         )
         .unwrap();
     assert_eq!(reg.status, 201);
@@ -632,7 +632,7 @@ fn an_http_node_cannot_be_taken_over_by_name() {
         .post(
             "/api/v1/nodes/register",
             Some(&join),
-            &json!({"name": "box"}),
+            &registration("box", json!({})),
         )
         .unwrap();
     let (id, own) = (
@@ -643,14 +643,18 @@ fn an_http_node_cannot_be_taken_over_by_name() {
         .post(
             "/api/v1/nodes/register",
             Some(&join),
-            &json!({"name": "other"}),
+            &registration("other", json!({})),
         )
         .unwrap();
     let others = other.body["node_token"].as_str().unwrap().to_string();
 
     let takeover = |bearer: Option<&str>| {
         server
-            .post("/api/v1/nodes/register", bearer, &json!({"name": "box"}))
+            .post(
+                "/api/v1/nodes/register",
+                bearer,
+                &registration("box", json!({})),
+            )
             .unwrap()
             .status
     };
@@ -671,7 +675,7 @@ fn an_http_node_cannot_be_taken_over_by_name() {
         .post(
             "/api/v1/nodes/register",
             Some(&own),
-            &json!({"name": "box"}),
+            &registration("box", json!({})),
         )
         .unwrap();
     assert_eq!(again.status, 201, "{again:?}");
@@ -704,10 +708,18 @@ fn open_registration_warns_that_names_can_be_taken_over() {
         server.log()
     );
     let first = server
-        .post("/api/v1/nodes/register", None, &json!({"name": "lab"}))
+        .post(
+            "/api/v1/nodes/register",
+            None,
+            &registration("lab", json!({})),
+        )
         .unwrap();
     let again = server
-        .post("/api/v1/nodes/register", None, &json!({"name": "lab"}))
+        .post(
+            "/api/v1/nodes/register",
+            None,
+            &registration("lab", json!({})),
+        )
         .unwrap();
     assert_eq!(again.status, 201);
     assert_eq!(again.body["node_id"], first.body["node_id"]);

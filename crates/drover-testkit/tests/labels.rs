@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use drover_testkit::{Agent, Server, ServerOptions, TIMEOUT, wait_for};
+use drover_testkit::{Agent, Server, ServerOptions, TIMEOUT, registration, wait_for};
 use serde_json::{Value, json};
 
 const FAST: &[&str] = &[
@@ -188,7 +188,7 @@ fn an_http_node_registering_again_with_other_labels_has_them_pending() {
     let server = Server::start().unwrap();
     let join = server.join_token(json!({})).unwrap();
     let register = |labels: Value| {
-        let body = json!({"name": "worker", "capabilities": {}, "labels": labels});
+        let body = registration("worker", json!({"labels": labels}));
         server
             .post("/api/v1/nodes/register", Some(&join), &body)
             .unwrap()
@@ -205,7 +205,10 @@ fn an_http_node_registering_again_with_other_labels_has_them_pending() {
     let reply = register(Value::Object(many));
     assert_eq!(reply.status, 400, "{reply:?}");
     assert!(reply.body.to_string().contains("at most 128"), "{reply:?}");
-    let body = json!({"name": "gpus", "capabilities": {"gpus": vec!["A100"; 1000]}});
+    let body = registration(
+        "gpus",
+        json!({"capabilities": {"os": "linux", "cpu_count": 2, "mem_mb": 2048, "gpus": vec!["A100"; 1000]}}),
+    );
     let reply = server
         .post("/api/v1/nodes/register", Some(&join), &body)
         .unwrap();

@@ -1,9 +1,13 @@
 //! The MIaaS HTTP contract for plain HTTP agents: register, heartbeat, and a real Python agent.
+//!
+//! The `miaas_*` tests are the MIaaS control plane's own API tests (fupacat/MIaaS,
+//! `control-plane/tests/test_api.py`) ported to a real drover server with registration open, reads carrying
+//! an operator token (drover's deliberate difference: see docs/api.md).
 
 use std::process::{Command, Stdio};
 
-use drover_testkit::{Server, ServerOptions};
-use serde_json::json;
+use drover_testkit::{Server, ServerOptions, registration};
+use serde_json::{Value, json};
 
 fn register_body(name: &str) -> serde_json::Value {
     json!({
@@ -11,6 +15,233 @@ fn register_body(name: &str) -> serde_json::Value {
         "ip": "192.168.1.10",
         "capabilities": {"os": "linux", "cpu_count": 8, "mem_mb": 16000, "disk_mb": 500000, "gpus": [], "tpu": "v5e"}
     })
+}
+
+/// A server as the MIaaS tests expect one: anyone may register.
+fn open_server(extra: &[&str]) -> Server {
+    let mut args = vec!["--open-registration".to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Server::start_with(ServerOptions { args }).unwrap()
+}
+
+/// MIaaS's `node_data`: a worker with the capabilities MIaaS requires.
+fn worker(name: &str, ip: &str, cpu_count: u32, mem_mb: u64, gpus: Value) -> Value {
+    json!({
+        "name": name,
+        "ip": ip,
+        "capabilities": {"os": "linux", "cpu_count": cpu_count, "mem_mb": mem_mb, "gpus": gpus}
+    })
+}
+
+fn register(server: &Server, body: &Value) -> drover_testkit::Reply {
+    server.post("/api/v1/nodes/register", None, body).unwrap()
+}
+
+#[test]
+fn miaas_health_endpoint() {
+    let server = open_server(&[]);
+    let reply = server.request("GET", "/health", None, None).unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["status"], "healthy", "{reply:?}");
+}
+
+// `GET /` answers JSON to a request that does not ask for HTML (a browser is sent to the dashboard).
+#[test]
+fn miaas_root_endpoint() {
+    let server = open_server(&[]);
+    // reqwest sends `Accept: */*`, as MIaaS's test client does.
+    let reply = server.request("GET", "/", None, None).unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.body["version"],
+        env!("CARGO_PKG_VERSION"),
+        "{reply:?}"
+    );
+}
+
+#[test]
+fn miaas_register_node() {
+    let server = open_server(&[]);
+    let reply = register(
+        &server,
+        &worker("worker-01", "192.168.1.10", 8, 32000, json!([])),
+    );
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert!(reply.body["node_id"].is_string());
+    assert!(reply.body["node_token"].is_string());
+    // MIaaS answers http://localhost:8080, its own port; drover answers its own.
+    assert_eq!(
+        reply.body["control_plane_url"],
+        format!("http://localhost:{}", server.api_port),
+        "{reply:?}"
+    );
+
+    // --advertise-url says where agents reach a server behind a proxy or on another address.
+    let server = open_server(&["--advertise-url", "https://cp.example.com:8443/"]);
+    let reply = register(
+        &server,
+        &worker("worker-01", "192.168.1.10", 8, 32000, json!([])),
+    );
+    assert_eq!(
+        reply.body["control_plane_url"],
+        "https://cp.example.com:8443"
+    );
+}
+
+#[test]
+fn miaas_register_node_missing_fields() {
+    let server = open_server(&[]);
+    let reply = register(&server, &json!({"name": "worker-01"}));
+    assert_eq!(reply.status, 422, "{reply:?}");
+    // MIaaS lists every missing field; drover names the first.
+    assert_eq!(reply.body["field"], "capabilities", "{reply:?}");
+
+    // Each field MIaaS requires is named when it alone is missing; `gpus` is optional there (default []).
+    let full = worker("worker-01", "192.168.1.10", 8, 32000, json!([]));
+    for field in [
+        "name",
+        "ip",
+        "capabilities",
+        "capabilities.os",
+        "capabilities.cpu_count",
+        "capabilities.mem_mb",
+    ] {
+        let mut body = full.clone();
+        match field.split_once('.') {
+            Some((parent, child)) => body[parent].as_object_mut().unwrap().remove(child),
+            None => body.as_object_mut().unwrap().remove(field),
+        };
+        let reply = register(&server, &body);
+        assert_eq!(
+            (reply.status, reply.body["field"].as_str()),
+            (422, Some(field)),
+            "{reply:?}"
+        );
+        assert!(
+            reply.body["error"].as_str().unwrap().contains(field),
+            "{reply:?}"
+        );
+    }
+    let mut no_gpus = full.clone();
+    no_gpus["capabilities"]
+        .as_object_mut()
+        .unwrap()
+        .remove("gpus");
+    assert_eq!(register(&server, &no_gpus).status, 201);
+    // A mistyped field stays drover's 400, naming it.
+    let mut mistyped = full;
+    mistyped["capabilities"]["cpu_count"] = json!("eight");
+    let reply = register(&server, &mistyped);
+    assert_eq!(
+        (reply.status, reply.body["field"].as_str()),
+        (400, Some("capabilities.cpu_count"))
+    );
+    assert_eq!(
+        server.nodes().unwrap().len(),
+        1,
+        "only the complete registration counts"
+    );
+}
+
+#[test]
+fn miaas_list_nodes() {
+    let server = open_server(&[]);
+    // Empty at first.
+    let reply = server.get("/api/v1/nodes").unwrap();
+    assert_eq!((reply.status, &reply.body), (200, &json!([])));
+    register(
+        &server,
+        &worker("worker-01", "192.168.1.10", 8, 16000, json!([])),
+    );
+    register(
+        &server,
+        &worker("worker-02", "192.168.1.11", 4, 8000, json!([])),
+    );
+    let reply = server.get("/api/v1/nodes").unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.as_array().map(Vec::len), Some(2), "{reply:?}");
+    // drover's deliberate difference: reads need an operator token.
+    let anonymous = server.request("GET", "/api/v1/nodes", None, None).unwrap();
+    assert_eq!(anonymous.status, 401);
+}
+
+#[test]
+fn miaas_get_node() {
+    let server = open_server(&[]);
+    let reply = register(
+        &server,
+        &worker("worker-01", "192.168.1.10", 8, 16000, json!([])),
+    );
+    let node_id = reply.body["node_id"].as_str().unwrap();
+    let reply = server.get(&format!("/api/v1/nodes/{node_id}")).unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["id"], node_id);
+    assert_eq!(reply.body["name"], "worker-01");
+    assert_eq!(
+        server.get("/api/v1/nodes/non-existent").unwrap().status,
+        404
+    );
+}
+
+#[test]
+fn miaas_update_existing_node() {
+    let server = open_server(&[]);
+    let first = register(
+        &server,
+        &worker("worker-01", "192.168.1.10", 8, 16000, json!([])),
+    );
+    let node_id = first.body["node_id"].as_str().unwrap();
+    let updated = worker(
+        "worker-01",
+        "192.168.1.20",
+        16,
+        32000,
+        json!([{"id": 0, "model": "RTX 3090"}]),
+    );
+    let reply = register(&server, &updated);
+    assert_eq!(reply.status, 201, "{reply:?}");
+    assert_eq!(reply.body["node_id"], node_id, "same name, same node");
+    let nodes = server.nodes().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["ip"], "192.168.1.20");
+    assert_eq!(nodes[0]["capabilities"]["cpu_count"], 16);
+}
+
+#[test]
+fn miaas_heartbeat() {
+    let server = open_server(&[]);
+    let reply = register(
+        &server,
+        &worker("worker-01", "192.168.1.10", 8, 16000, json!([])),
+    );
+    let (node_id, token) = (
+        reply.body["node_id"].as_str().unwrap(),
+        reply.body["node_token"].as_str().unwrap(),
+    );
+    let beat = json!({"cpu_usage": 45.5, "mem_usage": 60.2, "disk_free_mb": 50000, "running_containers": ["postgres", "redis"]});
+    let before = chrono::Utc::now().timestamp_millis() as f64 / 1e3;
+    let reply = server
+        .post(
+            &format!("/api/v1/nodes/{node_id}/heartbeat"),
+            Some(token),
+            &beat,
+        )
+        .unwrap();
+    let after = chrono::Utc::now().timestamp_millis() as f64 / 1e3;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["status"], "ok");
+    let at = reply.body["timestamp"].as_f64().expect("a float timestamp");
+    assert!(
+        before - 1.0 <= at && at <= after + 1.0,
+        "{at} is not now ({before}..{after})"
+    );
+
+    // A heartbeat for a node that does not exist is 404 (MIaaS signs a token for the fake id; a drover
+    // node token is a real node's, which does not make the other id exist).
+    let reply = server
+        .post("/api/v1/nodes/non-existent/heartbeat", Some(token), &beat)
+        .unwrap();
+    assert_eq!(reply.status, 404, "{reply:?}");
 }
 
 #[test]
@@ -98,7 +329,11 @@ fn open_registration_and_name_clashes() {
     })
     .unwrap();
     let reply = server
-        .post("/api/v1/nodes/register", None, &json!({"name": "lab-box"}))
+        .post(
+            "/api/v1/nodes/register",
+            None,
+            &registration("lab-box", json!({})),
+        )
         .unwrap();
     assert_eq!(
         reply.status, 201,
@@ -117,7 +352,11 @@ fn open_registration_and_name_clashes() {
         .wait_node("grpc-box", "Ready", |n| n["status"] == "Ready")
         .unwrap();
     let clash = server
-        .post("/api/v1/nodes/register", None, &json!({"name": "grpc-box"}))
+        .post(
+            "/api/v1/nodes/register",
+            None,
+            &registration("grpc-box", json!({})),
+        )
         .unwrap();
     assert_eq!(clash.status, 409, "{clash:?}");
 }

@@ -7,6 +7,7 @@ pub const DEFAULT_DEADLINE_MS: u64 = 30_000;
 
 /// An action a node offers, advertised in its hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActionInfo {
     pub name: String,
     pub version: u32,
@@ -14,6 +15,7 @@ pub struct ActionInfo {
 
 /// Why an action call did not return a result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind")]
 pub enum ActionError {
     #[error("invalid arguments{}: {message}", field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
@@ -59,6 +61,7 @@ impl ActionError {
 
 /// The answer to a call through the REST API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActionReply {
     pub call_id: String,
     pub result: serde_json::Value,

@@ -5,6 +5,7 @@ pub mod action;
 pub mod api;
 pub mod base64;
 pub mod duration;
+pub mod envelope;
 pub mod gpu;
 pub mod labels;
 pub mod limits;

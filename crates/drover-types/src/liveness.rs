@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NodeStatus {
     /// Heartbeats arrive on time.
     Ready,
@@ -26,6 +27,7 @@ impl std::fmt::Display for NodeStatus {
 
 /// How many of a node's own heartbeat intervals may pass before it is NotReady, then Offline.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LivenessPolicy {
     pub not_ready_after: f64,
     pub offline_after: f64,

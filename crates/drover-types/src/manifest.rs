@@ -12,6 +12,7 @@ use crate::signing::{MANIFEST_CONTEXT, PublicKey, SignError, Signature, canonica
 
 /// A manifest as written by an operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub name: String,
@@ -78,6 +79,7 @@ impl<'de> Deserialize<'de> for ApplyManifest {
 /// What a node needs to check a signed manifest: the signed payload itself and its signature. The node
 /// checks the signature against its pinned keys, then that every resource it is given from this manifest
 /// is the one in the payload.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestProof {
     pub manifest: String,
@@ -98,6 +100,7 @@ impl ManifestProof {
 
 /// One resource: a stable id and exactly one kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Resource {
     pub id: String,
@@ -150,6 +153,7 @@ impl Resource {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
     pub path: String,
@@ -175,6 +179,7 @@ pub struct FileSpec {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PullPolicy {
     Always,
@@ -184,6 +189,7 @@ pub enum PullPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ContainerSpec {
     pub image: String,
@@ -208,6 +214,7 @@ pub struct ContainerSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     pub command: Vec<String>,
@@ -218,6 +225,7 @@ pub struct HealthCheck {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UnitSpec {
     /// Unit name, like `myapp.service`.
@@ -235,6 +243,7 @@ pub struct UnitSpec {
 
 /// The audited escape hatch: a command with a guard that makes it idempotent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ShellJobSpec {
     pub command: String,
@@ -248,6 +257,7 @@ pub struct ShellJobSpec {
 
 /// One validation problem, naming the document, the resource and the field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[error("manifest {manifest:?}{}: field `{field}`: {reason}", resource.as_ref().map(|r| format!(", resource {r:?}")).unwrap_or_default())]
 pub struct ManifestError {
     pub manifest: String,
@@ -466,6 +476,7 @@ pub fn parse_port(spec: &str) -> Option<(Option<String>, u16, u16)> {
 /// A manifest as stored: with its generation (bumped when its content changes, not when it is only
 /// signed again) and its signature, if an operator signed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoredManifest {
     pub generation: u64,
     pub updated_at: DateTime<Utc>,
@@ -477,6 +488,7 @@ pub struct StoredManifest {
 
 /// Answer to `drover apply`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Applied {
     pub name: String,
     pub generation: u64,
@@ -487,6 +499,7 @@ pub struct Applied {
 
 /// A resource in a node's desired state: which manifest gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DesiredResource {
     pub manifest: String,
     #[serde(flatten)]
@@ -495,6 +508,7 @@ pub struct DesiredResource {
 
 /// A node's desired state: every resource of every manifest that selects it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DesiredState {
     /// Bumped whenever what the node should run changes.
     pub generation: u64,
@@ -509,6 +523,7 @@ pub struct DesiredState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Conflict {
     pub id: String,
     pub manifests: Vec<String>,
@@ -548,6 +563,7 @@ pub fn desired_for(
 
 /// What a node would do about one resource (a dry run).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanItem {
     pub id: String,
     pub kind: String,
@@ -559,6 +575,7 @@ pub struct PlanItem {
 
 /// One node's answer to a dry run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodePlan {
     pub node: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -569,6 +586,7 @@ pub struct NodePlan {
 
 /// Where one resource stands on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ResourceState {
     Pending,
     Reconciling,
@@ -592,12 +610,14 @@ impl ResourceState {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DriftEvent {
     pub at: DateTime<Utc>,
     pub what: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResourceStatus {
     pub id: String,
     pub manifest: String,
@@ -634,6 +654,7 @@ impl ResourceStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Condition {
     /// Ready, Reconciling, Degraded
     #[serde(rename = "type")]
@@ -645,6 +666,7 @@ pub struct Condition {
 
 /// What a node reports about its convergence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeConvergence {
     pub observed_generation: u64,
     pub conditions: Vec<Condition>,
@@ -655,6 +677,7 @@ pub struct NodeConvergence {
 
 /// A node's line in `drover status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStatusReport {
     pub node_id: String,
     pub node_name: String,

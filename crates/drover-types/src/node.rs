@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 /// How a node talks to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// A `drover-agent` on its mTLS gRPC stream.
@@ -30,6 +31,7 @@ impl Transport {
 
 /// What a node is. Every field may be missing (HTTP agents send what they know); unknown fields are kept.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capabilities {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -97,6 +99,7 @@ impl Capabilities {
 
 /// One GPU. HTTP agents may send just a name as a string.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Gpu {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<u32>,
@@ -151,6 +154,7 @@ enum NameOr<T> {
 
 /// A running container. HTTP agents may send just a name as a string.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunningContainer {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
@@ -192,6 +196,7 @@ impl<'de> Deserialize<'de> for RunningContainer {
 
 /// One heartbeat's metrics.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Metrics {
     /// CPU utilisation, percent of all cores (0-100).
     pub cpu_usage: f64,
@@ -266,6 +271,7 @@ impl Metrics {
 
 /// One entry of a node's metrics history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsSample {
     pub at: DateTime<Utc>,
     pub metrics: Metrics,
@@ -273,6 +279,7 @@ pub struct MetricsSample {
 
 /// A node as listed by `drover nodes` and the REST API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Node {
     pub id: String,
     pub name: String,

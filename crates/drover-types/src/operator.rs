@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads the fleet: nodes, tasks, manifests, status, the audit log.
@@ -55,6 +56,7 @@ impl FromStr for Role {
 
 /// An operator as listed (never its token).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OperatorInfo {
     pub name: String,
     pub role: Role,
@@ -65,6 +67,7 @@ pub struct OperatorInfo {
 
 /// `POST /api/v1/operators`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateOperatorRequest {
     pub name: String,
@@ -73,6 +76,7 @@ pub struct CreateOperatorRequest {
 
 /// Answer to `POST /api/v1/operators`: the only time the token is shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedOperator {
     pub token: String,
     /// SHA-256 of the server's CA, for `drover login --ca-fingerprint`.
@@ -83,6 +87,7 @@ pub struct CreatedOperator {
 
 /// `GET /api/v1/whoami`: who the presented token belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhoAmI {
     pub name: String,
     pub role: Role,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// A session as the server sees it. (The agent also has Empty: no session requested yet.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SessionState {
     /// Created on the server; the plugin's initial payload has not arrived yet.
     Pending,
@@ -14,6 +15,7 @@ pub enum SessionState {
 
 /// One session, as listed by `drover sessions NODE`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionInfo {
     pub plugin: String,
     pub session_id: String,
@@ -31,6 +33,7 @@ pub struct SessionInfo {
 
 /// A session with its latest payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionDetail {
     #[serde(flatten)]
     pub info: SessionInfo,
@@ -39,6 +42,7 @@ pub struct SessionDetail {
 
 /// One entry of a session's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionSample {
     pub at: DateTime<Utc>,
     pub seq: u64,

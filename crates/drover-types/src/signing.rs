@@ -124,6 +124,7 @@ fn message(context: &str, payload: &str) -> Vec<u8> {
 }
 
 /// A signature and the key that made it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Signature {
@@ -168,6 +169,7 @@ impl Signature {
 }
 
 /// What a signed command carries besides its signature: where and when it may run, and its nonce.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandSignature {

@@ -14,6 +14,7 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TaskSpec {
     /// A program (argv) or a shell pipeline (`shell`, run by `sh -c`): exactly one of them.
@@ -54,6 +55,7 @@ pub enum TaskSpec {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerOp {
     List,
@@ -184,6 +186,7 @@ fn check_at_most(field: &'static str, value: Option<u64>, max: u64) -> Result<()
 
 /// Which nodes a task runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Target {
     /// One node, by id or name.
@@ -196,6 +199,7 @@ pub enum Target {
 
 /// `POST /api/v1/tasks`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTask {
     pub target: Target,
@@ -211,6 +215,7 @@ pub struct CreateTask {
 
 /// Where a task stands on one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RunState {
     /// Waiting for its turn (max_parallel) or for the node to take it.
     Pending,
@@ -278,6 +283,7 @@ impl RunState {
 /// An exit that arrived after its run had already ended (as Lost, or cancelled on the server only): kept
 /// for the record, it does not reopen the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LateExit {
     pub state: RunState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,6 +297,7 @@ pub struct LateExit {
 
 /// A task on one node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskRun {
     pub node_id: String,
     pub node_name: String,
@@ -319,6 +326,7 @@ impl TaskRun {
 
 /// A task as listed and shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Task {
     pub id: String,
     pub target: Target,
@@ -352,6 +360,7 @@ impl Task {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
@@ -360,6 +369,7 @@ pub enum Stream {
 
 /// One piece of output, as it came: up to `MAX_CHUNK_BYTES`, possibly ending mid-line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputChunk {
     pub node_id: String,
     pub node_name: String,
@@ -375,6 +385,7 @@ pub struct OutputChunk {
 
 /// An entry in the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     pub id: i64,
     pub at: DateTime<Utc>,

@@ -69,6 +69,7 @@ impl std::fmt::Display for JoinToken {
 
 /// A join token as the server lists it (never with its secret).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JoinTokenInfo {
     pub id: String,
     pub created_at: DateTime<Utc>,

@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::{ApiError, ApiState, Caller, json};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CallQuery {
     /// Deadline, like `30s` (default 30 s).
@@ -21,6 +22,7 @@ pub struct CallQuery {
     call_id: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/actions", tag = "actions", operation_id = "actions_list", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the actions the connected node offers", body = [drover_types::action::ActionInfo]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -28,6 +30,7 @@ pub async fn list(
     Ok(Json(s.fleet.node_actions(&id).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/actions/{name}", tag = "actions", operation_id = "actions_call", request_body(content = serde_json::Value, description = "the action's arguments (empty: none)"), params(("id" = String, Path, description = "node id or name"), ("name" = String, Path, description = "action name"), CallQuery), responses((status = 200, description = "the action's result", body = drover_types::action::ActionReply), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn call(
     State(s): State<ApiState>,
     caller: Caller,
@@ -53,6 +56,7 @@ pub async fn call(
     Ok(Json(ActionReply { call_id, result }))
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/actions/calls/{call_id}/cancel", tag = "actions", operation_id = "actions_cancel", params(("id" = String, Path, description = "node id or name"), ("call_id" = String, Path, description = "the call id chosen by the caller")), responses((status = 202, description = "cancelled; the waiting caller gets `Cancelled`"), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn cancel(
     State(s): State<ApiState>,
     caller: Caller,

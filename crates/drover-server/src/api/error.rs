@@ -15,6 +15,9 @@ pub enum ApiError {
         message: String,
         field: Option<String>,
     },
+    /// A field the MIaaS contract requires is missing: MIaaS answers 422 there, and its agents expect it.
+    #[error("{message}")]
+    Unprocessable { message: String, field: String },
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -35,6 +38,14 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>, field: Option<String>) -> Self {
         ApiError::BadRequest {
             message: message.into(),
+            field,
+        }
+    }
+
+    pub fn missing_field(field: impl Into<String>) -> Self {
+        let field = field.into();
+        ApiError::Unprocessable {
+            message: format!("field `{field}` is required"),
             field,
         }
     }
@@ -78,6 +89,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = match &self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -96,6 +108,7 @@ impl IntoResponse for ApiError {
         };
         let field = match &self {
             ApiError::BadRequest { field, .. } => field.clone(),
+            ApiError::Unprocessable { field, .. } => Some(field.clone()),
             ApiError::Action(ActionError::InvalidArgs { field, .. }) => field.clone(),
             _ => None,
         };

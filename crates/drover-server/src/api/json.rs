@@ -33,15 +33,62 @@ pub async fn read<T: DeserializeOwned>(body: axum::body::Body) -> Result<T, ApiE
     parse(&bytes)
 }
 
+/// Reads a body like [`read`], but a missing required field is 422 (as in the MIaaS contract, whose agents
+/// expect it) rather than 400; a malformed or mistyped one stays 400.
+pub async fn read_contract<T: DeserializeOwned>(body: axum::body::Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?;
+    parse_classified(&bytes).map_err(|e| match e {
+        Problem::Missing { message, field } => ApiError::Unprocessable { message, field },
+        Problem::Other(e) => e,
+    })
+}
+
 /// Parses a body, naming the field path of the first problem.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    parse_classified(bytes).map_err(|e| match e {
+        Problem::Missing { message, field } => ApiError::bad_request(message, Some(field)),
+        Problem::Other(e) => e,
+    })
+}
+
+/// Why a body did not parse: a required field is absent, or anything else (already an [`ApiError`]).
+enum Problem {
+    Missing { message: String, field: String },
+    Other(ApiError),
+}
+
+fn parse_classified<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
+        return Err(Problem::Other(ApiError::bad_request(
             "the request body is empty; send a JSON object",
             None,
-        ));
+        )));
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    classify(
+        &mut serde_json::Deserializer::from_slice(bytes),
+        &|path: String| path,
+    )
+}
+
+/// Parses an already parsed body (a manifest unwrapped from its envelope, say); `rename` turns a field's
+/// path in `value` into its path in what the client sent.
+pub fn from_value<T: DeserializeOwned>(
+    value: serde_json::Value,
+    rename: &dyn Fn(String) -> String,
+) -> Result<T, ApiError> {
+    classify(value, rename).map_err(|e| match e {
+        Problem::Missing { message, field } => ApiError::bad_request(message, Some(field)),
+        Problem::Other(e) => e,
+    })
+}
+
+fn classify<'de, D, T>(de: D, rename: &dyn Fn(String) -> String) -> Result<T, Problem>
+where
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+    T: DeserializeOwned,
+{
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -49,21 +96,28 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             inner.classify(),
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof
         ) {
-            return ApiError::bad_request(
+            return Problem::Other(ApiError::bad_request(
                 format!("the request body is not valid JSON: {inner}"),
                 None,
-            );
+            ));
         }
         // A missing field is reported at its parent's path; name the field itself.
-        let field = match path.as_str() {
-            "." => missing_field(&inner.to_string()),
-            _ => Some(path),
-        };
+        if let Some(name) = missing_field(&inner.to_string()) {
+            let field = rename(match path.as_str() {
+                "." => name,
+                parent => format!("{parent}.{name}"),
+            });
+            return Problem::Missing {
+                message: format!("field `{field}` is required"),
+                field,
+            };
+        }
+        let field = (path != ".").then(|| rename(path));
         let message = match &field {
             Some(f) => format!("field `{f}`: {inner}"),
             None => format!("invalid request body: {inner}"),
         };
-        ApiError::bad_request(message, field)
+        Problem::Other(ApiError::bad_request(message, field))
     })
 }
 

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use drover_types::envelope::{self, Form};
 use drover_types::manifest::{Applied, ApplyManifest, NodeStatusReport, StoredManifest};
 use drover_types::{Labels, Node};
 use serde::Deserialize;
@@ -14,11 +15,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::json::ApiJson;
+use super::json::{self, ApiJson};
 use super::{ApiError, ApiState, Caller};
 use crate::Fleet;
+use crate::fleet::FleetError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyQuery {
     #[serde(default)]
@@ -27,22 +30,73 @@ pub struct ApplyQuery {
 
 /// Applies a manifest (and its signature, when it has one); with `?dry_run=true`, answers each touched
 /// node's plan instead and changes nothing.
+#[utoipa::path(post, path = "/api/v1/manifests", tag = "manifests", operation_id = "manifests_apply", request_body(content = drover_types::manifest::Manifest, description = "a manifest, flat or in its `apiVersion: drover/v1`, `kind: Manifest` envelope (docs/desired-state.md)"), params(ApplyQuery), responses((status = 200, description = "`Applied`, or with `dry_run` `{\"dry_run\": true, \"nodes\": [NodePlan]}`", body = drover_types::manifest::Applied), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn apply(
     State(s): State<ApiState>,
     caller: Caller,
     query: Result<Query<ApplyQuery>, axum::extract::rejection::QueryRejection>,
-    ApiJson(m): ApiJson<ApplyManifest>,
+    ApiJson(document): ApiJson<serde_json::Value>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(e.body_text(), Some("dry_run".into())))?;
+    let (m, form) = parse_manifest(document)?;
     if q.dry_run {
-        let nodes = s.fleet.plan_manifest(m).await?;
+        let nodes = s
+            .fleet
+            .plan_manifest(m)
+            .await
+            .map_err(|e| as_written(e, form))?;
         return Ok(Json(serde_json::json!({"dry_run": true, "nodes": nodes})));
     }
-    let applied: Applied = s.fleet.apply_manifest(&caller.name, m).await?;
+    let applied: Applied = s
+        .fleet
+        .apply_manifest(&caller.name, m)
+        .await
+        .map_err(|e| as_written(e, form))?;
     Ok(Json(serde_json::to_value(applied).unwrap_or_default()))
 }
 
+/// A manifest in the flat form or in its `apiVersion`/`kind` envelope (see `drover_types::envelope`).
+fn parse_manifest(document: serde_json::Value) -> Result<(ApplyManifest, Form), ApiError> {
+    let (mut flat, form) = envelope::unwrap(document)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some(e.field)))?;
+    // The signature rides beside the flat form's fields; the manifest itself is parsed on its own so a
+    // bad field is named by its path.
+    let signature = match flat.as_object_mut().and_then(|m| m.remove("signature")) {
+        Some(sig) => Some(json::from_value(sig, &|path| format!("signature.{path}"))?),
+        None => None,
+    };
+    let manifest = json::from_value(flat, &|path| form.field(&path))?;
+    Ok((
+        ApplyManifest {
+            manifest,
+            signature,
+        },
+        form,
+    ))
+}
+
+/// Names a refused manifest's fields as its author wrote them (`spec.resources[0].id` in an envelope).
+fn as_written(e: FleetError, form: Form) -> FleetError {
+    match e {
+        FleetError::ManifestInvalid(errors) => FleetError::ManifestInvalid(
+            errors
+                .into_iter()
+                .map(|mut e| {
+                    // A resource's own fields (`file.path`) are named relative to the resource, which
+                    // the error names; only paths from the document's top are moved.
+                    if e.resource.is_none() || e.field.starts_with("resources[") {
+                        e.field = form.field(&e.field);
+                    }
+                    e
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[utoipa::path(put, path = "/api/v1/blobs/{sha256}", tag = "manifests", operation_id = "manifests_put_blob", request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the raw content, up to 64 MiB"), params(("sha256" = String, Path, description = "hex SHA-256 of the content")), responses((status = 201, description = "stored"), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn put_blob(
     State(s): State<ApiState>,
     caller: Caller,
@@ -62,10 +116,12 @@ pub async fn put_blob(
     Ok(StatusCode::CREATED)
 }
 
+#[utoipa::path(get, path = "/api/v1/manifests", tag = "manifests", operation_id = "manifests_list", responses((status = 200, description = "every manifest", body = [drover_types::manifest::StoredManifest]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<StoredManifest>>, ApiError> {
     Ok(Json(s.fleet.manifests().await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/manifests/{name}", tag = "manifests", operation_id = "manifests_get", params(("name" = String, Path, description = "manifest name")), responses((status = 200, description = "the manifest", body = drover_types::manifest::StoredManifest), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn get(
     State(s): State<ApiState>,
     Path(name): Path<String>,
@@ -73,6 +129,7 @@ pub async fn get(
     Ok(Json(s.fleet.manifest(&name).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/manifests/{name}", tag = "manifests", operation_id = "manifests_delete", params(("name" = String, Path, description = "manifest name")), responses((status = 204, description = "deleted; agents remove what it gave them"), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn delete(
     State(s): State<ApiState>,
     caller: Caller,
@@ -82,6 +139,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/v1/status", tag = "manifests", operation_id = "manifests_status", responses((status = 200, description = "every node's convergence status", body = [drover_types::manifest::NodeStatusReport]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn status(State(s): State<ApiState>) -> Result<Json<Vec<NodeStatusReport>>, ApiError> {
     Ok(Json(s.fleet.status().await?))
 }
@@ -93,6 +151,7 @@ const BURST: usize = 4096;
 /// follower fell behind; then `event: node` (one node's report) whenever its desired generation or its
 /// convergence report changes. Ids count the stream's events. Resuming needs no replay: every stream,
 /// resumed (`Last-Event-ID`) or not, starts with the whole status, subscribed to before it is read.
+#[utoipa::path(get, path = "/api/v1/status/events", tag = "manifests", operation_id = "manifests_status_events", responses((status = 200, description = "Server-Sent Events: `status` (the whole status) then `node` changes", content_type = "text/event-stream", body = String), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn status_events(State(s): State<ApiState>) -> impl axum::response::IntoResponse {
     let live = s.fleet.subscribe_status();
     let (tx, rx) = mpsc::channel(64);
@@ -166,6 +225,7 @@ fn json(data: &impl serde::Serialize) -> String {
     serde_json::to_string(data).unwrap_or_default()
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/status", tag = "manifests", operation_id = "manifests_node_status", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the node's convergence status", body = drover_types::manifest::NodeStatusReport), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn node_status(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -173,7 +233,7 @@ pub async fn node_status(
     Ok(Json(s.fleet.node_status(&id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelRequest {
     #[serde(default)]
@@ -182,6 +242,7 @@ pub struct LabelRequest {
     remove: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/labels", tag = "nodes", operation_id = "manifests_label", request_body = LabelRequest, params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the node", body = drover_types::Node), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn label(
     State(s): State<ApiState>,
     caller: Caller,

@@ -5,33 +5,51 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use drover_types::api::{HeartbeatRequest, RegisterRequest, RegisterResponse};
+use drover_types::api::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse};
 
 use super::{ApiError, ApiState, bearer, json};
 
+#[utoipa::path(post, path = "/api/v1/nodes/register", tag = "miaas", operation_id = "miaas_register", request_body = drover_types::api::RegisterRequest, responses((status = 201, description = "registered (again under the same name: the same node, a new token)", body = drover_types::api::RegisterResponse), (status = 422, description = "a field the MIaaS contract requires is missing", body = drover_types::api::ErrorBody), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn register(
     State(s): State<ApiState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     let registrant = s.fleet.registrant(bearer(&headers)).await?;
-    let req: RegisterRequest = json::read(body).await?;
+    // MIaaS answers 422 naming a missing required field; its agents read that.
+    let req: RegisterRequest = json::read_contract(body).await?;
+    if let Some(field) = req.missing_field() {
+        return Err(ApiError::missing_field(field));
+    }
     let name = req.name.clone();
     let registered = s.fleet.register_http(registrant, req).await?;
     tracing::info!(node = %name, id = %registered.node_id, "HTTP node registered");
-    Ok((StatusCode::CREATED, Json(registered)))
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            node_id: registered.node_id,
+            node_token: registered.node_token,
+            control_plane_url: s.advertise_url.to_string(),
+        }),
+    ))
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/heartbeat", tag = "miaas", operation_id = "miaas_heartbeat", request_body = drover_types::Metrics, params(("id" = String, Path, description = "the node id registration gave")), responses((status = 200, description = "recorded", body = drover_types::api::HeartbeatResponse), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn heartbeat(
     State(s): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<HeartbeatResponse>, ApiError> {
     s.fleet
         .authenticate_http_node(&id, bearer(&headers))
         .await?;
     let metrics: HeartbeatRequest = json::read(body).await?;
     s.fleet.heartbeat(&id, metrics).await?;
-    Ok(Json(serde_json::json!({"status": "ok"})))
+    let now = chrono::Utc::now();
+    Ok(Json(HeartbeatResponse {
+        status: "ok".into(),
+        // Microseconds keep the float exact enough and cannot overflow for any real clock.
+        timestamp: now.timestamp_micros() as f64 / 1e6,
+    }))
 }

@@ -9,6 +9,7 @@ mod json;
 mod manifests;
 mod miaas;
 mod nodes;
+mod openapi;
 mod operators;
 mod serve;
 mod sessions;
@@ -30,6 +31,7 @@ use sha2::{Digest, Sha256};
 pub use auth::{Caller, ROUTE_ROLES, authenticate, check_role, required_role};
 pub use error::ApiError;
 pub(crate) use nodes::percent_encode;
+pub use openapi::{OPEN_ROUTES, document as openapi_document};
 pub use serve::{HANDSHAKE_DEADLINE, HEADER_DEADLINE, serve};
 pub use tls::{ApiTls, ApiTlsError, server_config as tls_config};
 
@@ -47,6 +49,8 @@ pub struct ApiState {
     login_codes: Arc<crate::ui::LoginCodes>,
     /// Whether the API is served over TLS (the dashboard's cookie is then `Secure`).
     tls: bool,
+    /// Where agents reach this server (`--advertise-url`), told to HTTP agents when they register.
+    advertise_url: Arc<str>,
 }
 
 impl ApiState {
@@ -56,6 +60,7 @@ impl ApiState {
             admin_token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
             login_codes: Arc::default(),
             tls: false,
+            advertise_url: "http://localhost:8080".into(),
         }
     }
 
@@ -72,6 +77,24 @@ impl ApiState {
     pub(crate) fn ui_codes(&self) -> &crate::ui::LoginCodes {
         &self.login_codes
     }
+
+    /// The URL registering HTTP agents are told to use (see [`advertise_url`]).
+    pub fn with_advertise_url(mut self, url: &str) -> Self {
+        self.advertise_url = url.into();
+        self
+    }
+}
+
+/// The URL HTTP agents are told to reach the server at when none is configured: `localhost` for a loopback
+/// listen address (what MIaaS answers), else the listen address itself; `https` when the API is served over TLS.
+pub fn advertise_url(listen: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    if listen.ip().is_loopback() {
+        format!("{scheme}://localhost:{}", listen.port())
+    } else {
+        // SocketAddr's Display brackets IPv6 addresses, as URLs need.
+        format!("{scheme}://{listen}")
+    }
 }
 
 /// The bearer token of a request, if any.
@@ -84,8 +107,16 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+/// `healthy`, as MIaaS answers, so that MIaaS agents and probes read it alike.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "meta",
+    operation_id = "health",
+    responses((status = 200, description = "`{\"status\": \"healthy\", \"version\": \"…\"}`", body = Object))
+)]
 async fn health() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok", "version": drover_types::VERSION}))
+    axum::Json(serde_json::json!({"status": "healthy", "version": drover_types::VERSION}))
 }
 
 async fn not_found() -> ApiError {
@@ -168,6 +199,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/nodes/{id}/heartbeat", post(miaas::heartbeat));
     Router::new()
         .route("/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .merge(operator)
         .merge(agents)
         .merge(crate::ui::router(state.clone()))
@@ -178,4 +210,29 @@ pub fn router(state: ApiState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_advertised_url_follows_the_listen_address() {
+        assert_eq!(
+            advertise_url(([127, 0, 0, 1], 8080).into(), false),
+            "http://localhost:8080"
+        );
+        assert_eq!(
+            advertise_url("[::1]:9000".parse().unwrap(), true),
+            "https://localhost:9000"
+        );
+        assert_eq!(
+            advertise_url(([10, 0, 0, 7], 8080).into(), false),
+            "http://10.0.0.7:8080"
+        );
+        assert_eq!(
+            advertise_url("[fd00::7]:8080".parse().unwrap(), true),
+            "https://[fd00::7]:8080"
+        );
+    }
 }

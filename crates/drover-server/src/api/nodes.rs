@@ -26,6 +26,7 @@ pub struct ListQuery {
 /// `GET /api/v1/nodes`: every node, as always, when no parameter is given; with `limit`, `offset`, `status`
 /// or `label`, one page of the matching nodes (by name; `limit` 100 by default, at most 1000). The body is
 /// a JSON array either way; a page says how many match in `X-Total-Count` and links the next page in `Link`.
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", operation_id = "nodes_list", responses((status = 200, description = "every node", body = [drover_types::Node]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(
     State(s): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -74,6 +75,7 @@ pub(crate) fn percent_encode(text: &str) -> String {
     out
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes/{id}", tag = "nodes", operation_id = "nodes_get", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the node", body = drover_types::Node), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn get(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -81,6 +83,7 @@ pub async fn get(
     Ok(Json(s.fleet.node(&id).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/nodes/{id}", tag = "nodes", operation_id = "nodes_delete", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the deleted node; its agent is refused until it enrolls again", body = drover_types::Node), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn delete(
     State(s): State<ApiState>,
     caller: Caller,
@@ -91,6 +94,7 @@ pub async fn delete(
 
 /// `POST /api/v1/nodes/{id}/labels/accept`: the labels the node reported after enrolling count in
 /// selection from now on.
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/labels/accept", tag = "nodes", operation_id = "nodes_accept_labels", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the node, its pending labels now server-side", body = drover_types::Node), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn accept_labels(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -98,11 +102,13 @@ pub async fn accept_labels(
     Ok(Json(s.fleet.accept_labels(ACTOR, &id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/metrics", tag = "nodes", operation_id = "nodes_metrics", params(("id" = String, Path, description = "node id or name"), HistoryQuery), responses((status = 200, description = "metrics samples, oldest first", body = [drover_types::MetricsSample]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn metrics(
     State(s): State<ApiState>,
     Path(id): Path<String>,

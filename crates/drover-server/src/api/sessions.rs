@@ -8,6 +8,7 @@ use drover_types::session::{SessionDetail, SessionInfo, SessionSample};
 use super::json::ApiJson;
 use super::{ApiError, ApiState, Caller};
 
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/sessions", tag = "sessions", operation_id = "sessions_list", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the node's daemon sessions", body = [drover_types::session::SessionInfo]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -15,6 +16,7 @@ pub async fn list(
     Ok(Json(s.fleet.sessions(&id).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/sessions/{plugin}", tag = "sessions", operation_id = "sessions_get", params(("id" = String, Path, description = "node id or name"), ("plugin" = String, Path, description = "daemon plugin name")), responses((status = 200, description = "the session and its latest payload", body = drover_types::session::SessionDetail), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn get(
     State(s): State<ApiState>,
     Path((id, plugin)): Path<(String, String)>,
@@ -22,6 +24,7 @@ pub async fn get(
     Ok(Json(s.fleet.session(&id, &plugin).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/sessions/{plugin}/history", tag = "sessions", operation_id = "sessions_history", params(("id" = String, Path, description = "node id or name"), ("plugin" = String, Path, description = "daemon plugin name")), responses((status = 200, description = "the last payloads", body = [drover_types::session::SessionSample]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn history(
     State(s): State<ApiState>,
     Path((id, plugin)): Path<(String, String)>,
@@ -29,6 +32,7 @@ pub async fn history(
     Ok(Json(s.fleet.session_history(&id, &plugin).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/nodes/{id}/sessions", tag = "sessions", operation_id = "sessions_terminate_all", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "`{\"terminated\": N}`; the agent recreates them", body = serde_json::Value), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn terminate_all(
     State(s): State<ApiState>,
     caller: Caller,
@@ -46,6 +50,7 @@ pub async fn terminate_all(
     Ok(Json(serde_json::json!({"terminated": n})))
 }
 
+#[utoipa::path(delete, path = "/api/v1/nodes/{id}/sessions/{plugin}", tag = "sessions", operation_id = "sessions_terminate", params(("id" = String, Path, description = "node id or name"), ("plugin" = String, Path, description = "daemon plugin name")), responses((status = 200, description = "`{\"terminated\": N}`", body = serde_json::Value), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn terminate(
     State(s): State<ApiState>,
     caller: Caller,
@@ -63,6 +68,7 @@ pub async fn terminate(
     Ok(Json(serde_json::json!({"terminated": n})))
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/sessions/{plugin}/messages", tag = "sessions", operation_id = "sessions_message", request_body(content = serde_json::Value, description = "any JSON, delivered to the plugin's handler"), params(("id" = String, Path, description = "node id or name"), ("plugin" = String, Path, description = "daemon plugin name")), responses((status = 202, description = "delivered"), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn message(
     State(s): State<ApiState>,
     caller: Caller,

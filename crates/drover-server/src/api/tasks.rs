@@ -19,6 +19,7 @@ use crate::Fleet;
 use crate::store::AuditFilter;
 use crate::tasks::{TaskEvent, chunk};
 
+#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", operation_id = "tasks_create", request_body = drover_types::task::CreateTask, responses((status = 201, description = "the task", body = drover_types::task::Task), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn create(
     State(s): State<ApiState>,
     caller: Caller,
@@ -30,12 +31,14 @@ pub async fn create(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", operation_id = "tasks_list", params(ListQuery), responses((status = 200, description = "tasks, newest first", body = [drover_types::task::Task]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(
     State(s): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -44,6 +47,7 @@ pub async fn list(
     Ok(Json(s.fleet.tasks(q.limit.unwrap_or(50).min(1000)).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", operation_id = "tasks_get", params(("id" = String, Path, description = "task id or a unique prefix of 4+ characters")), responses((status = 200, description = "the task and its runs", body = drover_types::task::Task), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn get(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -51,6 +55,7 @@ pub async fn get(
     Ok(Json(s.fleet.task(&id).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks", operation_id = "tasks_cancel", params(("id" = String, Path, description = "task id")), responses((status = 200, description = "the task", body = drover_types::task::Task), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn cancel(
     State(s): State<ApiState>,
     caller: Caller,
@@ -59,7 +64,8 @@ pub async fn cancel(
     Ok(Json(s.fleet.cancel_task(&caller.name, &id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct OutputQuery {
     #[serde(default)]
@@ -84,6 +90,7 @@ pub(super) fn last_event_id(headers: &HeaderMap) -> i64 {
 /// when every run is final). Every event has an `id:`, the stored output's row cursor up to which the
 /// follower has everything; sent back as `Last-Event-ID`, the stream resumes after it. A resumed stream may
 /// repeat chunks from before that point (same node and seq) and exits (same node): followers drop repeats.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/output", tag = "tasks", operation_id = "tasks_output", params(("id" = String, Path, description = "task id"), OutputQuery, ("Last-Event-ID" = Option<String>, Header, description = "resume after this event")), responses((status = 200, description = "Server-Sent Events: `output`, `exit`, `done` (docs/api.md)", content_type = "text/event-stream", body = String), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn output(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -275,7 +282,8 @@ impl Follower {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     actor: Option<String>,
@@ -285,6 +293,7 @@ pub struct AuditQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", operation_id = "tasks_audit", params(AuditQuery), responses((status = 200, description = "audit entries, newest first", body = [drover_types::task::AuditEntry]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn audit(
     State(s): State<ApiState>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,

@@ -9,6 +9,7 @@ use drover_types::token::JoinTokenInfo;
 use super::json::ApiJson;
 use super::{ApiError, ApiState, Caller};
 
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", operation_id = "tokens_create", request_body = drover_types::api::CreateTokenRequest, responses((status = 201, description = "the join token; the only time the secret is shown", body = drover_types::api::CreatedToken), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn create(
     State(s): State<ApiState>,
     caller: Caller,
@@ -19,10 +20,12 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", operation_id = "tokens_list", responses((status = 200, description = "join tokens without secrets", body = [drover_types::token::JoinTokenInfo]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(State(s): State<ApiState>) -> Result<Json<Vec<JoinTokenInfo>>, ApiError> {
     Ok(Json(s.fleet.list_tokens().await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", operation_id = "tokens_revoke", params(("id" = String, Path, description = "token id")), responses((status = 204, description = "revoked"), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn revoke(
     State(s): State<ApiState>,
     caller: Caller,

@@ -33,7 +33,7 @@ use crate::store::{Store, StoreError};
 
 pub use actions::MAX_ACTION_DEADLINE;
 pub use audit::node_actor;
-pub use nodes::{MAX_HEARTBEAT_INTERVAL, Registrant};
+pub use nodes::{HttpRegistration, MAX_HEARTBEAT_INTERVAL, Registrant};
 pub use observe::{GPU_PLUGIN, NodeGauges, Observation};
 pub use operators::BOOTSTRAP_ADMIN;
 pub use tokens::{CheckedToken, MAX_TOKEN_TTL};

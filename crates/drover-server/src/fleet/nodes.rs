@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use drover_types::api::{RegisterRequest, RegisterResponse};
+use drover_types::api::RegisterRequest;
 use drover_types::labels::{pending_labels, validate_labels};
 use drover_types::limits::{MAX_ACTIONS, MAX_NAME, check_count, check_len};
 use drover_types::{Capabilities, Labels, Metrics, MetricsSample, Node, Transport};
@@ -72,6 +72,13 @@ use super::{
 
 /// The longest heartbeat interval a node may promise (liveness is measured in it).
 pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// What a registration gives an HTTP node; the API adds where to reach the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRegistration {
+    pub node_id: String,
+    pub node_token: String,
+}
 
 /// Who registers an HTTP node: proven by its bearer before the request is read.
 pub enum Registrant {
@@ -278,7 +285,7 @@ impl Fleet {
         &self,
         registrant: Registrant,
         req: RegisterRequest,
-    ) -> Result<RegisterResponse, FleetError> {
+    ) -> Result<HttpRegistration, FleetError> {
         validate_name(&req.name)?;
         validate_labels(&req.labels)?;
         req.capabilities.validate()?;
@@ -373,7 +380,7 @@ impl Fleet {
             serde_json::json!({"node": id, "credential": credential, "again": again}),
         )
         .await;
-        Ok(RegisterResponse {
+        Ok(HttpRegistration {
             node_id: id,
             node_token,
         })

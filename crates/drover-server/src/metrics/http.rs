@@ -31,6 +31,13 @@ async fn exposition(fleet: &Fleet) -> Result<Response, ApiError> {
 }
 
 /// `GET /metrics` on the REST address (viewer role).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    operation_id = "metrics",
+    responses((status = 200, description = "Prometheus metrics in the OpenMetrics text format (docs/operations.md)", content_type = "application/openmetrics-text", body = String))
+)]
 pub async fn scrape(State(s): State<ApiState>) -> Result<Response, ApiError> {
     exposition(&s.fleet).await
 }

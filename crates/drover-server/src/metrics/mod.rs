@@ -5,7 +5,7 @@
 //! ([`crate::Fleet::observe`]) so nothing has to be kept in step. Served on the REST address at `/metrics`
 //! (an operator token, viewer role) and, with `--metrics-listen`, on an address of its own without one.
 
-mod http;
+pub(crate) mod http;
 mod timed_store;
 
 use std::time::Duration;

@@ -51,7 +51,17 @@ pub fn router(state: ApiState) -> Router<ApiState> {
 }
 
 /// `GET /`: the dashboard for a browser (a request that accepts `text/html`), else what this server is.
-async fn root(headers: HeaderMap) -> Response {
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "meta",
+    operation_id = "root",
+    responses(
+        (status = 200, description = "`{\"name\": \"drover\", \"version\": \"…\"}` (MIaaS's root answer)", body = Object),
+        (status = 303, description = "a browser (`Accept: text/html`) is sent to the dashboard at `/ui/`")
+    )
+)]
+pub(crate) async fn root(headers: HeaderMap) -> Response {
     let wants_html = headers
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())

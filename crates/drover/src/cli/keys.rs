@@ -76,7 +76,11 @@ impl SignArgs {
         let Some(key) = self.key()? else {
             return Ok(manifest);
         };
-        let manifest: Manifest = serde_json::from_value(manifest)
+        // Signed in the flat form, which the server reads as well: the signature covers the same payload
+        // whichever form the file was written in.
+        let (flat, _) = drover_types::envelope::unwrap(manifest)
+            .context("cannot sign the manifest: its envelope is not valid")?;
+        let manifest: Manifest = serde_json::from_value(flat)
             .context("cannot sign the manifest: it is not a valid manifest")?;
         let payload = manifest
             .signed_payload()

@@ -62,7 +62,15 @@ async fn upload_sources(
     client: &Client,
 ) -> anyhow::Result<()> {
     use sha2::Digest;
-    let Some(resources) = manifest.get_mut("resources").and_then(|r| r.as_array_mut()) else {
+    // In the `apiVersion`/`kind` envelope, the resources are under `spec`; the server unwraps it.
+    let fields = match manifest.get("spec").is_some() {
+        true => manifest.get_mut("spec"),
+        false => Some(manifest),
+    };
+    let Some(resources) = fields
+        .and_then(|m| m.get_mut("resources"))
+        .and_then(|r| r.as_array_mut())
+    else {
         return Ok(());
     };
     for r in resources {

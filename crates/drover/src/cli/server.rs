@@ -38,6 +38,10 @@ pub struct ServerArgs {
     /// The PEM private key of --api-cert.
     #[arg(long, env = "DROVER_API_KEY", requires = "api_cert")]
     pub api_key: Option<PathBuf>,
+    /// The URL HTTP (MIaaS) agents are told to reach this server at when they register
+    /// [default: http://localhost:PORT for a loopback --listen, else the --listen address; https with TLS].
+    #[arg(long, env = "DROVER_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Agent gRPC address, always TLS [default: 0.0.0.0:9090].
     #[arg(long, env = "DROVER_AGENT_LISTEN")]
     pub agent_listen: Option<SocketAddr>,
@@ -94,6 +98,7 @@ struct FileConfig {
     api_tls: Option<bool>,
     api_cert: Option<PathBuf>,
     api_key: Option<PathBuf>,
+    advertise_url: Option<String>,
     agent_listen: Option<SocketAddr>,
     #[serde(default)]
     agent_sans: Vec<String>,
@@ -142,6 +147,9 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
         (None, None) => None,
         _ => bail!("--api-cert and --api-key go together"),
     };
+    if let Some(url) = args.advertise_url.clone().or(file.advertise_url) {
+        config.advertise_url = Some(check_advertise_url(&url)?);
+    }
     if let Some(a) = args.agent_listen.or(file.agent_listen) {
         config.agent_listen = a;
     }
@@ -189,6 +197,26 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     Ok((config, json))
 }
 
+/// An advertised URL is handed to agents as is: it must be an absolute http(s) URL of printable text.
+fn check_advertise_url(url: &str) -> anyhow::Result<String> {
+    let url = url.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(host)
+            if !host.is_empty()
+                && url.len() <= 2048
+                && url.chars().all(|c| c.is_ascii_graphic()) =>
+        {
+            Ok(url.to_string())
+        }
+        _ => bail!(
+            "--advertise-url {url:?}: give an http:// or https:// URL such as https://cp.example.com:8080"
+        ),
+    }
+}
+
 pub use drover_process::{init_logging, shutdown_signal};
 
 /// Tells the user what a start created and where to go next.
@@ -227,4 +255,21 @@ pub async fn run(args: ServerArgs, global: &Global) -> anyhow::Result<()> {
     server.run_until(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_urls_are_absolute_http_urls() {
+        assert_eq!(
+            check_advertise_url("https://cp.example.com:8080/").unwrap(),
+            "https://cp.example.com:8080"
+        );
+        for bad in ["cp.example.com", "http://", "ftp://x", "http://a b", ""] {
+            let err = check_advertise_url(bad).unwrap_err().to_string();
+            assert!(err.contains("--advertise-url"), "{bad}: {err}");
+        }
+    }
 }
