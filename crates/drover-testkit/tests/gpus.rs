@@ -183,6 +183,23 @@ fn gpu_samples_from_nvidia_smi_reach_the_cli_and_metrics() {
         sample(&samples, "drover_gpu_memory_utilization_percent", &gpu),
         Some(9.0)
     );
+
+    // The dashboard's node page shows the same sample.
+    let (status, page) = drover_testkit::get_text(
+        &format!("{}/ui/nodes/h100", server.api_url()),
+        Some(&server.admin_token()),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{page}");
+    for text in [
+        "GPU activity",
+        "GPU 0: 100% busy",
+        "13097 / 81559 MiB",
+        "55 °C",
+        "663 / 700 W",
+    ] {
+        assert!(page.contains(text), "{text:?} missing from the node page");
+    }
 }
 
 #[test]

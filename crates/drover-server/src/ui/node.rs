@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use drover_types::Node;
+use drover_types::gpu::{GpuReport, GpuSample};
 use drover_types::manifest::ResourceState;
 
 use super::charts::sparkline;
@@ -60,6 +61,8 @@ pub struct Live {
     charts: Vec<Chart>,
     facts: Vec<(&'static str, String)>,
     gpus: Vec<(String, String)>,
+    /// One line per GPU from the `gpus` plugin's latest sample (utilization, memory, heat, power).
+    gpu_activity: Vec<String>,
     labels: Vec<String>,
     pending: Vec<String>,
     sessions: Vec<SessionRow>,
@@ -213,7 +216,17 @@ async fn live(s: &ApiState, id: &str) -> Result<Live, ApiError> {
             task_id: r.task_id,
         })
         .collect();
+    let gpu_activity = s
+        .fleet
+        .session(&node.id, crate::fleet::GPU_PLUGIN)
+        .await
+        .ok()
+        .and_then(|d| d.payload)
+        .and_then(|p| serde_json::from_value::<GpuReport>(p).ok())
+        .map(|r| r.gpus.iter().map(gpu_line).collect())
+        .unwrap_or_default();
     Ok(Live {
+        gpu_activity,
         status_class: status_class(node.status),
         last_seen: view::ago(node.last_seen),
         registered: view::time(node.registered_at),
@@ -268,4 +281,38 @@ pub async fn page(
         live: html,
     };
     view::live_or_page(&headers, &live.node.name, Nav::Fleet, &caller, &body, &live)
+}
+
+/// `GPU 0: 97% busy · 13097 / 81559 MiB · 55 °C · 663 / 700 W · throttled: sw_power_cap`: what the sample says.
+fn gpu_line(g: &GpuSample) -> String {
+    let mut parts = Vec::new();
+    if let Some(u) = g.utilization_pct {
+        parts.push(format!("{u:.0}% busy"));
+    }
+    match (g.memory_used_mib, g.memory_total_mib) {
+        (Some(used), Some(total)) => parts.push(format!("{used} / {total} MiB")),
+        (Some(used), None) => parts.push(format!("{used} MiB used")),
+        _ => {}
+    }
+    if let Some(t) = g.temperature_c {
+        parts.push(format!("{t:.0} °C"));
+    }
+    match (g.power_draw_w, g.power_limit_w) {
+        (Some(p), Some(l)) => parts.push(format!("{p:.0} / {l:.0} W")),
+        (Some(p), None) => parts.push(format!("{p:.0} W")),
+        _ => {}
+    }
+    if let Some(e) = g.ecc_uncorrected.filter(|e| *e > 0) {
+        parts.push(format!("{e} uncorrected ECC errors"));
+    }
+    let throttles: Vec<&str> = g
+        .throttle_reasons
+        .iter()
+        .map(String::as_str)
+        .filter(|r| *r != "gpu_idle")
+        .collect();
+    if !throttles.is_empty() {
+        parts.push(format!("throttled: {}", throttles.join(", ")));
+    }
+    format!("GPU {}: {}", g.index, parts.join(" · "))
 }
