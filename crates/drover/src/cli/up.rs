@@ -91,9 +91,12 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
          Next, in another terminal:\n  \
            {cli} nodes\n  \
            {cli} token create --ttl 1h   # to enroll more nodes\n\
+         Dashboard: http://{}/ (log in with the token in {})\n\
          Press Ctrl-C to stop both.\n",
         server.api_addr,
         state_dir.display(),
+        server.api_addr,
+        data_dir.join("admin.token").display(),
     );
     let stopped = tokio::select! {
         status = agent.wait() => Some(status),
