@@ -47,14 +47,19 @@ fn apply(server: &Server, manifest: &Value) -> Value {
     r.body
 }
 
-/// Runs `echo hi` on the nodes labelled `selector`; returns (success, stdout).
+/// Runs `echo hi` on the nodes labelled `selector`; returns (success, stdout and then stderr).
 fn exec_on(server: &Server, selector: &str) -> (bool, String) {
     let out = server
         .cli(&["exec", "--selector", selector, "--", "echo", "hi"])
         .unwrap();
     (
         out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
+        format!(
+            "{}\n--- stderr ({:?}):\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 

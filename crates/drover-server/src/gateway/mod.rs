@@ -175,6 +175,9 @@ impl drover_proto::AgentLink for Gateway {
         // The fleet sends to the node through `link_tx`; a forwarder feeds those into the response stream,
         // beside which this handler can still end the stream with an error status.
         let (link_tx, mut link_rx) = mpsc::channel::<ServerMessage>(64);
+        // Taken before the stream is registered: a run dispatched once it is goes through this stream and
+        // starts after this instant, so the hello's list cannot name it (it must not end Lost for that).
+        let hello_at = chrono::Utc::now();
         let (node, attachment) = self
             .fleet
             .attach(&node_id, agent_hello, link_tx.clone())
@@ -183,8 +186,6 @@ impl drover_proto::AgentLink for Gateway {
                 tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
                 status(e)
             })?;
-        // Runs started from now on go through this stream, so the hello's list cannot name them.
-        let hello_at = chrono::Utc::now();
         tracing::info!(node = %node.name, id = %node.id, peer = ?addr, "agent attached");
         {
             let (fleet, id, name) = (self.fleet.clone(), node.id.clone(), node.name.clone());
