@@ -165,6 +165,7 @@ impl Links {
         name: &str,
         args: &Value,
         deadline_ms: u64,
+        signature_json: &str,
     ) -> Result<oneshot::Receiver<Result<Value, ActionError>>, ActionError> {
         let (reply, rx) = oneshot::channel();
         {
@@ -188,7 +189,7 @@ impl Links {
             name: name.to_string(),
             args_json: args.to_string(),
             deadline_ms,
-            signature_json: String::new(),
+            signature_json: signature_json.to_string(),
         };
         if !self.send(node_id, Msg::ActionCall(call)).await {
             lock(&self.pending).remove(call_id);
@@ -541,7 +542,7 @@ mod tests {
         let links = Links::default();
         assert_eq!(
             links
-                .start_call("n", "c1", "ping", &Value::Null, 1000)
+                .start_call("n", "c1", "ping", &Value::Null, 1000, "")
                 .await
                 .unwrap_err(),
             ActionError::NodeUnavailable
@@ -549,7 +550,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         let serial = links.attach("n", tx, vec![]);
         let reply = links
-            .start_call("n", "c1", "ping", &Value::Null, 1000)
+            .start_call("n", "c1", "ping", &Value::Null, 1000, "")
             .await
             .unwrap();
         assert!(matches!(

@@ -378,6 +378,52 @@ fn a_pinned_node_runs_only_signed_commands_once_within_their_window() {
         "{sleep:?}"
     );
     assert!(!pid_file.exists());
+    // Signed by the operator's key (`drover action --sign-key`): it runs.
+    let args = json!({"seconds": 0, "pid_file": pid_file}).to_string();
+    let key_path = f.key("a");
+    let out = f
+        .server
+        .cli(&[
+            "action",
+            "edge",
+            "test_sleep",
+            &args,
+            "--sign-key",
+            key_path.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(pid_file.exists(), "the signed action ran");
+    // The same call signed for another node is refused.
+    std::fs::remove_file(&pid_file).unwrap();
+    let key = SecretKey::parse(&std::fs::read_to_string(&key_path).unwrap()).unwrap();
+    let elsewhere = CommandSignature::sign(
+        &key,
+        &json!({"action": "test_sleep", "args": {"seconds": 0, "pid_file": pid_file}}),
+        Some("another-node".into()),
+        chrono::Utc::now().timestamp(),
+        300,
+        "00112233445566778899aabbccddeeff".into(),
+    )
+    .unwrap();
+    let query = serde_json::to_string(&elsewhere).unwrap();
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let r = f
+        .server
+        .post(
+            &format!("/api/v1/nodes/edge/actions/test_sleep?signature={encoded}"),
+            Some(&f.token()),
+            &json!({"seconds": 0, "pid_file": pid_file}),
+        )
+        .unwrap();
+    assert_ne!(r.status, 200, "{r:?}");
+    assert!(!pid_file.exists());
     f.server
         .wait_node("edge", "still connected", |n| n["connected"] == true)
         .unwrap();

@@ -1,5 +1,7 @@
 //! Operator routes for action calls.
 
+use crate::fleet::CallTicket;
+use drover_types::signing::CommandSignature;
 use std::time::Duration;
 
 use axum::Json;
@@ -20,6 +22,9 @@ pub struct CallQuery {
     timeout: Option<String>,
     /// A caller-chosen id, so the caller can cancel the call while it waits.
     call_id: Option<String>,
+    /// A command signature (JSON, `drover action --sign-key`) over `{"action", "args"}`, for nodes that
+    /// pin signing keys; only actions that change the node need one there.
+    signature: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{id}/actions", tag = "actions", operation_id = "actions_list", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the actions the connected node offers", body = [drover_types::action::ActionInfo]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -49,9 +54,24 @@ pub async fn call(
     } else {
         json::parse::<serde_json::Value>(&body)?
     };
+    let signature = q
+        .signature
+        .as_deref()
+        .map(serde_json::from_str::<CommandSignature>)
+        .transpose()
+        .map_err(|e| {
+            ApiError::bad_request(
+                format!("not a command signature: {e}"),
+                Some("signature".into()),
+            )
+        })?;
+    let ticket = CallTicket {
+        call_id: q.call_id,
+        signature,
+    };
     let (call_id, result) = s
         .fleet
-        .call_action(&caller.name, &id, &name, args, deadline, q.call_id)
+        .call_action(&caller.name, &id, &name, args, deadline, ticket)
         .await?;
     Ok(Json(ActionReply { call_id, result }))
 }

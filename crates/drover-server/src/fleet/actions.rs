@@ -15,6 +15,14 @@ const AUDITED_ARGS_BYTES: usize = 4096;
 /// The margin the server waits beyond a call's deadline, for the agent's answer to travel back.
 const REPLY_MARGIN: Duration = Duration::from_secs(2);
 
+/// What comes with an action call besides the action: the caller's id for it (to cancel it while it
+/// waits) and, for nodes that pin signing keys, the operator's signature over the action and its arguments.
+#[derive(Debug, Default)]
+pub struct CallTicket {
+    pub call_id: Option<String>,
+    pub signature: Option<drover_types::signing::CommandSignature>,
+}
+
 impl Fleet {
     // ---- actions ----
 
@@ -35,8 +43,9 @@ impl Fleet {
         name: &str,
         args: serde_json::Value,
         deadline: Duration,
-        call_id: Option<String>,
+        ticket: CallTicket,
     ) -> Result<(String, serde_json::Value), FleetError> {
+        let CallTicket { call_id, signature } = ticket;
         if deadline.is_zero() || deadline > MAX_ACTION_DEADLINE {
             return Err(FleetError::invalid(
                 "timeout",
@@ -75,6 +84,13 @@ impl Fleet {
             None => uuid::Uuid::new_v4().to_string(),
         };
         let mut detail = serde_json::json!({"action": name, "call": call_id, "timeout_ms": deadline.as_millis() as u64});
+        if let Some(sig) = &signature {
+            detail["signed_by"] = sig.signature.key.clone().into();
+        }
+        // Signed by the operator for nodes that pin keys; the node checks it, the server only carries it.
+        let signature_json = signature
+            .map(|s| serde_json::to_string(&s).unwrap_or_default())
+            .unwrap_or_default();
         let args_bytes = args.to_string().len();
         if args_bytes <= AUDITED_ARGS_BYTES {
             detail["args"] = args.clone();
@@ -86,7 +102,14 @@ impl Fleet {
         let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
         let reply = self
             .links
-            .start_call(&node.id, &call_id, name, &args, deadline_ms)
+            .start_call(
+                &node.id,
+                &call_id,
+                name,
+                &args,
+                deadline_ms,
+                &signature_json,
+            )
             .await?;
         let mut guard = CallGuard {
             fleet: self,

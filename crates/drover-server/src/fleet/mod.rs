@@ -31,7 +31,7 @@ use crate::links::Links;
 use crate::pki::{Pki, PkiError};
 use crate::store::{Store, StoreError};
 
-pub use actions::MAX_ACTION_DEADLINE;
+pub use actions::{CallTicket, MAX_ACTION_DEADLINE};
 pub use audit::node_actor;
 pub use nodes::{HttpRegistration, MAX_HEARTBEAT_INTERVAL, Registrant};
 pub use observe::{GPU_PLUGIN, NodeGauges, Observation};

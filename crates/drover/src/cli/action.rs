@@ -17,7 +17,8 @@ use super::output::print_json;
     drover action pi-kitchen ping\n  \
     drover action pi-kitchen read_file '{\"path\": \"/var/log/syslog\", \"max_bytes\": 4096}'\n  \
     drover action pi-kitchen service_status '{\"unit\": \"ssh\"}' --timeout 5s\n  \
-    drover action pi-kitchen list_processes '{\"name\": \"drover\"}'")]
+    drover action pi-kitchen list_processes '{\"name\": \"drover\"}'\n  \
+    drover action pi-kitchen my_restart '{}' --sign-key ~/.drover-keys/manifest.key   # on a node that pins a key")]
 pub struct ActionArgs {
     /// The node's id or name.
     node: String,
@@ -28,6 +29,9 @@ pub struct ActionArgs {
     /// Deadline for the call [default: 30s].
     #[arg(long)]
     timeout: Option<String>,
+    /// Actions that change a node which pins signing keys must be signed.
+    #[command(flatten)]
+    sign: super::keys::SignArgs,
 }
 
 pub async fn run(args: ActionArgs, client: &Client) -> anyhow::Result<()> {
@@ -43,12 +47,15 @@ pub async fn run(args: ActionArgs, client: &Client) -> anyhow::Result<()> {
     // Catch Ctrl-C from the start, so an early one cancels the call instead of killing us.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let call_id = hex_id();
-    let path = format!(
+    let mut path = format!(
         "/api/v1/nodes/{}/actions/{}?timeout={}ms&call_id={call_id}",
         segment(&args.node),
         segment(&args.name),
         deadline.as_millis()
     );
+    if let Some(signature) = args.sign.action(&args.node, &args.name, &body)? {
+        path.push_str(&format!("&signature={}", segment(&signature)));
+    }
     // The HTTP request outlives the deadline a little: the server answers DeadlineExceeded itself.
     let wait = deadline + Duration::from_secs(10);
     let call =

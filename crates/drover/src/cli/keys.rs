@@ -92,6 +92,30 @@ impl SignArgs {
         })?)
     }
 
+    /// Signs an action call when a key was given: the action and its arguments, for that node, for the next
+    /// few minutes. The signature's JSON, for the call's `signature` query parameter.
+    pub fn action(
+        &self,
+        node: &str,
+        name: &str,
+        args: &serde_json::Value,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(key) = self.key()? else {
+            return Ok(None);
+        };
+        let nonce = hex::encode(rand::random::<[u8; 16]>());
+        let signed = CommandSignature::sign(
+            &key,
+            &serde_json::json!({"action": name, "args": args}),
+            Some(node.to_string()),
+            chrono::Utc::now().timestamp(),
+            COMMAND_VALIDITY_S,
+            nonce,
+        )
+        .context("cannot sign the action call")?;
+        Ok(Some(serde_json::to_string(&signed)?))
+    }
+
     /// Signs the task when a key was given: for its node, if it names one, for the next few minutes.
     pub fn task(&self, req: &mut CreateTask) -> anyhow::Result<()> {
         let Some(key) = self.key()? else {
