@@ -148,11 +148,4 @@ impl Docker {
 }
 
 /// Escapes a container name or id for a URL path.
-pub fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub use drover_types::url::percent_encode as segment;

@@ -5,6 +5,7 @@
 //! Cases: PROPTEST_CASES when set (scripts/fuzz.sh sets it high), else a CI-sized default.
 
 use drover_testkit::Server;
+use drover_types::url::percent_encode;
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
 use serde_json::json;
@@ -41,23 +42,12 @@ fn request() -> impl Strategy<Value = (&'static str, &'static str, String)> {
         prop::collection::vec((key, value()), 0..4).prop_map(move |pairs| {
             let q = pairs
                 .iter()
-                .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
                 .collect::<Vec<_>>()
                 .join("&");
             (method, path, q)
         })
     })
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Routes that read a query string, and the keys each reads.

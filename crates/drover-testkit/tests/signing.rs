@@ -407,13 +407,7 @@ fn a_pinned_node_runs_only_signed_commands_once_within_their_window() {
     )
     .unwrap();
     let query = serde_json::to_string(&elsewhere).unwrap();
-    let encoded: String = query
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let encoded = drover_types::url::percent_encode(&query);
     let r = f
         .server
         .post(

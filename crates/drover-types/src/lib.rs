@@ -18,6 +18,7 @@ pub mod signing;
 pub mod size;
 pub mod task;
 pub mod token;
+pub mod url;
 
 pub use labels::Labels;
 pub use liveness::{LivenessPolicy, NodeStatus};

@@ -29,8 +29,8 @@ use axum::routing::{delete, get, post};
 use sha2::{Digest, Sha256};
 
 pub use auth::{Caller, ROUTE_ROLES, authenticate, check_role, required_role};
+pub(crate) use drover_types::url::percent_encode;
 pub use error::ApiError;
-pub(crate) use nodes::percent_encode;
 pub use openapi::{OPEN_ROUTES, document as openapi_document};
 pub use serve::{HANDSHAKE_DEADLINE, HEADER_DEADLINE, serve};
 pub use tls::{ApiTls, ApiTlsError, server_config as tls_config};

@@ -5,6 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header::LINK;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use drover_types::url::percent_encode;
 use drover_types::{MetricsSample, Node};
 use serde::Deserialize;
 
@@ -59,20 +60,6 @@ pub async fn list(
         }
     }
     Ok((headers, Json(page.nodes)).into_response())
-}
-
-/// Percent-encodes a query value (label values are printable ASCII, but may hold `&`, `#`, `+`, ...).
-pub(crate) fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'=' | b',' | b'/')
-        {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{id}", tag = "nodes", operation_id = "nodes_get", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the node", body = drover_types::Node), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]

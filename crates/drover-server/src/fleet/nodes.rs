@@ -317,6 +317,7 @@ impl Fleet {
             // A node token speaks for its own node only.
             return Err(FleetError::BadNodeToken);
         }
+        let open = matches!(registrant, Registrant::Open);
         // Checked everything: only now is a join token spent.
         let (token_labels, credential) = match registrant {
             Registrant::JoinToken(t) => {
@@ -330,7 +331,7 @@ impl Fleet {
         let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         let (id, again) = match existing {
             Some(node) => {
-                if credential == "open registration" {
+                if open {
                     tracing::warn!(node = %node.name, "an HTTP node re-registered without any token (open registration): it may be another machine taking the name over");
                 }
                 let token_sha256 = sha256_hex(&node_token);

@@ -474,17 +474,8 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     }
 }
 
-/// Escapes a path segment (node names and ids are plain, but user input may not be).
-pub fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+/// Escapes a path segment or query value.
+pub use drover_types::url::percent_encode as segment;
 
 #[cfg(test)]
 mod tests {
