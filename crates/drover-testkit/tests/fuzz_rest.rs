@@ -63,7 +63,12 @@ const ROUTES: &[(&str, &str, &[&str])] = &[
     (
         "POST",
         "/api/v1/nodes/ghost/actions/ping",
-        &["timeout", "call_id"],
+        &["timeout", "call_id", "signature"],
+    ),
+    (
+        "GET",
+        "/api/v1/nodes",
+        &["limit", "offset", "status", "label"],
     ),
     ("POST", "/api/v1/manifests", &["dry_run"]),
 ];
