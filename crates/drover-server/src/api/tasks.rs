@@ -267,8 +267,12 @@ impl Follower {
     /// Sends stored output and final runs not sent yet; true when the task is finished (and `done` was sent).
     async fn catch_up(&mut self) -> Result<bool, Stop> {
         self.send_stored().await?;
-        // Read after the output: runs that finished meanwhile have all their output stored.
         let task = self.fleet.task(&self.id).await.map_err(|_| Stop)?;
+        // A run final now has all its output stored, but some may have been stored after the read above:
+        // read again before its exit goes out, or the follower would end without those chunks.
+        if task.runs.iter().any(|r| r.state.is_final()) {
+            self.send_stored().await?;
+        }
         for run in task.runs.iter().filter(|r| r.state.is_final()) {
             if self.sent.exits.insert(run.node_id.clone()) {
                 self.send("exit", run).await?;
