@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+mod postgres;
+pub use postgres::Postgres;
+
 /// The usual patience for a state to appear on a loaded machine.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 

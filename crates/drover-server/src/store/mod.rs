@@ -1,10 +1,16 @@
 //! Persistent fleet state behind one trait, so the control plane is written once for every backend.
-//! SQLite (embedded, the default) lives in `sqlite`; PostgreSQL will sit beside it.
+//! SQLite (embedded, the default) lives in `sqlite`; PostgreSQL (for a fleet that outgrows one machine) in
+//! `postgres`. Both pass the same tests (`conformance`).
 
+mod codec;
+#[cfg(test)]
+mod conformance;
 mod pages;
+mod postgres;
 mod sqlite;
 
 pub use pages::{NodeCounts, NodeQuery, NodeTaskRun, TaskSummary};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -20,8 +26,11 @@ use drover_types::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The backend's own error (SQLite's or PostgreSQL's), kept as its source.
     #[error("database error: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot reach the database: {0}")]
+    Unavailable(String),
     #[error("stored data is corrupt ({what}): {source}")]
     Corrupt {
         what: &'static str,
