@@ -16,7 +16,7 @@ use crate::gateway::limits::UnprovenLimits;
 use crate::gateway::{Gateway, tls};
 use crate::metrics::{self, ServerMetrics, TimedStore};
 use crate::pki::{CA_CERT_FILE, Pki, PkiError};
-use crate::store::{SqliteStore, StoreError};
+use crate::store::{PgStore, SqliteStore, Store, StoreError};
 use drover_files::{create_private_dir, write_atomic};
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -27,6 +27,9 @@ pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// A `postgres://` URL: keep the fleet's records in PostgreSQL instead of SQLite in the data dir (the
+    /// CA and the admin token stay in the data dir).
+    pub database: Option<String>,
     /// REST API and dashboard.
     pub listen: SocketAddr,
     /// Serve the REST API over TLS.
@@ -68,6 +71,7 @@ impl ServerConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
+            database: None,
             listen: ([127, 0, 0, 1], 8080).into(),
             api_tls: None,
             advertise_url: None,
@@ -237,9 +241,16 @@ impl RunningServer {
         }
         let (pki, created_ca) = Pki::load_or_create(dir, &sans)?;
         let (admin_token, created_admin_token) = load_or_create_admin_token(dir)?;
-        let store = SqliteStore::open(&dir.join(DB_FILE))?;
+        let store: Arc<dyn Store> = match &config.database {
+            None => Arc::new(SqliteStore::open(&dir.join(DB_FILE))?),
+            Some(url) => {
+                let store = PgStore::connect(url).await?;
+                tracing::info!(database = %crate::store::redact_url(url), "the store is in PostgreSQL");
+                Arc::new(store)
+            }
+        };
         let metrics = Arc::new(ServerMetrics::new(config.metrics_per_node));
-        let store = TimedStore::new(Arc::new(store), metrics.clone());
+        let store = TimedStore::new(store, metrics.clone());
         let pki = Arc::new(pki);
         let fleet = Fleet::new(
             Arc::new(store),

@@ -24,6 +24,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "DROVER_API_CERT",
     "DROVER_API_KEY",
     "DROVER_DATA_DIR",
+    "DROVER_DATABASE",
     "DROVER_STATE_DIR",
     "DROVER_CONFIG",
     "DROVER_LABELS",

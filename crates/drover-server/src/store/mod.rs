@@ -10,7 +10,7 @@ mod postgres;
 mod sqlite;
 
 pub use pages::{NodeCounts, NodeQuery, NodeTaskRun, TaskSummary};
-pub use postgres::PgStore;
+pub use postgres::{PgStore, redact_url};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -22,8 +22,14 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/drover/server.toml";
     drover server --config /etc/drover/server.toml --log-format json\n  \
     drover server --listen 0.0.0.0:8080 --api-tls --agent-san cp.example.com\n  \
     drover server --api-cert /etc/drover/api-chain.pem --api-key /etc/drover/api.key\n  \
-    drover server --lost-after 30m --task-retention 30d --task-output-limit 10GiB")]
+    drover server --lost-after 30m --task-retention 30d --task-output-limit 10GiB\n  \
+    drover server --database postgres://drover:secret@db.example.com:5432/drover")]
 pub struct ServerArgs {
+    /// Keep the fleet's records in PostgreSQL at this URL (postgres://user:password@host:port/database,
+    /// or ?host=/socket/dir for a unix socket) instead of SQLite in the data dir; the CA and the admin
+    /// token stay in the data dir. Plain connections only (no TLS to PostgreSQL yet).
+    #[arg(long, env = "DROVER_DATABASE")]
+    pub database: Option<String>,
     /// REST API and dashboard address [default: 127.0.0.1:8080].
     #[arg(long, env = "DROVER_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -94,6 +100,7 @@ pub struct ServerArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    database: Option<String>,
     listen: Option<SocketAddr>,
     api_tls: Option<bool>,
     api_cert: Option<PathBuf>,
@@ -136,6 +143,9 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
         .or(file.data_dir)
         .unwrap_or_else(default_data_dir);
     let mut config = ServerConfig::new(data_dir);
+    if let Some(url) = args.database.clone().or(file.database) {
+        config.database = Some(check_database_url(&url)?);
+    }
     if let Some(a) = args.listen.or(file.listen) {
         config.listen = a;
     }
@@ -195,6 +205,19 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
         Some(other) => bail!("log format {other:?}: use text or json"),
     };
     Ok((config, json))
+}
+
+/// `--database` takes a PostgreSQL URL; SQLite needs none (it is the default, in the data dir).
+fn check_database_url(url: &str) -> anyhow::Result<String> {
+    let url = url.trim();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(url.to_string())
+    } else {
+        bail!(
+            "--database {}: give a postgres:// URL (leave it out to keep the store in SQLite in the data dir)",
+            drover_server::store::redact_url(url)
+        )
+    }
 }
 
 /// An advertised URL is handed to agents as is: it must be an absolute http(s) URL of printable text.

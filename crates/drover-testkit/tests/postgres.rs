@@ -1,0 +1,120 @@
+//! `drover server --database postgres://…` with a real agent: the fleet's records live in a real
+//! PostgreSQL cluster (started by the test, removed at its end) and are all there after a restart.
+
+use drover_testkit::{Agent, Postgres, Server, ServerOptions, TIMEOUT, tail, wait_for};
+use serde_json::{Value, json};
+
+fn run_of<'a>(task: &'a Value, node: &str) -> &'a Value {
+    task["runs"]
+        .as_array()
+        .and_then(|runs| runs.iter().find(|r| r["node_name"] == node))
+        .unwrap_or_else(|| panic!("no run on {node}: {task}"))
+}
+
+fn converged(server: &Server) -> Option<Value> {
+    let s = server.get("/api/v1/nodes/edge/status").ok()?.body;
+    let ok = s["desired_generation"].as_u64().is_some_and(|g| g > 0)
+        && s["observed_generation"] == s["desired_generation"]
+        && s["resources"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty() && r.iter().all(|r| r["state"] == "Ready"));
+    ok.then_some(s)
+}
+
+#[test]
+fn a_server_on_postgres_enrolls_runs_applies_and_keeps_it_all_across_a_restart() {
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e:#}"));
+    pg.create_database("drover").unwrap();
+    let mut server = Server::start_with(ServerOptions {
+        args: vec!["--database".into(), pg.url("drover")],
+    })
+    .unwrap();
+    assert!(
+        !server.data_dir().join("drover.db").exists(),
+        "no SQLite store beside PostgreSQL"
+    );
+
+    let files = tempfile::tempdir().unwrap();
+    let root = files.path().to_str().unwrap().to_string();
+    let token = server
+        .join_token(json!({"labels": {"role": "edge"}}))
+        .unwrap();
+    let args = [
+        "--token",
+        &token,
+        "--heartbeat-interval",
+        "300ms",
+        "--allow-shell",
+        "--allow-path",
+        &root,
+        "--resync-interval",
+        "500ms",
+    ];
+    let agent = Agent::start(&server.agent_url(), "edge", &args).unwrap();
+    let node = server
+        .wait_node("edge", "connected", |n| n["connected"] == true)
+        .unwrap();
+
+    // A task, with its output.
+    let task = server
+        .create_task(json!({"target": {"node": "edge"}, "spec": {"kind": "exec", "shell": "echo hello; echo oops >&2; exit 3"}}))
+        .unwrap();
+    let id = task["id"].as_str().unwrap().to_string();
+    let done = server.wait_task_done(&id).unwrap();
+    assert_eq!(run_of(&done, "edge")["exit_code"], 3, "{done}");
+    let lines = server.task_lines(&id).unwrap();
+    assert_eq!(
+        lines,
+        [
+            ("stdout".to_string(), "hello\n".to_string()),
+            ("stderr".to_string(), "oops\n".to_string())
+        ]
+    );
+
+    // A manifest, converged on the agent.
+    let motd = files.path().join("motd");
+    let manifest = json!({"name": "base", "selector": {"role": "edge"}, "resources": [
+        {"id": "motd", "file": {"path": motd.to_str().unwrap(), "content": "hello\n"}}]});
+    let applied = server
+        .post("/api/v1/manifests", Some(&server.admin_token()), &manifest)
+        .unwrap();
+    assert_eq!(applied.status, 200, "{applied:?}");
+    let status = wait_for("convergence", TIMEOUT, || converged(&server))
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&agent.log(), 30)));
+    assert_eq!(std::fs::read_to_string(&motd).unwrap(), "hello\n");
+
+    // Restarted, the server reads it all back from PostgreSQL, and the agent comes back without enrolling.
+    server.restart().unwrap();
+    let again = server
+        .wait_node("edge", "connected again", |n| n["connected"] == true)
+        .unwrap();
+    assert_eq!(again["id"], node["id"]);
+    assert_eq!(again["labels"]["role"], "edge");
+    assert_eq!(server.nodes().unwrap().len(), 1);
+    let kept = server.get(&format!("/api/v1/tasks/{id}")).unwrap().body;
+    assert_eq!(run_of(&kept, "edge")["exit_code"], 3, "{kept}");
+    assert_eq!(server.task_lines(&id).unwrap(), lines);
+    let manifests = server.get("/api/v1/manifests").unwrap().body;
+    let base = manifests
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "base"))
+        .unwrap_or_else(|| panic!("the manifest is kept: {manifests}"));
+    assert_eq!(base["generation"], 1);
+    let after = wait_for("convergence after the restart", TIMEOUT, || {
+        converged(&server)
+    })
+    .unwrap();
+    assert_eq!(after["desired_generation"], status["desired_generation"]);
+    let audit = server.get("/api/v1/audit").unwrap().body;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["action"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        actions.contains(&"task.create") && actions.iter().any(|a| a.starts_with("manifest")),
+        "{audit}"
+    );
+    drop(agent);
+    drop(server);
+    drop(pg);
+}
