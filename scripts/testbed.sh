@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and prepares what drover's tests need on a fresh Debian machine (see ../shared/TESTBED.md):
-# python3 and curl; Chromium (headless, for the dashboard test); Podman with runc and a local busybox image (no registry is reachable).
+# python3 and curl; Chromium (headless, for the dashboard test); Podman with runc and a local busybox image (no registry is reachable);
+# PostgreSQL's server binaries (the store's tests start their own throwaway clusters).
 # Idempotent: installs only what is missing. Needs root (or sudo) when something is missing.
 set -euo pipefail
 
@@ -16,6 +17,14 @@ command -v runc >/dev/null || need+=(runc)
 [ -x /bin/busybox ] || need+=(busybox-static)
 # Headless Chromium for the dashboard test (crates/drover-testkit/tests/dashboard.rs).
 command -v chromium >/dev/null || need+=(chromium)
+# PostgreSQL for the store's tests (crates/drover-server store::conformance, crates/drover-testkit/tests/postgres.rs):
+# they run initdb and pg_ctl from /usr/lib/postgresql/*/bin themselves, so no cluster is made at install.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  need+=(postgresql)
+  $SUDO mkdir -p /etc/postgresql-common
+  grep -qs '^create_main_cluster = false' /etc/postgresql-common/createcluster.conf ||
+    echo 'create_main_cluster = false' | $SUDO tee -a /etc/postgresql-common/createcluster.conf >/dev/null
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "testbed: installing ${need[*]}"
