@@ -949,7 +949,7 @@ async fn output_is_kept_once_in_arrival_order(store: Arc<dyn Store>) {
     let chunk = |node: &str, seq: u64, data: &str| OutputRecord {
         node_id: node.into(),
         seq,
-        stream: if seq % 2 == 0 { 1 } else { 2 },
+        stream: if seq.is_multiple_of(2) { 1 } else { 2 },
         data: data.as_bytes().to_vec(),
     };
     assert_eq!(store.stored_seq("t", "a").await.unwrap(), 0);
