@@ -2,7 +2,9 @@
 
 use drover_types::task::RunState;
 
-use super::{RunPatch, StoreError};
+use drover_types::manifest::Manifest;
+
+use super::{PutManifest, RunPatch, StoreError};
 
 pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Serializing our own plain data types cannot fail.
@@ -50,4 +52,43 @@ pub(super) fn readable<T>(what: &str, rows: impl Iterator<Item = Result<T, Store
             .ok()
     })
     .collect()
+}
+
+/// What storing a manifest does, given the stored one (generation, exact JSON text, signature JSON) and
+/// the new one's JSON text and signature: refused when its version goes down, or when signed content
+/// changed without a higher version (a node that saw that version signed would refuse other content).
+pub(super) fn manifest_put(
+    current: Option<(u64, &str, Option<&str>)>,
+    new: &Manifest,
+    json: &str,
+    sig: Option<&str>,
+) -> Result<PutManifest, StoreError> {
+    let Some((generation, old, old_sig)) = current else {
+        return Ok(PutManifest {
+            generation: 1,
+            changed: true,
+            resigned: false,
+        });
+    };
+    let refuse = |have: u64, reason| StoreError::ManifestVersion {
+        name: new.name.clone(),
+        have,
+        reason,
+    };
+    let have = from_json::<Manifest>(old, "manifest")?.version;
+    if new.version < have {
+        return Err(refuse(have, "versions only go up; give a higher one"));
+    }
+    let changed = old != json;
+    if changed && sig.is_some() && new.version == have {
+        return Err(refuse(
+            have,
+            "signed content that changed needs a higher version",
+        ));
+    }
+    Ok(PutManifest {
+        generation: generation.saturating_add(u64::from(changed)),
+        changed,
+        resigned: !changed && old_sig != sig,
+    })
 }

@@ -161,7 +161,8 @@ async fn pg_an_unreadable_audit_entry_leaves_the_rest_listed(url: String) {
     assert_eq!(listed[0].action, "token.create");
 }
 
-fn node(id: &str, name: &str) -> NodeRecord {
+/// A plain gRPC node, never seen.
+pub(super) fn node(id: &str, name: &str) -> NodeRecord {
     NodeRecord {
         id: id.into(),
         name: name.into(),

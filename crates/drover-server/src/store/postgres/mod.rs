@@ -22,7 +22,7 @@ use drover_types::{
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Postgres, Row};
 
-use super::codec::{from_json, patch_json, readable, to_json};
+use super::codec::{from_json, manifest_put, patch_json, readable, to_json};
 use super::{
     AuditFilter, FleetCounts, JoinTokenRecord, NodeChange, NodeCounts, NodeQuery, NodeRecord,
     NodeTaskRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, Store, StoreError,
@@ -1058,37 +1058,10 @@ impl Store for PgStore {
                 .bind(&m.name)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let refuse = |have: u64, reason| StoreError::ManifestVersion {
-            name: m.name.clone(),
-            have,
-            reason,
-        };
-        let put = match current {
-            Some((g, old, old_sig)) => {
-                let have = from_json::<Manifest>(&old, "manifest")?.version;
-                if m.version < have {
-                    return Err(refuse(have, "versions only go up; give a higher one"));
-                }
-                let changed = old != json;
-                // A node that saw this version signed would refuse other content under it.
-                if changed && sig.is_some() && m.version == have {
-                    return Err(refuse(
-                        have,
-                        "signed content that changed needs a higher version",
-                    ));
-                }
-                PutManifest {
-                    generation: unsigned(g).saturating_add(u64::from(changed)),
-                    changed,
-                    resigned: !changed && old_sig != sig,
-                }
-            }
-            None => PutManifest {
-                generation: 1,
-                changed: true,
-                resigned: false,
-            },
-        };
+        let current = current
+            .as_ref()
+            .map(|(g, old, old_sig)| (unsigned(*g), old.as_str(), old_sig.as_deref()));
+        let put = manifest_put(current, m, &json, sig.as_deref())?;
         if put.changed || put.resigned {
             sqlx::query(
                 "INSERT INTO manifests (name, generation, manifest, updated_at, signature)

@@ -18,7 +18,7 @@ use drover_types::{
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::codec::{from_json, patch_json, readable, state_list, to_json};
+use super::codec::{from_json, manifest_put, patch_json, readable, state_list, to_json};
 use super::{
     AuditFilter, FleetCounts, JoinTokenRecord, NodeChange, NodeCounts, NodeQuery, NodeRecord,
     NodeTaskRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, Store, StoreError,
@@ -986,26 +986,8 @@ impl Store for SqliteStore {
             let tx = c;
             let current: Option<(i64, String, Option<String>)> = row(tx, "SELECT generation, manifest, signature FROM manifests WHERE name = ?1", [&m.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
-            let refuse = |have: u64, reason| StoreError::ManifestVersion { name: m.name.clone(), have, reason };
-            let put = match current {
-                Some((g, old, old_sig)) => {
-                    let have = from_json::<Manifest>(&old, "manifest")?.version;
-                    if m.version < have {
-                        return Err(refuse(have, "versions only go up; give a higher one"));
-                    }
-                    let changed = old != json;
-                    // A node that saw this version signed would refuse other content under it.
-                    if changed && sig.is_some() && m.version == have {
-                        return Err(refuse(have, "signed content that changed needs a higher version"));
-                    }
-                    PutManifest {
-                        generation: g as u64 + u64::from(changed),
-                        changed,
-                        resigned: !changed && old_sig != sig,
-                    }
-                }
-                None => PutManifest { generation: 1, changed: true, resigned: false },
-            };
+            let current = current.as_ref().map(|(g, old, old_sig)| (u64::try_from(*g).unwrap_or(0), old.as_str(), old_sig.as_deref()));
+            let put = manifest_put(current, &m, &json, sig.as_deref())?;
             if put.changed || put.resigned {
                 exec(tx,
                     "INSERT INTO manifests (name, generation, manifest, updated_at, signature) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -1242,25 +1224,7 @@ fn load_task(c: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_types::Capabilities;
-
-    fn node(id: &str, name: &str) -> NodeRecord {
-        NodeRecord {
-            id: id.into(),
-            name: name.into(),
-            transport: Transport::Grpc,
-            labels: Default::default(),
-            reported_labels: Default::default(),
-            enrolled_labels: Default::default(),
-            ip: None,
-            registered_at: Utc::now(),
-            last_seen: None,
-            heartbeat_interval_ms: 10_000,
-            capabilities: Capabilities::default(),
-            metrics: None,
-            node_token_sha256: None,
-        }
-    }
+    use crate::store::conformance::node;
 
     #[test]
     fn migration_8_binds_the_labels_existing_nodes_report() {
