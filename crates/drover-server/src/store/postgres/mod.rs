@@ -19,8 +19,8 @@ use drover_types::{
     Metrics, MetricsSample, Transport,
     token::{JoinTokenInfo, TokenRefusal},
 };
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Executor, Postgres, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Executor, Postgres, Row};
 
 use super::codec::{from_json, manifest_put, patch_json, readable, to_json};
 use super::{
@@ -93,12 +93,20 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("bad --database URL: {e}")))?
             .application_name("drover");
+        // One connection first, for its own error: the pool would only say that it timed out.
+        let first = tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| format!("no answer within {ACQUIRE_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = first {
+            return Err(StoreError::Unavailable(format!("{}: {e}", redact_url(url))));
+        }
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", redact_url(url))))?;
         migrate(&pool).await?;
         Ok(Self { pool })
     }
