@@ -48,7 +48,8 @@ enum NodesCommand {
 pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
     match args.command.unwrap_or(NodesCommand::List) {
         NodesCommand::List => {
-            let nodes: Vec<Node> = client.get("/api/v1/nodes").await?;
+            // A page at a time: the server reads and sends 1,000 nodes per request, whatever the fleet.
+            let nodes: Vec<Node> = client.get_pages("/api/v1/nodes?limit=1000").await?;
             match args.output {
                 OutputFormat::Json => print_json(&nodes),
                 OutputFormat::Table => {

@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode; writes are committed in groups by one writer thread,
 //! reads run beside it.
 
+mod convergence;
 mod counts;
 mod operators;
 mod pages;
@@ -19,9 +20,9 @@ use drover_types::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    AuditFilter, FleetCounts, JoinTokenRecord, NodeChange, NodeCounts, NodeQuery, NodeRecord,
-    NodeTaskRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, Store, StoreError,
-    TaskSummary,
+    AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
+    NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord, OutputRecord,
+    PutManifest, RunPatch, RunQuery, Store, StoreError, TaskPage, TaskSummary,
 };
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
 use drover_types::operator::OperatorInfo;
@@ -886,6 +887,11 @@ impl Store for SqliteStore {
         self.read(move |c| pages::task_summaries(c, limit)).await
     }
 
+    async fn task_page(&self, id: &str, query: &RunQuery) -> Result<Option<TaskPage>, StoreError> {
+        let (id, query) = (id.to_string(), query.clone());
+        self.read(move |c| pages::task_page(c, &id, &query)).await
+    }
+
     async fn node_task_runs(
         &self,
         node_id: &str,
@@ -1212,6 +1218,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn manifest_counts(&self) -> Result<Vec<ManifestCounts>, StoreError> {
+        self.read(convergence::manifest_counts).await
+    }
+
+    async fn convergence_page(
+        &self,
+        query: &ConvergenceQuery,
+    ) -> Result<(Vec<ConvergenceRow>, usize), StoreError> {
+        let query = query.clone();
+        self.read(move |c| convergence::convergence_page(c, &query))
+            .await
+    }
+
     async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError> {
         let sha = sha256.to_string();
         self.write(move |c| {
@@ -1490,7 +1509,7 @@ mod tests {
         assert_eq!(listed[0].action, "token.create");
     }
 
-    fn task(id: &str, nodes: &[&str]) -> Task {
+    pub(super) fn task(id: &str, nodes: &[&str]) -> Task {
         Task {
             id: id.into(),
             target: drover_types::task::Target::All,
