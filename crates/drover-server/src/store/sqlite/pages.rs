@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use drover_types::NodeStatus;
-use drover_types::task::{RunState, TaskRun};
+use drover_types::task::{RUN_STATES, RunState, TaskRun};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
@@ -131,8 +131,10 @@ fn task_row(r: &rusqlite::Row) -> rusqlite::Result<TaskRow> {
     ))
 }
 
-fn summary(row: TaskRow, runs: Vec<(RunState, usize)>) -> Result<TaskSummary, StoreError> {
+fn summary(row: TaskRow, mut runs: Vec<(RunState, usize)>) -> Result<TaskSummary, StoreError> {
     let (id, target, spec, created_by, created_at, max_parallel, signature) = row;
+    // In the order states are declared (Pending, Running, Succeeded, …), as pages show them.
+    runs.sort_by_key(|(s, _)| RUN_STATES.iter().position(|r| r == s));
     Ok(TaskSummary {
         target: from_json(&target, "task target")?,
         spec: from_json(&spec, "task spec")?,
@@ -464,9 +466,7 @@ mod tests {
             .map(|t| (t.id.as_str(), t.count(None)))
             .collect();
         assert_eq!(listed, [("t2", 1), ("t1", 5)]);
-        let mut counts = list[1].runs.clone();
-        counts.sort_by_key(|(s, _)| s.as_str());
-        assert_eq!(counts, [(Failed, 1), (Pending, 3), (Running, 1)]);
+        assert_eq!(list[1].runs, [(Pending, 3), (Running, 1), (Failed, 1)]);
         assert_eq!((list[1].done(), list[1].state()), (1, "Running"));
 
         let page = |state, offset, limit, nodes: &[&str]| {
