@@ -77,9 +77,10 @@ pub(super) fn manifest_counts(c: &Connection) -> Result<Vec<ManifestCounts>, Sto
     Ok(by_manifest.into_values().collect())
 }
 
-type RawRow = (String, String, Option<i64>, Option<String>);
+/// A node's (id, name, desired generation, report) as read, before the report is parsed.
+pub(super) type RawRow = (String, String, Option<i64>, Option<String>);
 
-fn decode(rows: Vec<RawRow>) -> Result<Vec<ConvergenceRow>, StoreError> {
+pub(super) fn decode(rows: Vec<RawRow>) -> Result<Vec<ConvergenceRow>, StoreError> {
     rows.into_iter()
         .map(|(id, name, generation, report)| {
             Ok((

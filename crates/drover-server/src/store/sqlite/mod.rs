@@ -1183,9 +1183,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn all_convergence(
-        &self,
-    ) -> Result<Vec<(String, String, u64, Option<NodeConvergence>)>, StoreError> {
+    async fn all_convergence(&self) -> Result<Vec<ConvergenceRow>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT n.id, n.name, json_extract(d.state, '$.generation'), v.report FROM nodes n
@@ -1202,18 +1200,7 @@ impl Store for SqliteStore {
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(|(id, name, generation, report)| {
-                    Ok((
-                        id,
-                        name,
-                        generation.unwrap_or(0).max(0) as u64,
-                        report
-                            .map(|r| from_json(&r, "convergence report"))
-                            .transpose()?,
-                    ))
-                })
-                .collect()
+            convergence::decode(rows)
         })
         .await
     }
