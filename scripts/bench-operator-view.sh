@@ -93,7 +93,7 @@ while (($(counter connected) < SIZE)); do
   sleep 1
 done
 log "all connected; a fan-out task and a manifest on every node"
-"${cli[@]}" exec --all -- true >/dev/null
+"${cli[@]}" exec --all -- true >/dev/null 2>&1
 mkdir -p /tmp/drover-bench-operator-view
 cat >"$work/m.yaml" <<EOF
 name: bench-view
@@ -101,7 +101,7 @@ resources:
   - id: motd
     file: {path: /tmp/drover-bench-operator-view/motd, content: "hello\n"}
 EOF
-"${cli[@]}" apply -f "$work/m.yaml" --wait --timeout 30m >/dev/null
+"${cli[@]}" apply -f "$work/m.yaml" --wait --timeout 30m >/dev/null 2>&1
 sleep 5
 task=$(curl -sf -H "Authorization: Bearer $admin" "http://127.0.0.1:$api/api/v1/tasks?limit=1" |
   grep -o '"id":"[^"]*"' | head -1 | cut -d'"' -f4)
@@ -128,15 +128,15 @@ time_page "fleet page, Offline" "/ui/?status=Offline"
 time_page "a node" "/ui/nodes/sim-00000"
 time_page "tasks" "/ui/tasks"
 time_page "a task" "/ui/tasks/$task"
-time_page "a task, page 100" "/ui/tasks/$task?page=100"
+time_page "a task, middle page" "/ui/tasks/$task?page=$((SIZE / 100))"
 time_page "manifests" "/ui/manifests"
-time_page "a manifest, page 100" "/ui/manifests/bench-view?page=100"
+time_page "a manifest, middle page" "/ui/manifests/bench-view?page=$((SIZE / 100))"
 time_page "REST node page" "/api/v1/nodes?limit=100"
-time_page "REST node page, deep" "/api/v1/nodes?limit=1000&offset=18000"
+time_page "REST node page, last" "/api/v1/nodes?limit=1000&offset=$((SIZE - 1000))"
 time_page "REST every node" "/api/v1/nodes"
 time_page "REST tasks" "/api/v1/tasks"
 time_page "REST a task" "/api/v1/tasks/$task"
-time_page "REST a task's runs, page" "/api/v1/tasks/$task/runs?limit=100&offset=9000"
+time_page "REST a task's runs, page" "/api/v1/tasks/$task/runs?limit=100&offset=$((SIZE / 2))"
 time_page "REST status page" "/api/v1/status?manifest=bench-view&limit=100"
 time_page "REST every status" "/api/v1/status"
 time_page "metrics" "/metrics"

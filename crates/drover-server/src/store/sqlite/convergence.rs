@@ -120,13 +120,23 @@ pub(super) fn convergence_page(
         let total: i64 = c.query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))?;
         return Ok((decode(rows)?, count(total)));
     }
-    // Nodes reporting resources (of the manifest, when one is named), each with its worst state.
-    let selected = format!(
+    // Nodes reporting resources (of the manifest, when one is named), each with its worst state; the
+    // reports are read once (materialized) for both the count and the page, and only the page's rows carry
+    // their report and desired generation (the outer join keeps one row for the count past the last page).
+    let sql = format!(
         "WITH sel AS MATERIALIZED (
             SELECT v.node_id AS id, MAX({rank}) AS worst
             FROM node_convergence v, json_each(v.report, '$.resources') r
             WHERE json_valid(v.report) AND (?1 IS NULL OR json_extract(r.value, '$.manifest') = ?1)
-            GROUP BY v.node_id)",
+            GROUP BY v.node_id),
+         matched AS MATERIALIZED (
+            SELECT sel.id AS id, n.name AS name FROM sel JOIN nodes n ON n.id = sel.id
+            WHERE ?2 IS NULL OR sel.worst = ?2)
+         SELECT (SELECT COUNT(*) FROM matched), p.id, p.name, json_extract(d.state, '$.generation'), v.report
+         FROM (SELECT 1) LEFT JOIN (SELECT id, name FROM matched ORDER BY name LIMIT ?3 OFFSET ?4) p
+         LEFT JOIN node_desired d ON d.node_id = p.id
+         LEFT JOIN node_convergence v ON v.node_id = p.id
+         ORDER BY p.name",
         rank = rank_sql()
     );
     let rank = q
@@ -139,34 +149,24 @@ pub(super) fn convergence_page(
         Value::Integer(limit),
         Value::Integer(offset),
     ];
-    let mut stmt = c.prepare_cached(&format!(
-        "{selected}
-         SELECT {COLUMNS}, COUNT(*) OVER () FROM sel JOIN nodes n ON n.id = sel.id {JOINS}
-         WHERE ?2 IS NULL OR sel.worst = ?2
-         ORDER BY n.name LIMIT ?3 OFFSET ?4"
-    ))?;
+    let mut stmt = c.prepare_cached(&sql)?;
     let mut total = 0i64;
-    let rows = stmt
-        .query_map(params_from_iter(values.iter()), |r| {
-            Ok(((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?), r.get(4)?))
-        })?
-        .collect::<Result<Vec<(RawRow, i64)>, _>>()?
-        .into_iter()
-        .map(|(row, n)| {
-            total = n;
-            row
-        })
-        .collect::<Vec<_>>();
-    if rows.is_empty() && q.offset > 0 {
-        // Past the last page: the window count had no row to ride on.
-        total = c.query_row(
-            &format!(
-                "{selected} SELECT COUNT(*) FROM sel JOIN nodes n ON n.id = sel.id
-                 WHERE ?2 IS NULL OR sel.worst = ?2"
-            ),
-            params_from_iter(values[..2].iter()),
-            |r| r.get(0),
-        )?;
+    let mut rows: Vec<RawRow> = Vec::new();
+    let found = stmt.query_map(params_from_iter(values.iter()), |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, Option<String>>(4)?,
+        ))
+    })?;
+    for row in found {
+        let (n, id, name, generation, report) = row?;
+        total = n;
+        if let (Some(id), Some(name)) = (id, name) {
+            rows.push((id, name, generation, report));
+        }
     }
     Ok((decode(rows)?, count(total)))
 }
