@@ -546,3 +546,173 @@ fn the_rest_node_list_is_paged_and_filtered() {
     let r = get("/api/v1/nodes?label=not%20a%20label");
     assert_eq!(r.status(), 400);
 }
+
+/// A task on several agents and a manifest on them, read a page at a time: a task's runs counted by state
+/// and paged (REST and the dashboard), the task list's runs counted, a manifest's nodes counted by state
+/// and paged, and `drover nodes` / `drover tasks` reading those lists.
+#[test]
+fn a_task_and_a_manifest_on_several_agents_are_read_a_page_at_a_time() {
+    let server = Server::start().unwrap();
+    let admin = server.admin_token();
+    let files = tempfile::tempdir().unwrap();
+    let root = files.path().to_str().unwrap().to_string();
+    // Two agents run shell tasks and may write under `root`; the third may do neither.
+    let allowed = [
+        "--allow-shell",
+        "--allow-path",
+        &root,
+        "--resync-interval",
+        "500ms",
+    ];
+    let _agents = [
+        agent(&server, "p-a", &allowed),
+        agent(&server, "p-b", &allowed),
+        agent(&server, "p-c", &["--resync-interval", "500ms"]),
+    ];
+    let http = reqwest::blocking::Client::new();
+    let get = |p: &str| {
+        http.get(format!("{}{p}", server.api_url()))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+    };
+
+    // A task on all three: two succeed, the third refuses the shell.
+    let task = server
+        .create_task(json!({"target": "all", "spec": {"kind": "exec", "shell": "true"}}))
+        .unwrap();
+    let id = task["id"].as_str().unwrap().to_string();
+    server.wait_task_done(&id).unwrap();
+
+    // Its runs, two a page, with the count and a link to the rest.
+    let r = get(&format!("/api/v1/tasks/{id}/runs?limit=2"));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-total-count"], "3");
+    let link = r.headers()["link"].to_str().unwrap().to_string();
+    assert_eq!(
+        link,
+        format!("</api/v1/tasks/{id}/runs?limit=2&offset=2>; rel=\"next\"")
+    );
+    let first: Vec<Value> = r.json().unwrap();
+    let next = link.trim_start_matches('<').split('>').next().unwrap();
+    let r = get(next);
+    assert!(
+        r.headers().get("link").is_none(),
+        "the last page links no further"
+    );
+    let rest: Vec<Value> = r.json().unwrap();
+    let mut names: Vec<&str> = first
+        .iter()
+        .chain(&rest)
+        .map(|r| r["node_name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["p-a", "p-b", "p-c"]);
+    // Filtered by state, by a prefix of the task's id.
+    let r = get(&format!("/api/v1/tasks/{}/runs?state=refused", &id[..8]));
+    assert_eq!(r.headers()["x-total-count"], "1");
+    let refused: Vec<Value> = r.json().unwrap();
+    assert_eq!(refused[0]["node_name"], "p-c");
+    let r = get(&format!("/api/v1/tasks/{id}/runs?state=sideways"));
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().unwrap()["field"], "state");
+
+    // The list: every run counted, the runs listed as asked.
+    let list: Vec<Value> = get("/api/v1/tasks?limit=1&runs=1").json().unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["runs_total"], 3);
+    assert_eq!(list[0]["run_counts"], json!({"Succeeded": 2, "Refused": 1}));
+    assert_eq!(list[0]["state"], "Failed");
+    assert_eq!(list[0]["runs"].as_array().unwrap().len(), 1);
+    let list: Vec<Value> = get("/api/v1/tasks?limit=1").json().unwrap();
+    assert_eq!(
+        list[0]["runs"].as_array().unwrap().len(),
+        3,
+        "a small task lists every run"
+    );
+
+    // The dashboard: counts at the top, the runs of one state.
+    let page = get(&format!("/ui/tasks/{id}?state=Refused"))
+        .text()
+        .unwrap();
+    for text in [
+        "<span>All</span><b>3</b>",
+        "<span>Succeeded</span><b>2</b>",
+        "<span>Refused</span><b>1</b>",
+        "p-c",
+        "1–1 of 1",
+    ] {
+        assert!(
+            page.contains(text),
+            "the task's page lacks {text:?}:\n{page}"
+        );
+    }
+    assert!(
+        !page.contains("p-a"),
+        "a state filter lists other runs:\n{page}"
+    );
+
+    // A manifest on all three: Ready on two, Refused on the third (outside what it may write).
+    let path = files.path().join("motd");
+    let manifest = json!({"name": "motd", "resources": [
+        {"id": "motd", "file": {"path": path.to_str().unwrap(), "content": "hello\n"}}]});
+    let r = server
+        .post("/api/v1/manifests", Some(&admin), &manifest)
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    wait_for("the manifest on every node", TIMEOUT, || {
+        let page = get("/api/v1/status?manifest=motd&state=Ready");
+        let refused = get("/api/v1/status?manifest=motd&state=Refused");
+        (page.headers()["x-total-count"] == "2" && refused.headers()["x-total-count"] == "1")
+            .then_some(())
+    })
+    .unwrap();
+    let r = get("/api/v1/status?manifest=motd&limit=2");
+    assert_eq!(r.headers()["x-total-count"], "3");
+    assert_eq!(
+        r.headers()["link"],
+        "</api/v1/status?limit=2&offset=2&manifest=motd>; rel=\"next\""
+    );
+    let reports: Vec<Value> = r.json().unwrap();
+    let names: Vec<_> = reports
+        .iter()
+        .map(|r| r["node_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["p-a", "p-b"]);
+    assert_eq!(reports[0]["resources"][0]["manifest"], "motd");
+    let all: Vec<Value> = get("/api/v1/status").json().unwrap();
+    assert_eq!(all.len(), 3, "without parameters, every node as before");
+
+    let page = get("/ui/manifests").text().unwrap();
+    for text in ["Ready 2", "Refused 1", "/ui/manifests/motd?state=Refused"] {
+        assert!(
+            page.contains(text),
+            "the manifests page lacks {text:?}:\n{page}"
+        );
+    }
+    let page = get("/ui/manifests/motd?state=Refused").text().unwrap();
+    for text in [
+        "<span>All</span><b>3</b>",
+        "<span>Ready</span><b>2</b>",
+        "p-c",
+        "1–1 of 1",
+    ] {
+        assert!(
+            page.contains(text),
+            "the manifest's page lacks {text:?}:\n{page}"
+        );
+    }
+    assert!(!page.contains("p-b"), "{page}");
+
+    // The CLI reads the node list in pages and the task list with its counts.
+    let out = server
+        .cli(&["nodes", "list", "--page-size", "2", "-o", "json"])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let nodes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(nodes.len(), 3);
+    let out = server.cli(&["tasks"]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&id[..8]) && text.contains("Failed"), "{text}");
+}

@@ -87,7 +87,11 @@ fn fan_outs_to_two_hundred_agents_all_end_and_every_cli_returns() {
         }
     }
     // Every task: every run final and succeeded; none left behind.
-    let tasks = server.get("/api/v1/tasks?limit=100").unwrap().body;
+    // A task lists at most 100 runs unless asked for more (`runs`).
+    let tasks = server
+        .get("/api/v1/tasks?limit=100&runs=1000")
+        .unwrap()
+        .body;
     for task in tasks.as_array().unwrap() {
         let runs = task["runs"].as_array().unwrap();
         assert_eq!(runs.len(), FLEET);

@@ -57,7 +57,17 @@ const ROUTES: &[(&str, &str, &[&str])] = &[
         "/api/v1/audit",
         &["since", "limit", "actor", "action", "target"],
     ),
-    ("GET", "/api/v1/tasks", &["limit"]),
+    ("GET", "/api/v1/tasks", &["limit", "runs"]),
+    (
+        "GET",
+        "/api/v1/tasks/t-missing/runs",
+        &["limit", "offset", "state"],
+    ),
+    (
+        "GET",
+        "/api/v1/status",
+        &["limit", "offset", "manifest", "state"],
+    ),
     ("GET", "/api/v1/tasks/t-missing/output", &["follow"]),
     ("GET", "/api/v1/nodes/ghost/metrics", &["limit"]),
     (

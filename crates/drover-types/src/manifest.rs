@@ -601,11 +601,53 @@ pub enum ResourceState {
     Refused,
 }
 
+/// Every resource state, from the best to the worst: a node's state for a manifest is the worst of its
+/// resources' (the dashboard's and `GET /api/v1/status?state=` count and filter nodes by it).
+pub const RESOURCE_STATES: [ResourceState; 7] = [
+    ResourceState::Ready,
+    ResourceState::Pending,
+    ResourceState::Reconciling,
+    ResourceState::Failed,
+    ResourceState::UnknownKind,
+    ResourceState::Conflict,
+    ResourceState::Refused,
+];
+
 impl ResourceState {
     /// A state that stays until something changes (the spec, the node's policy or a conflicting manifest):
     /// nothing converges by waiting.
     pub fn is_final_failure(self) -> bool {
         matches!(self, Self::UnknownKind | Self::Conflict | Self::Refused)
+    }
+
+    /// The name as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Reconciling => "Reconciling",
+            Self::Ready => "Ready",
+            Self::Failed => "Failed",
+            Self::UnknownKind => "UnknownKind",
+            Self::Conflict => "Conflict",
+            Self::Refused => "Refused",
+        }
+    }
+
+    /// A state by its name, in any case.
+    pub fn parse(s: &str) -> Option<Self> {
+        RESOURCE_STATES
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(s))
+    }
+
+    /// The worse of two states (see [`RESOURCE_STATES`]).
+    pub fn worst(self, other: Self) -> Self {
+        let rank = |s: Self| RESOURCE_STATES.iter().position(|r| *r == s).unwrap_or(0);
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
     }
 }
 

@@ -359,6 +359,30 @@ impl Task {
     }
 }
 
+/// A task as `GET /api/v1/tasks` lists it: the task with its first runs (every run for a task on at most
+/// as many nodes as the list's `runs` parameter, 100 by default), every run counted by state, and its
+/// overall state counted over every run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TaskListEntry {
+    #[serde(flatten)]
+    pub task: Task,
+    /// Every run of the task counted by state (states with none left out), whether or not `runs` lists
+    /// them all.
+    pub run_counts: BTreeMap<String, usize>,
+    /// How many runs the task has: more than `runs` holds when the list left some out.
+    pub runs_total: usize,
+    /// `Task::state` over every run: Running, Succeeded, Cancelled or Failed.
+    pub state: String,
+}
+
+impl TaskListEntry {
+    /// Whether `runs` holds every run.
+    pub fn complete(&self) -> bool {
+        self.task.runs.len() >= self.runs_total
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]

@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -19,6 +20,8 @@ use super::json::{self, ApiJson};
 use super::{ApiError, ApiState, Caller};
 use crate::Fleet;
 use crate::fleet::FleetError;
+use crate::fleet::pages::{DEFAULT_PAGE, MAX_PAGE, parse_resource_state};
+use crate::store::ConvergenceQuery;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -139,9 +142,68 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/api/v1/status", tag = "manifests", operation_id = "manifests_status", responses((status = 200, description = "every node's convergence status", body = [drover_types::manifest::NodeStatusReport]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
-pub async fn status(State(s): State<ApiState>) -> Result<Json<Vec<NodeStatusReport>>, ApiError> {
-    Ok(Json(s.fleet.status().await?))
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StatusQuery {
+    /// Nodes on a page (100 when only other parameters are given; at most 1000).
+    limit: Option<usize>,
+    /// Nodes skipped, by name.
+    offset: Option<usize>,
+    /// Only nodes reporting resources of this manifest, each report keeping only those resources.
+    manifest: Option<String>,
+    /// Only nodes whose worst resource state (of the manifest, when one is named) is this: Ready,
+    /// Pending, Reconciling, Failed, UnknownKind, Conflict or Refused.
+    state: Option<String>,
+}
+
+/// `GET /api/v1/status`: every node's convergence, as always, when no parameter is given; with `limit`,
+/// `offset`, `manifest` or `state`, one page of the matching nodes by name, with `X-Total-Count` and `Link`.
+#[utoipa::path(get, path = "/api/v1/status", tag = "manifests", operation_id = "manifests_status", params(StatusQuery), responses((status = 200, description = "every node's convergence status, or with a parameter one page of them (`X-Total-Count`: how many match; `Link`: the next page)", body = [drover_types::manifest::NodeStatusReport]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
+pub async fn status(
+    State(s): State<ApiState>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    if q.limit.is_none() && q.offset.is_none() && q.manifest.is_none() && q.state.is_none() {
+        return Ok(Json(s.fleet.status().await?).into_response());
+    }
+    let state = q
+        .state
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| parse_resource_state(s, "state"))
+        .transpose()?;
+    let manifest = q.manifest.filter(|m| !m.is_empty());
+    let (offset, limit) = (
+        q.offset.unwrap_or(0),
+        q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE),
+    );
+    let (reports, total) = s
+        .fleet
+        .status_page(ConvergenceQuery {
+            manifest: manifest.clone(),
+            state,
+            offset,
+            limit,
+        })
+        .await?;
+    let filters = [
+        ("manifest", manifest.unwrap_or_default()),
+        (
+            "state",
+            state.map(|s| s.as_str().to_string()).unwrap_or_default(),
+        ),
+    ];
+    let headers = super::paging::headers(
+        "/api/v1/status",
+        &filters,
+        offset,
+        limit,
+        reports.len(),
+        total,
+    );
+    Ok((headers, Json(reports)).into_response())
 }
 
 /// Events a burst of changes is read in before the statuses are looked up once per node.

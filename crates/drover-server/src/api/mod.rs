@@ -11,6 +11,7 @@ mod miaas;
 mod nodes;
 mod openapi;
 mod operators;
+mod paging;
 mod serve;
 mod sessions;
 #[cfg(feature = "tamper")]
@@ -156,6 +157,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/tasks", get(tasks::list).post(tasks::create))
         .route("/api/v1/tasks/{id}", get(tasks::get))
+        .route("/api/v1/tasks/{id}/runs", get(tasks::runs))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{id}/output", get(tasks::output))
         .route("/api/v1/audit", get(tasks::audit))

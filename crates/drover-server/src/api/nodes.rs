@@ -2,10 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::header::LINK;
-use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use drover_types::url::percent_encode;
 use drover_types::{MetricsSample, Node};
 use serde::Deserialize;
 
@@ -15,19 +12,24 @@ use crate::fleet::pages::{MAX_PAGE, NodeFilter};
 /// Who operator changes are audited as.
 const ACTOR: &str = "admin";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Nodes on a page (100 when only other parameters are given; at most 1000).
     limit: Option<usize>,
+    /// Nodes skipped, by name.
     offset: Option<usize>,
+    /// Only nodes in this status: Ready, NotReady or Offline.
     status: Option<String>,
+    /// Only nodes with these labels: `key=value[,key=value]`.
     label: Option<String>,
 }
 
 /// `GET /api/v1/nodes`: every node, as always, when no parameter is given; with `limit`, `offset`, `status`
 /// or `label`, one page of the matching nodes (by name; `limit` 100 by default, at most 1000). The body is
 /// a JSON array either way; a page says how many match in `X-Total-Count` and links the next page in `Link`.
-#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", operation_id = "nodes_list", responses((status = 200, description = "every node", body = [drover_types::Node]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", operation_id = "nodes_list", params(ListQuery), responses((status = 200, description = "every node, or with a parameter one page of them (`X-Total-Count`: how many match; `Link`: the next page)", body = [drover_types::Node]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(
     State(s): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -39,26 +41,26 @@ pub async fn list(
     let filter = NodeFilter::parse(q.status.as_deref(), q.label.as_deref(), q.offset, q.limit)?;
     let (offset, limit) = (filter.offset, filter.limit.clamp(1, MAX_PAGE));
     let page = s.fleet.nodes_page(filter.clone()).await?;
-    let mut headers = HeaderMap::new();
-    headers.insert("x-total-count", HeaderValue::from(page.total));
-    let next = offset.saturating_add(page.nodes.len());
-    if !page.nodes.is_empty() && next < page.total {
-        let mut link = format!("/api/v1/nodes?limit={limit}&offset={next}");
-        if let Some(status) = filter.status {
-            link.push_str(&format!("&status={status}"));
-        }
-        if !filter.labels.is_empty() {
-            let labels: Vec<String> = filter
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            link.push_str(&format!("&label={}", percent_encode(&labels.join(","))));
-        }
-        if let Ok(value) = HeaderValue::from_str(&format!("<{link}>; rel=\"next\"")) {
-            headers.insert(LINK, value);
-        }
-    }
+    let labels: Vec<String> = filter
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let filters = [
+        (
+            "status",
+            filter.status.map(|s| s.to_string()).unwrap_or_default(),
+        ),
+        ("label", labels.join(",")),
+    ];
+    let headers = super::paging::headers(
+        "/api/v1/nodes",
+        &filters,
+        offset,
+        limit,
+        page.nodes.len(),
+        page.total,
+    );
     Ok((headers, Json(page.nodes)).into_response())
 }
 

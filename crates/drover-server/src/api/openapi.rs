@@ -59,6 +59,7 @@ token or a node token."
         tasks::create,
         tasks::list,
         tasks::get,
+        tasks::runs,
         tasks::cancel,
         tasks::output,
         tasks::audit,

@@ -8,7 +8,9 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use drover_types::task::{AuditEntry, CreateTask, Task};
+use axum::response::{IntoResponse, Response};
+use drover_types::task::{AuditEntry, CreateTask, Task, TaskListEntry};
+use drover_types::url::percent_encode;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,7 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::json::ApiJson;
 use super::{ApiError, ApiState, Caller};
 use crate::Fleet;
-use crate::store::AuditFilter;
+use crate::fleet::pages::{MAX_PAGE, parse_run_state};
+use crate::store::{AuditFilter, RunQuery};
 use crate::tasks::{TaskEvent, chunk};
 
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", operation_id = "tasks_create", request_body = drover_types::task::CreateTask, responses((status = 201, description = "the task", body = drover_types::task::Task), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -35,16 +38,93 @@ pub async fn create(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Tasks listed, newest first (50 by default, at most 1000).
     limit: Option<usize>,
+    /// Runs listed per task, in node order (100 by default, at most 1000; 0 for none): a task on more
+    /// nodes lists its first ones, and `run_counts` and `runs_total` count them all.
+    runs: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", operation_id = "tasks_list", params(ListQuery), responses((status = 200, description = "tasks, newest first", body = [drover_types::task::Task]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
+/// Runs a listed task carries when the caller names no number.
+const LIST_RUNS: usize = 100;
+
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", operation_id = "tasks_list", params(ListQuery), responses((status = 200, description = "tasks, newest first, with their first runs and every run counted", body = [drover_types::task::TaskListEntry]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(
     State(s): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<Task>>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), Some("limit".into())))?;
-    Ok(Json(s.fleet.tasks(q.limit.unwrap_or(50).min(1000)).await?))
+) -> Result<Json<Vec<TaskListEntry>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    let limit = q.limit.unwrap_or(50).min(MAX_PAGE);
+    let runs = q.runs.unwrap_or(LIST_RUNS).min(MAX_PAGE);
+    let tasks = s.fleet.task_list(limit, runs).await?;
+    Ok(Json(
+        tasks
+            .into_iter()
+            .map(|(summary, runs)| TaskListEntry {
+                run_counts: summary
+                    .runs
+                    .iter()
+                    .map(|(s, n)| (s.as_str().to_string(), *n))
+                    .collect(),
+                runs_total: summary.count(None),
+                state: summary.state().to_string(),
+                task: summary.into_task(runs),
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    /// Runs on a page (100 by default, at most 1000).
+    limit: Option<usize>,
+    /// Runs skipped, in the task's node order.
+    offset: Option<usize>,
+    /// Only runs in this state (Pending, Running, Succeeded, Failed, …).
+    state: Option<String>,
+}
+
+/// A task's runs a page at a time, in node order: a task on every node of a large fleet is read a page at a
+/// time. `X-Total-Count` says how many match, `Link` names the next page.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/runs", tag = "tasks", operation_id = "tasks_runs", params(("id" = String, Path, description = "task id or a unique prefix of 4+ characters"), RunsQuery), responses((status = 200, description = "a page of the task's runs (`X-Total-Count`: how many match; `Link`: the next page)", body = [drover_types::task::TaskRun]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
+pub async fn runs(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    let state = q
+        .state
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| parse_run_state(s, "state"))
+        .transpose()?;
+    let (offset, limit) = (
+        q.offset.unwrap_or(0),
+        q.limit.unwrap_or(100).clamp(1, MAX_PAGE),
+    );
+    let page = s
+        .fleet
+        .task_page(
+            &id,
+            RunQuery {
+                state,
+                offset,
+                limit,
+                ..RunQuery::default()
+            },
+        )
+        .await?;
+    let path = format!("/api/v1/tasks/{}/runs", percent_encode(&page.summary.id));
+    let filters = [(
+        "state",
+        state.map(|s| s.as_str().to_string()).unwrap_or_default(),
+    )];
+    let headers =
+        super::paging::headers(&path, &filters, offset, limit, page.runs.len(), page.total);
+    Ok((headers, Json(page.runs)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", operation_id = "tasks_get", params(("id" = String, Path, description = "task id or a unique prefix of 4+ characters")), responses((status = 200, description = "the task and its runs", body = drover_types::task::Task), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]

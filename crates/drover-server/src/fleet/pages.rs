@@ -1,11 +1,17 @@
 //! Pages of large lists for the dashboard and the REST API: nodes filtered by status and labels, counted
-//! by status; tasks summarized; a node's recent runs.
+//! by status; tasks summarized; a task's runs a page at a time; manifests' resources and nodes counted by
+//! state and their nodes' convergence a page at a time; a node's recent runs.
 
 use chrono::Utc;
+use drover_types::manifest::{NodeStatusReport, ResourceState};
+use drover_types::task::{RUN_STATES, RunState, TaskRun};
 use drover_types::{Labels, Node, NodeStatus};
 
 use super::{Fleet, FleetError};
-use crate::store::{NodeCounts, NodeQuery, NodeTaskRun, TaskSummary};
+use crate::store::{
+    ConvergenceQuery, ManifestCounts, NodeCounts, NodeQuery, NodeTaskRun, RunQuery, TaskPage,
+    TaskSummary,
+};
 
 /// Nodes in a page when the caller names no size.
 pub const DEFAULT_PAGE: usize = 100;
@@ -60,6 +66,71 @@ impl Fleet {
         Ok(self.store.task_summaries(limit).await?)
     }
 
+    /// The newest tasks, their runs counted by state, each with its first `runs` runs (in node order).
+    pub async fn task_list(
+        &self,
+        limit: usize,
+        runs: usize,
+    ) -> Result<Vec<(TaskSummary, Vec<TaskRun>)>, FleetError> {
+        let summaries = self.store.task_summaries(limit).await?;
+        let mut out = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            let first = if runs == 0 {
+                Vec::new()
+            } else {
+                self.store
+                    .runs_in_state(&summary.id, &RUN_STATES, runs)
+                    .await?
+            };
+            out.push((summary, first));
+        }
+        Ok(out)
+    }
+
+    /// A task (by id or a unique prefix) with its runs counted by state and one page of them.
+    pub async fn task_page(&self, id: &str, mut query: RunQuery) -> Result<TaskPage, FleetError> {
+        query.limit = query.limit.clamp(1, MAX_PAGE);
+        if let Some(page) = self.store.task_page(id, &query).await? {
+            return Ok(page);
+        }
+        let full = self.task_id_by_prefix(id).await?;
+        self.store
+            .task_page(&full, &query)
+            .await?
+            .ok_or_else(|| FleetError::TaskNotFound(id.to_string()))
+    }
+
+    /// Every manifest's resources and nodes counted by state (one aggregate read).
+    pub async fn manifest_counts(&self) -> Result<Vec<ManifestCounts>, FleetError> {
+        Ok(self.store.manifest_counts().await?)
+    }
+
+    /// One page of nodes' convergence, by name, and how many the query matches. With a manifest named,
+    /// each report keeps only that manifest's resources.
+    pub async fn status_page(
+        &self,
+        mut query: ConvergenceQuery,
+    ) -> Result<(Vec<NodeStatusReport>, usize), FleetError> {
+        query.limit = query.limit.clamp(1, MAX_PAGE);
+        let (rows, total) = self.store.convergence_page(&query).await?;
+        let reports = rows
+            .into_iter()
+            .map(|(node_id, node_name, desired_generation, convergence)| {
+                let mut convergence = convergence.unwrap_or_default();
+                if let Some(m) = &query.manifest {
+                    convergence.resources.retain(|r| &r.manifest == m);
+                }
+                NodeStatusReport {
+                    node_id,
+                    node_name,
+                    desired_generation,
+                    convergence,
+                }
+            })
+            .collect();
+        Ok((reports, total))
+    }
+
     /// A node's newest runs.
     pub async fn node_task_runs(
         &self,
@@ -105,6 +176,28 @@ impl NodeFilter {
             limit: limit.unwrap_or(DEFAULT_PAGE),
         })
     }
+}
+
+/// A run state from a caller's text (any case); the error names `field`.
+pub fn parse_run_state(text: &str, field: &str) -> Result<RunState, FleetError> {
+    RUN_STATES
+        .into_iter()
+        .find(|s| s.as_str().eq_ignore_ascii_case(text.trim()))
+        .ok_or_else(|| {
+            let all: Vec<&str> = RUN_STATES.iter().map(|s| s.as_str()).collect();
+            FleetError::invalid(field, format!("{text:?} is not one of {}", all.join(", ")))
+        })
+}
+
+/// A resource state from a caller's text (any case); the error names `field`.
+pub fn parse_resource_state(text: &str, field: &str) -> Result<ResourceState, FleetError> {
+    ResourceState::parse(text.trim()).ok_or_else(|| {
+        let all: Vec<&str> = drover_types::manifest::RESOURCE_STATES
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        FleetError::invalid(field, format!("{text:?} is not one of {}", all.join(", ")))
+    })
 }
 
 fn parse_status(s: &str) -> Option<NodeStatus> {

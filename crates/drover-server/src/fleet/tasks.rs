@@ -212,21 +212,26 @@ impl Fleet {
         if let Some(t) = self.store().get_task(id).await? {
             return Ok(t);
         }
-        let ids = if id.len() >= 4 {
-            self.store().task_ids_with_prefix(id, 2).await?
+        let full = self.task_id_by_prefix(id).await?;
+        self.store()
+            .get_task(&full)
+            .await?
+            .ok_or_else(|| FleetError::TaskNotFound(id.to_string()))
+    }
+
+    /// The one task whose id starts with `prefix` (4 characters or more).
+    pub(super) async fn task_id_by_prefix(&self, prefix: &str) -> Result<String, FleetError> {
+        let ids = if prefix.len() >= 4 {
+            self.store().task_ids_with_prefix(prefix, 2).await?
         } else {
             Vec::new()
         };
-        match ids.as_slice() {
-            [one] => self
-                .store()
-                .get_task(one)
-                .await?
-                .ok_or_else(|| FleetError::TaskNotFound(id.to_string())),
-            [] => Err(FleetError::TaskNotFound(id.to_string())),
-            _ => Err(FleetError::invalid(
+        match <[String; 1]>::try_from(ids) {
+            Ok([one]) => Ok(one),
+            Err(ids) if ids.is_empty() => Err(FleetError::TaskNotFound(prefix.to_string())),
+            Err(_) => Err(FleetError::invalid(
                 "id",
-                format!("{id:?} matches several tasks; give more of the id"),
+                format!("{prefix:?} matches several tasks; give more of the id"),
             )),
         }
     }

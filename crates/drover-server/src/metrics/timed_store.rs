@@ -18,9 +18,9 @@ use drover_types::{
 
 use super::ServerMetrics;
 use crate::store::{
-    AuditFilter, FleetCounts, JoinTokenRecord, NodeChange, NodeCounts, NodeQuery, NodeRecord,
-    NodeTaskRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, Store, StoreError,
-    TaskSummary,
+    AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
+    NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord, OutputRecord,
+    PutManifest, RunPatch, RunQuery, Store, StoreError, TaskPage, TaskSummary,
 };
 
 pub struct TimedStore {
@@ -86,6 +86,7 @@ timed! {
     task_ids_with_prefix(prefix: &str, limit: usize) -> Vec<String>;
     list_tasks(limit: usize) -> Vec<Task>;
     task_summaries(limit: usize) -> Vec<TaskSummary>;
+    task_page(id: &str, query: &RunQuery) -> Option<TaskPage>;
     node_task_runs(node_id: &str, limit: usize) -> Vec<NodeTaskRun>;
     insert_output(task_id: &str, chunks: Vec<OutputRecord>) -> ();
     output(task_id: &str, after: i64, limit: usize) -> Vec<(i64, OutputRecord)>;
@@ -99,6 +100,8 @@ timed! {
     put_convergence(node_id: &str, report: &NodeConvergence) -> ();
     get_convergence(node_id: &str) -> Option<NodeConvergence>;
     all_convergence() -> Vec<(String, String, u64, Option<NodeConvergence>)>;
+    manifest_counts() -> Vec<ManifestCounts>;
+    convergence_page(query: &ConvergenceQuery) -> (Vec<ConvergenceRow>, usize);
     put_blob(sha256: &str, data: Vec<u8>) -> ();
     get_blob(sha256: &str) -> Option<Vec<u8>>;
     list_audit(filter: &AuditFilter) -> Vec<AuditEntry>;

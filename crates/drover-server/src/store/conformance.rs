@@ -58,6 +58,8 @@ cases!(
     desired_state_is_compare_and_set_on_its_generation,
     retention_deletes_old_finished_tasks_and_trims_output_oldest_first,
     a_page_of_nodes_is_filtered_by_status_and_labels_and_counted_by_status,
+    a_task_page_counts_its_runs_and_reads_a_page_of_them,
+    manifests_are_counted_by_state_and_their_nodes_read_a_page_at_a_time,
     blobs_audit_and_fleet_counts,
 );
 
@@ -896,8 +898,10 @@ async fn tasks_are_listed_newest_first_and_summarized(store: Arc<dyn Store>) {
     assert_eq!(summaries[1].id, "abc-1");
     assert_eq!(
         summaries[1].runs,
-        [(RunState::Failed, 1), (RunState::Pending, 2)]
+        [(RunState::Pending, 2), (RunState::Failed, 1)],
+        "counted in the order states are declared"
     );
+    assert_eq!(summaries[1].max_parallel, Some(2));
     assert_eq!(summaries[1].state(), "Running");
     let mine = store.node_task_runs("a", 10).await.unwrap();
     let ids: Vec<_> = mine.iter().map(|r| r.task_id.as_str()).collect();
@@ -1105,4 +1109,165 @@ async fn blobs_audit_and_fleet_counts(store: Arc<dyn Store>) {
         counts.resources_by_state,
         [("Failed".to_string(), 1), ("Ready".to_string(), 1)]
     );
+}
+
+async fn a_task_page_counts_its_runs_and_reads_a_page_of_them(store: Arc<dyn Store>) {
+    use drover_types::task::RunState::{Failed, Pending, Running};
+
+    use crate::store::RunQuery;
+
+    let t1 = task("t1", &["a", "b", "c", "d", "e"]);
+    store.insert_task(&t1).await.unwrap();
+    store.insert_task(&task("t2", &["a"])).await.unwrap();
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    store
+        .transition_runs("t1", ids(&["b", "d"]), &[Pending], RunPatch::to(Running))
+        .await
+        .unwrap();
+    store
+        .transition_runs("t1", ids(&["d"]), &[Running], RunPatch::end(Failed, "x"))
+        .await
+        .unwrap();
+
+    // The list: newest first, every task's runs counted in one read.
+    let list = store.task_summaries(10).await.unwrap();
+    let listed: Vec<_> = list
+        .iter()
+        .map(|t| (t.id.as_str(), t.count(None)))
+        .collect();
+    assert_eq!(listed, [("t2", 1), ("t1", 5)]);
+    assert_eq!(list[1].runs, [(Pending, 3), (Running, 1), (Failed, 1)]);
+    assert_eq!((list[1].done(), list[1].state()), (1, "Running"));
+
+    let page = |state, offset, limit, nodes: &[&str]| {
+        let q = RunQuery {
+            state,
+            nodes: ids(nodes),
+            offset,
+            limit,
+        };
+        let store = store.clone();
+        async move { store.task_page("t1", &q).await.unwrap().unwrap() }
+    };
+    let names =
+        |p: &crate::store::TaskPage| p.runs.iter().map(|r| r.node_id.clone()).collect::<Vec<_>>();
+    let p = page(None, 2, 2, &[]).await;
+    assert_eq!((names(&p), p.total), (ids(&["c", "d"]), 5));
+    assert_eq!(p.summary.count(Some(Failed)), 1);
+    assert_eq!(p.runs[1].state, Failed, "the runs as they are now");
+    let p = page(Some(Pending), 0, 10, &[]).await;
+    assert_eq!((names(&p), p.total), (ids(&["a", "c", "e"]), 3));
+    let p = page(Some(Pending), 1, 1, &[]).await;
+    assert_eq!((names(&p), p.total), (ids(&["c"]), 3));
+    let p = page(None, 0, 10, &["e", "a", "zz"]).await;
+    assert_eq!((names(&p), p.total), (ids(&["a", "e"]), 2));
+    assert!(
+        store
+            .task_page("nope", &RunQuery::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn manifests_are_counted_by_state_and_their_nodes_read_a_page_at_a_time(
+    store: Arc<dyn Store>,
+) {
+    use drover_types::manifest::ResourceState::{Failed, Pending, Ready};
+    use drover_types::manifest::{NodeConvergence, ResourceState, ResourceStatus};
+
+    use crate::store::{ConvergenceQuery, ManifestCounts};
+
+    for i in 0..4 {
+        let (id, name) = (format!("id-{i:03}"), format!("node-{i:03}"));
+        store.insert_node(&node(&id, &name)).await.unwrap();
+    }
+    let report = |resources: &[(&str, &str, ResourceState)]| NodeConvergence {
+        observed_generation: 1,
+        resources: resources
+            .iter()
+            .map(|(id, m, s)| ResourceStatus::new(id, m, "file", *s))
+            .collect(),
+        ..NodeConvergence::default()
+    };
+    let reports = [
+        report(&[
+            ("r1", "m1", Ready),
+            ("r2", "m1", Ready),
+            ("x", "m2", Failed),
+        ]),
+        report(&[("r1", "m1", Ready), ("r2", "m1", Pending)]),
+        report(&[("x", "m2", Ready)]),
+    ];
+    for (i, r) in reports.iter().enumerate() {
+        store
+            .put_convergence(&format!("id-{i:03}"), r)
+            .await
+            .unwrap();
+    }
+
+    let mut counts = store.manifest_counts().await.unwrap();
+    for c in &mut counts {
+        c.resources.sort_by_key(|(s, _)| s.as_str());
+        c.nodes.sort_by_key(|(s, _)| s.as_str());
+    }
+    assert_eq!(
+        counts,
+        [
+            ManifestCounts {
+                manifest: "m1".into(),
+                resources: vec![(Pending, 1), (Ready, 3)],
+                nodes: vec![(Pending, 1), (Ready, 1)],
+            },
+            ManifestCounts {
+                manifest: "m2".into(),
+                resources: vec![(Failed, 1), (Ready, 1)],
+                nodes: vec![(Failed, 1), (Ready, 1)],
+            },
+        ]
+    );
+
+    let page = |manifest: Option<&str>, state, offset, limit| {
+        let q = ConvergenceQuery {
+            manifest: manifest.map(String::from),
+            state,
+            offset,
+            limit,
+        };
+        let store = store.clone();
+        async move {
+            let (rows, total) = store.convergence_page(&q).await.unwrap();
+            let names: Vec<String> = rows.into_iter().map(|r| r.1).collect();
+            (names, total)
+        }
+    };
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        page(Some("m1"), None, 0, 10).await,
+        (names(&["node-000", "node-001"]), 2)
+    );
+    assert_eq!(
+        page(Some("m1"), Some(Pending), 0, 10).await,
+        (names(&["node-001"]), 1)
+    );
+    assert_eq!(
+        page(Some("m2"), Some(Failed), 0, 10).await,
+        (names(&["node-000"]), 1)
+    );
+    // Every node, a report or not.
+    assert_eq!(
+        page(None, None, 2, 2).await,
+        (names(&["node-002", "node-003"]), 4)
+    );
+    // A node's state over all its resources is the worst of them.
+    assert_eq!(
+        page(None, Some(Ready), 0, 10).await,
+        (names(&["node-002"]), 1)
+    );
+    assert_eq!(
+        page(Some("m1"), None, 5, 10).await,
+        (Vec::new(), 2),
+        "past the end the total is still counted"
+    );
+    assert_eq!(page(Some("none"), None, 0, 10).await, (Vec::new(), 0));
 }

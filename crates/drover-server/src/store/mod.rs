@@ -9,7 +9,10 @@ mod pages;
 mod postgres;
 mod sqlite;
 
-pub use pages::{NodeCounts, NodeQuery, NodeTaskRun, TaskSummary};
+pub use pages::{
+    ConvergenceQuery, ConvergenceRow, ManifestCounts, NodeCounts, NodeQuery, NodeTaskRun, RunQuery,
+    TaskPage, TaskSummary,
+};
 pub use postgres::{PgStore, redact_url};
 pub use sqlite::SqliteStore;
 
@@ -250,6 +253,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError>;
     /// The newest `limit` tasks, newest first, with their runs counted by state instead of listed.
     async fn task_summaries(&self, limit: usize) -> Result<Vec<TaskSummary>, StoreError>;
+    /// A task with its runs counted by state and one page of them (`None` when no such task): the store
+    /// reads the page's runs only.
+    async fn task_page(&self, id: &str, query: &RunQuery) -> Result<Option<TaskPage>, StoreError>;
     /// A node's newest `limit` runs, newest task first.
     async fn node_task_runs(
         &self,
@@ -308,6 +314,14 @@ pub trait Store: Send + Sync + 'static {
     async fn all_convergence(
         &self,
     ) -> Result<Vec<(String, String, u64, Option<NodeConvergence>)>, StoreError>;
+    /// Every manifest's resources and nodes counted by state, over the nodes' latest reports, in one
+    /// aggregate read (manifests no node reports are left out).
+    async fn manifest_counts(&self) -> Result<Vec<ManifestCounts>, StoreError>;
+    /// One page of the nodes' convergence a query matches, by node name, and how many it matches.
+    async fn convergence_page(
+        &self,
+        query: &ConvergenceQuery,
+    ) -> Result<(Vec<ConvergenceRow>, usize), StoreError>;
     /// Stores content under its SHA-256 (storing it twice is harmless).
     async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError>;
     async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -1,8 +1,11 @@
 //! What the store reads for pages of large lists (the dashboard's and the REST API's): a page of nodes with
-//! counts, and tasks summarized instead of loaded with every run.
+//! counts, tasks summarized instead of loaded with every run, a page of a task's runs, manifests' resources
+//! counted and a page of nodes' convergence.
 
 use chrono::{DateTime, Utc};
-use drover_types::task::{RunState, Target, TaskRun, TaskSpec};
+use drover_types::manifest::{NodeConvergence, ResourceState};
+use drover_types::signing::CommandSignature;
+use drover_types::task::{RunState, Target, Task, TaskRun, TaskSpec};
 use drover_types::{Labels, LivenessPolicy, NodeStatus};
 
 /// Which nodes to list, and which page of them (by name).
@@ -53,11 +56,45 @@ pub struct TaskSummary {
     pub spec: TaskSpec,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+    pub max_parallel: Option<u32>,
+    pub signature: Option<CommandSignature>,
     /// Runs by state; states with none are left out.
     pub runs: Vec<(RunState, usize)>,
 }
 
 impl TaskSummary {
+    /// The task with these of its runs (not necessarily all).
+    pub fn into_task(self, runs: Vec<TaskRun>) -> Task {
+        Task {
+            id: self.id,
+            target: self.target,
+            spec: self.spec,
+            created_by: self.created_by,
+            created_at: self.created_at,
+            max_parallel: self.max_parallel,
+            signature: self.signature,
+            runs,
+        }
+    }
+
+    /// Runs in a final state.
+    pub fn done(&self) -> usize {
+        self.runs
+            .iter()
+            .filter(|(s, _)| s.is_final())
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Runs in `state`, or in any when `None`.
+    pub fn count(&self, state: Option<RunState>) -> usize {
+        self.runs
+            .iter()
+            .filter(|(s, _)| state.is_none_or(|want| *s == want))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     pub fn total_runs(&self) -> usize {
         self.runs.iter().map(|(_, n)| n).sum()
     }
@@ -92,3 +129,52 @@ pub struct NodeTaskRun {
     pub created_at: DateTime<Utc>,
     pub run: TaskRun,
 }
+
+/// Which of a task's runs to read, in the task's node order.
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    pub state: Option<RunState>,
+    /// Only these nodes' runs; every node's when empty.
+    pub nodes: Vec<String>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// A task with its runs counted by state, and one page of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPage {
+    pub summary: TaskSummary,
+    pub runs: Vec<TaskRun>,
+    /// Runs matching the query: the pages' total.
+    pub total: usize,
+}
+
+/// How a manifest stands on the nodes that report its resources.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ManifestCounts {
+    pub manifest: String,
+    /// Its resources on every node, by state.
+    pub resources: Vec<(ResourceState, usize)>,
+    /// Nodes by the worst state of their resources of it (`drover_types::manifest::RESOURCE_STATES`).
+    pub nodes: Vec<(ResourceState, usize)>,
+}
+
+impl ManifestCounts {
+    pub fn nodes_total(&self) -> usize {
+        self.nodes.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Which nodes' convergence to read, by node name.
+#[derive(Debug, Clone, Default)]
+pub struct ConvergenceQuery {
+    /// Only nodes reporting resources of this manifest (their state is then that of those resources).
+    pub manifest: Option<String>,
+    /// Only nodes whose worst resource state is this.
+    pub state: Option<ResourceState>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// A node's (id, name), desired generation (0 when none) and latest report, as `all_convergence` reads them.
+pub type ConvergenceRow = (String, String, u64, Option<NodeConvergence>);

@@ -7,7 +7,7 @@ use axum::response::Response;
 use drover_types::{Node, NodeStatus};
 use serde::Deserialize;
 
-use super::view::{self, Nav};
+use super::view::{self, Count, Nav, Pager};
 use crate::api::{ApiState, Caller};
 use crate::fleet::pages::NodeFilter;
 
@@ -19,15 +19,6 @@ pub struct FleetQuery {
     status: Option<String>,
     label: Option<String>,
     page: Option<usize>,
-}
-
-/// A status count at the top, linking to the nodes in it.
-pub struct Count {
-    name: &'static str,
-    class: &'static str,
-    n: usize,
-    href: String,
-    active: bool,
 }
 
 /// A node as a row of the table.
@@ -92,9 +83,7 @@ pub struct Live {
     error: String,
     counts: Vec<Count>,
     rows: Vec<Row>,
-    range: String,
-    prev: Option<String>,
-    next: Option<String>,
+    pager: Pager,
 }
 
 #[derive(Template)]
@@ -133,7 +122,7 @@ pub async fn page(
 ) -> Response {
     let q = query.map(|Query(q)| q).unwrap_or_default();
     let label = q.label.clone().unwrap_or_default().trim().to_string();
-    let page_no = q.page.unwrap_or(0).min(1_000_000);
+    let page_no = q.page.unwrap_or(0).min(view::MAX_PAGE_NO);
     let parsed = NodeFilter::parse(
         q.status.as_deref(),
         Some(&label),
@@ -177,28 +166,22 @@ pub async fn page(
     ]
     .into_iter()
     .map(|(name, class, st, n)| Count {
-        name,
+        name: name.to_string(),
         class,
         n,
         href: href(st.map(|s| s.to_string()).as_deref(), &label, 0),
         active: st == filter.status,
     })
     .collect();
-    let shown: &Vec<Row> = &rows;
-    let first = filter.offset + 1;
-    let last = filter.offset + shown.len();
+    let pager = Pager::new(page_no, PAGE, rows.len(), total, |p| {
+        href(status.as_deref(), &label, p)
+    });
     let live = Live {
         self_url: href(status.as_deref(), &label, page_no),
         error,
         counts: counts_row,
-        range: if shown.is_empty() {
-            format!("0 of {total}")
-        } else {
-            format!("{first}–{last} of {total}")
-        },
-        prev: (page_no > 0).then(|| href(status.as_deref(), &label, page_no - 1)),
-        next: (last < total).then(|| href(status.as_deref(), &label, page_no + 1)),
         rows,
+        pager,
     };
     let live_html = match live.render() {
         Ok(h) => h,

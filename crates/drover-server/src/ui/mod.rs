@@ -37,6 +37,7 @@ pub fn router(state: ApiState) -> Router<ApiState> {
         .route("/ui/tasks/{id}", get(tasks::page))
         .route("/ui/tasks/{id}/cancel", post(tasks::cancel))
         .route("/ui/manifests", get(manifests::page))
+        .route("/ui/manifests/{name}", get(manifests::nodes))
         .route("/ui/audit", get(audit::page))
         .route("/ui/login-link", post(session::login_link))
         // Every route above needs a line in `api::ROUTE_ROLES`.

@@ -177,3 +177,62 @@ pub fn failed(caller: &Caller, e: crate::api::ApiError) -> Response {
     };
     message(status, Some(caller), &e.to_string())
 }
+
+/// A count at the top of a page, linking to the rows it counts.
+pub struct Count {
+    pub name: String,
+    pub class: &'static str,
+    pub n: usize,
+    pub href: String,
+    pub active: bool,
+}
+
+/// "first–last of total", and the neighbouring pages' addresses (`href(page)`).
+pub struct Pager {
+    pub range: String,
+    pub prev: Option<String>,
+    pub next: Option<String>,
+}
+
+impl Pager {
+    pub fn new(
+        page: usize,
+        per_page: usize,
+        shown: usize,
+        total: usize,
+        href: impl Fn(usize) -> String,
+    ) -> Self {
+        let first = page.saturating_mul(per_page).saturating_add(1);
+        let last = page.saturating_mul(per_page).saturating_add(shown);
+        Self {
+            range: if shown == 0 {
+                format!("0 of {total}")
+            } else {
+                format!("{first}–{last} of {total}")
+            },
+            prev: (page > 0).then(|| href(page - 1)),
+            next: (last < total).then(|| href(page + 1)),
+        }
+    }
+}
+
+/// A page's address with its query: `base?k=v&…` (values percent-encoded), leaving out empty values and
+/// page 0.
+pub fn href(base: &str, params: &[(&str, &str)], page: usize) -> String {
+    let page = page.to_string();
+    let parts: Vec<String> = params
+        .iter()
+        .copied()
+        .chain((page != "0").then_some(("page", page.as_str())))
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", crate::api::percent_encode(v)))
+        .collect();
+    if parts.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", parts.join("&"))
+    }
+}
+
+/// The largest page number a query may ask for: enough for any fleet, small enough for no overflow.
+pub const MAX_PAGE_NO: usize = 1_000_000;

@@ -212,6 +212,68 @@ impl Client {
                 message: "empty answer".into(),
             })
     }
+
+    /// Every item of a paged list (`X-Total-Count`, `Link: <…>; rel="next"`; docs/api.md), read a page at
+    /// a time from `first` on: a large fleet never comes in one answer.
+    pub async fn get_pages<T: DeserializeOwned>(&self, first: &str) -> Result<Vec<T>, ClientError> {
+        let mut items: Vec<T> = Vec::new();
+        let mut path = first.to_string();
+        // A server that links pages without end is stopped: no list has this many pages.
+        for _ in 0..MAX_PAGES {
+            let url = format!("{}{path}", self.base);
+            let resp = self
+                .http
+                .get(&url)
+                .bearer_auth(&self.token)
+                .timeout(REQUEST_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| self.unreachable(&e))?;
+            let status = resp.status();
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link);
+            let bytes = resp.bytes().await.map_err(|e| ClientError::Protocol {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+            if !status.is_success() {
+                return Err(api_error(status, &bytes));
+            }
+            let page: Vec<T> =
+                serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+                    url: url.clone(),
+                    message: e.to_string(),
+                })?;
+            let empty = page.is_empty();
+            items.extend(page);
+            match next {
+                Some(n) if !empty => path = n,
+                _ => return Ok(items),
+            }
+        }
+        Err(ClientError::Protocol {
+            url: format!("{}{first}", self.base),
+            message: format!("the list goes on past {MAX_PAGES} pages"),
+        })
+    }
+}
+
+/// Pages `get_pages` follows at most.
+const MAX_PAGES: usize = 100_000;
+
+/// The path of a `Link` header's `rel="next"` target, when it is one of this server's paths.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let next = params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"");
+        (next && target.starts_with('/')).then(|| target.to_string())
+    })
 }
 
 impl Client {
@@ -479,7 +541,7 @@ pub use drover_types::url::percent_encode as segment;
 
 #[cfg(test)]
 mod tests {
-    use super::{ClientError, Event, Target, retryable, take_event};
+    use super::{ClientError, Event, Target, next_link, retryable, take_event};
     use crate::cli::Global;
     use crate::cli::config::{Context, OperatorConfig};
 
@@ -490,6 +552,21 @@ mod tests {
             token: token.map(Into::into),
             data_dir: Some("/nonexistent".into()),
         }
+    }
+
+    #[test]
+    fn the_next_page_is_read_from_the_link_header() {
+        assert_eq!(
+            next_link("</api/v1/nodes?limit=2&offset=2>; rel=\"next\"").as_deref(),
+            Some("/api/v1/nodes?limit=2&offset=2")
+        );
+        assert_eq!(
+            next_link("</a?o=0>; rel=\"prev\", </a?o=4>; rel=\"next\"").as_deref(),
+            Some("/a?o=4")
+        );
+        // Only this server's paths are followed (the token goes with the request).
+        assert_eq!(next_link("<https://elsewhere/x>; rel=\"next\""), None);
+        assert_eq!(next_link("garbage"), None);
     }
 
     #[test]

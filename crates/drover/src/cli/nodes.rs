@@ -23,7 +23,11 @@ pub struct NodesArgs {
 #[derive(Debug, Subcommand)]
 enum NodesCommand {
     /// List nodes (the default).
-    List,
+    List {
+        /// Nodes read per request: a large fleet comes a page at a time.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        page_size: u16,
+    },
     /// Show one node in full (NODE is its id or name).
     Show { node: String },
     /// Show a node's recent metrics, oldest first.
@@ -46,9 +50,15 @@ enum NodesCommand {
 }
 
 pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
-    match args.command.unwrap_or(NodesCommand::List) {
-        NodesCommand::List => {
-            let nodes: Vec<Node> = client.get("/api/v1/nodes").await?;
+    match args
+        .command
+        .unwrap_or(NodesCommand::List { page_size: 1000 })
+    {
+        NodesCommand::List { page_size } => {
+            // A page at a time: the server reads and sends a page per request, whatever the fleet.
+            let nodes: Vec<Node> = client
+                .get_pages(&format!("/api/v1/nodes?limit={page_size}"))
+                .await?;
             match args.output {
                 OutputFormat::Json => print_json(&nodes),
                 OutputFormat::Table => {

@@ -1,7 +1,7 @@
 //! `drover tasks`: recorded tasks, their output, cancellation.
 
 use clap::{Args, Subcommand};
-use drover_types::task::{LateExit, Task};
+use drover_types::task::{LateExit, Task, TaskListEntry};
 use reqwest::Method;
 
 use super::OutputFormat;
@@ -43,7 +43,8 @@ enum TasksCommand {
 pub async fn run(args: TasksArgs, client: &Client) -> anyhow::Result<()> {
     match args.command.unwrap_or(TasksCommand::List { limit: 50 }) {
         TasksCommand::List { limit } => {
-            let tasks: Vec<Task> = client.get(&format!("/api/v1/tasks?limit={limit}")).await?;
+            let tasks: Vec<TaskListEntry> =
+                client.get(&format!("/api/v1/tasks?limit={limit}")).await?;
             match args.output {
                 OutputFormat::Json => print_json(&tasks),
                 OutputFormat::Table => {
@@ -138,7 +139,10 @@ pub async fn run(args: TasksArgs, client: &Client) -> anyhow::Result<()> {
     }
 }
 
-fn row(task: &Task) -> Vec<String> {
+/// A task's line. The list carries a task's first runs only (and every run counted): for a task on more
+/// nodes its duration is not known from them, and its exit codes end with "…".
+fn row(entry: &TaskListEntry) -> Vec<String> {
+    let task = &entry.task;
     let target = match &task.target {
         drover_types::task::Target::Node(n) => n.clone(),
         drover_types::task::Target::Selector(s) => s
@@ -150,16 +154,20 @@ fn row(task: &Task) -> Vec<String> {
     };
     let started = task.runs.iter().filter_map(|r| r.started_at).min();
     let finished = task.runs.iter().filter_map(|r| r.finished_at).max();
-    let duration = match (started, finished, task.is_finished()) {
+    let done = entry.state != "Running";
+    let duration = match (started, finished, done && entry.complete()) {
         (Some(a), Some(b), true) => format!("{:.1}s", (b - a).num_milliseconds() as f64 / 1000.0),
         _ => "-".into(),
     };
-    let codes: Vec<String> = task
+    let mut codes: Vec<String> = task
         .runs
         .iter()
         .filter(|r| r.state.is_final())
         .map(|r| run_exit_code(r).to_string())
         .collect();
+    if !entry.complete() {
+        codes.push("…".into());
+    }
     let mut command = task.spec.summary();
     if command.chars().count() > 40 {
         command = command.chars().take(39).collect::<String>() + "…";
@@ -168,7 +176,7 @@ fn row(task: &Task) -> Vec<String> {
         task.id.chars().take(8).collect(),
         target,
         command,
-        task.state().to_string(),
+        entry.state.clone(),
         ago(started),
         duration,
         codes.join(","),

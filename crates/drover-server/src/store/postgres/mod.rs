@@ -24,9 +24,9 @@ use sqlx::{Connection, Executor, Postgres, Row};
 
 use super::codec::{from_json, manifest_put, patch_json, readable, to_json};
 use super::{
-    AuditFilter, FleetCounts, JoinTokenRecord, NodeChange, NodeCounts, NodeQuery, NodeRecord,
-    NodeTaskRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, Store, StoreError,
-    TaskSummary,
+    AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
+    NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord, OutputRecord,
+    PutManifest, RunPatch, RunQuery, Store, StoreError, TaskPage, TaskSummary,
 };
 use schema::MIGRATIONS;
 
@@ -943,6 +943,10 @@ impl Store for PgStore {
         pages::task_summaries(&self.pool, limit).await
     }
 
+    async fn task_page(&self, id: &str, query: &RunQuery) -> Result<Option<TaskPage>, StoreError> {
+        pages::task_page(&self.pool, id, query).await
+    }
+
     async fn node_task_runs(
         &self,
         node_id: &str,
@@ -1214,6 +1218,17 @@ impl Store for PgStore {
                 ))
             })
             .collect()
+    }
+
+    async fn manifest_counts(&self) -> Result<Vec<ManifestCounts>, StoreError> {
+        pages::manifest_counts(&self.pool).await
+    }
+
+    async fn convergence_page(
+        &self,
+        query: &ConvergenceQuery,
+    ) -> Result<(Vec<ConvergenceRow>, usize), StoreError> {
+        pages::convergence_page(&self.pool, query).await
     }
 
     async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError> {

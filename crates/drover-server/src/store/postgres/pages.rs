@@ -1,15 +1,21 @@
-//! Pages of large lists in PostgreSQL: the statements behind `list_nodes_page`, `task_summaries` and
-//! `node_task_runs`.
+//! Pages of large lists in PostgreSQL: the statements behind `list_nodes_page`, `task_summaries`,
+//! `task_page`, `node_task_runs`, `manifest_counts` and `convergence_page`.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
 use drover_types::NodeStatus;
-use drover_types::task::RunState;
+use drover_types::manifest::{RESOURCE_STATES, ResourceState};
+use drover_types::task::{RUN_STATES, RunState, TaskRun};
 use sqlx::PgPool;
 
-use super::{StoreError, big, decode_node, from_json, readable};
-use crate::store::{NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, TaskSummary};
+use super::{StoreError, big, decode_node, from_json, readable, unsigned};
+use crate::store::{
+    ConvergenceQuery, ConvergenceRow, ManifestCounts, NodeCounts, NodeQuery, NodeRecord,
+    NodeTaskRun, RunQuery, TaskPage, TaskSummary,
+};
 
 /// A node's status in SQL, as `LivenessPolicy::status` computes it from `last_seen` and the interval:
 /// `$1` is now, `$2` and `$3` the policy's `not_ready_after` and `offline_after` (missed intervals).
@@ -111,14 +117,52 @@ fn run_state(text: &str) -> Result<RunState, StoreError> {
     from_json(&format!("\"{text}\""), "run state")
 }
 
+/// A task's row: (id, target, spec, created_by, created_at, max_parallel, signature).
+type TaskRow = (
+    String,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<i64>,
+    Option<String>,
+);
+
+const TASK_COLUMNS: &str = "id, target, spec, created_by, created_at, max_parallel, signature";
+
+fn count(n: i64) -> usize {
+    usize::try_from(n).unwrap_or(0)
+}
+
+fn summary(row: TaskRow, runs: Vec<(String, i64)>) -> Result<TaskSummary, StoreError> {
+    let (id, target, spec, created_by, created_at, max_parallel, signature) = row;
+    let mut runs = runs
+        .into_iter()
+        .map(|(s, n)| Ok((run_state(&s)?, count(n))))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    // In the order states are declared (Pending, Running, Succeeded, …), as pages show them.
+    runs.sort_by_key(|(s, _)| RUN_STATES.iter().position(|r| r == s));
+    Ok(TaskSummary {
+        target: from_json(&target, "task target")?,
+        spec: from_json(&spec, "task spec")?,
+        signature: signature
+            .map(|s| from_json(&s, "task signature"))
+            .transpose()?,
+        max_parallel: max_parallel.map(|m| u32::try_from(m).unwrap_or(u32::MAX)),
+        id,
+        created_by,
+        created_at,
+        runs,
+    })
+}
+
 pub(super) async fn task_summaries(
     pool: &PgPool,
     limit: usize,
 ) -> Result<Vec<TaskSummary>, StoreError> {
-    let rows: Vec<(String, String, String, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, target, spec, created_by, created_at FROM tasks
-         ORDER BY created_at DESC, seq DESC LIMIT $1",
-    )
+    let rows: Vec<TaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {TASK_COLUMNS} FROM tasks ORDER BY created_at DESC, seq DESC LIMIT $1"
+    )))
     .bind(big(limit))
     .fetch_all(pool)
     .await?;
@@ -135,25 +179,223 @@ pub(super) async fn task_summaries(
     for (task, state, n) in grouped {
         by_task.entry(task).or_default().push((state, n));
     }
-    let summaries = rows
+    let summaries: Vec<_> = rows
         .into_iter()
-        .map(|(id, target, spec, created_by, created_at)| {
-            let runs = by_task
-                .remove(&id)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(s, n)| Ok((run_state(&s)?, usize::try_from(n).unwrap_or(0))))
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            Ok(TaskSummary {
-                target: from_json(&target, "task target")?,
-                spec: from_json(&spec, "task spec")?,
+        .map(|row| {
+            let runs = by_task.remove(&row.0).unwrap_or_default();
+            summary(row, runs)
+        })
+        .collect();
+    Ok(readable("task", summaries.into_iter()))
+}
+
+pub(super) async fn task_page(
+    pool: &PgPool,
+    id: &str,
+    q: &RunQuery,
+) -> Result<Option<TaskPage>, StoreError> {
+    let row: Option<TaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let runs: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM task_runs WHERE task_id = $1 GROUP BY state")
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+    let summary = summary(row, runs)?;
+    // Absent filters are bound as NULL, so one statement serves every query.
+    let state = q.state.map(|s| s.as_str());
+    let nodes: Option<&[String]> = (!q.nodes.is_empty()).then_some(q.nodes.as_slice());
+    const FILTER: &str = "task_id = $1 AND ($2::text IS NULL OR state = $2)
+                          AND ($3::text[] IS NULL OR node_id = ANY($3))";
+    let total = if nodes.is_none() {
+        summary.count(q.state)
+    } else {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM task_runs WHERE {FILTER}"
+        )))
+        .bind(id)
+        .bind(state)
+        .bind(nodes)
+        .fetch_one(pool)
+        .await?;
+        count(n)
+    };
+    let runs: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT run FROM task_runs WHERE {FILTER} ORDER BY seq LIMIT $4 OFFSET $5"
+    )))
+    .bind(id)
+    .bind(state)
+    .bind(nodes)
+    .bind(big(q.limit))
+    .bind(big(q.offset))
+    .fetch_all(pool)
+    .await?;
+    let runs = runs
+        .iter()
+        .map(|r| from_json(r, "task run"))
+        .collect::<Result<Vec<TaskRun>, _>>()?;
+    Ok(Some(TaskPage {
+        summary,
+        runs,
+        total,
+    }))
+}
+
+/// A resource's rank in `RESOURCE_STATES` (best first), from its JSON element `r`.
+fn rank_sql() -> String {
+    let cases: String = RESOURCE_STATES
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!(" WHEN '{}' THEN {i}", s.as_str()))
+        .collect();
+    format!("CASE r ->> 'state'{cases} ELSE 0 END")
+}
+
+fn state_at(rank: i32) -> Option<ResourceState> {
+    usize::try_from(rank)
+        .ok()
+        .and_then(|i| RESOURCE_STATES.get(i).copied())
+}
+
+/// Each report's resources, one row each: (node, manifest, rank). Reports are written by the store as
+/// JSON (PostgreSQL 15 has no `pg_input_is_valid` to skip a row corrupted by hand, as SQLite's
+/// `json_valid` does); one without a resource list counts for nothing.
+fn resources_sql() -> String {
+    format!(
+        "SELECT v.node_id AS node, r ->> 'manifest' AS manifest, {rank} AS rank
+         FROM node_convergence v,
+              jsonb_array_elements(CASE WHEN jsonb_typeof(v.report::jsonb -> 'resources') = 'array'
+                                   THEN v.report::jsonb -> 'resources' ELSE '[]'::jsonb END) r",
+        rank = rank_sql()
+    )
+}
+
+pub(super) async fn manifest_counts(pool: &PgPool) -> Result<Vec<ManifestCounts>, StoreError> {
+    let sql = format!(
+        "WITH res AS MATERIALIZED ({resources})
+         SELECT 0, manifest, rank, count(*) FROM res GROUP BY manifest, rank
+         UNION ALL
+         SELECT 1, manifest, worst, count(*)
+            FROM (SELECT manifest, max(rank) AS worst FROM res GROUP BY manifest, node) w
+            GROUP BY manifest, worst",
+        resources = resources_sql()
+    );
+    let rows: Vec<(i32, Option<String>, i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(pool)
+        .await?;
+    let mut by_manifest: BTreeMap<String, ManifestCounts> = BTreeMap::new();
+    for (kind, manifest, rank, n) in rows {
+        let (Some(manifest), Some(state)) = (manifest, state_at(rank)) else {
+            continue;
+        };
+        let entry = by_manifest
+            .entry(manifest.clone())
+            .or_insert_with(|| ManifestCounts {
+                manifest,
+                ..ManifestCounts::default()
+            });
+        let list = if kind == 0 {
+            &mut entry.resources
+        } else {
+            &mut entry.nodes
+        };
+        list.push((state, count(n)));
+    }
+    Ok(by_manifest.into_values().collect())
+}
+
+/// A node's (id, name, desired generation, report) as read, before the report is parsed.
+type RawRow = (String, String, Option<i64>, Option<String>);
+
+fn decode_rows(rows: Vec<RawRow>) -> Result<Vec<ConvergenceRow>, StoreError> {
+    rows.into_iter()
+        .map(|(id, name, generation, report)| {
+            Ok((
                 id,
-                created_by,
-                created_at,
-                runs,
-            })
-        });
-    Ok(readable("task", summaries))
+                name,
+                unsigned(generation.unwrap_or(0)),
+                report
+                    .map(|r| from_json(&r, "convergence report"))
+                    .transpose()?,
+            ))
+        })
+        .collect()
+}
+
+pub(super) async fn convergence_page(
+    pool: &PgPool,
+    q: &ConvergenceQuery,
+) -> Result<(Vec<ConvergenceRow>, usize), StoreError> {
+    const COLUMNS: &str = "n.id, n.name, (d.state::jsonb ->> 'generation')::bigint, v.report";
+    const JOINS: &str = "LEFT JOIN node_desired d ON d.node_id = n.id
+                         LEFT JOIN node_convergence v ON v.node_id = n.id";
+    if q.manifest.is_none() && q.state.is_none() {
+        // Every node, reported or not: a page read by name.
+        let rows: Vec<RawRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM nodes n {JOINS} ORDER BY n.name LIMIT $1 OFFSET $2"
+        )))
+        .bind(big(q.limit))
+        .bind(big(q.offset))
+        .fetch_all(pool)
+        .await?;
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM nodes")
+            .fetch_one(pool)
+            .await?;
+        return Ok((decode_rows(rows)?, count(total)));
+    }
+    // Nodes reporting resources (of the manifest, when one is named), each with its worst state; the
+    // reports are read once for both the count and the page.
+    let sql = format!(
+        "WITH sel AS MATERIALIZED (
+            SELECT res.node AS id, max(res.rank) AS worst FROM ({resources}) res
+            WHERE $1::text IS NULL OR res.manifest = $1
+            GROUP BY res.node),
+         matched AS MATERIALIZED (
+            SELECT sel.id AS id, n.name AS name FROM sel JOIN nodes n ON n.id = sel.id
+            WHERE $2::int IS NULL OR sel.worst = $2)
+         SELECT (SELECT count(*) FROM matched), p.id, p.name,
+                (d.state::jsonb ->> 'generation')::bigint, v.report
+         FROM (SELECT 1) one
+         LEFT JOIN (SELECT id, name FROM matched ORDER BY name LIMIT $3 OFFSET $4) p ON TRUE
+         LEFT JOIN node_desired d ON d.node_id = p.id
+         LEFT JOIN node_convergence v ON v.node_id = p.id
+         ORDER BY p.name",
+        resources = resources_sql()
+    );
+    let rank = q
+        .state
+        .and_then(|s| RESOURCE_STATES.iter().position(|r| *r == s))
+        .map(|i| i32::try_from(i).unwrap_or(0));
+    type Found = (
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+    );
+    let found: Vec<Found> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(q.manifest.as_deref())
+        .bind(rank)
+        .bind(big(q.limit))
+        .bind(big(q.offset))
+        .fetch_all(pool)
+        .await?;
+    let mut total = 0;
+    let mut rows = Vec::new();
+    for (n, id, name, generation, report) in found {
+        total = n;
+        if let (Some(id), Some(name)) = (id, name) {
+            rows.push((id, name, generation, report));
+        }
+    }
+    Ok((decode_rows(rows)?, count(total)))
 }
 
 pub(super) async fn node_task_runs(

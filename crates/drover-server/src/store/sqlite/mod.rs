@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode; writes are committed in groups by one writer thread,
 //! reads run beside it.
 
+mod convergence;
 mod counts;
 mod operators;
 mod pages;
@@ -20,9 +21,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::codec::{from_json, manifest_put, patch_json, readable, state_list, to_json};
 use super::{
-    AuditFilter, FleetCounts, JoinTokenRecord, NodeChange, NodeCounts, NodeQuery, NodeRecord,
-    NodeTaskRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, Store, StoreError,
-    TaskSummary,
+    AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
+    NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord, OutputRecord,
+    PutManifest, RunPatch, RunQuery, Store, StoreError, TaskPage, TaskSummary,
 };
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
 use drover_types::operator::OperatorInfo;
@@ -845,6 +846,11 @@ impl Store for SqliteStore {
         self.read(move |c| pages::task_summaries(c, limit)).await
     }
 
+    async fn task_page(&self, id: &str, query: &RunQuery) -> Result<Option<TaskPage>, StoreError> {
+        let (id, query) = (id.to_string(), query.clone());
+        self.read(move |c| pages::task_page(c, &id, &query)).await
+    }
+
     async fn node_task_runs(
         &self,
         node_id: &str,
@@ -1118,9 +1124,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn all_convergence(
-        &self,
-    ) -> Result<Vec<(String, String, u64, Option<NodeConvergence>)>, StoreError> {
+    async fn all_convergence(&self) -> Result<Vec<ConvergenceRow>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT n.id, n.name, json_extract(d.state, '$.generation'), v.report FROM nodes n
@@ -1137,20 +1141,22 @@ impl Store for SqliteStore {
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(|(id, name, generation, report)| {
-                    Ok((
-                        id,
-                        name,
-                        generation.unwrap_or(0).max(0) as u64,
-                        report
-                            .map(|r| from_json(&r, "convergence report"))
-                            .transpose()?,
-                    ))
-                })
-                .collect()
+            convergence::decode(rows)
         })
         .await
+    }
+
+    async fn manifest_counts(&self) -> Result<Vec<ManifestCounts>, StoreError> {
+        self.read(convergence::manifest_counts).await
+    }
+
+    async fn convergence_page(
+        &self,
+        query: &ConvergenceQuery,
+    ) -> Result<(Vec<ConvergenceRow>, usize), StoreError> {
+        let query = query.clone();
+        self.read(move |c| convergence::convergence_page(c, &query))
+            .await
     }
 
     async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError> {

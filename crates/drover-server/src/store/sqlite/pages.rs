@@ -1,14 +1,18 @@
-//! Pages of large lists in SQLite: the statements behind `list_nodes_page`, `task_summaries` and
-//! `node_task_runs`.
+//! Pages of large lists in SQLite: the statements behind `list_nodes_page`, `task_summaries`, `task_page`
+//! and `node_task_runs`.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use drover_types::NodeStatus;
-use drover_types::task::RunState;
+use drover_types::task::{RUN_STATES, RunState, TaskRun};
 use rusqlite::types::Value;
-use rusqlite::{Connection, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::{NODE_COLUMNS, RawNode, StoreError, from_json, raw_node, readable, ts};
-use crate::store::{NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, TaskSummary};
+use crate::store::{
+    NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, RunQuery, TaskPage, TaskSummary,
+};
 
 /// A node's status in SQL, as `LivenessPolicy::status` computes it from `last_seen` and the interval:
 /// `?1` is now, `?2` and `?3` the policy's `not_ready_after` and `offline_after` (missed intervals).
@@ -102,44 +106,163 @@ fn run_state(text: &str) -> Result<RunState, StoreError> {
     from_json(&format!("\"{text}\""), "run state")
 }
 
+/// A task's row: (id, target, spec, created_by, created_at, max_parallel, signature).
+type TaskRow = (
+    String,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<u32>,
+    Option<String>,
+);
+
+const TASK_COLUMNS: &str = "id, target, spec, created_by, created_at, max_parallel, signature";
+
+fn task_row(r: &rusqlite::Row) -> rusqlite::Result<TaskRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn summary(row: TaskRow, mut runs: Vec<(RunState, usize)>) -> Result<TaskSummary, StoreError> {
+    let (id, target, spec, created_by, created_at, max_parallel, signature) = row;
+    // In the order states are declared (Pending, Running, Succeeded, …), as pages show them.
+    runs.sort_by_key(|(s, _)| RUN_STATES.iter().position(|r| r == s));
+    Ok(TaskSummary {
+        target: from_json(&target, "task target")?,
+        spec: from_json(&spec, "task spec")?,
+        signature: signature
+            .map(|s| from_json(&s, "task signature"))
+            .transpose()?,
+        id,
+        created_by,
+        created_at,
+        max_parallel,
+        runs,
+    })
+}
+
+fn count(n: i64) -> usize {
+    usize::try_from(n).unwrap_or(0)
+}
+
+fn sql_int(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `?first, ?first+1, …` for `n` parameters.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(super) fn task_summaries(c: &Connection, limit: usize) -> Result<Vec<TaskSummary>, StoreError> {
-    let mut stmt = c.prepare(
-        "SELECT id, target, spec, created_by, created_at FROM tasks
-         ORDER BY created_at DESC, rowid DESC LIMIT ?1",
-    )?;
+    let mut stmt = c.prepare(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks ORDER BY created_at DESC, rowid DESC LIMIT ?1"
+    ))?;
     let rows = stmt
-        .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, DateTime<Utc>>(4)?,
-            ))
-        })?
+        .query_map([sql_int(limit)], task_row)?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut count = c.prepare_cached(
-        "SELECT state, COUNT(*) FROM task_runs WHERE task_id = ?1 GROUP BY state ORDER BY state",
-    )?;
-    let summaries = rows
-        .into_iter()
-        .map(|(id, target, spec, created_by, created_at)| {
-            let runs = count
-                .query_map([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .map(|(s, n)| Ok((run_state(&s)?, usize::try_from(n).unwrap_or(0))))
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            Ok(TaskSummary {
-                target: from_json(&target, "task target")?,
-                spec: from_json(&spec, "task spec")?,
-                id,
-                created_by,
-                created_at,
-                runs,
-            })
-        });
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Every listed task's runs counted in one aggregate read, from the (task_id, state) index alone.
+    let mut stmt = c.prepare(&format!(
+        "SELECT task_id, state, COUNT(*) FROM task_runs WHERE task_id IN ({}) GROUP BY task_id, state",
+        placeholders(1, rows.len())
+    ))?;
+    let mut counts: HashMap<String, Vec<(RunState, usize)>> = HashMap::new();
+    let grouped = stmt.query_map(params_from_iter(rows.iter().map(|r| &r.0)), |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in grouped {
+        let (task, state, n) = row?;
+        counts
+            .entry(task)
+            .or_default()
+            .push((run_state(&state)?, count(n)));
+    }
+    let summaries = rows.into_iter().map(|row| {
+        let runs = counts.remove(&row.0).unwrap_or_default();
+        summary(row, runs)
+    });
     Ok(readable("task", summaries.collect::<Vec<_>>().into_iter()))
+}
+
+pub(super) fn task_page(
+    c: &Connection,
+    id: &str,
+    q: &RunQuery,
+) -> Result<Option<TaskPage>, StoreError> {
+    let row = c
+        .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?
+        .query_row([id], task_row)
+        .optional()?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let runs = c
+        .prepare_cached("SELECT state, COUNT(*) FROM task_runs WHERE task_id = ?1 GROUP BY state")?
+        .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .map(|(s, n)| Ok((run_state(&s)?, count(n))))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let summary = summary(row, runs)?;
+
+    let mut values = vec![Value::Text(id.to_string())];
+    let mut filter = "task_id = ?1".to_string();
+    if let Some(state) = q.state {
+        values.push(Value::Text(state.as_str().to_string()));
+        filter.push_str(&format!(" AND state = ?{}", values.len()));
+    }
+    if !q.nodes.is_empty() {
+        filter.push_str(&format!(
+            " AND node_id IN ({})",
+            placeholders(values.len() + 1, q.nodes.len())
+        ));
+        values.extend(q.nodes.iter().map(|n| Value::Text(n.clone())));
+    }
+    let total = if q.nodes.is_empty() {
+        summary.count(q.state)
+    } else {
+        let n: i64 = c.query_row(
+            &format!("SELECT COUNT(*) FROM task_runs WHERE {filter}"),
+            params_from_iter(values.iter()),
+            |r| r.get(0),
+        )?;
+        count(n)
+    };
+    values.push(Value::Integer(sql_int(q.limit)));
+    values.push(Value::Integer(sql_int(q.offset)));
+    let (lim, off) = (values.len() - 1, values.len());
+    let runs = c
+        .prepare(&format!(
+            "SELECT run FROM task_runs WHERE {filter} ORDER BY rowid LIMIT ?{lim} OFFSET ?{off}"
+        ))?
+        .query_map(params_from_iter(values.iter()), |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .map(|r| from_json(r, "task run"))
+        .collect::<Result<Vec<TaskRun>, _>>()?;
+    Ok(Some(TaskPage {
+        summary,
+        runs,
+        total,
+    }))
 }
 
 pub(super) fn node_task_runs(

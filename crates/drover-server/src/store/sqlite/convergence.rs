@@ -1,0 +1,172 @@
+//! Manifests' standing in SQLite, read as aggregates and pages: the statements behind `manifest_counts`
+//! and `convergence_page`. Reports are kept whole (JSON) per node; their resources are read with
+//! `json_each` inside the query, so only counts and a page's reports come out.
+
+use std::collections::BTreeMap;
+
+use drover_types::manifest::{RESOURCE_STATES, ResourceState};
+use rusqlite::types::Value;
+use rusqlite::{Connection, params_from_iter};
+
+use super::{StoreError, from_json};
+use crate::store::{ConvergenceQuery, ConvergenceRow, ManifestCounts};
+
+/// A resource's rank in `RESOURCE_STATES` (best first), from its JSON (`r.value`).
+fn rank_sql() -> String {
+    let cases: String = RESOURCE_STATES
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!(" WHEN '{}' THEN {i}", s.as_str()))
+        .collect();
+    format!("CASE json_extract(r.value, '$.state'){cases} ELSE 0 END")
+}
+
+fn state_at(rank: i64) -> Option<ResourceState> {
+    usize::try_from(rank)
+        .ok()
+        .and_then(|i| RESOURCE_STATES.get(i).copied())
+}
+
+fn count(n: i64) -> usize {
+    usize::try_from(n).unwrap_or(0)
+}
+
+pub(super) fn manifest_counts(c: &Connection) -> Result<Vec<ManifestCounts>, StoreError> {
+    // Each report's resources are read once (materialized), then grouped twice: resources by state, and
+    // nodes by the worst state of their resources of each manifest.
+    let sql = format!(
+        "WITH res AS MATERIALIZED (
+            SELECT v.node_id AS node, json_extract(r.value, '$.manifest') AS manifest, {rank} AS rank
+            FROM node_convergence v, json_each(v.report, '$.resources') r
+            WHERE json_valid(v.report))
+         SELECT 0, manifest, rank, COUNT(*) FROM res GROUP BY manifest, rank
+         UNION ALL
+         SELECT 1, manifest, worst, COUNT(*)
+            FROM (SELECT manifest, MAX(rank) AS worst FROM res GROUP BY manifest, node)
+            GROUP BY manifest, worst",
+        rank = rank_sql()
+    );
+    let mut stmt = c.prepare_cached(&sql)?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut by_manifest: BTreeMap<String, ManifestCounts> = BTreeMap::new();
+    for row in rows {
+        let (kind, manifest, rank, n) = row?;
+        let (Some(manifest), Some(state)) = (manifest, state_at(rank)) else {
+            continue;
+        };
+        let entry = by_manifest
+            .entry(manifest.clone())
+            .or_insert_with(|| ManifestCounts {
+                manifest,
+                ..ManifestCounts::default()
+            });
+        let list = if kind == 0 {
+            &mut entry.resources
+        } else {
+            &mut entry.nodes
+        };
+        list.push((state, count(n)));
+    }
+    Ok(by_manifest.into_values().collect())
+}
+
+/// A node's (id, name, desired generation, report) as read, before the report is parsed.
+pub(super) type RawRow = (String, String, Option<i64>, Option<String>);
+
+pub(super) fn decode(rows: Vec<RawRow>) -> Result<Vec<ConvergenceRow>, StoreError> {
+    rows.into_iter()
+        .map(|(id, name, generation, report)| {
+            Ok((
+                id,
+                name,
+                generation.unwrap_or(0).max(0) as u64,
+                report
+                    .map(|r| from_json(&r, "convergence report"))
+                    .transpose()?,
+            ))
+        })
+        .collect()
+}
+
+fn sql_int(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub(super) fn convergence_page(
+    c: &Connection,
+    q: &ConvergenceQuery,
+) -> Result<(Vec<ConvergenceRow>, usize), StoreError> {
+    const COLUMNS: &str = "n.id, n.name, json_extract(d.state, '$.generation'), v.report";
+    const JOINS: &str = "LEFT JOIN node_desired d ON d.node_id = n.id
+                         LEFT JOIN node_convergence v ON v.node_id = n.id";
+    let (limit, offset) = (sql_int(q.limit), sql_int(q.offset));
+    if q.manifest.is_none() && q.state.is_none() {
+        // Every node, reported or not: a page read by name.
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM nodes n {JOINS} ORDER BY n.name LIMIT ?1 OFFSET ?2"
+        ))?;
+        let rows = stmt
+            .query_map([limit, offset], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<Vec<RawRow>, _>>()?;
+        let total: i64 = c.query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))?;
+        return Ok((decode(rows)?, count(total)));
+    }
+    // Nodes reporting resources (of the manifest, when one is named), each with its worst state; the
+    // reports are read once (materialized) for both the count and the page, and only the page's rows carry
+    // their report and desired generation (the outer join keeps one row for the count past the last page).
+    let sql = format!(
+        "WITH sel AS MATERIALIZED (
+            SELECT v.node_id AS id, MAX({rank}) AS worst
+            FROM node_convergence v, json_each(v.report, '$.resources') r
+            WHERE json_valid(v.report) AND (?1 IS NULL OR json_extract(r.value, '$.manifest') = ?1)
+            GROUP BY v.node_id),
+         matched AS MATERIALIZED (
+            SELECT sel.id AS id, n.name AS name FROM sel JOIN nodes n ON n.id = sel.id
+            WHERE ?2 IS NULL OR sel.worst = ?2)
+         SELECT (SELECT COUNT(*) FROM matched), p.id, p.name, json_extract(d.state, '$.generation'), v.report
+         FROM (SELECT 1) LEFT JOIN (SELECT id, name FROM matched ORDER BY name LIMIT ?3 OFFSET ?4) p
+         LEFT JOIN node_desired d ON d.node_id = p.id
+         LEFT JOIN node_convergence v ON v.node_id = p.id
+         ORDER BY p.name",
+        rank = rank_sql()
+    );
+    let rank = q
+        .state
+        .and_then(|s| RESOURCE_STATES.iter().position(|r| *r == s))
+        .map(|i| i64::try_from(i).unwrap_or(0));
+    let values = [
+        q.manifest.clone().map(Value::Text).unwrap_or(Value::Null),
+        rank.map(Value::Integer).unwrap_or(Value::Null),
+        Value::Integer(limit),
+        Value::Integer(offset),
+    ];
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut total = 0i64;
+    let mut rows: Vec<RawRow> = Vec::new();
+    let found = stmt.query_map(params_from_iter(values.iter()), |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, Option<String>>(4)?,
+        ))
+    })?;
+    for row in found {
+        let (n, id, name, generation, report) = row?;
+        total = n;
+        if let (Some(id), Some(name)) = (id, name) {
+            rows.push((id, name, generation, report));
+        }
+    }
+    Ok((decode(rows)?, count(total)))
+}
