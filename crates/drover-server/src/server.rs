@@ -21,6 +21,9 @@ use drover_files::{create_private_dir, write_atomic};
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const DB_FILE: &str = "drover.db";
+/// Held locked (`flock`) by the server running on a data dir, so `drover migrate` and a second server can
+/// tell; the kernel releases it when the process ends, however it ends.
+pub const LOCK_FILE: &str = "server.lock";
 /// Largest gRPC message either way: blobs travel whole.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -97,6 +100,10 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "another drover server is running on the data dir {0} (it holds {LOCK_FILE} there): stop it first"
+    )]
+    InUse(PathBuf),
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error("cannot open the store: {0}")]
@@ -137,8 +144,31 @@ pub struct RunningServer {
     pub ca_path: PathBuf,
     pub first_start: FirstStart,
     shutdown: watch::Sender<bool>,
+    /// The data dir's lock, held until the server stops.
+    data_dir_lock: std::fs::File,
     api_task: JoinHandle<Result<(), ServerError>>,
     agent_task: JoinHandle<Result<(), ServerError>>,
+}
+
+/// Locks the data dir for this process, or says that another server holds it. Keep the file open as long
+/// as the lock is needed.
+pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
+    let path = dir.join(LOCK_FILE);
+    let io = |source| ServerError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::InUse(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
 }
 
 fn load_or_create_admin_token(dir: &Path) -> Result<(String, bool), ServerError> {
@@ -228,6 +258,7 @@ impl RunningServer {
             path: dir.clone(),
             source,
         })?;
+        let data_dir_lock = lock_data_dir(dir)?;
         let mut sans = vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
@@ -356,6 +387,7 @@ impl RunningServer {
                 created_admin_token,
             },
             shutdown,
+            data_dir_lock,
             api_task,
             agent_task,
         })
@@ -370,6 +402,7 @@ impl RunningServer {
             shutdown,
             mut api_task,
             mut agent_task,
+            data_dir_lock: _held_until_stopped,
             ..
         } = self;
         let failed = tokio::select! {

@@ -8,6 +8,7 @@ mod conformance;
 mod pages;
 mod postgres;
 mod sqlite;
+pub mod transfer;
 
 pub use pages::{NodeCounts, NodeQuery, NodeTaskRun, TaskSummary};
 pub use postgres::{PgStore, redact_url};

@@ -208,7 +208,7 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
 }
 
 /// `--database` takes a PostgreSQL URL; SQLite needs none (it is the default, in the data dir).
-fn check_database_url(url: &str) -> anyhow::Result<String> {
+pub fn check_database_url(url: &str) -> anyhow::Result<String> {
     let url = url.trim();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(url.to_string())

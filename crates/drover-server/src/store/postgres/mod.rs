@@ -35,7 +35,7 @@ const MAX_CONNECTIONS: u32 = 16;
 /// How long a statement waits for a free connection (or a new one) before it fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Advisory lock keys (first half): migrations, a task's output, a manifest's name.
-const LOCK_MIGRATE: i32 = 0x6472_0001;
+pub(super) const LOCK_MIGRATE: i32 = 0x6472_0001;
 const LOCK_OUTPUT: i32 = 0x6472_0002;
 const LOCK_MANIFEST: i32 = 0x6472_0003;
 
@@ -117,6 +117,11 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(usize::try_from(v).unwrap_or(0))
+    }
+
+    /// Its connections (for `drover migrate`, which copies into it in one transaction).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Runs SQL directly: for tests that need rows the store itself never writes.
