@@ -22,7 +22,8 @@ use super::{Global, OutputFormat, default_data_dir};
     Stop the server first: migrate refuses a data dir a running server holds. The target database must\n\
     be empty (create it with `createdb --owner drover drover`); the copy is one transaction, so a failed\n\
     one leaves it empty. The CA and admin.token stay in the data dir: start the server on PostgreSQL with\n\
-    the same data dir and agents reconnect without enrolling again. drover.db is left as it was.\n\n\
+    the same data dir and agents reconnect without enrolling again. drover.db stays (brought to this\n\
+    version's schema, as a start would).\n\n\
     Exit codes: 0 copied, 1 error (nothing copied), 2 usage, 3 no drover.db in the data dir, 5 PostgreSQL\n\
     unreachable, 8 the target database is not empty, 9 a server is running on the data dir.")]
 pub struct MigrateArgs {
