@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// A `postgres://` URL: keep the fleet's records in PostgreSQL instead of SQLite in the data dir (the
     /// CA and the admin token stay in the data dir).
     pub database: Option<String>,
+    /// With `database`: keep the CA and the admin token in it, sealed with the secret in this file, so
+    /// every replica given the file shares them.
+    pub cluster_secret_file: Option<PathBuf>,
     /// REST API and dashboard.
     pub listen: SocketAddr,
     /// Serve the REST API over TLS.
@@ -75,6 +78,7 @@ impl ServerConfig {
         Self {
             data_dir,
             database: None,
+            cluster_secret_file: None,
             listen: ([127, 0, 0, 1], 8080).into(),
             api_tls: None,
             advertise_url: None,
@@ -106,6 +110,10 @@ pub enum ServerError {
     InUse(PathBuf),
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error("--cluster-secret-file needs --database: the CA is shared through PostgreSQL")]
+    SecretWithoutDatabase,
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
     #[error(
@@ -171,7 +179,7 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
     }
 }
 
-fn load_or_create_admin_token(dir: &Path) -> Result<(String, bool), ServerError> {
+pub(crate) fn load_or_create_admin_token(dir: &Path) -> Result<(String, bool), ServerError> {
     let path = dir.join(ADMIN_TOKEN_FILE);
     let io = |source| ServerError::DataDir {
         path: path.clone(),
@@ -270,16 +278,26 @@ impl RunningServer {
                 "open registration is on (labs only): anyone who reaches the REST API can register an HTTP node without a token, and take over an existing HTTP node's name"
             );
         }
-        let (pki, created_ca) = Pki::load_or_create(dir, &sans)?;
-        let (admin_token, created_admin_token) = load_or_create_admin_token(dir)?;
-        let store: Arc<dyn Store> = match &config.database {
-            None => Arc::new(SqliteStore::open(&dir.join(DB_FILE))?),
-            Some(url) => {
+        // The store first: with a cluster secret, the CA and the admin token come from it.
+        let store: Arc<dyn Store> = match (&config.database, &config.cluster_secret_file) {
+            (None, None) => Arc::new(SqliteStore::open(&dir.join(DB_FILE))?),
+            (None, Some(_)) => return Err(ServerError::SecretWithoutDatabase),
+            (Some(url), secret) => {
                 let store = PgStore::connect(url).await?;
                 tracing::info!(database = %crate::store::redact_url(url), "the store is in PostgreSQL");
+                if let Some(path) = secret {
+                    let secret = crate::cluster::ClusterSecret::read(path)?;
+                    let made = crate::cluster::join(dir, &store, &secret, &sans).await?;
+                    tracing::info!(
+                        "{} the cluster's CA and admin token, sealed in PostgreSQL",
+                        if made { "stored" } else { "loaded" }
+                    );
+                }
                 Arc::new(store)
             }
         };
+        let (pki, created_ca) = Pki::load_or_create(dir, &sans)?;
+        let (admin_token, created_admin_token) = load_or_create_admin_token(dir)?;
         let metrics = Arc::new(ServerMetrics::new(config.metrics_per_node));
         let store = TimedStore::new(store, metrics.clone());
         let pki = Arc::new(pki);

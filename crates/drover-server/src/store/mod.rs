@@ -49,6 +49,16 @@ pub enum StoreError {
     },
 }
 
+/// Data sealed with the cluster secret (see `cluster`), as PostgreSQL keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sealed {
+    /// HKDF salt, random per sealing.
+    pub salt: Vec<u8>,
+    pub nonce: Vec<u8>,
+    /// Ciphertext and tag.
+    pub data: Vec<u8>,
+}
+
 /// What storing a manifest did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PutManifest {

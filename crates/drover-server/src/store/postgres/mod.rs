@@ -25,7 +25,7 @@ use sqlx::{Connection, Executor, Postgres, Row};
 use super::codec::{from_json, manifest_put, patch_json, readable, to_json};
 use super::{
     AuditFilter, FleetCounts, JoinTokenRecord, NodeChange, NodeCounts, NodeQuery, NodeRecord,
-    NodeTaskRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, Store, StoreError,
+    NodeTaskRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, Sealed, Store, StoreError,
     TaskSummary,
 };
 use schema::MIGRATIONS;
@@ -38,6 +38,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const LOCK_MIGRATE: i32 = 0x6472_0001;
 const LOCK_OUTPUT: i32 = 0x6472_0002;
 const LOCK_MANIFEST: i32 = 0x6472_0003;
+/// The cluster's bootstrap data.
+const LOCK_BOOTSTRAP: i32 = 0x6472_0004;
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
@@ -117,6 +119,50 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(usize::try_from(v).unwrap_or(0))
+    }
+
+    /// The cluster's sealed bootstrap data, or what `make` seals when there is none yet (then stored, and
+    /// the bool is true). Under a lock: replicas starting together make it once.
+    pub async fn bootstrap_data<E: From<StoreError>>(
+        &self,
+        make: impl FnOnce() -> Result<Sealed, E>,
+    ) -> Result<(Sealed, bool), E> {
+        let run = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+                .bind(LOCK_BOOTSTRAP)
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query("SELECT salt, nonce, sealed FROM cluster_bootstrap WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+            let have = match row {
+                Some(row) => Some(Sealed {
+                    salt: row.try_get("salt")?,
+                    nonce: row.try_get("nonce")?,
+                    data: row.try_get("sealed")?,
+                }),
+                None => None,
+            };
+            Ok::<_, StoreError>((tx, have))
+        };
+        let (mut tx, have) = run.await?;
+        if let Some(sealed) = have {
+            return Ok((sealed, false));
+        }
+        let sealed = make()?;
+        let store = async {
+            sqlx::query("INSERT INTO cluster_bootstrap (id, salt, nonce, sealed) VALUES (1, $1, $2, $3)")
+                .bind(&sealed.salt)
+                .bind(&sealed.nonce)
+                .bind(&sealed.data)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        };
+        store.await?;
+        Ok((sealed, true))
     }
 
     /// Its connections (for `drover migrate`, which copies into it in one transaction).
