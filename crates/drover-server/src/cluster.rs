@@ -147,8 +147,8 @@ pub async fn join(
 ) -> Result<bool, ClusterError> {
     let make = || -> Result<Sealed, ClusterError> {
         Pki::load_or_create(dir, sans)?;
-        let (admin_token, _) = load_or_create_admin_token(dir)
-            .map_err(|e| ClusterError::AdminToken(e.to_string()))?;
+        let (admin_token, _) =
+            load_or_create_admin_token(dir).map_err(|e| ClusterError::AdminToken(e.to_string()))?;
         let plain = serde_json::to_vec(&Bootstrap {
             ca_cert: read(&dir.join(CA_CERT_FILE))?,
             ca_key: read(&dir.join(CA_KEY_FILE))?,

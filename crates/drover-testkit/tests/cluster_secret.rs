@@ -44,7 +44,10 @@ fn replicas_with_one_secret_share_the_ca_and_the_admin_token() {
         .unwrap();
     assert_eq!(nodes.status, 200, "{nodes:?}");
     assert!(
-        nodes.body.to_string().contains(node["id"].as_str().unwrap()),
+        nodes
+            .body
+            .to_string()
+            .contains(node["id"].as_str().unwrap()),
         "{nodes:?}"
     );
 
@@ -55,10 +58,7 @@ fn replicas_with_one_secret_share_the_ca_and_the_admin_token() {
         .err()
         .expect("a server with another secret must not start");
     let text = format!("{refused:#}");
-    assert!(
-        text.contains("sealed with another secret"),
-        "{text}"
-    );
+    assert!(text.contains("sealed with another secret"), "{text}");
     drop(agent);
     drop(b);
     drop(a);

@@ -153,7 +153,10 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     if let Some(url) = args.database.clone().or(file.database) {
         config.database = Some(check_database_url(&url)?);
     }
-    config.cluster_secret_file = args.cluster_secret_file.clone().or(file.cluster_secret_file);
+    config.cluster_secret_file = args
+        .cluster_secret_file
+        .clone()
+        .or(file.cluster_secret_file);
     if config.cluster_secret_file.is_some() && config.database.is_none() {
         bail!("--cluster-secret-file needs --database: the CA is shared through PostgreSQL");
     }

@@ -152,12 +152,14 @@ impl PgStore {
         }
         let sealed = make()?;
         let store = async {
-            sqlx::query("INSERT INTO cluster_bootstrap (id, salt, nonce, sealed) VALUES (1, $1, $2, $3)")
-                .bind(&sealed.salt)
-                .bind(&sealed.nonce)
-                .bind(&sealed.data)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO cluster_bootstrap (id, salt, nonce, sealed) VALUES (1, $1, $2, $3)",
+            )
+            .bind(&sealed.salt)
+            .bind(&sealed.nonce)
+            .bind(&sealed.data)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok::<_, StoreError>(())
         };
