@@ -1,6 +1,7 @@
 //! The drover control plane: the agent gateway (gRPC over mTLS), the REST API, fleet state and its store.
 
 pub mod api;
+pub mod cluster;
 pub mod fleet;
 pub mod gateway;
 pub mod links;

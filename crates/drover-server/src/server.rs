@@ -21,6 +21,9 @@ use drover_files::{create_private_dir, write_atomic};
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const DB_FILE: &str = "drover.db";
+/// Held locked (`flock`) by the server running on a data dir, so `drover migrate` and a second server can
+/// tell; the kernel releases it when the process ends, however it ends.
+pub const LOCK_FILE: &str = "server.lock";
 /// Largest gRPC message either way: blobs travel whole.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -30,6 +33,9 @@ pub struct ServerConfig {
     /// A `postgres://` URL: keep the fleet's records in PostgreSQL instead of SQLite in the data dir (the
     /// CA and the admin token stay in the data dir).
     pub database: Option<String>,
+    /// With `database`: keep the CA and the admin token in it, sealed with the secret in this file, so
+    /// every replica given the file shares them.
+    pub cluster_secret_file: Option<PathBuf>,
     /// REST API and dashboard.
     pub listen: SocketAddr,
     /// Serve the REST API over TLS.
@@ -72,6 +78,7 @@ impl ServerConfig {
         Self {
             data_dir,
             database: None,
+            cluster_secret_file: None,
             listen: ([127, 0, 0, 1], 8080).into(),
             api_tls: None,
             advertise_url: None,
@@ -97,8 +104,16 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "another drover server is running on the data dir {0} (it holds {LOCK_FILE} there): stop it first"
+    )]
+    InUse(PathBuf),
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error("--cluster-secret-file needs --database: the CA is shared through PostgreSQL")]
+    SecretWithoutDatabase,
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
     #[error(
@@ -137,11 +152,34 @@ pub struct RunningServer {
     pub ca_path: PathBuf,
     pub first_start: FirstStart,
     shutdown: watch::Sender<bool>,
+    /// The data dir's lock, held until the server stops.
+    data_dir_lock: std::fs::File,
     api_task: JoinHandle<Result<(), ServerError>>,
     agent_task: JoinHandle<Result<(), ServerError>>,
 }
 
-fn load_or_create_admin_token(dir: &Path) -> Result<(String, bool), ServerError> {
+/// Locks the data dir for this process, or says that another server holds it. Keep the file open as long
+/// as the lock is needed.
+pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
+    let path = dir.join(LOCK_FILE);
+    let io = |source| ServerError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::InUse(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+pub(crate) fn load_or_create_admin_token(dir: &Path) -> Result<(String, bool), ServerError> {
     let path = dir.join(ADMIN_TOKEN_FILE);
     let io = |source| ServerError::DataDir {
         path: path.clone(),
@@ -228,6 +266,7 @@ impl RunningServer {
             path: dir.clone(),
             source,
         })?;
+        let data_dir_lock = lock_data_dir(dir)?;
         let mut sans = vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
@@ -239,16 +278,26 @@ impl RunningServer {
                 "open registration is on (labs only): anyone who reaches the REST API can register an HTTP node without a token, and take over an existing HTTP node's name"
             );
         }
-        let (pki, created_ca) = Pki::load_or_create(dir, &sans)?;
-        let (admin_token, created_admin_token) = load_or_create_admin_token(dir)?;
-        let store: Arc<dyn Store> = match &config.database {
-            None => Arc::new(SqliteStore::open(&dir.join(DB_FILE))?),
-            Some(url) => {
+        // The store first: with a cluster secret, the CA and the admin token come from it.
+        let store: Arc<dyn Store> = match (&config.database, &config.cluster_secret_file) {
+            (None, None) => Arc::new(SqliteStore::open(&dir.join(DB_FILE))?),
+            (None, Some(_)) => return Err(ServerError::SecretWithoutDatabase),
+            (Some(url), secret) => {
                 let store = PgStore::connect(url).await?;
                 tracing::info!(database = %crate::store::redact_url(url), "the store is in PostgreSQL");
+                if let Some(path) = secret {
+                    let secret = crate::cluster::ClusterSecret::read(path)?;
+                    let made = crate::cluster::join(dir, &store, &secret, &sans).await?;
+                    tracing::info!(
+                        "{} the cluster's CA and admin token, sealed in PostgreSQL",
+                        if made { "stored" } else { "loaded" }
+                    );
+                }
                 Arc::new(store)
             }
         };
+        let (pki, created_ca) = Pki::load_or_create(dir, &sans)?;
+        let (admin_token, created_admin_token) = load_or_create_admin_token(dir)?;
         let metrics = Arc::new(ServerMetrics::new(config.metrics_per_node));
         let store = TimedStore::new(store, metrics.clone());
         let pki = Arc::new(pki);
@@ -356,6 +405,7 @@ impl RunningServer {
                 created_admin_token,
             },
             shutdown,
+            data_dir_lock,
             api_task,
             agent_task,
         })
@@ -370,6 +420,7 @@ impl RunningServer {
             shutdown,
             mut api_task,
             mut agent_task,
+            data_dir_lock: _held_until_stopped,
             ..
         } = self;
         let failed = tokio::select! {

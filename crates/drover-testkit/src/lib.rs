@@ -261,6 +261,13 @@ impl Server {
         }
     }
 
+    /// Starts the server again on the same ports and data dir with other arguments (another store).
+    pub fn restart_with(&mut self, options: ServerOptions) -> anyhow::Result<()> {
+        self.stop();
+        self.options = options;
+        self.launch()
+    }
+
     /// Starts the server again on the same ports and data dir.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();

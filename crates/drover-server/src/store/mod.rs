@@ -8,6 +8,7 @@ mod conformance;
 mod pages;
 mod postgres;
 mod sqlite;
+pub mod transfer;
 
 pub use pages::{
     ConvergenceQuery, ConvergenceRow, ManifestCounts, NodeCounts, NodeQuery, NodeTaskRun, RunQuery,
@@ -49,6 +50,16 @@ pub enum StoreError {
         have: u64,
         reason: &'static str,
     },
+}
+
+/// Data sealed with the cluster secret (see `cluster`), as PostgreSQL keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sealed {
+    /// HKDF salt, random per sealing.
+    pub salt: Vec<u8>,
+    pub nonce: Vec<u8>,
+    /// Ciphertext and tag.
+    pub data: Vec<u8>,
 }
 
 /// What storing a manifest did.

@@ -10,6 +10,7 @@ mod gpus;
 mod keys;
 mod login;
 mod manifests;
+mod migrate;
 mod nodes;
 mod operators;
 mod output;
@@ -37,7 +38,8 @@ pub use client::ClientError;
       drover nodes                    # the fleet as a table\n  \
       drover token create --ttl 1h --label role=edge\n  \
       drover operator create alice --role operator\n  \
-      drover login https://cp.example.com:8080 --token drvop.… --ca-fingerprint 3f2a…\n\n\
+      drover login https://cp.example.com:8080 --token drvop.… --ca-fingerprint 3f2a…\n  \
+      drover migrate --from /var/lib/drover --to postgres://drover:secret@db.example.com/drover\n\n\
       Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 not authorized, 5 server unreachable (after\n\
       5 minutes of trying again, for a command that follows a task), 6 node not connected, 7 task run\n\
       lost (exec: whether it ran is unknown), 124 action deadline exceeded, 130 action cancelled.\n\
@@ -104,6 +106,8 @@ pub enum Command {
     Status(manifests::StatusArgs),
     /// Manifest signing keys: create one, list which manifests are signed by which key.
     Keys(keys::KeysArgs),
+    /// Move a stopped server's SQLite records into an empty PostgreSQL database.
+    Migrate(migrate::MigrateArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -150,12 +154,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => manifests::delete(args, &client::Client::new(&cli.global)?).await,
         Command::Status(args) => manifests::status(args, &client::Client::new(&cli.global)?).await,
         Command::Keys(args) => keys::run(args, || client::Client::new(&cli.global)).await,
+        Command::Migrate(args) => migrate::run(args, &cli.global).await,
     }
 }
 
 /// Exit codes scripts can rely on.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     use drover_types::action::ActionError;
+    if let Some(code) = migrate::exit_code(e) {
+        return code;
+    }
     match e.downcast_ref::<ClientError>() {
         Some(ClientError::Api {
             action: Some(a), ..

@@ -23,13 +23,19 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/drover/server.toml";
     drover server --listen 0.0.0.0:8080 --api-tls --agent-san cp.example.com\n  \
     drover server --api-cert /etc/drover/api-chain.pem --api-key /etc/drover/api.key\n  \
     drover server --lost-after 30m --task-retention 30d --task-output-limit 10GiB\n  \
-    drover server --database postgres://drover:secret@db.example.com:5432/drover")]
+    drover server --database postgres://drover:secret@db.example.com:5432/drover\n  \
+    drover server --database postgres://drover:secret@db/drover --cluster-secret-file /etc/drover/cluster.secret")]
 pub struct ServerArgs {
     /// Keep the fleet's records in PostgreSQL at this URL (postgres://user:password@host:port/database,
     /// or ?host=/socket/dir for a unix socket) instead of SQLite in the data dir; the CA and the admin
     /// token stay in the data dir. Plain connections only (no TLS to PostgreSQL yet).
     #[arg(long, env = "DROVER_DATABASE")]
     pub database: Option<String>,
+    /// With --database: keep the CA and the bootstrap admin token in PostgreSQL, sealed with the secret in
+    /// this file (16+ bytes, e.g. `openssl rand -hex 32`), so every replica given the same file shares
+    /// them: a join token from one enrolls with any, and admin.token in any data dir works against all.
+    #[arg(long, env = "DROVER_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// REST API and dashboard address [default: 127.0.0.1:8080].
     #[arg(long, env = "DROVER_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -101,6 +107,7 @@ pub struct ServerArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     database: Option<String>,
+    cluster_secret_file: Option<PathBuf>,
     listen: Option<SocketAddr>,
     api_tls: Option<bool>,
     api_cert: Option<PathBuf>,
@@ -145,6 +152,13 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     let mut config = ServerConfig::new(data_dir);
     if let Some(url) = args.database.clone().or(file.database) {
         config.database = Some(check_database_url(&url)?);
+    }
+    config.cluster_secret_file = args
+        .cluster_secret_file
+        .clone()
+        .or(file.cluster_secret_file);
+    if config.cluster_secret_file.is_some() && config.database.is_none() {
+        bail!("--cluster-secret-file needs --database: the CA is shared through PostgreSQL");
     }
     if let Some(a) = args.listen.or(file.listen) {
         config.listen = a;
@@ -208,7 +222,7 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
 }
 
 /// `--database` takes a PostgreSQL URL; SQLite needs none (it is the default, in the data dir).
-fn check_database_url(url: &str) -> anyhow::Result<String> {
+pub fn check_database_url(url: &str) -> anyhow::Result<String> {
     let url = url.trim();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(url.to_string())

@@ -26,7 +26,7 @@ use super::codec::{from_json, manifest_put, patch_json, readable, to_json};
 use super::{
     AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
     NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord, OutputRecord,
-    PutManifest, RunPatch, RunQuery, Store, StoreError, TaskPage, TaskSummary,
+    PutManifest, RunPatch, RunQuery, Sealed, Store, StoreError, TaskPage, TaskSummary,
 };
 use schema::MIGRATIONS;
 
@@ -35,9 +35,11 @@ const MAX_CONNECTIONS: u32 = 16;
 /// How long a statement waits for a free connection (or a new one) before it fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Advisory lock keys (first half): migrations, a task's output, a manifest's name.
-const LOCK_MIGRATE: i32 = 0x6472_0001;
+pub(super) const LOCK_MIGRATE: i32 = 0x6472_0001;
 const LOCK_OUTPUT: i32 = 0x6472_0002;
 const LOCK_MANIFEST: i32 = 0x6472_0003;
+/// The cluster's bootstrap data.
+const LOCK_BOOTSTRAP: i32 = 0x6472_0004;
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
@@ -117,6 +119,57 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(usize::try_from(v).unwrap_or(0))
+    }
+
+    /// The cluster's sealed bootstrap data, or what `make` seals when there is none yet (then stored, and
+    /// the bool is true). Under a lock: replicas starting together make it once.
+    pub async fn bootstrap_data<E: From<StoreError>>(
+        &self,
+        make: impl FnOnce() -> Result<Sealed, E>,
+    ) -> Result<(Sealed, bool), E> {
+        let run = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+                .bind(LOCK_BOOTSTRAP)
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query("SELECT salt, nonce, sealed FROM cluster_bootstrap WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+            let have = match row {
+                Some(row) => Some(Sealed {
+                    salt: row.try_get("salt")?,
+                    nonce: row.try_get("nonce")?,
+                    data: row.try_get("sealed")?,
+                }),
+                None => None,
+            };
+            Ok::<_, StoreError>((tx, have))
+        };
+        let (mut tx, have) = run.await?;
+        if let Some(sealed) = have {
+            return Ok((sealed, false));
+        }
+        let sealed = make()?;
+        let store = async {
+            sqlx::query(
+                "INSERT INTO cluster_bootstrap (id, salt, nonce, sealed) VALUES (1, $1, $2, $3)",
+            )
+            .bind(&sealed.salt)
+            .bind(&sealed.nonce)
+            .bind(&sealed.data)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        };
+        store.await?;
+        Ok((sealed, true))
+    }
+
+    /// Its connections (for `drover migrate`, which copies into it in one transaction).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Runs SQL directly: for tests that need rows the store itself never writes.

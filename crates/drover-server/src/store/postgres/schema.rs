@@ -7,7 +7,8 @@
 
 /// Versioned schema: entry N moves the database from version N to N+1 (kept in `drover_schema`). Never
 /// edit a released entry.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE join_tokens (
     id TEXT PRIMARY KEY,
     secret_sha256 TEXT NOT NULL,
@@ -111,4 +112,15 @@ CREATE TABLE operators (
     created_by TEXT NOT NULL,
     revoked BOOLEAN NOT NULL DEFAULT FALSE
 );
-"#];
+"#,
+    // The cluster's bootstrap data (CA and admin token), sealed with the cluster secret: one row at most.
+    r#"
+CREATE TABLE cluster_bootstrap (
+    id SMALLINT PRIMARY KEY CHECK (id = 1),
+    salt BYTEA NOT NULL,
+    nonce BYTEA NOT NULL,
+    sealed BYTEA NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"#,
+];
