@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and prepares what drover's tests need on a fresh Debian machine (see ../shared/TESTBED.md):
 # python3 and curl; Chromium (headless, for the dashboard test); Podman with runc and a local busybox image (no registry is reachable);
-# PostgreSQL's server binaries (the store's tests start their own throwaway clusters).
+# PostgreSQL's server binaries (the store's tests start their own throwaway clusters); nats-server (the replica tests
+# start their own).
 # Idempotent: installs only what is missing. Needs root (or sudo) when something is missing.
 set -euo pipefail
 
@@ -25,6 +26,9 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   grep -qs '^create_main_cluster = false' /etc/postgresql-common/createcluster.conf ||
     echo 'create_main_cluster = false' | $SUDO tee -a /etc/postgresql-common/createcluster.conf >/dev/null
 fi
+# nats-server for the replica tests (crates/drover-testkit/tests/replicas.rs): they start their own on a free port;
+# the package's systemd unit does not run here (no systemd as PID 1).
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "testbed: installing ${need[*]}"

@@ -36,6 +36,9 @@ pub struct ServerConfig {
     /// With `database`: keep the CA and the admin token in it, sealed with the secret in this file, so
     /// every replica given the file shares them.
     pub cluster_secret_file: Option<PathBuf>,
+    /// With `database`: a `nats://` URL connecting the replicas, so commands for an agent reach the replica
+    /// that holds its stream and followers see output stored by any replica.
+    pub nats: Option<String>,
     /// REST API and dashboard.
     pub listen: SocketAddr,
     /// Serve the REST API over TLS.
@@ -79,6 +82,7 @@ impl ServerConfig {
             data_dir,
             database: None,
             cluster_secret_file: None,
+            nats: None,
             listen: ([127, 0, 0, 1], 8080).into(),
             api_tls: None,
             advertise_url: None,
@@ -114,6 +118,10 @@ pub enum ServerError {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("--cluster-secret-file needs --database: the CA is shared through PostgreSQL")]
     SecretWithoutDatabase,
+    #[error("--nats needs --database: replicas share their records through PostgreSQL")]
+    NatsWithoutDatabase,
+    #[error(transparent)]
+    Nats(#[from] crate::fleet::NatsError),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
     #[error(
@@ -278,6 +286,9 @@ impl RunningServer {
                 "open registration is on (labs only): anyone who reaches the REST API can register an HTTP node without a token, and take over an existing HTTP node's name"
             );
         }
+        if config.nats.is_some() && config.database.is_none() {
+            return Err(ServerError::NatsWithoutDatabase);
+        }
         // The store first: with a cluster secret, the CA and the admin token come from it.
         let store: Arc<dyn Store> = match (&config.database, &config.cluster_secret_file) {
             (None, None) => Arc::new(SqliteStore::open(&dir.join(DB_FILE))?),
@@ -312,6 +323,11 @@ impl RunningServer {
                 metrics,
             },
         );
+        if let Some(url) = &config.nats {
+            let nats = crate::fleet::Nats::connect(url, "drover-server").await?;
+            tracing::info!(nats = %crate::store::redact_url(url), "connected to the other replicas through NATS");
+            fleet.set_nats(nats);
+        }
 
         // Before listening: a bad --api-cert is a start error, not a listener that fails later.
         let api_tls = config

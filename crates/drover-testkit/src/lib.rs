@@ -11,6 +11,8 @@ use serde_json::Value;
 
 mod postgres;
 pub use postgres::Postgres;
+mod nats;
+pub use nats::Nats;
 
 /// The usual patience for a state to appear on a loaded machine.
 pub const TIMEOUT: Duration = Duration::from_secs(30);

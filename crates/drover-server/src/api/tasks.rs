@@ -278,8 +278,10 @@ impl Follower {
             match ev {
                 Ok(TaskEvent::Output(c)) => chunks.extend(c),
                 Ok(TaskEvent::Exit(run)) => exits.push(run),
-                // The end, or events lost to a slow follower: either way the store has the truth.
-                Ok(TaskEvent::Done) | Err(broadcast::error::RecvError::Lagged(_)) => reread = true,
+                // The end, news another replica stored, or events lost to a slow follower: either
+                // way the store has the truth.
+                Ok(TaskEvent::Done | TaskEvent::Stored)
+                | Err(broadcast::error::RecvError::Lagged(_)) => reread = true,
                 Err(broadcast::error::RecvError::Closed) => closed = true,
             }
         }

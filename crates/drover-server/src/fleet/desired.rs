@@ -285,7 +285,7 @@ impl Fleet {
             generation: state.generation,
             state_json: serde_json::to_string(state).unwrap_or_default(),
         };
-        self.links().send(node_id, Msg::DesiredState(update)).await;
+        self.send_to_node(node_id, Msg::DesiredState(update)).await;
     }
 
     /// A node (re)attached: make sure its desired state is current, and send it.

@@ -8,6 +8,7 @@ mod nodes;
 mod observe;
 mod operators;
 pub mod pages;
+mod route;
 mod sessions;
 #[cfg(feature = "tamper")]
 pub mod tamper;
@@ -36,6 +37,7 @@ pub use audit::node_actor;
 pub use nodes::{HttpRegistration, MAX_HEARTBEAT_INTERVAL, Registrant};
 pub use observe::{GPU_PLUGIN, NodeGauges, Observation};
 pub use operators::BOOTSTRAP_ADMIN;
+pub use route::{Nats, NatsError};
 pub use tokens::{CheckedToken, MAX_TOKEN_TTL};
 
 /// Default lifetime of a join token.
@@ -147,6 +149,8 @@ pub struct Fleet {
     pub(crate) status_events: desired::StatusEvents,
     beats: nodes::Heartbeats,
     blobs: desired::BlobCache,
+    /// Set with `--nats`: the other replicas.
+    nats: std::sync::OnceLock<Nats>,
     #[cfg(feature = "tamper")]
     tamper: tamper::Tamper,
 }
@@ -156,6 +160,8 @@ pub struct Attachment {
     fleet: Arc<Fleet>,
     node_id: String,
     serial: u64,
+    /// Other replicas reach the node through this one while it lives (dropped after the detach).
+    _held: Option<route::Held>,
 }
 
 impl Drop for Attachment {
@@ -218,6 +224,7 @@ impl Fleet {
             status_events: Default::default(),
             beats: Default::default(),
             blobs: Default::default(),
+            nats: Default::default(),
             #[cfg(feature = "tamper")]
             tamper: Default::default(),
         })

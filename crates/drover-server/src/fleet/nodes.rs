@@ -188,12 +188,14 @@ impl Fleet {
             self.stream_heartbeat(node_id, metrics)?;
         }
         let serial = self.links.attach(node_id, tx, hello.actions);
+        let held = self.hold(node_id).await;
         Ok((
             node,
             Attachment {
                 fleet: self.clone(),
                 node_id: node_id.to_string(),
                 serial,
+                _held: held,
             },
         ))
     }

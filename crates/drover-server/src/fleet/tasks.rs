@@ -25,6 +25,8 @@ pub enum TaskEvent {
     Output(Vec<OutputChunk>),
     Exit(TaskRun),
     Done,
+    /// Another replica stored output or a run's end: the store has news (`drover server --nats`).
+    Stored,
 }
 
 /// States a run can still leave.
@@ -72,6 +74,28 @@ pub struct TaskLive {
     checks: Mutex<HashMap<String, bool>>,
     /// Dispatch of tasks with a parallelism limit, one at a time, so the limit holds under concurrent exits.
     pump: tokio::sync::Mutex<()>,
+    /// Tasks whose pokes from other replicas this replica listens for (while followed here).
+    watches: Mutex<std::collections::HashSet<String>>,
+}
+
+impl TaskLive {
+    /// Marks `task_id` as listened for; false when it already was.
+    pub(super) fn start_watch(&self, task_id: &str) -> bool {
+        lock(&self.watches).insert(task_id.to_string())
+    }
+
+    /// Whether someone here still follows `task_id`; when not, the listener is unmarked (under the
+    /// followers' lock, so a follower that subscribes meanwhile starts a new one).
+    pub(super) fn keep_watching(&self, task_id: &str) -> bool {
+        let followers = lock(&self.followers);
+        let followed = followers
+            .get(task_id)
+            .is_some_and(|tx| tx.receiver_count() > 0);
+        if !followed {
+            lock(&self.watches).remove(task_id);
+        }
+        followed
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -105,7 +129,14 @@ fn reported_state(exit: &v1::TaskExit) -> RunState {
 }
 
 impl Fleet {
+    /// Tells followers here, and on other replicas, of something stored for the task.
     fn publish(&self, task_id: &str, event: TaskEvent) {
+        self.poke_replicas(task_id);
+        self.publish_local(task_id, event);
+    }
+
+    /// Tells followers on this replica only.
+    pub(super) fn publish_local(&self, task_id: &str, event: TaskEvent) {
         let mut followers = lock(&self.live().followers);
         if let Some(tx) = followers.get(task_id) {
             let done = matches!(event, TaskEvent::Done);
@@ -117,11 +148,14 @@ impl Fleet {
     }
 
     /// Follows a task's events from now on.
-    pub fn subscribe(&self, task_id: &str) -> broadcast::Receiver<TaskEvent> {
-        lock(&self.live().followers)
+    pub fn subscribe(self: &Arc<Self>, task_id: &str) -> broadcast::Receiver<TaskEvent> {
+        let rx = lock(&self.live().followers)
             .entry(task_id.to_string())
             .or_insert_with(|| broadcast::channel(FOLLOWER_BACKLOG).0)
-            .subscribe()
+            .subscribe();
+        // After the follower is in place: the listener stops only when it finds none.
+        self.watch_replicas(task_id);
+        rx
     }
 
     /// Drops the channels of tasks nobody follows any more (their followers left between events).
@@ -157,11 +191,21 @@ impl Fleet {
         if nodes.is_empty() {
             return Err(FleetError::invalid("target", "no node matches"));
         }
+        // Nodes not attached here may be attached to another replica, which starts their runs.
+        let elsewhere = self
+            .held_elsewhere(
+                nodes
+                    .iter()
+                    .filter(|n| !n.connected)
+                    .map(|n| n.id.clone())
+                    .collect(),
+            )
+            .await;
         let now = Utc::now();
         let runs = nodes
             .iter()
             .map(|n| {
-                let reachable = n.connected;
+                let reachable = n.connected || elsewhere.contains(&n.id);
                 TaskRun {
                     node_id: n.id.clone(),
                     node_name: n.name.clone(),
@@ -204,6 +248,14 @@ impl Fleet {
         lock(&self.live().meta).insert(task.id.clone(), Arc::new(meta_of(&task)));
         self.dispatch(&task.id).await?;
         self.check_done(&task.id).await;
+        if !task
+            .runs
+            .iter()
+            .any(|r| self.links().is_attached(&r.node_id))
+        {
+            // Every run ends on other replicas (or already ended): they read the bookkeeping themselves.
+            lock(&self.live().meta).remove(&task.id);
+        }
         self.task(&task.id).await
     }
 
@@ -328,14 +380,23 @@ impl Fleet {
             async move {
                 let sent = tokio::time::timeout(
                     SEND_PATIENCE,
-                    self.links().send(&run.node_id, Msg::TaskStart(start)),
+                    self.send_to_node(&run.node_id, Msg::TaskStart(start)),
                 )
                 .await;
                 (run.node_id.clone(), matches!(sent, Ok(true)))
             }
         });
-        let failed: Vec<String> = futures_util::future::join_all(sends)
-            .await
+        let sent = futures_util::future::join_all(sends).await;
+        {
+            // Runs started through another replica get their output there (`ensure_progress`), not here.
+            let mut progress = lock(&self.live().progress);
+            for (node_id, _) in &sent {
+                if !self.links().is_attached(node_id) {
+                    progress.remove(&(task_id.to_string(), node_id.clone()));
+                }
+            }
+        }
+        let failed: Vec<String> = sent
             .into_iter()
             .filter(|(_, sent)| !sent)
             .map(|(id, _)| id)
@@ -523,7 +584,9 @@ impl Fleet {
             Vec::new()
         };
 
-        if !chunks.is_empty() {
+        if chunks.is_empty() {
+            self.poke_replicas(&out.task_id);
+        } else {
             self.publish(&out.task_id, TaskEvent::Output(chunks));
         }
         // Acknowledge whenever a batch crosses a multiple of ACK_EVERY.
@@ -812,8 +875,7 @@ impl Fleet {
                 task_id: id.to_string(),
             };
             let sent = self
-                .links()
-                .send(&run.node_id, Msg::TaskCancel(cancel))
+                .send_to_node(&run.node_id, Msg::TaskCancel(cancel))
                 .await;
             (run.node_id.clone(), sent)
         });

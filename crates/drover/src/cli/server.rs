@@ -24,7 +24,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/drover/server.toml";
     drover server --api-cert /etc/drover/api-chain.pem --api-key /etc/drover/api.key\n  \
     drover server --lost-after 30m --task-retention 30d --task-output-limit 10GiB\n  \
     drover server --database postgres://drover:secret@db.example.com:5432/drover\n  \
-    drover server --database postgres://drover:secret@db/drover --cluster-secret-file /etc/drover/cluster.secret")]
+    drover server --database postgres://drover:secret@db/drover --cluster-secret-file /etc/drover/cluster.secret\n  \
+    drover server --database postgres://drover:secret@db/drover --cluster-secret-file /etc/drover/cluster.secret --nats nats://nats.example.com:4222")]
 pub struct ServerArgs {
     /// Keep the fleet's records in PostgreSQL at this URL (postgres://user:password@host:port/database,
     /// or ?host=/socket/dir for a unix socket) instead of SQLite in the data dir; the CA and the admin
@@ -36,6 +37,11 @@ pub struct ServerArgs {
     /// them: a join token from one enrolls with any, and admin.token in any data dir works against all.
     #[arg(long, env = "DROVER_CLUSTER_SECRET_FILE", value_name = "FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// With --database: connect to the other replicas through the NATS server at this URL
+    /// (nats://host:port), so a command for an agent reaches the replica that holds its stream and
+    /// followers see output stored by any replica. Every replica is started with the same flags.
+    #[arg(long, env = "DROVER_NATS", value_name = "URL")]
+    pub nats: Option<String>,
     /// REST API and dashboard address [default: 127.0.0.1:8080].
     #[arg(long, env = "DROVER_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -108,6 +114,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     database: Option<String>,
     cluster_secret_file: Option<PathBuf>,
+    nats: Option<String>,
     listen: Option<SocketAddr>,
     api_tls: Option<bool>,
     api_cert: Option<PathBuf>,
@@ -159,6 +166,12 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
         .or(file.cluster_secret_file);
     if config.cluster_secret_file.is_some() && config.database.is_none() {
         bail!("--cluster-secret-file needs --database: the CA is shared through PostgreSQL");
+    }
+    if let Some(url) = args.nats.clone().or(file.nats) {
+        config.nats = Some(check_nats_url(&url)?);
+    }
+    if config.nats.is_some() && config.database.is_none() {
+        bail!("--nats needs --database: replicas share their records through PostgreSQL");
     }
     if let Some(a) = args.listen.or(file.listen) {
         config.listen = a;
@@ -229,6 +242,19 @@ pub fn check_database_url(url: &str) -> anyhow::Result<String> {
     } else {
         bail!(
             "--database {}: give a postgres:// URL (leave it out to keep the store in SQLite in the data dir)",
+            drover_server::store::redact_url(url)
+        )
+    }
+}
+
+/// `--nats` takes a NATS URL (nats:// or tls://).
+fn check_nats_url(url: &str) -> anyhow::Result<String> {
+    let url = url.trim();
+    if url.starts_with("nats://") || url.starts_with("tls://") {
+        Ok(url.to_string())
+    } else {
+        bail!(
+            "--nats {}: give a nats://host:port URL",
             drover_server::store::redact_url(url)
         )
     }

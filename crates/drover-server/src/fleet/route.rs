@@ -1,0 +1,273 @@
+//! Replicas connected over NATS (`drover server --nats`): what one replica must send to an agent attached
+//! to another goes to the replica that holds the agent's stream, and task followers learn of output that
+//! another replica stored. PostgreSQL stays the source of truth: NATS carries commands and pokes, never
+//! records (docs/scale-out.md).
+//!
+//! Subjects (ids are the server's own UUIDs; anything else is never put in a subject):
+//! - `drover.node.<node>.send`: request; the payload is one encoded `ServerMessage`. Only the replica that
+//!   holds the node's stream subscribes (while it holds it) and answers `sent` once the message is in the
+//!   stream; it stays silent otherwise, so the asker sees "no responders" at once, or times out.
+//! - `drover.node.<node>.held`: request; the holder answers `held`.
+//! - `drover.task.<task>.stored`: published (empty) by the replica that stored output or a run's end, so
+//!   followers on other replicas re-read the store.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::v1::{ServerMessage, server_message::Msg};
+use futures_util::StreamExt;
+use prost::Message as _;
+
+use super::Fleet;
+use super::tasks::TaskEvent;
+
+/// How long a start at connect may take before the server gives up with a clear error.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a routed message may wait for the holder's answer.
+const ROUTE_PATIENCE: Duration = Duration::from_secs(5);
+/// How often a follower of a task re-reads the store while it follows through another replica: in case a
+/// poke was lost (NATS reconnecting), it is late by this much at most.
+const FOLLOW_RECHECK: Duration = Duration::from_secs(3);
+/// Holders asked at once when a task is created for nodes not attached here.
+const HELD_ASKS: usize = 256;
+
+const SENT: &[u8] = b"sent";
+const HELD: &[u8] = b"held";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot connect to NATS at {url}: {reason} (is nats-server running there?)")]
+    Connect { url: String, reason: String },
+}
+
+/// A connection to NATS shared by the whole server.
+#[derive(Clone)]
+pub struct Nats {
+    client: async_nats::Client,
+}
+
+/// Serves a node's subjects on this replica while the node's stream is here; stops when dropped.
+pub(crate) struct Held(tokio::task::JoinHandle<()>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Whether `id` can stand in a subject: the server's ids are UUIDs, and nothing else is routed.
+fn subject_token(id: &str) -> Option<&str> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then_some(id)
+}
+
+impl Nats {
+    /// Connects, or fails at once with a clear error (no retry before the first connection: a replica that
+    /// cannot reach NATS must not start as if it could route).
+    pub async fn connect(url: &str, name: &str) -> Result<Self, NatsError> {
+        let failed = |reason: String| NatsError::Connect {
+            url: crate::store::redact_url(url),
+            reason,
+        };
+        let options = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(CONNECT_PATIENCE)
+            .request_timeout(Some(ROUTE_PATIENCE));
+        let client = tokio::time::timeout(CONNECT_PATIENCE, options.connect(url))
+            .await
+            .map_err(|_| failed("no answer in time".into()))?
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(Self { client })
+    }
+
+    /// Asks the replica that holds `node_id` to send `msg` on its stream; true once it did.
+    async fn send(&self, node_id: &str, msg: Msg) -> bool {
+        let Some(node) = subject_token(node_id) else {
+            return false;
+        };
+        let payload = ServerMessage { msg: Some(msg) }.encode_to_vec();
+        let asked = self
+            .client
+            .request(format!("drover.node.{node}.send"), payload.into());
+        match tokio::time::timeout(ROUTE_PATIENCE, asked).await {
+            Ok(Ok(reply)) => reply.payload.as_ref() == SENT,
+            Ok(Err(e)) => {
+                if e.kind() != async_nats::client::RequestErrorKind::NoResponders {
+                    tracing::warn!(node = %node_id, "cannot route a message to the node's replica: {e}");
+                }
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether some replica holds `node_id`'s stream.
+    async fn held(&self, node_id: &str) -> bool {
+        let Some(node) = subject_token(node_id) else {
+            return false;
+        };
+        let asked = self
+            .client
+            .request(format!("drover.node.{node}.held"), Vec::new().into());
+        matches!(
+            tokio::time::timeout(ROUTE_PATIENCE, asked).await,
+            Ok(Ok(reply)) if reply.payload.as_ref() == HELD
+        )
+    }
+
+    /// Tells other replicas that the store has news for `task_id` (output, a run's end).
+    fn poke(&self, task_id: &str) {
+        let Some(task) = subject_token(task_id) else {
+            return;
+        };
+        let client = self.client.clone();
+        let subject = format!("drover.task.{task}.stored");
+        tokio::spawn(async move {
+            if let Err(e) = client.publish(subject, Vec::new().into()).await {
+                tracing::debug!("cannot tell other replicas of stored task output: {e}");
+            }
+        });
+    }
+}
+
+impl Fleet {
+    /// Connects this server to the other replicas.
+    pub fn set_nats(&self, nats: Nats) {
+        if self.nats.set(nats).is_err() {
+            tracing::warn!("NATS was already set up; keeping the first connection");
+        }
+    }
+
+    fn nats(&self) -> Option<&Nats> {
+        self.nats.get()
+    }
+
+    /// Sends to a node's stream, here or through the replica that holds it; false when none does.
+    pub(crate) async fn send_to_node(&self, node_id: &str, msg: Msg) -> bool {
+        if self.links().is_attached(node_id) || self.nats().is_none() {
+            return self.links().send(node_id, msg).await;
+        }
+        match self.nats() {
+            Some(nats) => nats.send(node_id, msg).await,
+            None => false,
+        }
+    }
+
+    /// Of `node_ids` (none attached here), those another replica holds.
+    pub(crate) async fn held_elsewhere(&self, node_ids: Vec<String>) -> HashSet<String> {
+        let Some(nats) = self.nats() else {
+            return HashSet::new();
+        };
+        futures_util::stream::iter(node_ids)
+            .map(|id| async move { nats.held(&id).await.then_some(id) })
+            .buffer_unordered(HELD_ASKS)
+            .filter_map(|id| async move { id })
+            .collect()
+            .await
+    }
+
+    /// Tells followers on other replicas that the store has news for the task.
+    pub(crate) fn poke_replicas(&self, task_id: &str) {
+        if let Some(nats) = self.nats() {
+            nats.poke(task_id);
+        }
+    }
+
+    /// Answers for `node_id` on NATS while the returned guard lives (the node's stream is here).
+    pub(crate) async fn hold(self: &Arc<Self>, node_id: &str) -> Option<Held> {
+        let nats = self.nats()?;
+        let node = subject_token(node_id)?.to_string();
+        let mut sub = match nats.client.subscribe(format!("drover.node.{node}.*")).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(node = %node, "cannot serve the node's subjects on NATS; other replicas cannot reach it: {e}");
+                return None;
+            }
+        };
+        let fleet = Arc::downgrade(self);
+        let client = nats.client.clone();
+        Some(Held(tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let (Some(reply), Some(fleet)) = (msg.reply, fleet.upgrade()) else {
+                    continue;
+                };
+                let answer = match msg.subject.rsplit('.').next() {
+                    Some("held") if fleet.links().is_attached(&node) => Some(HELD),
+                    Some("send") => match ServerMessage::decode(msg.payload.as_ref()) {
+                        Ok(ServerMessage { msg: Some(m) }) => {
+                            fleet.links().send(&node, m).await.then_some(SENT)
+                        }
+                        _ => {
+                            tracing::warn!(node = %node, "ignored a routed message that is not a ServerMessage");
+                            None
+                        }
+                    },
+                    _ => None,
+                };
+                // Silence when not sent: the asker then fails fast or times out, never sees a false "sent".
+                if let Some(answer) = answer
+                    && let Err(e) = client.publish(reply, answer.to_vec().into()).await
+                {
+                    tracing::debug!("cannot answer a routed message: {e}");
+                }
+            }
+        })))
+    }
+
+    /// While someone here follows `task_id`, listens for pokes from other replicas and turns them (and a
+    /// periodic re-read, in case one was lost) into `TaskEvent::Stored`. At most one listener per task.
+    pub(crate) fn watch_replicas(self: &Arc<Self>, task_id: &str) {
+        let Some(nats) = self.nats() else { return };
+        let Some(task) = subject_token(task_id) else {
+            return;
+        };
+        if !self.live().start_watch(task_id) {
+            return;
+        }
+        let client = nats.client.clone();
+        let subject = format!("drover.task.{task}.stored");
+        let fleet = Arc::downgrade(self);
+        let task_id = task_id.to_string();
+        tokio::spawn(async move {
+            let mut sub = client.subscribe(subject).await.ok();
+            // Whatever was stored before the subscription counts too.
+            let mut tick = tokio::time::interval(FOLLOW_RECHECK);
+            loop {
+                let Some(f) = fleet.upgrade() else { return };
+                if !f.live().keep_watching(&task_id) {
+                    return;
+                }
+                f.publish_local(&task_id, TaskEvent::Stored);
+                drop(f);
+                match sub.as_mut() {
+                    Some(s) => tokio::select! {
+                        poked = s.next() => if poked.is_none() { sub = None },
+                        _ = tick.tick() => {}
+                    },
+                    None => {
+                        tick.tick().await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_ids_go_into_subjects() {
+        let id = "3f2b8c1e-9a4d-4e6f-8b2a-1c3d5e7f9a0b";
+        assert_eq!(subject_token(id), Some(id));
+        for bad in ["", "a.b", "a*", ">", "a b", "a\nb", &"x".repeat(65)] {
+            assert_eq!(subject_token(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! A real, throwaway nats-server with JetStream for tests: on a free loopback port, its store in a temp
+//! dir, killed and removed when the handle drops (also when the test fails). Needs `nats-server`
+//! (`scripts/testbed.sh` installs the `nats-server` package; `DROVER_NATS_SERVER` may name another binary).
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::{free_port, spawn_logged, terminate, wait_for};
+
+pub struct Nats {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+/// `DROVER_NATS_SERVER`, else `nats-server` on the PATH or in /usr/sbin and /usr/bin.
+fn find_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("DROVER_NATS_SERVER") {
+        let path = PathBuf::from(path);
+        if path.exists() {
+            return Ok(path);
+        }
+        bail!("DROVER_NATS_SERVER={} does not exist", path.display());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.exists())
+        .context(
+            "nats-server is not installed (run scripts/testbed.sh, which installs the `nats-server` \
+             package, or set DROVER_NATS_SERVER to its binary)",
+        )
+}
+
+impl Nats {
+    /// Starts a fresh server with JetStream and waits until it accepts connections. Fails, saying what is
+    /// missing, when nats-server is not installed.
+    pub fn start() -> anyhow::Result<Self> {
+        let binary = find_binary()?;
+        let dir = tempfile::Builder::new().prefix("drover-nats").tempdir()?;
+        let port = free_port();
+        let mut cmd = Command::new(&binary);
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path().join("store"));
+        let child = spawn_logged(cmd, &dir.path().join("log"))?;
+        let mut nats = Self {
+            child: Some(child),
+            dir,
+            port,
+        };
+        let ready = wait_for("nats-server to listen", Duration::from_secs(20), || {
+            if let Some(Ok(Some(status))) = nats.child.as_mut().map(|c| c.try_wait()) {
+                return Some(Err(status));
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| Ok(()))
+        });
+        match ready {
+            Ok(Ok(())) => Ok(nats),
+            Ok(Err(status)) => bail!("nats-server exited ({status}); its log:\n{}", nats.log()),
+            Err(e) => bail!("{e}; its log:\n{}", nats.log()),
+        }
+    }
+
+    /// The URL replicas connect to.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Kills the server at once, as a crash would (dropping the handle also stops it).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, false);
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, true);
+        }
+    }
+}

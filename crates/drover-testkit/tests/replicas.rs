@@ -1,0 +1,140 @@
+//! `--nats`: two replicas on one PostgreSQL and one nats-server (both started by the test), with one
+//! cluster secret. An agent attached to replica A runs a task created through replica B; B's CLI prints its
+//! output live and exits with its code; a cancel through B stops a long task on A's agent.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use drover_testkit::{Agent, Nats, Postgres, Server, ServerOptions, TIMEOUT, tail, wait_for};
+use serde_json::json;
+
+struct Cluster {
+    a: Server,
+    b: Server,
+    agent: Agent,
+    // Dropped last: the replicas and the agent go first.
+    _nats: Nats,
+    _pg: Postgres,
+    _secrets: tempfile::TempDir,
+}
+
+fn cluster() -> Cluster {
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e:#}"));
+    pg.create_database("drover").unwrap();
+    let nats = Nats::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("cluster.secret");
+    std::fs::write(&secret, "4b9e2d7a1c3f5e8b0d2a4c6e8f1b3d5a\n").unwrap();
+    let options = || ServerOptions {
+        args: vec![
+            "--database".into(),
+            pg.url("drover"),
+            "--cluster-secret-file".into(),
+            secret.to_str().unwrap().into(),
+            "--nats".into(),
+            nats.url(),
+        ],
+    };
+    let a = Server::start_with(options()).unwrap();
+    let b = Server::start_with(options()).unwrap();
+    let token = a.join_token(json!({})).unwrap();
+    let agent = Agent::start(
+        &a.agent_url(),
+        "box",
+        &[
+            "--token",
+            &token,
+            "--allow-shell",
+            "--heartbeat-interval",
+            "300ms",
+        ],
+    )
+    .unwrap();
+    a.wait_node("box", "the agent attached to A", |n| n["connected"] == true)
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&agent.log(), 30)));
+    Cluster {
+        a,
+        b,
+        agent,
+        _nats: nats,
+        _pg: pg,
+        _secrets: secrets,
+    }
+}
+
+impl Cluster {
+    fn logs(&self) -> String {
+        format!(
+            "A's log:\n{}\nB's log:\n{}\nagent log:\n{}",
+            tail(&self.a.log(), 30),
+            tail(&self.b.log(), 30),
+            tail(&self.agent.log(), 30)
+        )
+    }
+}
+
+#[test]
+fn a_task_created_through_another_replica_runs_and_its_output_follows() {
+    let c = cluster();
+    let out =
+        c.b.cli(&[
+            "exec",
+            "box",
+            "--shell",
+            "echo first; sleep 0.5; echo second >&2; sleep 0.5; echo third; exit 7",
+        ])
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "the exit code passes through B\nstdout: {stdout}\nstderr: {stderr}\n{}",
+        c.logs()
+    );
+    assert_eq!(stdout, "first\nthird\n", "{stderr}\n{}", c.logs());
+    assert!(stderr.contains("second"), "{stderr}");
+}
+
+#[test]
+fn output_reaches_a_follower_on_another_replica_while_the_task_runs() {
+    let c = cluster();
+    // A line, then a long wait: the line can only reach B's CLI live, not at the end.
+    let mut cli =
+        c.b.cli_command(&["exec", "box", "--shell", "echo early-line; sleep 600"])
+            .unwrap()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+    let mut lines = BufReader::new(cli.stdout.take().unwrap()).lines();
+    let first = lines.next().map(|l| l.unwrap_or_default());
+    assert_eq!(first.as_deref(), Some("early-line"), "{}", c.logs());
+
+    // Cancel through B: A's agent stops the task, and B's CLI ends with the task.
+    let tasks =
+        c.b.request("GET", "/api/v1/tasks", Some(&c.b.admin_token()), None)
+            .unwrap();
+    let id = tasks.body[0]["id"].as_str().unwrap().to_string();
+    let out = c.b.cli(&["tasks", "cancel", &id]).unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", c.logs());
+    let task =
+        c.b.wait_task_done(&id)
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let run = &task["runs"][0];
+    assert_eq!(run["state"], "Cancelled", "{task}\n{}", c.logs());
+    // Ended by the agent (signalled), not on the server only as for a node no replica reaches.
+    assert!(
+        !run["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("server only"),
+        "{task}"
+    );
+    let status = wait_for("B's CLI to exit", TIMEOUT, || cli.try_wait().ok().flatten())
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(
+        !status.success(),
+        "a cancelled task is a failure: {status:?}"
+    );
+}
