@@ -1,6 +1,7 @@
 //! `--nats`: two replicas on one PostgreSQL and one nats-server (both started by the test), with one
 //! cluster secret. An agent attached to replica A runs a task created through replica B; B's CLI prints its
-//! output live and exits with its code; a cancel through B stops a long task on A's agent.
+//! output live and exits with its code; a cancel through B stops a long task on A's agent; an action called
+//! through B runs on the agent.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -94,6 +95,27 @@ fn a_task_created_through_another_replica_runs_and_its_output_follows() {
     );
     assert_eq!(stdout, "first\nthird\n", "{stderr}\n{}", c.logs());
     assert!(stderr.contains("second"), "{stderr}");
+}
+
+#[test]
+fn an_action_called_through_another_replica_runs_on_the_agent() {
+    let c = cluster();
+    let call = |action: &str| {
+        c.b.request(
+            "POST",
+            &format!("/api/v1/nodes/box/actions/{action}"),
+            Some(&c.b.admin_token()),
+            Some(b"null".to_vec()),
+        )
+        .unwrap()
+    };
+    let r = call("ping");
+    assert_eq!(r.status, 200, "{r:?}\n{}", c.logs());
+    assert_eq!(r.body["result"]["pong"], true, "{r:?}");
+    // The holder checks the name against what the agent offers, and says what it offers.
+    let r = call("no_such_action");
+    assert!(r.status >= 400, "{r:?}");
+    assert!(r.body.to_string().contains("ping"), "{r:?}");
 }
 
 #[test]

@@ -6,6 +6,7 @@ use drover_proto::v1;
 
 use drover_types::action::{ActionError, ActionInfo};
 
+use super::route::RoutedCall;
 use super::{CallGuard, Fleet, FleetError};
 
 /// The longest an action call may be given: calls hold a caller and a slot on the node while they run.
@@ -56,14 +57,14 @@ impl Fleet {
             ));
         }
         let node = self.find(id_or_name).await?;
-        let known = self
-            .links
-            .actions(&node.id)
-            .ok_or(ActionError::NodeUnavailable)?;
-        if !known.iter().any(|a| a.name == name) {
+        // Not attached here: the replica that holds the node checks the action's name (`--nats`).
+        let local = self.links.actions(&node.id);
+        if let Some(known) = &local
+            && !known.iter().any(|a| a.name == name)
+        {
             return Err(ActionError::UnknownAction {
                 name: name.to_string(),
-                known: known.into_iter().map(|a| a.name).collect(),
+                known: known.iter().map(|a| a.name.clone()).collect(),
             }
             .into());
         }
@@ -100,20 +101,44 @@ impl Fleet {
         self.audit(actor, "action.call", &node.name, detail).await;
         // Within MAX_ACTION_DEADLINE, so neither this nor the margin below can overflow.
         let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+        let call = RoutedCall {
+            call_id,
+            name: name.to_string(),
+            args,
+            deadline_ms,
+            signature_json,
+        };
+        let outcome = match local {
+            Some(_) => self.run_call(&node.id, &call, deadline).await,
+            None => self
+                .call_elsewhere(&node.id, &call)
+                .await
+                .unwrap_or(Err(ActionError::NodeUnavailable)),
+        };
+        Ok((call.call_id, outcome?))
+    }
+
+    /// Runs a call on a node attached here and waits for its outcome (or gives up with the caller).
+    pub(super) async fn run_call(
+        &self,
+        node_id: &str,
+        call: &RoutedCall,
+        deadline: Duration,
+    ) -> Result<serde_json::Value, ActionError> {
         let reply = self
             .links
             .start_call(
-                &node.id,
-                &call_id,
-                name,
-                &args,
-                deadline_ms,
-                &signature_json,
+                node_id,
+                &call.call_id,
+                &call.name,
+                &call.args,
+                call.deadline_ms,
+                &call.signature_json,
             )
             .await?;
         let mut guard = CallGuard {
             fleet: self,
-            call_id: call_id.clone(),
+            call_id: call.call_id.clone(),
             done: false,
         };
         // The agent enforces the deadline; the margin covers the trip there and back.
@@ -122,12 +147,14 @@ impl Fleet {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(ActionError::NodeUnavailable),
             Err(_) => {
-                self.links.abandon_call(&call_id);
-                Err(ActionError::DeadlineExceeded { deadline_ms })
+                self.links.abandon_call(&call.call_id);
+                Err(ActionError::DeadlineExceeded {
+                    deadline_ms: call.deadline_ms,
+                })
             }
         };
         guard.done = true;
-        Ok((call_id, outcome?))
+        outcome
     }
 
     /// Cancels a running call; its caller receives Cancelled.

@@ -8,6 +8,8 @@
 //!   holds the node's stream subscribes (while it holds it) and answers `sent` once the message is in the
 //!   stream; it stays silent otherwise, so the asker sees "no responders" at once, or times out.
 //! - `drover.node.<node>.held`: request; the holder answers `held`.
+//! - `drover.node.<node>.call`: request; the payload is a [`RoutedCall`] as JSON; the holder starts the
+//!   action call on the stream and answers its outcome (`Result<Value, ActionError>` as JSON).
 //! - `drover.task.<task>.stored`: published (empty) by the replica that stored output or a run's end, so
 //!   followers on other replicas re-read the store.
 
@@ -16,8 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::v1::{ServerMessage, server_message::Msg};
+use drover_types::action::ActionError;
 use futures_util::StreamExt;
 use prost::Message as _;
+use serde::{Deserialize, Serialize};
 
 use super::Fleet;
 use super::tasks::TaskEvent;
@@ -32,6 +36,9 @@ const FOLLOW_RECHECK: Duration = Duration::from_secs(3);
 /// Holders asked at once when a task is created for nodes not attached here.
 const HELD_ASKS: usize = 256;
 
+/// The margin a routed action call waits beyond its deadline, for the answer to travel back twice.
+const CALL_MARGIN: Duration = Duration::from_secs(4);
+
 const SENT: &[u8] = b"sent";
 const HELD: &[u8] = b"held";
 
@@ -39,6 +46,16 @@ const HELD: &[u8] = b"held";
 pub enum NatsError {
     #[error("cannot connect to NATS at {url}: {reason} (is nats-server running there?)")]
     Connect { url: String, reason: String },
+}
+
+/// An action call sent to the replica that holds the node (checked and audited by the asker).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct RoutedCall {
+    pub call_id: String,
+    pub name: String,
+    pub args: serde_json::Value,
+    pub deadline_ms: u64,
+    pub signature_json: String,
 }
 
 /// A connection to NATS shared by the whole server.
@@ -106,6 +123,42 @@ impl Nats {
         }
     }
 
+    /// Runs an action call through the replica holding `node_id`; `None` when no replica holds it.
+    async fn call(
+        &self,
+        node_id: &str,
+        call: &RoutedCall,
+    ) -> Option<Result<serde_json::Value, ActionError>> {
+        let node = subject_token(node_id)?;
+        let payload = serde_json::to_vec(call).ok()?;
+        let patience = Duration::from_millis(call.deadline_ms).saturating_add(CALL_MARGIN);
+        let request = async_nats::Request::new()
+            .payload(payload.into())
+            .timeout(Some(patience));
+        let asked = self
+            .client
+            .send_request(format!("drover.node.{node}.call"), request);
+        match tokio::time::timeout(patience, asked).await {
+            Ok(Ok(reply)) => Some(serde_json::from_slice(&reply.payload).unwrap_or_else(|e| {
+                Err(ActionError::failed(format!(
+                    "the node's replica sent an unreadable answer: {e}"
+                )))
+            })),
+            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => None,
+            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::TimedOut => {
+                Some(Err(ActionError::DeadlineExceeded {
+                    deadline_ms: call.deadline_ms,
+                }))
+            }
+            Ok(Err(e)) => Some(Err(ActionError::failed(format!(
+                "cannot reach the node's replica: {e}"
+            )))),
+            Err(_) => Some(Err(ActionError::DeadlineExceeded {
+                deadline_ms: call.deadline_ms,
+            })),
+        }
+    }
+
     /// Whether some replica holds `node_id`'s stream.
     async fn held(&self, node_id: &str) -> bool {
         let Some(node) = subject_token(node_id) else {
@@ -158,6 +211,16 @@ impl Fleet {
         }
     }
 
+    /// Runs an action call through the replica holding the node; `None` without NATS or when no replica
+    /// holds it.
+    pub(crate) async fn call_elsewhere(
+        &self,
+        node_id: &str,
+        call: &RoutedCall,
+    ) -> Option<Result<serde_json::Value, ActionError>> {
+        self.nats()?.call(node_id, call).await
+    }
+
     /// Of `node_ids` (none attached here), those another replica holds.
     pub(crate) async fn held_elsewhere(&self, node_ids: Vec<String>) -> HashSet<String> {
         let Some(nats) = self.nats() else {
@@ -196,6 +259,20 @@ impl Fleet {
                 let (Some(reply), Some(fleet)) = (msg.reply, fleet.upgrade()) else {
                     continue;
                 };
+                if msg.subject.ends_with(".call") {
+                    // A call waits for the agent: answered on its own, so the node's other subjects go on.
+                    let (client, node) = (client.clone(), node.clone());
+                    tokio::spawn(async move {
+                        let Some(outcome) = fleet.routed_call(&node, &msg.payload).await else {
+                            return;
+                        };
+                        let answer = serde_json::to_vec(&outcome).unwrap_or_default();
+                        if let Err(e) = client.publish(reply, answer.into()).await {
+                            tracing::debug!("cannot answer a routed action call: {e}");
+                        }
+                    });
+                    continue;
+                }
                 let answer = match msg.subject.rsplit('.').next() {
                     Some("held") if fleet.links().is_attached(&node) => Some(HELD),
                     Some("send") => match ServerMessage::decode(msg.payload.as_ref()) {
@@ -217,6 +294,31 @@ impl Fleet {
                 }
             }
         })))
+    }
+
+    /// Runs a call another replica routed here; `None` (silence) when the node's stream is not here.
+    async fn routed_call(
+        &self,
+        node_id: &str,
+        payload: &[u8],
+    ) -> Option<Result<serde_json::Value, ActionError>> {
+        let known = self.links().actions(node_id)?;
+        let call: RoutedCall = match serde_json::from_slice(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                return Some(Err(ActionError::failed(format!(
+                    "the replica that took the call sent it unreadable: {e}"
+                ))));
+            }
+        };
+        if !known.iter().any(|a| a.name == call.name) {
+            return Some(Err(ActionError::UnknownAction {
+                name: call.name,
+                known: known.into_iter().map(|a| a.name).collect(),
+            }));
+        }
+        let deadline = Duration::from_millis(call.deadline_ms).min(super::MAX_ACTION_DEADLINE);
+        Some(self.run_call(node_id, &call, deadline).await)
     }
 
     /// While someone here follows `task_id`, listens for pokes from other replicas and turns them (and a
