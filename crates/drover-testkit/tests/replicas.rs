@@ -6,7 +6,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use drover_testkit::{Agent, Nats, Postgres, Server, ServerOptions, TIMEOUT, tail, wait_for};
+use drover_testkit::{
+    Agent, Nats, Postgres, Server, ServerOptions, TIMEOUT, free_port, tail, wait_for,
+};
 use serde_json::json;
 
 struct Cluster {
@@ -158,5 +160,27 @@ fn output_reaches_a_follower_on_another_replica_while_the_task_runs() {
     assert!(
         !status.success(),
         "a cancelled task is a failure: {status:?}"
+    );
+}
+
+#[test]
+fn a_replica_that_cannot_reach_nats_does_not_start() {
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e:#}"));
+    pg.create_database("drover").unwrap();
+    let nowhere = format!("nats://127.0.0.1:{}", free_port());
+    let refused = Server::start_with(ServerOptions {
+        args: vec![
+            "--database".into(),
+            pg.url("drover"),
+            "--nats".into(),
+            nowhere.clone(),
+        ],
+    })
+    .err()
+    .expect("a replica without NATS must not start");
+    let text = format!("{refused:#}");
+    assert!(
+        text.contains(&format!("cannot connect to NATS at {nowhere}")),
+        "{text}"
     );
 }
