@@ -119,6 +119,11 @@ impl Links {
         }
     }
 
+    /// The serial of the node's current stream, if it has one.
+    pub fn serial(&self, node_id: &str) -> Option<u64> {
+        lock(&self.links).get(node_id).map(|l| l.serial)
+    }
+
     pub fn is_attached(&self, node_id: &str) -> bool {
         lock(&self.links).contains_key(node_id)
     }

@@ -183,4 +183,14 @@ fn a_replica_that_cannot_reach_nats_does_not_start() {
         text.contains(&format!("cannot connect to NATS at {nowhere}")),
         "{text}"
     );
+
+    // Replicas share their records through PostgreSQL: --nats alone is refused before anything starts.
+    let out = drover_testkit::drover_cli()
+        .unwrap()
+        .args(["server", "--nats", &nowhere])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--nats needs --database"), "{stderr}");
 }

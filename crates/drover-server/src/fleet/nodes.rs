@@ -188,7 +188,7 @@ impl Fleet {
             self.stream_heartbeat(node_id, metrics)?;
         }
         let serial = self.links.attach(node_id, tx, hello.actions);
-        let held = self.hold(node_id).await;
+        let held = self.hold(node_id, serial).await;
         Ok((
             node,
             Attachment {

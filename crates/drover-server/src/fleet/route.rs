@@ -241,8 +241,8 @@ impl Fleet {
         }
     }
 
-    /// Answers for `node_id` on NATS while the returned guard lives (the node's stream is here).
-    pub(crate) async fn hold(self: &Arc<Self>, node_id: &str) -> Option<Held> {
+    /// Answers for `node_id` on NATS while the returned guard lives (the node's stream `serial` is here).
+    pub(crate) async fn hold(self: &Arc<Self>, node_id: &str, serial: u64) -> Option<Held> {
         let nats = self.nats()?;
         let node = subject_token(node_id)?.to_string();
         let mut sub = match nats.client.subscribe(format!("drover.node.{node}.*")).await {
@@ -259,6 +259,10 @@ impl Fleet {
                 let (Some(reply), Some(fleet)) = (msg.reply, fleet.upgrade()) else {
                     continue;
                 };
+                // A newer stream of the node (here) serves it with its own subscription: one answer only.
+                if fleet.links().serial(&node) != Some(serial) {
+                    continue;
+                }
                 if msg.subject.ends_with(".call") {
                     // A call waits for the agent: answered on its own, so the node's other subjects go on.
                     let (client, node) = (client.clone(), node.clone());
@@ -274,7 +278,7 @@ impl Fleet {
                     continue;
                 }
                 let answer = match msg.subject.rsplit('.').next() {
-                    Some("held") if fleet.links().is_attached(&node) => Some(HELD),
+                    Some("held") => Some(HELD),
                     Some("send") => match ServerMessage::decode(msg.payload.as_ref()) {
                         Ok(ServerMessage { msg: Some(m) }) => {
                             fleet.links().send(&node, m).await.then_some(SENT)
