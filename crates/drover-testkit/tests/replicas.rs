@@ -1,7 +1,7 @@
 //! `--nats`: two replicas on one PostgreSQL and one nats-server (both started by the test), with one
 //! cluster secret. An agent attached to replica A runs a task created through replica B; B's CLI prints its
-//! output live and exits with its code; a cancel through B stops a long task on A's agent; an action called
-//! through B runs on the agent.
+//! output live and exits with its code; a cancel through B stops a long task on A's agent; a manifest
+//! applied through B converges on the agent; an action called through B runs on the agent.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -19,6 +19,8 @@ struct Cluster {
     _nats: Nats,
     _pg: Postgres,
     _secrets: tempfile::TempDir,
+    /// Where the agent may write files (manifests).
+    files: tempfile::TempDir,
 }
 
 fn cluster() -> Cluster {
@@ -40,7 +42,8 @@ fn cluster() -> Cluster {
     };
     let a = Server::start_with(options()).unwrap();
     let b = Server::start_with(options()).unwrap();
-    let token = a.join_token(json!({})).unwrap();
+    let token = a.join_token(json!({"labels": {"role": "edge"}})).unwrap();
+    let files = tempfile::tempdir().unwrap();
     let agent = Agent::start(
         &a.agent_url(),
         "box",
@@ -48,6 +51,8 @@ fn cluster() -> Cluster {
             "--token",
             &token,
             "--allow-shell",
+            "--allow-path",
+            files.path().to_str().unwrap(),
             "--heartbeat-interval",
             "300ms",
         ],
@@ -62,6 +67,7 @@ fn cluster() -> Cluster {
         _nats: nats,
         _pg: pg,
         _secrets: secrets,
+        files,
     }
 }
 
@@ -97,6 +103,24 @@ fn a_task_created_through_another_replica_runs_and_its_output_follows() {
     );
     assert_eq!(stdout, "first\nthird\n", "{stderr}\n{}", c.logs());
     assert!(stderr.contains("second"), "{stderr}");
+}
+
+#[test]
+fn a_manifest_applied_through_another_replica_converges_on_the_agent() {
+    let c = cluster();
+    let motd = c.files.path().join("motd");
+    let manifest = json!({"name": "base", "selector": {"role": "edge"}, "resources": [
+        {"id": "motd", "file": {"path": motd.to_str().unwrap(), "content": "hello from B\n"}}]});
+    let applied =
+        c.b.post("/api/v1/manifests", Some(&c.b.admin_token()), &manifest)
+            .unwrap();
+    assert_eq!(applied.status, 200, "{applied:?}");
+    // The desired state reaches the agent only through A, which holds its stream.
+    wait_for("the file on the agent", TIMEOUT, || {
+        std::fs::read_to_string(&motd).ok()
+    })
+    .map(|text| assert_eq!(text, "hello from B\n"))
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
 
 #[test]
