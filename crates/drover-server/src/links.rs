@@ -33,9 +33,13 @@ impl Payload {
     }
 }
 
+/// What the fleet sends a node through. Boxed: a channel allocates its first block of 32 slots at once,
+/// and every attached node has one, so a slot holds a pointer rather than a whole message.
+pub type LinkSender = mpsc::Sender<Box<ServerMessage>>;
+
 struct Link {
     serial: u64,
-    tx: mpsc::Sender<ServerMessage>,
+    tx: LinkSender,
     actions: Vec<ActionInfo>,
 }
 
@@ -81,12 +85,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Links {
     /// Registers a node's stream; returns its serial (a newer stream for the node replaces an older one).
-    pub fn attach(
-        &self,
-        node_id: &str,
-        tx: mpsc::Sender<ServerMessage>,
-        actions: Vec<ActionInfo>,
-    ) -> u64 {
+    pub fn attach(&self, node_id: &str, tx: LinkSender, actions: Vec<ActionInfo>) -> u64 {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         lock(&self.links).insert(
             node_id.to_string(),
@@ -143,14 +142,17 @@ impl Links {
         lock(&self.links).get(node_id).map(|l| l.actions.clone())
     }
 
-    fn sender(&self, node_id: &str) -> Option<mpsc::Sender<ServerMessage>> {
+    fn sender(&self, node_id: &str) -> Option<LinkSender> {
         lock(&self.links).get(node_id).map(|l| l.tx.clone())
     }
 
     /// Sends to a node's stream; false when it has none.
     pub async fn send(&self, node_id: &str, msg: Msg) -> bool {
         match self.sender(node_id) {
-            Some(tx) => tx.send(ServerMessage { msg: Some(msg) }).await.is_ok(),
+            Some(tx) => tx
+                .send(Box::new(ServerMessage { msg: Some(msg) }))
+                .await
+                .is_ok(),
             None => false,
         }
     }
@@ -232,9 +234,9 @@ impl Links {
             let cancel = v1::CancelAction {
                 call_id: call_id.to_string(),
             };
-            let _ = tx.try_send(ServerMessage {
+            let _ = tx.try_send(Box::new(ServerMessage {
                 msg: Some(Msg::CancelAction(cancel)),
-            });
+            }));
         }
     }
 
@@ -306,7 +308,9 @@ impl Links {
             plugin.to_string(),
             Session {
                 info,
-                history: VecDeque::new(),
+                // Room for one more than is kept (a payload is pushed before the oldest goes), so the
+                // queue never doubles past it: every node holds several sessions.
+                history: VecDeque::with_capacity(SESSION_HISTORY + 1),
             },
         );
         Ok(session_id)
@@ -554,7 +558,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            rx.recv().await,
+            rx.recv().await.map(|m| *m),
             Some(ServerMessage {
                 msg: Some(Msg::ActionCall(_))
             })
