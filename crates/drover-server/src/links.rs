@@ -2,7 +2,9 @@
 //! answer, and the daemon-plugin sessions with their latest payloads. All in memory: a stream, a call and a
 //! session cannot outlive the process, and agents recreate their sessions when they reconnect.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod history;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,24 +16,11 @@ use drover_types::session::{SessionDetail, SessionInfo, SessionSample, SessionSt
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use history::{History, Payload};
+
 /// Payloads kept per session. Small on purpose: every node holds a few sessions, and a fleet holds
 /// thousands of nodes (metrics history lives in the store).
 pub const SESSION_HISTORY: usize = 10;
-
-/// A payload as the agent sent it: JSON text, checked on arrival, parsed only when someone looks (a
-/// parsed `Value` costs several times its text).
-#[derive(Clone)]
-struct Payload {
-    at: chrono::DateTime<Utc>,
-    seq: u64,
-    json: Box<str>,
-}
-
-impl Payload {
-    fn value(&self) -> Value {
-        serde_json::from_str(&self.json).unwrap_or(Value::Null)
-    }
-}
 
 /// What the fleet sends a node through. Boxed: a channel allocates its first block of 32 slots at once,
 /// and every attached node has one, so a slot holds a pointer rather than a whole message.
@@ -50,8 +39,11 @@ struct Pending {
 
 struct Session {
     info: SessionInfo,
-    /// Oldest first; the last one is the latest payload.
-    history: VecDeque<Payload>,
+    history: History,
+}
+
+fn parse(p: &Payload) -> Value {
+    serde_json::from_str(&p.json).unwrap_or(Value::Null)
 }
 
 /// Why session data was not accepted.
@@ -132,7 +124,7 @@ impl Links {
         lock(&self.sessions)
             .iter()
             .filter_map(|(node, sessions)| {
-                let latest = sessions.get(plugin)?.history.back()?;
+                let latest = sessions.get(plugin)?.history.latest()?;
                 Some((node.clone(), latest.json.clone()))
             })
             .collect()
@@ -308,9 +300,7 @@ impl Links {
             plugin.to_string(),
             Session {
                 info,
-                // Room for one more than is kept (a payload is pushed before the oldest goes), so the
-                // queue never doubles past it: every node holds several sessions.
-                history: VecDeque::with_capacity(SESSION_HISTORY + 1),
+                history: History::default(),
             },
         );
         Ok(session_id)
@@ -347,20 +337,13 @@ impl Links {
             s.info.last_update = Some(now);
             s.info.seq = data.seq;
             s.info.deadline_misses = data.deadline_misses;
-            s.history.push_back(Payload {
+            let payload = Payload {
                 at: now,
                 seq: data.seq,
                 json: data.payload_json.as_str().into(),
-            });
-            // The oldest samples go past either bound; the latest always stays.
-            let mut bytes: usize = s.history.iter().map(|p| p.json.len()).sum();
-            while s.history.len() > 1
-                && (s.history.len() > SESSION_HISTORY || bytes > MAX_SESSION_HISTORY_BYTES)
-            {
-                if let Some(old) = s.history.pop_front() {
-                    bytes -= old.json.len();
-                }
-            }
+            };
+            s.history
+                .push(payload, SESSION_HISTORY, MAX_SESSION_HISTORY_BYTES);
         })
     }
 
@@ -387,7 +370,7 @@ impl Links {
             .and_then(|s| s.get(plugin))
             .map(|s| SessionDetail {
                 info: s.info.clone(),
-                payload: s.history.back().map(Payload::value),
+                payload: s.history.latest().map(parse),
             })
     }
 
@@ -397,11 +380,12 @@ impl Links {
             .and_then(|s| s.get(plugin))
             .map(|s| {
                 s.history
+                    .samples()
                     .iter()
                     .map(|p| SessionSample {
                         at: p.at,
                         seq: p.seq,
-                        payload: p.value(),
+                        payload: parse(p),
                     })
                     .collect()
             })
