@@ -147,6 +147,8 @@ pub struct Fleet {
     pub(crate) status_events: desired::StatusEvents,
     beats: nodes::Heartbeats,
     blobs: desired::BlobCache,
+    /// Whether this replica runs the leader-only sweeps now (`server::leader`); one server alone always does.
+    leader: std::sync::atomic::AtomicBool,
     #[cfg(feature = "tamper")]
     tamper: tamper::Tamper,
 }
@@ -218,9 +220,19 @@ impl Fleet {
             status_events: Default::default(),
             beats: Default::default(),
             blobs: Default::default(),
+            leader: std::sync::atomic::AtomicBool::new(true),
             #[cfg(feature = "tamper")]
             tamper: Default::default(),
         })
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_leader(&self, leader: bool) {
+        self.leader
+            .store(leader, std::sync::atomic::Ordering::Relaxed);
     }
 
     #[cfg(feature = "tamper")]
