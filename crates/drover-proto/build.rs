@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Relative to this package, so the check follows the checkout being built.
     println!("cargo:rerun-if-changed=../../proto/drover.proto");
     let fds = protox::compile([file.as_str()], [proto_dir.as_str()])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Small per-call buffers: see src/codec.rs.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::DroverCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

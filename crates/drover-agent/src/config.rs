@@ -24,9 +24,10 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
       drover-agent --state-dir /var/lib/drover-agent"
 )]
 pub struct Args {
-    /// Server's agent endpoint, e.g. https://cp.example.com:9090 (also CONTROL_PLANE_URL).
-    #[arg(long, env = "DROVER_SERVER")]
-    pub server: Option<String>,
+    /// Server's agent endpoint, e.g. https://cp.example.com:9090 (also CONTROL_PLANE_URL); repeatable
+    /// (env: comma-separated) for replicas: the agent attaches to one and moves to the next when it goes.
+    #[arg(long, env = "DROVER_SERVER", value_delimiter = ',')]
+    pub server: Vec<String>,
     /// Join token for the first start (from `drover token create`).
     #[arg(long, env = "DROVER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -128,6 +129,9 @@ pub struct PluginFileConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub server: Option<String>,
+    /// Several servers (replicas), tried in order; with `server`, that one comes first.
+    #[serde(default)]
+    pub servers: Vec<String>,
     pub token: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub name: Option<String>,
@@ -157,7 +161,8 @@ pub struct FileConfig {
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub server: Option<String>,
+    /// The servers given (normalized, in order); empty: the one the node enrolled with.
+    pub servers: Vec<String>,
     pub token: Option<String>,
     pub state_dir: PathBuf,
     pub name: Option<String>,
@@ -430,6 +435,15 @@ impl AgentConfig {
                 .map_err(|e| ConfigError::Invalid(format!("resync interval: {e}")))?,
             None => Duration::from_secs(30),
         };
+        let given = if !args.server.is_empty() {
+            args.server
+        } else if let Some(url) = env_nonempty("CONTROL_PLANE_URL") {
+            vec![url]
+        } else {
+            file.server.into_iter().chain(file.servers).collect()
+        };
+        let servers = crate::servers::parse(&given)
+            .map_err(|e| ConfigError::Invalid(format!("--server: {e}")))?;
         let log_format = args.log_format.or(file.log_format);
         if let Some(f) = &log_format
             && f != "text"
@@ -440,10 +454,7 @@ impl AgentConfig {
             )));
         }
         Ok(Self {
-            server: args
-                .server
-                .or_else(|| env_nonempty("CONTROL_PLANE_URL"))
-                .or(file.server),
+            servers,
             token: args.token.or(file.token),
             state_dir: args
                 .state_dir

@@ -13,6 +13,7 @@ pub mod inventory;
 pub mod link;
 pub mod metrics_listen;
 pub mod policy;
+pub mod servers;
 pub mod tasks;
 
 pub use config::AgentConfig;

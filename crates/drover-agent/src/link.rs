@@ -23,6 +23,7 @@ use crate::converge::{Blobs, ConvergeCtx, Converger};
 use crate::daemon::{self, Control};
 use crate::identity::{self, Identity, IdentityError};
 use crate::inventory::Collector;
+use crate::servers::Servers;
 use crate::tasks::TaskManager;
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
@@ -104,12 +105,8 @@ pub async fn run(
     let Some(identity) = load_or_enroll(&config, &mut shutdown).await? else {
         return Ok(());
     };
-    let server = match &config.server {
-        Some(url) => identity::normalize_url(url)?,
-        None => identity.info.server.clone(),
-    };
-    let endpoint = identity.endpoint(&server)?;
-    tracing::info!(node = %identity.info.name, id = %identity.info.node_id, %server, "starting");
+    let mut servers = Servers::new(&identity, &config.servers)?;
+    tracing::info!(node = %identity.info.name, id = %identity.info.node_id, server = %servers.url(), servers = servers.len(), "starting");
     let mut collector = Collector::new()?;
     let mut backoff = Backoff::default();
     let ctx = ActionCtx {
@@ -152,7 +149,7 @@ pub async fn run(
     };
     loop {
         let end = tokio::select! {
-            end = session(&endpoint, &config, &mut collector, &mut backoff, &services) => end,
+            end = session(servers.endpoint(), &config, &mut collector, &mut backoff, &services) => end,
             _ = shutdown.changed() => return Ok(()),
         };
         crate::metrics_listen::link(false);
@@ -161,7 +158,7 @@ pub async fn run(
         // problem.
         let end = match end {
             SessionEnd::Broken(_) | SessionEnd::Closed => {
-                match identity.probe_refusal(&server).await {
+                match identity.probe_refusal(servers.url()).await {
                     Some(refusal) => SessionEnd::Refused(describe_transport_error(&refusal)),
                     None => end,
                 }
@@ -169,11 +166,15 @@ pub async fn run(
             other => other,
         };
         let delay = backoff.next_delay();
+        let server = servers.url().to_string();
+        // The next attempt goes to the next replica: this one may be gone for good. The identity stays.
+        let next = servers.advance().then(|| servers.url().to_string());
+        let then = next.map(|n| format!(" at {n}")).unwrap_or_default();
         match &end {
             SessionEnd::Refused(m) => {
-                tracing::error!(%server, "the server refused this agent: {m}; retrying in {delay:.1?}")
+                tracing::error!(%server, "the server refused this agent: {m}; retrying{then} in {delay:.1?}")
             }
-            other => tracing::warn!(%server, "link down: {other}; retrying in {delay:.1?}"),
+            other => tracing::warn!(%server, "link down: {other}; retrying{then} in {delay:.1?}"),
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -194,7 +195,11 @@ async fn load_or_enroll(
         return Ok(Some(identity));
     }
     let token = config.token.as_deref().ok_or(IdentityError::NotEnrolled)?;
-    let server = identity::normalize_url(config.server.as_deref().ok_or(IdentityError::NoServer)?)?;
+    if config.servers.is_empty() {
+        return Err(IdentityError::NoServer.into());
+    }
+    // Any replica enrolls (they share one CA); an unreachable one is skipped for the next.
+    let mut attempt = 0usize;
     let name = config
         .name
         .clone()
@@ -202,7 +207,9 @@ async fn load_or_enroll(
         .unwrap_or_else(|| "node".to_string());
     let mut backoff = Backoff::default();
     loop {
-        match identity::enroll(&config.state_dir, &server, token, &name, &config.labels).await {
+        let server = &config.servers[attempt % config.servers.len()];
+        attempt = attempt.wrapping_add(1);
+        match identity::enroll(&config.state_dir, server, token, &name, &config.labels).await {
             Ok(identity) => {
                 tracing::info!(node = %identity.info.name, id = %identity.info.node_id, "enrolled; certificate kept in {}", config.state_dir.display());
                 return Ok(Some(identity));

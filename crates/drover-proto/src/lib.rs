@@ -6,6 +6,7 @@ pub mod v1 {
     tonic::include_proto!("drover.v1");
 }
 
+pub mod codec;
 mod convert;
 pub mod pinning;
 

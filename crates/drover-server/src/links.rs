@@ -2,7 +2,9 @@
 //! answer, and the daemon-plugin sessions with their latest payloads. All in memory: a stream, a call and a
 //! session cannot outlive the process, and agents recreate their sessions when they reconnect.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod history;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,28 +16,19 @@ use drover_types::session::{SessionDetail, SessionInfo, SessionSample, SessionSt
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use history::{History, Payload};
+
 /// Payloads kept per session. Small on purpose: every node holds a few sessions, and a fleet holds
 /// thousands of nodes (metrics history lives in the store).
 pub const SESSION_HISTORY: usize = 10;
 
-/// A payload as the agent sent it: JSON text, checked on arrival, parsed only when someone looks (a
-/// parsed `Value` costs several times its text).
-#[derive(Clone)]
-struct Payload {
-    at: chrono::DateTime<Utc>,
-    seq: u64,
-    json: Box<str>,
-}
-
-impl Payload {
-    fn value(&self) -> Value {
-        serde_json::from_str(&self.json).unwrap_or(Value::Null)
-    }
-}
+/// What the fleet sends a node through. Boxed: a channel allocates its first block of 32 slots at once,
+/// and every attached node has one, so a slot holds a pointer rather than a whole message.
+pub type LinkSender = mpsc::Sender<Box<ServerMessage>>;
 
 struct Link {
     serial: u64,
-    tx: mpsc::Sender<ServerMessage>,
+    tx: LinkSender,
     actions: Vec<ActionInfo>,
 }
 
@@ -46,8 +39,11 @@ struct Pending {
 
 struct Session {
     info: SessionInfo,
-    /// Oldest first; the last one is the latest payload.
-    history: VecDeque<Payload>,
+    history: History,
+}
+
+fn parse(p: &Payload) -> Value {
+    serde_json::from_str(&p.json).unwrap_or(Value::Null)
 }
 
 /// Why session data was not accepted.
@@ -81,12 +77,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Links {
     /// Registers a node's stream; returns its serial (a newer stream for the node replaces an older one).
-    pub fn attach(
-        &self,
-        node_id: &str,
-        tx: mpsc::Sender<ServerMessage>,
-        actions: Vec<ActionInfo>,
-    ) -> u64 {
+    pub fn attach(&self, node_id: &str, tx: LinkSender, actions: Vec<ActionInfo>) -> u64 {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         lock(&self.links).insert(
             node_id.to_string(),
@@ -138,7 +129,7 @@ impl Links {
         lock(&self.sessions)
             .iter()
             .filter_map(|(node, sessions)| {
-                let latest = sessions.get(plugin)?.history.back()?;
+                let latest = sessions.get(plugin)?.history.latest()?;
                 Some((node.clone(), latest.json.clone()))
             })
             .collect()
@@ -148,14 +139,17 @@ impl Links {
         lock(&self.links).get(node_id).map(|l| l.actions.clone())
     }
 
-    fn sender(&self, node_id: &str) -> Option<mpsc::Sender<ServerMessage>> {
+    fn sender(&self, node_id: &str) -> Option<LinkSender> {
         lock(&self.links).get(node_id).map(|l| l.tx.clone())
     }
 
     /// Sends to a node's stream; false when it has none.
     pub async fn send(&self, node_id: &str, msg: Msg) -> bool {
         match self.sender(node_id) {
-            Some(tx) => tx.send(ServerMessage { msg: Some(msg) }).await.is_ok(),
+            Some(tx) => tx
+                .send(Box::new(ServerMessage { msg: Some(msg) }))
+                .await
+                .is_ok(),
             None => false,
         }
     }
@@ -237,9 +231,9 @@ impl Links {
             let cancel = v1::CancelAction {
                 call_id: call_id.to_string(),
             };
-            let _ = tx.try_send(ServerMessage {
+            let _ = tx.try_send(Box::new(ServerMessage {
                 msg: Some(Msg::CancelAction(cancel)),
-            });
+            }));
         }
     }
 
@@ -311,7 +305,7 @@ impl Links {
             plugin.to_string(),
             Session {
                 info,
-                history: VecDeque::new(),
+                history: History::default(),
             },
         );
         Ok(session_id)
@@ -348,20 +342,13 @@ impl Links {
             s.info.last_update = Some(now);
             s.info.seq = data.seq;
             s.info.deadline_misses = data.deadline_misses;
-            s.history.push_back(Payload {
+            let payload = Payload {
                 at: now,
                 seq: data.seq,
                 json: data.payload_json.as_str().into(),
-            });
-            // The oldest samples go past either bound; the latest always stays.
-            let mut bytes: usize = s.history.iter().map(|p| p.json.len()).sum();
-            while s.history.len() > 1
-                && (s.history.len() > SESSION_HISTORY || bytes > MAX_SESSION_HISTORY_BYTES)
-            {
-                if let Some(old) = s.history.pop_front() {
-                    bytes -= old.json.len();
-                }
-            }
+            };
+            s.history
+                .push(payload, SESSION_HISTORY, MAX_SESSION_HISTORY_BYTES);
         })
     }
 
@@ -388,7 +375,7 @@ impl Links {
             .and_then(|s| s.get(plugin))
             .map(|s| SessionDetail {
                 info: s.info.clone(),
-                payload: s.history.back().map(Payload::value),
+                payload: s.history.latest().map(parse),
             })
     }
 
@@ -398,11 +385,12 @@ impl Links {
             .and_then(|s| s.get(plugin))
             .map(|s| {
                 s.history
+                    .samples()
                     .iter()
                     .map(|p| SessionSample {
                         at: p.at,
                         seq: p.seq,
-                        payload: p.value(),
+                        payload: parse(p),
                     })
                     .collect()
             })
@@ -559,7 +547,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            rx.recv().await,
+            rx.recv().await.map(|m| *m),
             Some(ServerMessage {
                 msg: Some(Msg::ActionCall(_))
             })

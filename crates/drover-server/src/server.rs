@@ -230,12 +230,49 @@ async fn flush_heartbeats(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>
     }
 }
 
+/// How often a replica that does not lead tries to take the leader lock (and the leader checks it holds it).
+const LEADER_RETRY: Duration = Duration::from_secs(2);
+
+/// Takes the leader lock (or checks it still holds it) and says when that changes.
+async fn try_lead(fleet: &Fleet) {
+    let now = match fleet.store().try_lead().await {
+        Ok(l) => l,
+        Err(e) => {
+            if fleet.is_leader() {
+                tracing::warn!("lost the leader lock: {e}");
+            }
+            false
+        }
+    };
+    if now != fleet.is_leader() {
+        fleet.set_leader(now);
+        if now {
+            tracing::info!("leader: this replica runs the sweeps and retention now");
+        } else {
+            tracing::info!("not the leader any more: another replica runs the sweeps");
+        }
+    }
+}
+
+/// Keeps trying the leader lock, so leadership moves when the leader dies.
+async fn lead(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(LEADER_RETRY) => {}
+            _ = shutdown.changed() => return,
+        }
+        try_lead(&fleet).await;
+    }
+}
+
 /// Housekeeping: runs whose node went silent end as Lost; channels nobody follows go; old tasks and output go.
 async fn janitor(fleet: Arc<Fleet>, config: ServerConfig, mut shutdown: watch::Receiver<bool>) {
     let every = (config.lost_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let mut since_retention = RETENTION_EVERY;
     loop {
-        if since_retention >= RETENTION_EVERY {
+        // Channels are this replica's own; the store's records are swept by the leader alone.
+        let leader = fleet.is_leader();
+        if leader && since_retention >= RETENTION_EVERY {
             since_retention = Duration::ZERO;
             match fleet
                 .apply_retention(config.task_retention, config.max_task_output)
@@ -258,6 +295,9 @@ async fn janitor(fleet: Arc<Fleet>, config: ServerConfig, mut shutdown: watch::R
         }
         since_retention += every;
         fleet.sweep_followers();
+        if !fleet.is_leader() {
+            continue;
+        }
         match fleet.sweep_lost_runs(config.lost_after).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(runs = n, "runs whose node went silent ended as Lost"),
@@ -367,6 +407,10 @@ impl RunningServer {
                 }
             });
         }
+        // Whether this replica leads is known before the first sweep.
+        fleet.set_leader(false);
+        try_lead(&fleet).await;
+        tokio::spawn(lead(fleet.clone(), shutdown_rx.clone()));
         tokio::spawn(janitor(fleet.clone(), config.clone(), shutdown_rx.clone()));
         tokio::spawn(flush_heartbeats(fleet.clone(), shutdown_rx.clone()));
 

@@ -12,6 +12,7 @@ use drover_agent::identity::{self, Identity, IdentityError};
 use drover_agent::link::{
     self, Attached, HelloInfo, SessionEnd, describe_transport_error, refused_or_broken,
 };
+use drover_agent::servers::Servers;
 use drover_proto::v1::{
     self, AgentMessage, CreateSession, ServerMessage, SessionData, agent_message::Msg,
     server_message,
@@ -43,11 +44,7 @@ pub async fn run(index: u32, config: Arc<Config>) {
         return;
     };
     Stats::add(&config.stats.enrolled);
-    let server = config
-        .server
-        .clone()
-        .unwrap_or_else(|| identity.info.server.clone());
-    let endpoint = match identity.endpoint(&server) {
+    let mut servers = match Servers::new(&identity, &config.servers) {
         Ok(e) => e,
         Err(e) => {
             config.stats.error(format!("{name}: {e}"));
@@ -69,8 +66,10 @@ pub async fn run(index: u32, config: Arc<Config>) {
     };
     let mut backoff = Backoff::default();
     loop {
-        let end = agent.session(&endpoint, &mut backoff).await;
+        let end = agent.session(servers.endpoint(), &mut backoff).await;
         let delay = backoff.next_delay();
+        // As the real agent: the next attempt goes to the next replica.
+        servers.advance();
         tracing::debug!(agent = %name, "link down: {end}; retrying in {delay:.1?}");
         if !matches!(end, SessionEnd::Closed) {
             config.stats.error(format!("{name}: {end}"));
@@ -90,14 +89,17 @@ async fn identity(index: u32, name: &str, config: &Config) -> Option<Identity> {
             return None;
         }
     }
-    let (Some(token), Some(server)) = (&config.token, &config.server) else {
+    let (Some(token), false) = (&config.token, config.servers.is_empty()) else {
         config.stats.error(format!(
             "{name} is not enrolled yet: give --token and --server"
         ));
         return None;
     };
     let mut backoff = Backoff::default();
+    let mut attempt = 0usize;
     loop {
+        let server = &config.servers[attempt % config.servers.len()];
+        attempt = attempt.wrapping_add(1);
         match identity::enroll(&dir, server, token, name, &config.labels).await {
             Ok(identity) => return Some(identity),
             // The server may be starting or busy; everything else is final, as for the real agent.

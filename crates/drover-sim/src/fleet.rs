@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use drover_agent::actions::ActionCtx;
-use drover_agent::identity::normalize_url;
 use drover_agent::policy::Policy;
 use drover_types::Labels;
 use drover_types::labels::{parse_labels, validate_labels};
@@ -24,7 +23,7 @@ pub struct Plugin {
 }
 
 pub struct Options {
-    pub server: Option<String>,
+    pub server: Vec<String>,
     pub token: Option<String>,
     pub agents: u32,
     pub start_index: u32,
@@ -41,7 +40,8 @@ pub struct Options {
 
 /// What every agent shares.
 pub struct Config {
-    pub server: Option<String>,
+    /// The servers (replicas) to attach to, in order; empty: the one each agent enrolled with.
+    pub servers: Vec<String>,
     pub token: Option<String>,
     pub agents: u32,
     pub start_index: u32,
@@ -61,7 +61,7 @@ pub struct Config {
 
 impl Config {
     pub fn new(o: Options) -> anyhow::Result<Self> {
-        let server = o.server.as_deref().map(normalize_url).transpose()?;
+        let servers = drover_agent::servers::parse(&o.server)?;
         let mut labels = parse_labels(&o.labels)?;
         labels.insert("sim".into(), "1".into());
         validate_labels(&labels)?;
@@ -76,7 +76,7 @@ impl Config {
             })
             .collect();
         Ok(Self {
-            server,
+            servers,
             token: o.token,
             agents: o.agents,
             start_index: o.start_index,
@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn config_adds_the_sim_label_takes_the_agents_plugins_and_names_dirs() {
         let config = Config::new(Options {
-            server: Some("127.0.0.1:9090".into()),
+            server: vec!["127.0.0.1:9090".into()],
             token: None,
             agents: 3,
             start_index: 10,
@@ -189,7 +189,7 @@ mod tests {
             status_file: None,
         })
         .unwrap();
-        assert_eq!(config.server.as_deref(), Some("https://127.0.0.1:9090"));
+        assert_eq!(config.servers, vec!["https://127.0.0.1:9090"]);
         assert_eq!(config.labels["sim"], "1");
         assert_eq!(config.labels["role"], "edge");
         assert_eq!(config.plugins.len(), 2);

@@ -31,9 +31,10 @@ gets the same counters as JSON, rewritten four times a second.";
 #[derive(Debug, Parser)]
 #[command(version, after_help = EXAMPLES)]
 struct Args {
-    /// The server's agent port, https://HOST:PORT (default: the address each agent enrolled with)
-    #[arg(long)]
-    server: Option<String>,
+    /// The server's agent port, https://HOST:PORT (default: the address each agent enrolled with);
+    /// repeatable or comma-separated for replicas, as the agent's
+    #[arg(long, value_delimiter = ',')]
+    server: Vec<String>,
     /// Join token (from `drover token create`); only needed for agents not enrolled yet
     #[arg(long, env = "DROVER_SIM_TOKEN")]
     token: Option<String>,

@@ -18,6 +18,8 @@ pub struct Postgres {
     /// Run PostgreSQL's programs as this user (the tests run as root), or as ourselves.
     run_as: Option<String>,
     started: bool,
+    /// `synchronous_commit=on`: commits survive `kill`.
+    durable: bool,
 }
 
 /// PostgreSQL's `bin` dir: `DROVER_PG_BIN`, else the newest under /usr/lib/postgresql (Debian's layout).
@@ -57,6 +59,17 @@ fn is_root() -> bool {
 impl Postgres {
     /// Makes and starts a fresh cluster. Fails, saying what is missing, when PostgreSQL is not installed.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// As `start`, with each commit written out before it returns (`synchronous_commit=on`), so a commit
+    /// survives `kill`: for tests that crash the database and count what is kept. (`fsync` stays off:
+    /// the machine does not crash, only PostgreSQL.)
+    pub fn start_durable() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> anyhow::Result<Self> {
         let bin = find_bin()?;
         let dir = tempfile::Builder::new().prefix("drover-pg").tempdir()?;
         let run_as = if is_root() {
@@ -82,9 +95,14 @@ impl Postgres {
             port: free_port(),
             run_as,
             started: false,
+            durable,
         };
         let data = pg.data_dir();
-        let data = data.to_str().context("temp dir path is not UTF-8")?;
+        let data = data
+            .to_str()
+            .context("temp dir path is not UTF-8")?
+            .to_string();
+        let data = data.as_str();
         pg.run(
             "initdb",
             &[
@@ -99,22 +117,43 @@ impl Postgres {
                 "--no-sync",
             ],
         )?;
+        pg.start_again()?;
+        Ok(pg)
+    }
+
+    /// Starts the stopped cluster again, on the same port and data.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        let data = self.data_dir();
+        let data = data.to_str().context("temp dir path is not UTF-8")?;
         // A throwaway cluster: durability off for speed; the socket beside the data, not in /run.
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit={} \
              -c full_page_writes=off -c max_connections=400",
-            pg.port,
-            pg.dir.path().display()
+            self.port,
+            self.dir.path().display(),
+            if self.durable { "on" } else { "off" }
         );
-        let log = pg.dir.path().join("log");
+        let log = self.dir.path().join("log");
         let log = log.to_str().context("temp dir path is not UTF-8")?;
-        pg.started = true;
-        pg.run(
+        self.started = true;
+        self.run(
             "pg_ctl",
             &["-D", data, "-o", &options, "-l", log, "-w", "start"],
         )
-        .with_context(|| format!("PostgreSQL did not start; its log:\n{}", pg.log()))?;
-        Ok(pg)
+        .with_context(|| format!("PostgreSQL did not start; its log:\n{}", self.log()))?;
+        Ok(())
+    }
+
+    /// Stops the cluster as a crash would (`immediate`: no checkpoint, connections cut); `start_again`
+    /// recovers it.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if self.started {
+            self.started = false;
+            let data = self.data_dir();
+            let data = data.to_str().context("temp dir path is not UTF-8")?;
+            self.run("pg_ctl", &["-D", data, "-m", "immediate", "-w", "stop"])?;
+        }
+        Ok(())
     }
 
     fn data_dir(&self) -> PathBuf {

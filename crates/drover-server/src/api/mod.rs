@@ -120,6 +120,44 @@ async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "healthy", "version": drover_types::VERSION}))
 }
 
+/// How long `/ready` waits for the database: a probe must answer sooner than the pool's own timeout.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether this replica can serve: its database answers. 503 with the cause when not; the process stays
+/// up and the pool reconnects, so a load balancer takes it out and puts it back.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "meta",
+    operation_id = "ready",
+    responses(
+        (status = 200, description = "`{\"ready\": true, \"leader\": bool}`", body = Object),
+        (status = 503, description = "`{\"ready\": false, \"cause\": \"…\", \"leader\": bool}`", body = Object),
+    )
+)]
+async fn ready(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    let leader = state.fleet.is_leader();
+    let cause = match tokio::time::timeout(READY_TIMEOUT, state.fleet.store().ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!(
+            "cannot reach the database: no answer in {READY_TIMEOUT:?}"
+        )),
+    };
+    match cause {
+        None => (
+            axum::http::StatusCode::OK,
+            axum::Json(serde_json::json!({"ready": true, "leader": leader})),
+        ),
+        Some(cause) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"ready": false, "cause": cause, "leader": leader})),
+        ),
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such API route; see docs/api.md".into())
 }
@@ -201,6 +239,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/nodes/{id}/heartbeat", post(miaas::heartbeat));
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .merge(operator)
         .merge(agents)

@@ -20,6 +20,7 @@ use super::{actions, manifests, miaas, nodes, operators, sessions, tasks, tokens
 pub const OPEN_ROUTES: &[(&str, &str)] = &[
     ("GET", "/"),
     ("GET", "/health"),
+    ("GET", "/ready"),
     ("GET", "/api/v1/openapi.json"),
     ("POST", "/api/v1/nodes/register"),
     ("POST", "/api/v1/nodes/{id}/heartbeat"),
@@ -40,6 +41,7 @@ token or a node token."
     paths(
         crate::ui::root,
         super::health,
+        super::ready,
         crate::metrics::http::scrape,
         openapi_json,
         nodes::list,

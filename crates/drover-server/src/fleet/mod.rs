@@ -151,6 +151,8 @@ pub struct Fleet {
     blobs: desired::BlobCache,
     /// Set with `--nats`: the other replicas.
     nats: std::sync::OnceLock<Nats>,
+    /// Whether this replica runs the leader-only sweeps now (`server::leader`); one server alone always does.
+    leader: std::sync::atomic::AtomicBool,
     #[cfg(feature = "tamper")]
     tamper: tamper::Tamper,
 }
@@ -225,9 +227,19 @@ impl Fleet {
             beats: Default::default(),
             blobs: Default::default(),
             nats: Default::default(),
+            leader: std::sync::atomic::AtomicBool::new(true),
             #[cfg(feature = "tamper")]
             tamper: Default::default(),
         })
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_leader(&self, leader: bool) {
+        self.leader
+            .store(leader, std::sync::atomic::Ordering::Relaxed);
     }
 
     #[cfg(feature = "tamper")]

@@ -156,7 +156,7 @@ impl Fleet {
         self: &Arc<Self>,
         node_id: &str,
         hello: AgentHello,
-        tx: tokio::sync::mpsc::Sender<drover_proto::v1::ServerMessage>,
+        tx: crate::links::LinkSender,
     ) -> Result<(NodeRecord, Attachment), FleetError> {
         self.config.metrics.message("hello");
         check_hello(&hello)?;

@@ -4,8 +4,10 @@
 pub mod limits;
 pub mod tls;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use drover_proto::v1::{
@@ -15,8 +17,8 @@ use drover_proto::v1::{
 use drover_types::action::ActionInfo;
 use drover_types::limits::{MAX_OPEN_TASKS, check_count};
 use drover_types::{Labels, PROTOCOL_VERSION, VERSION};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{AgentHello, Fleet, FleetError, MAX_HEARTBEAT_INTERVAL};
@@ -172,15 +174,15 @@ impl drover_proto::AgentLink for Gateway {
                 })
                 .collect(),
         };
-        // The fleet sends to the node through `link_tx`; a forwarder feeds those into the response stream,
-        // beside which this handler can still end the stream with an error status.
-        let (link_tx, mut link_rx) = mpsc::channel::<ServerMessage>(64);
+        // The fleet sends to the node through `link_tx`; the response stream reads that channel itself
+        // (no forwarding task, one channel per stream: both cost memory on every idle connection).
+        let (link_tx, link_rx) = mpsc::channel::<Box<ServerMessage>>(64);
         // Taken before the stream is registered: a run dispatched once it is goes through this stream and
         // starts after this instant, so the hello's list cannot name it (it must not end Lost for that).
         let hello_at = chrono::Utc::now();
         let (node, attachment) = self
             .fleet
-            .attach(&node_id, agent_hello, link_tx.clone())
+            .attach(&node_id, agent_hello, link_tx)
             .await
             .map_err(|e| {
                 tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
@@ -197,7 +199,6 @@ impl drover_proto::AgentLink for Gateway {
             });
         }
 
-        let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(64);
         let welcome = ServerMessage {
             msg: Some(server_message::Msg::Welcome(v1::Welcome {
                 protocol_version: PROTOCOL_VERSION,
@@ -206,22 +207,19 @@ impl drover_proto::AgentLink for Gateway {
                 server_version: VERSION.to_string(),
             })),
         };
-        // The channel was just made with room to spare, so this cannot fail.
-        let _ = tx.try_send(Ok(welcome));
-        let forward_tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(m) = link_rx.recv().await {
-                if forward_tx.send(Ok(m)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        drop(link_tx);
+        let (end_tx, end_rx) = oneshot::channel();
+        let outbound = Outbound {
+            welcome: Some(welcome),
+            link: link_rx,
+            end: Some(end_rx),
+        };
 
         let fleet = self.fleet.clone();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let _attachment = attachment;
+            let mut end_tx = end_tx;
+            let mut failure = None;
             loop {
                 tokio::select! {
                     msg = inbound.message() => match msg {
@@ -231,7 +229,7 @@ impl drover_proto::AgentLink for Gateway {
                             if let Err(e) = fleet.stream_heartbeat(&node.id, metrics) {
                                 tracing::warn!(node = %node.name, "ignored a heartbeat: {e}");
                                 if matches!(e, FleetError::NodeNotFound(_)) {
-                                    let _ = tx.send(Err(status(e))).await;
+                                    failure = Some(status(e));
                                     break;
                                 }
                             }
@@ -239,7 +237,11 @@ impl drover_proto::AgentLink for Gateway {
                         Ok(Some(AgentMessage { msg: Some(Msg::Hello(_)) })) => {
                             tracing::warn!(node = %node.name, "ignored a second Hello on one stream");
                         }
-                        Ok(Some(AgentMessage { msg: Some(other) })) => fleet.agent_message(&node.id, &node.name, other).await,
+                        // Boxed: handling a message takes a large future, which an idle stream's task
+                        // would otherwise carry for as long as the agent stays connected.
+                        Ok(Some(AgentMessage { msg: Some(other) })) => {
+                            Box::pin(fleet.agent_message(&node.id, &node.name, other)).await
+                        }
                         Ok(Some(AgentMessage { msg: None })) => {
                             tracing::debug!(node = %node.name, "ignored an empty or unknown message");
                         }
@@ -249,12 +251,45 @@ impl drover_proto::AgentLink for Gateway {
                             break;
                         }
                     },
-                    _ = tx.closed() => break,
+                    _ = end_tx.closed() => break,
                     _ = shutdown.changed() => break,
                 }
             }
+            if let Some(s) = failure {
+                let _ = end_tx.send(s);
+            }
             tracing::info!(node = %node.name, id = %node.id, "agent detached");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+/// An agent's response stream: Welcome first, then what the fleet sends through the node's link, until
+/// the link closes (the stream was detached or replaced) or the stream's reader ends it with a status.
+struct Outbound {
+    welcome: Option<ServerMessage>,
+    link: mpsc::Receiver<Box<ServerMessage>>,
+    /// A status to end the stream with; `None` once the reader has ended (what is queued still goes out).
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl Stream for Outbound {
+    type Item = Result<ServerMessage, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(welcome) = this.welcome.take() {
+            return Poll::Ready(Some(Ok(welcome)));
+        }
+        if let Some(end) = this.end.as_mut()
+            && let Poll::Ready(ended) = Pin::new(end).poll(cx)
+        {
+            this.end = None;
+            if let Ok(status) = ended {
+                this.link.close();
+                return Poll::Ready(Some(Err(status)));
+            }
+        }
+        this.link.poll_recv(cx).map(|m| m.map(|m| Ok(*m)))
     }
 }

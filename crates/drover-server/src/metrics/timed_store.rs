@@ -52,6 +52,8 @@ macro_rules! timed {
 }
 
 timed! {
+    ping() -> ();
+    try_lead() -> bool;
     insert_join_token(token: &JoinTokenRecord) -> ();
     list_join_tokens() -> Vec<JoinTokenInfo>;
     get_join_token(id: &str) -> Option<JoinTokenRecord>;

@@ -130,6 +130,15 @@ pub struct NodeRecord {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Whether the database answers now (`/ready`). SQLite lives in this process: always.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Takes or keeps the lock for leader-only work (sweeps, retention) across replicas; `true` while this
+    /// server holds it. SQLite has one server per data dir: it always leads.
+    async fn try_lead(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
     async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError>;
     /// Every readable token (one that cannot be read is logged and left out).
     async fn list_join_tokens(&self) -> Result<Vec<JoinTokenInfo>, StoreError>;

@@ -1,6 +1,7 @@
 //! The REST client the CLI uses, with errors that say what to do next.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use drover_types::api::ErrorBody;
@@ -44,7 +45,9 @@ pub enum ClientError {
 
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    /// The servers, in order: `--server` repeated names replicas. `current` is the one that last answered.
+    bases: Vec<String>,
+    current: AtomicUsize,
     token: String,
 }
 
@@ -53,6 +56,8 @@ pub struct Client {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub base: String,
+    /// Further servers (replicas) tried in order when `base` cannot be reached.
+    pub others: Vec<String>,
     pub token: String,
     /// The pinned CA (PEM) to verify an `https` server with.
     pub ca: Option<String>,
@@ -67,7 +72,7 @@ impl Target {
         let path = config::path();
         // A broken config file must not break a command that names its server and token.
         let config =
-            if global.context.is_some() || global.server.is_none() || global.token.is_none() {
+            if global.context.is_some() || global.server.is_empty() || global.token.is_none() {
                 config::load(&path)?
             } else {
                 config::OperatorConfig::default()
@@ -93,7 +98,8 @@ impl Target {
             None => None,
         };
         // A context applies unless --server names another server: its token must never go elsewhere.
-        let context = match (context, &global.server) {
+        let first = global.server.first().map(String::as_str);
+        let context = match (context, first) {
             (Some(c), Some(server)) if trim_url(server) != trim_url(&c.server) => {
                 if global.context.is_some() {
                     anyhow::bail!(
@@ -107,13 +113,17 @@ impl Target {
             (c, _) => c,
         };
         let base = trim_url(
-            global
-                .server
-                .as_deref()
+            first
                 .or(context.map(|c| c.server.as_str()))
                 .unwrap_or(DEFAULT_SERVER),
         )
         .to_string();
+        let mut others: Vec<String> = Vec::new();
+        for s in global.server.iter().skip(1).map(|s| trim_url(s)) {
+            if s != base && !others.iter().any(|o| o == s) {
+                others.push(s.to_string());
+            }
+        }
         let data_dir = global.data_dir.clone().unwrap_or_else(default_data_dir);
         let token = match global.token.clone().or(context.map(|c| c.token.clone())) {
             Some(t) => t,
@@ -134,7 +144,12 @@ impl Target {
             }
             None => None,
         };
-        Ok(Self { base, token, ca })
+        Ok(Self {
+            base,
+            others,
+            token,
+            ca,
+        })
     }
 }
 
@@ -144,7 +159,12 @@ impl Client {
     }
 
     pub fn for_target(target: Target) -> anyhow::Result<Self> {
-        let Target { base, token, ca } = target;
+        let Target {
+            base,
+            others,
+            token,
+            ca,
+        } = target;
         // No overall timeout on the client: each request sets its own, so a followed stream is never cut.
         let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
         if let Some(ca) = &ca {
@@ -154,7 +174,65 @@ impl Client {
             url: base.clone(),
             message: e.to_string(),
         })?;
-        Ok(Self { http, base, token })
+        let mut bases = vec![base];
+        bases.extend(others);
+        Ok(Self {
+            http,
+            bases,
+            current: AtomicUsize::new(0),
+            token,
+        })
+    }
+
+    /// The server in use: the first, or the replica that answered when an earlier one could not be reached.
+    fn base(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Sends `req` (built for a path, without a server) to the server in use, moving on to the next while
+    /// one cannot be reached at all (nothing was sent, so retrying elsewhere is safe for any method).
+    /// Returns the URL that answered.
+    async fn send(
+        &self,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, String), ClientError> {
+        let protocol = |message: String| ClientError::Protocol {
+            url: path.to_string(),
+            message,
+        };
+        let req = req.build().map_err(|e| protocol(e.to_string()))?;
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.bases.len() {
+            let at = (start + i) % self.bases.len();
+            let url = format!("{}{path}", self.bases[at]);
+            let mut attempt = req
+                .try_clone()
+                .ok_or_else(|| protocol("a streamed body cannot be sent again".into()))?;
+            *attempt.url_mut() =
+                reqwest::Url::parse(&url).map_err(|e| protocol(format!("{url}: {e}")))?;
+            match self.http.execute(attempt).await {
+                Ok(resp) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok((resp, url));
+                }
+                Err(e) if e.is_connect() => last = Some(unreachable(&self.bases[at], &e)),
+                Err(e) => return Err(unreachable(&self.bases[at], &e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Unreachable {
+            url: self.base().to_string(),
+            message: "no server".into(),
+        }))
+    }
+
+    /// A request builder for `method`; `send` fills in the server.
+    fn builder(&self, method: Method) -> reqwest::RequestBuilder {
+        // A placeholder URL that always parses; `send` replaces it per server.
+        self.http
+            .request(method, self.base())
+            .bearer_auth(&self.token)
     }
 
     pub async fn request<T: DeserializeOwned>(
@@ -175,16 +253,13 @@ impl Client {
         body: Option<&impl Serialize>,
         timeout: Option<Duration>,
     ) -> Result<Option<T>, ClientError> {
-        let url = format!("{}{path}", self.base);
         let mut req = self
-            .http
-            .request(method, &url)
-            .bearer_auth(&self.token)
+            .builder(method)
             .timeout(timeout.unwrap_or(REQUEST_TIMEOUT));
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        let (resp, url) = self.send(path, req).await?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Protocol {
             url: url.clone(),
@@ -220,15 +295,8 @@ impl Client {
         let mut path = first.to_string();
         // A server that links pages without end is stopped: no list has this many pages.
         for _ in 0..MAX_PAGES {
-            let url = format!("{}{path}", self.base);
-            let resp = self
-                .http
-                .get(&url)
-                .bearer_auth(&self.token)
-                .timeout(REQUEST_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| self.unreachable(&e))?;
+            let req = self.builder(Method::GET).timeout(REQUEST_TIMEOUT);
+            let (resp, url) = self.send(&path, req).await?;
             let status = resp.status();
             let next = resp
                 .headers()
@@ -255,7 +323,7 @@ impl Client {
             }
         }
         Err(ClientError::Protocol {
-            url: format!("{}{first}", self.base),
+            url: format!("{}{first}", self.base()),
             message: format!("the list goes on past {MAX_PAGES} pages"),
         })
     }
@@ -276,34 +344,29 @@ fn next_link(header: &str) -> Option<String> {
     })
 }
 
-impl Client {
-    /// A failed send, with its causes: "error sending request" alone hides a refused certificate.
-    fn unreachable(&self, e: &reqwest::Error) -> ClientError {
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        ClientError::Unreachable {
-            url: self.base.clone(),
-            message,
-        }
+/// A failed send, with its causes: "error sending request" alone hides a refused certificate.
+fn unreachable(base: &str, e: &reqwest::Error) -> ClientError {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
     }
+    ClientError::Unreachable {
+        url: base.to_string(),
+        message,
+    }
+}
 
+impl Client {
     /// Uploads raw bytes.
     pub async fn put_bytes(&self, path: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
-        let url = format!("{}{path}", self.base);
-        let resp = self
-            .http
-            .put(&url)
-            .bearer_auth(&self.token)
+        let req = self
+            .builder(Method::PUT)
             .timeout(Duration::from_secs(600))
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
+            .body(bytes);
+        let (resp, _) = self.send(path, req).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
@@ -318,12 +381,11 @@ impl Client {
         path: &str,
         last_id: Option<&str>,
     ) -> Result<EventStream, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.get(&url).bearer_auth(&self.token);
+        let mut req = self.builder(Method::GET);
         if let Some(id) = last_id {
             req = req.header("Last-Event-ID", id);
         }
-        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        let (resp, url) = self.send(path, req).await?;
         if !resp.status().is_success() {
             let status = resp.status();
             return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
@@ -504,7 +566,7 @@ impl<'a> Subscription<'a> {
         Err(match error {
             e @ ClientError::Unreachable { .. } => e,
             other => ClientError::Unreachable {
-                url: self.client.base.clone(),
+                url: self.client.base().to_string(),
                 message: format!(
                     "no working event stream for {} minutes ({other})",
                     RECONNECT_FOR.as_secs() / 60
@@ -547,7 +609,7 @@ mod tests {
 
     fn global(server: Option<&str>, token: Option<&str>, context: Option<&str>) -> Global {
         Global {
-            server: server.map(Into::into),
+            server: server.into_iter().map(Into::into).collect(),
             context: context.map(Into::into),
             token: token.map(Into::into),
             data_dir: Some("/nonexistent".into()),

@@ -127,6 +127,7 @@ pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
     // Proves the token (and, with TLS, the pinned CA) before anything is saved.
     let target = Target {
         base: base.clone(),
+        others: Vec::new(),
         token: token.clone(),
         ca: ca.clone(),
     };

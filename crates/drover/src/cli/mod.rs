@@ -54,9 +54,10 @@ pub struct Cli {
 
 #[derive(Debug, clap::Args)]
 pub struct Global {
-    /// REST API of the server (default: the current context's, else http://127.0.0.1:8080).
-    #[arg(long, global = true, env = "DROVER_SERVER")]
-    pub server: Option<String>,
+    /// REST API of the server (default: the current context's, else http://127.0.0.1:8080); repeatable
+    /// (env: comma-separated) for replicas: a server that cannot be reached is skipped for the next.
+    #[arg(long, global = true, env = "DROVER_SERVER", value_delimiter = ',')]
+    pub server: Vec<String>,
     /// Context of the operator's config to use (default: the current one; see `drover context`).
     #[arg(long, global = true, env = "DROVER_CONTEXT")]
     pub context: Option<String>,

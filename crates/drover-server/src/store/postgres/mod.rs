@@ -40,6 +40,8 @@ const LOCK_OUTPUT: i32 = 0x6472_0002;
 const LOCK_MANIFEST: i32 = 0x6472_0003;
 /// The cluster's bootstrap data.
 const LOCK_BOOTSTRAP: i32 = 0x6472_0004;
+/// Leader-only work (sweeps, retention): a session lock, held on its own connection.
+const LOCK_LEADER: i32 = 0x6472_0005;
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
@@ -86,6 +88,10 @@ pub fn redact_url(url: &str) -> String {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Connection to which the leader lock belongs, while this replica holds it: the lock lives as long as
+    /// the session, so it goes with the replica (or its connection) and another takes it.
+    leader: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
+    options: PgConnectOptions,
 }
 
 impl PgStore {
@@ -106,11 +112,15 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", redact_url(url))))?;
         migrate(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            leader: Default::default(),
+            options,
+        })
     }
 
     /// The schema version the database is at.
@@ -414,6 +424,39 @@ where
 
 #[async_trait]
 impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn try_lead(&self) -> Result<bool, StoreError> {
+        let mut held = self.leader.lock().await;
+        if let Some(conn) = held.as_mut() {
+            // Still the leader while the session that holds the lock answers.
+            match sqlx::query("SELECT 1").execute(&mut *conn).await {
+                Ok(_) => return Ok(true),
+                Err(e) => {
+                    *held = None;
+                    return Err(e.into());
+                }
+            }
+        }
+        let mut conn =
+            tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&self.options))
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable(format!("no answer within {ACQUIRE_TIMEOUT:?}"))
+                })??;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, 0)")
+            .bind(LOCK_LEADER)
+            .fetch_one(&mut conn)
+            .await?;
+        if got {
+            *held = Some(conn);
+        }
+        Ok(got)
+    }
+
     async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
         let t = &token.info;
         sqlx::query(
