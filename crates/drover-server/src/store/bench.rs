@@ -108,7 +108,10 @@ async fn convergence_reads_at_fleet_size() {
     println!("manifest_counts: {counts}");
     for (what, q) in [
         ("m0, page 50", page(Some("m0"), None, nodes / 2)),
-        ("m0 Failed", page(Some("m0"), Some(ResourceState::Failed), 0)),
+        (
+            "m0 Failed",
+            page(Some("m0"), Some(ResourceState::Failed), 0),
+        ),
         ("any Failed", page(None, Some(ResourceState::Failed), 0)),
         ("every node, page 50", page(None, None, nodes / 2)),
     ] {
