@@ -23,7 +23,7 @@ fn env(name: &str, default: usize) -> usize {
 fn report(i: usize, resources: usize) -> NodeConvergence {
     let resources = (0..resources)
         .map(|r| {
-            let state = if i % 10 == 0 && r == 0 {
+            let state = if i.is_multiple_of(10) && r == 0 {
                 ResourceState::Failed
             } else {
                 ResourceState::Ready
