@@ -117,6 +117,7 @@ fn a_sqlite_fleet_moves_to_postgres_and_its_agent_stays_enrolled() {
         ("manifests", 1),
         ("node_desired", 1),
         ("node_convergence", 1),
+        ("node_resources", 1),
         ("audit", 3),
     ] {
         assert!(

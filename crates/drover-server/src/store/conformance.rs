@@ -60,6 +60,7 @@ cases!(
     a_page_of_nodes_is_filtered_by_status_and_labels_and_counted_by_status,
     a_task_page_counts_its_runs_and_reads_a_page_of_them,
     manifests_are_counted_by_state_and_their_nodes_read_a_page_at_a_time,
+    a_newer_report_replaces_the_states_counted_and_a_deleted_node_leaves_the_counts,
     blobs_audit_and_fleet_counts,
 );
 
@@ -81,6 +82,14 @@ fn postgres_store_passes_every_case() {
         ("pg_an_unreadable_audit_entry_leaves_the_rest_listed", |s| {
             Box::pin(pg_an_unreadable_audit_entry_leaves_the_rest_listed(s))
         }),
+        (
+            "pg_migration_3_fills_resource_states_from_the_reports_kept",
+            |s| {
+                Box::pin(pg_migration_3_fills_resource_states_from_the_reports_kept(
+                    s,
+                ))
+            },
+        ),
     ];
     for (i, (name, case)) in CASES.iter().enumerate() {
         let db = format!("case{i}");
@@ -135,6 +144,33 @@ async fn pg_migrations_run_once(url: String) {
         a.schema_version().await.unwrap(),
         b.schema_version().await.unwrap()
     );
+}
+
+/// A database at version 2 (before `node_resources`) with a report kept: the migration fills the table
+/// from it, so the counts read what the report says.
+async fn pg_migration_3_fills_resource_states_from_the_reports_kept(url: String) {
+    use drover_types::manifest::ResourceState::{Failed, Ready};
+
+    let store = PgStore::connect(&url).await.unwrap();
+    store.insert_node(&node("a", "alpha")).await.unwrap();
+    store
+        .put_convergence(
+            "a",
+            &states_report(2, &[("r1", "m1", Ready), ("r2", "m1", Failed)]),
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql("DROP TABLE node_resources; UPDATE drover_schema SET version = 2")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let store = PgStore::connect(&url).await.unwrap();
+    let counts = store.manifest_counts().await.unwrap();
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_eq!(counts[0].nodes, vec![(Failed, 1)]);
 }
 
 async fn pg_an_unreadable_audit_entry_leaves_the_rest_listed(url: String) {
@@ -1270,4 +1306,135 @@ async fn manifests_are_counted_by_state_and_their_nodes_read_a_page_at_a_time(
         "past the end the total is still counted"
     );
     assert_eq!(page(Some("none"), None, 0, 10).await, (Vec::new(), 0));
+}
+
+/// A report of `generation` with these (resource id, manifest, state).
+pub(super) fn states_report(
+    generation: u64,
+    resources: &[(&str, &str, drover_types::manifest::ResourceState)],
+) -> NodeConvergence {
+    NodeConvergence {
+        observed_generation: generation,
+        resources: resources
+            .iter()
+            .map(|(id, m, s)| drover_types::manifest::ResourceStatus::new(id, m, "file", *s))
+            .collect(),
+        ..NodeConvergence::default()
+    }
+}
+
+/// What the counts and pages read follows a node's latest report (an older one changes nothing) and
+/// forgets a deleted node.
+async fn a_newer_report_replaces_the_states_counted_and_a_deleted_node_leaves_the_counts(
+    store: Arc<dyn Store>,
+) {
+    use drover_types::manifest::ResourceState::{Failed, Pending, Ready};
+
+    use crate::store::{ConvergenceQuery, ManifestCounts};
+
+    for (id, name) in [("a", "alpha"), ("b", "beta")] {
+        store.insert_node(&node(id, name)).await.unwrap();
+    }
+    let put = |id: &'static str, report: NodeConvergence| {
+        let store = store.clone();
+        async move { store.put_convergence(id, &report).await.unwrap() }
+    };
+    put(
+        "a",
+        states_report(1, &[("r1", "m1", Failed), ("r2", "m1", Pending)]),
+    )
+    .await;
+    put(
+        "b",
+        states_report(1, &[("r1", "m1", Ready), ("x", "m2", Failed)]),
+    )
+    .await;
+    // A newer report replaces a's resources (one fewer, one more manifest); an older one is ignored.
+    put(
+        "a",
+        states_report(2, &[("r1", "m1", Ready), ("y", "m2", Ready)]),
+    )
+    .await;
+    put("a", states_report(1, &[("r1", "m1", Failed)])).await;
+    let counts = || {
+        let store = store.clone();
+        async move {
+            let mut counts = store.manifest_counts().await.unwrap();
+            for c in &mut counts {
+                c.resources.sort_by_key(|(s, _)| s.as_str());
+                c.nodes.sort_by_key(|(s, _)| s.as_str());
+            }
+            counts
+        }
+    };
+    assert_eq!(
+        counts().await,
+        [
+            ManifestCounts {
+                manifest: "m1".into(),
+                resources: vec![(Ready, 2)],
+                nodes: vec![(Ready, 2)],
+            },
+            ManifestCounts {
+                manifest: "m2".into(),
+                resources: vec![(Failed, 1), (Ready, 1)],
+                nodes: vec![(Failed, 1), (Ready, 1)],
+            },
+        ]
+    );
+    let page = |manifest: Option<&str>, state| {
+        let q = ConvergenceQuery {
+            manifest: manifest.map(String::from),
+            state,
+            offset: 0,
+            limit: 10,
+        };
+        let store = store.clone();
+        async move {
+            let (rows, total) = store.convergence_page(&q).await.unwrap();
+            let got: Vec<(String, u64)> = rows
+                .into_iter()
+                .map(|r| (r.1, r.3.map_or(0, |c| c.observed_generation)))
+                .collect();
+            (got, total)
+        }
+    };
+    assert_eq!(
+        page(None, Some(Ready)).await,
+        (vec![("alpha".to_string(), 2)], 1),
+        "a's worst state is its newest report's"
+    );
+    assert_eq!(
+        page(None, Some(Failed)).await,
+        (vec![("beta".to_string(), 1)], 1)
+    );
+    let fleet = store.fleet_counts().await.unwrap();
+    assert_eq!(
+        fleet.resources_by_state.iter().map(|(_, n)| n).sum::<u64>(),
+        4
+    );
+
+    assert!(store.delete_node("b").await.unwrap());
+    assert_eq!(
+        counts().await,
+        [
+            ManifestCounts {
+                manifest: "m1".into(),
+                resources: vec![(Ready, 1)],
+                nodes: vec![(Ready, 1)],
+            },
+            ManifestCounts {
+                manifest: "m2".into(),
+                resources: vec![(Ready, 1)],
+                nodes: vec![(Ready, 1)],
+            },
+        ]
+    );
+    assert_eq!(page(Some("m2"), Some(Failed)).await, (Vec::new(), 0));
+    assert_eq!(
+        page(Some("m2"), None).await,
+        (vec![("alpha".to_string(), 2)], 1)
+    );
+    let fleet = store.fleet_counts().await.unwrap();
+    assert_eq!(fleet.resources_by_state, vec![("Ready".to_string(), 2)]);
 }

@@ -2,6 +2,8 @@
 //! SQLite (embedded, the default) lives in `sqlite`; PostgreSQL (for a fleet that outgrows one machine) in
 //! `postgres`. Both pass the same tests (`conformance`).
 
+#[cfg(test)]
+mod bench;
 mod codec;
 #[cfg(test)]
 mod conformance;

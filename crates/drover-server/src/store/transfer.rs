@@ -215,6 +215,18 @@ const TABLES: &[Table] = &[
         identity: None,
     },
     Table {
+        name: "node_resources",
+        columns: &[
+            ("node_id", Text),
+            ("pos", Int),
+            ("manifest", Text),
+            ("resource", Text),
+            ("state", Text),
+        ],
+        rowid_as: None,
+        identity: None,
+    },
+    Table {
         name: "blobs",
         columns: &[("sha256", Text), ("data", Bytes)],
         rowid_as: None,

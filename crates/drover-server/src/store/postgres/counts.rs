@@ -49,12 +49,7 @@ pub(super) async fn counts(pool: &PgPool) -> Result<FleetCounts, StoreError> {
         .await?;
     let resources_by_state = grouped(
         pool,
-        "SELECT r ->> 'state', count(*)
-         FROM node_convergence n,
-              jsonb_array_elements(CASE jsonb_typeof(n.report::jsonb -> 'resources')
-                                   WHEN 'array' THEN n.report::jsonb -> 'resources'
-                                   ELSE '[]'::jsonb END) r
-         GROUP BY 1",
+        "SELECT state, count(*) FROM node_resources GROUP BY state",
     )
     .await?;
     Ok(FleetCounts {

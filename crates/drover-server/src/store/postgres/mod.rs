@@ -1268,7 +1268,8 @@ impl Store for PgStore {
         node_id: &str,
         report: &NodeConvergence,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let kept = sqlx::query(
             "INSERT INTO node_convergence (node_id, report) VALUES ($1, $2)
              ON CONFLICT (node_id) DO UPDATE SET report = EXCLUDED.report
              WHERE (node_convergence.report::jsonb ->> 'observed_generation')::numeric
@@ -1276,8 +1277,33 @@ impl Store for PgStore {
         )
         .bind(node_id)
         .bind(to_json(report))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        if kept.rows_affected() > 0 {
+            // The report's resource states replace the node's (the row lock taken above orders
+            // concurrent reports of one node).
+            sqlx::query("DELETE FROM node_resources WHERE node_id = $1")
+                .bind(node_id)
+                .execute(&mut *tx)
+                .await?;
+            let r = &report.resources;
+            let manifests: Vec<&str> = r.iter().map(|r| r.manifest.as_str()).collect();
+            let ids: Vec<&str> = r.iter().map(|r| r.id.as_str()).collect();
+            let states: Vec<&str> = r.iter().map(|r| r.state.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO node_resources (node_id, pos, manifest, resource, state)
+                 SELECT $1, r.pos - 1, r.manifest, r.resource, r.state
+                 FROM UNNEST($2::text[], $3::text[], $4::text[])
+                      WITH ORDINALITY r(manifest, resource, state, pos)",
+            )
+            .bind(node_id)
+            .bind(&manifests)
+            .bind(&ids)
+            .bind(&states)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -248,14 +248,14 @@ pub(super) async fn task_page(
     }))
 }
 
-/// A resource's rank in `RESOURCE_STATES` (best first), from its JSON element `r`.
+/// A resource's rank in `RESOURCE_STATES` (best first), from its `state` column (`node_resources`).
 fn rank_sql() -> String {
     let cases: String = RESOURCE_STATES
         .iter()
         .enumerate()
         .map(|(i, s)| format!(" WHEN '{}' THEN {i}", s.as_str()))
         .collect();
-    format!("CASE r ->> 'state'{cases} ELSE 0 END")
+    format!("CASE state{cases} ELSE 0 END")
 }
 
 fn state_at(rank: i32) -> Option<ResourceState> {
@@ -264,28 +264,15 @@ fn state_at(rank: i32) -> Option<ResourceState> {
         .and_then(|i| RESOURCE_STATES.get(i).copied())
 }
 
-/// Each report's resources, one row each: (node, manifest, rank). Reports are written by the store as
-/// JSON (PostgreSQL 15 has no `pg_input_is_valid` to skip a row corrupted by hand, as SQLite's
-/// `json_valid` does); one without a resource list counts for nothing.
-fn resources_sql() -> String {
-    format!(
-        "SELECT v.node_id AS node, r ->> 'manifest' AS manifest, {rank} AS rank
-         FROM node_convergence v,
-              jsonb_array_elements(CASE WHEN jsonb_typeof(v.report::jsonb -> 'resources') = 'array'
-                                   THEN v.report::jsonb -> 'resources' ELSE '[]'::jsonb END) r",
-        rank = rank_sql()
-    )
-}
-
 pub(super) async fn manifest_counts(pool: &PgPool) -> Result<Vec<ManifestCounts>, StoreError> {
     let sql = format!(
-        "WITH res AS MATERIALIZED ({resources})
-         SELECT 0, manifest, rank, count(*) FROM res GROUP BY manifest, rank
+        "SELECT 0, manifest, rank, count(*)
+            FROM (SELECT manifest, {rank} AS rank FROM node_resources) r GROUP BY manifest, rank
          UNION ALL
          SELECT 1, manifest, worst, count(*)
-            FROM (SELECT manifest, max(rank) AS worst FROM res GROUP BY manifest, node) w
+            FROM (SELECT manifest, max({rank}) AS worst FROM node_resources GROUP BY manifest, node_id) w
             GROUP BY manifest, worst",
-        resources = resources_sql()
+        rank = rank_sql()
     );
     let rows: Vec<(i32, Option<String>, i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .fetch_all(pool)
@@ -350,13 +337,17 @@ pub(super) async fn convergence_page(
             .await?;
         return Ok((decode_rows(rows)?, count(total)));
     }
-    // Nodes reporting resources (of the manifest, when one is named), each with its worst state; the
-    // reports are read once for both the count and the page.
+    // Nodes reporting resources (of the manifest, when one is named: a range of the manifest's index),
+    // each with its worst state, selected once for both the count and the page.
+    let of_manifest = if q.manifest.is_some() {
+        "WHERE manifest = $1"
+    } else {
+        "WHERE $1::text IS NULL"
+    };
     let sql = format!(
         "WITH sel AS MATERIALIZED (
-            SELECT res.node AS id, max(res.rank) AS worst FROM ({resources}) res
-            WHERE $1::text IS NULL OR res.manifest = $1
-            GROUP BY res.node),
+            SELECT node_id AS id, max({rank}) AS worst FROM node_resources {of_manifest}
+            GROUP BY node_id),
          matched AS MATERIALIZED (
             SELECT sel.id AS id, n.name AS name FROM sel JOIN nodes n ON n.id = sel.id
             WHERE $2::int IS NULL OR sel.worst = $2)
@@ -367,7 +358,7 @@ pub(super) async fn convergence_page(
          LEFT JOIN node_desired d ON d.node_id = p.id
          LEFT JOIN node_convergence v ON v.node_id = p.id
          ORDER BY p.name",
-        resources = resources_sql()
+        rank = rank_sql()
     );
     let rank = q
         .state

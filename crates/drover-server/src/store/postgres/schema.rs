@@ -123,4 +123,24 @@ CREATE TABLE cluster_bootstrap (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 "#,
+    // Each node's resource states beside its report (`pos`: the resource's place in the report), so the
+    // manifests pages and the status page count and filter with indexed reads instead of reading every
+    // report's JSON. Written with the report; filled here from the reports kept so far.
+    r#"
+CREATE TABLE node_resources (
+    node_id TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    pos BIGINT NOT NULL,
+    manifest TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (node_id, pos)
+);
+CREATE INDEX node_resources_manifest ON node_resources(manifest, node_id, state);
+INSERT INTO node_resources (node_id, pos, manifest, resource, state)
+SELECT v.node_id, r.pos - 1, r.e ->> 'manifest', COALESCE(r.e ->> 'id', ''), COALESCE(r.e ->> 'state', '')
+FROM node_convergence v,
+     jsonb_array_elements(CASE WHEN jsonb_typeof(v.report::jsonb -> 'resources') = 'array'
+                          THEN v.report::jsonb -> 'resources' ELSE '[]'::jsonb END) WITH ORDINALITY r(e, pos)
+WHERE jsonb_typeof(r.e -> 'manifest') = 'string';
+"#,
 ];

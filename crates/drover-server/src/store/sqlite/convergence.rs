@@ -1,24 +1,42 @@
 //! Manifests' standing in SQLite, read as aggregates and pages: the statements behind `manifest_counts`
-//! and `convergence_page`. Reports are kept whole (JSON) per node; their resources are read with
-//! `json_each` inside the query, so only counts and a page's reports come out.
+//! and `convergence_page`. Reports are kept whole (JSON) per node, and their resources' states beside them
+//! (`node_resources`, written with the report), which the counts and filters read through its indexes.
 
 use std::collections::BTreeMap;
 
 use drover_types::manifest::{RESOURCE_STATES, ResourceState};
 use rusqlite::types::Value;
-use rusqlite::{Connection, params_from_iter};
+use rusqlite::{Connection, params, params_from_iter};
 
 use super::{StoreError, from_json};
 use crate::store::{ConvergenceQuery, ConvergenceRow, ManifestCounts};
 
-/// A resource's rank in `RESOURCE_STATES` (best first), from its JSON (`r.value`).
+/// A resource's rank in `RESOURCE_STATES` (best first), from its `state` column.
 fn rank_sql() -> String {
     let cases: String = RESOURCE_STATES
         .iter()
         .enumerate()
         .map(|(i, s)| format!(" WHEN '{}' THEN {i}", s.as_str()))
         .collect();
-    format!("CASE json_extract(r.value, '$.state'){cases} ELSE 0 END")
+    format!("CASE state{cases} ELSE 0 END")
+}
+
+/// Replaces a node's resource states with those of its newly kept report: (manifest, resource id, state).
+pub(super) fn put_resources(
+    c: &Connection,
+    node_id: &str,
+    resources: &[(String, String, &str)],
+) -> Result<(), StoreError> {
+    c.prepare_cached("DELETE FROM node_resources WHERE node_id = ?1")?
+        .execute([node_id])?;
+    let mut insert = c.prepare_cached(
+        "INSERT INTO node_resources (node_id, pos, manifest, resource, state) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (pos, (manifest, resource, state)) in resources.iter().enumerate() {
+        let pos = i64::try_from(pos).unwrap_or(i64::MAX);
+        insert.execute(params![node_id, pos, manifest, resource, state])?;
+    }
+    Ok(())
 }
 
 fn state_at(rank: i64) -> Option<ResourceState> {
@@ -32,17 +50,14 @@ fn count(n: i64) -> usize {
 }
 
 pub(super) fn manifest_counts(c: &Connection) -> Result<Vec<ManifestCounts>, StoreError> {
-    // Each report's resources are read once (materialized), then grouped twice: resources by state, and
-    // nodes by the worst state of their resources of each manifest.
+    // Resources by state, and nodes by the worst state of their resources of each manifest (in the
+    // index's order: manifest, then node).
     let sql = format!(
-        "WITH res AS MATERIALIZED (
-            SELECT v.node_id AS node, json_extract(r.value, '$.manifest') AS manifest, {rank} AS rank
-            FROM node_convergence v, json_each(v.report, '$.resources') r
-            WHERE json_valid(v.report))
-         SELECT 0, manifest, rank, COUNT(*) FROM res GROUP BY manifest, rank
+        "SELECT 0, manifest, rank, COUNT(*) FROM (SELECT manifest, {rank} AS rank FROM node_resources)
+            GROUP BY manifest, rank
          UNION ALL
          SELECT 1, manifest, worst, COUNT(*)
-            FROM (SELECT manifest, MAX(rank) AS worst FROM res GROUP BY manifest, node)
+            FROM (SELECT manifest, MAX({rank}) AS worst FROM node_resources GROUP BY manifest, node_id)
             GROUP BY manifest, worst",
         rank = rank_sql()
     );
@@ -120,15 +135,19 @@ pub(super) fn convergence_page(
         let total: i64 = c.query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))?;
         return Ok((decode(rows)?, count(total)));
     }
-    // Nodes reporting resources (of the manifest, when one is named), each with its worst state; the
-    // reports are read once (materialized) for both the count and the page, and only the page's rows carry
-    // their report and desired generation (the outer join keeps one row for the count past the last page).
+    // Nodes reporting resources (of the manifest, when one is named: a range of the manifest's index),
+    // each with its worst state; they are selected once (materialized) for both the count and the page,
+    // and only the page's rows carry their report and desired generation (the outer join keeps one row
+    // for the count past the last page).
+    let of_manifest = if q.manifest.is_some() {
+        "WHERE manifest = ?1"
+    } else {
+        "WHERE ?1 IS NULL"
+    };
     let sql = format!(
         "WITH sel AS MATERIALIZED (
-            SELECT v.node_id AS id, MAX({rank}) AS worst
-            FROM node_convergence v, json_each(v.report, '$.resources') r
-            WHERE json_valid(v.report) AND (?1 IS NULL OR json_extract(r.value, '$.manifest') = ?1)
-            GROUP BY v.node_id),
+            SELECT node_id AS id, MAX({rank}) AS worst FROM node_resources {of_manifest}
+            GROUP BY node_id),
          matched AS MATERIALIZED (
             SELECT sel.id AS id, n.name AS name FROM sel JOIN nodes n ON n.id = sel.id
             WHERE ?2 IS NULL OR sel.worst = ?2)

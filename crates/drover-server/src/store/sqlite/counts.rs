@@ -57,10 +57,7 @@ pub(super) fn counts(c: &Connection) -> Result<FleetCounts, StoreError> {
         .query_row([], |r| r.get(0))?;
     let resources_by_state = grouped(
         c,
-        "SELECT json_extract(r.value, '$.state'), count(*)
-         FROM node_convergence n, json_each(n.report, '$.resources') r
-         WHERE json_valid(n.report)
-         GROUP BY 1",
+        "SELECT state, count(*) FROM node_resources GROUP BY state",
     )?;
     Ok(FleetCounts {
         nodes,

@@ -1098,13 +1098,21 @@ impl Store for SqliteStore {
         report: &NodeConvergence,
     ) -> Result<(), StoreError> {
         let (id, json) = (node_id.to_string(), to_json(report));
+        let resources: Vec<_> = report
+            .resources
+            .iter()
+            .map(|r| (r.manifest.clone(), r.id.clone(), r.state.as_str()))
+            .collect();
         self.write(move |c| {
-            exec(c,
+            let kept = exec(c,
                 "INSERT INTO node_convergence (node_id, report) VALUES (?1, ?2)
                  ON CONFLICT(node_id) DO UPDATE SET report = ?2
                  WHERE json_extract(report, '$.observed_generation') <= json_extract(?2, '$.observed_generation')",
                 params![id, json],
             )?;
+            if kept > 0 {
+                convergence::put_resources(c, &id, &resources)?;
+            }
             Ok(())
         })
         .await
@@ -1267,6 +1275,59 @@ mod tests {
             parse(&enrolled),
             want(&["role=db", "gpu=yes"]),
             "what the node was selected by stays bound"
+        );
+    }
+
+    #[test]
+    fn migration_11_fills_resource_states_from_the_reports_kept() {
+        use drover_types::manifest::ResourceState::{Failed, Ready};
+
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        let before = &MIGRATIONS[..10];
+        for sql in before {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before.len() as i64)
+            .unwrap();
+        let report = crate::store::conformance::states_report(
+            1,
+            &[
+                ("r1", "m1", Ready),
+                ("r2", "m1", Failed),
+                ("x", "m2", Ready),
+            ],
+        );
+        conn.execute_batch(
+            "INSERT INTO nodes (id, name, transport, labels, registered_at, heartbeat_interval_ms, capabilities)
+             VALUES ('a', 'alpha', 'grpc', '{}', '2026-01-01T00:00:00Z', 1000, '{}'),
+                    ('b', 'beta', 'grpc', '{}', '2026-01-01T00:00:00Z', 1000, '{}');
+             INSERT INTO node_convergence (node_id, report) VALUES ('b', '{not json');",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO node_convergence (node_id, report) VALUES ('a', ?1)",
+            [to_json(&report)],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let counts = convergence::manifest_counts(&conn).unwrap();
+        let nodes: Vec<_> = counts
+            .iter()
+            .map(|c| (c.manifest.as_str(), c.nodes.clone()))
+            .collect();
+        assert_eq!(nodes, [("m1", vec![(Failed, 1)]), ("m2", vec![(Ready, 1)])]);
+        let ids: Vec<String> = conn
+            .prepare("SELECT resource FROM node_resources WHERE node_id = 'a' ORDER BY pos")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            ids,
+            ["r1", "r2", "x"],
+            "in the report's order; the unreadable report is skipped"
         );
     }
 

@@ -132,4 +132,27 @@ CREATE TABLE operators (
 ALTER TABLE manifests ADD COLUMN signature TEXT;
 ALTER TABLE tasks ADD COLUMN signature TEXT;
 "#,
+    // Each node's resource states beside its report (`pos`: the resource's place in the report), so the
+    // manifests pages and the status page count and filter with indexed reads instead of reading every
+    // report's JSON. Written with the report; filled here from the reports kept so far.
+    r#"
+CREATE TABLE node_resources (
+    node_id TEXT NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    pos INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (node_id, pos)
+);
+CREATE INDEX node_resources_manifest ON node_resources(manifest, node_id, state);
+INSERT INTO node_resources (node_id, pos, manifest, resource, state)
+SELECT node_id, pos, manifest, COALESCE(resource, ''), COALESCE(state, '') FROM (
+    SELECT v.node_id AS node_id, r.key AS pos,
+           CASE WHEN r.type = 'object' THEN json_extract(r.value, '$.manifest') END AS manifest,
+           CASE WHEN r.type = 'object' THEN json_extract(r.value, '$.id') END AS resource,
+           CASE WHEN r.type = 'object' THEN json_extract(r.value, '$.state') END AS state
+    FROM node_convergence v JOIN nodes n ON n.id = v.node_id, json_each(v.report, '$.resources') r
+    WHERE json_valid(v.report) AND json_type(v.report, '$.resources') = 'array')
+WHERE typeof(manifest) = 'text';
+"#,
 ];
