@@ -391,7 +391,7 @@ impl TaskManager {
                         let mut next = Some(first);
                         while let Some((stream, data)) = next {
                             bytes += data.len();
-                            match outbox.append(stream, &data) {
+                            match outbox.append(stream, data) {
                                 Ok(Some(c)) => batch.push(c),
                                 Ok(None) => {}
                                 Err(e) => tracing::warn!(task = %task_id, "cannot keep task output: {e}"),

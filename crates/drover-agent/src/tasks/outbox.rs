@@ -58,25 +58,26 @@ impl Outbox {
     }
 
     /// Appends a chunk and returns it with its sequence number; `None` once the task's output is full.
-    pub fn append(&mut self, stream: u8, data: &[u8]) -> std::io::Result<Option<Chunk>> {
+    pub fn append(&mut self, stream: u8, data: Vec<u8>) -> std::io::Result<Option<Chunk>> {
         if self.truncated {
             return Ok(None);
         }
-        let (stream, data): (u8, Vec<u8>) = if self.written + data.len() as u64 > MAX_TASK_OUTPUT {
+        let (stream, data) = if self.written + data.len() as u64 > MAX_TASK_OUTPUT {
             self.truncated = true;
             (
                 2,
                 format!("[drover: output truncated after {} bytes]\n", self.written).into_bytes(),
             )
         } else {
-            (stream, data.to_vec())
+            (stream, data)
         };
-        let mut frame = Vec::with_capacity(HEADER + data.len());
-        frame.extend_from_slice(&self.next_seq.to_le_bytes());
-        frame.push(stream);
-        frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&data);
-        self.out.write_all(&frame)?;
+        // Header and bytes go to the buffered file as they are: the chunk itself travels on uncopied.
+        let mut header = [0u8; HEADER];
+        header[0..8].copy_from_slice(&self.next_seq.to_le_bytes());
+        header[8] = stream;
+        header[9..13].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        self.out.write_all(&header)?;
+        self.out.write_all(&data)?;
         self.written += data.len() as u64;
         let chunk = Chunk {
             seq: self.next_seq,
@@ -142,7 +143,7 @@ mod tests {
         let task = dir.path().join("t1");
         let mut outbox = Outbox::create(&task, "{}").unwrap();
         for i in 0..5u8 {
-            outbox.append(1 + i % 2, &[b'a' + i, b'\n']).unwrap();
+            outbox.append(1 + i % 2, vec![b'a' + i, b'\n']).unwrap();
         }
         let exit = Exit {
             seq: 5,

@@ -244,10 +244,12 @@ impl Follower {
     }
 
     async fn send(&self, name: &str, data: &impl serde::Serialize) -> Result<(), Stop> {
+        // Encoded straight into the event's buffer: no intermediate copy of a large output event.
         let event = Event::default()
             .event(name)
             .id(self.sent.cursor.to_string())
-            .data(serde_json::to_string(data).unwrap_or_default());
+            .json_data(data)
+            .unwrap_or_else(|_| Event::default().event(name).data(""));
         self.tx.send(Ok(event)).await.map_err(|_| Stop)
     }
 
@@ -272,11 +274,10 @@ impl Follower {
                 }
             }
         }
-        let (mut chunks, mut exits, mut reread, mut closed) =
-            (Vec::new(), Vec::new(), false, false);
+        let (mut output, mut exits, mut reread, mut closed) = (false, Vec::new(), false, false);
         for ev in batch {
             match ev {
-                Ok(TaskEvent::Output(c)) => chunks.extend(c),
+                Ok(TaskEvent::Output) => output = true,
                 Ok(TaskEvent::Exit(run)) => exits.push(run),
                 // The end, news another replica stored, or events lost to a slow follower: either
                 // way the store has the truth.
@@ -294,18 +295,10 @@ impl Follower {
         if reread {
             return self.catch_up().await;
         }
-        // Output is stored before it is published: sent from the store it carries an exact resume point.
-        // What the store does not have yet goes out as it came, under the last resume point known. A burst
+        // Output is published after it is stored, so the store has it, with its exact resume point. A burst
         // of exits alone needs no look: a run's output is published before its exit.
-        if !chunks.is_empty() {
+        if output {
             self.send_stored().await?;
-        }
-        let fresh: Vec<_> = chunks
-            .into_iter()
-            .filter(|c| self.sent.fresh(&c.node_id, c.seq))
-            .collect();
-        if !fresh.is_empty() {
-            self.send("output", &fresh).await?;
         }
         for run in exits {
             if self.sent.exits.insert(run.node_id.clone()) {
@@ -335,7 +328,7 @@ impl Follower {
                         name.unwrap_or_default(),
                         rec.seq,
                         rec.stream,
-                        &rec.data,
+                        rec.data,
                     ));
                 }
             }

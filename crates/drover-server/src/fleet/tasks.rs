@@ -21,8 +21,9 @@ use crate::store::{OutputRecord, RunPatch, SERVER_ONLY_CANCEL};
 /// Something that happened to a task, for live followers.
 #[derive(Debug, Clone)]
 pub enum TaskEvent {
-    /// Consecutive chunks from one node.
-    Output(Vec<OutputChunk>),
+    /// Output was stored: followers read it from the store, where it carries its resume point (the
+    /// event itself carries no bytes, so a burst of output is neither copied per follower nor encoded twice).
+    Output,
     Exit(TaskRun),
     Done,
     /// Another replica stored output or a run's end: the store has news (`drover server --nats`).
@@ -47,7 +48,6 @@ const SEND_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Progress {
-    node_name: String,
     next_seq: u64,
     held: BTreeMap<u64, (u8, Vec<u8>)>,
     exit: Option<v1::TaskExit>,
@@ -102,10 +102,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub fn chunk(node_id: &str, node_name: &str, seq: u64, stream: u8, data: &[u8]) -> OutputChunk {
-    let (text, base64) = match std::str::from_utf8(data) {
-        Ok(t) => (Some(t.to_string()), None),
-        Err(_) => (None, Some(drover_types::base64::encode(data))),
+pub fn chunk(node_id: &str, node_name: &str, seq: u64, stream: u8, data: Vec<u8>) -> OutputChunk {
+    // Text takes the bytes over without a copy.
+    let (text, base64) = match String::from_utf8(data) {
+        Ok(t) => (Some(t), None),
+        Err(e) => (None, Some(drover_types::base64::encode(e.as_bytes()))),
     };
     OutputChunk {
         node_id: node_id.to_string(),
@@ -340,10 +341,7 @@ impl Fleet {
             for run in &pending {
                 progress.insert(
                     (task_id.to_string(), run.node_id.clone()),
-                    Progress {
-                        node_name: run.node_name.clone(),
-                        ..Progress::default()
-                    },
+                    Progress::default(),
                 );
             }
         }
@@ -498,19 +496,19 @@ impl Fleet {
         if lock(&self.live().progress).contains_key(&key) {
             return true;
         }
-        let run = match self.store().get_run(task_id, node_id).await {
-            Ok(Some(run)) if run.state == RunState::Running => run,
+        match self.store().get_run(task_id, node_id).await {
+            Ok(Some(run)) if run.state == RunState::Running => {}
             Ok(_) => return false,
             Err(e) => {
                 tracing::error!(task = %task_id, "cannot look up a run: {e}");
                 return false;
             }
         };
-        self.resume_progress(task_id, node_id, &run.node_name).await
+        self.resume_progress(task_id, node_id).await
     }
 
     /// Sets up a running run's ordering from what the store holds (output stored so far), unless it is set up.
-    async fn resume_progress(&self, task_id: &str, node_id: &str, node_name: &str) -> bool {
+    async fn resume_progress(&self, task_id: &str, node_id: &str) -> bool {
         let next_seq = match self.store().stored_seq(task_id, node_id).await {
             Ok(n) => n,
             Err(e) => {
@@ -521,7 +519,6 @@ impl Fleet {
         lock(&self.live().progress)
             .entry((task_id.to_string(), node_id.to_string()))
             .or_insert_with(|| Progress {
-                node_name: node_name.to_string(),
                 next_seq,
                 ..Progress::default()
             });
@@ -535,7 +532,6 @@ impl Fleet {
         }
         let key = (out.task_id.clone(), node_id.to_string());
         let ready: Vec<(u64, u8, Vec<u8>)>;
-        let node_name;
         {
             let mut progress = lock(&self.live().progress);
             let Some(p) = progress.get_mut(&key) else {
@@ -552,7 +548,6 @@ impl Fleet {
                 p.next_seq += 1;
             }
             ready = r;
-            node_name = p.node_name.clone();
         }
         if ready.is_empty() {
             return;
@@ -560,35 +555,20 @@ impl Fleet {
         let first = ready.first().map(|r| r.0).unwrap_or_default();
         let last = ready.last().map(|r| r.0).unwrap_or_default();
         let records = ready
-            .iter()
+            .into_iter()
             .map(|(seq, stream, data)| OutputRecord {
                 node_id: node_id.to_string(),
-                seq: *seq,
-                stream: *stream,
-                data: data.clone(),
+                seq,
+                stream,
+                data,
             })
             .collect();
         if let Err(e) = self.store().insert_output(&out.task_id, records).await {
             tracing::error!(task = %out.task_id, "cannot store task output: {e}");
             return;
         }
-        // Checked after the output is stored: a follower that subscribes later reads it from the store.
-        // Followers get the chunks as JSON-ready text; without followers there is nothing to build.
-        let followed = lock(&self.live().followers).contains_key(&out.task_id);
-        let chunks: Vec<OutputChunk> = if followed {
-            ready
-                .iter()
-                .map(|(seq, stream, data)| chunk(node_id, &node_name, *seq, *stream, data))
-                .collect()
-        } else {
-            Vec::new()
-        };
-
-        if chunks.is_empty() {
-            self.poke_replicas(&out.task_id);
-        } else {
-            self.publish(&out.task_id, TaskEvent::Output(chunks));
-        }
+        // Published after the output is stored: a follower reading the store then finds it.
+        self.publish(&out.task_id, TaskEvent::Output);
         // Acknowledge whenever a batch crosses a multiple of ACK_EVERY.
         if (last + 1) / ACK_EVERY > first / ACK_EVERY {
             let ack = v1::TaskAck {
@@ -754,7 +734,7 @@ impl Fleet {
                 continue;
             }
             // Should this fail, the run's resent output sets it up on arrival (`ensure_progress`).
-            self.resume_progress(&task_id, node_id, node_name).await;
+            self.resume_progress(&task_id, node_id).await;
             let signature_json = match self.meta(&task_id).await {
                 Ok(meta) => meta.signature_json.to_string(),
                 Err(_) => String::new(),
@@ -918,10 +898,13 @@ mod tests {
 
     #[test]
     fn binary_output_is_base64() {
-        let c = chunk("n", "n", 0, 1, &[0xff, 0xfe, 0, 1]);
+        let c = chunk("n", "n", 0, 1, vec![0xff, 0xfe, 0, 1]);
         assert_eq!(c.base64.as_deref(), Some("//4AAQ=="));
         assert!(c.text.is_none());
-        assert_eq!(chunk("n", "n", 0, 2, b"hi\n").text.as_deref(), Some("hi\n"));
+        assert_eq!(
+            chunk("n", "n", 0, 2, b"hi\n".to_vec()).text.as_deref(),
+            Some("hi\n")
+        );
     }
 
     #[test]

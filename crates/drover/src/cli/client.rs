@@ -393,6 +393,7 @@ impl Client {
         Ok(EventStream {
             resp,
             buf: Vec::new(),
+            scanned: 0,
             url,
         })
     }
@@ -411,46 +412,77 @@ pub struct Event {
 pub struct EventStream {
     resp: reqwest::Response,
     buf: Vec<u8>,
+    /// How far `buf` was searched for a block end without finding one.
+    scanned: usize,
     url: String,
 }
 
-/// Takes the first complete event block out of `buf`: `Some(None)` for a block without data (a keep-alive
-/// comment, or an `id:` alone), `None` when no block is complete yet.
-fn take_event(buf: &mut Vec<u8>) -> Option<Option<Event>> {
-    let end = buf.windows(2).position(|w| w == b"\n\n")?;
-    let block: Vec<u8> = buf.drain(..end + 2).collect();
-    let text = String::from_utf8_lossy(&block);
-    let (mut name, mut data, mut id) = (String::from("message"), Vec::new(), None);
-    for line in text.lines() {
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
+/// Where the first complete event block in `buf` ends (after its blank line), searching from `from` (an
+/// offset before which no block end lies): each byte is looked at once however the event arrives in pieces.
+fn block_end(buf: &[u8], from: usize) -> Option<usize> {
+    let from = from.min(buf.len());
+    memchr::memmem::find(&buf[from..], b"\n\n").map(|i| from + i + 2)
+}
+
+/// Takes the first complete event block out of `buf` (ending before `end`, as `block_end` found it):
+/// `Some(None)` for a block without data (a keep-alive comment, or an `id:` alone), `None` when no block is
+/// complete yet. `scanned` carries how far earlier calls looked, so a large event is not searched again
+/// with every piece that arrives.
+fn take_event(buf: &mut Vec<u8>, scanned: &mut usize) -> Option<Option<Event>> {
+    let Some(end) = block_end(buf, scanned.saturating_sub(1)) else {
+        *scanned = buf.len();
+        return None;
+    };
+    let event = parse_block(&buf[..end]);
+    buf.drain(..end);
+    *scanned = 0;
+    Some(event)
+}
+
+/// The fields of one event block. Data lines are joined with newlines, as the SSE specification says.
+fn parse_block(block: &[u8]) -> Option<Event> {
+    let (mut name, mut data, mut id) = (None, None::<String>, None);
+    let text = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(t) => t.to_string(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    };
+    for line in block.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => (line, &[][..]),
+        };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
         match field {
-            "event" => name = value.to_string(),
-            "data" => data.push(value.to_string()),
-            "id" => id = Some(value.to_string()),
+            b"event" => name = Some(text(value)),
+            b"data" => match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(&text(value));
+                }
+                None => data = Some(text(value)),
+            },
+            b"id" => id = Some(text(value)),
             _ => {}
         }
     }
-    if data.is_empty() {
-        return Some(None);
-    }
-    Some(Some(Event {
-        name,
-        data: data.join("\n"),
+    Some(Event {
+        name: name.unwrap_or_else(|| "message".into()),
+        data: data?,
         id,
-    }))
+    })
 }
 
 impl EventStream {
     /// Whether a complete event is already buffered (so `next` will not wait for the network).
     pub fn has_buffered(&self) -> bool {
-        self.buf.windows(2).any(|w| w == b"\n\n")
+        block_end(&self.buf, self.scanned.saturating_sub(1)).is_some()
     }
 
     /// The next event; `None` when the server closed the stream.
     pub async fn next(&mut self) -> Result<Option<Event>, ClientError> {
         loop {
-            if let Some(event) = take_event(&mut self.buf) {
+            if let Some(event) = take_event(&mut self.buf, &mut self.scanned) {
                 match event {
                     Some(e) => return Ok(Some(e)),
                     None => continue,
@@ -672,18 +704,40 @@ mod tests {
         let mut buf =
             b": keep-alive\n\nevent: output\nid: 42\ndata: [1,\ndata: 2]\n\nid: 43\n\nevent: do"
                 .to_vec();
-        assert_eq!(take_event(&mut buf), Some(None), "a comment");
+        let mut scanned = 0;
+        assert_eq!(take_event(&mut buf, &mut scanned), Some(None), "a comment");
         assert_eq!(
-            take_event(&mut buf),
+            take_event(&mut buf, &mut scanned),
             Some(Some(Event {
                 name: "output".into(),
                 data: "[1,\n2]".into(),
                 id: Some("42".into()),
             }))
         );
-        assert_eq!(take_event(&mut buf), Some(None), "an id alone is no event");
-        assert_eq!(take_event(&mut buf), None, "incomplete: wait for more");
+        assert_eq!(
+            take_event(&mut buf, &mut scanned),
+            Some(None),
+            "an id alone is no event"
+        );
+        assert_eq!(
+            take_event(&mut buf, &mut scanned),
+            None,
+            "incomplete: wait for more"
+        );
         assert_eq!(buf, b"event: do");
+        // The rest arrives in pieces, the blank line split between two of them.
+        buf.extend_from_slice(b"ne\ndata: {}\n");
+        assert_eq!(take_event(&mut buf, &mut scanned), None);
+        buf.extend_from_slice(b"\n");
+        assert_eq!(
+            take_event(&mut buf, &mut scanned),
+            Some(Some(Event {
+                name: "done".into(),
+                data: "{}".into(),
+                id: None,
+            }))
+        );
+        assert!(buf.is_empty());
     }
 
     #[test]
