@@ -19,6 +19,12 @@ impl Backoff {
         }
     }
 
+    /// The same growth with another longest wait (`drover-sim --reconnect-cap`).
+    pub fn with_cap(mut self, cap: Duration) -> Self {
+        self.cap = cap;
+        self
+    }
+
     /// The wait before the next attempt.
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self

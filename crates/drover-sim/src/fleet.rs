@@ -37,6 +37,7 @@ pub struct Options {
     pub labels: Vec<String>,
     pub stats_interval: Duration,
     pub status_file: Option<PathBuf>,
+    pub reconnect_cap: Duration,
 }
 
 /// What every agent shares.
@@ -54,6 +55,7 @@ pub struct Config {
     pub labels: Labels,
     pub stats_interval: Duration,
     pub status_file: Option<PathBuf>,
+    pub reconnect_cap: Duration,
     /// For the one real action the simulated agents run (`ping`).
     pub action_ctx: ActionCtx,
     pub stats: Stats,
@@ -89,6 +91,7 @@ impl Config {
             labels,
             stats_interval: o.stats_interval,
             status_file: o.status_file,
+            reconnect_cap: o.reconnect_cap,
             action_ctx: ActionCtx {
                 policy: Arc::new(Policy::new(&[])),
             },

@@ -4,6 +4,7 @@
 pub mod limits;
 pub mod tls;
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,12 +123,20 @@ impl drover_proto::AgentLink for Gateway {
                 "a client certificate issued by this server is required: enroll with a join token first",
             ));
         };
+        let metrics = self.fleet.metrics();
+        let opened = std::time::Instant::now();
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage {
                 msg: Some(Msg::Hello(h)),
             }))) => h,
             Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                metrics.agent_connection("hello_timeout");
+                return Err(Status::invalid_argument(
+                    "the first message on a stream must be Hello",
+                ));
+            }
             _ => {
                 return Err(Status::invalid_argument(
                     "the first message on a stream must be Hello",
@@ -151,12 +160,8 @@ impl drover_proto::AgentLink for Gateway {
             )));
         }
         // Agents before protocol 2 do not list their open tasks, so their silence proves nothing.
-        let open_tasks = (hello.protocol_version >= 2).then(|| {
-            hello
-                .open_tasks
-                .into_iter()
-                .collect::<std::collections::HashSet<_>>()
-        });
+        let open_tasks = (hello.protocol_version >= 2)
+            .then(|| hello.open_tasks.into_iter().collect::<HashSet<_>>());
         let agent_hello = AgentHello {
             capabilities: hello.capabilities.unwrap_or_default().into(),
             labels: hello.labels.into_iter().collect(),
@@ -174,29 +179,18 @@ impl drover_proto::AgentLink for Gateway {
         };
         // The fleet sends to the node through `link_tx`; a forwarder feeds those into the response stream,
         // beside which this handler can still end the stream with an error status.
-        let (link_tx, mut link_rx) = mpsc::channel::<ServerMessage>(64);
-        // Taken before the stream is registered: a run dispatched once it is goes through this stream and
-        // starts after this instant, so the hello's list cannot name it (it must not end Lost for that).
-        let hello_at = chrono::Utc::now();
-        let (node, attachment) = self
+        // A read decides whether the node may attach; the Welcome waits for nothing else. Writing the hello
+        // and registering the stream happen in the stream's own task: under a reconnect storm the store's
+        // writes queue up, and an agent waiting on them would give up on Welcome and back off.
+        let node = self
             .fleet
-            .attach(&node_id, agent_hello, link_tx.clone())
+            .admit(&node_id, &agent_hello)
             .await
             .map_err(|e| {
+                metrics.agent_connection("attach_refused");
                 tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
                 status(e)
             })?;
-        tracing::info!(node = %node.name, id = %node.id, peer = ?addr, "agent attached");
-        {
-            let (fleet, id, name) = (self.fleet.clone(), node.id.clone(), node.name.clone());
-            tokio::spawn(async move {
-                fleet
-                    .tasks_on_attach(&id, &name, open_tasks, hello_at)
-                    .await;
-                fleet.desired_on_attach(&id).await;
-            });
-        }
-
         let (tx, rx) = mpsc::channel::<Result<ServerMessage, Status>>(64);
         let welcome = ServerMessage {
             msg: Some(server_message::Msg::Welcome(v1::Welcome {
@@ -208,6 +202,73 @@ impl drover_proto::AgentLink for Gateway {
         };
         // The channel was just made with room to spare, so this cannot fail.
         let _ = tx.try_send(Ok(welcome));
+        metrics.agent_connect("welcome", opened.elapsed());
+        let stream = AgentStream {
+            fleet: self.fleet.clone(),
+            shutdown: self.shutdown.clone(),
+            node_id,
+            addr,
+            tx,
+            inbound,
+            opened,
+        };
+        tokio::spawn(stream.run(agent_hello, open_tasks));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One agent's stream after its Welcome.
+struct AgentStream {
+    fleet: Arc<Fleet>,
+    shutdown: watch::Receiver<bool>,
+    node_id: String,
+    addr: Option<std::net::SocketAddr>,
+    tx: mpsc::Sender<Result<ServerMessage, Status>>,
+    inbound: Streaming<AgentMessage>,
+    opened: std::time::Instant,
+}
+
+impl AgentStream {
+    /// Records the hello and registers the stream, then serves it until either side ends it. Messages the
+    /// agent sends meanwhile wait in the stream.
+    async fn run(self, hello: AgentHello, open_tasks: Option<HashSet<String>>) {
+        let AgentStream {
+            fleet,
+            mut shutdown,
+            node_id,
+            addr,
+            tx,
+            mut inbound,
+            opened,
+        } = self;
+        let metrics = fleet.metrics();
+        // The fleet sends to the node through `link_tx`; a forwarder feeds those into the response stream,
+        // beside which this task can still end the stream with an error status.
+        let (link_tx, mut link_rx) = mpsc::channel::<ServerMessage>(64);
+        // Taken before the stream is registered: a run dispatched once it is goes through this stream and
+        // starts after this instant, so the hello's list cannot name it (it must not end Lost for that).
+        let hello_at = chrono::Utc::now();
+        let (node, _attachment) = match fleet.attach(&node_id, hello, link_tx).await {
+            Ok(attached) => attached,
+            Err(e) => {
+                metrics.agent_connection("attach_refused");
+                tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
+                let _ = tx.send(Err(status(e))).await;
+                return;
+            }
+        };
+        metrics.agent_connection("attached");
+        metrics.agent_connect("attach", opened.elapsed());
+        tracing::info!(node = %node.name, id = %node.id, peer = ?addr, "agent attached");
+        {
+            let (fleet, id, name) = (fleet.clone(), node.id.clone(), node.name.clone());
+            tokio::spawn(async move {
+                fleet
+                    .tasks_on_attach(&id, &name, open_tasks, hello_at)
+                    .await;
+                fleet.desired_on_attach(&id).await;
+            });
+        }
         let forward_tx = tx.clone();
         tokio::spawn(async move {
             while let Some(m) = link_rx.recv().await {
@@ -216,45 +277,37 @@ impl drover_proto::AgentLink for Gateway {
                 }
             }
         });
-        drop(link_tx);
-
-        let fleet = self.fleet.clone();
-        let mut shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let _attachment = attachment;
-            loop {
-                tokio::select! {
-                    msg = inbound.message() => match msg {
-                        Ok(Some(AgentMessage { msg: Some(Msg::Heartbeat(hb)) })) => {
-                            fleet.metrics().heartbeat("grpc");
-                            let metrics = hb.metrics.unwrap_or_default().into();
-                            if let Err(e) = fleet.stream_heartbeat(&node.id, metrics) {
-                                tracing::warn!(node = %node.name, "ignored a heartbeat: {e}");
-                                if matches!(e, FleetError::NodeNotFound(_)) {
-                                    let _ = tx.send(Err(status(e))).await;
-                                    break;
-                                }
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(AgentMessage { msg: Some(Msg::Heartbeat(hb)) })) => {
+                        metrics.heartbeat("grpc");
+                        let beat = hb.metrics.unwrap_or_default().into();
+                        if let Err(e) = fleet.stream_heartbeat(&node.id, beat) {
+                            tracing::warn!(node = %node.name, "ignored a heartbeat: {e}");
+                            if matches!(e, FleetError::NodeNotFound(_)) {
+                                let _ = tx.send(Err(status(e))).await;
+                                break;
                             }
                         }
-                        Ok(Some(AgentMessage { msg: Some(Msg::Hello(_)) })) => {
-                            tracing::warn!(node = %node.name, "ignored a second Hello on one stream");
-                        }
-                        Ok(Some(AgentMessage { msg: Some(other) })) => fleet.agent_message(&node.id, &node.name, other).await,
-                        Ok(Some(AgentMessage { msg: None })) => {
-                            tracing::debug!(node = %node.name, "ignored an empty or unknown message");
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::debug!(node = %node.name, "stream ended: {e}");
-                            break;
-                        }
-                    },
-                    _ = tx.closed() => break,
-                    _ = shutdown.changed() => break,
-                }
+                    }
+                    Ok(Some(AgentMessage { msg: Some(Msg::Hello(_)) })) => {
+                        tracing::warn!(node = %node.name, "ignored a second Hello on one stream");
+                    }
+                    Ok(Some(AgentMessage { msg: Some(other) })) => fleet.agent_message(&node.id, &node.name, other).await,
+                    Ok(Some(AgentMessage { msg: None })) => {
+                        tracing::debug!(node = %node.name, "ignored an empty or unknown message");
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(node = %node.name, "stream ended: {e}");
+                        break;
+                    }
+                },
+                _ = tx.closed() => break,
+                _ = shutdown.changed() => break,
             }
-            tracing::info!(node = %node.name, id = %node.id, "agent detached");
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+        tracing::info!(node = %node.name, id = %node.id, "agent detached");
     }
 }
