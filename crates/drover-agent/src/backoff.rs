@@ -63,4 +63,12 @@ mod tests {
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(500));
     }
+
+    #[test]
+    fn another_cap_bounds_every_wait() {
+        let mut b = Backoff::default().with_cap(Duration::from_secs(8));
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(8));
+        }
+    }
 }

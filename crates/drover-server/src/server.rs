@@ -325,11 +325,7 @@ impl RunningServer {
                 .map_err(|e| ServerError::Serve("REST API", e.to_string()))
         });
 
-        let incoming = tls::incoming(
-            agent_listener,
-            tls::server_config(&pki)?,
-            metrics.clone(),
-        );
+        let incoming = tls::incoming(agent_listener, tls::server_config(&pki)?, metrics.clone());
         let limits_metrics = metrics;
         let gateway = Gateway::new(fleet.clone(), shutdown_rx.clone());
         let mut agent_shutdown = shutdown_rx;

@@ -190,6 +190,7 @@ mod tests {
             labels: vec!["role=edge".into()],
             stats_interval: Duration::ZERO,
             status_file: None,
+            reconnect_cap: Duration::from_secs(30),
         })
         .unwrap();
         assert_eq!(config.server.as_deref(), Some("https://127.0.0.1:9090"));

@@ -166,5 +166,6 @@ mod tests {
         assert_eq!(args.agents, 19_000);
         assert_eq!(args.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(args.task_delay, Duration::ZERO);
+        assert_eq!(args.reconnect_cap, Duration::from_secs(30));
     }
 }

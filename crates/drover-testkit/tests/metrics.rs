@@ -106,7 +106,10 @@ fn server_metrics_need_a_token_on_the_api_and_none_on_their_own_listener() {
         Some(2.0)
     );
     assert_eq!(
-        get("drover_agent_connections_total", &[("outcome", "handshake_timeout")]),
+        get(
+            "drover_agent_connections_total",
+            &[("outcome", "handshake_timeout")]
+        ),
         None
     );
     for stage in ["handshake", "welcome", "attach"] {
