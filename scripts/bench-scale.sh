@@ -84,12 +84,15 @@ hz=$(getconf CLK_TCK)
 api=$(free_port)
 grpc=$(free_port)
 while [[ "$grpc" == "$api" ]]; do grpc=$(free_port); done
+metrics=$(free_port)
+while [[ "$metrics" == "$api" || "$metrics" == "$grpc" ]]; do metrics=$(free_port); done
 : >"$work/empty.toml"
 cli=("$drover" --server "http://127.0.0.1:$api" --data-dir "$work/data")
 
 start_server() {
   "${server_pin[@]}" "$drover" --data-dir "$work/data" server --config "$work/empty.toml" \
-    --listen "127.0.0.1:$api" --agent-listen "127.0.0.1:$grpc" 2>>"$work/server.log" &
+    --listen "127.0.0.1:$api" --agent-listen "127.0.0.1:$grpc" --metrics-listen "127.0.0.1:$metrics" \
+    2>>"$work/server.log" &
   server_pid=$!
   for _ in $(seq 300); do
     (exec 3<>"/dev/tcp/127.0.0.1/$api") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$grpc") 2>/dev/null && return
@@ -244,6 +247,15 @@ cpu=$(ticks "$server_pid")
 record "$(awk -v n="$total" -v stop="$stop_secs" -v back="$back_secs" -v d="$cpu" -v hz="$hz" 'BEGIN {
   printf "%d agents: server restart: stopped in %.2f s; all back %.2f s after the new server started; its CPU meanwhile %.2f s (%.2f cores)",
     n, stop, back, d / hz, d / hz / back }')"
+
+# How the new server's agent connections ended, and how long agents waited (means), from its /metrics.
+if command -v curl >/dev/null && curl -sf "http://127.0.0.1:$metrics/metrics" >"$work/metrics.txt"; then
+  record "$total agents: after the restart: $(awk '
+    /^drover_agent_connections_total/ { match($0, /outcome="[a-z_]+"/); o = substr($0, RSTART + 9, RLENGTH - 10); out = out sep o " " $2; sep = ", " }
+    /^drover_agent_connect_duration_seconds_(sum|count)/ { match($0, /stage="[a-z]+"/); st = substr($0, RSTART + 7, RLENGTH - 8)
+      if ($0 ~ /_sum/) sum[st] = $2; else cnt[st] = $2 }
+    END { printf "%s; mean wait", out; for (st in cnt) if (cnt[st] > 0) printf " %s %.3f s", st, sum[st] / cnt[st] }' "$work/metrics.txt")"
+fi
 
 cat "$RESULTS"
 log "results written to $RESULTS"

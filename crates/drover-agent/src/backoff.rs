@@ -19,6 +19,12 @@ impl Backoff {
         }
     }
 
+    /// The same growth with another longest wait (`drover-sim --reconnect-cap`).
+    pub fn with_cap(mut self, cap: Duration) -> Self {
+        self.cap = cap;
+        self
+    }
+
     /// The wait before the next attempt.
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self
@@ -56,5 +62,13 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn another_cap_bounds_every_wait() {
+        let mut b = Backoff::default().with_cap(Duration::from_secs(8));
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(8));
+        }
     }
 }

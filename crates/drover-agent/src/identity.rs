@@ -261,14 +261,19 @@ pub async fn enroll(
         })
         .await
         .map_err(|status| match status.code() {
-            // The server is busy (too many enrollments at once) or went away mid-call: try again later.
-            tonic::Code::ResourceExhausted | tonic::Code::Unavailable => {
-                IdentityError::Unreachable {
-                    url: server.into(),
-                    message: status.message().to_string(),
-                }
-            }
-            _ => IdentityError::Refused(status.message().to_string()),
+            // What the server says about this request itself is final.
+            tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied
+            | tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::AlreadyExists
+            | tonic::Code::Unimplemented => IdentityError::Refused(status.message().to_string()),
+            // Busy (too many enrollments at once), gone mid-call, or a broken connection (which a busy
+            // server's kernel causes too): try again later.
+            _ => IdentityError::Unreachable {
+                url: server.into(),
+                message: status.message().to_string(),
+            },
         })?
         .into_inner();
     let identity = Identity {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_types::LivenessPolicy;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -206,10 +206,25 @@ pub(crate) fn load_or_create_admin_token(dir: &Path) -> Result<(String, bool), S
     }
 }
 
-async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Listen { addr, flag, source })
+/// Connections the kernel holds for a listener until it accepts them (it caps this at
+/// `net.core.somaxconn`, 4096 by default since Linux 5.4). The usual 128 overflows when a fleet reconnects at
+/// once: the kernel then drops handshakes, and agents see connect timeouts, resets and broken pipes, each
+/// costing them a backoff of up to 30 s.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, ServerError> {
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted server can bind while old connections linger.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| ServerError::Listen { addr, flag, source })
 }
 
 /// Writes stream heartbeats once a second (and once more at shutdown).
@@ -360,7 +375,7 @@ impl RunningServer {
                 metrics_history: config.metrics_history.max(1),
                 open_registration: config.open_registration,
                 trust_reported_labels: config.trust_reported_labels,
-                metrics,
+                metrics: metrics.clone(),
             },
         );
         if let Some(url) = &config.nats {
@@ -377,8 +392,8 @@ impl RunningServer {
             .transpose()?;
         let api_tls_on = api_tls.is_some();
 
-        let api_listener = bind(config.listen, "--listen").await?;
-        let agent_listener = bind(config.agent_listen, "--agent-listen").await?;
+        let api_listener = bind(config.listen, "--listen")?;
+        let agent_listener = bind(config.agent_listen, "--agent-listen")?;
         let api_addr = api_listener
             .local_addr()
             .map_err(|source| ServerError::Listen {
@@ -394,7 +409,7 @@ impl RunningServer {
                 source,
             })?;
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(bind(addr, "--metrics-listen").await?),
+            Some(addr) => Some(bind(addr, "--metrics-listen")?),
             None => None,
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -430,7 +445,8 @@ impl RunningServer {
                 .map_err(|e| ServerError::Serve("REST API", e.to_string()))
         });
 
-        let incoming = tls::incoming(agent_listener, tls::server_config(&pki)?);
+        let incoming = tls::incoming(agent_listener, tls::server_config(&pki)?, metrics.clone());
+        let limits_metrics = metrics;
         let gateway = Gateway::new(fleet.clone(), shutdown_rx.clone());
         let mut agent_shutdown = shutdown_rx;
         let agent_task = tokio::spawn(async move {
@@ -443,6 +459,7 @@ impl RunningServer {
                     drover_proto::AgentLinkServer::new(gateway)
                         .max_decoding_message_size(MAX_MESSAGE)
                         .max_encoding_message_size(MAX_MESSAGE),
+                    limits_metrics,
                 ))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = agent_shutdown.changed().await;

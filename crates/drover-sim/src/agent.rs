@@ -64,7 +64,7 @@ pub async fn run(index: u32, config: Arc<Config>) {
         beats: 0,
         versions: vec![0; config.plugins.len()],
     };
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::default().with_cap(config.reconnect_cap);
     loop {
         let end = agent.session(servers.endpoint(), &mut backoff).await;
         let delay = backoff.next_delay();

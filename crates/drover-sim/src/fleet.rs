@@ -36,6 +36,7 @@ pub struct Options {
     pub labels: Vec<String>,
     pub stats_interval: Duration,
     pub status_file: Option<PathBuf>,
+    pub reconnect_cap: Duration,
 }
 
 /// What every agent shares.
@@ -54,6 +55,7 @@ pub struct Config {
     pub labels: Labels,
     pub stats_interval: Duration,
     pub status_file: Option<PathBuf>,
+    pub reconnect_cap: Duration,
     /// For the one real action the simulated agents run (`ping`).
     pub action_ctx: ActionCtx,
     pub stats: Stats,
@@ -89,6 +91,7 @@ impl Config {
             labels,
             stats_interval: o.stats_interval,
             status_file: o.status_file,
+            reconnect_cap: o.reconnect_cap,
             action_ctx: ActionCtx {
                 policy: Arc::new(Policy::new(&[])),
             },
@@ -187,6 +190,7 @@ mod tests {
             labels: vec!["role=edge".into()],
             stats_interval: Duration::ZERO,
             status_file: None,
+            reconnect_cap: Duration::from_secs(30),
         })
         .unwrap();
         assert_eq!(config.servers, vec!["https://127.0.0.1:9090"]);

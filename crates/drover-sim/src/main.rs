@@ -71,6 +71,10 @@ struct Args {
     /// A JSON file with the counters, rewritten four times a second
     #[arg(long)]
     status_file: Option<PathBuf>,
+    /// Longest wait between reconnect attempts (the agent's is 30s). A smaller one compresses a restart
+    /// storm: N agents coming back within C seconds arrive as fast as N * 30s / C agents would
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    reconnect_cap: Duration,
     /// Runtime worker threads (default: one per core)
     #[arg(long)]
     threads: Option<usize>,
@@ -118,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         labels: args.labels,
         stats_interval: args.stats_interval,
         status_file: args.status_file,
+        reconnect_cap: args.reconnect_cap,
     })?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
@@ -162,5 +167,6 @@ mod tests {
         assert_eq!(args.agents, 19_000);
         assert_eq!(args.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(args.task_delay, Duration::ZERO);
+        assert_eq!(args.reconnect_cap, Duration::from_secs(30));
     }
 }

@@ -51,7 +51,9 @@ impl Stats {
     }
 
     /// Keeps the newest error, for the status line (thousands of agents would drown a log).
+    /// Every one is logged at debug level, to count them by cause (`RUST_LOG=drover_sim=debug`).
     pub fn error(&self, message: String) {
+        tracing::debug!("{message}");
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = message;
     }
 

@@ -100,6 +100,28 @@ fn server_metrics_need_a_token_on_the_api_and_none_on_their_own_listener() {
         ),
         Some(2.0)
     );
+    // Agent connections by outcome, and how long agents waited (what a reconnect storm is read from).
+    assert_eq!(
+        get("drover_agent_connections_total", &[("outcome", "attached")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        get(
+            "drover_agent_connections_total",
+            &[("outcome", "handshake_timeout")]
+        ),
+        None
+    );
+    for stage in ["handshake", "welcome", "attach"] {
+        assert!(
+            get(
+                "drover_agent_connect_duration_seconds_count",
+                &[("stage", stage)]
+            )
+            .is_some_and(|n| n >= 2.0),
+            "no {stage} timings"
+        );
+    }
     // Latencies by route pattern, never by raw path.
     assert!(
         get(

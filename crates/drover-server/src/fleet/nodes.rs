@@ -151,6 +151,16 @@ impl Fleet {
         })
     }
 
+    /// Whether a node may open a stream, by a read: its Welcome waits for nothing else. `attach` then writes
+    /// the hello and registers the stream (a reconnecting fleet's writes queue up; its agents must not).
+    pub async fn admit(&self, node_id: &str, hello: &AgentHello) -> Result<NodeRecord, FleetError> {
+        check_hello(hello)?;
+        self.store
+            .get_node(node_id)
+            .await?
+            .ok_or_else(|| FleetError::NodeNotFound(node_id.to_string()))
+    }
+
     /// Records an agent's hello and registers its stream until the returned guard drops.
     pub async fn attach(
         self: &Arc<Self>,

@@ -16,6 +16,7 @@ use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 
 use super::tls::Peer;
+use crate::metrics::ServerMetrics;
 
 /// The most bytes an unproven request's body may carry.
 pub const UNPROVEN_MAX_BYTES: usize = 64 * 1024;
@@ -29,13 +30,15 @@ const ENROLL_PATH: &str = "/drover.v1.AgentLink/Enroll";
 pub struct UnprovenLimits<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl<S> UnprovenLimits<S> {
-    pub fn new(inner: S) -> Self {
+    pub fn new(inner: S, metrics: Arc<ServerMetrics>) -> Self {
         Self {
             inner,
             permits: Arc::new(Semaphore::new(UNPROVEN_AT_ONCE)),
+            metrics,
         }
     }
 }
@@ -66,6 +69,7 @@ where
             return Box::pin(self.inner.call(req));
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            self.metrics.agent_connection("unproven_busy");
             let busy =
                 Status::resource_exhausted("too many enrollments at once: retry in a few seconds");
             return Box::pin(std::future::ready(Ok(busy.into_http())));

@@ -4,6 +4,7 @@
 pub mod limits;
 pub mod tls;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -124,12 +125,20 @@ impl drover_proto::AgentLink for Gateway {
                 "a client certificate issued by this server is required: enroll with a join token first",
             ));
         };
+        let metrics = self.fleet.metrics();
+        let opened = std::time::Instant::now();
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage {
                 msg: Some(Msg::Hello(h)),
             }))) => h,
             Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                metrics.agent_connection("hello_timeout");
+                return Err(Status::invalid_argument(
+                    "the first message on a stream must be Hello",
+                ));
+            }
             _ => {
                 return Err(Status::invalid_argument(
                     "the first message on a stream must be Hello",
@@ -153,12 +162,8 @@ impl drover_proto::AgentLink for Gateway {
             )));
         }
         // Agents before protocol 2 do not list their open tasks, so their silence proves nothing.
-        let open_tasks = (hello.protocol_version >= 2).then(|| {
-            hello
-                .open_tasks
-                .into_iter()
-                .collect::<std::collections::HashSet<_>>()
-        });
+        let open_tasks = (hello.protocol_version >= 2)
+            .then(|| hello.open_tasks.into_iter().collect::<HashSet<_>>());
         let agent_hello = AgentHello {
             capabilities: hello.capabilities.unwrap_or_default().into(),
             labels: hello.labels.into_iter().collect(),
@@ -174,31 +179,22 @@ impl drover_proto::AgentLink for Gateway {
                 })
                 .collect(),
         };
-        // The fleet sends to the node through `link_tx`; the response stream reads that channel itself
-        // (no forwarding task, one channel per stream: both cost memory on every idle connection).
-        let (link_tx, link_rx) = mpsc::channel::<Box<ServerMessage>>(64);
-        // Taken before the stream is registered: a run dispatched once it is goes through this stream and
-        // starts after this instant, so the hello's list cannot name it (it must not end Lost for that).
-        let hello_at = chrono::Utc::now();
-        let (node, attachment) = self
+        // A read decides whether the node may attach; the Welcome waits for nothing else. Writing the hello
+        // and registering the stream happen in the stream's own task: under a reconnect storm the store's
+        // writes queue up, and an agent waiting on them would give up on Welcome and back off.
+        let node = self
             .fleet
-            .attach(&node_id, agent_hello, link_tx)
+            .admit(&node_id, &agent_hello)
             .await
             .map_err(|e| {
+                metrics.agent_connection("attach_refused");
                 tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
                 status(e)
             })?;
-        tracing::info!(node = %node.name, id = %node.id, peer = ?addr, "agent attached");
-        {
-            let (fleet, id, name) = (self.fleet.clone(), node.id.clone(), node.name.clone());
-            tokio::spawn(async move {
-                fleet
-                    .tasks_on_attach(&id, &name, open_tasks, hello_at)
-                    .await;
-                fleet.desired_on_attach(&id).await;
-            });
-        }
-
+        // The fleet sends to the node through `link_tx`; the response stream reads that channel itself
+        // (no forwarding task, one channel per stream: both cost memory on every idle connection).
+        let (link_tx, link_rx) = mpsc::channel::<Box<ServerMessage>>(64);
+        let (end_tx, end_rx) = oneshot::channel();
         let welcome = ServerMessage {
             msg: Some(server_message::Msg::Welcome(v1::Welcome {
                 protocol_version: PROTOCOL_VERSION,
@@ -207,60 +203,125 @@ impl drover_proto::AgentLink for Gateway {
                 server_version: VERSION.to_string(),
             })),
         };
-        let (end_tx, end_rx) = oneshot::channel();
         let outbound = Outbound {
             welcome: Some(welcome),
             link: link_rx,
             end: Some(end_rx),
         };
+        metrics.agent_connect("welcome", opened.elapsed());
+        let stream = AgentStream {
+            fleet: self.fleet.clone(),
+            shutdown: self.shutdown.clone(),
+            node_id,
+            addr,
+            link_tx,
+            end_tx,
+            inbound,
+            opened,
+        };
+        tokio::spawn(stream.run(agent_hello, open_tasks));
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}
 
-        let fleet = self.fleet.clone();
-        let mut shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let _attachment = attachment;
-            let mut end_tx = end_tx;
-            let mut failure = None;
-            loop {
-                tokio::select! {
-                    msg = inbound.message() => match msg {
-                        Ok(Some(AgentMessage { msg: Some(Msg::Heartbeat(hb)) })) => {
-                            fleet.metrics().heartbeat("grpc");
-                            let metrics = hb.metrics.unwrap_or_default().into();
-                            if let Err(e) = fleet.stream_heartbeat(&node.id, metrics) {
-                                tracing::warn!(node = %node.name, "ignored a heartbeat: {e}");
-                                if matches!(e, FleetError::NodeNotFound(_)) {
-                                    failure = Some(status(e));
-                                    break;
-                                }
+/// One agent's stream after its Welcome.
+struct AgentStream {
+    fleet: Arc<Fleet>,
+    shutdown: watch::Receiver<bool>,
+    node_id: String,
+    addr: Option<std::net::SocketAddr>,
+    link_tx: crate::links::LinkSender,
+    /// Ends the response stream with a status (see `Outbound`).
+    end_tx: oneshot::Sender<Status>,
+    inbound: Streaming<AgentMessage>,
+    opened: std::time::Instant,
+}
+
+impl AgentStream {
+    /// Records the hello and registers the stream, then serves it until either side ends it. Messages the
+    /// agent sends meanwhile wait in the stream.
+    async fn run(self, hello: AgentHello, open_tasks: Option<HashSet<String>>) {
+        let AgentStream {
+            fleet,
+            mut shutdown,
+            node_id,
+            addr,
+            link_tx,
+            mut end_tx,
+            mut inbound,
+            opened,
+        } = self;
+        let metrics = fleet.metrics();
+        // Taken before the stream is registered: a run dispatched once it is goes through this stream and
+        // starts after this instant, so the hello's list cannot name it (it must not end Lost for that).
+        let hello_at = chrono::Utc::now();
+        // Held until the refusal is handed over: the response stream ends when its link closes, and a
+        // refused attach drops the link it was given.
+        let keep = link_tx.clone();
+        let attached = fleet.attach(&node_id, hello, link_tx).await;
+        let (node, _attachment) = match attached {
+            Ok(attached) => attached,
+            Err(e) => {
+                metrics.agent_connection("attach_refused");
+                tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
+                let _ = end_tx.send(status(e));
+                return;
+            }
+        };
+        // From now on the stream ends when the fleet drops its link (detached, replaced, node deleted).
+        drop(keep);
+        metrics.agent_connection("attached");
+        metrics.agent_connect("attach", opened.elapsed());
+        tracing::info!(node = %node.name, id = %node.id, peer = ?addr, "agent attached");
+        {
+            let (fleet, id, name) = (fleet.clone(), node.id.clone(), node.name.clone());
+            tokio::spawn(async move {
+                fleet
+                    .tasks_on_attach(&id, &name, open_tasks, hello_at)
+                    .await;
+                fleet.desired_on_attach(&id).await;
+            });
+        }
+        let mut failure = None;
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(AgentMessage { msg: Some(Msg::Heartbeat(hb)) })) => {
+                        metrics.heartbeat("grpc");
+                        let beat = hb.metrics.unwrap_or_default().into();
+                        if let Err(e) = fleet.stream_heartbeat(&node.id, beat) {
+                            tracing::warn!(node = %node.name, "ignored a heartbeat: {e}");
+                            if matches!(e, FleetError::NodeNotFound(_)) {
+                                failure = Some(status(e));
+                                break;
                             }
                         }
-                        Ok(Some(AgentMessage { msg: Some(Msg::Hello(_)) })) => {
-                            tracing::warn!(node = %node.name, "ignored a second Hello on one stream");
-                        }
-                        // Boxed: handling a message takes a large future, which an idle stream's task
-                        // would otherwise carry for as long as the agent stays connected.
-                        Ok(Some(AgentMessage { msg: Some(other) })) => {
-                            Box::pin(fleet.agent_message(&node.id, &node.name, other)).await
-                        }
-                        Ok(Some(AgentMessage { msg: None })) => {
-                            tracing::debug!(node = %node.name, "ignored an empty or unknown message");
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::debug!(node = %node.name, "stream ended: {e}");
-                            break;
-                        }
-                    },
-                    _ = end_tx.closed() => break,
-                    _ = shutdown.changed() => break,
-                }
+                    }
+                    Ok(Some(AgentMessage { msg: Some(Msg::Hello(_)) })) => {
+                        tracing::warn!(node = %node.name, "ignored a second Hello on one stream");
+                    }
+                    // Boxed: handling a message takes a large future, which an idle stream's task
+                    // would otherwise carry for as long as the agent stays connected.
+                    Ok(Some(AgentMessage { msg: Some(other) })) => {
+                        Box::pin(fleet.agent_message(&node.id, &node.name, other)).await
+                    }
+                    Ok(Some(AgentMessage { msg: None })) => {
+                        tracing::debug!(node = %node.name, "ignored an empty or unknown message");
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(node = %node.name, "stream ended: {e}");
+                        break;
+                    }
+                },
+                _ = end_tx.closed() => break,
+                _ = shutdown.changed() => break,
             }
-            if let Some(s) = failure {
-                let _ = end_tx.send(s);
-            }
-            tracing::info!(node = %node.name, id = %node.id, "agent detached");
-        });
-        Ok(Response::new(Box::pin(outbound)))
+        }
+        if let Some(s) = failure {
+            let _ = end_tx.send(s);
+        }
+        tracing::info!(node = %node.name, id = %node.id, "agent detached");
     }
 }
 

@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use crate::metrics::ServerMetrics;
 use crate::pki::{Pki, node_id_from_cert};
 
 /// A connection has this long for its TLS handshake, then as long again for the HTTP/2 preface: one that
@@ -39,8 +40,9 @@ pub struct Peer {
 pub struct AgentConn {
     inner: TlsStream<TcpStream>,
     peer: Peer,
-    /// Until the preface has arrived: when it must have, and how many of its bytes are still to come.
-    preface: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+    /// Until the preface has arrived: when it must have, how many of its bytes are still to come, and
+    /// where a late one is counted.
+    preface: Option<(Pin<Box<tokio::time::Sleep>>, usize, Arc<ServerMetrics>)>,
 }
 
 impl Connected for AgentConn {
@@ -59,7 +61,7 @@ impl AsyncRead for AgentConn {
         let this = &mut *self;
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Some((deadline, left)) = this.preface.as_mut() {
+        if let Some((deadline, left, metrics)) = this.preface.as_mut() {
             match &polled {
                 Poll::Ready(Ok(())) => {
                     *left = left.saturating_sub(buf.filled().len() - before);
@@ -68,6 +70,7 @@ impl AsyncRead for AgentConn {
                     }
                 }
                 Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    metrics.agent_connection("preface_timeout");
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "no HTTP/2 preface within the deadline",
@@ -137,6 +140,7 @@ fn describe_handshake_error(e: &std::io::Error) -> String {
 pub fn incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
+    metrics: Arc<ServerMetrics>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<AgentConn, std::io::Error>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = mpsc::channel(64);
@@ -153,22 +157,25 @@ pub fn incoming(
                 },
                 _ = tx.closed() => return,
             };
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
+            let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
+                let began = std::time::Instant::now();
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
+                        metrics.agent_connection("handshake_failed");
                         tracing::warn!(peer = %addr, "{}", describe_handshake_error(&e));
                         return;
                     }
                     Err(_) => {
+                        metrics.agent_connection("handshake_timeout");
                         tracing::debug!(peer = %addr, "TLS handshake timed out");
                         return;
                     }
                 };
+                metrics.agent_connect("handshake", began.elapsed());
                 let node_id = tls
                     .get_ref()
                     .1
@@ -184,6 +191,7 @@ pub fn incoming(
                     preface: Some((
                         Box::pin(tokio::time::sleep(HANDSHAKE_TIMEOUT)),
                         PREFACE_BYTES,
+                        metrics,
                     )),
                 };
                 let _ = tx.send(Ok(conn)).await;

@@ -48,6 +48,8 @@ pub struct ServerMetrics {
     runs_lost: Counter,
     requests: Family<Labels, Histogram>,
     store: Family<Labels, Histogram>,
+    agent_connections: Family<Labels, Counter>,
+    agent_connect: Family<Labels, Histogram>,
 }
 
 fn request_histogram() -> Histogram {
@@ -91,6 +93,21 @@ impl ServerMetrics {
             "Store operations, by operation (a write includes waiting for its group commit)",
             store.clone(),
         );
+        let agent_connections = Family::<Labels, Counter>::default();
+        registry.register(
+            "agent_connections",
+            "Agent connections and streams by outcome: attached, or why not (handshake_failed, \
+             handshake_timeout, preface_timeout, unproven_busy, hello_timeout, attach_refused)",
+            agent_connections.clone(),
+        );
+        let agent_connect: Family<Labels, Histogram> =
+            Family::new_with_constructor(request_histogram);
+        registry.register(
+            "agent_connect_duration_seconds",
+            "How long an agent waits, by stage: handshake (accepted to TLS done), welcome (stream \
+             opened to Welcome sent), attach (stream opened to the hello stored and the stream registered)",
+            agent_connect.clone(),
+        );
         Self {
             registry,
             per_node,
@@ -99,7 +116,23 @@ impl ServerMetrics {
             runs_lost,
             requests,
             store,
+            agent_connections,
+            agent_connect,
         }
+    }
+
+    /// An agent connection's or stream's outcome (one of a few fixed words).
+    pub fn agent_connection(&self, outcome: &'static str) {
+        self.agent_connections
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
+
+    /// How long one stage of an agent's connecting took.
+    pub fn agent_connect(&self, stage: &'static str, took: Duration) {
+        self.agent_connect
+            .get_or_create(&vec![("stage", stage.to_string())])
+            .observe(took.as_secs_f64());
     }
 
     pub fn per_node(&self) -> bool {
