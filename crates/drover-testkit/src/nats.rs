@@ -40,20 +40,31 @@ impl Nats {
     /// Starts a fresh server with JetStream and waits until it accepts connections. Fails, saying what is
     /// missing, when nats-server is not installed.
     pub fn start() -> anyhow::Result<Self> {
-        let binary = find_binary()?;
         let dir = tempfile::Builder::new().prefix("drover-nats").tempdir()?;
-        let port = free_port();
+        let mut nats = Self {
+            child: None,
+            dir,
+            port: free_port(),
+        };
+        nats.run()?;
+        Ok(nats)
+    }
+
+    /// Starts the server again after `kill`, on the same port with the same store.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.run()
+    }
+
+    fn run(&mut self) -> anyhow::Result<()> {
+        let binary = find_binary()?;
+        let port = self.port;
         let mut cmd = Command::new(&binary);
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path().join("store"));
-        let child = spawn_logged(cmd, &dir.path().join("log"))?;
-        let mut nats = Self {
-            child: Some(child),
-            dir,
-            port,
-        };
+            .arg(self.dir.path().join("store"));
+        self.child = Some(spawn_logged(cmd, &self.dir.path().join("log"))?);
         let ready = wait_for("nats-server to listen", Duration::from_secs(20), || {
-            if let Some(Ok(Some(status))) = nats.child.as_mut().map(|c| c.try_wait()) {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return Some(Err(status));
             }
             std::net::TcpStream::connect(("127.0.0.1", port))
@@ -61,9 +72,9 @@ impl Nats {
                 .map(|_| Ok(()))
         });
         match ready {
-            Ok(Ok(())) => Ok(nats),
-            Ok(Err(status)) => bail!("nats-server exited ({status}); its log:\n{}", nats.log()),
-            Err(e) => bail!("{e}; its log:\n{}", nats.log()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(status)) => bail!("nats-server exited ({status}); its log:\n{}", self.log()),
+            Err(e) => bail!("{e}; its log:\n{}", self.log()),
         }
     }
 

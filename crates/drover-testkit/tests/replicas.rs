@@ -16,7 +16,7 @@ struct Cluster {
     b: Server,
     agent: Agent,
     // Dropped last: the replicas and the agent go first.
-    _nats: Nats,
+    nats: Nats,
     _pg: Postgres,
     _secrets: tempfile::TempDir,
     /// Where the agent may write files (manifests).
@@ -64,7 +64,7 @@ fn cluster() -> Cluster {
         a,
         b,
         agent,
-        _nats: nats,
+        nats,
         _pg: pg,
         _secrets: secrets,
         files,
@@ -217,4 +217,51 @@ fn a_replica_that_cannot_reach_nats_does_not_start() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--nats needs --database"), "{stderr}");
+}
+
+#[test]
+fn readiness_follows_nats_and_routing_comes_back_with_it() {
+    let mut c = cluster();
+    let ready = c.b.get("/ready").unwrap();
+    assert_eq!(
+        (ready.status, &ready.body["ready"]),
+        (200, &json!(true)),
+        "{ready:?}"
+    );
+
+    c.nats.kill();
+    let down = wait_for("B's /ready to say not ready", TIMEOUT, || {
+        let r = c.b.get("/ready").ok()?;
+        (r.status == 503).then_some(r)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let cause = down.body["cause"].as_str().unwrap_or_default();
+    assert!(cause.contains("NATS"), "names the cause: {down:?}");
+    assert_eq!(c.b.get("/health").unwrap().status, 200, "the replica is up");
+
+    c.nats.start_again().unwrap();
+    for s in [&c.a, &c.b] {
+        wait_for("/ready again", TIMEOUT, || {
+            let r = s.get("/ready").ok()?;
+            (r.status == 200 && r.body["ready"] == true).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    }
+    // Routing works again: a task created through B runs on A's agent. A re-subscribes to the node's
+    // subjects when its client reconnects, which may take a moment after /ready.
+    wait_for(
+        "a task through B to run on the agent again",
+        TIMEOUT,
+        || {
+            let task =
+                c.b.create_task(
+                    json!({"target": {"node": "box"}, "spec": {"kind": "exec", "argv": ["true"]}}),
+                )
+                .ok()?;
+            let id = task["id"].as_str()?.to_string();
+            let done = c.b.wait_task_done(&id).ok()?;
+            (done["runs"][0]["state"] == "Succeeded").then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }

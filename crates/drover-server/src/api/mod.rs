@@ -123,7 +123,8 @@ async fn health() -> axum::Json<serde_json::Value> {
 /// How long `/ready` waits for the database: a probe must answer sooner than the pool's own timeout.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Whether this replica can serve: its database answers. 503 with the cause when not; the process stays
+/// Whether this replica can serve: its database answers and, with `--nats`, its NATS connection is up. 503
+/// with the cause when not; the process stays
 /// up and the pool reconnects, so a load balancer takes it out and puts it back.
 #[utoipa::path(
     get,
@@ -145,7 +146,9 @@ async fn ready(
         Err(_) => Some(format!(
             "cannot reach the database: no answer in {READY_TIMEOUT:?}"
         )),
-    };
+    }
+    // A replica cut off from NATS cannot reach agents held by others, nor they its own.
+    .or_else(|| state.fleet.nats_problem());
     match cause {
         None => (
             axum::http::StatusCode::OK,

@@ -200,6 +200,14 @@ impl Fleet {
         self.nats.get()
     }
 
+    /// Why this replica cannot route to the others now, when it is set up to (`--nats`) and its connection
+    /// is down; the client reconnects by itself, so this clears when NATS is back.
+    pub fn nats_problem(&self) -> Option<String> {
+        let state = self.nats()?.client.connection_state();
+        (state != async_nats::connection::State::Connected)
+            .then(|| format!("cannot reach NATS: the connection is {state}"))
+    }
+
     /// Sends to a node's stream, here or through the replica that holds it; false when none does.
     pub(crate) async fn send_to_node(&self, node_id: &str, msg: Msg) -> bool {
         if self.links().is_attached(node_id) || self.nats().is_none() {
