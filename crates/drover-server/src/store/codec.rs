@@ -1,10 +1,11 @@
 //! Encoding shared by the backends: records are kept as JSON text in both, and read back the same way.
 
+use std::collections::BTreeMap;
+
+use drover_types::manifest::{Manifest, RESOURCE_STATES};
 use drover_types::task::RunState;
 
-use drover_types::manifest::Manifest;
-
-use super::{PutManifest, RunPatch, StoreError};
+use super::{ManifestCounts, PutManifest, RunPatch, StoreError};
 
 pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Serializing our own plain data types cannot fail.
@@ -91,4 +92,49 @@ pub(super) fn manifest_put(
         changed,
         resigned: !changed && old_sig != sig,
     })
+}
+
+/// A count read from SQL (never negative there) as a `usize`.
+pub(super) fn count(n: i64) -> usize {
+    usize::try_from(n).unwrap_or(0)
+}
+
+/// A resource's rank in `RESOURCE_STATES` (best first), from the `state` column of `node_resources`; an
+/// unknown name ranks 0. The names are our own constants, so inlining them is safe.
+pub(super) fn rank_sql() -> String {
+    let cases: String = RESOURCE_STATES
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!(" WHEN '{}' THEN {i}", s.as_str()))
+        .collect();
+    format!("CASE state{cases} ELSE 0 END")
+}
+
+/// The rows of `manifest_counts`' statement, (kind: 0 for resources and 1 for nodes, manifest, rank,
+/// count), grouped by manifest. Rows without a manifest or with a rank out of range are left out.
+pub(super) fn group_manifest_counts(
+    rows: impl IntoIterator<Item = (i64, Option<String>, i64, i64)>,
+) -> Vec<ManifestCounts> {
+    let mut by_manifest: BTreeMap<String, ManifestCounts> = BTreeMap::new();
+    for (kind, manifest, rank, n) in rows {
+        let state = usize::try_from(rank)
+            .ok()
+            .and_then(|i| RESOURCE_STATES.get(i).copied());
+        let (Some(manifest), Some(state)) = (manifest, state) else {
+            continue;
+        };
+        let entry = by_manifest
+            .entry(manifest.clone())
+            .or_insert_with(|| ManifestCounts {
+                manifest,
+                ..ManifestCounts::default()
+            });
+        let list = if kind == 0 {
+            &mut entry.resources
+        } else {
+            &mut entry.nodes
+        };
+        list.push((state, count(n)));
+    }
+    by_manifest.into_values().collect()
 }

@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use std::collections::BTreeMap;
 
 use drover_types::NodeStatus;
-use drover_types::manifest::{RESOURCE_STATES, ResourceState};
+use drover_types::manifest::RESOURCE_STATES;
 use drover_types::task::{RUN_STATES, RunState, TaskRun};
 use sqlx::PgPool;
 
 use super::{StoreError, big, decode_node, from_json, readable, unsigned};
+use crate::store::codec::{count, group_manifest_counts, rank_sql};
 use crate::store::{
     ConvergenceQuery, ConvergenceRow, ManifestCounts, NodeCounts, NodeQuery, NodeRecord,
     NodeTaskRun, RunQuery, TaskPage, TaskSummary,
@@ -130,10 +130,6 @@ type TaskRow = (
 
 const TASK_COLUMNS: &str = "id, target, spec, created_by, created_at, max_parallel, signature";
 
-fn count(n: i64) -> usize {
-    usize::try_from(n).unwrap_or(0)
-}
-
 fn summary(row: TaskRow, runs: Vec<(String, i64)>) -> Result<TaskSummary, StoreError> {
     let (id, target, spec, created_by, created_at, max_parallel, signature) = row;
     let mut runs = runs
@@ -248,22 +244,6 @@ pub(super) async fn task_page(
     }))
 }
 
-/// A resource's rank in `RESOURCE_STATES` (best first), from its `state` column (`node_resources`).
-fn rank_sql() -> String {
-    let cases: String = RESOURCE_STATES
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!(" WHEN '{}' THEN {i}", s.as_str()))
-        .collect();
-    format!("CASE state{cases} ELSE 0 END")
-}
-
-fn state_at(rank: i32) -> Option<ResourceState> {
-    usize::try_from(rank)
-        .ok()
-        .and_then(|i| RESOURCE_STATES.get(i).copied())
-}
-
 pub(super) async fn manifest_counts(pool: &PgPool) -> Result<Vec<ManifestCounts>, StoreError> {
     let sql = format!(
         "SELECT 0, manifest, rank, count(*)
@@ -277,25 +257,9 @@ pub(super) async fn manifest_counts(pool: &PgPool) -> Result<Vec<ManifestCounts>
     let rows: Vec<(i32, Option<String>, i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .fetch_all(pool)
         .await?;
-    let mut by_manifest: BTreeMap<String, ManifestCounts> = BTreeMap::new();
-    for (kind, manifest, rank, n) in rows {
-        let (Some(manifest), Some(state)) = (manifest, state_at(rank)) else {
-            continue;
-        };
-        let entry = by_manifest
-            .entry(manifest.clone())
-            .or_insert_with(|| ManifestCounts {
-                manifest,
-                ..ManifestCounts::default()
-            });
-        let list = if kind == 0 {
-            &mut entry.resources
-        } else {
-            &mut entry.nodes
-        };
-        list.push((state, count(n)));
-    }
-    Ok(by_manifest.into_values().collect())
+    Ok(group_manifest_counts(rows.into_iter().map(
+        |(kind, manifest, rank, n)| (i64::from(kind), manifest, i64::from(rank), n),
+    )))
 }
 
 /// A node's (id, name, desired generation, report) as read, before the report is parsed.

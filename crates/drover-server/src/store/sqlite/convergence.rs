@@ -2,24 +2,13 @@
 //! and `convergence_page`. Reports are kept whole (JSON) per node, and their resources' states beside them
 //! (`node_resources`, written with the report), which the counts and filters read through its indexes.
 
-use std::collections::BTreeMap;
-
-use drover_types::manifest::{RESOURCE_STATES, ResourceState};
+use drover_types::manifest::RESOURCE_STATES;
 use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
 
 use super::{StoreError, from_json};
+use crate::store::codec::{count, group_manifest_counts, rank_sql};
 use crate::store::{ConvergenceQuery, ConvergenceRow, ManifestCounts};
-
-/// A resource's rank in `RESOURCE_STATES` (best first), from its `state` column.
-fn rank_sql() -> String {
-    let cases: String = RESOURCE_STATES
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!(" WHEN '{}' THEN {i}", s.as_str()))
-        .collect();
-    format!("CASE state{cases} ELSE 0 END")
-}
 
 /// Replaces a node's resource states with those of its newly kept report: (manifest, resource id, state).
 pub(super) fn put_resources(
@@ -37,16 +26,6 @@ pub(super) fn put_resources(
         insert.execute(params![node_id, pos, manifest, resource, state])?;
     }
     Ok(())
-}
-
-fn state_at(rank: i64) -> Option<ResourceState> {
-    usize::try_from(rank)
-        .ok()
-        .and_then(|i| RESOURCE_STATES.get(i).copied())
-}
-
-fn count(n: i64) -> usize {
-    usize::try_from(n).unwrap_or(0)
 }
 
 pub(super) fn manifest_counts(c: &Connection) -> Result<Vec<ManifestCounts>, StoreError> {
@@ -70,26 +49,8 @@ pub(super) fn manifest_counts(c: &Connection) -> Result<Vec<ManifestCounts>, Sto
             r.get::<_, i64>(3)?,
         ))
     })?;
-    let mut by_manifest: BTreeMap<String, ManifestCounts> = BTreeMap::new();
-    for row in rows {
-        let (kind, manifest, rank, n) = row?;
-        let (Some(manifest), Some(state)) = (manifest, state_at(rank)) else {
-            continue;
-        };
-        let entry = by_manifest
-            .entry(manifest.clone())
-            .or_insert_with(|| ManifestCounts {
-                manifest,
-                ..ManifestCounts::default()
-            });
-        let list = if kind == 0 {
-            &mut entry.resources
-        } else {
-            &mut entry.nodes
-        };
-        list.push((state, count(n)));
-    }
-    Ok(by_manifest.into_values().collect())
+    let rows = rows.collect::<Result<Vec<_>, _>>()?;
+    Ok(group_manifest_counts(rows))
 }
 
 /// A node's (id, name, desired generation, report) as read, before the report is parsed.

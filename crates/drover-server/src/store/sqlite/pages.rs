@@ -10,6 +10,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::{NODE_COLUMNS, RawNode, StoreError, from_json, raw_node, readable, ts};
+use crate::store::codec::count;
 use crate::store::{
     NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, RunQuery, TaskPage, TaskSummary,
 };
@@ -147,10 +148,6 @@ fn summary(row: TaskRow, mut runs: Vec<(RunState, usize)>) -> Result<TaskSummary
         max_parallel,
         runs,
     })
-}
-
-fn count(n: i64) -> usize {
-    usize::try_from(n).unwrap_or(0)
 }
 
 fn sql_int(n: usize) -> i64 {
