@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use drover_types::manifest::{Manifest, RESOURCE_STATES};
-use drover_types::task::RunState;
+use drover_types::task::{RUN_STATES, RunState};
 
-use super::{ManifestCounts, PutManifest, RunPatch, StoreError};
+use super::{ConvergenceRow, ManifestCounts, PutManifest, RunPatch, StoreError, TaskSummary};
 
 pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Serializing our own plain data types cannot fail.
@@ -137,4 +138,66 @@ pub(super) fn group_manifest_counts(
         list.push((state, count(n)));
     }
     by_manifest.into_values().collect()
+}
+
+/// A run state as stored in the `state` column.
+pub(super) fn run_state(text: &str) -> Result<RunState, StoreError> {
+    from_json(&format!("\"{text}\""), "run state")
+}
+
+/// A task's row as both stores read it: (id, target, spec, created_by, created_at, max_parallel, signature).
+pub(super) type TaskText = (
+    String,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<u32>,
+    Option<String>,
+);
+
+/// A task with its runs counted by state (state, count as read), in the order states are declared
+/// (Pending, Running, Succeeded, …), as pages show them.
+pub(super) fn task_summary(
+    row: TaskText,
+    runs: Vec<(String, i64)>,
+) -> Result<TaskSummary, StoreError> {
+    let (id, target, spec, created_by, created_at, max_parallel, signature) = row;
+    let mut runs = runs
+        .into_iter()
+        .map(|(s, n)| Ok((run_state(&s)?, count(n))))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    runs.sort_by_key(|(s, _)| RUN_STATES.iter().position(|r| r == s));
+    Ok(TaskSummary {
+        target: from_json(&target, "task target")?,
+        spec: from_json(&spec, "task spec")?,
+        signature: signature
+            .map(|s| from_json(&s, "task signature"))
+            .transpose()?,
+        id,
+        created_by,
+        created_at,
+        max_parallel,
+        runs,
+    })
+}
+
+/// A node's (id, name, desired generation, report) as read, before the report is parsed.
+pub(super) type ConvergenceText = (String, String, Option<i64>, Option<String>);
+
+pub(super) fn decode_convergence(
+    rows: Vec<ConvergenceText>,
+) -> Result<Vec<ConvergenceRow>, StoreError> {
+    rows.into_iter()
+        .map(|(id, name, generation, report)| {
+            Ok((
+                id,
+                name,
+                u64::try_from(generation.unwrap_or(0)).unwrap_or(0),
+                report
+                    .map(|r| from_json(&r, "convergence report"))
+                    .transpose()?,
+            ))
+        })
+        .collect()
 }

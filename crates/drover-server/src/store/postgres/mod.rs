@@ -1328,18 +1328,7 @@ impl Store for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|(id, name, generation, report)| {
-                Ok((
-                    id,
-                    name,
-                    unsigned(generation.unwrap_or(0)),
-                    report
-                        .map(|r| from_json(&r, "convergence report"))
-                        .transpose()?,
-                ))
-            })
-            .collect()
+        super::codec::decode_convergence(rows)
     }
 
     async fn manifest_counts(&self) -> Result<Vec<ManifestCounts>, StoreError> {

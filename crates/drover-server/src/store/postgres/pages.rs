@@ -7,11 +7,14 @@ use chrono::{DateTime, Utc};
 
 use drover_types::NodeStatus;
 use drover_types::manifest::RESOURCE_STATES;
-use drover_types::task::{RUN_STATES, RunState, TaskRun};
+use drover_types::task::TaskRun;
 use sqlx::PgPool;
 
-use super::{StoreError, big, decode_node, from_json, readable, unsigned};
-use crate::store::codec::{count, group_manifest_counts, rank_sql};
+use super::{StoreError, big, decode_node, from_json, readable};
+use crate::store::codec::{
+    ConvergenceText, TaskText, count, decode_convergence, group_manifest_counts, rank_sql,
+    task_summary,
+};
 use crate::store::{
     ConvergenceQuery, ConvergenceRow, ManifestCounts, NodeCounts, NodeQuery, NodeRecord,
     NodeTaskRun, RunQuery, TaskPage, TaskSummary,
@@ -113,10 +116,6 @@ pub(super) async fn nodes_page(
     Ok((nodes, counts))
 }
 
-fn run_state(text: &str) -> Result<RunState, StoreError> {
-    from_json(&format!("\"{text}\""), "run state")
-}
-
 /// A task's row: (id, target, spec, created_by, created_at, max_parallel, signature).
 type TaskRow = (
     String,
@@ -128,29 +127,22 @@ type TaskRow = (
     Option<String>,
 );
 
-const TASK_COLUMNS: &str = "id, target, spec, created_by, created_at, max_parallel, signature";
-
-fn summary(row: TaskRow, runs: Vec<(String, i64)>) -> Result<TaskSummary, StoreError> {
+/// The row as both stores read it (`max_parallel` is a `bigint` here).
+fn text(row: TaskRow) -> TaskText {
     let (id, target, spec, created_by, created_at, max_parallel, signature) = row;
-    let mut runs = runs
-        .into_iter()
-        .map(|(s, n)| Ok((run_state(&s)?, count(n))))
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    // In the order states are declared (Pending, Running, Succeeded, …), as pages show them.
-    runs.sort_by_key(|(s, _)| RUN_STATES.iter().position(|r| r == s));
-    Ok(TaskSummary {
-        target: from_json(&target, "task target")?,
-        spec: from_json(&spec, "task spec")?,
-        signature: signature
-            .map(|s| from_json(&s, "task signature"))
-            .transpose()?,
-        max_parallel: max_parallel.map(|m| u32::try_from(m).unwrap_or(u32::MAX)),
+    let max_parallel = max_parallel.map(|m| u32::try_from(m).unwrap_or(u32::MAX));
+    (
         id,
+        target,
+        spec,
         created_by,
         created_at,
-        runs,
-    })
+        max_parallel,
+        signature,
+    )
 }
+
+const TASK_COLUMNS: &str = "id, target, spec, created_by, created_at, max_parallel, signature";
 
 pub(super) async fn task_summaries(
     pool: &PgPool,
@@ -179,7 +171,7 @@ pub(super) async fn task_summaries(
         .into_iter()
         .map(|row| {
             let runs = by_task.remove(&row.0).unwrap_or_default();
-            summary(row, runs)
+            task_summary(text(row), runs)
         })
         .collect();
     Ok(readable("task", summaries.into_iter()))
@@ -204,7 +196,7 @@ pub(super) async fn task_page(
             .bind(id)
             .fetch_all(pool)
             .await?;
-    let summary = summary(row, runs)?;
+    let summary = task_summary(text(row), runs)?;
     // Absent filters are bound as NULL, so one statement serves every query.
     let state = q.state.map(|s| s.as_str());
     let nodes: Option<&[String]> = (!q.nodes.is_empty()).then_some(q.nodes.as_slice());
@@ -262,24 +254,6 @@ pub(super) async fn manifest_counts(pool: &PgPool) -> Result<Vec<ManifestCounts>
     )))
 }
 
-/// A node's (id, name, desired generation, report) as read, before the report is parsed.
-type RawRow = (String, String, Option<i64>, Option<String>);
-
-fn decode_rows(rows: Vec<RawRow>) -> Result<Vec<ConvergenceRow>, StoreError> {
-    rows.into_iter()
-        .map(|(id, name, generation, report)| {
-            Ok((
-                id,
-                name,
-                unsigned(generation.unwrap_or(0)),
-                report
-                    .map(|r| from_json(&r, "convergence report"))
-                    .transpose()?,
-            ))
-        })
-        .collect()
-}
-
 pub(super) async fn convergence_page(
     pool: &PgPool,
     q: &ConvergenceQuery,
@@ -289,7 +263,7 @@ pub(super) async fn convergence_page(
                          LEFT JOIN node_convergence v ON v.node_id = n.id";
     if q.manifest.is_none() && q.state.is_none() {
         // Every node, reported or not: a page read by name.
-        let rows: Vec<RawRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<ConvergenceText> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM nodes n {JOINS} ORDER BY n.name LIMIT $1 OFFSET $2"
         )))
         .bind(big(q.limit))
@@ -299,7 +273,7 @@ pub(super) async fn convergence_page(
         let total: i64 = sqlx::query_scalar("SELECT count(*) FROM nodes")
             .fetch_one(pool)
             .await?;
-        return Ok((decode_rows(rows)?, count(total)));
+        return Ok((decode_convergence(rows)?, count(total)));
     }
     // Nodes reporting resources (of the manifest, when one is named: a range of the manifest's index),
     // each with its worst state, selected once for both the count and the page.
@@ -350,7 +324,7 @@ pub(super) async fn convergence_page(
             rows.push((id, name, generation, report));
         }
     }
-    Ok((decode_rows(rows)?, count(total)))
+    Ok((decode_convergence(rows)?, count(total)))
 }
 
 pub(super) async fn node_task_runs(

@@ -6,8 +6,10 @@ use drover_types::manifest::RESOURCE_STATES;
 use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
 
-use super::{StoreError, from_json};
-use crate::store::codec::{count, group_manifest_counts, rank_sql};
+use super::StoreError;
+use crate::store::codec::{
+    ConvergenceText, count, decode_convergence, group_manifest_counts, rank_sql,
+};
 use crate::store::{ConvergenceQuery, ConvergenceRow, ManifestCounts};
 
 /// Replaces a node's resource states with those of its newly kept report: (manifest, resource id, state).
@@ -53,24 +55,6 @@ pub(super) fn manifest_counts(c: &Connection) -> Result<Vec<ManifestCounts>, Sto
     Ok(group_manifest_counts(rows))
 }
 
-/// A node's (id, name, desired generation, report) as read, before the report is parsed.
-pub(super) type RawRow = (String, String, Option<i64>, Option<String>);
-
-pub(super) fn decode(rows: Vec<RawRow>) -> Result<Vec<ConvergenceRow>, StoreError> {
-    rows.into_iter()
-        .map(|(id, name, generation, report)| {
-            Ok((
-                id,
-                name,
-                generation.unwrap_or(0).max(0) as u64,
-                report
-                    .map(|r| from_json(&r, "convergence report"))
-                    .transpose()?,
-            ))
-        })
-        .collect()
-}
-
 fn sql_int(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -92,9 +76,9 @@ pub(super) fn convergence_page(
             .query_map([limit, offset], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
-            .collect::<Result<Vec<RawRow>, _>>()?;
+            .collect::<Result<Vec<ConvergenceText>, _>>()?;
         let total: i64 = c.query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))?;
-        return Ok((decode(rows)?, count(total)));
+        return Ok((decode_convergence(rows)?, count(total)));
     }
     // Nodes reporting resources (of the manifest, when one is named: a range of the manifest's index),
     // each with its worst state; they are selected once (materialized) for both the count and the page,
@@ -131,7 +115,7 @@ pub(super) fn convergence_page(
     ];
     let mut stmt = c.prepare_cached(&sql)?;
     let mut total = 0i64;
-    let mut rows: Vec<RawRow> = Vec::new();
+    let mut rows: Vec<ConvergenceText> = Vec::new();
     let found = stmt.query_map(params_from_iter(values.iter()), |r| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -148,5 +132,5 @@ pub(super) fn convergence_page(
             rows.push((id, name, generation, report));
         }
     }
-    Ok((decode(rows)?, count(total)))
+    Ok((decode_convergence(rows)?, count(total)))
 }

@@ -1150,7 +1150,7 @@ impl Store for SqliteStore {
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            convergence::decode(rows)
+            super::codec::decode_convergence(rows)
         })
         .await
     }

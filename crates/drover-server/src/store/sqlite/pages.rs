@@ -5,12 +5,12 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use drover_types::NodeStatus;
-use drover_types::task::{RUN_STATES, RunState, TaskRun};
+use drover_types::task::TaskRun;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::{NODE_COLUMNS, RawNode, StoreError, from_json, raw_node, readable, ts};
-use crate::store::codec::count;
+use crate::store::codec::{TaskText, count, task_summary};
 use crate::store::{
     NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, RunQuery, TaskPage, TaskSummary,
 };
@@ -103,24 +103,9 @@ pub(super) fn nodes_page(
     Ok((nodes, counts))
 }
 
-fn run_state(text: &str) -> Result<RunState, StoreError> {
-    from_json(&format!("\"{text}\""), "run state")
-}
-
-/// A task's row: (id, target, spec, created_by, created_at, max_parallel, signature).
-type TaskRow = (
-    String,
-    String,
-    String,
-    String,
-    DateTime<Utc>,
-    Option<u32>,
-    Option<String>,
-);
-
 const TASK_COLUMNS: &str = "id, target, spec, created_by, created_at, max_parallel, signature";
 
-fn task_row(r: &rusqlite::Row) -> rusqlite::Result<TaskRow> {
+fn task_row(r: &rusqlite::Row) -> rusqlite::Result<TaskText> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -130,24 +115,6 @@ fn task_row(r: &rusqlite::Row) -> rusqlite::Result<TaskRow> {
         r.get(5)?,
         r.get(6)?,
     ))
-}
-
-fn summary(row: TaskRow, mut runs: Vec<(RunState, usize)>) -> Result<TaskSummary, StoreError> {
-    let (id, target, spec, created_by, created_at, max_parallel, signature) = row;
-    // In the order states are declared (Pending, Running, Succeeded, …), as pages show them.
-    runs.sort_by_key(|(s, _)| RUN_STATES.iter().position(|r| r == s));
-    Ok(TaskSummary {
-        target: from_json(&target, "task target")?,
-        spec: from_json(&spec, "task spec")?,
-        signature: signature
-            .map(|s| from_json(&s, "task signature"))
-            .transpose()?,
-        id,
-        created_by,
-        created_at,
-        max_parallel,
-        runs,
-    })
 }
 
 fn sql_int(n: usize) -> i64 {
@@ -177,7 +144,7 @@ pub(super) fn task_summaries(c: &Connection, limit: usize) -> Result<Vec<TaskSum
         "SELECT task_id, state, COUNT(*) FROM task_runs WHERE task_id IN ({}) GROUP BY task_id, state",
         placeholders(1, rows.len())
     ))?;
-    let mut counts: HashMap<String, Vec<(RunState, usize)>> = HashMap::new();
+    let mut counts: HashMap<String, Vec<(String, i64)>> = HashMap::new();
     let grouped = stmt.query_map(params_from_iter(rows.iter().map(|r| &r.0)), |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -187,14 +154,11 @@ pub(super) fn task_summaries(c: &Connection, limit: usize) -> Result<Vec<TaskSum
     })?;
     for row in grouped {
         let (task, state, n) = row?;
-        counts
-            .entry(task)
-            .or_default()
-            .push((run_state(&state)?, count(n)));
+        counts.entry(task).or_default().push((state, n));
     }
     let summaries = rows.into_iter().map(|row| {
         let runs = counts.remove(&row.0).unwrap_or_default();
-        summary(row, runs)
+        task_summary(row, runs)
     });
     Ok(readable("task", summaries.collect::<Vec<_>>().into_iter()))
 }
@@ -214,11 +178,8 @@ pub(super) fn task_page(
     let runs = c
         .prepare_cached("SELECT state, COUNT(*) FROM task_runs WHERE task_id = ?1 GROUP BY state")?
         .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .map(|(s, n)| Ok((run_state(&s)?, count(n))))
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    let summary = summary(row, runs)?;
+        .collect::<Result<Vec<_>, _>>()?;
+    let summary = task_summary(row, runs)?;
 
     let mut values = vec![Value::Text(id.to_string())];
     let mut filter = "task_id = ?1".to_string();
