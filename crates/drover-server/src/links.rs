@@ -207,14 +207,17 @@ impl Links {
         }
     }
 
-    /// Asks the agent to stop a call; the agent answers it with Cancelled. False when no such call runs.
-    pub async fn cancel_call(&self, call_id: &str) -> bool {
-        let node_id = match lock(&self.pending).get(call_id) {
-            Some(p) => p.node_id.clone(),
-            None => return false,
-        };
+    /// Asks the agent to stop a call; the agent answers it with Cancelled. False when no such call runs
+    /// on that node.
+    pub async fn cancel_call(&self, node_id: &str, call_id: &str) -> bool {
+        if lock(&self.pending)
+            .get(call_id)
+            .is_none_or(|p| p.node_id != node_id)
+        {
+            return false;
+        }
         self.send(
-            &node_id,
+            node_id,
             Msg::CancelAction(v1::CancelAction {
                 call_id: call_id.to_string(),
             }),

@@ -467,6 +467,28 @@ pub fn registration(name: &str, extra: Value) -> Value {
     body
 }
 
+/// Whether a process lives (for children a test's action or task started).
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Waits for the pid a test action (`test_sleep`) wrote to `file`, then returns it.
+pub fn wait_pid(file: &Path) -> i32 {
+    wait_for("the action's child pid", TIMEOUT, || {
+        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits until process `pid` is gone.
+pub fn assert_gone(pid: i32) {
+    wait_for(&format!("process {pid} to be killed"), TIMEOUT, || {
+        (!process_alive(pid)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// The last `n` lines of a log.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use drover_testkit::{Agent, Server, TIMEOUT, wait_for};
+use drover_testkit::{Agent, Server, TIMEOUT, assert_gone, process_alive, wait_for, wait_pid};
 use serde_json::{Value, json};
 
 fn fleet(extra: &[&str]) -> (Server, Agent, tempfile::TempDir) {
@@ -37,26 +37,6 @@ fn call(server: &Server, action: &str, args: Value, query: &str) -> drover_testk
             Some(serde_json::to_vec(&args).unwrap()),
         )
         .unwrap()
-}
-
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
-/// Waits for the pid a test action wrote, then returns it.
-fn wait_pid(file: &Path) -> i32 {
-    wait_for("the action's child pid", TIMEOUT, || {
-        std::fs::read_to_string(file).ok()?.trim().parse().ok()
-    })
-    .unwrap()
-}
-
-fn assert_gone(pid: i32) {
-    wait_for(&format!("child {pid} to be killed"), TIMEOUT, || {
-        (!process_alive(pid)).then_some(())
-    })
-    .unwrap();
 }
 
 #[test]

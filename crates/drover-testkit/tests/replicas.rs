@@ -7,7 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
 use drover_testkit::{
-    Agent, Nats, Postgres, Server, ServerOptions, TIMEOUT, free_port, tail, wait_for,
+    Agent, Nats, Postgres, Server, ServerOptions, TIMEOUT, assert_gone, free_port, process_alive,
+    tail, wait_for, wait_pid,
 };
 use serde_json::json;
 
@@ -145,6 +146,136 @@ fn an_action_called_through_another_replica_runs_on_the_agent() {
 }
 
 #[test]
+fn what_lives_with_the_agents_stream_is_read_and_steered_through_another_replica() {
+    let c = cluster();
+    let b = &c.b;
+    let admin = b.admin_token();
+    // B sees the node as connected once its heartbeats reach the shared store through A.
+    b.wait_node("box", "connected as B sees it", |n| n["connected"] == true)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+
+    // The actions the agent offers, listed through B.
+    let actions = b.get("/api/v1/nodes/box/actions").unwrap();
+    assert_eq!(actions.status, 200, "{actions:?}\n{}", c.logs());
+    let names = actions.body.to_string();
+    assert!(
+        names.contains("\"ping\"") && names.contains("test_sleep"),
+        "{names}"
+    );
+
+    // Daemon-plugin sessions: listed, read, steered and terminated through B.
+    wait_for("the probe's session through B", TIMEOUT, || {
+        let r = b.get("/api/v1/nodes/box/sessions/test_probe").ok()?;
+        (r.body["state"] == "Active").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let list = b.get("/api/v1/nodes/box/sessions").unwrap();
+    assert!(list.body.to_string().contains("test_probe"), "{list:?}");
+    let told = b
+        .post(
+            "/api/v1/nodes/box/sessions/test_probe/messages",
+            Some(&admin),
+            &json!({"value": 42}),
+        )
+        .unwrap();
+    assert_eq!(told.status, 202, "{told:?}");
+    wait_for("the probe's new payload through B", TIMEOUT, || {
+        let r = b.get("/api/v1/nodes/box/sessions/test_probe").ok()?;
+        (r.body["payload"]["value"] == 42).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let history = b
+        .get("/api/v1/nodes/box/sessions/test_probe/history")
+        .unwrap();
+    assert!(history.body.to_string().contains("42"), "{history:?}");
+    let old_id = b.get("/api/v1/nodes/box/sessions/test_probe").unwrap().body["session_id"].clone();
+    let ended = b
+        .request(
+            "DELETE",
+            "/api/v1/nodes/box/sessions/test_probe",
+            Some(&admin),
+            None,
+        )
+        .unwrap();
+    assert!(ended.status < 300, "{ended:?}");
+    wait_for("a new probe session after the terminate", TIMEOUT, || {
+        let r = b.get("/api/v1/nodes/box/sessions/test_probe").ok()?;
+        (r.body["state"] == "Active" && r.body["session_id"] != old_id).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+
+    // A dry run through B asks the agent on A for its plan.
+    let motd = c.files.path().join("planned");
+    let manifest = json!({"name": "plan", "selector": {"role": "edge"}, "resources": [
+        {"id": "planned", "file": {"path": motd.to_str().unwrap(), "content": "x\n"}}]});
+    let plan = b
+        .post("/api/v1/manifests?dry_run=true", Some(&admin), &manifest)
+        .unwrap();
+    assert_eq!(plan.status, 200, "{plan:?}");
+    let node_plan = &plan.body["nodes"][0];
+    assert!(node_plan["error"].is_null(), "{plan:?}\n{}", c.logs());
+    assert!(
+        node_plan["plan"].to_string().contains("planned"),
+        "{plan:?}"
+    );
+    assert!(!motd.exists(), "a dry run changes nothing");
+
+    // A call through B cancelled through B: the agent on A stops it and kills its child.
+    let pid_file = c.files.path().join("cancel.pid");
+    let (api, token) = (b.api_url(), admin.clone());
+    let pid_arg = pid_file.clone();
+    let waiter = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .post(format!(
+                "{api}/api/v1/nodes/box/actions/test_sleep?call_id=routed-cancel"
+            ))
+            .bearer_auth(token)
+            .json(&json!({"seconds": 600, "pid_file": pid_arg}))
+            .send()
+            .unwrap()
+    });
+    let pid = wait_pid(&pid_file);
+    assert!(process_alive(pid));
+    let cancel = |id: &str| {
+        b.request(
+            "POST",
+            &format!("/api/v1/nodes/box/actions/calls/{id}/cancel"),
+            Some(&admin),
+            None,
+        )
+        .unwrap()
+    };
+    let r = cancel("routed-cancel");
+    assert_eq!(r.status, 202, "{r:?}\n{}", c.logs());
+    let answer = waiter.join().unwrap();
+    assert_eq!(answer.status().as_u16(), 409);
+    let body: serde_json::Value = answer.json().unwrap();
+    assert_eq!(body["action_error"]["kind"], "Cancelled", "{body}");
+    assert_gone(pid);
+    assert_eq!(
+        cancel("routed-cancel").status,
+        404,
+        "a finished call is not found"
+    );
+
+    // A caller through B that leaves early stops the call on the node too.
+    let pid_file = c.files.path().join("left.pid");
+    let left = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .post(format!(
+            "{}/api/v1/nodes/box/actions/test_sleep",
+            b.api_url()
+        ))
+        .bearer_auth(&admin)
+        .json(&json!({"seconds": 600, "pid_file": pid_file}))
+        .send();
+    assert!(left.is_err(), "the caller gave up: {left:?}");
+    assert_gone(wait_pid(&pid_file));
+}
+
+#[test]
 fn output_reaches_a_follower_on_another_replica_while_the_task_runs() {
     let c = cluster();
     // A line, then a long wait: the line can only reach B's CLI live, not at the end.
@@ -238,6 +369,38 @@ fn readiness_follows_nats_and_routing_comes_back_with_it() {
     let cause = down.body["cause"].as_str().unwrap_or_default();
     assert!(cause.contains("NATS"), "names the cause: {down:?}");
     assert_eq!(c.b.get("/health").unwrap().status, 200, "the replica is up");
+
+    // While NATS is down, B cannot reach the agent on A: it says so at once, as for an offline node.
+    let task = c
+        .b
+        .create_task(json!({"target": {"node": "box"}, "spec": {"kind": "exec", "argv": ["true"]}}))
+        .unwrap();
+    let done =
+        c.b.wait_task_done(task["id"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(done["runs"][0]["state"], "Unreachable", "{done}");
+    let call =
+        c.b.request(
+            "POST",
+            "/api/v1/nodes/box/actions/ping",
+            Some(&c.b.admin_token()),
+            Some(b"null".to_vec()),
+        )
+        .unwrap();
+    assert_eq!(call.status, 503, "{call:?}");
+    assert_eq!(
+        call.body["action_error"]["kind"], "NodeUnavailable",
+        "{call:?}"
+    );
+    // A, which holds the agent's stream, goes on without NATS.
+    let task = c
+        .a
+        .create_task(json!({"target": {"node": "box"}, "spec": {"kind": "exec", "argv": ["true"]}}))
+        .unwrap();
+    let done =
+        c.a.wait_task_done(task["id"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(done["runs"][0]["state"], "Succeeded", "{done}");
 
     c.nats.start_again().unwrap();
     for s in [&c.a, &c.b] {

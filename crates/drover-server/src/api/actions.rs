@@ -82,7 +82,7 @@ pub async fn cancel(
     caller: Caller,
     Path((node, call_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    s.fleet.cancel_call(&call_id).await?;
+    s.fleet.cancel_call(&node, &call_id).await?;
     s.fleet
         .audit(
             &caller.name,

@@ -6,6 +6,7 @@ use drover_proto::v1;
 
 use drover_types::action::{ActionError, ActionInfo};
 
+use super::ask::Ask;
 use super::route::RoutedCall;
 use super::{CallGuard, Fleet, FleetError};
 
@@ -30,8 +31,8 @@ impl Fleet {
     /// The actions a connected node offers.
     pub async fn node_actions(&self, id_or_name: &str) -> Result<Vec<ActionInfo>, FleetError> {
         let node = self.find(id_or_name).await?;
-        self.links
-            .actions(&node.id)
+        self.ask(&node.id, Ask::Actions)
+            .await
             .ok_or(FleetError::Action(ActionError::NodeUnavailable))
     }
 
@@ -157,9 +158,13 @@ impl Fleet {
         outcome
     }
 
-    /// Cancels a running call; its caller receives Cancelled.
-    pub async fn cancel_call(&self, call_id: &str) -> Result<(), FleetError> {
-        if self.links.cancel_call(call_id).await {
+    /// Cancels a call running on the node (through any replica); its caller receives Cancelled.
+    pub async fn cancel_call(&self, id_or_name: &str, call_id: &str) -> Result<(), FleetError> {
+        let node = self.find(id_or_name).await?;
+        let ask = Ask::CancelCall {
+            call_id: call_id.to_string(),
+        };
+        if self.ask(&node.id, ask).await.unwrap_or(false) {
             Ok(())
         } else {
             Err(FleetError::CallNotFound(call_id.to_string()))

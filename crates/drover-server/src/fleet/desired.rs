@@ -16,6 +16,7 @@ use drover_types::manifest::{
 use drover_types::{Labels, Node};
 use sha2::{Digest, Sha256};
 
+use crate::fleet::ask::Ask;
 use crate::fleet::nodes::controlled_labels;
 use crate::fleet::{Fleet, FleetError};
 use crate::store::NodeRecord;
@@ -120,33 +121,25 @@ impl Fleet {
         let asks = nodes.iter().map(|node| {
             let state = desired_state(&node.labels, &manifests);
             async move {
-                let json = serde_json::to_string(&state).unwrap_or_default();
-                let Some((request_id, rx)) = self.links().start_plan(&node.id, json).await else {
-                    return NodePlan {
-                        node: node.name.clone(),
-                        plan: vec![],
-                        error: Some("not connected".into()),
-                    };
+                let state_json = serde_json::to_string(&state).unwrap_or_default();
+                let answer = self
+                    .ask::<Result<String, String>>(&node.id, Ask::Plan { state_json })
+                    .await;
+                let unplanned = |error: String| NodePlan {
+                    node: node.name.clone(),
+                    plan: vec![],
+                    error: Some(error),
                 };
-                let answer = tokio::time::timeout(std::time::Duration::from_secs(20), rx).await;
-                self.links().forget_plan(&request_id);
                 match answer {
-                    Ok(Ok(json)) => match serde_json::from_str::<Vec<PlanItem>>(&json) {
+                    None => unplanned("not connected".into()),
+                    Some(Err(e)) => unplanned(e),
+                    Some(Ok(json)) => match serde_json::from_str::<Vec<PlanItem>>(&json) {
                         Ok(plan) => NodePlan {
                             node: node.name.clone(),
                             plan,
                             error: None,
                         },
-                        Err(e) => NodePlan {
-                            node: node.name.clone(),
-                            plan: vec![],
-                            error: Some(format!("unreadable plan: {e}")),
-                        },
-                    },
-                    _ => NodePlan {
-                        node: node.name.clone(),
-                        plan: vec![],
-                        error: Some("no plan in time".into()),
+                        Err(e) => unplanned(format!("unreadable plan: {e}")),
                     },
                 }
             }

@@ -2,6 +2,7 @@
 //! concern per file; the gateway (gRPC) and the API (REST) only translate to and from it.
 
 mod actions;
+mod ask;
 mod audit;
 pub mod desired;
 mod nodes;

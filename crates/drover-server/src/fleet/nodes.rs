@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use drover_types::api::RegisterRequest;
 use drover_types::labels::{pending_labels, validate_labels};
 use drover_types::limits::{MAX_ACTIONS, MAX_NAME, check_count, check_len};
@@ -432,7 +432,8 @@ impl Fleet {
         }
         let now = Utc::now();
         let interval = Duration::from_millis(record.heartbeat_interval_ms);
-        let connected = self.links.is_attached(&record.id);
+        let connected = self.links.is_attached(&record.id)
+            || self.streams_elsewhere(record.transport, record.last_seen, interval, now);
         let labels = if self.config.trust_reported_labels {
             bound_labels(&record.reported_labels, &record.labels)
         } else {
@@ -453,6 +454,27 @@ impl Fleet {
             capabilities: record.capabilities,
             metrics: record.metrics,
         }
+    }
+
+    /// Whether a node not attached here has its stream on another replica: its heartbeats (which only
+    /// come over a stream) keep reaching the shared store. Judged from the store, so a list of any size
+    /// costs no question to other replicas; it turns false within two heartbeats of the stream ending.
+    fn streams_elsewhere(
+        &self,
+        transport: Transport,
+        last_seen: Option<DateTime<Utc>>,
+        interval: Duration,
+        now: DateTime<Utc>,
+    ) -> bool {
+        if self.nats().is_none() || transport != Transport::Grpc {
+            return false;
+        }
+        // Two beats, plus the holder's one-second write batching and some clock skew between replicas.
+        let window = interval
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(3));
+        let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+        last_seen.is_some_and(|at| now.signed_duration_since(at) <= window)
     }
 
     pub(super) async fn find(&self, id_or_name: &str) -> Result<NodeRecord, FleetError> {

@@ -10,6 +10,8 @@
 //! - `drover.node.<node>.held`: request; the holder answers `held`.
 //! - `drover.node.<node>.call`: request; the payload is a [`RoutedCall`] as JSON; the holder starts the
 //!   action call on the stream and answers its outcome (`Result<Value, ActionError>` as JSON).
+//! - `drover.node.<node>.ask`: request; the payload is an [`Ask`] as JSON (the node's actions, sessions, a
+//!   dry-run plan, cancelling a call); the holder answers as it would for its own callers (ask.rs).
 //! - `drover.task.<task>.stored`: published (empty) by the replica that stored output or a run's end, so
 //!   followers on other replicas re-read the store.
 
@@ -24,12 +26,13 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
 use super::Fleet;
+use super::ask::Ask;
 use super::tasks::TaskEvent;
 
 /// How long a start at connect may take before the server gives up with a clear error.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 /// How long a routed message may wait for the holder's answer.
-const ROUTE_PATIENCE: Duration = Duration::from_secs(5);
+pub(super) const ROUTE_PATIENCE: Duration = Duration::from_secs(5);
 /// How often a follower of a task re-reads the store while it follows through another replica: in case a
 /// poke was lost (NATS reconnecting), it is late by this much at most.
 const FOLLOW_RECHECK: Duration = Duration::from_secs(3);
@@ -62,6 +65,30 @@ pub(crate) struct RoutedCall {
 #[derive(Clone)]
 pub struct Nats {
     client: async_nats::Client,
+}
+
+/// Cancels a routed action call on the node when its caller leaves before the answer.
+struct RoutedCallGuard {
+    nats: Nats,
+    node_id: String,
+    call_id: String,
+    done: bool,
+}
+
+impl Drop for RoutedCallGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (nats, node_id) = (self.nats.clone(), std::mem::take(&mut self.node_id));
+        let ask = Ask::CancelCall {
+            call_id: std::mem::take(&mut self.call_id),
+        };
+        // A destructor cannot wait; the agent's own deadline stops the call if this is lost.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { nats.ask(&node_id, &ask).await });
+        }
+    }
 }
 
 /// Serves a node's subjects on this replica while the node's stream is here; stops when dropped.
@@ -102,9 +129,15 @@ impl Nats {
         Ok(Self { client })
     }
 
+    /// Whether requests can go out now. While the connection is down they would only wait in the
+    /// client's buffer until their timeout; failing at once says the same sooner ("node unavailable").
+    fn up(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Asks the replica that holds `node_id` to send `msg` on its stream; true once it did.
     async fn send(&self, node_id: &str, msg: Msg) -> bool {
-        let Some(node) = subject_token(node_id) else {
+        let Some(node) = subject_token(node_id).filter(|_| self.up()) else {
             return false;
         };
         let payload = ServerMessage { msg: Some(msg) }.encode_to_vec();
@@ -129,7 +162,7 @@ impl Nats {
         node_id: &str,
         call: &RoutedCall,
     ) -> Option<Result<serde_json::Value, ActionError>> {
-        let node = subject_token(node_id)?;
+        let node = subject_token(node_id).filter(|_| self.up())?;
         let payload = serde_json::to_vec(call).ok()?;
         let patience = Duration::from_millis(call.deadline_ms).saturating_add(CALL_MARGIN);
         let request = async_nats::Request::new()
@@ -159,9 +192,34 @@ impl Nats {
         }
     }
 
+    /// Asks the replica holding `node_id` about its stream; `None` when none holds it or none answered.
+    async fn ask(&self, node_id: &str, ask: &Ask) -> Option<serde_json::Value> {
+        let node = subject_token(node_id).filter(|_| self.up())?;
+        let payload = serde_json::to_vec(ask).ok()?;
+        let patience = ask.patience();
+        let request = async_nats::Request::new()
+            .payload(payload.into())
+            .timeout(Some(patience));
+        let asked = self
+            .client
+            .send_request(format!("drover.node.{node}.ask"), request);
+        match tokio::time::timeout(patience, asked).await {
+            Ok(Ok(reply)) => serde_json::from_slice(&reply.payload)
+                .inspect_err(|e| tracing::warn!(node = %node_id, "unreadable answer from the node's replica: {e}"))
+                .ok(),
+            Ok(Err(e)) => {
+                if e.kind() != async_nats::client::RequestErrorKind::NoResponders {
+                    tracing::warn!(node = %node_id, "cannot ask the node's replica: {e}");
+                }
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Whether some replica holds `node_id`'s stream.
     async fn held(&self, node_id: &str) -> bool {
-        let Some(node) = subject_token(node_id) else {
+        let Some(node) = subject_token(node_id).filter(|_| self.up()) else {
             return false;
         };
         let asked = self
@@ -196,7 +254,7 @@ impl Fleet {
         }
     }
 
-    fn nats(&self) -> Option<&Nats> {
+    pub(super) fn nats(&self) -> Option<&Nats> {
         self.nats.get()
     }
 
@@ -226,7 +284,26 @@ impl Fleet {
         node_id: &str,
         call: &RoutedCall,
     ) -> Option<Result<serde_json::Value, ActionError>> {
-        self.nats()?.call(node_id, call).await
+        let nats = self.nats()?;
+        // A caller that leaves before the answer stops the call on the node, as it does for a node here.
+        let mut guard = RoutedCallGuard {
+            nats: nats.clone(),
+            node_id: node_id.to_string(),
+            call_id: call.call_id.clone(),
+            done: false,
+        };
+        let outcome = nats.call(node_id, call).await;
+        guard.done = true;
+        outcome
+    }
+
+    /// Asks the replica that holds `node_id` (see [`Fleet::ask`]).
+    pub(super) async fn ask_elsewhere(
+        &self,
+        node_id: &str,
+        ask: &Ask,
+    ) -> Option<serde_json::Value> {
+        self.nats()?.ask(node_id, ask).await
     }
 
     /// Of `node_ids` (none attached here), those another replica holds.
@@ -269,6 +346,27 @@ impl Fleet {
                 };
                 // A newer stream of the node (here) serves it with its own subscription: one answer only.
                 if fleet.links().serial(&node) != Some(serial) {
+                    continue;
+                }
+                if msg.subject.ends_with(".ask") {
+                    // Some answers wait for the agent (a plan): answered on their own, like calls.
+                    let (client, node) = (client.clone(), node.clone());
+                    tokio::spawn(async move {
+                        let ask = match serde_json::from_slice::<Ask>(&msg.payload) {
+                            Ok(a) => a,
+                            Err(e) => {
+                                tracing::warn!(node = %node, "ignored an unreadable question from another replica: {e}");
+                                return;
+                            }
+                        };
+                        let Some(answer) = fleet.answer_here(&node, ask).await else {
+                            return;
+                        };
+                        let answer = serde_json::to_vec(&answer).unwrap_or_default();
+                        if let Err(e) = client.publish(reply, answer.into()).await {
+                            tracing::debug!("cannot answer another replica's question: {e}");
+                        }
+                    });
                     continue;
                 }
                 if msg.subject.ends_with(".call") {

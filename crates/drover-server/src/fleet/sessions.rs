@@ -5,15 +5,17 @@ use drover_proto::v1::{self, server_message};
 use drover_types::action::ActionError;
 use drover_types::session::{SessionDetail, SessionInfo, SessionSample};
 
+use super::ask::Ask;
 use super::{Fleet, FleetError};
 use crate::links::SessionRejected;
 
 impl Fleet {
     // ---- sessions ----
 
+    /// A node's sessions; none when no replica holds its stream.
     pub async fn sessions(&self, id_or_name: &str) -> Result<Vec<SessionInfo>, FleetError> {
         let node = self.find(id_or_name).await?;
-        Ok(self.links.sessions(&node.id))
+        Ok(self.ask(&node.id, Ask::Sessions).await.unwrap_or_default())
     }
 
     pub async fn session(
@@ -22,8 +24,12 @@ impl Fleet {
         plugin: &str,
     ) -> Result<SessionDetail, FleetError> {
         let node = self.find(id_or_name).await?;
-        self.links
-            .session(&node.id, plugin)
+        let ask = Ask::Session {
+            plugin: plugin.to_string(),
+        };
+        self.ask::<Option<SessionDetail>>(&node.id, ask)
+            .await
+            .flatten()
             .ok_or(FleetError::SessionNotFound {
                 node: node.name,
                 plugin: plugin.to_string(),
@@ -36,8 +42,12 @@ impl Fleet {
         plugin: &str,
     ) -> Result<Vec<SessionSample>, FleetError> {
         let node = self.find(id_or_name).await?;
-        self.links
-            .session_history(&node.id, plugin)
+        let ask = Ask::SessionHistory {
+            plugin: plugin.to_string(),
+        };
+        self.ask::<Option<Vec<SessionSample>>>(&node.id, ask)
+            .await
+            .flatten()
             .ok_or(FleetError::SessionNotFound {
                 node: node.name,
                 plugin: plugin.to_string(),
@@ -51,10 +61,10 @@ impl Fleet {
         plugin: Option<&str>,
     ) -> Result<usize, FleetError> {
         let node = self.find(id_or_name).await?;
-        let n = self
-            .links
-            .terminate_sessions(&node.id, plugin, "terminated by an operator")
-            .await;
+        let ask = Ask::TerminateSessions {
+            plugin: plugin.map(str::to_string),
+        };
+        let n = self.ask(&node.id, ask).await.unwrap_or(0);
         match plugin {
             Some(p) if n == 0 => Err(FleetError::SessionNotFound {
                 node: node.name,
@@ -71,24 +81,18 @@ impl Fleet {
         plugin: &str,
         body: serde_json::Value,
     ) -> Result<(), FleetError> {
-        let detail = self.session(id_or_name, plugin).await?;
         let node = self.find(id_or_name).await?;
-        let m = drover_proto::v1::SessionMessage {
+        let ask = Ask::SessionMessage {
             plugin: plugin.to_string(),
-            session_id: detail.info.session_id,
             body_json: body.to_string(),
         };
-        if self
-            .links
-            .send(
-                &node.id,
-                drover_proto::v1::server_message::Msg::SessionMessage(m),
-            )
-            .await
-        {
-            Ok(())
-        } else {
-            Err(ActionError::NodeUnavailable.into())
+        match self.ask::<Option<bool>>(&node.id, ask).await.flatten() {
+            Some(true) => Ok(()),
+            Some(false) => Err(ActionError::NodeUnavailable.into()),
+            None => Err(FleetError::SessionNotFound {
+                node: node.name,
+                plugin: plugin.to_string(),
+            }),
         }
     }
 

@@ -192,12 +192,14 @@ impl Fleet {
         if nodes.is_empty() {
             return Err(FleetError::invalid("target", "no node matches"));
         }
-        // Nodes not attached here may be attached to another replica, which starts their runs.
+        // Nodes not attached here may be attached to another replica, which starts their runs; whether
+        // one holds the node is asked, not judged from the node's view.
+        let here = |id: &str| self.links().is_attached(id);
         let elsewhere = self
             .held_elsewhere(
                 nodes
                     .iter()
-                    .filter(|n| !n.connected)
+                    .filter(|n| !here(&n.id))
                     .map(|n| n.id.clone())
                     .collect(),
             )
@@ -206,7 +208,7 @@ impl Fleet {
         let runs = nodes
             .iter()
             .map(|n| {
-                let reachable = n.connected || elsewhere.contains(&n.id);
+                let reachable = here(&n.id) || elsewhere.contains(&n.id);
                 TaskRun {
                     node_id: n.id.clone(),
                     node_name: n.name.clone(),
