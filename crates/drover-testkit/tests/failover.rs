@@ -1,23 +1,31 @@
 //! Replicas: two servers on one PostgreSQL with one cluster secret (as cluster_secret.rs). An agent and the
 //! CLI given both fail over when the one they use is killed.
 
-use drover_testkit::{Agent, Postgres, Server, ServerOptions, TIMEOUT, tail, wait_for};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use drover_testkit::{Agent, Nats, Postgres, Server, ServerOptions, TIMEOUT, tail, wait_for};
 use serde_json::json;
 
 /// Two replicas on a fresh PostgreSQL sharing one cluster secret; the guard keeps the secret's dir.
 pub fn replicas(pg: &Postgres) -> (Server, Server, tempfile::TempDir) {
+    replicas_with(pg, &[])
+}
+
+/// As [`replicas`], each replica also given `extra` arguments.
+fn replicas_with(pg: &Postgres, extra: &[String]) -> (Server, Server, tempfile::TempDir) {
     pg.create_database("drover").unwrap();
     let secrets = tempfile::tempdir().unwrap();
     let secret = secrets.path().join("cluster.secret");
     std::fs::write(&secret, "8d1f0c3e5a7b9d2f4e6a8c0b1d3f5e7a\n").unwrap();
-    let options = ServerOptions {
-        args: vec![
-            "--database".into(),
-            pg.url("drover"),
-            "--cluster-secret-file".into(),
-            secret.to_str().unwrap().into(),
-        ],
-    };
+    let mut args = vec![
+        "--database".into(),
+        pg.url("drover"),
+        "--cluster-secret-file".into(),
+        secret.to_str().unwrap().into(),
+    ];
+    args.extend_from_slice(extra);
+    let options = ServerOptions { args };
     let a = Server::start_with(options.clone()).unwrap();
     let b = Server::start_with(options).unwrap();
     (a, b, secrets)
@@ -85,6 +93,81 @@ fn an_agent_and_the_cli_given_both_replicas_move_to_the_survivor() {
     drop(agent);
     drop(b);
     drop(pg);
+}
+
+#[test]
+fn a_task_outlives_the_replica_holding_its_agent_whole_and_run_once() {
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let nats = Nats::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let (mut a, b, _secrets) = replicas_with(&pg, &["--nats".into(), nats.url()]);
+    let token = a.join_token(json!({})).unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        &a.agent_url(),
+        "edge",
+        &[
+            "--server",
+            &b.agent_url(),
+            "--token",
+            &token,
+            "--heartbeat-interval",
+            "300ms",
+            "--allow-shell",
+        ],
+    )
+    .unwrap();
+    a.wait_node("edge", "attached to A", |n| n["connected"] == true)
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&agent.log(), 30)));
+    let logs = |a: &Server| {
+        format!(
+            "A's log:\n{}\nB's log:\n{}\nagent log:\n{}",
+            tail(&a.log(), 20),
+            tail(&b.log(), 30),
+            tail(&agent.log(), 30)
+        )
+    };
+
+    // Created and followed through B; it runs on the agent attached to A. Each start leaves a line.
+    let starts = files.path().join("starts");
+    let script = format!(
+        "echo started >> {}; for i in $(seq 1 40); do echo line-$i; sleep 0.1; done",
+        starts.display()
+    );
+    let mut cli = b
+        .cli_command(&["exec", "edge", "--shell", &script])
+        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(cli.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match lines.next() {
+            Some(Ok(line)) => seen.push(line),
+            _ => panic!("B's CLI ended early after {seen:?}\n{}", logs(&a)),
+        }
+    }
+
+    a.kill(); // SIGKILL while the task runs: the agent moves to B, the task goes on.
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let status = wait_for("B's CLI to finish", TIMEOUT, || {
+        cli.try_wait().ok().flatten()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&a)));
+    seen.extend(rest.join().unwrap());
+    let expected: Vec<String> = (1..=40).map(|i| format!("line-{i}")).collect();
+    assert_eq!(seen, expected, "every line once, in order\n{}", logs(&a));
+    assert!(status.success(), "{status:?}\n{}", logs(&a));
+    let started = std::fs::read_to_string(&starts).unwrap();
+    assert_eq!(
+        started.lines().count(),
+        1,
+        "the command ran once: {started:?}"
+    );
+    b.wait_node("edge", "attached to B", |n| n["connected"] == true)
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&a)));
+    drop(agent);
 }
 
 #[test]
