@@ -1,0 +1,64 @@
+# Shell helpers shared by the scale benchmarks (sourced, not run). Expects `$work` (the run's temp dir)
+# and the array `sim_pids` (simulator processes) to be set by the caller.
+
+log() { echo "[$(date +%T)] $*" >&2; }
+now_ns() { date +%s%N; }
+secs_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'; }
+
+# A free TCP port on loopback, none of those given as arguments.
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 30000))
+    [[ " $* " == *" $p "* ]] && continue
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+
+# CPU ticks (user + system) and resident memory of a process.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hz=$(getconf CLK_TCK)
+
+# Waits until something listens on each given loopback port, or fails once process $1 has exited.
+wait_ports() {
+  local pid=$1 what=$2 port ok
+  shift 2
+  for _ in $(seq 300); do
+    ok=1
+    for port in "$@"; do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || ok=""; done
+    [[ -n "$ok" ]] && return
+    kill -0 "$pid" 2>/dev/null || { echo "$what exited; see $work" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "$what did not open its ports in 30 s; see $work" >&2
+  exit 1
+}
+
+# Sum of one counter over every simulator's status file ($work/sim-*.json).
+counter() {
+  local total=0 v f
+  for f in "$work"/sim-*.json; do
+    [[ -s "$f" ]] || continue
+    v=$(grep -o "\"$1\":[0-9]*" "$f" | cut -d: -f2)
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+
+# Waits until `counter NAME` reaches N; fails after WAIT_SECS or when a simulator exits.
+wait_counter() {
+  local name=$1 n=$2 deadline=$((SECONDS + ${WAIT_SECS:-900}))
+  while (($(counter "$name") < n)); do
+    ((SECONDS < deadline)) || { echo "only $(counter "$name") of $n $name after ${WAIT_SECS:-900}s; see $work" >&2; exit 1; }
+    for p in "${sim_pids[@]}"; do kill -0 "$p" 2>/dev/null || { tail -5 "$work"/sim-*.log >&2; echo "a simulator exited" >&2; exit 1; }; done
+    sleep 0.2
+  done
+}
+
+# p50 and p99 (nearest rank) of the numbers on stdin.
+percentiles() {
+  sort -n | awk '{ v[NR] = $1 } END {
+    i50 = int(0.5 * NR + 0.999999); i99 = int(0.99 * NR + 0.999999)
+    printf "p50 %.3f s, p99 %.3f s (n=%d)", v[i50], v[i99], NR }'
+}
