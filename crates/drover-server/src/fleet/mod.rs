@@ -5,6 +5,7 @@ mod actions;
 mod ask;
 mod audit;
 pub mod desired;
+mod fold;
 mod nodes;
 mod observe;
 mod operators;

@@ -5,6 +5,7 @@
 //! the states it leaves, and a final state is never left. Nothing here writes a run from a copy.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,8 +16,9 @@ use drover_types::task::{
 };
 use tokio::sync::broadcast;
 
+use super::fold::Fold;
 use super::{Fleet, FleetError};
-use crate::store::{OutputRecord, RunPatch, SERVER_ONLY_CANCEL};
+use crate::store::{OutputRecord, RunPatch, SERVER_ONLY_CANCEL, Store, StoreError};
 
 /// Something that happened to a task, for live followers.
 #[derive(Debug, Clone)]
@@ -76,6 +78,10 @@ pub struct TaskLive {
     pump: tokio::sync::Mutex<()>,
     /// Tasks whose pokes from other replicas this replica listens for (while followed here).
     watches: Mutex<std::collections::HashSet<String>>,
+    /// Output inserts, folded per task.
+    output: Fold<OutputRecord, ()>,
+    /// Runs' ends as agents report them, folded per task: (node, patch) -> the run, when it was open.
+    ends: Fold<(String, RunPatch), Option<TaskRun>>,
 }
 
 impl TaskLive {
@@ -565,7 +571,24 @@ impl Fleet {
                 data,
             })
             .collect();
-        if let Err(e) = self.store().insert_output(&out.task_id, records).await {
+        let store = self.store.clone();
+        let insert = move |task_id: String, records: Vec<OutputRecord>| {
+            let store = store.clone();
+            async move {
+                let n = records.len();
+                store
+                    .insert_output(&task_id, records)
+                    .await
+                    .map(|()| vec![(); n])
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = self
+            .live()
+            .output
+            .write(&out.task_id, records, insert)
+            .await
+        {
             tracing::error!(task = %out.task_id, "cannot store task output: {e}");
             return;
         }
@@ -674,12 +697,17 @@ impl Fleet {
             started_at: None,
             finished_at: Some(now),
         };
-        let Some(run) = self
-            .store()
-            .transition_runs(task_id, vec![node_id.to_string()], OPEN, patch)
-            .await?
-            .pop()
-        else {
+        let ended = self
+            .live()
+            .ends
+            .write(
+                task_id,
+                vec![(node_id.to_string(), patch)],
+                end_runs(self.store.clone()),
+            )
+            .await
+            .map_err(|e| FleetError::Store(StoreError::Task(e)))?;
+        let Some(run) = ended.into_iter().flatten().next() else {
             let late = LateExit {
                 state,
                 exit_code: exit.exit_code,
@@ -876,6 +904,47 @@ impl Fleet {
         .await?;
         self.check_done(id).await;
         self.task(id).await
+    }
+}
+
+/// Writes a batch of reported ends: one guarded transition per distinct patch (a fan-out's ends mostly
+/// share one), each run from an open state only; a run already final gets `None`.
+fn end_runs(
+    store: Arc<dyn Store>,
+) -> impl Fn(
+    String,
+    Vec<(String, RunPatch)>,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Option<TaskRun>>, String>> + Send>>
++ Send
++ 'static {
+    move |task_id, mut ends| {
+        let store = store.clone();
+        Box::pin(async move {
+            // Ended when written: ends a few milliseconds apart then share one patch.
+            let now = Utc::now();
+            for (_, patch) in &mut ends {
+                patch.finished_at = patch.finished_at.map(|_| now);
+            }
+            let mut groups: Vec<(RunPatch, Vec<String>)> = Vec::new();
+            for (node_id, patch) in &ends {
+                match groups.iter_mut().find(|(p, _)| p == patch) {
+                    Some((_, nodes)) => nodes.push(node_id.clone()),
+                    None => groups.push((patch.clone(), vec![node_id.clone()])),
+                }
+            }
+            let mut ended: HashMap<String, TaskRun> = HashMap::new();
+            for (patch, nodes) in groups {
+                let runs = store
+                    .transition_runs(&task_id, nodes, OPEN, patch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ended.extend(runs.into_iter().map(|r| (r.node_id.clone(), r)));
+            }
+            Ok(ends
+                .iter()
+                .map(|(node_id, _)| ended.remove(node_id))
+                .collect())
+        })
     }
 }
 
