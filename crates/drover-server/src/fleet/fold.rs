@@ -12,6 +12,9 @@ use tokio::sync::oneshot;
 
 type Waiter<O> = (usize, oneshot::Sender<Result<Vec<O>, String>>);
 
+/// A batch being written, as a boxed future (what named writers return).
+pub(crate) type Written<O> = std::pin::Pin<Box<dyn Future<Output = Result<Vec<O>, String>> + Send>>;
+
 /// What waits for a task's next write: the items, and who gave how many of them.
 struct Queued<I, O> {
     items: Vec<I>,
@@ -129,12 +132,7 @@ mod tests {
     fn writer(
         batches: Batches,
         gate: tokio::sync::watch::Receiver<bool>,
-    ) -> impl Fn(
-        String,
-        Vec<u32>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u32>, String>> + Send>>
-    + Send
-    + 'static {
+    ) -> impl Fn(String, Vec<u32>) -> Written<u32> + Send + 'static {
         move |_task, items| {
             let (batches, mut gate) = (batches.clone(), gate.clone());
             Box::pin(async move {

@@ -5,7 +5,6 @@
 //! the states it leaves, and a final state is never left. Nothing here writes a run from a copy.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use drover_types::task::{
 };
 use tokio::sync::broadcast;
 
-use super::fold::Fold;
+use super::fold::{Fold, Written};
 use super::{Fleet, FleetError};
 use crate::store::{OutputRecord, RunPatch, SERVER_ONLY_CANCEL, Store, StoreError};
 
@@ -911,12 +910,7 @@ impl Fleet {
 /// share one), each run from an open state only; a run already final gets `None`.
 fn end_runs(
     store: Arc<dyn Store>,
-) -> impl Fn(
-    String,
-    Vec<(String, RunPatch)>,
-) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Option<TaskRun>>, String>> + Send>>
-+ Send
-+ 'static {
+) -> impl Fn(String, Vec<(String, RunPatch)>) -> Written<Option<TaskRun>> + Send + 'static {
     move |task_id, mut ends| {
         let store = store.clone();
         Box::pin(async move {
