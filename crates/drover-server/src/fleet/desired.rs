@@ -49,6 +49,14 @@ fn desired_state(labels: &Labels, stored: &[StoredManifest]) -> DesiredState {
     }
 }
 
+/// The message that gives a node its desired state.
+pub(super) fn desired_update(state: &DesiredState) -> v1::DesiredStateUpdate {
+    v1::DesiredStateUpdate {
+        generation: state.generation,
+        state_json: serde_json::to_string(state).unwrap_or_default(),
+    }
+}
+
 /// Bytes per BlobData piece.
 const BLOB_PIECE: usize = 1024 * 1024;
 /// Nodes whose desired state is recomputed at once.
@@ -71,7 +79,7 @@ impl Fleet {
         self.status_events.0.subscribe()
     }
 
-    fn status_changed(&self, node_id: &str) {
+    pub(super) fn status_changed(&self, node_id: &str) {
         // No follower is not an error.
         let _ = self.status_events.0.send(node_id.to_string());
     }
@@ -273,15 +281,16 @@ impl Fleet {
         ))
     }
 
+    /// Sends a node its desired state if its stream is here; with `--nats`, also writes it to the
+    /// `desired-state` bucket, whose watch on the replica holding the stream delivers it there.
     async fn push_desired(&self, node_id: &str, state: &DesiredState) {
-        let update = v1::DesiredStateUpdate {
-            generation: state.generation,
-            state_json: serde_json::to_string(state).unwrap_or_default(),
-        };
-        self.send_to_node(node_id, Msg::DesiredState(update)).await;
+        let update = desired_update(state);
+        self.desired_to_kv(node_id, &update).await;
+        self.links().send(node_id, Msg::DesiredState(update)).await;
     }
 
-    /// A node (re)attached: make sure its desired state is current, and send it.
+    /// A node (re)attached: make sure its desired state is current, and send it (bringing the KV entry up to
+    /// the store's generation if it is behind: a lost bucket is rebuilt this way).
     pub async fn desired_on_attach(&self, node_id: &str) {
         let result = async {
             let node = self.node(node_id).await?;
@@ -307,8 +316,9 @@ impl Fleet {
         match report {
             Ok(mut report) => {
                 report.reported_at = Some(Utc::now());
-                if let Err(e) = self.store().put_convergence(node_id, &report).await {
-                    tracing::error!("cannot store a convergence report: {e}");
+                match self.store().put_convergence(node_id, &report).await {
+                    Ok(()) => self.actual_to_kv(node_id, &report).await,
+                    Err(e) => tracing::error!("cannot store a convergence report: {e}"),
                 }
                 self.status_changed(node_id);
             }
