@@ -35,6 +35,8 @@ const REWATCH_MAX: Duration = Duration::from_secs(10);
 const CATCH_UP_EVERY: Duration = Duration::from_secs(2);
 /// Nodes rewritten at once when catching up.
 const CATCH_UP_AT_ONCE: usize = 64;
+/// Room kept in a NATS message for the record's other fields and the publish's headers.
+const PAYLOAD_MARGIN: usize = 4096;
 /// Nodes remembered as behind at most (one entry per node of the fleet; a bound all the same).
 const MAX_BEHIND: usize = 1 << 20;
 
@@ -89,7 +91,8 @@ pub struct Record {
     /// desired state, where one generation has one content.
     #[serde(default)]
     pub at_ms: i64,
-    /// Desired: the state's JSON, as in `DesiredStateUpdate`. Actual: the report's JSON.
+    /// Desired: the state's JSON, as in `DesiredStateUpdate`. Actual: the report's JSON. Empty when it
+    /// does not fit in a NATS message (reports may be larger than NATS's 1 MB default): the store has it.
     pub body: String,
 }
 
@@ -232,6 +235,16 @@ impl StateKv {
         at_ms: i64,
         body: String,
     ) {
+        let room = self
+            .client
+            .server_info()
+            .max_payload
+            .saturating_sub(PAYLOAD_MARGIN);
+        let body = if body.len() > room {
+            String::new()
+        } else {
+            body
+        };
         let record = Record {
             by: self.me.clone(),
             generation,
@@ -362,12 +375,16 @@ impl Fleet {
                     Bucket::Desired => match self.store().get_desired(&node).await {
                         Ok(Some((state, _))) => {
                             let update = super::desired::desired_update(&state);
-                            Ok(self.desired_to_kv(&node, &update).await)
+                            self.desired_to_kv(&node, &update).await;
+                            Ok(())
                         }
                         other => other.map(drop),
                     },
                     Bucket::Actual => match self.store().get_convergence(&node).await {
-                        Ok(Some(report)) => Ok(self.actual_to_kv(&node, &report).await),
+                        Ok(Some(report)) => {
+                            self.actual_to_kv(&node, &report).await;
+                            Ok(())
+                        }
                         other => other.map(drop),
                     },
                 };
@@ -403,13 +420,25 @@ impl Fleet {
         }
         self.status_changed(node);
         if bucket == Bucket::Desired && self.links().is_attached(node) {
-            let update = DesiredStateUpdate {
-                generation: record.generation,
-                state_json: record.body,
-            };
             // On its own: a node whose stream is full must not hold up the others' changes.
             let (fleet, node) = (self.clone(), node.to_string());
             tokio::spawn(async move {
+                let update = if record.body.is_empty() {
+                    // Too large for NATS: read from the store.
+                    match fleet.store().get_desired(&node).await {
+                        Ok(Some((state, _))) => super::desired::desired_update(&state),
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::warn!(node = %node, "cannot read a node's desired state to send it: {e}");
+                            return;
+                        }
+                    }
+                } else {
+                    DesiredStateUpdate {
+                        generation: record.generation,
+                        state_json: record.body,
+                    }
+                };
                 fleet.links().send(&node, Msg::DesiredState(update)).await;
             });
         }
@@ -421,6 +450,8 @@ impl Fleet {
 async fn watch_bucket(fleet: Weak<Fleet>, bucket: Bucket) {
     let mut next = None;
     let mut pause = REWATCH_FIRST;
+    // Whether the watch is down after having worked: said once as a warning, and once when it is back.
+    let mut lost = false;
     loop {
         let Some(f) = fleet.upgrade() else { return };
         let Some(kv) = f.state_kv() else { return };
@@ -429,7 +460,9 @@ async fn watch_bucket(fleet: Weak<Fleet>, bucket: Bucket) {
         match watched {
             Ok((mut watch, from)) => {
                 next = Some(from);
-                tracing::debug!(bucket = bucket.name(), from, "watching");
+                if std::mem::take(&mut lost) {
+                    tracing::info!(bucket = bucket.name(), from, "watching node state again");
+                }
                 while let Some(entry) = watch.next().await {
                     match entry {
                         Ok(entry) => {
@@ -439,7 +472,11 @@ async fn watch_bucket(fleet: Weak<Fleet>, bucket: Bucket) {
                             f.state_changed(bucket, entry);
                         }
                         Err(e) => {
-                            tracing::debug!(bucket = bucket.name(), "the watch failed: {e}");
+                            tracing::warn!(
+                                bucket = bucket.name(),
+                                "the watch of node state failed: {e}; watching again from where it stopped once NATS answers"
+                            );
+                            lost = true;
                             break;
                         }
                     }
