@@ -5,7 +5,6 @@
 //! reaches A's agent across a NATS restart, even when applied while NATS was down; a replica whose NATS
 //! has no JetStream does not start.
 
-use std::io::BufRead;
 use std::time::Duration;
 
 use drover_testkit::{Agent, Nats, Postgres, Server, ServerOptions, TIMEOUT, tail, wait_for};
@@ -179,27 +178,6 @@ fn manifests_applied_through_both_replicas_at_once_all_converge_and_the_kv_follo
             let actual = c.kv_generation("actual-state", node_id, generation);
             let report: Value = serde_json::from_str(actual["body"].as_str().unwrap()).unwrap();
             assert_eq!(report["observed_generation"], generation, "{report}");
-        }
-    }
-}
-
-/// The next Server-Sent Event (name, JSON data) on a stream, skipping keep-alives.
-fn next_event(reader: &mut impl BufRead) -> (String, Value) {
-    let (mut name, mut data) = (String::new(), String::new());
-    loop {
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
-        let line = line.trim_end_matches('\n');
-        if line.is_empty() {
-            if !data.is_empty() {
-                return (name, serde_json::from_str(&data).unwrap());
-            }
-            continue;
-        }
-        if let Some(v) = line.strip_prefix("event:") {
-            name = v.trim().to_string();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push_str(v.trim_start());
         }
     }
 }
