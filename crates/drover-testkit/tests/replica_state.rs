@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use drover_testkit::{Agent, Nats, Postgres, Server, ServerOptions, TIMEOUT, tail, wait_for};
+use drover_testkit::{
+    Agent, Nats, Postgres, Server, ServerOptions, TIMEOUT, next_event, tail, wait_for,
+};
 use serde_json::{Value, json};
 
 struct Cluster {
