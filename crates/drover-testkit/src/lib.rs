@@ -453,6 +453,27 @@ pub fn parse_sse(text: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The next Server-Sent Event (name, JSON data) on a stream, skipping keep-alives.
+pub fn next_event(reader: &mut impl std::io::BufRead) -> (String, Value) {
+    let (mut name, mut data) = (String::new(), String::new());
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+        let line = line.trim_end_matches('\n');
+        if line.is_empty() {
+            if !data.is_empty() {
+                return (name, serde_json::from_str(&data).unwrap());
+            }
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("event:") {
+            name = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        }
+    }
+}
+
 /// A MIaaS registration body with every field MIaaS requires (`ip`, `capabilities` with `os`,
 /// `cpu_count`, `mem_mb`), plus the fields of `extra` (an object).
 pub fn registration(name: &str, extra: Value) -> Value {

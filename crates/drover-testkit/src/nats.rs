@@ -14,6 +14,7 @@ pub struct Nats {
     child: Option<Child>,
     dir: tempfile::TempDir,
     pub port: u16,
+    jetstream: bool,
 }
 
 /// `DROVER_NATS_SERVER`, else `nats-server` on the PATH or in /usr/sbin and /usr/bin.
@@ -40,11 +41,21 @@ impl Nats {
     /// Starts a fresh server with JetStream and waits until it accepts connections. Fails, saying what is
     /// missing, when nats-server is not installed.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_as(true)
+    }
+
+    /// Starts a fresh server without JetStream (core NATS only), as a misconfigured deployment would.
+    pub fn start_without_jetstream() -> anyhow::Result<Self> {
+        Self::start_as(false)
+    }
+
+    fn start_as(jetstream: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("drover-nats").tempdir()?;
         let mut nats = Self {
             child: None,
             dir,
             port: free_port(),
+            jetstream,
         };
         nats.run()?;
         Ok(nats)
@@ -60,8 +71,10 @@ impl Nats {
         let binary = find_binary()?;
         let port = self.port;
         let mut cmd = Command::new(&binary);
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(self.dir.path().join("store"));
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        if self.jetstream {
+            cmd.args(["-js", "-sd"]).arg(self.dir.path().join("store"));
+        }
         self.child = Some(spawn_logged(cmd, &self.dir.path().join("log"))?);
         let ready = wait_for("nats-server to listen", Duration::from_secs(20), || {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
@@ -81,6 +94,22 @@ impl Nats {
     /// The URL replicas connect to.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The JSON value under `key` in the JetStream KV bucket `bucket`; `None` when the key has none.
+    pub fn kv_get(&self, bucket: &str, key: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let client = async_nats::connect(self.url()).await?;
+            let js = async_nats::jetstream::new(client);
+            let store = js.get_key_value(bucket).await?;
+            match store.get(key).await? {
+                Some(value) => Ok(Some(serde_json::from_slice(&value)?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// The server's log.

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use drover_testkit::{Agent, Podman, Server, TIMEOUT, wait_for};
+use drover_testkit::{Agent, Podman, Server, TIMEOUT, next_event, wait_for};
 use serde_json::{Value, json};
 
 struct Fleet {
@@ -720,27 +720,6 @@ fn a_dry_run_says_what_would_change_and_changes_nothing() {
         table.contains("ACTION") && table.contains("create"),
         "{table}"
     );
-}
-
-/// The next Server-Sent Event (name, JSON data) on a stream, skipping keep-alives.
-fn next_event(reader: &mut impl std::io::BufRead) -> (String, Value) {
-    let (mut name, mut data) = (String::new(), String::new());
-    loop {
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
-        let line = line.trim_end_matches('\n');
-        if line.is_empty() {
-            if !data.is_empty() {
-                return (name, serde_json::from_str(&data).unwrap());
-            }
-            continue;
-        }
-        if let Some(v) = line.strip_prefix("event:") {
-            name = v.trim().to_string();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            data.push_str(v.trim_start());
-        }
-    }
 }
 
 fn converged(report: &Value) -> bool {

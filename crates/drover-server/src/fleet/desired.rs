@@ -49,6 +49,17 @@ fn desired_state(labels: &Labels, stored: &[StoredManifest]) -> DesiredState {
     }
 }
 
+/// A node's stored desired generation and content hash (none before its first).
+type Stored = Option<(u64, String)>;
+
+/// The message that gives a node its desired state.
+pub(super) fn desired_update(state: &DesiredState) -> v1::DesiredStateUpdate {
+    v1::DesiredStateUpdate {
+        generation: state.generation,
+        state_json: serde_json::to_string(state).unwrap_or_default(),
+    }
+}
+
 /// Bytes per BlobData piece.
 const BLOB_PIECE: usize = 1024 * 1024;
 /// Nodes whose desired state is recomputed at once.
@@ -71,7 +82,7 @@ impl Fleet {
         self.status_events.0.subscribe()
     }
 
-    fn status_changed(&self, node_id: &str) {
+    pub(super) fn status_changed(&self, node_id: &str) {
         // No follower is not an error.
         let _ = self.status_events.0.send(node_id.to_string());
     }
@@ -222,14 +233,37 @@ impl Fleet {
     }
 
     /// Recomputes every node's desired state, many nodes at once: their writes share transactions and no
-    /// push waits for another node.
+    /// push waits for another node. Every node's stored generation is read before the nodes' labels and
+    /// the manifests (see `recompute_node`).
     pub(crate) async fn recompute_all(&self) -> Result<(), FleetError> {
-        let manifests = self.manifests().await?;
-        let nodes = self.nodes().await?;
+        let ids: Vec<String> = self.nodes().await?.into_iter().map(|n| n.id).collect();
         let slots = tokio::sync::Semaphore::new(RECOMPUTE_AT_ONCE);
-        let work = nodes.iter().map(|node| async {
+        let stored = ids.into_iter().map(|id| async {
             let _slot = slots.acquire().await;
-            self.recompute_node(node, &manifests).await
+            let stored = self.stored_desired(&id).await;
+            (id, stored)
+        });
+        let mut stored: std::collections::HashMap<_, _> = futures_util::future::join_all(stored)
+            .await
+            .into_iter()
+            .collect();
+        let nodes = self.nodes().await?;
+        let manifests = self.manifests().await?;
+        let work = nodes.iter().map(|node| {
+            let first = stored.remove(&node.id);
+            let manifests = &manifests;
+            let slots = &slots;
+            async move {
+                let _slot = slots.acquire().await;
+                match first {
+                    Some(previous) => {
+                        self.recompute_node(&node.id, Some((previous?, node, manifests)))
+                            .await
+                    }
+                    // Enrolled meanwhile: read on its own.
+                    None => self.recompute_node(&node.id, None).await,
+                }
+            }
         });
         futures_util::future::join_all(work)
             .await
@@ -237,56 +271,75 @@ impl Fleet {
             .collect()
     }
 
+    /// A node's stored desired generation and content hash.
+    async fn stored_desired(&self, node_id: &str) -> Result<Stored, FleetError> {
+        Ok(self
+            .store()
+            .get_desired(node_id)
+            .await?
+            .map(|(state, hash)| (state.generation, hash)))
+    }
+
     /// Recomputes one node's desired state; a change gets a new generation and is pushed. The write is a
-    /// compare-and-set on the generation, so two recomputations of one node never both win.
+    /// compare-and-set on the generation, so two recomputations of one node never both win. Each attempt
+    /// reads the stored generation before the node's labels and the manifests (`first`: read so already),
+    /// so a state that wins was computed from what was there after the state it replaces was written: it
+    /// never undoes a manifest or label change that one had (two applies at once, through two replicas).
     async fn recompute_node(
         &self,
-        node: &Node,
-        manifests: &[StoredManifest],
+        node_id: &str,
+        mut first: Option<(Stored, &Node, &[StoredManifest])>,
     ) -> Result<(), FleetError> {
-        #[allow(unused_mut)]
-        let mut state = desired_state(&node.labels, manifests);
-        #[cfg(feature = "tamper")]
-        self.tamper().desired(&mut state);
-        let content = serde_json::to_vec(&(&state.resources, &state.conflicts, &state.signed))
-            .unwrap_or_default();
-        let hash = hex::encode(Sha256::digest(&content));
+        let mut name = node_id.to_string();
         for _ in 0..RECOMPUTE_TRIES {
-            let previous = self.store().get_desired(&node.id).await?;
+            let (node_read, manifests_read);
+            let (previous, node, manifests) = match first.take() {
+                Some(first) => first,
+                None => {
+                    let previous = self.stored_desired(node_id).await?;
+                    node_read = self.node(node_id).await?;
+                    manifests_read = self.manifests().await?;
+                    (previous, &node_read, manifests_read.as_slice())
+                }
+            };
+            name.clone_from(&node.name);
+            #[allow(unused_mut)]
+            let mut state = desired_state(&node.labels, manifests);
+            #[cfg(feature = "tamper")]
+            self.tamper().desired(&mut state);
+            let content = serde_json::to_vec(&(&state.resources, &state.conflicts, &state.signed))
+                .unwrap_or_default();
+            let hash = hex::encode(Sha256::digest(&content));
             if previous.as_ref().is_some_and(|(_, h)| *h == hash) {
                 return Ok(());
             }
-            state.generation = previous.map(|(s, _)| s.generation).unwrap_or(0) + 1;
-            if self.store().put_desired(&node.id, &state, &hash).await? {
-                self.status_changed(&node.id);
+            state.generation = previous.map(|(g, _)| g).unwrap_or(0) + 1;
+            if self.store().put_desired(node_id, &state, &hash).await? {
+                self.status_changed(node_id);
                 tracing::debug!(node = %node.name, generation = state.generation, resources = state.resources.len(), "desired state changed");
-                self.push_desired(&node.id, &state).await;
+                self.push_desired(node_id, &state).await;
                 return Ok(());
             }
         }
         Err(FleetError::invalid(
             "desired state",
-            format!(
-                "node {} changed too often to recompute; try again",
-                node.name
-            ),
+            format!("node {name} changed too often to recompute; try again"),
         ))
     }
 
+    /// Sends a node its desired state if its stream is here; with `--nats`, also writes it to the
+    /// `desired-state` bucket, whose watch on the replica holding the stream delivers it there.
     async fn push_desired(&self, node_id: &str, state: &DesiredState) {
-        let update = v1::DesiredStateUpdate {
-            generation: state.generation,
-            state_json: serde_json::to_string(state).unwrap_or_default(),
-        };
-        self.send_to_node(node_id, Msg::DesiredState(update)).await;
+        let update = desired_update(state);
+        self.desired_to_kv(node_id, &update).await;
+        self.links().send(node_id, Msg::DesiredState(update)).await;
     }
 
-    /// A node (re)attached: make sure its desired state is current, and send it.
+    /// A node (re)attached: make sure its desired state is current, and send it (bringing the KV entry up to
+    /// the store's generation if it is behind: a lost bucket is rebuilt this way).
     pub async fn desired_on_attach(&self, node_id: &str) {
         let result = async {
-            let node = self.node(node_id).await?;
-            let manifests = self.manifests().await?;
-            self.recompute_node(&node, &manifests).await?;
+            self.recompute_node(node_id, None).await?;
             if let Some((state, _)) = self.store().get_desired(node_id).await? {
                 self.push_desired(node_id, &state).await;
             }
@@ -307,8 +360,9 @@ impl Fleet {
         match report {
             Ok(mut report) => {
                 report.reported_at = Some(Utc::now());
-                if let Err(e) = self.store().put_convergence(node_id, &report).await {
-                    tracing::error!("cannot store a convergence report: {e}");
+                match self.store().put_convergence(node_id, &report).await {
+                    Ok(()) => self.actual_to_kv(node_id, &report).await,
+                    Err(e) => tracing::error!("cannot store a convergence report: {e}"),
                 }
                 self.status_changed(node_id);
             }
@@ -472,10 +526,8 @@ impl Fleet {
 
     /// A node's labels changed: its desired state follows.
     async fn relabeled(&self, node_id: &str) -> Result<Node, FleetError> {
-        let node = self.node(node_id).await?;
-        let manifests = self.manifests().await?;
-        self.recompute_node(&node, &manifests).await?;
-        Ok(node)
+        self.recompute_node(node_id, None).await?;
+        self.node(node_id).await
     }
 
     /// Stores uploaded content after checking it hashes to the name it was given.

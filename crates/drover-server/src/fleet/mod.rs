@@ -12,6 +12,7 @@ mod operators;
 pub mod pages;
 mod route;
 mod sessions;
+mod state_kv;
 #[cfg(feature = "tamper")]
 pub mod tamper;
 pub mod tasks;

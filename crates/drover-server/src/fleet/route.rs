@@ -1,10 +1,11 @@
 //! Replicas connected over NATS (`drover server --nats`): what one replica must send to an agent attached
 //! to another goes to the replica that holds the agent's stream, and task followers learn of output that
-//! another replica stored. PostgreSQL stays the source of truth: NATS carries commands and pokes, never
-//! records (docs/scale-out.md).
+//! another replica stored. PostgreSQL stays the source of truth: NATS carries commands and pokes, and the
+//! JetStream KV copies of each node's state that `state_kv` derives from the store (docs/scale-out.md).
 //!
 //! Subjects (ids are the server's own UUIDs; anything else is never put in a subject):
-//! - `drover.node.<node>.send`: request; the payload is one encoded `ServerMessage`. Only the replica that
+//! - `drover.node.<node>.send`: request; the payload is one encoded `ServerMessage` (a task's start or
+//!   cancel; desired state goes through the `desired-state` KV bucket instead). Only the replica that
 //!   holds the node's stream subscribes (while it holds it) and answers `sent` once the message is in the
 //!   stream; it stays silent otherwise, so the asker sees "no responders" at once, or times out.
 //! - `drover.node.<node>.held`: request; the holder answers `held`.
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Fleet;
 use super::ask::Ask;
+use super::state_kv::StateKv;
 use super::tasks::TaskEvent;
 
 /// How long a start at connect may take before the server gives up with a clear error.
@@ -49,6 +51,13 @@ const HELD: &[u8] = b"held";
 pub enum NatsError {
     #[error("cannot connect to NATS at {url}: {reason} (is nats-server running there?)")]
     Connect { url: String, reason: String },
+    #[error(
+        "cannot make the JetStream KV bucket {bucket:?}: {reason} (replicas keep node state in JetStream: run nats-server with JetStream on, `nats-server -js`)"
+    )]
+    Buckets {
+        bucket: &'static str,
+        reason: String,
+    },
 }
 
 /// An action call sent to the replica that holds the node (checked and audited by the asker).
@@ -65,6 +74,8 @@ pub(crate) struct RoutedCall {
 #[derive(Clone)]
 pub struct Nats {
     client: async_nats::Client,
+    /// The node-state buckets (made at connect).
+    state: Arc<StateKv>,
 }
 
 /// Cancels a routed action call on the node when its caller leaves before the answer.
@@ -101,7 +112,7 @@ impl Drop for Held {
 }
 
 /// Whether `id` can stand in a subject: the server's ids are UUIDs, and nothing else is routed.
-fn subject_token(id: &str) -> Option<&str> {
+pub(super) fn subject_token(id: &str) -> Option<&str> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -111,8 +122,8 @@ fn subject_token(id: &str) -> Option<&str> {
 }
 
 impl Nats {
-    /// Connects, or fails at once with a clear error (no retry before the first connection: a replica that
-    /// cannot reach NATS must not start as if it could route).
+    /// Connects and makes (or opens) the node-state buckets, or fails at once with a clear error (no retry
+    /// before the first connection: a replica that cannot reach NATS must not start as if it could route).
     pub async fn connect(url: &str, name: &str) -> Result<Self, NatsError> {
         let failed = |reason: String| NatsError::Connect {
             url: crate::store::redact_url(url),
@@ -126,7 +137,12 @@ impl Nats {
             .await
             .map_err(|_| failed("no answer in time".into()))?
             .map_err(|e| failed(e.to_string()))?;
-        Ok(Self { client })
+        let state = Arc::new(StateKv::open(&client).await?);
+        Ok(Self { client, state })
+    }
+
+    pub(super) fn state_kv(&self) -> &StateKv {
+        &self.state
     }
 
     /// Whether requests can go out now. While the connection is down they would only wait in the
@@ -247,11 +263,13 @@ impl Nats {
 }
 
 impl Fleet {
-    /// Connects this server to the other replicas.
-    pub fn set_nats(&self, nats: Nats) {
+    /// Connects this server to the other replicas, and starts watching the node-state buckets.
+    pub fn set_nats(self: &Arc<Self>, nats: Nats) {
         if self.nats.set(nats).is_err() {
             tracing::warn!("NATS was already set up; keeping the first connection");
+            return;
         }
+        self.watch_state();
     }
 
     pub(super) fn nats(&self) -> Option<&Nats> {
