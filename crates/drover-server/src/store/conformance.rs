@@ -279,6 +279,23 @@ async fn join_token_limits_are_enforced(store: Arc<dyn Store>) {
         store.use_join_token("t1", "s", later).await.unwrap(),
         Err(TokenRefusal::Revoked)
     );
+
+    // Many agents at once: a limited token is used exactly as often as it allows.
+    let mut limited = rec.clone();
+    limited.info.id = "t5".into();
+    limited.info.max_uses = Some(5);
+    store.insert_join_token(&limited).await.unwrap();
+    let racers = (0..40).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.use_join_token("t5", "s", now).await.unwrap() })
+    });
+    let outcomes = futures_util::future::join_all(racers).await;
+    let used = outcomes.iter().filter(|o| matches!(o, Ok(Ok(_)))).count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Err(TokenRefusal::Exhausted(5)))))
+        .count();
+    assert_eq!((used, refused), (5, 35), "{outcomes:?}");
 }
 
 async fn a_token_stored_with_an_unreadable_expiry_is_listed_and_refused(store: Arc<dyn Store>) {

@@ -510,26 +510,45 @@ impl Store for PgStore {
         secret_sha256: &str,
         now: DateTime<Utc>,
     ) -> Result<Result<JoinTokenInfo, TokenRefusal>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Locked until the use is counted: racing agents (on any replica) cannot overuse a limited token.
-        let found = sqlx::query("SELECT * FROM join_tokens WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(record) = found.as_ref().map(decode_token).transpose()? else {
+        let read = || async {
+            let found = sqlx::query("SELECT * FROM join_tokens WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            found.as_ref().map(decode_token).transpose()
+        };
+        let Some(record) = read().await? else {
             return Ok(Err(TokenRefusal::Unknown));
         };
         if let Err(refusal) = record.check(secret_sha256, now) {
             return Ok(Err(refusal));
         }
-        sqlx::query("UPDATE join_tokens SET uses = uses + 1 WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        // The use is counted in one guarded statement, so the row is locked only while it runs (an
+        // enrolling fleet does not queue on one lock held across round trips), and racing agents on any
+        // replica cannot overuse a limited token: the guard is checked under the row lock.
+        let counted: Option<i64> = sqlx::query_scalar(
+            "UPDATE join_tokens SET uses = uses + 1
+             WHERE id = $1 AND NOT revoked AND (max_uses IS NULL OR uses < max_uses)
+             RETURNING uses",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         let mut info = record.info;
-        info.uses = info.uses.saturating_add(1);
-        Ok(Ok(info))
+        match counted {
+            Some(uses) => {
+                info.uses = u32::try_from(uses).unwrap_or(u32::MAX);
+                Ok(Ok(info))
+            }
+            // Revoked, deleted or used up between the read and the count: say which, as read now.
+            None => Ok(Err(match read().await? {
+                None => TokenRefusal::Unknown,
+                Some(now_record) => match now_record.check(secret_sha256, now) {
+                    Err(refusal) => refusal,
+                    Ok(()) => TokenRefusal::Revoked,
+                },
+            })),
+        }
     }
 
     async fn put_operator(&self, operator: &OperatorRecord) -> Result<bool, StoreError> {
