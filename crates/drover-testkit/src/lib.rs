@@ -126,6 +126,26 @@ pub struct ServerOptions {
     pub args: Vec<String>,
 }
 
+impl ServerOptions {
+    /// A replica's flags: `--database` on `pg`'s `drover` database (create it first), a cluster secret
+    /// written into `secrets` (the same for every replica), and `--nats` when given.
+    pub fn replica(pg: &Postgres, nats: Option<&Nats>, secrets: &Path) -> Self {
+        let secret = secrets.join("cluster.secret");
+        std::fs::write(&secret, "4b9e2d7a1c3f5e8b0d2a4c6e8f1b3d5a\n")
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", secret.display()));
+        let mut args = vec![
+            "--database".into(),
+            pg.url("drover"),
+            "--cluster-secret-file".into(),
+            secret.display().to_string(),
+        ];
+        if let Some(nats) = nats {
+            args.extend(["--nats".into(), nats.url()]);
+        }
+        Self { args }
+    }
+}
+
 /// A real `drover server` on free loopback ports in its own data dir.
 pub struct Server {
     child: Option<Child>,

@@ -9,23 +9,14 @@ use serde_json::json;
 
 /// Two replicas on a fresh PostgreSQL sharing one cluster secret; the guard keeps the secret's dir.
 pub fn replicas(pg: &Postgres) -> (Server, Server, tempfile::TempDir) {
-    replicas_with(pg, &[])
+    replicas_on(pg, None)
 }
 
-/// As [`replicas`], each replica also given `extra` arguments.
-fn replicas_with(pg: &Postgres, extra: &[String]) -> (Server, Server, tempfile::TempDir) {
+/// As [`replicas`], connected through `nats` when given.
+fn replicas_on(pg: &Postgres, nats: Option<&Nats>) -> (Server, Server, tempfile::TempDir) {
     pg.create_database("drover").unwrap();
     let secrets = tempfile::tempdir().unwrap();
-    let secret = secrets.path().join("cluster.secret");
-    std::fs::write(&secret, "8d1f0c3e5a7b9d2f4e6a8c0b1d3f5e7a\n").unwrap();
-    let mut args = vec![
-        "--database".into(),
-        pg.url("drover"),
-        "--cluster-secret-file".into(),
-        secret.to_str().unwrap().into(),
-    ];
-    args.extend_from_slice(extra);
-    let options = ServerOptions { args };
+    let options = ServerOptions::replica(pg, nats, secrets.path());
     let a = Server::start_with(options.clone()).unwrap();
     let b = Server::start_with(options).unwrap();
     (a, b, secrets)
@@ -99,7 +90,7 @@ fn an_agent_and_the_cli_given_both_replicas_move_to_the_survivor() {
 fn a_task_outlives_the_replica_holding_its_agent_whole_and_run_once() {
     let pg = Postgres::start().unwrap_or_else(|e| panic!("{e:#}"));
     let nats = Nats::start().unwrap_or_else(|e| panic!("{e:#}"));
-    let (mut a, b, _secrets) = replicas_with(&pg, &["--nats".into(), nats.url()]);
+    let (mut a, b, _secrets) = replicas_on(&pg, Some(&nats));
     let token = a.join_token(json!({})).unwrap();
     let files = tempfile::tempdir().unwrap();
     let agent = Agent::start(

@@ -23,21 +23,6 @@ struct Cluster {
     _secrets: tempfile::TempDir,
 }
 
-fn replica_options(pg: &Postgres, nats: &Nats, secrets: &tempfile::TempDir) -> ServerOptions {
-    let secret = secrets.path().join("cluster.secret");
-    std::fs::write(&secret, "4b9e2d7a1c3f5e8b0d2a4c6e8f1b3d5a\n").unwrap();
-    ServerOptions {
-        args: vec![
-            "--database".into(),
-            pg.url("drover"),
-            "--cluster-secret-file".into(),
-            secret.to_str().unwrap().into(),
-            "--nats".into(),
-            nats.url(),
-        ],
-    }
-}
-
 fn agent_on(server: &Server, name: &str, site: &str) -> Agent {
     let token = server
         .join_token(json!({"labels": {"role": "edge", "site": site}}))
@@ -67,8 +52,8 @@ fn cluster() -> Cluster {
     pg.create_database("drover").unwrap();
     let nats = Nats::start().unwrap_or_else(|e| panic!("{e:#}"));
     let secrets = tempfile::tempdir().unwrap();
-    let a = Server::start_with(replica_options(&pg, &nats, &secrets)).unwrap();
-    let b = Server::start_with(replica_options(&pg, &nats, &secrets)).unwrap();
+    let a = Server::start_with(ServerOptions::replica(&pg, Some(&nats), secrets.path())).unwrap();
+    let b = Server::start_with(ServerOptions::replica(&pg, Some(&nats), secrets.path())).unwrap();
     let on_a = agent_on(&a, "on-a", "a");
     let on_b = agent_on(&b, "on-b", "b");
     Cluster {
@@ -261,7 +246,7 @@ fn a_replica_whose_nats_has_no_jetstream_does_not_start() {
     pg.create_database("drover").unwrap();
     let nats = Nats::start_without_jetstream().unwrap_or_else(|e| panic!("{e:#}"));
     let secrets = tempfile::tempdir().unwrap();
-    let refused = Server::start_with(replica_options(&pg, &nats, &secrets))
+    let refused = Server::start_with(ServerOptions::replica(&pg, Some(&nats), secrets.path()))
         .err()
         .expect("a replica without JetStream must not start");
     let text = format!("{refused:#}");

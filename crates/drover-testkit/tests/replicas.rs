@@ -29,18 +29,7 @@ fn cluster() -> Cluster {
     pg.create_database("drover").unwrap();
     let nats = Nats::start().unwrap_or_else(|e| panic!("{e:#}"));
     let secrets = tempfile::tempdir().unwrap();
-    let secret = secrets.path().join("cluster.secret");
-    std::fs::write(&secret, "4b9e2d7a1c3f5e8b0d2a4c6e8f1b3d5a\n").unwrap();
-    let options = || ServerOptions {
-        args: vec![
-            "--database".into(),
-            pg.url("drover"),
-            "--cluster-secret-file".into(),
-            secret.to_str().unwrap().into(),
-            "--nats".into(),
-            nats.url(),
-        ],
-    };
+    let options = || ServerOptions::replica(&pg, Some(&nats), secrets.path());
     let a = Server::start_with(options()).unwrap();
     let b = Server::start_with(options()).unwrap();
     let token = a.join_token(json!({"labels": {"role": "edge"}})).unwrap();

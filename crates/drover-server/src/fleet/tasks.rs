@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use drover_proto::v1::{self, server_message::Msg};
+use drover_types::signing::CommandSignature;
 use drover_types::task::{
-    CreateTask, LateExit, OutputChunk, RunState, Stream, Target, Task, TaskRun,
+    CreateTask, LateExit, OutputChunk, RunState, Stream, Target, Task, TaskRun, TaskSpec,
 };
 use tokio::sync::broadcast;
 
 use super::fold::{Fold, Written};
 use super::{Fleet, FleetError};
-use crate::store::{OutputRecord, RunPatch, SERVER_ONLY_CANCEL, Store, StoreError};
+use crate::store::{OutputRecord, RunPatch, RunQuery, SERVER_ONLY_CANCEL, Store, StoreError};
 
 /// Something that happened to a task, for live followers.
 #[derive(Debug, Clone)]
@@ -70,7 +71,8 @@ pub struct TaskLive {
     progress: Mutex<HashMap<(String, String), Progress>>,
     /// Only while someone follows the task: a task nobody watches costs no channel.
     followers: Mutex<HashMap<String, broadcast::Sender<TaskEvent>>>,
-    meta: Mutex<HashMap<String, Arc<TaskMeta>>>,
+    /// Filled once per task however many runs end at once: one read, not one per run.
+    meta: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<TaskMeta>>>>>,
     /// Tasks whose end is being checked: `true` when another run ended meanwhile (check again).
     checks: Mutex<HashMap<String, bool>>,
     /// Dispatch of tasks with a parallelism limit, one at a time, so the limit holds under concurrent exits.
@@ -253,7 +255,16 @@ impl Fleet {
         )
         .await;
         tracing::info!(task = %task.id, nodes = task.runs.len(), command = %task.spec.summary(), "task created");
-        lock(&self.live().meta).insert(task.id.clone(), Arc::new(meta_of(&task)));
+        let meta = Arc::new(meta_of(
+            &task.created_by,
+            &task.spec,
+            task.max_parallel,
+            task.signature.as_ref(),
+        ));
+        lock(&self.live().meta).insert(
+            task.id.clone(),
+            Arc::new(tokio::sync::OnceCell::new_with(Some(meta))),
+        );
         self.dispatch(&task.id).await?;
         self.check_done(&task.id).await;
         if !task
@@ -309,15 +320,35 @@ impl Fleet {
         Ok(self.store().output(id, after, limit).await?)
     }
 
-    /// A task's bookkeeping, read once per task and server process.
+    /// A task's bookkeeping, read once per task and server process (its runs are not read: a fan-out's
+    /// thousands of ends on a replica that did not create the task share one small read).
     async fn meta(&self, task_id: &str) -> Result<Arc<TaskMeta>, FleetError> {
-        if let Some(m) = lock(&self.live().meta).get(task_id) {
-            return Ok(m.clone());
+        let cell = lock(&self.live().meta)
+            .entry(task_id.to_string())
+            .or_default()
+            .clone();
+        let read = cell
+            .get_or_try_init(|| async {
+                let only_the_task = RunQuery::default();
+                let page = self
+                    .store()
+                    .task_page(task_id, &only_the_task)
+                    .await?
+                    .ok_or_else(|| FleetError::TaskNotFound(task_id.to_string()))?;
+                let t = &page.summary;
+                Ok::<_, FleetError>(Arc::new(meta_of(
+                    &t.created_by,
+                    &t.spec,
+                    t.max_parallel,
+                    t.signature.as_ref(),
+                )))
+            })
+            .await;
+        if read.is_err() {
+            // An unknown task (an agent's stale id) leaves nothing behind.
+            lock(&self.live().meta).remove(task_id);
         }
-        let task = self.task(task_id).await?;
-        let meta = Arc::new(meta_of(&task));
-        lock(&self.live().meta).insert(task_id.to_string(), meta.clone());
-        Ok(meta)
+        read.cloned()
     }
 
     /// Starts pending runs, as many as the parallelism limit allows: each moves Pending -> Running in one
@@ -942,15 +973,18 @@ fn end_runs(
     }
 }
 
-fn meta_of(task: &Task) -> TaskMeta {
+fn meta_of(
+    created_by: &str,
+    spec: &TaskSpec,
+    max_parallel: Option<u32>,
+    signature: Option<&CommandSignature>,
+) -> TaskMeta {
     TaskMeta {
-        created_by: task.created_by.clone(),
-        summary: task.spec.summary(),
-        max_parallel: task.max_parallel,
-        spec_json: serde_json::to_string(&task.spec).unwrap_or_default().into(),
-        signature_json: task
-            .signature
-            .as_ref()
+        created_by: created_by.to_string(),
+        summary: spec.summary(),
+        max_parallel,
+        spec_json: serde_json::to_string(spec).unwrap_or_default().into(),
+        signature_json: signature
             .map(|s| serde_json::to_string(s).unwrap_or_default())
             .unwrap_or_default()
             .into(),
