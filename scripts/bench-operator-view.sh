@@ -42,28 +42,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { echo "[$(date +%T)] $*" >&2; }
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 30000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 rss_mib() { awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
-counter() {
-  local total=0 v f
-  for f in "$work"/sim-*.json; do
-    [[ -s "$f" ]] || continue
-    v=$(grep -o "\"$1\":[0-9]*" "$f" | cut -d: -f2)
-    total=$((total + ${v:-0}))
-  done
-  echo "$total"
-}
-
 api=$(free_port)
-grpc=$(free_port)
-while [[ "$grpc" == "$api" ]]; do grpc=$(free_port); done
+grpc=$(free_port "$api")
 : >"$work/empty.toml"
 "$drover" --data-dir "$work/data" server --config "$work/empty.toml" \
   --listen "127.0.0.1:$api" --agent-listen "127.0.0.1:$grpc" 2>>"$work/server.log" &

@@ -67,25 +67,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { echo "[$(date +%T)] $*" >&2; }
-now_ns() { date +%s%N; }
-secs_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'; }
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 30000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-hz=$(getconf CLK_TCK)
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 api=$(free_port)
-grpc=$(free_port)
-while [[ "$grpc" == "$api" ]]; do grpc=$(free_port); done
-metrics=$(free_port)
-while [[ "$metrics" == "$api" || "$metrics" == "$grpc" ]]; do metrics=$(free_port); done
+grpc=$(free_port "$api")
+metrics=$(free_port "$api" "$grpc")
 : >"$work/empty.toml"
 cli=("$drover" --server "http://127.0.0.1:$api" --data-dir "$work/data")
 
@@ -103,27 +90,6 @@ start_server() {
   exit 1
 }
 
-# Sum of one counter over every simulator's status file.
-counter() {
-  local total=0 v f
-  for f in "$work"/sim-*.json; do
-    [[ -s "$f" ]] || continue
-    v=$(grep -o "\"$1\":[0-9]*" "$f" | cut -d: -f2)
-    total=$((total + ${v:-0}))
-  done
-  echo "$total"
-}
-
-# Waits until `counter NAME` reaches N; fails after WAIT_SECS.
-wait_for() {
-  local name=$1 n=$2 deadline=$((SECONDS + WAIT_SECS))
-  while (($(counter "$name") < n)); do
-    ((SECONDS < deadline)) || { echo "only $(counter "$name") of $n $name after ${WAIT_SECS}s; see $work" >&2; exit 1; }
-    for p in "${sim_pids[@]}"; do kill -0 "$p" 2>/dev/null || { tail -5 "$work"/sim-*.log >&2; echo "a simulator exited" >&2; exit 1; }; done
-    sleep 0.1
-  done
-}
-
 sims_ticks() {
   local total=0 p
   for p in "${sim_pids[@]}"; do total=$((total + $(ticks "$p"))); done
@@ -134,13 +100,6 @@ sims_rss_kib() {
   local total=0 p
   for p in "${sim_pids[@]}"; do total=$((total + $(rss_kib "$p"))); done
   echo "$total"
-}
-
-# p50 and p99 (nearest rank) of the numbers on stdin.
-percentiles() {
-  sort -n | awk '{ v[NR] = $1 } END {
-    i50 = int(0.5 * NR + 0.999999); i99 = int(0.99 * NR + 0.999999)
-    printf "p50 %.3f s, p99 %.3f s (n=%d)", v[i50], v[i99], NR }'
 }
 
 # Results are appended as they come, so a run cut short still leaves what it measured.
@@ -168,9 +127,9 @@ for size in "${sizes[@]}"; do
     --stats-interval 10s --status-file "$work/sim-$i.json" ${SIM_ARGS:-} 2>>"$work/sim-$i.log" &
   sim_pids+=($!)
   i=$((i + 1))
-  wait_for enrolled "$size"
+  wait_counter enrolled "$size"
   enroll_secs=$(secs_since "$t0")
-  wait_for connected "$size"
+  wait_counter connected "$size"
   connect_secs=$(secs_since "$t0")
   record "$size agents: $count enrolled in ${enroll_secs}s = $(awk -v n="$count" -v s="$enroll_secs" 'BEGIN { printf "%.0f", n / s }')/s (ramp $RAMP/s); all connected after ${connect_secs}s"
 
@@ -241,7 +200,7 @@ deadline=$((SECONDS + 60))
 while (($(counter connected) > 0 && SECONDS < deadline)); do sleep 0.1; done
 t1=$(now_ns)
 start_server
-wait_for connected "$total"
+wait_counter connected "$total"
 back_secs=$(secs_since "$t1")
 cpu=$(ticks "$server_pid")
 record "$(awk -v n="$total" -v stop="$stop_secs" -v back="$back_secs" -v d="$cpu" -v hz="$hz" 'BEGIN {
