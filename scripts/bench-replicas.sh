@@ -152,7 +152,7 @@ failed=""
 for _ in $(seq "$EXEC_TRIES"); do
   t=$(now_ns)
   if ! "${cli[@]}" exec --all -- true >"$work/exec-out.txt" 2>&1; then
-    failed="$(secs_since "$t")s: $(grep -i error "$work/exec-out.txt" | head -1)"
+    failed="$(secs_since "$t")s: $(grep -iE 'error|unreachable|lost' "$work/exec-out.txt" | head -1 || true), $(tail -1 "$work/exec-out.txt")"
     cat "$work/exec-out.txt" >>"$work/exec.log"
     break
   fi
@@ -177,7 +177,7 @@ YAML
   t=$(now_ns)
   if ! "${cli[@]}" apply -f "$work/m.yaml" --wait --timeout "${APPLY_TIMEOUT:-30m}" >"$work/apply-out.txt" 2>&1; then
     cat "$work/apply-out.txt" >>"$work/apply.log"
-    record "$total agents: apply -> converged FAILED after $(secs_since "$t")s: $(grep -i error "$work/apply-out.txt" | head -1)"
+    record "$total agents: apply -> converged FAILED after $(secs_since "$t")s: $(grep -i error "$work/apply-out.txt" | head -1 || true)"
     break
   fi
   secs_since "$t" >>"$work/apply.txt"

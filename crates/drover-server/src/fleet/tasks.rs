@@ -47,6 +47,8 @@ const FOLLOWER_BACKLOG: usize = 1024;
 const RECHECK_AFTER: Duration = Duration::from_millis(20);
 /// How long a start may wait for room in one agent's stream before that node counts as unreachable.
 const SEND_PATIENCE: Duration = Duration::from_secs(5);
+/// Starts in flight at once for one task.
+const SENDS_AT_ONCE: usize = 256;
 
 #[derive(Default)]
 struct Progress {
@@ -407,13 +409,18 @@ impl Fleet {
                 }
             }
         }
+        // Bounded: a start for a node on another replica is a NATS request each, and ten thousand at once
+        // wait in line behind each other past their patience; 256 at a time keeps every one short.
+        let slots = tokio::sync::Semaphore::new(SENDS_AT_ONCE);
         let sends = started.iter().map(|run| {
             let start = v1::TaskStart {
                 task_id: task_id.to_string(),
                 spec_json: meta.spec_json.to_string(),
                 signature_json: meta.signature_json.to_string(),
             };
+            let slots = &slots;
             async move {
+                let _slot = slots.acquire().await;
                 let sent = tokio::time::timeout(
                     SEND_PATIENCE,
                     self.send_to_node(&run.node_id, Msg::TaskStart(start)),
@@ -444,7 +451,7 @@ impl Fleet {
                 RUNNING,
                 RunPatch::end(
                     RunState::Unreachable,
-                    "the node disconnected before the task could start",
+                    "the task could not be started on the node: it disconnected, or its stream (or the replica holding it) did not take the start within 5 s",
                 ),
             )
             .await?;
