@@ -5,11 +5,13 @@ log() { echo "[$(date +%T)] $*" >&2; }
 now_ns() { date +%s%N; }
 secs_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'; }
 
-# A free TCP port on loopback, none of those given as arguments.
+# A free TCP port on loopback, none of those given as arguments. Taken below the kernel's ephemeral range,
+# where the simulators' and PostgreSQL's outgoing connections never hold it by the time it is listened on.
+ephemeral_low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
   local p
   while :; do
-    p=$((20000 + RANDOM % 30000))
+    p=$((10000 + RANDOM % (ephemeral_low - 10000)))
     [[ " $* " == *" $p "* ]] && continue
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done

@@ -161,7 +161,7 @@ impl Fleet {
     /// Validates and stores a manifest (checking its signature, if any, against the key it names), then
     /// recomputes every node's desired state.
     pub async fn apply_manifest(
-        &self,
+        self: &Arc<Self>,
         actor: &str,
         apply: ApplyManifest,
     ) -> Result<Applied, FleetError> {
@@ -193,7 +193,7 @@ impl Fleet {
             )
             .await;
             tracing::info!(manifest = %manifest.name, generation, signed = signature.is_some(), "manifest applied");
-            self.recompute_all().await?;
+            self.recompute_all_detached().await?;
         }
         let nodes = self
             .nodes()
@@ -223,13 +223,27 @@ impl Fleet {
     }
 
     /// Deletes a manifest; the agents garbage-collect what it gave them.
-    pub async fn delete_manifest(&self, actor: &str, name: &str) -> Result<(), FleetError> {
+    pub async fn delete_manifest(
+        self: &Arc<Self>,
+        actor: &str,
+        name: &str,
+    ) -> Result<(), FleetError> {
         if !self.store().delete_manifest(name).await? {
             return Err(FleetError::ManifestNotFound(name.to_string()));
         }
         self.audit(actor, "manifest.delete", name, serde_json::json!({}))
             .await;
-        self.recompute_all().await
+        self.recompute_all_detached().await
+    }
+
+    /// [`Fleet::recompute_all`] in a task of its own, awaited: a caller that goes away (an HTTP client
+    /// giving up on a large fleet) does not stop it halfway, with the manifest stored and only part of the
+    /// fleet given its new desired state.
+    async fn recompute_all_detached(self: &Arc<Self>) -> Result<(), FleetError> {
+        let fleet = self.clone();
+        tokio::spawn(async move { fleet.recompute_all().await })
+            .await
+            .map_err(|e| FleetError::Store(StoreError::Task(e.to_string())))?
     }
 
     /// Recomputes every node's desired state, many nodes at once: their writes share transactions and no

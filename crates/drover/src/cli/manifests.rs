@@ -13,6 +13,9 @@ use super::OutputFormat;
 use super::client::{Client, Subscription, segment};
 use super::output::{ago, print_json, table};
 
+/// How long `drover apply` waits for the server to store a manifest and compute every node's desired state.
+const APPLY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
+
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     drover apply -f web.yaml\n  \
@@ -143,8 +146,15 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // The server answers once every node's desired state is computed: at fleet size that can take
+    // longer than an ordinary request's 30 s.
     let applied: Applied = client
-        .request(Method::POST, "/api/v1/manifests", Some(&manifest))
+        .request_with_timeout(
+            Method::POST,
+            "/api/v1/manifests",
+            Some(&manifest),
+            Some(APPLY_PATIENCE),
+        )
         .await
         .with_context(|| format!("{} was not applied", args.file.display()))?
         .context("the server returned nothing")?;
