@@ -417,3 +417,117 @@ fn readiness_follows_nats_and_routing_comes_back_with_it() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
+
+/// The issue's own scenario: three replicas on one PostgreSQL and one nats-server, an agent on each. A task
+/// created through B runs on A's agent with live output at B's CLI; an action called through C runs on A's
+/// agent; a manifest applied through A converges on the agents attached to B and C.
+#[test]
+fn three_replicas_share_one_fleet() {
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e:#}"));
+    pg.create_database("drover").unwrap();
+    let nats = Nats::start().unwrap_or_else(|e| panic!("{e:#}"));
+    let secrets = tempfile::tempdir().unwrap();
+    let options = || ServerOptions::replica(&pg, Some(&nats), secrets.path());
+    let replicas: Vec<Server> = (0..3)
+        .map(|_| Server::start_with(options()).unwrap())
+        .collect();
+    let (a, b, c) = (&replicas[0], &replicas[1], &replicas[2]);
+    let files = tempfile::tempdir().unwrap();
+    let agents: Vec<Agent> = replicas
+        .iter()
+        .zip(["on-a", "on-b", "on-c"])
+        .map(|(server, name)| {
+            let token = server
+                .join_token(json!({"labels": {"role": "edge"}}))
+                .unwrap();
+            let agent = Agent::start(
+                &server.agent_url(),
+                name,
+                &[
+                    "--token",
+                    &token,
+                    "--allow-shell",
+                    "--allow-path",
+                    files.path().to_str().unwrap(),
+                    "--heartbeat-interval",
+                    "300ms",
+                ],
+            )
+            .unwrap();
+            server
+                .wait_node(name, "attached", |n| n["connected"] == true)
+                .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&agent.log(), 30)));
+            agent
+        })
+        .collect();
+    let logs = || {
+        let mut text = String::new();
+        for (i, s) in replicas.iter().enumerate() {
+            text.push_str(&format!("replica {i}:\n{}\n", tail(&s.log(), 20)));
+        }
+        for a in &agents {
+            text.push_str(&format!("agent:\n{}\n", tail(&a.log(), 15)));
+        }
+        text
+    };
+
+    // Through B, on A's agent, with a line that can only reach B's CLI while the task runs.
+    let mut cli = b
+        .cli_command(&["exec", "on-a", "--shell", "echo live; sleep 2; echo after"])
+        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(cli.stdout.take().unwrap()).lines();
+    assert_eq!(
+        lines.next().map(|l| l.unwrap_or_default()).as_deref(),
+        Some("live"),
+        "{}",
+        logs()
+    );
+    let status = wait_for("B's CLI to finish", TIMEOUT, || {
+        cli.try_wait().ok().flatten()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    assert!(status.success(), "{status:?}\n{}", logs());
+    assert_eq!(
+        lines.map(|l| l.unwrap_or_default()).collect::<Vec<_>>(),
+        ["after"]
+    );
+
+    // Through C, on A's agent.
+    let r = c
+        .request(
+            "POST",
+            "/api/v1/nodes/on-a/actions/ping",
+            Some(&c.admin_token()),
+            Some(b"null".to_vec()),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}\n{}", logs());
+    assert_eq!(r.body["result"]["pong"], true, "{r:?}");
+
+    // Through A, converging on the agents attached to B and C (and A).
+    let manifest = json!({"name": "shared", "selector": {"role": "edge"}, "resources": [
+        {"id": "motd", "file": {"path": files.path().join("shared").to_str().unwrap(), "content": "three\n"}}]});
+    let applied = a
+        .post("/api/v1/manifests", Some(&a.admin_token()), &manifest)
+        .unwrap();
+    assert_eq!(applied.status, 200, "{applied:?}");
+    for name in ["on-a", "on-b", "on-c"] {
+        wait_for(
+            &format!("{name} converged, as A reports it"),
+            TIMEOUT,
+            || {
+                let s = a.get(&format!("/api/v1/nodes/{name}/status")).ok()?;
+                let generation = s.body["desired_generation"].as_u64()?;
+                (generation > 0
+                    && s.body["observed_generation"].as_u64() == Some(generation)
+                    && s.body["resources"][0]["state"] == "Ready")
+                    .then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    }
+}
