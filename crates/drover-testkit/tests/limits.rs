@@ -133,9 +133,10 @@ fn a_node_cannot_make_the_server_hold_more_than_the_limits() {
         let attached = attach(&channel, hello()).await.unwrap();
         (attached, channel)
     });
-    let nodes = server.nodes().unwrap();
-    let raw = nodes.iter().find(|n| n["name"] == "raw").unwrap();
-    assert_eq!(raw["connected"], true);
+    // The stream is registered just after the Welcome (the attach finishes in the stream's task).
+    let raw = server
+        .wait_node("raw", "connected", |n| n["connected"] == true)
+        .unwrap();
     assert_eq!(raw["labels"], json!({}), "no refused label was kept");
 
     // 2,000 session starts: only as many as one node may hold are created, each other one refused.
