@@ -23,7 +23,7 @@ impl Fleet {
             target: target.to_string(),
             detail,
         };
-        if let Err(e) = self.store().insert_audit(&entry).await {
+        if let Err(e) = self.store().insert_audits(vec![entry]).await {
             tracing::error!("cannot write the audit log: {e}");
         }
     }

@@ -78,6 +78,27 @@ impl<I: Send + 'static, O: Send + 'static> Fold<I, O> {
     }
 }
 
+impl<I: Send + 'static> Fold<I, ()> {
+    /// As [`Fold::write`], for writes that give back nothing but whether they worked.
+    pub(crate) async fn write_all<W, F>(
+        &self,
+        task_id: &str,
+        items: Vec<I>,
+        write: W,
+    ) -> Result<(), String>
+    where
+        W: Fn(String, Vec<I>) -> F + Send + 'static,
+        F: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let each = move |task_id, items: Vec<I>| {
+            let n = items.len();
+            let written = write(task_id, items);
+            async move { written.await.map(|()| vec![(); n]) }
+        };
+        self.write(task_id, items, each).await.map(|_| ())
+    }
+}
+
 /// Writes what is queued for the task until nothing is, then leaves the task idle.
 async fn drain<I, O, W, F>(
     tasks: Arc<Mutex<HashMap<String, Queued<I, O>>>>,

@@ -12,7 +12,8 @@ use chrono::Utc;
 use drover_proto::v1::{self, server_message::Msg};
 use drover_types::signing::CommandSignature;
 use drover_types::task::{
-    CreateTask, LateExit, OutputChunk, RunState, Stream, Target, Task, TaskRun, TaskSpec,
+    AuditEntry, CreateTask, LateExit, OutputChunk, RunState, Stream, Target, Task, TaskRun,
+    TaskSpec,
 };
 use tokio::sync::broadcast;
 
@@ -85,6 +86,8 @@ pub struct TaskLive {
     output: Fold<OutputRecord, ()>,
     /// Runs' ends as agents report them, folded per task: (node, patch) -> the run, when it was open.
     ends: Fold<(String, RunPatch), Option<TaskRun>>,
+    /// Audit entries of runs' ends, folded per task.
+    audits: Fold<AuditEntry, ()>,
 }
 
 impl TaskLive {
@@ -612,18 +615,16 @@ impl Fleet {
         let insert = move |task_id: String, records: Vec<OutputRecord>| {
             let store = store.clone();
             async move {
-                let n = records.len();
                 store
                     .insert_output(&task_id, records)
                     .await
-                    .map(|()| vec![(); n])
                     .map_err(|e| e.to_string())
             }
         };
         if let Err(e) = self
             .live()
             .output
-            .write(&out.task_id, records, insert)
+            .write_all(&out.task_id, records, insert)
             .await
         {
             tracing::error!(task = %out.task_id, "cannot store task output: {e}");
@@ -759,13 +760,33 @@ impl Fleet {
         };
         tracing::debug!(task = %task_id, node = %run.node_name, state = run.state.as_str(), code = ?run.exit_code, "task run finished");
         let meta = self.meta(task_id).await?;
-        self.audit(
-            &meta.created_by,
-            "task.finish",
-            &run.node_name,
-            serde_json::json!({"task": task_id, "command": meta.summary, "state": run.state, "exit_code": run.exit_code, "signal": run.signal, "error": run.error}),
-        )
-        .await;
+        // Folded with the task's other ends: a fan-out's thousands of entries cost a few writes.
+        let entry = AuditEntry {
+            id: 0,
+            at: now,
+            actor: meta.created_by.clone(),
+            action: "task.finish".into(),
+            target: run.node_name.clone(),
+            detail: serde_json::json!({"task": task_id, "command": meta.summary, "state": run.state, "exit_code": run.exit_code, "signal": run.signal, "error": run.error}),
+        };
+        let store = self.store.clone();
+        let insert = move |_task_id: String, entries: Vec<AuditEntry>| {
+            let store = store.clone();
+            async move {
+                store
+                    .insert_audits(entries)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = self
+            .live()
+            .audits
+            .write_all(task_id, vec![entry], insert)
+            .await
+        {
+            tracing::error!("cannot write the audit log: {e}");
+        }
         self.publish(task_id, TaskEvent::Exit(run));
         Ok(())
     }

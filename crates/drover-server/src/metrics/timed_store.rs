@@ -93,7 +93,7 @@ timed! {
     insert_output(task_id: &str, chunks: Vec<OutputRecord>) -> ();
     output(task_id: &str, after: i64, limit: usize) -> Vec<(i64, OutputRecord)>;
     stored_seq(task_id: &str, node_id: &str) -> u64;
-    insert_audit(entry: &AuditEntry) -> ();
+    insert_audits(entries: Vec<AuditEntry>) -> ();
     put_manifest(manifest: &Manifest, signature: Option<&Signature>, now: DateTime<Utc>) -> PutManifest;
     list_manifests() -> Vec<StoredManifest>;
     delete_manifest(name: &str) -> bool;

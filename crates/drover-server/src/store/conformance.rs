@@ -183,7 +183,7 @@ async fn pg_an_unreadable_audit_entry_leaves_the_rest_listed(url: String) {
         target: "t".into(),
         detail: serde_json::json!({}),
     };
-    store.insert_audit(&entry).await.unwrap();
+    store.insert_audits(vec![entry]).await.unwrap();
     store
         .execute_raw("INSERT INTO audit (at, actor, action, target, detail) VALUES (now(), 'x', 'y', 'z', '{')")
         .await
@@ -1057,23 +1057,23 @@ async fn blobs_audit_and_fleet_counts(store: Arc<dyn Store>) {
     assert!(store.get_blob("other").await.unwrap().is_none());
 
     let start = Utc::now();
-    for (actor, action, target) in [
+    // One batch: the entries keep their order.
+    let entries = [
         ("admin", "task.create", "all"),
         ("ann", "task.cancel", "node-1"),
         ("ann", "task.create", "node-12"),
-    ] {
-        store
-            .insert_audit(&AuditEntry {
-                id: 0,
-                at: Utc::now(),
-                actor: actor.into(),
-                action: action.into(),
-                target: target.into(),
-                detail: serde_json::json!({"n": 1}),
-            })
-            .await
-            .unwrap();
-    }
+    ]
+    .into_iter()
+    .map(|(actor, action, target)| AuditEntry {
+        id: 0,
+        at: Utc::now(),
+        actor: actor.into(),
+        action: action.into(),
+        target: target.into(),
+        detail: serde_json::json!({"n": 1}),
+    })
+    .collect();
+    store.insert_audits(entries).await.unwrap();
     let list = |f: AuditFilter| {
         let store = store.clone();
         async move {
@@ -1086,6 +1086,12 @@ async fn blobs_audit_and_fleet_counts(store: Arc<dyn Store>) {
     let all = list(AuditFilter::default()).await;
     assert_eq!(all.len(), 3);
     assert!(all[0].id > all[1].id, "newest first");
+    let targets: Vec<&str> = all.iter().map(|e| e.target.as_str()).collect();
+    assert_eq!(
+        targets,
+        ["node-12", "node-1", "all"],
+        "a batch keeps its order"
+    );
     assert_eq!(all[0].detail, serde_json::json!({"n": 1}));
     let by_ann = list(AuditFilter {
         actor: Some("ann".into()),

@@ -299,7 +299,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(i64, OutputRecord)>, StoreError>;
     /// One past the highest output seq stored for a task on a node (0 when none).
     async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError>;
-    async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Appends audit entries, in their order, in one write.
+    async fn insert_audits(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError>;
 
     /// Stores a manifest and its signature; its generation goes up when its content changed. A version
     /// lower than the stored one is refused, and so is new signed content without a higher version.

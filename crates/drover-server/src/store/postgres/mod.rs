@@ -1151,15 +1151,28 @@ impl Store for PgStore {
         Ok(max.map(|m| unsigned(m).saturating_add(1)).unwrap_or(0))
     }
 
-    async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+    async fn insert_audits(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let at: Vec<DateTime<Utc>> = entries.iter().map(|e| e.at).collect();
+        let actor: Vec<&str> = entries.iter().map(|e| e.actor.as_str()).collect();
+        let action: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+        let target: Vec<&str> = entries.iter().map(|e| e.target.as_str()).collect();
+        let detail: Vec<String> = entries.iter().map(|e| to_json(&e.detail)).collect();
+        // In the order given: ids follow it.
         sqlx::query(
-            "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO audit (at, actor, action, target, detail)
+             SELECT e.at, e.actor, e.action, e.target, e.detail
+             FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[])
+                  WITH ORDINALITY AS e(at, actor, action, target, detail, ord)
+             ORDER BY e.ord",
         )
-        .bind(entry.at)
-        .bind(&entry.actor)
-        .bind(&entry.action)
-        .bind(&entry.target)
-        .bind(to_json(&entry.detail))
+        .bind(&at)
+        .bind(&actor)
+        .bind(&action)
+        .bind(&target)
+        .bind(&detail)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -926,14 +926,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        let e = entry.clone();
-        self.read(move |c| {
-            exec(
-                c,
-                "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![e.at, e.actor, e.action, e.target, to_json(&e.detail)],
-            )?;
+    async fn insert_audits(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
+        self.write(move |c| {
+            for e in &entries {
+                exec(
+                    c,
+                    "INSERT INTO audit (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![e.at, e.actor, e.action, e.target, to_json(&e.detail)],
+                )?;
+            }
             Ok(())
         })
         .await
@@ -1343,7 +1344,7 @@ mod tests {
             target: "t".into(),
             detail: serde_json::json!({}),
         };
-        store.insert_audit(&entry).await.unwrap();
+        store.insert_audits(vec![entry]).await.unwrap();
         store
             .write(|c| {
                 exec(
