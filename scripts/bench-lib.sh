@@ -58,6 +58,24 @@ wait_counter() {
   done
 }
 
+# Runs `"${cli[@]}" exec --all -- true` TRIES times and prints p50/p99 of the wall times, or "FAILED after
+# …" at the first failure (a failure is a result too: the benchmark goes on). Uses the caller's `cli` array.
+timed_exec_all() {
+  local tries=$1 t times="$work/exec-times.txt"
+  : >"$times"
+  for _ in $(seq "$tries"); do
+    t=$(now_ns)
+    if ! "${cli[@]}" exec --all -- true >"$work/exec-out.txt" 2>&1; then
+      cat "$work/exec-out.txt" >>"$work/exec.log"
+      echo "FAILED after $(secs_since "$t")s: $(grep -iE 'error|unreachable|lost' "$work/exec-out.txt" | head -1 || true), $(tail -1 "$work/exec-out.txt")"
+      return
+    fi
+    secs_since "$t" >>"$times"
+    echo >>"$times"
+  done
+  grep . "$times" | percentiles
+}
+
 # p50 and p99 (nearest rank) of the numbers on stdin.
 percentiles() {
   sort -n | awk '{ v[NR] = $1 } END {

@@ -147,23 +147,7 @@ done
 record "$(awk -v d="$(($(pg_ticks) - pg0))" -v hz="$hz" -v secs="$IDLE_SECS" -v rss="$(pg_pss)" 'BEGIN {
   printf "idle, PostgreSQL (every postgres process): CPU %.1f %% of one core; PSS %.1f MiB", 100 * d / hz / secs, rss / 1024 }')"
 
-: >"$work/exec.txt"
-failed=""
-for _ in $(seq "$EXEC_TRIES"); do
-  t=$(now_ns)
-  if ! "${cli[@]}" exec --all -- true >"$work/exec-out.txt" 2>&1; then
-    failed="$(secs_since "$t")s: $(grep -iE 'error|unreachable|lost' "$work/exec-out.txt" | head -1 || true), $(tail -1 "$work/exec-out.txt")"
-    cat "$work/exec-out.txt" >>"$work/exec.log"
-    break
-  fi
-  secs_since "$t" >>"$work/exec.txt"
-  echo >>"$work/exec.txt"
-done
-if [[ -n "$failed" ]]; then
-  record "$total agents: exec --all -- true through replica 0 FAILED after $failed"
-else
-  record "$total agents: exec --all -- true through replica 0 ($((total - PER_REPLICA)) of them on other replicas): $(grep . "$work/exec.txt" | percentiles)"
-fi
+record "$total agents: exec --all -- true through replica 0 ($((total - PER_REPLICA)) of them on other replicas): $(timed_exec_all "$EXEC_TRIES")"
 
 : >"$work/apply.txt"
 for try in $(seq "$APPLY_TRIES"); do

@@ -146,24 +146,7 @@ for size in "${sizes[@]}"; do
       n, d / hz, secs, 100 * d / hz / secs, rss / 1024, rss / n, 100 * sd / hz / secs, srss / n }')"
 
   if [[ " $EXEC_SIZES " == *" $size "* ]]; then
-    : >"$work/exec-$size.txt"
-    failed=""
-    for _ in $(seq "$EXEC_TRIES"); do
-      t=$(now_ns)
-      # A failure is a result too: note it and go on with the rest of the benchmark.
-      if ! "${cli[@]}" exec --all -- true >"$work/exec-out.txt" 2>&1; then
-        failed="$(secs_since "$t")s: $(grep -iE 'error|unreachable|lost' "$work/exec-out.txt" | head -1 || true), $(tail -1 "$work/exec-out.txt")"
-        cat "$work/exec-out.txt" >>"$work/exec.log"
-        break
-      fi
-      secs_since "$t" >>"$work/exec-$size.txt"
-      echo >>"$work/exec-$size.txt"
-    done
-    if [[ -n "$failed" ]]; then
-      record "$size agents: exec --all -- true FAILED after $failed"
-    else
-      record "$size agents: exec --all -- true: $(grep . "$work/exec-$size.txt" | percentiles)"
-    fi
+    record "$size agents: exec --all -- true: $(timed_exec_all "$EXEC_TRIES")"
   fi
   prev=$size
 done

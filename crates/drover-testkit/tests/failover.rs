@@ -91,24 +91,19 @@ fn a_task_outlives_the_replica_holding_its_agent_whole_and_run_once() {
     let pg = Postgres::start().unwrap_or_else(|e| panic!("{e:#}"));
     let nats = Nats::start().unwrap_or_else(|e| panic!("{e:#}"));
     let (mut a, b, _secrets) = replicas_on(&pg, Some(&nats));
-    let token = a.join_token(json!({})).unwrap();
     let files = tempfile::tempdir().unwrap();
-    let agent = Agent::start(
-        &a.agent_url(),
+    // Both servers, A first: it attaches to A.
+    let agent = a.attached_agent(
         "edge",
+        json!({}),
         &[
             "--server",
             &b.agent_url(),
-            "--token",
-            &token,
             "--heartbeat-interval",
             "300ms",
             "--allow-shell",
         ],
-    )
-    .unwrap();
-    a.wait_node("edge", "attached to A", |n| n["connected"] == true)
-        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&agent.log(), 30)));
+    );
     let logs = |a: &Server| {
         format!(
             "A's log:\n{}\nB's log:\n{}\nagent log:\n{}",

@@ -24,15 +24,10 @@ struct Cluster {
 }
 
 fn agent_on(server: &Server, name: &str, site: &str) -> Agent {
-    let token = server
-        .join_token(json!({"labels": {"role": "edge", "site": site}}))
-        .unwrap();
-    let agent = Agent::start(
-        &server.agent_url(),
+    server.attached_agent(
         name,
+        json!({"labels": {"role": "edge", "site": site}}),
         &[
-            "--token",
-            &token,
             "--allow-shell",
             "--allow-kind",
             "shell_job",
@@ -40,11 +35,6 @@ fn agent_on(server: &Server, name: &str, site: &str) -> Agent {
             "300ms",
         ],
     )
-    .unwrap();
-    server
-        .wait_node(name, "attached", |n| n["connected"] == true)
-        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&agent.log(), 30)));
-    agent
 }
 
 fn cluster() -> Cluster {

@@ -24,6 +24,23 @@ struct Cluster {
     files: tempfile::TempDir,
 }
 
+/// The join token's request for the tests' agents: one label the manifests select.
+fn edge() -> serde_json::Value {
+    json!({"labels": {"role": "edge"}})
+}
+
+/// The tests' agents run shell commands and may write files under `files`.
+fn edge_args(files: &tempfile::TempDir) -> [&str; 5] {
+    let root = files.path().to_str().expect("a UTF-8 temp dir");
+    [
+        "--allow-shell",
+        "--allow-path",
+        root,
+        "--heartbeat-interval",
+        "300ms",
+    ]
+}
+
 fn cluster() -> Cluster {
     let pg = Postgres::start().unwrap_or_else(|e| panic!("{e:#}"));
     pg.create_database("drover").unwrap();
@@ -32,24 +49,8 @@ fn cluster() -> Cluster {
     let options = || ServerOptions::replica(&pg, Some(&nats), secrets.path());
     let a = Server::start_with(options()).unwrap();
     let b = Server::start_with(options()).unwrap();
-    let token = a.join_token(json!({"labels": {"role": "edge"}})).unwrap();
     let files = tempfile::tempdir().unwrap();
-    let agent = Agent::start(
-        &a.agent_url(),
-        "box",
-        &[
-            "--token",
-            &token,
-            "--allow-shell",
-            "--allow-path",
-            files.path().to_str().unwrap(),
-            "--heartbeat-interval",
-            "300ms",
-        ],
-    )
-    .unwrap();
-    a.wait_node("box", "the agent attached to A", |n| n["connected"] == true)
-        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&agent.log(), 30)));
+    let agent = a.attached_agent("box", edge(), &edge_args(&files));
     Cluster {
         a,
         b,
@@ -436,29 +437,7 @@ fn three_replicas_share_one_fleet() {
     let agents: Vec<Agent> = replicas
         .iter()
         .zip(["on-a", "on-b", "on-c"])
-        .map(|(server, name)| {
-            let token = server
-                .join_token(json!({"labels": {"role": "edge"}}))
-                .unwrap();
-            let agent = Agent::start(
-                &server.agent_url(),
-                name,
-                &[
-                    "--token",
-                    &token,
-                    "--allow-shell",
-                    "--allow-path",
-                    files.path().to_str().unwrap(),
-                    "--heartbeat-interval",
-                    "300ms",
-                ],
-            )
-            .unwrap();
-            server
-                .wait_node(name, "attached", |n| n["connected"] == true)
-                .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&agent.log(), 30)));
-            agent
-        })
+        .map(|(server, name)| server.attached_agent(name, edge(), &edge_args(&files)))
         .collect();
     let logs = || {
         let mut text = String::new();
