@@ -4,9 +4,9 @@
 
 mod history;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use drover_proto::v1::{self, ServerMessage, server_message::Msg};
@@ -29,7 +29,7 @@ pub type LinkSender = mpsc::Sender<Box<ServerMessage>>;
 struct Link {
     serial: u64,
     tx: LinkSender,
-    actions: Vec<ActionInfo>,
+    actions: Arc<[ActionInfo]>,
 }
 
 struct Pending {
@@ -40,6 +40,49 @@ struct Pending {
 struct Session {
     info: SessionInfo,
     history: History,
+}
+
+/// One node's sessions in plugin order, keyed by `info.plugin`. A sorted Vec sized to fit: a node holds
+/// a handful, every connected node has one, and a BTreeMap allocates room for eleven at once.
+#[derive(Default)]
+struct NodeSessions(Vec<Session>);
+
+impl NodeSessions {
+    fn find(&self, plugin: &str) -> Result<usize, usize> {
+        self.0
+            .binary_search_by(|s| s.info.plugin.as_str().cmp(plugin))
+    }
+
+    fn get(&self, plugin: &str) -> Option<&Session> {
+        self.find(plugin).ok().map(|i| &self.0[i])
+    }
+
+    fn get_mut(&mut self, plugin: &str) -> Option<&mut Session> {
+        self.find(plugin).ok().map(|i| &mut self.0[i])
+    }
+
+    /// Adds the session, or replaces the one of the same plugin.
+    fn insert(&mut self, session: Session) {
+        match self.find(&session.info.plugin) {
+            Ok(i) => self.0[i] = session,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, session);
+            }
+        }
+    }
+
+    fn remove(&mut self, plugin: &str) -> Option<Session> {
+        self.find(plugin).ok().map(|i| self.0.remove(i))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.0.iter()
+    }
 }
 
 fn parse(p: &Payload) -> Value {
@@ -64,10 +107,13 @@ pub struct Links {
     links: Mutex<HashMap<String, Link>>,
     pending: Mutex<HashMap<String, Pending>>,
     /// Node id -> plugin -> session. Kept when a stream ends, so the last payload stays visible.
-    sessions: Mutex<HashMap<String, BTreeMap<String, Session>>>,
+    sessions: Mutex<HashMap<String, NodeSessions>>,
     /// Dry runs waiting for their node's plan: request id -> (node id, reply).
     plans: Mutex<HashMap<String, (String, oneshot::Sender<String>)>>,
     next_serial: AtomicU64,
+    /// The action list the last attached node sent: nodes of one agent version send the same list, and
+    /// sharing it saves a copy per node. One entry, so no outsider can grow it.
+    last_actions: Mutex<Option<Arc<[ActionInfo]>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,6 +125,13 @@ impl Links {
     /// Registers a node's stream; returns its serial (a newer stream for the node replaces an older one).
     pub fn attach(&self, node_id: &str, tx: LinkSender, actions: Vec<ActionInfo>) -> u64 {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let actions = {
+            let mut last = lock(&self.last_actions);
+            match &*last {
+                Some(shared) if **shared == *actions => shared.clone(),
+                _ => last.insert(Arc::from(actions)).clone(),
+            }
+        };
         lock(&self.links).insert(
             node_id.to_string(),
             Link {
@@ -136,7 +189,7 @@ impl Links {
     }
 
     pub fn actions(&self, node_id: &str) -> Option<Vec<ActionInfo>> {
-        lock(&self.links).get(node_id).map(|l| l.actions.clone())
+        lock(&self.links).get(node_id).map(|l| l.actions.to_vec())
     }
 
     fn sender(&self, node_id: &str) -> Option<LinkSender> {
@@ -301,16 +354,13 @@ impl Links {
         };
         let mut sessions = lock(&self.sessions);
         let node = sessions.entry(node_id.to_string()).or_default();
-        if node.len() >= MAX_SESSIONS_PER_NODE && !node.contains_key(plugin) {
+        if node.len() >= MAX_SESSIONS_PER_NODE && node.get(plugin).is_none() {
             return Err(SessionRejected::TooMany);
         }
-        node.insert(
-            plugin.to_string(),
-            Session {
-                info,
-                history: History::default(),
-            },
-        );
+        node.insert(Session {
+            info,
+            history: History::default(),
+        });
         Ok(session_id)
     }
 
@@ -368,7 +418,7 @@ impl Links {
     pub fn sessions(&self, node_id: &str) -> Vec<SessionInfo> {
         lock(&self.sessions)
             .get(node_id)
-            .map(|s| s.values().map(|s| s.info.clone()).collect())
+            .map(|s| s.iter().map(|s| s.info.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -412,13 +462,12 @@ impl Links {
             let Some(node) = sessions.get_mut(node_id) else {
                 return 0;
             };
-            let names: Vec<String> = match plugin {
-                Some(p) => node.keys().filter(|k| k.as_str() == p).cloned().collect(),
-                None => node.keys().cloned().collect(),
+            let gone: Vec<Session> = match plugin {
+                Some(p) => node.remove(p).into_iter().collect(),
+                None => std::mem::take(&mut node.0),
             };
-            names
-                .into_iter()
-                .filter_map(|n| node.remove(&n).map(|s| (n, s.info.session_id)))
+            gone.into_iter()
+                .map(|s| (s.info.plugin, s.info.session_id))
                 .collect()
         };
         let message = match plugin {

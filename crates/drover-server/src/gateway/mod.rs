@@ -219,7 +219,7 @@ impl drover_proto::AgentLink for Gateway {
             inbound,
             opened,
         };
-        tokio::spawn(stream.run(agent_hello, open_tasks));
+        tokio::spawn(stream.run(Box::new(agent_hello), open_tasks));
         Ok(Response::new(Box::pin(outbound)))
     }
 }
@@ -240,7 +240,9 @@ struct AgentStream {
 impl AgentStream {
     /// Records the hello and registers the stream, then serves it until either side ends it. Messages the
     /// agent sends meanwhile wait in the stream.
-    async fn run(self, hello: AgentHello, open_tasks: Option<HashSet<String>>) {
+    /// The hello comes boxed: an async fn's arguments stay in its future for its whole life, and this one
+    /// lives as long as the agent is connected.
+    async fn run(self, hello: Box<AgentHello>, open_tasks: Option<HashSet<String>>) {
         let AgentStream {
             fleet,
             mut shutdown,
@@ -258,8 +260,14 @@ impl AgentStream {
         // Held until the refusal is handed over: the response stream ends when its link closes, and a
         // refused attach drops the link it was given.
         let keep = link_tx.clone();
-        let attached = fleet.attach(&node_id, hello, link_tx).await;
-        let (node, _attachment) = match attached {
+        // Boxed, and only the node's name kept from its record: a future holds room for everything any of
+        // its awaits holds, and this task lives as long as the agent is connected.
+        let attached = Box::pin(async {
+            let (node, attachment) = fleet.attach(&node_id, *hello, link_tx).await?;
+            Ok::<_, FleetError>((node.name, attachment))
+        })
+        .await;
+        let (name, _attachment) = match attached {
             Ok(attached) => attached,
             Err(e) => {
                 metrics.agent_connection("attach_refused");
@@ -272,9 +280,9 @@ impl AgentStream {
         drop(keep);
         metrics.agent_connection("attached");
         metrics.agent_connect("attach", opened.elapsed());
-        tracing::info!(node = %node.name, id = %node.id, peer = ?addr, "agent attached");
+        tracing::info!(node = %name, id = %node_id, peer = ?addr, "agent attached");
         {
-            let (fleet, id, name) = (fleet.clone(), node.id.clone(), node.name.clone());
+            let (fleet, id, name) = (fleet.clone(), node_id.clone(), name.clone());
             tokio::spawn(async move {
                 fleet
                     .tasks_on_attach(&id, &name, open_tasks, hello_at)
@@ -289,8 +297,8 @@ impl AgentStream {
                     Ok(Some(AgentMessage { msg: Some(Msg::Heartbeat(hb)) })) => {
                         metrics.heartbeat("grpc");
                         let beat = hb.metrics.unwrap_or_default().into();
-                        if let Err(e) = fleet.stream_heartbeat(&node.id, beat) {
-                            tracing::warn!(node = %node.name, "ignored a heartbeat: {e}");
+                        if let Err(e) = fleet.stream_heartbeat(&node_id, beat) {
+                            tracing::warn!(node = %name, "ignored a heartbeat: {e}");
                             if matches!(e, FleetError::NodeNotFound(_)) {
                                 failure = Some(status(e));
                                 break;
@@ -298,19 +306,19 @@ impl AgentStream {
                         }
                     }
                     Ok(Some(AgentMessage { msg: Some(Msg::Hello(_)) })) => {
-                        tracing::warn!(node = %node.name, "ignored a second Hello on one stream");
+                        tracing::warn!(node = %name, "ignored a second Hello on one stream");
                     }
                     // Boxed: handling a message takes a large future, which an idle stream's task
                     // would otherwise carry for as long as the agent stays connected.
                     Ok(Some(AgentMessage { msg: Some(other) })) => {
-                        Box::pin(fleet.agent_message(&node.id, &node.name, other)).await
+                        Box::pin(fleet.agent_message(&node_id, &name, other)).await
                     }
                     Ok(Some(AgentMessage { msg: None })) => {
-                        tracing::debug!(node = %node.name, "ignored an empty or unknown message");
+                        tracing::debug!(node = %name, "ignored an empty or unknown message");
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::debug!(node = %node.name, "stream ended: {e}");
+                        tracing::debug!(node = %name, "stream ended: {e}");
                         break;
                     }
                 },
@@ -321,7 +329,7 @@ impl AgentStream {
         if let Some(s) = failure {
             let _ = end_tx.send(s);
         }
-        tracing::info!(node = %node.name, id = %node.id, "agent detached");
+        tracing::info!(node = %name, id = %node_id, "agent detached");
     }
 }
 
