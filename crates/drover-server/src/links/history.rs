@@ -20,8 +20,9 @@ pub(super) struct Payload {
 struct Packed {
     at: DateTime<Utc>,
     seq: u64,
-    /// Its length as text: the bound on history bytes counts text, whatever it compresses to.
-    len: usize,
+    /// Its length as text: the bound on history bytes counts text, whatever it compresses to. A u32:
+    /// payloads are bounded far below 4 GiB on arrival, and every session of every node has several.
+    len: u32,
     data: Box<[u8]>,
 }
 
@@ -49,17 +50,22 @@ impl History {
         let added = payload.json.len();
         if let Some(prev) = self.latest.replace(payload) {
             let dict = self.latest.as_ref().map_or(&[][..], |p| p.json.as_bytes());
+            if self.older.capacity() == 0 {
+                // Room for the older payloads kept plus the one added before the oldest goes: growing
+                // by doubling left 16 slots for 9.
+                self.older.reserve_exact(max);
+            }
             self.older.push_back(Packed {
                 at: prev.at,
                 seq: prev.seq,
-                len: prev.json.len(),
+                len: u32::try_from(prev.json.len()).unwrap_or(u32::MAX),
                 data: lz4_flex::block::compress_with_dict(prev.json.as_bytes(), dict).into(),
             });
         }
         self.bytes = self.bytes.saturating_add(added);
         while self.len() > 1 && (self.len() > max || self.bytes > max_bytes) {
             match self.older.pop_front() {
-                Some(old) => self.bytes = self.bytes.saturating_sub(old.len),
+                Some(old) => self.bytes = self.bytes.saturating_sub(old.len as usize),
                 None => break,
             }
         }
@@ -75,9 +81,10 @@ impl History {
         out.push(latest.clone());
         for packed in self.older.iter().rev() {
             let dict = out.last().map_or(&[][..], |p: &Payload| p.json.as_bytes());
-            let text = lz4_flex::block::decompress_with_dict(&packed.data, packed.len, dict)
-                .ok()
-                .and_then(|bytes| String::from_utf8(bytes).ok());
+            let text =
+                lz4_flex::block::decompress_with_dict(&packed.data, packed.len as usize, dict)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok());
             let Some(text) = text else {
                 tracing::warn!(
                     seq = packed.seq,
@@ -132,6 +139,7 @@ mod tests {
         }
         let got = h.samples();
         assert_eq!(got.len(), 10);
+        assert_eq!(h.older.capacity(), 10, "room for the kept payloads only");
         for (g, s) in got.iter().zip(&sent[15..]) {
             assert_eq!((g.seq, &g.json), (s.seq, &s.json));
         }
