@@ -1,5 +1,5 @@
-# Shell helpers shared by the scale benchmarks (sourced, not run). Expects `$work` (the run's temp dir)
-# and the array `sim_pids` (simulator processes) to be set by the caller.
+# Shell helpers shared by the benchmarks (sourced, not run). Expects `$work` (the run's temp dir) and, for
+# the simulator helpers, the array `sim_pids` (simulator processes) to be set by the caller.
 
 log() { echo "[$(date +%T)] $*" >&2; }
 now_ns() { date +%s%N; }
@@ -34,6 +34,32 @@ wait_ports() {
     sleep 0.1
   done
   echo "$what did not open its ports in 30 s; see $work" >&2
+  exit 1
+}
+
+# A server on fresh loopback ports with its data in $work/data, and one agent `n0` (label bench=yes)
+# attached to it, from the binaries in directory $1, the agent started with the flags that follow. Sets
+# `server_pid`, `agent_pid` and the `cli` array; the caller stops both processes.
+start_one_node() {
+  local bin=$1 api grpc token
+  shift
+  api=$(free_port)
+  grpc=$(free_port "$api")
+  : >"$work/empty.toml"
+  env -u DROVER_SERVER -u DROVER_TOKEN "$bin/drover" --data-dir "$work/data" server --config "$work/empty.toml" \
+    --listen "127.0.0.1:$api" --agent-listen "127.0.0.1:$grpc" 2>"$work/server.log" &
+  server_pid=$!
+  wait_ports "$server_pid" "the server" "$api" "$grpc"
+  cli=("$bin/drover" --server "http://127.0.0.1:$api" --data-dir "$work/data")
+  token=$("${cli[@]}" token create --label bench=yes 2>/dev/null)
+  "$bin/drover-agent" --server "https://127.0.0.1:$grpc" --token "$token" --name n0 --state-dir "$work/agent" \
+    --config "$work/empty.toml" --heartbeat-interval 10s "$@" 2>"$work/agent.log" &
+  agent_pid=$!
+  for _ in $(seq 100); do
+    "${cli[@]}" nodes -o json | grep -q '"connected": true' && return
+    sleep 0.1
+  done
+  echo "the agent did not connect in 10 s; see $work" >&2
   exit 1
 }
 
