@@ -5,24 +5,12 @@
 # Usage: scripts/bench-latency.sh [BIN_DIR]   (default: builds release binaries and uses them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TARGET=${CARGO_TARGET_DIR:-$PWD/target}
-BIN=${1:-}
-if [ -z "$BIN" ]; then
-    cargo build --release --locked -p drover-agent -p drover >&2
-    BIN=$TARGET/release
-fi
 command -v hyperfine >/dev/null || { echo "hyperfine is missing: apt-get install -y hyperfine" >&2; exit 1; }
-work=$(mktemp -d)
-server_pid=""
-agent_pid=""
-cleanup() {
-    for p in $agent_pid $server_pid; do kill "$p" 2>/dev/null || true; done
-    for p in $agent_pid $server_pid; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
 # shellcheck source=scripts/bench-lib.sh
 source scripts/bench-lib.sh
+BIN=$(bench_bin "${1:-}")
+work=$(mktemp -d)
+trap stop_one_node EXIT
 mkdir -p "$work/files"
 start_one_node "$BIN" --allow-shell --allow-path "$work/files"
 hyperfine -N --warmup 10 --runs ${RUNS:-200} --export-json "$work/exec.json" "${cli[*]} exec n0 -- true"

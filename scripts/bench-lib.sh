@@ -37,6 +37,20 @@ wait_ports() {
   exit 1
 }
 
+# The directory of the binaries to measure: $1 if given, else release binaries built here.
+bench_bin() {
+  if [[ -n "${1:-}" ]]; then echo "$1"; return; fi
+  cargo build --release --locked -p drover-agent -p drover >&2
+  echo "${CARGO_TARGET_DIR:-$PWD/target}/release"
+}
+
+# Stops what `start_one_node` started and removes $work (an EXIT trap).
+stop_one_node() {
+  for p in ${agent_pid:-} ${server_pid:-}; do kill "$p" 2>/dev/null || true; done
+  for p in ${agent_pid:-} ${server_pid:-}; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+
 # A server on fresh loopback ports with its data in $work/data, and one agent `n0` (label bench=yes)
 # attached to it, from the binaries in directory $1, the agent started with the flags that follow. Sets
 # `server_pid`, `agent_pid` and the `cli` array; the caller stops both processes.

@@ -7,23 +7,11 @@
 # Knobs: RUNS (default 10), MIB (default 64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TARGET=${CARGO_TARGET_DIR:-$PWD/target}
-BIN=${1:-}
-if [ -z "$BIN" ]; then
-    cargo build --release --locked -p drover-agent -p drover >&2
-    BIN=$TARGET/release
-fi
-work=$(mktemp -d)
-server_pid=""
-agent_pid=""
-cleanup() {
-    for p in $agent_pid $server_pid; do kill "$p" 2>/dev/null || true; done
-    for p in $agent_pid $server_pid; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
 # shellcheck source=scripts/bench-lib.sh
 source scripts/bench-lib.sh
+BIN=$(bench_bin "${1:-}")
+work=$(mktemp -d)
+trap stop_one_node EXIT
 start_one_node "$BIN" --allow-exec /usr/bin/cat
 # 3 bytes of input make 4 of base64, plus a newline every 76: just under MIB MiB of text.
 head -c $(( ${MIB:-64} * 1024 * 1024 * 57 / 77 )) /dev/urandom | base64 > "$work/out.txt"
