@@ -3,8 +3,8 @@
 //! output live and exits with its code; a cancel through B stops a long task on A's agent; a manifest
 //! applied through B converges on the agent; an action called through B runs on the agent.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStdout, Stdio};
 
 use drover_testkit::{
     Agent, Nats, Postgres, Server, ServerOptions, TIMEOUT, assert_gone, free_port, process_alive,
@@ -39,6 +39,19 @@ fn edge_args(files: &tempfile::TempDir) -> [&str; 5] {
         "--heartbeat-interval",
         "300ms",
     ]
+}
+
+/// A CLI command through `server`, its output read line by line as it comes.
+fn cli_lines(server: &Server, args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut cli = server
+        .cli_command(args)
+        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(cli.stdout.take().unwrap()).lines();
+    (cli, lines)
 }
 
 fn cluster() -> Cluster {
@@ -269,14 +282,10 @@ fn what_lives_with_the_agents_stream_is_read_and_steered_through_another_replica
 fn output_reaches_a_follower_on_another_replica_while_the_task_runs() {
     let c = cluster();
     // A line, then a long wait: the line can only reach B's CLI live, not at the end.
-    let mut cli =
-        c.b.cli_command(&["exec", "box", "--shell", "echo early-line; sleep 600"])
-            .unwrap()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-    let mut lines = BufReader::new(cli.stdout.take().unwrap()).lines();
+    let (mut cli, mut lines) = cli_lines(
+        &c.b,
+        &["exec", "box", "--shell", "echo early-line; sleep 600"],
+    );
     let first = lines.next().map(|l| l.unwrap_or_default());
     assert_eq!(first.as_deref(), Some("early-line"), "{}", c.logs());
 
@@ -451,14 +460,10 @@ fn three_replicas_share_one_fleet() {
     };
 
     // Through B, on A's agent, with a line that can only reach B's CLI while the task runs.
-    let mut cli = b
-        .cli_command(&["exec", "on-a", "--shell", "echo live; sleep 2; echo after"])
-        .unwrap()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(cli.stdout.take().unwrap()).lines();
+    let (mut cli, mut lines) = cli_lines(
+        b,
+        &["exec", "on-a", "--shell", "echo live; sleep 2; echo after"],
+    );
     assert_eq!(
         lines.next().map(|l| l.unwrap_or_default()).as_deref(),
         Some("live"),
