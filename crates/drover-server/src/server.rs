@@ -16,7 +16,7 @@ use crate::gateway::limits::UnprovenLimits;
 use crate::gateway::{Gateway, tls};
 use crate::metrics::{self, ServerMetrics, TimedStore};
 use crate::pki::{CA_CERT_FILE, Pki, PkiError};
-use crate::store::{PgStore, SqliteStore, Store, StoreError};
+use crate::store::{MetricsHistory, PgStore, SqliteStore, Store, StoreError};
 use drover_files::{create_private_dir, write_atomic};
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -51,7 +51,10 @@ pub struct ServerConfig {
     /// Extra DNS names or IPs for the server certificate (agents verify a fixed name, so this is optional).
     pub agent_sans: Vec<String>,
     pub liveness: LivenessPolicy,
+    /// Metrics samples kept per node.
     pub metrics_history: usize,
+    /// At most one metrics sample per node per this much of the clock.
+    pub metrics_history_interval: Duration,
     pub open_registration: bool,
     /// Selection uses the labels nodes report after enrolling, not only those the operator controls.
     pub trust_reported_labels: bool,
@@ -90,6 +93,7 @@ impl ServerConfig {
             agent_sans: Vec::new(),
             liveness: LivenessPolicy::default(),
             metrics_history: 360,
+            metrics_history_interval: Duration::from_secs(60),
             open_registration: false,
             trust_reported_labels: false,
             lost_after: Duration::from_secs(600),
@@ -372,7 +376,10 @@ impl RunningServer {
             pki.clone(),
             FleetConfig {
                 liveness: config.liveness,
-                metrics_history: config.metrics_history.max(1),
+                metrics_history: MetricsHistory {
+                    keep: config.metrics_history.max(1),
+                    every: config.metrics_history_interval,
+                },
                 open_registration: config.open_registration,
                 trust_reported_labels: config.trust_reported_labels,
                 metrics: metrics.clone(),

@@ -4,11 +4,17 @@
 use std::path::Path;
 use std::time::Duration;
 
-use drover_testkit::{Agent, Server, TIMEOUT, assert_gone, process_alive, wait_for, wait_pid};
+use drover_testkit::{
+    Agent, Server, ServerOptions, TIMEOUT, assert_gone, process_alive, wait_for, wait_pid,
+};
 use serde_json::{Value, json};
 
 fn fleet(extra: &[&str]) -> (Server, Agent, tempfile::TempDir) {
-    let server = Server::start().unwrap();
+    // A history sample per heartbeat, so a test can see heartbeats arrive by the history growing.
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--metrics-history-interval".into(), "100ms".into()],
+    })
+    .unwrap();
     let token = server.join_token(json!({})).unwrap();
     let files = tempfile::tempdir().unwrap();
     let root = files.path().to_str().unwrap().to_string();

@@ -1,6 +1,6 @@
 //! Enrollment with join tokens, capability reports, and every way enrollment or a stream is refused.
 
-use drover_testkit::{Agent, Server};
+use drover_testkit::{Agent, Server, ServerOptions};
 use serde_json::json;
 
 const FAST: &[&str] = &["--heartbeat-interval", "200ms"];
@@ -14,7 +14,11 @@ fn args<'a>(token: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 
 #[test]
 fn agent_enrolls_reports_capabilities_and_heartbeats() {
-    let server = Server::start().unwrap();
+    // A history sample per heartbeat (the default is one a minute), so the history shows them arrive.
+    let server = Server::start_with(ServerOptions {
+        args: vec!["--metrics-history-interval".into(), "100ms".into()],
+    })
+    .unwrap();
     let token = server
         .join_token(json!({"ttl": "10m", "labels": {"zone": "lab"}}))
         .unwrap();

@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::links::Links;
 use crate::pki::{Pki, PkiError};
-use crate::store::{Store, StoreError};
+use crate::store::{MetricsHistory, Store, StoreError};
 
 pub use actions::{CallTicket, MAX_ACTION_DEADLINE};
 pub use audit::node_actor;
@@ -116,8 +116,8 @@ impl From<LimitError> for FleetError {
 
 pub struct FleetConfig {
     pub liveness: LivenessPolicy,
-    /// Metrics samples kept per node.
-    pub metrics_history: usize,
+    /// Which heartbeats each node's metrics history keeps.
+    pub metrics_history: MetricsHistory,
     /// Accept MIaaS registrations without a join token (labs only).
     pub open_registration: bool,
     /// Selection also uses the labels nodes report after enrolling (the behaviour before pending labels).

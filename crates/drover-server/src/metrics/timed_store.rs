@@ -19,8 +19,8 @@ use drover_types::{
 use super::ServerMetrics;
 use crate::store::{
     AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
-    NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord, OutputRecord,
-    PutManifest, RunPatch, RunQuery, Store, StoreError, TaskPage, TaskSummary,
+    MetricsHistory, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord,
+    OutputRecord, PutManifest, RunPatch, RunQuery, Store, StoreError, TaskPage, TaskSummary,
 };
 
 pub struct TimedStore {
@@ -71,8 +71,8 @@ timed! {
     list_nodes() -> Vec<NodeRecord>;
     list_nodes_page(query: &NodeQuery) -> (Vec<NodeRecord>, NodeCounts);
     delete_node(id: &str) -> bool;
-    record_heartbeat(id: &str, at: DateTime<Utc>, metrics: &Metrics, keep: usize) -> bool;
-    record_heartbeats(beats: Vec<(String, DateTime<Utc>, Metrics)>, keep: usize) -> ();
+    record_heartbeat(id: &str, at: DateTime<Utc>, metrics: &Metrics, history: MetricsHistory) -> bool;
+    record_heartbeats(beats: Vec<(String, DateTime<Utc>, Metrics)>, history: MetricsHistory) -> ();
     metrics_history(id: &str, limit: usize) -> Vec<MetricsSample>;
     insert_task(task: &Task) -> ();
     transition_runs(task_id: &str, node_ids: Vec<String>, from: &'static [RunState], patch: RunPatch) -> Vec<TaskRun>;

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence};
 use drover_types::operator::{OperatorInfo, Role};
 use drover_types::signing::Signature;
@@ -16,8 +16,8 @@ use drover_types::token::{JoinTokenInfo, TokenRefusal};
 use drover_types::{Capabilities, Labels, LivenessPolicy, Metrics, NodeStatus, Transport};
 
 use super::{
-    AuditFilter, JoinTokenRecord, NodeQuery, NodeRecord, OperatorRecord, OutputRecord, PgStore,
-    RunPatch, SqliteStore, Store, StoreError,
+    AuditFilter, JoinTokenRecord, MetricsHistory, NodeQuery, NodeRecord, OperatorRecord,
+    OutputRecord, PgStore, RunPatch, SqliteStore, Store, StoreError,
 };
 
 type Case = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -45,6 +45,7 @@ cases!(
     nodes_names_and_bounded_history,
     nodes_change_in_place_and_are_found_by_name_and_token,
     heartbeats_in_one_batch_skip_nodes_that_are_gone,
+    the_history_keeps_one_sample_per_interval_and_every_beat_is_the_latest,
     join_token_limits_are_enforced,
     a_token_stored_with_an_unreadable_expiry_is_listed_and_refused,
     operators_are_stored_found_by_token_and_revoked,
@@ -231,7 +232,7 @@ async fn nodes_names_and_bounded_history(store: Arc<dyn Store>) {
         };
         assert!(
             store
-                .record_heartbeat("a", Utc::now(), &m, 4)
+                .record_heartbeat("a", Utc::now(), &m, MetricsHistory::every_beat(4))
                 .await
                 .unwrap()
         );
@@ -241,7 +242,12 @@ async fn nodes_names_and_bounded_history(store: Arc<dyn Store>) {
     assert_eq!(history[3].metrics.cpu_usage, 9.0);
     assert!(
         !store
-            .record_heartbeat("zz", Utc::now(), &Metrics::default(), 4)
+            .record_heartbeat(
+                "zz",
+                Utc::now(),
+                &Metrics::default(),
+                MetricsHistory::every_beat(4)
+            )
             .await
             .unwrap()
     );
@@ -503,7 +509,12 @@ async fn concurrent_writes_are_committed_together_and_each_is_atomic(store: Arc<
                     ..Metrics::default()
                 };
                 store
-                    .record_heartbeat(&format!("n{i}"), Utc::now(), &m, 5)
+                    .record_heartbeat(
+                        &format!("n{i}"),
+                        Utc::now(),
+                        &m,
+                        MetricsHistory::every_beat(5),
+                    )
                     .await
             }
         })
@@ -850,7 +861,7 @@ async fn heartbeats_in_one_batch_skip_nodes_that_are_gone(store: Arc<dyn Store>)
                 ("b".into(), at, m(3.0)),
                 ("a".into(), at, m(4.0)),
             ],
-            10,
+            MetricsHistory::every_beat(10),
         )
         .await
         .unwrap();
@@ -871,6 +882,50 @@ async fn heartbeats_in_one_batch_skip_nodes_that_are_gone(store: Arc<dyn Store>)
     assert_eq!(history, [1.0, 4.0]);
     assert_eq!(store.metrics_history("b", 10).await.unwrap().len(), 1);
     assert!(store.metrics_history("gone", 10).await.unwrap().is_empty());
+}
+
+async fn the_history_keeps_one_sample_per_interval_and_every_beat_is_the_latest(
+    store: Arc<dyn Store>,
+) {
+    store.insert_node(&node("a", "alpha")).await.unwrap();
+    let history = MetricsHistory {
+        keep: 3,
+        every: Duration::from_secs(60),
+    };
+    let start = "2026-01-01T00:00:05Z".parse::<DateTime<Utc>>().unwrap();
+    // A beat every 10 s; its CPU figure is its second.
+    let beat = |s: i64| {
+        let m = Metrics {
+            cpu_usage: s as f64,
+            ..Metrics::default()
+        };
+        ("a".to_string(), start + chrono::Duration::seconds(s), m)
+    };
+    let samples = |store: Arc<dyn Store>| async move {
+        let h = store.metrics_history("a", 10).await.unwrap();
+        h.iter().map(|s| s.metrics.cpu_usage).collect::<Vec<_>>()
+    };
+    // In one batch, 0..=60 s: the first beat of each minute of the clock is a sample.
+    let batch = (0..=6).map(|i| beat(i * 10)).collect();
+    store.record_heartbeats(batch, history).await.unwrap();
+    assert_eq!(samples(store.clone()).await, [0.0, 60.0]);
+    // One at a time: 70 s is in the same minute as 60 s, 120 s starts the next.
+    for s in [70, 120, 130] {
+        let (id, at, m) = beat(s);
+        assert!(store.record_heartbeat(&id, at, &m, history).await.unwrap());
+    }
+    assert_eq!(samples(store.clone()).await, [0.0, 60.0, 120.0]);
+    let a = store.get_node("a").await.unwrap().unwrap();
+    assert_eq!(
+        a.metrics.unwrap().cpu_usage,
+        130.0,
+        "every beat is the latest"
+    );
+    assert_eq!(a.last_seen, Some(start + chrono::Duration::seconds(130)));
+    // The history stays at its size, the oldest sample going first.
+    let (id, at, m) = beat(180);
+    store.record_heartbeat(&id, at, &m, history).await.unwrap();
+    assert_eq!(samples(store.clone()).await, [60.0, 120.0, 180.0]);
 }
 
 async fn operators_are_stored_found_by_token_and_revoked(store: Arc<dyn Store>) {

@@ -191,20 +191,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<NodeRecord>, NodeCounts), StoreError>;
     /// Returns false when no such node exists. Its metrics history goes with it.
     async fn delete_node(&self, id: &str) -> Result<bool, StoreError>;
-    /// Stores the latest metrics and appends them to the history, keeping the newest `keep` samples.
+    /// Stores the latest metrics and, as `history` says, appends them to the node's history.
     /// Returns false when no such node exists.
     async fn record_heartbeat(
         &self,
         id: &str,
         at: DateTime<Utc>,
         metrics: &Metrics,
-        keep: usize,
+        history: MetricsHistory,
     ) -> Result<bool, StoreError>;
     /// `record_heartbeat` for many nodes in one write; nodes that no longer exist are skipped.
     async fn record_heartbeats(
         &self,
         beats: Vec<(String, DateTime<Utc>, Metrics)>,
-        keep: usize,
+        history: MetricsHistory,
     ) -> Result<(), StoreError>;
     /// The newest `limit` samples, oldest first.
     async fn metrics_history(
@@ -378,6 +378,40 @@ pub struct NodeLiveness {
 
 /// The error of a run cancelled by the server alone, its node being away; a later exit is kept beside it.
 pub const SERVER_ONLY_CANCEL: &str = "the node is not connected; cancelled on the server only";
+
+/// Which heartbeats a node's metrics history keeps. Every beat updates the node's latest metrics; the
+/// history takes at most one sample per `every` of the clock, so at fleet size a beat usually costs one row
+/// update instead of an insert, an index entry and a prune.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricsHistory {
+    /// Samples kept per node, newest first.
+    pub keep: usize,
+    /// One sample per this much of the clock (a beat in the same slot as the newest sample is not kept).
+    pub every: std::time::Duration,
+}
+
+impl MetricsHistory {
+    /// Every beat is a sample.
+    pub fn every_beat(keep: usize) -> Self {
+        Self {
+            keep,
+            every: std::time::Duration::ZERO,
+        }
+    }
+
+    /// Whether a beat at `at` becomes a sample, the node's newest sample being at `newest`.
+    pub fn samples(&self, newest: Option<DateTime<Utc>>, at: DateTime<Utc>) -> bool {
+        let every = i64::try_from(self.every.as_millis()).unwrap_or(i64::MAX);
+        match newest {
+            _ if every == 0 => true,
+            None => true,
+            Some(newest) => {
+                at.timestamp_millis().div_euclid(every)
+                    != newest.timestamp_millis().div_euclid(every)
+            }
+        }
+    }
+}
 
 /// A change to a node, applied to the stored record inside the store's write.
 pub type NodeChange = Box<dyn FnOnce(&mut NodeRecord) + Send>;

@@ -14,7 +14,7 @@ use super::fleet::status_class;
 use super::view::{self, Nav};
 use crate::api::{ApiError, ApiState, Caller};
 
-/// Metrics samples drawn in a chart.
+/// Metrics samples drawn in a chart (an hour at the default history interval).
 const SAMPLES: usize = 60;
 /// Runs listed.
 const RUNS: usize = 10;

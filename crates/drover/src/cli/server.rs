@@ -79,9 +79,13 @@ pub struct ServerArgs {
     /// A node is Offline after this many of its heartbeat intervals without one [default: 5].
     #[arg(long, env = "DROVER_OFFLINE_AFTER")]
     pub offline_after: Option<f64>,
-    /// Metrics samples kept per node [default: 360].
+    /// Metrics samples kept per node [default: 360: six hours at one a minute].
     #[arg(long, env = "DROVER_METRICS_HISTORY")]
     pub metrics_history: Option<usize>,
+    /// At most one metrics sample per node per this much of the clock; every heartbeat still updates a
+    /// node's latest metrics [default: 1m].
+    #[arg(long, env = "DROVER_METRICS_HISTORY_INTERVAL")]
+    pub metrics_history_interval: Option<String>,
     /// A task's run ends as Lost when its node has not been heard from for this long [default: 10m].
     #[arg(long, env = "DROVER_LOST_AFTER")]
     pub lost_after: Option<String>,
@@ -128,6 +132,7 @@ struct FileConfig {
     not_ready_after: Option<f64>,
     offline_after: Option<f64>,
     metrics_history: Option<usize>,
+    metrics_history_interval: Option<String>,
     lost_after: Option<String>,
     task_retention: Option<String>,
     task_output_limit: Option<String>,
@@ -214,6 +219,14 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
             bail!("--metrics-history must be at least 1");
         }
         config.metrics_history = n;
+    }
+    if let Some(t) = args
+        .metrics_history_interval
+        .clone()
+        .or(file.metrics_history_interval)
+    {
+        config.metrics_history_interval =
+            parse_duration(&t).context("--metrics-history-interval")?;
     }
     if let Some(t) = args.lost_after.clone().or(file.lost_after) {
         config.lost_after = parse_duration(&t).context("--lost-after")?;

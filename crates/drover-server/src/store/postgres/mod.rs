@@ -25,8 +25,9 @@ use sqlx::{Connection, Executor, Postgres, Row};
 use super::codec::{from_json, manifest_put, patch_json, readable, to_json};
 use super::{
     AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
-    NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord, OutputRecord,
-    PutManifest, RunPatch, RunQuery, Sealed, Store, StoreError, TaskPage, TaskSummary,
+    MetricsHistory, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord,
+    OutputRecord, PutManifest, RunPatch, RunQuery, Sealed, Store, StoreError, TaskPage,
+    TaskSummary,
 };
 use schema::MIGRATIONS;
 
@@ -313,16 +314,13 @@ fn state_names(states: &[RunState]) -> Vec<&'static str> {
     states.iter().map(|s| s.as_str()).collect()
 }
 
-/// Heartbeats in one transaction: each node's latest sample, every sample in its history, and the
-/// history pruned to `keep`. Returns how many of the nodes exist.
+/// Heartbeats in one transaction: each node's latest sample, the samples `history` takes in its history,
+/// and the history pruned to its size. Returns how many of the nodes exist.
 async fn beats(
     pool: &PgPool,
     beats: &[(String, DateTime<Utc>, String)],
-    keep: usize,
+    history: MetricsHistory,
 ) -> Result<u64, StoreError> {
-    let ids: Vec<&str> = beats.iter().map(|b| b.0.as_str()).collect();
-    let ats: Vec<DateTime<Utc>> = beats.iter().map(|b| b.1).collect();
-    let metrics: Vec<&str> = beats.iter().map(|b| b.2.as_str()).collect();
     // A node beating twice in one batch: its last beat is its latest (the order they came in).
     let mut latest: Vec<(&str, DateTime<Utc>, &str)> = Vec::with_capacity(beats.len());
     let mut seen = std::collections::HashMap::new();
@@ -357,6 +355,33 @@ async fn beats(
     .await?
     .rows_affected();
     if updated > 0 {
+        let mut newest: std::collections::HashMap<String, DateTime<Utc>> =
+            if history.every.is_zero() {
+                Default::default()
+            } else {
+                sqlx::query_as(
+                    "SELECT DISTINCT ON (node_id) node_id, at FROM metrics_history
+                     WHERE node_id = ANY($1) ORDER BY node_id, seq DESC",
+                )
+                .bind(&l_ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect()
+            };
+        let mut sampled: Vec<&(String, DateTime<Utc>, String)> = Vec::with_capacity(beats.len());
+        for b in beats {
+            if history.samples(newest.get(&b.0).copied(), b.1) {
+                newest.insert(b.0.clone(), b.1);
+                sampled.push(b);
+            }
+        }
+        let ids: Vec<&str> = sampled.iter().map(|b| b.0.as_str()).collect();
+        let ats: Vec<DateTime<Utc>> = sampled.iter().map(|b| b.1).collect();
+        let metrics: Vec<&str> = sampled.iter().map(|b| b.2.as_str()).collect();
+        let mut pruned = ids.clone();
+        pruned.sort_unstable();
+        pruned.dedup();
         sqlx::query(
             "INSERT INTO metrics_history (node_id, at, metrics)
              SELECT b.id, b.at, b.metrics
@@ -374,8 +399,8 @@ async fn beats(
                                 FROM metrics_history WHERE node_id = ANY($1)) h
                WHERE h.n > $2)",
         )
-        .bind(&l_ids)
-        .bind(big(keep))
+        .bind(&pruned)
+        .bind(big(history.keep))
         .execute(&mut *tx)
         .await?;
     }
@@ -750,16 +775,16 @@ impl Store for PgStore {
         id: &str,
         at: DateTime<Utc>,
         metrics: &Metrics,
-        keep: usize,
+        history: MetricsHistory,
     ) -> Result<bool, StoreError> {
         let beat = [(id.to_string(), at, to_json(metrics))];
-        Ok(beats(&self.pool, &beat, keep).await? > 0)
+        Ok(beats(&self.pool, &beat, history).await? > 0)
     }
 
     async fn record_heartbeats(
         &self,
         list: Vec<(String, DateTime<Utc>, Metrics)>,
-        keep: usize,
+        history: MetricsHistory,
     ) -> Result<(), StoreError> {
         if list.is_empty() {
             return Ok(());
@@ -768,7 +793,7 @@ impl Store for PgStore {
             .into_iter()
             .map(|(id, at, m)| (id, at, to_json(&m)))
             .collect();
-        beats(&self.pool, &encoded, keep).await?;
+        beats(&self.pool, &encoded, history).await?;
         Ok(())
     }
 

@@ -22,8 +22,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::codec::{from_json, manifest_put, patch_json, readable, state_list, to_json};
 use super::{
     AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
-    NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord, OutputRecord,
-    PutManifest, RunPatch, RunQuery, Store, StoreError, TaskPage, TaskSummary,
+    MetricsHistory, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord,
+    OutputRecord, PutManifest, RunPatch, RunQuery, Store, StoreError, TaskPage, TaskSummary,
 };
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
 use drover_types::operator::OperatorInfo;
@@ -80,27 +80,50 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// One heartbeat: the node's latest metrics and a history sample, pruned to `keep`. False for no such node.
+/// One heartbeat: the node's latest metrics and, when `history` takes it, a sample, the history pruned to
+/// its size. False for no such node.
 fn beat(
     c: &Connection,
     id: &str,
     at: DateTime<Utc>,
     json: &str,
-    keep: usize,
+    history: MetricsHistory,
 ) -> Result<bool, StoreError> {
-    let updated = c
-        .prepare_cached("UPDATE nodes SET last_seen = ?2, metrics = ?3 WHERE id = ?1")?
-        .execute(params![id, ts(at), json])?;
+    let updated = exec(
+        c,
+        "UPDATE nodes SET last_seen = ?2, metrics = ?3 WHERE id = ?1",
+        params![id, ts(at), json],
+    )?;
     if updated == 0 {
         return Ok(false);
     }
-    c.prepare_cached("INSERT INTO metrics_history (node_id, at, metrics) VALUES (?1, ?2, ?3)")?
-        .execute(params![id, ts(at), json])?;
-    c.prepare_cached(
+    let newest = if history.every.is_zero() {
+        None
+    } else {
+        row(
+            c,
+            "SELECT at FROM metrics_history WHERE node_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [id],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        // A sample whose time cannot be read does not stop the history.
+        .and_then(|t| parse_ts(&t, "metrics time").ok())
+    };
+    if !history.samples(newest, at) {
+        return Ok(true);
+    }
+    exec(
+        c,
+        "INSERT INTO metrics_history (node_id, at, metrics) VALUES (?1, ?2, ?3)",
+        params![id, ts(at), json],
+    )?;
+    exec(
+        c,
         "DELETE FROM metrics_history WHERE node_id = ?1 AND seq <=
            (SELECT seq FROM metrics_history WHERE node_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
-    )?
-    .execute(params![id, keep as i64])?;
+        params![id, history.keep.min(i64::MAX as usize) as i64],
+    )?;
     Ok(true)
 }
 
@@ -514,20 +537,20 @@ impl Store for SqliteStore {
         id: &str,
         at: DateTime<Utc>,
         metrics: &Metrics,
-        keep: usize,
+        history: MetricsHistory,
     ) -> Result<bool, StoreError> {
         let (id, json) = (id.to_string(), to_json(metrics));
-        self.write(move |c| beat(c, &id, at, &json, keep)).await
+        self.write(move |c| beat(c, &id, at, &json, history)).await
     }
 
     async fn record_heartbeats(
         &self,
         beats: Vec<(String, DateTime<Utc>, Metrics)>,
-        keep: usize,
+        history: MetricsHistory,
     ) -> Result<(), StoreError> {
         self.write(move |c| {
             for (id, at, metrics) in &beats {
-                beat(c, id, *at, &to_json(metrics), keep)?;
+                beat(c, id, *at, &to_json(metrics), history)?;
             }
             Ok(())
         })

@@ -35,6 +35,9 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Each queued write runs in its own savepoint, whose journal SQLite keeps as a temporary file by
+    // default: every page a write touched was written there first.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
 }
