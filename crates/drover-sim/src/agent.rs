@@ -57,7 +57,7 @@ pub async fn run(index: u32, config: Arc<Config>) {
     let mut agent = SimAgent {
         index,
         config: config.clone(),
-        tasks: TaskTable::default(),
+        tasks: TaskTable::new(config.task_output.clone()),
         desired: None,
         fetched: Vec::new(),
         last_report: None,

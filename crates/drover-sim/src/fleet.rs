@@ -31,6 +31,8 @@ pub struct Options {
     pub ramp: f64,
     pub heartbeat: Duration,
     pub task_delay: Duration,
+    /// Bytes each task prints.
+    pub task_output: usize,
     pub sessions: usize,
     pub change_probability: f64,
     pub labels: Vec<String>,
@@ -50,6 +52,8 @@ pub struct Config {
     pub ramp: f64,
     pub heartbeat: Duration,
     pub task_delay: Duration,
+    /// What each task prints.
+    pub task_output: Arc<crate::tasks::Output>,
     pub plugins: Vec<Plugin>,
     pub change_probability: f64,
     pub labels: Labels,
@@ -86,6 +90,7 @@ impl Config {
             ramp: o.ramp,
             heartbeat: o.heartbeat,
             task_delay: o.task_delay,
+            task_output: Arc::new(crate::tasks::Output::new(o.task_output)),
             plugins,
             change_probability: o.change_probability,
             labels,
@@ -185,6 +190,7 @@ mod tests {
             ramp: 1.0,
             heartbeat: Duration::from_secs(10),
             task_delay: Duration::ZERO,
+            task_output: 16,
             sessions: 2,
             change_probability: 0.2,
             labels: vec!["role=edge".into()],

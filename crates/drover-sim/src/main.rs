@@ -22,6 +22,7 @@ const EXAMPLES: &str = "Examples:
   drover-sim --state-dir /var/tmp/sim --agents 19000            # again: reconnects, no enrollment
   drover-sim --state-dir /var/tmp/sim --agents 10000 --start-index 10000 --token drv1.… --server …
   drover-sim … --status-file /tmp/sim.json --stats-interval 5s --task-delay 2s
+  drover-sim … --task-output 256KiB                               # every task prints 256 KiB
 
 Each agent keeps its key and certificate in STATE_DIR/agents/NNNNN. A status line
 (`agents=… enrolled=… connected=… …`) goes to stderr every --stats-interval; --status-file
@@ -56,6 +57,10 @@ struct Args {
     /// How long a task "runs" before it exits (0: at once)
     #[arg(long, default_value = "0s", value_parser = duration)]
     task_delay: Duration,
+    /// What each task prints, in bytes (`16`, `256KiB`; at most 1MiB, the most a real agent sends in one
+    /// message): large output keeps the server's per-connection read buffers large
+    #[arg(long, default_value = "16", value_parser = output_size)]
+    task_output: usize,
     /// Daemon-plugin sessions per agent (the first N of the agent's plugins; 0: none)
     #[arg(long, default_value_t = 5)]
     sessions: usize,
@@ -88,6 +93,15 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// An output size, at most what one agent message carries.
+fn output_size(s: &str) -> Result<usize, String> {
+    let n = drover_types::size::parse_size(s).map_err(|e| e.to_string())?;
+    match usize::try_from(n) {
+        Ok(n) if (1..=tasks::MAX_OUTPUT).contains(&n) => Ok(n),
+        _ => Err(format!("{s}: give 1 byte to 1MiB")),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -117,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         ramp: args.ramp,
         heartbeat: args.heartbeat_interval,
         task_delay: args.task_delay,
+        task_output: args.task_output,
         sessions: args.sessions,
         change_probability: args.change_probability,
         labels: args.labels,
@@ -168,5 +183,15 @@ mod tests {
         assert_eq!(args.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(args.task_delay, Duration::ZERO);
         assert_eq!(args.reconnect_cap, Duration::from_secs(30));
+        assert_eq!(args.task_output, 16);
+    }
+
+    #[test]
+    fn output_sizes_are_bounded_by_one_agent_message() {
+        assert_eq!(output_size("256KiB").unwrap(), 256 * 1024);
+        assert_eq!(output_size("1MiB").unwrap(), 1024 * 1024);
+        assert!(output_size("0").is_err());
+        assert!(output_size("2MiB").is_err());
+        assert!(output_size("lots").is_err());
     }
 }

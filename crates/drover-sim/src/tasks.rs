@@ -1,15 +1,17 @@
-//! The simulated agent's task table, in memory: a task "runs" for the configured delay and succeeds, its one
-//! output chunk and its exit are kept until the server acknowledges the exit and resent after a reconnect,
+//! The simulated agent's task table, in memory: a task "runs" for the configured delay and succeeds, its
+//! output (one message) and its exit are kept until the server acknowledges the exit and resent after a
+//! reconnect,
 //! and its id is remembered afterwards so a redelivered start is not run twice (as the real agent does
 //! with its on-disk outbox).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_agent::tasks::outbox::{Chunk, Exit};
 use drover_agent::tasks::{Ended, exit_message, output_message};
 use drover_proto::v1::agent_message::Msg;
-use drover_types::task::TaskSpec;
+use drover_types::task::{MAX_CHUNK_BYTES, TaskSpec};
 use tokio::time::Instant;
 
 /// Finished and acknowledged ids remembered per agent (the real agent keeps 10,000 on disk; a simulated
@@ -21,22 +23,58 @@ enum Open {
     Finished(Exit),
 }
 
+/// Output printed once the agent sends a message: the real agent sends up to this much per message.
+pub const MAX_OUTPUT: usize = 1024 * 1024;
+
+/// What every simulated task prints, cut into chunks as the agent cuts them.
+#[derive(Debug)]
+pub struct Output(Vec<Vec<u8>>);
+
+impl Output {
+    /// `bytes` of lines (at least one byte, at most `MAX_OUTPUT`).
+    pub fn new(bytes: usize) -> Self {
+        let line = b"simulated: task output\n";
+        let data: Vec<u8> = line
+            .iter()
+            .copied()
+            .cycle()
+            .take(bytes.clamp(1, MAX_OUTPUT))
+            .collect();
+        Self(data.chunks(MAX_CHUNK_BYTES).map(<[u8]>::to_vec).collect())
+    }
+
+    fn message(&self, task_id: &str) -> Msg {
+        let chunks = self.0.iter().zip(0..);
+        output_message(
+            task_id,
+            chunks
+                .map(|(data, seq)| Chunk {
+                    seq,
+                    stream: 1,
+                    data: data.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Output chunks before the exit.
+    fn chunks(&self) -> u64 {
+        self.0.len() as u64
+    }
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Self(vec![b"simulated: done\n".to_vec()])
+    }
+}
+
 #[derive(Default)]
 pub struct TaskTable {
+    output: Arc<Output>,
     open: BTreeMap<String, Open>,
     done: HashSet<String>,
     done_order: VecDeque<String>,
-}
-
-fn output(task_id: &str) -> Msg {
-    output_message(
-        task_id,
-        vec![Chunk {
-            seq: 0,
-            stream: 1,
-            data: b"simulated: done\n".to_vec(),
-        }],
-    )
 }
 
 /// The end after `seq` output chunks.
@@ -51,6 +89,13 @@ fn exit(seq: u64, ended: Ended) -> Exit {
 }
 
 impl TaskTable {
+    pub fn new(output: Arc<Output>) -> Self {
+        Self {
+            output,
+            ..Self::default()
+        }
+    }
+
     /// A TaskStart: what to send now.
     pub fn start(
         &mut self,
@@ -71,7 +116,7 @@ impl TaskTable {
                 0,
                 Ended::error(format!("this agent does not understand the task: {e}")),
             )),
-            Ok(_) if delay.is_zero() => Open::Finished(exit(1, Ended::ok())),
+            Ok(_) if delay.is_zero() => Open::Finished(exit(self.output.chunks(), Ended::ok())),
             Ok(_) => Open::Running { due: now + delay },
         };
         self.open.insert(task_id.to_string(), entry);
@@ -82,10 +127,13 @@ impl TaskTable {
     fn resend(&self, task_id: &str) -> Vec<Msg> {
         match self.open.get(task_id) {
             None => vec![],
-            Some(Open::Running { .. }) => vec![output(task_id)],
+            Some(Open::Running { .. }) => vec![self.output.message(task_id)],
             Some(Open::Finished(e)) if e.seq == 0 => vec![Msg::TaskExit(exit_message(task_id, e))],
             Some(Open::Finished(e)) => {
-                vec![output(task_id), Msg::TaskExit(exit_message(task_id, e))]
+                vec![
+                    self.output.message(task_id),
+                    Msg::TaskExit(exit_message(task_id, e)),
+                ]
             }
         }
     }
@@ -103,7 +151,7 @@ impl TaskTable {
             return vec![];
         }
         let e = exit(
-            1,
+            self.output.chunks(),
             Ended {
                 state: "Cancelled",
                 exit_code: None,
@@ -121,7 +169,7 @@ impl TaskTable {
         let mut out = vec![];
         for (id, entry) in self.open.iter_mut() {
             if matches!(entry, Open::Running { due } if *due <= now) {
-                let e = exit(1, Ended::ok());
+                let e = exit(self.output.chunks(), Ended::ok());
                 out.push(Msg::TaskExit(exit_message(id, &e)));
                 *entry = Open::Finished(e);
             }
@@ -221,6 +269,18 @@ mod tests {
         assert_eq!(kinds(&t.finish_due(now + d)), ["exit:Succeeded:1"]);
         assert_eq!(t.next_due(), None);
         assert_eq!(t.open_ids(), ["a", "b"]);
+    }
+
+    #[test]
+    fn larger_output_travels_in_chunks_of_at_most_the_agents_size_and_the_exit_counts_them() {
+        let mut t = TaskTable::new(Arc::new(Output::new(150 * 1024)));
+        let sent = t.start("a", SPEC, Instant::now(), Duration::ZERO);
+        let Msg::TaskOutput(o) = &sent[0] else {
+            panic!("output first: {}", kinds(&sent).join(","));
+        };
+        let sizes: Vec<usize> = o.chunks.iter().map(|c| c.data.len()).collect();
+        assert_eq!(sizes, [64 * 1024, 64 * 1024, 22 * 1024]);
+        assert_eq!(kinds(&sent[1..]), ["exit:Succeeded:3"]);
     }
 
     #[test]
