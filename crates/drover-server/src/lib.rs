@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod fleet;
 pub mod gateway;
 pub mod links;
+mod memory;
 pub mod metrics;
 pub mod pki;
 pub mod server;

@@ -14,6 +14,7 @@ use crate::api::{self, ApiState, ApiTls, ApiTlsError};
 use crate::fleet::{Fleet, FleetConfig};
 use crate::gateway::limits::UnprovenLimits;
 use crate::gateway::{Gateway, tls};
+use crate::memory;
 use crate::metrics::{self, ServerMetrics, TimedStore};
 use crate::pki::{CA_CERT_FILE, Pki, PkiError};
 use crate::store::{MetricsHistory, PgStore, SqliteStore, Store, StoreError};
@@ -284,11 +285,17 @@ async fn lead(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Housekeeping: runs whose node went silent end as Lost; channels nobody follows go; old tasks and output go.
+/// Housekeeping: runs whose node went silent end as Lost; channels nobody follows go; old tasks and output go;
+/// freed memory goes back to the system.
 async fn janitor(fleet: Arc<Fleet>, config: ServerConfig, mut shutdown: watch::Receiver<bool>) {
     let every = (config.lost_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let mut since_retention = RETENTION_EVERY;
+    let mut since_release = Duration::ZERO;
     loop {
+        if since_release >= memory::RELEASE_EVERY {
+            since_release = Duration::ZERO;
+            memory::release_free_memory().await;
+        }
         // Channels are this replica's own; the store's records are swept by the leader alone.
         let leader = fleet.is_leader();
         if leader && since_retention >= RETENTION_EVERY {
@@ -313,6 +320,7 @@ async fn janitor(fleet: Arc<Fleet>, config: ServerConfig, mut shutdown: watch::R
             _ = shutdown.changed() => return,
         }
         since_retention += every;
+        since_release += every;
         fleet.sweep_followers();
         if !fleet.is_leader() {
             continue;
