@@ -1,15 +1,18 @@
-//! A store-level benchmark of the operator's convergence reads (`manifest_counts`, `convergence_page`)
-//! on a SQLite store filled through the `Store` trait. Ignored by default; run it on the profiling build:
+//! Store-level benchmarks on a SQLite store filled through the `Store` trait: the operator's convergence
+//! reads (`manifest_counts`, `convergence_page`) and a fan-out's run transitions. Ignored by default; run
+//! them on the profiling build:
 //! `cargo test --profile profiling -p drover-server --lib store::bench -- --ignored --nocapture`
-//! (`NODES`, default 5000, and `RESOURCES` per report, default 1).
+//! (`NODES`, default 5000; `RESOURCES` per report, default 1; `BATCH`, nodes per transition, default 1000).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drover_types::manifest::{NodeConvergence, ResourceState, ResourceStatus};
 
-use super::conformance::node;
+use super::RunPatch;
+use super::conformance::{node, task};
 use super::{ConvergenceQuery, SqliteStore, Store};
+use drover_types::task::RunState;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -121,5 +124,37 @@ async fn convergence_reads_at_fleet_size() {
         })
         .await;
         println!("convergence_page {what}: {took}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand (see the module's doc)"]
+async fn run_transitions_of_a_fan_out() {
+    let (nodes, batch) = (env("NODES", 5000), env("BATCH", 1000).max(1));
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+    let ids: Vec<String> = (0..nodes).map(|i| format!("id-{i:05}")).collect();
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    for round in 0..3 {
+        let id = format!("task-{round}");
+        store.insert_task(&task(&id, &names)).await.unwrap();
+        const PENDING: &[RunState] = &[RunState::Pending];
+        const RUNNING: &[RunState] = &[RunState::Running];
+        for (from, to) in [(PENDING, RunState::Running), (RUNNING, RunState::Succeeded)] {
+            let start = Instant::now();
+            let mut moved = 0;
+            for slice in ids.chunks(batch) {
+                moved += store
+                    .transition_runs(&id, slice.to_vec(), from, RunPatch::to(to))
+                    .await
+                    .unwrap()
+                    .len();
+            }
+            assert_eq!(moved, nodes);
+            println!(
+                "{id}: {nodes} runs to {to:?} in batches of {batch}: {:.1} ms",
+                start.elapsed().as_secs_f64() * 1000.0
+            );
+        }
     }
 }

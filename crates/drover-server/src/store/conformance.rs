@@ -344,7 +344,7 @@ async fn a_token_stored_with_an_unreadable_expiry_is_listed_and_refused(store: A
     assert!(store.revoke_join_token("far").await.unwrap());
 }
 
-fn task(id: &str, nodes: &[&str]) -> Task {
+pub(super) fn task(id: &str, nodes: &[&str]) -> Task {
     Task {
         id: id.into(),
         target: drover_types::task::Target::All,

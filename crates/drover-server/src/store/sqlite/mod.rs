@@ -616,30 +616,37 @@ impl Store for SqliteStore {
         let id = task_id.to_string();
         let changes = patch_json(&patch);
         self.write(move |c| {
+            // One statement for the batch: the guard is `state IN (from)`, so a run moved meanwhile is left
+            // alone.
             let mut stmt = c.prepare_cached(&format!(
                 "UPDATE task_runs SET run = json_patch(run, ?3), state = ?4, final = ?5
-                 WHERE task_id = ?1 AND node_id = ?2 AND state IN ({}) RETURNING run",
+                 WHERE task_id = ?1 AND node_id IN (SELECT value FROM json_each(?2))
+                   AND state IN ({}) RETURNING node_id, run",
                 state_list(from)
             ))?;
-            let mut moved = Vec::new();
-            for node_id in &node_ids {
-                let run: Option<String> = stmt
-                    .query_row(
-                        params![
-                            id,
-                            node_id,
-                            changes,
-                            patch.state.as_str(),
-                            patch.state.is_final()
-                        ],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if let Some(run) = run {
-                    moved.push(from_json(&run, "task run")?);
-                }
-            }
-            Ok(moved)
+            let rows = stmt
+                .query_map(
+                    params![
+                        id,
+                        to_json(&node_ids),
+                        changes,
+                        patch.state.as_str(),
+                        patch.state.is_final()
+                    ],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            // In the order asked.
+            let order: std::collections::HashMap<&str, usize> = node_ids
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), i))
+                .collect();
+            let mut rows = rows;
+            rows.sort_by_key(|(node, _)| order.get(node.as_str()).copied().unwrap_or(usize::MAX));
+            rows.iter()
+                .map(|(_, run)| from_json(run, "task run"))
+                .collect()
         })
         .await
     }
