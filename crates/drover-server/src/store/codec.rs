@@ -21,6 +21,22 @@ pub(super) fn from_json<T: serde::de::DeserializeOwned>(
 }
 
 /// Run states as an SQL list. They are our own constant names, so inlining them is safe.
+/// Runs a transition returned as (node id, run JSON), decoded in the order their nodes were asked for.
+pub(super) fn runs_in_order_asked(
+    node_ids: &[String],
+    mut rows: Vec<(String, String)>,
+) -> Result<Vec<drover_types::task::TaskRun>, StoreError> {
+    let order: std::collections::HashMap<&str, usize> = node_ids
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    rows.sort_by_key(|(node, _)| order.get(node.as_str()).copied().unwrap_or(usize::MAX));
+    rows.iter()
+        .map(|(_, run)| from_json(run, "task run"))
+        .collect()
+}
+
 pub(super) fn state_list(states: &[RunState]) -> String {
     states
         .iter()

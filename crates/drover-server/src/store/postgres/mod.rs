@@ -22,7 +22,7 @@ use drover_types::{
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, Postgres, Row};
 
-use super::codec::{from_json, manifest_put, patch_json, readable, to_json};
+use super::codec::{from_json, manifest_put, patch_json, readable, runs_in_order_asked, to_json};
 use super::{
     AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
     MetricsHistory, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord,
@@ -883,17 +883,7 @@ impl Store for PgStore {
         .bind(state_names(from))
         .fetch_all(&self.pool)
         .await?;
-        // In the order asked, as SQLite returns them.
-        let order: std::collections::HashMap<&str, usize> = node_ids
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.as_str(), i))
-            .collect();
-        let mut rows = rows;
-        rows.sort_by_key(|(node, _)| order.get(node.as_str()).copied().unwrap_or(usize::MAX));
-        rows.iter()
-            .map(|(_, run)| from_json(run, "task run"))
-            .collect()
+        runs_in_order_asked(&node_ids, rows)
     }
 
     async fn record_late_exit(

@@ -19,7 +19,9 @@ use drover_types::{
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::codec::{from_json, manifest_put, patch_json, readable, state_list, to_json};
+use super::codec::{
+    from_json, manifest_put, patch_json, readable, runs_in_order_asked, state_list, to_json,
+};
 use super::{
     AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
     MetricsHistory, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord,
@@ -636,17 +638,7 @@ impl Store for SqliteStore {
                     |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
-            // In the order asked.
-            let order: std::collections::HashMap<&str, usize> = node_ids
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.as_str(), i))
-                .collect();
-            let mut rows = rows;
-            rows.sort_by_key(|(node, _)| order.get(node.as_str()).copied().unwrap_or(usize::MAX));
-            rows.iter()
-                .map(|(_, run)| from_json(run, "task run"))
-                .collect()
+            runs_in_order_asked(&node_ids, rows)
         })
         .await
     }
