@@ -3,8 +3,6 @@
 //! values), so a full history costs a fraction of its text. Every attached node holds several sessions,
 //! so this is per-node memory at fleet size (docs/benchmarks.md, "Server memory per idle agent").
 
-use std::collections::VecDeque;
-
 use chrono::{DateTime, Utc};
 
 /// A payload as the agent sent it: JSON text, checked on arrival, parsed only when someone looks (a
@@ -16,59 +14,105 @@ pub(super) struct Payload {
     pub json: Box<str>,
 }
 
-/// An older payload, compressed with the next newer payload's text as the dictionary.
-struct Packed {
+/// An older payload as kept: compressed with the next newer payload's text as the dictionary.
+struct Packed<'a> {
     at: DateTime<Utc>,
     seq: u64,
-    /// Its length as text: the bound on history bytes counts text, whatever it compresses to. A u32:
-    /// payloads are bounded far below 4 GiB on arrival, and every session of every node has several.
+    /// Its length as text: the bound on history bytes counts text, whatever it compresses to.
     len: u32,
-    data: Box<[u8]>,
+    data: &'a [u8],
+}
+
+/// A packed payload's header: seconds, nanoseconds, seq, text length, packed length.
+const HEADER: usize = 8 + 4 + 8 + 4 + 4;
+
+impl Packed<'_> {
+    fn size(&self) -> usize {
+        HEADER + self.data.len()
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.at.timestamp().to_le_bytes());
+        out.extend_from_slice(&self.at.timestamp_subsec_nanos().to_le_bytes());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.len.to_le_bytes());
+        // Packed data is never longer than its text, and text lengths are u32.
+        let packed = u32::try_from(self.data.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&packed.to_le_bytes());
+        out.extend_from_slice(self.data);
+    }
+
+    /// The first packed payload in `buf`, or None at its end (or at bytes this module did not write).
+    fn read(buf: &[u8]) -> Option<Packed<'_>> {
+        let secs = i64::from_le_bytes(buf.get(0..8)?.try_into().ok()?);
+        let nanos = u32::from_le_bytes(buf.get(8..12)?.try_into().ok()?);
+        let seq = u64::from_le_bytes(buf.get(12..20)?.try_into().ok()?);
+        let len = u32::from_le_bytes(buf.get(20..24)?.try_into().ok()?);
+        let packed = u32::from_le_bytes(buf.get(24..HEADER)?.try_into().ok()?) as usize;
+        Some(Packed {
+            at: DateTime::from_timestamp(secs, nanos)?,
+            seq,
+            len,
+            data: buf.get(HEADER..HEADER.checked_add(packed)?)?,
+        })
+    }
 }
 
 #[derive(Default)]
 pub(super) struct History {
     latest: Option<Payload>,
-    /// Oldest first.
-    older: VecDeque<Packed>,
+    /// The older payloads, oldest first, one after another in one allocation sized to fit. A queue of
+    /// boxed payloads cost some 250 bytes more per session (a slot for each payload kept, an allocation
+    /// each), and every node holds several sessions.
+    older: Vec<u8>,
     /// Text bytes of every payload kept.
     bytes: usize,
 }
 
 impl History {
-    pub fn len(&self) -> usize {
-        self.older.len() + usize::from(self.latest.is_some())
-    }
-
     pub fn latest(&self) -> Option<&Payload> {
         self.latest.as_ref()
+    }
+
+    /// The older payloads, oldest first.
+    fn packed(&self) -> impl Iterator<Item = Packed<'_>> {
+        let mut rest = &self.older[..];
+        std::iter::from_fn(move || {
+            let p = Packed::read(rest)?;
+            rest = rest.get(p.size()..).unwrap_or_default();
+            Some(p)
+        })
     }
 
     /// Adds the newest payload; the oldest go while more than `max` payloads or `max_bytes` of text are
     /// kept. The latest always stays.
     pub fn push(&mut self, payload: Payload, max: usize, max_bytes: usize) {
-        let added = payload.json.len();
-        if let Some(prev) = self.latest.replace(payload) {
-            let dict = self.latest.as_ref().map_or(&[][..], |p| p.json.as_bytes());
-            if self.older.capacity() == 0 {
-                // Room for the older payloads kept plus the one added before the oldest goes: growing
-                // by doubling left 16 slots for 9.
-                self.older.reserve_exact(max);
-            }
-            self.older.push_back(Packed {
-                at: prev.at,
-                seq: prev.seq,
-                len: u32::try_from(prev.json.len()).unwrap_or(u32::MAX),
-                data: lz4_flex::block::compress_with_dict(prev.json.as_bytes(), dict).into(),
-            });
+        self.bytes = self.bytes.saturating_add(payload.json.len());
+        let Some(prev) = self.latest.replace(payload) else {
+            return;
+        };
+        let dict = self.latest.as_ref().map_or(&[][..], |p| p.json.as_bytes());
+        let data = lz4_flex::block::compress_with_dict(prev.json.as_bytes(), dict);
+        let added = Packed {
+            at: prev.at,
+            seq: prev.seq,
+            len: u32::try_from(prev.json.len()).unwrap_or(u32::MAX),
+            data: &data,
+        };
+        // The oldest go first, the one just packed last, while the bounds are passed.
+        let kept: Vec<Packed<'_>> = self.packed().chain([added]).collect();
+        let (mut first, mut bytes) = (0, self.bytes);
+        while first < kept.len() && (kept.len() - first + 1 > max || bytes > max_bytes) {
+            bytes = bytes.saturating_sub(kept[first].len as usize);
+            first += 1;
         }
-        self.bytes = self.bytes.saturating_add(added);
-        while self.len() > 1 && (self.len() > max || self.bytes > max_bytes) {
-            match self.older.pop_front() {
-                Some(old) => self.bytes = self.bytes.saturating_sub(old.len as usize),
-                None => break,
-            }
+        let kept = &kept[first..];
+        let mut older = Vec::with_capacity(kept.iter().map(Packed::size).sum());
+        for p in kept {
+            p.write(&mut older);
         }
+        self.older = older;
+        self.bytes = bytes;
     }
 
     /// Every payload kept, oldest first, as text. Each older one is unpacked with the text after it; one
@@ -77,12 +121,13 @@ impl History {
         let Some(latest) = &self.latest else {
             return Vec::new();
         };
-        let mut out = Vec::with_capacity(self.len());
+        let packed: Vec<Packed<'_>> = self.packed().collect();
+        let mut out = Vec::with_capacity(packed.len() + 1);
         out.push(latest.clone());
-        for packed in self.older.iter().rev() {
+        for packed in packed.iter().rev() {
             let dict = out.last().map_or(&[][..], |p: &Payload| p.json.as_bytes());
             let text =
-                lz4_flex::block::decompress_with_dict(&packed.data, packed.len as usize, dict)
+                lz4_flex::block::decompress_with_dict(packed.data, packed.len as usize, dict)
                     .ok()
                     .and_then(|bytes| String::from_utf8(bytes).ok());
             let Some(text) = text else {
@@ -105,7 +150,7 @@ impl History {
     /// Bytes held for the older payloads (packed), for tests and measurements.
     #[cfg(test)]
     fn packed_bytes(&self) -> usize {
-        self.older.iter().map(|p| p.data.len()).sum()
+        self.packed().map(|p| p.data.len()).sum()
     }
 }
 
@@ -139,9 +184,13 @@ mod tests {
         }
         let got = h.samples();
         assert_eq!(got.len(), 10);
-        assert_eq!(h.older.capacity(), 10, "room for the kept payloads only");
+        assert_eq!(
+            h.older.capacity(),
+            h.older.len(),
+            "room for the kept payloads only"
+        );
         for (g, s) in got.iter().zip(&sent[15..]) {
-            assert_eq!((g.seq, &g.json), (s.seq, &s.json));
+            assert_eq!((g.at, g.seq, &g.json), (s.at, s.seq, &s.json));
         }
         assert_eq!(h.latest().map(|p| p.seq), Some(24));
         let text: usize = sent[15..24].iter().map(|p| p.json.len()).sum();
