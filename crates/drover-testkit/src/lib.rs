@@ -381,6 +381,27 @@ impl Server {
         .with_context(|| format!("server log:\n{}", tail(&self.log(), 40)))
     }
 
+    /// Starts an agent named `edge`, enrolled with the label `role=edge`, files allowed under `root`,
+    /// 300 ms heartbeats and 500 ms resyncs, plus `extra` flags; returns it once its node is connected,
+    /// with the node.
+    pub fn start_edge_agent(&self, root: &str, extra: &[&str]) -> anyhow::Result<(Agent, Value)> {
+        let token = self.join_token(serde_json::json!({"labels": {"role": "edge"}}))?;
+        let mut args = vec![
+            "--token",
+            &token,
+            "--heartbeat-interval",
+            "300ms",
+            "--allow-path",
+            root,
+            "--resync-interval",
+            "500ms",
+        ];
+        args.extend_from_slice(extra);
+        let agent = Agent::start(&self.agent_url(), "edge", &args)?;
+        let node = self.wait_node("edge", "connected", |n| n["connected"] == true)?;
+        Ok((agent, node))
+    }
+
     /// Creates a task through the REST API and returns it.
     pub fn create_task(&self, request: Value) -> anyhow::Result<Value> {
         let reply = self.post("/api/v1/tasks", Some(&self.admin_token()), &request)?;

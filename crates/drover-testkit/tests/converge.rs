@@ -16,25 +16,8 @@ struct Fleet {
 fn fleet(extra: &[&str]) -> Fleet {
     let server = Server::start().unwrap();
     let files = tempfile::tempdir().unwrap();
-    let token = server
-        .join_token(json!({"labels": {"role": "edge"}}))
-        .unwrap();
     let root = files.path().to_str().unwrap().to_string();
-    let mut args = vec![
-        "--token",
-        &token,
-        "--heartbeat-interval",
-        "300ms",
-        "--allow-path",
-        &root,
-        "--resync-interval",
-        "500ms",
-    ];
-    args.extend_from_slice(extra);
-    let agent = Agent::start(&server.agent_url(), "edge", &args).unwrap();
-    server
-        .wait_node("edge", "connected", |n| n["connected"] == true)
-        .unwrap();
+    let (agent, _) = server.start_edge_agent(&root, extra).unwrap();
     Fleet {
         server,
         agent,

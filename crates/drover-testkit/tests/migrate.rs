@@ -2,7 +2,7 @@
 //! PostgreSQL cluster (started by the test), then served from it on the same data dir, with the agent
 //! reconnecting without enrolling again.
 
-use drover_testkit::{Agent, Postgres, Server, ServerOptions, TIMEOUT, drover_cli, tail, wait_for};
+use drover_testkit::{Postgres, Server, ServerOptions, TIMEOUT, drover_cli, tail, wait_for};
 use serde_json::{Value, json};
 
 fn converged(server: &Server) -> Option<Value> {
@@ -42,24 +42,7 @@ fn a_sqlite_fleet_moves_to_postgres_and_its_agent_stays_enrolled() {
 
     let files = tempfile::tempdir().unwrap();
     let root = files.path().to_str().unwrap().to_string();
-    let token = server
-        .join_token(json!({"labels": {"role": "edge"}}))
-        .unwrap();
-    let args = [
-        "--token",
-        &token,
-        "--heartbeat-interval",
-        "300ms",
-        "--allow-shell",
-        "--allow-path",
-        &root,
-        "--resync-interval",
-        "500ms",
-    ];
-    let agent = Agent::start(&server.agent_url(), "edge", &args).unwrap();
-    let node = server
-        .wait_node("edge", "connected", |n| n["connected"] == true)
-        .unwrap();
+    let (agent, node) = server.start_edge_agent(&root, &["--allow-shell"]).unwrap();
 
     // A finished task with output, a converged manifest, an operator.
     let task = server

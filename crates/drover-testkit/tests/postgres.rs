@@ -1,7 +1,7 @@
 //! `drover server --database postgres://…` with a real agent: the fleet's records live in a real
 //! PostgreSQL cluster (started by the test, removed at its end) and are all there after a restart.
 
-use drover_testkit::{Agent, Postgres, Server, ServerOptions, TIMEOUT, tail, wait_for};
+use drover_testkit::{Postgres, Server, ServerOptions, TIMEOUT, tail, wait_for};
 use serde_json::{Value, json};
 
 fn run_of<'a>(task: &'a Value, node: &str) -> &'a Value {
@@ -36,24 +36,7 @@ fn a_server_on_postgres_enrolls_runs_applies_and_keeps_it_all_across_a_restart()
 
     let files = tempfile::tempdir().unwrap();
     let root = files.path().to_str().unwrap().to_string();
-    let token = server
-        .join_token(json!({"labels": {"role": "edge"}}))
-        .unwrap();
-    let args = [
-        "--token",
-        &token,
-        "--heartbeat-interval",
-        "300ms",
-        "--allow-shell",
-        "--allow-path",
-        &root,
-        "--resync-interval",
-        "500ms",
-    ];
-    let agent = Agent::start(&server.agent_url(), "edge", &args).unwrap();
-    let node = server
-        .wait_node("edge", "connected", |n| n["connected"] == true)
-        .unwrap();
+    let (agent, node) = server.start_edge_agent(&root, &["--allow-shell"]).unwrap();
 
     // A task, with its output.
     let task = server
