@@ -30,7 +30,8 @@ enum NodesCommand {
     },
     /// Show one node in full (NODE is its id or name).
     Show { node: String },
-    /// Show a node's recent metrics, oldest first.
+    /// Show a node's recent metrics, oldest first (one sample a minute by default: the server's
+    /// --metrics-history-interval).
     Metrics {
         node: String,
         /// How many samples.

@@ -336,6 +336,45 @@ pub async fn run(args: ServerArgs, global: &Global) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+    use std::time::Duration;
+
+    /// `drover server` with these flags and this config file, resolved.
+    fn resolved(flags: &[&str], file: &str) -> anyhow::Result<ServerConfig> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, file)?;
+        let mut argv = vec![
+            "drover",
+            "server",
+            "--config",
+            path.to_str().unwrap_or_default(),
+        ];
+        argv.extend_from_slice(flags);
+        let cli = super::super::Cli::try_parse_from(argv)?;
+        let super::super::Command::Server(args) = &cli.command else {
+            anyhow::bail!("not the server command");
+        };
+        Ok(resolve(args, &cli.global)?.0)
+    }
+
+    #[test]
+    fn the_metrics_history_interval_comes_from_the_flag_over_the_file_and_is_never_zero() {
+        let every =
+            |flags: &[&str], file: &str| resolved(flags, file).map(|c| c.metrics_history_interval);
+        assert_eq!(every(&[], "").unwrap(), Duration::from_secs(60));
+        let file = "metrics_history_interval = \"5m\"\n";
+        assert_eq!(every(&[], file).unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            every(&["--metrics-history-interval", "10s"], file).unwrap(),
+            Duration::from_secs(10)
+        );
+        let zero = every(&["--metrics-history-interval", "0"], "").unwrap_err();
+        assert!(
+            format!("{zero:#}").contains("--metrics-history-interval"),
+            "{zero:#}"
+        );
+    }
 
     #[test]
     fn advertise_urls_are_absolute_http_urls() {
