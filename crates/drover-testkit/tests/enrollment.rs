@@ -13,6 +13,32 @@ fn args<'a>(token: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 #[test]
+fn the_history_keeps_a_sample_a_minute_while_the_node_shows_every_beat() {
+    let server = Server::start().unwrap();
+    let token = server.join_token(json!({})).unwrap();
+    let _agent = Agent::start(&server.agent_url(), "edge-1", &args(&token, &[])).unwrap();
+    // Five heartbeats (200 ms apart), each seen as the node's latest.
+    let mut seen = std::collections::BTreeSet::new();
+    drover_testkit::wait_for("five heartbeats", drover_testkit::TIMEOUT, || {
+        let nodes = server.nodes().ok()?;
+        let node = nodes.iter().find(|n| n["name"] == "edge-1")?;
+        if node["metrics"].is_object() {
+            seen.insert(node["last_seen"].as_str()?.to_string());
+        }
+        (seen.len() >= 5).then_some(())
+    })
+    .unwrap();
+    let history = server.get("/api/v1/nodes/edge-1/metrics").unwrap();
+    let samples = history.body.as_array().unwrap().len();
+    // One sample per minute of the clock: two if these seconds crossed into a new minute.
+    assert!(
+        (1..=2).contains(&samples),
+        "{samples} samples after a few seconds of heartbeats: {}",
+        history.body
+    );
+}
+
+#[test]
 fn agent_enrolls_reports_capabilities_and_heartbeats() {
     // A history sample per heartbeat (the default is one a minute), so the history shows them arrive.
     let server = Server::start_with(ServerOptions {

@@ -541,12 +541,15 @@ impl Fleet {
             })
             .unwrap_or_default();
         let mut samples = self.store.metrics_history(&node.id, limit).await?;
-        let newest_stored = samples.last().map(|s| s.at);
-        samples.extend(
-            pending
-                .into_iter()
-                .filter(|p| newest_stored.is_none_or(|t| p.at > t)),
-        );
+        // Only those the history will keep once written (a sample a minute by default).
+        let mut newest = samples.last().map(|s| s.at);
+        for p in pending {
+            if newest.is_none_or(|t| p.at > t) && self.config.metrics_history.samples(newest, p.at)
+            {
+                newest = Some(p.at);
+                samples.push(p);
+            }
+        }
         let skip = samples.len().saturating_sub(limit);
         Ok(samples.split_off(skip))
     }

@@ -125,10 +125,17 @@ fn facts(n: &Node) -> Vec<(&'static str, String)> {
 async fn live(s: &ApiState, id: &str) -> Result<Live, ApiError> {
     let node = s.fleet.node(id).await?;
     let history = s.fleet.metrics_history(&node.id, SAMPLES).await?;
-    let series = |f: fn(&drover_types::Metrics) -> f64| -> Vec<f64> {
-        history.iter().map(|m| f(&m.metrics)).collect()
-    };
     let latest = node.metrics.as_ref();
+    // The history keeps a sample a minute; the latest heartbeat ends the line, so it is current.
+    let mut points: Vec<&drover_types::Metrics> = history.iter().map(|m| &m.metrics).collect();
+    if let (Some(m), Some(seen)) = (latest, node.last_seen)
+        && history.last().is_none_or(|h| h.at < seen)
+    {
+        points.push(m);
+    }
+    let series = |f: fn(&drover_types::Metrics) -> f64| -> Vec<f64> {
+        points.iter().map(|m| f(m)).collect()
+    };
     let mut charts = vec![
         Chart {
             title: "CPU",
@@ -150,7 +157,7 @@ async fn live(s: &ApiState, id: &str) -> Result<Live, ApiError> {
             svg: sparkline(&series(|m| m.disk_free_mb as f64), None, "Disk free MB"),
         },
     ];
-    if history.iter().any(|m| m.metrics.load1.is_some()) {
+    if points.iter().any(|m| m.load1.is_some()) {
         charts.push(Chart {
             title: "Load (1 min)",
             now: latest
