@@ -1,8 +1,7 @@
 //! The simulated agent's task table, in memory: a task "runs" for the configured delay and succeeds, its
 //! output (one message) and its exit are kept until the server acknowledges the exit and resent after a
-//! reconnect,
-//! and its id is remembered afterwards so a redelivered start is not run twice (as the real agent does
-//! with its on-disk outbox).
+//! reconnect, and its id is remembered afterwards so a redelivered start is not run twice (as the real
+//! agent does with its on-disk outbox).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -23,7 +22,7 @@ enum Open {
     Finished(Exit),
 }
 
-/// Output printed once the agent sends a message: the real agent sends up to this much per message.
+/// The most output a simulated task prints: one message, as much as the real agent sends in one.
 pub const MAX_OUTPUT: usize = 1024 * 1024;
 
 /// What every simulated task prints, cut into chunks as the agent cuts them.

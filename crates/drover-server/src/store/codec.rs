@@ -20,7 +20,6 @@ pub(super) fn from_json<T: serde::de::DeserializeOwned>(
     serde_json::from_str(text).map_err(|source| StoreError::Corrupt { what, source })
 }
 
-/// Run states as an SQL list. They are our own constant names, so inlining them is safe.
 /// Runs a transition returned as (node id, run JSON), decoded in the order their nodes were asked for.
 pub(super) fn runs_in_order_asked(
     node_ids: &[String],
@@ -37,6 +36,7 @@ pub(super) fn runs_in_order_asked(
         .collect()
 }
 
+/// Run states as an SQL list. They are our own constant names, so inlining them is safe.
 pub(super) fn state_list(states: &[RunState]) -> String {
     states
         .iter()

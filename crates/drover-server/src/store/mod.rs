@@ -392,6 +392,7 @@ pub struct MetricsHistory {
 
 impl MetricsHistory {
     /// Every beat is a sample.
+    #[cfg(test)]
     pub fn every_beat(keep: usize) -> Self {
         Self {
             keep,
@@ -402,14 +403,8 @@ impl MetricsHistory {
     /// Whether a beat at `at` becomes a sample, the node's newest sample being at `newest`.
     pub fn samples(&self, newest: Option<DateTime<Utc>>, at: DateTime<Utc>) -> bool {
         let every = i64::try_from(self.every.as_millis()).unwrap_or(i64::MAX);
-        match newest {
-            _ if every == 0 => true,
-            None => true,
-            Some(newest) => {
-                at.timestamp_millis().div_euclid(every)
-                    != newest.timestamp_millis().div_euclid(every)
-            }
-        }
+        let slot = |t: DateTime<Utc>| t.timestamp_millis().div_euclid(every.max(1));
+        every == 0 || newest.is_none_or(|newest| slot(newest) != slot(at))
     }
 }
 
