@@ -207,7 +207,10 @@ fn endpoint(url: &str, tls: ClientTlsConfig) -> Result<Endpoint, IdentityError> 
         .map_err(|e| IdentityError::BadUrl(url.into(), e.to_string()))
         .map(|e| {
             e.connect_timeout(CONNECT_TIMEOUT)
-                .http2_keep_alive_interval(Duration::from_secs(20))
+                // The server sends nothing to an idle agent, so these pings are what the server answers at idle:
+                // every 30 s notices a silently vanished server within 50 s (a restarted one closes the
+                // connection, which is noticed at once).
+                .http2_keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(20))
                 .keep_alive_while_idle(true)
                 // HTTP/2's default 64 KiB window would hold bulk output (and blobs) to a trickle.

@@ -71,9 +71,12 @@ pub struct ServerConfig {
     pub metrics_per_node: bool,
 }
 
-/// Agent connections are pinged this often; one that does not answer within `KEEPALIVE_TIMEOUT` is dropped,
-/// and its node shows as disconnected: a dead peer (a partition, a frozen machine) is noticed within 20 s.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// An agent connection with nothing read from it for this long is pinged; one that does not answer within
+/// `KEEPALIVE_TIMEOUT` is dropped, and its node shows as disconnected: a dead peer (a partition, a frozen
+/// machine) is noticed within 25 s. Longer than the default heartbeat (10 s) so that a healthy agent's beats
+/// keep its connection proven and it is never pinged: at 19,000 agents a ping racing every beat was a third
+/// of the server's network reads at idle.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often stream heartbeats are written.
 const HEARTBEAT_FLUSH: Duration = Duration::from_secs(1);
