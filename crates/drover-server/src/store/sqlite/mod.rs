@@ -91,30 +91,26 @@ fn beat(
     json: &str,
     history: MetricsHistory,
 ) -> Result<bool, StoreError> {
-    let updated = exec(
+    let Some(newest) = row(
         c,
-        "UPDATE nodes SET last_seen = ?2, metrics = ?3 WHERE id = ?1",
+        "UPDATE nodes SET last_seen = ?2, metrics = ?3 WHERE id = ?1 RETURNING history_at",
         params![id, ts(at), json],
-    )?;
-    if updated == 0 {
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .optional()?
+    else {
         return Ok(false);
-    }
-    let newest = if history.every.is_zero() {
-        None
-    } else {
-        row(
-            c,
-            "SELECT at FROM metrics_history WHERE node_id = ?1 ORDER BY seq DESC LIMIT 1",
-            [id],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()?
-        // A sample whose time cannot be read does not stop the history.
-        .and_then(|t| parse_ts(&t, "metrics time").ok())
     };
+    // A sample whose time cannot be read does not stop the history.
+    let newest = newest.and_then(|t| parse_ts(&t, "metrics time").ok());
     if !history.samples(newest, at) {
         return Ok(true);
     }
+    exec(
+        c,
+        "UPDATE nodes SET history_at = ?2 WHERE id = ?1",
+        params![id, ts(at)],
+    )?;
     exec(
         c,
         "INSERT INTO metrics_history (node_id, at, metrics) VALUES (?1, ?2, ?3)",
@@ -1352,6 +1348,50 @@ mod tests {
             ["r1", "r2", "x"],
             "in the report's order; the unreadable report is skipped"
         );
+    }
+
+    #[test]
+    fn migration_12_keeps_the_history_to_a_sample_a_minute_across_the_upgrade() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        let before = &MIGRATIONS[..11];
+        for sql in before {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before.len() as i64)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO nodes (id, name, transport, labels, registered_at, heartbeat_interval_ms, capabilities)
+             VALUES ('a', 'alpha', 'grpc', '{}', '2026-01-01T00:00:00Z', 1000, '{}'),
+                    ('b', 'beta', 'grpc', '{}', '2026-01-01T00:00:00Z', 1000, '{}');
+             INSERT INTO metrics_history (node_id, at, metrics) VALUES
+                 ('a', '2026-01-01T00:00:05+00:00', '{}'), ('a', '2026-01-01T00:00:10+00:00', '{}');",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let history = MetricsHistory {
+            keep: 10,
+            every: std::time::Duration::from_secs(60),
+        };
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let beat_at = |id: &str, t: &str| beat(&conn, id, at(t), "{}", history).unwrap();
+        let samples = |id: &str| -> i64 {
+            conn.query_row(
+                "SELECT count(*) FROM metrics_history WHERE node_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        // a's newest sample (00:00:10) is found in its row: a beat in that minute adds none.
+        assert!(beat_at("a", "2026-01-01T00:00:40Z"));
+        assert_eq!(samples("a"), 2);
+        assert!(beat_at("a", "2026-01-01T00:01:00Z"));
+        assert_eq!(samples("a"), 3, "the next minute's first beat is a sample");
+        // b had none: its first beat is one.
+        assert!(beat_at("b", "2026-01-01T00:00:40Z"));
+        assert_eq!(samples("b"), 1);
+        assert!(!beat_at("nobody", "2026-01-01T00:00:40Z"), "no such node");
     }
 
     #[tokio::test]

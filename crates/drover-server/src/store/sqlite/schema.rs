@@ -155,4 +155,12 @@ SELECT node_id, pos, manifest, COALESCE(resource, ''), COALESCE(state, '') FROM 
     WHERE json_valid(v.report) AND json_type(v.report, '$.resources') = 'array')
 WHERE typeof(manifest) = 'text';
 "#,
+    // The time of each node's newest history sample beside its latest beat, so a heartbeat learns whether
+    // it starts a new sample from the row it updates anyway instead of a read of the history's index (at
+    // 19,000 nodes that read was most of the store's page reads at idle). Written with each sample.
+    r#"
+ALTER TABLE nodes ADD COLUMN history_at TEXT;
+UPDATE nodes SET history_at =
+    (SELECT at FROM metrics_history WHERE node_id = nodes.id ORDER BY seq DESC LIMIT 1);
+"#,
 ];
