@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
@@ -27,6 +27,14 @@ use crate::pki::{Pki, node_id_from_cert};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The client's HTTP/2 connection preface (RFC 9113, 3.4).
 const PREFACE_BYTES: usize = 24;
+/// TLS handshakes in progress at once; more accepted connections wait their turn, in order. Without a
+/// bound, a whole fleet reconnecting at once shares the server's cores between thousands of handshakes, none
+/// finishes within `HANDSHAKE_TIMEOUT`, and every agent pays a failure and a longer backoff; with one, they
+/// finish in turn, each in milliseconds. Waiting happens accepted, not in the kernel's queue: one that
+/// overflows drops connects, which agents give up on after 10 s.
+pub const HANDSHAKES_AT_ONCE: usize = 256;
+/// How long an accepted connection may wait for its handshake's turn before it is closed.
+pub const HANDSHAKE_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who is on the other end of a connection, as proven by TLS.
 #[derive(Debug, Clone)]
@@ -135,15 +143,26 @@ fn describe_handshake_error(e: &std::io::Error) -> String {
     }
 }
 
-/// Accepts TCP connections and hands finished TLS connections to tonic. Handshakes run concurrently so
-/// a slow or hostile client never blocks others.
+/// Accepts TCP connections and hands finished TLS connections to tonic. Up to `HANDSHAKES_AT_ONCE`
+/// handshakes run concurrently, each in its own task and under its own deadline, so a slow client holds up
+/// no other's beyond its slot.
 pub fn incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
     metrics: Arc<ServerMetrics>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<AgentConn, std::io::Error>> {
+    incoming_bounded(listener, config, metrics, HANDSHAKES_AT_ONCE)
+}
+
+fn incoming_bounded(
+    listener: TcpListener,
+    config: rustls::ServerConfig,
+    metrics: Arc<ServerMetrics>,
+    at_once: usize,
+) -> tokio_stream::wrappers::ReceiverStream<Result<AgentConn, std::io::Error>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = mpsc::channel(64);
+    let handshakes = Arc::new(Semaphore::new(at_once));
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
@@ -158,11 +177,25 @@ pub fn incoming(
                 _ = tx.closed() => return,
             };
             let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
+            let handshakes = handshakes.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let began = std::time::Instant::now();
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                {
+                let slot =
+                    match tokio::time::timeout(HANDSHAKE_QUEUE_TIMEOUT, handshakes.acquire_owned())
+                        .await
+                    {
+                        Ok(Ok(slot)) => slot,
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            metrics.agent_connection("handshake_timeout");
+                            tracing::debug!(peer = %addr, "no TLS handshake slot in time");
+                            return;
+                        }
+                    };
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(slot);
+                let tls = match handshake {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         metrics.agent_connection("handshake_failed");
@@ -199,4 +232,63 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn a_handshake_past_the_bound_waits_for_a_slot_and_then_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, _) = Pki::load_or_create(dir.path(), &["localhost".into()]).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(ServerMetrics::new(false));
+        let mut conns = incoming_bounded(listener, server_config(&pki).unwrap(), metrics, 1);
+
+        // A client that connects and says nothing holds the only slot.
+        let silent = TcpStream::connect(addr).await.unwrap();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(pki.ca_der().to_vec()))
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let mut second = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await?;
+            let name = ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut second)
+                .await
+                .is_err(),
+            "a handshake finished while the only slot was taken"
+        );
+
+        // The silent client leaves: its handshake fails, the slot frees, and the waiting one goes through.
+        drop(silent);
+        let done = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the waiting handshake finishes once the slot is free");
+        done.unwrap().expect("the handshake succeeds");
+        let conn = tokio::time::timeout(Duration::from_secs(10), conns.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            conn.peer.node_id.is_none(),
+            "no client certificate, no node"
+        );
+    }
 }
