@@ -62,8 +62,15 @@ pub(super) fn desired_update(state: &DesiredState) -> v1::DesiredStateUpdate {
 
 /// Bytes per BlobData piece.
 const BLOB_PIECE: usize = 1024 * 1024;
-/// Nodes whose desired state is recomputed at once.
-const RECOMPUTE_AT_ONCE: usize = 64;
+/// Nodes whose desired state is recomputed at once, at most: their writes share the store's group commits
+/// (up to 1,024 writes each), so a fleet-wide recomputation takes about nodes / this many commits.
+const RECOMPUTE_AT_ONCE: usize = 1024;
+/// ... and at least, however large the manifests.
+const RECOMPUTE_AT_ONCE_MIN: usize = 64;
+/// Manifest bytes in flight during a recomputation, about: with large manifests fewer nodes are recomputed
+/// at once (a node's state is at most every manifest's resources, held a few times over while it is
+/// hashed, stored and sent).
+const RECOMPUTE_BYTES: usize = 16 * 1024 * 1024;
 /// Attempts at a node's compare-and-set before giving up (each loses only to a newer change).
 const RECOMPUTE_TRIES: usize = 5;
 
@@ -247,42 +254,42 @@ impl Fleet {
     }
 
     /// Recomputes every node's desired state, many nodes at once: their writes share transactions and no
-    /// push waits for another node. Every node's stored generation is read before the nodes' labels and
-    /// the manifests (see `recompute_node`).
+    /// push waits for another node. Every node's stored generation is read (in one read) before the nodes'
+    /// labels and the manifests (see `recompute_node`).
     pub(crate) async fn recompute_all(&self) -> Result<(), FleetError> {
-        let ids: Vec<String> = self.nodes().await?.into_iter().map(|n| n.id).collect();
-        let slots = tokio::sync::Semaphore::new(RECOMPUTE_AT_ONCE);
-        let stored = ids.into_iter().map(|id| async {
-            let _slot = slots.acquire().await;
-            let stored = self.stored_desired(&id).await;
-            (id, stored)
-        });
-        let mut stored: std::collections::HashMap<_, _> = futures_util::future::join_all(stored)
-            .await
+        let mut stored: std::collections::HashMap<String, (u64, String)> = self
+            .store()
+            .desired_versions()
+            .await?
             .into_iter()
+            .map(|(id, generation, hash)| (id, (generation, hash)))
             .collect();
         let nodes = self.nodes().await?;
         let manifests = self.manifests().await?;
+        let manifest_bytes: usize = manifests
+            .iter()
+            .map(|m| serde_json::to_vec(&m.manifest).map_or(0, |v| v.len()))
+            .sum();
+        let at_once = (RECOMPUTE_BYTES / manifest_bytes.max(1))
+            .clamp(RECOMPUTE_AT_ONCE_MIN, RECOMPUTE_AT_ONCE);
+        let slots = tokio::sync::Semaphore::new(at_once);
         let work = nodes.iter().map(|node| {
-            let first = stored.remove(&node.id);
-            let manifests = &manifests;
-            let slots = &slots;
+            // None: no desired state yet (or one written since the read: the compare-and-set finds out).
+            let previous = stored.remove(&node.id);
+            let (manifests, slots) = (&manifests, &slots);
             async move {
                 let _slot = slots.acquire().await;
-                match first {
-                    Some(previous) => {
-                        self.recompute_node(&node.id, Some((previous?, node, manifests)))
-                            .await
-                    }
-                    // Enrolled meanwhile: read on its own.
-                    None => self.recompute_node(&node.id, None).await,
-                }
+                self.recompute_node(&node.id, Some((previous, node, manifests)))
+                    .await
             }
         });
-        futures_util::future::join_all(work)
+        let began = std::time::Instant::now();
+        let done: Result<(), FleetError> = futures_util::future::join_all(work)
             .await
             .into_iter()
-            .collect()
+            .collect();
+        tracing::info!(nodes = nodes.len(), took = ?began.elapsed(), "recomputed every node's desired state");
+        done
     }
 
     /// A node's stored desired generation and content hash.

@@ -621,6 +621,16 @@ async fn desired_state_is_compare_and_set_on_its_generation(store: Arc<dyn Store
         (all[0].2, all[0].3.as_ref().unwrap().observed_generation),
         (2, 2)
     );
+    // Every node's version in one read; a node without a desired state is not listed.
+    store.insert_node(&node("b", "beta")).await.unwrap();
+    store.insert_node(&node("c", "gamma")).await.unwrap();
+    assert!(store.put_desired("b", &state(1), "hb").await.unwrap());
+    let mut versions = store.desired_versions().await.unwrap();
+    versions.sort();
+    assert_eq!(
+        versions,
+        [("a".into(), 2, "h2".into()), ("b".into(), 1, "hb".into())]
+    );
 }
 
 async fn retention_deletes_old_finished_tasks_and_trims_output_oldest_first(store: Arc<dyn Store>) {

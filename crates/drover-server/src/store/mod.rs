@@ -318,6 +318,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         node_id: &str,
     ) -> Result<Option<(DesiredState, String)>, StoreError>;
+    /// Every stored desired state's node id, generation and content hash, in one read (a fleet-wide
+    /// recomputation compares against these instead of reading each node's state).
+    async fn desired_versions(&self) -> Result<Vec<(String, u64, String)>, StoreError>;
     /// Stores a node's desired state if the stored one still has generation `state.generation - 1` (none
     /// counts as 0); returns false, changing nothing, when another change got there first.
     async fn put_desired(

@@ -1277,6 +1277,20 @@ impl Store for PgStore {
             .transpose()
     }
 
+    async fn desired_versions(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
+        let rows: Vec<(String, Option<i64>, String)> = sqlx::query_as(
+            "SELECT node_id, (state::jsonb ->> 'generation')::bigint, hash FROM node_desired",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        // An unreadable generation counts as none: the compare-and-set then fails and the node is read
+        // on its own.
+        Ok(rows
+            .into_iter()
+            .map(|(id, g, hash)| (id, g.and_then(|g| u64::try_from(g).ok()).unwrap_or(0), hash))
+            .collect())
+    }
+
     async fn put_desired(
         &self,
         node_id: &str,

@@ -1082,6 +1082,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn desired_versions(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT node_id, json_extract(state, '$.generation'), hash FROM node_desired",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                // An unreadable generation counts as none: the compare-and-set then fails and the node
+                // is read on its own.
+                let generation = r.get::<_, Option<i64>>(1).ok().flatten();
+                Ok((
+                    r.get(0)?,
+                    generation.and_then(|g| u64::try_from(g).ok()).unwrap_or(0),
+                    r.get(2)?,
+                ))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn put_desired(
         &self,
         node_id: &str,
