@@ -1280,15 +1280,21 @@ mod tests {
     use super::*;
     use crate::store::conformance::node;
 
-    #[test]
-    fn migration_8_binds_the_labels_existing_nodes_report() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        let before = &MIGRATIONS[..7];
-        for sql in before {
+    /// An in-memory database at schema version `version`: its first `version` migrations applied.
+    fn at_version(version: usize) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        for sql in &MIGRATIONS[..version] {
             conn.execute_batch(sql).unwrap();
         }
-        conn.pragma_update(None, "user_version", before.len() as i64)
+        conn.pragma_update(None, "user_version", version as i64)
             .unwrap();
+        conn
+    }
+
+    #[test]
+    fn migration_8_binds_the_labels_existing_nodes_report() {
+        let mut conn = at_version(7);
         conn.execute(
             "INSERT INTO nodes (id, name, transport, labels, registered_at, heartbeat_interval_ms, capabilities, reported_labels)
              VALUES ('a', 'alpha', 'grpc', '{\"zone\":\"lab\",\"role\":\"edge\"}', '2026-01-01T00:00:00Z', 1000, '{}', '{\"role\":\"db\",\"gpu\":\"yes\"}')",
@@ -1321,14 +1327,7 @@ mod tests {
     fn migration_11_fills_resource_states_from_the_reports_kept() {
         use drover_types::manifest::ResourceState::{Failed, Ready};
 
-        let mut conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
-        let before = &MIGRATIONS[..10];
-        for sql in before {
-            conn.execute_batch(sql).unwrap();
-        }
-        conn.pragma_update(None, "user_version", before.len() as i64)
-            .unwrap();
+        let mut conn = at_version(10);
         let report = crate::store::conformance::states_report(
             1,
             &[
@@ -1372,14 +1371,7 @@ mod tests {
 
     #[test]
     fn migration_12_keeps_the_history_to_a_sample_a_minute_across_the_upgrade() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
-        let before = &MIGRATIONS[..11];
-        for sql in before {
-            conn.execute_batch(sql).unwrap();
-        }
-        conn.pragma_update(None, "user_version", before.len() as i64)
-            .unwrap();
+        let mut conn = at_version(11);
         conn.execute_batch(
             "INSERT INTO nodes (id, name, transport, labels, registered_at, heartbeat_interval_ms, capabilities)
              VALUES ('a', 'alpha', 'grpc', '{}', '2026-01-01T00:00:00Z', 1000, '{}'),
