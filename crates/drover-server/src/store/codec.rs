@@ -111,6 +111,12 @@ pub(super) fn manifest_put(
     })
 }
 
+/// A desired generation read from SQL: none (no desired state, or one whose generation cannot be read)
+/// and negative ones read as 0, which a compare-and-set against a stored state then fails on.
+pub(super) fn generation(g: Option<i64>) -> u64 {
+    g.and_then(|g| u64::try_from(g).ok()).unwrap_or(0)
+}
+
 /// A count read from SQL (never negative there) as a `usize`.
 pub(super) fn count(n: i64) -> usize {
     usize::try_from(n).unwrap_or(0)
@@ -209,7 +215,7 @@ pub(super) fn decode_convergence(
             Ok((
                 id,
                 name,
-                u64::try_from(generation.unwrap_or(0)).unwrap_or(0),
+                self::generation(generation),
                 report
                     .map(|r| from_json(&r, "convergence report"))
                     .transpose()?,

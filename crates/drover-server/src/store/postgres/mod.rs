@@ -1283,11 +1283,9 @@ impl Store for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        // An unreadable generation counts as none: the compare-and-set then fails and the node is read
-        // on its own.
         Ok(rows
             .into_iter()
-            .map(|(id, g, hash)| (id, g.and_then(|g| u64::try_from(g).ok()).unwrap_or(0), hash))
+            .map(|(id, g, hash)| (id, super::codec::generation(g), hash))
             .collect())
     }
 

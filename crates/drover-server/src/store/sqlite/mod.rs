@@ -1088,14 +1088,9 @@ impl Store for SqliteStore {
                 "SELECT node_id, json_extract(state, '$.generation'), hash FROM node_desired",
             )?;
             let rows = stmt.query_map([], |r| {
-                // An unreadable generation counts as none: the compare-and-set then fails and the node
-                // is read on its own.
+                // A generation that is not an integer reads as none (see `codec::generation`).
                 let generation = r.get::<_, Option<i64>>(1).ok().flatten();
-                Ok((
-                    r.get(0)?,
-                    generation.and_then(|g| u64::try_from(g).ok()).unwrap_or(0),
-                    r.get(2)?,
-                ))
+                Ok((r.get(0)?, super::codec::generation(generation), r.get(2)?))
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
