@@ -393,30 +393,20 @@ impl Fleet {
         }
     }
 
-    async fn status_of(&self, node: &Node) -> Result<NodeStatusReport, FleetError> {
-        let desired = self
-            .store()
-            .get_desired(&node.id)
-            .await?
-            .map(|(s, _)| s.generation)
-            .unwrap_or(0);
-        Ok(NodeStatusReport {
-            node_id: node.id.clone(),
-            node_name: node.name.clone(),
-            desired_generation: desired,
-            convergence: self
-                .store()
-                .get_convergence(&node.id)
-                .await?
-                .unwrap_or_default(),
-        })
-    }
-
     /// Convergence of every node, read in one go.
     pub async fn status(&self) -> Result<Vec<NodeStatusReport>, FleetError> {
+        self.statuses(None).await
+    }
+
+    /// Convergence of these nodes (by id; a node deleted meanwhile is left out), read in one go.
+    pub async fn statuses_of(&self, ids: &[String]) -> Result<Vec<NodeStatusReport>, FleetError> {
+        self.statuses(Some(ids)).await
+    }
+
+    async fn statuses(&self, ids: Option<&[String]>) -> Result<Vec<NodeStatusReport>, FleetError> {
         Ok(self
             .store()
-            .all_convergence()
+            .convergence_of(ids)
             .await?
             .into_iter()
             .map(
@@ -430,30 +420,12 @@ impl Fleet {
             .collect())
     }
 
-    /// Convergence of these nodes (by id): one read per node for a few, one read in all for many.
-    pub async fn statuses_of(&self, ids: &[String]) -> Result<Vec<NodeStatusReport>, FleetError> {
-        if ids.len() > 16 {
-            let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-            return Ok(self
-                .status()
-                .await?
-                .into_iter()
-                .filter(|r| wanted.contains(r.node_id.as_str()))
-                .collect());
-        }
-        let mut out = Vec::new();
-        for id in ids {
-            // A node deleted meanwhile has nothing to report.
-            if let Ok(report) = self.node_status(id).await {
-                out.push(report);
-            }
-        }
-        Ok(out)
-    }
-
     pub async fn node_status(&self, id_or_name: &str) -> Result<NodeStatusReport, FleetError> {
         let node = self.node(id_or_name).await?;
-        self.status_of(&node).await
+        self.statuses_of(std::slice::from_ref(&node.id))
+            .await?
+            .pop()
+            .ok_or(FleetError::NodeNotFound(id_or_name.to_string()))
     }
 
     /// Sets and removes a node's server-side labels (the ones selection uses; they win over reported ones).

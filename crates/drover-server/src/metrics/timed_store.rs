@@ -102,7 +102,7 @@ timed! {
     put_desired(node_id: &str, state: &DesiredState, hash: &str) -> bool;
     put_convergence(node_id: &str, report: &NodeConvergence) -> ();
     get_convergence(node_id: &str) -> Option<NodeConvergence>;
-    all_convergence() -> Vec<(String, String, u64, Option<NodeConvergence>)>;
+    convergence_of(ids: Option<&[String]>) -> Vec<(String, String, u64, Option<NodeConvergence>)>;
     manifest_counts() -> Vec<ManifestCounts>;
     convergence_page(query: &ConvergenceQuery) -> (Vec<ConvergenceRow>, usize);
     put_blob(sha256: &str, data: Vec<u8>) -> ();

@@ -614,7 +614,7 @@ async fn desired_state_is_compare_and_set_on_its_generation(store: Arc<dyn Store
             .observed_generation,
         2
     );
-    let all = store.all_convergence().await.unwrap();
+    let all = store.convergence_of(None).await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].1, "alpha");
     assert_eq!(
@@ -625,6 +625,15 @@ async fn desired_state_is_compare_and_set_on_its_generation(store: Arc<dyn Store
     store.insert_node(&node("b", "beta")).await.unwrap();
     store.insert_node(&node("c", "gamma")).await.unwrap();
     assert!(store.put_desired("b", &state(1), "hb").await.unwrap());
+    // Some nodes' convergence, by name; an id of no node is skipped.
+    let some = store
+        .convergence_of(Some(&["c".into(), "a".into(), "gone".into()]))
+        .await
+        .unwrap();
+    let names: Vec<&str> = some.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(names, ["alpha", "gamma"]);
+    assert_eq!((some[0].2, some[1].2), (2, 0));
+    assert!(some[1].3.is_none(), "gamma has not reported");
     let mut versions = store.desired_versions().await.unwrap();
     versions.sort();
     assert_eq!(

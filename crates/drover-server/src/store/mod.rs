@@ -336,9 +336,11 @@ pub trait Store: Send + Sync + 'static {
         report: &NodeConvergence,
     ) -> Result<(), StoreError>;
     async fn get_convergence(&self, node_id: &str) -> Result<Option<NodeConvergence>, StoreError>;
-    /// Every node's (id, name), desired generation (0 when none) and latest report, in one read.
-    async fn all_convergence(
+    /// Every node's (id, name), desired generation (0 when none) and latest report, or only those of the
+    /// nodes with these ids (ids of no node are skipped), by name, in one read.
+    async fn convergence_of(
         &self,
+        ids: Option<&[String]>,
     ) -> Result<Vec<(String, String, u64, Option<NodeConvergence>)>, StoreError>;
     /// Every manifest's resources and nodes counted by state, over the nodes' latest reports, in one
     /// aggregate read (manifests no node reports are left out).

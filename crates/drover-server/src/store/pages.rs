@@ -176,5 +176,5 @@ pub struct ConvergenceQuery {
     pub limit: usize,
 }
 
-/// A node's (id, name), desired generation (0 when none) and latest report, as `all_convergence` reads them.
+/// A node's (id, name), desired generation (0 when none) and latest report, as `convergence_of` reads them.
 pub type ConvergenceRow = (String, String, u64, Option<NodeConvergence>);

@@ -1,6 +1,6 @@
 //! `drover apply`, `drover manifests`, `drover delete manifest`, `drover status`: desired state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -197,16 +197,11 @@ async fn wait_converged(
     bar.enable_steady_tick(Duration::from_millis(200));
     let deadline = tokio::time::Instant::now() + timeout;
     let mut events = Subscription::new(client, "/api/v1/status/events".into(), false);
-    let mut status: HashMap<String, NodeStatusReport> = HashMap::new();
-    let keep = |report: NodeStatusReport, status: &mut HashMap<_, _>| {
-        if nodes.contains(&report.node_name) {
-            status.insert(report.node_name.clone(), report);
-        }
-    };
+    let mut waiting = Waiting::new(nodes);
     loop {
         let Ok(next) = tokio::time::timeout_at(deadline, events.next()).await else {
             bar.finish_and_clear();
-            explain_waiting(nodes, &status);
+            explain_waiting(nodes, &waiting.status);
             bail!("not converged within {timeout:?}");
         };
         let Some(event) = next? else {
@@ -215,31 +210,77 @@ async fn wait_converged(
         match event.name.as_str() {
             "status" => {
                 let all: Vec<NodeStatusReport> = serde_json::from_str(&event.data)?;
-                status.clear();
+                waiting.clear();
                 for report in all {
-                    keep(report, &mut status);
+                    waiting.keep(report);
                 }
             }
-            "node" => keep(serde_json::from_str(&event.data)?, &mut status),
+            "node" => waiting.keep(serde_json::from_str(&event.data)?),
             _ => continue,
         }
         if events.has_buffered() {
             continue;
         }
-        let done = status.values().filter(|s| s.converged()).count();
-        bar.set_position(done as u64);
-        if done == nodes.len() {
+        bar.set_position(waiting.converged as u64);
+        if waiting.converged == waiting.wanted.len() {
             bar.finish_and_clear();
             eprintln!("all {} node(s) converged", nodes.len());
             return Ok(());
         }
         // Refused (by a node's policy), unknown or conflicting resources never converge by waiting.
-        if status.values().any(|s| !s.stuck().is_empty()) {
+        if waiting.stuck > 0 {
             bar.finish_and_clear();
-            explain_waiting(nodes, &status);
+            explain_waiting(nodes, &waiting.status);
             bail!(
                 "some resources cannot converge: refused by a node's policy, unknown to the node, or in conflict"
             );
+        }
+    }
+}
+
+/// The latest status of each node an apply waits for, with running counts of those converged and those
+/// stuck: at fleet size every event must cost the same, not a look at every node.
+struct Waiting<'a> {
+    wanted: HashSet<&'a str>,
+    status: HashMap<String, NodeStatusReport>,
+    converged: usize,
+    stuck: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(nodes: &'a [String]) -> Self {
+        Self {
+            wanted: nodes.iter().map(String::as_str).collect(),
+            status: HashMap::new(),
+            converged: 0,
+            stuck: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.status.clear();
+        self.converged = 0;
+        self.stuck = 0;
+    }
+
+    /// Takes a node's newer report in place of its last (reports of nodes not waited for are dropped).
+    fn keep(&mut self, report: NodeStatusReport) {
+        if !self.wanted.contains(report.node_name.as_str()) {
+            return;
+        }
+        let counts = |r: &NodeStatusReport| {
+            (
+                usize::from(r.converged()),
+                usize::from(!r.stuck().is_empty()),
+            )
+        };
+        let (converged, stuck) = counts(&report);
+        self.converged += converged;
+        self.stuck += stuck;
+        if let Some(old) = self.status.insert(report.node_name.clone(), report) {
+            let (converged, stuck) = counts(&old);
+            self.converged -= converged;
+            self.stuck -= stuck;
         }
     }
 }
@@ -433,5 +474,50 @@ pub async fn status(args: StatusArgs, client: &Client) -> anyhow::Result<()> {
             println!("{t}");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_types::manifest::{NodeConvergence, ResourceStatus};
+
+    fn report(
+        name: &str,
+        generation: u64,
+        observed: u64,
+        state: ResourceState,
+    ) -> NodeStatusReport {
+        NodeStatusReport {
+            node_id: format!("id-{name}"),
+            node_name: name.into(),
+            desired_generation: generation,
+            convergence: NodeConvergence {
+                observed_generation: observed,
+                resources: vec![ResourceStatus::new("f", "m", "file", state)],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn waiting_counts_each_node_by_its_latest_report_only() {
+        let nodes = vec!["a".to_string(), "b".to_string()];
+        let mut w = Waiting::new(&nodes);
+        w.keep(report("a", 2, 2, ResourceState::Ready));
+        w.keep(report("a", 2, 2, ResourceState::Ready));
+        w.keep(report("other", 2, 2, ResourceState::Ready));
+        assert_eq!((w.converged, w.stuck), (1, 0), "one node, counted once");
+        w.keep(report("b", 2, 2, ResourceState::Refused));
+        assert_eq!((w.converged, w.stuck), (1, 1));
+        w.keep(report("a", 3, 2, ResourceState::Ready));
+        w.keep(report("b", 2, 2, ResourceState::Ready));
+        assert_eq!(
+            (w.converged, w.stuck),
+            (1, 0),
+            "a newer report replaces the last"
+        );
+        w.clear();
+        assert_eq!((w.converged, w.stuck, w.status.len()), (0, 0, 0));
     }
 }

@@ -1377,14 +1377,17 @@ impl Store for PgStore {
             .transpose()
     }
 
-    async fn all_convergence(
+    async fn convergence_of(
         &self,
+        ids: Option<&[String]>,
     ) -> Result<Vec<(String, String, u64, Option<NodeConvergence>)>, StoreError> {
         let rows: Vec<(String, String, Option<i64>, Option<String>)> = sqlx::query_as(
             "SELECT n.id, n.name, (d.state::jsonb ->> 'generation')::bigint, v.report FROM nodes n
              LEFT JOIN node_desired d ON d.node_id = n.id
-             LEFT JOIN node_convergence v ON v.node_id = n.id ORDER BY n.name",
+             LEFT JOIN node_convergence v ON v.node_id = n.id
+             WHERE $1::text[] IS NULL OR n.id = ANY($1) ORDER BY n.name",
         )
+        .bind(ids)
         .fetch_all(&self.pool)
         .await?;
         super::codec::decode_convergence(rows)

@@ -1167,15 +1167,25 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn all_convergence(&self) -> Result<Vec<ConvergenceRow>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
+    async fn convergence_of(
+        &self,
+        ids: Option<&[String]>,
+    ) -> Result<Vec<ConvergenceRow>, StoreError> {
+        let ids = ids.map(|ids| serde_json::to_string(ids).unwrap_or_default());
+        self.read(move |c| {
+            // Two statements, so the one for a few nodes looks each up by its key.
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT n.id, n.name, json_extract(d.state, '$.generation'), v.report FROM nodes n
                  LEFT JOIN node_desired d ON d.node_id = n.id
-                 LEFT JOIN node_convergence v ON v.node_id = n.id ORDER BY n.name",
-            )?;
+                 LEFT JOIN node_convergence v ON v.node_id = n.id {} ORDER BY n.name",
+                if ids.is_some() {
+                    "WHERE n.id IN (SELECT value FROM json_each(?1))"
+                } else {
+                    "WHERE ?1 IS NULL"
+                }
+            ))?;
             let rows = stmt
-                .query_map([], |r| {
+                .query_map([ids], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
