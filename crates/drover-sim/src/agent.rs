@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_agent::backoff::Backoff;
-use drover_agent::converge::{Fetcher, report_message};
+use drover_agent::converge::{Fetcher, RECONCILING_AFTER, report_message};
 use drover_agent::identity::{self, Identity, IdentityError};
 use drover_agent::link::{
     self, Attached, HelloInfo, SessionEnd, describe_transport_error, refused_or_broken,
@@ -159,6 +159,9 @@ struct Stream {
     beat_due: Instant,
     fetch: Option<JoinHandle<Fetched>>,
     fetch_retry: Option<Instant>,
+    /// When to report a desired state's resources Reconciling if its content is still being fetched (as the
+    /// real agent does with a pass that takes longer than `RECONCILING_AFTER`).
+    reconciling_due: Option<Instant>,
 }
 
 impl Stream {
@@ -233,6 +236,7 @@ impl SimAgent {
             beat_due: now + jittered(config.heartbeat),
             fetch: None,
             fetch_retry: None,
+            reconciling_due: None,
         };
         // Like the real agent on a new stream: unacknowledged task results, the last report, sessions.
         for m in self.tasks.resend_all() {
@@ -254,6 +258,7 @@ impl SimAgent {
                 stream.sessions.iter().filter_map(|s| s.due).min(),
                 self.tasks.next_due(),
                 stream.fetch_retry,
+                stream.reconciling_due,
             ]
             .into_iter()
             .flatten()
@@ -338,6 +343,12 @@ impl SimAgent {
         if stream.fetch_retry.is_some_and(|t| t <= now) {
             stream.fetch_retry = None;
             self.start_fetch(stream).await;
+        }
+        if stream.reconciling_due.is_some_and(|t| t <= now) {
+            stream.reconciling_due = None;
+            if let Some(report) = self.desired.as_ref().map(|d| d.reconciling()) {
+                self.report(report, stream).await;
+            }
         }
     }
 
@@ -451,11 +462,10 @@ impl SimAgent {
                 return;
             }
         }
-        if self.last_report.as_ref().map(|r| r.observed_generation) != Some(taken.generation)
-            && !taken.statuses.is_empty()
-        {
-            self.report(taken.reconciling(), stream).await;
-        }
+        stream.reconciling_due = (self.last_report.as_ref().map(|r| r.observed_generation)
+            != Some(taken.generation)
+            && !taken.statuses.is_empty())
+        .then(|| Instant::now() + RECONCILING_AFTER);
         self.fetched.retain(|sha| taken.blobs.contains(sha));
         self.desired = Some(taken);
         if let Some(f) = stream.fetch.take() {
@@ -478,6 +488,7 @@ impl SimAgent {
             .collect();
         if missing.is_empty() {
             let report = taken.report(&[]);
+            stream.reconciling_due = None;
             self.report(report, stream).await;
             return;
         }
@@ -513,6 +524,7 @@ impl SimAgent {
             return;
         };
         let report = taken.report(&failed);
+        stream.reconciling_due = None;
         if !failed.is_empty() {
             stream.fetch_retry = Some(Instant::now() + FETCH_RETRY);
         }

@@ -63,6 +63,10 @@ const LEDGER_FILE: &str = "ledger.json";
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
 const DRIFT_KEPT: usize = 10;
+/// A pass still at work this long after it began reports its changed resources as Reconciling; one done
+/// sooner reports only its result, so a fleet-wide apply of quick changes costs the server one report a
+/// node, not two, and slow work (an image pull) still shows while it runs.
+pub const RECONCILING_AFTER: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -105,6 +109,7 @@ impl Converger {
             link: link.clone(),
             last_report: last_report.clone(),
             resync,
+            reconciling_after: RECONCILING_AFTER,
         };
         tokio::spawn(runtime.run(rx));
         Self {
@@ -196,6 +201,8 @@ struct Runtime {
     link: Arc<Mutex<Option<mpsc::Sender<AgentMessage>>>>,
     last_report: Arc<Mutex<Option<NodeConvergence>>>,
     resync: Duration,
+    /// `RECONCILING_AFTER` (tests set their own).
+    reconciling_after: Duration,
 }
 
 impl Runtime {
@@ -372,7 +379,6 @@ impl Runtime {
         }
         self.versions = versions;
         self.verdicts = verdicts;
-        let mut wanted = std::collections::BTreeSet::new();
         let conflicted: std::collections::BTreeSet<String> = self
             .desired
             .conflicts
@@ -380,7 +386,8 @@ impl Runtime {
             .map(|c| c.id.clone())
             .collect();
         let resources = self.desired.resources.clone();
-        // Resources whose spec is new or changed show as Reconciling while the pass works on them.
+        // Resources whose spec is new or changed show as Reconciling while the pass works on them (reported
+        // once the pass has taken RECONCILING_AFTER).
         let mut touched = false;
         for raw in &resources {
             let (id, _, _) = parse_resource(raw);
@@ -392,10 +399,39 @@ impl Runtime {
                 touched = true;
             }
         }
-        if touched {
-            self.report().await;
+        let early = touched.then(|| self.current_report());
+        let (link, last_report, after) = (
+            self.link.clone(),
+            self.last_report.clone(),
+            self.reconciling_after,
+        );
+        let work = self.work(&resources, &conflicted, now);
+        match early {
+            None => work.await,
+            Some(early) => {
+                tokio::pin!(work);
+                tokio::select! {
+                    () = &mut work => {}
+                    () = tokio::time::sleep(after) => {
+                        send_report(&last_report, &link, early).await;
+                        work.await;
+                    }
+                }
+            }
         }
-        for raw in &resources {
+        self.report().await;
+    }
+
+    /// The body of a pass, after its changed resources are marked Reconciling: reconcile every due resource,
+    /// mark conflicts, collect what is no longer desired.
+    async fn work(
+        &mut self,
+        resources: &[Value],
+        conflicted: &std::collections::BTreeSet<String>,
+        now: DateTime<Utc>,
+    ) {
+        let mut wanted = std::collections::BTreeSet::new();
+        for raw in resources {
             let (id, manifest, resource) = parse_resource(raw);
             wanted.insert(id.clone());
             let resource = match resource {
@@ -457,7 +493,6 @@ impl Runtime {
         let keep: std::collections::BTreeSet<&String> =
             wanted.iter().chain(conflicted.iter()).collect();
         self.statuses.retain(|id, _| keep.contains(id));
-        self.report().await;
     }
 
     /// Deletes what the agent created among `held` (what it took over is only forgotten) and drops each
@@ -635,17 +670,31 @@ impl Runtime {
     }
 
     async fn report(&mut self) {
+        send_report(&self.last_report, &self.link, self.current_report()).await;
+    }
+
+    fn current_report(&self) -> NodeConvergence {
         let resources: Vec<ResourceStatus> = self.statuses.values().cloned().collect();
-        let report = node_convergence(self.desired.generation, resources);
-        let changed = lock(&self.last_report).as_ref() != Some(&report);
-        if !changed {
+        node_convergence(self.desired.generation, resources)
+    }
+}
+
+/// Sends a report to the server, unless it is the one sent last.
+async fn send_report(
+    last_report: &Mutex<Option<NodeConvergence>>,
+    link: &Mutex<Option<mpsc::Sender<AgentMessage>>>,
+    report: NodeConvergence,
+) {
+    {
+        let mut last = lock(last_report);
+        if last.as_ref() == Some(&report) {
             return;
         }
-        *lock(&self.last_report) = Some(report.clone());
-        let tx = lock(&self.link).clone();
-        if let Some(tx) = tx {
-            let _ = tx.send(report_message(&report)).await;
-        }
+        *last = Some(report.clone());
+    }
+    let tx = lock(link).clone();
+    if let Some(tx) = tx {
+        let _ = tx.send(report_message(&report)).await;
     }
 }
 
@@ -731,7 +780,67 @@ mod tests {
             link: Arc::new(Mutex::new(None)),
             last_report: Arc::new(Mutex::new(None)),
             resync: Duration::from_secs(30),
+            reconciling_after: RECONCILING_AFTER,
         }
+    }
+
+    /// The reports a runtime sent since the last call.
+    fn sent(rx: &mut mpsc::Receiver<AgentMessage>) -> Vec<NodeConvergence> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|m| match m.msg {
+                Some(Msg::ConvergenceReport(r)) => serde_json::from_str(&r.report_json).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_quick_pass_reports_its_result_only_and_a_slow_one_says_reconciling_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, done) = (dir.path().join("f"), dir.path().join("done"));
+        let mut rt = runtime(dir.path(), WireDesired::default());
+        let mut policy = Policy::new(&[dir.path().to_path_buf()]).with_kinds(&["shell_job".into()]);
+        policy.allow_shell = true;
+        rt.ctx.policy = Arc::new(policy);
+        let (tx, mut rx) = mpsc::channel(16);
+        *rt.link.lock().unwrap() = Some(tx);
+        let state = |generation, resources| WireDesired {
+            generation,
+            resources,
+            ..Default::default()
+        };
+        // A pass done before the threshold: one report, the result.
+        rt.reconciling_after = Duration::from_secs(3600);
+        rt.accept(state(1, vec![file("f", &f, "x")]));
+        rt.pass().await;
+        rt.accept(state(2, vec![file("f", &f, "y")]));
+        rt.pass().await;
+        let reports = sent(&mut rx);
+        let states = |r: &NodeConvergence| -> Vec<ResourceState> {
+            r.resources.iter().map(|s| s.state).collect()
+        };
+        assert_eq!(reports.len(), 2, "one report a pass: {reports:?}");
+        assert_eq!(
+            (reports[1].observed_generation, states(&reports[1])),
+            (2, vec![ResourceState::Ready])
+        );
+        // A pass still at work past the threshold says which resources it is working on, then the result.
+        rt.reconciling_after = Duration::from_millis(100);
+        let slow = serde_json::json!({"id": "job", "manifest": "m", "shell_job": {
+            "command": format!("sleep 2; touch {}", done.display()), "creates": done}});
+        rt.accept(state(3, vec![file("f", &f, "y"), slow]));
+        rt.pass().await;
+        let reports = sent(&mut rx);
+        assert_eq!(reports.len(), 2, "{reports:?}");
+        assert_eq!(
+            (reports[0].observed_generation, states(&reports[0])),
+            (3, vec![ResourceState::Ready, ResourceState::Reconciling])
+        );
+        assert_eq!(
+            states(&reports[1]),
+            [ResourceState::Ready, ResourceState::Ready]
+        );
+        assert!(done.exists());
     }
 
     #[tokio::test]
