@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::json::{self, ApiJson};
@@ -206,13 +206,13 @@ pub async fn status(
     Ok((headers, Json(reports)).into_response())
 }
 
-/// Events a burst of changes is read in before the statuses are looked up once per node.
+/// Changed nodes whose statuses are read at once, at most.
 const BURST: usize = 4096;
 
-/// Server-Sent Events: `event: status` (every node's `NodeStatusReport`) first, and again whenever this
-/// follower fell behind; then `event: node` (one node's report) whenever its desired generation or its
-/// convergence report changes. Ids count the stream's events. Resuming needs no replay: every stream,
-/// resumed (`Last-Event-ID`) or not, starts with the whole status, subscribed to before it is read.
+/// Server-Sent Events: `event: status` (every node's `NodeStatusReport`) first; then `event: node` (one
+/// node's report) whenever its desired generation or its convergence report changes, a node changed several
+/// times meanwhile sent once, as it is now. Ids count the stream's events. Resuming needs no replay: every
+/// stream, resumed (`Last-Event-ID`) or not, starts with the whole status, subscribed to before it is read.
 #[utoipa::path(get, path = "/api/v1/status/events", tag = "manifests", operation_id = "manifests_status_events", responses((status = 200, description = "Server-Sent Events: `status` (the whole status) then `node` changes", content_type = "text/event-stream", body = String), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn status_events(State(s): State<ApiState>) -> impl axum::response::IntoResponse {
     let live = s.fleet.subscribe_status();
@@ -223,7 +223,7 @@ pub async fn status_events(State(s): State<ApiState>) -> impl axum::response::In
 
 async fn follow_status(
     fleet: Arc<Fleet>,
-    mut live: broadcast::Receiver<String>,
+    live: Arc<crate::fleet::desired::StatusFollower>,
     tx: mpsc::Sender<Result<Event, Infallible>>,
 ) {
     let mut id = 0u64;
@@ -231,53 +231,25 @@ async fn follow_status(
         id += 1;
         Ok::<_, Infallible>(Event::default().event(name).id(id.to_string()).data(data))
     };
-    let mut whole = true;
+    let Ok(all) = fleet.status().await else {
+        return;
+    };
+    if tx.send(event("status", json(&all))).await.is_err() {
+        return;
+    }
     loop {
-        if whole {
-            let Ok(all) = fleet.status().await else {
-                return;
-            };
-            if tx.send(event("status", json(&all))).await.is_err() {
-                return;
-            }
-        }
-        let first = tokio::select! {
-            ev = live.recv() => ev,
+        let changed = tokio::select! {
+            changed = live.changed() => changed,
             _ = tx.closed() => return,
         };
-        // Take what else is queued, so a burst costs one look per node.
-        let mut nodes = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        whole = false;
-        let mut next = first.map_err(|e| match e {
-            broadcast::error::RecvError::Lagged(n) => broadcast::error::TryRecvError::Lagged(n),
-            broadcast::error::RecvError::Closed => broadcast::error::TryRecvError::Closed,
-        });
-        loop {
-            match next {
-                Ok(node) => {
-                    if seen.insert(node.clone()) {
-                        nodes.push(node);
-                    }
-                }
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Err(broadcast::error::TryRecvError::Lagged(_)) => whole = true,
-                Err(broadcast::error::TryRecvError::Closed) => return,
-            }
-            if nodes.len() >= BURST {
-                break;
-            }
-            next = live.try_recv();
-        }
-        if whole {
-            continue;
-        }
-        let Ok(reports) = fleet.statuses_of(&nodes).await else {
-            return;
-        };
-        for report in reports {
-            if tx.send(event("node", json(&report))).await.is_err() {
+        for nodes in changed.chunks(BURST) {
+            let Ok(reports) = fleet.statuses_of(nodes).await else {
                 return;
+            };
+            for report in reports {
+                if tx.send(event("node", json(&report))).await.is_err() {
+                    return;
+                }
             }
         }
     }

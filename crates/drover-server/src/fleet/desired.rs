@@ -75,23 +75,65 @@ const RECOMPUTE_BYTES: usize = 16 * 1024 * 1024;
 const RECOMPUTE_TRIES: usize = 5;
 
 /// Followers of convergence (`GET /api/v1/status/events`) hear the id of every node whose desired generation
-/// or convergence report changed; one that falls behind reads the whole status again.
-pub struct StatusEvents(tokio::sync::broadcast::Sender<String>);
+/// or convergence report changed. Each follower keeps the set of nodes changed since it last looked (a node
+/// that changes twice is in it once), so a follower never falls behind, whatever the burst, and holds at
+/// most one entry per node.
+#[derive(Default)]
+pub struct StatusEvents(std::sync::Mutex<Vec<std::sync::Weak<StatusFollower>>>);
 
-impl Default for StatusEvents {
-    fn default() -> Self {
-        Self(tokio::sync::broadcast::channel(4096).0)
+/// One follower's changed nodes; dropping it unsubscribes.
+#[derive(Default)]
+pub struct StatusFollower {
+    changed: std::sync::Mutex<std::collections::HashSet<String>>,
+    wake: tokio::sync::Notify,
+}
+
+impl StatusFollower {
+    /// Waits until some node's status changed, then takes every node changed since the last call.
+    pub async fn changed(&self) -> Vec<String> {
+        loop {
+            let taken = std::mem::take(&mut *lock(&self.changed));
+            if !taken.is_empty() {
+                return taken.into_iter().collect();
+            }
+            // A change made after the take leaves a permit, so this returns at once.
+            self.wake.notified().await;
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere cannot leave a set of ids inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl StatusEvents {
+    fn subscribe(&self) -> Arc<StatusFollower> {
+        let follower = Arc::new(StatusFollower::default());
+        lock(&self.0).push(Arc::downgrade(&follower));
+        follower
+    }
+
+    fn changed(&self, node_id: &str) {
+        lock(&self.0).retain(|f| {
+            let Some(f) = f.upgrade() else {
+                return false; // its stream ended
+            };
+            if lock(&f.changed).insert(node_id.to_string()) {
+                f.wake.notify_one();
+            }
+            true
+        });
     }
 }
 
 impl Fleet {
-    pub fn subscribe_status(&self) -> tokio::sync::broadcast::Receiver<String> {
-        self.status_events.0.subscribe()
+    pub fn subscribe_status(&self) -> Arc<StatusFollower> {
+        self.status_events.subscribe()
     }
 
     pub(super) fn status_changed(&self, node_id: &str) {
-        // No follower is not an error.
-        let _ = self.status_events.0.send(node_id.to_string());
+        self.status_events.changed(node_id);
     }
 }
 
@@ -722,6 +764,33 @@ impl BlobCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_status_follower_gets_each_changed_node_once_and_never_falls_behind() {
+        let events = StatusEvents::default();
+        let (a, b) = (events.subscribe(), events.subscribe());
+        // More changes than any queue would hold, over a few nodes.
+        for i in 0..100_000 {
+            events.changed(&format!("n{}", i % 3));
+        }
+        let mut changed = a.changed().await;
+        changed.sort();
+        assert_eq!(changed, ["n0", "n1", "n2"]);
+        // A follower waits for the next change, and hears it.
+        let waiting = tokio::spawn(async move { a.changed().await });
+        tokio::task::yield_now().await;
+        events.changed("n9");
+        assert_eq!(
+            tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+                .await
+                .unwrap()
+                .unwrap(),
+            ["n9"]
+        );
+        drop(b);
+        events.changed("n1");
+        assert_eq!(lock(&events.0).len(), 0, "ended followers are let go");
+    }
 
     #[test]
     fn a_node_has_a_bounded_number_of_blob_fetches_in_flight() {
