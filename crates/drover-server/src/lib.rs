@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod pki;
 pub mod server;
 pub mod store;
+mod sync;
 mod ui;
 
 pub use fleet::{Fleet, desired, tasks};

@@ -16,6 +16,7 @@ use drover_types::session::{SessionDetail, SessionInfo, SessionSample, SessionSt
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::sync::lock;
 use history::{History, Payload};
 
 /// Payloads kept per session. Small on purpose: every node holds a few sessions, and a fleet holds
@@ -114,11 +115,6 @@ pub struct Links {
     /// The action list the last attached node sent: nodes of one agent version send the same list, and
     /// sharing it saves a copy per node. One entry, so no outsider can grow it.
     last_actions: Mutex<Option<Arc<[ActionInfo]>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing here can leave a map inconsistent mid-update, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Links {

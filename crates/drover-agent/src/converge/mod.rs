@@ -399,16 +399,16 @@ impl Runtime {
                 touched = true;
             }
         }
-        let early = touched.then(|| self.current_report());
-        let (link, last_report, after) = (
-            self.link.clone(),
-            self.last_report.clone(),
-            self.reconciling_after,
-        );
+        // What to say if the pass is slow, taken now: the pass itself holds `self`.
+        let early = touched.then(|| {
+            let at_start = self.current_report();
+            (at_start, self.link.clone(), self.last_report.clone())
+        });
+        let after = self.reconciling_after;
         let work = self.work(&resources, &conflicted, now);
         match early {
             None => work.await,
-            Some(early) => {
+            Some((early, link, last_report)) => {
                 tokio::pin!(work);
                 tokio::select! {
                     () = &mut work => {}

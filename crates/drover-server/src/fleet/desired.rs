@@ -21,6 +21,7 @@ use crate::fleet::nodes::controlled_labels;
 use crate::fleet::{Fleet, FleetError};
 use crate::store::NodeRecord;
 use crate::store::StoreError;
+use crate::sync::lock;
 
 /// A node's desired state from the stored manifests (generation left at 0): the resources of those that
 /// select it, and the signed payload and signature of each signed one among them, for pinned nodes.
@@ -100,11 +101,6 @@ impl StatusFollower {
             self.wake.notified().await;
         }
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic elsewhere cannot leave a set of ids inconsistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl StatusEvents {
@@ -467,7 +463,7 @@ impl Fleet {
         self.statuses_of(std::slice::from_ref(&node.id))
             .await?
             .pop()
-            .ok_or(FleetError::NodeNotFound(id_or_name.to_string()))
+            .ok_or_else(|| FleetError::NodeNotFound(id_or_name.to_string()))
     }
 
     /// Sets and removes a node's server-side labels (the ones selection uses; they win over reported ones).
@@ -547,15 +543,12 @@ impl Fleet {
                     if checked.is_ok() {
                         *record = changed;
                     }
-                    *result.lock().unwrap_or_else(|p| p.into_inner()) = checked;
+                    *lock(&result) = checked;
                 }),
             )
             .await?
             .ok_or_else(|| FleetError::NodeNotFound(id_or_name.to_string()))?;
-        let outcome = std::mem::replace(
-            &mut *outcome.lock().unwrap_or_else(|p| p.into_inner()),
-            Ok(Labels::new()),
-        );
+        let outcome = std::mem::replace(&mut *lock(&outcome), Ok(Labels::new()));
         Ok(outcome?)
     }
 
@@ -706,7 +699,7 @@ pub struct BlobSlot {
 
 impl Drop for BlobSlot {
     fn drop(&mut self) {
-        let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        let mut serving = lock(&self.serving);
         if let Some(n) = serving.get_mut(&self.node_id) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -723,11 +716,11 @@ impl BlobCache {
     fn lock(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(String, std::sync::Arc<[u8]>)>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.0)
     }
 
     fn slot(&self, node_id: &str) -> Option<BlobSlot> {
-        let mut serving = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        let mut serving = lock(&self.1);
         let n = serving.entry(node_id.to_string()).or_default();
         if *n >= BLOBS_PER_NODE {
             return None;

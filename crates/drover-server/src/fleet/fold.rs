@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use crate::sync::lock;
 use tokio::sync::oneshot;
 
 type Waiter<O> = (usize, oneshot::Sender<Result<Vec<O>, String>>);
@@ -28,10 +29,6 @@ impl<I, O> Default for Fold<I, O> {
     fn default() -> Self {
         Self(Arc::default())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<I: Send + 'static, O: Send + 'static> Fold<I, O> {

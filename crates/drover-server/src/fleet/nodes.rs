@@ -9,6 +9,8 @@ use drover_types::labels::{pending_labels, validate_labels};
 use drover_types::limits::{MAX_ACTIONS, MAX_NAME, check_count, check_len};
 use drover_types::{Capabilities, Labels, Metrics, MetricsSample, Node, Transport};
 
+use crate::sync::lock;
+
 /// Heartbeats written per store write.
 const FLUSH_SLICE: usize = 256;
 /// Heartbeats kept per node between two flushes.
@@ -33,10 +35,6 @@ impl Heartbeats {
     ) -> R {
         f(&lock(&self.0).latest)
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 use super::tokens::CheckedToken;

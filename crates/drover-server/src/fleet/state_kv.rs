@@ -223,7 +223,7 @@ impl StateKv {
     }
 
     fn behind(&self) -> std::sync::MutexGuard<'_, HashSet<(Bucket, String)>> {
-        self.behind.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.behind)
     }
 
     /// Writes a node's record; a failure is logged and remembered, never returned (PostgreSQL has it).

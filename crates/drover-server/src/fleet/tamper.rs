@@ -51,7 +51,7 @@ fn alter_files(value: &mut serde_json::Value) {
 
 impl Tamper {
     fn mode(&self) -> DesiredTamper {
-        *self.desired.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::sync::lock(&self.desired)
     }
 
     /// Applies the current mode to a node's desired state before it is hashed and sent.
@@ -102,11 +102,7 @@ impl Tamper {
 impl Fleet {
     /// Sets what the server does to desired states, and sends every node its state again.
     pub async fn tamper_desired(&self, mode: DesiredTamper) -> Result<(), FleetError> {
-        *self
-            .tamper
-            .desired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = mode;
+        *crate::sync::lock(&self.tamper.desired) = mode;
         tracing::warn!(?mode, "tampering with desired states");
         self.recompute_all().await
     }

@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 use super::fold::{Fold, Written};
 use super::{Fleet, FleetError};
 use crate::store::{OutputRecord, RunPatch, RunQuery, SERVER_ONLY_CANCEL, Store, StoreError};
+use crate::sync::lock;
 
 /// Something that happened to a task, for live followers.
 #[derive(Debug, Clone)]
@@ -108,10 +109,6 @@ impl TaskLive {
         }
         followed
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub fn chunk(node_id: &str, node_name: &str, seq: u64, stream: u8, data: Vec<u8>) -> OutputChunk {

@@ -52,7 +52,7 @@ pub struct LoginCodes(Mutex<HashMap<String, Waiting>>);
 
 impl LoginCodes {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.0)
     }
 
     fn issue(&self, token: &str, next: &str) -> Option<String> {

@@ -11,6 +11,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::StoreError;
+use crate::sync::lock;
 
 /// Writes committed together at most.
 const MAX_BATCH: usize = 1024;
@@ -40,11 +41,6 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll back).
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Pool {
