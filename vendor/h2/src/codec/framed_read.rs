@@ -421,7 +421,7 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
-            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+            let bytes = match ready!(self.poll_bytes(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
                 None => return Poll::Ready(None),
@@ -435,6 +435,30 @@ where
         }
     }
 }
+
+impl<T> FramedRead<T>
+where
+    T: AsyncRead + Unpin,
+{
+    /// drover: an idle connection holds no read buffer. Once a read finds nothing to read and no partial
+    /// frame is buffered, the buffer goes (a server holds one connection per connected agent, and this
+    /// buffer was 8 KiB of each), and the next poll starts a new one at the size tokio-util would give it.
+    /// A connection that keeps receiving rarely waits with an empty buffer, so it keeps its buffer.
+    fn poll_bytes(&mut self, cx: &mut Context) -> Poll<Option<io::Result<BytesMut>>> {
+        if self.inner.read_buffer().capacity() == 0 {
+            *self.inner.read_buffer_mut() = BytesMut::with_capacity(READ_BUFFER_CAPACITY);
+        }
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        if polled.is_pending() && self.inner.read_buffer().is_empty() {
+            *self.inner.read_buffer_mut() = BytesMut::new();
+        }
+        polled
+    }
+}
+
+/// drover: the read buffer's size when a read starts: tokio-util's own first size. Starting smaller cost
+/// one task's output throughput (every later allocation keeps the first size).
+const READ_BUFFER_CAPACITY: usize = 8 * 1_024;
 
 fn map_err(err: io::Error) -> Error {
     if let io::ErrorKind::InvalidData = err.kind() {
