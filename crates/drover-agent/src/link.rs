@@ -412,7 +412,10 @@ async fn dispatch(
             }
         }
         M::TaskStart(t) => tasks.start(t.task_id, t.spec_json, t.signature_json),
-        M::DesiredState(d) => converger.desired(d).await,
+        M::DesiredState(d) => {
+            blobs.keep_inline(&d.blobs, &d.state_json);
+            converger.desired(d).await
+        }
         M::PlanRequest(p) => {
             // A plan waits for the converger; the stream (and heartbeats) must not.
             let (converger, tx) = (converger.clone(), tx.clone());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_agent::backoff::Backoff;
-use drover_agent::converge::{Fetcher, RECONCILING_AFTER, report_message};
+use drover_agent::converge::{Fetcher, RECONCILING_AFTER, report_message, verified_inline};
 use drover_agent::identity::{self, Identity, IdentityError};
 use drover_agent::link::{
     self, Attached, HelloInfo, SessionEnd, describe_transport_error, refused_or_broken,
@@ -467,6 +467,13 @@ impl SimAgent {
             && !taken.statuses.is_empty())
         .then(|| Instant::now() + RECONCILING_AFTER);
         self.fetched.retain(|sha| taken.blobs.contains(sha));
+        // Content sent along needs no fetch, as on a real agent (which keeps it in its cache).
+        for blob in verified_inline(&update.blobs) {
+            if taken.blobs.contains(&blob.sha256) && !self.fetched.contains(&blob.sha256) {
+                Stats::add(&self.config.stats.blobs_inline);
+                self.fetched.push(blob.sha256.clone());
+            }
+        }
         self.desired = Some(taken);
         if let Some(f) = stream.fetch.take() {
             f.abort();

@@ -19,6 +19,8 @@ pub struct Stats {
     pub tasks_finished: AtomicU64,
     pub reports: AtomicU64,
     pub blobs_fetched: AtomicU64,
+    /// Content that came inside a desired state update, so needed no fetch.
+    pub blobs_inline: AtomicU64,
     pub blob_errors: AtomicU64,
     pub actions: AtomicU64,
     last_error: Mutex<String>,
@@ -39,6 +41,8 @@ pub struct Snapshot {
     pub tasks_finished: u64,
     pub reports: u64,
     pub blobs_fetched: u64,
+    #[serde(default)]
+    pub blobs_inline: u64,
     pub blob_errors: u64,
     pub actions: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -72,6 +76,7 @@ impl Stats {
             tasks_finished: get(&self.tasks_finished),
             reports: get(&self.reports),
             blobs_fetched: get(&self.blobs_fetched),
+            blobs_inline: get(&self.blobs_inline),
             blob_errors: get(&self.blob_errors),
             actions: get(&self.actions),
             last_error: self
@@ -88,7 +93,7 @@ impl Snapshot {
     pub fn line(&self) -> String {
         let mut line = format!(
             "agents={} started={} enrolled={} connected={} failed={} connects={} disconnects={} \
-             heartbeats={} session_data={} tasks_finished={} reports={} blobs_fetched={} blob_errors={} actions={}",
+             heartbeats={} session_data={} tasks_finished={} reports={} blobs_fetched={} blobs_inline={} blob_errors={} actions={}",
             self.agents,
             self.started,
             self.enrolled,
@@ -101,6 +106,7 @@ impl Snapshot {
             self.tasks_finished,
             self.reports,
             self.blobs_fetched,
+            self.blobs_inline,
             self.blob_errors,
             self.actions
         );

@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use drover_testkit::{Agent, Podman, Server, TIMEOUT, next_event, wait_for};
+use drover_testkit::{
+    Agent, Podman, Server, TIMEOUT, get_text, next_event, parse_exposition, sample, wait_for,
+};
 use serde_json::{Value, json};
 
 struct Fleet {
@@ -644,6 +646,51 @@ fn file_sources_travel_through_the_blob_store() {
         )
         .unwrap();
     assert_eq!(r.status, 400);
+}
+
+/// Blob requests the server has received from agents, from its `/metrics`.
+fn blob_requests(server: &Server) -> f64 {
+    let url = format!("{}/metrics", server.api_url());
+    let (status, body) = get_text(&url, Some(&server.admin_token())).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let samples = parse_exposition(&body).unwrap();
+    sample(
+        &samples,
+        "drover_agent_messages_received_total",
+        &[("type", "blob_request")],
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn small_content_goes_with_the_desired_state_and_large_content_is_fetched() {
+    let f = fleet(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let apply = |name: &str, source: &str, data: &[u8]| {
+        std::fs::write(dir.path().join(source), data).unwrap();
+        let manifest = dir.path().join(format!("{name}.yaml"));
+        let target = f.path(source);
+        std::fs::write(&manifest, format!("name: {name}\nselector: {{role: edge}}\nresources:\n  - id: {name}\n    file: {{path: {target}, source: {source}}}\n")).unwrap();
+        let out = f
+            .server
+            .cli(&[
+                "apply",
+                "-f",
+                manifest.to_str().unwrap(),
+                "--wait",
+                "--timeout",
+                "60s",
+            ])
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(std::fs::read(&target).unwrap(), data);
+    };
+    // A small file arrives inside the node's desired state: the agent asks for nothing.
+    apply("small", "small.conf", b"listen 8080\n");
+    assert_eq!(blob_requests(&f.server), 0.0);
+    // One above the inline size (4 KiB) is fetched over the agent's stream.
+    apply("large", "large.bin", &vec![7u8; 64 * 1024]);
+    assert!(blob_requests(&f.server) >= 1.0);
 }
 
 #[test]

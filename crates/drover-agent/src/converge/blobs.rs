@@ -126,6 +126,13 @@ impl Fetcher {
     }
 }
 
+/// The content sent inside a desired state update that hashes to its name.
+pub fn verified_inline(inline: &[v1::InlineBlob]) -> impl Iterator<Item = &v1::InlineBlob> {
+    inline
+        .iter()
+        .filter(|b| hex::encode(Sha256::digest(&b.data)) == b.sha256)
+}
+
 /// A request id unique within this agent's lifetime.
 fn uuid_like() -> String {
     hex::encode(rand::random::<[u8; 12]>())
@@ -143,6 +150,26 @@ impl Blobs {
         Self {
             cache,
             fetcher: Arc::default(),
+        }
+    }
+
+    /// Keeps the content that came inside a desired state update, so the resources naming it need no
+    /// fetch: only what hashes to its name and what the state (`state_json`) names, so the cache holds
+    /// nothing the node was not told to use. The rest is dropped (and fetched when needed).
+    pub fn keep_inline(&self, inline: &[v1::InlineBlob], state_json: &str) {
+        for blob in verified_inline(inline).filter(|b| state_json.contains(&b.sha256)) {
+            let cached = self.cache.join(&blob.sha256);
+            if cached.exists() {
+                continue;
+            }
+            if let Err(e) = drover_files::create_private_dir(&self.cache)
+                .and_then(|()| drover_files::write_atomic(&cached, &blob.data, true))
+            {
+                tracing::warn!(
+                    "cannot keep content {} sent with the desired state: {e}",
+                    blob.sha256
+                );
+            }
         }
     }
 
@@ -211,5 +238,52 @@ mod tests {
                 .unwrap_err()
                 .contains("not connected")
         );
+    }
+
+    #[tokio::test]
+    async fn content_sent_with_the_desired_state_is_kept_when_it_hashes_to_a_name_the_state_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::new(dir.path().join("blobs"));
+        let good = b"listen 8080\n".to_vec();
+        let good_sha = hex::encode(Sha256::digest(&good));
+        let forged_sha = hex::encode(Sha256::digest(b"the real content"));
+        let other = b"not named by the state".to_vec();
+        let other_sha = hex::encode(Sha256::digest(&other));
+        let state = format!(
+            r#"{{"resources":[{{"file":{{"sha256":"{good_sha}"}}}},{{"file":{{"sha256":"{forged_sha}"}}}}]}}"#
+        );
+        blobs.keep_inline(
+            &[
+                v1::InlineBlob {
+                    sha256: other_sha.clone(),
+                    data: other,
+                },
+                v1::InlineBlob {
+                    sha256: good_sha.clone(),
+                    data: good.clone(),
+                },
+                v1::InlineBlob {
+                    sha256: forged_sha.clone(),
+                    data: b"something else".to_vec(),
+                },
+                // Not a name a file may have.
+                v1::InlineBlob {
+                    sha256: "../escape".into(),
+                    data: b"x".to_vec(),
+                },
+            ],
+            &state,
+        );
+        // Not connected: the good one comes from the cache, the forged one is not there.
+        assert_eq!(blobs.get(&good_sha).await.unwrap(), good);
+        assert!(
+            blobs
+                .get(&forged_sha)
+                .await
+                .unwrap_err()
+                .contains("not connected")
+        );
+        assert!(!dir.path().join("escape").exists());
+        assert!(!dir.path().join("blobs").join(other_sha).exists());
     }
 }

@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::policy::{Policy, Refusal};
-pub use blobs::{Blobs, Fetcher};
+pub use blobs::{Blobs, Fetcher, verified_inline};
 pub use ledger::{Held, LedgerEntry};
 use reconciler::{ConvergeError, Registry};
 

@@ -53,16 +53,22 @@ fn desired_state(labels: &Labels, stored: &[StoredManifest]) -> DesiredState {
 /// A node's stored desired generation and content hash (none before its first).
 type Stored = Option<(u64, String)>;
 
-/// The message that gives a node its desired state.
+/// The message that gives a node its desired state, without content (see `Fleet::desired_message`).
 pub(super) fn desired_update(state: &DesiredState) -> v1::DesiredStateUpdate {
     v1::DesiredStateUpdate {
         generation: state.generation,
         state_json: serde_json::to_string(state).unwrap_or_default(),
+        blobs: Vec::new(),
     }
 }
 
 /// Bytes per BlobData piece.
 const BLOB_PIECE: usize = 1024 * 1024;
+/// Content this small goes inside a desired state update, when the blob cache holds it, instead of each
+/// node fetching it: at 19,000 nodes, an apply of a small file then costs no blob round trip per node.
+const INLINE_BLOB_MAX: usize = 4 * 1024;
+/// ... and at most this much content in one update (the fleet's updates queue at once during an apply).
+const INLINE_BYTES_MAX: usize = 8 * 1024;
 /// Nodes whose desired state is recomputed at once, at most: their writes share the store's group commits
 /// (up to 1,024 writes each), so a fleet-wide recomputation takes about nodes / this many commits.
 const RECOMPUTE_AT_ONCE: usize = 1024;
@@ -389,7 +395,7 @@ impl Fleet {
     /// Sends a node its desired state if its stream is here; with `--nats`, also writes it to the
     /// `desired-state` bucket, whose watch on the replica holding the stream delivers it there.
     async fn push_desired(&self, node_id: &str, state: &DesiredState) {
-        let update = desired_update(state);
+        let update = self.desired_message(state);
         self.desired_to_kv(node_id, &update).await;
         self.links().send(node_id, Msg::DesiredState(update)).await;
     }
@@ -567,7 +573,48 @@ impl Fleet {
                 format!("the content's SHA-256 is {actual}, not {sha256}"),
             ));
         }
+        // `drover apply` uploads a manifest's content just before it: small content is then sent inline.
+        if data.len() <= INLINE_BLOB_MAX {
+            self.blobs.put(&actual, &data);
+        }
         Ok(self.store().put_blob(&actual, data).await?)
+    }
+
+    /// The message that gives a node its desired state, with the small content it names.
+    pub(super) fn desired_message(&self, state: &DesiredState) -> v1::DesiredStateUpdate {
+        v1::DesiredStateUpdate {
+            blobs: self.inline_blobs(state),
+            ..desired_update(state)
+        }
+    }
+
+    /// The small content that a state's File resources name and the blob cache holds, to send inside the
+    /// state's update (`INLINE_BLOB_MAX`, `INLINE_BYTES_MAX`). Only from the cache: a push never waits on the
+    /// store, and content not sent along is fetched by the node as before.
+    fn inline_blobs(&self, state: &DesiredState) -> Vec<v1::InlineBlob> {
+        let mut inline: Vec<v1::InlineBlob> = Vec::new();
+        let mut total = 0;
+        let named = state
+            .resources
+            .iter()
+            .filter_map(|r| r.resource.file.as_ref()?.sha256.as_deref());
+        for sha256 in named {
+            if inline.iter().any(|b| b.sha256 == sha256) {
+                continue;
+            }
+            let Some(data) = self.blobs.get(sha256) else {
+                continue;
+            };
+            if data.len() > INLINE_BLOB_MAX || total + data.len() > INLINE_BYTES_MAX {
+                continue;
+            }
+            total += data.len();
+            inline.push(v1::InlineBlob {
+                sha256: sha256.to_string(),
+                data: data.to_vec(),
+            });
+        }
+        inline
     }
 
     /// A node asks for a blob. Served in a task of its own (pieces wait for room in the node's stream; the

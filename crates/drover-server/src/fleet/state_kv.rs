@@ -426,7 +426,7 @@ impl Fleet {
                 let update = if record.body.is_empty() {
                     // Too large for NATS: read from the store.
                     match fleet.store().get_desired(&node).await {
-                        Ok(Some((state, _))) => super::desired::desired_update(&state),
+                        Ok(Some((state, _))) => fleet.desired_message(&state),
                         Ok(None) => return,
                         Err(e) => {
                             tracing::warn!(node = %node, "cannot read a node's desired state to send it: {e}");
@@ -434,9 +434,14 @@ impl Fleet {
                         }
                     }
                 } else {
+                    // The content it names goes along as from the replica that wrote it.
+                    let blobs = serde_json::from_str(&record.body)
+                        .map(|state| fleet.desired_message(&state).blobs)
+                        .unwrap_or_default();
                     DesiredStateUpdate {
                         generation: record.generation,
                         state_json: record.body,
+                        blobs,
                     }
                 };
                 fleet.links().send(&node, Msg::DesiredState(update)).await;
