@@ -16,7 +16,8 @@
 #   IDLE_SECS    idle window per size                                                   [60]
 #   EXEC_SIZES   sizes at which exec latency is measured              [the smallest and the largest]
 #   EXEC_TRIES   exec --all runs per size                                               [10]
-#   APPLY_TRIES  apply -> converged runs at the largest size                            [3]
+#   APPLY_TRIES  apply -> converged runs at the largest size, per content size          [3]
+#   APPLY_SIZES  bytes of the applied file, one series each (up to 4 KiB it goes inline)  [64 5000]
 #   RAMP         new simulated agents per second (caps the measured enrollment rate)    [1000]
 #   HEARTBEAT    simulated heartbeat interval                                          [10s]
 #   SIM_ARGS     extra drover-sim flags (e.g. "--sessions 0")                            []
@@ -31,6 +32,7 @@ RESULTS=${RESULTS:-${OUT:-.}/bench-scale.txt}
 IDLE_SECS=${IDLE_SECS:-60}
 EXEC_TRIES=${EXEC_TRIES:-10}
 APPLY_TRIES=${APPLY_TRIES:-3}
+APPLY_SIZES=${APPLY_SIZES:-64 5000}
 RAMP=${RAMP:-1000}
 HEARTBEAT=${HEARTBEAT:-10s}
 WAIT_SECS=${WAIT_SECS:-900}
@@ -152,27 +154,33 @@ for size in "${sizes[@]}"; do
 done
 
 total=$prev
-: >"$work/apply.txt"
-for try in $(seq "$APPLY_TRIES"); do
-  echo "content $try $(now_ns)" >"$work/blob.txt"
-  cat >"$work/m.yaml" <<EOF
+for bytes in $APPLY_SIZES; do
+  : >"$work/apply.txt"
+  # Content up to 4 KiB goes inside each node's desired state update; larger content every node fetches.
+  how="sent with the desired state"
+  [[ $bytes -gt 4096 ]] && how="fetched by every node"
+  for try in $(seq "$APPLY_TRIES"); do
+    line="content $try $(now_ns)" # unique, so every try changes every node; padded to the size asked
+    { echo "$line"; head -c $((bytes > ${#line} + 1 ? bytes - ${#line} - 1 : 0)) /dev/zero | tr '\0' x; } >"$work/blob.txt"
+    cat >"$work/m.yaml" <<EOF
 name: bench-scale
 resources:
   - id: bench-file
     file: {path: /tmp/drover-bench-scale/file, source: $work/blob.txt}
 EOF
-  t=$(now_ns)
-  if ! "${cli[@]}" apply -f "$work/m.yaml" --wait --timeout 30m >"$work/apply-out.txt" 2>&1; then
-    cat "$work/apply-out.txt" >>"$work/apply.log"
-    record "$total agents: apply -> converged FAILED after $(secs_since "$t")s: $(grep -i error "$work/apply-out.txt" | head -1 || true)"
-    break
+    t=$(now_ns)
+    if ! "${cli[@]}" apply -f "$work/m.yaml" --wait --timeout 30m >"$work/apply-out.txt" 2>&1; then
+      cat "$work/apply-out.txt" >>"$work/apply.log"
+      record "$total agents: apply -> converged FAILED after $(secs_since "$t")s: $(grep -i error "$work/apply-out.txt" | head -1 || true)"
+      break
+    fi
+    secs_since "$t" >>"$work/apply.txt"
+    echo >>"$work/apply.txt"
+  done
+  if [[ -s "$work/apply.txt" ]]; then
+    record "$total agents: apply -> converged (one File resource by sha256, $bytes bytes, $how): $(grep . "$work/apply.txt" | percentiles)"
   fi
-  secs_since "$t" >>"$work/apply.txt"
-  echo >>"$work/apply.txt"
 done
-if [[ -s "$work/apply.txt" ]]; then
-  record "$total agents: apply -> converged (one File resource by sha256, fetched by every node): $(grep . "$work/apply.txt" | percentiles)"
-fi
 
 log "restarting the server"
 t0=$(now_ns)

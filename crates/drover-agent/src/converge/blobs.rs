@@ -162,8 +162,9 @@ impl Blobs {
             if cached.exists() {
                 continue;
             }
+            // No fsync on the link's path: what a crash loses is checked on read and fetched again.
             if let Err(e) = drover_files::create_private_dir(&self.cache)
-                .and_then(|()| drover_files::write_atomic(&cached, &blob.data, true))
+                .and_then(|()| drover_files::replace(&cached, &blob.data, true))
             {
                 tracing::warn!(
                     "cannot keep content {} sent with the desired state: {e}",
