@@ -83,13 +83,8 @@ start_server() {
     --listen "127.0.0.1:$api" --agent-listen "127.0.0.1:$grpc" --metrics-listen "127.0.0.1:$metrics" \
     2>>"$work/server.log" &
   server_pid=$!
-  for _ in $(seq 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$api") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$grpc") 2>/dev/null && return
-    kill -0 "$server_pid" 2>/dev/null || { tail -20 "$work/server.log" >&2; echo "the server exited" >&2; exit 1; }
-    sleep 0.1
-  done
-  echo "the server did not open its ports in 30 s" >&2
-  exit 1
+  # In a subshell, so that the server's last words are shown before the work dir goes.
+  (wait_ports "$server_pid" "the server" "$api" "$grpc") || { tail -20 "$work/server.log" >&2; exit 1; }
 }
 
 sims_ticks() {
