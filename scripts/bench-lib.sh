@@ -116,6 +116,29 @@ timed_exec_all() {
   grep . "$times" | percentiles
 }
 
+# Runs `"${cli[@]}" apply -f M --wait` TRIES times, M a manifest NAME with one File resource whose content
+# (BYTES long, different every try, so every try changes every node) the CLI uploads; prints p50/p99 of the
+# wall times, or "FAILED after …" at the first failure. Uses the caller's `cli` array.
+timed_apply() {
+  local name=$1 tries=$2 bytes=$3 t try line times="$work/apply-times.txt"
+  : >"$times"
+  for try in $(seq "$tries"); do
+    line="content $try $(now_ns)"
+    { echo "$line"; head -c $((bytes > ${#line} + 1 ? bytes - ${#line} - 1 : 0)) /dev/zero | tr '\0' x; } >"$work/blob.txt"
+    printf 'name: %s\nresources:\n  - id: file\n    file: {path: /tmp/drover-%s/file, source: %s}\n' \
+      "$name" "$name" "$work/blob.txt" >"$work/m.yaml"
+    t=$(now_ns)
+    if ! "${cli[@]}" apply -f "$work/m.yaml" --wait --timeout "${APPLY_TIMEOUT:-30m}" >"$work/apply-out.txt" 2>&1; then
+      cat "$work/apply-out.txt" >>"$work/apply.log"
+      echo "FAILED after $(secs_since "$t")s: $(grep -i error "$work/apply-out.txt" | head -1 || true)"
+      return
+    fi
+    secs_since "$t" >>"$times"
+    echo >>"$times"
+  done
+  grep . "$times" | percentiles
+}
+
 # p50 and p99 (nearest rank) of the numbers on stdin.
 percentiles() {
   sort -n | awk '{ v[NR] = $1 } END {

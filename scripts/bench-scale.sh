@@ -150,31 +150,10 @@ done
 
 total=$prev
 for bytes in $APPLY_SIZES; do
-  : >"$work/apply.txt"
   # Content up to 4 KiB goes inside each node's desired state update; larger content every node fetches.
   how="sent with the desired state"
   [[ $bytes -gt 4096 ]] && how="fetched by every node"
-  for try in $(seq "$APPLY_TRIES"); do
-    line="content $try $(now_ns)" # unique, so every try changes every node; padded to the size asked
-    { echo "$line"; head -c $((bytes > ${#line} + 1 ? bytes - ${#line} - 1 : 0)) /dev/zero | tr '\0' x; } >"$work/blob.txt"
-    cat >"$work/m.yaml" <<EOF
-name: bench-scale
-resources:
-  - id: bench-file
-    file: {path: /tmp/drover-bench-scale/file, source: $work/blob.txt}
-EOF
-    t=$(now_ns)
-    if ! "${cli[@]}" apply -f "$work/m.yaml" --wait --timeout 30m >"$work/apply-out.txt" 2>&1; then
-      cat "$work/apply-out.txt" >>"$work/apply.log"
-      record "$total agents: apply -> converged FAILED after $(secs_since "$t")s: $(grep -i error "$work/apply-out.txt" | head -1 || true)"
-      break
-    fi
-    secs_since "$t" >>"$work/apply.txt"
-    echo >>"$work/apply.txt"
-  done
-  if [[ -s "$work/apply.txt" ]]; then
-    record "$total agents: apply -> converged (one File resource by sha256, $bytes bytes, $how): $(grep . "$work/apply.txt" | percentiles)"
-  fi
+  record "$total agents: apply -> converged (one File resource by sha256, $bytes bytes, $how): $(timed_apply bench-scale "$APPLY_TRIES" "$bytes")"
 done
 
 log "restarting the server"

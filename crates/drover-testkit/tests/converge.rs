@@ -32,6 +32,23 @@ impl Fleet {
         self.files.path().join(name).to_str().unwrap().to_string()
     }
 
+    /// `drover apply --wait` of a manifest `name` (selecting the edge node) with one File resource, also
+    /// `name`, whose content is the local file `source` holding `data`; the node then has that content.
+    fn apply_source(&self, name: &str, source: &str, data: &[u8]) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(source), data).unwrap();
+        let manifest = dir.path().join("m.yaml");
+        let target = self.path(source);
+        std::fs::write(&manifest, format!("name: {name}\nselector: {{role: edge}}\nresources:\n  - id: {name}\n    file: {{path: {target}, source: {source}}}\n")).unwrap();
+        let manifest = manifest.to_str().unwrap();
+        let out = self
+            .server
+            .cli(&["apply", "-f", manifest, "--wait", "--timeout", "60s"])
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(std::fs::read(&target).unwrap(), data);
+    }
+
     fn apply(&self, manifest: Value) -> Value {
         let r = self
             .server
@@ -597,26 +614,9 @@ fn containers_converge_and_drift_is_corrected_through_a_real_engine() {
 #[test]
 fn file_sources_travel_through_the_blob_store() {
     let f = fleet(&[]);
-    let dir = tempfile::tempdir().unwrap();
     // Larger than a REST body may be, and not text.
     let payload: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(dir.path().join("payload.bin"), &payload).unwrap();
-    let target = f.path("payload.bin");
-    let manifest = dir.path().join("m.yaml");
-    std::fs::write(&manifest, format!("name: blob\nselector: {{role: edge}}\nresources:\n  - id: payload\n    file: {{path: {target}, source: payload.bin}}\n")).unwrap();
-    let out = f
-        .server
-        .cli(&[
-            "apply",
-            "-f",
-            manifest.to_str().unwrap(),
-            "--wait",
-            "--timeout",
-            "60s",
-        ])
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(std::fs::read(&target).unwrap(), payload);
+    f.apply_source("blob", "payload.bin", &payload);
     let stored: Value =
         serde_json::from_slice(&f.server.cli(&["manifests", "show", "blob"]).unwrap().stdout)
             .unwrap();
@@ -665,31 +665,11 @@ fn blob_requests(server: &Server) -> f64 {
 #[test]
 fn small_content_goes_with_the_desired_state_and_large_content_is_fetched() {
     let f = fleet(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let apply = |name: &str, source: &str, data: &[u8]| {
-        std::fs::write(dir.path().join(source), data).unwrap();
-        let manifest = dir.path().join(format!("{name}.yaml"));
-        let target = f.path(source);
-        std::fs::write(&manifest, format!("name: {name}\nselector: {{role: edge}}\nresources:\n  - id: {name}\n    file: {{path: {target}, source: {source}}}\n")).unwrap();
-        let out = f
-            .server
-            .cli(&[
-                "apply",
-                "-f",
-                manifest.to_str().unwrap(),
-                "--wait",
-                "--timeout",
-                "60s",
-            ])
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        assert_eq!(std::fs::read(&target).unwrap(), data);
-    };
     // A small file arrives inside the node's desired state: the agent asks for nothing.
-    apply("small", "small.conf", b"listen 8080\n");
+    f.apply_source("small", "small.conf", b"listen 8080\n");
     assert_eq!(blob_requests(&f.server), 0.0);
     // One above the inline size (4 KiB) is fetched over the agent's stream.
-    apply("large", "large.bin", &vec![7u8; 64 * 1024]);
+    f.apply_source("large", "large.bin", &[7u8; 64 * 1024]);
     assert!(blob_requests(&f.server) >= 1.0);
 }
 
