@@ -574,10 +574,12 @@ impl Fleet {
             ));
         }
         // `drover apply` uploads a manifest's content just before it: small content is then sent inline.
-        if data.len() <= INLINE_BLOB_MAX {
-            self.blobs.put(&actual, &data);
+        let small = (data.len() <= INLINE_BLOB_MAX).then(|| data.clone());
+        self.store().put_blob(&actual, data).await?;
+        if let Some(small) = small {
+            self.blobs.put(&actual, &small);
         }
-        Ok(self.store().put_blob(&actual, data).await?)
+        Ok(())
     }
 
     /// The message that gives a node its desired state, with the small content it names.
