@@ -662,6 +662,31 @@ fn blob_requests(server: &Server) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// Content fetched as the edge node, with its own certificate (the unary `FetchBlob` of protocol 1).
+fn fetch_as_node(f: &Fleet, sha256: &str) -> Result<Vec<u8>, tonic::Status> {
+    let identity = drover_agent::identity::Identity::load(&f.agent.state_dir())
+        .unwrap()
+        .expect("the agent has enrolled");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = identity
+            .endpoint(&f.server.agent_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        drover_proto::AgentLinkClient::new(channel)
+            .fetch_blob(drover_proto::v1::FetchBlobRequest {
+                sha256: sha256.to_string(),
+            })
+            .await
+            .map(|r| r.into_inner().data)
+    })
+}
+
 #[test]
 fn small_content_goes_with_the_desired_state_and_large_content_is_fetched() {
     let f = fleet(&[]);
@@ -671,6 +696,16 @@ fn small_content_goes_with_the_desired_state_and_large_content_is_fetched() {
     // One above the inline size (4 KiB) is fetched over the agent's stream.
     f.apply_source("large", "large.bin", &[7u8; 64 * 1024]);
     assert!(blob_requests(&f.server) >= 1.0);
+
+    // A node may fetch the content its desired state names, and nothing else.
+    let shown = f.server.cli(&["manifests", "show", "small"]).unwrap();
+    let small: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let sha = small["resources"][0]["file"]["sha256"].as_str().unwrap();
+    assert_eq!(fetch_as_node(&f, sha).unwrap(), b"listen 8080\n");
+    let out = f.server.cli(&["delete", "manifest", "small"]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let refused = fetch_as_node(&f, sha).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
 }
 
 #[test]

@@ -696,16 +696,7 @@ impl Fleet {
         node_id: &str,
         sha256: &str,
     ) -> Result<Option<Vec<u8>>, FleetError> {
-        let referenced = self
-            .store()
-            .get_desired(node_id)
-            .await?
-            .is_some_and(|(s, _)| {
-                s.resources.iter().any(|r| {
-                    r.resource.file.as_ref().and_then(|f| f.sha256.as_deref()) == Some(sha256)
-                })
-            });
-        if !referenced {
+        if !self.store().desired_names_blob(node_id, sha256).await? {
             return Ok(None);
         }
         if let Some(hit) = self.blobs.get(sha256) {

@@ -98,6 +98,7 @@ timed! {
     list_manifests() -> Vec<StoredManifest>;
     delete_manifest(name: &str) -> bool;
     get_desired(node_id: &str) -> Option<(DesiredState, String)>;
+    desired_names_blob(node_id: &str, sha256: &str) -> bool;
     desired_versions() -> Vec<(String, u64, String)>;
     put_desired(node_id: &str, state: &DesiredState, hash: &str) -> bool;
     put_convergence(node_id: &str, report: &NodeConvergence) -> ();

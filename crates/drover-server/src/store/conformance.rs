@@ -57,6 +57,7 @@ cases!(
     output_is_kept_once_in_arrival_order,
     manifest_versions_only_go_up_and_signing_again_keeps_the_generation,
     desired_state_is_compare_and_set_on_its_generation,
+    a_desired_state_names_the_content_its_files_have,
     retention_deletes_old_finished_tasks_and_trims_output_oldest_first,
     a_page_of_nodes_is_filtered_by_status_and_labels_and_counted_by_status,
     a_task_page_counts_its_runs_and_reads_a_page_of_them,
@@ -580,6 +581,27 @@ async fn manifest_versions_only_go_up_and_signing_again_keeps_the_generation(
         .await
         .unwrap();
     assert_eq!((put.generation, put.changed), (2, true));
+}
+
+async fn a_desired_state_names_the_content_its_files_have(store: Arc<dyn Store>) {
+    store.insert_node(&node("a", "alpha")).await.unwrap();
+    store.insert_node(&node("b", "beta")).await.unwrap();
+    let (mine, other) = ("1".repeat(64), "2".repeat(64));
+    let state: DesiredState = serde_json::from_value(serde_json::json!({
+        "generation": 1,
+        "resources": [
+            {"manifest": "m", "id": "inline", "file": {"path": "/etc/a", "content": other}},
+            {"manifest": "m", "id": "by-hash", "file": {"path": "/etc/b", "sha256": mine}},
+            {"manifest": "m", "id": "unit", "systemd_unit": {"name": "x.service"}},
+        ],
+    }))
+    .unwrap();
+    assert!(store.put_desired("a", &state, "h").await.unwrap());
+    assert!(store.desired_names_blob("a", &mine).await.unwrap());
+    // Only a file's `sha256` names content: not the same text elsewhere, nor another node's state.
+    assert!(!store.desired_names_blob("a", &other).await.unwrap());
+    assert!(!store.desired_names_blob("b", &mine).await.unwrap());
+    assert!(!store.desired_names_blob("gone", &mine).await.unwrap());
 }
 
 async fn desired_state_is_compare_and_set_on_its_generation(store: Arc<dyn Store>) {

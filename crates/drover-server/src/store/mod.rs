@@ -318,6 +318,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         node_id: &str,
     ) -> Result<Option<(DesiredState, String)>, StoreError>;
+    /// Whether a node's desired state has a File resource with this content: what a node may fetch. Read
+    /// without decoding the whole state (every node of a fleet-wide apply asks once per file).
+    async fn desired_names_blob(&self, node_id: &str, sha256: &str) -> Result<bool, StoreError>;
     /// Every stored desired state's node id, generation and content hash, in one read (a fleet-wide
     /// recomputation compares against these instead of reading each node's state).
     async fn desired_versions(&self) -> Result<Vec<(String, u64, String)>, StoreError>;

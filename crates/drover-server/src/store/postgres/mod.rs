@@ -1277,6 +1277,19 @@ impl Store for PgStore {
             .transpose()
     }
 
+    async fn desired_names_blob(&self, node_id: &str, sha256: &str) -> Result<bool, StoreError> {
+        // jsonb containment: some element of `resources` has `file.sha256` equal to the content's.
+        let wanted = serde_json::json!({ "resources": [{ "file": { "sha256": sha256 } }] });
+        let (named,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM node_desired WHERE node_id = $1 AND state::jsonb @> $2::jsonb)",
+        )
+        .bind(node_id)
+        .bind(wanted.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(named)
+    }
+
     async fn desired_versions(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
         let rows: Vec<(String, Option<i64>, String)> = sqlx::query_as(
             "SELECT node_id, (state::jsonb ->> 'generation')::bigint, hash FROM node_desired",

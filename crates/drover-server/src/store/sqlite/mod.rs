@@ -1082,6 +1082,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn desired_names_blob(&self, node_id: &str, sha256: &str) -> Result<bool, StoreError> {
+        let (id, sha) = (node_id.to_string(), sha256.to_string());
+        self.read(move |c| {
+            Ok(row(
+                c,
+                "SELECT EXISTS (SELECT 1 FROM node_desired d, json_each(d.state, '$.resources') r
+                  WHERE d.node_id = ?1 AND json_extract(r.value, '$.file.sha256') = ?2)",
+                [id, sha],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
     async fn desired_versions(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
