@@ -593,7 +593,7 @@ impl Fleet {
     /// The small content that a state's File resources name and the blob cache holds, to send inside the
     /// state's update (`INLINE_BLOB_MAX`, `INLINE_BYTES_MAX`). Only from the cache: a push never waits on the
     /// store, and content not sent along is fetched by the node as before.
-    fn inline_blobs(&self, state: &DesiredState) -> Vec<v1::InlineBlob> {
+    pub(super) fn inline_blobs(&self, state: &DesiredState) -> Vec<v1::InlineBlob> {
         let mut inline: Vec<v1::InlineBlob> = Vec::new();
         let mut total = 0;
         let named = state

@@ -436,7 +436,7 @@ impl Fleet {
                 } else {
                     // The content it names goes along as from the replica that wrote it.
                     let blobs = serde_json::from_str(&record.body)
-                        .map(|state| fleet.desired_message(&state).blobs)
+                        .map(|state| fleet.inline_blobs(&state))
                         .unwrap_or_default();
                     DesiredStateUpdate {
                         generation: record.generation,
