@@ -29,6 +29,8 @@ fi
 # nats-server for the replica tests (crates/drover-testkit/tests/replicas.rs): they start their own on a free port;
 # the package's systemd unit does not run here (no systemd as PID 1).
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+# promtool (Debian's prometheus package) lints the server's /metrics (crates/drover-testkit/tests/metrics.rs).
+command -v promtool >/dev/null || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "testbed: installing ${need[*]}"

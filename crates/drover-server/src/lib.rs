@@ -8,6 +8,7 @@ pub mod links;
 mod memory;
 pub mod metrics;
 pub mod pki;
+mod rlimit;
 pub mod server;
 pub mod store;
 mod sync;

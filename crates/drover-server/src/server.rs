@@ -40,6 +40,8 @@ pub struct ServerConfig {
     /// With `database`: a `nats://` URL connecting the replicas, so commands for an agent reach the replica
     /// that holds its stream and followers see output stored by any replica.
     pub nats: Option<String>,
+    /// With `nats`: the CA to verify nats-server by, and the replica's credentials (plain when empty).
+    pub nats_options: crate::fleet::NatsOptions,
     /// REST API and dashboard.
     pub listen: SocketAddr,
     /// Serve the REST API over TLS.
@@ -90,6 +92,7 @@ impl ServerConfig {
             database: None,
             cluster_secret_file: None,
             nats: None,
+            nats_options: Default::default(),
             listen: ([127, 0, 0, 1], 8080).into(),
             api_tls: None,
             advertise_url: None,
@@ -130,7 +133,7 @@ pub enum ServerError {
     NatsWithoutDatabase,
     #[error(transparent)]
     Nats(#[from] crate::fleet::NatsError),
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open the store")]
     Store(#[from] StoreError),
     #[error(
         "cannot listen on {addr}: {source} (is another server running? choose another address with {flag})"
@@ -377,6 +380,13 @@ impl RunningServer {
                 Arc::new(store)
             }
         };
+        match crate::rlimit::raise_open_files() {
+            Ok(files) => tracing::info!(
+                open_files = files,
+                "open-file limit: one a connection, so about this many agents and clients at once"
+            ),
+            Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+        }
         let (pki, created_ca) = Pki::load_or_create(dir, &sans)?;
         let (admin_token, created_admin_token) = load_or_create_admin_token(dir)?;
         let metrics = Arc::new(ServerMetrics::new(config.metrics_per_node));
@@ -397,7 +407,8 @@ impl RunningServer {
             },
         );
         if let Some(url) = &config.nats {
-            let nats = crate::fleet::Nats::connect(url, "drover-server").await?;
+            let nats =
+                crate::fleet::Nats::connect(url, "drover-server", &config.nats_options).await?;
             tracing::info!(nats = %crate::store::redact_url(url), "connected to the other replicas through NATS");
             fleet.set_nats(nats);
         }

@@ -12,7 +12,9 @@ use serde_json::Value;
 mod postgres;
 pub use postgres::Postgres;
 mod nats;
-pub use nats::Nats;
+pub use nats::{Nats, NatsOperator, nkey_user};
+mod tls;
+pub use tls::TestCerts;
 
 /// The usual patience for a state to appear on a loaded machine.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -261,6 +263,20 @@ impl Server {
 
     pub fn agent_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.agent_port)
+    }
+
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's resident memory in KiB (`VmRSS` in /proc/<pid>/status), for memory-bound tests.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     pub fn admin_token(&self) -> String {
@@ -900,7 +916,11 @@ pub fn get_text(url: &str, token: Option<&str>) -> anyhow::Result<(u16, String)>
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(0)
         .build()?;
-    let mut req = http.get(url);
+    // What Prometheus asks for: OpenMetrics first.
+    let mut req = http.get(url).header(
+        "accept",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    );
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }

@@ -15,6 +15,8 @@ pub struct Nats {
     dir: tempfile::TempDir,
     pub port: u16,
     jetstream: bool,
+    /// Extra configuration (`start_with_config`): TLS, authorization, operator mode.
+    config: Option<String>,
 }
 
 /// `DROVER_NATS_SERVER`, else `nats-server` on the PATH or in /usr/sbin and /usr/bin.
@@ -56,6 +58,22 @@ impl Nats {
             dir,
             port: free_port(),
             jetstream,
+            config: None,
+        };
+        nats.run()?;
+        Ok(nats)
+    }
+
+    /// Starts a fresh server with JetStream and these lines added to its configuration file (say a
+    /// `tls { ... }` block and `authorization { ... }`, or `NatsOperator::server_config`).
+    pub fn start_with_config(config: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("drover-nats").tempdir()?;
+        let mut nats = Self {
+            child: None,
+            dir,
+            port: free_port(),
+            jetstream: true,
+            config: Some(config.to_string()),
         };
         nats.run()?;
         Ok(nats)
@@ -72,7 +90,18 @@ impl Nats {
         let port = self.port;
         let mut cmd = Command::new(&binary);
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
-        if self.jetstream {
+        if let Some(extra) = &self.config {
+            let file = self.dir.path().join("nats.conf");
+            let store = self.dir.path().join("store");
+            std::fs::write(
+                &file,
+                format!(
+                    "jetstream {{ store_dir: {:?} }}\n{extra}\n",
+                    store.display().to_string()
+                ),
+            )?;
+            cmd.arg("-c").arg(&file);
+        } else if self.jetstream {
             cmd.args(["-js", "-sd"]).arg(self.dir.path().join("store"));
         }
         self.child = Some(spawn_logged(cmd, &self.dir.path().join("log"))?);
@@ -130,5 +159,138 @@ impl Drop for Nats {
         if let Some(mut child) = self.child.take() {
             terminate(&mut child, true);
         }
+    }
+}
+
+/// A user nkey: (public key `U...` for the server's `authorization` block, seed `SU...` for the client).
+pub fn nkey_user() -> anyhow::Result<(String, String)> {
+    let user = nkeys::KeyPair::new_user();
+    Ok((user.public_key(), user.seed()?))
+}
+
+/// nats-server's operator (JWT) mode for tests: an operator, one account with JetStream, and user JWTs
+/// the account signs, minted here as `nsc` would (header, claims, ed25519 signature over both). The
+/// server keeps the account in memory (`resolver: MEMORY` with `resolver_preload`).
+pub struct NatsOperator {
+    account: nkeys::KeyPair,
+    operator_jwt: String,
+    account_jwt: String,
+    /// JetStream needs a system account in operator mode.
+    system: nkeys::KeyPair,
+    system_jwt: String,
+}
+
+/// A JWT of `claims` (their `iss`, `iat` and `jti` filled in) signed by `signer`.
+fn jwt(signer: &nkeys::KeyPair, mut claims: serde_json::Value) -> anyhow::Result<String> {
+    use data_encoding::BASE64URL_NOPAD;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    claims["iss"] = signer.public_key().into();
+    claims["iat"] = now.as_secs().into();
+    // The server does not check the id; nsc's is a hash of the claims, a random one serves as well.
+    claims["jti"] = nkeys::KeyPair::new_user().public_key().into();
+    let head = BASE64URL_NOPAD.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = BASE64URL_NOPAD.encode(&serde_json::to_vec(&claims)?);
+    let signed = format!("{head}.{body}");
+    let sig = signer
+        .sign(signed.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
+    Ok(format!("{signed}.{}", BASE64URL_NOPAD.encode(&sig)))
+}
+
+impl NatsOperator {
+    pub fn new() -> anyhow::Result<Self> {
+        let operator = nkeys::KeyPair::new_operator();
+        let account = nkeys::KeyPair::new_account();
+        let operator_jwt = jwt(
+            &operator,
+            serde_json::json!({
+                "sub": operator.public_key(),
+                "name": "drover-test",
+                "nats": {"type": "operator", "version": 2},
+            }),
+        )?;
+        let account_jwt = jwt(
+            &operator,
+            serde_json::json!({
+                "sub": account.public_key(),
+                "name": "drover",
+                "nats": {
+                    "limits": {
+                        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                        "wildcards": true, "conn": -1, "leaf": -1,
+                        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+                    },
+                    "default_permissions": {"pub": {}, "sub": {}},
+                    "type": "account",
+                    "version": 2,
+                },
+            }),
+        )?;
+        let system = nkeys::KeyPair::new_account();
+        let system_jwt = jwt(
+            &operator,
+            serde_json::json!({
+                "sub": system.public_key(),
+                "name": "SYS",
+                "nats": {"type": "account", "version": 2},
+            }),
+        )?;
+        Ok(Self {
+            account,
+            operator_jwt,
+            account_jwt,
+            system,
+            system_jwt,
+        })
+    }
+
+    /// The lines that put a nats-server in operator mode with this operator's account.
+    pub fn server_config(&self) -> String {
+        format!(
+            "operator: {:?}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {:?}\n  {}: {:?}\n}}\n",
+            self.operator_jwt,
+            self.system.public_key(),
+            self.account.public_key(),
+            self.account_jwt,
+            self.system.public_key(),
+            self.system_jwt,
+        )
+    }
+
+    /// A `.creds` file's text for a new user of the account, allowed to publish and subscribe to these
+    /// subjects (empty: everything).
+    pub fn user_creds(
+        &self,
+        name: &str,
+        publish: &[&str],
+        subscribe: &[&str],
+    ) -> anyhow::Result<String> {
+        let user = nkeys::KeyPair::new_user();
+        let allow = |subjects: &[&str]| {
+            if subjects.is_empty() {
+                serde_json::json!({})
+            } else {
+                serde_json::json!({ "allow": subjects })
+            }
+        };
+        let token = jwt(
+            &self.account,
+            serde_json::json!({
+                "sub": user.public_key(),
+                "name": name,
+                "nats": {
+                    "pub": allow(publish),
+                    "sub": allow(subscribe),
+                    "subs": -1, "data": -1, "payload": -1,
+                    "type": "user",
+                    "version": 2,
+                },
+            }),
+        )?;
+        Ok(format!(
+            "-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed()?
+        ))
     }
 }

@@ -20,6 +20,8 @@ pub struct Postgres {
     started: bool,
     /// `synchronous_commit=on`: commits survive `kill`.
     durable: bool,
+    /// TLS on and required (`hostssl` lines only in pg_hba.conf), with these certificates.
+    tls: Option<crate::TestCerts>,
 }
 
 /// PostgreSQL's `bin` dir: `DROVER_PG_BIN`, else the newest under /usr/lib/postgresql (Debian's layout).
@@ -69,7 +71,18 @@ impl Postgres {
         Self::start_with(true)
     }
 
+    /// As `start`, with TLS required on TCP: `ssl = on` with a certificate for `localhost` and 127.0.0.1
+    /// signed by a fresh CA (`ca_path`), and only `hostssl` lines in pg_hba.conf, so a plain TCP
+    /// connection is refused ("no pg_hba.conf entry ... no encryption"). The unix socket stays open.
+    pub fn start_tls() -> anyhow::Result<Self> {
+        Self::start_as(false, true)
+    }
+
     fn start_with(durable: bool) -> anyhow::Result<Self> {
+        Self::start_as(durable, false)
+    }
+
+    fn start_as(durable: bool, tls: bool) -> anyhow::Result<Self> {
         let bin = find_bin()?;
         let dir = tempfile::Builder::new().prefix("drover-pg").tempdir()?;
         let run_as = if is_root() {
@@ -96,6 +109,7 @@ impl Postgres {
             run_as,
             started: false,
             durable,
+            tls: None,
         };
         let data = pg.data_dir();
         let data = data
@@ -117,8 +131,35 @@ impl Postgres {
                 "--no-sync",
             ],
         )?;
+        if tls {
+            pg.require_tls()?;
+        }
         pg.start_again()?;
         Ok(pg)
+    }
+
+    /// Certificates for the cluster (the key readable by its owner only, as PostgreSQL demands) and a
+    /// pg_hba.conf that takes TCP connections over TLS only.
+    fn require_tls(&mut self) -> anyhow::Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let certs = crate::TestCerts::make(self.dir.path(), "pg")?;
+        let owner = std::fs::metadata(self.dir.path())?.uid();
+        std::fs::set_permissions(&certs.key, std::fs::Permissions::from_mode(0o600))?;
+        for file in [&certs.key, &certs.cert] {
+            std::os::unix::fs::chown(file, Some(owner), None)
+                .context("cannot hand the certificate to the cluster's user")?;
+        }
+        std::fs::write(
+            self.data_dir().join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        )?;
+        self.tls = Some(certs);
+        Ok(())
+    }
+
+    /// The CA that signed the server's certificate (`start_tls`), for `sslrootcert=`.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|c| c.ca.as_path())
     }
 
     /// Starts the stopped cluster again, on the same port and data.
@@ -126,13 +167,20 @@ impl Postgres {
         let data = self.data_dir();
         let data = data.to_str().context("temp dir path is not UTF-8")?;
         // A throwaway cluster: durability off for speed; the socket beside the data, not in /run.
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit={} \
              -c full_page_writes=off -c max_connections=400",
             self.port,
             self.dir.path().display(),
             if self.durable { "on" } else { "off" }
         );
+        if let Some(certs) = &self.tls {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                certs.cert.display(),
+                certs.key.display()
+            ));
+        }
         let log = self.dir.path().join("log");
         let log = log.to_str().context("temp dir path is not UTF-8")?;
         self.started = true;

@@ -108,6 +108,12 @@ impl Browser {
 
     /// Sends a command and returns its result (events in between are skipped).
     fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
+    }
+
+    /// Sends a command and returns its result or its error (a page being replaced answers with one).
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let msg = json!({"id": id, "method": method, "params": params});
@@ -118,8 +124,10 @@ impl Browser {
             };
             let v: Value = serde_json::from_str(text.as_str()).unwrap();
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method} failed: {v}");
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
         }
     }
@@ -131,6 +139,16 @@ impl Browser {
             json!({"expression": expression, "returnByValue": true}),
         );
         r["result"]["value"].clone()
+    }
+
+    /// As `eval`, but `Null` while no page can answer (one is being replaced after a form's submit).
+    fn try_eval(&mut self, expression: &str) -> Value {
+        self.try_call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true}),
+        )
+        .map(|r| r["result"]["value"].clone())
+        .unwrap_or(Value::Null)
     }
 
     fn size(&mut self, width: u32, height: u32, mobile: bool) {
@@ -150,9 +168,9 @@ impl Browser {
     fn wait_text(&mut self, text: &str, what: &str) -> String {
         let mut last = String::new();
         let found = wait_for(what, TIMEOUT, || {
-            let ready = self.eval("document.readyState") == "complete";
+            let ready = self.try_eval("document.readyState") == "complete";
             last = self
-                .eval("document.body ? document.body.innerText : ''")
+                .try_eval("document.body ? document.body.innerText : ''")
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
@@ -236,9 +254,14 @@ fn the_dashboard_shows_the_fleet_nodes_and_tasks_in_a_real_browser() {
     let shots = screenshot_dir();
     let mut b = Browser::start();
 
-    // Desktop: the fleet, with every node and its status, after logging in through a one-time link.
+    // Desktop: the fleet, with every node and its status, after logging in through a one-time link: the
+    // link opens a page naming whose login it is, and its button logs in.
     b.size(1280, 800, false);
-    let text = b.open(&login_link(&server, &admin, "/ui/"), "db-1");
+    let text = b.open(&login_link(&server, &admin, "/ui/"), "Log in as admin");
+    assert!(text.contains("role admin"), "{text}");
+    b.screenshot(&shots.join("login-link-1280x800.png"));
+    b.eval("document.querySelector('form[action=\"/ui/login\"] button').click(); true");
+    let text = b.wait_text("db-1", "the fleet after pressing the login link's button");
     for name in ["web-1", "web-2", "db-1", "Ready", "role=web", "1–3 of 3"] {
         assert!(
             text.contains(name),
@@ -487,20 +510,249 @@ fn the_dashboard_checks_who_calls_and_refuses_changes_from_elsewhere() {
         .unwrap();
     assert_eq!(r.status(), 303, "a revoked operator's session");
 
-    // A login link is used once, and opens only dashboard pages.
-    let link = login_link(&server, &admin, "/ui/tasks");
-    let r = http.get(&link).send().unwrap();
-    assert_eq!(r.headers()["location"], "/ui/tasks");
-    assert_eq!(http.get(&link).send().unwrap().status(), 401);
+    // A login link opens only dashboard pages, and never the login pages themselves.
+    for next in [
+        "https://evil.example/",
+        "/ui/login",
+        "/ui/login%3Fcode%3Dabc",
+        "/ui/%6Cogin",
+        "/ui/x/../login",
+    ] {
+        let r = server
+            .request(
+                "POST",
+                &format!("/ui/login-link?next={next}"),
+                Some(&admin),
+                None,
+            )
+            .unwrap();
+        assert_eq!(r.status, 400, "next={next}: {r:?}");
+        assert_eq!(r.body["field"], "next", "{r:?}");
+    }
+}
+
+/// The cookie a response sets, as `name=value` for a `cookie` header, if any.
+fn session_set(r: &reqwest::blocking::Response) -> Option<String> {
+    let cookie = r.headers().get("set-cookie")?.to_str().unwrap();
+    Some(cookie.split(';').next().unwrap().to_string())
+}
+
+/// An operator with `role`, and its token.
+fn operator(server: &Server, name: &str, role: &str) -> String {
     let r = server
-        .request(
-            "POST",
-            "/ui/login-link?next=https://evil.example/",
-            Some(&admin),
-            None,
+        .post(
+            "/api/v1/operators",
+            Some(&server.admin_token()),
+            &json!({"name": name, "role": role}),
         )
         .unwrap();
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 201, "{r:?}");
+    r.body["token"].as_str().unwrap().to_string()
+}
+
+/// Issue 23, finding 8 (login CSRF, session fixation) and the CSRF check's scheme: another site's page
+/// can neither post a login nor confirm a login link; opening a link sets nothing and names whose login
+/// it is; only the confirming same-origin POST sets the cookie.
+#[test]
+fn a_login_from_another_site_is_refused_and_a_login_link_asks_first() {
+    let server = Server::start().unwrap();
+    let admin = server.admin_token();
+    let mallory = operator(&server, "mallory", "viewer");
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = |p: &str| format!("{}{p}", server.api_url());
+    let own_origin = server.api_url();
+
+    // The attack: another site's page posts the attacker's token to the login form.
+    for (origin, site) in [
+        (Some("https://evil.example"), Some("cross-site")),
+        (Some("https://evil.example"), None),
+        (None, Some("cross-site")),
+        (Some("null"), None),
+    ] {
+        let mut req = http
+            .post(url("/ui/login"))
+            .form(&[("token", mallory.as_str())]);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        if let Some(s) = site {
+            req = req.header("sec-fetch-site", s);
+        }
+        let r = req.send().unwrap();
+        assert_eq!(r.status(), 403, "origin {origin:?}, site {site:?}");
+        assert!(session_set(&r).is_none(), "a refused login sets no cookie");
+        let text = r.text().unwrap();
+        assert!(
+            text.contains("This login was refused") && text.contains("log in there"),
+            "{text}"
+        );
+    }
+    // The same login from the dashboard's own page, or from curl (neither header), works.
+    let r = http
+        .post(url("/ui/login"))
+        .header("origin", &own_origin)
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("token", mallory.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(session_set(&r).is_some());
+    let r = http
+        .post(url("/ui/login"))
+        .form(&[("token", admin.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let admin_session = session_set(&r).unwrap();
+
+    // The attacker's login link: opening it sets nothing and names the attacker.
+    let link = login_link(&server, &mallory, "/ui/tasks");
+    let code = link.split("code=").nth(1).unwrap().to_string();
+    let r = http.get(&link).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        session_set(&r).is_none(),
+        "opening a login link sets no cookie"
+    );
+    let page = r.text().unwrap();
+    assert!(
+        page.contains("Log in as mallory?") && page.contains("viewer"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("name=\"code\" value=\"{code}\"")),
+        "{page}"
+    );
+    // Its confirmation posted by another site's page is refused and leaves the code unused...
+    let r = http
+        .post(url("/ui/login"))
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("code", code.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(session_set(&r).is_none());
+    // ...and pressing the button on the page (same origin) logs in, once, at the link's page.
+    let r = http
+        .post(url("/ui/login"))
+        .header("origin", &own_origin)
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("code", code.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/tasks");
+    let session = session_set(&r).unwrap();
+    assert!(session.starts_with("drover_session=drvop."), "{session}");
+    let r = http
+        .get(url("/ui/tasks"))
+        .header("cookie", &session)
+        .send()
+        .unwrap();
+    assert!(r.text().unwrap().contains("mallory"));
+    let r = http
+        .post(url("/ui/login"))
+        .form(&[("code", code.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401, "a code works once");
+    assert_eq!(http.get(&link).send().unwrap().status(), 401);
+
+    // The CSRF check compares the scheme too: an https page may not act on this http dashboard.
+    let _a = agent(&server, "box", &["--allow-shell"]);
+    let task = server
+        .create_task(
+            json!({"target": {"node": "box"}, "spec": {"kind": "exec", "shell": "sleep 60"}}),
+        )
+        .unwrap();
+    let id = task["id"].as_str().unwrap();
+    let cancel = url(&format!("/ui/tasks/{id}/cancel"));
+    let https_origin = own_origin.replacen("http://", "https://", 1);
+    let r = http
+        .post(&cancel)
+        .header("cookie", &admin_session)
+        .header("hx-request", "true")
+        .header("origin", &https_origin)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403, "{https_origin} on an http dashboard");
+    let still = server.get(&format!("/api/v1/tasks/{id}")).unwrap();
+    assert_eq!(still.body["runs"][0]["state"], "Running");
+    let r = http
+        .post(&cancel)
+        .header("cookie", &admin_session)
+        .header("hx-request", "true")
+        .header("origin", &own_origin)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Issue 23, finding 7: a viewer asking for login links in a loop is refused after its own few, and the
+/// admin still gets one that works.
+#[test]
+fn a_viewer_cannot_crowd_out_anyone_elses_login_links() {
+    let server = Server::start().unwrap();
+    let admin = server.admin_token();
+    let vera = operator(&server, "vera", "viewer");
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // The attack, bounded: 1,030 requests as in the finding, stopping at the first refusal.
+    let started = std::time::Instant::now();
+    let mut issued = 0;
+    let refusal = loop {
+        let r = server
+            .request("POST", "/ui/login-link", Some(&vera), None)
+            .unwrap();
+        if r.status != 200 {
+            break r;
+        }
+        issued += 1;
+        assert!(issued < 1030, "a viewer got {issued} login links");
+    };
+    eprintln!(
+        "a viewer got {issued} login links, then {} in {:?}",
+        refusal.status,
+        started.elapsed()
+    );
+    assert_eq!(issued, 8, "the per-operator cap");
+    assert_eq!(refusal.status, 409);
+    let message = refusal.body["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("vera already has 8 login links waiting"),
+        "{refusal:?}"
+    );
+
+    // The admin still gets a link, and it logs in.
+    let link = login_link(&server, &admin, "/ui/audit");
+    let r = http.get(&link).send().unwrap();
+    assert!(r.text().unwrap().contains("Log in as admin?"));
+    let code = link.split("code=").nth(1).unwrap();
+    let r = http
+        .post(format!("{}/ui/login", server.api_url()))
+        .header("origin", server.api_url())
+        .form(&[("code", code)])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/audit");
+    let session = session_set(&r).unwrap();
+    let r = http
+        .get(format!("{}/ui/audit", server.api_url()))
+        .header("cookie", &session)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 /// `GET /api/v1/nodes` in pages: a page of the matching nodes, their count, and a link to the next page;

@@ -185,6 +185,34 @@ fn server_metrics_need_a_token_on_the_api_and_none_on_their_own_listener() {
     .unwrap();
     assert_eq!(status, 404);
 
+    // Asked for nothing in particular (curl), the older Prometheus text format, which promtool lints clean:
+    // every family, counters included, with help text.
+    let body = std::process::Command::new("curl")
+        .args(["-sf", &open])
+        .output()
+        .expect("curl runs (scripts/testbed.sh installs it)");
+    assert!(body.status.success(), "{body:?}");
+    let text = String::from_utf8(body.stdout).unwrap();
+    assert!(
+        !text.contains("# EOF") && text.contains("# TYPE drover_runs_lost_total counter"),
+        "{text}"
+    );
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian's prometheus package; scripts/testbed.sh installs it)");
+    std::io::Write::write_all(lint.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let linted = lint.wait_with_output().unwrap();
+    assert!(
+        linted.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
+
     // A node going away shows in the counts.
     drop(_b);
     let samples = scrape_until(&open, None, "one agent fewer", |s| {

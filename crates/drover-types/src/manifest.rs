@@ -286,6 +286,10 @@ pub fn file_mode(spec: &FileSpec) -> Option<u32> {
     spec.mode.as_deref().and_then(parse_mode)
 }
 
+/// The largest manifest version: 2^53-1, the largest integer every JSON reader (a browser, jq) keeps
+/// exactly, so a version shown or signed elsewhere is the version stored.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
+
 impl Manifest {
     /// Every problem at once, so an operator fixes a file in one go.
     pub fn validate(&self) -> Result<(), Vec<ManifestError>> {
@@ -307,6 +311,16 @@ impl Manifest {
         }
         if let Err(e) = validate_labels(&self.selector) {
             err(None, "selector", e.to_string());
+        }
+        if self.version > MAX_VERSION {
+            err(
+                None,
+                "version",
+                format!(
+                    "{} is above the largest version, {MAX_VERSION} (2^53-1: JSON readers lose precision past it)",
+                    self.version
+                ),
+            );
         }
         let mut ids = BTreeSet::new();
         for (i, r) in self.resources.iter().enumerate() {
@@ -793,6 +807,16 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_version_past_two_to_the_53_is_refused_naming_version() {
+        let at = |version: u64| {
+            manifest(serde_json::json!({"name": "web", "version": version, "resources": []}))
+        };
+        assert!(at(MAX_VERSION).validate().is_ok());
+        let errors = at(u64::MAX).validate().unwrap_err();
+        assert_eq!(errors[0].field, "version", "{errors:?}");
     }
 
     #[test]

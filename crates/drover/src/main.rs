@@ -34,7 +34,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = cli::exit_code(&e);
-            eprintln!("error: {e:#}");
+            // Errors carry what servers and nodes said: escaped, newlines kept (cli/safe.rs).
+            eprintln!("error: {}", cli::safe_lines(&format!("{e:#}")));
             ExitCode::from(code)
         }
     }

@@ -25,6 +25,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
@@ -85,6 +87,24 @@ impl From<FleetError> for ApiError {
     }
 }
 
+/// The most of an error message or field name a response carries. Messages may quote what the caller
+/// sent; echoing a megabyte back helps no one and costs the server the copy.
+const MAX_ERROR_BYTES: usize = 1024;
+
+fn clip(mut text: String) -> String {
+    if text.len() <= MAX_ERROR_BYTES {
+        return text;
+    }
+    let mut end = MAX_ERROR_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!("… ({more} more bytes)"));
+    text
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = match &self {
@@ -93,6 +113,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -117,10 +138,24 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let body = ErrorBody {
-            error: self.to_string(),
-            field,
+            error: clip(self.to_string()),
+            field: field.map(clip),
             action_error,
         };
         (code, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_message_is_clipped_on_a_char_boundary() {
+        assert_eq!(clip("short".into()), "short");
+        let long = format!("bad value: {}", "é".repeat(600_000));
+        let clipped = clip(long);
+        assert!(clipped.len() < MAX_ERROR_BYTES + 40, "{}", clipped.len());
+        assert!(clipped.ends_with("more bytes)"), "{clipped}");
     }
 }

@@ -21,6 +21,15 @@ pub async fn register(
     if let Some(field) = req.missing_field() {
         return Err(ApiError::missing_field(field));
     }
+    // The address is shown and used as an address: a node may not store any text it likes there.
+    if let Some(ip) = &req.ip
+        && ip.parse::<std::net::IpAddr>().is_err()
+    {
+        return Err(ApiError::bad_request(
+            "field `ip` must be an IPv4 or IPv6 address, such as 192.0.2.10",
+            Some("ip".into()),
+        ));
+    }
     let name = req.name.clone();
     let registered = s.fleet.register_http(registrant, req).await?;
     tracing::info!(node = %name, id = %registered.node_id, "HTTP node registered");

@@ -154,6 +154,15 @@ pub struct OutputQuery {
 
 /// Events a burst of live events is read in before the follower looks at the store once for all of them.
 const BURST: usize = 1024;
+/// Stored rows an output event carries at most.
+const PAGE_ROWS: usize = 1000;
+/// Output bytes an event carries, about: a page read ends with the row that reaches it (a row is at most
+/// `MAX_CHUNK_BYTES`), so an event holds at most 320 KiB of output before encoding.
+pub const PAGE_BYTES: usize = 256 * 1024;
+/// Events waiting for a slow follower's connection. A page is read only once one of these has room, so
+/// a follower that reads nothing holds this many events and the one its connection is writing; what it
+/// has not taken stays in the store.
+pub const FOLLOWER_EVENTS: usize = 2;
 
 /// The resume point a follower sends back (`Last-Event-ID`): a row cursor of the stored output. One this
 /// server did not make counts as none: replaying from an earlier point is harmless, skipping is not.
@@ -182,7 +191,7 @@ pub async fn output(
     let task = s.fleet.task(&id).await?;
     // Subscribe before reading what is stored, so nothing falls between the two.
     let live = s.fleet.subscribe(&task.id);
-    let (tx, rx) = mpsc::channel(256);
+    let (tx, rx) = mpsc::channel(FOLLOWER_EVENTS);
     let follower = Follower {
         fleet: s.fleet.clone(),
         names: task
@@ -244,13 +253,17 @@ impl Follower {
     }
 
     async fn send(&self, name: &str, data: &impl serde::Serialize) -> Result<(), Stop> {
+        let event = self.event(name, data);
+        self.tx.send(Ok(event)).await.map_err(|_| Stop)
+    }
+
+    fn event(&self, name: &str, data: &impl serde::Serialize) -> Event {
         // Encoded straight into the event's buffer: no intermediate copy of a large output event.
-        let event = Event::default()
+        Event::default()
             .event(name)
             .id(self.sent.cursor.to_string())
             .json_data(data)
-            .unwrap_or_else(|_| Event::default().event(name).data(""));
-        self.tx.send(Ok(event)).await.map_err(|_| Stop)
+            .unwrap_or_else(|_| Event::default().event(name).data(""))
     }
 
     /// Waits for live events and sends what they bring; true when the task is finished.
@@ -308,12 +321,14 @@ impl Follower {
         Ok(false)
     }
 
-    /// Sends stored output not sent yet, a page at a time.
+    /// Sends stored output not sent yet, a page at a time, each read only once the follower's channel has
+    /// room for it: a follower that does not read holds `FOLLOWER_EVENTS` pages, not the whole output.
     async fn send_stored(&mut self) -> Result<(), Stop> {
         loop {
+            let room = self.tx.reserve().await.map_err(|_| Stop)?;
             let page = self
                 .fleet
-                .task_output_page(&self.id, self.sent.cursor, 1000)
+                .task_output_within(&self.id, self.sent.cursor, PAGE_ROWS, PAGE_BYTES)
                 .await
                 .map_err(|_| Stop)?;
             let Some(last) = page.last().map(|(row, _)| *row) else {
@@ -334,7 +349,7 @@ impl Follower {
             }
             self.sent.cursor = last;
             if !fresh.is_empty() {
-                self.send("output", &fresh).await?;
+                room.send(Ok(self.event("output", &fresh)));
             }
         }
     }

@@ -40,7 +40,7 @@ pub use audit::node_actor;
 pub use nodes::{HttpRegistration, MAX_HEARTBEAT_INTERVAL, Registrant};
 pub use observe::{GPU_PLUGIN, NodeGauges, Observation};
 pub use operators::BOOTSTRAP_ADMIN;
-pub use route::{Nats, NatsError};
+pub use route::{Nats, NatsError, NatsOptions};
 pub use tokens::{CheckedToken, MAX_TOKEN_TTL};
 
 /// Default lifetime of a join token.

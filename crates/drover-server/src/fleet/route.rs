@@ -17,6 +17,7 @@
 //!   followers on other replicas re-read the store.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,12 +53,122 @@ pub enum NatsError {
     #[error("cannot connect to NATS at {url}: {reason} (is nats-server running there?)")]
     Connect { url: String, reason: String },
     #[error(
+        "nats-server at {url} requires TLS: pass --nats-ca FILE, the CA that signed its certificate ({reason})"
+    )]
+    TlsRequired { url: String, reason: String },
+    #[error(
+        "TLS to nats-server at {url} failed: {reason} (its certificate must be signed by the CA in --nats-ca and name the host in --nats)"
+    )]
+    Tls { url: String, reason: String },
+    #[error(
+        "nats-server at {url} requires credentials: pass --nats-creds FILE (a user's .creds file) or --nats-nkey FILE (a user's nkey seed) ({reason})"
+    )]
+    CredentialsRequired { url: String, reason: String },
+    #[error(
+        "nats-server at {url} refused the credentials in {flag}: {reason} (is the user known to the server, and allowed the replicas' subjects? docs/scale-out.md)"
+    )]
+    Refused {
+        url: String,
+        flag: &'static str,
+        reason: String,
+    },
+    #[error("cannot use {flag} {path}: {reason}")]
+    File {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(
         "cannot make the JetStream KV bucket {bucket:?}: {reason} (replicas keep node state in JetStream: run nats-server with JetStream on, `nats-server -js`)"
     )]
     Buckets {
         bucket: &'static str,
         reason: String,
     },
+}
+
+/// How a replica proves itself to nats-server and checks it (`--nats-ca`, `--nats-creds`, `--nats-nkey`);
+/// all empty: a plain connection, as before (loopback tests and benchmarks).
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    /// PEM CA that signed nats-server's certificate: TLS is then required.
+    pub ca: Option<PathBuf>,
+    /// A user's JWT `.creds` file (operator mode).
+    pub creds: Option<PathBuf>,
+    /// A file holding a user's nkey seed (`SU...`), for `authorization { users = [{ nkey: U... }] }`.
+    pub nkey: Option<PathBuf>,
+}
+
+impl NatsOptions {
+    /// The flag that gave this replica's credentials, if any.
+    fn credentials_flag(&self) -> Option<&'static str> {
+        match (&self.creds, &self.nkey) {
+            (Some(_), _) => Some("--nats-creds"),
+            (None, Some(_)) => Some("--nats-nkey"),
+            (None, None) => None,
+        }
+    }
+
+    async fn apply(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, NatsError> {
+        let file_error = |flag, path: &PathBuf, reason: String| NatsError::File {
+            flag,
+            path: path.clone(),
+            reason,
+        };
+        if let Some(ca) = &self.ca {
+            // async-nats reads it only at connect, where a missing file reads as a TLS failure.
+            std::fs::metadata(ca).map_err(|e| file_error("--nats-ca", ca, e.to_string()))?;
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some(creds) = &self.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| file_error("--nats-creds", creds, e.to_string()))?;
+        }
+        if let Some(path) = &self.nkey {
+            let seed = std::fs::read_to_string(path)
+                .map_err(|e| file_error("--nats-nkey", path, e.to_string()))?;
+            let seed = seed.trim();
+            if !seed.starts_with("SU") || seed.contains(char::is_whitespace) {
+                return Err(file_error(
+                    "--nats-nkey",
+                    path,
+                    "it must hold one user nkey seed (SU..., as `nk -gen user` prints)".into(),
+                ));
+            }
+            options = options.nkey(seed.to_string());
+        }
+        Ok(options)
+    }
+
+    /// The error for a failed first connection, naming the flag that fixes it.
+    fn explain(&self, url: String, e: &async_nats::ConnectError) -> NatsError {
+        use async_nats::ConnectErrorKind as Kind;
+        let reason = e.to_string();
+        // The handshake's own failures come back as IO errors ("invalid peer certificate: ...").
+        let tls = e.kind() == Kind::Tls
+            || (e.kind() == Kind::Io
+                && ["certificate", "TLS", "tls", "handshake"]
+                    .iter()
+                    .any(|w| reason.contains(w)));
+        match (e.kind(), self.credentials_flag()) {
+            // Without --nats-ca the client still upgrades when the server says TLS is required, and
+            // then fails on its certificate (unless a system root signed it).
+            _ if tls && self.ca.is_none() => NatsError::TlsRequired { url, reason },
+            _ if tls => NatsError::Tls { url, reason },
+            (Kind::AuthorizationViolation | Kind::Authentication, None) => {
+                NatsError::CredentialsRequired { url, reason }
+            }
+            (Kind::AuthorizationViolation | Kind::Authentication, Some(flag)) => {
+                NatsError::Refused { url, flag, reason }
+            }
+            _ => NatsError::Connect { url, reason },
+        }
+    }
 }
 
 /// An action call sent to the replica that holds the node (checked and audited by the asker).
@@ -124,19 +235,20 @@ pub(super) fn subject_token(id: &str) -> Option<&str> {
 impl Nats {
     /// Connects and makes (or opens) the node-state buckets, or fails at once with a clear error (no retry
     /// before the first connection: a replica that cannot reach NATS must not start as if it could route).
-    pub async fn connect(url: &str, name: &str) -> Result<Self, NatsError> {
-        let failed = |reason: String| NatsError::Connect {
-            url: crate::store::redact_url(url),
-            reason,
-        };
+    pub async fn connect(url: &str, name: &str, access: &NatsOptions) -> Result<Self, NatsError> {
+        let shown = crate::store::redact_url(url);
         let options = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(CONNECT_PATIENCE)
             .request_timeout(Some(ROUTE_PATIENCE));
+        let options = access.apply(options).await?;
         let client = tokio::time::timeout(CONNECT_PATIENCE, options.connect(url))
             .await
-            .map_err(|_| failed("no answer in time".into()))?
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|_| NatsError::Connect {
+                url: shown.clone(),
+                reason: "no answer in time".into(),
+            })?
+            .map_err(|e| access.explain(shown.clone(), &e))?;
         let state = Arc::new(StateKv::open(&client).await?);
         Ok(Self { client, state })
     }

@@ -12,8 +12,8 @@ use chrono::Utc;
 use drover_proto::v1::{self, server_message::Msg};
 use drover_types::signing::CommandSignature;
 use drover_types::task::{
-    AuditEntry, CreateTask, LateExit, OutputChunk, RunState, Stream, Target, Task, TaskRun,
-    TaskSpec,
+    AuditEntry, CreateTask, LateExit, MAX_CHUNK_BYTES, OutputChunk, RunState, Stream, Target, Task,
+    TaskRun, TaskSpec,
 };
 use tokio::sync::broadcast;
 
@@ -39,8 +39,14 @@ const OPEN: &[RunState] = &[RunState::Pending, RunState::Running];
 const PENDING: &[RunState] = &[RunState::Pending];
 const RUNNING: &[RunState] = &[RunState::Running];
 
-/// Out-of-order output held per run before it can be stored in order.
-const MAX_HELD_CHUNKS: usize = 10_000;
+/// Out-of-order output held per run before it can be stored in order, in bytes (each chunk also counts
+/// `HELD_OVERHEAD`, so empty chunks cost too). A real agent's reordering is its live output overtaking
+/// its resend after a reconnect; what passes this is dropped and asked for again (`Progress::dropped`).
+pub const MAX_HELD_BYTES_PER_RUN: usize = 4 << 20;
+/// The same, for all of one node's runs together: a node cannot multiply the bound by running many tasks.
+pub const MAX_HELD_BYTES_PER_NODE: usize = 8 << 20;
+/// What one held chunk costs besides its bytes (its map entry), for the bounds above.
+const HELD_OVERHEAD: usize = 64;
 /// Output chunks between acknowledgements to the agent.
 const ACK_EVERY: u64 = 1024;
 /// Events a follower may fall behind by before it re-reads the store instead.
@@ -56,7 +62,132 @@ const SENDS_AT_ONCE: usize = 256;
 struct Progress {
     next_seq: u64,
     held: BTreeMap<u64, (u8, Vec<u8>)>,
+    /// Bytes in `held`, counted as the bounds count them.
+    held_bytes: usize,
+    /// The lowest and highest seq dropped for want of room, until they came again or were asked for.
+    dropped: Option<(u64, u64)>,
+    /// The highest seq received.
+    seen: u64,
+    /// When output was asked for again: the highest seq received then, which the agent's resend covers.
+    covered: Option<u64>,
     exit: Option<v1::TaskExit>,
+}
+
+/// The runs' ordering state, and what each node's runs hold out of order.
+#[derive(Default)]
+struct Ordering {
+    runs: HashMap<(String, String), Progress>,
+    held_by_node: HashMap<String, usize>,
+}
+
+impl Ordering {
+    fn get_mut(&mut self, key: &(String, String)) -> Option<&mut Progress> {
+        self.runs.get_mut(key)
+    }
+
+    fn contains_key(&self, key: &(String, String)) -> bool {
+        self.runs.contains_key(key)
+    }
+
+    fn get(&self, key: &(String, String)) -> Option<&Progress> {
+        self.runs.get(key)
+    }
+
+    fn insert(&mut self, key: (String, String), p: Progress) {
+        if let Some(old) = self.runs.insert(key.clone(), p) {
+            self.release(&key.1, old.held_bytes);
+        }
+    }
+
+    fn remove(&mut self, key: &(String, String)) -> Option<Progress> {
+        let p = self.runs.remove(key)?;
+        self.release(&key.1, p.held_bytes);
+        Some(p)
+    }
+
+    /// Takes a node's chunks for a run: in order from `next_seq` they are ready to store, later ones are
+    /// held within the bounds, and what passes them is dropped. `None` when the run has no ordering here.
+    fn take(&mut self, key: &(String, String), chunks: Vec<v1::OutputChunk>) -> Option<Ordered> {
+        let p = self.runs.get_mut(key)?;
+        let node_held = self.held_by_node.entry(key.1.clone()).or_default();
+        let mut ready = Vec::new();
+        for c in chunks {
+            let stream = c.stream.min(2) as u8;
+            p.seen = p.seen.max(c.seq);
+            if c.seq < p.next_seq || p.held.contains_key(&c.seq) {
+                // Sent again (a resend after a reconnect): already stored or held.
+                continue;
+            }
+            if c.seq == p.next_seq {
+                ready.push((c.seq, stream, c.data));
+                p.next_seq += 1;
+                while let Some((stream, data)) = p.held.remove(&p.next_seq) {
+                    let cost = data.len() + HELD_OVERHEAD;
+                    p.held_bytes = p.held_bytes.saturating_sub(cost);
+                    *node_held = node_held.saturating_sub(cost);
+                    ready.push((p.next_seq, stream, data));
+                    p.next_seq += 1;
+                }
+                continue;
+            }
+            let cost = c.data.len() + HELD_OVERHEAD;
+            if p.held_bytes + cost > MAX_HELD_BYTES_PER_RUN
+                || *node_held + cost > MAX_HELD_BYTES_PER_NODE
+            {
+                p.dropped = Some(match p.dropped {
+                    Some((lo, hi)) => (lo.min(c.seq), hi.max(c.seq)),
+                    None => (c.seq, c.seq),
+                });
+                continue;
+            }
+            p.held_bytes += cost;
+            *node_held += cost;
+            p.held.insert(c.seq, (stream, c.data));
+        }
+        if *node_held == 0 {
+            self.held_by_node.remove(&key.1);
+        }
+        // Dropped output is asked for once it blocks the run: nothing is held before it (what is held
+        // drains first), and no resend asked for earlier is still to bring it. One ask at a time: a
+        // resend comes in order from the start, so each ask moves the run past what it covers.
+        let ask_again = match p.dropped {
+            Some((_, hi)) if hi < p.next_seq => {
+                // Everything dropped came again.
+                p.dropped = None;
+                false
+            }
+            Some((lo, _)) => {
+                let resend_due = p.covered.is_some_and(|c| p.next_seq <= c);
+                let blocks = p.held.keys().next_back().is_none_or(|&last| lo < last);
+                let ask = !resend_due && blocks;
+                if ask {
+                    p.covered = Some(p.seen);
+                    p.dropped = None;
+                }
+                ask
+            }
+            None => false,
+        };
+        Some(Ordered { ready, ask_again })
+    }
+
+    fn release(&mut self, node_id: &str, bytes: usize) {
+        if let Some(n) = self.held_by_node.get_mut(node_id) {
+            *n = n.saturating_sub(bytes);
+            if *n == 0 {
+                self.held_by_node.remove(node_id);
+            }
+        }
+    }
+}
+
+/// What a node's output did to its run's ordering.
+struct Ordered {
+    /// Chunks now next in order, to store.
+    ready: Vec<(u64, u8, Vec<u8>)>,
+    /// Some output was dropped for want of room and everything before it is stored: ask the agent for
+    /// its unacknowledged output again.
+    ask_again: bool,
 }
 
 /// What the audit log says of a task; kept while its runs finish so each exit costs no task read.
@@ -72,7 +203,7 @@ struct TaskMeta {
 /// Live task state: per-run ordering, the followers' channels, and the tasks being finished.
 #[derive(Default)]
 pub struct TaskLive {
-    progress: Mutex<HashMap<(String, String), Progress>>,
+    progress: Mutex<Ordering>,
     /// Only while someone follows the task: a task nobody watches costs no channel.
     followers: Mutex<HashMap<String, broadcast::Sender<TaskEvent>>>,
     /// Filled once per task however many runs end at once: one read, not one per run.
@@ -322,6 +453,21 @@ impl Fleet {
         Ok(self.store().output(id, after, limit).await?)
     }
 
+    /// Stored output after the row cursor `after`: at most `limit` rows, ending with the one that reaches
+    /// `max_bytes` (`Store::output_within`).
+    pub async fn task_output_within(
+        &self,
+        id: &str,
+        after: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, OutputRecord)>, FleetError> {
+        Ok(self
+            .store()
+            .output_within(id, after, limit, max_bytes)
+            .await?)
+    }
+
     /// A task's bookkeeping, read once per task and server process (its runs are not read: a fan-out's
     /// thousands of ends on a replica that did not create the task share one small read).
     async fn meta(&self, task_id: &str) -> Result<Arc<TaskMeta>, FleetError> {
@@ -562,6 +708,7 @@ impl Fleet {
             }
         };
         lock(&self.live().progress)
+            .runs
             .entry((task_id.to_string(), node_id.to_string()))
             .or_insert_with(|| Progress {
                 next_seq,
@@ -570,29 +717,24 @@ impl Fleet {
         true
     }
 
-    /// Output from a node: held until it is next in order, then stored and published.
+    /// Output from a node: held until it is next in order (within bounds), then stored and published. A
+    /// chunk over `MAX_CHUNK_BYTES` ends the run as Error; the node's stream carries on.
     pub async fn task_output(&self, node_id: &str, out: v1::TaskOutput) {
         if !self.ensure_progress(&out.task_id, node_id).await {
             return;
         }
+        if let Some(big) = out.chunks.iter().find(|c| c.data.len() > MAX_CHUNK_BYTES) {
+            self.refuse_output(&out.task_id, node_id, big.data.len())
+                .await;
+            return;
+        }
         let key = (out.task_id.clone(), node_id.to_string());
-        let ready: Vec<(u64, u8, Vec<u8>)>;
-        {
-            let mut progress = lock(&self.live().progress);
-            let Some(p) = progress.get_mut(&key) else {
-                return;
-            };
-            for c in out.chunks {
-                if c.seq >= p.next_seq && p.held.len() < MAX_HELD_CHUNKS {
-                    p.held.insert(c.seq, (c.stream.min(2) as u8, c.data));
-                }
-            }
-            let mut r = Vec::new();
-            while let Some((stream, data)) = p.held.remove(&p.next_seq) {
-                r.push((p.next_seq, stream, data));
-                p.next_seq += 1;
-            }
-            ready = r;
+        let Some(Ordered { ready, ask_again }) = lock(&self.live().progress).take(&key, out.chunks)
+        else {
+            return;
+        };
+        if ask_again {
+            self.ask_output_again(&out.task_id, node_id).await;
         }
         if ready.is_empty() {
             return;
@@ -639,6 +781,54 @@ impl Fleet {
             self.links().send(node_id, Msg::TaskAck(ack)).await;
         }
         self.try_finish(&out.task_id, node_id).await;
+    }
+
+    /// Ends a run whose node sent a chunk no agent sends (over `MAX_CHUNK_BYTES`), and stops it there.
+    async fn refuse_output(&self, task_id: &str, node_id: &str, len: usize) {
+        tracing::warn!(task = %task_id, node = %node_id, bytes = len, "refused an output chunk over MAX_CHUNK_BYTES");
+        let why = format!(
+            "the node sent an output chunk of {len} bytes, over the limit of {MAX_CHUNK_BYTES} bytes a chunk (MAX_CHUNK_BYTES): no drover-agent sends that; update or reinstall the node's agent"
+        );
+        let ended = self
+            .end_runs(
+                task_id,
+                vec![node_id.to_string()],
+                OPEN,
+                RunPatch::end(RunState::Error, &why),
+            )
+            .await;
+        match ended {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(task = %task_id, "cannot end a run: {e}");
+                return;
+            }
+        }
+        let cancel = v1::TaskCancel {
+            task_id: task_id.to_string(),
+        };
+        self.links().send(node_id, Msg::TaskCancel(cancel)).await;
+        self.check_done(task_id).await;
+    }
+
+    /// Asks a node for a run's unacknowledged output again, as after a reconnect (the agent takes a
+    /// known task's start as that), when output it sent was dropped for want of room.
+    async fn ask_output_again(&self, task_id: &str, node_id: &str) {
+        let meta = match self.meta(task_id).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(task = %task_id, "cannot ask for output again: {e}");
+                return;
+            }
+        };
+        tracing::info!(task = %task_id, node = %node_id, "output arrived too far out of order; asking the node to send it again");
+        let start = v1::TaskStart {
+            task_id: task_id.to_string(),
+            spec_json: meta.spec_json.to_string(),
+            signature_json: meta.signature_json.to_string(),
+        };
+        self.links().send(node_id, Msg::TaskStart(start)).await;
     }
 
     /// A node's task ended; it is final once every chunk before it is stored.
@@ -1029,6 +1219,73 @@ mod tests {
             chunk("n", "n", 0, 2, b"hi\n".to_vec()).text.as_deref(),
             Some("hi\n")
         );
+    }
+
+    fn chunks(seqs: impl IntoIterator<Item = u64>, size: usize) -> Vec<v1::OutputChunk> {
+        seqs.into_iter()
+            .map(|seq| v1::OutputChunk {
+                seq,
+                stream: 1,
+                data: vec![b'x'; size],
+            })
+            .collect()
+    }
+
+    fn seqs(o: &Ordered) -> Vec<u64> {
+        o.ready.iter().map(|r| r.0).collect()
+    }
+
+    #[test]
+    fn out_of_order_output_is_held_within_bytes_and_asked_for_again() {
+        let key = |t: &str| (t.to_string(), "n".to_string());
+        let mut o = Ordering::default();
+        for t in ["a", "b", "c", "d"] {
+            o.insert(key(t), Progress::default());
+        }
+        let per_run = MAX_HELD_BYTES_PER_RUN / (MAX_CHUNK_BYTES + HELD_OVERHEAD);
+        // A small reordering is held and stored in order once the gap is filled.
+        let got = o.take(&key("a"), chunks([2, 1, 1], 10)).unwrap();
+        assert!(got.ready.is_empty() && !got.ask_again);
+        let got = o.take(&key("a"), chunks([0], 10)).unwrap();
+        assert_eq!(seqs(&got), [0, 1, 2]);
+        assert!(o.held_by_node.is_empty());
+        // A flood is held up to the run's bound; the rest is dropped, and asked for again once what is
+        // held is stored.
+        let got = o.take(&key("a"), chunks(4..1000, MAX_CHUNK_BYTES)).unwrap();
+        assert!(got.ready.is_empty() && !got.ask_again);
+        assert_eq!(o.get(&key("a")).unwrap().held.len(), per_run);
+        assert!(o.held_by_node["n"] <= MAX_HELD_BYTES_PER_RUN);
+        let got = o.take(&key("a"), chunks([3], 1)).unwrap();
+        assert_eq!(seqs(&got), (3..4 + per_run as u64).collect::<Vec<_>>());
+        assert!(got.ask_again);
+        // The resend comes in order from the start: stored as it comes, not asked for twice.
+        let got = o.take(&key("a"), chunks(0..600, 1)).unwrap();
+        assert_eq!(got.ready.len(), 600 - 4 - per_run);
+        assert!(!got.ask_again);
+        let got = o.take(&key("a"), chunks(600..1000, 1)).unwrap();
+        assert_eq!(got.ready.len(), 400);
+        assert!(!got.ask_again && o.get(&key("a")).unwrap().dropped.is_none());
+        // The node's bound holds across its runs: a third run holds nothing while two are full, and
+        // asks once, not once a message.
+        for t in ["b", "c", "d"] {
+            for from in (1..2000).step_by(100) {
+                o.take(&key(t), chunks(from..from + 100, MAX_CHUNK_BYTES))
+                    .unwrap();
+            }
+        }
+        assert!(o.held_by_node["n"] <= MAX_HELD_BYTES_PER_NODE);
+        assert!(o.get(&key("d")).unwrap().held.len() <= 1);
+        let got = o.take(&key("d"), chunks([0], 1)).unwrap();
+        assert!(got.ask_again);
+        let got = o
+            .take(&key("d"), chunks(3000..3100, MAX_CHUNK_BYTES))
+            .unwrap();
+        assert!(!got.ask_again, "one ask until its resend is in");
+        // A run's end releases what it held.
+        for t in ["b", "c", "d"] {
+            o.remove(&key(t));
+        }
+        assert!(o.held_by_node.is_empty());
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl ServerMetrics {
         registry.register(
             "agent_connections",
             "Agent connections and streams by outcome: attached, or why not (handshake_failed, \
-             handshake_timeout, preface_timeout, unproven_busy, hello_timeout, attach_refused)",
+             handshake_timeout, preface_timeout, unproven_busy, unproven_timeout, hello_timeout, attach_refused)",
             agent_connections.clone(),
         );
         let agent_connect: Family<Labels, Histogram> =

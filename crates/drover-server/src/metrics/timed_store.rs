@@ -92,6 +92,7 @@ timed! {
     node_task_runs(node_id: &str, limit: usize) -> Vec<NodeTaskRun>;
     insert_output(task_id: &str, chunks: Vec<OutputRecord>) -> ();
     output(task_id: &str, after: i64, limit: usize) -> Vec<(i64, OutputRecord)>;
+    output_within(task_id: &str, after: i64, limit: usize, max_bytes: usize) -> Vec<(i64, OutputRecord)>;
     stored_seq(task_id: &str, node_id: &str) -> u64;
     insert_audits(entries: Vec<AuditEntry>) -> ();
     put_manifest(manifest: &Manifest, signature: Option<&Signature>, now: DateTime<Utc>) -> PutManifest;

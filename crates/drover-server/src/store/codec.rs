@@ -72,20 +72,47 @@ pub(super) fn readable<T>(what: &str, rows: impl Iterator<Item = Result<T, Store
     .collect()
 }
 
-/// What storing a manifest does, given the stored one (generation, exact JSON text, signature JSON) and
-/// the new one's JSON text and signature: refused when its version goes down, or when signed content
-/// changed without a higher version (a node that saw that version signed would refuse other content).
+/// A manifest as stored, as `manifest_put` weighs it.
+pub(super) struct CurrentManifest<'a> {
+    pub generation: u64,
+    /// Its exact JSON text.
+    pub json: &'a str,
+    /// Its signature's JSON, if signed.
+    pub sig: Option<&'a str>,
+    /// The newest signed version stored under this name, if any was signed.
+    pub signed_version: Option<u64>,
+}
+
+/// What storing a manifest does, given the stored one and the new one's JSON text and signature: refused
+/// when its version goes down, or when signed content changed without a higher version (a node that saw
+/// that version signed would refuse other content). A signed write is weighed against the newest signed
+/// version only: an unsigned write (which anyone with the operator role can make) must not push the
+/// version a signer has to exceed out of reach.
 pub(super) fn manifest_put(
-    current: Option<(u64, &str, Option<&str>)>,
+    current: Option<CurrentManifest<'_>>,
     new: &Manifest,
     json: &str,
     sig: Option<&str>,
 ) -> Result<PutManifest, StoreError> {
-    let Some((generation, old, old_sig)) = current else {
+    let signed_version = |before: Option<u64>| {
+        if sig.is_some() {
+            Some(new.version)
+        } else {
+            before
+        }
+    };
+    let Some(CurrentManifest {
+        generation,
+        json: old,
+        sig: old_sig,
+        signed_version: floor,
+    }) = current
+    else {
         return Ok(PutManifest {
             generation: 1,
             changed: true,
             resigned: false,
+            signed_version: signed_version(None),
         });
     };
     let refuse = |have: u64, reason| StoreError::ManifestVersion {
@@ -93,21 +120,33 @@ pub(super) fn manifest_put(
         have,
         reason,
     };
-    let have = from_json::<Manifest>(old, "manifest")?.version;
-    if new.version < have {
-        return Err(refuse(have, "versions only go up; give a higher one"));
-    }
     let changed = old != json;
-    if changed && sig.is_some() && new.version == have {
-        return Err(refuse(
-            have,
-            "signed content that changed needs a higher version",
-        ));
+    if sig.is_some() {
+        let floor = floor.unwrap_or(0);
+        if new.version < floor {
+            return Err(refuse(
+                floor,
+                "signed versions only go up; give a higher one",
+            ));
+        }
+        // At the same version only the same signed content may be signed again (by another key).
+        if new.version == floor && floor > 0 && (changed || old_sig.is_none()) {
+            return Err(refuse(
+                floor,
+                "signed content that changed needs a higher version",
+            ));
+        }
+    } else {
+        let have = from_json::<Manifest>(old, "manifest")?.version;
+        if new.version < have {
+            return Err(refuse(have, "versions only go up; give a higher one"));
+        }
     }
     Ok(PutManifest {
         generation: generation.saturating_add(u64::from(changed)),
         changed,
         resigned: !changed && old_sig != sig,
+        signed_version: signed_version(floor),
     })
 }
 

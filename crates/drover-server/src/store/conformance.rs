@@ -55,6 +55,7 @@ cases!(
     tasks_are_listed_newest_first_and_summarized,
     open_runs_are_found_by_node_and_by_silence,
     output_is_kept_once_in_arrival_order,
+    output_is_read_within_a_byte_budget,
     manifest_versions_only_go_up_and_signing_again_keeps_the_generation,
     desired_state_is_compare_and_set_on_its_generation,
     a_desired_state_names_the_content_its_files_have,
@@ -164,10 +165,13 @@ async fn pg_migration_3_fills_resource_states_from_the_reports_kept(url: String)
         .unwrap();
     drop(store);
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::raw_sql("DROP TABLE node_resources; UPDATE drover_schema SET version = 2")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "DROP TABLE node_resources; ALTER TABLE manifests DROP COLUMN signed_version;
+         UPDATE drover_schema SET version = 2",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     pool.close().await;
     let store = PgStore::connect(&url).await.unwrap();
     let counts = store.manifest_counts().await.unwrap();
@@ -581,6 +585,27 @@ async fn manifest_versions_only_go_up_and_signing_again_keeps_the_generation(
         .await
         .unwrap();
     assert_eq!((put.generation, put.changed), (2, true));
+    // An unsigned write far above does not move what a signer must exceed (3): 4 signed goes through.
+    store
+        .put_manifest(&manifest(1 << 50, "unsigned"), None, now)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .put_manifest(&manifest(3, "again"), Some(&sig("k2")), now)
+            .await,
+        Err(StoreError::ManifestVersion { have: 3, .. })
+    ));
+    let put = store
+        .put_manifest(&manifest(4, "signed"), Some(&sig("k2")), now)
+        .await
+        .unwrap();
+    assert_eq!((put.generation, put.signed_version), (4, Some(4)));
+    // Unsigned writes still only go up from what is stored.
+    assert!(matches!(
+        store.put_manifest(&manifest(2, "down"), None, now).await,
+        Err(StoreError::ManifestVersion { have: 4, .. })
+    ));
 }
 
 async fn a_desired_state_names_the_content_its_files_have(store: Arc<dyn Store>) {
@@ -1144,6 +1169,40 @@ async fn output_is_kept_once_in_arrival_order(store: Arc<dyn Store>) {
     let rest = store.output("t", first[1].0, 100).await.unwrap();
     assert_eq!(first.len() + rest.len(), 4);
     assert_eq!(rest[0].1.data, b"a1");
+}
+
+async fn output_is_read_within_a_byte_budget(store: Arc<dyn Store>) {
+    store.insert_task(&task("t", &["a"])).await.unwrap();
+    let records = (0..10u64)
+        .map(|seq| OutputRecord {
+            node_id: "a".into(),
+            seq,
+            stream: 1,
+            data: vec![b'x'; 100 * (seq as usize + 1)],
+        })
+        .collect();
+    store.insert_output("t", records).await.unwrap();
+    let seqs = |page: &[(i64, OutputRecord)]| page.iter().map(|(_, r)| r.seq).collect::<Vec<_>>();
+    // 100 + 200 + 300 reach 600: the row that reaches the budget is the last one.
+    let page = store.output_within("t", 0, 100, 600).await.unwrap();
+    assert_eq!(seqs(&page), [0, 1, 2]);
+    let page = store.output_within("t", 0, 100, 601).await.unwrap();
+    assert_eq!(seqs(&page), [0, 1, 2, 3]);
+    // The first row comes however large; the row limit still holds.
+    let rest = store.output_within("t", page[3].0, 100, 1).await.unwrap();
+    assert_eq!(seqs(&rest), [4]);
+    assert_eq!(rest[0].1.data.len(), 500);
+    let page = store.output_within("t", 0, 2, usize::MAX).await.unwrap();
+    assert_eq!(seqs(&page), [0, 1]);
+    let all = store.output_within("t", 0, 100, 1 << 20).await.unwrap();
+    assert_eq!(seqs(&all), (0..10).collect::<Vec<_>>());
+    assert!(
+        store
+            .output_within("t", all[9].0, 100, 1 << 20)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn blobs_audit_and_fleet_counts(store: Arc<dyn Store>) {

@@ -72,6 +72,8 @@ pub struct PutManifest {
     pub changed: bool,
     /// Only its signature changed (signed again, or by another key): the generation stays.
     pub resigned: bool,
+    /// The version a signed write must reach (the newest signed one's); unsigned writes never raise it.
+    pub signed_version: Option<u64>,
 }
 
 /// A join token as stored: its secret only as a hash.
@@ -296,6 +298,16 @@ pub trait Store: Send + Sync + 'static {
         task_id: &str,
         after: i64,
         limit: usize,
+    ) -> Result<Vec<(i64, OutputRecord)>, StoreError>;
+    /// Stored output in arrival order after `after`, at most `limit` rows, ending with the row that
+    /// reaches `max_bytes` of data (the first row always comes): a reader holds about `max_bytes` however
+    /// large the rows are.
+    async fn output_within(
+        &self,
+        task_id: &str,
+        after: i64,
+        limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(i64, OutputRecord)>, StoreError>;
     /// One past the highest output seq stored for a task on a node (0 when none).
     async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError>;

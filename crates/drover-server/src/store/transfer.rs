@@ -198,6 +198,7 @@ const TABLES: &[Table] = &[
             ("manifest", Text),
             ("updated_at", Time),
             ("signature", Text),
+            ("signed_version", Int),
         ],
         rowid_as: None,
         identity: None,

@@ -176,7 +176,11 @@ fn task_href(id: &str, state: Option<RunState>, page: usize) -> String {
 /// node id (a bounded read: at most one per output row).
 async fn output(s: &ApiState, page: &StoredPage) -> Result<(Vec<Chunk>, bool), ApiError> {
     let id = &page.summary.id;
-    let rows = s.fleet.task_output_page(id, 0, OUTPUT_ROWS).await?;
+    // One byte past the page's budget: a row that reaches it means there is more than the page shows.
+    let rows = s
+        .fleet
+        .task_output_within(id, 0, OUTPUT_ROWS, OUTPUT_BYTES + 1)
+        .await?;
     let mut names: HashMap<String, String> = page
         .runs
         .iter()

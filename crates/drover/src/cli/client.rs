@@ -8,6 +8,7 @@ use drover_types::api::ErrorBody;
 use reqwest::{Method, StatusCode};
 use serde::{Serialize, de::DeserializeOwned};
 
+use super::safe::safe;
 use super::{Global, config, default_data_dir};
 
 const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -23,6 +24,8 @@ pub const RECONNECT_FOR: Duration = Duration::from_secs(300);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// Messages that carry what a server (or whatever answered in its place) said are shown escaped
+/// ([`safe`]): a control character in an error must not reach the terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
@@ -30,16 +33,18 @@ pub enum ClientError {
     )]
     NoToken { path: PathBuf },
     #[error(
-        "cannot reach the drover server at {url}: {message} (is `drover server` running? set --server or DROVER_SERVER)"
+        "cannot reach the drover server at {}: {} (is `drover server` running? set --server or DROVER_SERVER)",
+        safe(url),
+        safe(message)
     )]
     Unreachable { url: String, message: String },
-    #[error("{message}")]
+    #[error("{}", safe(message))]
     Api {
         status: u16,
         message: String,
         action: Option<drover_types::action::ActionError>,
     },
-    #[error("unexpected answer from {url}: {message}")]
+    #[error("unexpected answer from {}: {}", safe(url), safe(message))]
     Protocol { url: String, message: String },
 }
 

@@ -17,6 +17,7 @@ use reqwest::Method;
 
 use super::client::{Client, Subscription, segment};
 use super::output::table;
+use super::safe::safe;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -224,8 +225,10 @@ impl Lines {
     }
 }
 
+/// One line of fan-out output: the node's name (escaped: the server's, not the command's) and the
+/// command's own bytes as they are.
 fn line(node: &str, start: &[u8], end: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(node.as_bytes());
+    out.extend_from_slice(safe(node).as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(start);
     out.extend_from_slice(end);
@@ -390,13 +393,18 @@ pub async fn follow(
                     failed += 1;
                 }
                 let note = || match &run.error {
-                    Some(e) => eprintln!("{}: {}: {e}", run.node_name, run.state.as_str()),
+                    Some(e) => eprintln!(
+                        "{}: {}: {}",
+                        safe(&run.node_name),
+                        run.state.as_str(),
+                        safe(e)
+                    ),
                     None if !run.state.is_success()
                         && (fan_out || run.state != RunState::Failed) =>
                     {
                         eprintln!(
                             "{}: {} (exit {})",
-                            run.node_name,
+                            safe(&run.node_name),
                             run.state.as_str(),
                             run_exit_code(&run)
                         )

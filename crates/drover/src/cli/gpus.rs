@@ -5,6 +5,7 @@ use drover_types::session::SessionDetail;
 
 use super::client::{Client, ClientError, segment};
 use super::output::{ago, table};
+use super::safe::safe;
 
 /// The node's latest GPU report, or `None` when it has no `gpus` session (an older agent, the plugin
 /// turned off) or the payload is not one.
@@ -67,7 +68,7 @@ pub fn print(detail: &SessionDetail, report: &GpuReport) {
     let when = ago(detail.info.last_update);
     if !report.available {
         match &report.error {
-            Some(e) => println!("\nGPU metrics ({when}): nvidia-smi failed: {e}"),
+            Some(e) => println!("\nGPU metrics ({when}): nvidia-smi failed: {}", safe(e)),
             None => println!("\nGPU metrics ({when}): none (no nvidia-smi on the node)"),
         }
         return;

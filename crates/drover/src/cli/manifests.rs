@@ -12,6 +12,7 @@ use reqwest::Method;
 use super::OutputFormat;
 use super::client::{Client, Subscription, segment};
 use super::output::{ago, print_json, table};
+use super::safe::safe;
 
 /// How long `drover apply` waits for the server to store a manifest and compute every node's desired state.
 const APPLY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
@@ -125,9 +126,9 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
         }
         for p in &plans {
             match &p.error {
-                Some(e) => println!("{}: {e}", p.node),
+                Some(e) => println!("{}: {}", safe(&p.node), safe(e)),
                 None => {
-                    println!("{}:", p.node);
+                    println!("{}:", safe(&p.node));
                     let mut t = table(&["RESOURCE", "KIND", "ACTION", "DETAIL"]);
                     for i in &p.plan {
                         t.add_row(vec![
@@ -162,7 +163,7 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
         OutputFormat::Json if !args.wait => return print_json(&applied),
         _ => eprintln!(
             "manifest {} {} (generation {}), targeting {} node(s)",
-            applied.name,
+            safe(&applied.name),
             if applied.changed {
                 "applied"
             } else {
@@ -289,7 +290,7 @@ impl<'a> Waiting<'a> {
 fn explain_waiting(nodes: &[String], status: &HashMap<String, NodeStatusReport>) {
     for node in nodes {
         let Some(s) = status.get(node) else {
-            eprintln!("{node}: no status reported");
+            eprintln!("{}: no status reported", safe(node));
             continue;
         };
         if s.converged() {
@@ -297,7 +298,9 @@ fn explain_waiting(nodes: &[String], status: &HashMap<String, NodeStatusReport>)
         }
         eprintln!(
             "{}: observed generation {} of {}",
-            s.node_name, s.convergence.observed_generation, s.desired_generation
+            safe(&s.node_name),
+            s.convergence.observed_generation,
+            s.desired_generation
         );
         for r in s
             .convergence
@@ -307,10 +310,10 @@ fn explain_waiting(nodes: &[String], status: &HashMap<String, NodeStatusReport>)
         {
             eprintln!(
                 "  {} ({}): {:?} {}",
-                r.id,
-                r.kind,
+                safe(&r.id),
+                safe(&r.kind),
                 r.state,
-                r.error.as_deref().unwrap_or("")
+                safe(r.error.as_deref().unwrap_or(""))
             );
         }
     }
@@ -448,7 +451,9 @@ pub async fn status(args: StatusArgs, client: &Client) -> anyhow::Result<()> {
             }
             println!(
                 "Node: {}   generation {}/{}",
-                s.node_name, s.convergence.observed_generation, s.desired_generation
+                safe(&s.node_name),
+                s.convergence.observed_generation,
+                s.desired_generation
             );
             let mut t = table(&[
                 "RESOURCE", "MANIFEST", "KIND", "STATE", "DETAILS", "ERROR", "DRIFT",

@@ -14,6 +14,7 @@ mod migrate;
 mod nodes;
 mod operators;
 mod output;
+mod safe;
 mod server;
 mod sessions;
 mod tasks;
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use client::ClientError;
+pub use safe::safe_lines;
 
 #[derive(Debug, Parser)]
 #[command(

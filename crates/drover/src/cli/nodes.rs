@@ -7,6 +7,7 @@ use reqwest::Method;
 use super::OutputFormat;
 use super::client::{Client, segment};
 use super::output::{ago, labels, mb, or_dash, pct, print_json, table};
+use super::safe::safe;
 
 #[derive(Debug, Args)]
 #[command(
@@ -133,7 +134,9 @@ pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
             if let Some(n) = node {
                 match args.output {
                     OutputFormat::Json => print_json(&n)?,
-                    OutputFormat::Table => println!("{}: {}", n.name, labels(&n.labels)),
+                    OutputFormat::Table => {
+                        println!("{}", safe(&format!("{}: {}", n.name, labels(&n.labels))))
+                    }
                 }
             }
             Ok(())
@@ -154,16 +157,22 @@ pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
                     OutputFormat::Json => print_json(&n)?,
                     OutputFormat::Table if before.pending_labels.is_empty() => {
                         println!(
-                            "{}: no pending labels; labels {}",
-                            n.name,
-                            labels(&n.labels)
+                            "{}",
+                            safe(&format!(
+                                "{}: no pending labels; labels {}",
+                                n.name,
+                                labels(&n.labels)
+                            ))
                         )
                     }
                     OutputFormat::Table => println!(
-                        "{}: accepted {}; labels {}",
-                        n.name,
-                        labels(&before.pending_labels),
-                        labels(&n.labels)
+                        "{}",
+                        safe(&format!(
+                            "{}: accepted {}; labels {}",
+                            n.name,
+                            labels(&before.pending_labels),
+                            labels(&n.labels)
+                        ))
                     ),
                 }
             }
@@ -180,7 +189,7 @@ pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
             match (args.output, deleted) {
                 (OutputFormat::Json, Some(n)) => print_json(&n),
                 (_, Some(n)) => {
-                    println!("deleted node {} ({})", n.name, n.id);
+                    println!("{}", safe(&format!("deleted node {} ({})", n.name, n.id)));
                     Ok(())
                 }
                 (_, None) => Ok(()),
@@ -326,7 +335,8 @@ fn print_node(n: &Node) {
         };
         rows.push(("Containers", containers));
     }
+    // Nearly every value is the node's own report: escaped, so a line cannot rewrite the ones above it.
     for (k, v) in rows {
-        println!("{:<14}{v}", format!("{k}:"));
+        println!("{:<14}{}", format!("{k}:"), safe(&v));
     }
 }

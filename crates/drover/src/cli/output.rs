@@ -1,8 +1,12 @@
 //! Tables for people, JSON for scripts, and the small formatters both views share.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
-use comfy_table::{ContentArrangement, Table, presets::NOTHING};
+use comfy_table::{ContentArrangement, presets::NOTHING};
 use serde::Serialize;
+
+use super::safe::safe;
 
 use drover_types::Labels;
 
@@ -11,12 +15,37 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A table for people. Every cell goes through [`safe`]: cells hold what nodes and other users report,
+/// and a control character in one could clear the screen or overwrite other rows.
+pub struct Table(comfy_table::Table);
+
+impl Table {
+    pub fn add_row(&mut self, cells: Vec<String>) -> &mut Self {
+        // A plain cell (the usual case) is kept, not copied.
+        let cells: Vec<String> = cells
+            .into_iter()
+            .map(|c| match safe(&c) {
+                Cow::Borrowed(_) => c,
+                Cow::Owned(escaped) => escaped,
+            })
+            .collect();
+        self.0.add_row(cells);
+        self
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 pub fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
+    let mut t = comfy_table::Table::new();
     t.load_preset(NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(header.to_vec());
-    t
+    Table(t)
 }
 
 /// "12s ago", "3m ago", "never".

@@ -25,11 +25,13 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/drover/server.toml";
     drover server --lost-after 30m --task-retention 30d --task-output-limit 10GiB\n  \
     drover server --database postgres://drover:secret@db.example.com:5432/drover\n  \
     drover server --database postgres://drover:secret@db/drover --cluster-secret-file /etc/drover/cluster.secret\n  \
-    drover server --database postgres://drover:secret@db/drover --cluster-secret-file /etc/drover/cluster.secret --nats nats://nats.example.com:4222")]
+    drover server --database postgres://drover:secret@db/drover --cluster-secret-file /etc/drover/cluster.secret --nats nats://nats.example.com:4222\n  \
+    drover server --database 'postgres://drover:secret@db/drover?sslmode=verify-full&sslrootcert=/etc/drover/pg-ca.pem' --nats nats://nats.example.com:4222 --nats-ca /etc/drover/nats-ca.pem --nats-creds /etc/drover/replica.creds")]
 pub struct ServerArgs {
     /// Keep the fleet's records in PostgreSQL at this URL (postgres://user:password@host:port/database,
     /// or ?host=/socket/dir for a unix socket) instead of SQLite in the data dir; the CA and the admin
-    /// token stay in the data dir. Plain connections only (no TLS to PostgreSQL yet).
+    /// token stay in the data dir. Plain unless the URL asks for TLS: ?sslmode=require (encrypted),
+    /// ?sslmode=verify-full&sslrootcert=/etc/drover/pg-ca.pem (also checks the certificate and host).
     #[arg(long, env = "DROVER_DATABASE")]
     pub database: Option<String>,
     /// With --database: keep the CA and the bootstrap admin token in PostgreSQL, sealed with the secret in
@@ -42,6 +44,22 @@ pub struct ServerArgs {
     /// followers see output stored by any replica. Every replica is started with the same flags.
     #[arg(long, env = "DROVER_NATS", value_name = "URL")]
     pub nats: Option<String>,
+    /// With --nats: reach nats-server over TLS, verifying its certificate with this PEM CA (TLS is then
+    /// required; a tls:// URL or the server's own demand also turn it on).
+    #[arg(long, env = "DROVER_NATS_CA", value_name = "FILE")]
+    pub nats_ca: Option<PathBuf>,
+    /// With --nats: log in with this user's JWT credentials file (.creds, as `nsc generate creds` writes).
+    #[arg(
+        long,
+        env = "DROVER_NATS_CREDS",
+        value_name = "FILE",
+        conflicts_with = "nats_nkey"
+    )]
+    pub nats_creds: Option<PathBuf>,
+    /// With --nats: log in with the user nkey seed (SU...) in this file, for a nats-server that lists
+    /// the user's public key (`authorization { users = [{ nkey: U... }] }`).
+    #[arg(long, env = "DROVER_NATS_NKEY", value_name = "FILE")]
+    pub nats_nkey: Option<PathBuf>,
     /// REST API and dashboard address [default: 127.0.0.1:8080].
     #[arg(long, env = "DROVER_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -119,6 +137,9 @@ struct FileConfig {
     database: Option<String>,
     cluster_secret_file: Option<PathBuf>,
     nats: Option<String>,
+    nats_ca: Option<PathBuf>,
+    nats_creds: Option<PathBuf>,
+    nats_nkey: Option<PathBuf>,
     listen: Option<SocketAddr>,
     api_tls: Option<bool>,
     api_cert: Option<PathBuf>,
@@ -177,6 +198,26 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     }
     if config.nats.is_some() && config.database.is_none() {
         bail!("--nats needs --database: replicas share their records through PostgreSQL");
+    }
+    config.nats_options = drover_server::fleet::NatsOptions {
+        ca: args.nats_ca.clone().or(file.nats_ca),
+        creds: args.nats_creds.clone().or(file.nats_creds),
+        nkey: args.nats_nkey.clone().or(file.nats_nkey),
+    };
+    let o = &config.nats_options;
+    if o.creds.is_some() && o.nkey.is_some() {
+        bail!("--nats-creds and --nats-nkey are two ways to log in: give one");
+    }
+    if config.nats.is_none() {
+        for (given, flag) in [
+            (o.ca.is_some(), "--nats-ca"),
+            (o.creds.is_some(), "--nats-creds"),
+            (o.nkey.is_some(), "--nats-nkey"),
+        ] {
+            if given {
+                bail!("{flag} needs --nats: it is how this replica reaches nats-server");
+            }
+        }
     }
     if let Some(a) = args.listen.or(file.listen) {
         config.listen = a;
@@ -373,6 +414,37 @@ mod tests {
         assert!(
             format!("{zero:#}").contains("--metrics-history-interval"),
             "{zero:#}"
+        );
+    }
+
+    #[test]
+    fn nats_tls_and_credential_flags_need_nats_and_one_login() {
+        let flags = [
+            "--database",
+            "postgres://u@h/db",
+            "--nats",
+            "nats://127.0.0.1:4222",
+        ];
+        let config = resolved(
+            &[
+                &flags[..],
+                &["--nats-ca", "/ca.pem", "--nats-creds", "/r.creds"],
+            ]
+            .concat(),
+            "",
+        )
+        .unwrap();
+        assert_eq!(config.nats_options.ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(config.nats_options.creds, Some(PathBuf::from("/r.creds")));
+        let from_file = resolved(&flags, "nats_nkey = \"/r.nk\"\n").unwrap();
+        assert_eq!(from_file.nats_options.nkey, Some(PathBuf::from("/r.nk")));
+        let both =
+            resolved(&flags, "nats_creds = \"/r.creds\"\nnats_nkey = \"/r.nk\"\n").unwrap_err();
+        assert!(format!("{both:#}").contains("give one"), "{both:#}");
+        let alone = resolved(&["--nats-ca", "/ca.pem"], "").unwrap_err();
+        assert!(
+            format!("{alone:#}").contains("--nats-ca needs --nats"),
+            "{alone:#}"
         );
     }
 

@@ -8,6 +8,7 @@ use super::OutputFormat;
 use super::client::{Client, segment};
 use super::exec::{follow, run_exit_code};
 use super::output::{ago, print_json, table};
+use super::safe::safe;
 
 #[derive(Debug, Args)]
 #[command(
@@ -75,10 +76,10 @@ pub async fn run(args: TasksArgs, client: &Client) -> anyhow::Result<()> {
                     println!(
                         "Task:     {}\nCommand:  {}\nState:    {}\nCreated:  {} by {}\n",
                         task.id,
-                        task.spec.summary(),
+                        safe(&task.spec.summary()),
                         task.state(),
                         task.created_at.to_rfc3339(),
-                        task.created_by
+                        safe(&task.created_by)
                     );
                     // Only when an agent reported after its run had ended (it was lost, or cancelled on
                     // the server only): what really happened there, kept beside the recorded state.

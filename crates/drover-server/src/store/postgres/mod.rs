@@ -22,7 +22,9 @@ use drover_types::{
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, Postgres, Row};
 
-use super::codec::{from_json, manifest_put, patch_json, readable, runs_in_order_asked, to_json};
+use super::codec::{
+    CurrentManifest, from_json, manifest_put, patch_json, readable, runs_in_order_asked, to_json,
+};
 use super::{
     AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
     MetricsHistory, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord,
@@ -86,6 +88,120 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The value of the first of `keys` in the URL's query, percent-decoded.
+fn query_param(url: &str, keys: &[&str]) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        keys.contains(&k).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const SSLMODE_KEYS: &[&str] = &["sslmode", "ssl-mode"];
+const SSLROOTCERT_KEYS: &[&str] = &["sslrootcert", "ssl-root-cert", "ssl-ca"];
+
+/// The connect options for a `--database` URL. TLS only when asked for (`sslmode=` in the URL, or
+/// `PGSSLMODE`): libpq's default `prefer` would take an unverified TLS connection or fall back to plain
+/// without a word, hiding a downgrade; plain stays plain (loopback tests, benchmarks), and a server
+/// that demands TLS gets an error naming the option to add.
+fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    use sqlx::postgres::PgSslMode;
+    let mut options = PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Unavailable(format!("bad --database URL: {e}")))?
+        .application_name("drover");
+    let root_cert = query_param(url, SSLROOTCERT_KEYS)
+        .or_else(|| std::env::var("PGSSLROOTCERT").ok())
+        .filter(|c| !c.is_empty());
+    if let Some(path) = root_cert
+        .as_deref()
+        .filter(|c| !c.starts_with("-----BEGIN"))
+    {
+        // sqlx would only say "error reading file" at the first connection.
+        std::fs::metadata(path).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "--database: cannot read sslrootcert={path}: {e} (give the PEM file of the CA that signed PostgreSQL's certificate)"
+            ))
+        })?;
+    }
+    let asked = query_param(url, SSLMODE_KEYS).is_some() || std::env::var_os("PGSSLMODE").is_some();
+    match options.get_ssl_mode() {
+        _ if !asked => options = options.ssl_mode(PgSslMode::Disable),
+        // As libpq: `require` with a root certificate verifies the chain (not the name), where sqlx
+        // alone would ignore the certificate.
+        PgSslMode::Require if root_cert.is_some() => {
+            options = options.ssl_mode(PgSslMode::VerifyCa)
+        }
+        _ => {}
+    }
+    Ok(options)
+}
+
+/// What a failed first connection means for the user, with the `--database` option that fixes it.
+fn explain_connect_error(e: &sqlx::Error, options: &PgConnectOptions) -> String {
+    use sqlx::postgres::PgSslMode;
+    let mode = options.get_ssl_mode();
+    match e {
+        // pg_hba.conf has only `hostssl` lines for us: "no pg_hba.conf entry ... no encryption"
+        // (PostgreSQL 14+), "SSL off" before.
+        sqlx::Error::Database(db)
+            if matches!(mode, PgSslMode::Disable)
+                && db.code().as_deref() == Some("28000")
+                && (db.message().contains("no encryption") || db.message().contains("SSL off")) =>
+        {
+            format!(
+                "PostgreSQL requires TLS: add sslmode=require (and sslrootcert=FILE, or sslmode=verify-full&sslrootcert=FILE to check its certificate and name) to --database ({})",
+                db.message()
+            )
+        }
+        sqlx::Error::Tls(t) if t.to_string().contains("does not support TLS") => format!(
+            "PostgreSQL does not offer TLS: turn `ssl = on` there, or leave sslmode out of --database for a plain connection ({e})"
+        ),
+        sqlx::Error::Tls(_) | sqlx::Error::Io(_)
+            if matches!(mode, PgSslMode::VerifyCa | PgSslMode::VerifyFull)
+                && (matches!(e, sqlx::Error::Tls(_)) || e.to_string().contains("certificate")) =>
+        {
+            let full = matches!(mode, PgSslMode::VerifyFull);
+            format!(
+                "TLS to PostgreSQL failed: {e} (with sslmode={} its certificate must be signed by the CA in sslrootcert=FILE in --database, or by one the system trusts{})",
+                if full { "verify-full" } else { "verify-ca" },
+                if full {
+                    ", and name the host in --database"
+                } else {
+                    ""
+                }
+            )
+        }
+        e => e.to_string(),
+    }
+}
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -99,14 +215,12 @@ impl PgStore {
     /// Connects to `url` (`postgres://user:password@host:port/database`, or `?host=/socket/dir` for a unix
     /// socket) and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad --database URL: {e}")))?
-            .application_name("drover");
+        let options = connect_options(url)?;
         // One connection first, for its own error: the pool would only say that it timed out.
         let first = tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
             .await
             .map_err(|_| format!("no answer within {ACQUIRE_TIMEOUT:?}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+            .and_then(|r| r.map_err(|e| explain_connect_error(&e, &options)));
         if let Err(e) = first {
             return Err(StoreError::Unavailable(format!("{}: {e}", redact_url(url))));
         }
@@ -1155,6 +1269,45 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn output_within(
+        &self,
+        task_id: &str,
+        after: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, OutputRecord)>, StoreError> {
+        // Sizes first (octet_length reads a stored value's header, not the value), then only the rows that
+        // start within the budget.
+        let rows: Vec<(i64, String, i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT o.row, o.node_id, o.seq, o.stream, o.data FROM task_output o
+             JOIN (SELECT row, sum(octet_length(data)) OVER (ORDER BY row) - octet_length(data) AS before
+                   FROM task_output WHERE task_id = $1 AND row > $2 ORDER BY row LIMIT $3) w
+               ON w.row = o.row
+             WHERE w.before < $4
+             ORDER BY o.row",
+        )
+        .bind(task_id)
+        .bind(after)
+        .bind(big(limit))
+        .bind(big(max_bytes.max(1)))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, node_id, seq, stream, data)| {
+                (
+                    row,
+                    OutputRecord {
+                        node_id,
+                        seq: unsigned(seq),
+                        stream: u8::try_from(stream).unwrap_or(u8::MAX),
+                        data,
+                    },
+                )
+            })
+            .collect())
+    }
+
     async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError> {
         let max: Option<i64> = sqlx::query_scalar(
             "SELECT max(seq) FROM task_output WHERE task_id = $1 AND node_id = $2",
@@ -1208,27 +1361,34 @@ impl Store for PgStore {
             .bind(&m.name)
             .execute(&mut *tx)
             .await?;
-        let current: Option<(i64, String, Option<String>)> =
-            sqlx::query_as("SELECT generation, manifest, signature FROM manifests WHERE name = $1")
-                .bind(&m.name)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let current: Option<(i64, String, Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT generation, manifest, signature, signed_version FROM manifests WHERE name = $1",
+        )
+        .bind(&m.name)
+        .fetch_optional(&mut *tx)
+        .await?;
         let current = current
             .as_ref()
-            .map(|(g, old, old_sig)| (unsigned(*g), old.as_str(), old_sig.as_deref()));
+            .map(|(g, old, old_sig, signed)| CurrentManifest {
+                generation: unsigned(*g),
+                json: old.as_str(),
+                sig: old_sig.as_deref(),
+                signed_version: signed.map(unsigned),
+            });
         let put = manifest_put(current, m, &json, sig.as_deref())?;
         if put.changed || put.resigned {
             sqlx::query(
-                "INSERT INTO manifests (name, generation, manifest, updated_at, signature)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO manifests (name, generation, manifest, updated_at, signature, signed_version)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (name) DO UPDATE SET generation = $2, manifest = $3, updated_at = $4,
-                     signature = $5",
+                     signature = $5, signed_version = $6",
             )
             .bind(&m.name)
             .bind(big(put.generation))
             .bind(&json)
             .bind(now)
             .bind(&sig)
+            .bind(put.signed_version.map(big))
             .execute(&mut *tx)
             .await?;
         }
@@ -1467,5 +1627,55 @@ impl Store for PgStore {
 
     async fn fleet_counts(&self) -> Result<FleetCounts, StoreError> {
         counts::counts(&self.pool).await
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+    use sqlx::postgres::PgSslMode;
+
+    #[test]
+    fn tls_is_used_only_when_the_url_asks_and_a_root_certificate_is_checked() {
+        if std::env::var_os("PGSSLMODE").is_some() {
+            return;
+        }
+        let mode = |url: &str| connect_options(url).unwrap().get_ssl_mode();
+        // No sslmode: plain, not libpq's silent `prefer`.
+        assert!(matches!(mode("postgres://u@h/db"), PgSslMode::Disable));
+        assert!(matches!(
+            mode("postgres://u@h/db?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@h/db?sslmode=verify-full"),
+            PgSslMode::VerifyFull
+        ));
+        // As libpq: `require` with a root certificate checks the chain.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "").unwrap();
+        let url = format!(
+            "postgres://u@h/db?sslmode=require&sslrootcert={}",
+            ca.display()
+        );
+        assert!(matches!(mode(&url), PgSslMode::VerifyCa));
+        let missing = format!(
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert={}.x",
+            ca.display()
+        );
+        let err = connect_options(&missing).unwrap_err().to_string();
+        assert!(err.contains("sslrootcert="), "{err}");
+    }
+
+    #[test]
+    fn query_parameters_are_read_decoded() {
+        let url = "postgres://u:p%40ss@h/db?application_name=x&ssl-root-cert=%2Fetc%2Fca%20b.pem";
+        assert_eq!(
+            query_param(url, SSLROOTCERT_KEYS).as_deref(),
+            Some("/etc/ca b.pem")
+        );
+        assert_eq!(query_param(url, SSLMODE_KEYS), None);
+        assert_eq!(query_param("postgres://u@h/db", SSLMODE_KEYS), None);
     }
 }

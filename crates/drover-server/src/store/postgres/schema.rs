@@ -143,4 +143,11 @@ FROM node_convergence v,
                           THEN v.report::jsonb -> 'resources' ELSE '[]'::jsonb END) WITH ORDINALITY r(e, pos)
 WHERE jsonb_typeof(r.e -> 'manifest') = 'string';
 "#,
+    // The newest signed version of each manifest (see the SQLite schema for why).
+    r#"
+ALTER TABLE manifests ADD COLUMN signed_version BIGINT;
+UPDATE manifests SET signed_version =
+    LEAST(COALESCE((manifest::jsonb ->> 'version')::numeric, 0), 9007199254740991)::bigint
+WHERE signature IS NOT NULL;
+"#,
 ];

@@ -20,7 +20,8 @@ use drover_types::{
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::codec::{
-    from_json, manifest_put, patch_json, readable, runs_in_order_asked, state_list, to_json,
+    CurrentManifest, from_json, manifest_put, patch_json, readable, runs_in_order_asked,
+    state_list, to_json,
 };
 use super::{
     AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
@@ -930,6 +931,41 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn output_within(
+        &self,
+        task_id: &str,
+        after: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(i64, OutputRecord)>, StoreError> {
+        let id = task_id.to_string();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT row, node_id, seq, stream, data FROM task_output WHERE task_id = ?1 AND row > ?2 ORDER BY row LIMIT ?3",
+            )?;
+            // Stepped row by row: rows past the byte budget are never read.
+            let mut rows = stmt.query(params![id, after, limit as i64])?;
+            let (mut out, mut bytes) = (Vec::new(), 0usize);
+            while bytes < max_bytes.max(1)
+                && let Some(r) = rows.next()?
+            {
+                let data: Vec<u8> = r.get(4)?;
+                bytes += data.len();
+                out.push((
+                    r.get::<_, i64>(0)?,
+                    OutputRecord {
+                        node_id: r.get(1)?,
+                        seq: r.get::<_, i64>(2)? as u64,
+                        stream: r.get(3)?,
+                        data,
+                    },
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError> {
         let (t, n) = (task_id.to_string(), node_id.to_string());
         self.write(move |c| {
@@ -1010,15 +1046,21 @@ impl Store for SqliteStore {
         let sig = signature.map(to_json);
         self.write(move |c| {
             let tx = c;
-            let current: Option<(i64, String, Option<String>)> = row(tx, "SELECT generation, manifest, signature FROM manifests WHERE name = ?1", [&m.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            let current: Option<(i64, String, Option<String>, Option<i64>)> = row(tx, "SELECT generation, manifest, signature, signed_version FROM manifests WHERE name = ?1", [&m.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
-            let current = current.as_ref().map(|(g, old, old_sig)| (u64::try_from(*g).unwrap_or(0), old.as_str(), old_sig.as_deref()));
+            let current = current.as_ref().map(|(g, old, old_sig, signed)| CurrentManifest {
+                generation: u64::try_from(*g).unwrap_or(0),
+                json: old.as_str(),
+                sig: old_sig.as_deref(),
+                signed_version: signed.and_then(|v| u64::try_from(v).ok()),
+            });
             let put = manifest_put(current, &m, &json, sig.as_deref())?;
             if put.changed || put.resigned {
+                let signed_version = put.signed_version.and_then(|v| i64::try_from(v).ok());
                 exec(tx,
-                    "INSERT INTO manifests (name, generation, manifest, updated_at, signature) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(name) DO UPDATE SET generation = ?2, manifest = ?3, updated_at = ?4, signature = ?5",
-                    params![m.name, put.generation as i64, json, now, sig],
+                    "INSERT INTO manifests (name, generation, manifest, updated_at, signature, signed_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(name) DO UPDATE SET generation = ?2, manifest = ?3, updated_at = ?4, signature = ?5, signed_version = ?6",
+                    params![m.name, put.generation as i64, json, now, sig, signed_version],
                 )?;
             }
             Ok(put)
@@ -1309,6 +1351,32 @@ mod tests {
         conn.pragma_update(None, "user_version", version as i64)
             .unwrap();
         conn
+    }
+
+    #[test]
+    fn the_signed_version_migration_keeps_what_signers_must_exceed() {
+        let last = MIGRATIONS.len() - 1;
+        assert!(MIGRATIONS[last].contains("signed_version"));
+        let conn = at_version(last);
+        conn.execute_batch(
+            "INSERT INTO manifests (name, generation, manifest, updated_at, signature) VALUES
+               ('signed', 1, '{\"name\":\"signed\",\"version\":7,\"resources\":[]}', '2026-01-01T00:00:00Z', '{}'),
+               ('huge', 1, '{\"name\":\"huge\",\"version\":18446744073709551615,\"resources\":[]}', '2026-01-01T00:00:00Z', '{}'),
+               ('plain', 1, '{\"name\":\"plain\",\"version\":9,\"resources\":[]}', '2026-01-01T00:00:00Z', NULL)",
+        )
+        .unwrap();
+        conn.execute_batch(MIGRATIONS[last]).unwrap();
+        let floor = |name: &str| -> Option<i64> {
+            conn.query_row(
+                "SELECT signed_version FROM manifests WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(floor("signed"), Some(7));
+        assert_eq!(floor("huge"), Some((1 << 53) - 1));
+        assert_eq!(floor("plain"), None);
     }
 
     #[test]

@@ -163,4 +163,13 @@ ALTER TABLE nodes ADD COLUMN history_at TEXT;
 UPDATE nodes SET history_at =
     (SELECT at FROM metrics_history WHERE node_id = nodes.id ORDER BY seq DESC LIMIT 1);
 "#,
+    // The newest signed version of each manifest, which a signed write must reach: unsigned writes no
+    // longer raise it (a version set unsigned cannot lock signers out). Versions past 2^53-1 are refused
+    // now; any stored before count as that.
+    r#"
+ALTER TABLE manifests ADD COLUMN signed_version INTEGER;
+UPDATE manifests SET signed_version =
+    MIN(COALESCE(CAST(json_extract(manifest, '$.version') AS REAL), 0), 9007199254740991)
+WHERE signature IS NOT NULL;
+"#,
 ];
