@@ -29,6 +29,8 @@ fi
 # nats-server for the replica tests (crates/drover-testkit/tests/replicas.rs): they start their own on a free port;
 # the package's systemd unit does not run here (no systemd as PID 1).
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+# ip (iproute2) makes the network namespaces of the token test (crates/drover-testkit/tests/cli_tokens.rs).
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
 # promtool (Debian's prometheus package) lints the server's /metrics (crates/drover-testkit/tests/metrics.rs).
 command -v promtool >/dev/null || need+=(prometheus)
 

@@ -10,10 +10,13 @@ use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error(
-        "no container engine answers on this node (looked for the Docker API socket of Docker or Podman)"
-    )]
-    NoEngine,
+    #[error("no container engine answers on this node: {}", no_engine_hint(docker_host.as_deref(), tried))]
+    NoEngine {
+        /// `DOCKER_HOST` as the agent found it, when set.
+        docker_host: Option<String>,
+        /// The sockets looked for, in order.
+        tried: Vec<PathBuf>,
+    },
     #[error("the container engine connection failed: {0}")]
     Io(String),
     #[error("the container engine refused: {message} (HTTP {status})")]
@@ -22,13 +25,39 @@ pub enum DockerError {
     Decode(String),
 }
 
-/// Candidate sockets, in order: DOCKER_HOST, Docker's, Podman's (root, then rootless).
-fn sockets() -> Vec<PathBuf> {
+/// What to do about a missing engine, naming what was looked for.
+fn no_engine_hint(docker_host: Option<&str>, tried: &[PathBuf]) -> String {
+    let tried = tried
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match docker_host {
+        Some(host) if host.starts_with("unix://") => format!(
+            "DOCKER_HOST={host} names {tried}, which does not exist; start the engine's API socket there, or \
+             fix or unset DOCKER_HOST in the agent's environment (unset, the agent tries /var/run/docker.sock \
+             and Podman's sockets)"
+        ),
+        Some(host) => format!(
+            "DOCKER_HOST={host} is not a unix:// socket, the only kind the agent speaks to; set \
+             DOCKER_HOST=unix:///PATH/TO/SOCKET in the agent's environment, or unset it"
+        ),
+        None => format!(
+            "tried {tried} and none exists; start Docker, or Podman's API socket (`systemctl enable --now \
+             podman.socket`), or set DOCKER_HOST=unix:///PATH/TO/SOCKET in the agent's environment"
+        ),
+    }
+}
+
+/// Candidate sockets, in order: Docker's, Podman's (root, then rootless); with `DOCKER_HOST` set, only
+/// the one it names, as the docker CLI does (a socket it does not name is not the engine asked for).
+fn sockets(docker_host: Option<&str>) -> Vec<PathBuf> {
     let mut paths = Vec::new();
-    if let Ok(host) = std::env::var("DOCKER_HOST")
-        && let Some(p) = host.strip_prefix("unix://")
-    {
-        paths.push(PathBuf::from(p));
+    if let Some(host) = docker_host {
+        if let Some(p) = host.strip_prefix("unix://") {
+            paths.push(PathBuf::from(p));
+        }
+        return paths;
     }
     paths.push("/var/run/docker.sock".into());
     paths.push("/run/podman/podman.sock".into());
@@ -45,11 +74,16 @@ pub struct Docker {
 impl Docker {
     /// The first engine socket that exists.
     pub fn find() -> Result<Self, DockerError> {
-        sockets()
-            .into_iter()
-            .find(|p| p.exists())
-            .map(|socket| Self { socket })
-            .ok_or(DockerError::NoEngine)
+        let docker_host = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.trim().is_empty());
+        let tried = sockets(docker_host.as_deref());
+        match tried.iter().find(|p| p.exists()) {
+            Some(socket) => Ok(Self {
+                socket: socket.clone(),
+            }),
+            None => Err(DockerError::NoEngine { docker_host, tried }),
+        }
     }
 
     /// Sends one request on a fresh connection and returns the response with its body unread.
@@ -71,7 +105,12 @@ impl Docker {
         let io = |e: &dyn std::fmt::Display| DockerError::Io(e.to_string());
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|e| io(&e))?;
+            .map_err(|e| {
+                DockerError::Io(format!(
+                    "cannot connect to {}: {e} (is the engine running?)",
+                    self.socket.display()
+                ))
+            })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| io(&e))?;

@@ -313,7 +313,12 @@ async fn fetch_ca(server: &str) -> Result<Vec<u8>, IdentityError> {
     let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
         .await
         .map_err(|_| unreachable("TLS handshake timed out".into()))?
-        .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+        .map_err(|e| {
+            unreachable(format!(
+                "TLS handshake failed: {}",
+                crate::link::describe_transport_error(&e)
+            ))
+        })?;
     let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
     chain
         .last()

@@ -63,10 +63,23 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// What a TLS handshake with drover's REST API port (plain HTTP) means, said where it is seen.
+pub const REST_PORT_HINT: &str = "this address answers plain HTTP, not TLS: it is probably drover's REST API port \
+     (`drover server --listen`, 8080 by default); agents connect to the agent port, 9090 by default \
+     (`--agent-listen`), like https://SERVER:9090";
+
+/// Whether a handshake failed because the peer answered in plain HTTP: rustls reads the first bytes of
+/// "HTTP/1.1 400" as a record of an impossible type.
+pub fn answered_without_tls(chain: &str) -> bool {
+    chain.contains("corrupt message") || chain.contains("InvalidContentType")
+}
+
 /// Turns a transport error into advice an operator can act on.
 pub fn describe_transport_error(e: &(dyn std::error::Error + 'static)) -> String {
     let chain = error_chain(e);
-    if chain.contains("Connection refused") {
+    if answered_without_tls(&chain) {
+        format!("{chain}: {REST_PORT_HINT}")
+    } else if chain.contains("Connection refused") {
         format!("{chain} (is the server running and listening on this address?)")
     } else if chain.contains("alert")
         && (chain.contains("UnknownCA")
@@ -174,6 +187,11 @@ pub async fn run(
             SessionEnd::Refused(m) => {
                 tracing::error!(%server, "the server refused this agent: {m}; retrying{then} in {delay:.1?}")
             }
+            // Pointed at the wrong port, retrying never helps: say so loudly (it still retries, in case
+            // the address is fixed behind it).
+            SessionEnd::Connect(m) if m.contains(REST_PORT_HINT) => {
+                tracing::error!(%server, "cannot connect: {m}; retrying{then} in {delay:.1?}")
+            }
             other => tracing::warn!(%server, "link down: {other}; retrying{then} in {delay:.1?}"),
         }
         tokio::select! {
@@ -211,13 +229,25 @@ async fn load_or_enroll(
         attempt = attempt.wrapping_add(1);
         match identity::enroll(&config.state_dir, server, token, &name, &config.labels).await {
             Ok(identity) => {
-                tracing::info!(node = %identity.info.name, id = %identity.info.node_id, "enrolled; certificate kept in {}", config.state_dir.display());
+                let got = &identity.info.name;
+                if *got != name {
+                    // The server gives a taken name a suffix; the operator looks for the node by the new one.
+                    tracing::warn!(node = %got, id = %identity.info.node_id, "enrolled as {got} ({name} was taken by another node; pass --name to choose one); certificate kept in {}", config.state_dir.display());
+                } else {
+                    tracing::info!(node = %got, id = %identity.info.node_id, "enrolled as {got}; certificate kept in {}", config.state_dir.display());
+                }
                 return Ok(Some(identity));
             }
             // The server may simply not be up yet; everything else is final.
             Err(IdentityError::Unreachable { url, message }) => {
                 let delay = backoff.next_delay();
-                tracing::warn!("cannot reach {url} to enroll: {message}; retrying in {delay:.1?}");
+                if message.contains(REST_PORT_HINT) {
+                    tracing::error!("cannot enroll at {url}: {message}; retrying in {delay:.1?}");
+                } else {
+                    tracing::warn!(
+                        "cannot reach {url} to enroll: {message}; retrying in {delay:.1?}"
+                    );
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return Ok(None),

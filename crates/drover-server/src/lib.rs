@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod links;
 mod memory;
 pub mod metrics;
+mod percent;
 pub mod pki;
 mod rlimit;
 pub mod server;

@@ -52,6 +52,48 @@ fn container_operations_through_a_real_engine() {
             .any(|l| l.contains(&name) && l.contains("running")),
         "{listing}"
     );
+    // A header, like every other table.
+    let header = listing.lines().next().unwrap_or_default();
+    for column in ["ID", "NAME", "IMAGE", "STATE"] {
+        assert!(header.contains(column), "{listing}");
+    }
+    // And JSON for scripts.
+    let out = cli(&["list", "--all", "-o", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == name.as_str() && c["state"] == "running" && c["id"].is_string()),
+        "{list}"
+    );
+
+    // A manifest's container resource `web` runs as `drover-web`: its resource id finds it too.
+    let id = format!("res{}", std::process::id());
+    let managed = format!("drover-{id}");
+    podman
+        .run_container(
+            &managed,
+            "echo from-the-resource; while true; do sleep 1; done",
+        )
+        .unwrap();
+    wait_for("the resource's logs by its id", TIMEOUT, || {
+        let out = cli(&["logs", &id]);
+        (out.status.success() && String::from_utf8_lossy(&out.stdout).contains("from-the-resource"))
+            .then_some(())
+    })
+    .unwrap();
+    assert!(cli(&["rm", &id]).status.success());
+    assert_eq!(podman.state(&managed), None);
+    // Neither name exists now: the error names both and where to look.
+    let out = cli(&["logs", &id]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&managed) && err.contains("containers NODE list --all"),
+        "{err}"
+    );
 
     // Logs come back on the right streams.
     wait_for("the container's first lines", TIMEOUT, || {

@@ -287,6 +287,18 @@ fn the_dashboard_shows_the_fleet_nodes_and_tasks_in_a_real_browser() {
     );
     let lines = b.eval("document.querySelectorAll('svg.spark polyline').length");
     assert!(lines.as_u64().unwrap_or(0) >= 1, "no chart has a line");
+    // Sessions say when their data last changed and that it is still checked (payloads are sent only
+    // when they change, so an old one is not a stale one).
+    let text = b.wait_text("unchanged for", "the sessions' data age");
+    assert!(text.contains("every 10s (node heard from"), "{text}");
+    let whole = b.eval(
+        "Array.from(document.querySelectorAll('table.sessions td[data-label=Plugin], table.sessions td[data-label=State]')).every(c => { const r = document.createRange(); r.selectNodeContents(c); return r.getClientRects().length == 1; })",
+    );
+    assert_eq!(
+        whole,
+        Value::Bool(true),
+        "a session's plugin or state wraps mid-word"
+    );
     b.screenshot(&shots.join("node-1280x800.png"));
 
     // A finished task's output.
@@ -324,8 +336,20 @@ fn the_dashboard_shows_the_fleet_nodes_and_tasks_in_a_real_browser() {
     );
     b.screenshot(&shots.join("tasks-1280x800.png"));
     b.open(&format!("{}/ui/manifests", server.api_url()), "No manifest");
-    let text = b.open(&format!("{}/ui/audit", server.api_url()), "task.cancel");
+    let out = server.cli(&["action", "web-1", "ping"]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = b.open(&format!("{}/ui/audit", server.api_url()), "action.call");
     assert!(text.contains("task.create"), "{text}");
+    // The action column never breaks a word beside a long detail ("action.ca / ll").
+    let whole = b.eval(
+        "Array.from(document.querySelectorAll('td[data-label=Action] code')).every(c => c.getClientRects().length == 1)",
+    );
+    assert_eq!(whole, Value::Bool(true), "an audit action wraps mid-word");
+    let one_line = b.eval(
+        "Array.from(document.querySelectorAll('td[data-label=Target]')).every(c => { const r = document.createRange(); r.selectNodeContents(c); return c.textContent.length > 12 || r.getClientRects().length == 1; })",
+    );
+    assert_eq!(one_line, Value::Bool(true), "a short audit target wraps");
+    b.screenshot(&shots.join("audit-1280x800.png"));
 
     // A phone: the same pages, without sideways scrolling.
     b.size(390, 844, true);

@@ -86,6 +86,8 @@ fn up_starts_a_server_and_an_enrolled_local_agent() {
     })
     .unwrap();
     assert!(status.success(), "{status:?}\n{}", up_log());
+    // Its log (server and agent, to a file here) carries no colour codes.
+    assert!(!up_log().contains('\x1b'), "ANSI escapes in:\n{}", up_log());
     std::thread::sleep(Duration::from_millis(200));
     let leftovers = Command::new("pgrep")
         .args(["-f", data.to_str().unwrap()])

@@ -507,8 +507,14 @@ pub struct Applied {
     pub name: String,
     pub generation: u64,
     pub changed: bool,
-    /// Nodes the manifest selects now.
+    /// Nodes the manifest selects now and that take manifests: its targets.
     pub nodes: Vec<String>,
+    /// Targets not connected now: they converge when they reconnect (`apply --wait` lists them as pending).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offline: Vec<String>,
+    /// HTTP nodes the manifest selects: not targets, as they take no manifests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_nodes: Vec<String>,
 }
 
 /// A resource in a node's desired state: which manifest gave it.

@@ -20,7 +20,16 @@ pub enum Transport {
     Http,
 }
 
+/// What fleet commands say of an HTTP node they select: it has no stream to carry a manifest or a task.
+pub const HTTP_NODE_TAKES_NO_WORK: &str = "HTTP node: takes no manifests or tasks";
+
 impl Transport {
+    /// Whether a node on this transport takes manifests and tasks: only a drover-agent's stream carries
+    /// them, so HTTP nodes are never their targets (`HTTP_NODE_TAKES_NO_WORK`).
+    pub fn takes_work(&self) -> bool {
+        matches!(self, Transport::Grpc)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Transport::Grpc => "grpc",

@@ -33,10 +33,33 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = cli::exit_code(&e);
+            // A usage mistake found after clap parsed the line exits 2, like clap's own (cli/usage.rs).
+            let code = if e.downcast_ref::<cli::UsageError>().is_some() {
+                2
+            } else {
+                cli::exit_code(&e)
+            };
             // Errors carry what servers and nodes said: escaped, newlines kept (cli/safe.rs).
-            eprintln!("error: {}", cli::safe_lines(&format!("{e:#}")));
+            eprintln!("error: {}", cli::safe_lines(&error_text(&e)));
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes as `{:#}` joins them, less a cause whose text is already shown: many errors put
+/// their source in their own message too ("cannot listen on ADDR: Address already in use ..."), and the
+/// user should read the OS's words once.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let line = cause.to_string();
+        if text.contains(&line) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&line);
+    }
+    text
 }

@@ -145,9 +145,19 @@ pub async fn list_containers(
     _: ActionCtx,
     args: ListContainersArgs,
 ) -> Result<Vec<RunningContainer>, ActionError> {
-    inventory::containers::list(args.all, Duration::from_secs(5))
-        .await
-        .ok_or_else(|| ActionError::failed("no container engine answers on this node (looked for the Docker API socket of Docker or Podman)"))
+    // The engine's own error names the sockets tried and DOCKER_HOST.
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        inventory::containers::try_list(args.all),
+    )
+    .await
+    {
+        Ok(Ok(list)) => Ok(list),
+        Ok(Err(e)) => Err(ActionError::failed(e.to_string())),
+        Err(_) => Err(ActionError::failed(
+            "the container engine did not answer within 5s",
+        )),
+    }
 }
 
 #[derive(Deserialize)]

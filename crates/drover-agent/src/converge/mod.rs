@@ -8,7 +8,7 @@
 //! reporting.
 
 mod blobs;
-mod container;
+pub(crate) mod container;
 mod file;
 pub mod ledger;
 pub mod reconciler;

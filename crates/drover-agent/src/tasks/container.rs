@@ -51,7 +51,13 @@ pub async fn run(
     } = job;
     let work = async {
         let docker = Docker::find().map_err(failed)?;
-        let name = segment(container.as_deref().unwrap_or_default());
+        let name = match op {
+            ContainerOp::List => String::new(),
+            _ => resolve(&docker, container.as_deref().unwrap_or_default())
+                .await
+                .map_err(failed)?,
+        };
+        let name = segment(&name);
         match op {
             ContainerOp::List => {
                 let list = containers::try_list(all).await.map_err(failed)?;
@@ -94,6 +100,42 @@ pub async fn run(
         r = work => r.unwrap_or_else(|e| e),
         _ = super::cancelled(&mut cancel) => Ended { state: "Cancelled", exit_code: None, signal: None, error: String::new() },
         _ = limit => Ended { state: "TimedOut", exit_code: None, signal: None, error: String::new() },
+    }
+}
+
+/// The engine's name for the container the user named. A manifest's container resource `web` runs as
+/// `drover-web`; users know it by its resource id, so that id finds it too when no container has the name
+/// itself. When neither exists the error names both, and where to look.
+async fn resolve(docker: &Docker, name: &str) -> Result<String, DockerError> {
+    let exists = |n: String| async move {
+        match docker
+            .call(Method::GET, &format!("/containers/{}/json", segment(&n)))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(DockerError::Api { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
+    if exists(name.to_string()).await? {
+        return Ok(name.to_string());
+    }
+    if name.starts_with("drover-") {
+        return Err(not_found(format!("no such container: {name}")));
+    }
+    let managed = crate::converge::container::name_for(name);
+    if exists(managed.clone()).await? {
+        return Ok(managed);
+    }
+    Err(not_found(format!(
+        "no such container: {name} (nor {managed}, the name of a manifest's container resource {name}); `drover containers NODE list --all` shows the names"
+    )))
+}
+
+fn not_found(message: String) -> DockerError {
+    DockerError::Api {
+        status: 404,
+        message,
     }
 }
 

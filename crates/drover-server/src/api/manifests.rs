@@ -69,6 +69,23 @@ fn parse_manifest(document: serde_json::Value) -> Result<(ApplyManifest, Form), 
         Some(sig) => Some(json::from_value(sig, &|path| format!("signature.{path}"))?),
         None => None,
     };
+    // serde stops at the first unknown field; a manifest with several typos names them all at once.
+    let unknown = unknown_fields(&flat);
+    if unknown.len() > 1 {
+        let named: Vec<(String, String)> = unknown
+            .into_iter()
+            .map(|(path, reason)| (form.field(&path), reason))
+            .collect();
+        let message = named
+            .iter()
+            .map(|(field, reason)| format!("field `{field}`: {reason}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(ApiError::bad_request(
+            message,
+            named.into_iter().next().map(|(f, _)| f),
+        ));
+    }
     let manifest = json::from_value(flat, &|path| form.field(&path))?;
     Ok((
         ApplyManifest {
@@ -77,6 +94,48 @@ fn parse_manifest(document: serde_json::Value) -> Result<(ApplyManifest, Form), 
         },
         form,
     ))
+}
+
+/// Every unknown field of a flat manifest, as (path, serde's message), in document order. Each one serde
+/// reports is taken out of a copy and the parse tried again, so the known fields stay serde's own (no list
+/// to keep in step with the types). Stops at the first problem of another kind: that one is reported on its
+/// own by the normal parse, as before.
+fn unknown_fields(flat: &serde_json::Value) -> Vec<(String, String)> {
+    use serde_path_to_error::Segment;
+    let mut doc = flat.clone();
+    let mut found = Vec::new();
+    // Each round removes one key, so a body of at most 1 MiB ends; the cap keeps a hostile one cheap.
+    for _ in 0..100 {
+        let Err(e) = serde_path_to_error::deserialize::<_, drover_types::manifest::Manifest>(&doc)
+        else {
+            break;
+        };
+        let reason = e.inner().to_string();
+        if !reason.starts_with("unknown field") {
+            break;
+        }
+        let segments: Vec<Segment> = e.path().iter().cloned().collect();
+        let Some((Segment::Map { key }, parents)) = segments.split_last() else {
+            break;
+        };
+        let mut at = &mut doc;
+        for segment in parents {
+            let next = match segment {
+                Segment::Map { key } => at.get_mut(key.as_str()),
+                Segment::Seq { index } => at.get_mut(*index),
+                _ => None,
+            };
+            match next {
+                Some(v) => at = v,
+                None => return found,
+            }
+        }
+        match at.as_object_mut().and_then(|o| o.remove(key.as_str())) {
+            Some(_) => found.push((e.path().to_string(), reason)),
+            None => break,
+        }
+    }
+    found
 }
 
 /// Names a refused manifest's fields as its author wrote them (`spec.resources[0].id` in an envelope).
@@ -288,4 +347,41 @@ pub async fn label(
             .label_node(&caller.name, &id, req.set, req.remove)
             .await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn every_unknown_field_is_named_at_once() {
+        let doc = json!({
+            "name": "web",
+            "resources": [
+                {"id": "a", "file": {"path": "/a", "contnet": "x"}},
+                {"id": "b", "fiel": {"path": "/b"}},
+            ],
+            "selektor": {},
+        });
+        let found: Vec<String> = super::unknown_fields(&doc)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        for path in ["resources[0].file.contnet", "resources[1].fiel", "selektor"] {
+            assert!(found.iter().any(|p| p == path), "{path} not in {found:?}");
+        }
+        let Err(e) = super::parse_manifest(doc) else {
+            panic!("accepted")
+        };
+        let text = format!("{e:?}");
+        assert!(
+            text.contains("contnet") && text.contains("fiel") && text.contains("selektor"),
+            "{text}"
+        );
+        // One typo reads as it always did.
+        let one = json!({"name": "web", "resources": [], "selektor": {}});
+        assert_eq!(super::unknown_fields(&one).len(), 1);
+        assert!(super::parse_manifest(one).is_err());
+    }
 }

@@ -22,15 +22,28 @@ use crate::fleet::pages::{MAX_PAGE, parse_run_state};
 use crate::store::{AuditFilter, RunQuery};
 use crate::tasks::{TaskEvent, chunk};
 
-#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", operation_id = "tasks_create", request_body = drover_types::task::CreateTask, responses((status = 201, description = "the task", body = drover_types::task::Task), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
+/// A created task, and the HTTP nodes its target selected that got no run (they take no tasks).
+#[derive(serde::Serialize)]
+pub struct Created {
+    #[serde(flatten)]
+    task: Task,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    skipped_http_nodes: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", operation_id = "tasks_create", request_body = drover_types::task::CreateTask, responses((status = 201, description = "the task; `skipped_http_nodes` besides its fields names the HTTP nodes the target selected, which take no tasks and get no run", body = drover_types::task::Task), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn create(
     State(s): State<ApiState>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateTask>,
-) -> Result<(StatusCode, Json<Task>), ApiError> {
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let (task, skipped_http_nodes) = s.fleet.create_task_skipping(&caller.name, req).await?;
     Ok((
         StatusCode::CREATED,
-        Json(s.fleet.create_task(&caller.name, req).await?),
+        Json(Created {
+            task,
+            skipped_http_nodes,
+        }),
     ))
 }
 

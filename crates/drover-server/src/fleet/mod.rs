@@ -152,6 +152,8 @@ pub struct Fleet {
     pub(crate) status_events: desired::StatusEvents,
     beats: nodes::Heartbeats,
     blobs: desired::BlobCache,
+    /// The fleet as the manifests page last read it (`Fleet::manifest_targets`).
+    targets: desired::TargetsCache,
     /// Set with `--nats`: the other replicas.
     nats: std::sync::OnceLock<Nats>,
     /// Whether this replica runs the leader-only sweeps now (`server::leader`); one server alone always does.
@@ -229,6 +231,7 @@ impl Fleet {
             status_events: Default::default(),
             beats: Default::default(),
             blobs: Default::default(),
+            targets: Default::default(),
             nats: Default::default(),
             leader: std::sync::atomic::AtomicBool::new(true),
             #[cfg(feature = "tamper")]

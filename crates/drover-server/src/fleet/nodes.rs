@@ -115,7 +115,17 @@ impl Fleet {
         let id = new_node_id();
         let cert_pem = self.pki.sign_node_csr(csr_pem, &id)?;
         let token = self.spend_token(token).await?;
-        let name = self.free_name(name, &id).await?;
+        let wanted = name;
+        let name = self.free_name(wanted, &id).await?;
+        if name != wanted {
+            // Often a second agent on the same host (a copied state dir, a test VM): say so, or the
+            // operator finds a node under a name nobody chose.
+            tracing::warn!(
+                node = %name,
+                id = %id,
+                "a node enrolled as {name}: the name {wanted} is taken by another node (start the agent with --name to choose one)"
+            );
+        }
         self.store
             .insert_node(&NodeRecord {
                 id: id.clone(),

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use drover_proto::v1::{self, server_message::Msg};
+use drover_types::Node;
+use drover_types::node::HTTP_NODE_TAKES_NO_WORK;
 use drover_types::signing::CommandSignature;
 use drover_types::task::{
     AuditEntry, CreateTask, LateExit, MAX_CHUNK_BYTES, OutputChunk, RunState, Stream, Target, Task,
@@ -306,13 +308,23 @@ impl Fleet {
 
     /// Creates a task on every targeted node and starts dispatching it.
     pub async fn create_task(&self, actor: &str, req: CreateTask) -> Result<Task, FleetError> {
+        Ok(self.create_task_skipping(actor, req).await?.0)
+    }
+
+    /// [`Fleet::create_task`], also naming the HTTP nodes the target selected: they take no tasks, so
+    /// they get no run (not a failed one).
+    pub async fn create_task_skipping(
+        &self,
+        actor: &str,
+        req: CreateTask,
+    ) -> Result<(Task, Vec<String>), FleetError> {
         req.spec
             .validate()
             .map_err(|e| FleetError::invalid(format!("spec.{}", e.field), e.reason))?;
         if req.max_parallel == Some(0) {
             return Err(FleetError::invalid("max_parallel", "must be at least 1"));
         }
-        let nodes = match &req.target {
+        let selected: Vec<Node> = match &req.target {
             Target::Node(n) => vec![self.node(n).await?],
             Target::Selector(sel) => {
                 if sel.is_empty() {
@@ -329,8 +341,24 @@ impl Fleet {
             }
             Target::All => self.nodes().await?,
         };
+        // HTTP nodes have no stream to run a task on: they are no target, not a failed run.
+        let (nodes, http): (Vec<Node>, Vec<Node>) =
+            selected.into_iter().partition(|n| n.transport.takes_work());
         if nodes.is_empty() {
-            return Err(FleetError::invalid("target", "no node matches"));
+            return Err(FleetError::invalid(
+                "target",
+                match (&req.target, http.first()) {
+                    (Target::Node(_), Some(n)) => format!(
+                        "{} is an {HTTP_NODE_TAKES_NO_WORK}; run tasks on nodes with drover-agent",
+                        n.name
+                    ),
+                    (_, Some(_)) => format!(
+                        "no node that takes tasks matches, only {} HTTP node(s) ({HTTP_NODE_TAKES_NO_WORK})",
+                        http.len()
+                    ),
+                    (_, None) => "no node matches".to_string(),
+                },
+            ));
         }
         // Nodes not attached here may be attached to another replica, which starts their runs; whether
         // one holds the node is asked, not judged from the node's view.
@@ -408,7 +436,8 @@ impl Fleet {
             // Every run ends on other replicas (or already ended): they read the bookkeeping themselves.
             lock(&self.live().meta).remove(&task.id);
         }
-        self.task(&task.id).await
+        let skipped = http.into_iter().map(|n| n.name).collect();
+        Ok((self.task(&task.id).await?, skipped))
     }
 
     /// A task by its id, or by a unique prefix of it (as tables show).
@@ -1092,9 +1121,12 @@ impl Fleet {
     }
 
     /// Cancels every run not yet final: pending ones at once, running ones on their nodes (or here, when
-    /// their node is away).
+    /// their node is away). A task already finished is answered as it is, unaudited: nothing happened.
     pub async fn cancel_task(&self, actor: &str, id: &str) -> Result<Task, FleetError> {
         let task = self.task(id).await?;
+        if task.is_finished() {
+            return Ok(task);
+        }
         let id = task.id.as_str();
         self.audit(
             actor,

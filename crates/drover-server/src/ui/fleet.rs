@@ -45,14 +45,20 @@ pub fn status_class(s: NodeStatus) -> &'static str {
     }
 }
 
+/// The node's last metrics while it is Ready: CPU and memory use from a node gone quiet are not current.
+fn live_metrics(n: &Node) -> Option<&drover_types::Metrics> {
+    n.metrics.as_ref().filter(|_| n.status == NodeStatus::Ready)
+}
+
 fn row(n: Node) -> Row {
     let caps = &n.capabilities;
     Row {
         status: n.status.to_string(),
         status_class: status_class(n.status),
         connected: n.connected,
-        cpu: n.metrics.as_ref().map(|m| view::pct(m.cpu_usage)),
-        mem: n.metrics.as_ref().map(|m| view::pct(m.mem_usage)),
+        // Use by the second: only from a Ready node is the last reading current ("–" otherwise).
+        cpu: live_metrics(&n).map(|m| view::pct(m.cpu_usage)),
+        mem: live_metrics(&n).map(|m| view::pct(m.mem_usage)),
         disk: n
             .metrics
             .as_ref()

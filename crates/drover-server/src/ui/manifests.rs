@@ -37,7 +37,12 @@ pub struct ManifestRow {
     states: Vec<Chip>,
     /// Nodes by their worst state, each a link to them.
     node_states: Vec<Chip>,
-    nodes: usize,
+    /// Its targets, counted as `drover apply` counts them: selected nodes that take manifests.
+    targets: usize,
+    /// Targets not connected now.
+    offline: usize,
+    /// Selected HTTP nodes, which take no manifests.
+    http: usize,
 }
 
 fn selector(m: &StoredManifest) -> String {
@@ -92,9 +97,14 @@ pub async fn page(State(s): State<ApiState>, caller: Caller, headers: HeaderMap)
         Ok(c) => c,
         Err(e) => return view::failed(&caller, e.into()),
     };
+    let targets = match s.fleet.manifest_targets(&manifests).await {
+        Ok(t) => t,
+        Err(e) => return view::failed(&caller, e.into()),
+    };
     let rows = manifests
         .into_iter()
-        .map(|m| {
+        .zip(targets)
+        .map(|(m, t)| {
             let name = m.manifest.name.clone();
             let c = counts
                 .iter()
@@ -109,7 +119,9 @@ pub async fn page(State(s): State<ApiState>, caller: Caller, headers: HeaderMap)
                 href: page_href(&name, None, 0),
                 states: chips(&c.resources, None),
                 node_states: chips(&c.nodes, Some(&name)),
-                nodes: c.nodes_total(),
+                targets: t.nodes.len(),
+                offline: t.offline.len(),
+                http: t.http_nodes.len(),
                 name,
             }
         })

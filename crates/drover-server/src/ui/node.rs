@@ -44,11 +44,17 @@ pub struct RunRow {
     when: String,
 }
 
+/// Agents send a session's payload only when it changes, so its age says when it last changed, not
+/// whether it is current; the node's liveness says that.
 pub struct SessionRow {
     plugin: String,
     state: String,
-    updated: String,
-    interval: String,
+    /// "unchanged for 6m", or "no data yet".
+    data: String,
+    /// The exact time of the last change, for the tooltip.
+    changed_at: String,
+    /// "every 10s (node heard from 3s ago)", or why it is not checked now.
+    checked: String,
 }
 
 #[derive(Template)]
@@ -122,6 +128,15 @@ fn facts(n: &Node) -> Vec<(&'static str, String)> {
     out
 }
 
+/// A plugin interval as people write it: "10s", "1m", "1500ms".
+fn interval(ms: u64) -> String {
+    match ms {
+        ms if ms % 60_000 == 0 && ms > 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 async fn live(s: &ApiState, id: &str) -> Result<Live, ApiError> {
     let node = s.fleet.node(id).await?;
     let history = s.fleet.metrics_history(&node.id, SAMPLES).await?;
@@ -176,8 +191,27 @@ async fn live(s: &ApiState, id: &str) -> Result<Live, ApiError> {
         .map(|i| SessionRow {
             plugin: i.plugin,
             state: format!("{:?}", i.state),
-            updated: view::ago(i.last_update),
-            interval: format!("{} ms", i.interval_ms),
+            data: match i.last_update {
+                Some(t) => format!(
+                    "unchanged for {}",
+                    view::ago(Some(t)).trim_end_matches(" ago")
+                ),
+                None => "no data yet".into(),
+            },
+            changed_at: i.last_update.map(view::time).unwrap_or_default(),
+            checked: if node.status == drover_types::NodeStatus::Ready {
+                format!(
+                    "every {} (node heard from {})",
+                    interval(i.interval_ms),
+                    view::ago(node.last_seen)
+                )
+            } else {
+                format!(
+                    "not now: the node is {} (heard from {})",
+                    node.status,
+                    view::ago(node.last_seen)
+                )
+            },
         })
         .collect();
     let status = s.fleet.node_status(&node.id).await?;

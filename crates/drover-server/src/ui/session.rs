@@ -37,6 +37,7 @@ use serde::Deserialize;
 
 use super::view::{self, Layout, Nav};
 use crate::api::{ApiError, ApiState, Caller, authenticate, bearer, check_role};
+use crate::percent::percent_decode;
 
 const COOKIE_NAME: &str = "drover_session";
 /// How long a login lasts in the browser.
@@ -132,31 +133,6 @@ fn leads_to_login(next: &str) -> bool {
     let path = next.split(['?', '#']).next().unwrap_or_default();
     let decoded = percent_decode(path).to_ascii_lowercase();
     decoded.split('/').any(|seg| seg == "." || seg == "..") || decoded.starts_with("/ui/log")
-}
-
-/// `%XX` escapes replaced by their bytes (anything else kept as it is).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A token as a cookie value can carry it (printable ASCII without separators), or none.

@@ -11,6 +11,7 @@ use reqwest::Method;
 
 use super::client::{Client, segment};
 use super::output::print_json;
+use super::usage::UsageContext;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -36,12 +37,13 @@ pub struct ActionArgs {
 
 pub async fn run(args: ActionArgs, client: &Client) -> anyhow::Result<()> {
     let body: serde_json::Value = match &args.args {
-        Some(text) => serde_json::from_str(text)
-            .with_context(|| format!("the arguments are not JSON: {text}"))?,
+        Some(text) => {
+            serde_json::from_str(text).usage(&format!("the arguments are not JSON: {text}"))?
+        }
         None => serde_json::Value::Null,
     };
     let deadline = match &args.timeout {
-        Some(t) => parse_duration(t)?,
+        Some(t) => parse_duration(t).usage("--timeout")?,
         None => Duration::from_millis(DEFAULT_DEADLINE_MS),
     };
     // Catch Ctrl-C from the start, so an early one cancels the call instead of killing us.

@@ -29,9 +29,18 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "no operator token: pass --token, set DROVER_TOKEN or `drover login` (the admin token is in the server's data dir; {path} was not readable)"
+        "no operator token: {} {reason}. If the server keeps its data elsewhere (`drover up --data-dir D`), pass \
+         --data-dir D or set DROVER_DATA_DIR=D; for another server pass --token (or DROVER_TOKEN), or run \
+         `drover login URL --token …` once",
+        path.display()
     )]
-    NoToken { path: PathBuf },
+    NoToken { path: PathBuf, reason: String },
+    /// A token would go where it does not belong (docs/security.md): nothing was sent.
+    #[error("{message}")]
+    TokenWithheld { message: String },
+    /// The command line cannot work as given (exit 2).
+    #[error("{message}")]
+    Usage { message: String },
     #[error(
         "cannot reach the drover server at {}: {} (is `drover server` running? set --server or DROVER_SERVER)",
         safe(url),
@@ -54,6 +63,8 @@ pub struct Client {
     bases: Vec<String>,
     current: AtomicUsize,
     token: String,
+    /// Added to a 403 that is about the caller's role: how to run the command as an admin instead.
+    forbidden_hint: Option<String>,
 }
 
 /// Where a command goes and with what: from flags and environment first, then the chosen context of the
@@ -66,10 +77,75 @@ pub struct Target {
     pub token: String,
     /// The pinned CA (PEM) to verify an `https` server with.
     pub ca: Option<String>,
+    /// What a 403 about the caller's role adds: where the admin's token is.
+    pub forbidden_hint: Option<String>,
 }
 
 fn trim_url(url: &str) -> &str {
     url.trim_end_matches('/')
+}
+
+/// Whether `host` (as a URL spells it, IPv6 in brackets) is this machine's loopback: what goes there
+/// never leaves the host.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `url` (already normalized: it parses) names a server on loopback.
+fn on_loopback(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(is_loopback_host))
+        .unwrap_or(false)
+}
+
+/// Whether `url` (already normalized) is plain HTTP to a host that is not this machine.
+fn plain_http_off_host(url: &str) -> bool {
+    url.starts_with("http://") && !on_loopback(url)
+}
+
+/// A `--server` as given, made a URL: `host:port` without a scheme means `http://` on loopback (where
+/// plain HTTP never leaves the machine) and is refused elsewhere, naming both schemes.
+pub fn normalize_server(given: &str) -> Result<String, ClientError> {
+    let text = trim_url(given.trim());
+    let usage = |message: String| ClientError::Usage { message };
+    let url = if text.contains("://") {
+        text.to_string()
+    } else {
+        let guess = format!("http://{text}");
+        match reqwest::Url::parse(&guess) {
+            Ok(u) if u.host_str().is_some_and(is_loopback_host) => guess,
+            _ => {
+                return Err(usage(format!(
+                    "--server {given:?} names no scheme: use https://{text} (a server started with --api-tls) or \
+                     http://{text} (plain HTTP; a token goes in the clear only to loopback, or with \
+                     --insecure-send-token-over-http)"
+                )));
+            }
+        }
+    };
+    let parsed = reqwest::Url::parse(&url).map_err(|e| {
+        usage(format!(
+            "--server {given:?} is not a URL ({e}): use one like http://127.0.0.1:8080 or https://cp.example.com:8080"
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(usage(format!(
+            "--server {given:?} is not a drover server URL: use http://HOST:PORT or https://HOST:PORT"
+        )));
+    }
+    Ok(url)
+}
+
+/// Where the token of a command came from, for the refusals and advice that name it.
+enum TokenSource<'a> {
+    Flag,
+    Context(&'a str, &'a config::Context),
+    DataDir,
 }
 
 impl Target {
@@ -94,7 +170,7 @@ impl Target {
         let context = match named {
             Some(name) => match config.contexts.get(name) {
                 Some(c) => Some(c),
-                None if global.context.is_some() => anyhow::bail!(
+                None if global.context.is_some() => super::usage::usage!(
                     "no context is named {name:?} in {} (see `drover context list`)",
                     path.display()
                 ),
@@ -103,11 +179,15 @@ impl Target {
             None => None,
         };
         // A context applies unless --server names another server: its token must never go elsewhere.
-        let first = global.server.first().map(String::as_str);
-        let context = match (context, first) {
-            (Some(c), Some(server)) if trim_url(server) != trim_url(&c.server) => {
+        let first = global
+            .server
+            .first()
+            .map(|s| normalize_server(s))
+            .transpose()?;
+        let context = match (context, first.as_deref()) {
+            (Some(c), Some(server)) if server != trim_url(&c.server) => {
                 if global.context.is_some() {
-                    anyhow::bail!(
+                    super::usage::usage!(
                         "--server {server} is not the server of context {:?} ({})",
                         named.map(String::as_str).unwrap_or_default(),
                         c.server
@@ -117,30 +197,63 @@ impl Target {
             }
             (c, _) => c,
         };
-        let base = trim_url(
-            first
-                .or(context.map(|c| c.server.as_str()))
-                .unwrap_or(DEFAULT_SERVER),
-        )
-        .to_string();
+        let base = match first {
+            Some(f) => f,
+            None => normalize_server(context.map(|c| c.server.as_str()).unwrap_or(DEFAULT_SERVER))?,
+        };
         let mut others: Vec<String> = Vec::new();
-        for s in global.server.iter().skip(1).map(|s| trim_url(s)) {
-            if s != base && !others.iter().any(|o| o == s) {
-                others.push(s.to_string());
+        for s in global.server.iter().skip(1) {
+            let s = normalize_server(s)?;
+            if s != base && !others.contains(&s) {
+                others.push(s);
             }
         }
+        let servers = || std::iter::once(&base).chain(&others);
         let data_dir = global.data_dir.clone().unwrap_or_else(default_data_dir);
-        let token = match global.token.clone().or(context.map(|c| c.token.clone())) {
-            Some(t) => t,
-            None => {
+        let (token, source) = match (global.token.clone(), context) {
+            (Some(t), _) => (t, TokenSource::Flag),
+            (None, Some(c)) => (
+                c.token.clone(),
+                TokenSource::Context(named.map(String::as_str).unwrap_or_default(), c),
+            ),
+            (None, None) => {
                 let path = data_dir.join("admin.token");
-                std::fs::read_to_string(&path)
-                    .ok()
-                    .map(|t| t.trim().to_string())
-                    .filter(|t| !t.is_empty())
-                    .ok_or(ClientError::NoToken { path })?
+                // The local server's admin token is for the local server: a typo in --server must not hand
+                // it to another host, over TLS or not.
+                if let Some(away) = servers().find(|s| !on_loopback(s)) {
+                    return Err(ClientError::TokenWithheld {
+                        message: format!(
+                            "not sending the admin token of {} to {away}: it is used only for a server on this \
+                             machine (loopback). For another server pass --token (or DROVER_TOKEN), or run \
+                             `drover login https://HOST:PORT --token …` once and use its context",
+                            path.display()
+                        ),
+                    }
+                    .into());
+                }
+                (read_admin_token(&path)?, TokenSource::DataDir)
             }
         };
+        // No token crosses a network in the clear unless the user said so, for this command or this context.
+        let consented = |server: &str| {
+            global.insecure_send_token_over_http
+                || matches!(&source, TokenSource::Context(_, c)
+                    if c.insecure_plain_http && trim_url(&c.server) == server)
+        };
+        if let Some(clear) = servers().find(|s| plain_http_off_host(s) && !consented(s)) {
+            let whose = match &source {
+                TokenSource::Context(name, _) => format!("the token of context {name:?}"),
+                _ => "the API token".to_string(),
+            };
+            return Err(ClientError::TokenWithheld {
+                message: format!(
+                    "refusing to send {whose} to {clear} over plain HTTP: anyone on the way could read it and act \
+                     as you. Use https:// (start the server with --api-tls, then `drover login https://HOST:PORT \
+                     --token …` pins its CA), or, on a network you trust, pass --insecure-send-token-over-http"
+                ),
+            }
+            .into());
+        }
         // Without a context, a local server's own CA (beside its admin token) verifies `--api-tls`.
         let ca = match context {
             Some(c) => c.ca.clone(),
@@ -149,13 +262,45 @@ impl Target {
             }
             None => None,
         };
+        let admin = data_dir.join("admin.token");
+        let forbidden_hint = match &source {
+            TokenSource::DataDir => None,
+            TokenSource::Context(name, _) => Some(format!(
+                "this ran with the token of context {name:?}; an admin runs it with `--context NAME` (an admin's \
+                 context, see `drover context list`) or `--token` with an admin token (the local server's is in {})",
+                admin.display()
+            )),
+            TokenSource::Flag => Some(format!(
+                "this ran with the token of --token/DROVER_TOKEN; an admin runs it with an admin's token or \
+                 `--context NAME` of an admin's context (the local server's admin token is in {})",
+                admin.display()
+            )),
+        };
         Ok(Self {
             base,
             others,
             token,
             ca,
+            forbidden_hint,
         })
     }
+}
+
+/// The local server's admin token, or why there is none.
+fn read_admin_token(path: &std::path::Path) -> Result<String, ClientError> {
+    let reason = match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => "is empty".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            "may not be read by this user (run as the server's user, or with sudo)".to_string()
+        }
+        Err(e) => format!("cannot be read ({e})"),
+    };
+    Err(ClientError::NoToken {
+        path: path.to_path_buf(),
+        reason,
+    })
 }
 
 impl Client {
@@ -169,6 +314,7 @@ impl Client {
             others,
             token,
             ca,
+            forbidden_hint,
         } = target;
         // No overall timeout on the client: each request sets its own, so a followed stream is never cut.
         let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
@@ -186,7 +332,32 @@ impl Client {
             bases,
             current: AtomicUsize::new(0),
             token,
+            forbidden_hint,
         })
+    }
+
+    /// The server in use, as a URL (for advice that names it).
+    pub fn server(&self) -> &str {
+        self.base()
+    }
+
+    /// The error of a failed request; a refusal for the caller's role says how to run it as an admin.
+    fn failed(&self, status: StatusCode, body: &[u8]) -> ClientError {
+        let mut error = api_error(status, body);
+        if let (
+            ClientError::Api {
+                status: 403,
+                message,
+                action: None,
+            },
+            Some(hint),
+        ) = (&mut error, &self.forbidden_hint)
+        {
+            message.push_str(" (");
+            message.push_str(hint);
+            message.push(')');
+        }
+        error
     }
 
     /// The server in use: the first, or the replica that answered when an earlier one could not be reached.
@@ -271,7 +442,7 @@ impl Client {
             message: e.to_string(),
         })?;
         if !status.is_success() {
-            return Err(api_error(status, &bytes));
+            return Err(self.failed(status, &bytes));
         }
         if status == StatusCode::NO_CONTENT || bytes.is_empty() {
             return Ok(None);
@@ -313,7 +484,7 @@ impl Client {
                 message: e.to_string(),
             })?;
             if !status.is_success() {
-                return Err(api_error(status, &bytes));
+                return Err(self.failed(status, &bytes));
             }
             let page: Vec<T> =
                 serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
@@ -349,6 +520,9 @@ fn next_link(header: &str) -> Option<String> {
     })
 }
 
+/// Where the REST API is, for a CLI pointed at the agent port.
+const REST_IS_ON: &str = "the REST API is on `drover server --listen`, 127.0.0.1:8080 by default";
+
 /// A failed send, with its causes: "error sending request" alone hides a refused certificate.
 fn unreachable(base: &str, e: &reqwest::Error) -> ClientError {
     let mut message = e.to_string();
@@ -357,6 +531,17 @@ fn unreachable(base: &str, e: &reqwest::Error) -> ClientError {
         message.push_str(": ");
         message.push_str(&cause.to_string());
         source = cause.source();
+    }
+    // The agent port speaks gRPC over TLS: plain HTTP reads its TLS alert as a broken status line, and
+    // TLS without a node certificate is cut short in the handshake.
+    if message.contains("invalid HTTP version") {
+        message.push_str(&format!(
+            " (that looks like drover's agent port (gRPC); {REST_IS_ON})"
+        ));
+    } else if base.starts_with("https://") && message.contains("handshake eof") {
+        message.push_str(&format!(
+            " (if this is drover's agent port, it wants node certificates; {REST_IS_ON})"
+        ));
     }
     ClientError::Unreachable {
         url: base.to_string(),
@@ -374,7 +559,7 @@ impl Client {
         let (resp, _) = self.send(path, req).await?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
+            return Err(self.failed(status, &resp.bytes().await.unwrap_or_default()));
         }
         Ok(())
     }
@@ -393,7 +578,7 @@ impl Client {
         let (resp, url) = self.send(path, req).await?;
         if !resp.status().is_success() {
             let status = resp.status();
-            return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
+            return Err(self.failed(status, &resp.bytes().await.unwrap_or_default()));
         }
         Ok(EventStream {
             resp,
@@ -618,7 +803,9 @@ fn retryable(e: &ClientError) -> bool {
     match e {
         ClientError::Unreachable { .. } | ClientError::Protocol { .. } => true,
         ClientError::Api { status, .. } => matches!(status, 502..=504),
-        ClientError::NoToken { .. } => false,
+        ClientError::NoToken { .. }
+        | ClientError::TokenWithheld { .. }
+        | ClientError::Usage { .. } => false,
     }
 }
 
@@ -650,6 +837,7 @@ mod tests {
             context: context.map(Into::into),
             token: token.map(Into::into),
             data_dir: Some("/nonexistent".into()),
+            insecure_send_token_over_http: false,
         }
     }
 
@@ -679,6 +867,7 @@ mod tests {
                     token: format!("tok-{name}"),
                     ca: Some(format!("ca-{name}")),
                     ca_fingerprint: None,
+                    insecure_plain_http: false,
                 },
             );
         }
@@ -702,6 +891,97 @@ mod tests {
         assert_eq!((t.base.as_str(), t.ca), ("https://other:8080", None));
         assert!(resolve(global(Some("https://other:8080"), Some("t"), Some("lab"))).is_err());
         assert!(resolve(global(None, None, Some("missing"))).is_err());
+    }
+
+    #[test]
+    fn a_token_crosses_plain_http_only_to_loopback_or_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin.token"), "drvadm.secret\n").unwrap();
+        let mut config = OperatorConfig::default();
+        config.contexts.insert(
+            "lab".into(),
+            Context {
+                server: "http://10.9.9.9:8080".into(),
+                token: "tok-lab".into(),
+                ca: None,
+                ca_fingerprint: None,
+                insecure_plain_http: true,
+            },
+        );
+        let path = std::path::Path::new("config.toml");
+        let at = |server: &str, token: Option<&str>, context: Option<&str>, insecure: bool| {
+            let mut g = global(Some(server), token, context);
+            g.data_dir = Some(dir.path().to_path_buf());
+            g.insecure_send_token_over_http = insecure;
+            Target::from_parts(&g, &config, path)
+        };
+        let withheld = |r: anyhow::Result<Target>| {
+            matches!(
+                r.unwrap_err().downcast_ref::<ClientError>(),
+                Some(ClientError::TokenWithheld { .. })
+            )
+        };
+        // The data dir's admin token: loopback only, whatever the scheme or flag.
+        assert_eq!(
+            at("http://127.0.0.1:8080", None, None, false)
+                .unwrap()
+                .token,
+            "drvadm.secret"
+        );
+        assert_eq!(
+            at("http://[::1]:8080", None, None, false).unwrap().token,
+            "drvadm.secret"
+        );
+        assert!(withheld(at("http://10.1.1.1:8080", None, None, false)));
+        assert!(withheld(at("https://10.1.1.1:8080", None, None, false)));
+        assert!(withheld(at("http://10.1.1.1:8080", None, None, true)));
+        // An explicit token: over TLS anywhere, over plain HTTP off the host only when told.
+        assert!(at("https://10.1.1.1:8080", Some("t"), None, false).is_ok());
+        assert!(withheld(at("http://10.1.1.1:8080", Some("t"), None, false)));
+        assert_eq!(
+            at("http://10.1.1.1:8080", Some("t"), None, true)
+                .unwrap()
+                .token,
+            "t"
+        );
+        // A context made with the opt-in keeps it, for its own server only.
+        assert_eq!(
+            at("http://10.9.9.9:8080", None, Some("lab"), false)
+                .unwrap()
+                .token,
+            "tok-lab"
+        );
+        let mut g = global(None, None, Some("lab"));
+        g.server = vec!["http://10.9.9.9:8080".into(), "http://10.9.9.8:8080".into()];
+        assert!(withheld(Target::from_parts(&g, &config, path)));
+    }
+
+    #[test]
+    fn a_server_without_a_scheme_is_http_on_loopback_and_refused_elsewhere() {
+        use super::normalize_server;
+        assert_eq!(
+            normalize_server("127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            normalize_server("localhost:8080/").unwrap(),
+            "http://localhost:8080"
+        );
+        assert_eq!(normalize_server("[::1]:8080").unwrap(), "http://[::1]:8080");
+        assert_eq!(
+            normalize_server("https://cp:8080/").unwrap(),
+            "https://cp:8080"
+        );
+        for bad in [
+            "cp.example.com:8080",
+            "10.0.0.5:8080",
+            "ftp://cp:21",
+            "http://",
+        ] {
+            let e = normalize_server(bad).unwrap_err();
+            assert!(matches!(e, ClientError::Usage { .. }), "{bad}");
+            assert!(e.to_string().contains("https://"), "{e}");
+        }
     }
 
     #[test]

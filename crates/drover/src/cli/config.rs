@@ -33,6 +33,10 @@ pub struct Context {
     /// SHA-256 of the pinned CA, as shown at login.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint: Option<String>,
+    /// The token may go to this (non-loopback) server over plain HTTP: set by `drover login http://…
+    /// --insecure-send-token-over-http`, and only that way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_plain_http: bool,
 }
 
 /// Where the config file lives.
@@ -101,6 +105,7 @@ mod tests {
                 token: "drvop.x".into(),
                 ca: Some("PEM".into()),
                 ca_fingerprint: Some("ab".into()),
+                insecure_plain_http: false,
             },
         );
         config.current = Some("prod".into());

@@ -18,6 +18,7 @@ use reqwest::Method;
 use super::client::{Client, Subscription, segment};
 use super::output::table;
 use super::safe::safe;
+use super::usage::{UsageContext, usage};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -37,7 +38,8 @@ pub struct ExecArgs {
     #[arg(long = "selector", short = 'l')]
     selector: Vec<String>,
     /// Run on every node.
-    #[arg(long, conflicts_with_all = ["node", "selector"])]
+    // Not in conflict with NODE for clap: `--all uptime` (a forgotten `--`) gets a hint in `run` instead.
+    #[arg(long, conflicts_with = "selector")]
     all: bool,
     /// A shell pipeline, run by `sh -c` (the node must allow shell).
     #[arg(long, conflicts_with = "command")]
@@ -60,6 +62,10 @@ pub struct ExecArgs {
     /// At most this many nodes at once.
     #[arg(long)]
     max_parallel: Option<u32>,
+    /// Words after NODE without `--` (`drover exec vm uptime`): caught to suggest `--` rather than
+    /// rejected by clap with no hint.
+    #[arg(hide = true, value_name = "COMMAND")]
+    stray: Vec<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -67,29 +73,72 @@ pub struct ExecArgs {
     sign: super::keys::SignArgs,
 }
 
-fn duration_ms(text: &Option<String>) -> anyhow::Result<Option<u64>> {
-    text.as_deref()
+fn duration_ms(text: &Option<String>, flag: &str) -> anyhow::Result<Option<u64>> {
+    Ok(text
+        .as_deref()
         .map(|t| parse_duration(t).map(|d| d.as_millis() as u64))
         .transpose()
-        .map_err(Into::into)
+        .usage(flag)?)
 }
 
-pub async fn run(args: ExecArgs, client: &Client) -> anyhow::Result<()> {
+/// Shell-quotes a word for a suggested command line, only where it needs it.
+fn quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// Checks the arguments first, so that a usage mistake is told before any missing token or server.
+pub async fn run(
+    args: ExecArgs,
+    client: impl FnOnce() -> anyhow::Result<Client>,
+) -> anyhow::Result<()> {
+    // A forgotten `--`: the words of the command land in NODE and the hidden STRAY.
+    let elsewhere = args.all || !args.selector.is_empty();
+    let nothing_to_run = args.command.is_empty() && args.shell.is_none();
+    if !args.stray.is_empty() || (elsewhere && args.node.is_some() && nothing_to_run) {
+        let mut place: Vec<String> = Vec::new();
+        let mut words: Vec<String> = Vec::new();
+        if args.all {
+            place.push("--all".into());
+        }
+        for s in &args.selector {
+            place.push(format!("-l {}", quote(s)));
+        }
+        match &args.node {
+            Some(n) if elsewhere => words.push(quote(n)),
+            Some(n) => place.push(quote(n)),
+            None => {}
+        }
+        words.extend(args.stray.iter().chain(&args.command).map(|w| quote(w)));
+        usage!(
+            "`{}` looks like the command to run: put it after `--`, as in `drover exec {} -- {}`",
+            words.first().map(String::as_str).unwrap_or_default(),
+            place.join(" "),
+            words.join(" ")
+        );
+    }
     let target = match (&args.node, args.selector.is_empty(), args.all) {
         (Some(n), true, false) => Target::Node(n.clone()),
-        (None, false, false) => Target::Selector(parse_labels(&args.selector)?),
+        (None, false, false) => Target::Selector(parse_labels(&args.selector).usage("--selector")?),
         (None, true, true) => Target::All,
-        (None, true, false) => bail!("say where to run: a NODE, --selector key=value, or --all"),
-        _ => bail!("give one of NODE, --selector or --all"),
+        (None, true, false) => usage!("say where to run: a NODE, --selector key=value, or --all"),
+        _ => usage!("give one of NODE, --selector or --all"),
     };
     if args.command.is_empty() && args.shell.is_none() {
-        bail!("say what to run: `-- COMMAND ARGS...` or --shell 'PIPELINE'");
+        usage!("say what to run: `-- COMMAND ARGS...` or --shell 'PIPELINE'");
     }
     let mut env = BTreeMap::new();
     for kv in &args.env {
         let (k, v) = kv
             .split_once('=')
-            .with_context(|| format!("--env {kv:?}: expected K=V"))?;
+            .usage(&format!("--env {kv:?}: expected K=V"))?;
         env.insert(k.to_string(), v.to_string());
     }
     let spec = TaskSpec::Exec {
@@ -98,8 +147,8 @@ pub async fn run(args: ExecArgs, client: &Client) -> anyhow::Result<()> {
         env,
         cwd: args.cwd.clone(),
         user: args.user.clone(),
-        timeout_ms: duration_ms(&args.timeout)?,
-        grace_ms: duration_ms(&args.grace)?,
+        timeout_ms: duration_ms(&args.timeout, "--timeout")?,
+        grace_ms: duration_ms(&args.grace, "--grace")?,
     };
     let mut req = CreateTask {
         target,
@@ -108,7 +157,7 @@ pub async fn run(args: ExecArgs, client: &Client) -> anyhow::Result<()> {
         signature: None,
     };
     args.sign.task(&mut req)?;
-    run_task(client, req).await
+    run_task(&client()?, req).await
 }
 
 /// Creating a task on thousands of nodes stores a run per node before the server answers.
@@ -118,12 +167,32 @@ pub const EXIT_LOST: i32 = 7;
 /// A partial line longer than this is printed as a line of its own rather than held without bound.
 const MAX_PARTIAL_LINE: usize = 64 * 1024;
 
+/// The server's answer to a new task: the task, and the HTTP nodes its target selected but that got no run.
+#[derive(serde::Deserialize)]
+struct Created {
+    #[serde(flatten)]
+    task: Task,
+    #[serde(default)]
+    skipped_http_nodes: Vec<String>,
+}
+
+/// Says that HTTP nodes were left out of a task.
+fn skipped_note(n: usize) -> String {
+    match n {
+        1 => "(1 HTTP node skipped: it takes no tasks)".to_string(),
+        n => format!("({n} HTTP nodes skipped: they take no tasks)"),
+    }
+}
+
 /// Creates a task, follows it to its end, and exits like the remote command.
 pub async fn run_task(client: &Client, req: CreateTask) -> anyhow::Result<()> {
     let single = matches!(req.target, Target::Node(_));
     // Catch Ctrl-C from before the task exists, so an early one cancels it instead of killing us.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let task: Task = client
+    let Created {
+        task,
+        skipped_http_nodes,
+    } = client
         .request_with_timeout(
             Method::POST,
             "/api/v1/tasks",
@@ -133,6 +202,10 @@ pub async fn run_task(client: &Client, req: CreateTask) -> anyhow::Result<()> {
         .await?
         .context("the server returned no task")?;
     let done = follow(client, &task, true, !single, Some(&mut interrupt)).await?;
+    // After the summary: HTTP nodes are not in it, as they were never targets.
+    if !skipped_http_nodes.is_empty() {
+        eprintln!("{}", skipped_note(skipped_http_nodes.len()));
+    }
     let Some(task) = done else {
         bail!(
             "the output stream ended before the task did; see `drover tasks show {}`",
@@ -465,15 +538,22 @@ fn print_summary(task: &Task) {
         .iter()
         .filter(|r| r.state == RunState::Lost)
         .count();
-    if lost > 0 {
-        eprintln!(
-            "{ok}/{} nodes succeeded; {lost} lost (whether it ran there is unknown; see `drover tasks show {}`)",
-            task.runs.len(),
-            task.id
-        );
-    } else {
-        eprintln!("{ok}/{} nodes succeeded", task.runs.len());
+    let unreachable = task
+        .runs
+        .iter()
+        .filter(|r| r.state == RunState::Unreachable)
+        .count();
+    let mut line = format!("{ok}/{} nodes succeeded", task.runs.len());
+    if unreachable > 0 {
+        line.push_str(&format!("; {unreachable} unreachable (not connected)"));
     }
+    if lost > 0 {
+        line.push_str(&format!(
+            "; {lost} lost (whether it ran there is unknown; see `drover tasks show {}`)",
+            task.id
+        ));
+    }
+    eprintln!("{line}");
 }
 
 #[cfg(test)]

@@ -2,14 +2,13 @@
 //! with its pinned CA, so a token only ever travels to the server it belongs to, over TLS.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::net::IpAddr;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use drover_types::operator::WhoAmI;
 use serde::Serialize;
 
-use super::client::{Client, Target};
+use super::client::{Client, ClientError, Target, is_loopback_host, normalize_server};
 use super::config::{self, Context};
 use super::output::{or_dash, print_json, table};
 use super::{Global, OutputFormat, tls};
@@ -18,11 +17,14 @@ use super::{Global, OutputFormat, tls};
 #[command(after_help = "Examples:\n  \
     drover login https://cp.example.com:8080 --token drvop.… --ca-fingerprint 3f2a…\n  \
     drover login https://10.0.0.5:8080 --token drvop.… --name lab --yes\n  \
-    drover login http://127.0.0.1:8080 --token drvop.…   # plain HTTP only on loopback\n\n\
+    drover login http://127.0.0.1:8080 --token drvop.…   # plain HTTP only on loopback\n  \
+    drover login http://10.0.0.5:8080 --token drvop.… --insecure-send-token-over-http   # a lab you trust\n\n\
     With https, the server's CA is read from its TLS chain before anything is sent, and pinned once its\n\
     SHA-256 fingerprint matches --ca-fingerprint (an admin sees it in `drover operator create`), or\n\
-    once you confirm it (--yes: trust what is shown without asking). Server, CA and token go into\n\
-    $XDG_CONFIG_HOME/drover/config.toml (else ~/.config/drover/config.toml), mode 0600.")]
+    once you confirm it (--yes: trust what is shown without asking). Plain http has no CA to pin (so no\n\
+    --ca-fingerprint) and carries the token in the clear: refused for a server off this machine unless\n\
+    --insecure-send-token-over-http is given, which the context then remembers. Server, CA and token go\n\
+    into $XDG_CONFIG_HOME/drover/config.toml (else ~/.config/drover/config.toml), mode 0600.")]
 pub struct LoginArgs {
     /// The server's REST API, like https://cp.example.com:8080.
     url: String,
@@ -51,20 +53,13 @@ struct LoggedIn {
     ca_fingerprint: Option<String>,
 }
 
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// Decides whether to trust a CA with fingerprint `found`; `Err` explains why not.
 fn accept_fingerprint(args: &LoginArgs, url: &str, found: &str) -> anyhow::Result<()> {
     if let Some(given) = &args.ca_fingerprint {
-        let expected = tls::normalize_fingerprint(given).with_context(|| {
-            format!("--ca-fingerprint {given:?} is not a SHA-256 fingerprint (64 hex digits)")
-        })?;
+        let expected = super::usage::UsageContext::usage(
+            tls::normalize_fingerprint(given),
+            &format!("--ca-fingerprint {given:?} is not a SHA-256 fingerprint (64 hex digits)"),
+        )?;
         if expected != found {
             bail!(
                 "the server at {url} presents a CA with fingerprint {found}, but --ca-fingerprint is {expected}: \
@@ -97,9 +92,18 @@ fn accept_fingerprint(args: &LoginArgs, url: &str, found: &str) -> anyhow::Resul
 
 pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
     let Some(token) = global.token.clone() else {
-        bail!("--token is required (an operator token from `drover operator create`)");
+        super::usage::usage!(
+            "--token is required (an operator token from `drover operator create`)"
+        );
     };
-    let url = reqwest::Url::parse(&args.url).with_context(|| {
+    // `host:port` alone is http:// on loopback and refused elsewhere, as for --server.
+    let base = normalize_server(&args.url).map_err(|e| match e {
+        ClientError::Usage { message } => ClientError::Usage {
+            message: message.replacen("--server", "the URL", 1),
+        },
+        other => other,
+    })?;
+    let url = reqwest::Url::parse(&base).with_context(|| {
         format!(
             "{:?} is not a URL like https://cp.example.com:8080",
             args.url
@@ -109,7 +113,27 @@ pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
         .host_str()
         .with_context(|| format!("{} names no host", args.url))?
         .to_string();
-    let base = args.url.trim_end_matches('/').to_string();
+    let plain_off_host = url.scheme() == "http" && !is_loopback_host(&host);
+    if url.scheme() == "http" && args.ca_fingerprint.is_some() {
+        return Err(ClientError::Usage {
+            message: format!(
+                "--ca-fingerprint means nothing over plain HTTP: {base} presents no TLS certificate, so there is \
+                 no CA to check or pin. Log in with https:// to a server started with --api-tls, or leave \
+                 --ca-fingerprint out"
+            ),
+        }
+        .into());
+    }
+    if plain_off_host && !global.insecure_send_token_over_http {
+        return Err(ClientError::TokenWithheld {
+            message: format!(
+                "refusing to send a token in the clear to {host}: plain HTTP lets anyone on the way read it. Start \
+                 the server with --api-tls and log in with https://, or, on a network you trust, pass \
+                 --insecure-send-token-over-http (the context remembers it)"
+            ),
+        }
+        .into());
+    }
     let (ca, ca_fingerprint) = match url.scheme() {
         "https" => {
             let port = url.port_or_known_default().unwrap_or(443);
@@ -118,11 +142,18 @@ pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
             accept_fingerprint(&args, &base, &found)?;
             (Some(tls::der_to_pem(&der)), Some(found))
         }
-        "http" if is_loopback(&host) => (None, None),
-        "http" => bail!(
-            "refusing to send a token in the clear to {host}: start the server with --api-tls and log in with https://"
+        "http" => {
+            if plain_off_host {
+                eprintln!(
+                    "warning: the token goes to {host} in the clear (--insecure-send-token-over-http); this \
+                     context will keep sending it so"
+                );
+            }
+            (None, None)
+        }
+        other => super::usage::usage!(
+            "unsupported scheme {other:?}: use https:// (or http:// on loopback)"
         ),
-        other => bail!("unsupported scheme {other:?}: use https:// (or http:// on loopback)"),
     };
     // Proves the token (and, with TLS, the pinned CA) before anything is saved.
     let target = Target {
@@ -130,6 +161,7 @@ pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
         others: Vec::new(),
         token: token.clone(),
         ca: ca.clone(),
+        forbidden_hint: None,
     };
     let me: WhoAmI = Client::for_target(target)?.get("/api/v1/whoami").await?;
     let name = args.name.clone().unwrap_or_else(|| host.clone());
@@ -142,6 +174,7 @@ pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
             token,
             ca,
             ca_fingerprint: ca_fingerprint.clone(),
+            insecure_plain_http: plain_off_host,
         },
     );
     config.current = Some(name.clone());
@@ -197,6 +230,8 @@ struct ContextView {
     current: bool,
     server: String,
     ca_fingerprint: Option<String>,
+    /// Plain HTTP to a server off this machine, by the user's choice at login.
+    insecure_plain_http: bool,
 }
 
 pub fn context(args: ContextArgs) -> anyhow::Result<()> {
@@ -218,6 +253,7 @@ pub fn context(args: ContextArgs) -> anyhow::Result<()> {
                     name: name.clone(),
                     server: c.server.clone(),
                     ca_fingerprint: c.ca_fingerprint.clone(),
+                    insecure_plain_http: c.insecure_plain_http,
                 })
                 .collect();
             match args.output {
@@ -229,7 +265,11 @@ pub fn context(args: ContextArgs) -> anyhow::Result<()> {
                             if v.current { "*" } else { "" }.to_string(),
                             v.name.clone(),
                             v.server.clone(),
-                            or_dash(v.ca_fingerprint.as_deref()),
+                            if v.insecure_plain_http {
+                                "none: plain HTTP (insecure)".to_string()
+                            } else {
+                                or_dash(v.ca_fingerprint.as_deref())
+                            },
                         ]);
                     }
                     println!("{t}");

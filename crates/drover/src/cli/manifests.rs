@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use drover_types::manifest::{Applied, NodePlan, NodeStatusReport, ResourceState, StoredManifest};
+use drover_types::node::HTTP_NODE_TAKES_NO_WORK;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 
@@ -13,6 +14,7 @@ use super::OutputFormat;
 use super::client::{Client, Subscription, segment};
 use super::output::{ago, print_json, table};
 use super::safe::safe;
+use super::usage::UsageContext;
 
 /// How long `drover apply` waits for the server to store a manifest and compute every node's desired state.
 const APPLY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
@@ -35,7 +37,8 @@ pub struct ApplyArgs {
     #[arg(short, long)]
     file: std::path::PathBuf,
     /// Wait until every targeted node reports the new state converged (follows pushed status events;
-    /// rides out a server restart).
+    /// rides out a server restart). Targets not connected are not waited for once every connected one
+    /// converged: they are listed as pending and the exit code is 6. HTTP nodes are no targets.
     #[arg(long)]
     wait: bool,
     /// Change nothing: ask each node what it would change, and print the plans.
@@ -161,33 +164,69 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
         .context("the server returned nothing")?;
     match args.output {
         OutputFormat::Json if !args.wait => return print_json(&applied),
-        _ => eprintln!(
-            "manifest {} {} (generation {}), targeting {} node(s)",
-            safe(&applied.name),
-            if applied.changed {
-                "applied"
-            } else {
-                "unchanged"
-            },
-            applied.generation,
-            applied.nodes.len()
-        ),
+        _ => {
+            eprintln!(
+                "manifest {} {} (manifest generation {}), targeting {} node(s)",
+                safe(&applied.name),
+                if applied.changed {
+                    "applied"
+                } else {
+                    "unchanged"
+                },
+                applied.generation,
+                applied.nodes.len()
+            );
+            // Selected, but not targets: said once, not waited for, not counted.
+            if !applied.http_nodes.is_empty() {
+                eprintln!(
+                    "{}: {HTTP_NODE_TAKES_NO_WORK} (selected, not targeted)",
+                    some_names(&applied.http_nodes)
+                );
+            }
+        }
     }
     if args.wait {
-        let timeout = drover_types::duration::parse_duration(&args.timeout)?;
-        wait_converged(client, &applied.nodes, timeout).await?;
+        let timeout = drover_types::duration::parse_duration(&args.timeout).usage("--timeout")?;
+        let waited = wait_converged(client, &applied.nodes, &applied.offline, timeout).await?;
+        if !waited.is_empty() {
+            eprintln!(
+                "pending, not connected: {} (each converges when its agent reconnects; `drover status` follows them)",
+                some_names(&waited)
+            );
+            std::process::exit(EXIT_NOT_CONNECTED);
+        }
     }
     Ok(())
 }
 
-/// Waits on the server's pushed status events (no polling) until every node in `nodes` converged. The
-/// stream starts with the whole status, read after subscribing, so nothing since the apply is missed; it
-/// resumes by itself across a server restart.
+/// Exit code of `drover apply --wait` when only targets that are not connected are left to converge.
+const EXIT_NOT_CONNECTED: i32 = 6;
+/// Names listed in one line at most; a fleet's worth is summed up.
+const NAMES_SHOWN: usize = 10;
+
+/// Node names for a line of text: the first few, escaped, and how many more.
+fn some_names(names: &[String]) -> String {
+    let shown: Vec<String> = names
+        .iter()
+        .take(NAMES_SHOWN)
+        .map(|n| safe(n).into_owned())
+        .collect();
+    match names.len().saturating_sub(NAMES_SHOWN) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
+/// Waits on the server's pushed status events (no polling) until every node in `nodes` converged, except
+/// those of `offline` (not connected at the apply): those are waited for only while others are, and the
+/// ones still not converged are returned. The stream starts with the whole status, read after
+/// subscribing, so nothing since the apply is missed; it resumes by itself across a server restart.
 async fn wait_converged(
     client: &Client,
     nodes: &[String],
+    offline: &[String],
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     let bar = ProgressBar::new(nodes.len() as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -198,7 +237,7 @@ async fn wait_converged(
     bar.enable_steady_tick(Duration::from_millis(200));
     let deadline = tokio::time::Instant::now() + timeout;
     let mut events = Subscription::new(client, "/api/v1/status/events".into(), false);
-    let mut waiting = Waiting::new(nodes);
+    let mut waiting = Waiting::new(nodes, offline);
     loop {
         let Ok(next) = tokio::time::timeout_at(deadline, events.next()).await else {
             bar.finish_and_clear();
@@ -226,7 +265,21 @@ async fn wait_converged(
         if waiting.converged == waiting.wanted.len() {
             bar.finish_and_clear();
             eprintln!("all {} node(s) converged", nodes.len());
-            return Ok(());
+            return Ok(Vec::new());
+        }
+        // Nodes not connected converge only once they reconnect: waiting for them would wait for that.
+        if waiting.connected_done() {
+            bar.finish_and_clear();
+            eprintln!(
+                "{}/{} node(s) converged: every connected one",
+                waiting.converged,
+                nodes.len()
+            );
+            return Ok(offline
+                .iter()
+                .filter(|n| !waiting.status.get(*n).is_some_and(|s| s.converged()))
+                .cloned()
+                .collect());
         }
         // Refused (by a node's policy), unknown or conflicting resources never converge by waiting.
         if waiting.stuck > 0 {
@@ -239,21 +292,31 @@ async fn wait_converged(
     }
 }
 
-/// The latest status of each node an apply waits for, with running counts of those converged and those
-/// stuck: at fleet size every event must cost the same, not a look at every node.
+/// The latest status of each node an apply waits for, with running counts of those converged (in all, and
+/// of those not connected at the apply) and those stuck: at fleet size every event must cost the same, not a
+/// look at every node.
 struct Waiting<'a> {
     wanted: HashSet<&'a str>,
+    offline: HashSet<&'a str>,
     status: HashMap<String, NodeStatusReport>,
     converged: usize,
+    converged_offline: usize,
     stuck: usize,
 }
 
 impl<'a> Waiting<'a> {
-    fn new(nodes: &'a [String]) -> Self {
+    fn new(nodes: &'a [String], offline: &'a [String]) -> Self {
+        let wanted: HashSet<&str> = nodes.iter().map(String::as_str).collect();
         Self {
-            wanted: nodes.iter().map(String::as_str).collect(),
+            offline: offline
+                .iter()
+                .map(String::as_str)
+                .filter(|n| wanted.contains(n))
+                .collect(),
+            wanted,
             status: HashMap::new(),
             converged: 0,
+            converged_offline: 0,
             stuck: 0,
         }
     }
@@ -261,7 +324,13 @@ impl<'a> Waiting<'a> {
     fn clear(&mut self) {
         self.status.clear();
         self.converged = 0;
+        self.converged_offline = 0;
         self.stuck = 0;
+    }
+
+    /// Whether every node connected at the apply converged.
+    fn connected_done(&self) -> bool {
+        self.converged - self.converged_offline == self.wanted.len() - self.offline.len()
     }
 
     /// Takes a node's newer report in place of its last (reports of nodes not waited for are dropped).
@@ -275,12 +344,15 @@ impl<'a> Waiting<'a> {
                 usize::from(!r.stuck().is_empty()),
             )
         };
+        let offline = usize::from(self.offline.contains(report.node_name.as_str()));
         let (converged, stuck) = counts(&report);
         self.converged += converged;
+        self.converged_offline += converged * offline;
         self.stuck += stuck;
         if let Some(old) = self.status.insert(report.node_name.clone(), report) {
             let (converged, stuck) = counts(&old);
             self.converged -= converged;
+            self.converged_offline -= converged * offline;
             self.stuck -= stuck;
         }
     }
@@ -297,7 +369,7 @@ fn explain_waiting(nodes: &[String], status: &HashMap<String, NodeStatusReport>)
             continue;
         }
         eprintln!(
-            "{}: observed generation {} of {}",
+            "{}: at desired generation {} of {}",
             safe(&s.node_name),
             s.convergence.observed_generation,
             s.desired_generation
@@ -414,7 +486,9 @@ pub async fn status(args: StatusArgs, client: &Client) -> anyhow::Result<()> {
             if args.output == OutputFormat::Json {
                 return print_json(&all);
             }
-            let mut t = table(&["NODE", "GENERATION", "RESOURCES", "CONDITIONS"]);
+            // A node's desired generation counts changes to its own desired state (from any manifest): not
+            // a manifest's generation.
+            let mut t = table(&["NODE", "OBSERVED/DESIRED GEN", "RESOURCES", "CONDITIONS"]);
             for s in &all {
                 let ready = s
                     .convergence
@@ -450,10 +524,10 @@ pub async fn status(args: StatusArgs, client: &Client) -> anyhow::Result<()> {
                 return print_json(&s);
             }
             println!(
-                "Node: {}   generation {}/{}",
+                "Node: {}   desired generation {} (observed {})",
                 safe(&s.node_name),
-                s.convergence.observed_generation,
-                s.desired_generation
+                s.desired_generation,
+                s.convergence.observed_generation
             );
             let mut t = table(&[
                 "RESOURCE", "MANIFEST", "KIND", "STATE", "DETAILS", "ERROR", "DRIFT",
@@ -508,7 +582,7 @@ mod tests {
     #[test]
     fn waiting_counts_each_node_by_its_latest_report_only() {
         let nodes = vec!["a".to_string(), "b".to_string()];
-        let mut w = Waiting::new(&nodes);
+        let mut w = Waiting::new(&nodes, &[]);
         w.keep(report("a", 2, 2, ResourceState::Ready));
         w.keep(report("a", 2, 2, ResourceState::Ready));
         w.keep(report("other", 2, 2, ResourceState::Ready));
@@ -524,5 +598,22 @@ mod tests {
         );
         w.clear();
         assert_eq!((w.converged, w.stuck, w.status.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn waiting_is_done_once_every_connected_node_converged() {
+        let nodes = vec!["on".to_string(), "off".to_string()];
+        let offline = vec!["off".to_string(), "not-a-target".to_string()];
+        let mut w = Waiting::new(&nodes, &offline);
+        assert!(!w.connected_done());
+        w.keep(report("on", 2, 2, ResourceState::Ready));
+        assert!(w.connected_done(), "the offline node is not waited for");
+        // One that reconnects and converges counts, and never twice.
+        w.keep(report("off", 2, 2, ResourceState::Ready));
+        w.keep(report("off", 2, 2, ResourceState::Ready));
+        assert_eq!((w.converged, w.converged_offline), (2, 1));
+        w.keep(report("on", 3, 2, ResourceState::Ready));
+        assert!(!w.connected_done(), "a newer generation to converge to");
+        assert_eq!((w.converged, w.converged_offline), (1, 1));
     }
 }

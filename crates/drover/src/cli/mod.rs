@@ -21,6 +21,7 @@ mod tasks;
 mod tls;
 mod tokens;
 mod up;
+mod usage;
 
 use std::path::PathBuf;
 
@@ -28,6 +29,7 @@ use clap::{Parser, Subcommand};
 
 pub use client::ClientError;
 pub use safe::safe_lines;
+pub use usage::UsageError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,6 +71,10 @@ pub struct Global {
     /// The server's data dir (default /var/lib/drover for root, else ~/.local/share/drover).
     #[arg(long, global = true, env = "DROVER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Send the API token over plain HTTP to a server that is not on loopback (anyone on the way can read
+    /// it; for a lab network you trust). Without it, plain HTTP carries a token only to loopback.
+    #[arg(long, global = true)]
+    pub insecure_send_token_over_http: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,7 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Context(args) => login::context(args),
         Command::Action(args) => action::run(args, &client::Client::new(&cli.global)?).await,
         Command::Sessions(args) => sessions::run(args, &client::Client::new(&cli.global)?).await,
-        Command::Exec(args) => exec::run(args, &client::Client::new(&cli.global)?).await,
+        Command::Exec(args) => exec::run(args, || client::Client::new(&cli.global)).await,
         Command::Tasks(args) => tasks::run(args, &client::Client::new(&cli.global)?).await,
         Command::Containers(args) => {
             containers::run(args, &client::Client::new(&cli.global)?).await
@@ -179,7 +185,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         },
         Some(ClientError::Api { status, .. }) if *status == 404 => 3,
         Some(ClientError::Api { status, .. }) if *status == 401 || *status == 403 => 4,
-        Some(ClientError::NoToken { .. }) => 4,
+        Some(ClientError::NoToken { .. } | ClientError::TokenWithheld { .. }) => 4,
+        Some(ClientError::Usage { .. }) => 2,
         Some(ClientError::Unreachable { .. }) => 5,
         _ => 1,
     }

@@ -220,7 +220,13 @@ fn print_list(nodes: &[Node]) {
     ]);
     for n in nodes {
         let c = &n.capabilities;
-        let m = n.metrics.as_ref();
+        // CPU and memory use change by the second: a node that is not Ready shows "-", not its last
+        // reading as if current (`drover nodes show` gives the reading with its age).
+        let m = n
+            .metrics
+            .as_ref()
+            .filter(|_| n.status == drover_types::NodeStatus::Ready);
+        let disk = n.metrics.as_ref().map(|m| m.disk_free_mb);
         t.add_row(vec![
             n.name.clone(),
             n.id.chars().take(8).collect(),
@@ -236,7 +242,7 @@ fn print_list(nodes: &[Node]) {
             mb(c.mem_mb),
             pct(m.map(|m| m.cpu_usage)),
             pct(m.map(|m| m.mem_usage)),
-            mb(m.map(|m| m.disk_free_mb)),
+            mb(disk),
             ago(n.last_seen),
             match n.pending_labels.len() {
                 0 => labels(&n.labels),
@@ -312,8 +318,19 @@ fn print_node(n: &Node) {
     };
     rows.push(("GPUs", gpus));
     if let Some(m) = &n.metrics {
-        rows.push(("CPU usage", format!("{} %", pct(Some(m.cpu_usage)))));
-        rows.push(("Memory usage", format!("{} %", pct(Some(m.mem_usage)))));
+        // The last heartbeat's reading: from a node that is not Ready, it says when it was taken.
+        let stale = match n.status {
+            drover_types::NodeStatus::Ready => String::new(),
+            status => format!(
+                " (last reported {}; the node is {status})",
+                ago(n.last_seen)
+            ),
+        };
+        rows.push(("CPU usage", format!("{} %{stale}", pct(Some(m.cpu_usage)))));
+        rows.push((
+            "Memory usage",
+            format!("{} %{stale}", pct(Some(m.mem_usage))),
+        ));
         rows.push(("Disk free", mb(Some(m.disk_free_mb))));
         if let (Some(a), Some(b), Some(c)) = (m.load1, m.load5, m.load15) {
             rows.push(("Load", format!("{a:.2} {b:.2} {c:.2}")));

@@ -41,6 +41,31 @@ enum OperatorCommand {
     Revoke { name: String },
 }
 
+/// The `drover login` line for a new operator, for the API as this server serves it: the pinned CA only
+/// means something over https, and plain HTTP reaches others only with an explicit opt-in.
+fn login_line(server: &str, token: &str, ca_fingerprint: &str) -> String {
+    let host = reqwest::Url::parse(server)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    let elsewhere = if super::client::is_loopback_host(&host) {
+        format!("\n(from another machine, use this server's address instead of {host})")
+    } else {
+        String::new()
+    };
+    if server.starts_with("https://") {
+        format!(
+            "drover login {server} --token {token} --ca-fingerprint {ca_fingerprint}{elsewhere}"
+        )
+    } else {
+        format!(
+            "drover login {server} --token {token}\n\
+             (this API is plain HTTP: a token reaches it in the clear only from this machine; start the server \
+             with --api-tls so others log in with https://HOST:PORT --ca-fingerprint {ca_fingerprint})"
+        )
+    }
+}
+
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse()
         .map_err(|e: drover_types::operator::UnknownRole| e.to_string())
@@ -63,8 +88,10 @@ pub async fn run(args: OperatorArgs, client: &Client) -> anyhow::Result<()> {
                 OutputFormat::Table => {
                     println!("{}", created.token);
                     eprintln!(
-                        "Operator {} ({}). They log in with:\n  drover login https://SERVER:8080 --token {} --ca-fingerprint {}",
-                        created.info.name, created.info.role, created.token, created.ca_fingerprint
+                        "Operator {} ({}). They log in with:\n  {}",
+                        created.info.name,
+                        created.info.role,
+                        login_line(client.server(), &created.token, &created.ca_fingerprint)
                     );
                 }
             }

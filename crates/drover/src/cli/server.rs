@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use drover_server::api::ApiTls;
 use drover_server::{RunningServer, ServerConfig};
@@ -11,6 +11,7 @@ use drover_types::duration::parse_duration;
 use drover_types::size::parse_size;
 use serde::Deserialize;
 
+use super::usage::{UsageContext, usage};
 use super::{Global, default_data_dir};
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/drover/server.toml";
@@ -191,13 +192,13 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
         .clone()
         .or(file.cluster_secret_file);
     if config.cluster_secret_file.is_some() && config.database.is_none() {
-        bail!("--cluster-secret-file needs --database: the CA is shared through PostgreSQL");
+        usage!("--cluster-secret-file needs --database: the CA is shared through PostgreSQL");
     }
     if let Some(url) = args.nats.clone().or(file.nats) {
         config.nats = Some(check_nats_url(&url)?);
     }
     if config.nats.is_some() && config.database.is_none() {
-        bail!("--nats needs --database: replicas share their records through PostgreSQL");
+        usage!("--nats needs --database: replicas share their records through PostgreSQL");
     }
     config.nats_options = drover_server::fleet::NatsOptions {
         ca: args.nats_ca.clone().or(file.nats_ca),
@@ -206,7 +207,7 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     };
     let o = &config.nats_options;
     if o.creds.is_some() && o.nkey.is_some() {
-        bail!("--nats-creds and --nats-nkey are two ways to log in: give one");
+        usage!("--nats-creds and --nats-nkey are two ways to log in: give one");
     }
     if config.nats.is_none() {
         for (given, flag) in [
@@ -215,7 +216,7 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
             (o.nkey.is_some(), "--nats-nkey"),
         ] {
             if given {
-                bail!("{flag} needs --nats: it is how this replica reaches nats-server");
+                usage!("{flag} needs --nats: it is how this replica reaches nats-server");
             }
         }
     }
@@ -228,7 +229,7 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
         (Some(cert), Some(key)) => Some(ApiTls::Files { cert, key }),
         (None, None) if args.api_tls || file.api_tls.unwrap_or(false) => Some(ApiTls::ServerCa),
         (None, None) => None,
-        _ => bail!("--api-cert and --api-key go together"),
+        _ => usage!("--api-cert and --api-key go together"),
     };
     if let Some(url) = args.advertise_url.clone().or(file.advertise_url) {
         config.advertise_url = Some(check_advertise_url(&url)?);
@@ -249,7 +250,7 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     }
     let l = config.liveness;
     if !(l.not_ready_after > 0.0 && l.offline_after > l.not_ready_after) {
-        bail!(
+        usage!(
             "liveness multiples must satisfy 0 < --not-ready-after ({}) < --offline-after ({})",
             l.not_ready_after,
             l.offline_after
@@ -257,7 +258,7 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     }
     if let Some(n) = args.metrics_history.or(file.metrics_history) {
         if n == 0 {
-            bail!("--metrics-history must be at least 1");
+            usage!("--metrics-history must be at least 1");
         }
         config.metrics_history = n;
     }
@@ -266,24 +267,23 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
         .clone()
         .or(file.metrics_history_interval)
     {
-        config.metrics_history_interval =
-            parse_duration(&t).context("--metrics-history-interval")?;
+        config.metrics_history_interval = parse_duration(&t).usage("--metrics-history-interval")?;
     }
     if let Some(t) = args.lost_after.clone().or(file.lost_after) {
-        config.lost_after = parse_duration(&t).context("--lost-after")?;
+        config.lost_after = parse_duration(&t).usage("--lost-after")?;
     }
     if let Some(t) = args.task_retention.clone().or(file.task_retention) {
-        config.task_retention = parse_duration(&t).context("--task-retention")?;
+        config.task_retention = parse_duration(&t).usage("--task-retention")?;
     }
     if let Some(t) = args.task_output_limit.clone().or(file.task_output_limit) {
-        config.max_task_output = parse_size(&t).context("--task-output-limit")?;
+        config.max_task_output = parse_size(&t).usage("--task-output-limit")?;
     }
     config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     config.metrics_per_node = args.metrics_per_node || file.metrics_per_node.unwrap_or(false);
     let json = match args.log_format.clone().or(file.log_format).as_deref() {
         None | Some("text") => false,
         Some("json") => true,
-        Some(other) => bail!("log format {other:?}: use text or json"),
+        Some(other) => usage!("log format {other:?}: use text or json"),
     };
     Ok((config, json))
 }
@@ -294,7 +294,7 @@ pub fn check_database_url(url: &str) -> anyhow::Result<String> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(url.to_string())
     } else {
-        bail!(
+        usage!(
             "--database {}: give a postgres:// URL (leave it out to keep the store in SQLite in the data dir)",
             drover_server::store::redact_url(url)
         )
@@ -307,7 +307,7 @@ fn check_nats_url(url: &str) -> anyhow::Result<String> {
     if url.starts_with("nats://") || url.starts_with("tls://") {
         Ok(url.to_string())
     } else {
-        bail!(
+        usage!(
             "--nats {}: give a nats://host:port URL",
             drover_server::store::redact_url(url)
         )
@@ -328,7 +328,7 @@ fn check_advertise_url(url: &str) -> anyhow::Result<String> {
         {
             Ok(url.to_string())
         }
-        _ => bail!(
+        _ => usage!(
             "--advertise-url {url:?}: give an http:// or https:// URL such as https://cp.example.com:8080"
         ),
     }

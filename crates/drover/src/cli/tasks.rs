@@ -124,14 +124,37 @@ pub async fn run(args: TasksArgs, client: &Client) -> anyhow::Result<()> {
             Ok(())
         }
         TasksCommand::Cancel { id } => {
-            let task: Option<Task> = client
-                .request(
-                    Method::POST,
-                    &format!("/api/v1/tasks/{}/cancel", segment(&id)),
-                    None::<&()>,
-                )
+            // Looked at first so that cancelling a finished task says so instead of "cancel requested"
+            // (the server leaves a finished task alone, unaudited, either way).
+            let before: Task = client
+                .get(&format!("/api/v1/tasks/{}", segment(&id)))
                 .await?;
-            eprintln!("cancel requested for task {id}");
+            let task = if before.is_finished() {
+                eprintln!(
+                    "task {} had already finished ({}): nothing to cancel",
+                    before.id,
+                    before.state()
+                );
+                Some(before)
+            } else {
+                let task: Option<Task> = client
+                    .request(
+                        Method::POST,
+                        &format!("/api/v1/tasks/{}/cancel", segment(&before.id)),
+                        None::<&()>,
+                    )
+                    .await?;
+                match &task {
+                    Some(t) if t.is_finished() => {
+                        eprintln!("task {} is over: {}", t.id, t.state())
+                    }
+                    _ => eprintln!(
+                        "cancel requested for task {}: its nodes stop it (see `drover tasks show {}`)",
+                        before.id, before.id
+                    ),
+                }
+                task
+            };
             if let (OutputFormat::Json, Some(t)) = (args.output, task) {
                 print_json(&t)?;
             }

@@ -9,6 +9,7 @@ use reqwest::Method;
 use super::OutputFormat;
 use super::client::{Client, segment};
 use super::output::{labels, print_json, table};
+use super::usage::UsageContext;
 
 #[derive(Debug, Args)]
 #[command(
@@ -52,7 +53,7 @@ pub async fn run(args: TokenArgs, client: &Client) -> anyhow::Result<()> {
             let req = CreateTokenRequest {
                 ttl: Some(ttl),
                 max_uses,
-                labels: parse_labels(&labels)?,
+                labels: parse_labels(&labels).usage("--label")?,
             };
             let created: Option<CreatedToken> = client
                 .request(Method::POST, "/api/v1/tokens", Some(&req))

@@ -31,6 +31,7 @@ use super::{
     OutputRecord, PutManifest, RunPatch, RunQuery, Sealed, Store, StoreError, TaskPage,
     TaskSummary,
 };
+use crate::percent::percent_decode;
 use schema::MIGRATIONS;
 
 /// Connections kept at most: reads and writes run side by side, each on its own.
@@ -95,33 +96,6 @@ fn query_param(url: &str, keys: &[&str]) -> Option<String> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         keys.contains(&k).then(|| percent_decode(v))
     })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 const SSLMODE_KEYS: &[&str] = &["sslmode", "ssl-mode"];
