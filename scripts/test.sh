@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 
 scripts/testbed.sh
 cargo fmt --all -- --check
+scripts/vendor-check.sh  # vendor/<crate> = its crates.io release + vendor/patches/<crate>.diff
 cargo clippy --workspace --all-targets --locked --features drover-agent/test-plugins,drover-server/tamper -- -D warnings
 # The integration tests drive the real binaries: build them first (cargo test alone does not), with the
 # agent's test-only plugins and the server's tampering routes (tests/signing.rs) compiled in. Release
