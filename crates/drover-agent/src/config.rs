@@ -313,146 +313,25 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 
 impl AgentConfig {
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
-                read_file(Path::new(DEFAULT_CONFIG_FILE))?
-            }
-            None => FileConfig::default(),
-        };
+        // Each step validates one setting; the order is the order errors are reported in.
+        let file = load_file(args.config.as_deref())?;
         let plugins = resolve_plugins(&args, &file.plugins)?;
-        let interval_text = args
-            .heartbeat_interval
-            .or_else(|| env_nonempty("HEARTBEAT_INTERVAL"))
-            .or_else(|| {
-                file.heartbeat_interval.as_ref().map(|v| match v {
-                    toml::Value::String(s) => s.clone(),
-                    toml::Value::Integer(i) => i.to_string(),
-                    toml::Value::Float(f) => f.to_string(),
-                    _ => "invalid".to_string(),
-                })
-            });
-        let heartbeat_interval = match interval_text {
-            Some(t) => parse_duration(&t)
-                .map_err(|e| ConfigError::Invalid(format!("heartbeat interval: {e}")))?,
-            None => DEFAULT_HEARTBEAT,
-        };
-        let mut labels = file.labels;
-        labels.extend(parse_labels(&args.labels).map_err(|e| ConfigError::Invalid(e.to_string()))?);
-        drover_types::labels::validate_labels(&labels)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let allow_paths = if args.allow_paths.is_empty() {
-            file.allow_paths
-        } else {
-            args.allow_paths
-        };
-        if let Some(p) = allow_paths.iter().find(|p| !p.is_absolute()) {
-            return Err(ConfigError::Invalid(format!(
-                "--allow-path {}: use an absolute path",
-                p.display()
-            )));
-        }
-        let mut allow_exec = Vec::new();
-        for program in args.allow_exec.iter().chain(file.allow_exec.iter()) {
-            let path = crate::tasks::exec::resolve_program(program).ok_or_else(|| {
-                ConfigError::Invalid(format!(
-                    "--allow-exec {program}: no such program on this node"
-                ))
-            })?;
-            allow_exec.push(path);
-        }
-        let allow_kinds: Vec<String> = args
-            .allow_kinds
-            .iter()
-            .chain(file.allow_kinds.iter())
-            .map(|k| k.trim().to_string())
-            .collect();
-        if let Some(k) = allow_kinds
-            .iter()
-            .find(|k| *k != "all" && !crate::policy::KINDS.contains(&k.as_str()))
-        {
-            return Err(ConfigError::Invalid(format!(
-                "--allow-kind {k:?}: use one of {} or all",
-                crate::policy::KINDS.join(", ")
-            )));
-        }
-        let allow_mounts = if args.allow_mounts.is_empty() {
-            file.allow_mounts
-        } else {
-            args.allow_mounts
-        };
-        if let Some(p) = allow_mounts.iter().find(|p| !p.is_absolute()) {
-            return Err(ConfigError::Invalid(format!(
-                "--allow-mount {}: use an absolute path",
-                p.display()
-            )));
-        }
-        let allow_env: Vec<String> = args
-            .allow_env
-            .iter()
-            .chain(file.allow_env.iter())
-            .map(|n| n.trim().to_string())
-            .collect();
-        if let Some(n) = allow_env.iter().find(|n| {
-            let name = n.strip_suffix('*').unwrap_or(n);
-            (name.is_empty() && n.as_str() != "*")
-                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        }) {
-            return Err(ConfigError::Invalid(format!(
-                "--allow-env {n:?}: use a variable name like LANG, or a prefix like APP_*"
-            )));
-        }
-        let mut manifest_keys = Vec::new();
-        for k in args.manifest_keys.iter().chain(file.manifest_keys.iter()) {
-            let key = drover_types::signing::PublicKey::parse(k)
-                .map_err(|e| ConfigError::Invalid(format!("--manifest-key: {e}")))?;
-            if !manifest_keys.contains(&key) {
-                manifest_keys.push(key);
-            }
-        }
-        let policy = crate::policy::Policy {
-            allow_shell: args.allow_shell || file.allow_shell.unwrap_or(false),
-            allow_exec,
-            allow_env,
-            manifest_keys,
-            ..crate::policy::Policy::new(&allow_paths)
-                .with_kinds(&allow_kinds)
-                .with_mount_roots(&allow_mounts)
-        };
-        let max_tasks = match args.max_tasks.or(file.max_tasks) {
-            Some(0) => {
-                return Err(ConfigError::Invalid(
-                    "--max-tasks must be at least 1".into(),
-                ));
-            }
-            Some(n) => n,
-            None => std::thread::available_parallelism()
-                .map(|n| n.get() * 2)
-                .unwrap_or(2),
-        };
-        let resync_interval = match args.resync_interval.or(file.resync_interval) {
-            Some(t) => parse_duration(&t)
-                .map_err(|e| ConfigError::Invalid(format!("resync interval: {e}")))?,
-            None => Duration::from_secs(30),
-        };
-        let given = if !args.server.is_empty() {
-            args.server
-        } else if let Some(url) = env_nonempty("CONTROL_PLANE_URL") {
-            vec![url]
-        } else {
-            file.server.into_iter().chain(file.servers).collect()
-        };
-        let servers = crate::servers::parse(&given)
-            .map_err(|e| ConfigError::Invalid(format!("--server: {e}")))?;
-        let log_format = args.log_format.or(file.log_format);
-        if let Some(f) = &log_format
-            && f != "text"
-            && f != "json"
-        {
-            return Err(ConfigError::Invalid(format!(
-                "log format {f:?}: use text or json"
-            )));
-        }
+        let heartbeat_interval = heartbeat_interval(
+            args.heartbeat_interval.clone(),
+            file.heartbeat_interval.as_ref(),
+        )?;
+        let labels = labels(file.labels.clone(), &args.labels)?;
+        let allow_paths = flag_or_file(&args.allow_paths, &file.allow_paths);
+        require_absolute(&allow_paths, "--allow-path")?;
+        let policy = resolve_policy(&args, &file, &allow_paths)?;
+        let max_tasks = max_tasks(args.max_tasks.or(file.max_tasks))?;
+        let resync_interval = resync_interval(
+            args.resync_interval
+                .clone()
+                .or(file.resync_interval.clone()),
+        )?;
+        let servers = resolve_servers(&args, &file)?;
+        let log_json = log_json(args.log_format.clone().or(file.log_format.clone()))?;
         Ok(Self {
             servers,
             token: args.token.or(file.token),
@@ -463,7 +342,7 @@ impl AgentConfig {
             name: args.name.or(file.name),
             labels,
             heartbeat_interval,
-            log_json: log_format.as_deref() == Some("json"),
+            log_json,
             allow_paths,
             plugins,
             policy,
@@ -471,6 +350,203 @@ impl AgentConfig {
             resync_interval,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
         })
+    }
+}
+
+/// The file named by `--config`, else the default file when it exists, else no file.
+fn load_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    match path {
+        Some(path) => read_file(path),
+        None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+            read_file(Path::new(DEFAULT_CONFIG_FILE))
+        }
+        None => Ok(FileConfig::default()),
+    }
+}
+
+/// The flag, then the seed's `HEARTBEAT_INTERVAL`, then the file (a string or a number of seconds).
+fn heartbeat_interval(
+    flag: Option<String>,
+    file: Option<&toml::Value>,
+) -> Result<Duration, ConfigError> {
+    let text = flag
+        .or_else(|| env_nonempty("HEARTBEAT_INTERVAL"))
+        .or_else(|| {
+            file.map(|v| match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => "invalid".to_string(),
+            })
+        });
+    match text {
+        Some(t) => {
+            parse_duration(&t).map_err(|e| ConfigError::Invalid(format!("heartbeat interval: {e}")))
+        }
+        None => Ok(DEFAULT_HEARTBEAT),
+    }
+}
+
+/// The file's labels, overridden key by key by `--label`.
+fn labels(mut labels: Labels, flags: &[String]) -> Result<Labels, ConfigError> {
+    labels.extend(parse_labels(flags).map_err(|e| ConfigError::Invalid(e.to_string()))?);
+    drover_types::labels::validate_labels(&labels)
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    Ok(labels)
+}
+
+/// A list given by flags replaces the file's list rather than adding to it.
+fn flag_or_file<T: Clone>(flags: &[T], file: &[T]) -> Vec<T> {
+    if flags.is_empty() { file } else { flags }.to_vec()
+}
+
+fn require_absolute(paths: &[PathBuf], flag: &str) -> Result<(), ConfigError> {
+    match paths.iter().find(|p| !p.is_absolute()) {
+        Some(p) => Err(ConfigError::Invalid(format!(
+            "{flag} {}: use an absolute path",
+            p.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What this node allows, from flags and the file together.
+fn resolve_policy(
+    args: &Args,
+    file: &FileConfig,
+    allow_paths: &[PathBuf],
+) -> Result<crate::policy::Policy, ConfigError> {
+    let allow_exec = allowed_programs(args, file)?;
+    let allow_kinds = allowed_kinds(args, file)?;
+    let allow_mounts = flag_or_file(&args.allow_mounts, &file.allow_mounts);
+    require_absolute(&allow_mounts, "--allow-mount")?;
+    let allow_env = allowed_env(args, file)?;
+    let manifest_keys = manifest_keys(args, file)?;
+    Ok(crate::policy::Policy {
+        allow_shell: args.allow_shell || file.allow_shell.unwrap_or(false),
+        allow_exec,
+        allow_env,
+        manifest_keys,
+        ..crate::policy::Policy::new(allow_paths)
+            .with_kinds(&allow_kinds)
+            .with_mount_roots(&allow_mounts)
+    })
+}
+
+/// `--allow-exec` programs, resolved to paths now so a missing one is reported at start.
+fn allowed_programs(args: &Args, file: &FileConfig) -> Result<Vec<PathBuf>, ConfigError> {
+    args.allow_exec
+        .iter()
+        .chain(file.allow_exec.iter())
+        .map(|program| {
+            crate::tasks::exec::resolve_program(program).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "--allow-exec {program}: no such program on this node"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn allowed_kinds(args: &Args, file: &FileConfig) -> Result<Vec<String>, ConfigError> {
+    let kinds: Vec<String> = args
+        .allow_kinds
+        .iter()
+        .chain(file.allow_kinds.iter())
+        .map(|k| k.trim().to_string())
+        .collect();
+    if let Some(k) = kinds
+        .iter()
+        .find(|k| *k != "all" && !crate::policy::KINDS.contains(&k.as_str()))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "--allow-kind {k:?}: use one of {} or all",
+            crate::policy::KINDS.join(", ")
+        )));
+    }
+    Ok(kinds)
+}
+
+fn allowed_env(args: &Args, file: &FileConfig) -> Result<Vec<String>, ConfigError> {
+    let names: Vec<String> = args
+        .allow_env
+        .iter()
+        .chain(file.allow_env.iter())
+        .map(|n| n.trim().to_string())
+        .collect();
+    if let Some(n) = names.iter().find(|n| {
+        let name = n.strip_suffix('*').unwrap_or(n);
+        (name.is_empty() && n.as_str() != "*")
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    }) {
+        return Err(ConfigError::Invalid(format!(
+            "--allow-env {n:?}: use a variable name like LANG, or a prefix like APP_*"
+        )));
+    }
+    Ok(names)
+}
+
+/// The manifest keys, each once, in the order given.
+fn manifest_keys(
+    args: &Args,
+    file: &FileConfig,
+) -> Result<Vec<drover_types::signing::PublicKey>, ConfigError> {
+    let mut keys = Vec::new();
+    for k in args.manifest_keys.iter().chain(file.manifest_keys.iter()) {
+        let key = drover_types::signing::PublicKey::parse(k)
+            .map_err(|e| ConfigError::Invalid(format!("--manifest-key: {e}")))?;
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
+fn max_tasks(given: Option<usize>) -> Result<usize, ConfigError> {
+    match given {
+        Some(0) => Err(ConfigError::Invalid(
+            "--max-tasks must be at least 1".into(),
+        )),
+        Some(n) => Ok(n),
+        None => Ok(std::thread::available_parallelism()
+            .map(|n| n.get() * 2)
+            .unwrap_or(2)),
+    }
+}
+
+fn resync_interval(given: Option<String>) -> Result<Duration, ConfigError> {
+    match given {
+        Some(t) => {
+            parse_duration(&t).map_err(|e| ConfigError::Invalid(format!("resync interval: {e}")))
+        }
+        None => Ok(Duration::from_secs(30)),
+    }
+}
+
+/// `--server`, else the seed's `CONTROL_PLANE_URL`, else the file's `server` and `servers`.
+fn resolve_servers(args: &Args, file: &FileConfig) -> Result<Vec<String>, ConfigError> {
+    let given = if !args.server.is_empty() {
+        args.server.clone()
+    } else if let Some(url) = env_nonempty("CONTROL_PLANE_URL") {
+        vec![url]
+    } else {
+        file.server
+            .iter()
+            .chain(file.servers.iter())
+            .cloned()
+            .collect()
+    };
+    crate::servers::parse(&given).map_err(|e| ConfigError::Invalid(format!("--server: {e}")))
+}
+
+/// Whether logs are JSON; `text` (the default) and `json` are the only formats.
+fn log_json(format: Option<String>) -> Result<bool, ConfigError> {
+    match format.as_deref() {
+        None | Some("text") => Ok(false),
+        Some("json") => Ok(true),
+        Some(f) => Err(ConfigError::Invalid(format!(
+            "log format {f:?}: use text or json"
+        ))),
     }
 }
 

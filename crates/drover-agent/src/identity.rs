@@ -247,7 +247,7 @@ pub async fn enroll(
             .await
             .map_err(|e| IdentityError::Unreachable {
                 url: server.into(),
-                message: crate::link::describe_transport_error(&e),
+                message: crate::transport_error::describe_transport_error(&e),
             })?;
 
     let key = rcgen::KeyPair::generate()?;
@@ -316,7 +316,7 @@ async fn fetch_ca(server: &str) -> Result<Vec<u8>, IdentityError> {
         .map_err(|e| {
             unreachable(format!(
                 "TLS handshake failed: {}",
-                crate::link::describe_transport_error(&e)
+                crate::transport_error::describe_transport_error(&e)
             ))
         })?;
     let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();

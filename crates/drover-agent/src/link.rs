@@ -25,6 +25,9 @@ use crate::identity::{self, Identity, IdentityError};
 use crate::inventory::Collector;
 use crate::servers::Servers;
 use crate::tasks::TaskManager;
+// Re-exported: the simulator (drover-sim) describes its own transport errors through the link.
+use crate::transport_error::REST_PORT_HINT;
+pub use crate::transport_error::describe_transport_error;
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -49,58 +52,6 @@ pub enum SessionEnd {
     Broken(String),
 }
 
-/// All sources of an error, joined: transport errors hide their cause several levels down.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
-/// What a TLS handshake with drover's REST API port (plain HTTP) means, said where it is seen.
-pub const REST_PORT_HINT: &str = "this address answers plain HTTP, not TLS: it is probably drover's REST API port \
-     (`drover server --listen`, 8080 by default); agents connect to the agent port, 9090 by default \
-     (`--agent-listen`), like https://SERVER:9090";
-
-/// Whether a handshake failed because the peer answered in plain HTTP: rustls reads the first bytes of
-/// "HTTP/1.1 400" as a record of an impossible type.
-pub fn answered_without_tls(chain: &str) -> bool {
-    chain.contains("corrupt message") || chain.contains("InvalidContentType")
-}
-
-/// Turns a transport error into advice an operator can act on.
-pub fn describe_transport_error(e: &(dyn std::error::Error + 'static)) -> String {
-    let chain = error_chain(e);
-    if answered_without_tls(&chain) {
-        format!("{chain}: {REST_PORT_HINT}")
-    } else if chain.contains("Connection refused") {
-        format!("{chain} (is the server running and listening on this address?)")
-    } else if chain.contains("alert")
-        && (chain.contains("UnknownCA")
-            || chain.contains("BadCertificate")
-            || chain.contains("CertificateRequired")
-            || chain.contains("DecryptError"))
-    {
-        format!(
-            "the server refused this node's certificate ({chain}): it was not issued by this server's CA. \
-             If the server was reinstalled, remove the agent's state dir and enroll again with a new join token"
-        )
-    } else if chain.contains("invalid peer certificate") {
-        format!(
-            "the server's certificate is not signed by the CA this node pinned at enrollment ({chain}): \
-             wrong server address, or the server was reinstalled"
-        )
-    } else {
-        chain
-    }
-}
-
 fn describe_status(status: &tonic::Status) -> String {
     match status.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
@@ -122,44 +73,7 @@ pub async fn run(
     tracing::info!(node = %identity.info.name, id = %identity.info.node_id, server = %servers.url(), servers = servers.len(), "starting");
     let mut collector = Collector::new()?;
     let mut backoff = Backoff::default();
-    let ctx = ActionCtx {
-        policy: Arc::new(config.policy.clone()),
-    };
-    // Outlives connections, so a call redelivered after a reconnect is recognised.
-    let calls = Arc::new(Calls::default());
-    let tasks_dir = config.state_dir.join("tasks");
-    let gate = Arc::new(crate::commands::CommandGate::new(
-        ctx.policy.clone(),
-        &identity.info.node_id,
-        &identity.info.name,
-        &config.state_dir,
-    ));
-    let tasks = TaskManager::new(
-        tasks_dir.clone(),
-        ctx.policy.clone(),
-        gate.clone(),
-        config.max_tasks,
-    )
-    .map_err(|source| IdentityError::Io {
-        path: tasks_dir,
-        source,
-    })?;
-    let blobs = Blobs::new(config.state_dir.join("blobs"));
-    let converger = Converger::start(
-        config.state_dir.clone(),
-        ConvergeCtx {
-            policy: ctx.policy.clone(),
-            blobs: blobs.clone(),
-        },
-        config.resync_interval,
-    );
-    let services = Services {
-        ctx,
-        calls,
-        tasks,
-        converger,
-        blobs,
-    };
+    let services = Services::start(&config, &identity)?;
     loop {
         let end = tokio::select! {
             end = session(servers.endpoint(), &config, &mut collector, &mut backoff, &services) => end,
@@ -183,21 +97,26 @@ pub async fn run(
         // The next attempt goes to the next replica: this one may be gone for good. The identity stays.
         let next = servers.advance().then(|| servers.url().to_string());
         let then = next.map(|n| format!(" at {n}")).unwrap_or_default();
-        match &end {
-            SessionEnd::Refused(m) => {
-                tracing::error!(%server, "the server refused this agent: {m}; retrying{then} in {delay:.1?}")
-            }
-            // Pointed at the wrong port, retrying never helps: say so loudly (it still retries, in case
-            // the address is fixed behind it).
-            SessionEnd::Connect(m) if m.contains(REST_PORT_HINT) => {
-                tracing::error!(%server, "cannot connect: {m}; retrying{then} in {delay:.1?}")
-            }
-            other => tracing::warn!(%server, "link down: {other}; retrying{then} in {delay:.1?}"),
-        }
+        log_link_down(&end, &server, &then, delay);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return Ok(()),
         }
+    }
+}
+
+/// Says why the link went down and when it tries again: loudly where retrying alone cannot help.
+fn log_link_down(end: &SessionEnd, server: &str, then: &str, delay: Duration) {
+    match end {
+        SessionEnd::Refused(m) => {
+            tracing::error!(%server, "the server refused this agent: {m}; retrying{then} in {delay:.1?}")
+        }
+        // Pointed at the wrong port, retrying never helps: say so loudly (it still retries, in case
+        // the address is fixed behind it).
+        SessionEnd::Connect(m) if m.contains(REST_PORT_HINT) => {
+            tracing::error!(%server, "cannot connect: {m}; retrying{then} in {delay:.1?}")
+        }
+        other => tracing::warn!(%server, "link down: {other}; retrying{then} in {delay:.1?}"),
     }
 }
 
@@ -346,6 +265,50 @@ struct Services {
     blobs: Blobs,
 }
 
+impl Services {
+    /// The task manager, converger and blob store over the state dir, and the action bookkeeping.
+    fn start(config: &AgentConfig, identity: &Identity) -> Result<Self, LinkError> {
+        let ctx = ActionCtx {
+            policy: Arc::new(config.policy.clone()),
+        };
+        // Outlives connections, so a call redelivered after a reconnect is recognised.
+        let calls = Arc::new(Calls::default());
+        let tasks_dir = config.state_dir.join("tasks");
+        let gate = Arc::new(crate::commands::CommandGate::new(
+            ctx.policy.clone(),
+            &identity.info.node_id,
+            &identity.info.name,
+            &config.state_dir,
+        ));
+        let tasks = TaskManager::new(
+            tasks_dir.clone(),
+            ctx.policy.clone(),
+            gate.clone(),
+            config.max_tasks,
+        )
+        .map_err(|source| IdentityError::Io {
+            path: tasks_dir,
+            source,
+        })?;
+        let blobs = Blobs::new(config.state_dir.join("blobs"));
+        let converger = Converger::start(
+            config.state_dir.clone(),
+            ConvergeCtx {
+                policy: ctx.policy.clone(),
+                blobs: blobs.clone(),
+            },
+            config.resync_interval,
+        );
+        Ok(Self {
+            ctx,
+            calls,
+            tasks,
+            converger,
+            blobs,
+        })
+    }
+}
+
 /// Routes one message from the server.
 async fn dispatch(
     m: server_message::Msg,
@@ -355,92 +318,26 @@ async fn dispatch(
 ) {
     use server_message::Msg as M;
     let Services {
-        ctx,
         calls,
         tasks,
         converger,
         blobs,
+        ..
     } = services;
-    let to_plugin = |plugin: &str, c: Control| {
-        if let Some(ctl) = controls.get(plugin) {
-            // A full control queue means the plugin task is stuck; dropping a control message is safe:
-            // the server re-terminates or the agent recreates.
-            let _ = ctl.try_send(c);
-        }
-    };
     match m {
         M::Welcome(_) => {}
-        M::ActionCall(call) => {
-            let Some(cancel) = calls.begin(&call.call_id) else {
-                tracing::info!(call = %call.call_id, "ignored a redelivered action call");
-                return;
-            };
-            let (ctx, calls, tx, tasks) = (ctx.clone(), calls.clone(), tx.clone(), tasks.clone());
-            tokio::spawn(async move {
-                let gate = tasks.gate();
-                let args = if call.args_json.trim().is_empty() {
-                    Ok(serde_json::Value::Null)
-                } else {
-                    serde_json::from_str(&call.args_json).map_err(|e| {
-                        drover_types::action::ActionError::invalid(
-                            None,
-                            format!("arguments are not JSON: {e}"),
-                        )
-                    })
-                };
-                let deadline = Duration::from_millis(call.deadline_ms.max(1));
-                // On a node that pins keys, an action that changes the node needs a signature like a task.
-                let args = args.and_then(|args| {
-                    if !actions::changes_node(&call.name) {
-                        return Ok(args);
-                    }
-                    let command = serde_json::json!({"action": call.name, "args": args});
-                    match gate.admit(
-                        &format!("action {}", call.name),
-                        &command,
-                        &call.signature_json,
-                    ) {
-                        Ok(()) => Ok(args),
-                        Err(refusal) => Err(drover_types::action::ActionError::denied(refusal)),
-                    }
-                });
-                let result = match args {
-                    Ok(args) => actions::run(ctx, &call.name, args, deadline, cancel).await,
-                    Err(e) => Err(e),
-                };
-                calls.finish(&call.call_id);
-                let _ = tx.send(action_result(call.call_id, result)).await;
-            });
-        }
+        M::ActionCall(call) => spawn_action_call(call, services, tx),
         M::CancelAction(c) => {
             calls.cancel(&c.call_id);
         }
         M::SessionCreated(c) => to_plugin(
+            controls,
             &c.plugin,
             Control::Created {
                 session_id: c.session_id,
             },
         ),
-        M::TerminateSession(t) => {
-            tracing::info!(plugin = %t.plugin, reason = %t.reason, "server terminated session(s)");
-            if t.plugin.is_empty() {
-                for name in controls.keys() {
-                    to_plugin(
-                        name,
-                        Control::Terminate {
-                            session_id: String::new(),
-                        },
-                    );
-                }
-            } else {
-                to_plugin(
-                    &t.plugin,
-                    Control::Terminate {
-                        session_id: t.session_id,
-                    },
-                );
-            }
-        }
+        M::TerminateSession(t) => terminate_sessions(t, controls),
         M::TaskStart(t) => tasks.start(t.task_id, t.spec_json, t.signature_json),
         M::DesiredState(d) => {
             blobs.keep_inline(&d.blobs, &d.state_json);
@@ -458,12 +355,97 @@ async fn dispatch(
         M::TaskAck(a) => tasks.acknowledged(&a.task_id, a.exit),
         M::BlobData(d) => blobs.fetcher.data(d),
         M::SessionMessage(m) => match serde_json::from_str(&m.body_json) {
-            Ok(body) => to_plugin(&m.plugin, Control::Message { body }),
+            Ok(body) => to_plugin(controls, &m.plugin, Control::Message { body }),
             Err(e) => {
                 tracing::warn!(plugin = %m.plugin, "ignored a session message that is not JSON: {e}")
             }
         },
     }
+}
+
+/// Hands a control message to a daemon plugin's task, if this agent runs that plugin.
+fn to_plugin(controls: &HashMap<&'static str, mpsc::Sender<Control>>, plugin: &str, c: Control) {
+    if let Some(ctl) = controls.get(plugin) {
+        // A full control queue means the plugin task is stuck; dropping a control message is safe:
+        // the server re-terminates or the agent recreates.
+        let _ = ctl.try_send(c);
+    }
+}
+
+/// Ends one session, or every session of every plugin when the message names no plugin.
+fn terminate_sessions(
+    t: v1::TerminateSession,
+    controls: &HashMap<&'static str, mpsc::Sender<Control>>,
+) {
+    tracing::info!(plugin = %t.plugin, reason = %t.reason, "server terminated session(s)");
+    if t.plugin.is_empty() {
+        for name in controls.keys() {
+            to_plugin(
+                controls,
+                name,
+                Control::Terminate {
+                    session_id: String::new(),
+                },
+            );
+        }
+    } else {
+        to_plugin(
+            controls,
+            &t.plugin,
+            Control::Terminate {
+                session_id: t.session_id,
+            },
+        );
+    }
+}
+
+/// Runs an action call in its own task and sends its result; a redelivered call is ignored.
+fn spawn_action_call(call: v1::ActionCall, services: &Services, tx: &mpsc::Sender<AgentMessage>) {
+    let Some(cancel) = services.calls.begin(&call.call_id) else {
+        tracing::info!(call = %call.call_id, "ignored a redelivered action call");
+        return;
+    };
+    let (ctx, calls, tx, tasks) = (
+        services.ctx.clone(),
+        services.calls.clone(),
+        tx.clone(),
+        services.tasks.clone(),
+    );
+    tokio::spawn(async move {
+        let deadline = Duration::from_millis(call.deadline_ms.max(1));
+        let result = match admitted_args(&call, tasks.gate()) {
+            Ok(args) => actions::run(ctx, &call.name, args, deadline, cancel).await,
+            Err(e) => Err(e),
+        };
+        calls.finish(&call.call_id);
+        let _ = tx.send(action_result(call.call_id, result)).await;
+    });
+}
+
+/// An action call's arguments as JSON, once the node's command gate admits the call.
+fn admitted_args(
+    call: &v1::ActionCall,
+    gate: &crate::commands::CommandGate,
+) -> Result<serde_json::Value, drover_types::action::ActionError> {
+    let args = if call.args_json.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&call.args_json).map_err(|e| {
+            drover_types::action::ActionError::invalid(None, format!("arguments are not JSON: {e}"))
+        })?
+    };
+    // On a node that pins keys, an action that changes the node needs a signature like a task.
+    if !actions::changes_node(&call.name) {
+        return Ok(args);
+    }
+    let command = serde_json::json!({"action": call.name, "args": args});
+    gate.admit(
+        &format!("action {}", call.name),
+        &command,
+        &call.signature_json,
+    )
+    .map(|()| args)
+    .map_err(drover_types::action::ActionError::denied)
 }
 
 /// How a stream error ends a session: refusals (the certificate, a deleted node) apart from breakage.

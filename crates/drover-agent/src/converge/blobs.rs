@@ -23,7 +23,39 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Pending {
     sha256: String,
     data: Vec<u8>,
-    reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    reply: oneshot::Sender<Result<Vec<u8>, FetchError>>,
+}
+
+/// Why content could not be fetched from the server.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("not connected to the server; content is fetched once the link is back")]
+    NotConnected,
+    #[error("the link to the server broke")]
+    LinkBroke,
+    #[error("the link to the server broke during the fetch")]
+    LinkBrokeDuring,
+    #[error("the fetch was abandoned")]
+    Abandoned,
+    #[error("no content {sha256} from the server within {after:?}")]
+    TimedOut { sha256: String, after: Duration },
+    #[error("the server cannot send content {sha256}: {message}")]
+    Refused { sha256: String, message: String },
+    #[error("content {0} arrived out of order")]
+    OutOfOrder(String),
+    #[error("content {0} is larger than {MAX_BLOB} bytes")]
+    TooLarge(String),
+    #[error("the server sent content that does not hash to {0}")]
+    WrongHash(String),
+}
+
+/// Why [`Blobs::get`] has no content.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("{0:?} is not a SHA-256")]
+    NotSha256(String),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
 }
 
 /// Fetches in flight over the current stream.
@@ -42,9 +74,7 @@ impl Fetcher {
     pub fn disconnected(&self) {
         *lock(&self.link) = None;
         for (_, p) in lock(&self.pending).drain() {
-            let _ = p
-                .reply
-                .send(Err("the link to the server broke during the fetch".into()));
+            let _ = p.reply.send(Err(FetchError::LinkBrokeDuring));
         }
     }
 
@@ -55,17 +85,14 @@ impl Fetcher {
             return;
         };
         let outcome = if !piece.error.is_empty() {
-            Some(Err(format!(
-                "the server cannot send content {}: {}",
-                p.sha256, piece.error
-            )))
+            Some(Err(FetchError::Refused {
+                sha256: p.sha256.clone(),
+                message: piece.error,
+            }))
         } else if piece.offset != p.data.len() as u64 {
-            Some(Err(format!("content {} arrived out of order", p.sha256)))
+            Some(Err(FetchError::OutOfOrder(p.sha256.clone())))
         } else if p.data.len() + piece.data.len() > MAX_BLOB {
-            Some(Err(format!(
-                "content {} is larger than {MAX_BLOB} bytes",
-                p.sha256
-            )))
+            Some(Err(FetchError::TooLarge(p.sha256.clone())))
         } else {
             p.data.extend_from_slice(&piece.data);
             piece.last.then(|| Ok(std::mem::take(&mut p.data)))
@@ -77,21 +104,23 @@ impl Fetcher {
         }
     }
 
-    /// Fetches content over the current stream and checks that it hashes to its name.
+    /// Fetches content over the current stream and checks that it hashes to its name. The error as
+    /// text: `drover-sim` keeps and reports it as such.
     pub async fn fetch(&self, sha256: &str) -> Result<Vec<u8>, String> {
+        self.fetch_checked(sha256).await.map_err(|e| e.to_string())
+    }
+
+    /// [`Fetcher::fetch`] with its typed error.
+    pub async fn fetch_checked(&self, sha256: &str) -> Result<Vec<u8>, FetchError> {
         let blob = self.fetch_unchecked(sha256).await?;
         if hex::encode(Sha256::digest(&blob)) != sha256 {
-            return Err(format!(
-                "the server sent content that does not hash to {sha256}"
-            ));
+            return Err(FetchError::WrongHash(sha256.to_string()));
         }
         Ok(blob)
     }
 
-    async fn fetch_unchecked(&self, sha256: &str) -> Result<Vec<u8>, String> {
-        let tx = lock(&self.link)
-            .clone()
-            .ok_or("not connected to the server; content is fetched once the link is back")?;
+    async fn fetch_unchecked(&self, sha256: &str) -> Result<Vec<u8>, FetchError> {
+        let tx = lock(&self.link).clone().ok_or(FetchError::NotConnected)?;
         let request_id = uuid_like();
         let (reply, rx) = oneshot::channel();
         lock(&self.pending).insert(
@@ -111,13 +140,14 @@ impl Fetcher {
                 msg: Some(Msg::BlobRequest(request)),
             })
             .await
-            .map_err(|_| "the link to the server broke".to_string())?;
+            .map_err(|_| FetchError::LinkBroke)?;
             match tokio::time::timeout(FETCH_TIMEOUT, rx).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err("the fetch was abandoned".to_string()),
-                Err(_) => Err(format!(
-                    "no content {sha256} from the server within {FETCH_TIMEOUT:?}"
-                )),
+                Ok(Err(_)) => Err(FetchError::Abandoned),
+                Err(_) => Err(FetchError::TimedOut {
+                    sha256: sha256.to_string(),
+                    after: FETCH_TIMEOUT,
+                }),
             }
         }
         .await;
@@ -174,9 +204,9 @@ impl Blobs {
         }
     }
 
-    pub async fn get(&self, sha256: &str) -> Result<Vec<u8>, String> {
+    pub async fn get(&self, sha256: &str) -> Result<Vec<u8>, BlobError> {
         if !(sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
-            return Err(format!("{sha256:?} is not a SHA-256"));
+            return Err(BlobError::NotSha256(sha256.to_string()));
         }
         let cached = self.cache.join(sha256);
         if let Ok(data) = std::fs::read(&cached)
@@ -184,7 +214,7 @@ impl Blobs {
         {
             return Ok(data);
         }
-        let blob = self.fetcher.fetch(sha256).await?;
+        let blob = self.fetcher.fetch_checked(sha256).await?;
         if drover_files::create_private_dir(&self.cache).is_ok() {
             let _ = drover_files::write_atomic(&cached, &blob, true);
         }
@@ -237,6 +267,7 @@ mod tests {
                 .get(&"0".repeat(64))
                 .await
                 .unwrap_err()
+                .to_string()
                 .contains("not connected")
         );
     }
@@ -282,6 +313,7 @@ mod tests {
                 .get(&forged_sha)
                 .await
                 .unwrap_err()
+                .to_string()
                 .contains("not connected")
         );
         assert!(!dir.path().join("escape").exists());

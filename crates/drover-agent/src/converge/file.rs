@@ -195,7 +195,7 @@ impl Reconciler for FileKind {
         let info = if plan.write.is_some() {
             let content = match (&spec.content, &spec.sha256) {
                 (Some(c), _) => c.as_bytes().to_vec(),
-                (None, Some(sha)) => ctx.blobs.get(sha).await.map_err(ConvergeError::Content)?,
+                (None, Some(sha)) => ctx.blobs.get(sha).await?,
                 (None, None) => return Err(ConvergeError::Content("the spec gives none".into())),
             };
             let options = WriteOptions {

@@ -12,6 +12,7 @@ pub(crate) mod container;
 mod file;
 pub mod ledger;
 pub mod reconciler;
+pub mod registry;
 mod shell_job;
 mod signed;
 mod unit;
@@ -33,9 +34,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::policy::{Policy, Refusal};
-pub use blobs::{Blobs, Fetcher, verified_inline};
+pub use blobs::{BlobError, Blobs, FetchError, Fetcher, verified_inline};
 pub use ledger::{Held, LedgerEntry};
-use reconciler::{ConvergeError, Registry};
+use reconciler::ConvergeError;
+use registry::Registry;
 
 /// What reconcilers may touch, from the node's own policy, and where content comes from.
 #[derive(Clone)]

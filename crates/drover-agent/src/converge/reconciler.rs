@@ -1,6 +1,7 @@
 //! One reconciler per kind, in the kube-rs manner: observe the node, plan the change (pure), apply the plan,
-//! delete what the ledger owns. The runtime reaches every kind through one [`Registry`], for dispatch and
-//! for garbage collection alike, and asks the node's policy before any of them observes anything.
+//! delete what the ledger owns. The runtime reaches every kind through one
+//! [`Registry`](super::registry::Registry), for dispatch and for garbage collection alike, and asks the
+//! node's policy before any of them observes anything.
 
 use std::any::Any;
 use std::future::Future;
@@ -31,6 +32,8 @@ pub enum ConvergeError {
     File(#[from] drover_files::FileError),
     #[error("cannot get the content: {0}")]
     Content(String),
+    #[error("cannot get the content: {0}")]
+    Blob(#[from] super::blobs::BlobError),
     #[error("no user {0:?} on this node")]
     NoUser(String),
     #[error("no group {0:?} on this node")]
@@ -228,57 +231,5 @@ impl<R: Reconciler> AnyKind for R {
 
     async fn delete(&self, ctx: &ConvergeCtx, handle: &str) -> Result<(), ConvergeError> {
         Reconciler::delete(self, ctx, handle).await
-    }
-}
-
-/// Every kind this agent knows, by name: the one table dispatch and garbage collection both use.
-pub struct Registry {
-    kinds: Vec<Box<dyn AnyKind>>,
-}
-
-impl Registry {
-    pub fn new() -> Self {
-        Self {
-            kinds: vec![
-                Box::new(super::file::FileKind),
-                Box::new(super::container::ContainerKind),
-                Box::new(super::unit::UnitKind),
-                Box::new(super::shell_job::ShellJobKind),
-            ],
-        }
-    }
-
-    pub fn get(&self, kind: &str) -> Option<&dyn AnyKind> {
-        self.kinds
-            .iter()
-            .find(|k| k.name() == kind)
-            .map(|k| k.as_ref())
-    }
-
-    /// The kind for a resource; `NoKind` when this agent has none.
-    pub fn for_resource(&self, resource: &Resource) -> Result<&dyn AnyKind, ConvergeError> {
-        let name = resource.kind_name();
-        self.get(name)
-            .ok_or_else(|| ConvergeError::NoKind(name.to_string()))
-    }
-}
-
-impl Default for Registry {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_registry_knows_every_kind_the_policy_names() {
-        let registry = Registry::new();
-        for kind in crate::policy::KINDS {
-            assert_eq!(registry.get(kind).map(|k| k.name()), Some(*kind));
-        }
-        assert!(registry.get("volume").is_none());
     }
 }

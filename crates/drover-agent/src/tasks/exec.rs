@@ -42,36 +42,61 @@ pub async fn run(
     req: ExecRequest,
     policy: &Policy,
     emit: mpsc::Sender<(u8, Vec<u8>)>,
-    mut cancel: watch::Receiver<bool>,
+    cancel: watch::Receiver<bool>,
 ) -> Ended {
-    let (program, args): (PathBuf, Vec<String>) = match (&req.shell, req.argv.first()) {
+    let (program, args) = match admit(&req, policy) {
+        Ok(admitted) => admitted,
+        Err(ended) => return ended,
+    };
+    let mut cmd = match command(&program, &args, &req) {
+        Ok(cmd) => cmd,
+        Err(ended) => return ended,
+    };
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Ended::error(format!("cannot start {}: {e}", program.display())),
+    };
+    supervise(child, emit, cancel, req.timeout, req.grace).await
+}
+
+/// The program and its arguments, once the node's policy allows the command and its environment.
+fn admit(req: &ExecRequest, policy: &Policy) -> Result<(PathBuf, Vec<String>), Ended> {
+    let (program, args) = match (&req.shell, req.argv.first()) {
         (Some(shell), _) => {
-            if let Err(refusal) = policy.check_shell_task() {
-                return Ended::refused(&refusal);
-            }
+            policy
+                .check_shell_task()
+                .map_err(|refusal| Ended::refused(&refusal))?;
             (PathBuf::from("/bin/sh"), vec!["-c".into(), shell.clone()])
         }
         (None, Some(name)) => {
-            let Some(path) = resolve_program(name) else {
-                return Ended::error(format!(
+            let path = resolve_program(name).ok_or_else(|| {
+                Ended::error(format!(
                     "cannot start {name:?}: no such program on this node"
-                ));
-            };
-            if let Err(refusal) = policy.check_program(name, &path) {
-                return Ended::refused(&refusal);
-            }
+                ))
+            })?;
+            policy
+                .check_program(name, &path)
+                .map_err(|refusal| Ended::refused(&refusal))?;
             (path, req.argv[1..].to_vec())
         }
-        (None, None) => return Ended::error("nothing to run".into()),
+        (None, None) => return Err(Ended::error("nothing to run".into())),
     };
     // The environment reaches the dynamic loader before the program runs: an allowed program with
     // LD_PRELOAD set is any code, so without --allow-shell only the names the node allows pass.
-    if let Err(refusal) = policy.check_env(&req.env) {
-        return Ended::refused(&refusal);
-    }
+    policy
+        .check_env(&req.env)
+        .map_err(|refusal| Ended::refused(&refusal))?;
+    Ok((program, args))
+}
 
-    let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(&args)
+/// The command in its own process group, as the requested user when one is named.
+fn command(
+    program: &Path,
+    args: &[String],
+    req: &ExecRequest,
+) -> Result<tokio::process::Command, Ended> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
         .envs(&req.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -82,21 +107,24 @@ pub async fn run(
         cmd.current_dir(cwd);
     }
     if let Some(user) = &req.user {
-        match lookup_user(user) {
-            Ok((uid, gid, home)) => {
-                cmd.uid(uid)
-                    .gid(gid)
-                    .env("HOME", home)
-                    .env("USER", user)
-                    .env("LOGNAME", user);
-            }
-            Err(e) => return Ended::refused(e),
-        }
+        let account = lookup_user(user).map_err(Ended::refused)?;
+        cmd.uid(account.uid)
+            .gid(account.gid)
+            .env("HOME", account.home)
+            .env("USER", user)
+            .env("LOGNAME", user);
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Ended::error(format!("cannot start {}: {e}", program.display())),
-    };
+    Ok(cmd)
+}
+
+/// Reads the child's output until it exits, is cancelled or times out; then clears its process group.
+async fn supervise(
+    mut child: tokio::process::Child,
+    emit: mpsc::Sender<(u8, Vec<u8>)>,
+    mut cancel: watch::Receiver<bool>,
+    timeout: Option<Duration>,
+    grace: Duration,
+) -> Ended {
     let pgid = child.id().map(|p| p as i32);
     let readers = [
         child
@@ -110,12 +138,12 @@ pub async fn run(
     ];
     drop(emit);
 
-    let timeout = super::time_limit(req.timeout);
+    let timeout = super::time_limit(timeout);
     tokio::pin!(timeout);
     let (status, stopped) = tokio::select! {
         status = child.wait() => (status, None),
-        _ = super::cancelled(&mut cancel) => (stop(&mut child, pgid, req.grace).await, Some("Cancelled")),
-        _ = &mut timeout => (stop(&mut child, pgid, req.grace).await, Some("TimedOut")),
+        _ = super::cancelled(&mut cancel) => (stop(&mut child, pgid, grace).await, Some("Cancelled")),
+        _ = &mut timeout => (stop(&mut child, pgid, grace).await, Some("TimedOut")),
     };
     // Whatever the command left running in its group goes with it, so no orphan outlives the task
     // (and no leftover holds the output pipes open).
@@ -200,14 +228,31 @@ async fn pump(mut stream: impl AsyncRead + Unpin, which: u8, emit: mpsc::Sender<
     }
 }
 
+/// The account a task runs as (`--user`).
+struct Account {
+    uid: u32,
+    gid: u32,
+    home: String,
+}
+
+/// Why a task cannot run as the user it names; the text is the task's `Refused` reason.
+#[derive(Debug, thiserror::Error)]
+enum UserError {
+    #[error("--user needs the agent to run as root; this agent does not")]
+    NotRoot,
+    #[error("{0:?} is not a user name")]
+    BadName(String),
+    #[error("no user {0:?} on this node")]
+    NoSuchUser(String),
+}
+
 /// uid, gid and home of a user; only root may switch users.
-fn lookup_user(name: &str) -> Result<(u32, u32, String), String> {
+fn lookup_user(name: &str) -> Result<Account, UserError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("--user needs the agent to run as root; this agent does not".into());
+        return Err(UserError::NotRoot);
     }
-    let c_name =
-        std::ffi::CString::new(name).map_err(|_| format!("{name:?} is not a user name"))?;
+    let c_name = std::ffi::CString::new(name).map_err(|_| UserError::BadName(name.to_string()))?;
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -222,11 +267,15 @@ fn lookup_user(name: &str) -> Result<(u32, u32, String), String> {
         )
     };
     if rc != 0 || result.is_null() {
-        return Err(format!("no user {name:?} on this node"));
+        return Err(UserError::NoSuchUser(name.to_string()));
     }
     // SAFETY: pw_dir points into buf, NUL-terminated, when getpwnam_r succeeded.
     let home = unsafe { std::ffi::CStr::from_ptr(pwd.pw_dir) }
         .to_string_lossy()
         .into_owned();
-    Ok((pwd.pw_uid, pwd.pw_gid, home))
+    Ok(Account {
+        uid: pwd.pw_uid,
+        gid: pwd.pw_gid,
+        home,
+    })
 }

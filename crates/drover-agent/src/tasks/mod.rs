@@ -334,77 +334,13 @@ impl TaskManager {
         cancel: watch::Receiver<bool>,
     ) -> Ended {
         let (emit_tx, mut emit_rx) = mpsc::channel::<(u8, Vec<u8>)>(256);
-        let work = async {
-            match spec {
-                TaskSpec::Exec {
-                    argv,
-                    shell,
-                    env,
-                    cwd,
-                    user,
-                    timeout_ms,
-                    grace_ms,
-                } => {
-                    let req = exec::ExecRequest {
-                        argv,
-                        shell,
-                        env: env.into_iter().collect(),
-                        cwd,
-                        user,
-                        timeout: timeout_ms.map(Duration::from_millis),
-                        grace: Duration::from_millis(grace_ms.unwrap_or(DEFAULT_GRACE_MS)),
-                    };
-                    exec::run(req, &self.policy, emit_tx, cancel).await
-                }
-                TaskSpec::Container {
-                    op,
-                    container,
-                    all,
-                    follow,
-                    tail,
-                    timeout_ms,
-                } => {
-                    let timeout = timeout_ms.map(Duration::from_millis);
-                    let job = container::Job {
-                        op,
-                        container,
-                        all,
-                        follow,
-                        tail,
-                        timeout,
-                    };
-                    match self.policy.check_container_task() {
-                        Ok(()) => container::run(job, emit_tx, cancel).await,
-                        Err(refusal) => Ended::refused(&refusal),
-                    }
-                }
-            }
-        };
+        let work = self.run_spec(spec, emit_tx, cancel);
         tokio::pin!(work);
         let (mut ended, mut open) = (None, true);
         loop {
             tokio::select! {
                 chunk = emit_rx.recv(), if open => match chunk {
-                    Some(first) => {
-                        // Take whatever else is already waiting, so fast output travels in batches.
-                        let (mut batch, mut bytes) = (Vec::new(), 0);
-                        let mut next = Some(first);
-                        while let Some((stream, data)) = next {
-                            bytes += data.len();
-                            match outbox.append(stream, data) {
-                                Ok(Some(c)) => batch.push(c),
-                                Ok(None) => {}
-                                Err(e) => tracing::warn!(task = %task_id, "cannot keep task output: {e}"),
-                            }
-                            next = if batch.len() < BATCH_CHUNKS && bytes < BATCH_BYTES { emit_rx.try_recv().ok() } else { None };
-                        }
-                        if let Err(e) = outbox.flush() {
-                            tracing::warn!(task = %task_id, "cannot keep task output: {e}");
-                        }
-                        if !batch.is_empty() {
-                            self.send(output_message(task_id, batch)).await;
-                        }
-                    }
+                    Some(first) => self.forward(task_id, first, &mut emit_rx, outbox).await,
                     None => open = false,
                 },
                 e = &mut work, if ended.is_none() => ended = Some(e),
@@ -414,6 +350,91 @@ impl TaskManager {
             }
         }
         ended.unwrap_or_else(|| Ended::error("the task ended without a result".into()))
+    }
+
+    /// Runs an exec or container spec, its output going to `emit`.
+    async fn run_spec(
+        &self,
+        spec: TaskSpec,
+        emit: mpsc::Sender<(u8, Vec<u8>)>,
+        cancel: watch::Receiver<bool>,
+    ) -> Ended {
+        match spec {
+            TaskSpec::Exec {
+                argv,
+                shell,
+                env,
+                cwd,
+                user,
+                timeout_ms,
+                grace_ms,
+            } => {
+                let req = exec::ExecRequest {
+                    argv,
+                    shell,
+                    env: env.into_iter().collect(),
+                    cwd,
+                    user,
+                    timeout: timeout_ms.map(Duration::from_millis),
+                    grace: Duration::from_millis(grace_ms.unwrap_or(DEFAULT_GRACE_MS)),
+                };
+                exec::run(req, &self.policy, emit, cancel).await
+            }
+            TaskSpec::Container {
+                op,
+                container,
+                all,
+                follow,
+                tail,
+                timeout_ms,
+            } => {
+                let timeout = timeout_ms.map(Duration::from_millis);
+                let job = container::Job {
+                    op,
+                    container,
+                    all,
+                    follow,
+                    tail,
+                    timeout,
+                };
+                match self.policy.check_container_task() {
+                    Ok(()) => container::run(job, emit, cancel).await,
+                    Err(refusal) => Ended::refused(&refusal),
+                }
+            }
+        }
+    }
+
+    /// Keeps a chunk of output, and whatever else is already waiting, so fast output travels in batches;
+    /// then sends the batch.
+    async fn forward(
+        &self,
+        task_id: &str,
+        first: (u8, Vec<u8>),
+        emit_rx: &mut mpsc::Receiver<(u8, Vec<u8>)>,
+        outbox: &mut Outbox,
+    ) {
+        let (mut batch, mut bytes) = (Vec::new(), 0);
+        let mut next = Some(first);
+        while let Some((stream, data)) = next {
+            bytes += data.len();
+            match outbox.append(stream, data) {
+                Ok(Some(c)) => batch.push(c),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(task = %task_id, "cannot keep task output: {e}"),
+            }
+            next = if batch.len() < BATCH_CHUNKS && bytes < BATCH_BYTES {
+                emit_rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if let Err(e) = outbox.flush() {
+            tracing::warn!(task = %task_id, "cannot keep task output: {e}");
+        }
+        if !batch.is_empty() {
+            self.send(output_message(task_id, batch)).await;
+        }
     }
 }
 
