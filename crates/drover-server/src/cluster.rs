@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use ring::{aead, hkdf};
 use serde::{Deserialize, Serialize};
 
+use crate::admin_token::{self, ADMIN_TOKEN_FILE};
 use crate::pki::{CA_CERT_FILE, CA_KEY_FILE, Pki, PkiError};
-use crate::server::{ADMIN_TOKEN_FILE, load_or_create_admin_token};
 use crate::store::{PgStore, Sealed, StoreError};
 use drover_files::write_atomic;
 
@@ -147,8 +147,8 @@ pub async fn join(
 ) -> Result<bool, ClusterError> {
     let make = || -> Result<Sealed, ClusterError> {
         Pki::load_or_create(dir, sans)?;
-        let (admin_token, _) =
-            load_or_create_admin_token(dir).map_err(|e| ClusterError::AdminToken(e.to_string()))?;
+        let (admin_token, _) = admin_token::load_or_create(dir)
+            .map_err(|e| ClusterError::AdminToken(e.to_string()))?;
         let plain = serde_json::to_vec(&Bootstrap {
             ca_cert: read(&dir.join(CA_CERT_FILE))?,
             ca_key: read(&dir.join(CA_KEY_FILE))?,

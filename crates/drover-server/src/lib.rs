@@ -1,9 +1,10 @@
 //! The drover control plane: the agent gateway (gRPC over mTLS), the REST API, fleet state and its store.
 
-pub mod api;
+mod admin_token;
 pub mod cluster;
 pub mod fleet;
 pub mod gateway;
+pub mod http;
 pub mod links;
 mod memory;
 pub mod metrics;
@@ -13,7 +14,6 @@ mod rlimit;
 pub mod server;
 pub mod store;
 mod sync;
-mod ui;
 
 pub use fleet::{Fleet, desired, tasks};
 pub use server::{RunningServer, ServerConfig, ServerError};

@@ -10,23 +10,21 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiState, ApiTls, ApiTlsError};
 use crate::fleet::{Fleet, FleetConfig};
 use crate::gateway::limits::UnprovenLimits;
 use crate::gateway::{Gateway, tls};
+use crate::http::{self as api, ApiTls, ApiTlsError, HttpState};
 use crate::memory;
-use crate::metrics::{self, ServerMetrics, TimedStore};
+use crate::metrics::{ServerMetrics, TimedStore};
 use crate::pki::{CA_CERT_FILE, Pki, PkiError};
 use crate::store::{MetricsHistory, PgStore, SqliteStore, Store, StoreError};
-use drover_files::{create_private_dir, write_atomic};
+use drover_files::create_private_dir;
 
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub use crate::admin_token::ADMIN_TOKEN_FILE;
 pub const DB_FILE: &str = "drover.db";
 /// Held locked (`flock`) by the server running on a data dir, so `drover migrate` and a second server can
 /// tell; the kernel releases it when the process ends, however it ends.
 pub const LOCK_FILE: &str = "server.lock";
-/// Largest gRPC message either way: blobs travel whole.
-pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -195,25 +193,6 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::InUse(dir.to_path_buf())),
         Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
-    }
-}
-
-pub(crate) fn load_or_create_admin_token(dir: &Path) -> Result<(String, bool), ServerError> {
-    let path = dir.join(ADMIN_TOKEN_FILE);
-    let io = |source| ServerError::DataDir {
-        path: path.clone(),
-        source,
-    };
-    let create = || {
-        let token = format!("drvadm.{}", hex::encode(rand::random::<[u8; 24]>()));
-        write_atomic(&path, format!("{token}\n").as_bytes(), true).map_err(io)?;
-        Ok((token, true))
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => Ok((t.trim().to_string(), false)),
-        Ok(_) => create(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(),
-        Err(e) => Err(io(e)),
     }
 }
 
@@ -388,7 +367,11 @@ impl RunningServer {
             Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
         }
         let (pki, created_ca) = Pki::load_or_create(dir, &sans)?;
-        let (admin_token, created_admin_token) = load_or_create_admin_token(dir)?;
+        let (admin_token, created_admin_token) =
+            crate::admin_token::load_or_create(dir).map_err(|e| ServerError::DataDir {
+                path: e.path,
+                source: e.source,
+            })?;
         let metrics = Arc::new(ServerMetrics::new(config.metrics_per_node));
         let store = TimedStore::new(store, metrics.clone());
         let pki = Arc::new(pki);
@@ -446,7 +429,7 @@ impl RunningServer {
         if let Some(listener) = metrics_listener {
             let (fleet, stop) = (fleet.clone(), shutdown_rx.clone());
             tokio::spawn(async move {
-                if let Err(e) = metrics::serve_open(listener, fleet, stop).await {
+                if let Err(e) = api::metrics::serve_open(listener, fleet, stop).await {
                     tracing::error!("the metrics listener failed: {e}");
                 }
             });
@@ -463,7 +446,7 @@ impl RunningServer {
             .clone()
             .unwrap_or_else(|| api::advertise_url(api_addr, api_tls_on));
         let router = api::router(
-            ApiState::new(fleet.clone(), &admin_token)
+            HttpState::new(fleet.clone(), &admin_token)
                 .with_tls(api_tls_on)
                 .with_advertise_url(&advertise_url),
         );
@@ -486,8 +469,8 @@ impl RunningServer {
                 .initial_connection_window_size(Some(drover_types::STREAM_WINDOW * 2))
                 .add_service(UnprovenLimits::new(
                     drover_proto::AgentLinkServer::new(gateway)
-                        .max_decoding_message_size(MAX_MESSAGE)
-                        .max_encoding_message_size(MAX_MESSAGE),
+                        .max_decoding_message_size(drover_types::limits::MAX_MESSAGE)
+                        .max_encoding_message_size(drover_types::limits::MAX_MESSAGE),
                     limits_metrics,
                 ))
                 .serve_with_incoming_shutdown(incoming, async move {

@@ -15,6 +15,8 @@ mod nats;
 pub use nats::{Nats, NatsOperator, nkey_user};
 mod tls;
 pub use tls::TestCerts;
+mod fleet;
+pub use fleet::{Fleet, converged, resource};
 
 /// The usual patience for a state to appear on a loaded machine.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -375,6 +377,26 @@ impl Server {
         agent
     }
 
+    /// A real agent named `name` with 300 ms heartbeats and `extra` flags, enrolled with a join token without
+    /// labels; returned once this server sees it connected.
+    pub fn agent(&self, name: &str, extra: &[&str]) -> Agent {
+        let mut args = vec!["--heartbeat-interval", "300ms"];
+        args.extend_from_slice(extra);
+        self.attached_agent(name, serde_json::json!({}), &args)
+    }
+
+    /// The convergence report of the node named `node` (`/api/v1/nodes/{node}/status`).
+    pub fn node_status(&self, node: &str) -> anyhow::Result<Value> {
+        Ok(self.get(&format!("/api/v1/nodes/{node}/status"))?.body)
+    }
+
+    /// Waits until the node named `node` has converged (see [`converged`]), and returns its report.
+    pub fn wait_converged(&self, node: &str) -> anyhow::Result<Value> {
+        wait_for(&format!("convergence of {node}"), TIMEOUT, || {
+            Some(self.node_status(node).ok()?).filter(converged)
+        })
+    }
+
     /// All nodes as JSON.
     pub fn nodes(&self) -> anyhow::Result<Vec<Value>> {
         let reply = self.get("/api/v1/nodes")?;
@@ -401,6 +423,16 @@ impl Server {
     /// 300 ms heartbeats and 500 ms resyncs, plus `extra` flags; returns it once its node is connected,
     /// with the node.
     pub fn start_edge_agent(&self, root: &str, extra: &[&str]) -> anyhow::Result<(Agent, Value)> {
+        self.start_edge_agent_with_env(root, extra, &[])
+    }
+
+    /// [`Server::start_edge_agent`] with environment variables for the agent.
+    pub fn start_edge_agent_with_env(
+        &self,
+        root: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(Agent, Value)> {
         let token = self.join_token(serde_json::json!({"labels": {"role": "edge"}}))?;
         let mut args = vec![
             "--token",
@@ -413,7 +445,7 @@ impl Server {
             "500ms",
         ];
         args.extend_from_slice(extra);
-        let agent = Agent::start(&self.agent_url(), "edge", &args)?;
+        let agent = Agent::start_with_env(&self.agent_url(), "edge", &args, env)?;
         let node = self.wait_node("edge", "connected", |n| n["connected"] == true)?;
         Ok((agent, node))
     }
@@ -598,6 +630,16 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent named `name` against `server_url` with extra `args` (a `--token`, labels...).
     pub fn start(server_url: &str, name: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(server_url, name, args, &[])
+    }
+
+    /// [`Agent::start`] with environment variables.
+    pub fn start_with_env(
+        server_url: &str,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut all = vec![
             "--server".to_string(),
             server_url.to_string(),
@@ -605,7 +647,13 @@ impl Agent {
             name.to_string(),
         ];
         all.extend(args.iter().map(|s| s.to_string()));
-        Self::start_raw(all, &[])
+        Self::start_raw(all, env)
+    }
+
+    /// The value the agent was started with after `flag` (`--name`, `--token`, ...).
+    pub fn arg(&self, flag: &str) -> Option<&str> {
+        let at = self.args.iter().position(|a| a == flag)?;
+        self.args.get(at + 1).map(String::as_str)
     }
 
     /// Starts an agent with exactly these arguments and environment variables (nothing added).
@@ -701,6 +749,24 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A command's stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A command's stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The run of `task` (a task's JSON) on the node named `node`; panics, showing the task, when it has none.
+pub fn run_of<'a>(task: &'a Value, node: &str) -> &'a Value {
+    task["runs"]
+        .as_array()
+        .and_then(|runs| runs.iter().find(|r| r["node_name"] == node))
+        .unwrap_or_else(|| panic!("no run on {node}: {task}"))
 }
 
 /// Parses an RFC 3339 time from a JSON field (`None` when absent or malformed).

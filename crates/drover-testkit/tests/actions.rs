@@ -2,36 +2,23 @@
 //! cancellation that kill the action's child process. Needs the agent built with `test-plugins`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use drover_testkit::{
-    Agent, Server, ServerOptions, TIMEOUT, assert_gone, process_alive, wait_for, wait_pid,
+    Fleet, Server, ServerOptions, TIMEOUT, assert_gone, process_alive, wait_for, wait_pid,
 };
 use serde_json::{Value, json};
 
-fn fleet(extra: &[&str]) -> (Server, Agent, tempfile::TempDir) {
+/// A fleet whose agent `worker` (200 ms heartbeats) may touch files under the fleet's temp dir.
+fn worker() -> Fleet {
     // A history sample per heartbeat, so a test can see heartbeats arrive by the history growing.
     let server = Server::start_with(ServerOptions {
         args: vec!["--metrics-history-interval".into(), "100ms".into()],
     })
     .unwrap();
-    let token = server.join_token(json!({})).unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let root = files.path().to_str().unwrap().to_string();
-    let mut args = vec![
-        "--token",
-        &token,
-        "--heartbeat-interval",
-        "200ms",
-        "--allow-path",
-        &root,
-    ];
-    args.extend_from_slice(extra);
-    let agent = Agent::start(&server.agent_url(), "worker", &args).unwrap();
-    server
-        .wait_node("worker", "connected", |n| n["connected"] == true)
-        .unwrap();
-    (server, agent, files)
+    Fleet::new(server, |server, root| {
+        let args = ["--heartbeat-interval", "200ms", "--allow-path", root];
+        server.attached_agent("worker", json!({}), &args)
+    })
 }
 
 fn call(server: &Server, action: &str, args: Value, query: &str) -> drover_testkit::Reply {
@@ -47,7 +34,11 @@ fn call(server: &Server, action: &str, args: Value, query: &str) -> drover_testk
 
 #[test]
 fn built_in_actions_answer() {
-    let (server, _agent, files) = fleet(&[]);
+    let Fleet {
+        server,
+        agent: _agent,
+        files,
+    } = worker();
     let actions = server.get("/api/v1/nodes/worker/actions").unwrap();
     let names: Vec<&str> = actions
         .body
@@ -142,7 +133,11 @@ fn built_in_actions_answer() {
 
 #[test]
 fn every_action_error_is_typed() {
-    let (server, mut agent, _files) = fleet(&[]);
+    let Fleet {
+        server,
+        mut agent,
+        files: _files,
+    } = worker();
 
     let r = call(&server, "nope", Value::Null, "");
     assert_eq!(r.status, 404);
@@ -195,7 +190,11 @@ fn every_action_error_is_typed() {
 
 #[test]
 fn deadlines_and_cancellation_stop_the_action_and_its_child() {
-    let (server, _agent, files) = fleet(&[]);
+    let Fleet {
+        server,
+        agent: _agent,
+        files,
+    } = worker();
 
     // Deadline: the call fails typed, and the child the action started is killed.
     let pid_file = files.path().join("deadline.pid");
@@ -265,7 +264,11 @@ fn deadlines_and_cancellation_stop_the_action_and_its_child() {
 
 #[test]
 fn ctrl_c_on_the_cli_cancels_the_remote_action() {
-    let (server, _agent, files) = fleet(&[]);
+    let Fleet {
+        server,
+        agent: _agent,
+        files,
+    } = worker();
     let pid_file = files.path().join("cli.pid");
     let args = json!({"seconds": 600, "pid_file": pid_file}).to_string();
     let mut cli = std::process::Command::new(drover_testkit::bin("drover").unwrap())
@@ -290,7 +293,11 @@ fn ctrl_c_on_the_cli_cancels_the_remote_action() {
 
 #[test]
 fn a_slow_plugin_never_delays_heartbeats() {
-    let (server, _agent, _files) = fleet(&[]);
+    let Fleet {
+        server,
+        agent: _agent,
+        files: _files,
+    } = worker();
     let session = wait_for("the probe session", TIMEOUT, || {
         let r = server
             .get("/api/v1/nodes/worker/sessions/test_probe")
@@ -323,20 +330,18 @@ fn a_slow_plugin_never_delays_heartbeats() {
         .as_array()
         .unwrap()
         .len();
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for("heartbeats to keep arriving", TIMEOUT, || {
+        let after = server
+            .get("/api/v1/nodes/worker/metrics?limit=1000")
+            .ok()?
+            .body
+            .as_array()?
+            .len();
+        (after >= before + 4).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: heartbeats stalled"));
     let node = server.wait_node("worker", "listed", |_| true).unwrap();
     assert_eq!(node["status"], "Ready");
-    let after = server
-        .get("/api/v1/nodes/worker/metrics?limit=1000")
-        .unwrap()
-        .body
-        .as_array()
-        .unwrap()
-        .len();
-    assert!(
-        after >= before + 4,
-        "heartbeats stalled: {before} -> {after}"
-    );
     let r = call(&server, "ping", Value::Null, "");
     assert_eq!(r.status, 200, "actions still answer: {r:?}");
 }

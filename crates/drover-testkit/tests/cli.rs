@@ -1,11 +1,7 @@
 //! The operator CLI against a real server: tables, JSON, token management and exit codes.
 
-use drover_testkit::{Agent, Server};
+use drover_testkit::{Agent, Server, stdout};
 use serde_json::{Value, json};
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 #[test]
 fn nodes_tokens_and_exit_codes() {

@@ -8,16 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use drover_testkit::{Agent, Server, TIMEOUT, drover_cli, wait_for};
+use drover_testkit::{Agent, Server, TIMEOUT, drover_cli, stderr, stdout, wait_for};
 use serde_json::Value;
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Runs `ip` with `args`; a missing `ip` fails the test naming the package.
 fn ip(args: &[&str]) -> std::io::Result<Output> {

@@ -5,99 +5,26 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_testkit::{
-    Agent, Podman, Server, TIMEOUT, get_text, next_event, parse_exposition, sample, wait_for,
+    Agent, Fleet, Podman, Server, TIMEOUT, converged, get_text, next_event, parse_exposition,
+    sample, wait_for,
 };
 use serde_json::{Value, json};
 
-struct Fleet {
-    server: Server,
-    agent: Agent,
-    files: tempfile::TempDir,
-}
-
-fn fleet(extra: &[&str]) -> Fleet {
-    let server = Server::start().unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let root = files.path().to_str().unwrap().to_string();
-    let (agent, _) = server.start_edge_agent(&root, extra).unwrap();
-    Fleet {
-        server,
-        agent,
-        files,
-    }
-}
-
-impl Fleet {
-    fn path(&self, name: &str) -> String {
-        self.files.path().join(name).to_str().unwrap().to_string()
-    }
-
-    /// `drover apply --wait` of a manifest `name` (selecting the edge node) with one File resource, also
-    /// `name`, whose content is the local file `source` holding `data`; the node then has that content.
-    fn apply_source(&self, name: &str, source: &str, data: &[u8]) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(source), data).unwrap();
-        let manifest = dir.path().join("m.yaml");
-        let target = self.path(source);
-        std::fs::write(&manifest, format!("name: {name}\nselector: {{role: edge}}\nresources:\n  - id: {name}\n    file: {{path: {target}, source: {source}}}\n")).unwrap();
-        let manifest = manifest.to_str().unwrap();
-        let out = self
-            .server
-            .cli(&["apply", "-f", manifest, "--wait", "--timeout", "60s"])
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        assert_eq!(std::fs::read(&target).unwrap(), data);
-    }
-
-    fn apply(&self, manifest: Value) -> Value {
-        let r = self
-            .server
-            .post(
-                "/api/v1/manifests",
-                Some(&self.server.admin_token()),
-                &manifest,
-            )
-            .unwrap();
-        assert_eq!(r.status, 200, "{r:?}");
-        r.body
-    }
-
-    fn status(&self) -> Value {
-        self.server.get("/api/v1/nodes/edge/status").unwrap().body
-    }
-
-    fn resource(&self, id: &str) -> Option<Value> {
-        self.status()["resources"]
-            .as_array()?
-            .iter()
-            .find(|r| r["id"] == id)
-            .cloned()
-    }
-
-    fn wait_resource(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_for(&format!("resource {id} {what}"), TIMEOUT, || {
-            self.resource(id).filter(|r| pred(r))
-        })
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}\nstatus: {}\nagent log:\n{}",
-                self.status(),
-                drover_testkit::tail(&self.agent.log(), 30)
-            )
-        })
-    }
-
-    fn wait_converged(&self) -> Value {
-        wait_for("convergence", TIMEOUT, || {
-            let s = self.status();
-            let ok = s["observed_generation"] == s["desired_generation"]
-                && s["resources"]
-                    .as_array()
-                    .is_some_and(|r| r.iter().all(|r| r["state"] == "Ready"));
-            ok.then_some(s)
-        })
-        .unwrap_or_else(|e| panic!("{e}\nstatus: {}", self.status()))
-    }
+/// `drover apply --wait` of a manifest `name` (selecting the edge node) with one File resource, also
+/// `name`, whose content is the local file `source` holding `data`; the node then has that content.
+fn apply_source(f: &Fleet, name: &str, source: &str, data: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(source), data).unwrap();
+    let manifest = dir.path().join("m.yaml");
+    let target = f.path(source);
+    std::fs::write(&manifest, format!("name: {name}\nselector: {{role: edge}}\nresources:\n  - id: {name}\n    file: {{path: {target}, source: {source}}}\n")).unwrap();
+    let manifest = manifest.to_str().unwrap();
+    let out = f
+        .server
+        .cli(&["apply", "-f", manifest, "--wait", "--timeout", "60s"])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(&target).unwrap(), data);
 }
 
 fn file_manifest(name: &str, resources: Vec<Value>) -> Value {
@@ -106,7 +33,7 @@ fn file_manifest(name: &str, resources: Vec<Value>) -> Value {
 
 #[test]
 fn files_converge_update_correct_drift_and_are_collected() {
-    let f = fleet(&[]);
+    let f = Fleet::edge(&[]);
     let motd = f.path("motd");
     f.apply(file_manifest(
         "base",
@@ -191,7 +118,7 @@ fn files_converge_update_correct_drift_and_are_collected() {
 
 #[test]
 fn policy_conflicts_backoff_and_shell_jobs() {
-    let f = fleet(&[]);
+    let f = Fleet::edge(&[]);
     // Outside the allowed roots: that resource fails, the others still converge.
     f.apply(file_manifest("m", vec![
         json!({"id": "outside", "file": {"path": "/etc/drover-never", "content": "x"}}),
@@ -247,20 +174,22 @@ fn policy_conflicts_backoff_and_shell_jobs() {
 
 #[test]
 fn shell_jobs_run_once_with_their_guard() {
-    let f = fleet(&["--allow-shell", "--allow-kind", "shell_job"]);
+    let f = Fleet::edge(&["--allow-shell", "--allow-kind", "shell_job"]);
     let marker = f.path("done");
     let log = f.path("runs");
     f.apply(file_manifest("jobs", vec![json!({"id": "init", "shell_job": {"command": format!("echo run >> {log}; touch {marker}"), "creates": marker}})]));
     f.wait_resource("init", "Ready", |r| r["state"] == "Ready");
-    std::thread::sleep(Duration::from_millis(1500)); // several resyncs
+    // Deliberate: several 500 ms resyncs pass, and the guard must keep the job from running again.
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "run\n");
 }
 
 #[test]
 fn labels_decide_what_a_node_runs() {
-    let f = fleet(&[]);
+    let f = Fleet::edge(&[]);
     let path = f.path("gpu.conf");
     f.apply(json!({"name": "gpu", "selector": {"gpu": "yes"}, "resources": [{"id": "gpu", "file": {"path": path, "content": "on"}}]}));
+    // Deliberate: a window in which the unlabelled node must not get the file.
     std::thread::sleep(Duration::from_millis(500));
     assert!(!Path::new(&path).exists());
     let out = f
@@ -287,7 +216,7 @@ fn labels_decide_what_a_node_runs() {
 
 #[test]
 fn the_agent_enforces_while_offline_and_keeps_ownership_across_restarts() {
-    let mut f = fleet(&[]);
+    let mut f = Fleet::edge(&[]);
     let path = f.path("kept");
     f.apply(file_manifest(
         "keep",
@@ -336,7 +265,7 @@ fn the_agent_enforces_while_offline_and_keeps_ownership_across_restarts() {
 
 #[test]
 fn invalid_manifests_are_refused_with_document_resource_and_field() {
-    let f = fleet(&[]);
+    let f = Fleet::edge(&[]);
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| {
         let p = dir.path().join(name);
@@ -410,7 +339,7 @@ fn invalid_manifests_are_refused_with_document_resource_and_field() {
 
 #[test]
 fn an_envelope_manifest_applies_like_a_flat_one() {
-    let f = fleet(&[]);
+    let f = Fleet::edge(&[]);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("motd.txt"), "from a source\n").unwrap();
     let write = |name: &str, text: String| {
@@ -590,6 +519,7 @@ fn containers_converge_and_drift_is_corrected_through_a_real_engine() {
     server
         .wait_node("edge", "connected again", |n| n["connected"] == true)
         .unwrap();
+    // Deliberate: resyncs pass in which the restarted agent must not recreate the container.
     std::thread::sleep(Duration::from_millis(1500));
     let after = status(&server);
     assert_eq!(
@@ -613,10 +543,10 @@ fn containers_converge_and_drift_is_corrected_through_a_real_engine() {
 
 #[test]
 fn file_sources_travel_through_the_blob_store() {
-    let f = fleet(&[]);
+    let f = Fleet::edge(&[]);
     // Larger than a REST body may be, and not text.
     let payload: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    f.apply_source("blob", "payload.bin", &payload);
+    apply_source(&f, "blob", "payload.bin", &payload);
     let stored: Value =
         serde_json::from_slice(&f.server.cli(&["manifests", "show", "blob"]).unwrap().stdout)
             .unwrap();
@@ -689,12 +619,12 @@ fn fetch_as_node(f: &Fleet, sha256: &str) -> Result<Vec<u8>, tonic::Status> {
 
 #[test]
 fn small_content_goes_with_the_desired_state_and_large_content_is_fetched() {
-    let f = fleet(&[]);
+    let f = Fleet::edge(&[]);
     // A small file arrives inside the node's desired state: the agent asks for nothing.
-    f.apply_source("small", "small.conf", b"listen 8080\n");
+    apply_source(&f, "small", "small.conf", b"listen 8080\n");
     assert_eq!(blob_requests(&f.server), 0.0);
     // One above the inline size (4 KiB) is fetched over the agent's stream.
-    f.apply_source("large", "large.bin", &[7u8; 64 * 1024]);
+    apply_source(&f, "large", "large.bin", &[7u8; 64 * 1024]);
     assert!(blob_requests(&f.server) >= 1.0);
 
     // A node may fetch the content its desired state names, and nothing else.
@@ -710,7 +640,7 @@ fn small_content_goes_with_the_desired_state_and_large_content_is_fetched() {
 
 #[test]
 fn a_dry_run_says_what_would_change_and_changes_nothing() {
-    let f = fleet(&[]);
+    let f = Fleet::edge(&[]);
     let keep = f.path("keep");
     let old = f.path("old");
     f.apply(file_manifest(
@@ -767,16 +697,9 @@ fn a_dry_run_says_what_would_change_and_changes_nothing() {
     );
 }
 
-fn converged(report: &Value) -> bool {
-    report["observed_generation"] == report["desired_generation"]
-        && report["resources"]
-            .as_array()
-            .is_some_and(|r| !r.is_empty() && r.iter().all(|r| r["state"] == "Ready"))
-}
-
 #[test]
 fn status_changes_are_pushed_and_apply_wait_rides_out_a_server_restart() {
-    let mut f = fleet(&["--allow-shell", "--allow-kind", "shell_job"]);
+    let mut f = Fleet::edge(&["--allow-shell", "--allow-kind", "shell_job"]);
     let http = reqwest::blocking::Client::builder()
         .timeout(TIMEOUT)
         .build()

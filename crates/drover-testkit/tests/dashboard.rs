@@ -208,17 +208,6 @@ impl Drop for Browser {
     }
 }
 
-fn agent(server: &Server, name: &str, extra: &[&str]) -> Agent {
-    let token = server.join_token(json!({})).unwrap();
-    let mut args = vec!["--token", &token, "--heartbeat-interval", "300ms"];
-    args.extend_from_slice(extra);
-    let a = Agent::start(&server.agent_url(), name, &args).unwrap();
-    server
-        .wait_node(name, "connected", |n| n["connected"] == true)
-        .unwrap();
-    a
-}
-
 /// A one-time link that opens `next` logged in with `token`.
 fn login_link(server: &Server, token: &str, next: &str) -> String {
     let reply = server
@@ -241,9 +230,9 @@ fn login_link(server: &Server, token: &str, next: &str) -> String {
 fn the_dashboard_shows_the_fleet_nodes_and_tasks_in_a_real_browser() {
     let server = Server::start().unwrap();
     let admin = server.admin_token();
-    let _web1 = agent(&server, "web-1", &["--allow-shell", "--label", "role=web"]);
-    let _web2 = agent(&server, "web-2", &["--label", "role=web"]);
-    let _db1 = agent(&server, "db-1", &["--label", "role=db"]);
+    let _web1 = server.agent("web-1", &["--allow-shell", "--label", "role=web"]);
+    let _web2 = server.agent("web-2", &["--label", "role=web"]);
+    let _db1 = server.agent("db-1", &["--label", "role=db"]);
     let task = server
         .create_task(json!({"target": {"node": "web-1"},
             "spec": {"kind": "exec", "shell": "echo hello from the dashboard test; echo a warning >&2"}}))
@@ -387,7 +376,7 @@ fn the_dashboard_shows_the_fleet_nodes_and_tasks_in_a_real_browser() {
 fn the_dashboard_checks_who_calls_and_refuses_changes_from_elsewhere() {
     let server = Server::start().unwrap();
     let admin = server.admin_token();
-    let _a = agent(&server, "box", &["--allow-shell"]);
+    let _a = server.agent("box", &["--allow-shell"]);
     let http = reqwest::blocking::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -687,7 +676,7 @@ fn a_login_from_another_site_is_refused_and_a_login_link_asks_first() {
     assert_eq!(http.get(&link).send().unwrap().status(), 401);
 
     // The CSRF check compares the scheme too: an https page may not act on this http dashboard.
-    let _a = agent(&server, "box", &["--allow-shell"]);
+    let _a = server.agent("box", &["--allow-shell"]);
     let task = server
         .create_task(
             json!({"target": {"node": "box"}, "spec": {"kind": "exec", "shell": "sleep 60"}}),
@@ -787,7 +776,7 @@ fn the_rest_node_list_is_paged_and_filtered() {
     let admin = server.admin_token();
     let _agents: Vec<Agent> = ["n-a", "n-b", "n-c"]
         .iter()
-        .map(|n| agent(&server, n, &["--label", "tier=x"]))
+        .map(|n| server.agent(n, &["--label", "tier=x"]))
         .collect();
     assert_eq!(server.nodes().unwrap().len(), 3);
     let http = reqwest::blocking::Client::new();
@@ -841,9 +830,9 @@ fn a_task_and_a_manifest_on_several_agents_are_read_a_page_at_a_time() {
         "500ms",
     ];
     let _agents = [
-        agent(&server, "p-a", &allowed),
-        agent(&server, "p-b", &allowed),
-        agent(&server, "p-c", &["--resync-interval", "500ms"]),
+        server.agent("p-a", &allowed),
+        server.agent("p-b", &allowed),
+        server.agent("p-c", &["--resync-interval", "500ms"]),
     ];
     let http = reqwest::blocking::Client::new();
     let get = |p: &str| {

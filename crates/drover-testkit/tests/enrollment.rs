@@ -135,6 +135,7 @@ fn bad_tokens_are_refused_with_clear_messages() {
     assert!(log.contains("unknown to this server"), "{log}");
 
     let expiring = server.join_token(json!({"ttl": "1s"})).unwrap();
+    // Deliberate: the token's 1 s lifetime runs out.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let log = refused_enrollment(&server, &expiring);
     assert!(log.contains("expired"), "{log}");

@@ -4,55 +4,33 @@
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::PathBuf;
 
-use drover_testkit::{Agent, Server, TIMEOUT, wait_for};
+use drover_testkit::Fleet;
 use serde_json::{Value, json};
 
-struct Fleet {
-    server: Server,
-    agent: Agent,
-    token: String,
-    root: tempfile::TempDir,
+/// The edge fleet and, outside its allowed root, a secret file the races aim at.
+struct Races {
+    fleet: Fleet,
     outside: tempfile::TempDir,
 }
 
-fn fleet() -> Fleet {
-    let server = Server::start().unwrap();
-    let token = server
-        .join_token(json!({"labels": {"role": "edge"}}))
-        .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let outside = tempfile::tempdir().unwrap();
-    let agent = Agent::start(
-        &server.agent_url(),
-        "edge",
-        &[
-            "--token",
-            &token,
-            "--heartbeat-interval",
-            "300ms",
-            "--allow-path",
-            root.path().to_str().unwrap(),
-            "--resync-interval",
-            "500ms",
-        ],
-    )
-    .unwrap();
-    server
-        .wait_node("edge", "connected", |n| n["connected"] == true)
-        .unwrap();
-    let f = Fleet {
-        server,
-        agent,
-        token,
-        root,
-        outside,
+impl std::ops::Deref for Races {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
+}
+
+fn races() -> Races {
+    let f = Races {
+        fleet: Fleet::edge(&[]),
+        outside: tempfile::tempdir().unwrap(),
     };
     std::fs::write(f.secret(), "precious").unwrap();
     std::fs::set_permissions(f.secret(), std::fs::Permissions::from_mode(0o600)).unwrap();
     f
 }
 
-impl Fleet {
+impl Races {
     fn secret(&self) -> PathBuf {
         self.outside.path().join("secret")
     }
@@ -67,47 +45,8 @@ impl Fleet {
     }
 
     fn apply(&self, name: &str, resources: Value) {
-        let manifest = json!({"name": name, "selector": {"role": "edge"}, "resources": resources});
-        let r = self
-            .server
-            .post(
-                "/api/v1/manifests",
-                Some(&self.server.admin_token()),
-                &manifest,
-            )
-            .unwrap();
-        assert_eq!(r.status, 200, "{r:?}");
-    }
-
-    fn wait_resource(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_for(&format!("resource {id} {what}"), TIMEOUT, || {
-            let status = self.server.get("/api/v1/nodes/edge/status").ok()?.body;
-            status["resources"]
-                .as_array()?
-                .iter()
-                .find(|r| r["id"] == id && pred(r))
-                .cloned()
-        })
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}\nagent log:\n{}",
-                drover_testkit::tail(&self.agent.log(), 30)
-            )
-        })
-    }
-
-    /// The agent's pid, found by its state dir on its command line (the testkit does not hand it out).
-    fn agent_pid(&self) -> u32 {
-        let state = self.agent.state_dir();
-        let state = state.to_str().unwrap();
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .find(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(state))
-            })
-            .expect("the agent's process")
+        self.fleet
+            .apply(json!({"name": name, "selector": {"role": "edge"}, "resources": resources}));
     }
 }
 
@@ -120,11 +59,11 @@ fn failed(r: &Value) -> bool {
 
 #[test]
 fn planted_symlinks_under_an_allowed_root_never_lead_a_write_outside() {
-    let f = fleet();
-    let root = f.root.path();
+    let f = races();
+    let root = f.files.path();
 
     // The old temp names were `.NAME.PID.N.tmp`: squat them all with links to the outside file.
-    let pid = f.agent_pid();
+    let pid = f.agent.pid().unwrap();
     for n in 0..300 {
         symlink(f.secret(), root.join(format!(".app.conf.{pid}.{n}.tmp"))).unwrap();
     }
@@ -175,7 +114,7 @@ fn planted_symlinks_under_an_allowed_root_never_lead_a_write_outside() {
 
 #[test]
 fn read_file_does_not_follow_a_link_and_list_processes_hides_the_token() {
-    let f = fleet();
+    let f = races();
     let call = |action: &str, args: Value| {
         f.server
             .request(
@@ -186,8 +125,8 @@ fn read_file_does_not_follow_a_link_and_list_processes_hides_the_token() {
             )
             .unwrap()
     };
-    symlink(f.secret(), f.root.path().join("peek")).unwrap();
-    let r = call("read_file", json!({"path": f.root.path().join("peek")}));
+    symlink(f.secret(), f.files.path().join("peek")).unwrap();
+    let r = call("read_file", json!({"path": f.files.path().join("peek")}));
     assert_eq!(r.status, 403, "{r:?}");
     assert!(!r.body.to_string().contains("precious"));
 
@@ -213,7 +152,7 @@ fn read_file_does_not_follow_a_link_and_list_processes_hides_the_token() {
         .position(|a| *a == "--token")
         .expect("--token is shown");
     assert_eq!(cmd[at + 1], "[redacted]");
-    let secret = f.token.split('.').nth(2).unwrap();
+    let secret = f.agent.arg("--token").unwrap().split('.').nth(2).unwrap();
     assert!(
         !r.body.to_string().contains(secret),
         "the join token's secret leaked"

@@ -4,14 +4,10 @@
 //! second agent with a taken name is told on both sides, a missing container engine names the sockets
 //! and DOCKER_HOST, and logs written to a file carry no colour codes.
 
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
-use drover_testkit::{Agent, Server, TIMEOUT, drover_cli, free_port, tail, wait_for};
+use drover_testkit::{Agent, Server, TIMEOUT, drover_cli, free_port, stderr, tail, wait_for};
 use serde_json::{Value, json};
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn no_colour(what: &str, log: &str) {
     assert!(
@@ -19,25 +15,6 @@ fn no_colour(what: &str, log: &str) {
         "{what} carries ANSI escapes:\n{}",
         tail(log, 10)
     );
-}
-
-fn agent(server: &Server, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
-    let token = server.join_token(json!({})).unwrap();
-    let mut args: Vec<String> = [
-        "--server",
-        &server.agent_url(),
-        "--name",
-        name,
-        "--token",
-        &token,
-        "--heartbeat-interval",
-        "300ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Agent::start_raw(args, env).unwrap()
 }
 
 #[test]
@@ -123,15 +100,7 @@ fn an_address_in_use_is_told_once() {
 #[test]
 fn cancel_of_a_finished_task_says_so_and_audit_says_what_each_entry_did() {
     let server = Server::start().unwrap();
-    let mut edge = agent(
-        &server,
-        "edge",
-        &["--allow-exec", "true", "--allow-exec", "sleep"],
-        &[],
-    );
-    server
-        .wait_node("edge", "connected", |n| n["connected"] == true)
-        .unwrap();
+    let mut edge = server.agent("edge", &["--allow-exec", "true", "--allow-exec", "sleep"]);
 
     // A finished task: the cancel says so, exits 0 and is not audited.
     let task = server
@@ -215,11 +184,14 @@ fn cancel_of_a_finished_task_says_so_and_audit_says_what_each_entry_did() {
 #[test]
 fn a_second_agent_with_a_taken_name_is_renamed_and_both_sides_say_so() {
     let server = Server::start().unwrap();
-    let _first = agent(&server, "twin", &[], &[]);
-    server
-        .wait_node("twin", "connected", |n| n["connected"] == true)
-        .unwrap();
-    let second = agent(&server, "twin", &[], &[]);
+    let _first = server.agent("twin", &[]);
+    let token = server.join_token(json!({})).unwrap();
+    let second = Agent::start(
+        &server.agent_url(),
+        "twin",
+        &["--token", &token, "--heartbeat-interval", "300ms"],
+    )
+    .unwrap();
     let node = wait_for("the second node", TIMEOUT, || {
         server.nodes().ok()?.into_iter().find(|n| {
             n["name"]
@@ -247,12 +219,19 @@ fn a_missing_engine_names_the_socket_and_docker_host() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nothing-here.sock");
     let docker_host = format!("unix://{}", socket.display());
-    let _edge = agent(
-        &server,
-        "edge",
-        &["--allow-kind", "container", "--resync-interval", "500ms"],
-        &[("DOCKER_HOST", &docker_host)],
-    );
+    let token = server.join_token(json!({})).unwrap();
+    let args = [
+        "--token",
+        &token,
+        "--heartbeat-interval",
+        "300ms",
+        "--allow-kind",
+        "container",
+        "--resync-interval",
+        "500ms",
+    ];
+    let env = [("DOCKER_HOST", docker_host.as_str())];
+    let _edge = Agent::start_with_env(&server.agent_url(), "edge", &args, &env).unwrap();
     server
         .wait_node("edge", "connected", |n| n["connected"] == true)
         .unwrap();

@@ -2,7 +2,7 @@
 //! returns, and runs that end as Lost when their agent comes back without them or stays away.
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drover_testkit::{Agent, Server, ServerOptions, tail, wait_for};
 use serde_json::{Value, json};
@@ -23,23 +23,17 @@ fn connected(server: &Server) -> usize {
 
 /// Waits for a CLI to exit, killing it (and failing) when it takes longer than `PATIENCE`.
 fn finish(mut child: Child, what: &str) -> (i32, String) {
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            return (status.code().unwrap_or(-1), err);
-        }
-        if start.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not return within {PATIENCE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Ok(status) = wait_for(what, PATIENCE, || child.try_wait().ok().flatten()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not return within {PATIENCE:?}");
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
     }
+    (status.code().unwrap_or(-1), err)
 }
 
 #[test]
@@ -164,6 +158,7 @@ fn a_run_ends_lost_when_its_agent_comes_back_without_it() {
     agent
         .wait_log("a task was running when the agent stopped")
         .unwrap();
+    // Deliberate: a window in which the restarted agent must not run it again.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         server.get(&format!("/api/v1/tasks/{id}")).unwrap().body["runs"][0]["state"],

@@ -20,7 +20,7 @@ fn fixtures() -> PathBuf {
 }
 
 /// An agent whose PATH starts with `path_head`, with the `gpus` plugin sampling every 200 ms.
-fn agent(server: &Server, name: &str, path_head: Option<&Path>, state: &Path) -> Agent {
+fn gpu_agent(server: &Server, name: &str, path_head: Option<&Path>, state: &Path) -> Agent {
     let token = server.join_token(json!({})).unwrap();
     let path = match path_head {
         Some(dir) => format!("{}:/usr/bin:/bin", dir.display()),
@@ -28,10 +28,6 @@ fn agent(server: &Server, name: &str, path_head: Option<&Path>, state: &Path) ->
     };
     let state = state.display().to_string();
     let args = [
-        "--server",
-        &server.agent_url(),
-        "--name",
-        name,
         "--token",
         &token,
         "--heartbeat-interval",
@@ -39,11 +35,11 @@ fn agent(server: &Server, name: &str, path_head: Option<&Path>, state: &Path) ->
         "--plugin-interval",
         "gpus=200ms",
     ];
-    Agent::start_raw(
-        args.iter().map(|s| s.to_string()).collect(),
-        &[("PATH", &path), ("FAKE_NVIDIA_SMI_STATE", &state)],
-    )
-    .unwrap()
+    let env = [
+        ("PATH", path.as_str()),
+        ("FAKE_NVIDIA_SMI_STATE", state.as_str()),
+    ];
+    Agent::start_with_env(&server.agent_url(), name, &args, &env).unwrap()
 }
 
 /// The node's latest `gpus` payload once `pred` holds for it.
@@ -77,7 +73,7 @@ fn gpu_samples_from_nvidia_smi_reach_the_cli_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("gpu-state");
     std::fs::write(&state, "idle").unwrap();
-    let _gpu = agent(&server, "h100", Some(&fixtures()), &state);
+    let _gpu = gpu_agent(&server, "h100", Some(&fixtures()), &state);
 
     // Inventory found the GPU through the same tool.
     let node = server
@@ -211,7 +207,7 @@ fn a_node_without_nvidia_smi_reports_no_gpus() {
     let server = Server::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("unused");
-    let _plain = agent(&server, "plain", None, &state);
+    let _plain = gpu_agent(&server, "plain", None, &state);
     let payload = wait_payload(&server, "plain", "an empty GPU report", |p| {
         p["available"] == false
     });

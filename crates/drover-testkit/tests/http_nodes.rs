@@ -7,31 +7,10 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use drover_testkit::{Agent, Server, get_text, registration, tail};
+use drover_testkit::{Server, get_text, registration};
 use serde_json::json;
 
 /// An agent labelled `site=SITE`, files allowed under `root`, `true` allowed to run; returned once connected.
-fn agent(server: &Server, name: &str, site: &str, root: &str) -> Agent {
-    let token = server
-        .join_token(json!({"labels": {"site": site}}))
-        .unwrap();
-    let args = [
-        "--token",
-        &token,
-        "--heartbeat-interval",
-        "300ms",
-        "--allow-path",
-        root,
-        "--allow-exec",
-        "true",
-    ];
-    let a = Agent::start(&server.agent_url(), name, &args).unwrap();
-    server
-        .wait_node(name, "connected", |n| n["connected"] == true)
-        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&a.log(), 30)));
-    a
-}
-
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -45,8 +24,16 @@ fn http_and_offline_nodes_neither_stall_nor_fail_fleet_commands() {
     let server = Server::start().unwrap();
     let files = tempfile::tempdir().unwrap();
     let root = files.path().to_str().unwrap().to_string();
-    let _alive = agent(&server, "alive", "a", &root);
-    let mut gone = agent(&server, "gone", "b", &root);
+    let args = [
+        "--heartbeat-interval",
+        "300ms",
+        "--allow-path",
+        &root,
+        "--allow-exec",
+        "true",
+    ];
+    let _alive = server.attached_agent("alive", json!({"labels": {"site": "a"}}), &args);
+    let mut gone = server.attached_agent("gone", json!({"labels": {"site": "b"}}), &args);
     gone.stop();
     server
         .wait_node("gone", "not connected and not Ready", |n| {

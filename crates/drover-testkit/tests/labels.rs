@@ -16,7 +16,7 @@ const FAST: &[&str] = &[
 ];
 
 /// An agent enrolled with `token` that reports `label` at its first enrollment.
-fn agent(server: &Server, token: &str, root: &Path, label: &str) -> Agent {
+fn labelled_agent(server: &Server, token: &str, root: &Path, label: &str) -> Agent {
     let root = root.to_str().unwrap();
     let mut args = vec![
         "--token",
@@ -73,7 +73,7 @@ fn labels_claimed_after_enrollment_select_nothing_until_accepted() {
     let server = Server::start().unwrap();
     let token = server.join_token(json!({"labels": {"site": "a"}})).unwrap();
     let files = tempfile::tempdir().unwrap();
-    let mut agent = agent(&server, &token, files.path(), "role=edge");
+    let mut agent = labelled_agent(&server, &token, files.path(), "role=edge");
     let node = server
         .wait_node("n1", "connected", |n| n["connected"] == true)
         .unwrap();
@@ -159,7 +159,7 @@ fn trusting_reported_labels_selects_by_what_nodes_report() {
     .unwrap();
     let token = server.join_token(json!({"labels": {"site": "a"}})).unwrap();
     let files = tempfile::tempdir().unwrap();
-    let mut agent = agent(&server, &token, files.path(), "role=edge");
+    let mut agent = labelled_agent(&server, &token, files.path(), "role=edge");
     server
         .wait_node("n1", "connected", |n| n["connected"] == true)
         .unwrap();

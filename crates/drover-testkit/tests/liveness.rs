@@ -64,7 +64,7 @@ fn liveness_multiples_are_configurable() {
         .wait_node("patient", "Ready", |n| n["status"] == "Ready")
         .unwrap();
     agent.kill();
-    // With 50 intervals of grace (5 s) the node is still Ready one second later...
+    // With 50 intervals of grace (5 s) the node is still Ready one second later (deliberate wait)...
     std::thread::sleep(std::time::Duration::from_millis(1000));
     let node = server.wait_node("patient", "listed", |_| true).unwrap();
     assert_eq!(node["status"], "Ready");
@@ -94,6 +94,7 @@ fn agents_reconnect_after_a_server_restart() {
             .unwrap();
     }
     server.kill();
+    // Deliberate: an outage the agents ride out before the server comes back.
     std::thread::sleep(std::time::Duration::from_millis(500));
     server.restart().unwrap();
     let restarted_at = chrono::Utc::now();

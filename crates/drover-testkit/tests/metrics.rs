@@ -8,19 +8,6 @@ use drover_testkit::{
 };
 use serde_json::json;
 
-fn agent(server: &Server, name: &str, extra: &[&str]) -> Agent {
-    let token = server.join_token(json!({})).unwrap();
-    let mut args = vec!["--token", &token, "--heartbeat-interval", "300ms"];
-    args.extend_from_slice(extra);
-    let a = Agent::start(&server.agent_url(), name, &args).unwrap();
-    server
-        .wait_node(name, "connected and Ready", |n| {
-            n["connected"] == true && n["status"] == "Ready"
-        })
-        .unwrap();
-    a
-}
-
 /// Scrapes `url` until `pred` holds for the parsed samples; each scrape must parse.
 fn scrape_until(
     url: &str,
@@ -47,8 +34,14 @@ fn server_metrics_need_a_token_on_the_api_and_none_on_their_own_listener() {
         ],
     })
     .unwrap();
-    let _a = agent(&server, "alpha", &["--allow-shell"]);
-    let _b = agent(&server, "beta", &["--allow-shell"]);
+    let _a = server.agent("alpha", &["--allow-shell"]);
+    server
+        .wait_node("alpha", "Ready", |n| n["status"] == "Ready")
+        .unwrap();
+    let _b = server.agent("beta", &["--allow-shell"]);
+    server
+        .wait_node("beta", "Ready", |n| n["status"] == "Ready")
+        .unwrap();
     let task = server
         .create_task(json!({"target": "all", "spec": {"kind": "exec", "shell": "true"}}))
         .unwrap();
@@ -231,7 +224,10 @@ fn per_node_gauges_come_with_the_flag() {
         args: vec!["--metrics-per-node".into()],
     })
     .unwrap();
-    let _a = agent(&server, "gamma", &[]);
+    let _a = server.agent("gamma", &[]);
+    server
+        .wait_node("gamma", "Ready", |n| n["status"] == "Ready")
+        .unwrap();
     let url = format!("{}/metrics", server.api_url());
     let token = server.admin_token();
     let samples = scrape_until(&url, Some(&token), "gamma's gauges", |s| {
@@ -259,8 +255,7 @@ fn agent_metrics_listen_serves_its_own_counters() {
     let mut server = Server::start().unwrap();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let _a = agent(
-        &server,
+    let _a = server.agent(
         "delta",
         &[
             "--allow-shell",
@@ -270,6 +265,9 @@ fn agent_metrics_listen_serves_its_own_counters() {
             "metrics=200ms",
         ],
     );
+    server
+        .wait_node("delta", "Ready", |n| n["status"] == "Ready")
+        .unwrap();
     let task = server
         .create_task(
             json!({"target": {"node": "delta"}, "spec": {"kind": "exec", "shell": "exit 3"}}),

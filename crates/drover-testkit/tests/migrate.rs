@@ -2,18 +2,8 @@
 //! PostgreSQL cluster (started by the test), then served from it on the same data dir, with the agent
 //! reconnecting without enrolling again.
 
-use drover_testkit::{Postgres, Server, ServerOptions, TIMEOUT, drover_cli, tail, wait_for};
+use drover_testkit::{Postgres, Server, ServerOptions, drover_cli, tail};
 use serde_json::{Value, json};
-
-fn converged(server: &Server) -> Option<Value> {
-    let s = server.get("/api/v1/nodes/edge/status").ok()?.body;
-    let ok = s["desired_generation"].as_u64().is_some_and(|g| g > 0)
-        && s["observed_generation"] == s["desired_generation"]
-        && s["resources"]
-            .as_array()
-            .is_some_and(|r| !r.is_empty() && r.iter().all(|r| r["state"] == "Ready"));
-    ok.then_some(s)
-}
 
 fn migrate(server: &Server, url: &str, extra: &[&str]) -> (i32, String, String) {
     let out = drover_cli()
@@ -59,7 +49,8 @@ fn a_sqlite_fleet_moves_to_postgres_and_its_agent_stays_enrolled() {
         .post("/api/v1/manifests", Some(&server.admin_token()), &manifest)
         .unwrap();
     assert_eq!(applied.status, 200, "{applied:?}");
-    wait_for("convergence", TIMEOUT, || converged(&server))
+    server
+        .wait_converged("edge")
         .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&agent.log(), 30)));
     let created = server
         .post(
@@ -139,7 +130,7 @@ fn a_sqlite_fleet_moves_to_postgres_and_its_agent_stays_enrolled() {
             .any(|m| m["name"] == "base" && m["generation"] == 1)),
         "{manifests}"
     );
-    wait_for("convergence on PostgreSQL", TIMEOUT, || converged(&server)).unwrap();
+    server.wait_converged("edge").unwrap();
     let as_olga = server
         .request("GET", "/api/v1/nodes", Some(&olga), None)
         .unwrap();

@@ -11,16 +11,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drover_testkit::{Agent, Server, ServerOptions, drover_cli};
+use drover_testkit::{Agent, Server, ServerOptions, drover_cli, stderr, stdout};
 use serde_json::{Value, json};
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Creates an operator with the admin's CLI and returns its JSON (token, ca_fingerprint, ...).
 fn create_operator(server: &Server, name: &str, role: &str) -> Value {

@@ -14,7 +14,7 @@ use drover_proto::v1::{
     AgentMessage, Heartbeat, Metrics, OutputChunk, TaskExit, TaskOutput, agent_message::Msg,
     server_message,
 };
-use drover_testkit::{Agent, Server, TIMEOUT, wait_for};
+use drover_testkit::{Server, TIMEOUT, wait_for};
 use drover_types::Labels;
 use drover_types::task::MAX_CHUNK_BYTES;
 use serde_json::{Value, json};
@@ -22,26 +22,6 @@ use tokio::sync::mpsc;
 
 fn send(msg: Msg) -> AgentMessage {
     AgentMessage { msg: Some(msg) }
-}
-
-fn agent(server: &Server, name: &str) -> Agent {
-    let token = server.join_token(json!({})).unwrap();
-    let a = Agent::start(
-        &server.agent_url(),
-        name,
-        &[
-            "--token",
-            &token,
-            "--allow-shell",
-            "--heartbeat-interval",
-            "300ms",
-        ],
-    )
-    .unwrap();
-    server
-        .wait_node(name, "connected", |n| n["connected"] == true)
-        .unwrap();
-    a
 }
 
 fn rss_mib(server: &Server) -> f64 {
@@ -113,7 +93,7 @@ fn received(
 #[test]
 fn out_of_order_output_is_bounded_and_an_oversized_chunk_ends_its_run() {
     let server = Server::start().unwrap();
-    let _good = agent(&server, "good");
+    let _good = server.agent("good", &["--allow-shell"]);
     let token = server.join_token(json!({})).unwrap();
     let state = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -282,7 +262,7 @@ fn stalled_follower(server: &Server, task: &str) -> TcpStream {
 #[test]
 fn followers_that_do_not_read_hold_a_few_pages_each() {
     let server = Server::start().unwrap();
-    let _box = agent(&server, "box");
+    let _box = server.agent("box", &["--allow-shell"]);
     // 32 MiB of output, stored.
     const SIZE: usize = 32 << 20;
     let task = server
@@ -303,6 +283,7 @@ fn followers_that_do_not_read_hold_a_few_pages_each() {
     let mut after = rss_mib(&server);
     let settle = Instant::now();
     while settle.elapsed() < Duration::from_secs(2) {
+        // Deliberate: samples the peak over a further 2 s.
         std::thread::sleep(Duration::from_millis(200));
         after = after.max(rss_mib(&server));
     }

@@ -4,71 +4,32 @@
 
 use std::path::Path;
 
-use drover_testkit::{Agent, Podman, Server, TIMEOUT, wait_for};
+use drover_testkit::{Fleet, Podman, TIMEOUT, wait_for};
 use serde_json::{Value, json};
 
+/// The edge fleet, with the policy tests' own checks.
 struct Node {
-    server: Server,
-    agent: Agent,
-    files: tempfile::TempDir,
+    fleet: Fleet,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
 }
 
 /// A server and one agent named `edge` (label role=edge) whose allowed root is a temp dir.
-fn node(extra: &[&str], env: &[(&str, &str)]) -> Node {
-    let server = Server::start().unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let token = server
-        .join_token(json!({"labels": {"role": "edge"}}))
-        .unwrap();
-    let mut args: Vec<String> = [
-        "--server",
-        &server.agent_url(),
-        "--name",
-        "edge",
-        "--token",
-        &token,
-        "--heartbeat-interval",
-        "300ms",
-        "--resync-interval",
-        "500ms",
-        "--allow-path",
-        files.path().to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let agent = Agent::start_raw(args, env).unwrap();
-    server
-        .wait_node("edge", "connected", |n| n["connected"] == true)
-        .unwrap();
+fn edge(extra: &[&str], env: &[(&str, &str)]) -> Node {
     Node {
-        server,
-        agent,
-        files,
+        fleet: Fleet::edge_with_env(extra, env),
     }
 }
 
 impl Node {
-    fn path(&self, name: &str) -> String {
-        self.files.path().join(name).to_str().unwrap().to_string()
-    }
-
     fn apply(&self, name: &str, resources: Vec<Value>) {
-        let manifest = json!({"name": name, "selector": {"role": "edge"}, "resources": resources});
-        let r = self
-            .server
-            .post(
-                "/api/v1/manifests",
-                Some(&self.server.admin_token()),
-                &manifest,
-            )
-            .unwrap();
-        assert_eq!(r.status, 200, "{r:?}");
-    }
-
-    fn status(&self) -> Value {
-        self.server.get("/api/v1/nodes/edge/status").unwrap().body
+        self.fleet
+            .apply(json!({"name": name, "selector": {"role": "edge"}, "resources": resources}));
     }
 
     fn wait_resource(&self, id: &str, state: &str) -> Value {
@@ -124,7 +85,7 @@ fn refused(run: &Value, rule: &str, naming: &str) {
 
 #[test]
 fn an_exec_only_node_refuses_loader_variables_and_unnamed_env() {
-    let n = node(
+    let n = edge(
         &[
             "--allow-exec",
             "/usr/bin/env",
@@ -172,13 +133,13 @@ fn an_exec_only_node_refuses_loader_variables_and_unnamed_env() {
 
 #[test]
 fn an_exec_only_node_without_allow_env_passes_no_variables() {
-    let n = node(&["--allow-exec", "/bin/true"], &[]);
+    let n = edge(&["--allow-exec", "/bin/true"], &[]);
     let run = n.exec(json!({"kind": "exec", "argv": ["/bin/true"], "env": {"LANG": "C"}}));
     refused(&run, "allow-env", "LANG");
     let run = n.exec(json!({"kind": "exec", "argv": ["/bin/true"]}));
     assert_eq!(run["state"], "Succeeded", "{run}");
     // With --allow-shell, the environment is the task's own business.
-    let shell = node(&["--allow-shell"], &[]);
+    let shell = edge(&["--allow-shell"], &[]);
     let run = shell.exec(json!({"kind": "exec", "argv": ["/bin/true"], "env": {"LD_PRELOAD": ""}}));
     assert_eq!(run["state"], "Succeeded", "{run}");
     n.still_up();
@@ -186,7 +147,7 @@ fn an_exec_only_node_without_allow_env_passes_no_variables() {
 
 #[test]
 fn a_plain_agent_accepts_files_and_refuses_every_kind_that_runs_code() {
-    let n = node(&[], &[]);
+    let n = edge(&[], &[]);
     let marker = n.path("job-ran");
     n.apply(
         "mixed",
@@ -270,7 +231,7 @@ fn a_plain_agent_accepts_files_and_refuses_every_kind_that_runs_code() {
 
 #[test]
 fn shell_jobs_need_both_the_kind_and_shell() {
-    let n = node(&["--allow-kind", "shell_job"], &[]);
+    let n = edge(&["--allow-kind", "shell_job"], &[]);
     let marker = n.path("job-ran");
     n.apply(
         "jobs",
@@ -287,7 +248,7 @@ fn container_bind_mounts_must_lie_under_the_allowed_mount_roots() {
     let podman = Podman::start().unwrap();
     let data = tempfile::tempdir().unwrap();
     let data_root = data.path().to_str().unwrap().to_string();
-    let n = node(
+    let n = edge(
         &["--allow-kind", "container", "--allow-mount", &data_root],
         &[("DOCKER_HOST", &podman.docker_host())],
     );
@@ -325,7 +286,7 @@ fn container_bind_mounts_must_lie_under_the_allowed_mount_roots() {
 
 #[test]
 fn a_changed_path_keeps_the_file_that_was_there_and_removes_drovers_own() {
-    let n = node(&[], &[]);
+    let n = edge(&[], &[]);
     // Drover creates its own file.
     let own = n.path("own.conf");
     n.apply(

@@ -1,25 +1,8 @@
 //! `drover server --database postgres://…` with a real agent: the fleet's records live in a real
 //! PostgreSQL cluster (started by the test, removed at its end) and are all there after a restart.
 
-use drover_testkit::{Postgres, Server, ServerOptions, TIMEOUT, tail, wait_for};
-use serde_json::{Value, json};
-
-fn run_of<'a>(task: &'a Value, node: &str) -> &'a Value {
-    task["runs"]
-        .as_array()
-        .and_then(|runs| runs.iter().find(|r| r["node_name"] == node))
-        .unwrap_or_else(|| panic!("no run on {node}: {task}"))
-}
-
-fn converged(server: &Server) -> Option<Value> {
-    let s = server.get("/api/v1/nodes/edge/status").ok()?.body;
-    let ok = s["desired_generation"].as_u64().is_some_and(|g| g > 0)
-        && s["observed_generation"] == s["desired_generation"]
-        && s["resources"]
-            .as_array()
-            .is_some_and(|r| !r.is_empty() && r.iter().all(|r| r["state"] == "Ready"));
-    ok.then_some(s)
-}
+use drover_testkit::{Postgres, Server, ServerOptions, run_of, tail};
+use serde_json::json;
 
 #[test]
 fn a_server_on_postgres_enrolls_runs_applies_and_keeps_it_all_across_a_restart() {
@@ -66,7 +49,8 @@ fn a_server_on_postgres_enrolls_runs_applies_and_keeps_it_all_across_a_restart()
         .post("/api/v1/manifests", Some(&server.admin_token()), &manifest)
         .unwrap();
     assert_eq!(applied.status, 200, "{applied:?}");
-    let status = wait_for("convergence", TIMEOUT, || converged(&server))
+    let status = server
+        .wait_converged("edge")
         .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&agent.log(), 30)));
     assert_eq!(std::fs::read_to_string(&motd).unwrap(), "hello\n");
 
@@ -87,10 +71,7 @@ fn a_server_on_postgres_enrolls_runs_applies_and_keeps_it_all_across_a_restart()
         .and_then(|m| m.iter().find(|m| m["name"] == "base"))
         .unwrap_or_else(|| panic!("the manifest is kept: {manifests}"));
     assert_eq!(base["generation"], 1);
-    let after = wait_for("convergence after the restart", TIMEOUT, || {
-        converged(&server)
-    })
-    .unwrap();
+    let after = server.wait_converged("edge").unwrap();
     assert_eq!(after["desired_generation"], status["desired_generation"]);
     let audit = server.get("/api/v1/audit").unwrap().body;
     let actions: Vec<&str> = audit

@@ -162,7 +162,8 @@ fn unchanged_payloads_are_not_resent_and_late_calls_are_rescheduled() {
     let _agent = start(&server, &[]);
     wait_active(&server, &["test_probe"]);
 
-    // The probe updates every 100 ms with the same payload: nothing after the initial one is sent.
+    // The probe updates every 100 ms with the same payload: nothing after the initial one is sent
+    // (deliberate wait: a window in which nothing may be sent).
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let p = probe(&server);
     assert_eq!(p["seq"], 0, "{p}");
@@ -174,6 +175,7 @@ fn unchanged_payloads_are_not_resent_and_late_calls_are_rescheduled() {
         (probe(&server)["payload"]["value"] == 5).then_some(())
     })
     .unwrap();
+    // Deliberate: a window in which the unchanged value must not be sent again.
     std::thread::sleep(std::time::Duration::from_millis(1000));
     assert_eq!(probe(&server)["seq"], 1);
 

@@ -5,17 +5,23 @@
 
 use std::path::{Path, PathBuf};
 
-use drover_testkit::{Agent, Server, TIMEOUT, wait_for};
+use drover_testkit::{Fleet, Server, TIMEOUT, wait_for};
 use drover_types::signing::{CommandSignature, SecretKey};
 use serde_json::{Value, json};
 
-struct Fleet {
-    server: Server,
-    agent: Agent,
-    files: tempfile::TempDir,
+/// The edge fleet whose agent pins the keys `a` and `b` (rotation), and the keys.
+struct Signed {
+    fleet: Fleet,
     keys: tempfile::TempDir,
     /// Public keys of `a` and `b` (pinned) and `x` (not).
     public: std::collections::BTreeMap<&'static str, String>,
+}
+
+impl std::ops::Deref for Signed {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
 }
 
 fn keys_create(server: &Server, dir: &Path) -> String {
@@ -34,54 +40,32 @@ fn keys_create(server: &Server, dir: &Path) -> String {
     line
 }
 
-fn fleet() -> Fleet {
+fn signed() -> Signed {
     let server = Server::start().unwrap();
-    let files = tempfile::tempdir().unwrap();
     let keys = tempfile::tempdir().unwrap();
     let mut public = std::collections::BTreeMap::new();
     for k in ["a", "b", "x"] {
         public.insert(k, keys_create(&server, &keys.path().join(k)));
     }
-    let token = server
-        .join_token(json!({"labels": {"role": "edge"}}))
-        .unwrap();
-    let args: Vec<String> = [
-        "--server",
-        &server.agent_url(),
-        "--name",
-        "edge",
-        "--token",
-        &token,
-        "--heartbeat-interval",
-        "300ms",
-        "--resync-interval",
-        "500ms",
-        "--allow-path",
-        files.path().to_str().unwrap(),
+    let args = [
         "--allow-exec",
         "touch",
         "--manifest-key",
         &public["a"],
         "--manifest-key",
         &public["b"],
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let agent = Agent::start_raw(args, &[]).unwrap();
-    server
-        .wait_node("edge", "connected", |n| n["connected"] == true)
-        .unwrap();
-    Fleet {
-        server,
-        agent,
-        files,
+    ];
+    let fleet = Fleet::new(server, |server, root| {
+        server.start_edge_agent(root, &args).unwrap().0
+    });
+    Signed {
+        fleet,
         keys,
         public,
     }
 }
 
-impl Fleet {
+impl Signed {
     fn path(&self, name: &str) -> PathBuf {
         self.files.path().join(name)
     }
@@ -111,10 +95,6 @@ impl Fleet {
                 self.key(key).to_str().unwrap(),
             ])
             .unwrap()
-    }
-
-    fn status(&self) -> Value {
-        self.server.get("/api/v1/nodes/edge/status").unwrap().body
     }
 
     /// Waits for resource `id` to be in `state` (and, for Refused, by `rule`).
@@ -170,7 +150,7 @@ fn refused(run: &Value, rule: &str) {
 
 #[test]
 fn a_pinned_node_applies_only_signed_manifests_and_refuses_every_tampering() {
-    let f = fleet();
+    let f = signed();
     // Unsigned through REST: refused, nothing written.
     let plain = f.path("plain");
     let r = f
@@ -249,19 +229,18 @@ fn a_pinned_node_applies_only_signed_manifests_and_refuses_every_tampering() {
     f.wait_resource("motd", "Refused", Some("older version"));
     assert_eq!(f.motd(), "three");
     // Even after the agent restarts (the versions it saw are on disk).
-    let mut agent = f.agent;
-    agent.restart(None).unwrap();
+    let mut f = f;
+    f.fleet.agent.restart(None).unwrap();
     f.server
         .wait_node("edge", "reconnected", |n| n["connected"] == true)
         .unwrap();
-    let f = Fleet { agent, ..f };
     f.wait_resource("motd", "Refused", Some("older version"));
     assert_eq!(f.motd(), "three");
 }
 
 #[test]
 fn signing_again_with_another_key_keeps_the_generation_and_keys_lists_the_signer() {
-    let f = fleet();
+    let f = signed();
     assert!(f.apply_signed(1, "one", "a").status.success());
     let first = f.server.get("/api/v1/manifests/web").unwrap().body;
     assert!(f.apply_signed(1, "one", "b").status.success());
@@ -280,7 +259,7 @@ fn signing_again_with_another_key_keeps_the_generation_and_keys_lists_the_signer
 
 #[test]
 fn a_pinned_node_runs_only_signed_commands_once_within_their_window() {
-    let f = fleet();
+    let f = signed();
     let done = f.path("signed");
     // A signed exec runs.
     let out = f

@@ -6,31 +6,11 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use drover_testkit::{Agent, Server, TIMEOUT, wait_for};
+use drover_testkit::{Agent, Server, TIMEOUT, run_of, wait_for};
 use serde_json::{Value, json};
-
-fn agent(server: &Server, name: &str, extra: &[&str]) -> Agent {
-    let token = server.join_token(json!({})).unwrap();
-    let mut args = vec!["--token", &token, "--heartbeat-interval", "300ms"];
-    args.extend_from_slice(extra);
-    let a = Agent::start(&server.agent_url(), name, &args).unwrap();
-    server
-        .wait_node(name, "connected", |n| n["connected"] == true)
-        .unwrap();
-    a
-}
 
 fn shell(node: &str, script: &str) -> Value {
     json!({"target": {"node": node}, "spec": {"kind": "exec", "shell": script}})
-}
-
-fn run_of<'a>(task: &'a Value, node: &str) -> &'a Value {
-    task["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["node_name"] == node)
-        .unwrap()
 }
 
 /// Processes whose whole command line matches `pattern` (anchor it, so the shell or CLI that carries the
@@ -49,7 +29,7 @@ fn pgrep(pattern: &str) -> Vec<String> {
 #[test]
 fn output_streams_live_and_in_order_and_exit_codes_pass_through() {
     let server = Server::start().unwrap();
-    let _a = agent(&server, "box", &["--allow-shell"]);
+    let _a = server.agent("box", &["--allow-shell"]);
 
     // Order across stdout and stderr is the order the lines were written.
     let task = server
@@ -166,7 +146,7 @@ fn output_streams_live_and_in_order_and_exit_codes_pass_through() {
 #[test]
 fn cancel_and_timeout_kill_the_whole_process_tree() {
     let server = Server::start().unwrap();
-    let _a = agent(&server, "box", &["--allow-shell"]);
+    let _a = server.agent("box", &["--allow-shell"]);
 
     let task = server
         .create_task(shell("box", "sleep 1000 & sleep 1000; echo never"))
@@ -221,7 +201,7 @@ fn cancel_and_timeout_kill_the_whole_process_tree() {
 #[test]
 fn output_made_while_the_server_is_down_arrives_and_nothing_runs_twice() {
     let mut server = Server::start().unwrap();
-    let _a = agent(&server, "box", &["--allow-shell"]);
+    let _a = server.agent("box", &["--allow-shell"]);
     let marker = tempfile::tempdir().unwrap();
     let runs = marker.path().join("runs");
     let script = format!(
@@ -240,6 +220,7 @@ fn output_made_while_the_server_is_down_arrives_and_nothing_runs_twice() {
     })
     .unwrap();
     server.kill();
+    // Deliberate: the outage lasts while the task prints `during`.
     std::thread::sleep(Duration::from_millis(1500));
     server.restart().unwrap();
     let done = server.wait_task_done(&id).unwrap();
@@ -280,7 +261,7 @@ fn fan_out_over_many_nodes_with_a_summary_and_a_parallelism_limit() {
             .unwrap()
         })
         .collect();
-    let _other = agent(&server, "core", &["--allow-shell"]);
+    let _other = server.agent("core", &["--allow-shell"]);
     for i in 0..3 {
         server
             .wait_node(&format!("edge-{i}"), "connected", |n| {
@@ -345,7 +326,7 @@ fn fan_out_over_many_nodes_with_a_summary_and_a_parallelism_limit() {
 #[test]
 fn the_node_policy_refuses_shell_and_unlisted_programs() {
     let server = Server::start().unwrap();
-    let _a = agent(&server, "locked", &["--allow-exec", "echo"]);
+    let _a = server.agent("locked", &["--allow-exec", "echo"]);
     let out = server
         .cli(&["exec", "locked", "--shell", "echo hi"])
         .unwrap();
@@ -376,7 +357,7 @@ fn the_node_policy_refuses_shell_and_unlisted_programs() {
 #[test]
 fn the_agent_queues_tasks_beyond_its_limit() {
     let server = Server::start().unwrap();
-    let _a = agent(&server, "small", &["--allow-shell", "--max-tasks", "1"]);
+    let _a = server.agent("small", &["--allow-shell", "--max-tasks", "1"]);
     let script = "echo start $(date +%s%N); sleep 0.5; echo end $(date +%s%N)";
     let ids: Vec<String> = (0..2)
         .map(|_| {
@@ -412,7 +393,7 @@ fn the_agent_queues_tasks_beyond_its_limit() {
 #[test]
 fn tasks_are_listed_replayed_and_audited() {
     let server = Server::start().unwrap();
-    let _a = agent(&server, "box", &["--allow-shell"]);
+    let _a = server.agent("box", &["--allow-shell"]);
     let out = server
         .cli(&["exec", "box", "--shell", "echo logged"])
         .unwrap();
@@ -502,7 +483,7 @@ fn tasks_are_listed_replayed_and_audited() {
 #[test]
 fn user_switching_needs_a_root_agent() {
     let server = Server::start().unwrap();
-    let _a = agent(&server, "box", &["--allow-shell"]);
+    let _a = server.agent("box", &["--allow-shell"]);
     let out = server
         .cli(&["exec", "box", "--user", "nobody", "--", "id", "-u"])
         .unwrap();
@@ -538,7 +519,7 @@ impl Drop for Running {
 #[test]
 fn exec_rides_out_a_server_restart_and_prints_every_line_once() {
     let mut server = Server::start().unwrap();
-    let _a = agent(&server, "box", &["--allow-shell"]);
+    let _a = server.agent("box", &["--allow-shell"]);
     let mut cli = Running(
         server
             .cli_command(&[
@@ -600,7 +581,7 @@ fn sse_with_ids(text: &str) -> Vec<(String, String, Value)> {
 #[test]
 fn an_output_stream_resumes_after_the_last_event_id() {
     let server = Server::start().unwrap();
-    let _a = agent(&server, "box", &["--allow-shell"]);
+    let _a = server.agent("box", &["--allow-shell"]);
     let task = server
         .create_task(shell(
             "box",

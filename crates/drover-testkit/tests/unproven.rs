@@ -52,6 +52,7 @@ fn an_agent_attaches_while_idle_sockets_are_held_against_the_agent_port() {
                         reopened += 1;
                     }
                 }
+                // Deliberate: paces the check for closed sockets.
                 std::thread::sleep(Duration::from_millis(100));
             }
             reopened

@@ -2,7 +2,6 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use drover_testkit::{TIMEOUT, bin, free_port, wait_for};
 
@@ -88,14 +87,13 @@ fn up_starts_a_server_and_an_enrolled_local_agent() {
     assert!(status.success(), "{status:?}\n{}", up_log());
     // Its log (server and agent, to a file here) carries no colour codes.
     assert!(!up_log().contains('\x1b'), "ANSI escapes in:\n{}", up_log());
-    std::thread::sleep(Duration::from_millis(200));
-    let leftovers = Command::new("pgrep")
-        .args(["-f", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        leftovers.stdout.is_empty(),
-        "processes left behind: {}",
-        String::from_utf8_lossy(&leftovers.stdout)
-    );
+    // Its children may take a moment to be reaped after it exits.
+    wait_for("no process left behind", TIMEOUT, || {
+        let leftovers = Command::new("pgrep")
+            .args(["-f", data.to_str().unwrap()])
+            .output()
+            .ok()?;
+        leftovers.stdout.is_empty().then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: processes left behind"));
 }

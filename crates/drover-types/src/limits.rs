@@ -95,6 +95,9 @@ pub fn clip(text: &mut String, max: usize) {
     text.push_str(MARK);
 }
 
+/// Bytes of one gRPC message either way, and of one blob uploaded over REST: blobs travel whole.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;

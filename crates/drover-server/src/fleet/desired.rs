@@ -400,7 +400,7 @@ impl Fleet {
             .desired_versions()
             .await?
             .into_iter()
-            .map(|(id, generation, hash)| (id, (generation, hash)))
+            .map(|v| (v.node_id, (v.generation, v.hash)))
             .collect();
         let nodes = self.nodes().await?;
         let manifests = self.manifests().await?;
@@ -555,14 +555,12 @@ impl Fleet {
             .convergence_of(ids)
             .await?
             .into_iter()
-            .map(
-                |(node_id, node_name, desired_generation, convergence)| NodeStatusReport {
-                    node_id,
-                    node_name,
-                    desired_generation,
-                    convergence: convergence.unwrap_or_default(),
-                },
-            )
+            .map(|row| NodeStatusReport {
+                node_id: row.node_id,
+                node_name: row.node_name,
+                desired_generation: row.desired_generation,
+                convergence: row.report.unwrap_or_default(),
+            })
             .collect())
     }
 

@@ -6,32 +6,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use drover_types::NodeStatus;
 use drover_types::gpu::{GpuReport, GpuSample};
-use drover_types::{Metrics, NodeStatus};
 
 use super::{Fleet, FleetError};
-use crate::store::FleetCounts;
+pub use crate::metrics::{NodeGauges, Observation};
 
 /// The plugin whose payloads are GPU samples.
 pub const GPU_PLUGIN: &str = "gpus";
-
-pub struct Observation {
-    pub nodes_by_status: Vec<(&'static str, u64)>,
-    pub connected: usize,
-    /// The store's counts (its `nodes` already folded into `nodes_by_status`).
-    pub counts: FleetCounts,
-    pub per_node: Option<Vec<NodeGauges>>,
-}
-
-/// One node's gauges, for `--metrics-per-node`.
-pub struct NodeGauges {
-    pub name: String,
-    pub metrics: Option<Metrics>,
-    pub mem_mb: Option<u64>,
-    pub disk_mb: Option<u64>,
-    /// The latest sample of the node's `gpus` session.
-    pub gpus: Vec<GpuSample>,
-}
 
 fn status_name(s: NodeStatus) -> &'static str {
     match s {

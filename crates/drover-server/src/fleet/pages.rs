@@ -115,15 +115,15 @@ impl Fleet {
         let (rows, total) = self.store.convergence_page(&query).await?;
         let reports = rows
             .into_iter()
-            .map(|(node_id, node_name, desired_generation, convergence)| {
-                let mut convergence = convergence.unwrap_or_default();
+            .map(|row| {
+                let mut convergence = row.report.unwrap_or_default();
                 if let Some(m) = &query.manifest {
                     convergence.resources.retain(|r| &r.manifest == m);
                 }
                 NodeStatusReport {
-                    node_id,
-                    node_name,
-                    desired_generation,
+                    node_id: row.node_id,
+                    node_name: row.node_name,
+                    desired_generation: row.desired_generation,
                     convergence,
                 }
             })

@@ -21,7 +21,9 @@ use tokio::sync::broadcast;
 
 use super::fold::{Fold, Written};
 use super::{Fleet, FleetError};
-use crate::store::{OutputRecord, RunPatch, RunQuery, SERVER_ONLY_CANCEL, Store, StoreError};
+use crate::store::{
+    OpenRun, OutputRecord, RunPatch, RunQuery, SERVER_ONLY_CANCEL, Store, StoreError,
+};
 use crate::sync::lock;
 
 /// Something that happened to a task, for live followers.
@@ -1026,7 +1028,7 @@ impl Fleet {
             }
         };
         let mut lost = Vec::new();
-        for (task_id, run, spec) in open {
+        for OpenRun { task_id, run, spec } in open {
             if run.state != RunState::Running {
                 continue;
             }

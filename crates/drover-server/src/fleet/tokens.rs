@@ -107,6 +107,7 @@ impl Fleet {
         Ok(self
             .store
             .use_join_token(&t.id, &sha256_hex(&t.secret), Utc::now())
-            .await??)
+            .await?
+            .into_result()?)
     }
 }

@@ -296,7 +296,7 @@ async fn handshake(
         Ok(Ok(n)) if n > 0 => {}
         Ok(_) => return None,
         Err(_) => {
-            metrics.agent_connection("handshake_timeout");
+            metrics.agent_connection("silent_timeout");
             tracing::debug!(peer = %addr, "no TLS handshake began in time");
             return None;
         }

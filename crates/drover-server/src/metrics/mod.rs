@@ -5,7 +5,7 @@
 //! ([`crate::Fleet::observe`]) so nothing has to be kept in step. Served on the REST address at `/metrics`
 //! (an operator token, viewer role) and, with `--metrics-listen`, on an address of its own without one.
 
-pub(crate) mod http;
+mod observation;
 mod timed_store;
 
 use std::time::Duration;
@@ -18,9 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::fleet::Observation;
-
-pub use http::{CONTENT_TYPE, scrape, serve_open, track_requests};
+pub use observation::{NodeGauges, Observation};
 pub use timed_store::TimedStore;
 
 /// Label sets: a few fixed keys each, values from a small set (route patterns, states), never raw input.
@@ -97,7 +95,7 @@ impl ServerMetrics {
         registry.register(
             "agent_connections",
             "Agent connections and streams by outcome: attached, or why not (handshake_failed, \
-             handshake_timeout, preface_timeout, unproven_busy, unproven_timeout, hello_timeout, attach_refused)",
+             silent_timeout, handshake_timeout, preface_timeout, unproven_busy, unproven_timeout, hello_timeout, attach_refused)",
             agent_connections.clone(),
         );
         let agent_connect: Family<Labels, Histogram> =
@@ -258,7 +256,7 @@ fn fleet_registry(o: &Observation) -> Registry {
     r
 }
 
-fn per_node_gauges(r: &mut Registry, nodes: &[crate::fleet::NodeGauges]) {
+fn per_node_gauges(r: &mut Registry, nodes: &[NodeGauges]) {
     let cpu = gauges(r, "node_cpu_usage_percent", "A node's CPU usage");
     let mem = gauges(r, "node_memory_usage_percent", "A node's memory usage");
     let mem_total = gauges(r, "node_memory_total_bytes", "A node's memory");

@@ -12,15 +12,17 @@ use drover_types::{
     manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest},
     operator::OperatorInfo,
     signing::Signature,
-    task::{AuditEntry, LateExit, RunState, Task, TaskRun, TaskSpec},
-    token::{JoinTokenInfo, TokenRefusal},
+    task::{AuditEntry, LateExit, RunState, Task, TaskRun},
+    token::JoinTokenInfo,
 };
 
 use super::ServerMetrics;
+use crate::store::prelude::*;
 use crate::store::{
-    AuditFilter, ConvergenceQuery, ConvergenceRow, FleetCounts, JoinTokenRecord, ManifestCounts,
-    MetricsHistory, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OperatorRecord,
-    OutputRecord, PutManifest, RunPatch, RunQuery, Store, StoreError, TaskPage, TaskSummary,
+    AuditFilter, ConvergenceQuery, ConvergenceRow, DesiredVersion, FleetCounts, JoinTokenRecord,
+    ManifestCounts, MetricsHistory, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun,
+    OpenRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, RunQuery, StoreError, TaskPage,
+    TaskSummary, TokenUse,
 };
 
 pub struct TimedStore {
@@ -34,81 +36,116 @@ impl TimedStore {
     }
 }
 
-/// Implements `Store` by timing each listed operation around the inner store's.
+/// Implements each store trait by timing each listed operation around the inner store's (`Store`, their sum,
+/// follows from its blanket impl).
 macro_rules! timed {
-    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
-        #[async_trait]
-        impl Store for TimedStore {
-            $(
-                async fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
-                    let start = Instant::now();
-                    let result = self.inner.$name($($arg),*).await;
-                    self.metrics.store_op(stringify!($name), start.elapsed());
-                    result
-                }
-            )*
-        }
+    ($(impl $store:ident { $($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)* })*) => {
+        $(
+            #[async_trait]
+            impl $store for TimedStore {
+                $(
+                    async fn $name(&self, $($arg: $ty),*) -> Result<$ret, StoreError> {
+                        let start = Instant::now();
+                        let result = self.inner.$name($($arg),*).await;
+                        self.metrics.store_op(stringify!($name), start.elapsed());
+                        result
+                    }
+                )*
+            }
+        )*
     };
 }
 
 timed! {
-    ping() -> ();
-    try_lead() -> bool;
-    insert_join_token(token: &JoinTokenRecord) -> ();
-    list_join_tokens() -> Vec<JoinTokenInfo>;
-    get_join_token(id: &str) -> Option<JoinTokenRecord>;
-    revoke_join_token(id: &str) -> bool;
-    use_join_token(id: &str, secret_sha256: &str, now: DateTime<Utc>) -> Result<JoinTokenInfo, TokenRefusal>;
-    put_operator(operator: &OperatorRecord) -> bool;
-    list_operators() -> Vec<OperatorInfo>;
-    operator_by_token(token_sha256: &str) -> Option<OperatorInfo>;
-    revoke_operator(name: &str) -> bool;
-    insert_node(node: &NodeRecord) -> ();
-    modify_node(id: &str, change: NodeChange) -> Option<NodeRecord>;
-    get_node(id: &str) -> Option<NodeRecord>;
-    get_node_by_name(name: &str) -> Option<NodeRecord>;
-    get_node_by_token(token_sha256: &str) -> Option<NodeRecord>;
-    list_nodes() -> Vec<NodeRecord>;
-    list_nodes_page(query: &NodeQuery) -> (Vec<NodeRecord>, NodeCounts);
-    delete_node(id: &str) -> bool;
-    record_heartbeat(id: &str, at: DateTime<Utc>, metrics: &Metrics, history: MetricsHistory) -> bool;
-    record_heartbeats(beats: Vec<(String, DateTime<Utc>, Metrics)>, history: MetricsHistory) -> ();
-    metrics_history(id: &str, limit: usize) -> Vec<MetricsSample>;
-    insert_task(task: &Task) -> ();
-    transition_runs(task_id: &str, node_ids: Vec<String>, from: &'static [RunState], patch: RunPatch) -> Vec<TaskRun>;
-    record_late_exit(task_id: &str, node_id: &str, late: LateExit) -> Option<TaskRun>;
-    get_run(task_id: &str, node_id: &str) -> Option<TaskRun>;
-    runs_in_state(task_id: &str, states: &'static [RunState], limit: usize) -> Vec<TaskRun>;
-    count_runs(task_id: &str, states: &'static [RunState]) -> usize;
-    open_runs_for_node(node_id: &str) -> Vec<(String, TaskRun, TaskSpec)>;
-    open_runs_silent_since(cutoff: DateTime<Utc>) -> Vec<(String, String)>;
-    delete_finished_tasks_before(cutoff: DateTime<Utc>) -> usize;
-    trim_output(max_bytes: u64) -> usize;
-    get_task(id: &str) -> Option<Task>;
-    task_ids_with_prefix(prefix: &str, limit: usize) -> Vec<String>;
-    list_tasks(limit: usize) -> Vec<Task>;
-    task_summaries(limit: usize) -> Vec<TaskSummary>;
-    task_page(id: &str, query: &RunQuery) -> Option<TaskPage>;
-    node_task_runs(node_id: &str, limit: usize) -> Vec<NodeTaskRun>;
-    insert_output(task_id: &str, chunks: Vec<OutputRecord>) -> ();
-    output(task_id: &str, after: i64, limit: usize) -> Vec<(i64, OutputRecord)>;
-    output_within(task_id: &str, after: i64, limit: usize, max_bytes: usize) -> Vec<(i64, OutputRecord)>;
-    stored_seq(task_id: &str, node_id: &str) -> u64;
-    insert_audits(entries: Vec<AuditEntry>) -> ();
-    put_manifest(manifest: &Manifest, signature: Option<&Signature>, now: DateTime<Utc>) -> PutManifest;
-    list_manifests() -> Vec<StoredManifest>;
-    delete_manifest(name: &str) -> bool;
-    get_desired(node_id: &str) -> Option<(DesiredState, String)>;
-    desired_names_blob(node_id: &str, sha256: &str) -> bool;
-    desired_versions() -> Vec<(String, u64, String)>;
-    put_desired(node_id: &str, state: &DesiredState, hash: &str) -> bool;
-    put_convergence(node_id: &str, report: &NodeConvergence) -> ();
-    get_convergence(node_id: &str) -> Option<NodeConvergence>;
-    convergence_of(ids: Option<&[String]>) -> Vec<(String, String, u64, Option<NodeConvergence>)>;
-    manifest_counts() -> Vec<ManifestCounts>;
-    convergence_page(query: &ConvergenceQuery) -> (Vec<ConvergenceRow>, usize);
-    put_blob(sha256: &str, data: Vec<u8>) -> ();
-    get_blob(sha256: &str) -> Option<Vec<u8>>;
-    list_audit(filter: &AuditFilter) -> Vec<AuditEntry>;
-    fleet_counts() -> FleetCounts;
+    impl FleetStore {
+        ping() -> ();
+        try_lead() -> bool;
+        fleet_counts() -> FleetCounts;
+    }
+
+    impl JoinTokenStore {
+        insert_join_token(token: &JoinTokenRecord) -> ();
+        list_join_tokens() -> Vec<JoinTokenInfo>;
+        get_join_token(id: &str) -> Option<JoinTokenRecord>;
+        revoke_join_token(id: &str) -> bool;
+        use_join_token(id: &str, secret_sha256: &str, now: DateTime<Utc>) -> TokenUse;
+    }
+
+    impl OperatorStore {
+        put_operator(operator: &OperatorRecord) -> bool;
+        list_operators() -> Vec<OperatorInfo>;
+        operator_by_token(token_sha256: &str) -> Option<OperatorInfo>;
+        revoke_operator(name: &str) -> bool;
+    }
+
+    impl NodeStore {
+        insert_node(node: &NodeRecord) -> ();
+        modify_node(id: &str, change: NodeChange) -> Option<NodeRecord>;
+        get_node(id: &str) -> Option<NodeRecord>;
+        get_node_by_name(name: &str) -> Option<NodeRecord>;
+        get_node_by_token(token_sha256: &str) -> Option<NodeRecord>;
+        list_nodes() -> Vec<NodeRecord>;
+        list_nodes_page(query: &NodeQuery) -> (Vec<NodeRecord>, NodeCounts);
+        delete_node(id: &str) -> bool;
+        record_heartbeat(id: &str, at: DateTime<Utc>, metrics: &Metrics, history: MetricsHistory) -> bool;
+        record_heartbeats(beats: Vec<(String, DateTime<Utc>, Metrics)>, history: MetricsHistory) -> ();
+        metrics_history(id: &str, limit: usize) -> Vec<MetricsSample>;
+    }
+
+    impl TaskStore {
+        insert_task(task: &Task) -> ();
+        transition_runs(task_id: &str, node_ids: Vec<String>, from: &'static [RunState], patch: RunPatch) -> Vec<TaskRun>;
+        record_late_exit(task_id: &str, node_id: &str, late: LateExit) -> Option<TaskRun>;
+        get_run(task_id: &str, node_id: &str) -> Option<TaskRun>;
+        runs_in_state(task_id: &str, states: &'static [RunState], limit: usize) -> Vec<TaskRun>;
+        count_runs(task_id: &str, states: &'static [RunState]) -> usize;
+        open_runs_for_node(node_id: &str) -> Vec<OpenRun>;
+        open_runs_silent_since(cutoff: DateTime<Utc>) -> Vec<(String, String)>;
+        delete_finished_tasks_before(cutoff: DateTime<Utc>) -> usize;
+        get_task(id: &str) -> Option<Task>;
+        task_ids_with_prefix(prefix: &str, limit: usize) -> Vec<String>;
+        list_tasks(limit: usize) -> Vec<Task>;
+        task_summaries(limit: usize) -> Vec<TaskSummary>;
+        task_page(id: &str, query: &RunQuery) -> Option<TaskPage>;
+        node_task_runs(node_id: &str, limit: usize) -> Vec<NodeTaskRun>;
+    }
+
+    impl OutputStore {
+        insert_output(task_id: &str, chunks: Vec<OutputRecord>) -> ();
+        output(task_id: &str, after: i64, limit: usize) -> Vec<(i64, OutputRecord)>;
+        output_within(task_id: &str, after: i64, limit: usize, max_bytes: usize) -> Vec<(i64, OutputRecord)>;
+        stored_seq(task_id: &str, node_id: &str) -> u64;
+        trim_output(max_bytes: u64) -> usize;
+    }
+
+    impl AuditStore {
+        insert_audits(entries: Vec<AuditEntry>) -> ();
+        list_audit(filter: &AuditFilter) -> Vec<AuditEntry>;
+    }
+
+    impl ManifestStore {
+        put_manifest(manifest: &Manifest, signature: Option<&Signature>, now: DateTime<Utc>) -> PutManifest;
+        list_manifests() -> Vec<StoredManifest>;
+        delete_manifest(name: &str) -> bool;
+        manifest_counts() -> Vec<ManifestCounts>;
+    }
+
+    impl DesiredStore {
+        get_desired(node_id: &str) -> Option<(DesiredState, String)>;
+        desired_names_blob(node_id: &str, sha256: &str) -> bool;
+        desired_versions() -> Vec<DesiredVersion>;
+        put_desired(node_id: &str, state: &DesiredState, hash: &str) -> bool;
+    }
+
+    impl ConvergenceStore {
+        put_convergence(node_id: &str, report: &NodeConvergence) -> ();
+        get_convergence(node_id: &str) -> Option<NodeConvergence>;
+        convergence_of(ids: Option<&[String]>) -> Vec<ConvergenceRow>;
+        convergence_page(query: &ConvergenceQuery) -> (Vec<ConvergenceRow>, usize);
+    }
+
+    impl BlobStore {
+        put_blob(sha256: &str, data: Vec<u8>) -> ();
+        get_blob(sha256: &str) -> Option<Vec<u8>>;
+    }
 }

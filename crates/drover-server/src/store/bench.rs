@@ -11,7 +11,8 @@ use drover_types::manifest::{NodeConvergence, ResourceState, ResourceStatus};
 
 use super::RunPatch;
 use super::conformance::{node, task};
-use super::{ConvergenceQuery, SqliteStore, Store};
+use super::prelude::*;
+use super::{ConvergenceQuery, SqliteStore};
 use drover_types::task::RunState;
 
 fn env(name: &str, default: usize) -> usize {

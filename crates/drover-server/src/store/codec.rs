@@ -250,15 +250,15 @@ pub(super) fn decode_convergence(
     rows: Vec<ConvergenceText>,
 ) -> Result<Vec<ConvergenceRow>, StoreError> {
     rows.into_iter()
-        .map(|(id, name, generation, report)| {
-            Ok((
-                id,
-                name,
-                self::generation(generation),
-                report
+        .map(|(node_id, node_name, generation, report)| {
+            Ok(ConvergenceRow {
+                node_id,
+                node_name,
+                desired_generation: self::generation(generation),
+                report: report
                     .map(|r| from_json(&r, "convergence report"))
                     .transpose()?,
-            ))
+            })
         })
         .collect()
 }

@@ -15,9 +15,10 @@ use drover_types::task::{AuditEntry, LateExit, RunState, Task, TaskRun};
 use drover_types::token::{JoinTokenInfo, TokenRefusal};
 use drover_types::{Capabilities, Labels, LivenessPolicy, Metrics, NodeStatus, Transport};
 
+use super::prelude::*;
 use super::{
-    AuditFilter, JoinTokenRecord, MetricsHistory, NodeQuery, NodeRecord, OperatorRecord,
-    OutputRecord, PgStore, RunPatch, SqliteStore, Store, StoreError,
+    AuditFilter, DesiredVersion, JoinTokenRecord, MetricsHistory, NodeQuery, NodeRecord,
+    OperatorRecord, OutputRecord, PgStore, RunPatch, SqliteStore, Store, StoreError, TokenUse,
 };
 
 type Case = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -276,18 +277,37 @@ async fn join_token_limits_are_enforced(store: Arc<dyn Store>) {
     };
     store.insert_join_token(&rec).await.unwrap();
     assert_eq!(
-        store.use_join_token("t1", "wrong", now).await.unwrap(),
+        store
+            .use_join_token("t1", "wrong", now)
+            .await
+            .unwrap()
+            .into_result(),
         Err(TokenRefusal::Unknown)
     );
-    assert!(store.use_join_token("t1", "s", now).await.unwrap().is_ok());
+    assert!(
+        store
+            .use_join_token("t1", "s", now)
+            .await
+            .unwrap()
+            .into_result()
+            .is_ok()
+    );
     assert_eq!(
-        store.use_join_token("t1", "s", now).await.unwrap(),
+        store
+            .use_join_token("t1", "s", now)
+            .await
+            .unwrap()
+            .into_result(),
         Err(TokenRefusal::Exhausted(1))
     );
     let later = now + chrono::Duration::hours(2);
     store.revoke_join_token("t1").await.unwrap();
     assert_eq!(
-        store.use_join_token("t1", "s", later).await.unwrap(),
+        store
+            .use_join_token("t1", "s", later)
+            .await
+            .unwrap()
+            .into_result(),
         Err(TokenRefusal::Revoked)
     );
 
@@ -301,10 +321,13 @@ async fn join_token_limits_are_enforced(store: Arc<dyn Store>) {
         tokio::spawn(async move { store.use_join_token("t5", "s", now).await.unwrap() })
     });
     let outcomes = futures_util::future::join_all(racers).await;
-    let used = outcomes.iter().filter(|o| matches!(o, Ok(Ok(_)))).count();
+    let used = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(TokenUse::Used(_))))
+        .count();
     let refused = outcomes
         .iter()
-        .filter(|o| matches!(o, Ok(Err(TokenRefusal::Exhausted(5)))))
+        .filter(|o| matches!(o, Ok(TokenUse::Refused(TokenRefusal::Exhausted(5)))))
         .count();
     assert_eq!((used, refused), (5, 35), "{outcomes:?}");
 }
@@ -336,7 +359,11 @@ async fn a_token_stored_with_an_unreadable_expiry_is_listed_and_refused(store: A
     let far_one = listed.iter().find(|t| t.id == "far").unwrap();
     assert!(far_one.expires_at < now, "counts as expired: {far_one:?}");
     assert_eq!(
-        store.use_join_token("far", "s", now).await.unwrap(),
+        store
+            .use_join_token("far", "s", now)
+            .await
+            .unwrap()
+            .into_result(),
         Err(TokenRefusal::Expired)
     );
     assert!(
@@ -344,6 +371,7 @@ async fn a_token_stored_with_an_unreadable_expiry_is_listed_and_refused(store: A
             .use_join_token("fine", "s", now)
             .await
             .unwrap()
+            .into_result()
             .is_ok()
     );
     assert!(store.revoke_join_token("far").await.unwrap());
@@ -663,9 +691,12 @@ async fn desired_state_is_compare_and_set_on_its_generation(store: Arc<dyn Store
     );
     let all = store.convergence_of(None).await.unwrap();
     assert_eq!(all.len(), 1);
-    assert_eq!(all[0].1, "alpha");
+    assert_eq!(all[0].node_name, "alpha");
     assert_eq!(
-        (all[0].2, all[0].3.as_ref().unwrap().observed_generation),
+        (
+            all[0].desired_generation,
+            all[0].report.as_ref().unwrap().observed_generation
+        ),
         (2, 2)
     );
     // Every node's version in one read; a node without a desired state is not listed.
@@ -677,15 +708,29 @@ async fn desired_state_is_compare_and_set_on_its_generation(store: Arc<dyn Store
         .convergence_of(Some(&["c".into(), "a".into(), "gone".into()]))
         .await
         .unwrap();
-    let names: Vec<&str> = some.iter().map(|r| r.1.as_str()).collect();
+    let names: Vec<&str> = some.iter().map(|r| r.node_name.as_str()).collect();
     assert_eq!(names, ["alpha", "gamma"]);
-    assert_eq!((some[0].2, some[1].2), (2, 0));
-    assert!(some[1].3.is_none(), "gamma has not reported");
+    assert_eq!(
+        (some[0].desired_generation, some[1].desired_generation),
+        (2, 0)
+    );
+    assert!(some[1].report.is_none(), "gamma has not reported");
     let mut versions = store.desired_versions().await.unwrap();
     versions.sort();
     assert_eq!(
         versions,
-        [("a".into(), 2, "h2".into()), ("b".into(), 1, "hb".into())]
+        [
+            DesiredVersion {
+                node_id: "a".into(),
+                generation: 2,
+                hash: "h2".into()
+            },
+            DesiredVersion {
+                node_id: "b".into(),
+                generation: 1,
+                hash: "hb".into()
+            }
+        ]
     );
 }
 
@@ -1112,10 +1157,10 @@ async fn open_runs_are_found_by_node_and_by_silence(store: Arc<dyn Store>) {
     let open = store.open_runs_for_node("a").await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(
-        (open[0].0.as_str(), open[0].1.node_id.as_str()),
+        (open[0].task_id.as_str(), open[0].run.node_id.as_str()),
         ("t1", "a")
     );
-    assert!(open[0].1.late_exit == NO_LATE_EXIT);
+    assert!(open[0].run.late_exit == NO_LATE_EXIT);
     let silent = store
         .open_runs_silent_since(Utc::now() - chrono::Duration::minutes(10))
         .await
@@ -1451,7 +1496,7 @@ async fn manifests_are_counted_by_state_and_their_nodes_read_a_page_at_a_time(
         let store = store.clone();
         async move {
             let (rows, total) = store.convergence_page(&q).await.unwrap();
-            let names: Vec<String> = rows.into_iter().map(|r| r.1).collect();
+            let names: Vec<String> = rows.into_iter().map(|r| r.node_name).collect();
             (names, total)
         }
     };
@@ -1572,7 +1617,7 @@ async fn a_newer_report_replaces_the_states_counted_and_a_deleted_node_leaves_th
             let (rows, total) = store.convergence_page(&q).await.unwrap();
             let got: Vec<(String, u64)> = rows
                 .into_iter()
-                .map(|r| (r.1, r.3.map_or(0, |c| c.observed_generation)))
+                .map(|r| (r.node_name, r.report.map_or(0, |c| c.observed_generation)))
                 .collect();
             (got, total)
         }

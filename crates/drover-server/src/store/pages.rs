@@ -176,5 +176,13 @@ pub struct ConvergenceQuery {
     pub limit: usize,
 }
 
-/// A node's (id, name), desired generation (0 when none) and latest report, as `convergence_of` reads them.
-pub type ConvergenceRow = (String, String, u64, Option<NodeConvergence>);
+/// A node's convergence, as `convergence_of` and `convergence_page` read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvergenceRow {
+    pub node_id: String,
+    pub node_name: String,
+    /// The node's desired state's generation (0 when it has none).
+    pub desired_generation: u64,
+    /// Its latest report (`None` before its first).
+    pub report: Option<NodeConvergence>,
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use drover_server::api::ApiTls;
+use drover_server::http::ApiTls;
 use drover_server::{RunningServer, ServerConfig};
 use drover_types::duration::parse_duration;
 use drover_types::size::parse_size;

@@ -7,6 +7,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
 
 use super::StoreError;
+use super::*;
 use crate::store::codec::{
     ConvergenceText, count, decode_convergence, group_manifest_counts, rank_sql,
 };
@@ -133,4 +134,89 @@ pub(super) fn convergence_page(
         }
     }
     Ok((decode_convergence(rows)?, count(total)))
+}
+
+#[async_trait]
+impl ConvergenceStore for SqliteStore {
+    async fn put_convergence(
+        &self,
+        node_id: &str,
+        report: &NodeConvergence,
+    ) -> Result<(), StoreError> {
+        let (id, json) = (node_id.to_string(), to_json(report));
+        let resources: Vec<_> = report
+            .resources
+            .iter()
+            .map(|r| (r.manifest.clone(), r.id.clone(), r.state.as_str()))
+            .collect();
+        self.write(move |c| {
+            let kept = exec(c,
+                "INSERT INTO node_convergence (node_id, report) VALUES (?1, ?2)
+                 ON CONFLICT(node_id) DO UPDATE SET report = ?2
+                 WHERE json_extract(report, '$.observed_generation') <= json_extract(?2, '$.observed_generation')",
+                params![id, json],
+            )?;
+            if kept > 0 {
+                convergence::put_resources(c, &id, &resources)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_convergence(&self, node_id: &str) -> Result<Option<NodeConvergence>, StoreError> {
+        let id = node_id.to_string();
+        self.read(move |c| {
+            let row: Option<String> = row(
+                c,
+                "SELECT report FROM node_convergence WHERE node_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
+            row.map(|r| from_json(&r, "convergence report")).transpose()
+        })
+        .await
+    }
+
+    async fn convergence_of(
+        &self,
+        ids: Option<&[String]>,
+    ) -> Result<Vec<ConvergenceRow>, StoreError> {
+        let ids = ids.map(|ids| serde_json::to_string(ids).unwrap_or_default());
+        self.read(move |c| {
+            // Two statements, so the one for a few nodes looks each up by its key.
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT n.id, n.name, json_extract(d.state, '$.generation'), v.report FROM nodes n
+                 LEFT JOIN node_desired d ON d.node_id = n.id
+                 LEFT JOIN node_convergence v ON v.node_id = n.id {} ORDER BY n.name",
+                if ids.is_some() {
+                    "WHERE n.id IN (SELECT value FROM json_each(?1))"
+                } else {
+                    "WHERE ?1 IS NULL"
+                }
+            ))?;
+            let rows = stmt
+                .query_map([ids], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            crate::store::codec::decode_convergence(rows)
+        })
+        .await
+    }
+
+    async fn convergence_page(
+        &self,
+        query: &ConvergenceQuery,
+    ) -> Result<(Vec<ConvergenceRow>, usize), StoreError> {
+        let query = query.clone();
+        self.read(move |c| convergence::convergence_page(c, &query))
+            .await
+    }
 }

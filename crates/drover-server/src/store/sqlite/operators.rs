@@ -3,6 +3,7 @@
 use drover_types::operator::OperatorInfo;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::*;
 use super::{StoreError, exec, from_json, parse_ts, readable, ts};
 use crate::store::OperatorRecord;
 
@@ -63,4 +64,29 @@ pub(super) fn revoke(c: &Connection, name: &str) -> Result<bool, StoreError> {
         "UPDATE operators SET revoked = 1 WHERE name = ?1 AND revoked = 0",
         [name],
     )? > 0)
+}
+
+#[async_trait]
+impl OperatorStore for SqliteStore {
+    async fn put_operator(&self, operator: &OperatorRecord) -> Result<bool, StoreError> {
+        let o = operator.clone();
+        self.write(move |c| operators::put(c, &o)).await
+    }
+
+    async fn list_operators(&self) -> Result<Vec<OperatorInfo>, StoreError> {
+        self.read(operators::list).await
+    }
+
+    async fn operator_by_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<OperatorInfo>, StoreError> {
+        let sha = token_sha256.to_string();
+        self.read(move |c| operators::by_token(c, &sha)).await
+    }
+
+    async fn revoke_operator(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write(move |c| operators::revoke(c, &name)).await
+    }
 }

@@ -1,0 +1,24 @@
+//! Content (file resources) by SHA-256, in PostgreSQL: `BlobStore`.
+
+use super::*;
+
+#[async_trait]
+impl BlobStore for PgStore {
+    async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO blobs (sha256, data) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(sha256)
+            .bind(data)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT data FROM blobs WHERE sha256 = $1")
+                .bind(sha256)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}
