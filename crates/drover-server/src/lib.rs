@@ -1,4 +1,8 @@
-//! The drover control plane: the agent gateway (gRPC over mTLS), the REST API, fleet state and its store.
+//! The drover control plane, in layers (docs/architecture.md draws them): [`http`] (REST API, dashboard,
+//! `/metrics`, OpenAPI) and [`gateway`] (the agents' gRPC stream over mTLS) translate; [`fleet`] makes every
+//! decision and reaches nodes through [`links`] (streams here) or NATS (other replicas); [`store`] keeps the
+//! records (SQLite or PostgreSQL, one trait per aggregate). [`server`] starts and stops it all; [`pki`] is
+//! the CA and [`cluster`] shares it between replicas.
 
 mod admin_token;
 pub mod cluster;

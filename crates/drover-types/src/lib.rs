@@ -1,5 +1,7 @@
 //! The typed model shared by drover's server, agent and CLI: nodes, capabilities, metrics, liveness,
-//! join tokens, labels and the REST API's bodies. Pure data and pure functions, no I/O.
+//! labels, join tokens, operators, tasks, actions, sessions, manifests and their signatures, the limits
+//! every message is held to, and the REST API's bodies. Pure data and pure functions, no I/O, and no other
+//! drover crate: everything else depends on this one.
 
 pub mod action;
 pub mod api;

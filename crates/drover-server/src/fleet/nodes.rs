@@ -309,44 +309,12 @@ impl Fleet {
         validate_name(&req.name)?;
         validate_labels(&req.labels)?;
         req.capabilities.validate()?;
-        let interval = match req.heartbeat_interval {
-            None => DEFAULT_HTTP_INTERVAL,
-            Some(s) if s.is_finite() && s > 0.0 && s <= MAX_HEARTBEAT_INTERVAL.as_secs_f64() => {
-                Duration::from_secs_f64(s)
-            }
-            Some(s) => {
-                return Err(FleetError::invalid(
-                    "heartbeat_interval",
-                    format!(
-                        "{s} is not a number of seconds above 0 and at most {}",
-                        MAX_HEARTBEAT_INTERVAL.as_secs()
-                    ),
-                ));
-            }
-        };
+        let interval = http_interval(req.heartbeat_interval)?;
         let existing = self.store.get_node_by_name(&req.name).await?;
-        if existing
-            .as_ref()
-            .is_some_and(|n| n.transport == Transport::Grpc)
-        {
-            return Err(FleetError::NameOwnedByAgent(req.name));
-        }
-        if let Registrant::Node(node) = &registrant
-            && node.name != req.name
-        {
-            // A node token speaks for its own node only.
-            return Err(FleetError::BadNodeToken);
-        }
+        may_register(existing.as_ref(), &registrant, &req.name)?;
         let open = matches!(registrant, Registrant::Open);
         // Checked everything: only now is a join token spent.
-        let (token_labels, credential) = match registrant {
-            Registrant::JoinToken(t) => {
-                let info = self.spend_token(t).await?;
-                (info.labels, format!("join token {}", info.id))
-            }
-            Registrant::Node(_) => (Labels::new(), "node token".to_string()),
-            Registrant::Open => (Labels::new(), "open registration".to_string()),
-        };
+        let (token_labels, credential) = self.spend_registrant(registrant).await?;
         let node_token = random_hex::<24>();
         let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         let (id, again) = match existing {
@@ -404,6 +372,22 @@ impl Fleet {
         Ok(HttpRegistration {
             node_id: id,
             node_token,
+        })
+    }
+
+    /// Spends what a registrant registers with: the labels its join token gives, and its credential as
+    /// the audit log names it.
+    async fn spend_registrant(
+        &self,
+        registrant: Registrant,
+    ) -> Result<(Labels, String), FleetError> {
+        Ok(match registrant {
+            Registrant::JoinToken(t) => {
+                let info = self.spend_token(t).await?;
+                (info.labels, format!("join token {}", info.id))
+            }
+            Registrant::Node(_) => (Labels::new(), "node token".to_string()),
+            Registrant::Open => (Labels::new(), "open registration".to_string()),
         })
     }
 
@@ -560,5 +544,41 @@ impl Fleet {
         }
         let skip = samples.len().saturating_sub(limit);
         Ok(samples.split_off(skip))
+    }
+}
+
+/// Whether a registrant may register under a name: not one an agent holds, and with a node token only
+/// its own node's.
+fn may_register(
+    existing: Option<&NodeRecord>,
+    registrant: &Registrant,
+    name: &str,
+) -> Result<(), FleetError> {
+    if existing.is_some_and(|n| n.transport == Transport::Grpc) {
+        return Err(FleetError::NameOwnedByAgent(name.to_string()));
+    }
+    if let Registrant::Node(node) = registrant
+        && node.name != name
+    {
+        // A node token speaks for its own node only.
+        return Err(FleetError::BadNodeToken);
+    }
+    Ok(())
+}
+
+/// An HTTP node's heartbeat interval in seconds, checked (the default when it names none).
+fn http_interval(secs: Option<f64>) -> Result<Duration, FleetError> {
+    match secs {
+        None => Ok(DEFAULT_HTTP_INTERVAL),
+        Some(s) if s.is_finite() && s > 0.0 && s <= MAX_HEARTBEAT_INTERVAL.as_secs_f64() => {
+            Ok(Duration::from_secs_f64(s))
+        }
+        Some(s) => Err(FleetError::invalid(
+            "heartbeat_interval",
+            format!(
+                "{s} is not a number of seconds above 0 and at most {}",
+                MAX_HEARTBEAT_INTERVAL.as_secs()
+            ),
+        )),
     }
 }

@@ -326,78 +326,9 @@ impl Fleet {
         if req.max_parallel == Some(0) {
             return Err(FleetError::invalid("max_parallel", "must be at least 1"));
         }
-        let selected: Vec<Node> = match &req.target {
-            Target::Node(n) => vec![self.node(n).await?],
-            Target::Selector(sel) => {
-                if sel.is_empty() {
-                    return Err(FleetError::invalid(
-                        "target",
-                        "an empty selector; use `all` to mean every node",
-                    ));
-                }
-                self.nodes()
-                    .await?
-                    .into_iter()
-                    .filter(|n| sel.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
-                    .collect()
-            }
-            Target::All => self.nodes().await?,
-        };
-        // HTTP nodes have no stream to run a task on: they are no target, not a failed run.
-        let (nodes, http): (Vec<Node>, Vec<Node>) =
-            selected.into_iter().partition(|n| n.transport.takes_work());
-        if nodes.is_empty() {
-            return Err(FleetError::invalid(
-                "target",
-                match (&req.target, http.first()) {
-                    (Target::Node(_), Some(n)) => format!(
-                        "{} is an {HTTP_NODE_TAKES_NO_WORK}; run tasks on nodes with drover-agent",
-                        n.name
-                    ),
-                    (_, Some(_)) => format!(
-                        "no node that takes tasks matches, only {} HTTP node(s) ({HTTP_NODE_TAKES_NO_WORK})",
-                        http.len()
-                    ),
-                    (_, None) => "no node matches".to_string(),
-                },
-            ));
-        }
-        // Nodes not attached here may be attached to another replica, which starts their runs; whether
-        // one holds the node is asked, not judged from the node's view.
-        let here = |id: &str| self.links().is_attached(id);
-        let elsewhere = self
-            .held_elsewhere(
-                nodes
-                    .iter()
-                    .filter(|n| !here(&n.id))
-                    .map(|n| n.id.clone())
-                    .collect(),
-            )
-            .await;
+        let (nodes, http) = self.task_targets(&req.target).await?;
         let now = Utc::now();
-        let runs = nodes
-            .iter()
-            .map(|n| {
-                let reachable = here(&n.id) || elsewhere.contains(&n.id);
-                TaskRun {
-                    node_id: n.id.clone(),
-                    node_name: n.name.clone(),
-                    state: if reachable {
-                        RunState::Pending
-                    } else {
-                        RunState::Unreachable
-                    },
-                    exit_code: None,
-                    signal: None,
-                    error: (!reachable).then(|| {
-                        "the node was not connected when the task was created".to_string()
-                    }),
-                    started_at: None,
-                    finished_at: (!reachable).then_some(now),
-                    late_exit: None,
-                }
-            })
-            .collect();
+        let runs = self.initial_runs(&nodes, now).await;
         let task = Task {
             id: uuid::Uuid::new_v4().to_string(),
             target: req.target,
@@ -440,6 +371,88 @@ impl Fleet {
         }
         let skipped = http.into_iter().map(|n| n.name).collect();
         Ok((self.task(&task.id).await?, skipped))
+    }
+
+    /// A new task's runs: Pending on nodes attached here or to another replica, Unreachable (ended
+    /// `now`) on the others.
+    async fn initial_runs(&self, nodes: &[Node], now: chrono::DateTime<Utc>) -> Vec<TaskRun> {
+        // Nodes not attached here may be attached to another replica, which starts their runs; whether
+        // one holds the node is asked, not judged from the node's view.
+        let here = |id: &str| self.links().is_attached(id);
+        let elsewhere = self
+            .held_elsewhere(
+                nodes
+                    .iter()
+                    .filter(|n| !here(&n.id))
+                    .map(|n| n.id.clone())
+                    .collect(),
+            )
+            .await;
+        nodes
+            .iter()
+            .map(|n| {
+                let reachable = here(&n.id) || elsewhere.contains(&n.id);
+                TaskRun {
+                    node_id: n.id.clone(),
+                    node_name: n.name.clone(),
+                    state: if reachable {
+                        RunState::Pending
+                    } else {
+                        RunState::Unreachable
+                    },
+                    exit_code: None,
+                    signal: None,
+                    error: (!reachable).then(|| {
+                        "the node was not connected when the task was created".to_string()
+                    }),
+                    started_at: None,
+                    finished_at: (!reachable).then_some(now),
+                    late_exit: None,
+                }
+            })
+            .collect()
+    }
+
+    /// The nodes a task's target selects that take tasks, and the HTTP nodes it selects (which take
+    /// none). Refuses an empty selector and a target without a node that takes tasks.
+    async fn task_targets(&self, target: &Target) -> Result<(Vec<Node>, Vec<Node>), FleetError> {
+        let selected: Vec<Node> = match target {
+            Target::Node(n) => vec![self.node(n).await?],
+            Target::Selector(sel) => {
+                if sel.is_empty() {
+                    return Err(FleetError::invalid(
+                        "target",
+                        "an empty selector; use `all` to mean every node",
+                    ));
+                }
+                self.nodes()
+                    .await?
+                    .into_iter()
+                    .filter(|n| sel.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
+                    .collect()
+            }
+            Target::All => self.nodes().await?,
+        };
+        // HTTP nodes have no stream to run a task on: they are no target, not a failed run.
+        let (nodes, http): (Vec<Node>, Vec<Node>) =
+            selected.into_iter().partition(|n| n.transport.takes_work());
+        if nodes.is_empty() {
+            return Err(FleetError::invalid(
+                "target",
+                match (target, http.first()) {
+                    (Target::Node(_), Some(n)) => format!(
+                        "{} is an {HTTP_NODE_TAKES_NO_WORK}; run tasks on nodes with drover-agent",
+                        n.name
+                    ),
+                    (_, Some(_)) => format!(
+                        "no node that takes tasks matches, only {} HTTP node(s) ({HTTP_NODE_TAKES_NO_WORK})",
+                        http.len()
+                    ),
+                    (_, None) => "no node matches".to_string(),
+                },
+            ));
+        }
+        Ok((nodes, http))
     }
 
     /// A task by its id, or by a unique prefix of it (as tables show).
@@ -538,13 +551,7 @@ impl Fleet {
             Some(_) => Some(self.live().pump.lock().await),
             None => None,
         };
-        let room = match meta.max_parallel {
-            None => usize::MAX,
-            Some(limit) => {
-                let running = self.store().count_runs(task_id, RUNNING).await?;
-                (limit as usize).saturating_sub(running)
-            }
-        };
+        let room = self.room(task_id, meta.max_parallel).await?;
         if room == 0 {
             return Ok(());
         }
@@ -586,27 +593,9 @@ impl Fleet {
                 }
             }
         }
-        // Bounded: a start for a node on another replica is a NATS request each, and ten thousand at once
-        // wait in line behind each other past their patience; 256 at a time keeps every one short.
-        let slots = tokio::sync::Semaphore::new(SENDS_AT_ONCE);
-        let sends = started.iter().map(|run| {
-            let start = v1::TaskStart {
-                task_id: task_id.to_string(),
-                spec_json: meta.spec_json.to_string(),
-                signature_json: meta.signature_json.to_string(),
-            };
-            let slots = &slots;
-            async move {
-                let _slot = slots.acquire().await;
-                let sent = tokio::time::timeout(
-                    SEND_PATIENCE,
-                    self.send_to_node(&run.node_id, Msg::TaskStart(start)),
-                )
-                .await;
-                (run.node_id.clone(), matches!(sent, Ok(true)))
-            }
-        });
-        let sent = futures_util::future::join_all(sends).await;
+        let sent = self
+            .send_starts(task_id, &meta, started.iter().map(|r| r.node_id.as_str()))
+            .await;
         {
             // Runs started through another replica get their output there (`ensure_progress`), not here.
             let mut progress = lock(&self.live().progress);
@@ -621,6 +610,11 @@ impl Fleet {
             .filter(|(_, sent)| !sent)
             .map(|(id, _)| id)
             .collect();
+        self.end_unstarted(task_id, failed).await
+    }
+
+    /// Ends the runs whose start no node took as Unreachable.
+    async fn end_unstarted(&self, task_id: &str, failed: Vec<String>) -> Result<(), FleetError> {
         if !failed.is_empty() {
             self.end_runs(
                 task_id,
@@ -634,6 +628,47 @@ impl Fleet {
             .await?;
         }
         Ok(())
+    }
+
+    /// How many more of a task's runs may start under its parallelism limit.
+    async fn room(&self, task_id: &str, max_parallel: Option<u32>) -> Result<usize, FleetError> {
+        Ok(match max_parallel {
+            None => usize::MAX,
+            Some(limit) => {
+                let running = self.store().count_runs(task_id, RUNNING).await?;
+                (limit as usize).saturating_sub(running)
+            }
+        })
+    }
+
+    /// Sends a run's start to each node, each within `SEND_PATIENCE`: whether each node took it.
+    async fn send_starts<'a>(
+        &self,
+        task_id: &str,
+        meta: &TaskMeta,
+        node_ids: impl Iterator<Item = &'a str>,
+    ) -> Vec<(String, bool)> {
+        // Bounded: a start for a node on another replica is a NATS request each, and ten thousand at once
+        // wait in line behind each other past their patience; 256 at a time keeps every one short.
+        let slots = tokio::sync::Semaphore::new(SENDS_AT_ONCE);
+        let sends = node_ids.map(|node_id| {
+            let start = v1::TaskStart {
+                task_id: task_id.to_string(),
+                spec_json: meta.spec_json.to_string(),
+                signature_json: meta.signature_json.to_string(),
+            };
+            let slots = &slots;
+            async move {
+                let _slot = slots.acquire().await;
+                let sent = tokio::time::timeout(
+                    SEND_PATIENCE,
+                    self.send_to_node(node_id, Msg::TaskStart(start)),
+                )
+                .await;
+                (node_id.to_string(), matches!(sent, Ok(true)))
+            }
+        });
+        futures_util::future::join_all(sends).await
     }
 
     /// Ends runs by the server's own decision (never an agent's report), then announces them.

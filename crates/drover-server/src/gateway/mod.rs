@@ -60,6 +60,72 @@ fn peer(req: &Request<impl Sized>) -> Option<Peer> {
     req.extensions().get::<Peer>().cloned()
 }
 
+/// The stream's first message, which must be a Hello and come within `HELLO_TIMEOUT`.
+async fn first_hello(
+    inbound: &mut Streaming<AgentMessage>,
+    metrics: &crate::metrics::ServerMetrics,
+) -> Result<v1::Hello, Status> {
+    match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(AgentMessage {
+            msg: Some(Msg::Hello(h)),
+        }))) => Ok(h),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            metrics.agent_connection("hello_timeout");
+            Err(Status::invalid_argument(
+                "the first message on a stream must be Hello",
+            ))
+        }
+        _ => Err(Status::invalid_argument(
+            "the first message on a stream must be Hello",
+        )),
+    }
+}
+
+/// The hello checked against the limits and translated, with the tasks the agent says it has open
+/// (`None` from agents that do not list them).
+fn agent_hello(
+    hello: v1::Hello,
+    node_id: &str,
+    addr: Option<std::net::SocketAddr>,
+) -> Result<(AgentHello, Option<HashSet<String>>), Status> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        tracing::info!(node = %node_id, version = hello.protocol_version, "agent speaks another protocol version");
+    }
+    if let Err(e) = check_count("open_tasks", hello.open_tasks.len(), MAX_OPEN_TASKS) {
+        tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
+        return Err(status(e.into()));
+    }
+    let interval = Duration::from_millis(hello.heartbeat_interval_ms.max(1));
+    if interval > MAX_HEARTBEAT_INTERVAL {
+        tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: heartbeat interval {interval:?} is too long");
+        return Err(Status::invalid_argument(format!(
+            "field `heartbeat_interval_ms`: {} is above the maximum of {} ms",
+            hello.heartbeat_interval_ms,
+            MAX_HEARTBEAT_INTERVAL.as_millis()
+        )));
+    }
+    // Agents before protocol 2 do not list their open tasks, so their silence proves nothing.
+    let open_tasks =
+        (hello.protocol_version >= 2).then(|| hello.open_tasks.into_iter().collect::<HashSet<_>>());
+    let agent_hello = AgentHello {
+        capabilities: hello.capabilities.unwrap_or_default().into(),
+        labels: hello.labels.into_iter().collect(),
+        heartbeat_interval: interval,
+        metrics: hello.metrics.map(Into::into),
+        ip: addr.map(|a| a.ip().to_string()),
+        actions: hello
+            .actions
+            .into_iter()
+            .map(|a| ActionInfo {
+                name: a.name,
+                version: a.version,
+            })
+            .collect(),
+    };
+    Ok((agent_hello, open_tasks))
+}
+
 type AttachStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -128,57 +194,8 @@ impl drover_proto::AgentLink for Gateway {
         let metrics = self.fleet.metrics();
         let opened = std::time::Instant::now();
         let mut inbound = request.into_inner();
-        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(AgentMessage {
-                msg: Some(Msg::Hello(h)),
-            }))) => h,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                metrics.agent_connection("hello_timeout");
-                return Err(Status::invalid_argument(
-                    "the first message on a stream must be Hello",
-                ));
-            }
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message on a stream must be Hello",
-                ));
-            }
-        };
-        if hello.protocol_version != PROTOCOL_VERSION {
-            tracing::info!(node = %node_id, version = hello.protocol_version, "agent speaks another protocol version");
-        }
-        if let Err(e) = check_count("open_tasks", hello.open_tasks.len(), MAX_OPEN_TASKS) {
-            tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
-            return Err(status(e.into()));
-        }
-        let interval = Duration::from_millis(hello.heartbeat_interval_ms.max(1));
-        if interval > MAX_HEARTBEAT_INTERVAL {
-            tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: heartbeat interval {interval:?} is too long");
-            return Err(Status::invalid_argument(format!(
-                "field `heartbeat_interval_ms`: {} is above the maximum of {} ms",
-                hello.heartbeat_interval_ms,
-                MAX_HEARTBEAT_INTERVAL.as_millis()
-            )));
-        }
-        // Agents before protocol 2 do not list their open tasks, so their silence proves nothing.
-        let open_tasks = (hello.protocol_version >= 2)
-            .then(|| hello.open_tasks.into_iter().collect::<HashSet<_>>());
-        let agent_hello = AgentHello {
-            capabilities: hello.capabilities.unwrap_or_default().into(),
-            labels: hello.labels.into_iter().collect(),
-            heartbeat_interval: interval,
-            metrics: hello.metrics.map(Into::into),
-            ip: addr.map(|a| a.ip().to_string()),
-            actions: hello
-                .actions
-                .into_iter()
-                .map(|a| ActionInfo {
-                    name: a.name,
-                    version: a.version,
-                })
-                .collect(),
-        };
+        let hello = first_hello(&mut inbound, metrics).await?;
+        let (agent_hello, open_tasks) = agent_hello(hello, &node_id, addr)?;
         // A read decides whether the node may attach; the Welcome waits for nothing else. Writing the hello
         // and registering the stream happen in the stream's own task: under a reconnect storm the store's
         // writes queue up, and an agent waiting on them would give up on Welcome and back off.
@@ -290,47 +307,70 @@ impl AgentStream {
                 fleet.desired_on_attach(&id).await;
             });
         }
-        let mut failure = None;
-        loop {
-            tokio::select! {
-                msg = inbound.message() => match msg {
-                    Ok(Some(AgentMessage { msg: Some(Msg::Heartbeat(hb)) })) => {
-                        metrics.heartbeat("grpc");
-                        let beat = hb.metrics.unwrap_or_default().into();
-                        if let Err(e) = fleet.stream_heartbeat(&node_id, beat) {
-                            tracing::warn!(node = %name, "ignored a heartbeat: {e}");
-                            if matches!(e, FleetError::NodeNotFound(_)) {
-                                failure = Some(status(e));
-                                break;
-                            }
-                        }
-                    }
-                    Ok(Some(AgentMessage { msg: Some(Msg::Hello(_)) })) => {
-                        tracing::warn!(node = %name, "ignored a second Hello on one stream");
-                    }
-                    // Boxed: handling a message takes a large future, which an idle stream's task
-                    // would otherwise carry for as long as the agent stays connected.
-                    Ok(Some(AgentMessage { msg: Some(other) })) => {
-                        Box::pin(fleet.agent_message(&node_id, &name, other)).await
-                    }
-                    Ok(Some(AgentMessage { msg: None })) => {
-                        tracing::debug!(node = %name, "ignored an empty or unknown message");
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(node = %name, "stream ended: {e}");
-                        break;
-                    }
-                },
-                _ = end_tx.closed() => break,
-                _ = shutdown.changed() => break,
-            }
-        }
+        let failure = serve(
+            &fleet,
+            &node_id,
+            &name,
+            &mut inbound,
+            &mut end_tx,
+            &mut shutdown,
+        )
+        .await;
         if let Some(s) = failure {
             let _ = end_tx.send(s);
         }
         tracing::info!(node = %name, id = %node_id, "agent detached");
     }
+}
+
+/// Serves an attached agent's messages until it ends the stream, the fleet drops its link, the server
+/// shuts down or the node is deleted (then the status to end the stream with).
+async fn serve(
+    fleet: &Arc<Fleet>,
+    node_id: &str,
+    name: &str,
+    inbound: &mut Streaming<AgentMessage>,
+    end_tx: &mut oneshot::Sender<Status>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Status> {
+    let metrics = fleet.metrics();
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(AgentMessage { msg: Some(Msg::Heartbeat(hb)) })) => {
+                    metrics.heartbeat("grpc");
+                    let beat = hb.metrics.unwrap_or_default().into();
+                    if let Err(e) = fleet.stream_heartbeat(node_id, beat) {
+                        tracing::warn!(node = %name, "ignored a heartbeat: {e}");
+                        if matches!(e, FleetError::NodeNotFound(_)) {
+                            failure = Some(status(e));
+                            break;
+                        }
+                    }
+                }
+                Ok(Some(AgentMessage { msg: Some(Msg::Hello(_)) })) => {
+                    tracing::warn!(node = %name, "ignored a second Hello on one stream");
+                }
+                // Boxed: handling a message takes a large future, which an idle stream's task
+                // would otherwise carry for as long as the agent stays connected.
+                Ok(Some(AgentMessage { msg: Some(other) })) => {
+                    Box::pin(fleet.agent_message(node_id, name, other)).await
+                }
+                Ok(Some(AgentMessage { msg: None })) => {
+                    tracing::debug!(node = %name, "ignored an empty or unknown message");
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(node = %name, "stream ended: {e}");
+                    break;
+                }
+            },
+            _ = end_tx.closed() => break,
+            _ = shutdown.changed() => break,
+        }
+    }
+    failure
 }
 
 /// An agent's response stream: Welcome first, then what the fleet sends through the node's link, until

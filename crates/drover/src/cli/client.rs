@@ -167,93 +167,23 @@ impl Target {
         path: &std::path::Path,
     ) -> anyhow::Result<Self> {
         let named = global.context.as_ref().or(config.current.as_ref());
-        let context = match named {
-            Some(name) => match config.contexts.get(name) {
-                Some(c) => Some(c),
-                None if global.context.is_some() => super::usage::usage!(
-                    "no context is named {name:?} in {} (see `drover context list`)",
-                    path.display()
-                ),
-                None => None,
-            },
-            None => None,
-        };
+        let context = named_context(global, config, named, path)?;
         // A context applies unless --server names another server: its token must never go elsewhere.
         let first = global
             .server
             .first()
             .map(|s| normalize_server(s))
             .transpose()?;
-        let context = match (context, first.as_deref()) {
-            (Some(c), Some(server)) if server != trim_url(&c.server) => {
-                if global.context.is_some() {
-                    super::usage::usage!(
-                        "--server {server} is not the server of context {:?} ({})",
-                        named.map(String::as_str).unwrap_or_default(),
-                        c.server
-                    );
-                }
-                None
-            }
-            (c, _) => c,
-        };
+        let context = context_for_server(global, named, context, first.as_deref())?;
         let base = match first {
             Some(f) => f,
             None => normalize_server(context.map(|c| c.server.as_str()).unwrap_or(DEFAULT_SERVER))?,
         };
-        let mut others: Vec<String> = Vec::new();
-        for s in global.server.iter().skip(1) {
-            let s = normalize_server(s)?;
-            if s != base && !others.contains(&s) {
-                others.push(s);
-            }
-        }
-        let servers = || std::iter::once(&base).chain(&others);
+        let others = other_servers(global, &base)?;
+        let servers: Vec<&String> = std::iter::once(&base).chain(&others).collect();
         let data_dir = global.data_dir.clone().unwrap_or_else(default_data_dir);
-        let (token, source) = match (global.token.clone(), context) {
-            (Some(t), _) => (t, TokenSource::Flag),
-            (None, Some(c)) => (
-                c.token.clone(),
-                TokenSource::Context(named.map(String::as_str).unwrap_or_default(), c),
-            ),
-            (None, None) => {
-                let path = data_dir.join("admin.token");
-                // The local server's admin token is for the local server: a typo in --server must not hand
-                // it to another host, over TLS or not.
-                if let Some(away) = servers().find(|s| !on_loopback(s)) {
-                    return Err(ClientError::TokenWithheld {
-                        message: format!(
-                            "not sending the admin token of {} to {away}: it is used only for a server on this \
-                             machine (loopback). For another server pass --token (or DROVER_TOKEN), or run \
-                             `drover login https://HOST:PORT --token …` once and use its context",
-                            path.display()
-                        ),
-                    }
-                    .into());
-                }
-                (read_admin_token(&path)?, TokenSource::DataDir)
-            }
-        };
-        // No token crosses a network in the clear unless the user said so, for this command or this context.
-        let consented = |server: &str| {
-            global.insecure_send_token_over_http
-                || matches!(&source, TokenSource::Context(_, c)
-                    if c.insecure_plain_http && trim_url(&c.server) == server)
-        };
-        if let Some(clear) = servers().find(|s| plain_http_off_host(s) && !consented(s)) {
-            let whose = match &source {
-                TokenSource::Context(name, _) => format!("the token of context {name:?}"),
-                _ => "the API token".to_string(),
-            };
-            return Err(ClientError::TokenWithheld {
-                message: format!(
-                    "refusing to send {whose} to {clear} over plain HTTP: anyone on the way could read it and act \
-                     as you. Use https:// (start the server with --api-tls, then `drover login https://HOST:PORT \
-                     --token …` pins its CA), or, on a network you trust, pass --insecure-send-token-over-http"
-                ),
-            }
-            .into());
-        }
+        let (token, source) = token_of(global, named, context, &data_dir, &servers)?;
+        refuse_token_in_clear(global, &source, &servers)?;
         // Without a context, a local server's own CA (beside its admin token) verifies `--api-tls`.
         let ca = match context {
             Some(c) => c.ca.clone(),
@@ -262,20 +192,7 @@ impl Target {
             }
             None => None,
         };
-        let admin = data_dir.join("admin.token");
-        let forbidden_hint = match &source {
-            TokenSource::DataDir => None,
-            TokenSource::Context(name, _) => Some(format!(
-                "this ran with the token of context {name:?}; an admin runs it with `--context NAME` (an admin's \
-                 context, see `drover context list`) or `--token` with an admin token (the local server's is in {})",
-                admin.display()
-            )),
-            TokenSource::Flag => Some(format!(
-                "this ran with the token of --token/DROVER_TOKEN; an admin runs it with an admin's token or \
-                 `--context NAME` of an admin's context (the local server's admin token is in {})",
-                admin.display()
-            )),
-        };
+        let forbidden_hint = forbidden_hint(&source, &data_dir);
         Ok(Self {
             base,
             others,
@@ -283,6 +200,144 @@ impl Target {
             ca,
             forbidden_hint,
         })
+    }
+}
+
+/// The context named by --context or the config's current one; an unknown --context is a usage error.
+fn named_context<'a>(
+    global: &Global,
+    config: &'a config::OperatorConfig,
+    named: Option<&String>,
+    path: &std::path::Path,
+) -> anyhow::Result<Option<&'a config::Context>> {
+    Ok(match named {
+        Some(name) => match config.contexts.get(name) {
+            Some(c) => Some(c),
+            None if global.context.is_some() => super::usage::usage!(
+                "no context is named {name:?} in {} (see `drover context list`)",
+                path.display()
+            ),
+            None => None,
+        },
+        None => None,
+    })
+}
+
+/// The context, unless --server names another server: dropped when it was the current one, a usage
+/// error when --context named it.
+fn context_for_server<'a>(
+    global: &Global,
+    named: Option<&String>,
+    context: Option<&'a config::Context>,
+    first: Option<&str>,
+) -> anyhow::Result<Option<&'a config::Context>> {
+    Ok(match (context, first) {
+        (Some(c), Some(server)) if server != trim_url(&c.server) => {
+            if global.context.is_some() {
+                super::usage::usage!(
+                    "--server {server} is not the server of context {:?} ({})",
+                    named.map(String::as_str).unwrap_or_default(),
+                    c.server
+                );
+            }
+            None
+        }
+        (c, _) => c,
+    })
+}
+
+/// The replicas after the first --server, normalized, without repeats.
+fn other_servers(global: &Global, base: &str) -> Result<Vec<String>, ClientError> {
+    let mut others: Vec<String> = Vec::new();
+    for s in global.server.iter().skip(1) {
+        let s = normalize_server(s)?;
+        if s != base && !others.contains(&s) {
+            others.push(s);
+        }
+    }
+    Ok(others)
+}
+
+/// The token to send and where it came from: --token, the context's, else the local admin token.
+fn token_of<'a>(
+    global: &Global,
+    named: Option<&'a String>,
+    context: Option<&'a config::Context>,
+    data_dir: &std::path::Path,
+    servers: &[&String],
+) -> anyhow::Result<(String, TokenSource<'a>)> {
+    Ok(match (global.token.clone(), context) {
+        (Some(t), _) => (t, TokenSource::Flag),
+        (None, Some(c)) => (
+            c.token.clone(),
+            TokenSource::Context(named.map(String::as_str).unwrap_or_default(), c),
+        ),
+        (None, None) => {
+            let path = data_dir.join("admin.token");
+            // The local server's admin token is for the local server: a typo in --server must not hand
+            // it to another host, over TLS or not.
+            if let Some(away) = servers.iter().find(|s| !on_loopback(s)) {
+                return Err(ClientError::TokenWithheld {
+                    message: format!(
+                        "not sending the admin token of {} to {away}: it is used only for a server on this \
+                         machine (loopback). For another server pass --token (or DROVER_TOKEN), or run \
+                         `drover login https://HOST:PORT --token …` once and use its context",
+                        path.display()
+                    ),
+                }
+                .into());
+            }
+            (read_admin_token(&path)?, TokenSource::DataDir)
+        }
+    })
+}
+
+/// No token crosses a network in the clear unless the user said so, for this command or this context.
+fn refuse_token_in_clear(
+    global: &Global,
+    source: &TokenSource<'_>,
+    servers: &[&String],
+) -> anyhow::Result<()> {
+    let consented = |server: &str| {
+        global.insecure_send_token_over_http
+            || matches!(source, TokenSource::Context(_, c)
+                if c.insecure_plain_http && trim_url(&c.server) == server)
+    };
+    if let Some(clear) = servers
+        .iter()
+        .find(|s| plain_http_off_host(s) && !consented(s))
+    {
+        let whose = match source {
+            TokenSource::Context(name, _) => format!("the token of context {name:?}"),
+            _ => "the API token".to_string(),
+        };
+        return Err(ClientError::TokenWithheld {
+            message: format!(
+                "refusing to send {whose} to {clear} over plain HTTP: anyone on the way could read it and act \
+                 as you. Use https:// (start the server with --api-tls, then `drover login https://HOST:PORT \
+                 --token …` pins its CA), or, on a network you trust, pass --insecure-send-token-over-http"
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// What a 403 adds: how an admin would run the command, by where this command's token came from.
+fn forbidden_hint(source: &TokenSource<'_>, data_dir: &std::path::Path) -> Option<String> {
+    let admin = data_dir.join("admin.token");
+    match source {
+        TokenSource::DataDir => None,
+        TokenSource::Context(name, _) => Some(format!(
+            "this ran with the token of context {name:?}; an admin runs it with `--context NAME` (an admin's \
+             context, see `drover context list`) or `--token` with an admin token (the local server's is in {})",
+            admin.display()
+        )),
+        TokenSource::Flag => Some(format!(
+            "this ran with the token of --token/DROVER_TOKEN; an admin runs it with an admin's token or \
+             `--context NAME` of an admin's context (the local server's admin token is in {})",
+            admin.display()
+        )),
     }
 }
 

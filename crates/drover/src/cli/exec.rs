@@ -403,21 +403,13 @@ pub async fn follow(
         format!("/api/v1/tasks/{}/output?follow={follow}", segment(task_id)),
         !follow,
     );
-    let total = task.runs.len() as u64;
-    let bar = if fan_out {
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} nodes done {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
-        Some(bar)
-    } else {
-        None
+    let mut progress = Progress {
+        bar: fan_out.then(|| progress_bar(task.runs.len() as u64)),
+        total: task.runs.len() as u64,
+        finished: 0,
+        failed: 0,
+        fan_out,
     };
-    let (mut finished, mut failed) = (0u64, 0u64);
     let mut interrupts = 0;
     let mut pending = Pending {
         lines: fan_out.then(Lines::default),
@@ -426,7 +418,7 @@ pub async fn follow(
     let mut seen = Seen::default();
     loop {
         if !events.has_buffered() {
-            match &bar {
+            match &progress.bar {
                 Some(b) => b.suspend(|| pending.flush()),
                 None => pending.flush(),
             }
@@ -435,14 +427,7 @@ pub async fn follow(
             e = events.next() => e?,
             Some(_) = async { match interrupt.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
                 interrupts += 1;
-                if interrupts > 1 {
-                    std::process::exit(130);
-                }
-                eprintln!("cancelling task {task_id} (Ctrl-C again to stop waiting)...");
-                let cancel = client.request::<Task>(Method::POST, &format!("/api/v1/tasks/{}/cancel", segment(task_id)), None::<&()>).await;
-                if let Err(e) = cancel {
-                    eprintln!("could not cancel: {e}; Ctrl-C again to stop waiting, or `drover tasks cancel {task_id}` later");
-                }
+                cancel_on_interrupt(client, task_id, interrupts).await;
                 continue;
             }
         };
@@ -461,46 +446,13 @@ pub async fn follow(
                 }
                 pending.end_of(&run.node_name);
                 pending.flush();
-                finished += 1;
-                if !run.state.is_success() {
-                    failed += 1;
-                }
-                let note = || match &run.error {
-                    Some(e) => eprintln!(
-                        "{}: {}: {}",
-                        safe(&run.node_name),
-                        run.state.as_str(),
-                        safe(e)
-                    ),
-                    None if !run.state.is_success()
-                        && (fan_out || run.state != RunState::Failed) =>
-                    {
-                        eprintln!(
-                            "{}: {} (exit {})",
-                            safe(&run.node_name),
-                            run.state.as_str(),
-                            run_exit_code(&run)
-                        )
-                    }
-                    None => {}
-                };
-                match &bar {
-                    Some(b) => {
-                        b.suspend(note);
-                        b.set_position(finished);
-                        b.set_message(format!(
-                            "({failed} failed, {} running)",
-                            total.saturating_sub(finished)
-                        ));
-                    }
-                    None => note(),
-                }
+                progress.run_ended(&run);
             }
             "done" => {
                 pending.end_all();
                 pending.flush();
                 let task: Task = serde_json::from_str(&event.data)?;
-                if let Some(b) = &bar {
+                if let Some(b) = &progress.bar {
                     b.finish_and_clear();
                     print_summary(&task);
                 }
@@ -511,10 +463,92 @@ pub async fn follow(
     }
     pending.end_all();
     pending.flush();
-    if let Some(b) = &bar {
+    if let Some(b) = &progress.bar {
         b.finish_and_clear();
     }
     Ok(None)
+}
+
+/// The fan-out progress bar: nodes done out of `total`.
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} nodes done {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Ctrl-C while following: the first asks the server to cancel the task, the second stops waiting.
+async fn cancel_on_interrupt(client: &Client, task_id: &str, interrupts: u32) {
+    if interrupts > 1 {
+        std::process::exit(130);
+    }
+    eprintln!("cancelling task {task_id} (Ctrl-C again to stop waiting)...");
+    let cancel = client
+        .request::<Task>(
+            Method::POST,
+            &format!("/api/v1/tasks/{}/cancel", segment(task_id)),
+            None::<&()>,
+        )
+        .await;
+    if let Err(e) = cancel {
+        eprintln!(
+            "could not cancel: {e}; Ctrl-C again to stop waiting, or `drover tasks cancel {task_id}` later"
+        );
+    }
+}
+
+/// Runs ended so far, shown on the fan-out progress bar.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    finished: u64,
+    failed: u64,
+    fan_out: bool,
+}
+
+impl Progress {
+    /// A run ended: note why when it did not succeed, and move the bar.
+    fn run_ended(&mut self, run: &TaskRun) {
+        self.finished += 1;
+        if !run.state.is_success() {
+            self.failed += 1;
+        }
+        let fan_out = self.fan_out;
+        let note = || match &run.error {
+            Some(e) => eprintln!(
+                "{}: {}: {}",
+                safe(&run.node_name),
+                run.state.as_str(),
+                safe(e)
+            ),
+            None if !run.state.is_success() && (fan_out || run.state != RunState::Failed) => {
+                eprintln!(
+                    "{}: {} (exit {})",
+                    safe(&run.node_name),
+                    run.state.as_str(),
+                    run_exit_code(run)
+                )
+            }
+            None => {}
+        };
+        match &self.bar {
+            Some(b) => {
+                b.suspend(note);
+                b.set_position(self.finished);
+                b.set_message(format!(
+                    "({} failed, {} running)",
+                    self.failed,
+                    self.total.saturating_sub(self.finished)
+                ));
+            }
+            None => note(),
+        }
+    }
 }
 
 fn print_summary(task: &Task) {

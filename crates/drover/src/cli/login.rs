@@ -90,12 +90,8 @@ fn accept_fingerprint(args: &LoginArgs, url: &str, found: &str) -> anyhow::Resul
     Ok(())
 }
 
-pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
-    let Some(token) = global.token.clone() else {
-        super::usage::usage!(
-            "--token is required (an operator token from `drover operator create`)"
-        );
-    };
+/// The URL to log in to, normalized as for --server, and its host.
+fn login_url(args: &LoginArgs) -> anyhow::Result<(String, reqwest::Url, String)> {
     // `host:port` alone is http:// on loopback and refused elsewhere, as for --server.
     let base = normalize_server(&args.url).map_err(|e| match e {
         ClientError::Usage { message } => ClientError::Usage {
@@ -113,7 +109,19 @@ pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
         .host_str()
         .with_context(|| format!("{} names no host", args.url))?
         .to_string();
-    let plain_off_host = url.scheme() == "http" && !is_loopback_host(&host);
+    Ok((base, url, host))
+}
+
+/// Refuses a CA fingerprint over plain HTTP, and a token in the clear off this machine without consent.
+/// Returns whether the token goes in the clear to another host.
+fn check_transport(
+    args: &LoginArgs,
+    global: &Global,
+    url: &reqwest::Url,
+    base: &str,
+    host: &str,
+) -> anyhow::Result<bool> {
+    let plain_off_host = url.scheme() == "http" && !is_loopback_host(host);
     if url.scheme() == "http" && args.ca_fingerprint.is_some() {
         return Err(ClientError::Usage {
             message: format!(
@@ -134,12 +142,23 @@ pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
         }
         .into());
     }
-    let (ca, ca_fingerprint) = match url.scheme() {
+    Ok(plain_off_host)
+}
+
+/// With https, the server's CA (PEM) and its fingerprint once trusted; with http, none.
+async fn pin_ca(
+    args: &LoginArgs,
+    url: &reqwest::Url,
+    base: &str,
+    host: &str,
+    plain_off_host: bool,
+) -> anyhow::Result<(Option<String>, Option<String>)> {
+    Ok(match url.scheme() {
         "https" => {
             let port = url.port_or_known_default().unwrap_or(443);
-            let der = tls::fetch_ca(&host, port).await?;
+            let der = tls::fetch_ca(host, port).await?;
             let found = tls::fingerprint(&der);
-            accept_fingerprint(&args, &base, &found)?;
+            accept_fingerprint(args, base, &found)?;
             (Some(tls::der_to_pem(&der)), Some(found))
         }
         "http" => {
@@ -154,7 +173,18 @@ pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
         other => super::usage::usage!(
             "unsupported scheme {other:?}: use https:// (or http:// on loopback)"
         ),
+    })
+}
+
+pub async fn login(args: LoginArgs, global: &Global) -> anyhow::Result<()> {
+    let Some(token) = global.token.clone() else {
+        super::usage::usage!(
+            "--token is required (an operator token from `drover operator create`)"
+        );
     };
+    let (base, url, host) = login_url(&args)?;
+    let plain_off_host = check_transport(&args, global, &url, &base, &host)?;
+    let (ca, ca_fingerprint) = pin_ca(&args, &url, &base, &host, plain_off_host).await?;
     // Proves the token (and, with TLS, the pinned CA) before anything is saved.
     let target = Target {
         base: base.clone(),

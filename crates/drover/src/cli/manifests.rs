@@ -115,40 +115,7 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
     // Signed after the upload: the signature covers each source's SHA-256, so the content too.
     let manifest = args.sign.manifest(manifest)?;
     if args.dry_run {
-        let answer: serde_json::Value = client
-            .request(
-                Method::POST,
-                "/api/v1/manifests?dry_run=true",
-                Some(&manifest),
-            )
-            .await?
-            .context("the server returned nothing")?;
-        let plans: Vec<NodePlan> = serde_json::from_value(answer["nodes"].clone())?;
-        if args.output == OutputFormat::Json {
-            return print_json(&plans);
-        }
-        for p in &plans {
-            match &p.error {
-                Some(e) => println!("{}: {}", safe(&p.node), safe(e)),
-                None => {
-                    println!("{}:", safe(&p.node));
-                    let mut t = table(&["RESOURCE", "KIND", "ACTION", "DETAIL"]);
-                    for i in &p.plan {
-                        t.add_row(vec![
-                            i.id.clone(),
-                            i.kind.clone(),
-                            i.action.clone(),
-                            i.detail.clone(),
-                        ]);
-                    }
-                    println!("{t}");
-                }
-            }
-        }
-        if plans.is_empty() {
-            println!("no node is selected by this manifest");
-        }
-        return Ok(());
+        return dry_run(client, &manifest, args.output).await;
     }
     // The server answers once every node's desired state is computed: at fleet size that can take
     // longer than an ordinary request's 30 s.
@@ -164,26 +131,7 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
         .context("the server returned nothing")?;
     match args.output {
         OutputFormat::Json if !args.wait => return print_json(&applied),
-        _ => {
-            eprintln!(
-                "manifest {} {} (manifest generation {}), targeting {} node(s)",
-                safe(&applied.name),
-                if applied.changed {
-                    "applied"
-                } else {
-                    "unchanged"
-                },
-                applied.generation,
-                applied.nodes.len()
-            );
-            // Selected, but not targets: said once, not waited for, not counted.
-            if !applied.http_nodes.is_empty() {
-                eprintln!(
-                    "{}: {HTTP_NODE_TAKES_NO_WORK} (selected, not targeted)",
-                    some_names(&applied.http_nodes)
-                );
-            }
-        }
+        _ => print_applied(&applied),
     }
     if args.wait {
         let timeout = drover_types::duration::parse_duration(&args.timeout).usage("--timeout")?;
@@ -197,6 +145,70 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `apply --dry-run`: what each selected node would do, changing nothing.
+async fn dry_run(
+    client: &Client,
+    manifest: &serde_json::Value,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    let answer: serde_json::Value = client
+        .request(
+            Method::POST,
+            "/api/v1/manifests?dry_run=true",
+            Some(manifest),
+        )
+        .await?
+        .context("the server returned nothing")?;
+    let plans: Vec<NodePlan> = serde_json::from_value(answer["nodes"].clone())?;
+    if output == OutputFormat::Json {
+        return print_json(&plans);
+    }
+    for p in &plans {
+        match &p.error {
+            Some(e) => println!("{}: {}", safe(&p.node), safe(e)),
+            None => {
+                println!("{}:", safe(&p.node));
+                let mut t = table(&["RESOURCE", "KIND", "ACTION", "DETAIL"]);
+                for i in &p.plan {
+                    t.add_row(vec![
+                        i.id.clone(),
+                        i.kind.clone(),
+                        i.action.clone(),
+                        i.detail.clone(),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+    }
+    if plans.is_empty() {
+        println!("no node is selected by this manifest");
+    }
+    Ok(())
+}
+
+/// The line saying what an apply did, and which selected nodes take no work.
+fn print_applied(applied: &Applied) {
+    eprintln!(
+        "manifest {} {} (manifest generation {}), targeting {} node(s)",
+        safe(&applied.name),
+        if applied.changed {
+            "applied"
+        } else {
+            "unchanged"
+        },
+        applied.generation,
+        applied.nodes.len()
+    );
+    // Selected, but not targets: said once, not waited for, not counted.
+    if !applied.http_nodes.is_empty() {
+        eprintln!(
+            "{}: {HTTP_NODE_TAKES_NO_WORK} (selected, not targeted)",
+            some_names(&applied.http_nodes)
+        );
+    }
 }
 
 /// Exit code of `drover apply --wait` when only targets that are not connected are left to converge.

@@ -52,149 +52,171 @@ enum NodesCommand {
 }
 
 pub async fn run(args: NodesArgs, client: &Client) -> anyhow::Result<()> {
+    let output = args.output;
     match args
         .command
         .unwrap_or(NodesCommand::List { page_size: 1000 })
     {
-        NodesCommand::List { page_size } => {
-            // A page at a time: the server reads and sends a page per request, whatever the fleet.
-            let nodes: Vec<Node> = client
-                .get_pages(&format!("/api/v1/nodes?limit={page_size}"))
-                .await?;
-            match args.output {
-                OutputFormat::Json => print_json(&nodes),
-                OutputFormat::Table => {
-                    print_list(&nodes);
-                    Ok(())
-                }
+        NodesCommand::List { page_size } => list(client, output, page_size).await,
+        NodesCommand::Show { node } => show(client, output, &node).await,
+        NodesCommand::Metrics { node, limit } => metrics(client, output, &node, limit).await,
+        NodesCommand::Label { node, changes } => label(client, output, &node, &changes).await,
+        NodesCommand::AcceptLabels { node } => accept_labels(client, output, &node).await,
+        NodesCommand::Delete { node } => delete(client, output, &node).await,
+    }
+}
+
+async fn list(client: &Client, output: OutputFormat, page_size: u16) -> anyhow::Result<()> {
+    // A page at a time: the server reads and sends a page per request, whatever the fleet.
+    let nodes: Vec<Node> = client
+        .get_pages(&format!("/api/v1/nodes?limit={page_size}"))
+        .await?;
+    match output {
+        OutputFormat::Json => print_json(&nodes),
+        OutputFormat::Table => {
+            print_list(&nodes);
+            Ok(())
+        }
+    }
+}
+
+async fn show(client: &Client, output: OutputFormat, node: &str) -> anyhow::Result<()> {
+    let node: Node = client
+        .get(&format!("/api/v1/nodes/{}", segment(node)))
+        .await?;
+    match output {
+        OutputFormat::Json => print_json(&node),
+        OutputFormat::Table => {
+            print_node(&node);
+            if let Some((detail, report)) = super::gpus::latest(client, &node.id).await? {
+                super::gpus::print(&detail, &report);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn metrics(
+    client: &Client,
+    output: OutputFormat,
+    node: &str,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let samples: Vec<MetricsSample> = client
+        .get(&format!(
+            "/api/v1/nodes/{}/metrics?limit={limit}",
+            segment(node)
+        ))
+        .await?;
+    match output {
+        OutputFormat::Json => print_json(&samples),
+        OutputFormat::Table => {
+            let mut t = table(&["TIME", "CPU %", "MEM %", "DISK FREE", "LOAD1", "CONTAINERS"]);
+            for s in &samples {
+                t.add_row(vec![
+                    s.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    pct(Some(s.metrics.cpu_usage)),
+                    pct(Some(s.metrics.mem_usage)),
+                    mb(Some(s.metrics.disk_free_mb)),
+                    pct(s.metrics.load1),
+                    s.metrics.running_containers.len().to_string(),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+    }
+}
+
+async fn label(
+    client: &Client,
+    output: OutputFormat,
+    node: &str,
+    changes: &[String],
+) -> anyhow::Result<()> {
+    let mut set = drover_types::Labels::new();
+    let mut remove = Vec::new();
+    for c in changes {
+        match c.strip_suffix('-') {
+            Some(key) if !c.contains('=') => remove.push(key.to_string()),
+            _ => {
+                let (k, v) = drover_types::labels::parse_label(c)?;
+                set.insert(k, v);
             }
         }
-        NodesCommand::Show { node } => {
-            let node: Node = client
-                .get(&format!("/api/v1/nodes/{}", segment(&node)))
-                .await?;
-            match args.output {
-                OutputFormat::Json => print_json(&node),
-                OutputFormat::Table => {
-                    print_node(&node);
-                    if let Some((detail, report)) = super::gpus::latest(client, &node.id).await? {
-                        super::gpus::print(&detail, &report);
-                    }
-                    Ok(())
-                }
+    }
+    let body = serde_json::json!({"set": set, "remove": remove});
+    let node: Option<Node> = client
+        .request(
+            Method::POST,
+            &format!("/api/v1/nodes/{}/labels", segment(node)),
+            Some(&body),
+        )
+        .await?;
+    if let Some(n) = node {
+        match output {
+            OutputFormat::Json => print_json(&n)?,
+            OutputFormat::Table => {
+                println!("{}", safe(&format!("{}: {}", n.name, labels(&n.labels))))
             }
         }
-        NodesCommand::Metrics { node, limit } => {
-            let samples: Vec<MetricsSample> = client
-                .get(&format!(
-                    "/api/v1/nodes/{}/metrics?limit={limit}",
-                    segment(&node)
+    }
+    Ok(())
+}
+
+async fn accept_labels(client: &Client, output: OutputFormat, node: &str) -> anyhow::Result<()> {
+    let before: Node = client
+        .get(&format!("/api/v1/nodes/{}", segment(node)))
+        .await?;
+    let node: Option<Node> = client
+        .request(
+            Method::POST,
+            &format!("/api/v1/nodes/{}/labels/accept", segment(node)),
+            None::<&()>,
+        )
+        .await?;
+    if let Some(n) = node {
+        match output {
+            OutputFormat::Json => print_json(&n)?,
+            OutputFormat::Table if before.pending_labels.is_empty() => {
+                println!(
+                    "{}",
+                    safe(&format!(
+                        "{}: no pending labels; labels {}",
+                        n.name,
+                        labels(&n.labels)
+                    ))
+                )
+            }
+            OutputFormat::Table => println!(
+                "{}",
+                safe(&format!(
+                    "{}: accepted {}; labels {}",
+                    n.name,
+                    labels(&before.pending_labels),
+                    labels(&n.labels)
                 ))
-                .await?;
-            match args.output {
-                OutputFormat::Json => print_json(&samples),
-                OutputFormat::Table => {
-                    let mut t =
-                        table(&["TIME", "CPU %", "MEM %", "DISK FREE", "LOAD1", "CONTAINERS"]);
-                    for s in &samples {
-                        t.add_row(vec![
-                            s.at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                            pct(Some(s.metrics.cpu_usage)),
-                            pct(Some(s.metrics.mem_usage)),
-                            mb(Some(s.metrics.disk_free_mb)),
-                            pct(s.metrics.load1),
-                            s.metrics.running_containers.len().to_string(),
-                        ]);
-                    }
-                    println!("{t}");
-                    Ok(())
-                }
-            }
+            ),
         }
-        NodesCommand::Label { node, changes } => {
-            let mut set = drover_types::Labels::new();
-            let mut remove = Vec::new();
-            for c in &changes {
-                match c.strip_suffix('-') {
-                    Some(key) if !c.contains('=') => remove.push(key.to_string()),
-                    _ => {
-                        let (k, v) = drover_types::labels::parse_label(c)?;
-                        set.insert(k, v);
-                    }
-                }
-            }
-            let body = serde_json::json!({"set": set, "remove": remove});
-            let node: Option<Node> = client
-                .request(
-                    Method::POST,
-                    &format!("/api/v1/nodes/{}/labels", segment(&node)),
-                    Some(&body),
-                )
-                .await?;
-            if let Some(n) = node {
-                match args.output {
-                    OutputFormat::Json => print_json(&n)?,
-                    OutputFormat::Table => {
-                        println!("{}", safe(&format!("{}: {}", n.name, labels(&n.labels))))
-                    }
-                }
-            }
+    }
+    Ok(())
+}
+
+async fn delete(client: &Client, output: OutputFormat, node: &str) -> anyhow::Result<()> {
+    let deleted: Option<Node> = client
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/nodes/{}", segment(node)),
+            None::<&()>,
+        )
+        .await?;
+    match (output, deleted) {
+        (OutputFormat::Json, Some(n)) => print_json(&n),
+        (_, Some(n)) => {
+            println!("{}", safe(&format!("deleted node {} ({})", n.name, n.id)));
             Ok(())
         }
-        NodesCommand::AcceptLabels { node } => {
-            let before: Node = client
-                .get(&format!("/api/v1/nodes/{}", segment(&node)))
-                .await?;
-            let node: Option<Node> = client
-                .request(
-                    Method::POST,
-                    &format!("/api/v1/nodes/{}/labels/accept", segment(&node)),
-                    None::<&()>,
-                )
-                .await?;
-            if let Some(n) = node {
-                match args.output {
-                    OutputFormat::Json => print_json(&n)?,
-                    OutputFormat::Table if before.pending_labels.is_empty() => {
-                        println!(
-                            "{}",
-                            safe(&format!(
-                                "{}: no pending labels; labels {}",
-                                n.name,
-                                labels(&n.labels)
-                            ))
-                        )
-                    }
-                    OutputFormat::Table => println!(
-                        "{}",
-                        safe(&format!(
-                            "{}: accepted {}; labels {}",
-                            n.name,
-                            labels(&before.pending_labels),
-                            labels(&n.labels)
-                        ))
-                    ),
-                }
-            }
-            Ok(())
-        }
-        NodesCommand::Delete { node } => {
-            let deleted: Option<Node> = client
-                .request(
-                    Method::DELETE,
-                    &format!("/api/v1/nodes/{}", segment(&node)),
-                    None::<&()>,
-                )
-                .await?;
-            match (args.output, deleted) {
-                (OutputFormat::Json, Some(n)) => print_json(&n),
-                (_, Some(n)) => {
-                    println!("{}", safe(&format!("deleted node {} ({})", n.name, n.id)));
-                    Ok(())
-                }
-                (_, None) => Ok(()),
-            }
-        }
+        (_, None) => Ok(()),
     }
 }
 
@@ -318,42 +340,46 @@ fn print_node(n: &Node) {
     };
     rows.push(("GPUs", gpus));
     if let Some(m) = &n.metrics {
-        // The last heartbeat's reading: from a node that is not Ready, it says when it was taken.
-        let stale = match n.status {
-            drover_types::NodeStatus::Ready => String::new(),
-            status => format!(
-                " (last reported {}; the node is {status})",
-                ago(n.last_seen)
-            ),
-        };
-        rows.push(("CPU usage", format!("{} %{stale}", pct(Some(m.cpu_usage)))));
-        rows.push((
-            "Memory usage",
-            format!("{} %{stale}", pct(Some(m.mem_usage))),
-        ));
-        rows.push(("Disk free", mb(Some(m.disk_free_mb))));
-        if let (Some(a), Some(b), Some(c)) = (m.load1, m.load5, m.load15) {
-            rows.push(("Load", format!("{a:.2} {b:.2} {c:.2}")));
-        }
-        if let Some(u) = m.uptime_s {
-            rows.push((
-                "Uptime",
-                humantime::format_duration(std::time::Duration::from_secs(u)).to_string(),
-            ));
-        }
-        let containers = if m.running_containers.is_empty() {
-            "none".to_string()
-        } else {
-            m.running_containers
-                .iter()
-                .map(|c| c.name.clone())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        rows.push(("Containers", containers));
+        metric_rows(n, m, &mut rows);
     }
     // Nearly every value is the node's own report: escaped, so a line cannot rewrite the ones above it.
     for (k, v) in rows {
         println!("{:<14}{}", format!("{k}:"), safe(&v));
     }
+}
+
+/// The last heartbeat's reading: from a node that is not Ready, it says when it was taken.
+fn metric_rows(n: &Node, m: &drover_types::Metrics, rows: &mut Vec<(&str, String)>) {
+    let stale = match n.status {
+        drover_types::NodeStatus::Ready => String::new(),
+        status => format!(
+            " (last reported {}; the node is {status})",
+            ago(n.last_seen)
+        ),
+    };
+    rows.push(("CPU usage", format!("{} %{stale}", pct(Some(m.cpu_usage)))));
+    rows.push((
+        "Memory usage",
+        format!("{} %{stale}", pct(Some(m.mem_usage))),
+    ));
+    rows.push(("Disk free", mb(Some(m.disk_free_mb))));
+    if let (Some(a), Some(b), Some(c)) = (m.load1, m.load5, m.load15) {
+        rows.push(("Load", format!("{a:.2} {b:.2} {c:.2}")));
+    }
+    if let Some(u) = m.uptime_s {
+        rows.push((
+            "Uptime",
+            humantime::format_duration(std::time::Duration::from_secs(u)).to_string(),
+        ));
+    }
+    let containers = if m.running_containers.is_empty() {
+        "none".to_string()
+    } else {
+        m.running_containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    rows.push(("Containers", containers));
 }

@@ -171,7 +171,7 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 
 /// Merges flags, environment and file into a server configuration, plus the log format.
 pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConfig, bool)> {
-    let file = match &args.config {
+    let mut file = match &args.config {
         Some(p) => read_file(p)?,
         None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
             read_file(Path::new(DEFAULT_CONFIG_FILE))?
@@ -181,29 +181,46 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     let data_dir = global
         .data_dir
         .clone()
-        .or(file.data_dir)
+        .or(file.data_dir.take())
         .unwrap_or_else(default_data_dir);
     let mut config = ServerConfig::new(data_dir);
-    if let Some(url) = args.database.clone().or(file.database) {
+    resolve_cluster(args, &mut file, &mut config)?;
+    resolve_listeners(args, &mut file, &mut config)?;
+    resolve_limits(args, &mut file, &mut config)?;
+    let json = match args.log_format.clone().or(file.log_format).as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => usage!("log format {other:?}: use text or json"),
+    };
+    Ok((config, json))
+}
+
+/// PostgreSQL, the cluster secret and NATS: what replicas share, and which needs which.
+fn resolve_cluster(
+    args: &ServerArgs,
+    file: &mut FileConfig,
+    config: &mut ServerConfig,
+) -> anyhow::Result<()> {
+    if let Some(url) = args.database.clone().or(file.database.take()) {
         config.database = Some(check_database_url(&url)?);
     }
     config.cluster_secret_file = args
         .cluster_secret_file
         .clone()
-        .or(file.cluster_secret_file);
+        .or(file.cluster_secret_file.take());
     if config.cluster_secret_file.is_some() && config.database.is_none() {
         usage!("--cluster-secret-file needs --database: the CA is shared through PostgreSQL");
     }
-    if let Some(url) = args.nats.clone().or(file.nats) {
+    if let Some(url) = args.nats.clone().or(file.nats.take()) {
         config.nats = Some(check_nats_url(&url)?);
     }
     if config.nats.is_some() && config.database.is_none() {
         usage!("--nats needs --database: replicas share their records through PostgreSQL");
     }
     config.nats_options = drover_server::fleet::NatsOptions {
-        ca: args.nats_ca.clone().or(file.nats_ca),
-        creds: args.nats_creds.clone().or(file.nats_creds),
-        nkey: args.nats_nkey.clone().or(file.nats_nkey),
+        ca: args.nats_ca.clone().or(file.nats_ca.take()),
+        creds: args.nats_creds.clone().or(file.nats_creds.take()),
+        nkey: args.nats_nkey.clone().or(file.nats_nkey.take()),
     };
     let o = &config.nats_options;
     if o.creds.is_some() && o.nkey.is_some() {
@@ -220,28 +237,46 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
             }
         }
     }
+    Ok(())
+}
+
+/// Where the server listens and what it tells agents and the REST API's clients.
+fn resolve_listeners(
+    args: &ServerArgs,
+    file: &mut FileConfig,
+    config: &mut ServerConfig,
+) -> anyhow::Result<()> {
     if let Some(a) = args.listen.or(file.listen) {
         config.listen = a;
     }
-    let cert = args.api_cert.clone().or(file.api_cert);
-    let key = args.api_key.clone().or(file.api_key);
+    let cert = args.api_cert.clone().or(file.api_cert.take());
+    let key = args.api_key.clone().or(file.api_key.take());
     config.api_tls = match (cert, key) {
         (Some(cert), Some(key)) => Some(ApiTls::Files { cert, key }),
         (None, None) if args.api_tls || file.api_tls.unwrap_or(false) => Some(ApiTls::ServerCa),
         (None, None) => None,
         _ => usage!("--api-cert and --api-key go together"),
     };
-    if let Some(url) = args.advertise_url.clone().or(file.advertise_url) {
+    if let Some(url) = args.advertise_url.clone().or(file.advertise_url.take()) {
         config.advertise_url = Some(check_advertise_url(&url)?);
     }
     if let Some(a) = args.agent_listen.or(file.agent_listen) {
         config.agent_listen = a;
     }
-    config.agent_sans = file.agent_sans;
+    config.agent_sans = std::mem::take(&mut file.agent_sans);
     config.agent_sans.extend(args.agent_sans.iter().cloned());
     config.open_registration = args.open_registration || file.open_registration.unwrap_or(false);
     config.trust_reported_labels =
         args.trust_reported_labels || file.trust_reported_labels.unwrap_or(false);
+    Ok(())
+}
+
+/// Liveness, history, retention and output limits, and the metrics endpoint.
+fn resolve_limits(
+    args: &ServerArgs,
+    file: &mut FileConfig,
+    config: &mut ServerConfig,
+) -> anyhow::Result<()> {
     if let Some(n) = args.not_ready_after.or(file.not_ready_after) {
         config.liveness.not_ready_after = n;
     }
@@ -265,27 +300,26 @@ pub fn resolve(args: &ServerArgs, global: &Global) -> anyhow::Result<(ServerConf
     if let Some(t) = args
         .metrics_history_interval
         .clone()
-        .or(file.metrics_history_interval)
+        .or(file.metrics_history_interval.take())
     {
         config.metrics_history_interval = parse_duration(&t).usage("--metrics-history-interval")?;
     }
-    if let Some(t) = args.lost_after.clone().or(file.lost_after) {
+    if let Some(t) = args.lost_after.clone().or(file.lost_after.take()) {
         config.lost_after = parse_duration(&t).usage("--lost-after")?;
     }
-    if let Some(t) = args.task_retention.clone().or(file.task_retention) {
+    if let Some(t) = args.task_retention.clone().or(file.task_retention.take()) {
         config.task_retention = parse_duration(&t).usage("--task-retention")?;
     }
-    if let Some(t) = args.task_output_limit.clone().or(file.task_output_limit) {
+    if let Some(t) = args
+        .task_output_limit
+        .clone()
+        .or(file.task_output_limit.take())
+    {
         config.max_task_output = parse_size(&t).usage("--task-output-limit")?;
     }
     config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     config.metrics_per_node = args.metrics_per_node || file.metrics_per_node.unwrap_or(false);
-    let json = match args.log_format.clone().or(file.log_format).as_deref() {
-        None | Some("text") => false,
-        Some("json") => true,
-        Some(other) => usage!("log format {other:?}: use text or json"),
-    };
-    Ok((config, json))
+    Ok(())
 }
 
 /// `--database` takes a PostgreSQL URL; SQLite needs none (it is the default, in the data dir).

@@ -42,80 +42,10 @@ enum TasksCommand {
 }
 
 pub async fn run(args: TasksArgs, client: &Client) -> anyhow::Result<()> {
+    let output = args.output;
     match args.command.unwrap_or(TasksCommand::List { limit: 50 }) {
-        TasksCommand::List { limit } => {
-            let tasks: Vec<TaskListEntry> =
-                client.get(&format!("/api/v1/tasks?limit={limit}")).await?;
-            match args.output {
-                OutputFormat::Json => print_json(&tasks),
-                OutputFormat::Table => {
-                    let mut t = table(&[
-                        "ID",
-                        "TARGET",
-                        "COMMAND",
-                        "STATE",
-                        "STARTED",
-                        "DURATION",
-                        "EXIT CODES",
-                    ]);
-                    for task in &tasks {
-                        t.add_row(row(task));
-                    }
-                    println!("{t}");
-                    Ok(())
-                }
-            }
-        }
-        TasksCommand::Show { id } => {
-            let task: Task = client
-                .get(&format!("/api/v1/tasks/{}", segment(&id)))
-                .await?;
-            match args.output {
-                OutputFormat::Json => print_json(&task),
-                OutputFormat::Table => {
-                    println!(
-                        "Task:     {}\nCommand:  {}\nState:    {}\nCreated:  {} by {}\n",
-                        task.id,
-                        safe(&task.spec.summary()),
-                        task.state(),
-                        task.created_at.to_rfc3339(),
-                        safe(&task.created_by)
-                    );
-                    // Only when an agent reported after its run had ended (it was lost, or cancelled on
-                    // the server only): what really happened there, kept beside the recorded state.
-                    let late = task.runs.iter().any(|r| r.late_exit.is_some());
-                    let mut headers = vec!["NODE", "STATE", "EXIT", "STARTED", "FINISHED", "ERROR"];
-                    if late {
-                        headers.push("LATE EXIT");
-                    }
-                    let mut t = table(&headers);
-                    for r in &task.runs {
-                        let mut row = vec![
-                            r.node_name.clone(),
-                            r.state.as_str().to_string(),
-                            if r.state.is_final() {
-                                run_exit_code(r).to_string()
-                            } else {
-                                "-".into()
-                            },
-                            r.started_at
-                                .map(|t| t.format("%H:%M:%S").to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            r.finished_at
-                                .map(|t| t.format("%H:%M:%S").to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            r.error.clone().unwrap_or_default(),
-                        ];
-                        if late {
-                            row.push(r.late_exit.as_ref().map(late_exit).unwrap_or_default());
-                        }
-                        t.add_row(row);
-                    }
-                    println!("{t}");
-                    Ok(())
-                }
-            }
-        }
+        TasksCommand::List { limit } => list(client, output, limit).await,
+        TasksCommand::Show { id } => show(client, output, &id).await,
         TasksCommand::Logs { id, follow: keep } => {
             let task: Task = client
                 .get(&format!("/api/v1/tasks/{}", segment(&id)))
@@ -123,44 +53,125 @@ pub async fn run(args: TasksArgs, client: &Client) -> anyhow::Result<()> {
             follow(client, &task, keep, task.runs.len() > 1, None).await?;
             Ok(())
         }
-        TasksCommand::Cancel { id } => {
-            // Looked at first so that cancelling a finished task says so instead of "cancel requested"
-            // (the server leaves a finished task alone, unaudited, either way).
-            let before: Task = client
-                .get(&format!("/api/v1/tasks/{}", segment(&id)))
-                .await?;
-            let task = if before.is_finished() {
-                eprintln!(
-                    "task {} had already finished ({}): nothing to cancel",
-                    before.id,
-                    before.state()
-                );
-                Some(before)
-            } else {
-                let task: Option<Task> = client
-                    .request(
-                        Method::POST,
-                        &format!("/api/v1/tasks/{}/cancel", segment(&before.id)),
-                        None::<&()>,
-                    )
-                    .await?;
-                match &task {
-                    Some(t) if t.is_finished() => {
-                        eprintln!("task {} is over: {}", t.id, t.state())
-                    }
-                    _ => eprintln!(
-                        "cancel requested for task {}: its nodes stop it (see `drover tasks show {}`)",
-                        before.id, before.id
-                    ),
-                }
-                task
-            };
-            if let (OutputFormat::Json, Some(t)) = (args.output, task) {
-                print_json(&t)?;
+        TasksCommand::Cancel { id } => cancel(client, output, &id).await,
+    }
+}
+
+async fn list(client: &Client, output: OutputFormat, limit: usize) -> anyhow::Result<()> {
+    let tasks: Vec<TaskListEntry> = client.get(&format!("/api/v1/tasks?limit={limit}")).await?;
+    match output {
+        OutputFormat::Json => print_json(&tasks),
+        OutputFormat::Table => {
+            let mut t = table(&[
+                "ID",
+                "TARGET",
+                "COMMAND",
+                "STATE",
+                "STARTED",
+                "DURATION",
+                "EXIT CODES",
+            ]);
+            for task in &tasks {
+                t.add_row(row(task));
             }
+            println!("{t}");
             Ok(())
         }
     }
+}
+
+async fn show(client: &Client, output: OutputFormat, id: &str) -> anyhow::Result<()> {
+    let task: Task = client
+        .get(&format!("/api/v1/tasks/{}", segment(id)))
+        .await?;
+    match output {
+        OutputFormat::Json => print_json(&task),
+        OutputFormat::Table => {
+            print_task(&task);
+            Ok(())
+        }
+    }
+}
+
+/// One task in full: its header, then a line per run.
+fn print_task(task: &Task) {
+    println!(
+        "Task:     {}\nCommand:  {}\nState:    {}\nCreated:  {} by {}\n",
+        task.id,
+        safe(&task.spec.summary()),
+        task.state(),
+        task.created_at.to_rfc3339(),
+        safe(&task.created_by)
+    );
+    // Only when an agent reported after its run had ended (it was lost, or cancelled on
+    // the server only): what really happened there, kept beside the recorded state.
+    let late = task.runs.iter().any(|r| r.late_exit.is_some());
+    let mut headers = vec!["NODE", "STATE", "EXIT", "STARTED", "FINISHED", "ERROR"];
+    if late {
+        headers.push("LATE EXIT");
+    }
+    let mut t = table(&headers);
+    for r in &task.runs {
+        let mut row = vec![
+            r.node_name.clone(),
+            r.state.as_str().to_string(),
+            if r.state.is_final() {
+                run_exit_code(r).to_string()
+            } else {
+                "-".into()
+            },
+            r.started_at
+                .map(|t| t.format("%H:%M:%S").to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.finished_at
+                .map(|t| t.format("%H:%M:%S").to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.error.clone().unwrap_or_default(),
+        ];
+        if late {
+            row.push(r.late_exit.as_ref().map(late_exit).unwrap_or_default());
+        }
+        t.add_row(row);
+    }
+    println!("{t}");
+}
+
+async fn cancel(client: &Client, output: OutputFormat, id: &str) -> anyhow::Result<()> {
+    // Looked at first so that cancelling a finished task says so instead of "cancel requested"
+    // (the server leaves a finished task alone, unaudited, either way).
+    let before: Task = client
+        .get(&format!("/api/v1/tasks/{}", segment(id)))
+        .await?;
+    let task = if before.is_finished() {
+        eprintln!(
+            "task {} had already finished ({}): nothing to cancel",
+            before.id,
+            before.state()
+        );
+        Some(before)
+    } else {
+        let task: Option<Task> = client
+            .request(
+                Method::POST,
+                &format!("/api/v1/tasks/{}/cancel", segment(&before.id)),
+                None::<&()>,
+            )
+            .await?;
+        match &task {
+            Some(t) if t.is_finished() => {
+                eprintln!("task {} is over: {}", t.id, t.state())
+            }
+            _ => eprintln!(
+                "cancel requested for task {}: its nodes stop it (see `drover tasks show {}`)",
+                before.id, before.id
+            ),
+        }
+        task
+    };
+    if let (OutputFormat::Json, Some(t)) = (output, task) {
+        print_json(&t)?;
+    }
+    Ok(())
 }
 
 /// A task's line. The list carries a task's first runs only (and every run counted): for a task on more

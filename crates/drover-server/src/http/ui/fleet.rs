@@ -123,13 +123,16 @@ fn href(status: Option<&str>, label: &str, page: usize) -> String {
     }
 }
 
-pub async fn page(
-    State(s): State<HttpState>,
-    caller: Caller,
-    headers: HeaderMap,
-    query: Result<Query<FleetQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let q = query.map(|Query(q)| q).unwrap_or_default();
+/// What the query asks for: the filter, the label filter shown (empty when the query is refused),
+/// the page, and why the query was refused (empty when it was not).
+struct Asked {
+    filter: NodeFilter,
+    error: String,
+    label: String,
+    page_no: usize,
+}
+
+fn asked(q: &FleetQuery) -> Asked {
     let label = q.label.clone().unwrap_or_default().trim().to_string();
     let page_no = q.page.unwrap_or(0).min(view::MAX_PAGE_NO);
     let parsed = NodeFilter::parse(
@@ -138,7 +141,7 @@ pub async fn page(
         Some(page_no * PAGE),
         Some(PAGE),
     );
-    let (filter, mut error) = match parsed {
+    let (filter, error) = match parsed {
         Ok(f) => (f, String::new()),
         Err(e) => (
             NodeFilter {
@@ -148,12 +151,33 @@ pub async fn page(
             e.to_string(),
         ),
     };
-    let status = filter.status.map(|s| s.to_string());
     let label = if error.is_empty() {
         label
     } else {
         String::new()
     };
+    Asked {
+        filter,
+        error,
+        label,
+        page_no,
+    }
+}
+
+pub async fn page(
+    State(s): State<HttpState>,
+    caller: Caller,
+    headers: HeaderMap,
+    query: Result<Query<FleetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = query.map(|Query(q)| q).unwrap_or_default();
+    let Asked {
+        filter,
+        mut error,
+        label,
+        page_no,
+    } = asked(&q);
+    let status = filter.status.map(|s| s.to_string());
     let (rows, counts, total) = match s.fleet.nodes_page(filter.clone()).await {
         Ok(p) => (p.nodes.into_iter().map(row).collect(), p.counts, p.total),
         Err(e) => {

@@ -6,7 +6,7 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use drover_types::manifest::{RESOURCE_STATES, ResourceState, StoredManifest};
+use drover_types::manifest::{NodeStatusReport, RESOURCE_STATES, ResourceState, StoredManifest};
 use serde::Deserialize;
 
 use super::node::resource_class;
@@ -190,6 +190,45 @@ fn counts_row(name: &str, c: &ManifestCounts, active: Option<ResourceState>) -> 
         .collect()
 }
 
+/// A node's report for the manifest as a row: its worst resource state, the generation it reports.
+fn node_row(r: NodeStatusReport) -> NodeRow {
+    let worst = r
+        .convergence
+        .resources
+        .iter()
+        .map(|res| res.state)
+        .reduce(ResourceState::worst)
+        .unwrap_or(ResourceState::Pending);
+    let stale = r.convergence.observed_generation != r.desired_generation;
+    NodeRow {
+        state: worst.as_str(),
+        class: resource_class(worst),
+        generation: if stale {
+            format!(
+                "reports {} of {}",
+                r.convergence.observed_generation, r.desired_generation
+            )
+        } else {
+            r.desired_generation.to_string()
+        },
+        resources: r
+            .convergence
+            .resources
+            .into_iter()
+            .map(|res| {
+                (
+                    res.id,
+                    res.state.as_str(),
+                    resource_class(res.state),
+                    res.error.unwrap_or_default(),
+                )
+            })
+            .collect(),
+        id: r.node_id,
+        name: r.node_name,
+    }
+}
+
 /// `GET /ui/manifests/{name}`: the manifest, its nodes counted by state, and a page of them.
 pub async fn nodes(
     State(s): State<HttpState>,
@@ -232,46 +271,7 @@ pub async fn nodes(
             (Vec::new(), 0)
         }
     };
-    let rows: Vec<NodeRow> = reports
-        .into_iter()
-        .map(|r| {
-            let worst = r
-                .convergence
-                .resources
-                .iter()
-                .map(|res| res.state)
-                .reduce(ResourceState::worst)
-                .unwrap_or(ResourceState::Pending);
-            let stale = r.convergence.observed_generation != r.desired_generation;
-            NodeRow {
-                state: worst.as_str(),
-                class: resource_class(worst),
-                generation: if stale {
-                    format!(
-                        "reports {} of {}",
-                        r.convergence.observed_generation, r.desired_generation
-                    )
-                } else {
-                    r.desired_generation.to_string()
-                },
-                resources: r
-                    .convergence
-                    .resources
-                    .into_iter()
-                    .map(|res| {
-                        (
-                            res.id,
-                            res.state.as_str(),
-                            resource_class(res.state),
-                            res.error.unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-                id: r.node_id,
-                name: r.node_name,
-            }
-        })
-        .collect();
+    let rows: Vec<NodeRow> = reports.into_iter().map(node_row).collect();
     let pager = Pager::new(page_no, PAGE, rows.len(), total, |p| {
         page_href(&name, state, p)
     });

@@ -137,17 +137,8 @@ fn interval(ms: u64) -> String {
     }
 }
 
-async fn live(s: &HttpState, id: &str) -> Result<Live, ApiError> {
-    let node = s.fleet.node(id).await?;
-    let history = s.fleet.metrics_history(&node.id, SAMPLES).await?;
-    let latest = node.metrics.as_ref();
-    // The history keeps a sample a minute; the latest heartbeat ends the line, so it is current.
-    let mut points: Vec<&drover_types::Metrics> = history.iter().map(|m| &m.metrics).collect();
-    if let (Some(m), Some(seen)) = (latest, node.last_seen)
-        && history.last().is_none_or(|h| h.at < seen)
-    {
-        points.push(m);
-    }
+/// The metrics charts: CPU, memory and free disk, and the load where the node reports one.
+fn charts(latest: Option<&drover_types::Metrics>, points: &[&drover_types::Metrics]) -> Vec<Chart> {
     let series = |f: fn(&drover_types::Metrics) -> f64| -> Vec<f64> {
         points.iter().map(|m| f(m)).collect()
     };
@@ -182,8 +173,12 @@ async fn live(s: &HttpState, id: &str) -> Result<Live, ApiError> {
             svg: sparkline(&series(|m| m.load1.unwrap_or(0.0)), None, "Load 1 min"),
         });
     }
-    let sessions = s
-        .fleet
+    charts
+}
+
+/// The node's sessions, each with when its data last changed and whether it is checked now.
+async fn session_rows(s: &HttpState, node: &Node) -> Vec<SessionRow> {
+    s.fleet
         .sessions(&node.id)
         .await
         .unwrap_or_default()
@@ -213,8 +208,12 @@ async fn live(s: &HttpState, id: &str) -> Result<Live, ApiError> {
                 )
             },
         })
-        .collect();
-    let status = s.fleet.node_status(&node.id).await?;
+        .collect()
+}
+
+/// How the node stands with its desired state: a line, and a row per resource.
+async fn desired_rows(s: &HttpState, id: &str) -> Result<(String, Vec<ResourceRow>), ApiError> {
+    let status = s.fleet.node_status(id).await?;
     let desired = if status.desired_generation == 0 {
         "No manifest selects this node.".to_string()
     } else if status.converged() {
@@ -238,9 +237,13 @@ async fn live(s: &HttpState, id: &str) -> Result<Live, ApiError> {
             error: r.error.unwrap_or_default(),
         })
         .collect();
-    let runs = s
-        .fleet
-        .node_task_runs(&node.id, RUNS)
+    Ok((desired, resources))
+}
+
+/// The node's latest task runs.
+async fn run_rows(s: &HttpState, id: &str) -> Result<Vec<RunRow>, ApiError> {
+    Ok(s.fleet
+        .node_task_runs(id, RUNS)
         .await?
         .into_iter()
         .map(|r| RunRow {
@@ -256,7 +259,42 @@ async fn live(s: &HttpState, id: &str) -> Result<Live, ApiError> {
             when: view::ago(Some(r.created_at)),
             task_id: r.task_id,
         })
-        .collect();
+        .collect())
+}
+
+/// The node's GPUs: each name with its memory and driver.
+fn gpus(n: &Node) -> Vec<(String, String)> {
+    n.capabilities
+        .gpus
+        .iter()
+        .map(|g| {
+            let mut detail = Vec::new();
+            if let Some(m) = g.mem_mb {
+                detail.push(view::mb(m));
+            }
+            if let Some(d) = &g.driver_version {
+                detail.push(format!("driver {d}"));
+            }
+            (g.name.clone(), detail.join(" · "))
+        })
+        .collect()
+}
+
+async fn live(s: &HttpState, id: &str) -> Result<Live, ApiError> {
+    let node = s.fleet.node(id).await?;
+    let history = s.fleet.metrics_history(&node.id, SAMPLES).await?;
+    let latest = node.metrics.as_ref();
+    // The history keeps a sample a minute; the latest heartbeat ends the line, so it is current.
+    let mut points: Vec<&drover_types::Metrics> = history.iter().map(|m| &m.metrics).collect();
+    if let (Some(m), Some(seen)) = (latest, node.last_seen)
+        && history.last().is_none_or(|h| h.at < seen)
+    {
+        points.push(m);
+    }
+    let charts = charts(latest, &points);
+    let sessions = session_rows(s, &node).await;
+    let (desired, resources) = desired_rows(s, &node.id).await?;
+    let runs = run_rows(s, &node.id).await?;
     let gpu_activity = s
         .fleet
         .session(&node.id, crate::fleet::GPU_PLUGIN)
@@ -273,21 +311,7 @@ async fn live(s: &HttpState, id: &str) -> Result<Live, ApiError> {
         registered: view::time(node.registered_at),
         charts,
         facts: facts(&node),
-        gpus: node
-            .capabilities
-            .gpus
-            .iter()
-            .map(|g| {
-                let mut detail = Vec::new();
-                if let Some(m) = g.mem_mb {
-                    detail.push(view::mb(m));
-                }
-                if let Some(d) = &g.driver_version {
-                    detail.push(format!("driver {d}"));
-                }
-                (g.name.clone(), detail.join(" · "))
-            })
-            .collect(),
+        gpus: gpus(&node),
         labels: node
             .labels
             .iter()

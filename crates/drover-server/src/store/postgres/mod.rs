@@ -421,27 +421,7 @@ async fn beats(
     beats: &[(String, DateTime<Utc>, String)],
     history: MetricsHistory,
 ) -> Result<u64, StoreError> {
-    // A node beating twice in one batch: its last beat is its latest (the order they came in).
-    let mut latest: Vec<(&str, DateTime<Utc>, &str)> = Vec::with_capacity(beats.len());
-    let mut seen = std::collections::HashMap::new();
-    for (i, b) in beats.iter().enumerate() {
-        seen.insert(b.0.as_str(), i);
-    }
-    for (i, b) in beats.iter().enumerate() {
-        if seen.get(b.0.as_str()) == Some(&i) {
-            latest.push((&b.0, b.1, &b.2));
-        }
-    }
-    // One lock order for every batch, so two batches never wait on each other in a cycle.
-    latest.sort_by(|a, b| a.0.cmp(b.0));
-    let (l_ids, l_ats, l_metrics): (Vec<&str>, Vec<DateTime<Utc>>, Vec<&str>) = latest
-        .into_iter()
-        .fold(Default::default(), |mut acc, (i, a, m)| {
-            acc.0.push(i);
-            acc.1.push(a);
-            acc.2.push(m);
-            acc
-        });
+    let (l_ids, l_ats, l_metrics) = latest_beats(beats);
     let mut tx = pool.begin().await?;
     let updated = sqlx::query(
         "UPDATE nodes SET last_seen = b.at, metrics = b.metrics
@@ -455,57 +435,95 @@ async fn beats(
     .await?
     .rows_affected();
     if updated > 0 {
-        let mut newest: std::collections::HashMap<String, DateTime<Utc>> =
-            if history.every.is_zero() {
-                Default::default()
-            } else {
-                sqlx::query_as(
-                    "SELECT DISTINCT ON (node_id) node_id, at FROM metrics_history
-                     WHERE node_id = ANY($1) ORDER BY node_id, seq DESC",
-                )
-                .bind(&l_ids)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect()
-            };
-        let mut sampled: Vec<&(String, DateTime<Utc>, String)> = Vec::with_capacity(beats.len());
-        for b in beats {
-            if history.samples(newest.get(&b.0).copied(), b.1) {
-                newest.insert(b.0.clone(), b.1);
-                sampled.push(b);
-            }
-        }
-        let ids: Vec<&str> = sampled.iter().map(|b| b.0.as_str()).collect();
-        let ats: Vec<DateTime<Utc>> = sampled.iter().map(|b| b.1).collect();
-        let metrics: Vec<&str> = sampled.iter().map(|b| b.2.as_str()).collect();
-        let mut pruned = ids.clone();
-        pruned.sort_unstable();
-        pruned.dedup();
-        sqlx::query(
-            "INSERT INTO metrics_history (node_id, at, metrics)
-             SELECT b.id, b.at, b.metrics
-             FROM unnest($1::text[], $2::timestamptz[], $3::text[]) WITH ORDINALITY AS b(id, at, metrics, ord)
-             JOIN nodes n ON n.id = b.id ORDER BY b.ord",
-        )
-        .bind(&ids)
-        .bind(&ats)
-        .bind(&metrics)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM metrics_history WHERE seq IN (
-               SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY node_id ORDER BY seq DESC) AS n
-                                FROM metrics_history WHERE node_id = ANY($1)) h
-               WHERE h.n > $2)",
-        )
-        .bind(&pruned)
-        .bind(big(history.keep))
-        .execute(&mut *tx)
-        .await?;
+        record_history(&mut tx, beats, &l_ids, history).await?;
     }
     tx.commit().await?;
     Ok(updated)
+}
+
+/// Each node's latest beat of a batch as three columns, in node id order.
+fn latest_beats(
+    beats: &[(String, DateTime<Utc>, String)],
+) -> (Vec<&str>, Vec<DateTime<Utc>>, Vec<&str>) {
+    // A node beating twice in one batch: its last beat is its latest (the order they came in).
+    let mut latest: Vec<(&str, DateTime<Utc>, &str)> = Vec::with_capacity(beats.len());
+    let mut seen = std::collections::HashMap::new();
+    for (i, b) in beats.iter().enumerate() {
+        seen.insert(b.0.as_str(), i);
+    }
+    for (i, b) in beats.iter().enumerate() {
+        if seen.get(b.0.as_str()) == Some(&i) {
+            latest.push((&b.0, b.1, &b.2));
+        }
+    }
+    // One lock order for every batch, so two batches never wait on each other in a cycle.
+    latest.sort_by(|a, b| a.0.cmp(b.0));
+    latest
+        .into_iter()
+        .fold(Default::default(), |mut acc, (i, a, m)| {
+            acc.0.push(i);
+            acc.1.push(a);
+            acc.2.push(m);
+            acc
+        })
+}
+
+/// Inside the heartbeats' transaction: appends the beats `history` samples to the metrics history
+/// and prunes each node's history to its size.
+async fn record_history(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    beats: &[(String, DateTime<Utc>, String)],
+    l_ids: &[&str],
+    history: MetricsHistory,
+) -> Result<(), StoreError> {
+    let mut newest: std::collections::HashMap<String, DateTime<Utc>> = if history.every.is_zero() {
+        Default::default()
+    } else {
+        sqlx::query_as(
+            "SELECT DISTINCT ON (node_id) node_id, at FROM metrics_history
+                 WHERE node_id = ANY($1) ORDER BY node_id, seq DESC",
+        )
+        .bind(l_ids)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    let mut sampled: Vec<&(String, DateTime<Utc>, String)> = Vec::with_capacity(beats.len());
+    for b in beats {
+        if history.samples(newest.get(&b.0).copied(), b.1) {
+            newest.insert(b.0.clone(), b.1);
+            sampled.push(b);
+        }
+    }
+    let ids: Vec<&str> = sampled.iter().map(|b| b.0.as_str()).collect();
+    let ats: Vec<DateTime<Utc>> = sampled.iter().map(|b| b.1).collect();
+    let metrics: Vec<&str> = sampled.iter().map(|b| b.2.as_str()).collect();
+    let mut pruned = ids.clone();
+    pruned.sort_unstable();
+    pruned.dedup();
+    sqlx::query(
+        "INSERT INTO metrics_history (node_id, at, metrics)
+         SELECT b.id, b.at, b.metrics
+         FROM unnest($1::text[], $2::timestamptz[], $3::text[]) WITH ORDINALITY AS b(id, at, metrics, ord)
+         JOIN nodes n ON n.id = b.id ORDER BY b.ord",
+    )
+    .bind(&ids)
+    .bind(&ats)
+    .bind(&metrics)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM metrics_history WHERE seq IN (
+           SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY node_id ORDER BY seq DESC) AS n
+                            FROM metrics_history WHERE node_id = ANY($1)) h
+           WHERE h.n > $2)",
+    )
+    .bind(&pruned)
+    .bind(big(history.keep))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn load_task<'e, E>(db: E, id: &str) -> Result<Option<Task>, StoreError>
