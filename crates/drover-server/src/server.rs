@@ -318,6 +318,195 @@ async fn janitor(fleet: Arc<Fleet>, config: ServerConfig, mut shutdown: watch::R
     }
 }
 
+/// Opens SQLite, or PostgreSQL; with a cluster secret, also joins the cluster (its CA and admin
+/// token are sealed in PostgreSQL), so it runs before the PKI and the token are loaded.
+async fn open_store(
+    config: &ServerConfig,
+    dir: &Path,
+    sans: &[String],
+) -> Result<Arc<dyn Store>, ServerError> {
+    Ok(match (&config.database, &config.cluster_secret_file) {
+        (None, None) => Arc::new(SqliteStore::open(&dir.join(DB_FILE))?),
+        (None, Some(_)) => return Err(ServerError::SecretWithoutDatabase),
+        (Some(url), secret) => {
+            let store = PgStore::connect(url).await?;
+            tracing::info!(database = %crate::store::redact_url(url), "the store is in PostgreSQL");
+            if let Some(path) = secret {
+                let secret = crate::cluster::ClusterSecret::read(path)?;
+                let made = crate::cluster::join(dir, &store, &secret, sans).await?;
+                tracing::info!(
+                    "{} the cluster's CA and admin token, sealed in PostgreSQL",
+                    if made { "stored" } else { "loaded" }
+                );
+            }
+            Arc::new(store)
+        }
+    })
+}
+
+/// The three listeners, bound and with their addresses (port 0 is resolved).
+struct Listeners {
+    api: TcpListener,
+    agent: TcpListener,
+    api_addr: SocketAddr,
+    agent_addr: SocketAddr,
+    metrics: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+fn bind_listeners(config: &ServerConfig) -> Result<Listeners, ServerError> {
+    let api_listener = bind(config.listen, "--listen")?;
+    let agent_listener = bind(config.agent_listen, "--agent-listen")?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            flag: "--listen",
+            source,
+        })?;
+    let agent_addr = agent_listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.agent_listen,
+            flag: "--agent-listen",
+            source,
+        })?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(bind(addr, "--metrics-listen")?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    Ok(Listeners {
+        api: api_listener,
+        agent: agent_listener,
+        api_addr,
+        agent_addr,
+        metrics: metrics_listener,
+        metrics_addr,
+    })
+}
+
+/// The metrics listener, the leader election and the sweeps: all stop when `shutdown` turns true.
+async fn start_background_tasks(
+    fleet: &Arc<Fleet>,
+    config: &ServerConfig,
+    metrics_listener: Option<TcpListener>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    if let Some(listener) = metrics_listener {
+        let (fleet, stop) = (fleet.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = api::metrics::serve_open(listener, fleet, stop).await {
+                tracing::error!("the metrics listener failed: {e}");
+            }
+        });
+    }
+    // Whether this replica leads is known before the first sweep.
+    fleet.set_leader(false);
+    try_lead(fleet).await;
+    tokio::spawn(lead(fleet.clone(), shutdown.clone()));
+    tokio::spawn(janitor(fleet.clone(), config.clone(), shutdown.clone()));
+    tokio::spawn(flush_heartbeats(fleet.clone(), shutdown.clone()));
+}
+
+/// Serves the REST API (and the UI) on `listener` until `shutdown` turns true.
+fn spawn_api(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<rustls::ServerConfig>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<Result<(), ServerError>> {
+    tokio::spawn(async move {
+        api::serve(listener, router, tls, shutdown)
+            .await
+            .map_err(|e| ServerError::Serve("REST API", e.to_string()))
+    })
+}
+
+/// Serves the agents' gRPC link over mTLS on `agent_listener` until `shutdown` turns true.
+fn spawn_agent_link(
+    agent_listener: TcpListener,
+    pki: &Pki,
+    metrics: Arc<ServerMetrics>,
+    fleet: &Arc<Fleet>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<JoinHandle<Result<(), ServerError>>, ServerError> {
+    let incoming = tls::incoming(agent_listener, tls::server_config(pki)?, metrics.clone());
+    let gateway = Gateway::new(fleet.clone(), shutdown.clone());
+    let mut agent_shutdown = shutdown;
+    let agent_task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .initial_stream_window_size(Some(drover_types::STREAM_WINDOW))
+            .initial_connection_window_size(Some(drover_types::STREAM_WINDOW * 2))
+            .add_service(UnprovenLimits::new(
+                drover_proto::AgentLinkServer::new(gateway)
+                    .max_decoding_message_size(drover_types::limits::MAX_MESSAGE)
+                    .max_encoding_message_size(drover_types::limits::MAX_MESSAGE),
+                metrics,
+            ))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = agent_shutdown.changed().await;
+            })
+            .await
+            .map_err(|e| ServerError::Serve("agent gRPC", e.to_string()))
+    });
+    Ok(agent_task)
+}
+
+/// The names in the agent listener's certificate: loopback, then `--agent-san`s.
+fn agent_cert_sans(config: &ServerConfig) -> Vec<String> {
+    let mut sans = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    sans.extend(config.agent_sans.iter().cloned());
+    sans
+}
+
+/// Raises the open-file limit and logs it: it caps the agents and clients connected at once.
+fn raise_open_files() {
+    match crate::rlimit::raise_open_files() {
+        Ok(files) => tracing::info!(
+            open_files = files,
+            "open-file limit: one a connection, so about this many agents and clients at once"
+        ),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+}
+
+/// The fleet over the store (timed into `metrics`), linked to the other replicas when NATS is set.
+async fn new_fleet(
+    config: &ServerConfig,
+    store: Arc<dyn Store>,
+    pki: Arc<Pki>,
+    metrics: &Arc<ServerMetrics>,
+) -> Result<Arc<Fleet>, ServerError> {
+    let store = TimedStore::new(store, metrics.clone());
+    let fleet = Fleet::new(
+        Arc::new(store),
+        pki,
+        FleetConfig {
+            liveness: config.liveness,
+            metrics_history: MetricsHistory {
+                keep: config.metrics_history.max(1),
+                every: config.metrics_history_interval,
+            },
+            open_registration: config.open_registration,
+            trust_reported_labels: config.trust_reported_labels,
+            metrics: metrics.clone(),
+        },
+    );
+    if let Some(url) = &config.nats {
+        let nats = crate::fleet::Nats::connect(url, "drover-server", &config.nats_options).await?;
+        tracing::info!(nats = %crate::store::redact_url(url), "connected to the other replicas through NATS");
+        fleet.set_nats(nats);
+    }
+    Ok(fleet)
+}
+
 impl RunningServer {
     /// Prepares the data dir and starts both listeners. Returns once they accept connections.
     pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
@@ -327,12 +516,7 @@ impl RunningServer {
             source,
         })?;
         let data_dir_lock = lock_data_dir(dir)?;
-        let mut sans = vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ];
-        sans.extend(config.agent_sans.iter().cloned());
+        let sans = agent_cert_sans(&config);
         if config.open_registration {
             tracing::warn!(
                 "open registration is on (labs only): anyone who reaches the REST API can register an HTTP node without a token, and take over an existing HTTP node's name"
@@ -342,30 +526,8 @@ impl RunningServer {
             return Err(ServerError::NatsWithoutDatabase);
         }
         // The store first: with a cluster secret, the CA and the admin token come from it.
-        let store: Arc<dyn Store> = match (&config.database, &config.cluster_secret_file) {
-            (None, None) => Arc::new(SqliteStore::open(&dir.join(DB_FILE))?),
-            (None, Some(_)) => return Err(ServerError::SecretWithoutDatabase),
-            (Some(url), secret) => {
-                let store = PgStore::connect(url).await?;
-                tracing::info!(database = %crate::store::redact_url(url), "the store is in PostgreSQL");
-                if let Some(path) = secret {
-                    let secret = crate::cluster::ClusterSecret::read(path)?;
-                    let made = crate::cluster::join(dir, &store, &secret, &sans).await?;
-                    tracing::info!(
-                        "{} the cluster's CA and admin token, sealed in PostgreSQL",
-                        if made { "stored" } else { "loaded" }
-                    );
-                }
-                Arc::new(store)
-            }
-        };
-        match crate::rlimit::raise_open_files() {
-            Ok(files) => tracing::info!(
-                open_files = files,
-                "open-file limit: one a connection, so about this many agents and clients at once"
-            ),
-            Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
-        }
+        let store = open_store(&config, dir, &sans).await?;
+        raise_open_files();
         let (pki, created_ca) = Pki::load_or_create(dir, &sans)?;
         let (admin_token, created_admin_token) =
             crate::admin_token::load_or_create(dir).map_err(|e| ServerError::DataDir {
@@ -373,28 +535,8 @@ impl RunningServer {
                 source: e.source,
             })?;
         let metrics = Arc::new(ServerMetrics::new(config.metrics_per_node));
-        let store = TimedStore::new(store, metrics.clone());
         let pki = Arc::new(pki);
-        let fleet = Fleet::new(
-            Arc::new(store),
-            pki.clone(),
-            FleetConfig {
-                liveness: config.liveness,
-                metrics_history: MetricsHistory {
-                    keep: config.metrics_history.max(1),
-                    every: config.metrics_history_interval,
-                },
-                open_registration: config.open_registration,
-                trust_reported_labels: config.trust_reported_labels,
-                metrics: metrics.clone(),
-            },
-        );
-        if let Some(url) = &config.nats {
-            let nats =
-                crate::fleet::Nats::connect(url, "drover-server", &config.nats_options).await?;
-            tracing::info!(nats = %crate::store::redact_url(url), "connected to the other replicas through NATS");
-            fleet.set_nats(nats);
-        }
+        let fleet = new_fleet(&config, store, pki.clone(), &metrics).await?;
 
         // Before listening: a bad --api-cert is a start error, not a listener that fails later.
         let api_tls = config
@@ -404,42 +546,16 @@ impl RunningServer {
             .transpose()?;
         let api_tls_on = api_tls.is_some();
 
-        let api_listener = bind(config.listen, "--listen")?;
-        let agent_listener = bind(config.agent_listen, "--agent-listen")?;
-        let api_addr = api_listener
-            .local_addr()
-            .map_err(|source| ServerError::Listen {
-                addr: config.listen,
-                flag: "--listen",
-                source,
-            })?;
-        let agent_addr = agent_listener
-            .local_addr()
-            .map_err(|source| ServerError::Listen {
-                addr: config.agent_listen,
-                flag: "--agent-listen",
-                source,
-            })?;
-        let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(bind(addr, "--metrics-listen")?),
-            None => None,
-        };
-        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let Listeners {
+            api: api_listener,
+            agent: agent_listener,
+            api_addr,
+            agent_addr,
+            metrics: metrics_listener,
+            metrics_addr,
+        } = bind_listeners(&config)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        if let Some(listener) = metrics_listener {
-            let (fleet, stop) = (fleet.clone(), shutdown_rx.clone());
-            tokio::spawn(async move {
-                if let Err(e) = api::metrics::serve_open(listener, fleet, stop).await {
-                    tracing::error!("the metrics listener failed: {e}");
-                }
-            });
-        }
-        // Whether this replica leads is known before the first sweep.
-        fleet.set_leader(false);
-        try_lead(&fleet).await;
-        tokio::spawn(lead(fleet.clone(), shutdown_rx.clone()));
-        tokio::spawn(janitor(fleet.clone(), config.clone(), shutdown_rx.clone()));
-        tokio::spawn(flush_heartbeats(fleet.clone(), shutdown_rx.clone()));
+        start_background_tasks(&fleet, &config, metrics_listener, &shutdown_rx).await;
 
         let advertise_url = config
             .advertise_url
@@ -450,35 +566,9 @@ impl RunningServer {
                 .with_tls(api_tls_on)
                 .with_advertise_url(&advertise_url),
         );
-        let api_shutdown = shutdown_rx.clone();
-        let api_task = tokio::spawn(async move {
-            api::serve(api_listener, router, api_tls, api_shutdown)
-                .await
-                .map_err(|e| ServerError::Serve("REST API", e.to_string()))
-        });
+        let api_task = spawn_api(api_listener, router, api_tls, shutdown_rx.clone());
 
-        let incoming = tls::incoming(agent_listener, tls::server_config(&pki)?, metrics.clone());
-        let limits_metrics = metrics;
-        let gateway = Gateway::new(fleet.clone(), shutdown_rx.clone());
-        let mut agent_shutdown = shutdown_rx;
-        let agent_task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-                .initial_stream_window_size(Some(drover_types::STREAM_WINDOW))
-                .initial_connection_window_size(Some(drover_types::STREAM_WINDOW * 2))
-                .add_service(UnprovenLimits::new(
-                    drover_proto::AgentLinkServer::new(gateway)
-                        .max_decoding_message_size(drover_types::limits::MAX_MESSAGE)
-                        .max_encoding_message_size(drover_types::limits::MAX_MESSAGE),
-                    limits_metrics,
-                ))
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = agent_shutdown.changed().await;
-                })
-                .await
-                .map_err(|e| ServerError::Serve("agent gRPC", e.to_string()))
-        });
+        let agent_task = spawn_agent_link(agent_listener, &pki, metrics, &fleet, shutdown_rx)?;
 
         Ok(Self {
             fleet,

@@ -324,145 +324,7 @@ impl Manifest {
         }
         let mut ids = BTreeSet::new();
         for (i, r) in self.resources.iter().enumerate() {
-            let id = r.id.as_str();
-            if !valid_name(id) {
-                err(
-                    Some(id),
-                    &format!("resources[{i}].id"),
-                    "use 1-128 letters, digits, '-', '_' or '.'".into(),
-                );
-            }
-            if !ids.insert(id) {
-                err(
-                    Some(id),
-                    &format!("resources[{i}].id"),
-                    "duplicate id: ids must be unique in a manifest".into(),
-                );
-            }
-            let Some(kind) = r.kind() else {
-                err(
-                    Some(id),
-                    &format!("resources[{i}]"),
-                    "give exactly one kind: file, container, systemd_unit or shell_job".into(),
-                );
-                continue;
-            };
-            match kind {
-                Kind::File(f) => {
-                    if !f.path.starts_with('/') {
-                        err(
-                            Some(id),
-                            "file.path",
-                            format!("{:?} is relative; use an absolute path", f.path),
-                        );
-                    }
-                    let sources = [f.content.is_some(), f.source.is_some(), f.sha256.is_some()]
-                        .iter()
-                        .filter(|b| **b)
-                        .count();
-                    if f.absent && sources > 0 {
-                        err(
-                            Some(id),
-                            "file.absent",
-                            "an absent file has no content".into(),
-                        );
-                    }
-                    if !f.absent && sources != 1 {
-                        err(
-                            Some(id),
-                            "file.content",
-                            "give exactly one of content, source or sha256 (or absent: true)"
-                                .into(),
-                        );
-                    }
-                    if let Some(m) = &f.mode
-                        && parse_mode(m).is_none()
-                    {
-                        err(
-                            Some(id),
-                            "file.mode",
-                            format!("{m:?} is not an octal mode like \"0644\""),
-                        );
-                    }
-                    if let Some(h) = &f.sha256
-                        && !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-                    {
-                        err(Some(id), "file.sha256", "not a SHA-256 in hex".into());
-                    }
-                }
-                Kind::Container(c) => {
-                    if c.image.trim().is_empty() {
-                        err(Some(id), "container.image", "give an image".into());
-                    }
-                    if let Some(rp) = &c.restart
-                        && !matches!(
-                            rp.as_str(),
-                            "no" | "always" | "on-failure" | "unless-stopped"
-                        )
-                    {
-                        err(
-                            Some(id),
-                            "container.restart",
-                            format!("{rp:?}: use no, always, on-failure or unless-stopped"),
-                        );
-                    }
-                    for p in &c.ports {
-                        if parse_port(p).is_none() {
-                            err(
-                                Some(id),
-                                "container.ports",
-                                format!("{p:?}: use [HOST_IP:]HOST_PORT:CONTAINER_PORT"),
-                            );
-                        }
-                    }
-                    for v in &c.volumes {
-                        if !v.starts_with('/') || v.split(':').count() < 2 {
-                            err(
-                                Some(id),
-                                "container.volumes",
-                                format!("{v:?}: use /HOST/PATH:/CONTAINER/PATH[:ro]"),
-                            );
-                        }
-                    }
-                    if c.health.as_ref().is_some_and(|h| h.command.is_empty()) {
-                        err(
-                            Some(id),
-                            "container.health.command",
-                            "give a command".into(),
-                        );
-                    }
-                }
-                Kind::SystemdUnit(u) => {
-                    let suffix_ok = [
-                        ".service", ".timer", ".socket", ".target", ".path", ".mount",
-                    ]
-                    .iter()
-                    .any(|s| u.name.ends_with(s));
-                    if !suffix_ok || u.name.contains('/') || u.name.starts_with('-') {
-                        err(
-                            Some(id),
-                            "systemd_unit.name",
-                            format!("{:?} is not a unit name like app.service", u.name),
-                        );
-                    }
-                }
-                Kind::ShellJob(s) => {
-                    if s.command.trim().is_empty() {
-                        err(Some(id), "shell_job.command", "give a command".into());
-                    }
-                    if s.creates.is_none() && s.unless.is_none() {
-                        err(
-                            Some(id),
-                            "shell_job",
-                            "give a guard, creates: PATH or unless: COMMAND, so the job runs once"
-                                .into(),
-                        );
-                    }
-                    if s.creates.as_deref().is_some_and(|c| !c.starts_with('/')) {
-                        err(Some(id), "shell_job.creates", "use an absolute path".into());
-                    }
-                }
-            }
+            validate_resource(i, r, &mut ids, &mut err);
         }
         if errors.is_empty() {
             Ok(())
@@ -474,6 +336,168 @@ impl Manifest {
     /// Whether the manifest applies to a node with these labels.
     pub fn selects(&self, labels: &Labels) -> bool {
         self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// The checks on one resource of a manifest: its id, then its kind's fields.
+fn validate_resource<'a>(
+    i: usize,
+    r: &'a Resource,
+    ids: &mut BTreeSet<&'a str>,
+    err: &mut impl FnMut(Option<&str>, &str, String),
+) {
+    let id = r.id.as_str();
+    if !valid_name(id) {
+        err(
+            Some(id),
+            &format!("resources[{i}].id"),
+            "use 1-128 letters, digits, '-', '_' or '.'".into(),
+        );
+    }
+    if !ids.insert(id) {
+        err(
+            Some(id),
+            &format!("resources[{i}].id"),
+            "duplicate id: ids must be unique in a manifest".into(),
+        );
+    }
+    let Some(kind) = r.kind() else {
+        err(
+            Some(id),
+            &format!("resources[{i}]"),
+            "give exactly one kind: file, container, systemd_unit or shell_job".into(),
+        );
+        return;
+    };
+    match kind {
+        Kind::File(f) => validate_file(id, f, err),
+        Kind::Container(c) => validate_container(id, c, err),
+        Kind::SystemdUnit(u) => validate_unit(id, u, err),
+        Kind::ShellJob(s) => validate_shell_job(id, s, err),
+    }
+}
+
+fn validate_file(id: &str, f: &FileSpec, err: &mut impl FnMut(Option<&str>, &str, String)) {
+    if !f.path.starts_with('/') {
+        err(
+            Some(id),
+            "file.path",
+            format!("{:?} is relative; use an absolute path", f.path),
+        );
+    }
+    let sources = [f.content.is_some(), f.source.is_some(), f.sha256.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if f.absent && sources > 0 {
+        err(
+            Some(id),
+            "file.absent",
+            "an absent file has no content".into(),
+        );
+    }
+    if !f.absent && sources != 1 {
+        err(
+            Some(id),
+            "file.content",
+            "give exactly one of content, source or sha256 (or absent: true)".into(),
+        );
+    }
+    if let Some(m) = &f.mode
+        && parse_mode(m).is_none()
+    {
+        err(
+            Some(id),
+            "file.mode",
+            format!("{m:?} is not an octal mode like \"0644\""),
+        );
+    }
+    if let Some(h) = &f.sha256
+        && !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        err(Some(id), "file.sha256", "not a SHA-256 in hex".into());
+    }
+}
+
+fn validate_container(
+    id: &str,
+    c: &ContainerSpec,
+    err: &mut impl FnMut(Option<&str>, &str, String),
+) {
+    if c.image.trim().is_empty() {
+        err(Some(id), "container.image", "give an image".into());
+    }
+    if let Some(rp) = &c.restart
+        && !matches!(
+            rp.as_str(),
+            "no" | "always" | "on-failure" | "unless-stopped"
+        )
+    {
+        err(
+            Some(id),
+            "container.restart",
+            format!("{rp:?}: use no, always, on-failure or unless-stopped"),
+        );
+    }
+    for p in &c.ports {
+        if parse_port(p).is_none() {
+            err(
+                Some(id),
+                "container.ports",
+                format!("{p:?}: use [HOST_IP:]HOST_PORT:CONTAINER_PORT"),
+            );
+        }
+    }
+    for v in &c.volumes {
+        if !v.starts_with('/') || v.split(':').count() < 2 {
+            err(
+                Some(id),
+                "container.volumes",
+                format!("{v:?}: use /HOST/PATH:/CONTAINER/PATH[:ro]"),
+            );
+        }
+    }
+    if c.health.as_ref().is_some_and(|h| h.command.is_empty()) {
+        err(
+            Some(id),
+            "container.health.command",
+            "give a command".into(),
+        );
+    }
+}
+
+fn validate_unit(id: &str, u: &UnitSpec, err: &mut impl FnMut(Option<&str>, &str, String)) {
+    let suffix_ok = [
+        ".service", ".timer", ".socket", ".target", ".path", ".mount",
+    ]
+    .iter()
+    .any(|s| u.name.ends_with(s));
+    if !suffix_ok || u.name.contains('/') || u.name.starts_with('-') {
+        err(
+            Some(id),
+            "systemd_unit.name",
+            format!("{:?} is not a unit name like app.service", u.name),
+        );
+    }
+}
+
+fn validate_shell_job(
+    id: &str,
+    s: &ShellJobSpec,
+    err: &mut impl FnMut(Option<&str>, &str, String),
+) {
+    if s.command.trim().is_empty() {
+        err(Some(id), "shell_job.command", "give a command".into());
+    }
+    if s.creates.is_none() && s.unless.is_none() {
+        err(
+            Some(id),
+            "shell_job",
+            "give a guard, creates: PATH or unless: COMMAND, so the job runs once".into(),
+        );
+    }
+    if s.creates.as_deref().is_some_and(|c| !c.starts_with('/')) {
+        err(Some(id), "shell_job.creates", "use an absolute path".into());
     }
 }
 
