@@ -49,7 +49,7 @@ impl OutputStore for PgStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<(i64, OutputRecord)>, StoreError> {
-        let rows: Vec<(i64, String, i64, i64, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<OutputRow> = sqlx::query_as(
             "SELECT row, node_id, seq, stream, data FROM task_output
              WHERE task_id = $1 AND row > $2 ORDER BY row LIMIT $3",
         )
@@ -58,20 +58,7 @@ impl OutputStore for PgStore {
         .bind(big(limit))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(row, node_id, seq, stream, data)| {
-                (
-                    row,
-                    OutputRecord {
-                        node_id,
-                        seq: unsigned(seq),
-                        stream: u8::try_from(stream).unwrap_or(u8::MAX),
-                        data,
-                    },
-                )
-            })
-            .collect())
+        Ok(output_records(rows))
     }
 
     async fn output_within(
@@ -83,7 +70,7 @@ impl OutputStore for PgStore {
     ) -> Result<Vec<(i64, OutputRecord)>, StoreError> {
         // Sizes first (octet_length reads a stored value's header, not the value), then only the rows that
         // start within the budget.
-        let rows: Vec<(i64, String, i64, i64, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<OutputRow> = sqlx::query_as(
             "SELECT o.row, o.node_id, o.seq, o.stream, o.data FROM task_output o
              JOIN (SELECT row, sum(octet_length(data)) OVER (ORDER BY row) - octet_length(data) AS before
                    FROM task_output WHERE task_id = $1 AND row > $2 ORDER BY row LIMIT $3) w
@@ -97,20 +84,7 @@ impl OutputStore for PgStore {
         .bind(big(max_bytes.max(1)))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(row, node_id, seq, stream, data)| {
-                (
-                    row,
-                    OutputRecord {
-                        node_id,
-                        seq: unsigned(seq),
-                        stream: u8::try_from(stream).unwrap_or(u8::MAX),
-                        data,
-                    },
-                )
-            })
-            .collect())
+        Ok(output_records(rows))
     }
 
     async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError> {
@@ -161,4 +135,23 @@ impl OutputStore for PgStore {
         tx.commit().await?;
         Ok(trimmed.len())
     }
+}
+
+/// `SELECT row, node_id, seq, stream, data FROM task_output`, as read.
+type OutputRow = (i64, String, i64, i64, Vec<u8>);
+
+fn output_records(rows: Vec<OutputRow>) -> Vec<(i64, OutputRecord)> {
+    rows.into_iter()
+        .map(|(row, node_id, seq, stream, data)| {
+            (
+                row,
+                OutputRecord {
+                    node_id,
+                    seq: unsigned(seq),
+                    stream: u8::try_from(stream).unwrap_or(u8::MAX),
+                    data,
+                },
+            )
+        })
+        .collect()
 }

@@ -37,17 +37,7 @@ impl OutputStore for SqliteStore {
                 "SELECT row, node_id, seq, stream, data FROM task_output WHERE task_id = ?1 AND row > ?2 ORDER BY row LIMIT ?3",
             )?;
             let rows = stmt
-                .query_map(params![id, after, limit as i64], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        OutputRecord {
-                            node_id: r.get(1)?,
-                            seq: r.get::<_, i64>(2)? as u64,
-                            stream: r.get(3)?,
-                            data: r.get(4)?,
-                        },
-                    ))
-                })?
+                .query_map(params![id, after, limit as i64], output_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -72,17 +62,9 @@ impl OutputStore for SqliteStore {
             while bytes < max_bytes.max(1)
                 && let Some(r) = rows.next()?
             {
-                let data: Vec<u8> = r.get(4)?;
-                bytes += data.len();
-                out.push((
-                    r.get::<_, i64>(0)?,
-                    OutputRecord {
-                        node_id: r.get(1)?,
-                        seq: r.get::<_, i64>(2)? as u64,
-                        stream: r.get(3)?,
-                        data,
-                    },
-                ));
+                let row = output_row(r)?;
+                bytes += row.1.data.len();
+                out.push(row);
             }
             Ok(out)
         })
@@ -138,4 +120,17 @@ impl OutputStore for SqliteStore {
         })
         .await
     }
+}
+
+/// One row of `SELECT row, node_id, seq, stream, data FROM task_output`.
+fn output_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, OutputRecord)> {
+    Ok((
+        r.get(0)?,
+        OutputRecord {
+            node_id: r.get(1)?,
+            seq: r.get::<_, i64>(2)? as u64,
+            stream: r.get(3)?,
+            data: r.get(4)?,
+        },
+    ))
 }
