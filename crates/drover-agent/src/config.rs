@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use drover_types::manifest::ResourceKind;
 use drover_types::{Labels, duration::parse_duration, labels::parse_labels};
 use serde::Deserialize;
 
@@ -448,21 +449,25 @@ fn allowed_programs(args: &Args, file: &FileConfig) -> Result<Vec<PathBuf>, Conf
         .collect()
 }
 
-fn allowed_kinds(args: &Args, file: &FileConfig) -> Result<Vec<String>, ConfigError> {
-    let kinds: Vec<String> = args
-        .allow_kinds
-        .iter()
-        .chain(file.allow_kinds.iter())
-        .map(|k| k.trim().to_string())
-        .collect();
-    if let Some(k) = kinds
-        .iter()
-        .find(|k| *k != "all" && !crate::policy::KINDS.contains(&k.as_str()))
-    {
-        return Err(ConfigError::Invalid(format!(
-            "--allow-kind {k:?}: use one of {} or all",
-            crate::policy::KINDS.join(", ")
-        )));
+/// `--allow-kind` names, `all` standing for every kind.
+fn allowed_kinds(args: &Args, file: &FileConfig) -> Result<Vec<ResourceKind>, ConfigError> {
+    let mut kinds = Vec::new();
+    for name in args.allow_kinds.iter().chain(file.allow_kinds.iter()) {
+        let name = name.trim();
+        if name == "all" {
+            kinds.extend(ResourceKind::RESOURCES);
+            continue;
+        }
+        match ResourceKind::parse(name) {
+            k if ResourceKind::RESOURCES.contains(&k) => kinds.push(k),
+            _ => {
+                let known: Vec<&str> = ResourceKind::RESOURCES.iter().map(|k| k.as_str()).collect();
+                return Err(ConfigError::Invalid(format!(
+                    "--allow-kind {name:?}: use one of {} or all",
+                    known.join(", ")
+                )));
+            }
+        }
     }
     Ok(kinds)
 }
@@ -566,9 +571,13 @@ mod tests {
     #[test]
     fn the_default_policy_accepts_files_and_nothing_that_runs_code() {
         let c = config("", &[]).unwrap();
-        assert!(c.policy.allows_kind("file"));
-        for kind in ["container", "systemd_unit", "shell_job"] {
-            assert!(!c.policy.allows_kind(kind), "{kind}");
+        assert!(c.policy.allows_kind(&ResourceKind::File));
+        for kind in [
+            ResourceKind::Container,
+            ResourceKind::SystemdUnit,
+            ResourceKind::ShellJob,
+        ] {
+            assert!(!c.policy.allows_kind(&kind), "{kind}");
         }
         assert!(!c.policy.allow_shell);
         assert!(c.policy.mount_roots.is_empty() && c.policy.allow_env.is_empty());
@@ -581,13 +590,16 @@ mod tests {
             &["--allow-kind", "systemd_unit", "--allow-env", "APP_*"],
         )
         .unwrap();
-        assert!(c.policy.allows_kind("container") && c.policy.allows_kind("systemd_unit"));
-        assert!(!c.policy.allows_kind("shell_job"));
+        assert!(
+            c.policy.allows_kind(&ResourceKind::Container)
+                && c.policy.allows_kind(&ResourceKind::SystemdUnit)
+        );
+        assert!(!c.policy.allows_kind(&ResourceKind::ShellJob));
         assert_eq!(c.policy.allow_env, vec!["APP_*", "LANG"]);
         assert_eq!(c.policy.mount_roots, vec![PathBuf::from("/srv")]);
         let all = config("", &["--allow-kind", "all"]).unwrap();
         assert!(
-            crate::policy::KINDS
+            ResourceKind::RESOURCES
                 .iter()
                 .all(|k| all.policy.allows_kind(k))
         );

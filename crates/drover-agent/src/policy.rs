@@ -3,15 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use drover_types::manifest::{Kind, Resource};
+use drover_types::manifest::{Kind, Resource, ResourceKind};
 use drover_types::signing::PublicKey;
 
 /// Roots under which `read_file` (and, later, File resources) may touch files, when none are configured.
 pub const DEFAULT_ALLOWED_ROOTS: &[&str] = &["/var/log"];
-
-/// The resource kinds a node may accept. `file` is always accepted (bound by the allowed roots); the others
-/// run code or reach the container engine, so each must be named with `--allow-kind`.
-pub const KINDS: &[&str] = &["file", "container", "systemd_unit", "shell_job"];
 
 /// Environment variables that change how any program loads or finds code: an `--allow-exec` program with
 /// one of them set is arbitrary code. Only an entry naming them explicitly lets them through.
@@ -26,8 +22,9 @@ fn dangerous(name: &str) -> bool {
 pub struct Policy {
     /// Canonical directories file access is confined to.
     pub allowed_roots: Vec<PathBuf>,
-    /// Resource kinds accepted besides `file`.
-    pub kinds: Vec<String>,
+    /// Resource kinds accepted besides `file`, which is always accepted (bound by the allowed roots); the
+    /// others run code or reach the container engine, so each must be named with `--allow-kind`.
+    pub kinds: Vec<ResourceKind>,
     /// Canonical directories bind-mount sources of containers must lie under (none: no bind mounts).
     pub mount_roots: Vec<PathBuf>,
     /// Shell tasks, shell jobs and any program, with any environment.
@@ -46,7 +43,7 @@ pub enum Refusal {
     #[error(
         "refused by this node's policy (rule allow-kind): {kind} resources are off on this node; its agent must be started with --allow-kind {kind}"
     )]
-    Kind { kind: String },
+    Kind { kind: ResourceKind },
     #[error("refused by this node's policy (rule allow-path): {0}")]
     Path(#[from] PathDenied),
     #[error(
@@ -206,14 +203,11 @@ impl Policy {
         !self.manifest_keys.is_empty()
     }
 
-    /// Also accepts these kinds (`all` for every one).
-    pub fn with_kinds(mut self, kinds: &[String]) -> Self {
+    /// Also accepts these kinds.
+    pub fn with_kinds(mut self, kinds: &[ResourceKind]) -> Self {
         for k in kinds {
-            let add: Vec<&str> = if k == "all" { KINDS.to_vec() } else { vec![k] };
-            for k in add {
-                if k != "file" && !self.kinds.iter().any(|have| have == k) {
-                    self.kinds.push(k.to_string());
-                }
+            if *k != ResourceKind::File && !self.kinds.contains(k) {
+                self.kinds.push(k.clone());
             }
         }
         self
@@ -224,25 +218,22 @@ impl Policy {
         self
     }
 
-    pub fn allows_kind(&self, kind: &str) -> bool {
-        kind == "file" || self.kinds.iter().any(|k| k == kind)
+    pub fn allows_kind(&self, kind: &ResourceKind) -> bool {
+        *kind == ResourceKind::File || self.kinds.contains(kind)
     }
 
-    fn kind(&self, kind: &str) -> Result<(), Refusal> {
-        if self.allows_kind(kind) {
+    fn kind(&self, kind: ResourceKind) -> Result<(), Refusal> {
+        if self.allows_kind(&kind) {
             Ok(())
         } else {
-            Err(Refusal::Kind {
-                kind: kind.to_string(),
-            })
+            Err(Refusal::Kind { kind })
         }
     }
 
     /// Whether this node accepts a resource at all: its kind, its paths, its bind mounts, its shell. The
     /// converge runtime asks this once, before any kind's reconciler observes or changes anything.
     pub fn admit(&self, resource: &Resource) -> Result<(), Refusal> {
-        let kind = resource.kind_name();
-        self.kind(kind)?;
+        self.kind(resource.resource_kind())?;
         match resource.kind() {
             Some(Kind::File(f)) => {
                 self.check_writable(&f.path)?;
@@ -280,7 +271,7 @@ impl Policy {
 
     /// Container tasks reach the engine, which can start and remove anything on the node.
     pub fn check_container_task(&self) -> Result<(), Refusal> {
-        self.kind("container")
+        self.kind(ResourceKind::Container)
     }
 
     /// A task's program: any with `allow_shell`, else one of `allow_exec` (`path` is the resolved one).
@@ -449,7 +440,8 @@ mod tests {
 
     #[test]
     fn kinds_are_added_and_shell_jobs_also_need_shell() {
-        let policy = Policy::new(&[]).with_kinds(&["shell_job".into(), "systemd_unit".into()]);
+        let policy =
+            Policy::new(&[]).with_kinds(&[ResourceKind::ShellJob, ResourceKind::SystemdUnit]);
         let job = resource(
             serde_json::json!({"id": "j", "shell_job": {"command": "true", "unless": "true"}}),
         );
@@ -466,8 +458,8 @@ mod tests {
             Ok(())
         );
         assert!(policy.check_container_task().is_err());
-        let all = Policy::new(&[]).with_kinds(&["all".into()]);
-        assert!(KINDS.iter().all(|k| all.allows_kind(k)));
+        let all = Policy::new(&[]).with_kinds(&ResourceKind::RESOURCES);
+        assert!(ResourceKind::RESOURCES.iter().all(|k| all.allows_kind(k)));
         assert!(all.check_container_task().is_ok());
     }
 
@@ -479,7 +471,7 @@ mod tests {
                 serde_json::json!({"id": "c", "container": {"image": "busybox", "volumes": volumes}}),
             )
         };
-        let policy = Policy::new(&[]).with_kinds(&["container".into()]);
+        let policy = Policy::new(&[]).with_kinds(&[ResourceKind::Container]);
         assert_eq!(policy.admit(&container(vec![])), Ok(()));
         let host = policy
             .admit(&container(vec!["/:/host".into()]))
@@ -504,7 +496,7 @@ mod tests {
         let dotdot = format!("{}/../..:/x", data.path().display());
         assert!(policy.admit(&container(vec![dotdot])).is_err());
         let everything = Policy::new(&[])
-            .with_kinds(&["container".into()])
+            .with_kinds(&[ResourceKind::Container])
             .with_mount_roots(&["/".into()]);
         assert_eq!(everything.admit(&container(vec!["/:/host".into()])), Ok(()));
     }

@@ -226,7 +226,7 @@ async fn flush_heartbeats(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>
             _ = every.tick() => false,
             _ = shutdown.changed() => true,
         };
-        if let Err(e) = fleet.flush_heartbeats().await {
+        if let Err(e) = fleet.nodes.flush_heartbeats().await {
             tracing::error!("cannot record heartbeats: {e}");
         }
         if stop {
@@ -286,6 +286,7 @@ async fn janitor(fleet: Arc<Fleet>, config: ServerConfig, mut shutdown: watch::R
         if leader && since_retention >= RETENTION_EVERY {
             since_retention = Duration::ZERO;
             match fleet
+                .tasks
                 .apply_retention(config.task_retention, config.max_task_output)
                 .await
             {
@@ -306,11 +307,11 @@ async fn janitor(fleet: Arc<Fleet>, config: ServerConfig, mut shutdown: watch::R
         }
         since_retention += every;
         since_release += every;
-        fleet.sweep_followers();
+        fleet.tasks.sweep_followers();
         if !fleet.is_leader() {
             continue;
         }
-        match fleet.sweep_lost_runs(config.lost_after).await {
+        match fleet.tasks.sweep_lost_runs(config.lost_after).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(runs = n, "runs whose node went silent ended as Lost"),
             Err(e) => tracing::error!("cannot look for lost runs: {e}"),

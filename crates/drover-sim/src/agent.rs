@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_agent::backoff::Backoff;
-use drover_agent::converge::{Fetcher, RECONCILING_AFTER, report_message, verified_inline};
+use drover_agent::converge::{
+    FetchError, Fetcher, RECONCILING_AFTER, report_message, verified_inline,
+};
 use drover_agent::identity::{self, Identity, IdentityError};
 use drover_agent::link::{
     self, Attached, HelloInfo, SessionEnd, describe_transport_error, refused_or_broken,
@@ -148,7 +150,7 @@ struct Session {
     due: Option<Instant>,
 }
 
-type Fetched = Vec<(String, Result<(), String>)>;
+type Fetched = Vec<(String, Result<(), FetchError>)>;
 
 /// One connection's state.
 struct Stream {

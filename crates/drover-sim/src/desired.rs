@@ -3,9 +3,11 @@
 //! since that is load the server must carry. Reports are built by the agent's own code, so their JSON is
 //! the real agent's.
 
-use drover_agent::converge::{WireDesired, node_convergence, parse_resource};
+use drover_agent::converge::{
+    FetchError, UnreadableResource, WireDesired, node_convergence, parse_resource,
+};
 use drover_types::manifest::{
-    FileSpec, Kind, NodeConvergence, ResourceState, ResourceStatus, file_mode,
+    FileSpec, Kind, NodeConvergence, ResourceKind, ResourceState, ResourceStatus, file_mode,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -20,23 +22,24 @@ pub struct Taken {
     pub blobs: Vec<String>,
 }
 
-pub fn take(state_json: &str) -> Result<Taken, String> {
-    let desired: WireDesired = serde_json::from_str(state_json)
-        .map_err(|e| format!("ignored a desired state this agent cannot read: {e}"))?;
+/// Why a simulated node ignores a desired state.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    #[error("ignored a desired state this agent cannot read: {0}")]
+    Unreadable(#[from] serde_json::Error),
+}
+
+pub fn take(state_json: &str) -> Result<Taken, TakeError> {
+    let desired: WireDesired = serde_json::from_str(state_json)?;
     let mut statuses = Vec::new();
     let mut blobs: Vec<String> = Vec::new();
     for raw in &desired.resources {
         let (id, manifest, resource) = parse_resource(raw);
         let status = match resource {
-            Err(e) => {
-                let mut s =
-                    ResourceStatus::new(&id, &manifest, "unknown", ResourceState::UnknownKind);
-                s.error = Some(e);
-                s
-            }
+            Err(e) => unreadable(&id, &manifest, &e),
             Ok(r) => {
                 let mut s =
-                    ResourceStatus::new(&id, &manifest, r.kind_name(), ResourceState::Ready);
+                    ResourceStatus::new(&id, &manifest, r.resource_kind(), ResourceState::Ready);
                 if let Some(Kind::File(spec)) = r.kind() {
                     s.details = file_details(spec);
                     if let (None, Some(sha)) = (&spec.content, &spec.sha256)
@@ -53,7 +56,12 @@ pub fn take(state_json: &str) -> Result<Taken, String> {
     }
     for c in &desired.conflicts {
         let manifests = c.manifests.join(",");
-        let mut s = ResourceStatus::new(&c.id, &manifests, "unknown", ResourceState::Conflict);
+        let mut s = ResourceStatus::new(
+            &c.id,
+            &manifests,
+            ResourceKind::Unknown,
+            ResourceState::Conflict,
+        );
         s.error = Some(format!(
             "manifests {} all give this resource; none is applied until one stops",
             c.manifests.join(", ")
@@ -67,6 +75,18 @@ pub fn take(state_json: &str) -> Result<Taken, String> {
         statuses,
         blobs,
     })
+}
+
+/// What the agent reports for a resource it cannot read.
+fn unreadable(id: &str, manifest: &str, e: &UnreadableResource) -> ResourceStatus {
+    let mut s = ResourceStatus::new(
+        id,
+        manifest,
+        ResourceKind::Unknown,
+        ResourceState::UnknownKind,
+    );
+    s.error = Some(e.to_string());
+    s
 }
 
 /// What the file reconciler reports for a file it wrote.
@@ -90,7 +110,7 @@ impl Taken {
             .statuses
             .iter()
             .map(|s| {
-                let mut s = ResourceStatus::new(&s.id, &s.manifest, &s.kind, s.state);
+                let mut s = ResourceStatus::new(&s.id, &s.manifest, s.kind.clone(), s.state);
                 if s.state == ResourceState::Ready {
                     s.state = ResourceState::Reconciling;
                 }
@@ -101,7 +121,7 @@ impl Taken {
     }
 
     /// The report after the pass; `failed` names content that could not be fetched, and why.
-    pub fn report(&self, failed: &[(String, String)]) -> NodeConvergence {
+    pub fn report(&self, failed: &[(String, FetchError)]) -> NodeConvergence {
         let statuses = self
             .statuses
             .iter()
@@ -110,7 +130,7 @@ impl Taken {
                 let sha = s.details["sha256"].as_str().unwrap_or_default();
                 if let Some((_, why)) = failed.iter().find(|(f, _)| f == sha) {
                     s.state = ResourceState::Failed;
-                    s.error = Some(why.clone());
+                    s.error = Some(why.to_string());
                     s.attempts = 1;
                     s.details = Value::Null;
                 }
@@ -124,6 +144,7 @@ impl Taken {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drover_types::manifest::ConditionKind;
 
     fn state(resources: Value) -> String {
         json!({"generation": 7, "resources": resources, "conflicts": [{"id": "c", "manifests": ["m1", "m2"]}]})
@@ -151,7 +172,7 @@ mod tests {
             during
                 .conditions
                 .iter()
-                .any(|c| c.kind == "Reconciling" && c.status)
+                .any(|c| c.kind == ConditionKind::Reconciling && c.status)
         );
 
         let report = taken.report(&[]);
@@ -174,14 +195,18 @@ mod tests {
         assert_eq!(by_id("vol").state, ResourceState::UnknownKind);
         assert_eq!(by_id("c").state, ResourceState::Conflict);
 
-        let failed = taken.report(&[(sha.clone(), "cannot fetch".into())]);
+        let failed = taken.report(&[(sha.clone(), FetchError::NotConnected)]);
         let blob = failed.resources.iter().find(|r| r.id == "blob").unwrap();
         assert_eq!(blob.state, ResourceState::Failed);
+        assert_eq!(
+            blob.error.as_deref(),
+            Some(FetchError::NotConnected.to_string().as_str())
+        );
         assert!(
             failed
                 .conditions
                 .iter()
-                .any(|c| c.kind == "Degraded" && c.status)
+                .any(|c| c.kind == ConditionKind::Degraded && c.status)
         );
     }
 
@@ -197,7 +222,7 @@ mod tests {
             report
                 .conditions
                 .iter()
-                .any(|c| c.kind == "Ready" && c.status)
+                .any(|c| c.kind == ConditionKind::Ready && c.status)
         );
         assert!(take("not json").is_err());
     }

@@ -43,20 +43,36 @@ pub fn raise_open_files() -> std::io::Result<FileLimit> {
     })
 }
 
+/// A fleet larger than this process's open-file limit holds, and how to split it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--agents {agents} needs about {needed} open files (one connection per agent plus {RESERVED_FILES} \
+     kept aside), but this process may open at most {limit} (RLIMIT_NOFILE, raised to its hard limit). \
+     Run at most {per_process} agents per process: split the fleet over {processes} drover-sim processes \
+     with --agents and --start-index"
+)]
+pub struct TooManyAgents {
+    pub agents: u64,
+    pub needed: u64,
+    pub limit: u64,
+    pub per_process: u64,
+    pub processes: u64,
+}
+
 /// Refuses a fleet this process cannot hold, saying how to split it.
-pub fn check_capacity(agents: u64, limit: u64) -> Result<(), String> {
+pub fn check_capacity(agents: u64, limit: u64) -> Result<(), TooManyAgents> {
     let needed = agents + RESERVED_FILES;
     if needed <= limit {
         return Ok(());
     }
     let per_process = limit.saturating_sub(RESERVED_FILES).max(1);
-    let processes = agents.div_ceil(per_process);
-    Err(format!(
-        "--agents {agents} needs about {needed} open files (one connection per agent plus {RESERVED_FILES} \
-         kept aside), but this process may open at most {limit} (RLIMIT_NOFILE, raised to its hard limit). \
-         Run at most {per_process} agents per process: split the fleet over {processes} drover-sim processes \
-         with --agents and --start-index"
-    ))
+    Err(TooManyAgents {
+        agents,
+        needed,
+        limit,
+        per_process,
+        processes: agents.div_ceil(per_process),
+    })
 }
 
 #[cfg(test)]
@@ -66,7 +82,7 @@ mod tests {
     #[test]
     fn a_fleet_that_fits_is_accepted_and_one_that_does_not_is_told_how_to_split() {
         assert!(check_capacity(19_000, 20_000).is_ok());
-        let e = check_capacity(25_000, 20_000).unwrap_err();
+        let e = check_capacity(25_000, 20_000).unwrap_err().to_string();
         assert!(e.contains("at most 20000"), "{e}");
         assert!(e.contains("19800 agents per process"), "{e}");
         assert!(e.contains("over 2 drover-sim processes"), "{e}");

@@ -121,7 +121,7 @@ fn main() -> anyhow::Result<()> {
         bail!("--heartbeat-interval must be more than 0");
     }
     let files = limits::raise_open_files().context("cannot raise the open-file limit")?;
-    limits::check_capacity(u64::from(args.agents), files.soft).map_err(anyhow::Error::msg)?;
+    limits::check_capacity(u64::from(args.agents), files.soft)?;
     let config = fleet::Config::new(fleet::Options {
         server: args.server,
         token: args.token,

@@ -5,16 +5,19 @@
 
 pub mod action;
 pub mod api;
+pub mod audit;
 pub mod base64;
 pub mod duration;
 pub mod envelope;
 pub mod gpu;
+pub mod ids;
 pub mod labels;
 pub mod limits;
 pub mod liveness;
 pub mod manifest;
 pub mod node;
 pub mod operator;
+pub mod rollout;
 pub mod session;
 pub mod signing;
 pub mod size;

@@ -10,6 +10,9 @@ use crate::Labels;
 use crate::labels::validate_labels;
 use crate::signing::{MANIFEST_CONTEXT, PublicKey, SignError, Signature, canonical_json};
 
+mod names;
+pub use names::{ConditionKind, PlanAction, ResourceKind};
+
 /// A manifest as written by an operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -123,6 +126,18 @@ pub enum Kind<'a> {
     ShellJob(&'a ShellJobSpec),
 }
 
+impl Kind<'_> {
+    /// The kind's name.
+    pub fn resource_kind(&self) -> ResourceKind {
+        match self {
+            Kind::File(_) => ResourceKind::File,
+            Kind::Container(_) => ResourceKind::Container,
+            Kind::SystemdUnit(_) => ResourceKind::SystemdUnit,
+            Kind::ShellJob(_) => ResourceKind::ShellJob,
+        }
+    }
+}
+
 impl Resource {
     /// The resource's kind; `None` unless exactly one is set.
     pub fn kind(&self) -> Option<Kind<'_>> {
@@ -141,14 +156,16 @@ impl Resource {
         }
     }
 
+    /// The name of the resource's kind; [`ResourceKind::Unknown`] unless exactly one is set.
+    pub fn resource_kind(&self) -> ResourceKind {
+        self.kind()
+            .map_or(ResourceKind::Unknown, |k| k.resource_kind())
+    }
+
+    /// [`Resource::resource_kind`] as text.
     pub fn kind_name(&self) -> &'static str {
-        match self.kind() {
-            Some(Kind::File(_)) => "file",
-            Some(Kind::Container(_)) => "container",
-            Some(Kind::SystemdUnit(_)) => "systemd_unit",
-            Some(Kind::ShellJob(_)) => "shell_job",
-            None => "unknown",
-        }
+        // Never `Other`: a resource's kind is one this build knows, or Unknown.
+        self.resource_kind().known_name().unwrap_or_default()
     }
 }
 
@@ -365,7 +382,10 @@ fn validate_resource<'a>(
         err(
             Some(id),
             &format!("resources[{i}]"),
-            "give exactly one kind: file, container, systemd_unit or shell_job".into(),
+            format!(
+                "give exactly one kind: {}",
+                one_of(&ResourceKind::RESOURCES)
+            ),
         );
         return;
     };
@@ -374,6 +394,18 @@ fn validate_resource<'a>(
         Kind::Container(c) => validate_container(id, c, err),
         Kind::SystemdUnit(u) => validate_unit(id, u, err),
         Kind::ShellJob(s) => validate_shell_job(id, s, err),
+    }
+}
+
+/// `a, b or c`.
+fn one_of(kinds: &[ResourceKind]) -> String {
+    match kinds.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => {
+            let rest: Vec<&str> = rest.iter().map(ResourceKind::as_str).collect();
+            format!("{} or {last}", rest.join(", "))
+        }
+        None => String::new(),
     }
 }
 
@@ -610,9 +642,11 @@ pub fn desired_for(
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanItem {
     pub id: String,
-    pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub kind: ResourceKind,
     /// `create`, `update`, `delete`, `none`, `fail`, `refuse` (the node's policy refuses it)
-    pub action: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub action: PlanAction,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
@@ -707,7 +741,8 @@ pub struct DriftEvent {
 pub struct ResourceStatus {
     pub id: String,
     pub manifest: String,
-    pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub kind: ResourceKind,
     pub state: ResourceState,
     /// Kind-specific facts: file sha256; container id, state, restarts, health; unit active/sub state.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
@@ -724,11 +759,16 @@ pub struct ResourceStatus {
 
 impl ResourceStatus {
     /// A status with nothing but its identity and state.
-    pub fn new(id: &str, manifest: &str, kind: &str, state: ResourceState) -> Self {
+    pub fn new(
+        id: &str,
+        manifest: &str,
+        kind: impl Into<ResourceKind>,
+        state: ResourceState,
+    ) -> Self {
         Self {
             id: id.to_string(),
             manifest: manifest.to_string(),
-            kind: kind.to_string(),
+            kind: kind.into(),
             state,
             details: serde_json::Value::Null,
             error: None,
@@ -744,7 +784,8 @@ impl ResourceStatus {
 pub struct Condition {
     /// Ready, Reconciling, Degraded
     #[serde(rename = "type")]
-    pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub kind: ConditionKind,
     pub status: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
@@ -836,6 +877,23 @@ mod tests {
                 serde_json::json!({"name": "x", "resources": [{"id": "a", "volume": {}}]})
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn every_resource_kind_is_a_field_of_a_resource() {
+        for kind in ResourceKind::RESOURCES {
+            let e = serde_json::from_value::<Resource>(
+                serde_json::json!({"id": "a", kind.as_str(): {}}),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("missing field"), "{kind}: {e}");
+        }
+        let m = manifest(serde_json::json!({"name": "web", "resources": [{"id": "a"}]}));
+        assert_eq!(
+            m.validate().unwrap_err()[0].reason,
+            "give exactly one kind: file, container, systemd_unit or shell_job"
         );
     }
 

@@ -104,14 +104,8 @@ impl Fetcher {
         }
     }
 
-    /// Fetches content over the current stream and checks that it hashes to its name. The error as
-    /// text: `drover-sim` keeps and reports it as such.
-    pub async fn fetch(&self, sha256: &str) -> Result<Vec<u8>, String> {
-        self.fetch_checked(sha256).await.map_err(|e| e.to_string())
-    }
-
-    /// [`Fetcher::fetch`] with its typed error.
-    pub async fn fetch_checked(&self, sha256: &str) -> Result<Vec<u8>, FetchError> {
+    /// Fetches content over the current stream and checks that it hashes to its name.
+    pub async fn fetch(&self, sha256: &str) -> Result<Vec<u8>, FetchError> {
         let blob = self.fetch_unchecked(sha256).await?;
         if hex::encode(Sha256::digest(&blob)) != sha256 {
             return Err(FetchError::WrongHash(sha256.to_string()));
@@ -214,7 +208,7 @@ impl Blobs {
         {
             return Ok(data);
         }
-        let blob = self.fetcher.fetch_checked(sha256).await?;
+        let blob = self.fetcher.fetch(sha256).await?;
         if drover_files::create_private_dir(&self.cache).is_ok() {
             let _ = drover_files::write_atomic(&cached, &blob, true);
         }

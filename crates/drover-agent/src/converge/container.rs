@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use drover_types::manifest::{ContainerSpec, Kind, PullPolicy, Resource, parse_port};
+use drover_types::manifest::{ContainerSpec, Kind, PullPolicy, Resource, ResourceKind, parse_port};
 use hyper::Method;
 use serde_json::{Value, json};
 
@@ -55,7 +55,7 @@ impl Reconciler for ContainerKind {
     type Spec = ContainerSpec;
     type Observed = Observed;
     type Plan = Plan;
-    const KIND: &'static str = "container";
+    const KIND: ResourceKind = ResourceKind::Container;
 
     fn spec(resource: &Resource) -> Option<&ContainerSpec> {
         match resource.kind() {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use drover_files::{Root, WriteOptions};
-use drover_types::manifest::{FileSpec, Kind, Resource, file_mode};
+use drover_types::manifest::{FileSpec, Kind, Resource, ResourceKind, file_mode};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -88,7 +88,7 @@ impl Reconciler for FileKind {
     type Spec = FileSpec;
     type Observed = Observed;
     type Plan = Plan;
-    const KIND: &'static str = "file";
+    const KIND: ResourceKind = ResourceKind::File;
 
     fn spec(resource: &Resource) -> Option<&FileSpec> {
         match resource.kind() {

@@ -4,12 +4,14 @@
 //! stays recorded until it succeeds. Persisted in `ledger.json`, so garbage collection is right across
 //! restarts; the format agents wrote before (one handle per entry) is read as is.
 
+use drover_types::manifest::ResourceKind;
 use serde::{Deserialize, Serialize};
 
 /// One thing on the node a resource holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Held {
-    pub kind: String,
+    /// A kind a newer agent wrote and this one does not know is kept (its delete fails, naming it).
+    pub kind: ResourceKind,
     pub handle: String,
     /// Things that existed before the agent took them over are never deleted by it.
     pub created: bool,
@@ -35,7 +37,7 @@ enum Stored {
     },
     OneHandle {
         manifest: String,
-        kind: String,
+        kind: ResourceKind,
         handle: String,
         created: bool,
     },
@@ -69,17 +71,17 @@ impl LedgerEntry {
     }
 
     /// Held things other than `handle` of `kind`: left from an earlier spec.
-    pub fn stale(&self, kind: &str, handle: &str) -> Vec<Held> {
+    pub fn stale(&self, kind: &ResourceKind, handle: &str) -> Vec<Held> {
         self.held
             .iter()
-            .filter(|h| !(h.kind == kind && h.handle == handle))
+            .filter(|h| !(h.kind == *kind && h.handle == handle))
             .cloned()
             .collect()
     }
 
     /// Records that the resource now holds `handle`: created if the agent created it now, or created it
     /// before under this same handle. A handle it held before stays created; a new one does not inherit it.
-    pub fn hold(&mut self, kind: &str, handle: &str, created_now: bool) {
+    pub fn hold(&mut self, kind: ResourceKind, handle: &str, created_now: bool) {
         let before = self
             .held
             .iter()
@@ -89,7 +91,7 @@ impl LedgerEntry {
             self.held.remove(i);
         }
         self.held.push(Held {
-            kind: kind.to_string(),
+            kind,
             handle: handle.to_string(),
             created,
         });
@@ -129,7 +131,7 @@ mod tests {
             LedgerEntry {
                 manifest: "base".into(),
                 held: vec![Held {
-                    kind: "file".into(),
+                    kind: ResourceKind::File,
                     handle: "/etc/motd".into(),
                     created: true
                 }],
@@ -148,14 +150,14 @@ mod tests {
             manifest: "m".into(),
             held: vec![],
         };
-        entry.hold("file", "/a", true);
-        entry.hold("file", "/a", false);
+        entry.hold(ResourceKind::File, "/a", true);
+        entry.hold(ResourceKind::File, "/a", false);
         assert!(entry.current().unwrap().created, "still the agent's own");
         // The path changes to a file that existed before: taken over, not created.
-        entry.hold("file", "/b", false);
+        entry.hold(ResourceKind::File, "/b", false);
         assert_eq!(entry.current().unwrap().handle, "/b");
         assert!(!entry.current().unwrap().created);
-        let stale = entry.stale("file", "/b");
+        let stale = entry.stale(&ResourceKind::File, "/b");
         assert_eq!(stale.len(), 1);
         assert!(stale[0].created && stale[0].handle == "/a");
         entry.release(&stale[0]);

@@ -25,8 +25,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use drover_proto::v1::{self, AgentMessage, agent_message::Msg};
 use drover_types::manifest::{
-    Condition, Conflict, DriftEvent, ManifestProof, NodeConvergence, PlanItem, Resource,
-    ResourceState, ResourceStatus,
+    Condition, ConditionKind, Conflict, DriftEvent, ManifestProof, NodeConvergence, PlanAction,
+    PlanItem, Resource, ResourceKind, ResourceState, ResourceStatus,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -153,8 +153,8 @@ impl Converger {
             }
             Err(e) => vec![PlanItem {
                 id: String::new(),
-                kind: String::new(),
-                action: "fail".into(),
+                kind: ResourceKind::NONE,
+                action: PlanAction::Fail,
                 detail: format!("unreadable desired state: {e}"),
             }],
         };
@@ -234,26 +234,26 @@ impl Runtime {
         for raw in &desired.resources {
             let (id, _, resource) = parse_resource(raw);
             wanted.insert(id.clone());
-            let item = |kind: &str, action: &str, detail: String| PlanItem {
+            let item = |kind: ResourceKind, action: PlanAction, detail: String| PlanItem {
                 id: id.clone(),
-                kind: kind.into(),
-                action: action.into(),
+                kind,
+                action,
                 detail,
             };
             let resource = match resource {
                 Ok(r) => r,
                 Err(e) => {
-                    items.push(item("unknown", "fail", e));
+                    items.push(item(ResourceKind::Unknown, PlanAction::Fail, e.to_string()));
                     continue;
                 }
             };
-            let kind = resource.kind_name();
+            let kind = resource.resource_kind();
             let manifest = raw["manifest"].as_str().unwrap_or_default();
             if let Err(refusal) = verdicts
                 .admit(manifest, &resource)
                 .and_then(|()| self.ctx.policy.admit(&resource))
             {
-                items.push(item(kind, "refuse", refusal.to_string()));
+                items.push(item(kind, PlanAction::Refuse, refusal.to_string()));
                 continue;
             }
             let planned = match self.registry.for_resource(&resource) {
@@ -264,20 +264,20 @@ impl Runtime {
                 Ok(p) => {
                     let s = p.summary;
                     let action = match (s.changes.is_empty(), s.creates) {
-                        (true, _) => "none",
-                        (false, true) => "create",
-                        (false, false) => "update",
+                        (true, _) => PlanAction::None,
+                        (false, true) => PlanAction::Create,
+                        (false, false) => PlanAction::Update,
                     };
                     item(kind, action, s.changes.join(", "))
                 }
-                Err(e) => item(kind, "fail", e.to_string()),
+                Err(e) => item(kind, PlanAction::Fail, e.to_string()),
             });
         }
         for c in &desired.conflicts {
             items.push(PlanItem {
                 id: c.id.clone(),
-                kind: "unknown".into(),
-                action: "fail".into(),
+                kind: ResourceKind::Unknown,
+                action: PlanAction::Fail,
                 detail: format!("conflict between {}", c.manifests.join(", ")),
             });
         }
@@ -286,7 +286,11 @@ impl Runtime {
                 items.push(PlanItem {
                     id: id.clone(),
                     kind: held.kind.clone(),
-                    action: if held.created { "delete" } else { "none" }.into(),
+                    action: if held.created {
+                        PlanAction::Delete
+                    } else {
+                        PlanAction::None
+                    },
                     detail: format!("no manifest wants {}", held.handle),
                 });
             }
@@ -320,8 +324,7 @@ impl Runtime {
             if !self.statuses.contains_key(&id) {
                 let kind = resource
                     .as_ref()
-                    .map(|r| r.kind_name())
-                    .unwrap_or("unknown");
+                    .map_or(ResourceKind::Unknown, Resource::resource_kind);
                 self.set(
                     &id,
                     &manifest,
@@ -442,10 +445,10 @@ impl Runtime {
                     self.set(
                         &id,
                         &manifest,
-                        "unknown",
+                        ResourceKind::Unknown,
                         ResourceState::UnknownKind,
                         Value::Null,
-                        Some(e),
+                        Some(e.to_string()),
                     );
                     continue;
                 }
@@ -468,7 +471,7 @@ impl Runtime {
             self.set(
                 &c.id,
                 &c.manifests.join(","),
-                "unknown",
+                ResourceKind::Unknown,
                 ResourceState::Conflict,
                 Value::Null,
                 Some(msg),
@@ -534,7 +537,7 @@ impl Runtime {
         previous: Option<ResourceStatus>,
     ) {
         let id = resource.id.clone();
-        let kind = resource.kind_name();
+        let kind = resource.resource_kind();
         let same_spec = self.hashes.get(&id).map(String::as_str) == Some(hash);
         self.hashes.insert(id.clone(), hash.to_string());
         // The manifest's signature (on a node that pins keys), then the node's policy, once, before any
@@ -610,7 +613,7 @@ impl Runtime {
         let stale = self
             .ledger
             .get(id)
-            .map(|e| e.stale(kind.name(), &handle))
+            .map(|e| e.stale(&kind.name(), &handle))
             .unwrap_or_default();
         if !stale.is_empty() {
             // A failed delete stays in the ledger and is tried again on the next pass.
@@ -639,7 +642,7 @@ impl Runtime {
         &mut self,
         id: &str,
         manifest: &str,
-        kind: &str,
+        kind: ResourceKind,
         refusal: &Refusal,
         previous: Option<ResourceStatus>,
     ) {
@@ -660,7 +663,7 @@ impl Runtime {
         &mut self,
         id: &str,
         manifest: &str,
-        kind: &str,
+        kind: ResourceKind,
         state: ResourceState,
         details: Value,
         error: Option<String>,
@@ -715,17 +718,17 @@ pub fn node_convergence(generation: u64, resources: Vec<ResourceStatus>) -> Node
         .collect();
     let conditions = vec![
         Condition {
-            kind: "Ready".into(),
+            kind: ConditionKind::Ready,
             status: !degraded && !reconciling,
             message: String::new(),
         },
         Condition {
-            kind: "Reconciling".into(),
+            kind: ConditionKind::Reconciling,
             status: reconciling,
             message: String::new(),
         },
         Condition {
-            kind: "Degraded".into(),
+            kind: ConditionKind::Degraded,
             status: degraded,
             message: if degraded {
                 format!("not ready: {}", failed.join(", "))
@@ -742,8 +745,13 @@ pub fn node_convergence(generation: u64, resources: Vec<ResourceStatus>) -> Node
     }
 }
 
+/// A desired resource this agent cannot read: of a kind it does not know, or malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("this agent does not understand this resource: {0}")]
+pub struct UnreadableResource(#[from] serde_json::Error);
+
 /// Splits a desired resource as it travels into its id, its manifest's name and the resource itself.
-pub fn parse_resource(raw: &Value) -> (String, String, Result<Resource, String>) {
+pub fn parse_resource(raw: &Value) -> (String, String, Result<Resource, UnreadableResource>) {
     let id = raw["id"].as_str().unwrap_or_default().to_string();
     let manifest = raw["manifest"].as_str().unwrap_or_default().to_string();
     // The manifest's name travels beside the resource's own fields.
@@ -751,8 +759,7 @@ pub fn parse_resource(raw: &Value) -> (String, String, Result<Resource, String>)
     if let Some(obj) = fields.as_object_mut() {
         obj.remove("manifest");
     }
-    let resource = serde_json::from_value(fields)
-        .map_err(|e| format!("this agent does not understand this resource: {e}"));
+    let resource = serde_json::from_value(fields).map_err(UnreadableResource);
     (id, manifest, resource)
 }
 
@@ -801,7 +808,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (f, done) = (dir.path().join("f"), dir.path().join("done"));
         let mut rt = runtime(dir.path(), WireDesired::default());
-        let mut policy = Policy::new(&[dir.path().to_path_buf()]).with_kinds(&["shell_job".into()]);
+        let mut policy =
+            Policy::new(&[dir.path().to_path_buf()]).with_kinds(&[ResourceKind::ShellJob]);
         policy.allow_shell = true;
         rt.ctx.policy = Arc::new(policy);
         let (tx, mut rx) = mpsc::channel(16);
@@ -876,7 +884,7 @@ mod tests {
             report
                 .conditions
                 .iter()
-                .any(|c| c.kind == "Degraded" && c.status)
+                .any(|c| c.kind == ConditionKind::Degraded && c.status)
         );
         // The ledger went to disk, for garbage collection after a restart.
         let ledger: BTreeMap<String, LedgerEntry> =
@@ -955,14 +963,17 @@ mod tests {
         assert_eq!(rt.statuses["out"].details["rule"], "allow-path");
         assert!(!std::path::Path::new("/etc/drover-never").exists());
         let plan = rt.plan(&desired).await;
-        assert!(plan.iter().all(|i| i.action == "refuse"), "{plan:?}");
+        assert!(
+            plan.iter().all(|i| i.action == PlanAction::Refuse),
+            "{plan:?}"
+        );
         assert!(!marker.exists());
         let report = rt.last_report.lock().unwrap().clone().unwrap();
         assert!(
             report
                 .conditions
                 .iter()
-                .any(|c| c.kind == "Degraded" && c.status)
+                .any(|c| c.kind == ConditionKind::Degraded && c.status)
         );
     }
 }

@@ -7,7 +7,7 @@ use std::any::Any;
 use std::future::Future;
 use std::time::Duration;
 
-use drover_types::manifest::Resource;
+use drover_types::manifest::{Resource, ResourceKind};
 use serde_json::Value;
 
 use super::ConvergeCtx;
@@ -73,7 +73,7 @@ pub enum ConvergeError {
     #[error("the command succeeded but did not create {0}, so it would run again")]
     NotCreated(String),
     #[error("this agent has no reconciler for kind {0}")]
-    NoKind(String),
+    NoKind(ResourceKind),
 }
 
 impl ConvergeError {
@@ -121,7 +121,7 @@ pub trait Reconciler: Send + Sync + 'static {
     type Observed: Send;
     type Plan: Send + 'static;
     /// The kind's name, as manifests and the ledger spell it.
-    const KIND: &'static str;
+    const KIND: ResourceKind;
 
     fn spec(resource: &Resource) -> Option<&Self::Spec>;
 
@@ -159,7 +159,7 @@ pub struct Planned {
 /// A [`Reconciler`] with its types erased, so the registry can hold every kind.
 #[async_trait::async_trait]
 pub trait AnyKind: Send + Sync {
-    fn name(&self) -> &'static str;
+    fn name(&self) -> ResourceKind;
     async fn plan(
         &self,
         ctx: &ConvergeCtx,
@@ -180,7 +180,7 @@ fn target<'a, R: Reconciler>(
     resource: &'a Resource,
     hash: &'a str,
 ) -> Result<Target<'a, R::Spec>, ConvergeError> {
-    let spec = R::spec(resource).ok_or_else(|| ConvergeError::NoKind(R::KIND.into()))?;
+    let spec = R::spec(resource).ok_or(ConvergeError::NoKind(R::KIND))?;
     Ok(Target {
         id: &resource.id,
         hash,
@@ -190,7 +190,7 @@ fn target<'a, R: Reconciler>(
 
 #[async_trait::async_trait]
 impl<R: Reconciler> AnyKind for R {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> ResourceKind {
         R::KIND
     }
 

@@ -1,7 +1,7 @@
 //! The table of every kind this agent knows. Apart from [`reconciler`](super::reconciler) because the kinds
 //! implement the reconciler trait: the table naming them beside it would make the two import each other.
 
-use drover_types::manifest::Resource;
+use drover_types::manifest::{Resource, ResourceKind};
 
 use super::container::ContainerKind;
 use super::file::FileKind;
@@ -26,18 +26,17 @@ impl Registry {
         }
     }
 
-    pub fn get(&self, kind: &str) -> Option<&dyn AnyKind> {
+    pub fn get(&self, kind: &ResourceKind) -> Option<&dyn AnyKind> {
         self.kinds
             .iter()
-            .find(|k| k.name() == kind)
+            .find(|k| k.name() == *kind)
             .map(|k| k.as_ref())
     }
 
     /// The kind for a resource; `NoKind` when this agent has none.
     pub fn for_resource(&self, resource: &Resource) -> Result<&dyn AnyKind, ConvergeError> {
-        let name = resource.kind_name();
-        self.get(name)
-            .ok_or_else(|| ConvergeError::NoKind(name.to_string()))
+        let kind = resource.resource_kind();
+        self.get(&kind).ok_or(ConvergeError::NoKind(kind))
     }
 }
 
@@ -54,9 +53,10 @@ mod tests {
     #[test]
     fn the_registry_knows_every_kind_the_policy_names() {
         let registry = Registry::new();
-        for kind in crate::policy::KINDS {
-            assert_eq!(registry.get(kind).map(|k| k.name()), Some(*kind));
+        for kind in ResourceKind::RESOURCES {
+            assert_eq!(registry.get(&kind).map(|k| k.name()), Some(kind));
         }
-        assert!(registry.get("volume").is_none());
+        assert!(registry.get(&ResourceKind::parse("volume")).is_none());
+        assert!(registry.get(&ResourceKind::Unknown).is_none());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use drover_types::manifest::{Kind, Resource, ShellJobSpec};
+use drover_types::manifest::{Kind, Resource, ResourceKind, ShellJobSpec};
 use serde_json::json;
 
 use super::ConvergeCtx;
@@ -40,7 +40,7 @@ impl Reconciler for ShellJobKind {
     /// The guard's verdict: why the job need not run.
     type Observed = Option<String>;
     type Plan = Plan;
-    const KIND: &'static str = "shell_job";
+    const KIND: ResourceKind = ResourceKind::ShellJob;
 
     fn spec(resource: &Resource) -> Option<&ShellJobSpec> {
         match resource.kind() {

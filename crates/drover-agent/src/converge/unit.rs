@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use drover_types::manifest::{Kind, Resource, UnitSpec};
+use drover_types::manifest::{Kind, Resource, ResourceKind, UnitSpec};
 use serde_json::json;
 
 use super::ConvergeCtx;
@@ -85,7 +85,7 @@ impl Reconciler for UnitKind {
     type Spec = UnitSpec;
     type Observed = Observed;
     type Plan = Plan;
-    const KIND: &'static str = "systemd_unit";
+    const KIND: ResourceKind = ResourceKind::SystemdUnit;
 
     fn spec(resource: &Resource) -> Option<&UnitSpec> {
         match resource.kind() {

@@ -2,20 +2,16 @@
 
 use std::time::Duration;
 
-use drover_proto::v1;
-
 use drover_types::action::{ActionError, ActionInfo};
+use drover_types::audit::AuditAction;
 
-use super::ask::Ask;
-use super::route::RoutedCall;
-use super::{CallGuard, Fleet, FleetError};
+use super::FleetError;
+use crate::reach::{self, Call, Reach};
 
 /// The longest an action call may be given: calls hold a caller and a slot on the node while they run.
 pub const MAX_ACTION_DEADLINE: Duration = Duration::from_secs(3600);
 /// Arguments up to this size (as JSON) are kept whole in the audit log; larger ones by their size only.
 const AUDITED_ARGS_BYTES: usize = 4096;
-/// The margin the server waits beyond a call's deadline, for the agent's answer to travel back.
-const REPLY_MARGIN: Duration = Duration::from_secs(2);
 
 /// What comes with an action call besides the action: the caller's id for it (to cancel it while it
 /// waits) and, for nodes that pin signing keys, the operator's signature over the action and its arguments.
@@ -25,13 +21,21 @@ pub struct CallTicket {
     pub signature: Option<drover_types::signing::CommandSignature>,
 }
 
-impl Fleet {
+/// What lives with a node's stream: action calls and daemon-plugin sessions (`sessions.rs`).
+pub struct Streams {
+    pub(super) route: std::sync::Arc<crate::reach::Route>,
+    pub(super) access: std::sync::Arc<super::Access>,
+    pub(super) nodes: std::sync::Arc<super::Nodes>,
+}
+
+impl Streams {
     // ---- actions ----
 
     /// The actions a connected node offers.
     pub async fn node_actions(&self, id_or_name: &str) -> Result<Vec<ActionInfo>, FleetError> {
-        let node = self.find(id_or_name).await?;
-        self.ask(&node.id, Ask::Actions)
+        let node = self.nodes.find(id_or_name).await?;
+        self.route
+            .ask(&node.id, reach::Actions {})
             .await
             .ok_or(FleetError::Action(ActionError::NodeUnavailable))
     }
@@ -57,9 +61,9 @@ impl Fleet {
                 ),
             ));
         }
-        let node = self.find(id_or_name).await?;
+        let node = self.nodes.find(id_or_name).await?;
         // Not attached here: the replica that holds the node checks the action's name (`--nats`).
-        let local = self.links.actions(&node.id);
+        let local = self.route.local().actions(&node.id);
         if let Some(known) = &local
             && !known.iter().any(|a| a.name == name)
         {
@@ -99,94 +103,36 @@ impl Fleet {
         } else {
             detail["args_bytes"] = args_bytes.into();
         }
-        self.audit(actor, "action.call", &node.name, detail).await;
+        self.access
+            .audit(actor, AuditAction::ActionCall, &node.name, detail)
+            .await;
         // Within MAX_ACTION_DEADLINE, so neither this nor the margin below can overflow.
         let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-        let call = RoutedCall {
+        let call = Call {
             call_id,
             name: name.to_string(),
             args,
             deadline_ms,
             signature_json,
         };
-        let outcome = match local {
-            Some(_) => self.run_call(&node.id, &call, deadline).await,
-            None => self
-                .call_elsewhere(&node.id, &call)
-                .await
-                .unwrap_or(Err(ActionError::NodeUnavailable)),
-        };
+        let outcome = self
+            .route
+            .call(&node.id, &call)
+            .await
+            .unwrap_or(Err(ActionError::NodeUnavailable));
         Ok((call.call_id, outcome?))
-    }
-
-    /// Runs a call on a node attached here and waits for its outcome (or gives up with the caller).
-    pub(super) async fn run_call(
-        &self,
-        node_id: &str,
-        call: &RoutedCall,
-        deadline: Duration,
-    ) -> Result<serde_json::Value, ActionError> {
-        let reply = self
-            .links
-            .start_call(
-                node_id,
-                &call.call_id,
-                &call.name,
-                &call.args,
-                call.deadline_ms,
-                &call.signature_json,
-            )
-            .await?;
-        let mut guard = CallGuard {
-            fleet: self,
-            call_id: call.call_id.clone(),
-            done: false,
-        };
-        // The agent enforces the deadline; the margin covers the trip there and back.
-        let outcome = match tokio::time::timeout(deadline.saturating_add(REPLY_MARGIN), reply).await
-        {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(ActionError::NodeUnavailable),
-            Err(_) => {
-                self.links.abandon_call(&call.call_id);
-                Err(ActionError::DeadlineExceeded {
-                    deadline_ms: call.deadline_ms,
-                })
-            }
-        };
-        guard.done = true;
-        outcome
     }
 
     /// Cancels a call running on the node (through any replica); its caller receives Cancelled.
     pub async fn cancel_call(&self, id_or_name: &str, call_id: &str) -> Result<(), FleetError> {
-        let node = self.find(id_or_name).await?;
-        let ask = Ask::CancelCall {
+        let node = self.nodes.find(id_or_name).await?;
+        let ask = reach::CancelCall {
             call_id: call_id.to_string(),
         };
-        if self.ask(&node.id, ask).await.unwrap_or(false) {
+        if self.route.ask(&node.id, ask).await.unwrap_or(false) {
             Ok(())
         } else {
             Err(FleetError::CallNotFound(call_id.to_string()))
         }
-    }
-
-    /// An agent's answer to a call; only the node a call went to can answer it.
-    pub(super) fn action_result(&self, node_id: &str, r: v1::ActionResult) {
-        let outcome = match r.outcome {
-            Some(v1::action_result::Outcome::OkJson(json)) => {
-                serde_json::from_str(&json).map_err(|e| {
-                    ActionError::failed(format!("the agent sent a result that is not JSON: {e}"))
-                })
-            }
-            Some(v1::action_result::Outcome::ErrorJson(json)) => Err(serde_json::from_str::<
-                ActionError,
-            >(&json)
-            .unwrap_or_else(|e| {
-                ActionError::failed(format!("the agent sent an unreadable error: {e}"))
-            })),
-            None => Err(ActionError::failed("the agent sent an empty result")),
-        };
-        self.links.finish_call(node_id, &r.call_id, outcome);
     }
 }

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::reach::message::{BlobData, DesiredUpdate, InlineBlob, ToAgent};
 use chrono::Utc;
-use drover_proto::v1::{self, server_message::Msg};
+use drover_types::audit::AuditAction;
 use drover_types::limits::{
     LimitError, MAX_DRIFT_EVENTS, MAX_REPORT_BYTES, MAX_REPORT_CONDITIONS, MAX_REPORT_RESOURCES,
     check_count, check_len,
@@ -17,9 +18,9 @@ use drover_types::node::HTTP_NODE_TAKES_NO_WORK;
 use drover_types::{Labels, Node};
 use sha2::{Digest, Sha256};
 
-use crate::fleet::ask::Ask;
+use crate::fleet::FleetError;
 use crate::fleet::nodes::controlled_labels;
-use crate::fleet::{Fleet, FleetError};
+use crate::reach::{self, Reach};
 use crate::store::NodeRecord;
 use crate::store::StoreError;
 use crate::sync::lock;
@@ -113,17 +114,23 @@ const TARGETS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 #[derive(Default)]
 pub struct TargetsCache(std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<Selectable>>)>>);
 
+/// Desired state: manifests, each node's desired state and its delivery, convergence reports and their
+/// followers, labels, and the blobs files name.
+pub struct Desired {
+    pub(super) store: Arc<dyn crate::store::DesiredStateStore>,
+    pub(super) route: Arc<crate::reach::Route>,
+    pub(super) access: Arc<super::Access>,
+    pub(super) nodes: Arc<super::Nodes>,
+    pub(crate) status_events: StatusEvents,
+    pub(super) blobs: BlobCache,
+    /// The fleet as the manifests page last read it (`Desired::manifest_targets`).
+    pub(super) targets: TargetsCache,
+    #[cfg(feature = "tamper")]
+    pub(super) tamper: super::tamper::Tamper,
+}
+
 /// A node's stored desired generation and content hash (none before its first).
 type Stored = Option<(u64, String)>;
-
-/// The message that gives a node its desired state, without content (see `Fleet::desired_message`).
-pub(super) fn desired_update(state: &DesiredState) -> v1::DesiredStateUpdate {
-    v1::DesiredStateUpdate {
-        generation: state.generation,
-        state_json: serde_json::to_string(state).unwrap_or_default(),
-        blobs: Vec::new(),
-    }
-}
 
 /// Bytes per BlobData piece.
 const BLOB_PIECE: usize = 1024 * 1024;
@@ -192,7 +199,7 @@ impl StatusEvents {
     }
 }
 
-impl Fleet {
+impl Desired {
     pub fn subscribe_status(&self) -> Arc<StatusFollower> {
         self.status_events.subscribe()
     }
@@ -202,7 +209,7 @@ impl Fleet {
     }
 }
 
-impl Fleet {
+impl Desired {
     fn check_manifest(manifest: &Manifest) -> Result<(), FleetError> {
         manifest.validate().map_err(FleetError::ManifestInvalid)?;
         if let Some(r) = manifest
@@ -236,6 +243,7 @@ impl Fleet {
             signature: apply.signature,
         });
         let nodes: Vec<Node> = self
+            .nodes
             .nodes()
             .await?
             .into_iter()
@@ -254,9 +262,7 @@ impl Fleet {
                     };
                 }
                 let state_json = serde_json::to_string(&state).unwrap_or_default();
-                let answer = self
-                    .ask::<Result<String, String>>(&node.id, Ask::Plan { state_json })
-                    .await;
+                let answer = self.route.ask(&node.id, reach::Plan { state_json }).await;
                 let unplanned = |error: String| NodePlan {
                     node: node.name.clone(),
                     plan: vec![],
@@ -264,7 +270,7 @@ impl Fleet {
                 };
                 match answer {
                     None => unplanned("not connected".into()),
-                    Some(Err(e)) => unplanned(e),
+                    Some(Err(e)) => unplanned(e.0),
                     Some(Ok(json)) => match serde_json::from_str::<Vec<PlanItem>>(&json) {
                         Ok(plan) => NodePlan {
                             node: node.name.clone(),
@@ -297,7 +303,7 @@ impl Fleet {
                 .map_err(|e| FleetError::invalid("signature", e))?;
         }
         let put = self
-            .store()
+            .store
             .put_manifest(&manifest, signature.as_ref(), Utc::now())
             .await
             .map_err(|e| match e {
@@ -306,9 +312,9 @@ impl Fleet {
             })?;
         let generation = put.generation;
         if put.changed || put.resigned {
-            self.audit(
+            self.access.audit(
                 actor,
-                if put.changed { "manifest.apply" } else { "manifest.sign" },
+                if put.changed { AuditAction::ManifestApply } else { AuditAction::ManifestSign },
                 &manifest.name,
                 serde_json::json!({"generation": generation, "version": manifest.version, "signed_by": signature.as_ref().map(|s| &s.key)}),
             )
@@ -316,7 +322,13 @@ impl Fleet {
             tracing::info!(manifest = %manifest.name, generation, signed = signature.is_some(), "manifest applied");
             self.recompute_all_detached().await?;
         }
-        let nodes: Vec<Selectable> = self.nodes().await?.into_iter().map(Into::into).collect();
+        let nodes: Vec<Selectable> = self
+            .nodes
+            .nodes()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect();
         let targets = Targets::of(&nodes, |labels| manifest.selects(labels));
         Ok(Applied {
             name: manifest.name,
@@ -329,7 +341,7 @@ impl Fleet {
     }
 
     pub async fn manifests(&self) -> Result<Vec<StoredManifest>, FleetError> {
-        Ok(self.store().list_manifests().await?)
+        Ok(self.store.list_manifests().await?)
     }
 
     /// Each manifest's targets (as `drover apply` reports them), the fleet read once for all (a large one at
@@ -345,8 +357,14 @@ impl Fleet {
         let nodes = match cached {
             Some(nodes) => nodes,
             None => {
-                let nodes: Arc<Vec<Selectable>> =
-                    Arc::new(self.nodes().await?.into_iter().map(Into::into).collect());
+                let nodes: Arc<Vec<Selectable>> = Arc::new(
+                    self.nodes
+                        .nodes()
+                        .await?
+                        .into_iter()
+                        .map(Into::into)
+                        .collect(),
+                );
                 if nodes.len() > TARGETS_FRESH_MAX {
                     *lock(&self.targets.0) = Some((std::time::Instant::now(), nodes.clone()));
                 }
@@ -373,10 +391,16 @@ impl Fleet {
         actor: &str,
         name: &str,
     ) -> Result<(), FleetError> {
-        if !self.store().delete_manifest(name).await? {
+        if !self.store.delete_manifest(name).await? {
             return Err(FleetError::ManifestNotFound(name.to_string()));
         }
-        self.audit(actor, "manifest.delete", name, serde_json::json!({}))
+        self.access
+            .audit(
+                actor,
+                AuditAction::ManifestDelete,
+                name,
+                serde_json::json!({}),
+            )
             .await;
         self.recompute_all_detached().await
     }
@@ -396,13 +420,13 @@ impl Fleet {
     /// labels and the manifests (see `recompute_node`).
     pub(crate) async fn recompute_all(&self) -> Result<(), FleetError> {
         let mut stored: std::collections::HashMap<String, (u64, String)> = self
-            .store()
+            .store
             .desired_versions()
             .await?
             .into_iter()
             .map(|v| (v.node_id, (v.generation, v.hash)))
             .collect();
-        let nodes = self.nodes().await?;
+        let nodes = self.nodes.nodes().await?;
         let manifests = self.manifests().await?;
         let manifest_bytes: usize = manifests
             .iter()
@@ -433,10 +457,10 @@ impl Fleet {
     /// A node's stored desired generation and content hash.
     async fn stored_desired(&self, node_id: &str) -> Result<Stored, FleetError> {
         Ok(self
-            .store()
+            .store
             .get_desired(node_id)
             .await?
-            .map(|(state, hash)| (state.generation, hash)))
+            .map(|d| (d.state.generation, d.hash)))
     }
 
     /// Recomputes one node's desired state; a change gets a new generation and is pushed. The write is a
@@ -456,7 +480,7 @@ impl Fleet {
                 Some(first) => first,
                 None => {
                     let previous = self.stored_desired(node_id).await?;
-                    node_read = self.node(node_id).await?;
+                    node_read = self.nodes.node(node_id).await?;
                     manifests_read = self.manifests().await?;
                     (previous, &node_read, manifests_read.as_slice())
                 }
@@ -473,7 +497,7 @@ impl Fleet {
                 false => DesiredState::default(),
             };
             #[cfg(feature = "tamper")]
-            self.tamper().desired(&mut state);
+            self.tamper.desired(&mut state);
             let content = serde_json::to_vec(&(&state.resources, &state.conflicts, &state.signed))
                 .unwrap_or_default();
             let hash = hex::encode(Sha256::digest(&content));
@@ -481,7 +505,7 @@ impl Fleet {
                 return Ok(());
             }
             state.generation = previous.map(|(g, _)| g).unwrap_or(0) + 1;
-            if self.store().put_desired(node_id, &state, &hash).await? {
+            if self.store.put_desired(node_id, &state, &hash).await? {
                 self.status_changed(node_id);
                 tracing::debug!(node = %node.name, generation = state.generation, resources = state.resources.len(), "desired state changed");
                 self.push_desired(node_id, &state).await;
@@ -498,8 +522,11 @@ impl Fleet {
     /// `desired-state` bucket, whose watch on the replica holding the stream delivers it there.
     async fn push_desired(&self, node_id: &str, state: &DesiredState) {
         let update = self.desired_message(state);
-        self.desired_to_kv(node_id, &update).await;
-        self.links().send(node_id, Msg::DesiredState(update)).await;
+        self.route.desired_written(node_id, &update).await;
+        self.route
+            .local()
+            .send(node_id, ToAgent::DesiredState(update))
+            .await;
     }
 
     /// A node (re)attached: make sure its desired state is current, and send it (bringing the KV entry up to
@@ -507,8 +534,8 @@ impl Fleet {
     pub async fn desired_on_attach(&self, node_id: &str) {
         let result = async {
             self.recompute_node(node_id, None).await?;
-            if let Some((state, _)) = self.store().get_desired(node_id).await? {
-                self.push_desired(node_id, &state).await;
+            if let Some(d) = self.store.get_desired(node_id).await? {
+                self.push_desired(node_id, &d.state).await;
             }
             Ok::<(), FleetError>(())
         }
@@ -527,8 +554,8 @@ impl Fleet {
         match report {
             Ok(mut report) => {
                 report.reported_at = Some(Utc::now());
-                match self.store().put_convergence(node_id, &report).await {
-                    Ok(()) => self.actual_to_kv(node_id, &report).await,
+                match self.store.put_convergence(node_id, &report).await {
+                    Ok(()) => self.route.actual_written(node_id, &report).await,
                     Err(e) => tracing::error!("cannot store a convergence report: {e}"),
                 }
                 self.status_changed(node_id);
@@ -551,7 +578,7 @@ impl Fleet {
 
     async fn statuses(&self, ids: Option<&[String]>) -> Result<Vec<NodeStatusReport>, FleetError> {
         Ok(self
-            .store()
+            .store
             .convergence_of(ids)
             .await?
             .into_iter()
@@ -565,7 +592,7 @@ impl Fleet {
     }
 
     pub async fn node_status(&self, id_or_name: &str) -> Result<NodeStatusReport, FleetError> {
-        let node = self.node(id_or_name).await?;
+        let node = self.nodes.node(id_or_name).await?;
         self.statuses_of(std::slice::from_ref(&node.id))
             .await?
             .pop()
@@ -581,7 +608,7 @@ impl Fleet {
         remove: Vec<String>,
     ) -> Result<Node, FleetError> {
         drover_types::labels::validate_labels(&set)?;
-        let node = self.node(id_or_name).await?;
+        let node = self.nodes.node(id_or_name).await?;
         let (to_set, to_remove) = (set.clone(), remove.clone());
         self.modify_labels(&node.id, id_or_name, move |record| {
             for k in &to_remove {
@@ -591,19 +618,20 @@ impl Fleet {
             record.labels.extend(to_set);
         })
         .await?;
-        self.audit(
-            actor,
-            "node.label",
-            &node.name,
-            serde_json::json!({"set": set, "remove": remove}),
-        )
-        .await;
+        self.access
+            .audit(
+                actor,
+                AuditAction::NodeLabel,
+                &node.name,
+                serde_json::json!({"set": set, "remove": remove}),
+            )
+            .await;
         self.relabeled(&node.id).await
     }
 
     /// Makes the labels a node reported after enrolling count in selection (`drover nodes accept-labels`).
     pub async fn accept_labels(&self, actor: &str, id_or_name: &str) -> Result<Node, FleetError> {
-        let node = self.find(id_or_name).await?;
+        let node = self.nodes.find(id_or_name).await?;
         let accepted = self
             .modify_labels(&node.id, id_or_name, |record| {
                 let pending = drover_types::labels::pending_labels(
@@ -614,13 +642,14 @@ impl Fleet {
             })
             .await?;
         if !accepted.is_empty() {
-            self.audit(
-                actor,
-                "node.accept_labels",
-                &node.name,
-                serde_json::json!({"accepted": accepted}),
-            )
-            .await;
+            self.access
+                .audit(
+                    actor,
+                    AuditAction::NodeAcceptLabels,
+                    &node.name,
+                    serde_json::json!({"accepted": accepted}),
+                )
+                .await;
             tracing::info!(node = %node.name, ?accepted, "reported labels accepted");
         }
         self.relabeled(&node.id).await
@@ -636,7 +665,7 @@ impl Fleet {
     ) -> Result<Labels, FleetError> {
         let outcome = Arc::new(std::sync::Mutex::new(Ok(Labels::new())));
         let result = outcome.clone();
-        self.store()
+        self.store
             .modify_node(
                 node_id,
                 Box::new(move |record| {
@@ -661,7 +690,7 @@ impl Fleet {
     /// A node's labels changed: its desired state follows.
     async fn relabeled(&self, node_id: &str) -> Result<Node, FleetError> {
         self.recompute_node(node_id, None).await?;
-        self.node(node_id).await
+        self.nodes.node(node_id).await
     }
 
     /// Stores uploaded content after checking it hashes to the name it was given.
@@ -675,7 +704,7 @@ impl Fleet {
         }
         // `drover apply` uploads a manifest's content just before it: small content is then sent inline.
         let small = (data.len() <= INLINE_BLOB_MAX).then(|| data.clone());
-        self.store().put_blob(&actual, data).await?;
+        self.store.put_blob(&actual, data).await?;
         if let Some(small) = small {
             self.blobs.put(&actual, &small);
         }
@@ -683,18 +712,18 @@ impl Fleet {
     }
 
     /// The message that gives a node its desired state, with the small content it names.
-    pub(super) fn desired_message(&self, state: &DesiredState) -> v1::DesiredStateUpdate {
-        v1::DesiredStateUpdate {
+    pub(super) fn desired_message(&self, state: &DesiredState) -> DesiredUpdate {
+        DesiredUpdate {
             blobs: self.inline_blobs(state),
-            ..desired_update(state)
+            ..DesiredUpdate::bare(state)
         }
     }
 
     /// The small content that a state's File resources name and the blob cache holds, to send inside the
     /// state's update (`INLINE_BLOB_MAX`, `INLINE_BYTES_MAX`). Only from the cache: a push never waits on the
     /// store, and content not sent along is fetched by the node as before.
-    pub(super) fn inline_blobs(&self, state: &DesiredState) -> Vec<v1::InlineBlob> {
-        let mut inline: Vec<v1::InlineBlob> = Vec::new();
+    pub(super) fn inline_blobs(&self, state: &DesiredState) -> Vec<InlineBlob> {
+        let mut inline: Vec<InlineBlob> = Vec::new();
         let mut total = 0;
         let named = state
             .resources
@@ -711,9 +740,9 @@ impl Fleet {
                 continue;
             }
             total += data.len();
-            inline.push(v1::InlineBlob {
+            inline.push(InlineBlob {
                 sha256: sha256.to_string(),
-                data: data.to_vec(),
+                data,
             });
         }
         inline
@@ -721,41 +750,50 @@ impl Fleet {
 
     /// A node asks for a blob. Served in a task of its own (pieces wait for room in the node's stream; the
     /// stream's other messages must not), at most `BLOBS_PER_NODE` at once per node: more are refused.
-    pub(super) async fn blob_request(self: &Arc<Self>, node_id: &str, req: v1::BlobRequest) {
+    pub(super) async fn blob_request(
+        self: &Arc<Self>,
+        node_id: &str,
+        request_id: String,
+        sha256: String,
+    ) {
         let Some(slot) = self.blobs.slot(node_id) else {
-            let refusal = v1::BlobData {
-                request_id: req.request_id,
+            let refusal = BlobData {
+                request_id,
                 offset: 0,
                 data: vec![],
                 last: true,
                 error: format!("more than {BLOBS_PER_NODE} fetches at once; retry later"),
             };
-            self.links().send(node_id, Msg::BlobData(refusal)).await;
+            self.route
+                .local()
+                .send(node_id, ToAgent::BlobData(refusal))
+                .await;
             return;
         };
         let (fleet, node_id) = (self.clone(), node_id.to_string());
         tokio::spawn(async move {
             let _slot = slot;
-            fleet.serve_blob(&node_id, req).await
+            fleet.serve_blob(&node_id, &request_id, &sha256).await
         });
     }
 
     /// Sends a blob to a node over its stream, in pieces, when its desired state references it.
-    async fn serve_blob(&self, node_id: &str, req: v1::BlobRequest) {
+    async fn serve_blob(&self, node_id: &str, request_id: &str, sha256: &str) {
         let piece = |offset: u64, data: Vec<u8>, last: bool, error: String| {
-            Msg::BlobData(v1::BlobData {
-                request_id: req.request_id.clone(),
+            ToAgent::BlobData(BlobData {
+                request_id: request_id.to_string(),
                 offset,
                 data,
                 last,
                 error,
             })
         };
-        let blob = match self.blob_for_node(node_id, &req.sha256).await {
+        let blob = match self.blob_for_node(node_id, sha256).await {
             Ok(Some(blob)) => blob,
             Ok(None) => {
-                let why = format!("no blob {} in this node's desired state", req.sha256);
-                self.links()
+                let why = format!("no blob {sha256} in this node's desired state");
+                self.route
+                    .local()
                     .send(node_id, piece(0, vec![], true, why))
                     .await;
                 return;
@@ -763,7 +801,8 @@ impl Fleet {
             Err(e) => {
                 tracing::error!("cannot read a blob: {e}");
                 let why = "the server cannot read it; see its log".to_string();
-                self.links()
+                self.route
+                    .local()
                     .send(node_id, piece(0, vec![], true, why))
                     .await;
                 return;
@@ -772,7 +811,8 @@ impl Fleet {
         let mut offset = 0;
         let mut pieces = blob.chunks(BLOB_PIECE).peekable();
         if pieces.peek().is_none() {
-            self.links()
+            self.route
+                .local()
                 .send(node_id, piece(0, vec![], true, String::new()))
                 .await;
             return;
@@ -780,7 +820,8 @@ impl Fleet {
         while let Some(data) = pieces.next() {
             let last = pieces.peek().is_none();
             if !self
-                .links()
+                .route
+                .local()
                 .send(node_id, piece(offset, data.to_vec(), last, String::new()))
                 .await
             {
@@ -796,13 +837,13 @@ impl Fleet {
         node_id: &str,
         sha256: &str,
     ) -> Result<Option<Vec<u8>>, FleetError> {
-        if !self.store().desired_names_blob(node_id, sha256).await? {
+        if !self.store.desired_names_blob(node_id, sha256).await? {
             return Ok(None);
         }
         if let Some(hit) = self.blobs.get(sha256) {
             return Ok(Some(hit.to_vec()));
         }
-        let blob = self.store().get_blob(sha256).await?;
+        let blob = self.store.get_blob(sha256).await?;
         if let Some(b) = &blob {
             self.blobs.put(sha256, b);
         }
@@ -890,6 +931,46 @@ impl BlobCache {
         cache.retain(|(_, v)| {
             total += v.len();
             total <= BLOB_CACHE_BYTES
+        });
+    }
+}
+
+impl crate::reach::StateObserver for Desired {
+    fn changed(&self, node_id: &str) {
+        self.status_changed(node_id);
+    }
+
+    fn desired_elsewhere(self: Arc<Self>, node: String, generation: u64, state_json: String) {
+        if !self.route.here(&node) {
+            return;
+        }
+        // On its own: a node whose stream is full must not hold up the others' changes.
+        tokio::spawn(async move {
+            let update = if state_json.is_empty() {
+                // Too large for NATS: read from the store.
+                match self.store.get_desired(&node).await {
+                    Ok(Some(d)) => self.desired_message(&d.state),
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(node = %node, "cannot read a node's desired state to send it: {e}");
+                        return;
+                    }
+                }
+            } else {
+                // The content it names goes along as from the replica that wrote it.
+                let blobs = serde_json::from_str(&state_json)
+                    .map(|state| self.inline_blobs(&state))
+                    .unwrap_or_default();
+                crate::reach::message::DesiredUpdate {
+                    generation,
+                    state_json,
+                    blobs,
+                }
+            };
+            self.route
+                .local()
+                .send(&node, crate::reach::ToAgent::DesiredState(update))
+                .await;
         });
     }
 }

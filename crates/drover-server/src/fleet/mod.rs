@@ -2,7 +2,6 @@
 //! concern per file; the gateway (gRPC) and the API (REST) only translate to and from it.
 
 mod actions;
-mod ask;
 mod audit;
 pub mod desired;
 mod fold;
@@ -10,9 +9,7 @@ mod nodes;
 mod observe;
 mod operators;
 pub mod pages;
-mod route;
 mod sessions;
-mod state_kv;
 #[cfg(feature = "tamper")]
 pub mod tamper;
 pub mod tasks;
@@ -21,7 +18,6 @@ mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::v1::agent_message;
 use drover_types::{
     Capabilities, Labels, LivenessPolicy, Metrics,
     action::{ActionError, ActionInfo},
@@ -31,16 +27,22 @@ use drover_types::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::links::Links;
 use crate::pki::{Pki, PkiError};
+use crate::reach::Route;
+use crate::reach::message::FromAgent;
 use crate::store::{MetricsHistory, Store, StoreError};
+pub use actions::Streams;
+pub use audit::Access;
+pub use desired::Desired;
+pub use nodes::Nodes;
+pub use tasks::Tasks;
 
+pub use crate::reach::{Nats, NatsError, NatsOptions};
 pub use actions::{CallTicket, MAX_ACTION_DEADLINE};
 pub use audit::node_actor;
 pub use nodes::{HttpRegistration, MAX_HEARTBEAT_INTERVAL, Registrant};
 pub use observe::{GPU_PLUGIN, NodeGauges, Observation};
 pub use operators::BOOTSTRAP_ADMIN;
-pub use route::{Nats, NatsError, NatsOptions};
 pub use tokens::{CheckedToken, MAX_TOKEN_TTL};
 
 /// Default lifetime of a join token.
@@ -88,6 +90,9 @@ pub enum FleetError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A write folded with others (`fold`) failed.
+    #[error(transparent)]
+    Write(#[from] fold::FoldFailure),
 }
 
 impl FleetError {
@@ -143,52 +148,40 @@ pub struct AgentHello {
     pub actions: Vec<ActionInfo>,
 }
 
+/// The control plane's front: the services, each owning its state, and what spans them (an agent's
+/// stream: its messages go to the service they concern; its attach touches nodes, tasks and desired state).
 pub struct Fleet {
+    /// Join tokens, operators and the audit log.
+    pub access: Arc<Access>,
+    /// Enrollment, registration, liveness and heartbeats.
+    pub nodes: Arc<Nodes>,
+    /// Tasks: dispatch, output, ends, cancellation, redelivery and retention.
+    pub tasks: Arc<Tasks>,
+    /// Manifests, each node's desired state, convergence reports, labels and blobs.
+    pub desired: Arc<Desired>,
+    /// Action calls and daemon-plugin sessions, which live with a node's stream.
+    pub streams: Arc<Streams>,
+    /// How this server reaches each node: its stream here, or the replica that holds it.
+    route: Arc<Route>,
     store: Arc<dyn Store>,
     pki: Arc<Pki>,
-    config: FleetConfig,
-    links: Links,
-    live: crate::tasks::TaskLive,
-    pub(crate) status_events: desired::StatusEvents,
-    beats: nodes::Heartbeats,
-    blobs: desired::BlobCache,
-    /// The fleet as the manifests page last read it (`Fleet::manifest_targets`).
-    targets: desired::TargetsCache,
-    /// Set with `--nats`: the other replicas.
-    nats: std::sync::OnceLock<Nats>,
+    config: Arc<FleetConfig>,
     /// Whether this replica runs the leader-only sweeps now (`server::leader`); one server alone always does.
     leader: std::sync::atomic::AtomicBool,
-    #[cfg(feature = "tamper")]
-    tamper: tamper::Tamper,
 }
 
 /// Keeps a node's stream registered while alive; a newer stream for the same node takes over.
 pub struct Attachment {
-    fleet: Arc<Fleet>,
+    route: Arc<Route>,
     node_id: String,
     serial: u64,
     /// Other replicas reach the node through this one while it lives (dropped after the detach).
-    _held: Option<route::Held>,
+    _held: Option<crate::reach::nats::Held>,
 }
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        self.fleet.links.detach(&self.node_id, self.serial);
-    }
-}
-
-/// Gives up on an action call when its caller goes away before the answer.
-struct CallGuard<'a> {
-    fleet: &'a Fleet,
-    call_id: String,
-    done: bool,
-}
-
-impl Drop for CallGuard<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.fleet.links.abandon_call(&self.call_id);
-        }
+        self.route.local().detach(&self.node_id, self.serial);
     }
 }
 
@@ -222,20 +215,55 @@ fn validate_name(name: &str) -> Result<(), FleetError> {
 
 impl Fleet {
     pub fn new(store: Arc<dyn Store>, pki: Arc<Pki>, config: FleetConfig) -> Arc<Self> {
+        let config = Arc::new(config);
+        let route = Arc::new(Route::default());
+        let access = Arc::new(Access {
+            store: store.clone(),
+            pki: pki.clone(),
+        });
+        let nodes = Arc::new(Nodes {
+            store: store.clone(),
+            pki: pki.clone(),
+            config: config.clone(),
+            route: route.clone(),
+            access: access.clone(),
+            beats: Default::default(),
+        });
+        let tasks = Arc::new(Tasks {
+            store: store.clone(),
+            config: config.clone(),
+            route: route.clone(),
+            access: access.clone(),
+            nodes: nodes.clone(),
+            live: Default::default(),
+        });
+        let desired = Arc::new(Desired {
+            store: store.clone(),
+            route: route.clone(),
+            access: access.clone(),
+            nodes: nodes.clone(),
+            status_events: Default::default(),
+            blobs: Default::default(),
+            targets: Default::default(),
+            #[cfg(feature = "tamper")]
+            tamper: Default::default(),
+        });
+        let streams = Arc::new(Streams {
+            route: route.clone(),
+            access: access.clone(),
+            nodes: nodes.clone(),
+        });
         Arc::new(Self {
+            access,
+            nodes,
+            tasks,
+            desired,
+            streams,
+            route,
             store,
             pki,
             config,
-            links: Links::default(),
-            live: Default::default(),
-            status_events: Default::default(),
-            beats: Default::default(),
-            blobs: Default::default(),
-            targets: Default::default(),
-            nats: Default::default(),
             leader: std::sync::atomic::AtomicBool::new(true),
-            #[cfg(feature = "tamper")]
-            tamper: Default::default(),
         })
     }
 
@@ -248,11 +276,6 @@ impl Fleet {
             .store(leader, std::sync::atomic::Ordering::Relaxed);
     }
 
-    #[cfg(feature = "tamper")]
-    pub(crate) fn tamper(&self) -> &tamper::Tamper {
-        &self.tamper
-    }
-
     pub fn metrics(&self) -> &crate::metrics::ServerMetrics {
         &self.config.metrics
     }
@@ -261,39 +284,66 @@ impl Fleet {
         &self.pki
     }
 
-    /// The live streams: for the gateway to route what agents send.
-    pub(crate) fn links(&self) -> &Links {
-        &self.links
-    }
-
-    pub(crate) fn live(&self) -> &crate::tasks::TaskLive {
-        &self.live
-    }
-
     pub(crate) fn store(&self) -> &dyn Store {
         self.store.as_ref()
     }
 
-    /// What an attached agent sends besides hellos and heartbeats.
-    pub async fn agent_message(
-        self: &Arc<Self>,
+    /// A node's stream is attached and registered (`Nodes::attach`): it gets its runs again and its
+    /// desired state. `open_tasks` and `hello_at` as in `Tasks::tasks_on_attach`.
+    pub async fn attached(
+        &self,
         node_id: &str,
         name: &str,
-        msg: agent_message::Msg,
+        open_tasks: Option<std::collections::HashSet<String>>,
+        hello_at: chrono::DateTime<chrono::Utc>,
     ) {
-        use agent_message::Msg;
+        self.tasks
+            .tasks_on_attach(node_id, name, open_tasks, hello_at)
+            .await;
+        self.desired.desired_on_attach(node_id).await;
+    }
+
+    /// What an attached agent sends besides hellos and heartbeats.
+    pub async fn agent_message(&self, node_id: &str, name: &str, msg: FromAgent) {
         self.config.metrics.agent_message(&msg);
+        let links = self.route.local();
         match msg {
-            Msg::ActionResult(r) => self.action_result(node_id, r),
-            Msg::CreateSession(c) => self.create_session(node_id, name, c).await,
-            Msg::SessionData(d) => self.session_data(node_id, name, d).await,
-            Msg::SessionStatus(st) => self.session_status(node_id, st).await,
-            Msg::TaskOutput(o) => self.task_output(node_id, o).await,
-            Msg::TaskExit(e) => self.task_exit(node_id, e).await,
-            Msg::ConvergenceReport(r) => self.convergence_report(node_id, &r.report_json).await,
-            Msg::PlanResult(p) => self.links.finish_plan(node_id, &p.request_id, p.plan_json),
-            Msg::BlobRequest(r) => self.blob_request(node_id, r).await,
-            Msg::Hello(_) | Msg::Heartbeat(_) => {}
+            FromAgent::ActionResult { call_id, outcome } => {
+                links.finish_call(node_id, &call_id, outcome)
+            }
+            FromAgent::PlanResult {
+                request_id,
+                plan_json,
+            } => links.finish_plan(node_id, &request_id, plan_json),
+            FromAgent::CreateSession(c) => self.streams.create_session(node_id, name, c).await,
+            FromAgent::SessionData(d) => self.streams.session_data(node_id, name, d).await,
+            FromAgent::SessionStatus(st) => self.streams.session_status(node_id, st).await,
+            FromAgent::TaskOutput(o) => self.tasks.task_output(node_id, o).await,
+            FromAgent::TaskExit(e) => self.tasks.task_exit(node_id, e).await,
+            FromAgent::ConvergenceReport { report_json } => {
+                self.desired.convergence_report(node_id, &report_json).await
+            }
+            FromAgent::BlobRequest { request_id, sha256 } => {
+                self.desired.blob_request(node_id, request_id, sha256).await
+            }
         }
+    }
+}
+
+impl Fleet {
+    /// Connects this server to the other replicas, and starts watching the node-state buckets.
+    pub fn set_nats(&self, nats: Nats) {
+        let observer: std::sync::Weak<dyn crate::reach::StateObserver> =
+            Arc::downgrade(&self.desired) as std::sync::Weak<Desired>;
+        nats.watch_state(observer, self.store.clone());
+        if !self.route.set_remote(nats) {
+            tracing::warn!("NATS was already set up; keeping the first connection");
+        }
+    }
+
+    /// Why this replica cannot route to the others now, when it is set up to (`--nats`) and its
+    /// connection is down.
+    pub fn nats_problem(&self) -> Option<String> {
+        self.route.problem()
     }
 }

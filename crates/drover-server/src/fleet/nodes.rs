@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use drover_types::api::RegisterRequest;
+use drover_types::audit::AuditAction;
 use drover_types::labels::{pending_labels, validate_labels};
 use drover_types::limits::{MAX_ACTIONS, MAX_NAME, check_count, check_len};
 use drover_types::{Capabilities, Labels, Metrics, MetricsSample, Node, Transport};
@@ -64,8 +65,8 @@ fn check_hello(hello: &AgentHello) -> Result<(), FleetError> {
 }
 
 use super::{
-    AgentHello, Attachment, DEFAULT_HTTP_INTERVAL, Enrollment, Fleet, FleetError, new_node_id,
-    node_actor, random_hex, sha256_hex, validate_name,
+    AgentHello, Attachment, DEFAULT_HTTP_INTERVAL, Enrollment, FleetError, new_node_id, node_actor,
+    random_hex, sha256_hex, validate_name,
 };
 
 /// The longest heartbeat interval a node may promise (liveness is measured in it).
@@ -87,9 +88,19 @@ pub enum Registrant {
     /// No token, on a server with open registration.
     Open,
 }
-use crate::store::NodeRecord;
+use crate::store::{Heartbeat, NodeRecord};
 
-impl Fleet {
+/// Nodes: enrollment, MIaaS registration, attaching streams, liveness and heartbeats.
+pub struct Nodes {
+    pub(super) store: Arc<dyn crate::store::NodesStore>,
+    pub(super) pki: Arc<crate::pki::Pki>,
+    pub(super) config: Arc<super::FleetConfig>,
+    pub(super) route: Arc<crate::reach::Route>,
+    pub(super) access: Arc<super::Access>,
+    pub(super) beats: Heartbeats,
+}
+
+impl Nodes {
     // ---- drover-agent nodes ----
 
     /// Finds a free name: the wanted one, else the wanted one with a short suffix.
@@ -109,12 +120,12 @@ impl Fleet {
         name: &str,
         labels: Labels,
     ) -> Result<Enrollment, FleetError> {
-        let token = self.check_token(token).await?;
+        let token = self.access.check_token(token).await?;
         validate_name(name)?;
         validate_labels(&labels)?;
         let id = new_node_id();
         let cert_pem = self.pki.sign_node_csr(csr_pem, &id)?;
-        let token = self.spend_token(token).await?;
+        let token = self.access.spend_token(token).await?;
         let wanted = name;
         let name = self.free_name(wanted, &id).await?;
         if name != wanted {
@@ -145,13 +156,14 @@ impl Fleet {
                 node_token_sha256: None,
             })
             .await?;
-        self.audit(
-            &node_actor(&name),
-            "node.enroll",
-            &name,
-            serde_json::json!({"node": id, "token": token.id}),
-        )
-        .await;
+        self.access
+            .audit(
+                &node_actor(&name),
+                AuditAction::NodeEnroll,
+                &name,
+                serde_json::json!({"node": id, "token": token.id}),
+            )
+            .await;
         Ok(Enrollment {
             node_id: id,
             name,
@@ -174,7 +186,7 @@ impl Fleet {
         self: &Arc<Self>,
         node_id: &str,
         hello: AgentHello,
-        tx: crate::links::LinkSender,
+        tx: crate::reach::local::LinkSender,
     ) -> Result<(NodeRecord, Attachment), FleetError> {
         self.config.metrics.message("hello");
         check_hello(&hello)?;
@@ -205,12 +217,15 @@ impl Fleet {
         if let Some(metrics) = hello.metrics {
             self.stream_heartbeat(node_id, metrics)?;
         }
-        let serial = self.links.attach(node_id, tx, hello.actions);
-        let held = self.hold(node_id, serial).await;
+        let serial = self.route.local().attach(node_id, tx, hello.actions);
+        let held = match self.route.remote() {
+            Some(nats) => nats.hold(self.route.local().clone(), node_id, serial).await,
+            None => None,
+        };
         Ok((
             node,
             Attachment {
-                fleet: self.clone(),
+                route: self.route.clone(),
                 node_id: node_id.to_string(),
                 serial,
                 _held: held,
@@ -245,7 +260,11 @@ impl Fleet {
                 .latest
                 .drain()
                 .flat_map(|(id, samples)| {
-                    samples.into_iter().map(move |(at, m)| (id.clone(), at, m))
+                    samples.into_iter().map(move |(at, metrics)| Heartbeat {
+                        node_id: id.clone(),
+                        at,
+                        metrics,
+                    })
                 })
                 .collect()
         };
@@ -285,7 +304,7 @@ impl Fleet {
     pub async fn registrant(&self, bearer: Option<&str>) -> Result<Registrant, FleetError> {
         match bearer {
             Some(t) if t.starts_with("drv1.") => {
-                Ok(Registrant::JoinToken(self.check_token(t).await?))
+                Ok(Registrant::JoinToken(self.access.check_token(t).await?))
             }
             Some(t) => self
                 .store
@@ -362,13 +381,14 @@ impl Fleet {
                 (id, false)
             }
         };
-        self.audit(
-            &node_actor(&req.name),
-            "node.register",
-            &req.name,
-            serde_json::json!({"node": id, "credential": credential, "again": again}),
-        )
-        .await;
+        self.access
+            .audit(
+                &node_actor(&req.name),
+                AuditAction::NodeRegister,
+                &req.name,
+                serde_json::json!({"node": id, "credential": credential, "again": again}),
+            )
+            .await;
         Ok(HttpRegistration {
             node_id: id,
             node_token,
@@ -383,7 +403,7 @@ impl Fleet {
     ) -> Result<(Labels, String), FleetError> {
         Ok(match registrant {
             Registrant::JoinToken(t) => {
-                let info = self.spend_token(t).await?;
+                let info = self.access.spend_token(t).await?;
                 (info.labels, format!("join token {}", info.id))
             }
             Registrant::Node(_) => (Labels::new(), "node token".to_string()),
@@ -424,7 +444,7 @@ impl Fleet {
         }
         let now = Utc::now();
         let interval = Duration::from_millis(record.heartbeat_interval_ms);
-        let connected = self.links.is_attached(&record.id)
+        let connected = self.route.local().is_attached(&record.id)
             || self.streams_elsewhere(record.transport, record.last_seen, interval, now);
         let labels = if self.config.trust_reported_labels {
             bound_labels(&record.reported_labels, &record.labels)
@@ -458,7 +478,7 @@ impl Fleet {
         interval: Duration,
         now: DateTime<Utc>,
     ) -> bool {
-        if self.nats().is_none() || transport != Transport::Grpc {
+        if self.route.remote().is_none() || transport != Transport::Grpc {
             return false;
         }
         // Two beats, plus the holder's one-second write batching and some clock skew between replicas.
@@ -492,18 +512,19 @@ impl Fleet {
     pub async fn delete_node(&self, actor: &str, id_or_name: &str) -> Result<Node, FleetError> {
         let node = self.find(id_or_name).await?;
         self.store.delete_node(&node.id).await?;
-        self.audit(
-            actor,
-            "node.delete",
-            &node.name,
-            serde_json::json!({"node": node.id}),
-        )
-        .await;
-        self.links.forget(&node.id);
+        self.access
+            .audit(
+                actor,
+                AuditAction::NodeDelete,
+                &node.name,
+                serde_json::json!({"node": node.id}),
+            )
+            .await;
+        self.route.local().forget(&node.id);
         {
             let mut beats = lock(&self.beats.0);
             beats.latest.remove(&node.id);
-            if self.links.is_attached(&node.id) {
+            if self.route.local().is_attached(&node.id) {
                 // Its stream ends at its next heartbeat.
                 beats.deleted.insert(node.id.clone());
             }

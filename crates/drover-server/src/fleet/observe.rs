@@ -9,7 +9,7 @@ use chrono::Utc;
 use drover_types::NodeStatus;
 use drover_types::gpu::{GpuReport, GpuSample};
 
-use super::{Fleet, FleetError};
+use super::{FleetError, Nodes};
 pub use crate::metrics::{NodeGauges, Observation};
 
 /// The plugin whose payloads are GPU samples.
@@ -23,7 +23,7 @@ fn status_name(s: NodeStatus) -> &'static str {
     }
 }
 
-impl Fleet {
+impl Nodes {
     pub async fn observe(&self, per_node: bool) -> Result<Observation, FleetError> {
         let mut counts = self.store.fleet_counts().await?;
         let now = Utc::now();
@@ -53,7 +53,7 @@ impl Fleet {
         };
         Ok(Observation {
             nodes_by_status: by_status.into_iter().collect(),
-            connected: self.links.attached_count(),
+            connected: self.route.local().attached_count(),
             counts,
             per_node,
         })
@@ -61,7 +61,8 @@ impl Fleet {
 
     async fn node_gauges(&self) -> Result<Vec<NodeGauges>, FleetError> {
         let mut gpus: std::collections::HashMap<String, Vec<GpuSample>> = self
-            .links
+            .route
+            .local()
             .latest_payloads(GPU_PLUGIN)
             .into_iter()
             .filter_map(|(id, json)| {

@@ -2,9 +2,10 @@
 //! (`admin.token`) is not one of them: it is checked by the API and acts as `admin`.
 
 use chrono::Utc;
+use drover_types::audit::AuditAction;
 use drover_types::operator::{CreateOperatorRequest, CreatedOperator, OperatorInfo};
 
-use super::{Fleet, FleetError, random_hex, sha256_hex};
+use super::{Access, FleetError, random_hex, sha256_hex};
 use crate::store::OperatorRecord;
 
 /// The actor name of the bootstrap admin token; no operator may take it.
@@ -36,7 +37,7 @@ fn validate_operator_name(name: &str) -> Result<(), FleetError> {
     Ok(())
 }
 
-impl Fleet {
+impl Access {
     pub async fn create_operator(
         &self,
         actor: &str,
@@ -63,7 +64,7 @@ impl Fleet {
         }
         self.audit(
             actor,
-            "operator.create",
+            AuditAction::OperatorCreate,
             &info.name,
             serde_json::json!({"role": info.role}),
         )
@@ -83,8 +84,13 @@ impl Fleet {
         if !self.store.revoke_operator(name).await? {
             return Err(FleetError::OperatorNotFound(name.to_string()));
         }
-        self.audit(actor, "operator.revoke", name, serde_json::json!({}))
-            .await;
+        self.audit(
+            actor,
+            AuditAction::OperatorRevoke,
+            name,
+            serde_json::json!({}),
+        )
+        .await;
         Ok(())
     }
 

@@ -7,10 +7,10 @@ use drover_types::manifest::{NodeStatusReport, ResourceState};
 use drover_types::task::{RUN_STATES, RunState, TaskRun};
 use drover_types::{Labels, Node, NodeStatus};
 
-use super::{Fleet, FleetError};
+use super::{Desired, FleetError, Nodes, Tasks};
 use crate::store::{
-    ConvergenceQuery, ManifestCounts, NodeCounts, NodeQuery, NodeTaskRun, RunQuery, TaskPage,
-    TaskSummary,
+    ConvergencePage, ConvergenceQuery, ManifestCounts, NodeCounts, NodeQuery, NodeRecordPage,
+    NodeTaskRun, RunQuery, TaskPage, TaskSummary,
 };
 
 /// Nodes in a page when the caller names no size.
@@ -38,7 +38,7 @@ pub struct NodePage {
     pub total: usize,
 }
 
-impl Fleet {
+impl Nodes {
     /// One page of the nodes a filter matches: the store reads the page and counts, never the whole fleet.
     pub async fn nodes_page(&self, filter: NodeFilter) -> Result<NodePage, FleetError> {
         // Heartbeats kept in memory are the newest word on liveness: written first, so statuses computed
@@ -53,14 +53,16 @@ impl Fleet {
             liveness: self.config.liveness,
             trust_reported_labels: self.config.trust_reported_labels,
         };
-        let (records, counts) = self.store.list_nodes_page(&query).await?;
+        let NodeRecordPage { nodes, counts } = self.store.list_nodes_page(&query).await?;
         Ok(NodePage {
-            nodes: records.into_iter().map(|r| self.view(r)).collect(),
+            nodes: nodes.into_iter().map(|r| self.view(r)).collect(),
             total: counts.of(query.status),
             counts,
         })
     }
+}
 
+impl Tasks {
     /// The newest tasks, their runs counted by state.
     pub async fn task_summaries(&self, limit: usize) -> Result<Vec<TaskSummary>, FleetError> {
         Ok(self.store.task_summaries(limit).await?)
@@ -99,7 +101,9 @@ impl Fleet {
             .await?
             .ok_or_else(|| FleetError::TaskNotFound(id.to_string()))
     }
+}
 
+impl Desired {
     /// Every manifest's resources and nodes counted by state (one aggregate read).
     pub async fn manifest_counts(&self) -> Result<Vec<ManifestCounts>, FleetError> {
         Ok(self.store.manifest_counts().await?)
@@ -112,7 +116,7 @@ impl Fleet {
         mut query: ConvergenceQuery,
     ) -> Result<(Vec<NodeStatusReport>, usize), FleetError> {
         query.limit = query.limit.clamp(1, MAX_PAGE);
-        let (rows, total) = self.store.convergence_page(&query).await?;
+        let ConvergencePage { rows, total } = self.store.convergence_page(&query).await?;
         let reports = rows
             .into_iter()
             .map(|row| {
@@ -130,7 +134,9 @@ impl Fleet {
             .collect();
         Ok((reports, total))
     }
+}
 
+impl Tasks {
     /// A node's newest runs.
     pub async fn node_task_runs(
         &self,

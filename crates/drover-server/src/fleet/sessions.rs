@@ -1,21 +1,25 @@
 //! Daemon-plugin sessions: what agents ask for and send, what operators see and send. The sessions
 //! themselves live in `Links`.
 
-use drover_proto::v1::{self, server_message};
 use drover_types::action::ActionError;
 use drover_types::session::{SessionDetail, SessionInfo, SessionSample};
 
-use super::ask::Ask;
-use super::{Fleet, FleetError};
-use crate::links::SessionRejected;
+use super::{FleetError, Streams};
+use crate::reach::local::SessionRejected;
+use crate::reach::message::{CreateSession, SessionData, SessionStatus, ToAgent};
+use crate::reach::{self, Reach};
 
-impl Fleet {
+impl Streams {
     // ---- sessions ----
 
     /// A node's sessions; none when no replica holds its stream.
     pub async fn sessions(&self, id_or_name: &str) -> Result<Vec<SessionInfo>, FleetError> {
-        let node = self.find(id_or_name).await?;
-        Ok(self.ask(&node.id, Ask::Sessions).await.unwrap_or_default())
+        let node = self.nodes.find(id_or_name).await?;
+        Ok(self
+            .route
+            .ask(&node.id, reach::Sessions {})
+            .await
+            .unwrap_or_default())
     }
 
     pub async fn session(
@@ -23,11 +27,12 @@ impl Fleet {
         id_or_name: &str,
         plugin: &str,
     ) -> Result<SessionDetail, FleetError> {
-        let node = self.find(id_or_name).await?;
-        let ask = Ask::Session {
+        let node = self.nodes.find(id_or_name).await?;
+        let ask = reach::Session {
             plugin: plugin.to_string(),
         };
-        self.ask::<Option<SessionDetail>>(&node.id, ask)
+        self.route
+            .ask(&node.id, ask)
             .await
             .flatten()
             .ok_or(FleetError::SessionNotFound {
@@ -41,11 +46,12 @@ impl Fleet {
         id_or_name: &str,
         plugin: &str,
     ) -> Result<Vec<SessionSample>, FleetError> {
-        let node = self.find(id_or_name).await?;
-        let ask = Ask::SessionHistory {
+        let node = self.nodes.find(id_or_name).await?;
+        let ask = reach::SessionHistory {
             plugin: plugin.to_string(),
         };
-        self.ask::<Option<Vec<SessionSample>>>(&node.id, ask)
+        self.route
+            .ask(&node.id, ask)
             .await
             .flatten()
             .ok_or(FleetError::SessionNotFound {
@@ -60,11 +66,11 @@ impl Fleet {
         id_or_name: &str,
         plugin: Option<&str>,
     ) -> Result<usize, FleetError> {
-        let node = self.find(id_or_name).await?;
-        let ask = Ask::TerminateSessions {
+        let node = self.nodes.find(id_or_name).await?;
+        let ask = reach::TerminateSessions {
             plugin: plugin.map(str::to_string),
         };
-        let n = self.ask(&node.id, ask).await.unwrap_or(0);
+        let n = self.route.ask(&node.id, ask).await.unwrap_or(0);
         match plugin {
             Some(p) if n == 0 => Err(FleetError::SessionNotFound {
                 node: node.name,
@@ -81,12 +87,12 @@ impl Fleet {
         plugin: &str,
         body: serde_json::Value,
     ) -> Result<(), FleetError> {
-        let node = self.find(id_or_name).await?;
-        let ask = Ask::SessionMessage {
+        let node = self.nodes.find(id_or_name).await?;
+        let ask = reach::SessionMessage {
             plugin: plugin.to_string(),
             body_json: body.to_string(),
         };
-        match self.ask::<Option<bool>>(&node.id, ask).await.flatten() {
+        match self.route.ask(&node.id, ask).await.flatten() {
             Some(true) => Ok(()),
             Some(false) => Err(ActionError::NodeUnavailable.into()),
             None => Err(FleetError::SessionNotFound {
@@ -97,7 +103,7 @@ impl Fleet {
     }
 
     /// An agent asks for a session for one of its plugins (Empty -> Pending); the answer carries its id.
-    pub(super) async fn create_session(&self, node_id: &str, name: &str, c: v1::CreateSession) {
+    pub(super) async fn create_session(&self, node_id: &str, name: &str, c: CreateSession) {
         let valid = !c.plugin.is_empty()
             && c.plugin.len() <= drover_types::limits::MAX_NAME
             && c.plugin
@@ -107,42 +113,39 @@ impl Fleet {
             tracing::warn!(node = %name, "ignored a session request for an invalid plugin name");
             return;
         }
-        let session_id =
-            match self
-                .links
-                .create_session(node_id, &c.plugin, c.interval_ms, c.deadline_ms)
-            {
-                Ok(id) => id,
-                Err(e) => {
-                    tracing::warn!(node = %name, plugin = %c.plugin, "refused a session: {e}");
-                    let refusal = v1::TerminateSession {
-                        plugin: c.plugin,
-                        session_id: String::new(),
-                        reason: format!("session refused: {e}"),
-                    };
-                    self.links
-                        .send(node_id, server_message::Msg::TerminateSession(refusal))
-                        .await;
-                    return;
-                }
-            };
+        let session_id = match self
+            .route
+            .local()
+            .create_session(node_id, &c.plugin, c.interval, c.deadline)
+        {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(node = %name, plugin = %c.plugin, "refused a session: {e}");
+                let refusal = ToAgent::TerminateSession {
+                    plugin: c.plugin,
+                    session_id: String::new(),
+                    reason: format!("session refused: {e}"),
+                };
+                self.route.local().send(node_id, refusal).await;
+                return;
+            }
+        };
         tracing::debug!(node = %name, plugin = %c.plugin, %session_id, "session created");
-        let created = v1::SessionCreated {
+        let created = ToAgent::SessionCreated {
             plugin: c.plugin,
             session_id,
         };
-        self.links
-            .send(node_id, server_message::Msg::SessionCreated(created))
-            .await;
+        self.route.local().send(node_id, created).await;
     }
 
     /// A payload; data for a session this server does not know makes the agent recreate it.
-    pub(super) async fn session_data(&self, node_id: &str, name: &str, d: v1::SessionData) {
-        match self.links.session_data(node_id, &d) {
+    pub(super) async fn session_data(&self, node_id: &str, name: &str, d: SessionData) {
+        match self.route.local().session_data(node_id, &d) {
             Ok(()) => {}
             Err(SessionRejected::Unknown(_)) => {
                 tracing::info!(node = %name, plugin = %d.plugin, "data for an unknown session; asking the agent to recreate it");
-                self.links
+                self.route
+                    .local()
                     .reject_session(node_id, &d.plugin, &d.session_id)
                     .await;
             }
@@ -150,9 +153,10 @@ impl Fleet {
         }
     }
 
-    pub(super) async fn session_status(&self, node_id: &str, st: v1::SessionStatus) {
-        if self.links.session_status(node_id, &st).is_err() {
-            self.links
+    pub(super) async fn session_status(&self, node_id: &str, st: SessionStatus) {
+        if self.route.local().session_status(node_id, &st).is_err() {
+            self.route
+                .local()
                 .reject_session(node_id, &st.plugin, &st.session_id)
                 .await;
         }

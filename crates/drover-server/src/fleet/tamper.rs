@@ -10,7 +10,7 @@ use drover_types::signing::{MANIFEST_CONTEXT, SecretKey};
 use drover_types::task::{CreateTask, Task};
 use serde::Deserialize;
 
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{Desired, FleetError, Tasks};
 
 /// What the server does to the desired states it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -99,7 +99,7 @@ impl Tamper {
     }
 }
 
-impl Fleet {
+impl Desired {
     /// Sets what the server does to desired states, and sends every node its state again.
     pub async fn tamper_desired(&self, mode: DesiredTamper) -> Result<(), FleetError> {
         *crate::sync::lock(&self.tamper.desired) = mode;
@@ -109,13 +109,15 @@ impl Fleet {
 
     /// Stores a manifest past every check (signature, version), as a compromised server could.
     pub async fn tamper_manifest(&self, apply: ApplyManifest) -> Result<(), FleetError> {
-        self.store().delete_manifest(&apply.manifest.name).await?;
-        self.store()
+        self.store.delete_manifest(&apply.manifest.name).await?;
+        self.store
             .put_manifest(&apply.manifest, apply.signature.as_ref(), Utc::now())
             .await?;
         self.recompute_all().await
     }
+}
 
+impl Tasks {
     /// Sends a task again under a new id, with the spec and signature it had.
     pub async fn tamper_replay(&self, task_id: &str) -> Result<Task, FleetError> {
         let task = self.task(task_id).await?;

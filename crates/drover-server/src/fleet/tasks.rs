@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use drover_proto::v1::{self, server_message::Msg};
 use drover_types::Node;
+use drover_types::audit::AuditAction;
 use drover_types::node::HTTP_NODE_TAKES_NO_WORK;
 use drover_types::signing::CommandSignature;
 use drover_types::task::{
@@ -19,10 +19,12 @@ use drover_types::task::{
 };
 use tokio::sync::broadcast;
 
-use super::fold::{Fold, Written};
-use super::{Fleet, FleetError};
+use super::FleetError;
+use super::fold::{Fold, FoldFailure, Written};
+use crate::reach::Reach;
+use crate::reach::message::{Chunk, TaskExit, TaskOutput, TaskStart, ToAgent};
 use crate::store::{
-    OpenRun, OutputRecord, RunPatch, RunQuery, SERVER_ONLY_CANCEL, Store, StoreError,
+    OpenRun, OutputRecord, RunPatch, RunQuery, SERVER_ONLY_CANCEL, SilentRun, StoredOutput,
 };
 use crate::sync::lock;
 
@@ -65,7 +67,7 @@ const SENDS_AT_ONCE: usize = 256;
 #[derive(Default)]
 struct Progress {
     next_seq: u64,
-    held: BTreeMap<u64, (u8, Vec<u8>)>,
+    held: BTreeMap<u64, (Stream, Vec<u8>)>,
     /// Bytes in `held`, counted as the bounds count them.
     held_bytes: usize,
     /// The lowest and highest seq dropped for want of room, until they came again or were asked for.
@@ -74,7 +76,7 @@ struct Progress {
     seen: u64,
     /// When output was asked for again: the highest seq received then, which the agent's resend covers.
     covered: Option<u64>,
-    exit: Option<v1::TaskExit>,
+    exit: Option<TaskExit>,
 }
 
 /// The runs' ordering state, and what each node's runs hold out of order.
@@ -111,12 +113,12 @@ impl Ordering {
 
     /// Takes a node's chunks for a run: in order from `next_seq` they are ready to store, later ones are
     /// held within the bounds, and what passes them is dropped. `None` when the run has no ordering here.
-    fn take(&mut self, key: &(String, String), chunks: Vec<v1::OutputChunk>) -> Option<Ordered> {
+    fn take(&mut self, key: &(String, String), chunks: Vec<Chunk>) -> Option<Ordered> {
         let p = self.runs.get_mut(key)?;
         let node_held = self.held_by_node.entry(key.1.clone()).or_default();
         let mut ready = Vec::new();
         for c in chunks {
-            let stream = c.stream.min(2) as u8;
+            let stream = c.stream;
             p.seen = p.seen.max(c.seq);
             if c.seq < p.next_seq || p.held.contains_key(&c.seq) {
                 // Sent again (a resend after a reconnect): already stored or held.
@@ -188,7 +190,7 @@ impl Ordering {
 /// What a node's output did to its run's ordering.
 struct Ordered {
     /// Chunks now next in order, to store.
-    ready: Vec<(u64, u8, Vec<u8>)>,
+    ready: Vec<(u64, Stream, Vec<u8>)>,
     /// Some output was dropped for want of room and everything before it is stored: ask the agent for
     /// its unacknowledged output again.
     ask_again: bool,
@@ -224,6 +226,16 @@ pub struct TaskLive {
     ends: Fold<(String, RunPatch), Option<TaskRun>>,
     /// Audit entries of runs' ends, folded per task.
     audits: Fold<AuditEntry, ()>,
+}
+
+/// Tasks: targeting, dispatch, each node's output in order, ends, cancellation, redelivery, retention.
+pub struct Tasks {
+    pub(super) store: Arc<dyn crate::store::TasksStore>,
+    pub(super) config: Arc<super::FleetConfig>,
+    pub(super) route: Arc<crate::reach::Route>,
+    pub(super) access: Arc<super::Access>,
+    pub(super) nodes: Arc<super::Nodes>,
+    pub(super) live: TaskLive,
 }
 
 impl TaskLive {
@@ -266,23 +278,54 @@ pub fn chunk(node_id: &str, node_name: &str, seq: u64, stream: u8, data: Vec<u8>
     }
 }
 
+/// How the store numbers an output stream (1 stdout, 2 stderr), as `chunk` reads it back.
+fn stream_code(stream: Stream) -> u8 {
+    match stream {
+        Stream::Stdout => 1,
+        Stream::Stderr => 2,
+    }
+}
+
 /// The state an agent's exit puts a run in: only what an agent may report; anything else is an Error.
-fn reported_state(exit: &v1::TaskExit) -> RunState {
-    RunState::parse(&exit.state)
+fn reported_state(exit: &TaskExit) -> RunState {
+    exit.state
         .filter(|s| s.is_final() && !matches!(s, RunState::Lost | RunState::Unreachable))
         .unwrap_or(RunState::Error)
 }
 
-impl Fleet {
+impl Tasks {
+    /// While someone here follows `task_id`, listens for pokes from other replicas and turns them (and a
+    /// periodic re-read, in case one was lost) into `TaskEvent::Stored`. At most one listener per task.
+    fn watch_replicas(self: &Arc<Self>, task_id: &str) {
+        let Some(nats) = self.route.remote() else {
+            return;
+        };
+        if !self.live.start_watch(task_id) {
+            return;
+        }
+        let fleet = Arc::downgrade(self);
+        let task = task_id.to_string();
+        nats.watch_task(task_id, move || {
+            let Some(f) = fleet.upgrade() else {
+                return false;
+            };
+            if !f.live.keep_watching(&task) {
+                return false;
+            }
+            f.publish_local(&task, TaskEvent::Stored);
+            true
+        });
+    }
+
     /// Tells followers here, and on other replicas, of something stored for the task.
     fn publish(&self, task_id: &str, event: TaskEvent) {
-        self.poke_replicas(task_id);
+        self.route.poke(task_id);
         self.publish_local(task_id, event);
     }
 
     /// Tells followers on this replica only.
     pub(super) fn publish_local(&self, task_id: &str, event: TaskEvent) {
-        let mut followers = lock(&self.live().followers);
+        let mut followers = lock(&self.live.followers);
         if let Some(tx) = followers.get(task_id) {
             let done = matches!(event, TaskEvent::Done);
             if tx.send(event).is_err() || done {
@@ -294,7 +337,7 @@ impl Fleet {
 
     /// Follows a task's events from now on.
     pub fn subscribe(self: &Arc<Self>, task_id: &str) -> broadcast::Receiver<TaskEvent> {
-        let rx = lock(&self.live().followers)
+        let rx = lock(&self.live.followers)
             .entry(task_id.to_string())
             .or_insert_with(|| broadcast::channel(FOLLOWER_BACKLOG).0)
             .subscribe();
@@ -305,7 +348,7 @@ impl Fleet {
 
     /// Drops the channels of tasks nobody follows any more (their followers left between events).
     pub fn sweep_followers(&self) {
-        lock(&self.live().followers).retain(|_, tx| tx.receiver_count() > 0);
+        lock(&self.live.followers).retain(|_, tx| tx.receiver_count() > 0);
     }
 
     /// Creates a task on every targeted node and starts dispatching it.
@@ -339,11 +382,11 @@ impl Fleet {
             signature: req.signature,
             runs,
         };
-        self.store().insert_task(&task).await?;
+        self.store.insert_task(&task).await?;
         let nodes_list: Vec<&str> = task.runs.iter().map(|r| r.node_name.as_str()).collect();
-        self.audit(
+        self.access.audit(
             actor,
-            "task.create",
+            AuditAction::TaskCreate,
             &nodes_list.join(","),
             serde_json::json!({"task": task.id, "command": task.spec.summary(), "spec": task.spec}),
         )
@@ -355,7 +398,7 @@ impl Fleet {
             task.max_parallel,
             task.signature.as_ref(),
         ));
-        lock(&self.live().meta).insert(
+        lock(&self.live.meta).insert(
             task.id.clone(),
             Arc::new(tokio::sync::OnceCell::new_with(Some(meta))),
         );
@@ -364,10 +407,10 @@ impl Fleet {
         if !task
             .runs
             .iter()
-            .any(|r| self.links().is_attached(&r.node_id))
+            .any(|r| self.route.local().is_attached(&r.node_id))
         {
             // Every run ends on other replicas (or already ended): they read the bookkeeping themselves.
-            lock(&self.live().meta).remove(&task.id);
+            lock(&self.live.meta).remove(&task.id);
         }
         let skipped = http.into_iter().map(|n| n.name).collect();
         Ok((self.task(&task.id).await?, skipped))
@@ -378,8 +421,9 @@ impl Fleet {
     async fn initial_runs(&self, nodes: &[Node], now: chrono::DateTime<Utc>) -> Vec<TaskRun> {
         // Nodes not attached here may be attached to another replica, which starts their runs; whether
         // one holds the node is asked, not judged from the node's view.
-        let here = |id: &str| self.links().is_attached(id);
+        let here = |id: &str| self.route.local().is_attached(id);
         let elsewhere = self
+            .route
             .held_elsewhere(
                 nodes
                     .iter()
@@ -417,7 +461,7 @@ impl Fleet {
     /// none). Refuses an empty selector and a target without a node that takes tasks.
     async fn task_targets(&self, target: &Target) -> Result<(Vec<Node>, Vec<Node>), FleetError> {
         let selected: Vec<Node> = match target {
-            Target::Node(n) => vec![self.node(n).await?],
+            Target::Node(n) => vec![self.nodes.node(n).await?],
             Target::Selector(sel) => {
                 if sel.is_empty() {
                     return Err(FleetError::invalid(
@@ -425,13 +469,14 @@ impl Fleet {
                         "an empty selector; use `all` to mean every node",
                     ));
                 }
-                self.nodes()
+                self.nodes
+                    .nodes()
                     .await?
                     .into_iter()
                     .filter(|n| sel.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
                     .collect()
             }
-            Target::All => self.nodes().await?,
+            Target::All => self.nodes.nodes().await?,
         };
         // HTTP nodes have no stream to run a task on: they are no target, not a failed run.
         let (nodes, http): (Vec<Node>, Vec<Node>) =
@@ -457,11 +502,11 @@ impl Fleet {
 
     /// A task by its id, or by a unique prefix of it (as tables show).
     pub async fn task(&self, id: &str) -> Result<Task, FleetError> {
-        if let Some(t) = self.store().get_task(id).await? {
+        if let Some(t) = self.store.get_task(id).await? {
             return Ok(t);
         }
         let full = self.task_id_by_prefix(id).await?;
-        self.store()
+        self.store
             .get_task(&full)
             .await?
             .ok_or_else(|| FleetError::TaskNotFound(id.to_string()))
@@ -470,7 +515,7 @@ impl Fleet {
     /// The one task whose id starts with `prefix` (4 characters or more).
     pub(super) async fn task_id_by_prefix(&self, prefix: &str) -> Result<String, FleetError> {
         let ids = if prefix.len() >= 4 {
-            self.store().task_ids_with_prefix(prefix, 2).await?
+            self.store.task_ids_with_prefix(prefix, 2).await?
         } else {
             Vec::new()
         };
@@ -485,7 +530,7 @@ impl Fleet {
     }
 
     pub async fn tasks(&self, limit: usize) -> Result<Vec<Task>, FleetError> {
-        Ok(self.store().list_tasks(limit).await?)
+        Ok(self.store.list_tasks(limit).await?)
     }
 
     pub async fn task_output_page(
@@ -493,8 +538,8 @@ impl Fleet {
         id: &str,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<(i64, OutputRecord)>, FleetError> {
-        Ok(self.store().output(id, after, limit).await?)
+    ) -> Result<Vec<StoredOutput>, FleetError> {
+        Ok(self.store.output(id, after, limit).await?)
     }
 
     /// Stored output after the row cursor `after`: at most `limit` rows, ending with the one that reaches
@@ -505,9 +550,9 @@ impl Fleet {
         after: i64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Vec<(i64, OutputRecord)>, FleetError> {
+    ) -> Result<Vec<StoredOutput>, FleetError> {
         Ok(self
-            .store()
+            .store
             .output_within(id, after, limit, max_bytes)
             .await?)
     }
@@ -515,7 +560,7 @@ impl Fleet {
     /// A task's bookkeeping, read once per task and server process (its runs are not read: a fan-out's
     /// thousands of ends on a replica that did not create the task share one small read).
     async fn meta(&self, task_id: &str) -> Result<Arc<TaskMeta>, FleetError> {
-        let cell = lock(&self.live().meta)
+        let cell = lock(&self.live.meta)
             .entry(task_id.to_string())
             .or_default()
             .clone();
@@ -523,7 +568,7 @@ impl Fleet {
             .get_or_try_init(|| async {
                 let only_the_task = RunQuery::default();
                 let page = self
-                    .store()
+                    .store
                     .task_page(task_id, &only_the_task)
                     .await?
                     .ok_or_else(|| FleetError::TaskNotFound(task_id.to_string()))?;
@@ -538,7 +583,7 @@ impl Fleet {
             .await;
         if read.is_err() {
             // An unknown task (an agent's stale id) leaves nothing behind.
-            lock(&self.live().meta).remove(task_id);
+            lock(&self.live.meta).remove(task_id);
         }
         read.cloned()
     }
@@ -548,20 +593,20 @@ impl Fleet {
     async fn dispatch(&self, task_id: &str) -> Result<(), FleetError> {
         let meta = self.meta(task_id).await?;
         let _one_at_a_time = match meta.max_parallel {
-            Some(_) => Some(self.live().pump.lock().await),
+            Some(_) => Some(self.live.pump.lock().await),
             None => None,
         };
         let room = self.room(task_id, meta.max_parallel).await?;
         if room == 0 {
             return Ok(());
         }
-        let pending = self.store().runs_in_state(task_id, PENDING, room).await?;
+        let pending = self.store.runs_in_state(task_id, PENDING, room).await?;
         if pending.is_empty() {
             return Ok(());
         }
         // Output can arrive as soon as a start is sent: be ready for it first.
         {
-            let mut progress = lock(&self.live().progress);
+            let mut progress = lock(&self.live.progress);
             for run in &pending {
                 progress.insert(
                     (task_id.to_string(), run.node_id.clone()),
@@ -571,7 +616,7 @@ impl Fleet {
         }
         let ids = pending.iter().map(|r| r.node_id.clone()).collect();
         let started = self
-            .store()
+            .store
             .transition_runs(
                 task_id,
                 ids,
@@ -586,7 +631,7 @@ impl Fleet {
             // Some ended meanwhile (cancelled): they need no ordering.
             let moved: std::collections::HashSet<&str> =
                 started.iter().map(|s| s.node_id.as_str()).collect();
-            let mut progress = lock(&self.live().progress);
+            let mut progress = lock(&self.live.progress);
             for run in &pending {
                 if !moved.contains(run.node_id.as_str()) {
                     progress.remove(&(task_id.to_string(), run.node_id.clone()));
@@ -598,9 +643,9 @@ impl Fleet {
             .await;
         {
             // Runs started through another replica get their output there (`ensure_progress`), not here.
-            let mut progress = lock(&self.live().progress);
+            let mut progress = lock(&self.live.progress);
             for (node_id, _) in &sent {
-                if !self.links().is_attached(node_id) {
+                if !self.route.local().is_attached(node_id) {
                     progress.remove(&(task_id.to_string(), node_id.clone()));
                 }
             }
@@ -635,7 +680,7 @@ impl Fleet {
         Ok(match max_parallel {
             None => usize::MAX,
             Some(limit) => {
-                let running = self.store().count_runs(task_id, RUNNING).await?;
+                let running = self.store.count_runs(task_id, RUNNING).await?;
                 (limit as usize).saturating_sub(running)
             }
         })
@@ -652,19 +697,16 @@ impl Fleet {
         // wait in line behind each other past their patience; 256 at a time keeps every one short.
         let slots = tokio::sync::Semaphore::new(SENDS_AT_ONCE);
         let sends = node_ids.map(|node_id| {
-            let start = v1::TaskStart {
-                task_id: task_id.to_string(),
-                spec_json: meta.spec_json.to_string(),
-                signature_json: meta.signature_json.to_string(),
-            };
+            let start = ToAgent::TaskStart(TaskStart {
+                task_id: task_id.into(),
+                spec_json: meta.spec_json.clone(),
+                signature_json: meta.signature_json.clone(),
+            });
             let slots = &slots;
             async move {
                 let _slot = slots.acquire().await;
-                let sent = tokio::time::timeout(
-                    SEND_PATIENCE,
-                    self.send_to_node(node_id, Msg::TaskStart(start)),
-                )
-                .await;
+                let sent =
+                    tokio::time::timeout(SEND_PATIENCE, self.route.send(node_id, start)).await;
                 (node_id.to_string(), matches!(sent, Ok(true)))
             }
         });
@@ -680,11 +722,11 @@ impl Fleet {
         patch: RunPatch,
     ) -> Result<usize, FleetError> {
         let ended = self
-            .store()
+            .store
             .transition_runs(task_id, node_ids, from, patch)
             .await?;
         {
-            let mut progress = lock(&self.live().progress);
+            let mut progress = lock(&self.live.progress);
             for run in &ended {
                 progress.remove(&(task_id.to_string(), run.node_id.clone()));
             }
@@ -701,7 +743,7 @@ impl Fleet {
     /// final. Concurrent calls for one task fold into one check that runs again while runs keep ending.
     async fn check_done(&self, task_id: &str) {
         {
-            let mut checks = lock(&self.live().checks);
+            let mut checks = lock(&self.live.checks);
             if let Some(again) = checks.get_mut(task_id) {
                 *again = true;
                 return;
@@ -716,9 +758,9 @@ impl Fleet {
             if limited && let Err(e) = self.dispatch(task_id).await {
                 tracing::error!(task = %task_id, "cannot continue a task: {e}");
             }
-            let open = self.store().count_runs(task_id, OPEN).await;
+            let open = self.store.count_runs(task_id, OPEN).await;
             let again = {
-                let mut checks = lock(&self.live().checks);
+                let mut checks = lock(&self.live.checks);
                 if checks.get(task_id) == Some(&true) {
                     checks.insert(task_id.to_string(), false);
                     true
@@ -735,7 +777,7 @@ impl Fleet {
             }
             match open {
                 Ok(0) => {
-                    lock(&self.live().meta).remove(task_id);
+                    lock(&self.live.meta).remove(task_id);
                     self.publish(task_id, TaskEvent::Done);
                 }
                 Ok(_) => {}
@@ -750,10 +792,10 @@ impl Fleet {
     /// such an exit would be taken for one of a finished run and acknowledged unrecorded.
     async fn ensure_progress(&self, task_id: &str, node_id: &str) -> bool {
         let key = (task_id.to_string(), node_id.to_string());
-        if lock(&self.live().progress).contains_key(&key) {
+        if lock(&self.live.progress).contains_key(&key) {
             return true;
         }
-        match self.store().get_run(task_id, node_id).await {
+        match self.store.get_run(task_id, node_id).await {
             Ok(Some(run)) if run.state == RunState::Running => {}
             Ok(_) => return false,
             Err(e) => {
@@ -766,14 +808,14 @@ impl Fleet {
 
     /// Sets up a running run's ordering from what the store holds (output stored so far), unless it is set up.
     async fn resume_progress(&self, task_id: &str, node_id: &str) -> bool {
-        let next_seq = match self.store().stored_seq(task_id, node_id).await {
+        let next_seq = match self.store.stored_seq(task_id, node_id).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(task = %task_id, "cannot look up a run's output: {e}");
                 return false;
             }
         };
-        lock(&self.live().progress)
+        lock(&self.live.progress)
             .runs
             .entry((task_id.to_string(), node_id.to_string()))
             .or_insert_with(|| Progress {
@@ -785,22 +827,22 @@ impl Fleet {
 
     /// Output from a node: held until it is next in order (within bounds), then stored and published. A
     /// chunk over `MAX_CHUNK_BYTES` ends the run as Error; the node's stream carries on.
-    pub async fn task_output(&self, node_id: &str, out: v1::TaskOutput) {
-        if !self.ensure_progress(&out.task_id, node_id).await {
+    pub async fn task_output(&self, node_id: &str, out: TaskOutput) {
+        if !self.ensure_progress(out.task_id.as_str(), node_id).await {
             return;
         }
         if let Some(big) = out.chunks.iter().find(|c| c.data.len() > MAX_CHUNK_BYTES) {
-            self.refuse_output(&out.task_id, node_id, big.data.len())
+            self.refuse_output(out.task_id.as_str(), node_id, big.data.len())
                 .await;
             return;
         }
-        let key = (out.task_id.clone(), node_id.to_string());
-        let Some(Ordered { ready, ask_again }) = lock(&self.live().progress).take(&key, out.chunks)
+        let key = (out.task_id.to_string(), node_id.to_string());
+        let Some(Ordered { ready, ask_again }) = lock(&self.live.progress).take(&key, out.chunks)
         else {
             return;
         };
         if ask_again {
-            self.ask_output_again(&out.task_id, node_id).await;
+            self.ask_output_again(out.task_id.as_str(), node_id).await;
         }
         if ready.is_empty() {
             return;
@@ -812,7 +854,7 @@ impl Fleet {
             .map(|(seq, stream, data)| OutputRecord {
                 node_id: node_id.to_string(),
                 seq,
-                stream,
+                stream: stream_code(stream),
                 data,
             })
             .collect();
@@ -823,30 +865,30 @@ impl Fleet {
                 store
                     .insert_output(&task_id, records)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(FoldFailure::from)
             }
         };
         if let Err(e) = self
-            .live()
+            .live
             .output
-            .write_all(&out.task_id, records, insert)
+            .write_all(out.task_id.as_str(), records, insert)
             .await
         {
             tracing::error!(task = %out.task_id, "cannot store task output: {e}");
             return;
         }
         // Published after the output is stored: a follower reading the store then finds it.
-        self.publish(&out.task_id, TaskEvent::Output);
+        self.publish(out.task_id.as_str(), TaskEvent::Output);
         // Acknowledge whenever a batch crosses a multiple of ACK_EVERY.
         if (last + 1) / ACK_EVERY > first / ACK_EVERY {
-            let ack = v1::TaskAck {
+            let ack = ToAgent::TaskAck {
                 task_id: out.task_id.clone(),
                 upto_seq: last + 1,
                 exit: false,
             };
-            self.links().send(node_id, Msg::TaskAck(ack)).await;
+            self.route.local().send(node_id, ack).await;
         }
-        self.try_finish(&out.task_id, node_id).await;
+        self.try_finish(out.task_id.as_str(), node_id).await;
     }
 
     /// Ends a run whose node sent a chunk no agent sends (over `MAX_CHUNK_BYTES`), and stops it there.
@@ -871,10 +913,10 @@ impl Fleet {
                 return;
             }
         }
-        let cancel = v1::TaskCancel {
-            task_id: task_id.to_string(),
+        let cancel = ToAgent::TaskCancel {
+            task_id: task_id.into(),
         };
-        self.links().send(node_id, Msg::TaskCancel(cancel)).await;
+        self.route.local().send(node_id, cancel).await;
         self.check_done(task_id).await;
     }
 
@@ -889,21 +931,21 @@ impl Fleet {
             }
         };
         tracing::info!(task = %task_id, node = %node_id, "output arrived too far out of order; asking the node to send it again");
-        let start = v1::TaskStart {
-            task_id: task_id.to_string(),
-            spec_json: meta.spec_json.to_string(),
-            signature_json: meta.signature_json.to_string(),
-        };
-        self.links().send(node_id, Msg::TaskStart(start)).await;
+        let start = ToAgent::TaskStart(TaskStart {
+            task_id: task_id.into(),
+            spec_json: meta.spec_json.clone(),
+            signature_json: meta.signature_json.clone(),
+        });
+        self.route.local().send(node_id, start).await;
     }
 
     /// A node's task ended; it is final once every chunk before it is stored.
-    pub async fn task_exit(&self, node_id: &str, mut exit: v1::TaskExit) {
+    pub async fn task_exit(&self, node_id: &str, mut exit: TaskExit) {
         drover_types::limits::clip(&mut exit.error, drover_types::limits::MAX_EXIT_ERROR);
-        let key = (exit.task_id.clone(), node_id.to_string());
-        self.ensure_progress(&exit.task_id, node_id).await;
+        let key = (exit.task_id.to_string(), node_id.to_string());
+        self.ensure_progress(exit.task_id.as_str(), node_id).await;
         let known = {
-            let mut progress = lock(&self.live().progress);
+            let mut progress = lock(&self.live.progress);
             match progress.get_mut(&key) {
                 Some(p) => {
                     p.exit = Some(exit.clone());
@@ -913,7 +955,7 @@ impl Fleet {
             }
         };
         if known {
-            self.try_finish(&exit.task_id, node_id).await;
+            self.try_finish(exit.task_id.as_str(), node_id).await;
             return;
         }
         // Already final here (lost, or cancelled while the node was away): keep the agent's word beside
@@ -926,8 +968,8 @@ impl Fleet {
             at: Utc::now(),
         };
         match self
-            .store()
-            .record_late_exit(&exit.task_id, node_id, late)
+            .store
+            .record_late_exit(exit.task_id.as_str(), node_id, late)
             .await
         {
             Ok(Some(run)) => {
@@ -936,18 +978,18 @@ impl Fleet {
             Ok(None) => {}
             Err(e) => tracing::error!(task = %exit.task_id, "cannot keep a late exit: {e}"),
         }
-        let ack = v1::TaskAck {
+        let ack = ToAgent::TaskAck {
             task_id: exit.task_id,
             upto_seq: exit.seq,
             exit: true,
         };
-        self.links().send(node_id, Msg::TaskAck(ack)).await;
+        self.route.local().send(node_id, ack).await;
     }
 
     async fn try_finish(&self, task_id: &str, node_id: &str) {
         let key = (task_id.to_string(), node_id.to_string());
         let exit = {
-            let mut progress = lock(&self.live().progress);
+            let mut progress = lock(&self.live.progress);
             let complete = progress
                 .get(&key)
                 .is_some_and(|p| p.exit.as_ref().is_some_and(|e| e.seq <= p.next_seq));
@@ -961,12 +1003,12 @@ impl Fleet {
             tracing::error!(task = %task_id, "cannot record a task's end: {e}");
             return;
         }
-        let ack = v1::TaskAck {
-            task_id: task_id.to_string(),
+        let ack = ToAgent::TaskAck {
+            task_id: task_id.into(),
             upto_seq: exit.seq,
             exit: true,
         };
-        self.links().send(node_id, Msg::TaskAck(ack)).await;
+        self.route.local().send(node_id, ack).await;
         self.check_done(task_id).await;
     }
 
@@ -976,7 +1018,7 @@ impl Fleet {
         &self,
         task_id: &str,
         node_id: &str,
-        exit: &v1::TaskExit,
+        exit: &TaskExit,
     ) -> Result<(), FleetError> {
         let state = reported_state(exit);
         let now = Utc::now();
@@ -989,15 +1031,14 @@ impl Fleet {
             finished_at: Some(now),
         };
         let ended = self
-            .live()
+            .live
             .ends
             .write(
                 task_id,
                 vec![(node_id.to_string(), patch)],
                 end_runs(self.store.clone()),
             )
-            .await
-            .map_err(|e| FleetError::Store(StoreError::Task(e)))?;
+            .await?;
         let Some(run) = ended.into_iter().flatten().next() else {
             let late = LateExit {
                 state,
@@ -1006,9 +1047,7 @@ impl Fleet {
                 error: (!exit.error.is_empty()).then(|| exit.error.clone()),
                 at: now,
             };
-            self.store()
-                .record_late_exit(task_id, node_id, late)
-                .await?;
+            self.store.record_late_exit(task_id, node_id, late).await?;
             return Ok(());
         };
         tracing::debug!(task = %task_id, node = %run.node_name, state = run.state.as_str(), code = ?run.exit_code, "task run finished");
@@ -1018,7 +1057,7 @@ impl Fleet {
             id: 0,
             at: now,
             actor: meta.created_by.clone(),
-            action: "task.finish".into(),
+            action: AuditAction::TaskFinish.as_str().into(),
             target: run.node_name.clone(),
             detail: serde_json::json!({"task": task_id, "command": meta.summary, "state": run.state, "exit_code": run.exit_code, "signal": run.signal, "error": run.error}),
         };
@@ -1029,11 +1068,11 @@ impl Fleet {
                 store
                     .insert_audits(entries)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(FoldFailure::from)
             }
         };
         if let Err(e) = self
-            .live()
+            .live
             .audits
             .write_all(task_id, vec![entry], insert)
             .await
@@ -1055,7 +1094,7 @@ impl Fleet {
         open_tasks: Option<std::collections::HashSet<String>>,
         attached_at: chrono::DateTime<Utc>,
     ) {
-        let open = match self.store().open_runs_for_node(node_id).await {
+        let open = match self.store.open_runs_for_node(node_id).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("cannot look up tasks to redeliver: {e}");
@@ -1077,15 +1116,15 @@ impl Fleet {
             // Should this fail, the run's resent output sets it up on arrival (`ensure_progress`).
             self.resume_progress(&task_id, node_id).await;
             let signature_json = match self.meta(&task_id).await {
-                Ok(meta) => meta.signature_json.to_string(),
-                Err(_) => String::new(),
+                Ok(meta) => meta.signature_json.clone(),
+                Err(_) => "".into(),
             };
-            let start = v1::TaskStart {
-                task_id: task_id.clone(),
-                spec_json: serde_json::to_string(&spec).unwrap_or_default(),
+            let start = ToAgent::TaskStart(TaskStart {
+                task_id: task_id.as_str().into(),
+                spec_json: serde_json::to_string(&spec).unwrap_or_default().into(),
                 signature_json,
-            };
-            self.links().send(node_id, Msg::TaskStart(start)).await;
+            });
+            self.route.local().send(node_id, start).await;
             tracing::info!(task = %task_id, node = %node_name, "redelivered a running task");
         }
         for task_id in lost {
@@ -1102,7 +1141,7 @@ impl Fleet {
                 .await;
             match ended {
                 Ok(n) => {
-                    self.metrics().runs_lost(n);
+                    self.config.metrics.runs_lost(n);
                     self.check_done(&task_id).await
                 }
                 Err(e) => tracing::error!(task = %task_id, "cannot mark a run lost: {e}"),
@@ -1119,8 +1158,8 @@ impl Fleet {
             return Ok(0);
         };
         let mut by_task: HashMap<String, Vec<String>> = HashMap::new();
-        for (task_id, node_id) in self.store().open_runs_silent_since(cutoff).await? {
-            if !self.links().is_attached(&node_id) {
+        for SilentRun { task_id, node_id } in self.store.open_runs_silent_since(cutoff).await? {
+            if !self.route.local().is_attached(&node_id) {
                 by_task.entry(task_id).or_default().push(node_id);
             }
         }
@@ -1135,7 +1174,7 @@ impl Fleet {
                 .await?;
             self.check_done(&task_id).await;
         }
-        self.metrics().runs_lost(n);
+        self.config.metrics.runs_lost(n);
         Ok(n)
     }
 
@@ -1150,10 +1189,10 @@ impl Fleet {
             .ok()
             .and_then(|r| Utc::now().checked_sub_signed(r));
         let deleted = match cutoff {
-            Some(c) => self.store().delete_finished_tasks_before(c).await?,
+            Some(c) => self.store.delete_finished_tasks_before(c).await?,
             None => 0,
         };
-        let trimmed = self.store().trim_output(max_output).await?;
+        let trimmed = self.store.trim_output(max_output).await?;
         Ok((deleted, trimmed))
     }
 
@@ -1165,18 +1204,19 @@ impl Fleet {
             return Ok(task);
         }
         let id = task.id.as_str();
-        self.audit(
-            actor,
-            "task.cancel",
-            &task
-                .runs
-                .iter()
-                .map(|r| r.node_name.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            serde_json::json!({"task": id}),
-        )
-        .await;
+        self.access
+            .audit(
+                actor,
+                AuditAction::TaskCancel,
+                &task
+                    .runs
+                    .iter()
+                    .map(|r| r.node_name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                serde_json::json!({"task": id}),
+            )
+            .await;
         let pending: Vec<String> = task
             .runs
             .iter()
@@ -1195,12 +1235,8 @@ impl Fleet {
         .await?;
         let running = task.runs.iter().filter(|r| r.state == RunState::Running);
         let sends = running.map(|run| async move {
-            let cancel = v1::TaskCancel {
-                task_id: id.to_string(),
-            };
-            let sent = self
-                .send_to_node(&run.node_id, Msg::TaskCancel(cancel))
-                .await;
+            let cancel = ToAgent::TaskCancel { task_id: id.into() };
+            let sent = self.route.send(&run.node_id, cancel).await;
             (run.node_id.clone(), sent)
         });
         let away: Vec<String> = futures_util::future::join_all(sends)
@@ -1224,7 +1260,7 @@ impl Fleet {
 /// Writes a batch of reported ends: one guarded transition per distinct patch (a fan-out's ends mostly
 /// share one), each run from an open state only; a run already final gets `None`.
 fn end_runs(
-    store: Arc<dyn Store>,
+    store: Arc<dyn crate::store::TasksStore>,
 ) -> impl Fn(String, Vec<(String, RunPatch)>) -> Written<Option<TaskRun>> + Send + 'static {
     move |task_id, mut ends| {
         let store = store.clone();
@@ -1246,7 +1282,7 @@ fn end_runs(
                 let runs = store
                     .transition_runs(&task_id, nodes, OPEN, patch)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(FoldFailure::from)?;
                 ended.extend(runs.into_iter().map(|r| (r.node_id.clone(), r)));
             }
             Ok(ends
@@ -1290,11 +1326,11 @@ mod tests {
         );
     }
 
-    fn chunks(seqs: impl IntoIterator<Item = u64>, size: usize) -> Vec<v1::OutputChunk> {
+    fn chunks(seqs: impl IntoIterator<Item = u64>, size: usize) -> Vec<Chunk> {
         seqs.into_iter()
-            .map(|seq| v1::OutputChunk {
+            .map(|seq| Chunk {
                 seq,
-                stream: 1,
+                stream: Stream::Stdout,
                 data: vec![b'x'; size],
             })
             .collect()
@@ -1359,10 +1395,10 @@ mod tests {
 
     #[test]
     fn an_agent_cannot_declare_a_run_lost_or_unreachable() {
-        let exit = |state: &str| v1::TaskExit {
+        let exit = |state: &str| TaskExit {
             task_id: "t".into(),
             seq: 0,
-            state: state.into(),
+            state: RunState::parse(state),
             exit_code: None,
             signal: None,
             error: String::new(),

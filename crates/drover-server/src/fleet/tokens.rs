@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use drover_types::api::{CreateTokenRequest, CreatedToken};
+use drover_types::audit::AuditAction;
 use drover_types::duration::{after, parse_duration_at_most};
 use drover_types::labels::validate_labels;
 use drover_types::token::{JoinToken, JoinTokenInfo, TokenRefusal};
 
-use super::{DEFAULT_TOKEN_TTL, Fleet, FleetError, random_hex, sha256_hex};
+use super::{Access, DEFAULT_TOKEN_TTL, FleetError, random_hex, sha256_hex};
 use crate::store::JoinTokenRecord;
 
 /// The longest lifetime a join token may have. Tokens are credentials: ten years is already generous.
@@ -20,7 +21,7 @@ pub struct CheckedToken {
     presented: JoinToken,
 }
 
-impl Fleet {
+impl Access {
     // ---- join tokens ----
 
     pub async fn create_token(
@@ -60,7 +61,7 @@ impl Fleet {
             .await?;
         self.audit(
             actor,
-            "token.create",
+            AuditAction::TokenCreate,
             &info.id,
             serde_json::json!({"expires_at": info.expires_at, "max_uses": info.max_uses, "labels": info.labels}),
         )
@@ -79,7 +80,7 @@ impl Fleet {
         if !self.store.revoke_join_token(id).await? {
             return Err(FleetError::TokenNotFound(id.to_string()));
         }
-        self.audit(actor, "token.revoke", id, serde_json::json!({}))
+        self.audit(actor, AuditAction::TokenRevoke, id, serde_json::json!({}))
             .await;
         Ok(())
     }

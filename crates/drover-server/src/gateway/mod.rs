@@ -23,6 +23,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{AgentHello, Fleet, FleetError, MAX_HEARTBEAT_INTERVAL};
+use crate::reach::message::ToAgent;
+use crate::reach::wire;
 use tls::Peer;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
@@ -139,6 +141,7 @@ impl drover_proto::AgentLink for Gateway {
         let labels: Labels = req.labels.into_iter().collect();
         match self
             .fleet
+            .nodes
             .enroll(&req.token, &req.csr_pem, &req.name, labels)
             .await
         {
@@ -168,7 +171,7 @@ impl drover_proto::AgentLink for Gateway {
             ));
         };
         let sha = request.into_inner().sha256;
-        match self.fleet.blob_for_node(&node_id, &sha).await {
+        match self.fleet.desired.blob_for_node(&node_id, &sha).await {
             Ok(Some(data)) => Ok(Response::new(Blob { data })),
             Ok(None) => Err(Status::not_found(format!(
                 "no blob {sha} in this node's desired state"
@@ -201,6 +204,7 @@ impl drover_proto::AgentLink for Gateway {
         // writes queue up, and an agent waiting on them would give up on Welcome and back off.
         let node = self
             .fleet
+            .nodes
             .admit(&node_id, &agent_hello)
             .await
             .map_err(|e| {
@@ -210,7 +214,7 @@ impl drover_proto::AgentLink for Gateway {
             })?;
         // The fleet sends to the node through `link_tx`; the response stream reads that channel itself
         // (no forwarding task, one channel per stream: both cost memory on every idle connection).
-        let (link_tx, link_rx) = mpsc::channel::<Box<ServerMessage>>(64);
+        let (link_tx, link_rx) = mpsc::channel::<Box<ToAgent>>(64);
         let (end_tx, end_rx) = oneshot::channel();
         let welcome = ServerMessage {
             msg: Some(server_message::Msg::Welcome(v1::Welcome {
@@ -247,7 +251,7 @@ struct AgentStream {
     shutdown: watch::Receiver<bool>,
     node_id: String,
     addr: Option<std::net::SocketAddr>,
-    link_tx: crate::links::LinkSender,
+    link_tx: crate::reach::local::LinkSender,
     /// Ends the response stream with a status (see `Outbound`).
     end_tx: oneshot::Sender<Status>,
     inbound: Streaming<AgentMessage>,
@@ -280,7 +284,7 @@ impl AgentStream {
         // Boxed, and only the node's name kept from its record: a future holds room for everything any of
         // its awaits holds, and this task lives as long as the agent is connected.
         let attached = Box::pin(async {
-            let (node, attachment) = fleet.attach(&node_id, *hello, link_tx).await?;
+            let (node, attachment) = fleet.nodes.attach(&node_id, *hello, link_tx).await?;
             Ok::<_, FleetError>((node.name, attachment))
         })
         .await;
@@ -301,10 +305,7 @@ impl AgentStream {
         {
             let (fleet, id, name) = (fleet.clone(), node_id.clone(), name.clone());
             tokio::spawn(async move {
-                fleet
-                    .tasks_on_attach(&id, &name, open_tasks, hello_at)
-                    .await;
-                fleet.desired_on_attach(&id).await;
+                fleet.attached(&id, &name, open_tasks, hello_at).await;
             });
         }
         let failure = serve(
@@ -341,7 +342,7 @@ async fn serve(
                 Ok(Some(AgentMessage { msg: Some(Msg::Heartbeat(hb)) })) => {
                     metrics.heartbeat("grpc");
                     let beat = hb.metrics.unwrap_or_default().into();
-                    if let Err(e) = fleet.stream_heartbeat(node_id, beat) {
+                    if let Err(e) = fleet.nodes.stream_heartbeat(node_id, beat) {
                         tracing::warn!(node = %name, "ignored a heartbeat: {e}");
                         if matches!(e, FleetError::NodeNotFound(_)) {
                             failure = Some(status(e));
@@ -355,7 +356,9 @@ async fn serve(
                 // Boxed: handling a message takes a large future, which an idle stream's task
                 // would otherwise carry for as long as the agent stays connected.
                 Ok(Some(AgentMessage { msg: Some(other) })) => {
-                    Box::pin(fleet.agent_message(node_id, name, other)).await
+                    if let Some(msg) = wire::from_agent(other) {
+                        Box::pin(fleet.agent_message(node_id, name, msg)).await
+                    }
                 }
                 Ok(Some(AgentMessage { msg: None })) => {
                     tracing::debug!(node = %name, "ignored an empty or unknown message");
@@ -377,7 +380,7 @@ async fn serve(
 /// the link closes (the stream was detached or replaced) or the stream's reader ends it with a status.
 struct Outbound {
     welcome: Option<ServerMessage>,
-    link: mpsc::Receiver<Box<ServerMessage>>,
+    link: mpsc::Receiver<Box<ToAgent>>,
     /// A status to end the stream with; `None` once the reader has ended (what is queued still goes out).
     end: Option<oneshot::Receiver<Status>>,
 }
@@ -399,6 +402,8 @@ impl Stream for Outbound {
                 return Poll::Ready(Some(Err(status)));
             }
         }
-        this.link.poll_recv(cx).map(|m| m.map(|m| Ok(*m)))
+        this.link
+            .poll_recv(cx)
+            .map(|m| m.map(|m| Ok(ServerMessage::from(*m))))
     }
 }

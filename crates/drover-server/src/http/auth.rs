@@ -1,6 +1,11 @@
-//! Who calls an operator route, and whether their role lets them. The role each route needs is named
-//! in one table, [`ROUTE_ROLES`]: adding a route means adding its line there, and a route without one is
-//! refused to every caller (the admin included), so a forgotten line shows up at once in any test.
+//! Who calls an operator route, and whether their role lets them. A route's role is given once, where it
+//! is registered (`Routes::op`, `Routes::page` in `http::routes`), with its path and OpenAPI entry;
+//! [`ROUTE_ROLES`] is the table built from those same registrations, and `authorize` (and the dashboard's
+//! gate, `ui::require`) check each request against it. A route served behind either gate without a line
+//! there is refused to every caller, the admin included: the registrations cannot make one, so such a
+//! refusal (logged as an error) means a route was added around them.
+
+use std::sync::LazyLock;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::Method;
@@ -10,94 +15,30 @@ use axum::response::Response;
 use drover_types::operator::Role;
 use sha2::{Digest, Sha256};
 
+use super::routes::{Access, RouteTable};
 use super::{ApiError, HttpState, bearer};
 use crate::fleet::BOOTSTRAP_ADMIN;
 
-/// The role each operator route needs, by method and route pattern. Viewers read; operators change what
-/// runs on nodes; admins manage who may do anything (join tokens, operators) and remove nodes.
-pub const ROUTE_ROLES: &[(&str, &str, Role)] = &[
-    ("GET", "/api/v1/whoami", Role::Viewer),
-    ("GET", "/api/v1/nodes", Role::Viewer),
-    ("GET", "/api/v1/nodes/{id}", Role::Viewer),
-    ("GET", "/api/v1/nodes/{id}/metrics", Role::Viewer),
-    ("GET", "/api/v1/nodes/{id}/status", Role::Viewer),
-    ("GET", "/api/v1/nodes/{id}/actions", Role::Viewer),
-    ("GET", "/api/v1/nodes/{id}/sessions", Role::Viewer),
-    ("GET", "/api/v1/nodes/{id}/sessions/{plugin}", Role::Viewer),
-    (
-        "GET",
-        "/api/v1/nodes/{id}/sessions/{plugin}/history",
-        Role::Viewer,
-    ),
-    ("GET", "/api/v1/tasks", Role::Viewer),
-    ("GET", "/api/v1/tasks/{id}", Role::Viewer),
-    ("GET", "/api/v1/tasks/{id}/runs", Role::Viewer),
-    ("GET", "/api/v1/tasks/{id}/output", Role::Viewer),
-    ("GET", "/api/v1/audit", Role::Viewer),
-    ("GET", "/api/v1/manifests", Role::Viewer),
-    ("GET", "/api/v1/manifests/{name}", Role::Viewer),
-    ("GET", "/api/v1/status", Role::Viewer),
-    ("GET", "/api/v1/status/events", Role::Viewer),
-    ("GET", "/metrics", Role::Viewer),
-    ("POST", "/api/v1/nodes/{id}/actions/{name}", Role::Operator),
-    (
-        "POST",
-        "/api/v1/nodes/{id}/actions/calls/{call_id}/cancel",
-        Role::Operator,
-    ),
-    ("DELETE", "/api/v1/nodes/{id}/sessions", Role::Operator),
-    (
-        "DELETE",
-        "/api/v1/nodes/{id}/sessions/{plugin}",
-        Role::Operator,
-    ),
-    (
-        "POST",
-        "/api/v1/nodes/{id}/sessions/{plugin}/messages",
-        Role::Operator,
-    ),
-    ("POST", "/api/v1/nodes/{id}/labels", Role::Operator),
-    ("POST", "/api/v1/tasks", Role::Operator),
-    ("POST", "/api/v1/tasks/{id}/cancel", Role::Operator),
-    ("POST", "/api/v1/manifests", Role::Operator),
-    ("DELETE", "/api/v1/manifests/{name}", Role::Operator),
-    ("PUT", "/api/v1/blobs/{sha256}", Role::Operator),
-    ("DELETE", "/api/v1/nodes/{id}", Role::Admin),
-    ("POST", "/api/v1/nodes/{id}/labels/accept", Role::Admin),
-    ("GET", "/api/v1/tokens", Role::Admin),
-    ("POST", "/api/v1/tokens", Role::Admin),
-    ("DELETE", "/api/v1/tokens/{id}", Role::Admin),
-    ("GET", "/api/v1/operators", Role::Admin),
-    ("POST", "/api/v1/operators", Role::Admin),
-    ("DELETE", "/api/v1/operators/{name}", Role::Admin),
-    // Only in test builds with the `tamper` feature (see fleet::tamper); no such route exists otherwise.
-    ("POST", "/api/v1/tamper/desired", Role::Admin),
-    ("POST", "/api/v1/tamper/manifest", Role::Admin),
-    ("POST", "/api/v1/tamper/replay/{id}", Role::Admin),
-    // The dashboard (`crate::http::ui`): its pages read, as the routes above they show do.
-    ("GET", "/ui/", Role::Viewer),
-    ("GET", "/ui/nodes/{id}", Role::Viewer),
-    ("GET", "/ui/tasks", Role::Viewer),
-    ("GET", "/ui/tasks/{id}", Role::Viewer),
-    ("GET", "/ui/manifests", Role::Viewer),
-    ("GET", "/ui/manifests/{name}", Role::Viewer),
-    ("GET", "/ui/audit", Role::Viewer),
-    ("POST", "/ui/login-link", Role::Viewer),
-    ("POST", "/ui/tasks/{id}/cancel", Role::Operator),
-];
+/// Every route the server serves and who may call it, built once from the registrations that build the
+/// router (`super::routes`), so the two cannot disagree.
+pub static ROUTE_ROLES: LazyLock<RouteTable> = LazyLock::new(|| super::routes().into_table());
 
-/// The role a route needs; `None` for a route nobody named (refused to all).
+/// The role a route needs; `None` for an open route, and for a method or route nobody registered with a
+/// role (refused to all).
 pub fn required_role(method: &Method, route: &str) -> Option<Role> {
     // HEAD is served by the GET handler, so it needs what GET needs.
     let method = if method == Method::HEAD {
-        "GET"
+        &Method::GET
     } else {
-        method.as_str()
+        method
     };
     ROUTE_ROLES
         .iter()
-        .find(|(m, r, _)| *m == method && *r == route)
-        .map(|(_, _, role)| *role)
+        .find(|r| r.method == *method && r.path == route)
+        .and_then(|r| match r.access {
+            Access::Needs(role) => Some(role),
+            Access::Open => None,
+        })
 }
 
 /// The authenticated caller of an operator route: its name is the audit log's actor.
@@ -145,7 +86,7 @@ pub async fn authenticate(state: &HttpState, token: &str) -> Result<Caller, ApiE
             role: Role::Admin,
         });
     }
-    match state.fleet.operator_for_token(token).await? {
+    match state.fleet.access.operator_for_token(token).await? {
         Some(op) => Ok(Caller {
             name: op.name,
             role: op.role,
@@ -156,7 +97,7 @@ pub async fn authenticate(state: &HttpState, token: &str) -> Result<Caller, ApiE
     }
 }
 
-/// Whether the caller's role allows the request's route (by `ROUTE_ROLES`).
+/// Whether the caller's role allows the request's route (by [`ROUTE_ROLES`]).
 pub fn check_role(caller: &Caller, request: &Request) -> Result<(), ApiError> {
     let route = request
         .extensions()
@@ -167,7 +108,7 @@ pub fn check_role(caller: &Caller, request: &Request) -> Result<(), ApiError> {
     let Some(needed) = required_role(method, &route) else {
         // A method the route does not serve is the caller's mistake (any token holder can send one: no
         // log line for it); a served route with no role is ours.
-        if ROUTE_ROLES.iter().any(|(_, r, _)| *r == route) {
+        if ROUTE_ROLES.iter().any(|r| r.path == route) {
             tracing::debug!(route, "refused a method this route does not serve");
             return Err(ApiError::MethodNotAllowed(format!(
                 "{route} does not serve this method"
@@ -189,16 +130,21 @@ pub fn check_role(caller: &Caller, request: &Request) -> Result<(), ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+
     use super::*;
 
     #[test]
     fn every_route_is_named_once_and_head_needs_what_get_needs() {
-        for (i, (m, r, _)) in ROUTE_ROLES.iter().enumerate() {
+        let routes: Vec<_> = ROUTE_ROLES.iter().collect();
+        for (i, a) in routes.iter().enumerate() {
             assert!(
-                !ROUTE_ROLES[i + 1..]
+                !routes[i + 1..]
                     .iter()
-                    .any(|(m2, r2, _)| m2 == m && r2 == r),
-                "{m} {r} is listed twice"
+                    .any(|b| b.method == a.method && b.path == a.path),
+                "{} {} is registered twice",
+                a.method,
+                a.path
             );
         }
         assert_eq!(
@@ -209,6 +155,25 @@ mod tests {
             required_role(&Method::DELETE, "/api/v1/nodes/{id}"),
             Some(Role::Admin)
         );
+        assert_eq!(
+            required_role(&Method::POST, "/ui/tasks/{id}/cancel"),
+            Some(Role::Operator)
+        );
         assert_eq!(required_role(&Method::PATCH, "/api/v1/nodes"), None);
+        assert_eq!(required_role(&Method::GET, "/health"), None);
+    }
+
+    #[test]
+    fn a_route_without_a_role_is_refused_even_to_the_admin() {
+        let admin = Caller {
+            name: BOOTSTRAP_ADMIN.to_string(),
+            role: Role::Admin,
+        };
+        // No `MatchedPath`: a route the table does not know.
+        let request = Request::new(Body::empty());
+        assert!(matches!(
+            check_role(&admin, &request),
+            Err(ApiError::Forbidden(_))
+        ));
     }
 }

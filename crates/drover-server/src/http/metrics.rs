@@ -25,7 +25,7 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 async fn exposition(fleet: &Fleet, headers: &HeaderMap) -> Result<Response, ApiError> {
     let metrics = fleet.metrics();
-    let observed = fleet.observe(metrics.per_node()).await?;
+    let observed = fleet.nodes.observe(metrics.per_node()).await?;
     let body = metrics.encode(&observed).map_err(|e| {
         tracing::error!("cannot encode metrics: {e}");
         ApiError::Internal

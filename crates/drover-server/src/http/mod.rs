@@ -2,13 +2,15 @@
 //! what their role allows (`auth`), the error every handler answers with, the listener (`serve`, `tls`) and
 //! the one router that mounts the REST API (`api`, under /api/v1), the dashboard (`ui`, under /ui/) and
 //! `/metrics` (`metrics`). `api` and `ui` are siblings that never import each other: what both need lives
-//! here. The OpenAPI document (`openapi`) is generated from the handlers of both.
+//! here. Every route is registered once, with its role, through `routes` ([`routes()`] gathers them); the
+//! router, the role table and the OpenAPI document (`openapi`) are all built from those registrations.
 
 pub mod api;
 mod auth;
 mod error;
 pub(crate) mod metrics;
 mod openapi;
+mod routes;
 mod serve;
 mod tls;
 mod ui;
@@ -19,12 +21,13 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware;
-use axum::routing::get;
+use drover_types::operator::Role;
 use sha2::{Digest, Sha256};
 
 pub use auth::{Caller, ROUTE_ROLES, authenticate, check_role, required_role};
 pub use error::ApiError;
-pub use openapi::{OPEN_ROUTES, document as openapi_document};
+pub use openapi::document as openapi_document;
+pub use routes::{Access, Route, RouteTable};
 pub use serve::{HANDSHAKE_DEADLINE, HEADER_DEADLINE, serve};
 pub use tls::{ApiTls, ApiTlsError, server_config as tls_config};
 
@@ -104,22 +107,25 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such API route; see docs/api.md".into())
 }
 
-/// The whole HTTP surface: the REST API and its agent routes, the dashboard, `/metrics` and the OpenAPI
-/// document, timed per route and with every body bounded.
+/// Every route of the HTTP surface, registered with who may call it: the REST API and its agent routes,
+/// `/metrics`, the OpenAPI document and the dashboard.
+fn routes() -> routes::Routes {
+    let r = routes::Routes::default()
+        .open(openapi::__path_openapi_json, openapi::openapi_json)
+        // An operator route like those of `api`, registered here as it is not REST.
+        .op(Role::Viewer, metrics::__path_scrape, metrics::scrape);
+    ui::routes(api::routes(r))
+}
+
+/// The whole HTTP surface (see [`routes()`]), timed per route and with every body bounded.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/api/v1/openapi.json", get(openapi::openapi_json))
-        .merge(api::routes(state.clone()))
-        .merge(
-            // An operator route like those of `api` (viewer role), served from here as it is not REST.
-            Router::new()
-                .route("/metrics", get(metrics::scrape))
-                .route_layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    auth::authorize,
-                )),
+    let operators = state.clone();
+    let pages = state.clone();
+    routes()
+        .into_router(
+            |r| r.route_layer(middleware::from_fn_with_state(operators, auth::authorize)),
+            |r| r.route_layer(middleware::from_fn_with_state(pages, ui::require)),
         )
-        .merge(ui::router(state.clone()))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,6 +1,7 @@
 //! `GET /api/v1/openapi.json`: the OpenAPI document of this API, generated from the handlers'
-//! `#[utoipa::path]` annotations and the types' `ToSchema` derives, never written by hand. The role each
-//! operator route needs comes from [`ROUTE_ROLES`](super::ROUTE_ROLES), the table the server enforces.
+//! `#[utoipa::path]` annotations and the types' `ToSchema` derives, never written by hand. Its operations
+//! are those of the registered routes (`http::routes`), and the role each operator route needs comes from
+//! [`ROUTE_ROLES`](super::ROUTE_ROLES), the table the server enforces, built from the same registrations.
 //! The document is open: it describes the API's shape, nothing of the fleet, and clients read it before
 //! they have a token.
 
@@ -12,82 +13,19 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::api::{
-    actions, audit, blobs, manifests, meta, miaas, nodes, operators, sessions, tasks, tokens,
-};
-use super::auth::required_role;
-
-/// The open routes besides the operator routes of `ROUTE_ROLES`: what an unauthenticated caller may
-/// reach (agents authenticate with join and node tokens inside the MIaaS handlers).
-pub const OPEN_ROUTES: &[(&str, &str)] = &[
-    ("GET", "/"),
-    ("GET", "/health"),
-    ("GET", "/ready"),
-    ("GET", "/api/v1/openapi.json"),
-    ("POST", "/api/v1/nodes/register"),
-    ("POST", "/api/v1/nodes/{id}/heartbeat"),
-];
+use super::auth::{ROUTE_ROLES, required_role};
 
 /// The name of the bearer security scheme in the document.
 const BEARER: &str = "bearer";
 
 #[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "drover",
-        description = "The drover control plane's REST API (docs/api.md). Operator routes take an operator \
+#[openapi(info(
+    title = "drover",
+    description = "The drover control plane's REST API (docs/api.md). Operator routes take an operator \
 token as `Authorization: Bearer`; the roles a route accepts are the scopes of its `bearer` requirement \
 (viewer < operator < admin: a higher role may do what a lower one may). The MIaaS agent routes take a join \
 token or a node token."
-    ),
-    paths(
-        super::ui::root,
-        meta::health,
-        meta::ready,
-        super::metrics::scrape,
-        openapi_json,
-        nodes::list,
-        nodes::get,
-        nodes::delete,
-        nodes::accept_labels,
-        nodes::metrics,
-        actions::list,
-        actions::call,
-        actions::cancel,
-        sessions::list,
-        sessions::get,
-        sessions::history,
-        sessions::terminate_all,
-        sessions::terminate,
-        sessions::message,
-        tasks::create,
-        tasks::list,
-        tasks::get,
-        tasks::runs,
-        tasks::cancel,
-        tasks::output,
-        audit::list,
-        manifests::apply,
-        blobs::put,
-        manifests::list,
-        manifests::get,
-        manifests::delete,
-        manifests::status,
-        manifests::status_events,
-        nodes::status,
-        nodes::label,
-        tokens::create,
-        tokens::list,
-        tokens::revoke,
-        operators::create,
-        operators::list,
-        operators::revoke,
-        operators::whoami,
-        miaas::register,
-        miaas::heartbeat,
-    ),
-    modifiers(&Roles)
-)]
+))]
 struct ApiDoc;
 
 /// Adds the bearer scheme and, on every operator route, the role `ROUTE_ROLES` says it needs.
@@ -145,7 +83,10 @@ fn operations(
 pub fn document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| {
+        let mut doc = ApiDoc::openapi();
+        ROUTE_ROLES.document(&mut doc);
+        Roles.modify(&mut doc);
+        doc.to_pretty_json().unwrap_or_else(|e| {
             tracing::error!("cannot serialize the OpenAPI document: {e}");
             "{}".to_string()
         })
@@ -170,12 +111,12 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::http::ROUTE_ROLES;
+    use crate::http::Access;
 
-    /// Whether a route of `ROUTE_ROLES` belongs in the document: the dashboard's pages are HTML for people
+    /// Whether a route belongs in the document: the dashboard's pages are HTML for people
     /// (docs/dashboard.md), and the tampering routes exist only in test builds.
     fn documented_route(path: &str) -> bool {
-        !path.starts_with("/ui/") && !path.starts_with("/api/v1/tamper/")
+        path != "/ui" && !path.starts_with("/ui/") && !path.starts_with("/api/v1/tamper/")
     }
 
     fn doc() -> Value {
@@ -197,15 +138,20 @@ mod tests {
 
     #[test]
     fn the_document_has_exactly_the_routes_the_server_knows() {
+        for r in ROUTE_ROLES.iter() {
+            assert_eq!(
+                r.documented,
+                documented_route(&r.path),
+                "{} {} is registered {} the document",
+                r.method,
+                r.path,
+                if r.documented { "in" } else { "out of" }
+            );
+        }
         let served: BTreeSet<(String, String)> = ROUTE_ROLES
             .iter()
-            .filter(|(_, p, _)| documented_route(p))
-            .map(|(m, p, _)| (m.to_string(), p.to_string()))
-            .chain(
-                OPEN_ROUTES
-                    .iter()
-                    .map(|(m, p)| (m.to_string(), p.to_string())),
-            )
+            .filter(|r| r.documented)
+            .map(|r| (r.method.to_string(), r.path.clone()))
             .collect();
         let documented = documented(&doc());
         let undocumented: Vec<_> = served.difference(&documented).collect();
@@ -227,22 +173,28 @@ mod tests {
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"
         );
-        for (method, path, role) in ROUTE_ROLES.iter().filter(|(_, p, _)| documented_route(p)) {
-            let op = &doc["paths"][path][method.to_lowercase()];
-            let scopes = &op["security"][0]["bearer"];
-            assert_eq!(scopes[0], role.as_str(), "{method} {path}: {op}");
-            assert!(
-                op["description"]
-                    .as_str()
-                    .unwrap()
-                    .contains(&format!("`{role}` role")),
-                "{method} {path}"
-            );
-        }
-        for (method, path) in OPEN_ROUTES {
-            let op = &doc["paths"][path][method.to_lowercase()];
-            assert!(op.is_object(), "{method} {path}");
-            assert!(op["security"].is_null(), "{method} {path} is open");
+        for r in ROUTE_ROLES.iter().filter(|r| r.documented) {
+            let (method, path) = (&r.method, &r.path);
+            let op = &doc["paths"][path][method.as_str().to_lowercase()];
+            // utoipa's `paths(...)` tagged an untagged handler with its module; registrations do not.
+            assert!(op["tags"][0].is_string(), "{method} {path} has no tag");
+            match r.access {
+                Access::Needs(role) => {
+                    let scopes = &op["security"][0]["bearer"];
+                    assert_eq!(scopes[0], role.as_str(), "{method} {path}: {op}");
+                    assert!(
+                        op["description"]
+                            .as_str()
+                            .unwrap()
+                            .contains(&format!("`{role}` role")),
+                        "{method} {path}"
+                    );
+                }
+                Access::Open => {
+                    assert!(op.is_object(), "{method} {path}");
+                    assert!(op["security"].is_null(), "{method} {path} is open");
+                }
+            }
         }
         // An admin route accepts only admins; a viewer route every role.
         assert_eq!(
@@ -253,6 +205,7 @@ mod tests {
             doc["paths"]["/api/v1/nodes"]["get"]["security"][0]["bearer"],
             serde_json::json!(["viewer", "operator", "admin"])
         );
+        assert!(doc["paths"]["/health"]["get"]["security"].is_null());
     }
 
     #[test]

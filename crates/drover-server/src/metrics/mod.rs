@@ -10,7 +10,6 @@ mod timed_store;
 
 use std::time::Duration;
 
-use drover_proto::v1::agent_message::Msg;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -147,7 +146,7 @@ impl ServerMetrics {
         }
     }
 
-    pub fn agent_message(&self, msg: &Msg) {
+    pub fn agent_message(&self, msg: &crate::reach::message::FromAgent) {
         self.message(msg.kind());
     }
 

@@ -11,6 +11,7 @@ use drover_types::{
     Metrics, MetricsSample,
     manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest},
     operator::OperatorInfo,
+    rollout::Rollout,
     signing::Signature,
     task::{AuditEntry, LateExit, RunState, Task, TaskRun},
     token::JoinTokenInfo,
@@ -19,10 +20,10 @@ use drover_types::{
 use super::ServerMetrics;
 use crate::store::prelude::*;
 use crate::store::{
-    AuditFilter, ConvergenceQuery, ConvergenceRow, DesiredVersion, FleetCounts, JoinTokenRecord,
-    ManifestCounts, MetricsHistory, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun,
-    OpenRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, RunQuery, StoreError, TaskPage,
-    TaskSummary, TokenUse,
+    AuditFilter, ConvergencePage, ConvergenceQuery, ConvergenceRow, DesiredVersion, FleetCounts,
+    Heartbeat, JoinTokenRecord, ManifestCounts, MetricsHistory, NodeChange, NodeQuery, NodeRecord,
+    NodeRecordPage, NodeTaskRun, OpenRun, OperatorRecord, OutputRecord, PutManifest, RunPatch,
+    RunQuery, SilentRun, StoreError, StoredDesired, StoredOutput, TaskPage, TaskSummary, TokenUse,
 };
 
 pub struct TimedStore {
@@ -85,10 +86,10 @@ timed! {
         get_node_by_name(name: &str) -> Option<NodeRecord>;
         get_node_by_token(token_sha256: &str) -> Option<NodeRecord>;
         list_nodes() -> Vec<NodeRecord>;
-        list_nodes_page(query: &NodeQuery) -> (Vec<NodeRecord>, NodeCounts);
+        list_nodes_page(query: &NodeQuery) -> NodeRecordPage;
         delete_node(id: &str) -> bool;
         record_heartbeat(id: &str, at: DateTime<Utc>, metrics: &Metrics, history: MetricsHistory) -> bool;
-        record_heartbeats(beats: Vec<(String, DateTime<Utc>, Metrics)>, history: MetricsHistory) -> ();
+        record_heartbeats(beats: Vec<Heartbeat>, history: MetricsHistory) -> ();
         metrics_history(id: &str, limit: usize) -> Vec<MetricsSample>;
     }
 
@@ -100,7 +101,7 @@ timed! {
         runs_in_state(task_id: &str, states: &'static [RunState], limit: usize) -> Vec<TaskRun>;
         count_runs(task_id: &str, states: &'static [RunState]) -> usize;
         open_runs_for_node(node_id: &str) -> Vec<OpenRun>;
-        open_runs_silent_since(cutoff: DateTime<Utc>) -> Vec<(String, String)>;
+        open_runs_silent_since(cutoff: DateTime<Utc>) -> Vec<SilentRun>;
         delete_finished_tasks_before(cutoff: DateTime<Utc>) -> usize;
         get_task(id: &str) -> Option<Task>;
         task_ids_with_prefix(prefix: &str, limit: usize) -> Vec<String>;
@@ -112,8 +113,8 @@ timed! {
 
     impl OutputStore {
         insert_output(task_id: &str, chunks: Vec<OutputRecord>) -> ();
-        output(task_id: &str, after: i64, limit: usize) -> Vec<(i64, OutputRecord)>;
-        output_within(task_id: &str, after: i64, limit: usize, max_bytes: usize) -> Vec<(i64, OutputRecord)>;
+        output(task_id: &str, after: i64, limit: usize) -> Vec<StoredOutput>;
+        output_within(task_id: &str, after: i64, limit: usize, max_bytes: usize) -> Vec<StoredOutput>;
         stored_seq(task_id: &str, node_id: &str) -> u64;
         trim_output(max_bytes: u64) -> usize;
     }
@@ -131,7 +132,7 @@ timed! {
     }
 
     impl DesiredStore {
-        get_desired(node_id: &str) -> Option<(DesiredState, String)>;
+        get_desired(node_id: &str) -> Option<StoredDesired>;
         desired_names_blob(node_id: &str, sha256: &str) -> bool;
         desired_versions() -> Vec<DesiredVersion>;
         put_desired(node_id: &str, state: &DesiredState, hash: &str) -> bool;
@@ -141,7 +142,17 @@ timed! {
         put_convergence(node_id: &str, report: &NodeConvergence) -> ();
         get_convergence(node_id: &str) -> Option<NodeConvergence>;
         convergence_of(ids: Option<&[String]>) -> Vec<ConvergenceRow>;
-        convergence_page(query: &ConvergenceQuery) -> (Vec<ConvergenceRow>, usize);
+        convergence_page(query: &ConvergenceQuery) -> ConvergencePage;
+    }
+
+    impl RolloutStore {
+        put_rollout(rollout: &Rollout) -> ();
+        get_rollout(manifest: &str) -> Option<Rollout>;
+        list_rollouts() -> Vec<Rollout>;
+        delete_rollout(manifest: &str) -> bool;
+        put_manifest_revision(manifest: &StoredManifest, keep: usize) -> ();
+        manifest_revision(name: &str, generation: u64) -> Option<StoredManifest>;
+        manifest_revisions(name: &str, limit: usize) -> Vec<StoredManifest>;
     }
 
     impl BlobStore {

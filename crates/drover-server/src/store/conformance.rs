@@ -17,8 +17,9 @@ use drover_types::{Capabilities, Labels, LivenessPolicy, Metrics, NodeStatus, Tr
 
 use super::prelude::*;
 use super::{
-    AuditFilter, DesiredVersion, JoinTokenRecord, MetricsHistory, NodeQuery, NodeRecord,
-    OperatorRecord, OutputRecord, PgStore, RunPatch, SqliteStore, Store, StoreError, TokenUse,
+    AuditFilter, ConvergencePage, DesiredVersion, Heartbeat, JoinTokenRecord, MetricsHistory,
+    NodeQuery, NodeRecord, NodeRecordPage, OperatorRecord, OutputRecord, PgStore, RunPatch,
+    SilentRun, SqliteStore, Store, StoreError, StoredOutput, TokenUse,
 };
 
 type Case = fn(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -66,6 +67,7 @@ cases!(
     manifests_are_counted_by_state_and_their_nodes_read_a_page_at_a_time,
     a_newer_report_replaces_the_states_counted_and_a_deleted_node_leaves_the_counts,
     blobs_audit_and_fleet_counts,
+    rollouts_are_kept_whole_and_a_manifest_keeps_its_newest_revisions,
 );
 
 /// Every case on one fresh PostgreSQL cluster, each in its own database, all at once. Fails (never
@@ -82,6 +84,9 @@ fn postgres_store_passes_every_case() {
     let pg_only: &[(&str, PgCase)] = &[
         ("pg_migrations_run_once", |s| {
             Box::pin(pg_migrations_run_once(s))
+        }),
+        ("pg_every_shared_statement_prepares", |s| {
+            Box::pin(pg_every_shared_statement_prepares(s))
         }),
         ("pg_an_unreadable_audit_entry_leaves_the_rest_listed", |s| {
             Box::pin(pg_an_unreadable_audit_entry_leaves_the_rest_listed(s))
@@ -150,6 +155,20 @@ async fn pg_migrations_run_once(url: String) {
     );
 }
 
+/// Every statement shared with SQLite (`store::sql`), as PostgreSQL spells it, is one it takes.
+async fn pg_every_shared_statement_prepares(url: String) {
+    use sqlx::{Executor, SqlSafeStr};
+    let store = PgStore::connect(&url).await.unwrap();
+    let mut conn = store.pool().acquire().await.unwrap();
+    let counts = super::sql::manifests::COUNTS.as_str();
+    let every = super::sql::every().into_iter().map(|sql| sql.pg);
+    for sql in every.chain([counts]) {
+        if let Err(e) = (&mut *conn).prepare(sql.into_sql_str()).await {
+            panic!("{sql}: {e}");
+        }
+    }
+}
+
 /// A database at version 2 (before `node_resources`) with a report kept: the migration fills the table
 /// from it, so the counts read what the report says.
 async fn pg_migration_3_fills_resource_states_from_the_reports_kept(url: String) {
@@ -168,7 +187,7 @@ async fn pg_migration_3_fills_resource_states_from_the_reports_kept(url: String)
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::raw_sql(
         "DROP TABLE node_resources; ALTER TABLE manifests DROP COLUMN signed_version;
-         UPDATE drover_schema SET version = 2",
+         DROP TABLE rollouts; DROP TABLE manifest_revisions; UPDATE drover_schema SET version = 2",
     )
     .execute(&pool)
     .await
@@ -672,7 +691,7 @@ async fn desired_state_is_compare_and_set_on_its_generation(store: Arc<dyn Store
     );
     assert!(store.put_desired("a", &state(2), "h2").await.unwrap());
     assert!(!store.put_desired("a", &state(2), "h2b").await.unwrap());
-    assert_eq!(store.get_desired("a").await.unwrap().unwrap().1, "h2");
+    assert_eq!(store.get_desired("a").await.unwrap().unwrap().hash, "h2");
     // Reports cannot go back in generations.
     let report = |g| NodeConvergence {
         observed_generation: g,
@@ -846,7 +865,7 @@ async fn a_page_of_nodes_is_filtered_by_status_and_labels_and_counted_by_status(
         .await
         .unwrap();
 
-    let (nodes, counts) = store
+    let NodeRecordPage { nodes, counts } = store
         .list_nodes_page(&query(None, &[], 0, 7))
         .await
         .unwrap();
@@ -859,13 +878,13 @@ async fn a_page_of_nodes_is_filtered_by_status_and_labels_and_counted_by_status(
         ]
     );
 
-    let (nodes, _) = store
+    let NodeRecordPage { nodes, .. } = store
         .list_nodes_page(&query(None, &[], 14, 7))
         .await
         .unwrap();
     assert_eq!(nodes.len(), 6, "the last page holds what is left");
 
-    let (nodes, counts) = store
+    let NodeRecordPage { nodes, counts } = store
         .list_nodes_page(&query(Some(NodeStatus::NotReady), &[], 0, 100))
         .await
         .unwrap();
@@ -886,7 +905,7 @@ async fn a_page_of_nodes_is_filtered_by_status_and_labels_and_counted_by_status(
         assert_eq!(status, NodeStatus::NotReady, "{}", n.name);
     }
 
-    let (nodes, counts) = store
+    let NodeRecordPage { nodes, counts } = store
         .list_nodes_page(&query(Some(NodeStatus::Ready), &[("zone", "a")], 0, 100))
         .await
         .unwrap();
@@ -895,7 +914,7 @@ async fn a_page_of_nodes_is_filtered_by_status_and_labels_and_counted_by_status(
     assert_eq!(names, ["node-002", "node-004", "node-006", "node-008"]);
     assert_eq!((counts.ready, counts.not_ready, counts.offline), (4, 3, 2));
 
-    let (nodes, counts) = store
+    let NodeRecordPage { nodes, counts } = store
         .list_nodes_page(&query(None, &[("zone", "nowhere")], 0, 100))
         .await
         .unwrap();
@@ -967,10 +986,10 @@ async fn heartbeats_in_one_batch_skip_nodes_that_are_gone(store: Arc<dyn Store>)
     store
         .record_heartbeats(
             vec![
-                ("a".into(), at, m(1.0)),
-                ("gone".into(), at, m(2.0)),
-                ("b".into(), at, m(3.0)),
-                ("a".into(), at, m(4.0)),
+                beat("a", at, m(1.0)),
+                beat("gone", at, m(2.0)),
+                beat("b", at, m(3.0)),
+                beat("a", at, m(4.0)),
             ],
             MetricsHistory::every_beat(10),
         )
@@ -1010,7 +1029,11 @@ async fn the_history_keeps_one_sample_per_interval_and_every_beat_is_the_latest(
             cpu_usage: s as f64,
             ..Metrics::default()
         };
-        ("a".to_string(), start + chrono::Duration::seconds(s), m)
+        Heartbeat {
+            node_id: "a".to_string(),
+            at: start + chrono::Duration::seconds(s),
+            metrics: m,
+        }
     };
     let samples = |store: Arc<dyn Store>| async move {
         let h = store.metrics_history("a", 10).await.unwrap();
@@ -1022,8 +1045,13 @@ async fn the_history_keeps_one_sample_per_interval_and_every_beat_is_the_latest(
     assert_eq!(samples(store.clone()).await, [0.0, 60.0]);
     // One at a time: 70 s is in the same minute as 60 s, 120 s starts the next.
     for s in [70, 120, 130] {
-        let (id, at, m) = beat(s);
-        assert!(store.record_heartbeat(&id, at, &m, history).await.unwrap());
+        let b = beat(s);
+        assert!(
+            store
+                .record_heartbeat(&b.node_id, b.at, &b.metrics, history)
+                .await
+                .unwrap()
+        );
     }
     assert_eq!(samples(store.clone()).await, [0.0, 60.0, 120.0]);
     let a = store.get_node("a").await.unwrap().unwrap();
@@ -1034,8 +1062,11 @@ async fn the_history_keeps_one_sample_per_interval_and_every_beat_is_the_latest(
     );
     assert_eq!(a.last_seen, Some(start + chrono::Duration::seconds(130)));
     // The history stays at its size, the oldest sample going first.
-    let (id, at, m) = beat(180);
-    store.record_heartbeat(&id, at, &m, history).await.unwrap();
+    let b = beat(180);
+    store
+        .record_heartbeat(&b.node_id, b.at, &b.metrics, history)
+        .await
+        .unwrap();
     assert_eq!(samples(store.clone()).await, [60.0, 120.0, 180.0]);
 }
 
@@ -1165,7 +1196,13 @@ async fn open_runs_are_found_by_node_and_by_silence(store: Arc<dyn Store>) {
         .open_runs_silent_since(Utc::now() - chrono::Duration::minutes(10))
         .await
         .unwrap();
-    assert_eq!(silent, [("t1".to_string(), "a".to_string())]);
+    assert_eq!(
+        silent,
+        [SilentRun {
+            task_id: "t1".to_string(),
+            node_id: "a".to_string()
+        }]
+    );
 }
 
 async fn output_is_kept_once_in_arrival_order(store: Arc<dyn Store>) {
@@ -1205,15 +1242,15 @@ async fn output_is_kept_once_in_arrival_order(store: Arc<dyn Store>) {
     let all = store.output("t", 0, 100).await.unwrap();
     let text: Vec<_> = all
         .iter()
-        .map(|(_, c)| String::from_utf8_lossy(&c.data).to_string())
+        .map(|o| String::from_utf8_lossy(&o.record.data).to_string())
         .collect();
     assert_eq!(text, ["a0", "b0", "a1", "a2"]);
-    assert_eq!(all[2].1.stream, 2);
+    assert_eq!(all[2].record.stream, 2);
     // Paged by the row cursor.
     let first = store.output("t", 0, 2).await.unwrap();
-    let rest = store.output("t", first[1].0, 100).await.unwrap();
+    let rest = store.output("t", first[1].row, 100).await.unwrap();
     assert_eq!(first.len() + rest.len(), 4);
-    assert_eq!(rest[0].1.data, b"a1");
+    assert_eq!(rest[0].record.data, b"a1");
 }
 
 async fn output_is_read_within_a_byte_budget(store: Arc<dyn Store>) {
@@ -1227,23 +1264,23 @@ async fn output_is_read_within_a_byte_budget(store: Arc<dyn Store>) {
         })
         .collect();
     store.insert_output("t", records).await.unwrap();
-    let seqs = |page: &[(i64, OutputRecord)]| page.iter().map(|(_, r)| r.seq).collect::<Vec<_>>();
+    let seqs = |page: &[StoredOutput]| page.iter().map(|o| o.record.seq).collect::<Vec<_>>();
     // 100 + 200 + 300 reach 600: the row that reaches the budget is the last one.
     let page = store.output_within("t", 0, 100, 600).await.unwrap();
     assert_eq!(seqs(&page), [0, 1, 2]);
     let page = store.output_within("t", 0, 100, 601).await.unwrap();
     assert_eq!(seqs(&page), [0, 1, 2, 3]);
     // The first row comes however large; the row limit still holds.
-    let rest = store.output_within("t", page[3].0, 100, 1).await.unwrap();
+    let rest = store.output_within("t", page[3].row, 100, 1).await.unwrap();
     assert_eq!(seqs(&rest), [4]);
-    assert_eq!(rest[0].1.data.len(), 500);
+    assert_eq!(rest[0].record.data.len(), 500);
     let page = store.output_within("t", 0, 2, usize::MAX).await.unwrap();
     assert_eq!(seqs(&page), [0, 1]);
     let all = store.output_within("t", 0, 100, 1 << 20).await.unwrap();
     assert_eq!(seqs(&all), (0..10).collect::<Vec<_>>());
     assert!(
         store
-            .output_within("t", all[9].0, 100, 1 << 20)
+            .output_within("t", all[9].row, 100, 1 << 20)
             .await
             .unwrap()
             .is_empty()
@@ -1495,7 +1532,7 @@ async fn manifests_are_counted_by_state_and_their_nodes_read_a_page_at_a_time(
         };
         let store = store.clone();
         async move {
-            let (rows, total) = store.convergence_page(&q).await.unwrap();
+            let ConvergencePage { rows, total } = store.convergence_page(&q).await.unwrap();
             let names: Vec<String> = rows.into_iter().map(|r| r.node_name).collect();
             (names, total)
         }
@@ -1614,7 +1651,7 @@ async fn a_newer_report_replaces_the_states_counted_and_a_deleted_node_leaves_th
         };
         let store = store.clone();
         async move {
-            let (rows, total) = store.convergence_page(&q).await.unwrap();
+            let ConvergencePage { rows, total } = store.convergence_page(&q).await.unwrap();
             let got: Vec<(String, u64)> = rows
                 .into_iter()
                 .map(|r| (r.node_name, r.report.map_or(0, |c| c.observed_generation)))
@@ -1660,4 +1697,105 @@ async fn a_newer_report_replaces_the_states_counted_and_a_deleted_node_leaves_th
     );
     let fleet = store.fleet_counts().await.unwrap();
     assert_eq!(fleet.resources_by_state, vec![("Ready".to_string(), 2)]);
+}
+
+fn beat(node: &str, at: DateTime<Utc>, metrics: Metrics) -> Heartbeat {
+    Heartbeat {
+        node_id: node.to_string(),
+        at,
+        metrics,
+    }
+}
+
+async fn rollouts_are_kept_whole_and_a_manifest_keeps_its_newest_revisions(store: Arc<dyn Store>) {
+    use drover_types::manifest::StoredManifest;
+    use drover_types::rollout::{Rollout, RolloutPolicy, RolloutState, WavePlan};
+    let revision = |generation: u64| {
+        StoredManifest {
+        generation,
+        updated_at: Utc::now(),
+        manifest: serde_json::from_value(serde_json::json!({
+            "name": "web", "resources": [{"id": "f", "file": {"path": "/tmp/x", "content": generation.to_string()}}]
+        }))
+        .unwrap(),
+        signature: None,
+    }
+    };
+    for g in 1..=5 {
+        store.put_manifest_revision(&revision(g), 3).await.unwrap();
+    }
+    // A generation kept already stays as it was.
+    let mut again = revision(5);
+    again.manifest.version = 9;
+    store.put_manifest_revision(&again, 3).await.unwrap();
+    let kept: Vec<u64> = store
+        .manifest_revisions("web", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.generation)
+        .collect();
+    assert_eq!(kept, [5, 4, 3]);
+    assert_eq!(
+        store
+            .manifest_revision("web", 4)
+            .await
+            .unwrap()
+            .map(|m| m.manifest.version),
+        Some(0)
+    );
+    assert_eq!(
+        store
+            .manifest_revision("web", 5)
+            .await
+            .unwrap()
+            .map(|m| m.manifest.version),
+        Some(0)
+    );
+    assert!(store.manifest_revision("web", 1).await.unwrap().is_none());
+
+    let mut rollout = Rollout {
+        manifest: "web".into(),
+        revision: 5,
+        previous_revision: Some(4),
+        state: RolloutState::Progressing,
+        policy: RolloutPolicy {
+            waves: vec![],
+            spread_by: vec![],
+            max_in_flight: None,
+            bake: Some("1s".into()),
+            wave_deadline: None,
+            max_failures: None,
+            min_sample: None,
+            on_failure: Default::default(),
+            on_unreachable: Default::default(),
+            health: vec![],
+        },
+        plan: WavePlan {
+            waves: vec![vec!["a".into()], vec!["b".into(), "c".into()]],
+            covered: Default::default(),
+        },
+        wave: 0,
+        wave_started_at: Utc::now(),
+        baking_since: None,
+        reverted_waves: Default::default(),
+        held: Default::default(),
+        reason: None,
+        started_by: "admin".into(),
+        started_at: Utc::now(),
+        updated_at: Utc::now(),
+    };
+    assert!(store.get_rollout("web").await.unwrap().is_none());
+    store.put_rollout(&rollout).await.unwrap();
+    rollout.wave = 1;
+    rollout.state = RolloutState::Baking;
+    store.put_rollout(&rollout).await.unwrap();
+    assert_eq!(
+        store.get_rollout("web").await.unwrap(),
+        Some(rollout.clone())
+    );
+    assert_eq!(store.list_rollouts().await.unwrap(), [rollout]);
+    assert!(store.delete_rollout("web").await.unwrap());
+    assert!(!store.delete_rollout("web").await.unwrap());
+    assert!(store.list_rollouts().await.unwrap().is_empty());
 }

@@ -9,26 +9,28 @@ mod codec;
 mod conformance;
 mod pages;
 mod postgres;
+mod sql;
 mod sqlite;
 mod traits;
 pub mod transfer;
 
 pub use pages::{
-    ConvergenceQuery, ConvergenceRow, ManifestCounts, NodeCounts, NodeQuery, NodeTaskRun, RunQuery,
-    TaskPage, TaskSummary,
+    ConvergencePage, ConvergenceQuery, ConvergenceRow, ManifestCounts, NodeCounts, NodeQuery,
+    NodeRecordPage, NodeTaskRun, RunQuery, TaskPage, TaskSummary,
 };
 pub use postgres::{PgStore, redact_url};
 pub use sqlite::SqliteStore;
 pub use traits::{
-    AuditStore, BlobStore, ConvergenceStore, DesiredStore, FleetStore, JoinTokenStore,
-    ManifestStore, NodeStore, OperatorStore, OutputStore, Store, TaskStore,
+    AccessStore, AuditStore, BlobStore, ConvergenceStore, DesiredStateStore, DesiredStore,
+    FleetStore, JoinTokenStore, ManifestStore, NodeStore, NodesStore, OperatorStore, OutputStore,
+    RolloutStore, Store, TaskStore, TasksStore,
 };
 
 /// The store's traits, to call their methods on an `Arc<dyn Store>`: `use crate::store::prelude::*`.
 pub mod prelude {
     pub use super::traits::{
         AuditStore, BlobStore, ConvergenceStore, DesiredStore, FleetStore, JoinTokenStore,
-        ManifestStore, NodeStore, OperatorStore, OutputStore, Store, TaskStore,
+        ManifestStore, NodeStore, OperatorStore, OutputStore, RolloutStore, Store, TaskStore,
     };
 }
 
@@ -273,6 +275,35 @@ pub struct OutputRecord {
     /// 1 stdout, 2 stderr
     pub stream: u8,
     pub data: Vec<u8>,
+}
+
+/// A stored piece of output and its row, the cursor a reader resumes after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredOutput {
+    pub row: i64,
+    pub record: OutputRecord,
+}
+
+/// A run still open on a node silent since a cutoff (`TaskStore::open_runs_silent_since`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SilentRun {
+    pub task_id: String,
+    pub node_id: String,
+}
+
+/// A node's stored desired state and the hash of its content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDesired {
+    pub state: drover_types::manifest::DesiredState,
+    pub hash: String,
+}
+
+/// A heartbeat to record: which node, when, what it measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    pub node_id: String,
+    pub at: DateTime<Utc>,
+    pub metrics: Metrics,
 }
 
 /// Which audit entries to list.

@@ -32,6 +32,13 @@ pub struct NodeCounts {
     pub offline: usize,
 }
 
+/// One page of nodes with the counts over every node the filter matched.
+#[derive(Debug, Clone)]
+pub struct NodeRecordPage {
+    pub nodes: Vec<super::NodeRecord>,
+    pub counts: NodeCounts,
+}
+
 impl NodeCounts {
     pub fn total(&self) -> usize {
         self.ready + self.not_ready + self.offline
@@ -185,4 +192,11 @@ pub struct ConvergenceRow {
     pub desired_generation: u64,
     /// Its latest report (`None` before its first).
     pub report: Option<NodeConvergence>,
+}
+
+/// One page of nodes' convergence, with how many rows the filter matched in all.
+#[derive(Debug, Clone)]
+pub struct ConvergencePage {
+    pub rows: Vec<ConvergenceRow>,
+    pub total: usize,
 }

@@ -8,16 +8,17 @@ use drover_types::{
     Metrics, MetricsSample,
     manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest},
     operator::OperatorInfo,
+    rollout::Rollout,
     signing::Signature,
     task::{AuditEntry, LateExit, RunState, Task, TaskRun},
     token::JoinTokenInfo,
 };
 
 use super::{
-    AuditFilter, ConvergenceQuery, ConvergenceRow, DesiredVersion, FleetCounts, JoinTokenRecord,
-    ManifestCounts, MetricsHistory, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun,
-    OpenRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, RunQuery, StoreError, TaskPage,
-    TaskSummary, TokenUse,
+    AuditFilter, ConvergencePage, ConvergenceQuery, ConvergenceRow, DesiredVersion, FleetCounts,
+    Heartbeat, JoinTokenRecord, ManifestCounts, MetricsHistory, NodeChange, NodeQuery, NodeRecord,
+    NodeRecordPage, NodeTaskRun, OpenRun, OperatorRecord, OutputRecord, PutManifest, RunPatch,
+    RunQuery, SilentRun, StoreError, StoredDesired, StoredOutput, TaskPage, TaskSummary, TokenUse,
 };
 
 /// The store as a whole: whether the database answers, the leader lock, fleet-wide counts.
@@ -91,10 +92,7 @@ pub trait NodeStore: Send + Sync + 'static {
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
     /// One page of the nodes a query matches, by name, and how many match it in each status: the store
     /// reads only the page's rows, so a page of a large fleet costs what a page of a small one does.
-    async fn list_nodes_page(
-        &self,
-        query: &NodeQuery,
-    ) -> Result<(Vec<NodeRecord>, NodeCounts), StoreError>;
+    async fn list_nodes_page(&self, query: &NodeQuery) -> Result<NodeRecordPage, StoreError>;
     /// Returns false when no such node exists. Its metrics history goes with it.
     async fn delete_node(&self, id: &str) -> Result<bool, StoreError>;
     /// Stores the latest metrics and, as `history` says, appends them to the node's history.
@@ -109,7 +107,7 @@ pub trait NodeStore: Send + Sync + 'static {
     /// `record_heartbeat` for many nodes in one write; nodes that no longer exist are skipped.
     async fn record_heartbeats(
         &self,
-        beats: Vec<(String, DateTime<Utc>, Metrics)>,
+        beats: Vec<Heartbeat>,
         history: MetricsHistory,
     ) -> Result<(), StoreError>;
     /// The newest `limit` samples, oldest first.
@@ -162,7 +160,7 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn open_runs_silent_since(
         &self,
         cutoff: DateTime<Utc>,
-    ) -> Result<Vec<(String, String)>, StoreError>;
+    ) -> Result<Vec<SilentRun>, StoreError>;
     /// Deletes finished tasks created before `cutoff`, with their output; returns how many.
     async fn delete_finished_tasks_before(
         &self,
@@ -205,7 +203,7 @@ pub trait OutputStore: Send + Sync + 'static {
         task_id: &str,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<(i64, OutputRecord)>, StoreError>;
+    ) -> Result<Vec<StoredOutput>, StoreError>;
     /// Stored output in arrival order after `after`, at most `limit` rows, ending with the row that
     /// reaches `max_bytes` of data (the first row always comes): a reader holds about `max_bytes` however
     /// large the rows are.
@@ -215,7 +213,7 @@ pub trait OutputStore: Send + Sync + 'static {
         after: i64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Vec<(i64, OutputRecord)>, StoreError>;
+    ) -> Result<Vec<StoredOutput>, StoreError>;
     /// One past the highest output seq stored for a task on a node (0 when none).
     async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError>;
     /// Deletes the output of the oldest finished tasks until all output takes at most `max_bytes`;
@@ -254,10 +252,7 @@ pub trait ManifestStore: Send + Sync + 'static {
 #[async_trait]
 pub trait DesiredStore: Send + Sync + 'static {
     /// A node's desired state and the hash of its content.
-    async fn get_desired(
-        &self,
-        node_id: &str,
-    ) -> Result<Option<(DesiredState, String)>, StoreError>;
+    async fn get_desired(&self, node_id: &str) -> Result<Option<StoredDesired>, StoreError>;
     /// Whether a node's desired state has a File resource with this content: what a node may fetch. Read
     /// without decoding the whole state (every node of a fleet-wide apply asks once per file).
     async fn desired_names_blob(&self, node_id: &str, sha256: &str) -> Result<bool, StoreError>;
@@ -294,7 +289,7 @@ pub trait ConvergenceStore: Send + Sync + 'static {
     async fn convergence_page(
         &self,
         query: &ConvergenceQuery,
-    ) -> Result<(Vec<ConvergenceRow>, usize), StoreError>;
+    ) -> Result<ConvergencePage, StoreError>;
 }
 
 /// Content (file resources) by SHA-256.
@@ -305,35 +300,65 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
-/// Everything the server stores, over one database: the sum of the aggregates' traits, implemented for
-/// every type that implements them all.
-pub trait Store:
-    FleetStore
-    + JoinTokenStore
-    + OperatorStore
-    + NodeStore
-    + TaskStore
-    + OutputStore
-    + AuditStore
-    + ManifestStore
-    + DesiredStore
-    + ConvergenceStore
-    + BlobStore
-{
+/// Rollouts, one document a manifest, and the manifests' recent revisions.
+#[async_trait]
+pub trait RolloutStore: Send + Sync + 'static {
+    async fn put_rollout(&self, rollout: &Rollout) -> Result<(), StoreError>;
+    async fn get_rollout(&self, manifest: &str) -> Result<Option<Rollout>, StoreError>;
+    async fn list_rollouts(&self) -> Result<Vec<Rollout>, StoreError>;
+    /// Returns false when the manifest had none.
+    async fn delete_rollout(&self, manifest: &str) -> Result<bool, StoreError>;
+    /// Keeps a manifest revision (a generation already kept stays as it was), and of the manifest's
+    /// revisions only the newest `keep`.
+    async fn put_manifest_revision(
+        &self,
+        manifest: &StoredManifest,
+        keep: usize,
+    ) -> Result<(), StoreError>;
+    async fn manifest_revision(
+        &self,
+        name: &str,
+        generation: u64,
+    ) -> Result<Option<StoredManifest>, StoreError>;
+    /// A manifest's kept revisions, newest first, at most `limit`.
+    async fn manifest_revisions(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredManifest>, StoreError>;
 }
 
-impl<T> Store for T where
-    T: FleetStore
-        + JoinTokenStore
-        + OperatorStore
-        + NodeStore
-        + TaskStore
-        + OutputStore
-        + AuditStore
-        + ManifestStore
-        + DesiredStore
-        + ConvergenceStore
-        + BlobStore
-        + ?Sized
-{
+/// What a service keeps, named by the service: each holds only its own (`fleet::Access` holds an
+/// `AccessStore`, ...). All are views of the one store: `Store` is their sum, so one handle upcasts to each.
+macro_rules! service_store {
+    ($(#[$doc:meta])* $name:ident: $first:ident $(+ $rest:ident)*) => {
+        $(#[$doc])*
+        pub trait $name: $first $(+ $rest)* {}
+        impl<T: $first $(+ $rest)* + ?Sized> $name for T {}
+    };
 }
+
+service_store!(
+    /// Join tokens, operators and the audit log (`fleet::Access`).
+    AccessStore: JoinTokenStore + OperatorStore + AuditStore
+);
+service_store!(
+    /// Nodes, their heartbeats and the fleet-wide counts (`fleet::Nodes`).
+    NodesStore: FleetStore + NodeStore
+);
+service_store!(
+    /// Tasks, their runs and output, and the audit entries of their ends (`fleet::Tasks`).
+    TasksStore: TaskStore + OutputStore + AuditStore
+);
+service_store!(
+    /// Manifests, desired states, convergence reports, blobs, and the nodes they are computed for
+    /// (`fleet::Desired`).
+    DesiredStateStore: ManifestStore + DesiredStore + ConvergenceStore + BlobStore + NodeStore
+        + RolloutStore
+);
+
+/// Everything the server stores, over one database: the sum of the services' stores (and so of every
+/// aggregate's trait), implemented for every type that implements them all.
+pub trait Store: AccessStore + NodesStore + TasksStore + DesiredStateStore {}
+
+impl<T> Store for T where T: AccessStore + NodesStore + TasksStore + DesiredStateStore + ?Sized {}

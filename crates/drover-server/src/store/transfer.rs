@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use chrono::{DateTime, Datelike, Utc};
-use rusqlite::types::ValueRef;
+use rusqlite::types::{Type, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 use sqlx::{PgConnection, Row};
 
@@ -34,8 +34,19 @@ pub enum TransferError {
         table: &'static str,
         column: &'static str,
         rowid: i64,
-        reason: String,
+        reason: ValueError,
     },
+}
+
+/// Why one SQLite value cannot be copied (`TransferError::Value` says where it is).
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    #[error("text that is not UTF-8")]
+    NotUtf8,
+    #[error("expected {expected}, found {found:?}")]
+    Type { expected: &'static str, found: Type },
+    #[error("{0:?} is not an RFC 3339 time")]
+    NotATime(String),
 }
 
 impl From<rusqlite::Error> for TransferError {
@@ -204,6 +215,18 @@ const TABLES: &[Table] = &[
         identity: None,
     },
     Table {
+        name: "manifest_revisions",
+        columns: &[("name", Text), ("generation", Int), ("body", Text)],
+        rowid_as: None,
+        identity: None,
+    },
+    Table {
+        name: "rollouts",
+        columns: &[("name", Text), ("body", Text)],
+        rowid_as: None,
+        identity: None,
+    },
+    Table {
         name: "node_desired",
         columns: &[("node_id", Text), ("state", Text), ("hash", Text)],
         rowid_as: None,
@@ -266,21 +289,22 @@ impl Column {
     }
 
     /// Appends one SQLite value; returns the bytes it holds (for the batch's size).
-    fn push(&mut self, kind: Kind, value: ValueRef<'_>) -> Result<usize, String> {
+    fn push(&mut self, kind: Kind, value: ValueRef<'_>) -> Result<usize, ValueError> {
+        let wrong = |expected, v: ValueRef<'_>| ValueError::Type {
+            expected,
+            found: v.data_type(),
+        };
         let text = |v: ValueRef<'_>| match v {
             ValueRef::Null => Ok(None),
             ValueRef::Text(t) => String::from_utf8(t.to_vec())
                 .map(Some)
-                .map_err(|_| "text that is not UTF-8".to_string()),
-            other => Err(format!("expected text, found {:?}", other.data_type())),
+                .map_err(|_| ValueError::NotUtf8),
+            other => Err(wrong("text", other)),
         };
         let int = |v: ValueRef<'_>| match v {
             ValueRef::Null => Ok(None),
             ValueRef::Integer(i) => Ok(Some(i)),
-            other => Err(format!(
-                "expected an integer, found {:?}",
-                other.data_type()
-            )),
+            other => Err(wrong("an integer", other)),
         };
         match self {
             Self::Text(col) => {
@@ -303,7 +327,7 @@ impl Column {
                     Some(s) => match (s.parse::<DateTime<Utc>>(), kind) {
                         (Ok(t), _) if t.year() <= 9999 => Some(t),
                         (_, TokenTime) => Some(DateTime::<Utc>::UNIX_EPOCH),
-                        _ => return Err(format!("{s:?} is not an RFC 3339 time")),
+                        _ => return Err(ValueError::NotATime(s)),
                     },
                 };
                 col.push(t);
@@ -313,7 +337,7 @@ impl Column {
                 let b = match value {
                     ValueRef::Null => None,
                     ValueRef::Blob(b) | ValueRef::Text(b) => Some(b.to_vec()),
-                    other => return Err(format!("expected bytes, found {:?}", other.data_type())),
+                    other => return Err(wrong("bytes", other)),
                 };
                 let n = b.as_ref().map_or(0, Vec::len);
                 col.push(b);
@@ -482,4 +506,33 @@ fn read_batch(
         }
     }
     Ok((columns, n, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_that_cannot_be_copied_says_why() {
+        let why = |kind, value| Column::new(kind).push(kind, value).unwrap_err().to_string();
+        assert_eq!(
+            why(Time, ValueRef::Text(b"yesterday")),
+            "\"yesterday\" is not an RFC 3339 time"
+        );
+        assert_eq!(
+            why(Int, ValueRef::Text(b"1")),
+            "expected an integer, found Text"
+        );
+        assert_eq!(
+            why(Bytes, ValueRef::Integer(1)),
+            "expected bytes, found Integer"
+        );
+        assert_eq!(why(Text, ValueRef::Text(b"\xff")), "text that is not UTF-8");
+        // A join token's unreadable time is the epoch, as the SQLite store reads it.
+        assert!(
+            Column::new(TokenTime)
+                .push(TokenTime, ValueRef::Text(b"never"))
+                .is_ok()
+        );
+    }
 }

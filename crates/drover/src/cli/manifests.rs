@@ -174,8 +174,8 @@ async fn dry_run(
                 for i in &p.plan {
                     t.add_row(vec![
                         i.id.clone(),
-                        i.kind.clone(),
-                        i.action.clone(),
+                        i.kind.to_string(),
+                        i.action.to_string(),
                         i.detail.clone(),
                     ]);
                 }
@@ -395,7 +395,7 @@ fn explain_waiting(nodes: &[String], status: &HashMap<String, NodeStatusReport>)
             eprintln!(
                 "  {} ({}): {:?} {}",
                 safe(&r.id),
-                safe(&r.kind),
+                safe(r.kind.as_str()),
                 r.state,
                 safe(r.error.as_deref().unwrap_or(""))
             );
@@ -548,7 +548,7 @@ pub async fn status(args: StatusArgs, client: &Client) -> anyhow::Result<()> {
                 t.add_row(vec![
                     r.id.clone(),
                     r.manifest.clone(),
-                    r.kind.clone(),
+                    r.kind.to_string(),
                     format!("{:?}", r.state),
                     if r.details.is_null() {
                         String::new()
@@ -571,7 +571,7 @@ pub async fn status(args: StatusArgs, client: &Client) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_types::manifest::{NodeConvergence, ResourceStatus};
+    use drover_types::manifest::{NodeConvergence, ResourceKind, ResourceStatus};
 
     fn report(
         name: &str,
@@ -585,7 +585,7 @@ mod tests {
             desired_generation: generation,
             convergence: NodeConvergence {
                 observed_generation: observed,
-                resources: vec![ResourceStatus::new("f", "m", "file", state)],
+                resources: vec![ResourceStatus::new("f", "m", ResourceKind::File, state)],
                 ..Default::default()
             },
         }

@@ -66,9 +66,8 @@ fn login_line(server: &str, token: &str, ca_fingerprint: &str) -> String {
     }
 }
 
-fn parse_role(s: &str) -> Result<Role, String> {
+fn parse_role(s: &str) -> Result<Role, drover_types::operator::UnknownRole> {
     s.parse()
-        .map_err(|e: drover_types::operator::UnknownRole| e.to_string())
 }
 
 pub async fn run(args: OperatorArgs, client: &Client) -> anyhow::Result<()> {

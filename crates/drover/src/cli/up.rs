@@ -63,6 +63,7 @@ pub async fn run(args: UpArgs, global: &Global) -> anyhow::Result<()> {
     if !state_dir.join("node.json").exists() {
         let token = server
             .fleet
+            .access
             .create_token(
                 "drover up",
                 CreateTokenRequest {

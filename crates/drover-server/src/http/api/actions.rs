@@ -1,6 +1,7 @@
 //! Operator routes for action calls.
 
 use crate::fleet::CallTicket;
+use drover_types::audit::AuditAction;
 use drover_types::signing::CommandSignature;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ pub async fn list(
     State(s): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<ActionInfo>>, ApiError> {
-    Ok(Json(s.fleet.node_actions(&id).await?))
+    Ok(Json(s.fleet.streams.node_actions(&id).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/nodes/{id}/actions/{name}", tag = "actions", operation_id = "actions_call", request_body(content = serde_json::Value, description = "the action's arguments (empty: none)"), params(("id" = String, Path, description = "node id or name"), ("name" = String, Path, description = "action name"), CallQuery), responses((status = 200, description = "the action's result", body = drover_types::action::ActionReply), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -72,6 +73,7 @@ pub async fn call(
     };
     let (call_id, result) = s
         .fleet
+        .streams
         .call_action(&caller.name, &id, &name, args, deadline, ticket)
         .await?;
     Ok(Json(ActionReply { call_id, result }))
@@ -83,11 +85,12 @@ pub async fn cancel(
     caller: Caller,
     Path((node, call_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    s.fleet.cancel_call(&node, &call_id).await?;
+    s.fleet.streams.cancel_call(&node, &call_id).await?;
     s.fleet
+        .access
         .audit(
             &caller.name,
-            "action.cancel",
+            AuditAction::ActionCancel,
             &node,
             serde_json::json!({"call": call_id}),
         )

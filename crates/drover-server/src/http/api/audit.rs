@@ -33,7 +33,7 @@ pub async fn list(
         since,
         limit: q.limit.unwrap_or(100).min(10_000),
     };
-    Ok(Json(s.fleet.audit_log(filter).await?))
+    Ok(Json(s.fleet.access.audit_log(filter).await?))
 }
 
 /// `since`: an RFC 3339 time, or a duration ago. Checked: a duration reaching before the earliest time

@@ -2,6 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use drover_types::audit::AuditAction;
 
 use crate::http::{ApiError, Caller, HttpState};
 
@@ -13,11 +14,12 @@ pub async fn put(
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     let bytes = body.len();
-    s.fleet.put_blob(&sha256, body.to_vec()).await?;
+    s.fleet.desired.put_blob(&sha256, body.to_vec()).await?;
     s.fleet
+        .access
         .audit(
             &caller.name,
-            "blob.put",
+            AuditAction::BlobPut,
             &sha256,
             serde_json::json!({"bytes": bytes}),
         )

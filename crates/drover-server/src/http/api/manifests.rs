@@ -45,6 +45,7 @@ pub async fn apply(
     if q.dry_run {
         let nodes = s
             .fleet
+            .desired
             .plan_manifest(m)
             .await
             .map_err(|e| as_written(e, form))?;
@@ -52,6 +53,7 @@ pub async fn apply(
     }
     let applied: Applied = s
         .fleet
+        .desired
         .apply_manifest(&caller.name, m)
         .await
         .map_err(|e| as_written(e, form))?;
@@ -159,7 +161,7 @@ fn as_written(e: FleetError, form: Form) -> FleetError {
 
 #[utoipa::path(get, path = "/api/v1/manifests", tag = "manifests", operation_id = "manifests_list", responses((status = 200, description = "every manifest", body = [drover_types::manifest::StoredManifest]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(State(s): State<HttpState>) -> Result<Json<Vec<StoredManifest>>, ApiError> {
-    Ok(Json(s.fleet.manifests().await?))
+    Ok(Json(s.fleet.desired.manifests().await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/manifests/{name}", tag = "manifests", operation_id = "manifests_get", params(("name" = String, Path, description = "manifest name")), responses((status = 200, description = "the manifest", body = drover_types::manifest::StoredManifest), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -167,7 +169,7 @@ pub async fn get(
     State(s): State<HttpState>,
     Path(name): Path<String>,
 ) -> Result<Json<StoredManifest>, ApiError> {
-    Ok(Json(s.fleet.manifest(&name).await?))
+    Ok(Json(s.fleet.desired.manifest(&name).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/manifests/{name}", tag = "manifests", operation_id = "manifests_delete", params(("name" = String, Path, description = "manifest name")), responses((status = 204, description = "deleted; agents remove what it gave them"), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -176,7 +178,7 @@ pub async fn delete(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    s.fleet.delete_manifest(&caller.name, &name).await?;
+    s.fleet.desired.delete_manifest(&caller.name, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -204,7 +206,7 @@ pub async fn status(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
     if q.limit.is_none() && q.offset.is_none() && q.manifest.is_none() && q.state.is_none() {
-        return Ok(Json(s.fleet.status().await?).into_response());
+        return Ok(Json(s.fleet.desired.status().await?).into_response());
     }
     let state = q
         .state
@@ -219,6 +221,7 @@ pub async fn status(
     );
     let (reports, total) = s
         .fleet
+        .desired
         .status_page(ConvergenceQuery {
             manifest: manifest.clone(),
             state,
@@ -253,7 +256,7 @@ const BURST: usize = 4096;
 /// stream, resumed (`Last-Event-ID`) or not, starts with the whole status, subscribed to before it is read.
 #[utoipa::path(get, path = "/api/v1/status/events", tag = "manifests", operation_id = "manifests_status_events", responses((status = 200, description = "Server-Sent Events: `status` (the whole status) then `node` changes", content_type = "text/event-stream", body = String), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn status_events(State(s): State<HttpState>) -> impl axum::response::IntoResponse {
-    let live = s.fleet.subscribe_status();
+    let live = s.fleet.desired.subscribe_status();
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(follow_status(s.fleet.clone(), live, tx));
     Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
@@ -269,7 +272,7 @@ async fn follow_status(
         id += 1;
         Ok::<_, Infallible>(Event::default().event(name).id(id.to_string()).data(data))
     };
-    let Ok(all) = fleet.status().await else {
+    let Ok(all) = fleet.desired.status().await else {
         return;
     };
     if tx.send(event("status", json(&all))).await.is_err() {
@@ -281,7 +284,7 @@ async fn follow_status(
             _ = tx.closed() => return,
         };
         for nodes in changed.chunks(BURST) {
-            let Ok(reports) = fleet.statuses_of(nodes).await else {
+            let Ok(reports) = fleet.desired.statuses_of(nodes).await else {
                 return;
             };
             for report in reports {

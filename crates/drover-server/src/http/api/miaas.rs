@@ -16,7 +16,7 @@ pub async fn register(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
-    let registrant = s.fleet.registrant(bearer(&headers)).await?;
+    let registrant = s.fleet.nodes.registrant(bearer(&headers)).await?;
     // MIaaS answers 422 naming a missing required field; its agents read that.
     let req: RegisterRequest = json::read_contract(body).await?;
     if let Some(field) = req.missing_field() {
@@ -32,7 +32,7 @@ pub async fn register(
         ));
     }
     let name = req.name.clone();
-    let registered = s.fleet.register_http(registrant, req).await?;
+    let registered = s.fleet.nodes.register_http(registrant, req).await?;
     tracing::info!(node = %name, id = %registered.node_id, "HTTP node registered");
     Ok((
         StatusCode::CREATED,
@@ -52,10 +52,11 @@ pub async fn heartbeat(
     body: Body,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     s.fleet
+        .nodes
         .authenticate_http_node(&id, bearer(&headers))
         .await?;
     let metrics: HeartbeatRequest = json::read(body).await?;
-    s.fleet.heartbeat(&id, metrics).await?;
+    s.fleet.nodes.heartbeat(&id, metrics).await?;
     let now = chrono::Utc::now();
     Ok(Json(HeartbeatResponse {
         status: "ok".into(),

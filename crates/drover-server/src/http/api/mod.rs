@@ -1,6 +1,7 @@
 //! The REST API under /api/v1 (JSON). Operator routes need an operator token (or the bootstrap admin
 //! token) whose role allows the route (see `http::auth`); the MIaaS agent routes use join tokens and node
-//! tokens; `/health` and `/ready` are open. One file per resource, named as its path.
+//! tokens; `/health` and `/ready` are open. One file per resource, named as its path; every route is
+//! registered in [`routes`] (see `http::routes`).
 
 pub(super) mod actions;
 pub(super) mod audit;
@@ -18,90 +19,66 @@ mod tamper;
 pub(super) mod tasks;
 pub(super) mod tokens;
 
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::middleware;
-use axum::routing::{delete, get, post};
 use drover_types::limits::MAX_MESSAGE;
+use drover_types::operator::Role::{Admin, Operator, Viewer};
 
-use super::HttpState;
-use super::auth::authorize;
+use super::routes::Routes;
 
-/// The REST routes: the operator routes behind `authorize` (each with its line in `ROUTE_ROLES`), the
-/// MIaaS agent routes (they check join and node tokens themselves) and the open meta routes.
-pub(super) fn routes(state: HttpState) -> Router<HttpState> {
+/// Registers the REST routes: the operator routes, each with the role it needs (viewers read; operators
+/// change what runs on nodes; admins manage who may do anything, join tokens and operators, and remove
+/// nodes), the MIaaS agent routes (they check join and node tokens themselves) and the open meta routes.
+/// Path, method and OpenAPI entry come from each handler's `#[utoipa::path]`.
+pub(super) fn routes(r: Routes) -> Routes {
     #[cfg(feature = "tamper")]
-    let operator = tamper::routes(Router::new());
-    #[cfg(not(feature = "tamper"))]
-    let operator = Router::new();
-    let operator = operator
-        .route("/api/v1/nodes", get(nodes::list))
-        .route("/api/v1/nodes/{id}", get(nodes::get).delete(nodes::delete))
-        .route("/api/v1/nodes/{id}/metrics", get(nodes::metrics))
-        .route("/api/v1/nodes/{id}/actions", get(actions::list))
-        .route("/api/v1/nodes/{id}/actions/{name}", post(actions::call))
-        .route(
-            "/api/v1/nodes/{id}/actions/calls/{call_id}/cancel",
-            post(actions::cancel),
+    let r = tamper::routes(r);
+    r.open(meta::__path_health, meta::health)
+        .open(meta::__path_ready, meta::ready)
+        .open(miaas::__path_register, miaas::register)
+        .open(miaas::__path_heartbeat, miaas::heartbeat)
+        .op(Viewer, operators::__path_whoami, operators::whoami)
+        .op(Viewer, nodes::__path_list, nodes::list)
+        .op(Viewer, nodes::__path_get, nodes::get)
+        .op(Viewer, nodes::__path_metrics, nodes::metrics)
+        .op(Viewer, nodes::__path_status, nodes::status)
+        .op(Viewer, actions::__path_list, actions::list)
+        .op(Viewer, sessions::__path_list, sessions::list)
+        .op(Viewer, sessions::__path_get, sessions::get)
+        .op(Viewer, sessions::__path_history, sessions::history)
+        .op(Viewer, tasks::__path_list, tasks::list)
+        .op(Viewer, tasks::__path_get, tasks::get)
+        .op(Viewer, tasks::__path_runs, tasks::runs)
+        .op(Viewer, tasks::__path_output, tasks::output)
+        .op(Viewer, audit::__path_list, audit::list)
+        .op(Viewer, manifests::__path_list, manifests::list)
+        .op(Viewer, manifests::__path_get, manifests::get)
+        .op(Viewer, manifests::__path_status, manifests::status)
+        .op(
+            Viewer,
+            manifests::__path_status_events,
+            manifests::status_events,
         )
-        .route(
-            "/api/v1/nodes/{id}/sessions",
-            get(sessions::list).delete(sessions::terminate_all),
+        .op(Operator, actions::__path_call, actions::call)
+        .op(Operator, actions::__path_cancel, actions::cancel)
+        .op(
+            Operator,
+            sessions::__path_terminate_all,
+            sessions::terminate_all,
         )
-        .route(
-            "/api/v1/nodes/{id}/sessions/{plugin}",
-            get(sessions::get).delete(sessions::terminate),
-        )
-        .route(
-            "/api/v1/nodes/{id}/sessions/{plugin}/history",
-            get(sessions::history),
-        )
-        .route(
-            "/api/v1/nodes/{id}/sessions/{plugin}/messages",
-            post(sessions::message),
-        )
-        .route("/api/v1/tasks", get(tasks::list).post(tasks::create))
-        .route("/api/v1/tasks/{id}", get(tasks::get))
-        .route("/api/v1/tasks/{id}/runs", get(tasks::runs))
-        .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/api/v1/tasks/{id}/output", get(tasks::output))
-        .route("/api/v1/audit", get(audit::list))
-        .route(
-            "/api/v1/manifests",
-            get(manifests::list).post(manifests::apply),
-        )
-        .route(
-            "/api/v1/manifests/{name}",
-            get(manifests::get).delete(manifests::delete),
-        )
-        .route("/api/v1/status", get(manifests::status))
-        .route("/api/v1/status/events", get(manifests::status_events))
-        .route(
-            "/api/v1/blobs/{sha256}",
-            axum::routing::put(blobs::put).layer(DefaultBodyLimit::max(MAX_MESSAGE)),
-        )
-        .route("/api/v1/nodes/{id}/status", get(nodes::status))
-        .route("/api/v1/nodes/{id}/labels", post(nodes::label))
-        .route(
-            "/api/v1/nodes/{id}/labels/accept",
-            post(nodes::accept_labels),
-        )
-        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
-        .route("/api/v1/tokens/{id}", delete(tokens::revoke))
-        .route(
-            "/api/v1/operators",
-            get(operators::list).post(operators::create),
-        )
-        .route("/api/v1/operators/{name}", delete(operators::revoke))
-        .route("/api/v1/whoami", get(operators::whoami))
-        // Every route above needs a line in `http::ROUTE_ROLES`.
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
-    let agents = Router::new()
-        .route("/api/v1/nodes/register", post(miaas::register))
-        .route("/api/v1/nodes/{id}/heartbeat", post(miaas::heartbeat));
-    Router::new()
-        .route("/health", get(meta::health))
-        .route("/ready", get(meta::ready))
-        .merge(operator)
-        .merge(agents)
+        .op(Operator, sessions::__path_terminate, sessions::terminate)
+        .op(Operator, sessions::__path_message, sessions::message)
+        .op(Operator, nodes::__path_label, nodes::label)
+        .op(Operator, tasks::__path_create, tasks::create)
+        .op(Operator, tasks::__path_cancel, tasks::cancel)
+        .op(Operator, manifests::__path_apply, manifests::apply)
+        .op(Operator, manifests::__path_delete, manifests::delete)
+        // Blobs are bigger than any other body (`MAX_BODY_BYTES`).
+        .op_body_limit(Operator, blobs::__path_put, blobs::put, MAX_MESSAGE)
+        .op(Admin, nodes::__path_delete, nodes::delete)
+        .op(Admin, nodes::__path_accept_labels, nodes::accept_labels)
+        .op(Admin, tokens::__path_list, tokens::list)
+        .op(Admin, tokens::__path_create, tokens::create)
+        .op(Admin, tokens::__path_revoke, tokens::revoke)
+        .op(Admin, operators::__path_list, operators::list)
+        .op(Admin, operators::__path_create, operators::create)
+        .op(Admin, operators::__path_revoke, operators::revoke)
 }

@@ -38,11 +38,11 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
     if q.limit.is_none() && q.offset.is_none() && q.status.is_none() && q.label.is_none() {
-        return Ok(Json(s.fleet.nodes().await?).into_response());
+        return Ok(Json(s.fleet.nodes.nodes().await?).into_response());
     }
     let filter = NodeFilter::parse(q.status.as_deref(), q.label.as_deref(), q.offset, q.limit)?;
     let (offset, limit) = (filter.offset, filter.limit.clamp(1, MAX_PAGE));
-    let page = s.fleet.nodes_page(filter.clone()).await?;
+    let page = s.fleet.nodes.nodes_page(filter.clone()).await?;
     let labels: Vec<String> = filter
         .labels
         .iter()
@@ -71,7 +71,7 @@ pub async fn get(
     State(s): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
-    Ok(Json(s.fleet.node(&id).await?))
+    Ok(Json(s.fleet.nodes.node(&id).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/nodes/{id}", tag = "nodes", operation_id = "nodes_delete", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the deleted node; its agent is refused until it enrolls again", body = drover_types::Node), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -80,7 +80,7 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
-    Ok(Json(s.fleet.delete_node(&caller.name, &id).await?))
+    Ok(Json(s.fleet.nodes.delete_node(&caller.name, &id).await?))
 }
 
 /// `POST /api/v1/nodes/{id}/labels/accept`: the labels the node reported after enrolling count in
@@ -90,7 +90,7 @@ pub async fn accept_labels(
     State(s): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Json<Node>, ApiError> {
-    Ok(Json(s.fleet.accept_labels(ACTOR, &id).await?))
+    Ok(Json(s.fleet.desired.accept_labels(ACTOR, &id).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -107,7 +107,7 @@ pub async fn metrics(
 ) -> Result<Json<Vec<MetricsSample>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), Some("limit".into())))?;
     let limit = q.limit.unwrap_or(100).min(10_000);
-    Ok(Json(s.fleet.metrics_history(&id, limit).await?))
+    Ok(Json(s.fleet.nodes.metrics_history(&id, limit).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{id}/status", tag = "manifests", operation_id = "manifests_node_status", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "the node's convergence status", body = drover_types::manifest::NodeStatusReport), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -115,7 +115,7 @@ pub async fn status(
     State(s): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Json<NodeStatusReport>, ApiError> {
-    Ok(Json(s.fleet.node_status(&id).await?))
+    Ok(Json(s.fleet.desired.node_status(&id).await?))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -136,6 +136,7 @@ pub async fn label(
 ) -> Result<Json<Node>, ApiError> {
     Ok(Json(
         s.fleet
+            .desired
             .label_node(&caller.name, &id, req.set, req.remove)
             .await?,
     ))

@@ -14,14 +14,14 @@ pub async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<CreateOperatorRequest>,
 ) -> Result<(StatusCode, Json<CreatedOperator>), ApiError> {
-    let created = s.fleet.create_operator(&caller.name, req).await?;
+    let created = s.fleet.access.create_operator(&caller.name, req).await?;
     tracing::info!(operator = %created.info.name, role = %created.info.role, "operator created");
     Ok((StatusCode::CREATED, Json(created)))
 }
 
 #[utoipa::path(get, path = "/api/v1/operators", tag = "operators", operation_id = "operators_list", responses((status = 200, description = "operators without tokens", body = [drover_types::operator::OperatorInfo]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(State(s): State<HttpState>) -> Result<Json<Vec<OperatorInfo>>, ApiError> {
-    Ok(Json(s.fleet.list_operators().await?))
+    Ok(Json(s.fleet.access.list_operators().await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/operators/{name}", tag = "operators", operation_id = "operators_revoke", params(("name" = String, Path, description = "operator name")), responses((status = 204, description = "revoked; the token is refused from now on"), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -30,7 +30,7 @@ pub async fn revoke(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    s.fleet.revoke_operator(&caller.name, &name).await?;
+    s.fleet.access.revoke_operator(&caller.name, &name).await?;
     tracing::info!(operator = %name, "operator revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use drover_types::audit::AuditAction;
 use drover_types::session::{SessionDetail, SessionInfo, SessionSample};
 
 use super::json::ApiJson;
@@ -13,7 +14,7 @@ pub async fn list(
     State(s): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<SessionInfo>>, ApiError> {
-    Ok(Json(s.fleet.sessions(&id).await?))
+    Ok(Json(s.fleet.streams.sessions(&id).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{id}/sessions/{plugin}", tag = "sessions", operation_id = "sessions_get", params(("id" = String, Path, description = "node id or name"), ("plugin" = String, Path, description = "daemon plugin name")), responses((status = 200, description = "the session and its latest payload", body = drover_types::session::SessionDetail), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -21,7 +22,7 @@ pub async fn get(
     State(s): State<HttpState>,
     Path((id, plugin)): Path<(String, String)>,
 ) -> Result<Json<SessionDetail>, ApiError> {
-    Ok(Json(s.fleet.session(&id, &plugin).await?))
+    Ok(Json(s.fleet.streams.session(&id, &plugin).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{id}/sessions/{plugin}/history", tag = "sessions", operation_id = "sessions_history", params(("id" = String, Path, description = "node id or name"), ("plugin" = String, Path, description = "daemon plugin name")), responses((status = 200, description = "the last payloads", body = [drover_types::session::SessionSample]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -29,7 +30,7 @@ pub async fn history(
     State(s): State<HttpState>,
     Path((id, plugin)): Path<(String, String)>,
 ) -> Result<Json<Vec<SessionSample>>, ApiError> {
-    Ok(Json(s.fleet.session_history(&id, &plugin).await?))
+    Ok(Json(s.fleet.streams.session_history(&id, &plugin).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/nodes/{id}/sessions", tag = "sessions", operation_id = "sessions_terminate_all", params(("id" = String, Path, description = "node id or name")), responses((status = 200, description = "`{\"terminated\": N}`; the agent recreates them", body = serde_json::Value), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -38,11 +39,12 @@ pub async fn terminate_all(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let n = s.fleet.terminate_sessions(&id, None).await?;
+    let n = s.fleet.streams.terminate_sessions(&id, None).await?;
     s.fleet
+        .access
         .audit(
             &caller.name,
-            "session.terminate",
+            AuditAction::SessionTerminate,
             &id,
             serde_json::json!({"terminated": n}),
         )
@@ -56,11 +58,16 @@ pub async fn terminate(
     caller: Caller,
     Path((id, plugin)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let n = s.fleet.terminate_sessions(&id, Some(&plugin)).await?;
+    let n = s
+        .fleet
+        .streams
+        .terminate_sessions(&id, Some(&plugin))
+        .await?;
     s.fleet
+        .access
         .audit(
             &caller.name,
-            "session.terminate",
+            AuditAction::SessionTerminate,
             &id,
             serde_json::json!({"plugin": plugin, "terminated": n}),
         )
@@ -76,11 +83,12 @@ pub async fn message(
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<StatusCode, ApiError> {
     // Recorded without the message: it is the plugin's payload, possibly large or private.
-    s.fleet.session_message(&id, &plugin, body).await?;
+    s.fleet.streams.session_message(&id, &plugin, body).await?;
     s.fleet
+        .access
         .audit(
             &caller.name,
-            "session.message",
+            AuditAction::SessionMessage,
             &id,
             serde_json::json!({"plugin": plugin}),
         )

@@ -19,7 +19,7 @@ use super::json::ApiJson;
 use crate::Fleet;
 use crate::fleet::pages::{MAX_PAGE, parse_run_state};
 use crate::http::{ApiError, Caller, HttpState};
-use crate::store::RunQuery;
+use crate::store::{RunQuery, StoredOutput};
 use crate::tasks::{TaskEvent, chunk};
 
 /// A created task, and the HTTP nodes its target selected that got no run (they take no tasks).
@@ -37,7 +37,11 @@ pub async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<CreateTask>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    let (task, skipped_http_nodes) = s.fleet.create_task_skipping(&caller.name, req).await?;
+    let (task, skipped_http_nodes) = s
+        .fleet
+        .tasks
+        .create_task_skipping(&caller.name, req)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(Created {
@@ -69,7 +73,7 @@ pub async fn list(
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
     let limit = q.limit.unwrap_or(50).min(MAX_PAGE);
     let runs = q.runs.unwrap_or(LIST_RUNS).min(MAX_PAGE);
-    let tasks = s.fleet.task_list(limit, runs).await?;
+    let tasks = s.fleet.tasks.task_list(limit, runs).await?;
     Ok(Json(
         tasks
             .into_iter()
@@ -120,6 +124,7 @@ pub async fn runs(
     );
     let page = s
         .fleet
+        .tasks
         .task_page(
             &id,
             RunQuery {
@@ -145,7 +150,7 @@ pub async fn get(
     State(s): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(s.fleet.task(&id).await?))
+    Ok(Json(s.fleet.tasks.task(&id).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks", operation_id = "tasks_cancel", params(("id" = String, Path, description = "task id")), responses((status = 200, description = "the task", body = drover_types::task::Task), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -154,7 +159,7 @@ pub async fn cancel(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(s.fleet.cancel_task(&caller.name, &id).await?))
+    Ok(Json(s.fleet.tasks.cancel_task(&caller.name, &id).await?))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -201,9 +206,9 @@ pub async fn output(
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(e.body_text(), Some("follow".into())))?;
-    let task = s.fleet.task(&id).await?;
+    let task = s.fleet.tasks.task(&id).await?;
     // Subscribe before reading what is stored, so nothing falls between the two.
-    let live = s.fleet.subscribe(&task.id);
+    let live = s.fleet.tasks.subscribe(&task.id);
     let (tx, rx) = mpsc::channel(FOLLOWER_EVENTS);
     let follower = Follower {
         fleet: s.fleet.clone(),
@@ -341,14 +346,15 @@ impl Follower {
             let room = self.tx.reserve().await.map_err(|_| Stop)?;
             let page = self
                 .fleet
+                .tasks
                 .task_output_within(&self.id, self.sent.cursor, PAGE_ROWS, PAGE_BYTES)
                 .await
                 .map_err(|_| Stop)?;
-            let Some(last) = page.last().map(|(row, _)| *row) else {
+            let Some(last) = page.last().map(|o| o.row) else {
                 return Ok(());
             };
             let mut fresh = Vec::new();
-            for (_, rec) in page {
+            for StoredOutput { record: rec, .. } in page {
                 if self.sent.fresh(&rec.node_id, rec.seq) {
                     let name = self.names.get(&rec.node_id).map(String::as_str);
                     fresh.push(chunk(
@@ -370,7 +376,7 @@ impl Follower {
     /// Sends stored output and final runs not sent yet; true when the task is finished (and `done` was sent).
     async fn catch_up(&mut self) -> Result<bool, Stop> {
         self.send_stored().await?;
-        let task = self.fleet.task(&self.id).await.map_err(|_| Stop)?;
+        let task = self.fleet.tasks.task(&self.id).await.map_err(|_| Stop)?;
         // A run final now has all its output stored, but some may have been stored after the read above:
         // read again before its exit goes out, or the follower would end without those chunks.
         if task.runs.iter().any(|r| r.state.is_final()) {

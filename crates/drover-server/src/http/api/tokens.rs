@@ -15,14 +15,14 @@ pub async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let created = s.fleet.create_token(&caller.name, req).await?;
+    let created = s.fleet.access.create_token(&caller.name, req).await?;
     tracing::info!(token = %created.info.id, "join token created");
     Ok((StatusCode::CREATED, Json(created)))
 }
 
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", operation_id = "tokens_list", responses((status = 200, description = "join tokens without secrets", body = [drover_types::token::JoinTokenInfo]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(State(s): State<HttpState>) -> Result<Json<Vec<JoinTokenInfo>>, ApiError> {
-    Ok(Json(s.fleet.list_tokens().await?))
+    Ok(Json(s.fleet.access.list_tokens().await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", operation_id = "tokens_revoke", params(("id" = String, Path, description = "token id")), responses((status = 204, description = "revoked"), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -31,7 +31,7 @@ pub async fn revoke(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    s.fleet.revoke_token(&caller.name, &id).await?;
+    s.fleet.access.revoke_token(&caller.name, &id).await?;
     tracing::info!(token = %id, "join token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

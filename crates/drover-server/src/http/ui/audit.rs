@@ -66,7 +66,7 @@ pub async fn page(
         since: None,
         limit: ENTRIES,
     };
-    let entries = match s.fleet.audit_log(filter.clone()).await {
+    let entries = match s.fleet.access.audit_log(filter.clone()).await {
         Ok(e) => e,
         Err(e) => return view::failed(&caller, e.into()),
     };

@@ -178,7 +178,7 @@ pub async fn page(
         page_no,
     } = asked(&q);
     let status = filter.status.map(|s| s.to_string());
-    let (rows, counts, total) = match s.fleet.nodes_page(filter.clone()).await {
+    let (rows, counts, total) = match s.fleet.nodes.nodes_page(filter.clone()).await {
         Ok(p) => (p.nodes.into_iter().map(row).collect(), p.counts, p.total),
         Err(e) => {
             tracing::error!("the dashboard cannot list nodes: {e}");

@@ -89,15 +89,15 @@ pub struct Page {
 }
 
 pub async fn page(State(s): State<HttpState>, caller: Caller, headers: HeaderMap) -> Response {
-    let manifests = match s.fleet.manifests().await {
+    let manifests = match s.fleet.desired.manifests().await {
         Ok(m) => m,
         Err(e) => return view::failed(&caller, e.into()),
     };
-    let counts = match s.fleet.manifest_counts().await {
+    let counts = match s.fleet.desired.manifest_counts().await {
         Ok(c) => c,
         Err(e) => return view::failed(&caller, e.into()),
     };
-    let targets = match s.fleet.manifest_targets(&manifests).await {
+    let targets = match s.fleet.desired.manifest_targets(&manifests).await {
         Ok(t) => t,
         Err(e) => return view::failed(&caller, e.into()),
     };
@@ -238,7 +238,7 @@ pub async fn nodes(
     query: Result<Query<NodesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let q = query.map(|Query(q)| q).unwrap_or_default();
-    let manifest = match s.fleet.manifest(&name).await {
+    let manifest = match s.fleet.desired.manifest(&name).await {
         Ok(m) => m,
         Err(e) => return view::failed(&caller, e.into()),
     };
@@ -250,7 +250,7 @@ pub async fn nodes(
             Err(e) => (None, e.to_string()),
         },
     };
-    let counts = match s.fleet.manifest_counts().await {
+    let counts = match s.fleet.desired.manifest_counts().await {
         Ok(c) => c
             .into_iter()
             .find(|c| c.manifest == name)
@@ -263,7 +263,7 @@ pub async fn nodes(
         offset: page_no.saturating_mul(PAGE),
         limit: PAGE,
     };
-    let (reports, total) = match s.fleet.status_page(query).await {
+    let (reports, total) = match s.fleet.desired.status_page(query).await {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("the dashboard cannot read the manifest's nodes: {e}");

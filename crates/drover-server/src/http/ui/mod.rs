@@ -4,7 +4,7 @@
 //!
 //! Who may see what is decided as for the REST API: the caller's token (a `drover_session` cookie set by
 //! the login form, or `Authorization: Bearer`) is authenticated by `http::authenticate`, and its role
-//! checked against `http::ROUTE_ROLES`, where every `/ui/` route has its line (see `session`).
+//! checked against `http::ROUTE_ROLES`, built from the registrations in [`routes`] (see `session`).
 
 mod assets;
 mod audit;
@@ -17,38 +17,44 @@ mod tasks;
 mod view;
 
 use askama::Template;
-use axum::Router;
-use axum::http::HeaderMap;
 use axum::http::header::ACCEPT;
-use axum::middleware;
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use drover_types::operator::Role::{Operator, Viewer};
 
 pub use session::LoginCodes;
+pub(super) use session::require;
 
-use crate::http::HttpState;
+use super::routes::Routes;
 
-/// The dashboard's routes and `/`. Those that show the fleet need a caller (see `session::require`).
-pub fn router(state: HttpState) -> Router<HttpState> {
-    let pages = Router::new()
-        .route("/ui/", get(fleet::page))
-        .route("/ui/nodes/{id}", get(node::page))
-        .route("/ui/tasks", get(tasks::list))
-        .route("/ui/tasks/{id}", get(tasks::page))
-        .route("/ui/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/ui/manifests", get(manifests::page))
-        .route("/ui/manifests/{name}", get(manifests::nodes))
-        .route("/ui/audit", get(audit::page))
-        .route("/ui/login-link", post(session::login_link))
-        // Every route above needs a line in `http::ROUTE_ROLES`.
-        .route_layer(middleware::from_fn_with_state(state, session::require));
-    Router::new()
-        .route("/", get(root))
-        .route("/ui", get(|| async { Redirect::to("/ui/") }))
-        .route("/ui/login", get(session::login_form).post(session::login))
-        .route("/ui/logout", post(session::logout))
-        .route("/ui/static/{file}", get(assets::file))
-        .merge(pages)
+/// Registers the dashboard's routes and `/`. Its pages, each with the role it needs, are behind
+/// `session::require`; the pages read, as the REST routes they show do.
+pub(super) fn routes(r: Routes) -> Routes {
+    r.open(__path_root, root)
+        .open_undocumented(Method::GET, "/ui", || async { Redirect::to("/ui/") })
+        .open_undocumented(Method::GET, "/ui/login", session::login_form)
+        .open_undocumented(Method::POST, "/ui/login", session::login)
+        .open_undocumented(Method::POST, "/ui/logout", session::logout)
+        .open_undocumented(Method::GET, "/ui/static/{file}", assets::file)
+        .page(Method::GET, "/ui/", Viewer, fleet::page)
+        .page(Method::GET, "/ui/nodes/{id}", Viewer, node::page)
+        .page(Method::GET, "/ui/tasks", Viewer, tasks::list)
+        .page(Method::GET, "/ui/tasks/{id}", Viewer, tasks::page)
+        .page(Method::GET, "/ui/manifests", Viewer, manifests::page)
+        .page(
+            Method::GET,
+            "/ui/manifests/{name}",
+            Viewer,
+            manifests::nodes,
+        )
+        .page(Method::GET, "/ui/audit", Viewer, audit::page)
+        .page(Method::POST, "/ui/login-link", Viewer, session::login_link)
+        .page(
+            Method::POST,
+            "/ui/tasks/{id}/cancel",
+            Operator,
+            tasks::cancel,
+        )
 }
 
 /// `GET /`: the dashboard for a browser (a request that accepts `text/html`), else what this server is.

@@ -179,6 +179,7 @@ fn charts(latest: Option<&drover_types::Metrics>, points: &[&drover_types::Metri
 /// The node's sessions, each with when its data last changed and whether it is checked now.
 async fn session_rows(s: &HttpState, node: &Node) -> Vec<SessionRow> {
     s.fleet
+        .streams
         .sessions(&node.id)
         .await
         .unwrap_or_default()
@@ -213,7 +214,7 @@ async fn session_rows(s: &HttpState, node: &Node) -> Vec<SessionRow> {
 
 /// How the node stands with its desired state: a line, and a row per resource.
 async fn desired_rows(s: &HttpState, id: &str) -> Result<(String, Vec<ResourceRow>), ApiError> {
-    let status = s.fleet.node_status(id).await?;
+    let status = s.fleet.desired.node_status(id).await?;
     let desired = if status.desired_generation == 0 {
         "No manifest selects this node.".to_string()
     } else if status.converged() {
@@ -233,7 +234,7 @@ async fn desired_rows(s: &HttpState, id: &str) -> Result<(String, Vec<ResourceRo
             state: format!("{:?}", r.state),
             id: r.id,
             manifest: r.manifest,
-            kind: r.kind,
+            kind: r.kind.to_string(),
             error: r.error.unwrap_or_default(),
         })
         .collect();
@@ -243,6 +244,7 @@ async fn desired_rows(s: &HttpState, id: &str) -> Result<(String, Vec<ResourceRo
 /// The node's latest task runs.
 async fn run_rows(s: &HttpState, id: &str) -> Result<Vec<RunRow>, ApiError> {
     Ok(s.fleet
+        .tasks
         .node_task_runs(id, RUNS)
         .await?
         .into_iter()
@@ -281,8 +283,8 @@ fn gpus(n: &Node) -> Vec<(String, String)> {
 }
 
 async fn live(s: &HttpState, id: &str) -> Result<Live, ApiError> {
-    let node = s.fleet.node(id).await?;
-    let history = s.fleet.metrics_history(&node.id, SAMPLES).await?;
+    let node = s.fleet.nodes.node(id).await?;
+    let history = s.fleet.nodes.metrics_history(&node.id, SAMPLES).await?;
     let latest = node.metrics.as_ref();
     // The history keeps a sample a minute; the latest heartbeat ends the line, so it is current.
     let mut points: Vec<&drover_types::Metrics> = history.iter().map(|m| &m.metrics).collect();
@@ -297,6 +299,7 @@ async fn live(s: &HttpState, id: &str) -> Result<Live, ApiError> {
     let runs = run_rows(s, &node.id).await?;
     let gpu_activity = s
         .fleet
+        .streams
         .session(&node.id, crate::fleet::GPU_PLUGIN)
         .await
         .ok()

@@ -16,7 +16,7 @@ use super::node::run_class;
 use super::view::{self, Count, Nav, Pager};
 use crate::fleet::pages::parse_run_state;
 use crate::http::{ApiError, Caller, HttpState};
-use crate::store::{RunQuery, TaskPage as StoredPage};
+use crate::store::{RunQuery, StoredOutput, TaskPage as StoredPage};
 
 /// Tasks listed.
 const TASKS: usize = 50;
@@ -72,7 +72,7 @@ pub struct ListPage {
 }
 
 pub async fn list(State(s): State<HttpState>, caller: Caller, headers: HeaderMap) -> Response {
-    let tasks = match s.fleet.task_summaries(TASKS).await {
+    let tasks = match s.fleet.tasks.task_summaries(TASKS).await {
         Ok(t) => t,
         Err(e) => return view::failed(&caller, e.into()),
     };
@@ -179,6 +179,7 @@ async fn output(s: &HttpState, page: &StoredPage) -> Result<(Vec<Chunk>, bool), 
     // One byte past the page's budget: a row that reaches it means there is more than the page shows.
     let rows = s
         .fleet
+        .tasks
         .task_output_within(id, 0, OUTPUT_ROWS, OUTPUT_BYTES + 1)
         .await?;
     let mut names: HashMap<String, String> = page
@@ -188,7 +189,7 @@ async fn output(s: &HttpState, page: &StoredPage) -> Result<(Vec<Chunk>, bool), 
         .collect();
     let unnamed: BTreeSet<&str> = rows
         .iter()
-        .map(|(_, rec)| rec.node_id.as_str())
+        .map(|o| o.record.node_id.as_str())
         .filter(|n| !names.contains_key(*n))
         .collect();
     if !unnamed.is_empty() {
@@ -197,13 +198,13 @@ async fn output(s: &HttpState, page: &StoredPage) -> Result<(Vec<Chunk>, bool), 
             limit: unnamed.len(),
             ..RunQuery::default()
         };
-        let named = s.fleet.task_page(id, query).await?;
+        let named = s.fleet.tasks.task_page(id, query).await?;
         names.extend(named.runs.into_iter().map(|r| (r.node_id, r.node_name)));
     }
     let mut chunks: Vec<Chunk> = Vec::new();
     let mut bytes = 0usize;
     let mut truncated = rows.len() >= OUTPUT_ROWS;
-    for (_, rec) in rows {
+    for StoredOutput { record: rec, .. } in rows {
         if bytes + rec.data.len() > OUTPUT_BYTES {
             truncated = true;
             break;
@@ -294,7 +295,7 @@ async fn show(
         limit: RUNS,
         ..RunQuery::default()
     };
-    let page = match s.fleet.task_page(id, query).await {
+    let page = match s.fleet.tasks.task_page(id, query).await {
         Ok(p) => p,
         Err(e) => return view::failed(caller, e.into()),
     };
@@ -332,7 +333,7 @@ pub async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(e) = s.fleet.cancel_task(&caller.name, &id).await {
+    if let Err(e) = s.fleet.tasks.cancel_task(&caller.name, &id).await {
         return view::failed(&caller, e.into());
     }
     show(&s, &caller, &headers, &id, RunsQuery::default()).await

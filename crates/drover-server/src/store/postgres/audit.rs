@@ -13,7 +13,8 @@ impl AuditStore for PgStore {
         let action: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
         let target: Vec<&str> = entries.iter().map(|e| e.target.as_str()).collect();
         let detail: Vec<String> = entries.iter().map(|e| to_json(&e.detail)).collect();
-        // In the order given: ids follow it.
+        // In the order given: ids follow it. Per backend: one statement over arrays; SQLite's writer inserts
+        // a row at a time.
         sqlx::query(
             "INSERT INTO audit (at, actor, action, target, detail)
              SELECT e.at, e.actor, e.action, e.target, e.detail
@@ -33,6 +34,7 @@ impl AuditStore for PgStore {
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
         let f = filter;
+        // Per backend: NULL-tested parameters need a type here (`$1::text`); SQLite spells `strpos` `instr`.
         let rows = sqlx::query(
             "SELECT id, at, actor, action, target, detail FROM audit
              WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR action = $2)

@@ -5,7 +5,7 @@ use super::*;
 #[async_trait]
 impl BlobStore for PgStore {
     async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO blobs (sha256, data) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        sqlx::query(sql::blobs::PUT.pg)
             .bind(sha256)
             .bind(data)
             .execute(&self.pool)
@@ -14,11 +14,9 @@ impl BlobStore for PgStore {
     }
 
     async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT data FROM blobs WHERE sha256 = $1")
-                .bind(sha256)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(sql::blobs::GET.pg)
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 }

@@ -10,6 +10,7 @@ impl ConvergenceStore for PgStore {
         report: &NodeConvergence,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Per backend: the stored report's generation read with `->>` here, `json_extract` in SQLite.
         let kept = sqlx::query(
             "INSERT INTO node_convergence (node_id, report) VALUES ($1, $2)
              ON CONFLICT (node_id) DO UPDATE SET report = EXCLUDED.report
@@ -23,7 +24,7 @@ impl ConvergenceStore for PgStore {
         if kept.rows_affected() > 0 {
             // The report's resource states replace the node's (the row lock taken above orders
             // concurrent reports of one node).
-            sqlx::query("DELETE FROM node_resources WHERE node_id = $1")
+            sqlx::query(sql::convergence::CLEAR_RESOURCES.pg)
                 .bind(node_id)
                 .execute(&mut *tx)
                 .await?;
@@ -31,6 +32,7 @@ impl ConvergenceStore for PgStore {
             let manifests: Vec<&str> = r.iter().map(|r| r.manifest.as_str()).collect();
             let ids: Vec<&str> = r.iter().map(|r| r.id.as_str()).collect();
             let states: Vec<&str> = r.iter().map(|r| r.state.as_str()).collect();
+            // Per backend: one statement over arrays; SQLite's writer inserts a row at a time.
             sqlx::query(
                 "INSERT INTO node_resources (node_id, pos, manifest, resource, state)
                  SELECT $1, r.pos - 1, r.manifest, r.resource, r.state
@@ -49,11 +51,10 @@ impl ConvergenceStore for PgStore {
     }
 
     async fn get_convergence(&self, node_id: &str) -> Result<Option<NodeConvergence>, StoreError> {
-        let report: Option<String> =
-            sqlx::query_scalar("SELECT report FROM node_convergence WHERE node_id = $1")
-                .bind(node_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let report: Option<String> = sqlx::query_scalar(sql::convergence::GET.pg)
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await?;
         report
             .map(|r| from_json(&r, "convergence report"))
             .transpose()
@@ -63,6 +64,8 @@ impl ConvergenceStore for PgStore {
         &self,
         ids: Option<&[String]>,
     ) -> Result<Vec<ConvergenceRow>, StoreError> {
+        // Per backend: the ids as an array and the generation by `->>`; SQLite reads them with `json_each`
+        // and `json_extract`.
         let rows: Vec<(String, String, Option<i64>, Option<String>)> = sqlx::query_as(
             "SELECT n.id, n.name, (d.state::jsonb ->> 'generation')::bigint, v.report FROM nodes n
              LEFT JOIN node_desired d ON d.node_id = n.id
@@ -78,7 +81,8 @@ impl ConvergenceStore for PgStore {
     async fn convergence_page(
         &self,
         query: &ConvergenceQuery,
-    ) -> Result<(Vec<ConvergenceRow>, usize), StoreError> {
-        pages::convergence_page(&self.pool, query).await
+    ) -> Result<ConvergencePage, StoreError> {
+        let (rows, total) = pages::convergence_page(&self.pool, query).await?;
+        Ok(ConvergencePage { rows, total })
     }
 }

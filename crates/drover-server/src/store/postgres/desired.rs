@@ -4,21 +4,23 @@ use super::*;
 
 #[async_trait]
 impl DesiredStore for PgStore {
-    async fn get_desired(
-        &self,
-        node_id: &str,
-    ) -> Result<Option<(DesiredState, String)>, StoreError> {
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT state, hash FROM node_desired WHERE node_id = $1")
-                .bind(node_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|(s, h)| Ok((from_json(&s, "desired state")?, h)))
-            .transpose()
+    async fn get_desired(&self, node_id: &str) -> Result<Option<StoredDesired>, StoreError> {
+        let row: Option<(String, String)> = sqlx::query_as(sql::desired::GET.pg)
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|(s, hash)| {
+            Ok(StoredDesired {
+                state: from_json(&s, "desired state")?,
+                hash,
+            })
+        })
+        .transpose()
     }
 
     async fn desired_names_blob(&self, node_id: &str, sha256: &str) -> Result<bool, StoreError> {
-        // jsonb containment: some element of `resources` has `file.sha256` equal to the content's.
+        // jsonb containment: some element of `resources` has `file.sha256` equal to the content's. Per
+        // backend: SQLite reads it with its JSON functions.
         let wanted = serde_json::json!({ "resources": [{ "file": { "sha256": sha256 } }] });
         let (named,): (bool,) = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM node_desired WHERE node_id = $1 AND state::jsonb @> $2::jsonb)",
@@ -31,6 +33,7 @@ impl DesiredStore for PgStore {
     }
 
     async fn desired_versions(&self) -> Result<Vec<DesiredVersion>, StoreError> {
+        // Per backend: `->>` here, `json_extract` in SQLite.
         let rows: Vec<(String, Option<i64>, String)> = sqlx::query_as(
             "SELECT node_id, (state::jsonb ->> 'generation')::bigint, hash FROM node_desired",
         )
@@ -55,16 +58,14 @@ impl DesiredStore for PgStore {
         let json = to_json(state);
         let previous = big(state.generation.saturating_sub(1));
         let done = if previous == 0 {
-            sqlx::query(
-                "INSERT INTO node_desired (node_id, state, hash) VALUES ($1, $2, $3)
-                 ON CONFLICT (node_id) DO NOTHING",
-            )
-            .bind(node_id)
-            .bind(&json)
-            .bind(hash)
-            .execute(&self.pool)
-            .await?
+            sqlx::query(sql::desired::CREATE.pg)
+                .bind(node_id)
+                .bind(&json)
+                .bind(hash)
+                .execute(&self.pool)
+                .await?
         } else {
+            // Per backend: the stored generation read with `->>` here, `json_extract` in SQLite.
             sqlx::query(
                 "UPDATE node_desired SET state = $2, hash = $3
                  WHERE node_id = $1 AND (state::jsonb ->> 'generation')::numeric = $4",

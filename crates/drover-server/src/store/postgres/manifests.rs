@@ -19,12 +19,11 @@ impl ManifestStore for PgStore {
             .bind(&m.name)
             .execute(&mut *tx)
             .await?;
-        let current: Option<(i64, String, Option<String>, Option<i64>)> = sqlx::query_as(
-            "SELECT generation, manifest, signature, signed_version FROM manifests WHERE name = $1",
-        )
-        .bind(&m.name)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let current: Option<(i64, String, Option<String>, Option<i64>)> =
+            sqlx::query_as(sql::manifests::CURRENT.pg)
+                .bind(&m.name)
+                .fetch_optional(&mut *tx)
+                .await?;
         let current = current
             .as_ref()
             .map(|(g, old, old_sig, signed)| CurrentManifest {
@@ -35,31 +34,25 @@ impl ManifestStore for PgStore {
             });
         let put = manifest_put(current, m, &json, sig.as_deref())?;
         if put.changed || put.resigned {
-            sqlx::query(
-                "INSERT INTO manifests (name, generation, manifest, updated_at, signature, signed_version)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (name) DO UPDATE SET generation = $2, manifest = $3, updated_at = $4,
-                     signature = $5, signed_version = $6",
-            )
-            .bind(&m.name)
-            .bind(big(put.generation))
-            .bind(&json)
-            .bind(now)
-            .bind(&sig)
-            .bind(put.signed_version.map(big))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(sql::manifests::PUT.pg)
+                .bind(&m.name)
+                .bind(big(put.generation))
+                .bind(&json)
+                .bind(now)
+                .bind(&sig)
+                .bind(put.signed_version.map(big))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(put)
     }
 
     async fn list_manifests(&self) -> Result<Vec<StoredManifest>, StoreError> {
-        let rows: Vec<(i64, String, DateTime<Utc>, Option<String>)> = sqlx::query_as(
-            "SELECT generation, manifest, updated_at, signature FROM manifests ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(i64, String, DateTime<Utc>, Option<String>)> =
+            sqlx::query_as(sql::manifests::LIST.pg)
+                .fetch_all(&self.pool)
+                .await?;
         rows.into_iter()
             .map(|(g, m, at, sig)| {
                 Ok(StoredManifest {
@@ -75,7 +68,7 @@ impl ManifestStore for PgStore {
     }
 
     async fn delete_manifest(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM manifests WHERE name = $1")
+        let done = sqlx::query(sql::manifests::DELETE.pg)
             .bind(name)
             .execute(&self.pool)
             .await?;

@@ -13,6 +13,7 @@ mod nodes;
 mod operators;
 mod output;
 mod pages;
+mod rollouts;
 mod schema;
 mod tasks;
 mod tokens;
@@ -24,6 +25,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
 use drover_types::operator::OperatorInfo;
+use drover_types::rollout::Rollout;
 use drover_types::signing::Signature;
 use drover_types::task::{AuditEntry, LateExit, RunState, Task, TaskRun};
 use drover_types::{
@@ -37,11 +39,13 @@ use super::codec::{
     CurrentManifest, from_json, manifest_put, patch_json, readable, runs_in_order_asked, to_json,
 };
 use super::prelude::*;
+use super::sql::{self, node_columns};
 use super::{
-    AuditFilter, ConvergenceQuery, ConvergenceRow, DesiredVersion, FleetCounts, JoinTokenRecord,
-    ManifestCounts, MetricsHistory, NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun,
-    OpenRun, OperatorRecord, OutputRecord, PutManifest, RunPatch, RunQuery, Sealed, StoreError,
-    TaskPage, TaskSummary, TokenUse,
+    AuditFilter, ConvergencePage, ConvergenceQuery, ConvergenceRow, DesiredVersion, FleetCounts,
+    Heartbeat, JoinTokenRecord, ManifestCounts, MetricsHistory, NodeChange, NodeQuery, NodeRecord,
+    NodeRecordPage, NodeTaskRun, OpenRun, OperatorRecord, OutputRecord, PutManifest, RunPatch,
+    RunQuery, Sealed, SilentRun, StoreError, StoredDesired, StoredOutput, TaskPage, TaskSummary,
+    TokenUse,
 };
 use crate::percent::percent_decode;
 use schema::MIGRATIONS;
@@ -326,16 +330,6 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A node's columns, as a literal so statements naming them stay `&'static str` (sqlx's guard against
-/// SQL built from data).
-macro_rules! node_columns {
-    () => {
-        "id, name, transport, labels, ip, registered_at, last_seen, heartbeat_interval_ms, \
-         capabilities, metrics, node_token_sha256, reported_labels, enrolled_labels"
-    };
-}
-use node_columns;
-
 fn decode_node(row: &PgRow) -> Result<NodeRecord, StoreError> {
     let transport: String = row.try_get("transport")?;
     let labels: String = row.try_get("labels")?;
@@ -422,6 +416,7 @@ async fn beats(
     history: MetricsHistory,
 ) -> Result<u64, StoreError> {
     let (l_ids, l_ats, l_metrics) = latest_beats(beats);
+    // Per backend: a batch as statements over arrays; SQLite's writer runs `beat` for each node.
     let mut tx = pool.begin().await?;
     let updated = sqlx::query(
         "UPDATE nodes SET last_seen = b.at, metrics = b.metrics
@@ -530,15 +525,14 @@ async fn load_task<'e, E>(db: E, id: &str) -> Result<Option<Task>, StoreError>
 where
     E: Executor<'e, Database = Postgres> + Copy,
 {
-    let row = sqlx::query(
-        "SELECT target, spec, created_by, created_at, max_parallel, signature FROM tasks WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(db)
-    .await?;
+    let row = sqlx::query(sql::tasks::LOAD.pg)
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
     let Some(row) = row else {
         return Ok(None);
     };
+    // Per backend: PostgreSQL keeps a task's run order in `seq`, SQLite in its implicit `rowid`.
     let runs: Vec<String> =
         sqlx::query_scalar("SELECT run FROM task_runs WHERE task_id = $1 ORDER BY seq")
             .bind(id)

@@ -6,26 +6,22 @@ use super::*;
 impl NodeStore for PgStore {
     async fn insert_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         let n = node;
-        let result = sqlx::query(concat!(
-            "INSERT INTO nodes (",
-            node_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        ))
-        .bind(&n.id)
-        .bind(&n.name)
-        .bind(n.transport.as_str())
-        .bind(to_json(&n.labels))
-        .bind(&n.ip)
-        .bind(n.registered_at)
-        .bind(n.last_seen)
-        .bind(big(n.heartbeat_interval_ms))
-        .bind(to_json(&n.capabilities))
-        .bind(n.metrics.as_ref().map(to_json))
-        .bind(&n.node_token_sha256)
-        .bind(to_json(&n.reported_labels))
-        .bind(to_json(&n.enrolled_labels))
-        .execute(&self.pool)
-        .await;
+        let result = sqlx::query(sql::nodes::INSERT.pg)
+            .bind(&n.id)
+            .bind(&n.name)
+            .bind(n.transport.as_str())
+            .bind(to_json(&n.labels))
+            .bind(&n.ip)
+            .bind(n.registered_at)
+            .bind(n.last_seen)
+            .bind(big(n.heartbeat_interval_ms))
+            .bind(to_json(&n.capabilities))
+            .bind(n.metrics.as_ref().map(to_json))
+            .bind(&n.node_token_sha256)
+            .bind(to_json(&n.reported_labels))
+            .bind(to_json(&n.enrolled_labels))
+            .execute(&self.pool)
+            .await;
         match result {
             Err(e) if is_unique_violation(&e) => Err(StoreError::NameTaken(n.name.clone())),
             other => other.map(|_| ()).map_err(Into::into),
@@ -38,7 +34,8 @@ impl NodeStore for PgStore {
         change: NodeChange,
     ) -> Result<Option<NodeRecord>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // The row stays locked from this read to the write: nothing changes it in between.
+        // The row stays locked from this read to the write: nothing changes it in between. Per backend:
+        // SQLite has no `FOR UPDATE` (its one writer needs none).
         let row = sqlx::query(concat!(
             "SELECT ",
             node_columns!(),
@@ -51,22 +48,18 @@ impl NodeStore for PgStore {
             return Ok(None);
         };
         change(&mut n);
-        let result = sqlx::query(
-            "UPDATE nodes SET name = $2, labels = $3, ip = $4, heartbeat_interval_ms = $5,
-             capabilities = $6, node_token_sha256 = $7, reported_labels = $8, enrolled_labels = $9
-             WHERE id = $1",
-        )
-        .bind(&n.id)
-        .bind(&n.name)
-        .bind(to_json(&n.labels))
-        .bind(&n.ip)
-        .bind(big(n.heartbeat_interval_ms))
-        .bind(to_json(&n.capabilities))
-        .bind(&n.node_token_sha256)
-        .bind(to_json(&n.reported_labels))
-        .bind(to_json(&n.enrolled_labels))
-        .execute(&mut *tx)
-        .await;
+        let result = sqlx::query(sql::nodes::UPDATE.pg)
+            .bind(&n.id)
+            .bind(&n.name)
+            .bind(to_json(&n.labels))
+            .bind(&n.ip)
+            .bind(big(n.heartbeat_interval_ms))
+            .bind(to_json(&n.capabilities))
+            .bind(&n.node_token_sha256)
+            .bind(to_json(&n.reported_labels))
+            .bind(to_json(&n.enrolled_labels))
+            .execute(&mut *tx)
+            .await;
         match result {
             Err(e) if is_unique_violation(&e) => Err(StoreError::NameTaken(n.name)),
             Err(e) => Err(e.into()),
@@ -78,72 +71,54 @@ impl NodeStore for PgStore {
     }
 
     async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            node_columns!(),
-            " FROM nodes WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(decode_node)
-        .transpose()
+        sqlx::query(sql::nodes::BY_ID.pg)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(decode_node)
+            .transpose()
     }
 
     async fn get_node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            node_columns!(),
-            " FROM nodes WHERE name = $1"
-        ))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(decode_node)
-        .transpose()
+        sqlx::query(sql::nodes::BY_NAME.pg)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(decode_node)
+            .transpose()
     }
 
     async fn get_node_by_token(
         &self,
         token_sha256: &str,
     ) -> Result<Option<NodeRecord>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            node_columns!(),
-            " FROM nodes WHERE node_token_sha256 = $1"
-        ))
-        .bind(token_sha256)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(decode_node)
-        .transpose()
+        sqlx::query(sql::nodes::BY_TOKEN.pg)
+            .bind(token_sha256)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(decode_node)
+            .transpose()
     }
 
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        sqlx::query(concat!(
-            "SELECT ",
-            node_columns!(),
-            " FROM nodes ORDER BY name"
-        ))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(decode_node)
-        .collect()
+        sqlx::query(sql::nodes::LIST.pg)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(decode_node)
+            .collect()
     }
 
-    async fn list_nodes_page(
-        &self,
-        query: &NodeQuery,
-    ) -> Result<(Vec<NodeRecord>, NodeCounts), StoreError> {
-        pages::nodes_page(&self.pool, query).await
+    async fn list_nodes_page(&self, query: &NodeQuery) -> Result<NodeRecordPage, StoreError> {
+        let (nodes, counts) = pages::nodes_page(&self.pool, query).await?;
+        Ok(NodeRecordPage { nodes, counts })
     }
 
     async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM nodes WHERE id = $1")
+        let done = sqlx::query(sql::nodes::DELETE.pg)
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -163,7 +138,7 @@ impl NodeStore for PgStore {
 
     async fn record_heartbeats(
         &self,
-        list: Vec<(String, DateTime<Utc>, Metrics)>,
+        list: Vec<Heartbeat>,
         history: MetricsHistory,
     ) -> Result<(), StoreError> {
         if list.is_empty() {
@@ -171,7 +146,7 @@ impl NodeStore for PgStore {
         }
         let encoded: Vec<_> = list
             .into_iter()
-            .map(|(id, at, m)| (id, at, to_json(&m)))
+            .map(|b| (b.node_id, b.at, to_json(&b.metrics)))
             .collect();
         beats(&self.pool, &encoded, history).await?;
         Ok(())
@@ -182,13 +157,11 @@ impl NodeStore for PgStore {
         id: &str,
         limit: usize,
     ) -> Result<Vec<MetricsSample>, StoreError> {
-        let rows: Vec<(DateTime<Utc>, String)> = sqlx::query_as(
-            "SELECT at, metrics FROM metrics_history WHERE node_id = $1 ORDER BY seq DESC LIMIT $2",
-        )
-        .bind(id)
-        .bind(big(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(DateTime<Utc>, String)> = sqlx::query_as(sql::nodes::METRICS_HISTORY.pg)
+            .bind(id)
+            .bind(big(limit))
+            .fetch_all(&self.pool)
+            .await?;
         let mut samples = rows
             .into_iter()
             .map(|(at, m)| {

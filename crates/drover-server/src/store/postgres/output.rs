@@ -24,6 +24,7 @@ impl OutputStore for PgStore {
             .bind(task_id)
             .execute(&mut *tx)
             .await?;
+        // Per backend: one statement over arrays; SQLite's writer inserts a chunk at a time.
         sqlx::query(
             "INSERT INTO task_output (task_id, node_id, seq, stream, data)
              SELECT $1, c.node_id, c.seq, c.stream, c.data
@@ -48,16 +49,13 @@ impl OutputStore for PgStore {
         task_id: &str,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<(i64, OutputRecord)>, StoreError> {
-        let rows: Vec<OutputRow> = sqlx::query_as(
-            "SELECT row, node_id, seq, stream, data FROM task_output
-             WHERE task_id = $1 AND row > $2 ORDER BY row LIMIT $3",
-        )
-        .bind(task_id)
-        .bind(after)
-        .bind(big(limit))
-        .fetch_all(&self.pool)
-        .await?;
+    ) -> Result<Vec<StoredOutput>, StoreError> {
+        let rows: Vec<OutputRow> = sqlx::query_as(sql::output::AFTER.pg)
+            .bind(task_id)
+            .bind(after)
+            .bind(big(limit))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(output_records(rows))
     }
 
@@ -67,9 +65,9 @@ impl OutputStore for PgStore {
         after: i64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Vec<(i64, OutputRecord)>, StoreError> {
+    ) -> Result<Vec<StoredOutput>, StoreError> {
         // Sizes first (octet_length reads a stored value's header, not the value), then only the rows that
-        // start within the budget.
+        // start within the budget. Per backend: SQLite steps `AFTER`'s rows and stops at the budget.
         let rows: Vec<OutputRow> = sqlx::query_as(
             "SELECT o.row, o.node_id, o.seq, o.stream, o.data FROM task_output o
              JOIN (SELECT row, sum(octet_length(data)) OVER (ORDER BY row) - octet_length(data) AS before
@@ -88,18 +86,18 @@ impl OutputStore for PgStore {
     }
 
     async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError> {
-        let max: Option<i64> = sqlx::query_scalar(
-            "SELECT max(seq) FROM task_output WHERE task_id = $1 AND node_id = $2",
-        )
-        .bind(task_id)
-        .bind(node_id)
-        .fetch_one(&self.pool)
-        .await?;
+        let max: Option<i64> = sqlx::query_scalar(sql::output::MAX_SEQ.pg)
+            .bind(task_id)
+            .bind(node_id)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(max.map(|m| unsigned(m).saturating_add(1)).unwrap_or(0))
     }
 
     async fn trim_output(&self, max_bytes: u64) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Per backend: sizes by `octet_length` (`length` in SQLite), ties broken by `seq`, and the trimmed
+        // tasks' output deleted in one statement over an array.
         let total: i64 = sqlx::query_scalar(
             "SELECT coalesce(sum(octet_length(data)), 0)::bigint FROM task_output",
         )
@@ -140,18 +138,16 @@ impl OutputStore for PgStore {
 /// `SELECT row, node_id, seq, stream, data FROM task_output`, as read.
 type OutputRow = (i64, String, i64, i64, Vec<u8>);
 
-fn output_records(rows: Vec<OutputRow>) -> Vec<(i64, OutputRecord)> {
+fn output_records(rows: Vec<OutputRow>) -> Vec<StoredOutput> {
     rows.into_iter()
-        .map(|(row, node_id, seq, stream, data)| {
-            (
-                row,
-                OutputRecord {
-                    node_id,
-                    seq: unsigned(seq),
-                    stream: u8::try_from(stream).unwrap_or(u8::MAX),
-                    data,
-                },
-            )
+        .map(|(row, node_id, seq, stream, data)| StoredOutput {
+            row,
+            record: OutputRecord {
+                node_id,
+                seq: unsigned(seq),
+                stream: u8::try_from(stream).unwrap_or(u8::MAX),
+                data,
+            },
         })
         .collect()
 }

@@ -15,6 +15,7 @@ use crate::store::codec::{
     ConvergenceText, TaskText, count, decode_convergence, group_manifest_counts, rank_sql,
     task_summary,
 };
+use crate::store::sql::{self, NODE_COLUMNS, TASK_COLUMNS};
 use crate::store::{
     ConvergenceQuery, ConvergenceRow, ManifestCounts, NodeCounts, NodeQuery, NodeRecord,
     NodeTaskRun, RunQuery, TaskPage, TaskSummary,
@@ -22,6 +23,7 @@ use crate::store::{
 
 /// A node's status in SQL, as `LivenessPolicy::status` computes it from `last_seen` and the interval:
 /// `$1` is now, `$2` and `$3` the policy's `not_ready_after` and `offline_after` (missed intervals).
+/// Per backend: times are `timestamptz` here, text in SQLite (`julianday`).
 const STATUS: &str = "CASE
     WHEN last_seen IS NULL THEN 'Offline'
     WHEN EXTRACT(EPOCH FROM ($1::timestamptz - last_seen))::float8 * 1000.0
@@ -40,7 +42,7 @@ fn status_name(s: NodeStatus) -> &'static str {
 
 /// The `WHERE` clause of a query's label filter (parameters from `$4`, a key then its value for each
 /// label). A label the server set wins over the one the node enrolled (or reports, when reported labels
-/// are trusted), as in the node's view.
+/// are trusted), as in the node's view. Per backend: `->>` keys here, `json_extract` paths in SQLite.
 fn label_filter(q: &NodeQuery) -> String {
     let own = if q.trust_reported_labels {
         "reported_labels"
@@ -99,8 +101,7 @@ pub(super) async fn nodes_page(
         None => (String::new(), next),
     };
     let page_sql = format!(
-        "SELECT {} FROM nodes WHERE {filter} {status_clause} ORDER BY name LIMIT ${lim} OFFSET ${}",
-        super::node_columns!(),
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE {filter} {status_clause} ORDER BY name LIMIT ${lim} OFFSET ${}",
         lim + 1
     );
     let mut query = page_query!(page_sql, q);
@@ -142,12 +143,11 @@ fn text(row: TaskRow) -> TaskText {
     )
 }
 
-const TASK_COLUMNS: &str = "id, target, spec, created_by, created_at, max_parallel, signature";
-
 pub(super) async fn task_summaries(
     pool: &PgPool,
     limit: usize,
 ) -> Result<Vec<TaskSummary>, StoreError> {
+    // Per backend: `seq` here, `rowid` in SQLite; the ids as an array here, numbered parameters there.
     let rows: Vec<TaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {TASK_COLUMNS} FROM tasks ORDER BY created_at DESC, seq DESC LIMIT $1"
     )))
@@ -182,22 +182,20 @@ pub(super) async fn task_page(
     id: &str,
     q: &RunQuery,
 ) -> Result<Option<TaskPage>, StoreError> {
-    let row: Option<TaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+    let row: Option<TaskRow> = sqlx::query_as(sql::tasks::BY_ID.pg)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
     let Some(row) = row else {
         return Ok(None);
     };
-    let runs: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM task_runs WHERE task_id = $1 GROUP BY state")
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
+    let runs: Vec<(String, i64)> = sqlx::query_as(sql::tasks::RUNS_BY_STATE.pg)
+        .bind(id)
+        .fetch_all(pool)
+        .await?;
     let summary = task_summary(text(row), runs)?;
-    // Absent filters are bound as NULL, so one statement serves every query.
+    // Absent filters are bound as NULL, so one statement serves every query. Per backend: typed NULLs and
+    // an array here; SQLite's statement names only the filters asked for, the nodes one parameter each.
     let state = q.state.map(|s| s.as_str());
     let nodes: Option<&[String]> = (!q.nodes.is_empty()).then_some(q.nodes.as_slice());
     const FILTER: &str = "task_id = $1 AND ($2::text IS NULL OR state = $2)
@@ -237,18 +235,11 @@ pub(super) async fn task_page(
 }
 
 pub(super) async fn manifest_counts(pool: &PgPool) -> Result<Vec<ManifestCounts>, StoreError> {
-    let sql = format!(
-        "SELECT 0, manifest, rank, count(*)
-            FROM (SELECT manifest, {rank} AS rank FROM node_resources) r GROUP BY manifest, rank
-         UNION ALL
-         SELECT 1, manifest, worst, count(*)
-            FROM (SELECT manifest, max({rank}) AS worst FROM node_resources GROUP BY manifest, node_id) w
-            GROUP BY manifest, worst",
-        rank = rank_sql()
-    );
-    let rows: Vec<(i32, Option<String>, i32, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .fetch_all(pool)
-        .await?;
+    // Built only from our own constants (the resource states' names).
+    let rows: Vec<(i32, Option<String>, i32, i64)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql::manifests::COUNTS.as_str()))
+            .fetch_all(pool)
+            .await?;
     Ok(group_manifest_counts(rows.into_iter().map(
         |(kind, manifest, rank, n)| (i64::from(kind), manifest, i64::from(rank), n),
     )))
@@ -258,6 +249,7 @@ pub(super) async fn convergence_page(
     pool: &PgPool,
     q: &ConvergenceQuery,
 ) -> Result<(Vec<ConvergenceRow>, usize), StoreError> {
+    // Per backend: `->>` and typed NULL tests (`$1::text`) here, `json_extract` in SQLite.
     const COLUMNS: &str = "n.id, n.name, (d.state::jsonb ->> 'generation')::bigint, v.report";
     const JOINS: &str = "LEFT JOIN node_desired d ON d.node_id = n.id
                          LEFT JOIN node_convergence v ON v.node_id = n.id";
@@ -332,6 +324,7 @@ pub(super) async fn node_task_runs(
     node_id: &str,
     limit: usize,
 ) -> Result<Vec<NodeTaskRun>, StoreError> {
+    // Per backend: `seq` here, `rowid` in SQLite.
     let rows: Vec<(String, String, DateTime<Utc>, String)> = sqlx::query_as(
         "SELECT r.task_id, t.spec, t.created_at, r.run FROM task_runs r JOIN tasks t ON t.id = r.task_id
          WHERE r.node_id = $1 ORDER BY t.created_at DESC, t.seq DESC LIMIT $2",

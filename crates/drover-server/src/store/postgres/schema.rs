@@ -150,4 +150,17 @@ UPDATE manifests SET signed_version =
     LEAST(COALESCE((manifest::jsonb ->> 'version')::numeric, 0), 9007199254740991)::bigint
 WHERE signature IS NOT NULL;
 "#,
+    // Rollouts (see the SQLite schema).
+    r#"
+CREATE TABLE rollouts (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE manifest_revisions (
+    name TEXT NOT NULL,
+    generation BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (name, generation)
+);
+"#,
 ];

@@ -7,24 +7,22 @@ impl TaskStore for PgStore {
     async fn insert_task(&self, task: &Task) -> Result<(), StoreError> {
         let t = task;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO tasks (id, target, spec, created_by, created_at, max_parallel, signature)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&t.id)
-        .bind(to_json(&t.target))
-        .bind(to_json(&t.spec))
-        .bind(&t.created_by)
-        .bind(t.created_at)
-        .bind(t.max_parallel.map(i64::from))
-        .bind(t.signature.as_ref().map(to_json))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::tasks::INSERT.pg)
+            .bind(&t.id)
+            .bind(to_json(&t.target))
+            .bind(to_json(&t.spec))
+            .bind(&t.created_by)
+            .bind(t.created_at)
+            .bind(t.max_parallel.map(i64::from))
+            .bind(t.signature.as_ref().map(to_json))
+            .execute(&mut *tx)
+            .await?;
         let nodes: Vec<&str> = t.runs.iter().map(|r| r.node_id.as_str()).collect();
         let runs: Vec<String> = t.runs.iter().map(to_json).collect();
         let finals: Vec<bool> = t.runs.iter().map(|r| r.state.is_final()).collect();
         let states: Vec<&str> = t.runs.iter().map(|r| r.state.as_str()).collect();
-        // All runs in one statement, in the task's node order (their `seq` keeps it).
+        // All runs in one statement, in the task's node order (their `seq` keeps it). Per backend: SQLite's
+        // writer inserts a run at a time.
         sqlx::query(
             "INSERT INTO task_runs (task_id, node_id, run, final, state)
              SELECT $1, r.node_id, r.run, r.final, r.state
@@ -51,7 +49,8 @@ impl TaskStore for PgStore {
         patch: RunPatch,
     ) -> Result<Vec<TaskRun>, StoreError> {
         // One statement for every node: `state = ANY(from)` is the guard, so a run moved meanwhile by
-        // another writer is left alone; `||` merges the patch's fields into the run's JSON.
+        // another writer is left alone; `||` merges the patch's fields into the run's JSON. Per backend:
+        // SQLite has neither arrays nor jsonb (`json_each`, `json_patch` there).
         let rows: Vec<(String, String)> = sqlx::query_as(
             "UPDATE task_runs SET run = (run::jsonb || $3::jsonb)::text, state = $4, final = $5
              WHERE task_id = $1 AND node_id = ANY($2) AND state = ANY($6)
@@ -75,6 +74,7 @@ impl TaskStore for PgStore {
         late: LateExit,
     ) -> Result<Option<TaskRun>, StoreError> {
         let patch = to_json(&serde_json::json!({ "late_exit": late }));
+        // Per backend: jsonb operators here, SQLite's JSON functions there.
         let run: Option<String> = sqlx::query_scalar(
             "UPDATE task_runs SET run = (run::jsonb || $3::jsonb)::text
              WHERE task_id = $1 AND node_id = $2 AND (run::jsonb ->> 'late_exit') IS NULL
@@ -92,12 +92,11 @@ impl TaskStore for PgStore {
     }
 
     async fn get_run(&self, task_id: &str, node_id: &str) -> Result<Option<TaskRun>, StoreError> {
-        let run: Option<String> =
-            sqlx::query_scalar("SELECT run FROM task_runs WHERE task_id = $1 AND node_id = $2")
-                .bind(task_id)
-                .bind(node_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let run: Option<String> = sqlx::query_scalar(sql::tasks::RUN.pg)
+            .bind(task_id)
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await?;
         run.map(|r| from_json(&r, "task run")).transpose()
     }
 
@@ -107,6 +106,7 @@ impl TaskStore for PgStore {
         states: &'static [RunState],
         limit: usize,
     ) -> Result<Vec<TaskRun>, StoreError> {
+        // Per backend: the states as an array, the order by `seq`; SQLite inlines them, orders by `rowid`.
         let runs: Vec<String> = sqlx::query_scalar(
             "SELECT run FROM task_runs WHERE task_id = $1 AND state = ANY($2) ORDER BY seq LIMIT $3",
         )
@@ -123,6 +123,7 @@ impl TaskStore for PgStore {
         task_id: &str,
         states: &'static [RunState],
     ) -> Result<usize, StoreError> {
+        // Per backend: the states bound as an array here, inlined in SQLite.
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM task_runs WHERE task_id = $1 AND state = ANY($2)",
         )
@@ -134,6 +135,7 @@ impl TaskStore for PgStore {
     }
 
     async fn open_runs_for_node(&self, node_id: &str) -> Result<Vec<OpenRun>, StoreError> {
+        // Per backend: ordered by `seq` here; SQLite reads the runs as its plan finds them.
         let rows: Vec<(String, String, String)> = sqlx::query_as(
             "SELECT t.id, t.spec, r.run FROM task_runs r JOIN tasks t ON t.id = r.task_id
              WHERE r.node_id = $1 AND r.state IN ('Pending', 'Running') ORDER BY r.seq",
@@ -155,27 +157,25 @@ impl TaskStore for PgStore {
     async fn open_runs_silent_since(
         &self,
         cutoff: DateTime<Utc>,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT r.task_id, r.node_id FROM task_runs r JOIN nodes n ON n.id = r.node_id
-             WHERE r.state IN ('Pending', 'Running') AND (n.last_seen IS NULL OR n.last_seen < $1)",
-        )
-        .bind(cutoff)
-        .fetch_all(&self.pool)
-        .await?)
+    ) -> Result<Vec<SilentRun>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(sql::tasks::OPEN_RUNS_SILENT_SINCE.pg)
+            .bind(cutoff)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(task_id, node_id)| SilentRun { task_id, node_id })
+            .collect())
     }
 
     async fn delete_finished_tasks_before(
         &self,
         cutoff: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM tasks WHERE created_at < $1 AND NOT EXISTS
-               (SELECT 1 FROM task_runs r WHERE r.task_id = tasks.id AND r.state IN ('Pending', 'Running'))",
-        )
-        .bind(cutoff)
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query(sql::tasks::DELETE_FINISHED_BEFORE.pg)
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
         Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
     }
 
@@ -188,6 +188,7 @@ impl TaskStore for PgStore {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
+        // Per backend: SQLite has no `starts_with`.
         Ok(
             sqlx::query_scalar("SELECT id FROM tasks WHERE starts_with(id, $1) LIMIT $2")
                 .bind(prefix)
@@ -198,6 +199,7 @@ impl TaskStore for PgStore {
     }
 
     async fn list_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
+        // Per backend: PostgreSQL's insertion order is `seq`, SQLite's its `rowid`.
         let ids: Vec<String> =
             sqlx::query_scalar("SELECT id FROM tasks ORDER BY created_at DESC, seq DESC LIMIT $1")
                 .bind(big(limit))

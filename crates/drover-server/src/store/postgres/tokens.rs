@@ -6,25 +6,22 @@ use super::*;
 impl JoinTokenStore for PgStore {
     async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
         let t = &token.info;
-        sqlx::query(
-            "INSERT INTO join_tokens (id, secret_sha256, created_at, expires_at, max_uses, uses, labels, revoked)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&t.id)
-        .bind(&token.secret_sha256)
-        .bind(t.created_at)
-        .bind(t.expires_at)
-        .bind(t.max_uses.map(i64::from))
-        .bind(i64::from(t.uses))
-        .bind(to_json(&t.labels))
-        .bind(t.revoked)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(sql::tokens::INSERT.pg)
+            .bind(&t.id)
+            .bind(&token.secret_sha256)
+            .bind(t.created_at)
+            .bind(t.expires_at)
+            .bind(t.max_uses.map(i64::from))
+            .bind(i64::from(t.uses))
+            .bind(to_json(&t.labels))
+            .bind(t.revoked)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     async fn list_join_tokens(&self) -> Result<Vec<JoinTokenInfo>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM join_tokens ORDER BY created_at")
+        let rows = sqlx::query(sql::tokens::LIST.pg)
             .fetch_all(&self.pool)
             .await?;
         Ok(readable(
@@ -34,7 +31,7 @@ impl JoinTokenStore for PgStore {
     }
 
     async fn get_join_token(&self, id: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
-        sqlx::query("SELECT * FROM join_tokens WHERE id = $1")
+        sqlx::query(sql::tokens::BY_ID.pg)
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -44,7 +41,7 @@ impl JoinTokenStore for PgStore {
     }
 
     async fn revoke_join_token(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE join_tokens SET revoked = TRUE WHERE id = $1")
+        let done = sqlx::query(sql::tokens::REVOKE.pg)
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -58,7 +55,7 @@ impl JoinTokenStore for PgStore {
         now: DateTime<Utc>,
     ) -> Result<TokenUse, StoreError> {
         let read = || async {
-            let found = sqlx::query("SELECT * FROM join_tokens WHERE id = $1")
+            let found = sqlx::query(sql::tokens::BY_ID.pg)
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -72,7 +69,8 @@ impl JoinTokenStore for PgStore {
         }
         // The use is counted in one guarded statement, so the row is locked only while it runs (an
         // enrolling fleet does not queue on one lock held across round trips), and racing agents on any
-        // replica cannot overuse a limited token: the guard is checked under the row lock.
+        // replica cannot overuse a limited token: the guard is checked under the row lock. Per backend:
+        // SQLite's one writer checks and counts in one write, unguarded.
         let counted: Option<i64> = sqlx::query_scalar(
             "UPDATE join_tokens SET uses = uses + 1
              WHERE id = $1 AND NOT revoked AND (max_uses IS NULL OR uses < max_uses)

@@ -6,6 +6,7 @@ use super::*;
 impl AuditStore for SqliteStore {
     async fn insert_audits(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
         self.write(move |c| {
+            // Per backend: a row at a time in the writer; PostgreSQL inserts the batch from arrays.
             for e in &entries {
                 exec(
                     c,
@@ -21,6 +22,7 @@ impl AuditStore for SqliteStore {
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
         let f = filter.clone();
         self.read(move |c| {
+            // Per backend: PostgreSQL types its NULL-tested parameters (`$1::text`), spells `instr` `strpos`.
             let mut stmt = c.prepare(
                 "SELECT id, at, actor, action, target, detail FROM audit
                  WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR action = ?2)

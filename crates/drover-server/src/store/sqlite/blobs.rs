@@ -7,11 +7,7 @@ impl BlobStore for SqliteStore {
     async fn put_blob(&self, sha256: &str, data: Vec<u8>) -> Result<(), StoreError> {
         let sha = sha256.to_string();
         self.write(move |c| {
-            exec(
-                c,
-                "INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?1, ?2)",
-                params![sha, data],
-            )?;
+            exec(c, sql::blobs::PUT.sqlite, params![sha, data])?;
             Ok(())
         })
         .await
@@ -19,14 +15,7 @@ impl BlobStore for SqliteStore {
 
     async fn get_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let sha = sha256.to_string();
-        self.read(move |c| {
-            Ok(
-                row(c, "SELECT data FROM blobs WHERE sha256 = ?1", [sha], |r| {
-                    r.get(0)
-                })
-                .optional()?,
-            )
-        })
-        .await
+        self.read(move |c| Ok(row(c, sql::blobs::GET.sqlite, [sha], |r| r.get(0)).optional()?))
+            .await
     }
 }

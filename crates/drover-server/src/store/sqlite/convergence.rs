@@ -3,15 +3,14 @@
 //! (`node_resources`, written with the report), which the counts and filters read through its indexes.
 
 use drover_types::manifest::RESOURCE_STATES;
+use rusqlite::params_from_iter;
 use rusqlite::types::Value;
-use rusqlite::{Connection, params, params_from_iter};
 
-use super::StoreError;
 use super::*;
 use crate::store::codec::{
     ConvergenceText, count, decode_convergence, group_manifest_counts, rank_sql,
 };
-use crate::store::{ConvergenceQuery, ConvergenceRow, ManifestCounts};
+use crate::store::{ConvergenceQuery, ConvergenceRow};
 
 /// Replaces a node's resource states with those of its newly kept report: (manifest, resource id, state).
 pub(super) fn put_resources(
@@ -19,8 +18,9 @@ pub(super) fn put_resources(
     node_id: &str,
     resources: &[(String, String, &str)],
 ) -> Result<(), StoreError> {
-    c.prepare_cached("DELETE FROM node_resources WHERE node_id = ?1")?
+    c.prepare_cached(sql::convergence::CLEAR_RESOURCES.sqlite)?
         .execute([node_id])?;
+    // Per backend: a row at a time in the writer; PostgreSQL inserts them all from arrays.
     let mut insert = c.prepare_cached(
         "INSERT INTO node_resources (node_id, pos, manifest, resource, state) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
@@ -32,18 +32,7 @@ pub(super) fn put_resources(
 }
 
 pub(super) fn manifest_counts(c: &Connection) -> Result<Vec<ManifestCounts>, StoreError> {
-    // Resources by state, and nodes by the worst state of their resources of each manifest (in the
-    // index's order: manifest, then node).
-    let sql = format!(
-        "SELECT 0, manifest, rank, COUNT(*) FROM (SELECT manifest, {rank} AS rank FROM node_resources)
-            GROUP BY manifest, rank
-         UNION ALL
-         SELECT 1, manifest, worst, COUNT(*)
-            FROM (SELECT manifest, MAX({rank}) AS worst FROM node_resources GROUP BY manifest, node_id)
-            GROUP BY manifest, worst",
-        rank = rank_sql()
-    );
-    let mut stmt = c.prepare_cached(&sql)?;
+    let mut stmt = c.prepare_cached(&sql::manifests::COUNTS)?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -64,6 +53,7 @@ pub(super) fn convergence_page(
     c: &Connection,
     q: &ConvergenceQuery,
 ) -> Result<(Vec<ConvergenceRow>, usize), StoreError> {
+    // Per backend: SQLite's `json_extract`, PostgreSQL's `->>` and its typed NULL tests (`$1::text`).
     const COLUMNS: &str = "n.id, n.name, json_extract(d.state, '$.generation'), v.report";
     const JOINS: &str = "LEFT JOIN node_desired d ON d.node_id = n.id
                          LEFT JOIN node_convergence v ON v.node_id = n.id";
@@ -150,6 +140,7 @@ impl ConvergenceStore for SqliteStore {
             .map(|r| (r.manifest.clone(), r.id.clone(), r.state.as_str()))
             .collect();
         self.write(move |c| {
+            // Per backend: the stored report's generation read with `json_extract` here, `->>` there.
             let kept = exec(c,
                 "INSERT INTO node_convergence (node_id, report) VALUES (?1, ?2)
                  ON CONFLICT(node_id) DO UPDATE SET report = ?2
@@ -167,13 +158,8 @@ impl ConvergenceStore for SqliteStore {
     async fn get_convergence(&self, node_id: &str) -> Result<Option<NodeConvergence>, StoreError> {
         let id = node_id.to_string();
         self.read(move |c| {
-            let row: Option<String> = row(
-                c,
-                "SELECT report FROM node_convergence WHERE node_id = ?1",
-                [id],
-                |r| r.get(0),
-            )
-            .optional()?;
+            let row: Option<String> =
+                row(c, sql::convergence::GET.sqlite, [id], |r| r.get(0)).optional()?;
             row.map(|r| from_json(&r, "convergence report")).transpose()
         })
         .await
@@ -185,7 +171,8 @@ impl ConvergenceStore for SqliteStore {
     ) -> Result<Vec<ConvergenceRow>, StoreError> {
         let ids = ids.map(|ids| serde_json::to_string(ids).unwrap_or_default());
         self.read(move |c| {
-            // Two statements, so the one for a few nodes looks each up by its key.
+            // Two statements, so the one for a few nodes looks each up by its key. Per backend: SQLite
+            // reads the ids from JSON (`json_each`), PostgreSQL from an array.
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT n.id, n.name, json_extract(d.state, '$.generation'), v.report FROM nodes n
                  LEFT JOIN node_desired d ON d.node_id = n.id
@@ -214,9 +201,11 @@ impl ConvergenceStore for SqliteStore {
     async fn convergence_page(
         &self,
         query: &ConvergenceQuery,
-    ) -> Result<(Vec<ConvergenceRow>, usize), StoreError> {
+    ) -> Result<ConvergencePage, StoreError> {
         let query = query.clone();
-        self.read(move |c| convergence::convergence_page(c, &query))
-            .await
+        let (rows, total) = self
+            .read(move |c| convergence::convergence_page(c, &query))
+            .await?;
+        Ok(ConvergencePage { rows, total })
     }
 }

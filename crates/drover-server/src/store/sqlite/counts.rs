@@ -3,10 +3,11 @@
 use rusqlite::Connection;
 
 use super::{StoreError, parse_ts};
+use crate::store::sql;
 use crate::store::{FleetCounts, NodeLiveness};
 
-fn grouped(c: &Connection, sql: &str) -> Result<Vec<(String, u64)>, StoreError> {
-    let mut stmt = c.prepare_cached(sql)?;
+fn grouped(c: &Connection, statement: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut stmt = c.prepare_cached(statement)?;
     let rows = stmt
         .query_map([], |r| {
             Ok((
@@ -19,7 +20,7 @@ fn grouped(c: &Connection, sql: &str) -> Result<Vec<(String, u64)>, StoreError> 
 }
 
 pub(super) fn counts(c: &Connection) -> Result<FleetCounts, StoreError> {
-    let mut stmt = c.prepare_cached("SELECT id, last_seen, heartbeat_interval_ms FROM nodes")?;
+    let mut stmt = c.prepare_cached(sql::counts::NODES.sqlite)?;
     let nodes = stmt
         .query_map([], |r| {
             Ok((
@@ -37,28 +38,12 @@ pub(super) fn counts(c: &Connection) -> Result<FleetCounts, StoreError> {
             id,
         })
         .collect();
-    let runs_by_state = grouped(c, "SELECT state, count(*) FROM task_runs GROUP BY state")?;
-    // A task's state as `Task::state` derives it from its runs: Running until every run is final, then
-    // Succeeded if all succeeded, Cancelled if all were cancelled, else Failed.
-    let tasks_by_state = grouped(
-        c,
-        "SELECT task_state, count(*) FROM (
-            SELECT CASE
-                WHEN total(r.state IN ('Pending', 'Running')) > 0 THEN 'Running'
-                WHEN total(r.state <> 'Succeeded') = 0 THEN 'Succeeded'
-                WHEN total(r.state <> 'Cancelled') = 0 THEN 'Cancelled'
-                ELSE 'Failed' END AS task_state
-            FROM tasks t LEFT JOIN task_runs r ON r.task_id = t.id
-            GROUP BY t.id)
-         GROUP BY task_state",
-    )?;
+    let runs_by_state = grouped(c, sql::counts::RUNS_BY_STATE.sqlite)?;
+    let tasks_by_state = grouped(c, sql::counts::TASKS_BY_STATE.sqlite)?;
     let manifests: i64 = c
-        .prepare_cached("SELECT count(*) FROM manifests")?
+        .prepare_cached(sql::counts::MANIFESTS.sqlite)?
         .query_row([], |r| r.get(0))?;
-    let resources_by_state = grouped(
-        c,
-        "SELECT state, count(*) FROM node_resources GROUP BY state",
-    )?;
+    let resources_by_state = grouped(c, sql::counts::RESOURCES_BY_STATE.sqlite)?;
     Ok(FleetCounts {
         nodes,
         runs_by_state,

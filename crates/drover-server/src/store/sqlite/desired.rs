@@ -4,21 +4,20 @@ use super::*;
 
 #[async_trait]
 impl DesiredStore for SqliteStore {
-    async fn get_desired(
-        &self,
-        node_id: &str,
-    ) -> Result<Option<(DesiredState, String)>, StoreError> {
+    async fn get_desired(&self, node_id: &str) -> Result<Option<StoredDesired>, StoreError> {
         let id = node_id.to_string();
         self.read(move |c| {
-            let row: Option<(String, String)> = row(
-                c,
-                "SELECT state, hash FROM node_desired WHERE node_id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            let row: Option<(String, String)> = row(c, sql::desired::GET.sqlite, [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
-            row.map(|(s, h)| Ok((from_json(&s, "desired state")?, h)))
-                .transpose()
+            row.map(|(s, hash)| {
+                Ok(StoredDesired {
+                    state: from_json(&s, "desired state")?,
+                    hash,
+                })
+            })
+            .transpose()
         })
         .await
     }
@@ -26,6 +25,7 @@ impl DesiredStore for SqliteStore {
     async fn desired_names_blob(&self, node_id: &str, sha256: &str) -> Result<bool, StoreError> {
         let (id, sha) = (node_id.to_string(), sha256.to_string());
         self.read(move |c| {
+            // Per backend: SQLite's JSON functions, PostgreSQL's jsonb containment.
             Ok(row(
                 c,
                 "SELECT EXISTS (SELECT 1 FROM node_desired d, json_each(d.state, '$.resources') r
@@ -39,6 +39,7 @@ impl DesiredStore for SqliteStore {
 
     async fn desired_versions(&self) -> Result<Vec<DesiredVersion>, StoreError> {
         self.read(|c| {
+            // Per backend: `json_extract` here, `->>` there.
             let mut stmt = c.prepare_cached(
                 "SELECT node_id, json_extract(state, '$.generation'), hash FROM node_desired",
             )?;
@@ -66,13 +67,9 @@ impl DesiredStore for SqliteStore {
         let previous = state.generation.saturating_sub(1) as i64;
         self.write(move |c| {
             let n = if previous == 0 {
-                exec(
-                    c,
-                    "INSERT INTO node_desired (node_id, state, hash) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(node_id) DO NOTHING",
-                    params![id, json, hash],
-                )?
+                exec(c, sql::desired::CREATE.sqlite, params![id, json, hash])?
             } else {
+                // Per backend: the stored generation read with `json_extract` here, `->>` there.
                 exec(
                     c,
                     "UPDATE node_desired SET state = ?2, hash = ?3

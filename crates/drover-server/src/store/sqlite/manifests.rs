@@ -14,21 +14,33 @@ impl ManifestStore for SqliteStore {
         let sig = signature.map(to_json);
         self.write(move |c| {
             let tx = c;
-            let current: Option<(i64, String, Option<String>, Option<i64>)> = row(tx, "SELECT generation, manifest, signature, signed_version FROM manifests WHERE name = ?1", [&m.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            let current: Option<(i64, String, Option<String>, Option<i64>)> =
+                row(tx, sql::manifests::CURRENT.sqlite, [&m.name], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .optional()?;
-            let current = current.as_ref().map(|(g, old, old_sig, signed)| CurrentManifest {
-                generation: u64::try_from(*g).unwrap_or(0),
-                json: old.as_str(),
-                sig: old_sig.as_deref(),
-                signed_version: signed.and_then(|v| u64::try_from(v).ok()),
-            });
+            let current = current
+                .as_ref()
+                .map(|(g, old, old_sig, signed)| CurrentManifest {
+                    generation: u64::try_from(*g).unwrap_or(0),
+                    json: old.as_str(),
+                    sig: old_sig.as_deref(),
+                    signed_version: signed.and_then(|v| u64::try_from(v).ok()),
+                });
             let put = manifest_put(current, &m, &json, sig.as_deref())?;
             if put.changed || put.resigned {
                 let signed_version = put.signed_version.and_then(|v| i64::try_from(v).ok());
-                exec(tx,
-                    "INSERT INTO manifests (name, generation, manifest, updated_at, signature, signed_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT(name) DO UPDATE SET generation = ?2, manifest = ?3, updated_at = ?4, signature = ?5, signed_version = ?6",
-                    params![m.name, put.generation as i64, json, now, sig, signed_version],
+                exec(
+                    tx,
+                    sql::manifests::PUT.sqlite,
+                    params![
+                        m.name,
+                        put.generation as i64,
+                        json,
+                        now,
+                        sig,
+                        signed_version
+                    ],
                 )?;
             }
             Ok(put)
@@ -38,9 +50,7 @@ impl ManifestStore for SqliteStore {
 
     async fn list_manifests(&self) -> Result<Vec<StoredManifest>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT generation, manifest, updated_at, signature FROM manifests ORDER BY name",
-            )?;
+            let mut stmt = c.prepare(sql::manifests::LIST.sqlite)?;
             let rows = stmt
                 .query_map([], |r| {
                     Ok((
@@ -69,7 +79,7 @@ impl ManifestStore for SqliteStore {
 
     async fn delete_manifest(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_string();
-        self.write(move |c| Ok(exec(c, "DELETE FROM manifests WHERE name = ?1", [name])? > 0))
+        self.write(move |c| Ok(exec(c, sql::manifests::DELETE.sqlite, [name])? > 0))
             .await
     }
 

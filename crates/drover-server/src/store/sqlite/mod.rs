@@ -13,6 +13,7 @@ mod operators;
 mod output;
 mod pages;
 mod pool;
+mod rollouts;
 mod schema;
 mod tasks;
 mod tokens;
@@ -33,12 +34,15 @@ use super::codec::{
     state_list, to_json,
 };
 use super::prelude::*;
+use super::sql;
 use super::{
-    AuditFilter, DesiredVersion, FleetCounts, JoinTokenRecord, ManifestCounts, MetricsHistory,
-    NodeChange, NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, OpenRun, OutputRecord, PutManifest,
-    RunPatch, RunQuery, StoreError, TaskPage, TaskSummary, TokenUse,
+    AuditFilter, ConvergencePage, DesiredVersion, FleetCounts, Heartbeat, JoinTokenRecord,
+    ManifestCounts, MetricsHistory, NodeChange, NodeQuery, NodeRecord, NodeRecordPage, NodeTaskRun,
+    OpenRun, OutputRecord, PutManifest, RunPatch, RunQuery, SilentRun, StoreError, StoredDesired,
+    StoredOutput, TaskPage, TaskSummary, TokenUse,
 };
 use drover_types::manifest::{DesiredState, Manifest, NodeConvergence, StoredManifest};
+use drover_types::rollout::Rollout;
 use drover_types::signing::Signature;
 use drover_types::task::{AuditEntry, LateExit, RunState, Task, TaskRun};
 use pool::Pool;
@@ -93,7 +97,8 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 /// One heartbeat: the node's latest metrics and, when `history` takes it, a sample, the history pruned to
-/// its size. False for no such node.
+/// its size. False for no such node. Per backend: here a node at a time, inside the one writer's
+/// transaction; PostgreSQL's `beats` writes a batch as statements over arrays.
 fn beat(
     c: &Connection,
     id: &str,
@@ -208,10 +213,7 @@ struct RawNode {
     enrolled_labels: String,
 }
 
-const NODE_COLUMNS: &str = "id, name, transport, labels, ip, registered_at, last_seen, \
-     heartbeat_interval_ms, capabilities, metrics, node_token_sha256, reported_labels, \
-     enrolled_labels";
-
+/// A row of `sql::NODE_COLUMNS`.
 fn raw_node(row: &Row) -> rusqlite::Result<RawNode> {
     Ok(RawNode {
         id: row.get(0)?,
@@ -268,25 +270,21 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 }
 
 fn load_task(c: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
-    let row = row(
-        c,
-        "SELECT target, spec, created_by, created_at, max_parallel, signature FROM tasks WHERE id = ?1",
-        [id],
-        |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, DateTime<Utc>>(3)?,
-                r.get::<_, Option<u32>>(4)?,
-                r.get::<_, Option<String>>(5)?,
-            ))
-        },
-    )
+    let row = row(c, sql::tasks::LOAD.sqlite, [id], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, DateTime<Utc>>(3)?,
+            r.get::<_, Option<u32>>(4)?,
+            r.get::<_, Option<String>>(5)?,
+        ))
+    })
     .optional()?;
     let Some((target, spec, created_by, created_at, max_parallel, signature)) = row else {
         return Ok(None);
     };
+    // Per backend: SQLite keeps a task's run order in its implicit `rowid`, PostgreSQL in `seq`.
     let mut stmt = c.prepare("SELECT run FROM task_runs WHERE task_id = ?1 ORDER BY rowid")?;
     let runs = stmt
         .query_map([id], |r| r.get::<_, String>(0))?
@@ -327,8 +325,10 @@ mod tests {
 
     #[test]
     fn the_signed_version_migration_keeps_what_signers_must_exceed() {
-        let last = MIGRATIONS.len() - 1;
-        assert!(MIGRATIONS[last].contains("signed_version"));
+        let last = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("ADD COLUMN signed_version"))
+            .unwrap();
         let conn = at_version(last);
         conn.execute_batch(
             "INSERT INTO manifests (name, generation, manifest, updated_at, signature) VALUES

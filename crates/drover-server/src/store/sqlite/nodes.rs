@@ -7,10 +7,9 @@ impl NodeStore for SqliteStore {
     async fn insert_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         let n = node.clone();
         self.write(move |c| {
-            let result = exec(c,
-                &format!(
-                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-                ),
+            let result = exec(
+                c,
+                sql::nodes::INSERT.sqlite,
                 params![
                     n.id,
                     n.name,
@@ -42,24 +41,19 @@ impl NodeStore for SqliteStore {
     ) -> Result<Option<NodeRecord>, StoreError> {
         let id = id.to_string();
         self.write(move |c| {
-            let Some(mut n) = row(
-                c,
-                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"),
-                [&id],
-                raw_node,
-            )
-            .optional()?
-            .map(RawNode::decode)
-            .transpose()?
+            // The one writer reads and writes with nothing in between: no row lock to take, where
+            // PostgreSQL's reads `FOR UPDATE`.
+            let Some(mut n) = row(c, sql::nodes::BY_ID.sqlite, [&id], raw_node)
+                .optional()?
+                .map(RawNode::decode)
+                .transpose()?
             else {
                 return Ok(None);
             };
             change(&mut n);
             let result = exec(
                 c,
-                "UPDATE nodes SET name = ?2, labels = ?3, ip = ?4, heartbeat_interval_ms = ?5,
-                 capabilities = ?6, node_token_sha256 = ?7, reported_labels = ?8, enrolled_labels = ?9
-                 WHERE id = ?1",
+                sql::nodes::UPDATE.sqlite,
                 params![
                     n.id,
                     n.name,
@@ -83,15 +77,10 @@ impl NodeStore for SqliteStore {
     async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
         let id = id.to_string();
         self.read(move |c| {
-            row(
-                c,
-                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"),
-                [id],
-                raw_node,
-            )
-            .optional()?
-            .map(RawNode::decode)
-            .transpose()
+            row(c, sql::nodes::BY_ID.sqlite, [id], raw_node)
+                .optional()?
+                .map(RawNode::decode)
+                .transpose()
         })
         .await
     }
@@ -99,15 +88,10 @@ impl NodeStore for SqliteStore {
     async fn get_node_by_name(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
         let name = name.to_string();
         self.read(move |c| {
-            row(
-                c,
-                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = ?1"),
-                [name],
-                raw_node,
-            )
-            .optional()?
-            .map(RawNode::decode)
-            .transpose()
+            row(c, sql::nodes::BY_NAME.sqlite, [name], raw_node)
+                .optional()?
+                .map(RawNode::decode)
+                .transpose()
         })
         .await
     }
@@ -118,22 +102,17 @@ impl NodeStore for SqliteStore {
     ) -> Result<Option<NodeRecord>, StoreError> {
         let sha = token_sha256.to_string();
         self.read(move |c| {
-            row(
-                c,
-                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE node_token_sha256 = ?1"),
-                [sha],
-                raw_node,
-            )
-            .optional()?
-            .map(RawNode::decode)
-            .transpose()
+            row(c, sql::nodes::BY_TOKEN.sqlite, [sha], raw_node)
+                .optional()?
+                .map(RawNode::decode)
+                .transpose()
         })
         .await
     }
 
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY name"))?;
+            let mut stmt = c.prepare(sql::nodes::LIST.sqlite)?;
             let raws = stmt
                 .query_map([], raw_node)?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -142,17 +121,15 @@ impl NodeStore for SqliteStore {
         .await
     }
 
-    async fn list_nodes_page(
-        &self,
-        query: &NodeQuery,
-    ) -> Result<(Vec<NodeRecord>, NodeCounts), StoreError> {
+    async fn list_nodes_page(&self, query: &NodeQuery) -> Result<NodeRecordPage, StoreError> {
         let q = query.clone();
-        self.read(move |c| pages::nodes_page(c, &q)).await
+        let (nodes, counts) = self.read(move |c| pages::nodes_page(c, &q)).await?;
+        Ok(NodeRecordPage { nodes, counts })
     }
 
     async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.write(move |c| Ok(exec(c, "DELETE FROM nodes WHERE id = ?1", [id])? > 0))
+        self.write(move |c| Ok(exec(c, sql::nodes::DELETE.sqlite, [id])? > 0))
             .await
     }
 
@@ -169,12 +146,12 @@ impl NodeStore for SqliteStore {
 
     async fn record_heartbeats(
         &self,
-        beats: Vec<(String, DateTime<Utc>, Metrics)>,
+        beats: Vec<Heartbeat>,
         history: MetricsHistory,
     ) -> Result<(), StoreError> {
         self.write(move |c| {
-            for (id, at, metrics) in &beats {
-                beat(c, id, *at, &to_json(metrics), history)?;
+            for b in &beats {
+                beat(c, &b.node_id, b.at, &to_json(&b.metrics), history)?;
             }
             Ok(())
         })
@@ -188,9 +165,7 @@ impl NodeStore for SqliteStore {
     ) -> Result<Vec<MetricsSample>, StoreError> {
         let id = id.to_string();
         self.read(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT at, metrics FROM metrics_history WHERE node_id = ?1 ORDER BY seq DESC LIMIT ?2",
-            )?;
+            let mut stmt = c.prepare(sql::nodes::METRICS_HISTORY.sqlite)?;
             let rows = stmt
                 .query_map(params![id, limit as i64], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))

@@ -1,10 +1,8 @@
 //! Operators in SQLite: the statements behind the `Store` methods of the same names.
 
 use drover_types::operator::OperatorInfo;
-use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::*;
-use super::{StoreError, exec, from_json, parse_ts, readable, ts};
 use crate::store::OperatorRecord;
 
 fn operator_info(row: &Row) -> Result<OperatorInfo, StoreError> {
@@ -22,11 +20,7 @@ fn operator_info(row: &Row) -> Result<OperatorInfo, StoreError> {
 pub(super) fn put(c: &Connection, o: &OperatorRecord) -> Result<bool, StoreError> {
     let changed = exec(
         c,
-        "INSERT INTO operators (name, role, token_sha256, created_at, created_by, revoked)
-         VALUES (?1, ?2, ?3, ?4, ?5, 0)
-         ON CONFLICT (name) DO UPDATE SET role = ?2, token_sha256 = ?3, created_at = ?4,
-             created_by = ?5, revoked = 0
-         WHERE operators.revoked = 1",
+        sql::operators::PUT.sqlite,
         params![
             o.info.name,
             o.info.role.as_str(),
@@ -39,7 +33,7 @@ pub(super) fn put(c: &Connection, o: &OperatorRecord) -> Result<bool, StoreError
 }
 
 pub(super) fn list(c: &Connection) -> Result<Vec<OperatorInfo>, StoreError> {
-    let mut stmt = c.prepare("SELECT * FROM operators ORDER BY name")?;
+    let mut stmt = c.prepare(sql::operators::LIST.sqlite)?;
     let mut rows = stmt.query([])?;
     let mut found = Vec::new();
     while let Some(row) = rows.next()? {
@@ -49,21 +43,15 @@ pub(super) fn list(c: &Connection) -> Result<Vec<OperatorInfo>, StoreError> {
 }
 
 pub(super) fn by_token(c: &Connection, sha: &str) -> Result<Option<OperatorInfo>, StoreError> {
-    c.query_row(
-        "SELECT * FROM operators WHERE token_sha256 = ?1 AND revoked = 0",
-        [sha],
-        |row| Ok(operator_info(row)),
-    )
+    c.query_row(sql::operators::BY_TOKEN.sqlite, [sha], |row| {
+        Ok(operator_info(row))
+    })
     .optional()?
     .transpose()
 }
 
 pub(super) fn revoke(c: &Connection, name: &str) -> Result<bool, StoreError> {
-    Ok(exec(
-        c,
-        "UPDATE operators SET revoked = 1 WHERE name = ?1 AND revoked = 0",
-        [name],
-    )? > 0)
+    Ok(exec(c, sql::operators::REVOKE.sqlite, [name])? > 0)
 }
 
 #[async_trait]

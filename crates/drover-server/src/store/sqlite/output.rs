@@ -13,6 +13,7 @@ impl OutputStore for SqliteStore {
         self.write(move |c| {
             let tx = c;
             {
+                // Per backend: a chunk at a time in the writer; PostgreSQL inserts the batch from arrays.
                 let mut stmt = tx.prepare_cached(
                     "INSERT OR IGNORE INTO task_output (task_id, node_id, seq, stream, data) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
@@ -30,12 +31,10 @@ impl OutputStore for SqliteStore {
         task_id: &str,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<(i64, OutputRecord)>, StoreError> {
+    ) -> Result<Vec<StoredOutput>, StoreError> {
         let id = task_id.to_string();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT row, node_id, seq, stream, data FROM task_output WHERE task_id = ?1 AND row > ?2 ORDER BY row LIMIT ?3",
-            )?;
+            let mut stmt = c.prepare_cached(sql::output::AFTER.sqlite)?;
             let rows = stmt
                 .query_map(params![id, after, limit as i64], output_row)?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -50,20 +49,19 @@ impl OutputStore for SqliteStore {
         after: i64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Vec<(i64, OutputRecord)>, StoreError> {
+    ) -> Result<Vec<StoredOutput>, StoreError> {
         let id = task_id.to_string();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT row, node_id, seq, stream, data FROM task_output WHERE task_id = ?1 AND row > ?2 ORDER BY row LIMIT ?3",
-            )?;
-            // Stepped row by row: rows past the byte budget are never read.
+            let mut stmt = c.prepare_cached(sql::output::AFTER.sqlite)?;
+            // Stepped row by row: rows past the byte budget are never read (PostgreSQL, whose rows come
+            // whole, weighs them in its statement instead).
             let mut rows = stmt.query(params![id, after, limit as i64])?;
             let (mut out, mut bytes) = (Vec::new(), 0usize);
             while bytes < max_bytes.max(1)
                 && let Some(r) = rows.next()?
             {
                 let row = output_row(r)?;
-                bytes += row.1.data.len();
+                bytes += row.record.data.len();
                 out.push(row);
             }
             Ok(out)
@@ -74,12 +72,8 @@ impl OutputStore for SqliteStore {
     async fn stored_seq(&self, task_id: &str, node_id: &str) -> Result<u64, StoreError> {
         let (t, n) = (task_id.to_string(), node_id.to_string());
         self.write(move |c| {
-            let max: Option<i64> = row(
-                c,
-                "SELECT MAX(seq) FROM task_output WHERE task_id = ?1 AND node_id = ?2",
-                params![t, n],
-                |r| r.get(0),
-            )?;
+            let max: Option<i64> =
+                row(c, sql::output::MAX_SEQ.sqlite, params![t, n], |r| r.get(0))?;
             Ok(max.map(|m| m as u64 + 1).unwrap_or(0))
         })
         .await
@@ -87,6 +81,8 @@ impl OutputStore for SqliteStore {
 
     async fn trim_output(&self, max_bytes: u64) -> Result<usize, StoreError> {
         self.write(move |c| {
+            // Per backend: sizes by `length` (a blob's bytes); PostgreSQL spells it `octet_length`, breaks
+            // ties by `seq` and deletes the trimmed tasks' output in one statement over an array.
             let total: i64 =
                 row(c, "SELECT coalesce(sum(length(data)), 0) FROM task_output", [], |r| {
                     r.get(0)
@@ -123,14 +119,14 @@ impl OutputStore for SqliteStore {
 }
 
 /// One row of `SELECT row, node_id, seq, stream, data FROM task_output`.
-fn output_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, OutputRecord)> {
-    Ok((
-        r.get(0)?,
-        OutputRecord {
+fn output_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredOutput> {
+    Ok(StoredOutput {
+        row: r.get(0)?,
+        record: OutputRecord {
             node_id: r.get(1)?,
             seq: r.get::<_, i64>(2)? as u64,
             stream: r.get(3)?,
             data: r.get(4)?,
         },
-    ))
+    })
 }

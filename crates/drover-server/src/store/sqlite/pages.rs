@@ -9,14 +9,16 @@ use drover_types::task::TaskRun;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use super::{NODE_COLUMNS, RawNode, StoreError, from_json, raw_node, readable, ts};
+use super::{RawNode, StoreError, from_json, raw_node, readable, ts};
 use crate::store::codec::{TaskText, count, task_summary};
+use crate::store::sql::{self, NODE_COLUMNS, TASK_COLUMNS};
 use crate::store::{
     NodeCounts, NodeQuery, NodeRecord, NodeTaskRun, RunQuery, TaskPage, TaskSummary,
 };
 
 /// A node's status in SQL, as `LivenessPolicy::status` computes it from `last_seen` and the interval:
 /// `?1` is now, `?2` and `?3` the policy's `not_ready_after` and `offline_after` (missed intervals).
+/// Per backend: times are text here (`julianday`), `timestamptz` in PostgreSQL.
 const STATUS: &str = "CASE
     WHEN last_seen IS NULL THEN 'Offline'
     WHEN (julianday(?1) - julianday(last_seen)) * 86400000.0 >= ?3 * MAX(heartbeat_interval_ms, 1) THEN 'Offline'
@@ -33,7 +35,7 @@ fn status_name(s: NodeStatus) -> &'static str {
 
 /// The `WHERE` clause of a query's label filter, and its parameters (numbered from `first`). A label the
 /// server set wins over the one the node enrolled (or reports, when reported labels are trusted), as in
-/// the node's view.
+/// the node's view. Per backend: SQLite's `json_extract` paths, PostgreSQL's `->>` keys.
 fn label_filter(q: &NodeQuery, first: usize) -> (String, Vec<Value>) {
     let own = if q.trust_reported_labels {
         "reported_labels"
@@ -103,8 +105,6 @@ pub(super) fn nodes_page(
     Ok((nodes, counts))
 }
 
-const TASK_COLUMNS: &str = "id, target, spec, created_by, created_at, max_parallel, signature";
-
 fn task_row(r: &rusqlite::Row) -> rusqlite::Result<TaskText> {
     Ok((
         r.get(0)?,
@@ -130,6 +130,7 @@ fn placeholders(first: usize, n: usize) -> String {
 }
 
 pub(super) fn task_summaries(c: &Connection, limit: usize) -> Result<Vec<TaskSummary>, StoreError> {
+    // Per backend: `rowid` here, `seq` there; the ids as numbered parameters here, an array there.
     let mut stmt = c.prepare(&format!(
         "SELECT {TASK_COLUMNS} FROM tasks ORDER BY created_at DESC, rowid DESC LIMIT ?1"
     ))?;
@@ -169,18 +170,20 @@ pub(super) fn task_page(
     q: &RunQuery,
 ) -> Result<Option<TaskPage>, StoreError> {
     let row = c
-        .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?
+        .prepare_cached(sql::tasks::BY_ID.sqlite)?
         .query_row([id], task_row)
         .optional()?;
     let Some(row) = row else {
         return Ok(None);
     };
     let runs = c
-        .prepare_cached("SELECT state, COUNT(*) FROM task_runs WHERE task_id = ?1 GROUP BY state")?
+        .prepare_cached(sql::tasks::RUNS_BY_STATE.sqlite)?
         .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
     let summary = task_summary(row, runs)?;
 
+    // Per backend: the filter's parts only when asked for and the nodes as numbered parameters here;
+    // PostgreSQL binds absent ones as typed NULLs and the nodes as an array.
     let mut values = vec![Value::Text(id.to_string())];
     let mut filter = "task_id = ?1".to_string();
     if let Some(state) = q.state {
@@ -228,6 +231,7 @@ pub(super) fn node_task_runs(
     node_id: &str,
     limit: usize,
 ) -> Result<Vec<NodeTaskRun>, StoreError> {
+    // Per backend: `rowid` here, `seq` there.
     let mut stmt = c.prepare(
         "SELECT r.task_id, t.spec, t.created_at, r.run FROM task_runs r JOIN tasks t ON t.id = r.task_id
          WHERE r.node_id = ?1 ORDER BY t.created_at DESC, t.rowid DESC LIMIT ?2",

@@ -172,4 +172,18 @@ UPDATE manifests SET signed_version =
     MIN(COALESCE(CAST(json_extract(manifest, '$.version') AS REAL), 0), 9007199254740991)
 WHERE signature IS NOT NULL;
 "#,
+    // Rollouts (issue 25): each manifest's rollout as one document, and the manifests' recent revisions,
+    // which nodes not yet in a rollout's wave keep and a revert goes back to.
+    r#"
+CREATE TABLE rollouts (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE manifest_revisions (
+    name TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (name, generation)
+);
+"#,
 ];

@@ -9,9 +9,10 @@ impl TaskStore for SqliteStore {
         self.write(move |c| {
             let tx = c;
             exec(tx,
-                "INSERT INTO tasks (id, target, spec, created_by, created_at, max_parallel, signature) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                sql::tasks::INSERT.sqlite,
                 params![t.id, to_json(&t.target), to_json(&t.spec), t.created_by, t.created_at, t.max_parallel, t.signature.as_ref().map(to_json)],
             )?;
+            // Per backend: a run at a time in the writer; PostgreSQL inserts them all from arrays.
             for run in &t.runs {
                 exec(tx,
                     "INSERT INTO task_runs (task_id, node_id, run, final, state) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -34,7 +35,7 @@ impl TaskStore for SqliteStore {
         let changes = patch_json(&patch);
         self.write(move |c| {
             // One statement for the batch: the guard is `state IN (from)`, so a run moved meanwhile is left
-            // alone.
+            // alone. Per backend: SQLite's `json_patch` and `json_each`, PostgreSQL's jsonb and arrays.
             let mut stmt = c.prepare_cached(&format!(
                 "UPDATE task_runs SET run = json_patch(run, ?3), state = ?4, final = ?5
                  WHERE task_id = ?1 AND node_id IN (SELECT value FROM json_each(?2))
@@ -67,6 +68,7 @@ impl TaskStore for SqliteStore {
         let (t, n) = (task_id.to_string(), node_id.to_string());
         let patch = to_json(&serde_json::json!({ "late_exit": late }));
         self.write(move |c| {
+            // Per backend: SQLite's JSON functions, PostgreSQL's jsonb operators.
             let run: Option<String> = row(c,
                     &format!(
                         "UPDATE task_runs SET run = json_patch(run, ?3)
@@ -88,13 +90,8 @@ impl TaskStore for SqliteStore {
     async fn get_run(&self, task_id: &str, node_id: &str) -> Result<Option<TaskRun>, StoreError> {
         let (t, n) = (task_id.to_string(), node_id.to_string());
         self.read(move |c| {
-            let run: Option<String> = row(
-                c,
-                "SELECT run FROM task_runs WHERE task_id = ?1 AND node_id = ?2",
-                params![t, n],
-                |r| r.get(0),
-            )
-            .optional()?;
+            let run: Option<String> =
+                row(c, sql::tasks::RUN.sqlite, params![t, n], |r| r.get(0)).optional()?;
             run.map(|r| from_json(&r, "task run")).transpose()
         })
         .await
@@ -108,6 +105,7 @@ impl TaskStore for SqliteStore {
     ) -> Result<Vec<TaskRun>, StoreError> {
         let t = task_id.to_string();
         self.read(move |c| {
+            // Per backend: the states inlined (an array in PostgreSQL), the order by `rowid` (`seq` there).
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT run FROM task_runs WHERE task_id = ?1 AND state IN ({}) ORDER BY rowid LIMIT ?2",
                 state_list(states)
@@ -129,6 +127,7 @@ impl TaskStore for SqliteStore {
     ) -> Result<usize, StoreError> {
         let t = task_id.to_string();
         self.read(move |c| {
+            // Per backend: the states inlined here, bound as an array there.
             let n: i64 = row(
                 c,
                 &format!(
@@ -146,6 +145,7 @@ impl TaskStore for SqliteStore {
     async fn open_runs_for_node(&self, node_id: &str) -> Result<Vec<OpenRun>, StoreError> {
         let node_id = node_id.to_string();
         self.read(move |c| {
+            // Per backend: PostgreSQL orders the runs by `seq`; SQLite reads them as its plan finds them.
             let mut stmt = c.prepare(
                 "SELECT t.id, t.spec, r.run FROM task_runs r JOIN tasks t ON t.id = r.task_id
                  WHERE r.node_id = ?1 AND r.state IN ('Pending', 'Running')",
@@ -175,14 +175,16 @@ impl TaskStore for SqliteStore {
     async fn open_runs_silent_since(
         &self,
         cutoff: DateTime<Utc>,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<SilentRun>, StoreError> {
         self.read(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT r.task_id, r.node_id FROM task_runs r JOIN nodes n ON n.id = r.node_id
-                 WHERE r.state IN ('Pending', 'Running') AND (n.last_seen IS NULL OR n.last_seen < ?1)",
-            )?;
+            let mut stmt = c.prepare(sql::tasks::OPEN_RUNS_SILENT_SINCE.sqlite)?;
             let rows = stmt
-                .query_map([ts(cutoff)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map([ts(cutoff)], |r| {
+                    Ok(SilentRun {
+                        task_id: r.get(0)?,
+                        node_id: r.get(1)?,
+                    })
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -194,9 +196,9 @@ impl TaskStore for SqliteStore {
         cutoff: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         self.write(move |c| {
-            Ok(exec(c,
-                "DELETE FROM tasks WHERE created_at < ?1 AND NOT EXISTS
-                   (SELECT 1 FROM task_runs r WHERE r.task_id = tasks.id AND r.state IN ('Pending', 'Running'))",
+            Ok(exec(
+                c,
+                sql::tasks::DELETE_FINISHED_BEFORE.sqlite,
                 [cutoff],
             )?)
         })
@@ -215,6 +217,7 @@ impl TaskStore for SqliteStore {
     ) -> Result<Vec<String>, StoreError> {
         let prefix = prefix.to_string();
         self.read(move |c| {
+            // Per backend: SQLite has no `starts_with`.
             let mut stmt =
                 c.prepare("SELECT id FROM tasks WHERE substr(id, 1, length(?1)) = ?1 LIMIT ?2")?;
             let ids = stmt
@@ -227,6 +230,7 @@ impl TaskStore for SqliteStore {
 
     async fn list_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
         self.read(move |c| {
+            // Per backend: SQLite's insertion order is its `rowid`, PostgreSQL's `seq`.
             let mut stmt =
                 c.prepare("SELECT id FROM tasks ORDER BY created_at DESC, rowid DESC LIMIT ?1")?;
             let ids = stmt

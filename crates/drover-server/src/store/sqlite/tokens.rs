@@ -7,9 +7,9 @@ impl JoinTokenStore for SqliteStore {
     async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
         let t = token.clone();
         self.write(move |c| {
-            exec(c,
-                "INSERT INTO join_tokens (id, secret_sha256, created_at, expires_at, max_uses, uses, labels, revoked)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            exec(
+                c,
+                sql::tokens::INSERT.sqlite,
                 params![
                     t.info.id,
                     t.secret_sha256,
@@ -28,7 +28,7 @@ impl JoinTokenStore for SqliteStore {
 
     async fn list_join_tokens(&self) -> Result<Vec<JoinTokenInfo>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare("SELECT * FROM join_tokens ORDER BY created_at")?;
+            let mut stmt = c.prepare(sql::tokens::LIST.sqlite)?;
             let rows = stmt.query_map([], token_info)?;
             Ok(readable(
                 "join token",
@@ -41,27 +41,20 @@ impl JoinTokenStore for SqliteStore {
     async fn get_join_token(&self, id: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
         let id = id.to_string();
         self.read(move |c| {
-            Ok(row(
-                c,
-                "SELECT * FROM join_tokens WHERE id = ?1",
-                [&id],
-                token_info,
-            )
-            .optional()?
-            .map(|(info, secret_sha256)| JoinTokenRecord {
-                info,
-                secret_sha256,
-            }))
+            Ok(row(c, sql::tokens::BY_ID.sqlite, [&id], token_info)
+                .optional()?
+                .map(|(info, secret_sha256)| JoinTokenRecord {
+                    info,
+                    secret_sha256,
+                }))
         })
         .await
     }
 
     async fn revoke_join_token(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.write(move |c| {
-            Ok(exec(c, "UPDATE join_tokens SET revoked = 1 WHERE id = ?1", [id])? > 0)
-        })
-        .await
+        self.write(move |c| Ok(exec(c, sql::tokens::REVOKE.sqlite, [id])? > 0))
+            .await
     }
 
     async fn use_join_token(
@@ -73,13 +66,7 @@ impl JoinTokenStore for SqliteStore {
         let (id, secret) = (id.to_string(), secret_sha256.to_string());
         self.write(move |c| {
             let tx = c;
-            let found = row(
-                tx,
-                "SELECT * FROM join_tokens WHERE id = ?1",
-                [&id],
-                token_info,
-            )
-            .optional()?;
+            let found = row(tx, sql::tokens::BY_ID.sqlite, [&id], token_info).optional()?;
             let Some((mut info, stored_secret)) = found else {
                 return Ok(TokenUse::Refused(TokenRefusal::Unknown));
             };
@@ -90,6 +77,8 @@ impl JoinTokenStore for SqliteStore {
             if let Err(refusal) = record.check(&secret, now) {
                 return Ok(TokenUse::Refused(refusal));
             }
+            // Per backend: the one writer checked the token in this same write; PostgreSQL's replicas
+            // guard the count in its statement instead.
             exec(
                 tx,
                 "UPDATE join_tokens SET uses = uses + 1 WHERE id = ?1",

@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use drover_proto::v1::{DesiredStateUpdate, server_message::Msg};
 use drover_types::manifest::NodeConvergence;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::Fleet;
-use super::route::{NatsError, subject_token};
+use super::{NatsError, subject_token};
+use crate::reach::message::DesiredUpdate;
+use crate::store::DesiredStateStore;
 
 /// Attempts at one compare-and-set: each lost attempt means another write landed, and each writer lands
 /// at most once, so this covers 32 writers of one node at once (two replicas make two).
@@ -78,6 +78,17 @@ pub enum KvError {
     },
     #[error("{bucket}/{key} changed {WRITE_TRIES} times while this replica wrote it; gave up")]
     Contended { bucket: &'static str, key: String },
+}
+
+/// JetStream refused or failed a request about a bucket (its own errors differ by request).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JetStreamError(Box<dyn std::error::Error + Send + Sync>);
+
+impl JetStreamError {
+    fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        JetStreamError(Box::new(e))
+    }
 }
 
 /// A bucket's value for a node.
@@ -151,7 +162,7 @@ pub async fn put_newer(
 
 /// Makes a bucket, or opens it as it is (another replica made it). The stream is made as
 /// `create_key_value` would, without its account query, which nats-server 2.9's answer does not satisfy.
-async fn open_bucket(js: &jetstream::Context, bucket: Bucket) -> Result<kv::Store, String> {
+async fn open_bucket(js: &jetstream::Context, bucket: Bucket) -> Result<kv::Store, JetStreamError> {
     use jetstream::stream::{Config, DiscardPolicy, StorageType};
     let name = bucket.name();
     let config = Config {
@@ -169,8 +180,8 @@ async fn open_bucket(js: &jetstream::Context, bucket: Bucket) -> Result<kv::Stor
     };
     js.get_or_create_stream(config)
         .await
-        .map_err(|e| e.to_string())?;
-    js.get_key_value(name).await.map_err(|e| e.to_string())
+        .map_err(JetStreamError::new)?;
+    js.get_key_value(name).await.map_err(JetStreamError::new)
 }
 
 /// The buckets, as one replica uses them.
@@ -196,9 +207,9 @@ impl StateKv {
             async move {
                 open_bucket(&js, bucket)
                     .await
-                    .map_err(|reason| NatsError::Buckets {
+                    .map_err(|e| NatsError::Buckets {
                         bucket: bucket.name(),
-                        reason,
+                        reason: e.to_string(),
                     })
             }
         };
@@ -209,7 +220,7 @@ impl StateKv {
             js,
             desired,
             actual,
-            me: super::random_hex::<8>(),
+            me: hex::encode(rand::random::<[u8; 8]>()),
             failing: AtomicBool::new(false),
             behind: Mutex::default(),
         })
@@ -283,14 +294,18 @@ impl StateKv {
     }
 
     /// A watch of `bucket` from `next` (the revision after the last one seen; `None`: from now on).
-    async fn watch(&self, bucket: Bucket, next: Option<u64>) -> Result<(kv::Watch, u64), String> {
+    async fn watch(
+        &self,
+        bucket: Bucket,
+        next: Option<u64>,
+    ) -> Result<(kv::Watch, u64), JetStreamError> {
         // Made again if NATS lost it (a server started on an empty store): derived data, rebuilt as nodes
         // change and attach.
         let store = open_bucket(&self.js, bucket).await?;
         let last = store
             .status()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(JetStreamError::new)?
             .info
             .state
             .last_sequence;
@@ -303,64 +318,48 @@ impl StateKv {
         let watch = store
             .watch_all_from_revision(from)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(JetStreamError::new)?;
         Ok((watch, from))
     }
 }
 
-impl Fleet {
-    fn state_kv(&self) -> Option<&StateKv> {
-        self.nats().map(|n| n.state_kv())
-    }
+/// What a replica does with a change another replica made to a node's state (the desired-state service).
+pub trait StateObserver: Send + Sync + 'static {
+    /// A node's desired or actual state changed: tell the status followers here.
+    fn changed(&self, node_id: &str);
+    /// Another replica wrote a node's desired state (`state_json`, empty when it was too large for NATS:
+    /// the store has it): deliver it when the node's stream is here.
+    fn desired_elsewhere(self: Arc<Self>, node_id: String, generation: u64, state_json: String);
+}
 
+impl StateKv {
     /// After the store took a node's new desired state: into the KV, for the replica holding its stream.
-    pub(crate) async fn desired_to_kv(&self, node_id: &str, update: &DesiredStateUpdate) {
-        if let Some(kv) = self.state_kv() {
-            let body = update.state_json.clone();
-            kv.write(Bucket::Desired, node_id, update.generation, 0, body)
-                .await;
-        }
+    pub async fn desired_written(&self, node_id: &str, update: &DesiredUpdate) {
+        let body = update.state_json.clone();
+        self.write(Bucket::Desired, node_id, update.generation, 0, body)
+            .await;
     }
 
     /// After the store took a node's report: into the KV, for the other replicas' status followers.
-    pub(crate) async fn actual_to_kv(&self, node_id: &str, report: &NodeConvergence) {
-        if let Some(kv) = self.state_kv() {
-            let at_ms = report.reported_at.map_or(0, |t| t.timestamp_millis());
-            let body = serde_json::to_string(report).unwrap_or_default();
-            kv.write(
-                Bucket::Actual,
-                node_id,
-                report.observed_generation,
-                at_ms,
-                body,
-            )
-            .await;
-        }
-    }
-
-    /// Watches both buckets, and rewrites nodes whose write failed once NATS is back, while the fleet lives.
-    pub(crate) fn watch_state(self: &Arc<Self>) {
-        for bucket in Bucket::ALL {
-            tokio::spawn(watch_bucket(Arc::downgrade(self), bucket));
-        }
-        let fleet = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(CATCH_UP_EVERY);
-            loop {
-                tick.tick().await;
-                let Some(fleet) = fleet.upgrade() else { return };
-                fleet.catch_up().await;
-            }
-        });
+    pub async fn actual_written(&self, node_id: &str, report: &NodeConvergence) {
+        let at_ms = report.reported_at.map_or(0, |t| t.timestamp_millis());
+        let body = serde_json::to_string(report).unwrap_or_default();
+        self.write(
+            Bucket::Actual,
+            node_id,
+            report.observed_generation,
+            at_ms,
+            body,
+        )
+        .await;
     }
 
     /// Rewrites from the store the nodes whose KV write failed, if NATS is connected now.
-    async fn catch_up(&self) {
-        let Some(kv) = self.state_kv() else { return };
-        if kv.client.connection_state() != async_nats::connection::State::Connected {
+    async fn catch_up(&self, store: &dyn DesiredStateStore) {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
             return;
         }
-        let nodes: Vec<(Bucket, String)> = kv.behind().drain().collect();
+        let nodes: Vec<(Bucket, String)> = self.behind().drain().collect();
         if nodes.is_empty() {
             return;
         }
@@ -372,17 +371,17 @@ impl Fleet {
             .for_each_concurrent(CATCH_UP_AT_ONCE, |(bucket, node)| async move {
                 // Read now, not before: what the store holds when it is written.
                 let read = match bucket {
-                    Bucket::Desired => match self.store().get_desired(&node).await {
-                        Ok(Some((state, _))) => {
-                            let update = super::desired::desired_update(&state);
-                            self.desired_to_kv(&node, &update).await;
+                    Bucket::Desired => match store.get_desired(&node).await {
+                        Ok(Some(d)) => {
+                            self.desired_written(&node, &DesiredUpdate::bare(&d.state))
+                                .await;
                             Ok(())
                         }
                         other => other.map(drop),
                     },
-                    Bucket::Actual => match self.store().get_convergence(&node).await {
+                    Bucket::Actual => match store.get_convergence(&node).await {
                         Ok(Some(report)) => {
-                            self.actual_to_kv(&node, &report).await;
+                            self.actual_written(&node, &report).await;
                             Ok(())
                         }
                         other => other.map(drop),
@@ -390,7 +389,7 @@ impl Fleet {
                 };
                 if let Err(e) = read {
                     tracing::warn!(node = %node, "cannot read a node's state to rewrite it to JetStream KV: {e}");
-                    let mut behind = kv.behind();
+                    let mut behind = self.behind();
                     if behind.len() < MAX_BEHIND {
                         behind.insert((bucket, node));
                     }
@@ -400,8 +399,7 @@ impl Fleet {
     }
 
     /// A change in a bucket, from this replica's watch.
-    fn state_changed(self: &Arc<Self>, bucket: Bucket, entry: kv::Entry) {
-        let Some(kv) = self.state_kv() else { return };
+    fn state_changed(&self, observer: Arc<dyn StateObserver>, bucket: Bucket, entry: kv::Entry) {
         if entry.operation != kv::Operation::Put {
             return;
         }
@@ -415,54 +413,49 @@ impl Fleet {
                 return;
             }
         };
-        if record.by == kv.me {
+        if record.by == self.me {
             return;
         }
-        self.status_changed(node);
-        if bucket == Bucket::Desired && self.links().is_attached(node) {
-            // On its own: a node whose stream is full must not hold up the others' changes.
-            let (fleet, node) = (self.clone(), node.to_string());
-            tokio::spawn(async move {
-                let update = if record.body.is_empty() {
-                    // Too large for NATS: read from the store.
-                    match fleet.store().get_desired(&node).await {
-                        Ok(Some((state, _))) => fleet.desired_message(&state),
-                        Ok(None) => return,
-                        Err(e) => {
-                            tracing::warn!(node = %node, "cannot read a node's desired state to send it: {e}");
-                            return;
-                        }
-                    }
-                } else {
-                    // The content it names goes along as from the replica that wrote it.
-                    let blobs = serde_json::from_str(&record.body)
-                        .map(|state| fleet.inline_blobs(&state))
-                        .unwrap_or_default();
-                    DesiredStateUpdate {
-                        generation: record.generation,
-                        state_json: record.body,
-                        blobs,
-                    }
-                };
-                fleet.links().send(&node, Msg::DesiredState(update)).await;
-            });
+        observer.changed(node);
+        if bucket == Bucket::Desired {
+            observer.desired_elsewhere(node.to_string(), record.generation, record.body);
         }
     }
 }
 
-/// Follows a bucket while the fleet lives, watching again from the last revision seen when the watch
+/// Watches both buckets, and rewrites nodes whose write failed once NATS is back, while `observer` lives.
+pub fn watch(
+    kv: Arc<StateKv>,
+    observer: Weak<dyn StateObserver>,
+    store: Arc<dyn DesiredStateStore>,
+) {
+    for bucket in Bucket::ALL {
+        tokio::spawn(watch_bucket(kv.clone(), observer.clone(), bucket));
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CATCH_UP_EVERY);
+        loop {
+            tick.tick().await;
+            if observer.strong_count() == 0 {
+                return;
+            }
+            kv.catch_up(store.as_ref()).await;
+        }
+    });
+}
+
+/// Follows a bucket while the observer lives, watching again from the last revision seen when the watch
 /// ends or fails (NATS restarted or unreachable), with backoff.
-async fn watch_bucket(fleet: Weak<Fleet>, bucket: Bucket) {
+async fn watch_bucket(kv: Arc<StateKv>, observer: Weak<dyn StateObserver>, bucket: Bucket) {
     let mut next = None;
     let mut pause = REWATCH_FIRST;
     // Whether the watch is down after having worked: said once as a warning, and once when it is back.
     let mut lost = false;
     loop {
-        let Some(f) = fleet.upgrade() else { return };
-        let Some(kv) = f.state_kv() else { return };
-        let watched = kv.watch(bucket, next).await;
-        drop(f);
-        match watched {
+        if observer.strong_count() == 0 {
+            return;
+        }
+        match kv.watch(bucket, next).await {
             Ok((mut watch, from)) => {
                 next = Some(from);
                 if std::mem::take(&mut lost) {
@@ -473,8 +466,8 @@ async fn watch_bucket(fleet: Weak<Fleet>, bucket: Bucket) {
                         Ok(entry) => {
                             pause = REWATCH_FIRST;
                             next = Some(entry.revision.saturating_add(1));
-                            let Some(f) = fleet.upgrade() else { return };
-                            f.state_changed(bucket, entry);
+                            let Some(o) = observer.upgrade() else { return };
+                            kv.state_changed(o, bucket, entry);
                         }
                         Err(e) => {
                             tracing::warn!(

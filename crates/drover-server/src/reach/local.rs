@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use drover_proto::v1::{self, ServerMessage, server_message::Msg};
 use drover_types::action::{ActionError, ActionInfo};
 use drover_types::limits::{MAX_SESSION_HISTORY_BYTES, MAX_SESSION_PAYLOAD, MAX_SESSIONS_PER_NODE};
 use drover_types::session::{SessionDetail, SessionInfo, SessionSample, SessionState};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use super::message::{ActionCall, SessionData, SessionStatus, ToAgent};
+use super::{Ask, Call, Reach, ask::NoPlan, ask::PLAN_PATIENCE};
 use crate::sync::lock;
 use history::{History, Payload};
 
@@ -25,7 +26,7 @@ pub const SESSION_HISTORY: usize = 10;
 
 /// What the fleet sends a node through. Boxed: a channel allocates its first block of 32 slots at once,
 /// and every attached node has one, so a slot holds a pointer rather than a whole message.
-pub type LinkSender = mpsc::Sender<Box<ServerMessage>>;
+pub type LinkSender = mpsc::Sender<Box<ToAgent>>;
 
 struct Link {
     serial: u64,
@@ -193,12 +194,9 @@ impl Links {
     }
 
     /// Sends to a node's stream; false when it has none.
-    pub async fn send(&self, node_id: &str, msg: Msg) -> bool {
+    pub async fn send(&self, node_id: &str, msg: ToAgent) -> bool {
         match self.sender(node_id) {
-            Some(tx) => tx
-                .send(Box::new(ServerMessage { msg: Some(msg) }))
-                .await
-                .is_ok(),
+            Some(tx) => tx.send(Box::new(msg)).await.is_ok(),
             None => false,
         }
     }
@@ -232,14 +230,14 @@ impl Links {
                 },
             );
         }
-        let call = v1::ActionCall {
+        let call = ActionCall {
             call_id: call_id.to_string(),
             name: name.to_string(),
             args_json: args.to_string(),
             deadline_ms,
             signature_json: signature_json.to_string(),
         };
-        if !self.send(node_id, Msg::ActionCall(call)).await {
+        if !self.send(node_id, ToAgent::ActionCall(call)).await {
             lock(&self.pending).remove(call_id);
             return Err(ActionError::NodeUnavailable);
         }
@@ -265,13 +263,10 @@ impl Links {
         {
             return false;
         }
-        self.send(
-            node_id,
-            Msg::CancelAction(v1::CancelAction {
-                call_id: call_id.to_string(),
-            }),
-        )
-        .await
+        let cancel = ToAgent::CancelAction {
+            call_id: call_id.to_string(),
+        };
+        self.send(node_id, cancel).await
     }
 
     /// Gives up on a call locally (its caller left or its deadline passed) and tells the agent to stop it.
@@ -280,12 +275,10 @@ impl Links {
     pub fn abandon_call(&self, call_id: &str) {
         let node_id = lock(&self.pending).remove(call_id).map(|p| p.node_id);
         if let Some(tx) = node_id.and_then(|n| self.sender(&n)) {
-            let cancel = v1::CancelAction {
+            let cancel = ToAgent::CancelAction {
                 call_id: call_id.to_string(),
             };
-            let _ = tx.try_send(Box::new(ServerMessage {
-                msg: Some(Msg::CancelAction(cancel)),
-            }));
+            let _ = tx.try_send(Box::new(cancel));
         }
     }
 
@@ -300,11 +293,11 @@ impl Links {
         let request_id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
         lock(&self.plans).insert(request_id.clone(), (node_id.to_string(), tx));
-        let req = v1::PlanRequest {
+        let req = ToAgent::PlanRequest {
             request_id: request_id.clone(),
             state_json,
         };
-        if self.send(node_id, Msg::PlanRequest(req)).await {
+        if self.send(node_id, req).await {
             Some((request_id, rx))
         } else {
             lock(&self.plans).remove(&request_id);
@@ -333,9 +326,10 @@ impl Links {
         &self,
         node_id: &str,
         plugin: &str,
-        interval_ms: u64,
-        deadline_ms: u64,
+        interval: std::time::Duration,
+        deadline: std::time::Duration,
     ) -> Result<String, SessionRejected> {
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let session_id = uuid::Uuid::new_v4().to_string();
         let info = SessionInfo {
             plugin: plugin.to_string(),
@@ -345,8 +339,8 @@ impl Links {
             last_update: None,
             seq: 0,
             deadline_misses: 0,
-            interval_ms,
-            deadline_ms,
+            interval_ms: millis(interval),
+            deadline_ms: millis(deadline),
         };
         let mut sessions = lock(&self.sessions);
         let node = sessions.entry(node_id.to_string()).or_default();
@@ -375,11 +369,7 @@ impl Links {
     }
 
     /// Records a payload for a session this server knows.
-    pub fn session_data(
-        &self,
-        node_id: &str,
-        data: &v1::SessionData,
-    ) -> Result<(), SessionRejected> {
+    pub fn session_data(&self, node_id: &str, data: &SessionData) -> Result<(), SessionRejected> {
         if data.payload_json.len() > MAX_SESSION_PAYLOAD {
             return Err(SessionRejected::TooLarge(data.payload_json.len()));
         }
@@ -404,7 +394,7 @@ impl Links {
     pub fn session_status(
         &self,
         node_id: &str,
-        status: &v1::SessionStatus,
+        status: &SessionStatus,
     ) -> Result<(), SessionRejected> {
         self.with_session(node_id, &status.plugin, &status.session_id, |s| {
             s.info.deadline_misses = status.deadline_misses;
@@ -467,31 +457,31 @@ impl Links {
                 .collect()
         };
         let message = match plugin {
-            Some(_) => removed.first().map(|(p, id)| v1::TerminateSession {
+            Some(_) => removed.first().map(|(p, id)| ToAgent::TerminateSession {
                 plugin: p.clone(),
                 session_id: id.clone(),
                 reason: reason.to_string(),
             }),
-            None => Some(v1::TerminateSession {
+            None => Some(ToAgent::TerminateSession {
                 plugin: String::new(),
                 session_id: String::new(),
                 reason: reason.to_string(),
             }),
         };
         if let Some(m) = message {
-            self.send(node_id, Msg::TerminateSession(m)).await;
+            self.send(node_id, m).await;
         }
         removed.len()
     }
 
     /// Tells the agent that data arrived for a session this server does not know, so it recreates it.
     pub async fn reject_session(&self, node_id: &str, plugin: &str, session_id: &str) {
-        let m = v1::TerminateSession {
+        let m = ToAgent::TerminateSession {
             plugin: plugin.to_string(),
             session_id: session_id.to_string(),
             reason: "unknown session".to_string(),
         };
-        self.send(node_id, Msg::TerminateSession(m)).await;
+        self.send(node_id, m).await;
     }
 
     /// Forgets everything about a node (it was deleted).
@@ -500,12 +490,133 @@ impl Links {
     }
 }
 
+/// The margin the server waits beyond a call's deadline, for the agent's answer to travel back.
+const REPLY_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Gives up on an action call when its caller goes away before the answer.
+struct CallGuard<'a> {
+    links: &'a Links,
+    call_id: String,
+    done: bool,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.links.abandon_call(&self.call_id);
+        }
+    }
+}
+
+impl Links {
+    /// Asks a node attached here what it would change for `state_json`.
+    async fn plan(&self, node_id: &str, state_json: String) -> Result<String, NoPlan> {
+        let Some((request_id, rx)) = self.start_plan(node_id, state_json).await else {
+            return Err(NoPlan("not connected".into()));
+        };
+        let answer = tokio::time::timeout(PLAN_PATIENCE, rx).await;
+        self.forget_plan(&request_id);
+        match answer {
+            Ok(Ok(json)) => Ok(json),
+            _ => Err(NoPlan("no plan in time".into())),
+        }
+    }
+
+    /// Runs a call on a node attached here and waits for its outcome (or gives up with the caller).
+    async fn run_call(&self, node_id: &str, call: &Call) -> Result<Value, ActionError> {
+        let reply = self
+            .start_call(
+                node_id,
+                &call.call_id,
+                &call.name,
+                &call.args,
+                call.deadline_ms,
+                &call.signature_json,
+            )
+            .await?;
+        let mut guard = CallGuard {
+            links: self,
+            call_id: call.call_id.clone(),
+            done: false,
+        };
+        let deadline = std::time::Duration::from_millis(call.deadline_ms);
+        // The agent enforces the deadline; the margin covers the trip there and back.
+        let outcome = match tokio::time::timeout(deadline.saturating_add(REPLY_MARGIN), reply).await
+        {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ActionError::NodeUnavailable),
+            Err(_) => {
+                self.abandon_call(&call.call_id);
+                Err(ActionError::DeadlineExceeded {
+                    deadline_ms: call.deadline_ms,
+                })
+            }
+        };
+        guard.done = true;
+        outcome
+    }
+}
+
+impl Reach for Links {
+    async fn holds(&self, node_id: &str) -> bool {
+        self.is_attached(node_id)
+    }
+
+    async fn send(&self, node_id: &str, msg: ToAgent) -> bool {
+        Links::send(self, node_id, msg).await
+    }
+
+    async fn ask_json(&self, node_id: &str, ask: Ask) -> Option<Value> {
+        if !self.is_attached(node_id) {
+            return None;
+        }
+        Some(match ask {
+            Ask::Actions => json!(self.actions(node_id)?),
+            Ask::Sessions => json!(self.sessions(node_id)),
+            Ask::Session { plugin } => json!(self.session(node_id, &plugin)),
+            Ask::SessionHistory { plugin } => json!(self.session_history(node_id, &plugin)),
+            Ask::TerminateSessions { plugin } => json!(
+                self.terminate_sessions(node_id, plugin.as_deref(), "terminated by an operator")
+                    .await
+            ),
+            Ask::SessionMessage { plugin, body_json } => {
+                let sent = match self.session(node_id, &plugin) {
+                    None => None,
+                    Some(detail) => {
+                        let m = ToAgent::SessionMessage {
+                            plugin,
+                            session_id: detail.info.session_id,
+                            body_json,
+                        };
+                        Some(Links::send(self, node_id, m).await)
+                    }
+                };
+                json!(sent)
+            }
+            Ask::Plan { state_json } => json!(self.plan(node_id, state_json).await),
+            Ask::CancelCall { call_id } => json!(self.cancel_call(node_id, &call_id).await),
+        })
+    }
+
+    /// `None` when the node is not attached here; an action it does not offer is refused naming those it does.
+    async fn call(&self, node_id: &str, call: &Call) -> Option<Result<Value, ActionError>> {
+        let known = self.actions(node_id)?;
+        if !known.iter().any(|a| a.name == call.name) {
+            return Some(Err(ActionError::UnknownAction {
+                name: call.name.clone(),
+                known: known.into_iter().map(|a| a.name).collect(),
+            }));
+        }
+        Some(self.run_call(node_id, call).await)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn data(plugin: &str, session_id: &str, seq: u64) -> v1::SessionData {
-        v1::SessionData {
+    fn data(plugin: &str, session_id: &str, seq: u64) -> SessionData {
+        SessionData {
             plugin: plugin.into(),
             session_id: session_id.into(),
             seq,
@@ -514,6 +625,9 @@ mod tests {
         }
     }
 
+    const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+    const TENTH: std::time::Duration = std::time::Duration::from_millis(100);
+
     #[test]
     fn sessions_accept_only_their_own_data_and_bound_history() {
         let links = Links::default();
@@ -521,7 +635,7 @@ mod tests {
             links.session_data("n", &data("p", "nope", 0)),
             Err(SessionRejected::Unknown("nope".into()))
         );
-        let id = links.create_session("n", "p", 1000, 100).unwrap();
+        let id = links.create_session("n", "p", SECOND, TENTH).unwrap();
         assert_eq!(links.sessions("n")[0].state, SessionState::Pending);
         for seq in 0..(SESSION_HISTORY as u64 + 50) {
             links.session_data("n", &data("p", &id, seq)).unwrap();
@@ -534,7 +648,7 @@ mod tests {
             SESSION_HISTORY
         );
         // A new session for the plugin replaces the old; the old id is now unknown.
-        let newer = links.create_session("n", "p", 1000, 100).unwrap();
+        let newer = links.create_session("n", "p", SECOND, TENTH).unwrap();
         assert_ne!(newer, id);
         assert!(links.session_data("n", &data("p", &id, 150)).is_err());
         let mut bad = data("p", &newer, 0);
@@ -550,16 +664,20 @@ mod tests {
         let links = Links::default();
         for i in 0..MAX_SESSIONS_PER_NODE {
             links
-                .create_session("n", &format!("p{i}"), 1000, 100)
+                .create_session("n", &format!("p{i}"), SECOND, TENTH)
                 .unwrap();
         }
         assert_eq!(
-            links.create_session("n", "one-more", 1000, 100),
+            links.create_session("n", "one-more", SECOND, TENTH),
             Err(SessionRejected::TooMany)
         );
         // A plugin it has may still replace its session, and other nodes are not held up.
-        let id = links.create_session("n", "p0", 1000, 100).unwrap();
-        assert!(links.create_session("other", "one-more", 1000, 100).is_ok());
+        let id = links.create_session("n", "p0", SECOND, TENTH).unwrap();
+        assert!(
+            links
+                .create_session("other", "one-more", SECOND, TENTH)
+                .is_ok()
+        );
 
         let mut big = data("p0", &id, 0);
         big.payload_json = format!("\"{}\"", "x".repeat(MAX_SESSION_PAYLOAD));
@@ -596,9 +714,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             rx.recv().await.map(|m| *m),
-            Some(ServerMessage {
-                msg: Some(Msg::ActionCall(_))
-            })
+            Some(ToAgent::ActionCall(_))
         ));
         // Another node cannot answer it.
         links.finish_call("other", "c1", Ok(Value::Bool(true)));

@@ -16,31 +16,32 @@
 //! - `drover.task.<task>.stored`: published (empty) by the replica that stored output or a run's end, so
 //!   followers on other replicas re-read the store.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::v1::{ServerMessage, server_message::Msg};
+use super::ask::ROUTE_PATIENCE;
+
+use drover_proto::v1::ServerMessage;
 use drover_types::action::ActionError;
 use futures_util::StreamExt;
 use prost::Message as _;
-use serde::{Deserialize, Serialize};
 
-use super::Fleet;
-use super::ask::Ask;
-use super::state_kv::StateKv;
-use super::tasks::TaskEvent;
+mod state_kv;
+
+use super::message::ToAgent;
+use super::{Ask, Call, Links, Reach, wire};
+pub use state_kv::{Bucket, KvError, Record, StateKv, StateObserver, put_newer};
+
+/// The longest deadline a routed call may ask for (`MAX_ACTION_DEADLINE`, as the asker checked it).
+const MAX_CALL_DEADLINE_MS: u64 = 3_600_000;
 
 /// How long a start at connect may take before the server gives up with a clear error.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 /// How long a routed message may wait for the holder's answer.
-pub(super) const ROUTE_PATIENCE: Duration = Duration::from_secs(5);
 /// How often a follower of a task re-reads the store while it follows through another replica: in case a
 /// poke was lost (NATS reconnecting), it is late by this much at most.
 const FOLLOW_RECHECK: Duration = Duration::from_secs(3);
-/// Holders asked at once when a task is created for nodes not attached here.
-const HELD_ASKS: usize = 256;
 
 /// The margin a routed action call waits beyond its deadline, for the answer to travel back twice.
 const CALL_MARGIN: Duration = Duration::from_secs(4);
@@ -171,16 +172,6 @@ impl NatsOptions {
     }
 }
 
-/// An action call sent to the replica that holds the node (checked and audited by the asker).
-#[derive(Serialize, Deserialize)]
-pub(crate) struct RoutedCall {
-    pub call_id: String,
-    pub name: String,
-    pub args: serde_json::Value,
-    pub deadline_ms: u64,
-    pub signature_json: String,
-}
-
 /// A connection to NATS shared by the whole server.
 #[derive(Clone)]
 pub struct Nats {
@@ -208,13 +199,13 @@ impl Drop for RoutedCallGuard {
         };
         // A destructor cannot wait; the agent's own deadline stops the call if this is lost.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { nats.ask(&node_id, &ask).await });
+            runtime.spawn(async move { nats.route_ask(&node_id, &ask).await });
         }
     }
 }
 
 /// Serves a node's subjects on this replica while the node's stream is here; stops when dropped.
-pub(crate) struct Held(tokio::task::JoinHandle<()>);
+pub struct Held(tokio::task::JoinHandle<()>);
 
 impl Drop for Held {
     fn drop(&mut self) {
@@ -223,7 +214,7 @@ impl Drop for Held {
 }
 
 /// Whether `id` can stand in a subject: the server's ids are UUIDs, and nothing else is routed.
-pub(super) fn subject_token(id: &str) -> Option<&str> {
+pub(crate) fn subject_token(id: &str) -> Option<&str> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -253,8 +244,17 @@ impl Nats {
         Ok(Self { client, state })
     }
 
-    pub(super) fn state_kv(&self) -> &StateKv {
+    pub fn state_kv(&self) -> &StateKv {
         &self.state
+    }
+
+    /// Watches the node-state buckets for other replicas' changes while `observer` lives (`state_kv`).
+    pub fn watch_state(
+        &self,
+        observer: std::sync::Weak<dyn StateObserver>,
+        store: Arc<dyn crate::store::DesiredStateStore>,
+    ) {
+        state_kv::watch(self.state.clone(), observer, store);
     }
 
     /// Whether requests can go out now. While the connection is down they would only wait in the
@@ -264,11 +264,11 @@ impl Nats {
     }
 
     /// Asks the replica that holds `node_id` to send `msg` on its stream; true once it did.
-    async fn send(&self, node_id: &str, msg: Msg) -> bool {
+    async fn route_send(&self, node_id: &str, msg: ToAgent) -> bool {
         let Some(node) = subject_token(node_id).filter(|_| self.up()) else {
             return false;
         };
-        let payload = ServerMessage { msg: Some(msg) }.encode_to_vec();
+        let payload = ServerMessage::from(msg).encode_to_vec();
         let asked = self
             .client
             .request(format!("drover.node.{node}.send"), payload.into());
@@ -285,10 +285,10 @@ impl Nats {
     }
 
     /// Runs an action call through the replica holding `node_id`; `None` when no replica holds it.
-    async fn call(
+    async fn route_call(
         &self,
         node_id: &str,
-        call: &RoutedCall,
+        call: &Call,
     ) -> Option<Result<serde_json::Value, ActionError>> {
         let node = subject_token(node_id).filter(|_| self.up())?;
         let payload = serde_json::to_vec(call).ok()?;
@@ -321,7 +321,7 @@ impl Nats {
     }
 
     /// Asks the replica holding `node_id` about its stream; `None` when none holds it or none answered.
-    async fn ask(&self, node_id: &str, ask: &Ask) -> Option<serde_json::Value> {
+    async fn route_ask(&self, node_id: &str, ask: &Ask) -> Option<serde_json::Value> {
         let node = subject_token(node_id).filter(|_| self.up())?;
         let payload = serde_json::to_vec(ask).ok()?;
         let patience = ask.patience();
@@ -346,7 +346,7 @@ impl Nats {
     }
 
     /// Whether some replica holds `node_id`'s stream.
-    async fn held(&self, node_id: &str) -> bool {
+    pub async fn held(&self, node_id: &str) -> bool {
         let Some(node) = subject_token(node_id).filter(|_| self.up()) else {
             return false;
         };
@@ -360,7 +360,7 @@ impl Nats {
     }
 
     /// Tells other replicas that the store has news for `task_id` (output, a run's end).
-    fn poke(&self, task_id: &str) {
+    pub fn poke(&self, task_id: &str) {
         let Some(task) = subject_token(task_id) else {
             return;
         };
@@ -374,218 +374,58 @@ impl Nats {
     }
 }
 
-impl Fleet {
-    /// Connects this server to the other replicas, and starts watching the node-state buckets.
-    pub fn set_nats(self: &Arc<Self>, nats: Nats) {
-        if self.nats.set(nats).is_err() {
-            tracing::warn!("NATS was already set up; keeping the first connection");
-            return;
-        }
-        self.watch_state();
-    }
-
-    pub(super) fn nats(&self) -> Option<&Nats> {
-        self.nats.get()
-    }
-
-    /// Why this replica cannot route to the others now, when it is set up to (`--nats`) and its connection
-    /// is down; the client reconnects by itself, so this clears when NATS is back.
-    pub fn nats_problem(&self) -> Option<String> {
-        let state = self.nats()?.client.connection_state();
+impl Nats {
+    /// Why this replica cannot route to the others now; the client reconnects by itself, so this clears
+    /// when NATS is back.
+    pub fn problem(&self) -> Option<String> {
+        let state = self.client.connection_state();
         (state != async_nats::connection::State::Connected)
             .then(|| format!("cannot reach NATS: the connection is {state}"))
     }
 
-    /// Sends to a node's stream, here or through the replica that holds it; false when none does.
-    pub(crate) async fn send_to_node(&self, node_id: &str, msg: Msg) -> bool {
-        if self.links().is_attached(node_id) || self.nats().is_none() {
-            return self.links().send(node_id, msg).await;
-        }
-        match self.nats() {
-            Some(nats) => nats.send(node_id, msg).await,
-            None => false,
-        }
-    }
-
-    /// Runs an action call through the replica holding the node; `None` without NATS or when no replica
-    /// holds it.
-    pub(crate) async fn call_elsewhere(
-        &self,
-        node_id: &str,
-        call: &RoutedCall,
-    ) -> Option<Result<serde_json::Value, ActionError>> {
-        let nats = self.nats()?;
-        // A caller that leaves before the answer stops the call on the node, as it does for a node here.
-        let mut guard = RoutedCallGuard {
-            nats: nats.clone(),
-            node_id: node_id.to_string(),
-            call_id: call.call_id.clone(),
-            done: false,
-        };
-        let outcome = nats.call(node_id, call).await;
-        guard.done = true;
-        outcome
-    }
-
-    /// Asks the replica that holds `node_id` (see [`Fleet::ask`]).
-    pub(super) async fn ask_elsewhere(
-        &self,
-        node_id: &str,
-        ask: &Ask,
-    ) -> Option<serde_json::Value> {
-        self.nats()?.ask(node_id, ask).await
-    }
-
-    /// Of `node_ids` (none attached here), those another replica holds.
-    pub(crate) async fn held_elsewhere(&self, node_ids: Vec<String>) -> HashSet<String> {
-        let Some(nats) = self.nats() else {
-            return HashSet::new();
-        };
-        futures_util::stream::iter(node_ids)
-            .map(|id| async move { nats.held(&id).await.then_some(id) })
-            .buffer_unordered(HELD_ASKS)
-            .filter_map(|id| async move { id })
-            .collect()
-            .await
-    }
-
-    /// Tells followers on other replicas that the store has news for the task.
-    pub(crate) fn poke_replicas(&self, task_id: &str) {
-        if let Some(nats) = self.nats() {
-            nats.poke(task_id);
-        }
-    }
-
-    /// Answers for `node_id` on NATS while the returned guard lives (the node's stream `serial` is here).
-    pub(crate) async fn hold(self: &Arc<Self>, node_id: &str, serial: u64) -> Option<Held> {
-        let nats = self.nats()?;
+    /// Answers for `node_id` on NATS while the returned guard lives (the node's stream `serial` is in
+    /// `links`, this server's).
+    pub async fn hold(&self, links: Arc<Links>, node_id: &str, serial: u64) -> Option<Held> {
         let node = subject_token(node_id)?.to_string();
-        let mut sub = match nats.client.subscribe(format!("drover.node.{node}.*")).await {
+        // Subscribed before the attach completes, so a replica routing to the node at once finds it.
+        let mut sub = match self.client.subscribe(format!("drover.node.{node}.*")).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(node = %node, "cannot serve the node's subjects on NATS; other replicas cannot reach it: {e}");
                 return None;
             }
         };
-        let fleet = Arc::downgrade(self);
-        let client = nats.client.clone();
+        let client = self.client.clone();
         Some(Held(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                let (Some(reply), Some(fleet)) = (msg.reply, fleet.upgrade()) else {
+                let Some(reply) = msg.reply.clone() else {
                     continue;
                 };
                 // A newer stream of the node (here) serves it with its own subscription: one answer only.
-                if fleet.links().serial(&node) != Some(serial) {
+                if links.serial(&node) != Some(serial) {
                     continue;
                 }
-                if msg.subject.ends_with(".ask") {
-                    // Some answers wait for the agent (a plan): answered on their own, like calls.
-                    let (client, node) = (client.clone(), node.clone());
-                    tokio::spawn(async move {
-                        let ask = match serde_json::from_slice::<Ask>(&msg.payload) {
-                            Ok(a) => a,
-                            Err(e) => {
-                                tracing::warn!(node = %node, "ignored an unreadable question from another replica: {e}");
-                                return;
-                            }
-                        };
-                        let Some(answer) = fleet.answer_here(&node, ask).await else {
-                            return;
-                        };
-                        let answer = serde_json::to_vec(&answer).unwrap_or_default();
-                        if let Err(e) = client.publish(reply, answer.into()).await {
-                            tracing::debug!("cannot answer another replica's question: {e}");
-                        }
-                    });
-                    continue;
-                }
-                if msg.subject.ends_with(".call") {
-                    // A call waits for the agent: answered on its own, so the node's other subjects go on.
-                    let (client, node) = (client.clone(), node.clone());
-                    tokio::spawn(async move {
-                        let Some(outcome) = fleet.routed_call(&node, &msg.payload).await else {
-                            return;
-                        };
-                        let answer = serde_json::to_vec(&outcome).unwrap_or_default();
-                        if let Err(e) = client.publish(reply, answer.into()).await {
-                            tracing::debug!("cannot answer a routed action call: {e}");
-                        }
-                    });
-                    continue;
-                }
-                let answer = match msg.subject.rsplit('.').next() {
-                    Some("held") => Some(HELD),
-                    Some("send") => match ServerMessage::decode(msg.payload.as_ref()) {
-                        Ok(ServerMessage { msg: Some(m) }) => {
-                            fleet.links().send(&node, m).await.then_some(SENT)
-                        }
-                        _ => {
-                            tracing::warn!(node = %node, "ignored a routed message that is not a ServerMessage");
-                            None
-                        }
-                    },
-                    _ => None,
-                };
-                // Silence when not sent: the asker then fails fast or times out, never sees a false "sent".
-                if let Some(answer) = answer
-                    && let Err(e) = client.publish(reply, answer.to_vec().into()).await
-                {
-                    tracing::debug!("cannot answer a routed message: {e}");
-                }
+                serve_routed(&client, &links, &node, msg, reply).await;
             }
         })))
     }
 
-    /// Runs a call another replica routed here; `None` (silence) when the node's stream is not here.
-    async fn routed_call(
-        &self,
-        node_id: &str,
-        payload: &[u8],
-    ) -> Option<Result<serde_json::Value, ActionError>> {
-        let known = self.links().actions(node_id)?;
-        let call: RoutedCall = match serde_json::from_slice(payload) {
-            Ok(c) => c,
-            Err(e) => {
-                return Some(Err(ActionError::failed(format!(
-                    "the replica that took the call sent it unreadable: {e}"
-                ))));
-            }
-        };
-        if !known.iter().any(|a| a.name == call.name) {
-            return Some(Err(ActionError::UnknownAction {
-                name: call.name,
-                known: known.into_iter().map(|a| a.name).collect(),
-            }));
-        }
-        let deadline = Duration::from_millis(call.deadline_ms).min(super::MAX_ACTION_DEADLINE);
-        Some(self.run_call(node_id, &call, deadline).await)
-    }
-
-    /// While someone here follows `task_id`, listens for pokes from other replicas and turns them (and a
-    /// periodic re-read, in case one was lost) into `TaskEvent::Stored`. At most one listener per task.
-    pub(crate) fn watch_replicas(self: &Arc<Self>, task_id: &str) {
-        let Some(nats) = self.nats() else { return };
+    /// While `on_stored` says someone here still follows `task_id`, calls it again whenever another
+    /// replica stored something for the task (and every `FOLLOW_RECHECK`, in case a poke was lost).
+    pub fn watch_task(&self, task_id: &str, mut on_stored: impl FnMut() -> bool + Send + 'static) {
         let Some(task) = subject_token(task_id) else {
             return;
         };
-        if !self.live().start_watch(task_id) {
-            return;
-        }
-        let client = nats.client.clone();
+        let client = self.client.clone();
         let subject = format!("drover.task.{task}.stored");
-        let fleet = Arc::downgrade(self);
-        let task_id = task_id.to_string();
         tokio::spawn(async move {
             let mut sub = client.subscribe(subject).await.ok();
             // Whatever was stored before the subscription counts too.
             let mut tick = tokio::time::interval(FOLLOW_RECHECK);
             loop {
-                let Some(f) = fleet.upgrade() else { return };
-                if !f.live().keep_watching(&task_id) {
+                if !on_stored() {
                     return;
                 }
-                f.publish_local(&task_id, TaskEvent::Stored);
-                drop(f);
                 match sub.as_mut() {
                     Some(s) => tokio::select! {
                         poked = s.next() => if poked.is_none() { sub = None },
@@ -597,6 +437,116 @@ impl Fleet {
                 }
             }
         });
+    }
+}
+
+/// Answers one message another replica routed to a node whose stream is here. Questions and calls wait
+/// for the agent, so they are answered on their own and the node's other subjects go on.
+async fn serve_routed(
+    client: &async_nats::Client,
+    links: &Arc<Links>,
+    node: &str,
+    msg: async_nats::Message,
+    reply: async_nats::Subject,
+) {
+    let subject = msg.subject.as_str();
+    if subject.ends_with(".ask") || subject.ends_with(".call") {
+        let (client, links, node) = (client.clone(), links.clone(), node.to_string());
+        let is_ask = subject.ends_with(".ask");
+        tokio::spawn(async move {
+            let answer = if is_ask {
+                let ask = match serde_json::from_slice::<Ask>(&msg.payload) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(node = %node, "ignored an unreadable question from another replica: {e}");
+                        return;
+                    }
+                };
+                let Some(answer) = links.ask_json(&node, ask).await else {
+                    return;
+                };
+                serde_json::to_vec(&answer).unwrap_or_default()
+            } else {
+                let Some(outcome) = routed_call(&links, &node, &msg.payload).await else {
+                    return;
+                };
+                serde_json::to_vec(&outcome).unwrap_or_default()
+            };
+            if let Err(e) = client.publish(reply, answer.into()).await {
+                tracing::debug!("cannot answer another replica: {e}");
+            }
+        });
+        return;
+    }
+    let answer = match subject.rsplit('.').next() {
+        Some("held") => Some(HELD),
+        Some("send") => match ServerMessage::decode(msg.payload.as_ref())
+            .ok()
+            .and_then(wire::to_agent)
+        {
+            Some(m) => links.send(node, m).await.then_some(SENT),
+            None => {
+                tracing::warn!(node = %node, "ignored a routed message that is not a ServerMessage");
+                None
+            }
+        },
+        _ => None,
+    };
+    // Silence when not sent: the asker then fails fast or times out, never sees a false "sent".
+    if let Some(answer) = answer
+        && let Err(e) = client.publish(reply, answer.to_vec().into()).await
+    {
+        tracing::debug!("cannot answer a routed message: {e}");
+    }
+}
+
+/// Runs a call another replica routed here; `None` (silence) when the node's stream is not here.
+async fn routed_call(
+    links: &Links,
+    node_id: &str,
+    payload: &[u8],
+) -> Option<Result<serde_json::Value, ActionError>> {
+    links.actions(node_id)?;
+    let mut call: Call = match serde_json::from_slice(payload) {
+        Ok(c) => c,
+        Err(e) => {
+            return Some(Err(ActionError::failed(format!(
+                "the replica that took the call sent it unreadable: {e}"
+            ))));
+        }
+    };
+    call.deadline_ms = call.deadline_ms.min(MAX_CALL_DEADLINE_MS);
+    links.call(node_id, &call).await
+}
+
+impl Reach for Nats {
+    async fn holds(&self, node_id: &str) -> bool {
+        self.held(node_id).await
+    }
+
+    async fn send(&self, node_id: &str, msg: ToAgent) -> bool {
+        self.route_send(node_id, msg).await
+    }
+
+    async fn ask_json(&self, node_id: &str, ask: Ask) -> Option<serde_json::Value> {
+        self.route_ask(node_id, &ask).await
+    }
+
+    async fn call(
+        &self,
+        node_id: &str,
+        call: &Call,
+    ) -> Option<Result<serde_json::Value, ActionError>> {
+        // A caller that leaves before the answer stops the call on the node, as it does for a node here.
+        let mut guard = RoutedCallGuard {
+            nats: self.clone(),
+            node_id: node_id.to_string(),
+            call_id: call.call_id.clone(),
+            done: false,
+        };
+        let outcome = self.route_call(node_id, call).await;
+        guard.done = true;
+        outcome
     }
 }
 
