@@ -408,6 +408,28 @@ async fn start_background_tasks(
     tokio::spawn(lead(fleet.clone(), shutdown.clone()));
     tokio::spawn(janitor(fleet.clone(), config.clone(), shutdown.clone()));
     tokio::spawn(flush_heartbeats(fleet.clone(), shutdown.clone()));
+    tokio::spawn(drive_rollouts(fleet.clone(), shutdown.clone()));
+}
+
+/// How often the leader moves rollouts on: the finest a bake or a wave's judgement can be.
+const ROLLOUT_TICK: Duration = Duration::from_secs(1);
+
+/// The leader drives every rollout under way, once a tick (`Desired::drive_rollouts`); another replica
+/// takes over from the store if it becomes the leader.
+async fn drive_rollouts(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(ROLLOUT_TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if fleet.is_leader()
+            && let Err(e) = fleet.desired.drive_rollouts().await
+        {
+            tracing::error!("cannot drive rollouts: {e}");
+        }
+    }
 }
 
 /// Serves the REST API (and the UI) on `listener` until `shutdown` turns true.

@@ -72,10 +72,34 @@ pub enum AuditAction {
     /// An admin revoked a join token.
     #[serde(rename = "token.revoke")]
     TokenRevoke,
+    /// A changed manifest with a rollout policy began its first wave.
+    #[serde(rename = "rollout.start")]
+    RolloutStart,
+    /// A rollout's next wave began (its bake passed, or an operator promoted it).
+    #[serde(rename = "rollout.wave")]
+    RolloutWave,
+    /// A rollout paused: an operator, or its cause (a tripped wave, an infrastructure failure).
+    #[serde(rename = "rollout.pause")]
+    RolloutPause,
+    /// An operator resumed a paused rollout.
+    #[serde(rename = "rollout.resume")]
+    RolloutResume,
+    /// An operator aborted a rollout.
+    #[serde(rename = "rollout.abort")]
+    RolloutAbort,
+    /// A tripped wave (or every wave) was put back on the previous revision.
+    #[serde(rename = "rollout.revert")]
+    RolloutRevert,
+    /// Every wave of a rollout went through.
+    #[serde(rename = "rollout.complete")]
+    RolloutComplete,
+    /// An operator put the whole fleet back on the previous revision.
+    #[serde(rename = "rollout.undo")]
+    RolloutUndo,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 20] = [
+    pub const ALL: [AuditAction; 28] = [
         Self::ActionCall,
         Self::ActionCancel,
         Self::BlobPut,
@@ -96,6 +120,14 @@ impl AuditAction {
         Self::TaskFinish,
         Self::TokenCreate,
         Self::TokenRevoke,
+        Self::RolloutStart,
+        Self::RolloutWave,
+        Self::RolloutPause,
+        Self::RolloutResume,
+        Self::RolloutAbort,
+        Self::RolloutRevert,
+        Self::RolloutComplete,
+        Self::RolloutUndo,
     ];
 
     /// The action as the log records it.
@@ -121,6 +153,14 @@ impl AuditAction {
             Self::TaskFinish => "task.finish",
             Self::TokenCreate => "token.create",
             Self::TokenRevoke => "token.revoke",
+            Self::RolloutStart => "rollout.start",
+            Self::RolloutWave => "rollout.wave",
+            Self::RolloutPause => "rollout.pause",
+            Self::RolloutResume => "rollout.resume",
+            Self::RolloutAbort => "rollout.abort",
+            Self::RolloutRevert => "rollout.revert",
+            Self::RolloutComplete => "rollout.complete",
+            Self::RolloutUndo => "rollout.undo",
         }
     }
 
@@ -147,7 +187,7 @@ mod tests {
     use super::*;
 
     /// The strings the server writes today (its `audit` calls and the task-end entry), each exactly once.
-    const WRITTEN: [&str; 20] = [
+    const WRITTEN: [&str; 28] = [
         "action.call",
         "action.cancel",
         "blob.put",
@@ -168,6 +208,14 @@ mod tests {
         "task.finish",
         "token.create",
         "token.revoke",
+        "rollout.start",
+        "rollout.wave",
+        "rollout.pause",
+        "rollout.resume",
+        "rollout.abort",
+        "rollout.revert",
+        "rollout.complete",
+        "rollout.undo",
     ];
 
     #[test]

@@ -27,6 +27,10 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub version: u64,
     pub resources: Vec<Resource>,
+    /// How a change reaches the selected nodes: in waves, judged as it goes (`rollout`). None: every
+    /// node at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutPolicy>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -36,13 +40,21 @@ fn is_zero(v: &u64) -> bool {
 impl Manifest {
     /// What a signature covers: the canonical JSON (RFC 8785) of the name, selector, version and
     /// resources, the same whichever YAML form the manifest was written in.
+    /// A rollout's health checks are signed too (a node runs them); the payload names them only when
+    /// there are some, so what was signed before rollouts existed still verifies.
     pub fn signed_payload(&self) -> Result<String, SignError> {
-        canonical_json(&serde_json::json!({
+        let mut payload = serde_json::json!({
             "name": self.name,
             "selector": self.selector,
             "version": self.version,
             "resources": self.resources,
-        }))
+        });
+        if let Some(health) = self.rollout.as_ref().map(|r| &r.health)
+            && !health.is_empty()
+        {
+            payload["health"] = serde_json::json!(health);
+        }
+        canonical_json(&payload)
     }
 
     /// Checks `signature` over this manifest by the key it names (any key: the server pins none).
@@ -343,6 +355,9 @@ impl Manifest {
         for (i, r) in self.resources.iter().enumerate() {
             validate_resource(i, r, &mut ids, &mut err);
         }
+        if let Some(Err(e)) = self.rollout.as_ref().map(|r| r.validate()) {
+            err(None, &format!("rollout.{}", e.field), e.reason);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -571,6 +586,20 @@ pub struct Applied {
     /// HTTP nodes the manifest selects: not targets, as they take no manifests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http_nodes: Vec<String>,
+    /// The rollout the change started (a manifest with a `rollout:` policy): its plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<AppliedRollout>,
+}
+
+/// A rollout's plan, as `drover apply` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppliedRollout {
+    /// Nodes per wave, in order.
+    pub waves: Vec<usize>,
+    /// Per spread facet, the values the first wave covers.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub covered: std::collections::BTreeMap<String, BTreeSet<String>>,
 }
 
 /// A resource in a node's desired state: which manifest gave it.
@@ -822,6 +851,25 @@ impl NodeStatusReport {
                 .resources
                 .iter()
                 .all(|r| r.state == ResourceState::Ready)
+    }
+
+    /// Whether the node has its current desired state with every resource of `manifest` ready (what
+    /// `apply --wait` asks of the manifest it applied: another manifest's resources do not count).
+    pub fn converged_for(&self, manifest: &str) -> bool {
+        self.convergence.observed_generation == self.desired_generation
+            && self
+                .convergence
+                .resources
+                .iter()
+                .filter(|r| r.manifest == manifest)
+                .all(|r| r.state == ResourceState::Ready)
+    }
+
+    /// [`Self::stuck`], of `manifest`'s resources only.
+    pub fn stuck_for(&self, manifest: &str) -> Vec<&ResourceStatus> {
+        let mut stuck = self.stuck();
+        stuck.retain(|r| r.manifest == manifest);
+        stuck
     }
 
     /// Resources that will not converge by waiting, at the generation the node was given: refused by the

@@ -31,7 +31,8 @@ pub const DEFAULT_BAKE: Duration = Duration::from_secs(30);
 pub const DEFAULT_WAVE_DEADLINE: Duration = Duration::from_secs(600);
 
 /// `rollout:` on a manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RolloutPolicy {
     /// Cumulative targets, in order (none: one wave of every node).
@@ -39,6 +40,7 @@ pub struct RolloutPolicy {
     pub waves: Vec<Wave>,
     /// Facets whose every value the fleet has goes into the first wave: `arch`, `os`, `gpu`, `label:KEY`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub spread_by: Vec<Facet>,
     /// Nodes of a wave changing at once (none: the whole wave).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,6 +74,7 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 
 /// One wave's cumulative target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged, deny_unknown_fields)]
 pub enum Wave {
     /// This many of the selected nodes in all (this wave and those before).
@@ -81,6 +84,9 @@ pub enum Wave {
     /// The nodes matching this selector, besides those of earlier waves.
     Selector { selector: Labels },
 }
+
+// Percents are finite (`validate`), so every wave equals itself.
+impl Eq for Wave {}
 
 /// What a wave's nodes are grouped by for the first wave's canaries.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -143,7 +149,8 @@ impl From<Facet> for String {
 }
 
 /// Failures a wave tolerates.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum Budget {
     Count(u32),
@@ -177,6 +184,7 @@ fn parse_percent(text: &str, field: &str) -> Result<f64, RolloutError> {
 
 /// What a tripped wave does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
     /// Stop where it is; the nodes changed keep the new revision until someone acts.
@@ -190,6 +198,7 @@ pub enum OnFailure {
 
 /// What happens to a node that could not be reached while its wave ran.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnUnreachable {
     /// It gets the revision when it comes back.
@@ -201,6 +210,7 @@ pub enum OnUnreachable {
 
 /// A check a node runs on itself; all of a policy's must pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum HealthCheck {
     /// An HTTP GET answering `expect_status` (200 unless set).
@@ -524,6 +534,195 @@ impl Rollout {
             (_, None) => false,
             (RolloutState::Complete, Some(w)) => !self.reverted_waves.contains(&w),
             (_, Some(w)) => w <= self.wave && !self.reverted_waves.contains(&w),
+        }
+    }
+}
+
+/// How one node of a wave did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Took the revision, every resource of the manifest ready.
+    Converged,
+    /// The revision failed there: a resource failed or was refused by the node's policy.
+    ChangeFailed,
+    /// Something around the change failed (a registry or blob fetch timing out or refused, a network
+    /// error): the rollout pauses rather than revert.
+    InfraFailed,
+    /// Not connected and not done: never counted as a failure.
+    Unreachable,
+    /// Working on it, or not given the revision yet.
+    Pending,
+}
+
+/// Failure texts that name the infrastructure rather than the change (checked after those that name
+/// the change itself, such as an image that does not exist).
+const INFRA_SIGNS: [&str; 12] = [
+    "timed out",
+    "timeout",
+    "connection refused",
+    "connection reset",
+    "network is unreachable",
+    "no route to host",
+    "temporary failure in name resolution",
+    "dial tcp",
+    "tls handshake",
+    "service unavailable",
+    "too many requests",
+    "cannot reach",
+];
+const CHANGE_SIGNS: [&str; 4] = [
+    "manifest unknown",
+    "not found",
+    "does not exist",
+    "no such image",
+];
+
+/// Whether a resource's error names the infrastructure (see [`Outcome::InfraFailed`]).
+pub fn is_infrastructure(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    !CHANGE_SIGNS.iter().any(|s| e.contains(s)) && INFRA_SIGNS.iter().any(|s| e.contains(s))
+}
+
+/// How a node did with a manifest's revision: judged from its latest report, once it observed its
+/// current desired state (`desired_generation`, which holds the revision once the node is released).
+/// The reason names the first failing resource.
+pub fn node_outcome(
+    manifest: &str,
+    desired_generation: u64,
+    report: Option<&crate::manifest::NodeConvergence>,
+    connected: bool,
+) -> (Outcome, Option<String>) {
+    use crate::manifest::ResourceState as S;
+    let waiting = if connected {
+        Outcome::Pending
+    } else {
+        Outcome::Unreachable
+    };
+    let Some(report) =
+        report.filter(|r| desired_generation > 0 && r.observed_generation >= desired_generation)
+    else {
+        return (waiting, None);
+    };
+    let mut pending = false;
+    for r in report.resources.iter().filter(|r| r.manifest == manifest) {
+        match r.state {
+            S::Ready => {}
+            S::Pending | S::Reconciling => pending = true,
+            S::Failed | S::Refused | S::UnknownKind | S::Conflict => {
+                let error = r.error.clone().unwrap_or_else(|| format!("{:?}", r.state));
+                let outcome = if r.state == S::Failed && is_infrastructure(&error) {
+                    Outcome::InfraFailed
+                } else {
+                    Outcome::ChangeFailed
+                };
+                return (outcome, Some(format!("{}: {error}", r.id)));
+            }
+        }
+    }
+    if pending {
+        (waiting, None)
+    } else {
+        (Outcome::Converged, None)
+    }
+}
+
+/// A wave as `drover rollout status` shows it: its nodes counted by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WaveStatus {
+    pub nodes: usize,
+    pub converged: usize,
+    pub change_failed: usize,
+    pub infra_failed: usize,
+    pub unreachable: usize,
+    pub pending: usize,
+    /// Put back on the previous revision.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reverted: bool,
+}
+
+impl WaveStatus {
+    pub fn count(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Converged => self.converged += 1,
+            Outcome::ChangeFailed => self.change_failed += 1,
+            Outcome::InfraFailed => self.infra_failed += 1,
+            Outcome::Unreachable => self.unreachable += 1,
+            Outcome::Pending => self.pending += 1,
+        }
+    }
+
+    /// Nodes that finished, well or not (what a failure budget is judged on).
+    pub fn finished(&self) -> usize {
+        self.converged + self.change_failed + self.infra_failed
+    }
+}
+
+/// A failing node of a rollout, with why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FailingNode {
+    pub node: String,
+    pub wave: usize,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /api/v1/rollouts/{name}`: a rollout with its waves counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutStatus {
+    pub manifest: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub state: RolloutState,
+    pub revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_revision: Option<u64>,
+    /// The wave under way, counted from 1.
+    pub wave: usize,
+    pub waves: Vec<WaveStatus>,
+    /// Per spread facet, the values the first wave covers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub covered: BTreeMap<String, BTreeSet<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<FailingNode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baking_since: Option<DateTime<Utc>>,
+    pub started_by: String,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What an operator does to a rollout (`POST /api/v1/rollouts/{name}/{command}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutCommand {
+    Pause,
+    Resume,
+    Abort,
+    /// Skip the bake: the next wave starts now (and held nodes get the revision).
+    Promote,
+    /// The whole fleet back to the previous revision, itself a rollout.
+    Undo,
+}
+
+impl RolloutCommand {
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutCommand::Pause => "pause",
+            RolloutCommand::Resume => "resume",
+            RolloutCommand::Abort => "abort",
+            RolloutCommand::Promote => "promote",
+            RolloutCommand::Undo => "undo",
         }
     }
 }

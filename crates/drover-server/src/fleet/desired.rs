@@ -125,6 +125,8 @@ pub struct Desired {
     pub(super) blobs: BlobCache,
     /// The fleet as the manifests page last read it (`Desired::manifest_targets`).
     pub(super) targets: TargetsCache,
+    /// The rollouts in force, as desired-state computations read them (`rollouts.rs`).
+    pub(super) rollout_views: super::rollouts::ViewCache,
     #[cfg(feature = "tamper")]
     pub(super) tamper: super::tamper::Tamper,
 }
@@ -302,6 +304,11 @@ impl Desired {
                 .check_signature(sig)
                 .map_err(|e| FleetError::invalid("signature", e))?;
         }
+        let previous = match self.manifest(&manifest.name).await {
+            Ok(m) => Some(m),
+            Err(FleetError::ManifestNotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
         let put = self
             .store
             .put_manifest(&manifest, signature.as_ref(), Utc::now())
@@ -311,6 +318,7 @@ impl Desired {
                 e => e.into(),
             })?;
         let generation = put.generation;
+        let mut rollout = None;
         if put.changed || put.resigned {
             self.access.audit(
                 actor,
@@ -320,6 +328,10 @@ impl Desired {
             )
             .await;
             tracing::info!(manifest = %manifest.name, generation, signed = signature.is_some(), "manifest applied");
+            if put.changed {
+                let stored = self.manifest(&manifest.name).await?;
+                rollout = self.revision_applied(actor, &stored, previous).await?;
+            }
             self.recompute_all_detached().await?;
         }
         let nodes: Vec<Selectable> = self
@@ -337,6 +349,10 @@ impl Desired {
             nodes: targets.nodes,
             offline: targets.offline,
             http_nodes: targets.http_nodes,
+            rollout: rollout.map(|r| drover_types::manifest::AppliedRollout {
+                waves: r.plan.waves.iter().map(Vec::len).collect(),
+                covered: r.plan.covered,
+            }),
         })
     }
 
@@ -402,6 +418,7 @@ impl Desired {
                 serde_json::json!({}),
             )
             .await;
+        self.manifest_gone(name).await?;
         self.recompute_all_detached().await
     }
 
@@ -493,7 +510,10 @@ impl Desired {
             }
             #[allow(unused_mut)]
             let mut state = match node.transport.takes_work() {
-                true => desired_state(&node.labels, manifests),
+                true => {
+                    let view = self.rollout_view().await?;
+                    desired_state(&node.labels, &view.for_node(node_id, manifests))
+                }
                 false => DesiredState::default(),
             };
             #[cfg(feature = "tamper")]

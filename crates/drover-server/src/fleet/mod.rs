@@ -9,6 +9,7 @@ mod nodes;
 mod observe;
 mod operators;
 pub mod pages;
+mod rollouts;
 mod sessions;
 #[cfg(feature = "tamper")]
 pub mod tamper;
@@ -82,6 +83,8 @@ pub enum FleetError {
     TaskNotFound(String),
     #[error("no manifest is named {0:?}")]
     ManifestNotFound(String),
+    #[error("the manifest {0:?} has no rollout (apply it with a `rollout:` policy to start one)")]
+    RolloutNotFound(String),
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     ManifestInvalid(Vec<drover_types::manifest::ManifestError>),
     #[error("node {node:?} has no session for plugin {plugin:?}")]
@@ -245,6 +248,7 @@ impl Fleet {
             status_events: Default::default(),
             blobs: Default::default(),
             targets: Default::default(),
+            rollout_views: Default::default(),
             #[cfg(feature = "tamper")]
             tamper: Default::default(),
         });

@@ -62,6 +62,7 @@ impl From<FleetError> for ApiError {
             | FleetError::CallNotFound(_)
             | FleetError::TaskNotFound(_)
             | FleetError::ManifestNotFound(_)
+            | FleetError::RolloutNotFound(_)
             | FleetError::SessionNotFound { .. } => ApiError::NotFound(e.to_string()),
             FleetError::Action(a) => ApiError::Action(a),
             FleetError::ManifestInvalid(ref errors) => ApiError::BadRequest {

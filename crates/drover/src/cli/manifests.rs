@@ -135,7 +135,17 @@ pub async fn apply(args: ApplyArgs, client: &Client) -> anyhow::Result<()> {
     }
     if args.wait {
         let timeout = drover_types::duration::parse_duration(&args.timeout).usage("--timeout")?;
-        let waited = wait_converged(client, &applied.nodes, &applied.offline, timeout).await?;
+        if applied.rollout.is_some() {
+            return super::rollout::follow(client, &applied.name, timeout).await;
+        }
+        let waited = wait_converged(
+            client,
+            &applied.name,
+            &applied.nodes,
+            &applied.offline,
+            timeout,
+        )
+        .await?;
         if !waited.is_empty() {
             eprintln!(
                 "pending, not connected: {} (each converges when its agent reconnects; `drover status` follows them)",
@@ -202,6 +212,22 @@ fn print_applied(applied: &Applied) {
         applied.generation,
         applied.nodes.len()
     );
+    if let Some(plan) = &applied.rollout {
+        let sizes: Vec<String> = plan.waves.iter().map(usize::to_string).collect();
+        eprintln!(
+            "rollout: {} wave(s) of {} node(s)",
+            plan.waves.len(),
+            sizes.join(", ")
+        );
+        for (facet, values) in &plan.covered {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            eprintln!(
+                "  first wave covers {}: {}",
+                safe(facet),
+                safe(&values.join(", "))
+            );
+        }
+    }
     // Selected, but not targets: said once, not waited for, not counted.
     if !applied.http_nodes.is_empty() {
         eprintln!(
@@ -235,6 +261,7 @@ fn some_names(names: &[String]) -> String {
 /// subscribing, so nothing since the apply is missed; it resumes by itself across a server restart.
 async fn wait_converged(
     client: &Client,
+    manifest: &str,
     nodes: &[String],
     offline: &[String],
     timeout: Duration,
@@ -249,11 +276,11 @@ async fn wait_converged(
     bar.enable_steady_tick(Duration::from_millis(200));
     let deadline = tokio::time::Instant::now() + timeout;
     let mut events = Subscription::new(client, "/api/v1/status/events".into(), false);
-    let mut waiting = Waiting::new(nodes, offline);
+    let mut waiting = Waiting::new(manifest, nodes, offline);
     loop {
         let Ok(next) = tokio::time::timeout_at(deadline, events.next()).await else {
             bar.finish_and_clear();
-            explain_waiting(nodes, &waiting.status);
+            explain_waiting(manifest, nodes, &waiting.status);
             bail!("not converged within {timeout:?}");
         };
         let Some(event) = next? else {
@@ -289,14 +316,19 @@ async fn wait_converged(
             );
             return Ok(offline
                 .iter()
-                .filter(|n| !waiting.status.get(*n).is_some_and(|s| s.converged()))
+                .filter(|n| {
+                    !waiting
+                        .status
+                        .get(*n)
+                        .is_some_and(|s| s.converged_for(manifest))
+                })
                 .cloned()
                 .collect());
         }
         // Refused (by a node's policy), unknown or conflicting resources never converge by waiting.
         if waiting.stuck > 0 {
             bar.finish_and_clear();
-            explain_waiting(nodes, &waiting.status);
+            explain_waiting(manifest, nodes, &waiting.status);
             bail!(
                 "some resources cannot converge: refused by a node's policy, unknown to the node, or in conflict"
             );
@@ -308,6 +340,8 @@ async fn wait_converged(
 /// of those not connected at the apply) and those stuck: at fleet size every event must cost the same, not a
 /// look at every node.
 struct Waiting<'a> {
+    /// The manifest applied: only its resources are judged.
+    manifest: &'a str,
     wanted: HashSet<&'a str>,
     offline: HashSet<&'a str>,
     status: HashMap<String, NodeStatusReport>,
@@ -317,9 +351,10 @@ struct Waiting<'a> {
 }
 
 impl<'a> Waiting<'a> {
-    fn new(nodes: &'a [String], offline: &'a [String]) -> Self {
+    fn new(manifest: &'a str, nodes: &'a [String], offline: &'a [String]) -> Self {
         let wanted: HashSet<&str> = nodes.iter().map(String::as_str).collect();
         Self {
+            manifest,
             offline: offline
                 .iter()
                 .map(String::as_str)
@@ -350,10 +385,11 @@ impl<'a> Waiting<'a> {
         if !self.wanted.contains(report.node_name.as_str()) {
             return;
         }
+        let manifest = self.manifest;
         let counts = |r: &NodeStatusReport| {
             (
-                usize::from(r.converged()),
-                usize::from(!r.stuck().is_empty()),
+                usize::from(r.converged_for(manifest)),
+                usize::from(!r.stuck_for(manifest).is_empty()),
             )
         };
         let offline = usize::from(self.offline.contains(report.node_name.as_str()));
@@ -371,13 +407,13 @@ impl<'a> Waiting<'a> {
 }
 
 /// Says, per node not converged, where it stands.
-fn explain_waiting(nodes: &[String], status: &HashMap<String, NodeStatusReport>) {
+fn explain_waiting(manifest: &str, nodes: &[String], status: &HashMap<String, NodeStatusReport>) {
     for node in nodes {
         let Some(s) = status.get(node) else {
             eprintln!("{}: no status reported", safe(node));
             continue;
         };
-        if s.converged() {
+        if s.converged_for(manifest) {
             continue;
         }
         eprintln!(
@@ -390,7 +426,7 @@ fn explain_waiting(nodes: &[String], status: &HashMap<String, NodeStatusReport>)
             .convergence
             .resources
             .iter()
-            .filter(|r| r.state != ResourceState::Ready)
+            .filter(|r| r.manifest == manifest && r.state != ResourceState::Ready)
         {
             eprintln!(
                 "  {} ({}): {:?} {}",
@@ -594,7 +630,7 @@ mod tests {
     #[test]
     fn waiting_counts_each_node_by_its_latest_report_only() {
         let nodes = vec!["a".to_string(), "b".to_string()];
-        let mut w = Waiting::new(&nodes, &[]);
+        let mut w = Waiting::new("m", &nodes, &[]);
         w.keep(report("a", 2, 2, ResourceState::Ready));
         w.keep(report("a", 2, 2, ResourceState::Ready));
         w.keep(report("other", 2, 2, ResourceState::Ready));
@@ -613,10 +649,26 @@ mod tests {
     }
 
     #[test]
+    fn waiting_judges_only_the_applied_manifests_resources() {
+        let nodes = vec!["a".to_string()];
+        let mut w = Waiting::new("m", &nodes, &[]);
+        let mut r = report("a", 2, 2, ResourceState::Ready);
+        // Another manifest's resource on the same node, refused there: not the applied manifest's concern.
+        r.convergence.resources.push(ResourceStatus::new(
+            "other",
+            "unsigned",
+            ResourceKind::File,
+            ResourceState::Refused,
+        ));
+        w.keep(r);
+        assert_eq!((w.converged, w.stuck), (1, 0));
+    }
+
+    #[test]
     fn waiting_is_done_once_every_connected_node_converged() {
         let nodes = vec!["on".to_string(), "off".to_string()];
         let offline = vec!["off".to_string(), "not-a-target".to_string()];
-        let mut w = Waiting::new(&nodes, &offline);
+        let mut w = Waiting::new("m", &nodes, &offline);
         assert!(!w.connected_done());
         w.keep(report("on", 2, 2, ResourceState::Ready));
         assert!(w.connected_done(), "the offline node is not waited for");

@@ -14,6 +14,7 @@ mod migrate;
 mod nodes;
 mod operators;
 mod output;
+mod rollout;
 mod safe;
 mod server;
 mod sessions;
@@ -46,7 +47,8 @@ pub use usage::UsageError;
       drover migrate --from /var/lib/drover --to postgres://drover:secret@db.example.com/drover\n\n\
       Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 not authorized, 5 server unreachable (after\n\
       5 minutes of trying again, for a command that follows a task), 6 node not connected, 7 task run\n\
-      lost (exec: whether it ran is unknown), 124 action deadline exceeded, 130 action cancelled.\n\
+      lost (exec: whether it ran is unknown), 8 rollout paused, 9 rollout reverted or aborted (apply\n\
+      --wait, rollout status --watch), 124 action deadline exceeded, 130 action cancelled.\n\
       `drover exec` exits with the remote code; see `drover exec --help` for several nodes."
 )]
 pub struct Cli {
@@ -113,6 +115,8 @@ pub enum Command {
     Delete(manifests::DeleteArgs),
     /// Convergence of the fleet, or of one node's resources.
     Status(manifests::StatusArgs),
+    /// A manifest's rollout: its waves and their outcomes; pause, resume, abort, promote, undo, history.
+    Rollout(rollout::RolloutArgs),
     /// Manifest signing keys: create one, list which manifests are signed by which key.
     Keys(keys::KeysArgs),
     /// Move a stopped server's SQLite records into an empty PostgreSQL database.
@@ -163,6 +167,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => manifests::delete(args, &client::Client::new(&cli.global)?).await,
         Command::Status(args) => manifests::status(args, &client::Client::new(&cli.global)?).await,
         Command::Keys(args) => keys::run(args, || client::Client::new(&cli.global)).await,
+        Command::Rollout(args) => rollout::run(args, &client::Client::new(&cli.global)?).await,
         Command::Migrate(args) => migrate::run(args, &cli.global).await,
     }
 }

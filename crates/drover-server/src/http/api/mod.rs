@@ -13,6 +13,7 @@ pub(super) mod miaas;
 pub(super) mod nodes;
 pub(super) mod operators;
 mod paging;
+pub(super) mod rollouts;
 pub(super) mod sessions;
 #[cfg(feature = "tamper")]
 mod tamper;
@@ -57,6 +58,10 @@ pub(super) fn routes(r: Routes) -> Routes {
             manifests::__path_status_events,
             manifests::status_events,
         )
+        .op(Viewer, rollouts::__path_list, rollouts::list)
+        .op(Viewer, rollouts::__path_get, rollouts::get)
+        .op(Viewer, rollouts::__path_history, rollouts::history)
+        .op(Operator, rollouts::__path_command, rollouts::command)
         .op(Operator, actions::__path_call, actions::call)
         .op(Operator, actions::__path_cancel, actions::cancel)
         .op(
