@@ -73,92 +73,93 @@ pub async fn run(args: RolloutArgs, client: &Client) -> anyhow::Result<()> {
     match args.command {
         RolloutCommand::Status {
             name,
-            watch,
+            watch: true,
             timeout,
-            output,
+            ..
         } => {
-            if watch {
-                let timeout = drover_types::duration::parse_duration(&timeout)
-                    .map_err(|e| super::UsageError(format!("--timeout: {e}")))?;
-                return follow(client, &name, timeout).await;
-            }
-            let status: RolloutStatus = client
-                .get(&format!("/api/v1/rollouts/{}", segment(&name)))
-                .await?;
-            match output {
-                OutputFormat::Json => print_json(&status),
-                OutputFormat::Table => {
-                    print_status(&status);
-                    Ok(())
-                }
-            }
+            let timeout = drover_types::duration::parse_duration(&timeout)
+                .map_err(|e| super::UsageError(format!("--timeout: {e}")))?;
+            follow(client, &name, timeout).await
         }
-        RolloutCommand::List { output } => {
-            let all: Vec<RolloutStatus> = client.get("/api/v1/rollouts").await?;
-            match output {
-                OutputFormat::Json => print_json(&all),
-                OutputFormat::Table => {
-                    let mut t = table(&[
-                        "MANIFEST",
-                        "STATE",
-                        "REVISION",
-                        "WAVE",
-                        "CONVERGED",
-                        "FAILED",
-                    ]);
-                    for s in &all {
-                        let total: usize = s.waves.iter().map(|w| w.nodes).sum();
-                        let converged: usize = s.waves.iter().map(|w| w.converged).sum();
-                        let failed: usize = s
-                            .waves
-                            .iter()
-                            .map(|w| w.change_failed + w.infra_failed)
-                            .sum();
-                        t.add_row(vec![
-                            safe(&s.manifest).to_string(),
-                            s.state.as_str().to_string(),
-                            revisions(s),
-                            format!("{}/{}", s.wave, s.waves.len()),
-                            format!("{converged}/{total}"),
-                            failed.to_string(),
-                        ]);
-                    }
-                    println!("{t}");
-                    Ok(())
-                }
-            }
-        }
-        RolloutCommand::History { name, output } => {
-            let revisions: Vec<StoredManifest> = client
-                .get(&format!("/api/v1/rollouts/{}/history", segment(&name)))
-                .await?;
-            match output {
-                OutputFormat::Json => print_json(&revisions),
-                OutputFormat::Table => {
-                    let mut t =
-                        table(&["GENERATION", "VERSION", "UPDATED", "RESOURCES", "SIGNED BY"]);
-                    for r in &revisions {
-                        t.add_row(vec![
-                            r.generation.to_string(),
-                            r.manifest.version.to_string(),
-                            r.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                            r.manifest.resources.len().to_string(),
-                            r.signature
-                                .as_ref()
-                                .map_or_else(|| "-".to_string(), |s| safe(&s.key).to_string()),
-                        ]);
-                    }
-                    println!("{t}");
-                    Ok(())
-                }
-            }
-        }
+        RolloutCommand::Status { name, output, .. } => status(client, &name, output).await,
+        RolloutCommand::List { output } => list(client, output).await,
+        RolloutCommand::History { name, output } => history(client, &name, output).await,
         RolloutCommand::Pause { name } => command(client, &name, "pause").await,
         RolloutCommand::Resume { name } => command(client, &name, "resume").await,
         RolloutCommand::Abort { name } => command(client, &name, "abort").await,
         RolloutCommand::Promote { name } => command(client, &name, "promote").await,
         RolloutCommand::Undo { name } => command(client, &name, "undo").await,
     }
+}
+
+async fn status(client: &Client, name: &str, output: OutputFormat) -> anyhow::Result<()> {
+    let status: RolloutStatus = client
+        .get(&format!("/api/v1/rollouts/{}", segment(name)))
+        .await?;
+    match output {
+        OutputFormat::Json => print_json(&status),
+        OutputFormat::Table => {
+            print_status(&status);
+            Ok(())
+        }
+    }
+}
+
+async fn list(client: &Client, output: OutputFormat) -> anyhow::Result<()> {
+    let all: Vec<RolloutStatus> = client.get("/api/v1/rollouts").await?;
+    if output == OutputFormat::Json {
+        return print_json(&all);
+    }
+    let mut t = table(&[
+        "MANIFEST",
+        "STATE",
+        "REVISION",
+        "WAVE",
+        "CONVERGED",
+        "FAILED",
+    ]);
+    for s in &all {
+        let total: usize = s.waves.iter().map(|w| w.nodes).sum();
+        let converged: usize = s.waves.iter().map(|w| w.converged).sum();
+        let failed: usize = s
+            .waves
+            .iter()
+            .map(|w| w.change_failed + w.infra_failed)
+            .sum();
+        t.add_row(vec![
+            safe(&s.manifest).to_string(),
+            s.state.as_str().to_string(),
+            revisions(s),
+            format!("{}/{}", s.wave, s.waves.len()),
+            format!("{converged}/{total}"),
+            failed.to_string(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+async fn history(client: &Client, name: &str, output: OutputFormat) -> anyhow::Result<()> {
+    let revisions: Vec<StoredManifest> = client
+        .get(&format!("/api/v1/rollouts/{}/history", segment(name)))
+        .await?;
+    if output == OutputFormat::Json {
+        return print_json(&revisions);
+    }
+    let mut t = table(&["GENERATION", "VERSION", "UPDATED", "RESOURCES", "SIGNED BY"]);
+    for r in &revisions {
+        t.add_row(vec![
+            r.generation.to_string(),
+            r.manifest.version.to_string(),
+            r.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            r.manifest.resources.len().to_string(),
+            r.signature
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |s| safe(&s.key).to_string()),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
 }
 
 async fn command(client: &Client, name: &str, command: &str) -> anyhow::Result<()> {
