@@ -414,7 +414,7 @@ async fn start_background_tasks(
 /// How often the leader moves rollouts on: the finest a bake or a wave's judgement can be.
 const ROLLOUT_TICK: Duration = Duration::from_secs(1);
 
-/// The leader drives every rollout under way, once a tick (`Desired::drive_rollouts`); another replica
+/// The leader drives every rollout under way, once a tick (`Rollouts::drive_rollouts`); another replica
 /// takes over from the store if it becomes the leader.
 async fn drive_rollouts(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(ROLLOUT_TICK);
@@ -425,7 +425,7 @@ async fn drive_rollouts(fleet: Arc<Fleet>, mut shutdown: watch::Receiver<bool>) 
             _ = shutdown.changed() => return,
         }
         if fleet.is_leader()
-            && let Err(e) = fleet.desired.drive_rollouts().await
+            && let Err(e) = fleet.rollouts.drive_rollouts().await
         {
             tracing::error!("cannot drive rollouts: {e}");
         }

@@ -36,6 +36,7 @@ pub use actions::Streams;
 pub use audit::Access;
 pub use desired::Desired;
 pub use nodes::Nodes;
+pub use rollouts::Rollouts;
 pub use tasks::Tasks;
 
 pub use crate::reach::{Nats, NatsError, NatsOptions};
@@ -164,6 +165,8 @@ pub struct Fleet {
     pub desired: Arc<Desired>,
     /// Action calls and daemon-plugin sessions, which live with a node's stream.
     pub streams: Arc<Streams>,
+    /// Rollouts: their state, the leader's driving and operators' commands.
+    pub rollouts: Arc<Rollouts>,
     /// How this server reaches each node: its stream here, or the replica that holds it.
     route: Arc<Route>,
     store: Arc<dyn Store>,
@@ -252,6 +255,9 @@ impl Fleet {
             #[cfg(feature = "tamper")]
             tamper: Default::default(),
         });
+        let rollouts = Arc::new(Rollouts {
+            desired: desired.clone(),
+        });
         let streams = Arc::new(Streams {
             route: route.clone(),
             access: access.clone(),
@@ -263,6 +269,7 @@ impl Fleet {
             tasks,
             desired,
             streams,
+            rollouts,
             route,
             store,
             pki,

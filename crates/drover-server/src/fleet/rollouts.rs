@@ -215,9 +215,18 @@ impl Desired {
         }
         Ok(())
     }
+}
 
+/// The rollouts' service: their state for operators, the leader's driving, and operators' commands. The
+/// revisions nodes get are the desired-state service's to compute (`Desired::rollout_view`); this one moves
+/// rollouts on and asks it to recompute.
+pub struct Rollouts {
+    pub(super) desired: Arc<Desired>,
+}
+
+impl Rollouts {
     pub async fn rollouts(&self) -> Result<Vec<RolloutStatus>, FleetError> {
-        let rollouts = self.store.list_rollouts().await?;
+        let rollouts = self.desired.store.list_rollouts().await?;
         let mut statuses = Vec::with_capacity(rollouts.len());
         for r in rollouts {
             statuses.push(self.status_of(&r).await?);
@@ -232,15 +241,20 @@ impl Desired {
 
     /// A manifest's kept revisions, newest first.
     pub async fn manifest_history(&self, name: &str) -> Result<Vec<StoredManifest>, FleetError> {
-        let revisions = self.store.manifest_revisions(name, KEPT_REVISIONS).await?;
+        let revisions = self
+            .desired
+            .store
+            .manifest_revisions(name, KEPT_REVISIONS)
+            .await?;
         if revisions.is_empty() {
-            self.manifest(name).await?;
+            self.desired.manifest(name).await?;
         }
         Ok(revisions)
     }
 
     async fn rollout(&self, name: &str) -> Result<Rollout, FleetError> {
-        self.store
+        self.desired
+            .store
             .get_rollout(name)
             .await?
             .ok_or_else(|| FleetError::RolloutNotFound(name.to_string()))
@@ -272,6 +286,7 @@ impl Desired {
             None => r.plan.waves.iter().flatten().cloned().collect(),
         };
         let rows: HashMap<String, _> = self
+            .desired
             .store
             .convergence_of(Some(&ids))
             .await?
@@ -326,6 +341,7 @@ impl Desired {
     async fn connected(&self, ids: &[String]) -> Result<HashMap<String, bool>, FleetError> {
         let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         Ok(self
+            .desired
             .nodes
             .nodes()
             .await?
@@ -337,7 +353,7 @@ impl Desired {
 
     /// One step of every rollout under way (the leader's tick).
     pub async fn drive_rollouts(&self) -> Result<(), FleetError> {
-        for rollout in self.store.list_rollouts().await? {
+        for rollout in self.desired.store.list_rollouts().await? {
             if matches!(
                 rollout.state,
                 RolloutState::Progressing | RolloutState::Baking
@@ -410,7 +426,7 @@ impl Desired {
                 r.updated_at = now;
                 self.save(&r).await?;
                 if !r.held.is_empty() {
-                    self.recompute_all().await?;
+                    self.desired.recompute_all().await?;
                 }
                 Ok(())
             }
@@ -462,7 +478,8 @@ impl Desired {
         r.reason = None;
         r.updated_at = r.wave_started_at;
         self.save(&r).await?;
-        self.access
+        self.desired
+            .access
             .audit(
                 actor,
                 AuditAction::RolloutWave,
@@ -470,7 +487,7 @@ impl Desired {
                 serde_json::json!({"wave": r.wave + 1, "nodes": r.plan.waves[r.wave].len()}),
             )
             .await;
-        self.recompute_all().await
+        self.desired.recompute_all().await
     }
 
     /// Moves a rollout to `state` (with why), audits the transition and gives nodes what it releases now.
@@ -493,7 +510,8 @@ impl Desired {
         r.baking_since = None;
         r.updated_at = Utc::now();
         self.save(&r).await?;
-        self.access
+        self.desired
+            .access
             .audit(
                 actor,
                 action,
@@ -502,18 +520,18 @@ impl Desired {
             )
             .await;
         tracing::info!(manifest = %r.manifest, state = state.as_str(), reason = ?r.reason, "rollout {}", state.as_str());
-        self.recompute_all().await
+        self.desired.recompute_all().await
     }
 
     async fn save(&self, r: &Rollout) -> Result<(), FleetError> {
-        self.store.put_rollout(r).await?;
-        self.rollout_views.forget();
+        self.desired.store.put_rollout(r).await?;
+        self.desired.rollout_views.forget();
         Ok(())
     }
 
     /// An operator's command on a rollout.
     pub async fn rollout_command(
-        self: &Arc<Self>,
+        &self,
         actor: &str,
         name: &str,
         command: RolloutCommand,
@@ -558,7 +576,8 @@ impl Desired {
                 RolloutState::Complete if !r.held.is_empty() => {
                     r.held.clear();
                     self.save(&r).await?;
-                    self.access
+                    self.desired
+                        .access
                         .audit(
                             actor,
                             AuditAction::RolloutWave,
@@ -566,7 +585,7 @@ impl Desired {
                             serde_json::json!({"held": "released"}),
                         )
                         .await;
-                    self.recompute_all().await?;
+                    self.desired.recompute_all().await?;
                 }
                 s if s.is_final() => return refuse("it has ended already"),
                 _ => {
@@ -581,7 +600,7 @@ impl Desired {
 
     /// The whole fleet back to the rollout's previous revision, as a new revision rolled out with the same
     /// policy. A signed manifest needs a newly signed, higher version instead.
-    async fn undo(self: &Arc<Self>, actor: &str, r: Rollout) -> Result<(), FleetError> {
+    async fn undo(&self, actor: &str, r: Rollout) -> Result<(), FleetError> {
         let Some(previous) = r.previous_revision else {
             return Err(FleetError::invalid(
                 "command",
@@ -591,14 +610,19 @@ impl Desired {
                 ),
             ));
         };
-        let current = self.manifest(&r.manifest).await?;
+        let current = self.desired.manifest(&r.manifest).await?;
         if current.signature.is_some() {
             return Err(FleetError::invalid(
                 "command",
                 "the manifest is signed: apply the previous content as a newly signed, higher version (drover apply --sign-key)",
             ));
         }
-        let Some(old) = self.store.manifest_revision(&r.manifest, previous).await? else {
+        let Some(old) = self
+            .desired
+            .store
+            .manifest_revision(&r.manifest, previous)
+            .await?
+        else {
             return Err(FleetError::invalid(
                 "command",
                 format!("revision {previous} of {} is no longer kept", r.manifest),
@@ -608,7 +632,8 @@ impl Desired {
         // The version only goes up, and the rollout policy is the one in force now.
         manifest.version = current.manifest.version;
         manifest.rollout = current.manifest.rollout.clone().or(Some(r.policy.clone()));
-        self.access
+        self.desired
+            .access
             .audit(
                 actor,
                 AuditAction::RolloutUndo,
@@ -616,14 +641,15 @@ impl Desired {
                 serde_json::json!({"from": r.revision, "to": previous}),
             )
             .await;
-        self.apply_manifest(
-            actor,
-            ApplyManifest {
-                manifest,
-                signature: None,
-            },
-        )
-        .await?;
+        self.desired
+            .apply_manifest(
+                actor,
+                ApplyManifest {
+                    manifest,
+                    signature: None,
+                },
+            )
+            .await?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use crate::http::{ApiError, Caller, HttpState};
 
 #[utoipa::path(get, path = "/api/v1/rollouts", tag = "rollouts", operation_id = "rollouts_list", responses((status = 200, description = "every manifest's rollout, its waves counted by outcome", body = [drover_types::rollout::RolloutStatus]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
 pub async fn list(State(s): State<HttpState>) -> Result<Json<Vec<RolloutStatus>>, ApiError> {
-    Ok(Json(s.fleet.desired.rollouts().await?))
+    Ok(Json(s.fleet.rollouts.rollouts().await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/rollouts/{name}", tag = "rollouts", operation_id = "rollouts_get", params(("name" = String, Path, description = "manifest name")), responses((status = 200, description = "the manifest's rollout: state, revisions, waves counted by outcome, failing nodes", body = drover_types::rollout::RolloutStatus), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -17,7 +17,7 @@ pub async fn get(
     State(s): State<HttpState>,
     Path(name): Path<String>,
 ) -> Result<Json<RolloutStatus>, ApiError> {
-    Ok(Json(s.fleet.desired.rollout_status(&name).await?))
+    Ok(Json(s.fleet.rollouts.rollout_status(&name).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/rollouts/{name}/history", tag = "rollouts", operation_id = "rollouts_history", params(("name" = String, Path, description = "manifest name")), responses((status = 200, description = "the manifest's kept revisions, newest first", body = [drover_types::manifest::StoredManifest]), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -25,7 +25,7 @@ pub async fn history(
     State(s): State<HttpState>,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<StoredManifest>>, ApiError> {
-    Ok(Json(s.fleet.desired.manifest_history(&name).await?))
+    Ok(Json(s.fleet.rollouts.manifest_history(&name).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/rollouts/{name}/{command}", tag = "rollouts", operation_id = "rollouts_command", params(("name" = String, Path, description = "manifest name"), ("command" = String, Path, description = "pause, resume, abort, promote (skip the bake) or undo (the whole fleet back to the previous revision)")), responses((status = 200, description = "the rollout after the command", body = drover_types::rollout::RolloutStatus), (status = "4XX", description = "refused: `error` says why, `field` names the field at fault", body = drover_types::api::ErrorBody)))]
@@ -41,7 +41,7 @@ pub async fn command(
     };
     Ok(Json(
         s.fleet
-            .desired
+            .rollouts
             .rollout_command(&caller.name, &name, command)
             .await?,
     ))
