@@ -23,6 +23,10 @@ pub enum DockerError {
     Api { status: u16, message: String },
     #[error("the container engine sent something unreadable: {0}")]
     Decode(String),
+    /// The engine answered a pull with 200 and then reported its failure in the progress stream (the
+    /// Docker API's way: a registry that cannot be reached, an image it does not have).
+    #[error("the pull failed: {0}")]
+    Pull(String),
 }
 
 /// What to do about a missing engine, naming what was looked for.
@@ -178,6 +182,33 @@ impl Docker {
         serde_json::from_slice(&bytes).map_err(|e| DockerError::Decode(e.to_string()))
     }
 
+    /// Pulls `image`: the answer is a stream of JSON progress lines, one of which carries the error when
+    /// the pull fails (with HTTP 200). Read a frame at a time, keeping at most `MAX_PULL_LINE` of a line.
+    pub async fn pull(&self, image: &str) -> Result<(), DockerError> {
+        let path = format!("/images/create?fromImage={}", segment(image));
+        let mut body = self.send(Method::POST, &path).await?.into_body();
+        let mut line: Vec<u8> = Vec::new();
+        let mut failure = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| DockerError::Io(e.to_string()))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            for &b in data.iter() {
+                if b == b'\n' {
+                    failure = failure.or_else(|| pull_error(&line));
+                    line.clear();
+                } else if line.len() < MAX_PULL_LINE {
+                    line.push(b);
+                }
+            }
+        }
+        match failure.or_else(|| pull_error(&line)) {
+            Some(message) => Err(DockerError::Pull(message)),
+            None => Ok(()),
+        }
+    }
+
     /// A request whose answer has no body worth reading.
     pub async fn call(&self, method: Method, path: &str) -> Result<(), DockerError> {
         let resp = self.send(method, path).await?;
@@ -186,5 +217,40 @@ impl Docker {
     }
 }
 
+/// The most of one pull progress line kept (errors are short; progress lines are too).
+const MAX_PULL_LINE: usize = 64 * 1024;
+
+/// The error a pull progress line reports, if it reports one.
+fn pull_error(line: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    v["error"]
+        .as_str()
+        .or_else(|| v["errorDetail"]["message"].as_str())
+        .map(str::to_string)
+}
+
 /// Escapes a container name or id for a URL path.
 pub use drover_types::url::percent_encode as segment;
+
+#[cfg(test)]
+mod tests {
+    use super::pull_error;
+
+    #[test]
+    fn a_pull_reports_its_failure_in_its_progress_stream() {
+        assert_eq!(
+            pull_error(br#"{"status":"Pulling from library/busybox"}"#),
+            None
+        );
+        assert_eq!(
+            pull_error(br#"{"error":"dial tcp 127.0.0.1:1: connect: connection refused"}"#)
+                .as_deref(),
+            Some("dial tcp 127.0.0.1:1: connect: connection refused")
+        );
+        assert_eq!(
+            pull_error(br#"{"errorDetail":{"message":"manifest unknown"}}"#).as_deref(),
+            Some("manifest unknown")
+        );
+        assert_eq!(pull_error(b"not json"), None);
+    }
+}

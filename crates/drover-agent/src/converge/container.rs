@@ -207,10 +207,7 @@ async fn ensure_image(docker: &Docker, spec: &ContainerSpec) -> Result<(), Conve
     };
     if pull {
         docker
-            .call(
-                Method::POST,
-                &format!("/images/create?fromImage={}", segment(&spec.image)),
-            )
+            .pull(&spec.image)
             .await
             .map_err(|source| ConvergeError::Pull {
                 image: spec.image.clone(),
