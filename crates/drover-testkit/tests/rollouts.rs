@@ -322,3 +322,19 @@ fn a_server_restarted_mid_bake_resumes_the_rollout() {
     wait_version(web.dir(2), "v1");
     assert_eq!(version(web.dir(0)), "v1");
 }
+
+#[test]
+fn max_in_flight_lets_a_wave_in_a_few_nodes_at_a_time_and_still_completes() {
+    let web = Web::start(false, policy("pause"));
+    let one_at_a_time = json!({
+        "waves": [{"selector": {"tier": "canary"}}, {"percent": 100}],
+        "bake": "1s",
+        "max_in_flight": 1,
+    });
+    apply(&web.server, &revision("v2", None, one_at_a_time));
+    let done = wait_state(&web.server, "Complete");
+    assert_eq!(done["waves"][1]["converged"], 2, "{done}");
+    for i in 0..3 {
+        assert_eq!(version(web.dir(i)), "v2");
+    }
+}

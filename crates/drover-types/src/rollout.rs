@@ -504,6 +504,9 @@ pub struct Rollout {
     /// until promoted.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub held: BTreeSet<String>,
+    /// With `max_in_flight`: the nodes of the wave under way released so far (the others wait their turn).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub in_wave: BTreeSet<String>,
     /// Why it is paused, reverted or aborted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -533,7 +536,11 @@ impl Rollout {
             (RolloutState::Complete, None) => true,
             (_, None) => false,
             (RolloutState::Complete, Some(w)) => !self.reverted_waves.contains(&w),
-            (_, Some(w)) => w <= self.wave && !self.reverted_waves.contains(&w),
+            (_, Some(w)) if self.reverted_waves.contains(&w) => false,
+            (_, Some(w)) if w == self.wave && self.policy.max_in_flight.is_some() => {
+                self.in_wave.contains(node_id)
+            }
+            (_, Some(w)) => w <= self.wave,
         }
     }
 }
@@ -840,6 +847,46 @@ mod tests {
         assert!(serde_saphyr::from_str::<RolloutPolicy>("spread_by: [colour]").is_err());
         assert!(serde_saphyr::from_str::<RolloutPolicy>("on_failure: explode").is_err());
         assert!(serde_saphyr::from_str::<RolloutPolicy>("wavez: []").is_err());
+    }
+
+    #[test]
+    fn a_rollout_releases_waves_before_its_own_and_with_max_in_flight_only_the_nodes_let_in() {
+        let now = chrono::Utc::now();
+        let mut r = Rollout {
+            manifest: "web".into(),
+            revision: 2,
+            previous_revision: Some(1),
+            state: RolloutState::Progressing,
+            policy: policy("max_in_flight: 1"),
+            plan: WavePlan {
+                waves: vec![vec!["a".into()], vec!["b".into(), "c".into()]],
+                covered: Default::default(),
+            },
+            wave: 1,
+            wave_started_at: now,
+            baking_since: None,
+            reverted_waves: Default::default(),
+            held: Default::default(),
+            in_wave: ["b".to_string()].into(),
+            reason: None,
+            started_by: "admin".into(),
+            started_at: now,
+            updated_at: now,
+        };
+        assert!(r.releases("a", Some(0)));
+        assert!(r.releases("b", Some(1)));
+        assert!(!r.releases("c", Some(1)), "not let in yet");
+        assert!(
+            !r.releases("new", None),
+            "selected after the plan: at the end"
+        );
+        r.reverted_waves.insert(0);
+        assert!(!r.releases("a", Some(0)));
+        r.state = RolloutState::Complete;
+        r.reverted_waves.clear();
+        assert!(r.releases("c", Some(1)) && r.releases("new", None));
+        r.held.insert("c".into());
+        assert!(!r.releases("c", Some(1)), "held until promoted");
     }
 
     #[test]

@@ -188,6 +188,7 @@ impl Desired {
             baking_since: None,
             reverted_waves: Default::default(),
             held: Default::default(),
+            in_wave: Default::default(),
             reason: None,
             started_by: actor.to_string(),
             started_at: now,
@@ -406,6 +407,9 @@ impl Rollouts {
                 .finish(r, RolloutState::Paused, Some(why), "system")
                 .await;
         }
+        if r.state == RolloutState::Progressing && self.release_more(&mut r).await? {
+            return Ok(());
+        }
         let waiting_for_unreachable = wave.unreachable > 0 && !overdue;
         let done = wave.pending == 0 && !waiting_for_unreachable;
         if overdue && wave.pending > 0 {
@@ -445,6 +449,54 @@ impl Rollouts {
         }
     }
 
+    /// With `max_in_flight`: releases the wave's next nodes while fewer than that many are still at work
+    /// (released, not finished). True when it released some (the rollout was saved and nodes recomputed).
+    async fn release_more(&self, r: &mut Rollout) -> Result<bool, FleetError> {
+        let Some(max) = r.policy.max_in_flight else {
+            return Ok(false);
+        };
+        let wave = r.plan.waves.get(r.wave).cloned().unwrap_or_default();
+        if wave.iter().all(|id| r.in_wave.contains(id)) {
+            return Ok(false);
+        }
+        let rows: HashMap<String, _> = self
+            .desired
+            .store
+            .convergence_of(Some(&wave))
+            .await?
+            .into_iter()
+            .map(|row| (row.node_id.clone(), row))
+            .collect();
+        let at_work = r
+            .in_wave
+            .iter()
+            .filter(|id| {
+                let row = rows.get(id.as_str());
+                let (outcome, _) = node_outcome(
+                    &r.manifest,
+                    row.map_or(0, |row| row.desired_generation),
+                    row.and_then(|row| row.report.as_ref()),
+                    true,
+                );
+                outcome == Outcome::Pending
+            })
+            .count();
+        let room = (max as usize).saturating_sub(at_work);
+        let next: Vec<String> = wave
+            .into_iter()
+            .filter(|id| !r.in_wave.contains(id))
+            .take(room)
+            .collect();
+        if next.is_empty() {
+            return Ok(false);
+        }
+        r.in_wave.extend(next);
+        r.updated_at = Utc::now();
+        self.save(r).await?;
+        self.desired.recompute_all().await?;
+        Ok(true)
+    }
+
     /// A wave failed: what the policy says (pause, or revert the wave or every wave).
     async fn trip(&self, mut r: Rollout, why: String) -> Result<(), FleetError> {
         tracing::warn!(manifest = %r.manifest, "rollout tripped: {why}");
@@ -472,6 +524,7 @@ impl Rollouts {
             return self.finish(r, RolloutState::Complete, None, actor).await;
         }
         r.wave += 1;
+        r.in_wave.clear();
         r.state = RolloutState::Progressing;
         r.wave_started_at = Utc::now();
         r.baking_since = None;

@@ -1780,6 +1780,7 @@ async fn rollouts_are_kept_whole_and_a_manifest_keeps_its_newest_revisions(store
         baking_since: None,
         reverted_waves: Default::default(),
         held: Default::default(),
+        in_wave: Default::default(),
         reason: None,
         started_by: "admin".into(),
         started_at: Utc::now(),
