@@ -981,3 +981,290 @@ fn a_task_and_a_manifest_on_several_agents_are_read_a_page_at_a_time() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&id[..8]) && text.contains("Failed"), "{text}");
 }
+
+/// An agent labelled `role=web`, `tier=TIER`, whose shell jobs write under `dir` (`$NODE_DIR`); a "bad"
+/// revision fails on it when `fail` (`$NODE_FAIL=1`).
+fn web_node(server: &Server, name: &str, tier: &str, dir: &Path, fail: bool) -> Agent {
+    let token = server
+        .join_token(json!({"labels": {"role": "web", "tier": tier}}))
+        .unwrap();
+    let dir = dir.display().to_string();
+    let env = [
+        ("NODE_DIR", dir.as_str()),
+        ("NODE_FAIL", if fail { "1" } else { "0" }),
+    ];
+    let args = [
+        "--token",
+        token.as_str(),
+        "--heartbeat-interval",
+        "300ms",
+        "--resync-interval",
+        "500ms",
+        "--allow-kind",
+        "shell_job",
+        "--allow-shell",
+    ];
+    let agent = Agent::start_with_env(&server.agent_url(), name, &args, &env).unwrap();
+    server
+        .wait_node(name, "connected", |n| n["connected"] == true)
+        .unwrap();
+    agent
+}
+
+/// Revision `version` of the manifest `web`, rolled out canary first and baking `bake`; a `bad` one fails
+/// on the nodes told to, printing `bad` (HTML, to see it escaped) to stderr.
+fn web_revision(version: &str, bad: Option<&str>, bake: &str) -> Value {
+    let command = match bad {
+        None => format!("echo {version} > \"$NODE_DIR/version\""),
+        Some(why) => format!(
+            "echo {version} > \"$NODE_DIR/version\"; if [ \"$NODE_FAIL\" = 1 ]; then echo '{why}' >&2; exit 1; fi"
+        ),
+    };
+    json!({
+        "name": "web",
+        "selector": {"role": "web"},
+        "rollout": {
+            "waves": [{"selector": {"tier": "canary"}}, {"percent": 100}],
+            "bake": bake,
+            "wave_deadline": "60s",
+        },
+        "resources": [{"id": "version", "shell_job": {
+            "command": command,
+            "unless": format!("[ \"$NODE_FAIL\" != 1 ] && grep -qx {version} \"$NODE_DIR/version\""),
+        }}],
+    })
+}
+
+/// Issue 25: a rollout's page shows its waves counted by outcome and its failing nodes (their reasons
+/// escaped); an operator pauses, resumes and promotes it with the page's buttons; a viewer sees no button
+/// and is refused the command; the manifests page and the navigation link to it.
+#[test]
+fn a_rollout_page_shows_its_waves_and_operators_pause_it() {
+    let server = Server::start().unwrap();
+    let admin = server.admin_token();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let _agents = [
+        web_node(&server, "canary", "canary", dirs[0].path(), true),
+        web_node(&server, "web-1", "main", dirs[1].path(), false),
+        web_node(&server, "web-2", "main", dirs[2].path(), false),
+    ];
+    let apply = |m: &Value| {
+        let r = server.post("/api/v1/manifests", Some(&admin), m).unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    };
+    let rollout = || server.get("/api/v1/rollouts/web").unwrap().body;
+    let wait_state = |states: &[&str]| {
+        wait_for(&format!("the rollout {states:?}"), TIMEOUT, || {
+            Some(rollout()).filter(|r| states.iter().any(|s| r["state"] == *s))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", rollout()))
+    };
+    apply(&web_revision("v1", None, "1s"));
+    wait_state(&["Complete"]);
+    // v2 reaches the canary and bakes there for long: the page's buttons move it on.
+    apply(&web_revision("v2", None, "10m"));
+    wait_state(&["Baking"]);
+
+    let shots = screenshot_dir();
+    let mut b = Browser::start();
+    b.size(1280, 800, false);
+    b.open(
+        &login_link(&server, &admin, "/ui/rollouts/web"),
+        "Log in as admin",
+    );
+    b.eval("document.querySelector('form[action=\"/ui/login\"] button').click(); true");
+    let text = b.wait_text("Baking", "the rollout's page after logging in");
+    for want in [
+        "wave 1 of 2",
+        "Waves",
+        "1 → 2",
+        "baking",
+        "waiting",
+        "No node has failed",
+    ] {
+        assert!(
+            text.contains(want),
+            "the rollout's page lacks {want:?}:\n{text}"
+        );
+    }
+    // Clicks a button of the live part once htmx has taken it up: one swapped in a moment ago (the page
+    // polls) does nothing until then. Finding, checking and clicking run in one script turn, so no swap
+    // comes between them.
+    let click = |b: &mut Browser, label: &str| {
+        wait_for(&format!("the {label} button, ready"), TIMEOUT, || {
+            let clicked = b.eval(&format!(
+                "window.confirm = () => true; (() => {{ const b = Array.from(document.querySelectorAll('#live button')).find(b => b.textContent == '{label}'); if (!b || !b['htmx-internal-data']) return false; b.click(); return true; }})()"
+            ));
+            (clicked == Value::Bool(true)).then_some(())
+        })
+        .unwrap();
+    };
+    let buttons = |b: &mut Browser| -> Vec<String> {
+        let v = b.eval(
+            "JSON.stringify(Array.from(document.querySelectorAll('#live button')).map(b => b.textContent))",
+        );
+        serde_json::from_str(v.as_str().unwrap()).unwrap()
+    };
+    // Waits until the page offers these buttons (htmx swaps the live part in after a command).
+    let wait_buttons = |b: &mut Browser, want: &[&str]| {
+        wait_for(&format!("the buttons {want:?}"), TIMEOUT, || {
+            (buttons(b) == want).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", buttons(b), rollout()));
+    };
+    wait_buttons(&mut b, &["Pause", "Promote", "Abort"]);
+    click(&mut b, "Pause");
+    b.wait_text("paused by admin", "the rollout paused from its page");
+    assert_eq!(rollout()["state"], "Paused");
+    wait_buttons(&mut b, &["Resume", "Promote", "Abort"]);
+    click(&mut b, "Resume");
+    wait_buttons(&mut b, &["Pause", "Promote", "Abort"]);
+    wait_state(&["Progressing", "Baking"]);
+    // Promote skips the bake: the second wave starts, and after it bakes, a second promote completes it.
+    click(&mut b, "Promote");
+    b.wait_text("wave 2 of 2", "the second wave, promoted from the page");
+    wait_state(&["Baking"]);
+    b.wait_text("baking since", "the second wave baking");
+    wait_buttons(&mut b, &["Pause", "Promote", "Abort"]);
+    click(&mut b, "Promote");
+    b.wait_text("Complete", "the rollout promoted to its end");
+    assert_eq!(rollout()["state"], "Complete");
+    assert!(
+        buttons(&mut b).is_empty(),
+        "an ended rollout offers nothing"
+    );
+
+    // A bad v3 fails on the canary: the rollout pauses, and the page names the node and its reason.
+    apply(&web_revision("v3", Some("<b>broken</b> & gone"), "1s"));
+    wait_state(&["Paused"]);
+    let text = b.open(&format!("{}/ui/rollouts/web", server.api_url()), "canary");
+    for want in [
+        "Paused",
+        "wave 1: 1 of 1 failed",
+        "Change failed",
+        "<b>broken</b> & gone",
+    ] {
+        assert!(
+            text.contains(want),
+            "the paused rollout's page lacks {want:?}:\n{text}"
+        );
+    }
+    let bars =
+        b.eval("document.querySelectorAll('table.waves svg.outcomes rect.change_failed').length");
+    assert_eq!(bars, json!(1), "the first wave's bar shows its failure");
+    b.screenshot(&shots.join("rollout-1280x800.png"));
+    let text = b.open(&format!("{}/ui/rollouts", server.api_url()), "web");
+    for want in ["Paused", "2 → 3", "1 of 2"] {
+        assert!(
+            text.contains(want),
+            "the rollouts list lacks {want:?}:\n{text}"
+        );
+    }
+    b.screenshot(&shots.join("rollouts-1280x800.png"));
+    let nav = b.eval("document.querySelector('nav.main a[aria-current=page]').textContent");
+    assert_eq!(nav, "Rollouts");
+    b.open(&format!("{}/ui/manifests", server.api_url()), "rollout →");
+    let linked = b.eval("!!document.querySelector('a[href=\"/ui/rollouts/web\"]')");
+    assert_eq!(linked, json!(true), "the manifests page links the rollout");
+    b.size(390, 844, true);
+    for (page, url) in [
+        ("rollout", "/ui/rollouts/web"),
+        ("rollouts", "/ui/rollouts"),
+    ] {
+        b.open(&format!("{}{url}", server.api_url()), "Paused");
+        b.assert_no_sideways_scroll(page);
+        b.screenshot(&shots.join(format!("{page}-390x844.png")));
+    }
+
+    // What a node reported is escaped in the page's HTML.
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = |p: &str| format!("{}{p}", server.api_url());
+    let html = http
+        .get(url("/ui/rollouts/web"))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        html.contains("&#60;b&#62;broken&#60;/b&#62; &#38; gone"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("<b>broken"),
+        "a node's text reached the page unescaped"
+    );
+
+    // A viewer sees the page without buttons, and the command is refused.
+    let viewer = operator(&server, "vera", "viewer");
+    let login = |token: &str| {
+        let r = http
+            .post(url("/ui/login"))
+            .form(&[("token", token)])
+            .send()
+            .unwrap();
+        session_set(&r).unwrap()
+    };
+    let viewer_session = login(&viewer);
+    let page = http
+        .get(url("/ui/rollouts/web"))
+        .header("cookie", &viewer_session)
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().unwrap();
+    assert!(
+        page.contains("wave 1 of 2") && !page.contains("hx-post"),
+        "{page}"
+    );
+    let r = http
+        .post(url("/ui/rollouts/web/resume"))
+        .header("cookie", &viewer_session)
+        .header("hx-request", "true")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("needs the `operator` role"));
+    // An operator's cookie without htmx's header (a cross-site form) is refused too; undo is not a
+    // dashboard command; a refused command is said on the page.
+    let op_session = login(&operator(&server, "olga", "operator"));
+    let r = http
+        .post(url("/ui/rollouts/web/resume"))
+        .header("cookie", &op_session)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        rollout()["state"],
+        "Paused",
+        "refused commands change nothing"
+    );
+    let hx = |path: &str| {
+        http.post(url(path))
+            .header("cookie", &op_session)
+            .header("hx-request", "true")
+            .send()
+            .unwrap()
+    };
+    assert_eq!(hx("/ui/rollouts/web/undo").status(), 404);
+    let r = hx("/ui/rollouts/web/pause");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .unwrap()
+            .contains("only a rollout under way pauses"),
+        "a refused command is said on the page"
+    );
+    let r = hx("/ui/rollouts/web/abort");
+    assert_eq!(r.status(), 200);
+    assert_eq!(rollout()["state"], "Aborted");
+    let audit = server
+        .get("/api/v1/audit?action=rollout.abort")
+        .unwrap()
+        .body;
+    assert_eq!(audit[0]["actor"], "olga", "{audit}");
+    assert_eq!(hx("/ui/rollouts/nothing/pause").status(), 404);
+}

@@ -24,6 +24,25 @@ fn scrape_until(
     .unwrap()
 }
 
+/// `promtool check metrics` finds nothing to say about `text`.
+fn promtool_check(text: &str) {
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian's prometheus package; scripts/testbed.sh installs it)");
+    std::io::Write::write_all(lint.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let linted = lint.wait_with_output().unwrap();
+    assert!(
+        linted.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
+}
+
 #[test]
 fn server_metrics_need_a_token_on_the_api_and_none_on_their_own_listener() {
     let metrics_port = free_port();
@@ -190,21 +209,7 @@ fn server_metrics_need_a_token_on_the_api_and_none_on_their_own_listener() {
         !text.contains("# EOF") && text.contains("# TYPE drover_runs_lost_total counter"),
         "{text}"
     );
-    let mut lint = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool runs (Debian's prometheus package; scripts/testbed.sh installs it)");
-    std::io::Write::write_all(lint.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-    let linted = lint.wait_with_output().unwrap();
-    assert!(
-        linted.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&linted.stdout),
-        String::from_utf8_lossy(&linted.stderr)
-    );
+    promtool_check(&text);
 
     // A node going away shows in the counts.
     drop(_b);
@@ -324,4 +329,119 @@ fn agent_metrics_listen_serves_its_own_counters() {
     .unwrap();
     assert_eq!(clash.wait_exit().unwrap(), Some(2));
     assert!(clash.log().contains("--metrics-listen"), "{}", clash.log());
+}
+
+/// Issue 25: a manifest's rollout as gauges: its state (1 for the one it is in), its wave, and its nodes by
+/// outcome; promtool lints them clean.
+#[test]
+fn a_rollout_is_gauged_by_state_wave_and_outcome() {
+    let metrics_port = free_port();
+    let server = Server::start_with(ServerOptions {
+        args: vec![
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{metrics_port}"),
+        ],
+    })
+    .unwrap();
+    let agent = |name: &str| {
+        let a = server.agent(
+            name,
+            &[
+                "--allow-kind",
+                "shell_job",
+                "--allow-shell",
+                "--label",
+                "role=web",
+                "--resync-interval",
+                "500ms",
+            ],
+        );
+        server
+            .wait_node(name, "connected", |n| n["connected"] == true)
+            .unwrap();
+        a
+    };
+    let _agents = [agent("r-a"), agent("r-b")];
+    // The first wave's node fails the change: the rollout pauses there, the other node pending.
+    let manifest = json!({
+        "name": "web",
+        "selector": {"role": "web"},
+        "rollout": {"waves": [{"count": 1}, {"percent": 100}], "bake": "1s"},
+        "resources": [{"id": "job", "shell_job": {"command": "echo broken >&2; exit 1", "unless": "false"}}],
+    });
+    let r = server
+        .post("/api/v1/manifests", Some(&server.admin_token()), &manifest)
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let open = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let samples = scrape_until(&open, None, "the rollout paused, in /metrics", |s| {
+        sample(
+            s,
+            "drover_rollout_state",
+            &[("manifest", "web"), ("state", "Paused")],
+        ) == Some(1.0)
+    });
+    let get = |name: &str, labels: &[(&str, &str)]| sample(&samples, name, labels);
+    for state in ["Progressing", "Baking", "Reverted", "Aborted", "Complete"] {
+        assert_eq!(
+            get(
+                "drover_rollout_state",
+                &[("manifest", "web"), ("state", state)]
+            ),
+            Some(0.0),
+            "{state}"
+        );
+    }
+    assert_eq!(
+        get("drover_rollout_wave", &[("manifest", "web")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        get("drover_rollout_waves", &[("manifest", "web")]),
+        Some(2.0)
+    );
+    for (outcome, n) in [
+        ("converged", 0.0),
+        ("change_failed", 1.0),
+        ("infra_failed", 0.0),
+        ("unreachable", 0.0),
+        ("pending", 1.0),
+    ] {
+        assert_eq!(
+            get(
+                "drover_rollout_nodes",
+                &[("manifest", "web"), ("outcome", outcome)]
+            ),
+            Some(n),
+            "{outcome}"
+        );
+    }
+    // What the REST API says, the gauges say.
+    let status = server.get("/api/v1/rollouts/web").unwrap().body;
+    assert_eq!(status["waves"][0]["change_failed"], 1, "{status}");
+
+    // An operator's abort shows at the next scrape; the text format lints clean with rollouts in it.
+    let out = server.cli(&["rollout", "abort", "web"]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    scrape_until(&open, None, "the rollout aborted", |s| {
+        sample(
+            s,
+            "drover_rollout_state",
+            &[("manifest", "web"), ("state", "Aborted")],
+        ) == Some(1.0)
+            && sample(
+                s,
+                "drover_rollout_state",
+                &[("manifest", "web"), ("state", "Paused")],
+            ) == Some(0.0)
+    });
+    // The older text format (curl asks for nothing in particular), which promtool reads.
+    let body = std::process::Command::new("curl")
+        .args(["-sf", &open])
+        .output()
+        .expect("curl runs (scripts/testbed.sh installs it)");
+    assert!(body.status.success(), "{body:?}");
+    let text = String::from_utf8(body.stdout).unwrap();
+    assert!(text.contains("# TYPE drover_rollout_nodes gauge"), "{text}");
+    promtool_check(&text);
 }

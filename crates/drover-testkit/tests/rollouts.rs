@@ -338,3 +338,79 @@ fn max_in_flight_lets_a_wave_in_a_few_nodes_at_a_time_and_still_completes() {
         assert_eq!(version(web.dir(i)), "v2");
     }
 }
+
+/// A listener answering every request with HTTP `status`, for the nodes' health checks (all agents run on
+/// this machine); its address. It lives as long as the test.
+fn answering(status: u16) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 2048];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} Status\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    address
+}
+
+#[test]
+fn a_canary_failing_its_health_check_pauses_the_rollout_and_passing_checks_let_it_complete() {
+    let web = Web::start(false, policy("pause"));
+    // v2's resources converge everywhere, but its service answers 500: the canary's check fails.
+    let broken = answering(500);
+    let mut checked = policy("pause");
+    checked["health"] = json!([{"http": {"url": format!("http://{broken}/health")}}]);
+    let applied = apply(&web.server, &revision("v2", None, checked));
+    let paused = wait_state(&web.server, "Paused");
+    assert_eq!(paused["revision"], applied["generation"]);
+    assert_eq!(paused["waves"][0]["change_failed"], 1, "{paused}");
+    assert_eq!(paused["failing"][0]["node"], "canary", "{paused}");
+    let reason = paused["failing"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("health check")
+            && reason.contains(&broken)
+            && reason.contains("answered 500, expected 200"),
+        "{paused}"
+    );
+    // The node reports it in its convergence, beside its ready resources.
+    let status = web.server.get("/api/v1/status").unwrap().body;
+    let canary = status
+        .as_array()
+        .and_then(|s| s.iter().find(|n| n["node_name"] == "canary"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(canary["health"][0]["manifest"], "web", "{canary}");
+    assert_eq!(canary["health"][0]["healthy"], false, "{canary}");
+    assert_eq!(
+        version(web.dir(0)),
+        "v2",
+        "the canary's change itself went through"
+    );
+    // A deliberate window: the other nodes never see v2 while it stays paused.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(version(web.dir(1)), "v1");
+    assert_eq!(version(web.dir(2)), "v1");
+    assert_eq!(rollout(&web.server)["state"], "Paused", "it stays paused");
+
+    // v3 with checks that pass on every node (HTTP 200, a TCP connect, a command the nodes' policy
+    // allows, run after the node's own change): every wave goes through.
+    let healthy = answering(200);
+    let mut checked = policy("pause");
+    checked["health"] = json!([
+        {"http": {"url": format!("http://{healthy}/health"), "expect_status": 200}},
+        {"tcp": {"address": healthy}},
+        {"command": ["sh", "-c", "grep -qx v3 \"$NODE_DIR/version\""]},
+    ]);
+    apply(&web.server, &revision("v3", None, checked));
+    let done = wait_state(&web.server, "Complete");
+    assert_eq!(done["waves"][0]["converged"], 1, "{done}");
+    assert_eq!(done["waves"][1]["converged"], 2, "{done}");
+    for i in 0..3 {
+        assert_eq!(version(web.dir(i)), "v3");
+    }
+}

@@ -108,8 +108,16 @@ impl ManifestProof {
     pub fn verify(&self, pinned: &[PublicKey]) -> Result<Manifest, SignError> {
         self.signature
             .verify(pinned, MANIFEST_CONTEXT, &self.payload)?;
-        serde_json::from_str(&self.payload)
-            .map_err(|e| SignError::Malformed(format!("the signed payload is not a manifest: {e}")))
+        let malformed = |e: serde_json::Error| {
+            SignError::Malformed(format!("the signed payload is not a manifest: {e}"))
+        };
+        let mut payload: serde_json::Value =
+            serde_json::from_str(&self.payload).map_err(malformed)?;
+        // The rollout's health checks are signed beside the manifest's fields (`signed_payload`).
+        if let Some(fields) = payload.as_object_mut() {
+            fields.remove("health");
+        }
+        serde_json::from_value(payload).map_err(malformed)
     }
 }
 
@@ -625,6 +633,11 @@ pub struct DesiredState {
     /// ignore it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signed: Vec<ManifestProof>,
+    /// The rollout health checks of each manifest that selects the node and has some: the node runs them
+    /// once the manifest's resources are ready and reports the result (older agents ignore it). A node
+    /// that pins a key runs only the checks the signed payload carries.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub health: BTreeMap<String, Vec<crate::rollout::HealthCheck>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -827,8 +840,23 @@ pub struct NodeConvergence {
     pub observed_generation: u64,
     pub conditions: Vec<Condition>,
     pub resources: Vec<ResourceStatus>,
+    /// Per manifest with rollout health checks, how they went when the node last ran them (none yet:
+    /// its resources are not all ready, or the agent predates health checks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<ManifestHealth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<DateTime<Utc>>,
+}
+
+/// How a manifest's rollout health checks went on a node: all must pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ManifestHealth {
+    pub manifest: String,
+    pub healthy: bool,
+    /// Why not: the first failing check and what it found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A node's line in `drover status`.

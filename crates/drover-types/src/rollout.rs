@@ -68,6 +68,10 @@ pub struct RolloutPolicy {
     pub health: Vec<HealthCheck>,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
@@ -210,7 +214,7 @@ pub enum OnUnreachable {
 
 /// A check a node runs on itself; all of a policy's must pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = RolloutHealthCheck))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum HealthCheck {
     /// An HTTP GET answering `expect_status` (200 unless set).
@@ -594,12 +598,26 @@ pub fn is_infrastructure(error: &str) -> bool {
 
 /// How a node did with a manifest's revision: judged from its latest report, once it observed its
 /// current desired state (`desired_generation`, which holds the revision once the node is released).
-/// The reason names the first failing resource.
+/// The reason names the first failing resource, or the failing health check. A manifest the node reports
+/// health checks for is judged by them too; [`node_outcome_with_checks`] also waits for them.
 pub fn node_outcome(
     manifest: &str,
     desired_generation: u64,
     report: Option<&crate::manifest::NodeConvergence>,
     connected: bool,
+) -> (Outcome, Option<String>) {
+    node_outcome_with_checks(manifest, desired_generation, report, connected, false)
+}
+
+/// [`node_outcome`] of a manifest that has rollout health checks when `checks`: with its resources
+/// ready, the node is Pending (Unreachable when not connected) until it reports the checks, and failed
+/// (a change failure, whatever the check saw) while it reports them failing.
+pub fn node_outcome_with_checks(
+    manifest: &str,
+    desired_generation: u64,
+    report: Option<&crate::manifest::NodeConvergence>,
+    connected: bool,
+    checks: bool,
 ) -> (Outcome, Option<String>) {
     use crate::manifest::ResourceState as S;
     let waiting = if connected {
@@ -629,9 +647,21 @@ pub fn node_outcome(
         }
     }
     if pending {
-        (waiting, None)
-    } else {
-        (Outcome::Converged, None)
+        return (waiting, None);
+    }
+    // A check judges the change itself (the service it put there answers or not), so a failing one is
+    // a change failure even when what it saw reads like a network error ("connection refused").
+    match report.health.iter().find(|h| h.manifest == manifest) {
+        Some(h) if !h.healthy => (
+            Outcome::ChangeFailed,
+            Some(format!(
+                "health check: {}",
+                h.reason.as_deref().unwrap_or("failing")
+            )),
+        ),
+        Some(_) => (Outcome::Converged, None),
+        None if checks => (waiting, None),
+        None => (Outcome::Converged, None),
     }
 }
 
@@ -696,6 +726,9 @@ pub struct RolloutStatus {
     pub covered: BTreeMap<String, BTreeSet<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failing: Vec<FailingNode>,
+    /// Nodes kept on the previous revision until promoted (`on_unreachable: hold`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -887,6 +920,66 @@ mod tests {
         assert!(r.releases("c", Some(1)) && r.releases("new", None));
         r.held.insert("c".into());
         assert!(!r.releases("c", Some(1)), "held until promoted");
+    }
+
+    #[test]
+    fn a_failing_health_check_is_a_change_failure_and_checks_not_reported_yet_wait() {
+        use crate::manifest::{ManifestHealth, NodeConvergence, ResourceState, ResourceStatus};
+        let report = |state: ResourceState, health: Vec<ManifestHealth>| NodeConvergence {
+            observed_generation: 3,
+            resources: vec![ResourceStatus::new("f", "web", "file", state)],
+            health,
+            ..Default::default()
+        };
+        let health = |healthy: bool, reason: Option<&str>| {
+            vec![ManifestHealth {
+                manifest: "web".into(),
+                healthy,
+                reason: reason.map(String::from),
+            }]
+        };
+        let judge = |r: &NodeConvergence, connected: bool, checks: bool| {
+            node_outcome_with_checks("web", 3, Some(r), connected, checks)
+        };
+        // Failing: a change failure with the check's reason, even when it reads like the network's.
+        let failing = report(
+            ResourceState::Ready,
+            health(false, Some("tcp 127.0.0.1:9: connection refused")),
+        );
+        assert_eq!(
+            judge(&failing, true, true),
+            (
+                Outcome::ChangeFailed,
+                Some("health check: tcp 127.0.0.1:9: connection refused".into())
+            )
+        );
+        assert_eq!(
+            node_outcome("web", 3, Some(&failing), true).0,
+            Outcome::ChangeFailed,
+            "a reported failure counts whoever asks"
+        );
+        // Passing: converged.
+        let passing = report(ResourceState::Ready, health(true, None));
+        assert_eq!(judge(&passing, true, true), (Outcome::Converged, None));
+        // Not reported yet: a manifest with checks waits; one without is judged as before.
+        let unchecked = report(ResourceState::Ready, vec![]);
+        assert_eq!(judge(&unchecked, true, true), (Outcome::Pending, None));
+        assert_eq!(judge(&unchecked, false, true), (Outcome::Unreachable, None));
+        assert_eq!(judge(&unchecked, true, false), (Outcome::Converged, None));
+        // A failing resource is named before any check; resources still at work wait.
+        let broken = report(ResourceState::Refused, health(true, None));
+        assert_eq!(judge(&broken, true, true).0, Outcome::ChangeFailed);
+        let working = report(ResourceState::Reconciling, health(false, Some("x")));
+        assert_eq!(judge(&working, true, true), (Outcome::Pending, None));
+        // Another manifest's health says nothing of this one.
+        let mut other = report(ResourceState::Ready, health(false, Some("x")));
+        other.health[0].manifest = "db".into();
+        assert_eq!(judge(&other, true, false), (Outcome::Converged, None));
+        // A report of an older desired state is not judged at all.
+        assert_eq!(
+            node_outcome_with_checks("web", 4, Some(&failing), true, true),
+            (Outcome::Pending, None)
+        );
     }
 
     #[test]

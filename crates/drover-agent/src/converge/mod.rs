@@ -4,12 +4,13 @@
 //! Each kind has a [`Reconciler`](reconciler::Reconciler): observe, plan, apply, delete. This runtime owns
 //! the rest: the node's policy, asked once per resource before any kind observes or changes anything (so a
 //! new kind cannot forget it); the persisted desired state; the ledger of what this agent owns (for garbage
-//! collection across restarts); per-resource backoff; periodic re-observation that catches drift; and
-//! reporting.
+//! collection across restarts); per-resource backoff; periodic re-observation that catches drift; each
+//! manifest's rollout health checks once its resources are ready (`health`); and reporting.
 
 mod blobs;
 pub(crate) mod container;
 mod file;
+pub mod health;
 pub mod ledger;
 pub mod reconciler;
 pub mod registry;
@@ -25,9 +26,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use drover_proto::v1::{self, AgentMessage, agent_message::Msg};
 use drover_types::manifest::{
-    Condition, ConditionKind, Conflict, DriftEvent, ManifestProof, NodeConvergence, PlanAction,
-    PlanItem, Resource, ResourceKind, ResourceState, ResourceStatus,
+    Condition, ConditionKind, Conflict, DriftEvent, ManifestHealth, ManifestProof, NodeConvergence,
+    PlanAction, PlanItem, Resource, ResourceKind, ResourceState, ResourceStatus,
 };
+use drover_types::rollout::HealthCheck;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -58,6 +60,10 @@ pub struct WireDesired {
     /// Signed manifests' payloads and signatures, checked when the node pins keys.
     #[serde(default)]
     pub signed: Vec<ManifestProof>,
+    /// Each manifest's rollout health checks, JSON until read (a check this agent does not know fails
+    /// that manifest's health, not the whole state).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub health: BTreeMap<String, Vec<Value>>,
 }
 
 const DESIRED_FILE: &str = "desired.json";
@@ -78,13 +84,22 @@ fn spec_hash(r: &Value) -> String {
     hex::encode(Sha256::digest(r.to_string().as_bytes()))
 }
 
-/// The converger's handle: give it desired states, tell it where to report.
+/// A manifest's health checks as last run.
+struct Checked {
+    /// The desired generation and the checks (or why none run) they were run for.
+    generation: u64,
+    checks: Result<Vec<HealthCheck>, String>,
+    at: std::time::Instant,
+    result: ManifestHealth,
+}
+
 /// What the runtime is told.
 enum Command {
     Desired(WireDesired),
     Plan(WireDesired, tokio::sync::oneshot::Sender<Vec<PlanItem>>),
 }
 
+/// The converger's handle: give it desired states, tell it where to report.
 #[derive(Clone)]
 pub struct Converger {
     updates: mpsc::Sender<Command>,
@@ -108,6 +123,7 @@ impl Converger {
             registry: Registry::new(),
             statuses: BTreeMap::new(),
             hashes: BTreeMap::new(),
+            health: BTreeMap::new(),
             link: link.clone(),
             last_report: last_report.clone(),
             resync,
@@ -200,6 +216,8 @@ struct Runtime {
     statuses: BTreeMap<String, ResourceStatus>,
     /// Spec hash each status was reached with, to tell drift from a change of spec.
     hashes: BTreeMap<String, String>,
+    /// Per manifest with health checks and every resource ready, the checks' last run.
+    health: BTreeMap<String, Checked>,
     link: Arc<Mutex<Option<mpsc::Sender<AgentMessage>>>>,
     last_report: Arc<Mutex<Option<NodeConvergence>>>,
     resync: Duration,
@@ -361,10 +379,12 @@ impl Runtime {
         versions: &mut signed::Versions,
         record: bool,
     ) -> (signed::Verdicts, bool) {
+        // A manifest with health checks and no resource here is judged too: its checks are signed.
         let names = desired
             .resources
             .iter()
-            .map(|r| r["manifest"].as_str().unwrap_or_default().to_string());
+            .map(|r| r["manifest"].as_str().unwrap_or_default().to_string())
+            .chain(desired.health.keys().cloned());
         signed::Verdicts::judge(
             &self.ctx.policy.manifest_keys,
             names,
@@ -424,7 +444,85 @@ impl Runtime {
                 }
             }
         }
+        self.check_health().await;
         self.report().await;
+    }
+
+    /// Runs the health checks of each manifest whose resources are all ready: when they are new to it (a
+    /// new desired state, resources just ready, other checks) and again once `resync` has passed since
+    /// their last run. A manifest not ready has no result, so the server waits for one.
+    async fn check_health(&mut self) {
+        let mut names: std::collections::BTreeSet<String> = self
+            .desired
+            .health
+            .iter()
+            .filter(|(_, checks)| !checks.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.extend(self.verdicts.signed_checks().map(String::from));
+        let generation = self.desired.generation;
+        let mut last = std::mem::take(&mut self.health);
+        let mut runs = tokio::task::JoinSet::new();
+        names.retain(|name| self.ready(name));
+        for name in names {
+            let sent = self
+                .desired
+                .health
+                .get(&name)
+                .map_or(&[][..], Vec::as_slice);
+            let checks = self.verdicts.health(&name, sent);
+            match last.remove(&name) {
+                Some(c)
+                    if c.generation == generation
+                        && c.checks == checks
+                        && c.at.elapsed() < self.resync =>
+                {
+                    self.health.insert(name, c);
+                }
+                previous => {
+                    let policy = self.ctx.policy.clone();
+                    let was = previous.map(|c| c.result);
+                    runs.spawn(async move {
+                        let result = match &checks {
+                            Ok(list) => health::check_manifest(&name, list.clone(), policy).await,
+                            Err(why) => ManifestHealth {
+                                manifest: name.clone(),
+                                healthy: false,
+                                reason: Some(why.clone()),
+                            },
+                        };
+                        (name, checks, result, was)
+                    });
+                }
+            }
+        }
+        while let Some(done) = runs.join_next().await {
+            // A run that panicked leaves no result: the manifest is checked again next pass.
+            let Ok((name, checks, result, was)) = done else {
+                continue;
+            };
+            if was.as_ref() != Some(&result) {
+                match &result.reason {
+                    Some(why) => tracing::warn!(manifest = %name, "health checks failing: {why}"),
+                    None => tracing::info!(manifest = %name, "health checks pass"),
+                }
+            }
+            let checked = Checked {
+                generation,
+                checks,
+                at: std::time::Instant::now(),
+                result,
+            };
+            self.health.insert(name, checked);
+        }
+    }
+
+    /// Whether every resource of `manifest` on this node is Ready (a conflict names all its manifests).
+    fn ready(&self, manifest: &str) -> bool {
+        self.statuses
+            .values()
+            .filter(|s| s.manifest.split(',').any(|m| m == manifest))
+            .all(|s| s.state == ResourceState::Ready)
     }
 
     /// The body of a pass, after its changed resources are marked Reconciling: reconcile every due resource,
@@ -680,7 +778,15 @@ impl Runtime {
 
     fn current_report(&self) -> NodeConvergence {
         let resources: Vec<ResourceStatus> = self.statuses.values().cloned().collect();
-        node_convergence(self.desired.generation, resources)
+        let mut report = node_convergence(self.desired.generation, resources);
+        // Only results for the state reported: an older one may judge checks since replaced.
+        report.health = self
+            .health
+            .values()
+            .filter(|c| c.generation == self.desired.generation)
+            .map(|c| c.result.clone())
+            .collect();
+        report
     }
 }
 
@@ -741,6 +847,7 @@ pub fn node_convergence(generation: u64, resources: Vec<ResourceStatus>) -> Node
         observed_generation: generation,
         conditions,
         resources,
+        health: Vec::new(),
         reported_at: None,
     }
 }
@@ -786,6 +893,7 @@ mod tests {
             verdicts: Default::default(),
             statuses: BTreeMap::new(),
             hashes: BTreeMap::new(),
+            health: BTreeMap::new(),
             link: Arc::new(Mutex::new(None)),
             last_report: Arc::new(Mutex::new(None)),
             resync: Duration::from_secs(30),
@@ -863,8 +971,7 @@ mod tests {
                 serde_json::json!({"id": "new", "manifest": "m", "volume": {"size": 1}}),
                 serde_json::json!({"id": "f", "manifest": "m", "file": {"path": file, "content": "x"}}),
             ],
-            conflicts: vec![],
-            signed: vec![],
+            ..Default::default()
         };
         let mut rt = runtime(dir.path(), desired);
         rt.pass().await;
@@ -906,8 +1013,7 @@ mod tests {
             WireDesired {
                 generation: 1,
                 resources: vec![file("f", &first, "x")],
-                conflicts: vec![],
-                signed: vec![],
+                ..Default::default()
             },
         );
         rt.pass().await;
@@ -916,8 +1022,7 @@ mod tests {
         rt.accept(WireDesired {
             generation: 2,
             resources: vec![file("f", &second, "y")],
-            conflicts: vec![],
-            signed: vec![],
+            ..Default::default()
         });
         rt.pass().await;
         assert!(
@@ -932,12 +1037,81 @@ mod tests {
         rt.accept(WireDesired {
             generation: 3,
             resources: vec![],
-            conflicts: vec![],
-            signed: vec![],
+            ..Default::default()
         });
         rt.pass().await;
         assert!(second.exists(), "never deletes what it did not create");
         assert!(rt.ledger.is_empty());
+    }
+
+    #[tokio::test]
+    async fn health_checks_run_once_their_manifest_is_ready_and_their_result_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let tcp = |address: &str| vec![serde_json::json!({"tcp": {"address": address}})];
+        let refused = serde_json::json!({"id": "out", "manifest": "other", "file": {"path": "/etc/drover-never", "content": "x"}});
+        let mut rt = runtime(dir.path(), WireDesired::default());
+        rt.accept(WireDesired {
+            generation: 1,
+            resources: vec![file("f", &f, "x"), refused.clone()],
+            health: [
+                ("m".to_string(), tcp(&closed)),
+                ("other".to_string(), tcp(&closed)),
+            ]
+            .into(),
+            ..Default::default()
+        });
+        rt.pass().await;
+        let report = rt.last_report.lock().unwrap().clone().unwrap();
+        // `other` has a refused resource: not ready, not checked.
+        assert_eq!(report.health.len(), 1, "{:?}", report.health);
+        let health = &report.health[0];
+        assert_eq!((health.manifest.as_str(), health.healthy), ("m", false));
+        let reason = health.reason.clone().unwrap_or_default();
+        assert!(
+            reason.starts_with(&format!("tcp {closed}: cannot connect")),
+            "{reason}"
+        );
+        // A new desired state runs them again at once: now something answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap().to_string();
+        rt.accept(WireDesired {
+            generation: 2,
+            resources: vec![file("f", &f, "x")],
+            health: [("m".to_string(), tcp(&open))].into(),
+            ..Default::default()
+        });
+        rt.pass().await;
+        let report = rt.last_report.lock().unwrap().clone().unwrap();
+        assert_eq!(report.health.len(), 1);
+        assert!(report.health[0].healthy, "{:?}", report.health);
+        // A check this agent cannot read fails its manifest's health rather than the whole state.
+        let state: WireDesired = serde_json::from_value(serde_json::json!({
+            "generation": 3,
+            "resources": [file("f", &f, "x")],
+            "health": {"m": [{"grpc": {"port": 1}}]},
+        }))
+        .unwrap();
+        rt.accept(state);
+        rt.pass().await;
+        let report = rt.last_report.lock().unwrap().clone().unwrap();
+        assert!(!report.health[0].healthy);
+        assert_eq!(rt.statuses["f"].state, ResourceState::Ready);
+        // A state without checks reports none, as before checks existed.
+        rt.accept(WireDesired {
+            generation: 4,
+            resources: vec![file("f", &f, "x")],
+            ..Default::default()
+        });
+        rt.pass().await;
+        let report = rt.last_report.lock().unwrap().clone().unwrap();
+        assert!(report.health.is_empty());
+        assert!(!serde_json::to_string(&report).unwrap().contains("health"));
     }
 
     #[tokio::test]
@@ -950,8 +1124,7 @@ mod tests {
                 serde_json::json!({"id": "job", "manifest": "m", "shell_job": {"command": format!("touch {}", marker.display()), "unless": format!("touch {}", marker.display())}}),
                 serde_json::json!({"id": "out", "manifest": "m", "file": {"path": "/etc/drover-never", "content": "x"}}),
             ],
-            conflicts: vec![],
-            signed: vec![],
+            ..Default::default()
         };
         let mut rt = runtime(dir.path(), desired.clone());
         rt.pass().await;

@@ -1,13 +1,17 @@
 //! Signed manifests on a node that pins keys: each manifest's signature is checked once per pass, against
 //! the node's keys, before any resource of it reaches the policy or a kind; every resource must be the one
 //! the signature covers; and a manifest may never go back to an older version than the node has seen.
+//! Its rollout health checks are signed too: the node runs those of the signed payload, and only when the
+//! server sent exactly those (a server can neither add, drop nor change a check).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use drover_types::manifest::{Manifest, ManifestProof, Resource};
-use drover_types::signing::PublicKey;
+use drover_types::rollout::HealthCheck;
+use drover_types::signing::{MANIFEST_CONTEXT, PublicKey, SignError};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::policy::Refusal;
@@ -27,15 +31,43 @@ pub struct Seen {
 /// Per manifest name.
 pub type Versions = BTreeMap<String, Seen>;
 
+/// What a signature covers: the manifest and its rollout health checks.
+pub struct Signed {
+    pub manifest: Manifest,
+    pub health: Vec<HealthCheck>,
+}
+
 /// The verdict on each manifest of one desired state.
 #[derive(Default)]
 pub struct Verdicts {
     /// `None` when the node pins no key: nothing is checked.
-    manifests: Option<BTreeMap<String, Result<Manifest, Refusal>>>,
+    manifests: Option<BTreeMap<String, Result<Signed, Refusal>>>,
 }
 
 fn digest(payload: &str) -> String {
     hex::encode(Sha256::digest(payload.as_bytes()))
+}
+
+/// The signed manifest and its health checks, once the signature checks out against `keys`. The payload
+/// names the checks beside the manifest's own fields (`health`, see `Manifest::signed_payload`), so they
+/// are taken out before the rest is read as a manifest.
+fn open(proof: &ManifestProof, keys: &[PublicKey]) -> Result<Signed, SignError> {
+    proof
+        .signature
+        .verify(keys, MANIFEST_CONTEXT, &proof.payload)?;
+    let malformed = |e: serde_json::Error| {
+        SignError::Malformed(format!("the signed payload is not a manifest: {e}"))
+    };
+    let mut fields: serde_json::Map<String, Value> =
+        serde_json::from_str(&proof.payload).map_err(malformed)?;
+    let health = fields
+        .remove("health")
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(malformed)?
+        .unwrap_or_default();
+    let manifest = serde_json::from_value(Value::Object(fields)).map_err(malformed)?;
+    Ok(Signed { manifest, health })
 }
 
 fn judge(
@@ -43,14 +75,15 @@ fn judge(
     proof: Option<&ManifestProof>,
     keys: &[PublicKey],
     versions: &Versions,
-) -> Result<(Manifest, Seen), Refusal> {
+) -> Result<(Signed, Seen), Refusal> {
     let what = format!("manifest {name:?}");
     let proof = proof.ok_or_else(|| Refusal::Unsigned { what: what.clone() })?;
     let bad = |reason: String| Refusal::BadSignature {
         what: what.clone(),
         reason,
     };
-    let manifest = proof.verify(keys).map_err(|e| bad(e.to_string()))?;
+    let signed = open(proof, keys).map_err(|e| bad(e.to_string()))?;
+    let manifest = &signed.manifest;
     if manifest.name != name {
         return Err(bad(format!(
             "the signature covers manifest {:?}, not this one",
@@ -80,7 +113,7 @@ fn judge(
             )));
         }
     }
-    Ok((manifest, seen))
+    Ok((signed, seen))
 }
 
 impl Verdicts {
@@ -103,7 +136,7 @@ impl Verdicts {
                 continue;
             }
             let proof = proofs.iter().find(|p| p.manifest == name);
-            let verdict = judge(&name, proof, keys, versions).map(|(manifest, seen)| {
+            let verdict = judge(&name, proof, keys, versions).map(|(signed, seen)| {
                 if record
                     && versions.get(&name) != Some(&seen)
                     && (versions.len() < VERSIONS_KEPT || versions.contains_key(&name))
@@ -111,7 +144,7 @@ impl Verdicts {
                     versions.insert(name.clone(), seen);
                     changed = true;
                 }
-                manifest
+                signed
             });
             manifests.insert(name, verdict);
         }
@@ -130,7 +163,7 @@ impl Verdicts {
             return Ok(());
         };
         let signed = match manifests.get(manifest) {
-            Some(Ok(m)) => m,
+            Some(Ok(signed)) => &signed.manifest,
             Some(Err(refusal)) => return Err(refusal.clone()),
             None => {
                 return Err(Refusal::Unsigned {
@@ -148,6 +181,42 @@ impl Verdicts {
                     "the signed manifest has no such resource".into()
                 },
             }),
+        }
+    }
+
+    /// The manifests that passed and whose signed payload carries health checks: on a node that pins
+    /// keys these are checked even when the server sent none.
+    pub fn signed_checks(&self) -> impl Iterator<Item = &str> {
+        self.manifests
+            .iter()
+            .flatten()
+            .filter(|(_, v)| v.as_ref().is_ok_and(|s| !s.health.is_empty()))
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// The health checks of `manifest` to run, from those the server `sent` (still JSON): on a node that
+    /// pins no key, those sent; on one that does, the signed payload's, and only when the sent ones are
+    /// exactly those. The error says why none run (the reason the node reports).
+    pub fn health(&self, manifest: &str, sent: &[Value]) -> Result<Vec<HealthCheck>, String> {
+        let parsed: Result<Vec<HealthCheck>, _> =
+            sent.iter().cloned().map(serde_json::from_value).collect();
+        let Some(manifests) = &self.manifests else {
+            return parsed.map_err(|e| format!("this agent does not understand a check: {e}"));
+        };
+        match manifests.get(manifest) {
+            Some(Ok(signed)) => match parsed {
+                Ok(checks) if checks == signed.health => Ok(checks),
+                _ => Err(Refusal::BadSignature {
+                    what: format!("the health checks of manifest {manifest:?}"),
+                    reason: "they are not what the signature covers (altered on the way)".into(),
+                }
+                .to_string()),
+            },
+            Some(Err(refusal)) => Err(refusal.to_string()),
+            None => Err(Refusal::Unsigned {
+                what: format!("manifest {manifest:?}"),
+            }
+            .to_string()),
         }
     }
 }
@@ -226,5 +295,56 @@ mod tests {
         // A node that pins nothing checks nothing.
         let (verdicts, _) = Verdicts::judge(&[], names(), &[], &mut versions, true);
         assert_eq!(rule(&verdicts, &v1), None);
+    }
+
+    #[test]
+    fn a_pinned_node_runs_only_the_health_checks_its_signature_covers() {
+        let key = SecretKey::from_seed([1; 32]);
+        let mut m = manifest(3, "three");
+        let checks = serde_json::json!([{"tcp": {"address": "127.0.0.1:8080"}}]);
+        m.rollout =
+            Some(serde_json::from_value(serde_json::json!({"health": checks.clone()})).unwrap());
+        let sent = |v: serde_json::Value| -> Vec<Value> { serde_json::from_value(v).unwrap() };
+        let (verdicts, _) = Verdicts::judge(
+            &[key.public()],
+            vec!["web".to_string()],
+            &[proof(&key, &m)],
+            &mut Versions::new(),
+            true,
+        );
+        // The payload names the checks beside the manifest: it still reads, resources and all.
+        assert_eq!(rule(&verdicts, &m), None);
+        assert_eq!(
+            verdicts.health("web", &sent(checks.clone())),
+            Ok(m.rollout.clone().unwrap().health)
+        );
+        assert_eq!(verdicts.signed_checks().collect::<Vec<_>>(), ["web"]);
+        // A check added, changed or dropped by the server: none runs, and the reason says so.
+        for tampered in [
+            serde_json::json!([{"tcp": {"address": "127.0.0.1:8080"}}, {"command": ["rm", "-rf", "/"]}]),
+            serde_json::json!([{"tcp": {"address": "127.0.0.1:9"}}]),
+            serde_json::json!([]),
+        ] {
+            let why = verdicts.health("web", &sent(tampered)).unwrap_err();
+            assert!(why.contains("rule bad signature"), "{why}");
+        }
+        // Checks for a manifest signed without any are refused just the same.
+        let plain = manifest(4, "four");
+        let (verdicts, _) = Verdicts::judge(
+            &[key.public()],
+            vec!["web".to_string()],
+            &[proof(&key, &plain)],
+            &mut Versions::new(),
+            true,
+        );
+        assert!(verdicts.health("web", &sent(checks.clone())).is_err());
+        assert_eq!(verdicts.health("web", &[]), Ok(vec![]));
+        // A node that pins nothing runs what it is sent, if it can read it.
+        let open = Verdicts::default();
+        assert_eq!(open.health("web", &sent(checks)).map(|c| c.len()), Ok(1));
+        let unknown = open
+            .health("web", &sent(serde_json::json!([{"grpc": {}}])))
+            .unwrap_err();
+        assert!(unknown.contains("does not understand"), "{unknown}");
     }
 }

@@ -26,7 +26,8 @@ use crate::store::StoreError;
 use crate::sync::lock;
 
 /// A node's desired state from the stored manifests (generation left at 0): the resources of those that
-/// select it, and the signed payload and signature of each signed one among them, for pinned nodes.
+/// select it, the signed payload and signature of each signed one among them, for pinned nodes, and the
+/// rollout health checks of those that have some.
 fn desired_state(labels: &Labels, stored: &[StoredManifest]) -> DesiredState {
     let manifests: Vec<Manifest> = stored.iter().map(|m| m.manifest.clone()).collect();
     let (resources, conflicts) = desired_for(labels, &manifests);
@@ -44,11 +45,21 @@ fn desired_state(labels: &Labels, stored: &[StoredManifest]) -> DesiredState {
             })
         })
         .collect();
+    // The checks travel beside the resources (and, signed, in the payload, which a pinned node goes by).
+    let health = stored
+        .iter()
+        .filter(|m| m.manifest.selects(labels))
+        .filter_map(|m| {
+            let checks = &m.manifest.rollout.as_ref()?.health;
+            (!checks.is_empty()).then(|| (m.manifest.name.clone(), checks.clone()))
+        })
+        .collect();
     DesiredState {
         generation: 0,
         resources,
         conflicts,
         signed,
+        health,
     }
 }
 
@@ -518,8 +529,18 @@ impl Desired {
             };
             #[cfg(feature = "tamper")]
             self.tamper.desired(&mut state);
-            let content = serde_json::to_vec(&(&state.resources, &state.conflicts, &state.signed))
-                .unwrap_or_default();
+            // Health checks count only when there are some: a state without them hashes as before.
+            let content = if state.health.is_empty() {
+                serde_json::to_vec(&(&state.resources, &state.conflicts, &state.signed))
+            } else {
+                serde_json::to_vec(&(
+                    &state.resources,
+                    &state.conflicts,
+                    &state.signed,
+                    &state.health,
+                ))
+            }
+            .unwrap_or_default();
             let hash = hex::encode(Sha256::digest(&content));
             if previous.as_ref().is_some_and(|(_, h)| *h == hash) {
                 return Ok(());

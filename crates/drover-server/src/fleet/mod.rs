@@ -257,6 +257,7 @@ impl Fleet {
         });
         let rollouts = Arc::new(Rollouts {
             desired: desired.clone(),
+            statuses: Default::default(),
         });
         let streams = Arc::new(Streams {
             route: route.clone(),

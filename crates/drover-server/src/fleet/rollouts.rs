@@ -16,7 +16,7 @@ use drover_types::audit::AuditAction;
 use drover_types::manifest::{ApplyManifest, StoredManifest};
 use drover_types::rollout::{
     FailingNode, OnFailure, OnUnreachable, Outcome, Rollout, RolloutCommand, RolloutState,
-    RolloutStatus, WaveStatus, node_outcome, plan_waves,
+    RolloutStatus, WaveStatus, node_outcome_with_checks, plan_waves,
 };
 use drover_types::{Node, Transport};
 
@@ -223,15 +223,33 @@ impl Desired {
 /// rollouts on and asks it to recompute.
 pub struct Rollouts {
     pub(super) desired: Arc<Desired>,
+    /// Every rollout as last judged, for `/metrics` scrapes and dashboard refreshes that come often:
+    /// judging reads every node of every rollout (`STATUS_TTL`; dropped at each transition here).
+    pub(super) statuses: StatusCache,
 }
 
+/// How long a judged list of rollouts is served again.
+const STATUS_TTL: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+pub struct StatusCache(Mutex<Option<(Instant, Arc<Vec<RolloutStatus>>)>>);
+
 impl Rollouts {
+    /// Every rollout, judged (at most `STATUS_TTL` ago).
     pub async fn rollouts(&self) -> Result<Vec<RolloutStatus>, FleetError> {
+        let cached = lock(&self.statuses.0)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < STATUS_TTL)
+            .map(|(_, s)| s.clone());
+        if let Some(statuses) = cached {
+            return Ok(statuses.to_vec());
+        }
         let rollouts = self.desired.store.list_rollouts().await?;
         let mut statuses = Vec::with_capacity(rollouts.len());
         for r in rollouts {
             statuses.push(self.status_of(&r).await?);
         }
+        *lock(&self.statuses.0) = Some((Instant::now(), Arc::new(statuses.clone())));
         Ok(statuses)
     }
 
@@ -272,6 +290,7 @@ impl Rollouts {
             waves: judged.waves,
             covered: r.plan.covered.clone(),
             failing: judged.failing,
+            held: r.held.len(),
             reason: r.reason.clone(),
             baking_since: r.baking_since,
             started_by: r.started_by.clone(),
@@ -312,11 +331,12 @@ impl Rollouts {
                 let (outcome, reason) = if !r.releases(id, Some(w)) {
                     (Outcome::Pending, None)
                 } else {
-                    node_outcome(
+                    node_outcome_with_checks(
                         &r.manifest,
                         row.map_or(0, |row| row.desired_generation),
                         row.and_then(|row| row.report.as_ref()),
                         connected.get(id.as_str()).copied().unwrap_or(false),
+                        !r.policy.health.is_empty(),
                     )
                 };
                 status.count(outcome);
@@ -472,11 +492,12 @@ impl Rollouts {
             .iter()
             .filter(|id| {
                 let row = rows.get(id.as_str());
-                let (outcome, _) = node_outcome(
+                let (outcome, _) = node_outcome_with_checks(
                     &r.manifest,
                     row.map_or(0, |row| row.desired_generation),
                     row.and_then(|row| row.report.as_ref()),
                     true,
+                    !r.policy.health.is_empty(),
                 );
                 outcome == Outcome::Pending
             })
@@ -579,6 +600,7 @@ impl Rollouts {
     async fn save(&self, r: &Rollout) -> Result<(), FleetError> {
         self.desired.store.put_rollout(r).await?;
         self.desired.rollout_views.forget();
+        *lock(&self.statuses.0) = None;
         Ok(())
     }
 

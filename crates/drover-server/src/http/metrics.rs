@@ -26,7 +26,9 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 async fn exposition(fleet: &Fleet, headers: &HeaderMap) -> Result<Response, ApiError> {
     let metrics = fleet.metrics();
     let observed = fleet.nodes.observe(metrics.per_node()).await?;
-    let body = metrics.encode(&observed).map_err(|e| {
+    // From the store, as every replica reads it: the leader drives rollouts, any replica may report them.
+    let rollouts = fleet.rollouts.rollouts().await?;
+    let body = metrics.encode(&observed, &rollouts).map_err(|e| {
         tracing::error!("cannot encode metrics: {e}");
         ApiError::Internal
     })?;

@@ -1,11 +1,12 @@
 //! Prometheus metrics of the control plane, with the maintained `prometheus-client` crate. Two kinds:
 //! events counted as they happen (heartbeats and agent messages received, runs lost, REST and store
 //! latencies), kept in [`ServerMetrics`]; and the fleet's state (nodes by status, tasks and runs by state,
-//! manifests, resources by state, per-node gauges), computed at each scrape from aggregates
-//! ([`crate::Fleet::observe`]) so nothing has to be kept in step. Served on the REST address at `/metrics`
+//! manifests, resources by state, per-node gauges, rollouts), computed at each scrape from aggregates
+//! ([`crate::Fleet::observe`]) and the rollouts' status (`rollouts`) so nothing has to be kept in step. Served on the REST address at `/metrics`
 //! (an operator token, viewer role) and, with `--metrics-listen`, on an address of its own without one.
 
 mod observation;
+mod rollouts;
 mod timed_store;
 
 use std::time::Duration;
@@ -178,11 +179,17 @@ impl ServerMetrics {
             .observe(took.as_secs_f64());
     }
 
-    /// The exposition: what was counted, then the fleet as observed now.
-    pub fn encode(&self, fleet: &Observation) -> Result<String, std::fmt::Error> {
+    /// The exposition: what was counted, then the fleet as observed now, with its manifests' rollouts.
+    pub fn encode(
+        &self,
+        fleet: &Observation,
+        rollouts: &[drover_types::rollout::RolloutStatus],
+    ) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         encode_registry(&mut out, &self.registry)?;
-        encode_registry(&mut out, &fleet_registry(fleet))?;
+        let mut now = fleet_registry(fleet);
+        rollouts::register(&mut now, rollouts);
+        encode_registry(&mut out, &now)?;
         encode_eof(&mut out)?;
         Ok(out)
     }

@@ -683,6 +683,7 @@ async fn desired_state_is_compare_and_set_on_its_generation(store: Arc<dyn Store
         resources: vec![],
         conflicts: vec![],
         signed: vec![],
+        health: Default::default(),
     };
     assert!(store.put_desired("a", &state(1), "h1").await.unwrap());
     assert!(

@@ -43,6 +43,19 @@ pub struct ManifestRow {
     offline: usize,
     /// Selected HTTP nodes, which take no manifests.
     http: usize,
+    /// Its rollout's page, when it has a rollout policy (applying it started a rollout).
+    rollout: Option<String>,
+}
+
+/// The rollout page of a manifest with a rollout policy: known from the manifest alone, so the pages
+/// that list manifests read nothing more for it.
+fn rollout_href(m: &StoredManifest) -> Option<String> {
+    m.manifest.rollout.as_ref().map(|_| {
+        format!(
+            "/ui/rollouts/{}",
+            drover_types::url::percent_encode(&m.manifest.name)
+        )
+    })
 }
 
 fn selector(m: &StoredManifest) -> String {
@@ -122,6 +135,7 @@ pub async fn page(State(s): State<HttpState>, caller: Caller, headers: HeaderMap
                 targets: t.nodes.len(),
                 offline: t.offline.len(),
                 http: t.http_nodes.len(),
+                rollout: rollout_href(&m),
                 name,
             }
         })
@@ -168,6 +182,7 @@ pub struct NodesPage {
     selector: String,
     resources: usize,
     updated: String,
+    rollout: Option<String>,
     live: String,
 }
 
@@ -287,6 +302,7 @@ pub async fn nodes(
         resources: manifest.manifest.resources.len(),
         updated: view::ago(Some(manifest.updated_at)),
         generation: manifest.generation,
+        rollout: rollout_href(&manifest),
         name,
         live: live.render().unwrap_or_default(),
     };

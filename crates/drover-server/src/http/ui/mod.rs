@@ -12,6 +12,7 @@ mod charts;
 mod fleet;
 mod manifests;
 mod node;
+mod rollouts;
 mod session;
 mod tasks;
 mod view;
@@ -47,6 +48,8 @@ pub(super) fn routes(r: Routes) -> Routes {
             Viewer,
             manifests::nodes,
         )
+        .page(Method::GET, "/ui/rollouts", Viewer, rollouts::list)
+        .page(Method::GET, "/ui/rollouts/{name}", Viewer, rollouts::page)
         .page(Method::GET, "/ui/audit", Viewer, audit::page)
         .page(Method::POST, "/ui/login-link", Viewer, session::login_link)
         .page(
@@ -54,6 +57,12 @@ pub(super) fn routes(r: Routes) -> Routes {
             "/ui/tasks/{id}/cancel",
             Operator,
             tasks::cancel,
+        )
+        .page(
+            Method::POST,
+            "/ui/rollouts/{name}/{command}",
+            Operator,
+            rollouts::command,
         )
 }
 

@@ -44,6 +44,7 @@ pub enum Nav {
     Fleet,
     Tasks,
     Manifests,
+    Rollouts,
     Audit,
     None,
 }
