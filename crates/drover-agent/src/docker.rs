@@ -229,6 +229,11 @@ fn pull_error(line: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The engine's name of a manifest's container resource `id`.
+pub fn name_for(id: &str) -> String {
+    format!("drover-{id}")
+}
+
 /// Escapes a container name or id for a URL path.
 pub use drover_types::url::percent_encode as segment;
 

@@ -17,6 +17,7 @@ pub mod liveness;
 pub mod manifest;
 pub mod node;
 pub mod operator;
+pub mod outcome;
 pub mod rollout;
 pub mod session;
 pub mod signing;

@@ -11,11 +11,7 @@ use serde_json::{Value, json};
 
 use super::ConvergeCtx;
 use super::reconciler::{ConvergeError, Outcome, Reconciler, Summary, Target};
-use crate::docker::{Docker, DockerError, segment};
-
-pub fn name_for(id: &str) -> String {
-    format!("drover-{id}")
-}
+use crate::docker::{Docker, DockerError, name_for, segment};
 
 pub struct ContainerKind;
 

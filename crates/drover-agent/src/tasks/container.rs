@@ -123,7 +123,7 @@ async fn resolve(docker: &Docker, name: &str) -> Result<String, DockerError> {
     if name.starts_with("drover-") {
         return Err(not_found(format!("no such container: {name}")));
     }
-    let managed = crate::converge::container::name_for(name);
+    let managed = crate::docker::name_for(name);
     if exists(managed.clone()).await? {
         return Ok(managed);
     }

@@ -2,7 +2,7 @@
 //! document in the store (`drover_types::rollout::Rollout`); which nodes have the new revision follows from
 //! it (`Rollout::releases`), and every desired-state computation asks it (`RolloutView`), so a node not yet
 //! in a wave, or in a reverted one, keeps the previous revision. The leader drives each rollout once a
-//! tick (`Desired::drive_rollouts`): it judges the wave under way from the nodes' reports and moves it on,
+//! tick (`Rollouts::drive_rollouts`): it judges the wave under way from the nodes' reports and moves it on,
 //! bakes it, pauses it or reverts it, and writes the document again. A server that restarts, or a new
 //! leader, goes on from the document.
 
@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use drover_types::audit::AuditAction;
 use drover_types::manifest::{ApplyManifest, StoredManifest};
+use drover_types::outcome::node_outcome_with_checks;
 use drover_types::rollout::{
     FailingNode, OnFailure, OnUnreachable, Outcome, Rollout, RolloutCommand, RolloutState,
-    RolloutStatus, WaveStatus, node_outcome_with_checks, plan_waves,
+    RolloutStatus, WaveStatus, plan_waves,
 };
 use drover_types::{Node, Transport};
 

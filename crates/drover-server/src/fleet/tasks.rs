@@ -1,7 +1,7 @@
 //! Tasks on the server: targeting, dispatch with a parallelism limit, in-order output from each node
 //! (reordered after reconnects, stored once), final states, lost runs, cancellation, redelivery and retention.
 //!
-//! Every change of a run's state is a guarded transition in the store (`Store::transition_runs`): it names
+//! Every change of a run's state is a guarded transition in the store (`TaskStore::transition_runs`): it names
 //! the states it leaves, and a final state is never left. Nothing here writes a run from a copy.
 
 use std::collections::{BTreeMap, HashMap};
@@ -356,7 +356,7 @@ impl Tasks {
         Ok(self.create_task_skipping(actor, req).await?.0)
     }
 
-    /// [`Fleet::create_task`], also naming the HTTP nodes the target selected: they take no tasks, so
+    /// [`Tasks::create_task`], also naming the HTTP nodes the target selected: they take no tasks, so
     /// they get no run (not a failed one).
     pub async fn create_task_skipping(
         &self,

@@ -2,7 +2,7 @@
 //! what their role allows (`auth`), the error every handler answers with, the listener (`serve`, `tls`) and
 //! the one router that mounts the REST API (`api`, under /api/v1), the dashboard (`ui`, under /ui/) and
 //! `/metrics` (`metrics`). `api` and `ui` are siblings that never import each other: what both need lives
-//! here. Every route is registered once, with its role, through `routes` ([`routes()`] gathers them); the
+//! here. Every route is registered once, with its role, through `routes` (`routes()` gathers them); the
 //! router, the role table and the OpenAPI document (`openapi`) are all built from those registrations.
 
 pub mod api;
@@ -117,7 +117,7 @@ fn routes() -> routes::Routes {
     ui::routes(api::routes(r))
 }
 
-/// The whole HTTP surface (see [`routes()`]), timed per route and with every body bounded.
+/// The whole HTTP surface (see `routes()`), timed per route and with every body bounded.
 pub fn router(state: HttpState) -> Router {
     let operators = state.clone();
     let pages = state.clone();

@@ -2,7 +2,7 @@
 //! events counted as they happen (heartbeats and agent messages received, runs lost, REST and store
 //! latencies), kept in [`ServerMetrics`]; and the fleet's state (nodes by status, tasks and runs by state,
 //! manifests, resources by state, per-node gauges, rollouts), computed at each scrape from aggregates
-//! ([`crate::Fleet::observe`]) and the rollouts' status (`rollouts`) so nothing has to be kept in step. Served on the REST address at `/metrics`
+//! ([`crate::fleet::Nodes::observe`]) and the rollouts' status (`rollouts`) so nothing has to be kept in step. Served on the REST address at `/metrics`
 //! (an operator token, viewer role) and, with `--metrics-listen`, on an address of its own without one.
 
 mod observation;

@@ -1,5 +1,5 @@
 //! What `/metrics` shows of the fleet's state: the fleet fills it in at each scrape
-//! ([`crate::Fleet::observe`]), this module renders it. Defined here, so the fleet depends on metrics and
+//! ([`crate::fleet::Nodes::observe`]), this module renders it. Defined here, so the fleet depends on metrics and
 //! never the reverse.
 
 use drover_types::Metrics;

@@ -9,7 +9,7 @@
 //!   holds the node's stream subscribes (while it holds it) and answers `sent` once the message is in the
 //!   stream; it stays silent otherwise, so the asker sees "no responders" at once, or times out.
 //! - `drover.node.<node>.held`: request; the holder answers `held`.
-//! - `drover.node.<node>.call`: request; the payload is a [`RoutedCall`] as JSON; the holder starts the
+//! - `drover.node.<node>.call`: request; the payload is a [`Call`] as JSON; the holder starts the
 //!   action call on the stream and answers its outcome (`Result<Value, ActionError>` as JSON).
 //! - `drover.node.<node>.ask`: request; the payload is an [`Ask`] as JSON (the node's actions, sessions, a
 //!   dry-run plan, cancelling a call); the holder answers as it would for its own callers (ask.rs).

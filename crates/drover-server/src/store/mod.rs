@@ -1,4 +1,5 @@
-//! Persistent fleet state behind one trait, so the control plane is written once for every backend.
+//! Persistent fleet state behind one trait per aggregate (their sum is `Store`), so the control plane is
+//! written once for every backend.
 //! SQLite (embedded, the default) lives in `sqlite`; PostgreSQL (for a fleet that outgrows one machine) in
 //! `postgres`. Both pass the same tests (`conformance`).
 

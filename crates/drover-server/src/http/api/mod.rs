@@ -1,7 +1,7 @@
 //! The REST API under /api/v1 (JSON). Operator routes need an operator token (or the bootstrap admin
 //! token) whose role allows the route (see `http::auth`); the MIaaS agent routes use join tokens and node
 //! tokens; `/health` and `/ready` are open. One file per resource, named as its path; every route is
-//! registered in [`routes`] (see `http::routes`).
+//! registered in `routes` (see `http::routes`).
 
 pub(super) mod actions;
 pub(super) mod audit;

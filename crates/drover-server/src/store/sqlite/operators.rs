@@ -1,4 +1,4 @@
-//! Operators in SQLite: the statements behind the `Store` methods of the same names.
+//! Operators in SQLite: the statements behind `OperatorStore`.
 
 use drover_types::operator::OperatorInfo;
 
