@@ -1,7 +1,8 @@
 //! One simulated agent: its identity in its own state dir (enrolled once, then reused), its own mTLS
 //! connection and `Attach` stream, opened and classified by the agent library's `link::attach`, and a
 //! single task that answers the server and keeps one timer for everything periodic. Reconnects with the
-//! agent's own full-jitter backoff.
+//! agent's own full-jitter backoff. An agent of the offline share (`--offline-share`) enrolls but never
+//! attaches, or leaves for good after `--offline-after`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use drover_proto::v1::{
     self, AgentMessage, CreateSession, ServerMessage, SessionData, agent_message::Msg,
     server_message,
 };
+use drover_types::Labels;
 use drover_types::action::ActionError;
 use drover_types::manifest::NodeConvergence;
 use tokio::sync::mpsc;
@@ -26,8 +28,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
 
+use crate::config::Config;
 use crate::desired::{self, Taken};
-use crate::fleet::Config;
+use crate::faults::{Faults, Profile};
 use crate::payloads;
 use crate::stats::{Connected, Stats};
 use crate::tasks::TaskTable;
@@ -40,8 +43,10 @@ const FETCH_RETRY: Duration = Duration::from_secs(10);
 /// Runs one agent for the life of the process.
 pub async fn run(index: u32, config: Arc<Config>) {
     Stats::add(&config.stats.started);
+    let begin = Instant::now();
     let name = payloads::hostname(index);
-    let Some(identity) = identity(index, &name, &config).await else {
+    let profile = config.profile(index);
+    let Some(identity) = identity(index, &name, &config, &profile.labels).await else {
         Stats::add(&config.stats.failed);
         return;
     };
@@ -56,8 +61,16 @@ pub async fn run(index: u32, config: Arc<Config>) {
     };
     // The endpoint holds what TLS needs; the PEM text is not kept per agent.
     drop(identity);
+    let offline = config.strata.offline(index);
+    if offline && config.offline_after.is_zero() {
+        // Enrolled, so the server knows the node; never attached.
+        Stats::add(&config.stats.offline);
+        return;
+    }
     let mut agent = SimAgent {
         index,
+        mine: config.rules_for(&profile),
+        profile,
         config: config.clone(),
         tasks: TaskTable::new(config.task_output.clone()),
         desired: None,
@@ -66,22 +79,43 @@ pub async fn run(index: u32, config: Arc<Config>) {
         beats: 0,
         versions: vec![0; config.plugins.len()],
     };
-    let mut backoff = Backoff::default().with_cap(config.reconnect_cap);
-    loop {
-        let end = agent.session(servers.endpoint(), &mut backoff).await;
-        let delay = backoff.next_delay();
-        // As the real agent: the next attempt goes to the next replica.
-        servers.advance();
-        tracing::debug!(agent = %name, "link down: {end}; retrying in {delay:.1?}");
-        if !matches!(end, SessionEnd::Closed) {
-            config.stats.error(format!("{name}: {end}"));
+    if offline {
+        // Attached for a while like any other, then gone: its stream drops with the future.
+        let _ = tokio::time::timeout_at(begin + config.offline_after, agent.attached(&mut servers))
+            .await;
+        // Gone for good: it no longer counts as holding or failing a marked revision.
+        if let Some(d) = &agent.desired {
+            Stats::flag(&config.stats.marked, d.marked, false);
+            Stats::flag(&config.stats.failing, d.failing, false);
         }
-        tokio::time::sleep(delay).await;
+        Stats::add(&config.stats.offline);
+        return;
+    }
+    agent.attached(&mut servers).await;
+}
+
+impl SimAgent {
+    /// Stays attached, reconnecting after each session ends, for as long as it is polled.
+    async fn attached(&mut self, servers: &mut Servers) {
+        let config = self.config.clone();
+        let name = payloads::hostname(self.index);
+        let mut backoff = Backoff::default().with_cap(config.reconnect_cap);
+        loop {
+            let end = self.session(servers.endpoint(), &mut backoff).await;
+            let delay = backoff.next_delay();
+            // As the real agent: the next attempt goes to the next replica.
+            servers.advance();
+            tracing::debug!(agent = %name, "link down: {end}; retrying in {delay:.1?}");
+            if !matches!(end, SessionEnd::Closed) {
+                config.stats.error(format!("{name}: {end}"));
+            }
+            tokio::time::sleep(delay).await;
+        }
     }
 }
 
 /// The identity from the agent's state dir, enrolling first when there is none. `None`: given up.
-async fn identity(index: u32, name: &str, config: &Config) -> Option<Identity> {
+async fn identity(index: u32, name: &str, config: &Config, labels: &Labels) -> Option<Identity> {
     let dir = config.agent_dir(index);
     match Identity::load(&dir) {
         Ok(Some(identity)) => return Some(identity),
@@ -102,7 +136,7 @@ async fn identity(index: u32, name: &str, config: &Config) -> Option<Identity> {
     loop {
         let server = &config.servers[attempt % config.servers.len()];
         attempt = attempt.wrapping_add(1);
-        match identity::enroll(&dir, server, token, name, &config.labels).await {
+        match identity::enroll(&dir, server, token, name, labels).await {
             Ok(identity) => return Some(identity),
             // The server may be starting or busy; everything else is final, as for the real agent.
             Err(IdentityError::Unreachable { message, .. }) => {
@@ -122,6 +156,10 @@ async fn identity(index: u32, name: &str, config: &Config) -> Option<Identity> {
 /// What outlives a connection.
 struct SimAgent {
     index: u32,
+    /// Its arch and labels.
+    profile: Profile,
+    /// For each `--fail-when` rule, whether this agent is in its stratum.
+    mine: Vec<bool>,
     config: Arc<Config>,
     tasks: TaskTable,
     desired: Option<Taken>,
@@ -195,9 +233,9 @@ async fn wait_fetch(fetch: &mut Option<JoinHandle<Fetched>>) -> Fetched {
 impl SimAgent {
     fn hello(&self) -> HelloInfo {
         HelloInfo {
-            capabilities: payloads::capabilities(self.index),
+            capabilities: payloads::capabilities(self.index, &self.profile.arch),
             metrics: payloads::metrics(self.index, self.beats),
-            labels: self.config.labels.clone(),
+            labels: self.profile.labels.clone(),
             heartbeat_interval: self.config.heartbeat,
             // The one action the simulated agents really run.
             actions: drover_agent::actions::advertised()
@@ -451,7 +489,12 @@ impl SimAgent {
     }
 
     async fn desired(&mut self, update: v1::DesiredStateUpdate, stream: &mut Stream) {
-        let taken = match desired::take(&update.state_json) {
+        let inline: Vec<&v1::InlineBlob> = verified_inline(&update.blobs).collect();
+        let faults = Faults {
+            rules: &self.config.fail_rules,
+            mine: &self.mine,
+        };
+        let taken = match desired::take(&update.state_json, &inline, faults) {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(agent = self.index, "{e}");
@@ -470,11 +513,31 @@ impl SimAgent {
         .then(|| Instant::now() + RECONCILING_AFTER);
         self.fetched.retain(|sha| taken.blobs.contains(sha));
         // Content sent along needs no fetch, as on a real agent (which keeps it in its cache).
-        for blob in verified_inline(&update.blobs) {
+        for blob in inline {
             if taken.blobs.contains(&blob.sha256) && !self.fetched.contains(&blob.sha256) {
                 Stats::add(&self.config.stats.blobs_inline);
                 self.fetched.push(blob.sha256.clone());
             }
+        }
+        let stats = &self.config.stats;
+        let (was_marked, was_failing) = self
+            .desired
+            .as_ref()
+            .map_or((false, false), |d| (d.marked, d.failing));
+        Stats::flag(&stats.marked, was_marked, taken.marked);
+        Stats::flag(&stats.failing, was_failing, taken.failing);
+        if taken.marked && !was_marked {
+            Stats::add(&stats.marked_total);
+        }
+        if taken.marked != was_marked || taken.failing != was_failing {
+            // Which nodes took or left a marked revision, and when (RUST_LOG=drover_sim=debug).
+            tracing::debug!(
+                agent = %payloads::hostname(self.index),
+                generation = taken.generation,
+                marked = taken.marked,
+                failing = taken.failing,
+                "a marked desired state came or went"
+            );
         }
         self.desired = Some(taken);
         if let Some(f) = stream.fetch.take() {
@@ -551,7 +614,7 @@ impl SimAgent {
     }
 }
 
-fn create_session(plugin: &crate::fleet::Plugin) -> Msg {
+fn create_session(plugin: &crate::config::Plugin) -> Msg {
     Msg::CreateSession(CreateSession {
         plugin: plugin.name.to_string(),
         interval_ms: plugin.interval.as_millis() as u64,

@@ -1,16 +1,20 @@
 //! Desired state, simulated: every resource the agent understands is "applied" at once and reported Ready
 //! with the details the real reconciler gives; File content by sha256 is fetched from the server first,
 //! since that is load the server must carry. Reports are built by the agent's own code, so their JSON is
-//! the real agent's.
+//! the real agent's. A File that carries a `--fail-when` marker of one of the node's own rules is reported
+//! Failed instead, with the rule's error (crate::faults).
 
 use drover_agent::converge::{
     FetchError, UnreadableResource, WireDesired, node_convergence, parse_resource,
 };
+use drover_proto::v1::InlineBlob;
 use drover_types::manifest::{
     FileSpec, Kind, NodeConvergence, ResourceKind, ResourceState, ResourceStatus, file_mode,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+use crate::faults::Faults;
 
 /// A desired state as the simulated node took it.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +24,10 @@ pub struct Taken {
     pub statuses: Vec<ResourceStatus>,
     /// Content to fetch before the File resources using it are Ready.
     pub blobs: Vec<String>,
+    /// A File carries a `--fail-when` marker (of any rule: the node received a marked revision).
+    pub marked: bool,
+    /// A File failed by one of the node's own rules.
+    pub failing: bool,
 }
 
 /// Why a simulated node ignores a desired state.
@@ -29,10 +37,13 @@ pub enum TakeError {
     Unreadable(#[from] serde_json::Error),
 }
 
-pub fn take(state_json: &str) -> Result<Taken, TakeError> {
+/// Takes a desired state; `inline` is the content the update brought along (checked), which `faults`
+/// look into as they look into inline content.
+pub fn take(state_json: &str, inline: &[&InlineBlob], faults: Faults) -> Result<Taken, TakeError> {
     let desired: WireDesired = serde_json::from_str(state_json)?;
     let mut statuses = Vec::new();
     let mut blobs: Vec<String> = Vec::new();
+    let (mut marked, mut failing) = (false, false);
     for raw in &desired.resources {
         let (id, manifest, resource) = parse_resource(raw);
         let status = match resource {
@@ -47,6 +58,25 @@ pub fn take(state_json: &str) -> Result<Taken, TakeError> {
                         && !blobs.contains(sha)
                     {
                         blobs.push(sha.clone());
+                    }
+                    if !spec.absent {
+                        let sha = spec.sha256.as_deref();
+                        let content = spec.content.as_deref().map(str::as_bytes).or_else(|| {
+                            let sha = sha?;
+                            inline
+                                .iter()
+                                .find(|b| b.sha256 == sha)
+                                .map(|b| b.data.as_slice())
+                        });
+                        let (hit, fails) = faults.check(content, sha);
+                        marked |= hit;
+                        if let Some(class) = fails {
+                            failing = true;
+                            s.state = ResourceState::Failed;
+                            s.error = Some(class.error().to_string());
+                            s.attempts = 1;
+                            s.details = Value::Null;
+                        }
                     }
                 }
                 s
@@ -74,6 +104,8 @@ pub fn take(state_json: &str) -> Result<Taken, TakeError> {
         generation: desired.generation,
         statuses,
         blobs,
+        marked,
+        failing,
     })
 }
 
@@ -159,8 +191,9 @@ mod tests {
             {"id": "blob", "manifest": "m", "file": {"path": "/etc/big", "sha256": sha}},
             {"id": "app", "manifest": "m", "container": {"image": "busybox"}},
             {"id": "vol", "manifest": "m", "volume": {"size": 1}},
-        ])))
+        ])), &[], Faults::NONE)
         .unwrap();
+        assert!(!taken.marked && !taken.failing);
         assert_eq!(taken.generation, 7);
         assert_eq!(taken.blobs, std::slice::from_ref(&sha));
         let ids: Vec<&str> = taken.statuses.iter().map(|s| s.id.as_str()).collect();
@@ -215,6 +248,8 @@ mod tests {
         let taken = take(
             &json!({"generation": 2, "resources": [{"id": "f", "manifest": "m", "file": {"path": "/x", "content": ""}}]})
                 .to_string(),
+            &[],
+            Faults::NONE,
         )
         .unwrap();
         let report = taken.report(&[]);
@@ -224,6 +259,106 @@ mod tests {
                 .iter()
                 .any(|c| c.kind == ConditionKind::Ready && c.status)
         );
-        assert!(take("not json").is_err());
+        assert!(take("not json", &[], Faults::NONE).is_err());
+    }
+
+    #[test]
+    fn a_marked_file_fails_on_the_nodes_of_its_stratum_only_and_is_noticed_everywhere() {
+        use crate::faults::{FailRule, FailureClass};
+        let rules: Vec<FailRule> = ["content=BAD", "content=NET,as=infra"]
+            .iter()
+            .map(|r| r.parse().unwrap())
+            .collect();
+        let data = b"v2 NET\n".to_vec();
+        let sha = hex::encode(Sha256::digest(&data));
+        let blob = InlineBlob {
+            sha256: sha.clone(),
+            data,
+        };
+        let state = json!({"generation": 3, "resources": [
+            {"id": "bad", "manifest": "m", "file": {"path": "/a", "content": "v2 BAD\n"}},
+            {"id": "net", "manifest": "m", "file": {"path": "/b", "sha256": sha}},
+            {"id": "ok", "manifest": "m", "file": {"path": "/c", "content": "fine"}},
+        ]})
+        .to_string();
+        let status = |t: &Taken, id: &str| t.statuses.iter().find(|s| s.id == id).unwrap().clone();
+
+        // Not in either stratum: reported Ready, but the marker is noticed.
+        let outside = take(
+            &state,
+            &[&blob],
+            Faults {
+                rules: &rules,
+                mine: &[false, false],
+            },
+        )
+        .unwrap();
+        assert!(outside.marked && !outside.failing);
+        assert!(
+            outside
+                .report(&[])
+                .resources
+                .iter()
+                .all(|r| r.state == ResourceState::Ready)
+        );
+
+        let inside = take(
+            &state,
+            &[&blob],
+            Faults {
+                rules: &rules,
+                mine: &[true, true],
+            },
+        )
+        .unwrap();
+        assert!(inside.marked && inside.failing);
+        let report = inside.report(&[]);
+        let by_id = |id: &str| {
+            report
+                .resources
+                .iter()
+                .find(|r| r.id == id)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by_id("bad").state, ResourceState::Failed);
+        assert_eq!(
+            by_id("bad").error.as_deref(),
+            Some(FailureClass::Change.error())
+        );
+        // Content sent along with the update is looked into too.
+        assert_eq!(
+            by_id("net").error.as_deref(),
+            Some(FailureClass::Infra.error())
+        );
+        assert_eq!(by_id("ok").state, ResourceState::Ready);
+        assert_eq!(status(&inside, "net").state, ResourceState::Failed);
+        // Without the content at hand (to be fetched), a content marker cannot be seen.
+        let unseen = take(
+            &state,
+            &[],
+            Faults {
+                rules: &rules,
+                mine: &[true, true],
+            },
+        )
+        .unwrap();
+        assert_eq!(status(&unseen, "net").state, ResourceState::Ready);
+        assert_eq!(status(&unseen, "bad").state, ResourceState::Failed);
+        // A clean revision clears both.
+        let clean = json!({"generation": 4, "resources": [
+            {"id": "bad", "manifest": "m", "file": {"path": "/a", "content": "v1\n"}},
+        ]})
+        .to_string();
+        let back = take(
+            &clean,
+            &[],
+            Faults {
+                rules: &rules,
+                mine: &[true, true],
+            },
+        )
+        .unwrap();
+        assert!(!back.marked && !back.failing);
     }
 }

@@ -3,7 +3,9 @@
 //! the agent library's own message code; what it does on the node is faked, cheaply.
 
 mod agent;
+mod config;
 mod desired;
+mod faults;
 mod fleet;
 mod limits;
 mod payloads;
@@ -23,6 +25,17 @@ const EXAMPLES: &str = "Examples:
   drover-sim --state-dir /var/tmp/sim --agents 10000 --start-index 10000 --token drv1.… --server …
   drover-sim … --status-file /tmp/sim.json --stats-interval 5s --task-delay 2s
   drover-sim … --task-output 256KiB                               # every task prints 256 KiB
+  drover-sim … --fail-when arch=aarch64,content=BAD               # aarch64 nodes fail revisions saying BAD
+  drover-sim … --fail-when label:site=site-03,content=NET,as=infra --offline-share 0.02
+
+Nodes report an arch drawn by agent index (--arch-mix, default aarch64 3 %, armv7 2 %, the rest
+x86_64) and a `site` label (site-00 .. site-07 with --sites 8), the same on every run. A --fail-when
+rule names a stratum (arch=ARCH, label:KEY=VALUE; all must hold, none: every node), a marker
+(content=TEXT: a File's content contains TEXT, inline or sent along with the update; sha256=HEX: a
+File's sha256 starts with HEX) and a class (as=change, the default: \"exit code 1: broken\"; as=infra:
+\"dial tcp …: connection refused\", which the server counts as an infrastructure failure). The nodes
+of the stratum report that File Failed while their desired state carries the marker; every node
+counts in `marked` while it does.
 
 Each agent keeps its key and certificate in STATE_DIR/agents/NNNNN. A status line
 (`agents=… enrolled=… connected=… …`) goes to stderr every --stats-interval; --status-file
@@ -83,6 +96,25 @@ struct Args {
     /// Runtime worker threads (default: one per core)
     #[arg(long)]
     threads: Option<usize>,
+    /// Share of each arch other than x86_64, drawn by agent index (`aarch64=3%,armv7=2%`; empty: all
+    /// x86_64)
+    #[arg(long, default_value = faults::DEFAULT_ARCH_MIX)]
+    arch_mix: faults::ArchMix,
+    /// Sites the agents are spread over, by index: label `site=site-00` .. (0: no site label; a
+    /// `--label site=…` wins)
+    #[arg(long, default_value_t = faults::DEFAULT_SITES)]
+    sites: u32,
+    /// Fail desired states on one stratum: `arch=aarch64,content=BAD[,as=change|infra]` (repeatable)
+    #[arg(long = "fail-when")]
+    fail_when: Vec<faults::FailRule>,
+    /// Share of the agents (0 to 1, drawn by index) that are offline: they enroll if they must, and
+    /// never attach (or leave for good after --offline-after)
+    #[arg(long, default_value_t = 0.0)]
+    offline_share: f64,
+    /// How long the offline share stays attached, from its start, before it leaves for good (0: it
+    /// never attaches)
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    offline_after: Duration,
 }
 
 /// A duration like `10s` or `500ms`; unlike elsewhere, zero is allowed (no delay, no status line).
@@ -120,9 +152,10 @@ fn main() -> anyhow::Result<()> {
     if args.heartbeat_interval.is_zero() {
         bail!("--heartbeat-interval must be more than 0");
     }
+    let strata = faults::Strata::new(args.arch_mix, args.sites, args.offline_share)?;
     let files = limits::raise_open_files().context("cannot raise the open-file limit")?;
     limits::check_capacity(u64::from(args.agents), files.soft)?;
-    let config = fleet::Config::new(fleet::Options {
+    let config = config::Config::new(config::Options {
         server: args.server,
         token: args.token,
         agents: args.agents,
@@ -138,6 +171,9 @@ fn main() -> anyhow::Result<()> {
         stats_interval: args.stats_interval,
         status_file: args.status_file,
         reconnect_cap: args.reconnect_cap,
+        strata,
+        fail_rules: args.fail_when,
+        offline_after: args.offline_after,
     })?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
@@ -184,6 +220,50 @@ mod tests {
         assert_eq!(args.task_delay, Duration::ZERO);
         assert_eq!(args.reconnect_cap, Duration::from_secs(30));
         assert_eq!(args.task_output, 16);
+        assert_eq!(args.arch_mix, faults::DEFAULT_ARCH_MIX.parse().unwrap());
+        assert_eq!(args.sites, 8);
+        assert!(args.fail_when.is_empty());
+        assert_eq!(args.offline_share, 0.0);
+    }
+
+    #[test]
+    fn the_rollout_flags_parse() {
+        let args = Args::try_parse_from([
+            "drover-sim",
+            "--agents",
+            "10",
+            "--state-dir",
+            "/tmp/sim",
+            "--arch-mix",
+            "aarch64=10%",
+            "--sites",
+            "0",
+            "--fail-when",
+            "arch=aarch64,content=BAD",
+            "--fail-when",
+            "label:site=site-01,content=NET,as=infra",
+            "--offline-share",
+            "0.02",
+            "--offline-after",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(args.fail_when.len(), 2);
+        assert_eq!(args.fail_when[1].class, faults::FailureClass::Infra);
+        assert_eq!(args.offline_after, Duration::from_secs(30));
+        assert_eq!(args.sites, 0);
+        let bad = Args::try_parse_from([
+            "drover-sim",
+            "--agents",
+            "1",
+            "--state-dir",
+            "/tmp/sim",
+            "--fail-when",
+            "arch=aarch64",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("give content=TEXT or sha256=HEX"), "{bad}");
     }
 
     #[test]

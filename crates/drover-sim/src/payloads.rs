@@ -48,15 +48,24 @@ fn ip(agent: u32) -> String {
     )
 }
 
-pub fn capabilities(agent: u32) -> Capabilities {
+/// The kernel a Debian 12 node of this arch runs.
+fn kernel(arch: &str) -> &'static str {
+    match arch {
+        "aarch64" => "6.1.0-28-arm64",
+        "armv7" | "armv7l" => "6.1.0-28-armmp",
+        _ => "6.1.0-28-amd64",
+    }
+}
+
+pub fn capabilities(agent: u32, arch: &str) -> Capabilities {
     let mut g = Gen::new(agent, 1, 0);
     let cpus = [2, 4, 8, 16, 32, 64][g.range(0, 6) as usize];
     Capabilities {
         hostname: Some(hostname(agent)),
         os: Some("linux".into()),
         os_version: Some("Debian GNU/Linux 12 (bookworm)".into()),
-        arch: Some("x86_64".into()),
-        kernel: Some("6.1.0-28-amd64".into()),
+        arch: Some(arch.into()),
+        kernel: Some(kernel(arch).into()),
         cpu_count: Some(cpus),
         mem_mb: Some(u64::from(cpus) * 4096),
         disk_mb: Some(g.range(64, 2048) * 1024),
@@ -170,8 +179,10 @@ mod tests {
     #[test]
     fn capabilities_and_metrics_pass_the_servers_checks() {
         for agent in [0, 1, 65_535, 19_000] {
-            let caps = capabilities(agent);
+            let caps = capabilities(agent, "aarch64");
             assert_eq!(caps.hostname.as_deref(), Some(hostname(agent).as_str()));
+            assert_eq!(caps.arch.as_deref(), Some("aarch64"));
+            assert_eq!(caps.kernel.as_deref(), Some("6.1.0-28-arm64"));
             for beat in 0..50 {
                 metrics(agent, beat).validate().unwrap();
             }

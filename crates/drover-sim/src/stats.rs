@@ -23,6 +23,15 @@ pub struct Stats {
     pub blobs_inline: AtomicU64,
     pub blob_errors: AtomicU64,
     pub actions: AtomicU64,
+    /// Agents of the offline share that are gone for good (never attached, or left).
+    pub offline: AtomicU64,
+    /// Agents whose desired state carries a `--fail-when` marker now.
+    pub marked: AtomicU64,
+    /// Times an agent took a marked desired state after an unmarked one (the nodes a bad revision
+    /// reached, over a run).
+    pub marked_total: AtomicU64,
+    /// Agents reporting a simulated failure now.
+    pub failing: AtomicU64,
     last_error: Mutex<String>,
 }
 
@@ -45,6 +54,14 @@ pub struct Snapshot {
     pub blobs_inline: u64,
     pub blob_errors: u64,
     pub actions: u64,
+    #[serde(default)]
+    pub offline: u64,
+    #[serde(default)]
+    pub marked: u64,
+    #[serde(default)]
+    pub marked_total: u64,
+    #[serde(default)]
+    pub failing: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_error: String,
 }
@@ -52,6 +69,19 @@ pub struct Snapshot {
 impl Stats {
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Moves a gauge when one agent's flag changes (each agent adds only what it took away before).
+    pub fn flag(gauge: &AtomicU64, was: bool, now: bool) {
+        match (was, now) {
+            (false, true) => {
+                gauge.fetch_add(1, Relaxed);
+            }
+            (true, false) => {
+                gauge.fetch_sub(1, Relaxed);
+            }
+            _ => {}
+        }
     }
 
     /// Keeps the newest error, for the status line (thousands of agents would drown a log).
@@ -79,6 +109,10 @@ impl Stats {
             blobs_inline: get(&self.blobs_inline),
             blob_errors: get(&self.blob_errors),
             actions: get(&self.actions),
+            offline: get(&self.offline),
+            marked: get(&self.marked),
+            marked_total: get(&self.marked_total),
+            failing: get(&self.failing),
             last_error: self
                 .last_error
                 .lock()
@@ -93,7 +127,8 @@ impl Snapshot {
     pub fn line(&self) -> String {
         let mut line = format!(
             "agents={} started={} enrolled={} connected={} failed={} connects={} disconnects={} \
-             heartbeats={} session_data={} tasks_finished={} reports={} blobs_fetched={} blobs_inline={} blob_errors={} actions={}",
+             heartbeats={} session_data={} tasks_finished={} reports={} blobs_fetched={} blobs_inline={} blob_errors={} actions={} \
+             offline={} marked={} marked_total={} failing={}",
             self.agents,
             self.started,
             self.enrolled,
@@ -108,7 +143,11 @@ impl Snapshot {
             self.blobs_fetched,
             self.blobs_inline,
             self.blob_errors,
-            self.actions
+            self.actions,
+            self.offline,
+            self.marked,
+            self.marked_total,
+            self.failing
         );
         if !self.last_error.is_empty() {
             line.push_str(&format!(" last_error={:?}", self.last_error));
@@ -148,6 +187,10 @@ mod tests {
             assert_eq!(stats.snapshot(2).connected, 2);
         }
         Stats::add(&stats.enrolled);
+        Stats::flag(&stats.marked, false, true);
+        Stats::flag(&stats.marked, true, true);
+        Stats::flag(&stats.failing, false, true);
+        Stats::flag(&stats.failing, true, false);
         stats.error("boom".into());
         let snap = stats.snapshot(2);
         assert_eq!((snap.connected, snap.connects, snap.disconnects), (0, 2, 2));
@@ -157,6 +200,10 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("last_error=\"boom\""), "{line}");
+        assert!(
+            line.contains(" marked=1 marked_total=0 failing=0 "),
+            "{line}"
+        );
         let json = serde_json::to_string(&snap).unwrap();
         assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), snap);
     }
