@@ -1,6 +1,8 @@
 //! Rollouts with real agents: a manifest's new revision reaches its nodes in waves; a failing canary pauses
 //! the rollout (or reverts its wave) and the other nodes never see the revision; an infrastructure failure
-//! pauses without reverting; an offline node is unreachable, not failed; a server restarted mid-bake goes on.
+//! pauses without reverting; an offline node is unreachable, not failed; a server restarted mid-bake goes on;
+//! a canary that loses the server while its checks fail puts itself back and is counted as failed; drift
+//! that does not stay corrected is a change failure.
 //!
 //! Each node's effect is a shell job writing the revision into the node's own directory (`$NODE_DIR`, set
 //! in the agent's environment), so agents on one machine do not share a file; `$NODE_FAIL=1` makes a
@@ -241,6 +243,15 @@ fn revert_wave_puts_the_previous_revision_back_on_the_failed_wave() {
         said.contains("rollout: 2 wave(s) of 1, 2 node(s)"),
         "{said}"
     );
+    // v3's rollout started from v1, the last revision that went through, never from the reverted v2:
+    // the nodes it did not reach kept v1.
+    let again = rollout(&web.server);
+    assert_eq!(
+        again["previous_revision"], reverted["previous_revision"],
+        "{again}"
+    );
+    assert_eq!(version(web.dir(1)), "v1");
+    assert_eq!(version(web.dir(2)), "v1");
 }
 
 #[test]
@@ -413,4 +424,98 @@ fn a_canary_failing_its_health_check_pauses_the_rollout_and_passing_checks_let_i
     for i in 0..3 {
         assert_eq!(version(web.dir(i)), "v3");
     }
+}
+
+#[test]
+fn a_canary_that_loses_the_server_while_its_checks_fail_goes_back_and_the_rollout_counts_it() {
+    let mut web = Web::start(false, policy("pause"));
+    // v2 is healthy on a node while `$NODE_DIR/sick` does not exist; its bake outlasts the test.
+    let checked = json!({
+        "waves": [{"selector": {"tier": "canary"}}, {"percent": 100}],
+        "bake": "10m",
+        "health": [{"command": ["sh", "-c", "test ! -e \"$NODE_DIR/sick\""]}],
+    });
+    let applied = apply(&web.server, &revision("v2", None, checked));
+    wait_state(&web.server, "Baking");
+    wait_version(web.dir(0), "v2");
+    // The server goes away, then v2 turns sick on the canary: with no server to judge it, the canary
+    // puts itself back on v1 (after FALLBACK_AFTER, 10 s, without the server).
+    web.server.stop();
+    std::fs::write(web.dir(0).join("sick"), "").unwrap();
+    wait_version(web.dir(0), "v1");
+    let said = web.agents[0].log();
+    assert!(
+        said.contains("fails its health checks") && said.contains("going back to revision"),
+        "{}",
+        tail(&said, 20)
+    );
+    // Back, the server hears it and counts a change failure of the canary's wave: the rollout pauses,
+    // and the other nodes never saw v2.
+    web.server.restart().unwrap();
+    let paused = wait_state(&web.server, "Paused");
+    assert_eq!(paused["revision"], applied["generation"]);
+    assert_eq!(paused["waves"][0]["change_failed"], 1, "{paused}");
+    assert_eq!(paused["failing"][0]["node"], "canary", "{paused}");
+    let reason = paused["failing"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("put itself back on revision") && reason.contains("sick"),
+        "{paused}"
+    );
+    assert_eq!(version(web.dir(1)), "v1");
+    assert_eq!(version(web.dir(2)), "v1");
+    // The node stays on v1 while the rollout is paused; a new revision ends its own revert.
+    std::fs::remove_file(web.dir(0).join("sick")).unwrap();
+    apply(&web.server, &revision("v3", None, policy("pause")));
+    wait_state(&web.server, "Complete");
+    for i in 0..3 {
+        wait_version(web.dir(i), "v3");
+    }
+}
+
+#[test]
+fn drift_that_does_not_stay_corrected_during_the_bake_is_a_change_failure() {
+    // Its agent resyncs every 500 ms: each change to the file is corrected then.
+    let fleet = drover_testkit::Fleet::edge(&[]);
+    let conf = fleet.path("conf");
+    let manifest = |content: &str, rollout: Value| {
+        json!({
+            "name": "conf",
+            "selector": {"role": "edge"},
+            "rollout": rollout,
+            "resources": [{"id": "conf", "file": {"path": conf, "content": content}}],
+        })
+    };
+    let read = || std::fs::read_to_string(&conf).unwrap_or_default();
+    let holds = |want: &'static str| {
+        wait_for(&format!("conf holding {want}"), TIMEOUT, || {
+            (read() == want).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&fleet.agent.log(), 20)))
+    };
+    fleet.apply(manifest("one", Value::Null));
+    holds("one");
+    fleet.apply(manifest(
+        "two",
+        json!({"waves": [{"percent": 100}], "bake": "10m"}),
+    ));
+    let state = || fleet.server.get("/api/v1/rollouts/conf").unwrap().body;
+    wait_for("the rollout baking", TIMEOUT, || {
+        (state()["state"] == "Baking").then_some(())
+    })
+    .unwrap();
+    // Something on the node fights the change: it puts the old content back, and again once corrected.
+    for _ in 0..2 {
+        std::fs::write(&conf, "one").unwrap();
+        holds("two");
+    }
+    let paused = wait_for("the rollout paused", TIMEOUT, || {
+        Some(state()).filter(|r| r["state"] == "Paused")
+    })
+    .unwrap_or_else(|e| panic!("{e}\nrollout: {}", state()));
+    assert_eq!(paused["waves"][0]["change_failed"], 1, "{paused}");
+    let reason = paused["failing"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("conf: drift does not stay corrected: corrected 2 times"),
+        "{paused}"
+    );
 }

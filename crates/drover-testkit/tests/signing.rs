@@ -80,8 +80,19 @@ impl Signed {
 
     /// Writes the manifest `web` (one file resource) as YAML and applies it with the CLI, signed with `key`.
     fn apply_signed(&self, version: u64, content: &str, key: &str) -> std::process::Output {
+        self.apply_signed_with(version, content, key, "")
+    }
+
+    /// [`Self::apply_signed`] with more top-level YAML (a `rollout:` policy).
+    fn apply_signed_with(
+        &self,
+        version: u64,
+        content: &str,
+        key: &str,
+        more: &str,
+    ) -> std::process::Output {
         let yaml = format!(
-            "name: web\nversion: {version}\nselector:\n  role: edge\nresources:\n  - id: motd\n    file:\n      path: {}\n      content: \"{content}\"\n",
+            "name: web\nversion: {version}\nselector:\n  role: edge\n{more}resources:\n  - id: motd\n    file:\n      path: {}\n      content: \"{content}\"\n",
             self.path("motd").display()
         );
         let file = self.files.path().join(format!("web-{version}-{key}.yaml"));
@@ -400,4 +411,58 @@ fn a_pinned_node_runs_only_signed_commands_once_within_their_window() {
     f.server
         .wait_node("edge", "still connected", |n| n["connected"] == true)
         .unwrap();
+}
+
+#[test]
+fn a_pinned_node_takes_back_the_signed_version_it_held_just_before_when_a_rollout_reverts() {
+    let node = signed();
+    let rollout = |health: &str| {
+        format!(
+            "rollout:\n  waves: [{{percent: 100}}]\n  bake: 1s\n  on_failure: revert_wave\n{health}"
+        )
+    };
+    let out = node.apply_signed_with(1, "one", "a", &rollout(""));
+    assert!(out.status.success(), "{out:?}");
+    node.wait_resource("motd", "Ready", None);
+    wait_for("v1 in place", TIMEOUT, || {
+        (node.motd() == "one").then_some(())
+    })
+    .unwrap();
+    // Version 2's signed health check fails (nothing listens there): its wave is reverted, and the
+    // pinned node takes signed version 1 back although it is older.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let failing = format!("  health:\n    - tcp: {{address: \"{closed}\"}}\n");
+    let out = node.apply_signed_with(2, "two", "a", &rollout(&failing));
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the rollout reverted", TIMEOUT, || {
+        let r = node.server.get("/api/v1/rollouts/web").ok()?.body;
+        (r["state"] == "Reverted").then_some(())
+    })
+    .unwrap();
+    wait_for("v1 back", TIMEOUT, || (node.motd() == "one").then_some(())).unwrap_or_else(|e| {
+        panic!(
+            "{e}\nstatus: {}\nrollout: {}\nagent log:\n{}",
+            node.status(),
+            node.server.get("/api/v1/rollouts/web").unwrap().body,
+            drover_testkit::tail(&node.agent.log(), 30)
+        )
+    });
+    let back = node.wait_resource("motd", "Ready", None);
+    assert!(back["error"].is_null(), "{back}");
+    // Anything older than the version just before stays refused, rollout or not.
+    let out = node.apply_signed_with(3, "three", "a", &rollout(""));
+    assert!(out.status.success(), "{out:?}");
+    wait_for("v3 in place", TIMEOUT, || {
+        (node.motd() == "three").then_some(())
+    })
+    .unwrap();
+    let undo = node.server.cli(&["rollout", "undo", "web"]).unwrap();
+    assert!(!undo.status.success(), "{undo:?}");
+    assert!(
+        String::from_utf8_lossy(&undo.stderr).contains("newly signed, higher version"),
+        "{undo:?}"
+    );
 }

@@ -638,6 +638,45 @@ pub struct DesiredState {
     /// that pins a key runs only the checks the signed payload carries.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub health: BTreeMap<String, Vec<crate::rollout::HealthCheck>>,
+    /// Per manifest whose unfinished rollout gave this node a new revision: the revision it held before,
+    /// which the node puts itself back on when it loses the server while the new one fails its health
+    /// checks (older agents ignore it). Its absence tells a node that pins a key that the rollout is over.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fallback: BTreeMap<String, Fallback>,
+}
+
+/// The revision a node may go back to on its own during a rollout (see [`DesiredState::fallback`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Fallback {
+    /// The revision being rolled out (a manifest generation).
+    pub revision: u64,
+    /// The revision to go back to.
+    pub previous_revision: u64,
+    /// The previous revision's resources for this node.
+    #[serde(default)]
+    pub resources: Vec<Resource>,
+    /// The previous revision's rollout health checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<crate::rollout::HealthCheck>,
+    /// The previous revision's signed payload, when it was signed: a node that pins a key takes it only
+    /// as the revision it held immediately before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<ManifestProof>,
+}
+
+/// A node put itself back on a manifest's previous revision: it lost the server while the new revision
+/// failed its health checks. Reported until the server gives the manifest another revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SelfRevert {
+    pub manifest: String,
+    /// The revision it left, and the one it went back to.
+    pub revision: u64,
+    pub previous_revision: u64,
+    /// The failing health check.
+    pub reason: String,
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -844,6 +883,9 @@ pub struct NodeConvergence {
     /// its resources are not all ready, or the agent predates health checks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health: Vec<ManifestHealth>,
+    /// Manifests the node put back on their previous revision on its own (see [`SelfRevert`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub self_reverted: Vec<SelfRevert>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<DateTime<Utc>>,
 }

@@ -517,6 +517,18 @@ pub struct Rollout {
     pub started_by: String,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Its nodes as judged when it completed: what its status shows from then on (completing lets go
+    /// of the nodes' fallbacks, so each takes its desired state once more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<Completed>,
+}
+
+/// A complete rollout's nodes, counted when it completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completed {
+    pub waves: Vec<WaveStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<FailingNode>,
 }
 
 impl Rollout {
@@ -528,6 +540,24 @@ impl Rollout {
             .enumerate()
             .flat_map(|(i, ids)| ids.iter().map(move |id| (id.as_str(), i)))
             .collect()
+    }
+
+    /// The revision a rollout that replaces this one keeps on the nodes it has not released yet (and goes
+    /// back to): this one's previous revision when it stopped short (paused, reverted, aborted) or
+    /// released only some of its nodes; its own revision once every node has it (complete, or its last
+    /// wave under way), or when it had no previous one (a new manifest: nodes keep what they got rather
+    /// than lose it).
+    pub fn kept_revision(&self) -> Option<u64> {
+        let last_wave = self.wave + 1 >= self.plan.waves.len();
+        match self.state {
+            RolloutState::Complete => Some(self.revision),
+            RolloutState::Progressing | RolloutState::Baking
+                if last_wave || self.previous_revision.is_none() =>
+            {
+                Some(self.revision)
+            }
+            _ => self.previous_revision,
+        }
     }
 
     /// Whether a node in wave `wave` (`None`: not in the plan, selected since) has the revision.
@@ -807,7 +837,28 @@ mod tests {
             started_by: "admin".into(),
             started_at: now,
             updated_at: now,
+            completed: None,
         };
+        // Replaced now, on its last wave: the nodes keep its revision; on an earlier one, or stopped
+        // short, its previous one; a new manifest's nodes keep what they got.
+        assert_eq!(r.kept_revision(), Some(2));
+        r.wave = 0;
+        assert_eq!(r.kept_revision(), Some(1));
+        r.previous_revision = None;
+        assert_eq!(r.kept_revision(), Some(2));
+        r.previous_revision = Some(1);
+        r.wave = 1;
+        for stopped in [
+            RolloutState::Paused,
+            RolloutState::Reverted,
+            RolloutState::Aborted,
+        ] {
+            r.state = stopped;
+            assert_eq!(r.kept_revision(), Some(1), "{stopped:?}");
+        }
+        r.state = RolloutState::Complete;
+        assert_eq!(r.kept_revision(), Some(2));
+        r.state = RolloutState::Progressing;
         assert!(r.releases("a", Some(0)));
         assert!(r.releases("b", Some(1)));
         assert!(!r.releases("c", Some(1)), "not let in yet");

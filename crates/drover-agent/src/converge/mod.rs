@@ -9,6 +9,7 @@
 
 mod blobs;
 pub(crate) mod container;
+pub(crate) mod fallback;
 mod file;
 pub mod health;
 pub mod ledger;
@@ -21,7 +22,7 @@ mod unit;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use drover_proto::v1::{self, AgentMessage, agent_message::Msg};
@@ -64,6 +65,9 @@ pub struct WireDesired {
     /// that manifest's health, not the whole state).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub health: BTreeMap<String, Vec<Value>>,
+    /// Per manifest under an unfinished rollout, the revision to go back to on its own (`fallback`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fallback: BTreeMap<String, fallback::WireFallback>,
 }
 
 const DESIRED_FILE: &str = "desired.json";
@@ -105,6 +109,8 @@ pub struct Converger {
     updates: mpsc::Sender<Command>,
     link: Arc<Mutex<Option<mpsc::Sender<AgentMessage>>>>,
     last_report: Arc<Mutex<Option<NodeConvergence>>>,
+    /// Since when the agent has had no stream to the server (`None`: it has one).
+    offline_since: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Converger {
@@ -113,8 +119,12 @@ impl Converger {
         let (updates, rx) = mpsc::channel(8);
         let link = Arc::new(Mutex::new(None));
         let last_report = Arc::new(Mutex::new(None));
+        let offline_since = Arc::new(Mutex::new(Some(Instant::now())));
         let runtime = Runtime {
             desired: read_json(&state_dir.join(DESIRED_FILE)).unwrap_or_default(),
+            applied: WireDesired::default(),
+            reverts: fallback::load(&state_dir),
+            offline_since: offline_since.clone(),
             ledger: read_json(&state_dir.join(LEDGER_FILE)).unwrap_or_default(),
             versions: signed::load(&state_dir),
             verdicts: signed::Verdicts::default(),
@@ -134,6 +144,7 @@ impl Converger {
             updates,
             link,
             last_report,
+            offline_since,
         }
     }
 
@@ -149,6 +160,7 @@ impl Converger {
     /// A new stream: report to it, starting with where things stand now.
     pub async fn connected(&self, tx: mpsc::Sender<AgentMessage>) {
         *lock(&self.link) = Some(tx.clone());
+        *lock(&self.offline_since) = None;
         let report = lock(&self.last_report).clone();
         if let Some(r) = report {
             let _ = tx.send(report_message(&r)).await;
@@ -157,6 +169,7 @@ impl Converger {
 
     pub fn disconnected(&self) {
         *lock(&self.link) = None;
+        *lock(&self.offline_since) = Some(Instant::now());
     }
 
     /// A dry run: what would change for this desired state, from observation only.
@@ -207,7 +220,13 @@ struct Runtime {
     state_dir: PathBuf,
     ctx: ConvergeCtx,
     registry: Registry,
+    /// The desired state as the server sent it (and as persisted).
     desired: WireDesired,
+    /// What the node runs: `desired` with its own reverts (`fallback::effective`), set each pass.
+    applied: WireDesired,
+    /// Manifests this node put back on their previous revision on its own.
+    reverts: fallback::Reverts,
+    offline_since: Arc<Mutex<Option<Instant>>>,
     ledger: BTreeMap<String, LedgerEntry>,
     /// The newest version of each signed manifest this node applied (no going back).
     versions: signed::Versions,
@@ -229,10 +248,12 @@ impl Runtime {
     async fn run(mut self, mut updates: mpsc::Receiver<Command>) {
         let mut due = true;
         loop {
-            if due {
-                self.pass().await;
+            // A pass that made the node go back on its own runs again at once, to apply it.
+            while due {
+                due = self.pass().await;
             }
             let wait = self.next_wake();
+            let could_go_back = self.could_go_back();
             due = tokio::select! {
                 command = updates.recv() => match command {
                     Some(Command::Desired(d)) => { self.accept(d); true }
@@ -240,8 +261,74 @@ impl Runtime {
                     None => return,
                 },
                 _ = tokio::time::sleep(wait) => true,
+                _ = tokio::time::sleep(fallback::CHECK_EVERY), if could_go_back => {
+                    self.check_health(fallback::CHECK_EVERY).await;
+                    let back = self.fall_back();
+                    if !back {
+                        self.report().await;
+                    }
+                    back
+                }
             };
         }
+    }
+
+    /// With the server gone, whether a manifest could still go back on its own (its health checks are
+    /// then run every `CHECK_EVERY`, between passes).
+    fn could_go_back(&self) -> bool {
+        lock(&self.offline_since).is_some()
+            && self
+                .desired
+                .fallback
+                .keys()
+                .any(|name| !self.reverts.contains_key(name))
+    }
+
+    /// Puts each manifest whose rollout could go back, and whose checks fail for the state the server
+    /// sent, on its previous revision, once the server has been gone `FALLBACK_AFTER`. True when any went.
+    fn fall_back(&mut self) -> bool {
+        let gone =
+            lock(&self.offline_since).is_some_and(|t| t.elapsed() >= fallback::FALLBACK_AFTER);
+        if !gone {
+            return false;
+        }
+        let mut went = false;
+        for (name, back) in &self.desired.fallback {
+            let failing = self
+                .health
+                .get(name)
+                .filter(|c| c.generation == self.desired.generation && !c.result.healthy);
+            let Some(failing) = failing else { continue };
+            if self.reverts.contains_key(name) {
+                continue;
+            }
+            let reason = failing
+                .result
+                .reason
+                .clone()
+                .unwrap_or_else(|| "failing".into());
+            tracing::warn!(
+                manifest = %name,
+                "the server is unreachable and revision {} fails its health checks ({reason}): going back to revision {}",
+                back.revision,
+                back.previous_revision
+            );
+            self.reverts.insert(
+                name.clone(),
+                drover_types::manifest::SelfRevert {
+                    manifest: name.clone(),
+                    revision: back.revision,
+                    previous_revision: back.previous_revision,
+                    reason,
+                    at: Utc::now(),
+                },
+            );
+            went = true;
+        }
+        if went {
+            fallback::save(&self.state_dir, &self.reverts);
+        }
+        went
     }
 
     /// What a pass over `desired` would do: the policy, then each kind's observe and plan, nothing else.
@@ -327,6 +414,9 @@ impl Runtime {
                 s.retry_at = None;
             }
         }
+        if fallback::keep_current(&mut self.reverts, &desired) {
+            fallback::save(&self.state_dir, &self.reverts);
+        }
         self.desired = desired;
         let json = serde_json::to_vec(&self.desired).unwrap_or_default();
         if let Err(e) = drover_files::write_atomic(&self.state_dir.join(DESIRED_FILE), &json, true)
@@ -389,28 +479,31 @@ impl Runtime {
             &self.ctx.policy.manifest_keys,
             names,
             &desired.signed,
+            &desired.fallback,
             versions,
             record,
         )
     }
 
-    /// One pass: reconcile every due resource, collect what is no longer desired, report.
-    async fn pass(&mut self) {
+    /// One pass: reconcile every due resource, collect what is no longer desired, report. True when the
+    /// node decided to go back on its own (`fall_back`): another pass applies it.
+    async fn pass(&mut self) -> bool {
         let now = Utc::now();
+        self.applied = fallback::effective(&self.desired, &self.reverts);
         let mut versions = std::mem::take(&mut self.versions);
-        let (verdicts, changed) = self.judge(&self.desired, &mut versions, true);
+        let (verdicts, changed) = self.judge(&self.applied, &mut versions, true);
         if changed {
             signed::save(&self.state_dir, &versions);
         }
         self.versions = versions;
         self.verdicts = verdicts;
         let conflicted: std::collections::BTreeSet<String> = self
-            .desired
+            .applied
             .conflicts
             .iter()
             .map(|c| c.id.clone())
             .collect();
-        let resources = self.desired.resources.clone();
+        let resources = self.applied.resources.clone();
         // Resources whose spec is new or changed show as Reconciling while the pass works on them (reported
         // once the pass has taken RECONCILING_AFTER).
         let mut touched = false;
@@ -444,16 +537,20 @@ impl Runtime {
                 }
             }
         }
-        self.check_health().await;
+        self.check_health(self.resync).await;
+        if self.fall_back() {
+            return true;
+        }
         self.report().await;
+        false
     }
 
     /// Runs the health checks of each manifest whose resources are all ready: when they are new to it (a
-    /// new desired state, resources just ready, other checks) and again once `resync` has passed since
+    /// new desired state, resources just ready, other checks) and again once `max_age` has passed since
     /// their last run. A manifest not ready has no result, so the server waits for one.
-    async fn check_health(&mut self) {
+    async fn check_health(&mut self, max_age: Duration) {
         let mut names: std::collections::BTreeSet<String> = self
-            .desired
+            .applied
             .health
             .iter()
             .filter(|(_, checks)| !checks.is_empty())
@@ -466,7 +563,7 @@ impl Runtime {
         names.retain(|name| self.ready(name));
         for name in names {
             let sent = self
-                .desired
+                .applied
                 .health
                 .get(&name)
                 .map_or(&[][..], Vec::as_slice);
@@ -475,7 +572,7 @@ impl Runtime {
                 Some(c)
                     if c.generation == generation
                         && c.checks == checks
-                        && c.at.elapsed() < self.resync =>
+                        && c.at.elapsed() < max_age =>
                 {
                     self.health.insert(name, c);
                 }
@@ -561,7 +658,7 @@ impl Runtime {
             }
             self.reconcile(&resource, &manifest, &hash, previous).await;
         }
-        for c in self.desired.conflicts.clone() {
+        for c in self.applied.conflicts.clone() {
             let msg = format!(
                 "manifests {} all give this resource; none is applied until one stops",
                 c.manifests.join(", ")
@@ -786,6 +883,7 @@ impl Runtime {
             .filter(|c| c.generation == self.desired.generation)
             .map(|c| c.result.clone())
             .collect();
+        report.self_reverted = self.reverts.values().cloned().collect();
         report
     }
 }
@@ -848,6 +946,7 @@ pub fn node_convergence(generation: u64, resources: Vec<ResourceStatus>) -> Node
         conditions,
         resources,
         health: Vec::new(),
+        self_reverted: Vec::new(),
         reported_at: None,
     }
 }
@@ -888,6 +987,9 @@ mod tests {
             },
             registry: Registry::new(),
             desired,
+            applied: WireDesired::default(),
+            reverts: Default::default(),
+            offline_since: Arc::new(Mutex::new(None)),
             ledger: BTreeMap::new(),
             versions: Default::default(),
             verdicts: Default::default(),
@@ -1112,6 +1214,78 @@ mod tests {
         let report = rt.last_report.lock().unwrap().clone().unwrap();
         assert!(report.health.is_empty());
         assert!(!serde_json::to_string(&report).unwrap().contains("health"));
+    }
+
+    #[tokio::test]
+    async fn a_node_without_its_server_whose_new_revision_fails_its_checks_goes_back_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let mut new = file("f", &f, "new");
+        new["manifest"] = "web".into();
+        let state = |generation: u64, revision: u64| -> WireDesired {
+            serde_json::from_value(serde_json::json!({
+                "generation": generation,
+                "resources": [new.clone()],
+                "health": {"web": [{"tcp": {"address": closed.clone()}}]},
+                "fallback": {"web": {
+                    "revision": revision, "previous_revision": 6,
+                    "resources": [{"id": "f", "file": {"path": f.display().to_string(), "content": "old"}}],
+                }},
+            }))
+            .unwrap()
+        };
+        let mut rt = runtime(dir.path(), WireDesired::default());
+        rt.accept(state(2, 7));
+        // Connected: the failing check is for the server to judge; the node stays.
+        assert!(!rt.pass().await);
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "new");
+        // Gone only a moment: it stays too.
+        *rt.offline_since.lock().unwrap() = Some(Instant::now());
+        assert!(!rt.pass().await);
+        // Gone longer than FALLBACK_AFTER: it goes back, and the next pass applies the previous revision.
+        let long_ago = Instant::now().checked_sub(fallback::FALLBACK_AFTER * 2);
+        *rt.offline_since.lock().unwrap() = long_ago;
+        assert!(rt.pass().await, "it decides to go back");
+        assert!(!rt.pass().await);
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "old");
+        let report = rt.last_report.lock().unwrap().clone().unwrap();
+        assert_eq!(report.self_reverted.len(), 1, "{report:?}");
+        let back = &report.self_reverted[0];
+        assert_eq!(
+            (
+                back.manifest.as_str(),
+                back.revision,
+                back.previous_revision
+            ),
+            ("web", 7, 6)
+        );
+        assert!(back.reason.contains(&closed), "{}", back.reason);
+        assert_eq!(report.observed_generation, 2);
+        // Kept across a restart, and while the server rolls out the same revision.
+        assert_eq!(fallback::load(dir.path()).len(), 1);
+        rt.accept(state(3, 7));
+        assert!(!rt.pass().await);
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "old");
+        // Another revision of the manifest: the revert ends, the node runs what the server says.
+        *rt.offline_since.lock().unwrap() = None;
+        rt.accept(state(4, 8));
+        assert!(!rt.pass().await);
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "new");
+        assert!(
+            rt.last_report
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap()
+                .self_reverted
+                .is_empty()
+        );
+        assert!(fallback::load(dir.path()).is_empty());
     }
 
     #[tokio::test]

@@ -1,6 +1,10 @@
 //! Signed manifests on a node that pins keys: each manifest's signature is checked once per pass, against
 //! the node's keys, before any resource of it reaches the policy or a kind; every resource must be the one
-//! the signature covers; and a manifest may never go back to an older version than the node has seen.
+//! the signature covers; and a manifest may never go back to an older version than the node has seen,
+//! but for one case: while a rollout of it is unfinished (the server sends a fallback for it), the node
+//! keeps the signed version it held immediately before, and takes exactly that one back (a revert, the
+//! server's or its own). Once the node sees the rollout over, it forgets it: anything older, and an `undo`
+//! after the rollout ended, needs a newly signed, higher version.
 //! Its rollout health checks are signed too: the node runs those of the signed payload, and only when the
 //! server sent exactly those (a server can neither add, drop nor change a check).
 
@@ -14,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::fallback::WireFallback;
 use crate::policy::Refusal;
 
 /// Where the newest version seen of each signed manifest is kept, across restarts.
@@ -24,6 +29,17 @@ const VERSIONS_KEPT: usize = 10_000;
 /// The newest version of a signed manifest this node has accepted, and the digest of what was signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seen {
+    pub version: u64,
+    pub digest: String,
+    /// While a rollout of the manifest is unfinished: the version held immediately before, the one it
+    /// may go back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Prior>,
+}
+
+/// A signed version a node held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prior {
     pub version: u64,
     pub digest: String,
 }
@@ -70,11 +86,13 @@ fn open(proof: &ManifestProof, keys: &[PublicKey]) -> Result<Signed, SignError> 
     Ok(Signed { manifest, health })
 }
 
+/// `in_rollout`: the server sends a fallback for the manifest (a rollout of it is unfinished).
 fn judge(
     name: &str,
     proof: Option<&ManifestProof>,
     keys: &[PublicKey],
     versions: &Versions,
+    in_rollout: bool,
 ) -> Result<(Signed, Seen), Refusal> {
     let what = format!("manifest {name:?}");
     let proof = proof.ok_or_else(|| Refusal::Unsigned { what: what.clone() })?;
@@ -90,9 +108,10 @@ fn judge(
             manifest.name
         )));
     }
-    let seen = Seen {
+    let mut seen = Seen {
         version: manifest.version,
         digest: digest(&proof.payload),
+        before: None,
     };
     if let Some(have) = versions.get(name) {
         let older = |reason: String| Refusal::OlderVersion {
@@ -100,9 +119,14 @@ fn judge(
             version: manifest.version,
             reason,
         };
-        if manifest.version < have.version {
+        let prior = Prior {
+            version: seen.version,
+            digest: seen.digest.clone(),
+        };
+        if manifest.version < have.version && have.before.as_ref() != Some(&prior) {
             return Err(older(format!(
-                "this node has applied version {}; a signed manifest never goes back",
+                "this node has applied version {}; a signed manifest goes back only to the version it held \
+                 immediately before, while that rollout is unfinished",
                 have.version
             )));
         }
@@ -112,6 +136,16 @@ fn judge(
                 have.version
             )));
         }
+        // Going forward under a rollout keeps where it came from; staying keeps it while the rollout
+        // lasts; going back (to exactly that) leaves nothing further to go back to.
+        seen.before = match manifest.version.cmp(&have.version) {
+            std::cmp::Ordering::Greater => in_rollout.then(|| Prior {
+                version: have.version,
+                digest: have.digest.clone(),
+            }),
+            std::cmp::Ordering::Equal if in_rollout => have.before.clone(),
+            _ => None,
+        };
     }
     Ok((signed, seen))
 }
@@ -123,6 +157,7 @@ impl Verdicts {
         keys: &[PublicKey],
         names: impl IntoIterator<Item = String>,
         proofs: &[ManifestProof],
+        fallback: &BTreeMap<String, WireFallback>,
         versions: &mut Versions,
         record: bool,
     ) -> (Self, bool) {
@@ -136,7 +171,8 @@ impl Verdicts {
                 continue;
             }
             let proof = proofs.iter().find(|p| p.manifest == name);
-            let verdict = judge(&name, proof, keys, versions).map(|(signed, seen)| {
+            let in_rollout = fallback.contains_key(&name);
+            let verdict = judge(&name, proof, keys, versions, in_rollout).map(|(signed, seen)| {
                 if record
                     && versions.get(&name) != Some(&seen)
                     && (versions.len() < VERSIONS_KEPT || versions.contains_key(&name))
@@ -265,35 +301,56 @@ mod tests {
         let names = || vec!["web".to_string()];
         let mut versions = Versions::new();
         let v2 = manifest(2, "two");
-        let (verdicts, changed) =
-            Verdicts::judge(&keys, names(), &[proof(&key, &v2)], &mut versions, true);
+        let (verdicts, changed) = Verdicts::judge(
+            &keys,
+            names(),
+            &[proof(&key, &v2)],
+            &BTreeMap::new(),
+            &mut versions,
+            true,
+        );
         assert!(changed);
         assert_eq!(rule(&verdicts, &v2), None);
         assert_eq!(
             rule(&verdicts, &manifest(2, "altered")),
             Some("bad signature")
         );
-        let (verdicts, _) = Verdicts::judge(&keys, names(), &[], &mut versions, true);
-        assert_eq!(rule(&verdicts, &v2), Some("unsigned"));
         let (verdicts, _) =
-            Verdicts::judge(&keys, names(), &[proof(&other, &v2)], &mut versions, true);
+            Verdicts::judge(&keys, names(), &[], &BTreeMap::new(), &mut versions, true);
+        assert_eq!(rule(&verdicts, &v2), Some("unsigned"));
+        let (verdicts, _) = Verdicts::judge(
+            &keys,
+            names(),
+            &[proof(&other, &v2)],
+            &BTreeMap::new(),
+            &mut versions,
+            true,
+        );
         assert_eq!(rule(&verdicts, &v2), Some("bad signature"));
         let v1 = manifest(1, "one");
-        let (verdicts, _) =
-            Verdicts::judge(&keys, names(), &[proof(&key, &v1)], &mut versions, true);
+        let (verdicts, _) = Verdicts::judge(
+            &keys,
+            names(),
+            &[proof(&key, &v1)],
+            &BTreeMap::new(),
+            &mut versions,
+            true,
+        );
         assert_eq!(rule(&verdicts, &v1), Some("older version"));
         let other_two = manifest(2, "other");
         let (verdicts, _) = Verdicts::judge(
             &keys,
             names(),
             &[proof(&key, &other_two)],
+            &BTreeMap::new(),
             &mut versions,
             true,
         );
         assert_eq!(rule(&verdicts, &other_two), Some("older version"));
         assert_eq!(versions["web"].version, 2);
         // A node that pins nothing checks nothing.
-        let (verdicts, _) = Verdicts::judge(&[], names(), &[], &mut versions, true);
+        let (verdicts, _) =
+            Verdicts::judge(&[], names(), &[], &BTreeMap::new(), &mut versions, true);
         assert_eq!(rule(&verdicts, &v1), None);
     }
 
@@ -309,6 +366,7 @@ mod tests {
             &[key.public()],
             vec!["web".to_string()],
             &[proof(&key, &m)],
+            &BTreeMap::new(),
             &mut Versions::new(),
             true,
         );
@@ -334,6 +392,7 @@ mod tests {
             &[key.public()],
             vec!["web".to_string()],
             &[proof(&key, &plain)],
+            &BTreeMap::new(),
             &mut Versions::new(),
             true,
         );
@@ -346,5 +405,58 @@ mod tests {
             .health("web", &sent(serde_json::json!([{"grpc": {}}])))
             .unwrap_err();
         assert!(unknown.contains("does not understand"), "{unknown}");
+    }
+
+    #[test]
+    fn under_an_unfinished_rollout_a_pinned_node_goes_back_only_to_the_version_it_held_just_before()
+    {
+        let key = SecretKey::from_seed([1; 32]);
+        let keys = vec![key.public()];
+        let names = || vec!["web".to_string()];
+        let (v1, v2, v3) = (manifest(1, "one"), manifest(2, "two"), manifest(3, "three"));
+        let rolling = BTreeMap::from([("web".to_string(), WireFallback::default())]);
+        let over = BTreeMap::new();
+        let mut versions = Versions::new();
+        let mut step = |m: &Manifest, fallback: &BTreeMap<String, WireFallback>| {
+            let (v, _) = Verdicts::judge(
+                &keys,
+                names(),
+                &[proof(&key, m)],
+                fallback,
+                &mut versions,
+                true,
+            );
+            rule(&v, m)
+        };
+        assert_eq!(step(&v1, &over), None);
+        // v2 rolls out: the node keeps v1 while the rollout lasts, and takes it back on a revert.
+        assert_eq!(step(&v2, &rolling), None);
+        assert_eq!(
+            step(&v2, &rolling),
+            None,
+            "still v2, still rolling: v1 kept"
+        );
+        assert_eq!(
+            step(&v1, &rolling),
+            None,
+            "a revert to the version just before"
+        );
+        // Back on v1 there is nothing further to go back to; forward is always allowed.
+        assert_eq!(step(&v2, &over), None);
+        assert_eq!(
+            step(&v1, &rolling),
+            Some("older version"),
+            "v2 came without a rollout"
+        );
+        // v3 rolls out and the rollout ends while the node holds v3: v2 is forgotten.
+        assert_eq!(step(&v3, &rolling), None);
+        assert_eq!(step(&v3, &over), None);
+        assert_eq!(
+            step(&v2, &rolling),
+            Some("older version"),
+            "an undo after the end"
+        );
+        // Never further back than the version just before, rollout or not.
+        assert_eq!(step(&v1, &rolling), Some("older version"));
     }
 }

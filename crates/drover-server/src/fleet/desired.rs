@@ -1,6 +1,7 @@
 //! Desired state on the server: manifests, each node's computed desired state (pushed when it changes),
 //! the convergence nodes report, and operator labels that change what a node gets.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::reach::message::{BlobData, DesiredUpdate, InlineBlob, ToAgent};
@@ -11,8 +12,8 @@ use drover_types::limits::{
     check_count, check_len,
 };
 use drover_types::manifest::{
-    Applied, ApplyManifest, DesiredState, Manifest, ManifestProof, NodeConvergence, NodePlan,
-    NodeStatusReport, PlanItem, StoredManifest, desired_for,
+    Applied, ApplyManifest, DesiredState, Fallback, Manifest, ManifestProof, NodeConvergence,
+    NodePlan, NodeStatusReport, PlanItem, StoredManifest, desired_for,
 };
 use drover_types::node::HTTP_NODE_TAKES_NO_WORK;
 use drover_types::{Labels, Node};
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::fleet::FleetError;
 use crate::fleet::nodes::controlled_labels;
+use crate::fleet::rollouts::RolloutView;
 use crate::reach::{self, Reach};
 use crate::store::NodeRecord;
 use crate::store::StoreError;
@@ -60,7 +62,28 @@ fn desired_state(labels: &Labels, stored: &[StoredManifest]) -> DesiredState {
         conflicts,
         signed,
         health,
+        fallback: BTreeMap::new(),
     }
+}
+
+/// What a node released by unfinished rollouts may go back to on its own: for each, the previous
+/// revision as the node would get it.
+fn fallbacks(labels: &Labels, node_id: &str, view: &RolloutView) -> BTreeMap<String, Fallback> {
+    view.fallbacks(node_id)
+        .filter(|(_, previous)| previous.manifest.selects(labels))
+        .map(|(rollout, previous)| {
+            let mut state = desired_state(labels, std::slice::from_ref(previous));
+            let name = &rollout.manifest;
+            let fallback = Fallback {
+                revision: rollout.revision,
+                previous_revision: previous.generation,
+                resources: state.resources.into_iter().map(|r| r.resource).collect(),
+                health: state.health.remove(name).unwrap_or_default(),
+                signed: state.signed.pop(),
+            };
+            (name.clone(), fallback)
+        })
+        .collect()
 }
 
 /// The nodes a manifest selects, told apart by what they can do with it: `drover apply` and the dashboard
@@ -523,22 +546,32 @@ impl Desired {
             let mut state = match node.transport.takes_work() {
                 true => {
                     let view = self.rollout_view().await?;
-                    desired_state(&node.labels, &view.for_node(node_id, manifests))
+                    let mut state = desired_state(&node.labels, &view.for_node(node_id, manifests));
+                    state.fallback = fallbacks(&node.labels, node_id, &view);
+                    state
                 }
                 false => DesiredState::default(),
             };
             #[cfg(feature = "tamper")]
             self.tamper.desired(&mut state);
             // Health checks count only when there are some: a state without them hashes as before.
-            let content = if state.health.is_empty() {
-                serde_json::to_vec(&(&state.resources, &state.conflicts, &state.signed))
-            } else {
-                serde_json::to_vec(&(
+            let content = match (state.health.is_empty(), state.fallback.is_empty()) {
+                (true, true) => {
+                    serde_json::to_vec(&(&state.resources, &state.conflicts, &state.signed))
+                }
+                (false, true) => serde_json::to_vec(&(
                     &state.resources,
                     &state.conflicts,
                     &state.signed,
                     &state.health,
-                ))
+                )),
+                _ => serde_json::to_vec(&(
+                    &state.resources,
+                    &state.conflicts,
+                    &state.signed,
+                    &state.health,
+                    &state.fallback,
+                )),
             }
             .unwrap_or_default();
             let hash = hex::encode(Sha256::digest(&content));

@@ -14,14 +14,15 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use drover_types::audit::AuditAction;
 use drover_types::manifest::{ApplyManifest, StoredManifest};
-use drover_types::outcome::node_outcome_with_checks;
+use drover_types::outcome::NodeJudging;
 use drover_types::rollout::{
-    FailingNode, OnFailure, OnUnreachable, Outcome, Rollout, RolloutCommand, RolloutState,
-    RolloutStatus, WaveStatus, plan_waves,
+    Completed, FailingNode, OnFailure, OnUnreachable, Outcome, Rollout, RolloutCommand,
+    RolloutState, RolloutStatus, WaveStatus, plan_waves,
 };
 use drover_types::{Node, Transport};
 
 use super::{Desired, FleetError};
+use crate::store::ConvergenceRow;
 use crate::sync::lock;
 
 /// Revisions of each manifest kept (for reverts, `undo` and `history`).
@@ -74,6 +75,27 @@ impl RolloutView {
     }
 }
 
+impl RolloutView {
+    /// The unfinished rollouts (under way or paused) that gave `node_id` their revision, each with the
+    /// revision the node held before: what it may go back to on its own.
+    pub fn fallbacks<'a>(
+        &'a self,
+        node_id: &'a str,
+    ) -> impl Iterator<Item = (&'a Rollout, &'a StoredManifest)> + 'a {
+        self.rollouts.values().filter_map(move |e| {
+            let unfinished = matches!(
+                e.rollout.state,
+                RolloutState::Progressing | RolloutState::Baking | RolloutState::Paused
+            );
+            let released = e.rollout.releases(node_id, e.waves.get(node_id).copied());
+            (unfinished && released)
+                .then_some(e.previous.as_ref())
+                .flatten()
+                .map(|p| (&e.rollout, p))
+        })
+    }
+}
+
 /// The view, read again when older than `VIEW_TTL` or after this replica wrote a rollout.
 #[derive(Default)]
 pub struct ViewCache(Mutex<Option<(Instant, Arc<RolloutView>)>>);
@@ -101,6 +123,20 @@ struct Judged {
     failing: Vec<FailingNode>,
     /// Node ids of the wave under way that could not be reached.
     unreachable: Vec<String>,
+}
+
+/// How a node of wave `wave` is judged from its row (taken as connected). Drift counts from the start of
+/// the wave under way; a wave that went through is not judged on drift again.
+fn judging<'a>(r: &'a Rollout, wave: usize, row: Option<&'a ConvergenceRow>) -> NodeJudging<'a> {
+    NodeJudging {
+        manifest: &r.manifest,
+        revision: r.revision,
+        desired_generation: row.map_or(0, |row| row.desired_generation),
+        report: row.and_then(|row| row.report.as_ref()),
+        connected: true,
+        checks: !r.policy.health.is_empty(),
+        drift_since: (wave == r.wave).then_some(r.wave_started_at),
+    }
 }
 
 impl Desired {
@@ -162,10 +198,10 @@ impl Desired {
             }
             return Ok(None);
         };
-        // Nodes not yet released by an unfinished rollout run its previous revision: that stays the one
-        // to keep (and go back to).
+        // A rollout replaced before it completed says what its nodes keep (never a revision it
+        // reverted); otherwise, the revision this apply replaced.
         let previous_revision = match &replaced {
-            Some(r) if !r.state.is_final() => r.previous_revision,
+            Some(r) if r.state != RolloutState::Complete => r.kept_revision(),
             _ => previous.as_ref().map(|p| p.generation),
         };
         let targets: Vec<Node> = self
@@ -194,6 +230,7 @@ impl Desired {
             started_by: actor.to_string(),
             started_at: now,
             updated_at: now,
+            completed: None,
         };
         self.store.put_rollout(&rollout).await?;
         self.rollout_views.forget();
@@ -281,7 +318,14 @@ impl Rollouts {
     }
 
     async fn status_of(&self, r: &Rollout) -> Result<RolloutStatus, FleetError> {
-        let judged = self.judge(r, None).await?;
+        let judged = match &r.completed {
+            Some(done) => Judged {
+                waves: done.waves.clone(),
+                failing: done.failing.clone(),
+                unreachable: Vec::new(),
+            },
+            None => self.judge(r, None).await?,
+        };
         Ok(RolloutStatus {
             manifest: r.manifest.clone(),
             state: r.state,
@@ -332,13 +376,11 @@ impl Rollouts {
                 let (outcome, reason) = if !r.releases(id, Some(w)) {
                     (Outcome::Pending, None)
                 } else {
-                    node_outcome_with_checks(
-                        &r.manifest,
-                        row.map_or(0, |row| row.desired_generation),
-                        row.and_then(|row| row.report.as_ref()),
-                        connected.get(id.as_str()).copied().unwrap_or(false),
-                        !r.policy.health.is_empty(),
-                    )
+                    NodeJudging {
+                        connected: connected.get(id.as_str()).copied().unwrap_or(false),
+                        ..judging(r, w, row)
+                    }
+                    .outcome()
                 };
                 status.count(outcome);
                 if outcome == Outcome::Unreachable && w == r.wave {
@@ -493,13 +535,7 @@ impl Rollouts {
             .iter()
             .filter(|id| {
                 let row = rows.get(id.as_str());
-                let (outcome, _) = node_outcome_with_checks(
-                    &r.manifest,
-                    row.map_or(0, |row| row.desired_generation),
-                    row.and_then(|row| row.report.as_ref()),
-                    true,
-                    !r.policy.health.is_empty(),
-                );
+                let (outcome, _) = judging(r, r.wave, row).outcome();
                 outcome == Outcome::Pending
             })
             .count();
@@ -580,6 +616,13 @@ impl Rollouts {
             RolloutState::Complete => AuditAction::RolloutComplete,
             RolloutState::Progressing | RolloutState::Baking => AuditAction::RolloutResume,
         };
+        if state == RolloutState::Complete {
+            let judged = self.judge(&r, None).await?;
+            r.completed = Some(Completed {
+                waves: judged.waves,
+                failing: judged.failing,
+            });
+        }
         r.state = state;
         r.reason = reason;
         r.baking_since = None;
@@ -651,6 +694,8 @@ impl Rollouts {
             RolloutCommand::Promote => match r.state {
                 RolloutState::Complete if !r.held.is_empty() => {
                     r.held.clear();
+                    // The held nodes take the revision now: judged live again.
+                    r.completed = None;
                     self.save(&r).await?;
                     self.desired
                         .access

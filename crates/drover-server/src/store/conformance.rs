@@ -684,6 +684,7 @@ async fn desired_state_is_compare_and_set_on_its_generation(store: Arc<dyn Store
         conflicts: vec![],
         signed: vec![],
         health: Default::default(),
+        fallback: Default::default(),
     };
     assert!(store.put_desired("a", &state(1), "h1").await.unwrap());
     assert!(
@@ -1786,6 +1787,7 @@ async fn rollouts_are_kept_whole_and_a_manifest_keeps_its_newest_revisions(store
         started_by: "admin".into(),
         started_at: Utc::now(),
         updated_at: Utc::now(),
+        completed: None,
     };
     assert!(store.get_rollout("web").await.unwrap().is_none());
     store.put_rollout(&rollout).await.unwrap();
