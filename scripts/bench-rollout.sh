@@ -290,7 +290,7 @@ wave_deadline: $OFFLINE_DEADLINE"
   state=$(jq -r .state <<<"$final")
   unreachable=$(sum_of .unreachable)
   failed=$(sum_of '.change_failed + .infra_failed')
-  record "$size agents: (b) good revision with $offline nodes offline, bake $OFFLINE_BAKE, wave_deadline $OFFLINE_DEADLINE: $state after $(awk -v a="$t_apply" -v b="$t_end" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')s; unreachable $unreachable, failed $failed, converged $(sum_of .converged) (offline never failures: $(verdict "\"$state\" == \"Complete\" && $failed == 0 && $unreachable == $offline")); per wave unreachable: $(jq -c '[.waves[] | .unreachable]' <<<"$final"); trace: $trace"
+  record "$size agents: (b) good revision with $offline nodes offline, bake $OFFLINE_BAKE, wave_deadline $OFFLINE_DEADLINE: $state after $(awk -v a="$t_apply" -v b="$t_end" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')s$(jq -r 'if .reason then " (" + .reason + ")" else "" end' <<<"$final"); unreachable $unreachable, failed $failed, converged $(sum_of .converged) (offline never failures: $(verdict "\"$state\" == \"Complete\" && $failed == 0 && $unreachable == $offline")); per wave unreachable: $(jq -c '[.waves[] | .unreachable]' <<<"$final"); trace: $trace"
   record "$size agents: server CPU over the run $(awk -v d="$(ticks "$server_pid")" -v hz="$hz" 'BEGIN { printf "%.1f", d / hz }') s, RSS $(awk -v r="$(rss_kib "$server_pid")" 'BEGIN { printf "%.0f", r / 1024 }') MiB"
   grep -E 'rollout (tripped|Complete|Paused|Reverted)|cannot drive' "$work/server.log" | sed 's/\x1b\[[0-9;]*m//g' | tail -20 >>"$work/rollout-log.txt" || true
 done

@@ -517,6 +517,10 @@ pub struct Rollout {
     pub started_by: String,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set while the apply that started it is still giving nodes their desired states: until then a
+    /// node's report may predate its revision, so the rollout is not judged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recomputing: bool,
     /// Its nodes as judged when it completed: what its status shows from then on (completing lets go
     /// of the nodes' fallbacks, so each takes its desired state once more).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -837,6 +841,7 @@ mod tests {
             started_by: "admin".into(),
             started_at: now,
             updated_at: now,
+            recomputing: false,
             completed: None,
         };
         // Replaced now, on its last wave: the nodes keep its revision; on an earlier one, or stopped

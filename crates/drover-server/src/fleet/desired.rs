@@ -367,6 +367,9 @@ impl Desired {
                 rollout = self.revision_applied(actor, &stored, previous).await?;
             }
             self.recompute_all_detached().await?;
+            if let Some(r) = &rollout {
+                self.rollout_recomputed(&r.manifest, r.revision).await?;
+            }
         }
         let nodes: Vec<Selectable> = self
             .nodes
@@ -470,6 +473,15 @@ impl Desired {
     /// push waits for another node. Every node's stored generation is read (in one read) before the nodes'
     /// labels and the manifests (see `recompute_node`).
     pub(crate) async fn recompute_all(&self) -> Result<(), FleetError> {
+        self.recompute_some(None).await
+    }
+
+    /// [`Self::recompute_all`] for the nodes among `only` (all when `None`): a rollout's new wave changes
+    /// only its own nodes' states.
+    pub(crate) async fn recompute_some(
+        &self,
+        only: Option<&std::collections::HashSet<&str>>,
+    ) -> Result<(), FleetError> {
         let mut stored: std::collections::HashMap<String, (u64, String)> = self
             .store
             .desired_versions()
@@ -477,8 +489,14 @@ impl Desired {
             .into_iter()
             .map(|v| (v.node_id, (v.generation, v.hash)))
             .collect();
-        let nodes = self.nodes.nodes().await?;
+        let mut nodes = self.nodes.nodes().await?;
+        if let Some(only) = only {
+            nodes.retain(|n| only.contains(n.id.as_str()));
+        }
         let manifests = self.manifests().await?;
+        // Read once for every node: a view read again per node, as each finds it older than its TTL on
+        // a fleet that takes seconds to recompute, would be read thousands of times.
+        let view = self.rollout_view().await?;
         let manifest_bytes: usize = manifests
             .iter()
             .map(|m| serde_json::to_vec(&m.manifest).map_or(0, |v| v.len()))
@@ -489,10 +507,10 @@ impl Desired {
         let work = nodes.iter().map(|node| {
             // None: no desired state yet (or one written since the read: the compare-and-set finds out).
             let previous = stored.remove(&node.id);
-            let (manifests, slots) = (&manifests, &slots);
+            let (manifests, slots, view) = (&manifests, &slots, &view);
             async move {
                 let _slot = slots.acquire().await;
-                self.recompute_node(&node.id, Some((previous, node, manifests)))
+                self.recompute_node(&node.id, Some((previous, node, manifests, view)))
                     .await
             }
         });
@@ -501,7 +519,7 @@ impl Desired {
             .await
             .into_iter()
             .collect();
-        tracing::info!(nodes = nodes.len(), took = ?began.elapsed(), "recomputed every node's desired state");
+        tracing::info!(nodes = nodes.len(), took = ?began.elapsed(), "recomputed {} desired state", if only.is_some() { "some nodes'" } else { "every node's" });
         done
     }
 
@@ -522,18 +540,19 @@ impl Desired {
     async fn recompute_node(
         &self,
         node_id: &str,
-        mut first: Option<(Stored, &Node, &[StoredManifest])>,
+        mut first: Option<(Stored, &Node, &[StoredManifest], &Arc<RolloutView>)>,
     ) -> Result<(), FleetError> {
         let mut name = node_id.to_string();
         for _ in 0..RECOMPUTE_TRIES {
-            let (node_read, manifests_read);
-            let (previous, node, manifests) = match first.take() {
+            let (node_read, manifests_read, view_read);
+            let (previous, node, manifests, view) = match first.take() {
                 Some(first) => first,
                 None => {
                     let previous = self.stored_desired(node_id).await?;
                     node_read = self.nodes.node(node_id).await?;
                     manifests_read = self.manifests().await?;
-                    (previous, &node_read, manifests_read.as_slice())
+                    view_read = self.rollout_view().await?;
+                    (previous, &node_read, manifests_read.as_slice(), &view_read)
                 }
             };
             name.clone_from(&node.name);
@@ -545,9 +564,8 @@ impl Desired {
             #[allow(unused_mut)]
             let mut state = match node.transport.takes_work() {
                 true => {
-                    let view = self.rollout_view().await?;
                     let mut state = desired_state(&node.labels, &view.for_node(node_id, manifests));
-                    state.fallback = fallbacks(&node.labels, node_id, &view);
+                    state.fallback = fallbacks(&node.labels, node_id, view);
                     state
                 }
                 false => DesiredState::default(),

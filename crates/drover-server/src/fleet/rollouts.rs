@@ -30,6 +30,9 @@ pub const KEPT_REVISIONS: usize = 10;
 /// How long a replica computes desired states from a rollout view before reading the store again: the
 /// leader's transitions reach the other replicas' computations within this.
 const VIEW_TTL: Duration = Duration::from_secs(1);
+/// How long a rollout may wait for the apply that started it to give nodes their states before the
+/// leader does it (the applying replica went away).
+const RECOMPUTE_STALLED: Duration = Duration::from_secs(60);
 /// Failing nodes a status lists at most.
 const FAILING_SHOWN: usize = 50;
 
@@ -230,6 +233,7 @@ impl Desired {
             started_by: actor.to_string(),
             started_at: now,
             updated_at: now,
+            recomputing: true,
             completed: None,
         };
         self.store.put_rollout(&rollout).await?;
@@ -245,6 +249,27 @@ impl Desired {
             .await;
         tracing::info!(manifest = %name, revision = rollout.revision, waves = ?sizes, "rollout started");
         Ok(Some(rollout))
+    }
+
+    /// The apply that started the rollout of `revision` has given every node its desired state: the
+    /// rollout is judged from now on, its first wave's time starting now.
+    pub(super) async fn rollout_recomputed(
+        &self,
+        name: &str,
+        revision: u64,
+    ) -> Result<(), FleetError> {
+        let Some(mut r) = self.store.get_rollout(name).await? else {
+            return Ok(());
+        };
+        if !r.recomputing || r.revision != revision {
+            return Ok(());
+        }
+        r.recomputing = false;
+        r.wave_started_at = Utc::now();
+        r.updated_at = r.wave_started_at;
+        self.store.put_rollout(&r).await?;
+        self.rollout_views.forget();
+        Ok(())
     }
 
     /// A manifest was deleted: so is its rollout.
@@ -435,6 +460,19 @@ impl Rollouts {
     /// enough nodes finished), pauses it on an infrastructure failure, bakes a wave whose nodes all
     /// finished (leaving unreachable ones behind at the deadline), and starts the next wave after the bake.
     async fn drive(&self, mut r: Rollout) -> Result<(), FleetError> {
+        if r.recomputing {
+            // The applying replica is still at it; one that went away left it to the leader.
+            let stalled =
+                (Utc::now() - r.updated_at).to_std().unwrap_or_default() >= RECOMPUTE_STALLED;
+            if !stalled {
+                return Ok(());
+            }
+            self.desired.recompute_all().await?;
+            return self
+                .desired
+                .rollout_recomputed(&r.manifest, r.revision)
+                .await;
+        }
         let judged = self.judge(&r, Some(r.wave)).await?;
         let Some(wave) = judged.waves.get(r.wave).cloned() else {
             return self.finish(r, RolloutState::Complete, None, "system").await;
@@ -548,10 +586,11 @@ impl Rollouts {
         if next.is_empty() {
             return Ok(false);
         }
-        r.in_wave.extend(next);
+        r.in_wave.extend(next.iter().cloned());
         r.updated_at = Utc::now();
         self.save(r).await?;
-        self.desired.recompute_all().await?;
+        let released: std::collections::HashSet<&str> = next.iter().map(String::as_str).collect();
+        self.desired.recompute_some(Some(&released)).await?;
         Ok(true)
     }
 
@@ -595,10 +634,19 @@ impl Rollouts {
                 actor,
                 AuditAction::RolloutWave,
                 &r.manifest,
-                serde_json::json!({"wave": r.wave + 1, "nodes": r.plan.waves[r.wave].len()}),
+                serde_json::json!({"wave": r.wave + 1, "nodes": r.plan.waves.get(r.wave).map_or(0, Vec::len)}),
             )
             .await;
-        self.desired.recompute_all().await
+        // Only the new wave's nodes get another state (the others' stay as they are).
+        let wave: std::collections::HashSet<&str> = r
+            .plan
+            .waves
+            .get(r.wave)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        self.desired.recompute_some(Some(&wave)).await
     }
 
     /// Moves a rollout to `state` (with why), audits the transition and gives nodes what it releases now.

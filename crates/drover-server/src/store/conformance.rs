@@ -1787,6 +1787,7 @@ async fn rollouts_are_kept_whole_and_a_manifest_keeps_its_newest_revisions(store
         started_by: "admin".into(),
         started_at: Utc::now(),
         updated_at: Utc::now(),
+        recomputing: false,
         completed: None,
     };
     assert!(store.get_rollout("web").await.unwrap().is_none());
