@@ -1014,10 +1014,18 @@ fn web_node(server: &Server, name: &str, tier: &str, dir: &Path, fail: bool) -> 
 /// Revision `version` of the manifest `web`, rolled out canary first and baking `bake`; a `bad` one fails
 /// on the nodes told to, printing `bad` (HTML, to see it escaped) to stderr.
 fn web_revision(version: &str, bad: Option<&str>, bake: &str) -> Value {
-    let command = match bad {
-        None => format!("echo {version} > \"$NODE_DIR/version\""),
-        Some(why) => format!(
-            "echo {version} > \"$NODE_DIR/version\"; if [ \"$NODE_FAIL\" = 1 ]; then echo '{why}' >&2; exit 1; fi"
+    // A good revision's guard holds once the job ran (a job that runs at every pass is drift that does
+    // not stay corrected); a bad one's never does on a failing node.
+    let (command, unless) = match bad {
+        None => (
+            format!("echo {version} > \"$NODE_DIR/version\""),
+            format!("grep -qx {version} \"$NODE_DIR/version\""),
+        ),
+        Some(why) => (
+            format!(
+                "echo {version} > \"$NODE_DIR/version\"; if [ \"$NODE_FAIL\" = 1 ]; then echo '{why}' >&2; exit 1; fi"
+            ),
+            format!("[ \"$NODE_FAIL\" != 1 ] && grep -qx {version} \"$NODE_DIR/version\""),
         ),
     };
     json!({
@@ -1030,7 +1038,7 @@ fn web_revision(version: &str, bad: Option<&str>, bake: &str) -> Value {
         },
         "resources": [{"id": "version", "shell_job": {
             "command": command,
-            "unless": format!("[ \"$NODE_FAIL\" != 1 ] && grep -qx {version} \"$NODE_DIR/version\""),
+            "unless": unless,
         }}],
     })
 }
