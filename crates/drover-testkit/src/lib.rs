@@ -947,6 +947,27 @@ impl SystemdHost {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// Writes `content` to `path` inside (its parent dirs made), with `mode` (octal, as chmod takes it).
+    pub fn write(&self, path: &str, content: &str, mode: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let script = "mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\" && chmod \"$2\" \"$1\"";
+        let mut child = Command::new("podman")
+            .args([
+                "exec", "-i", &self.name, "sh", "-c", script, "sh", path, mode,
+            ])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("the container's stdin")?
+            .write_all(content.as_bytes())?;
+        if !child.wait()?.success() {
+            bail!("cannot write {path} in the systemd container");
+        }
+        Ok(())
+    }
+
     /// Starts `drover-agent` inside, in the background, logging to /var/log/drover-agent.log there.
     pub fn start_agent(&self, args: &[&str]) -> anyhow::Result<()> {
         let line = format!(

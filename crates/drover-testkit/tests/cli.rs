@@ -85,6 +85,9 @@ fn nodes_tokens_and_exit_codes() {
             "missing capabilities.{field}"
         );
     }
+    // The agent's version, at the top for scripts (issue 26), as its capabilities say it.
+    assert_eq!(node["agent_version"], drover_types::VERSION, "{node}");
+    assert_eq!(node["capabilities"]["agent_version"], node["agent_version"]);
     for field in [
         "cpu_usage",
         "mem_usage",

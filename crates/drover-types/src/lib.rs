@@ -25,6 +25,7 @@ pub mod size;
 pub mod task;
 pub mod token;
 pub mod url;
+pub mod version;
 
 pub use labels::Labels;
 pub use liveness::{LivenessPolicy, NodeStatus};

@@ -309,6 +309,10 @@ pub struct Node {
     pub heartbeat_interval_ms: u64,
     /// Whether an agent stream is attached to this server right now (always false for HTTP nodes).
     pub connected: bool,
+    /// The agent's version (its `capabilities.agent_version`), at the top for scripts and the skew policy
+    /// (`drover_types::version`); null when the node does not say (HTTP nodes may not).
+    #[serde(default)]
+    pub agent_version: Option<String>,
     pub capabilities: Capabilities,
     /// The latest heartbeat's metrics.
     pub metrics: Option<Metrics>,

@@ -463,6 +463,7 @@ impl Nodes {
             last_seen: record.last_seen,
             heartbeat_interval_ms: record.heartbeat_interval_ms,
             connected,
+            agent_version: record.capabilities.agent_version.clone(),
             capabilities: record.capabilities,
             metrics: record.metrics,
         }

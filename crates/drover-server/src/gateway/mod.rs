@@ -17,6 +17,7 @@ use drover_proto::v1::{
 };
 use drover_types::action::ActionInfo;
 use drover_types::limits::{MAX_OPEN_TASKS, check_count};
+use drover_types::version::{self, Skew, Version};
 use drover_types::{Labels, PROTOCOL_VERSION, VERSION};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::Stream;
@@ -84,6 +85,36 @@ async fn first_hello(
     }
 }
 
+/// The skew policy (`drover_types::version`): an agent older than this server serves is refused, with
+/// what to do (a refusal, which agents of every version print); one newer works at this server's level. An
+/// agent that names no version it can be judged by is served.
+fn check_skew(
+    hello: &v1::Hello,
+    server: Version,
+    node_id: &str,
+    addr: Option<std::net::SocketAddr>,
+) -> Result<(), Status> {
+    let Some(agent) = hello
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.agent_version.parse::<Version>().ok())
+    else {
+        return Ok(());
+    };
+    match version::skew(server, agent) {
+        Skew::TooOld => {
+            let why = version::too_old(server, agent);
+            tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {why}");
+            Err(Status::permission_denied(why))
+        }
+        Skew::Newer => {
+            tracing::info!(node = %node_id, agent = %agent, server = %server, "the agent is newer than this server: it works at the server's level");
+            Ok(())
+        }
+        Skew::Same | Skew::Older => Ok(()),
+    }
+}
+
 /// The hello checked against the limits and translated, with the tasks the agent says it has open
 /// (`None` from agents that do not list them).
 fn agent_hello(
@@ -94,6 +125,7 @@ fn agent_hello(
     if hello.protocol_version != PROTOCOL_VERSION {
         tracing::info!(node = %node_id, version = hello.protocol_version, "agent speaks another protocol version");
     }
+    check_skew(&hello, Version::current(), node_id, addr)?;
     if let Err(e) = check_count("open_tasks", hello.open_tasks.len(), MAX_OPEN_TASKS) {
         tracing::warn!(node = %node_id, peer = ?addr, "refused a stream: {e}");
         return Err(status(e.into()));
@@ -405,5 +437,47 @@ impl Stream for Outbound {
         this.link
             .poll_recv(cx)
             .map(|m| m.map(|m| Ok(ServerMessage::from(*m))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(agent_version: Option<&str>) -> v1::Hello {
+        v1::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            heartbeat_interval_ms: 1000,
+            capabilities: Some(v1::Capabilities {
+                agent_version: agent_version.unwrap_or_default().to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn agents_older_than_served_are_refused_saying_how_to_upgrade_and_the_rest_are_served() {
+        let server: Version = "0.4.1".parse().unwrap();
+        let check = |agent: Option<&str>| check_skew(&hello(agent), server, "n1", None);
+        let refused = check(Some("0.1.7")).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(
+            refused
+                .message()
+                .starts_with("agent 0.1.7 is too old for server 0.4.1, which serves agents 0.2 and newer: upgrade"),
+            "{refused:?}"
+        );
+        for served in [
+            Some("0.4.0"),
+            Some("0.2.0"),
+            Some("0.5.0"),
+            None,
+            Some("custom"),
+        ] {
+            assert!(check(served).is_ok(), "{served:?}");
+        }
+        // The whole hello goes through the same check.
+        assert!(agent_hello(hello(Some(VERSION)), "n1", None).is_ok());
     }
 }
