@@ -11,4 +11,6 @@ cargo clippy --workspace --all-targets --locked --features drover-agent/test-plu
 # agent's test-only plugins and the server's tampering routes (tests/signing.rs) compiled in. Release
 # builds (`cargo build --release`) have neither.
 cargo build --workspace --locked --features drover-agent/test-plugins,drover-server/tamper
+# The previous release's binaries, for the version-skew tests (built once, kept in the target dir).
+scripts/previous-release.sh
 cargo test --workspace --locked

@@ -60,6 +60,35 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The previous release (the last line of RELEASES) and the dir holding its `drover` and `drover-agent`,
+/// as `scripts/previous-release.sh` builds them (`scripts/test.sh` runs it).
+pub fn previous_release() -> anyhow::Result<(String, PathBuf)> {
+    let releases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../RELEASES");
+    let text = std::fs::read_to_string(&releases)
+        .with_context(|| format!("cannot read {}", releases.display()))?;
+    let version = text
+        .lines()
+        .rfind(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .and_then(|l| l.split_whitespace().next())
+        .context("RELEASES names no release")?
+        .to_string();
+    let target = bin("drover")?
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate the target dir")?
+        .to_path_buf();
+    let dir = target.join("previous-release").join("debug");
+    let built =
+        std::fs::read_to_string(target.join("previous-release/built-from")).unwrap_or_default();
+    if !built.starts_with(&format!("{version} ")) || !dir.join("drover-agent").exists() {
+        bail!(
+            "the previous release {version} is not built in {}: run scripts/previous-release.sh (scripts/test.sh does)",
+            dir.display()
+        );
+    }
+    Ok((version, dir))
+}
+
 /// A port free right now on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -157,6 +186,8 @@ pub struct Server {
     pub api_port: u16,
     pub agent_port: u16,
     options: ServerOptions,
+    /// Another build of `drover` than this workspace's (the previous release's, for the skew tests).
+    binary: Option<PathBuf>,
     http: reqwest::blocking::Client,
 }
 
@@ -173,6 +204,11 @@ impl Server {
     }
 
     pub fn start_with(options: ServerOptions) -> anyhow::Result<Self> {
+        Self::start_from(None, options)
+    }
+
+    /// A server run from `binary` (`None`: this workspace's `drover`).
+    pub fn start_from(binary: Option<PathBuf>, options: ServerOptions) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("server.toml"), "")?;
         let mut server = Self {
@@ -181,6 +217,7 @@ impl Server {
             api_port: free_port(),
             agent_port: free_port(),
             options,
+            binary,
             // No pooling: a server may close a connection after refusing a request, and a reused
             // pooled connection would then fail the next, unrelated request. The harness's own client
             // does not verify an `--api-tls` server's certificate (its CA is made at the server's first
@@ -209,7 +246,11 @@ impl Server {
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
-        let mut cmd = scrubbed(&bin("drover")?);
+        let binary = match &self.binary {
+            Some(b) => b.clone(),
+            None => bin("drover")?,
+        };
+        let mut cmd = scrubbed(&binary);
         cmd.arg("--data-dir")
             .arg(self.data_dir())
             .arg("server")
@@ -625,6 +666,8 @@ pub struct Agent {
     dir: tempfile::TempDir,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Another build of `drover-agent` than this workspace's.
+    binary: Option<PathBuf>,
 }
 
 impl Agent {
@@ -658,6 +701,15 @@ impl Agent {
 
     /// Starts an agent with exactly these arguments and environment variables (nothing added).
     pub fn start_raw(args: Vec<String>, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_from(None, args, env)
+    }
+
+    /// [`Agent::start_raw`] run from `binary` (`None`: this workspace's `drover-agent`).
+    pub fn start_from(
+        binary: Option<PathBuf>,
+        args: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("agent.toml"), "")?;
         let mut agent = Self {
@@ -668,13 +720,18 @@ impl Agent {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            binary,
         };
         agent.launch(None)?;
         Ok(agent)
     }
 
     fn launch(&mut self, args: Option<&[&str]>) -> anyhow::Result<()> {
-        let mut cmd = scrubbed(&bin("drover-agent")?);
+        let binary = match &self.binary {
+            Some(b) => b.clone(),
+            None => bin("drover-agent")?,
+        };
+        let mut cmd = scrubbed(&binary);
         cmd.arg("--state-dir")
             .arg(self.state_dir())
             .arg("--config")
