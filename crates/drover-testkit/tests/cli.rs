@@ -54,13 +54,17 @@ fn nodes_tokens_and_exit_codes() {
         "CPU %",
         "MEM %",
         "DISK FREE",
+        "AGENT",
         "LAST SEEN",
         "LABELS",
     ] {
         assert!(table.contains(column), "missing {column}:\n{table}");
     }
     assert!(
-        table.contains("cli-node") && table.contains("Ready") && table.contains("role=edge"),
+        table.contains("cli-node")
+            && table.contains("Ready")
+            && table.contains("role=edge")
+            && table.contains(drover_types::VERSION),
         "{table}"
     );
 

@@ -237,6 +237,7 @@ fn print_list(nodes: &[Node]) {
         "CPU %",
         "MEM %",
         "DISK FREE",
+        "AGENT",
         "LAST SEEN",
         "LABELS",
     ]);
@@ -265,6 +266,7 @@ fn print_list(nodes: &[Node]) {
             pct(m.map(|m| m.cpu_usage)),
             pct(m.map(|m| m.mem_usage)),
             mb(disk),
+            or_dash(n.agent_version.as_deref()),
             ago(n.last_seen),
             match n.pending_labels.len() {
                 0 => labels(&n.labels),
