@@ -100,6 +100,14 @@ fn server_metrics_need_a_token_on_the_api_and_none_on_their_own_listener() {
         Some(2.0)
     );
     assert_eq!(get("drover_manifests", &[]), Some(0.0));
+    // Both agents run this build: counted under its version (issue 26).
+    assert_eq!(
+        get(
+            "drover_nodes_by_agent_version",
+            &[("version", drover_types::VERSION)]
+        ),
+        Some(2.0)
+    );
     assert_eq!(get("drover_runs_lost_total", &[]), Some(0.0));
     assert_eq!(
         get("drover_agent_messages_received_total", &[("type", "hello")]),

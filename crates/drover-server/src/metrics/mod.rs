@@ -208,6 +208,40 @@ fn label(key: &'static str, value: impl Into<String>) -> (&'static str, String) 
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// Distinct agent versions `/metrics` labels at most; the rest count as `other`.
+const AGENT_VERSIONS_LABELLED: usize = 16;
+
+/// The nodes' reported versions as bounded labels: a node's text is a label only when it reads as a
+/// version (as `MAJOR.MINOR.PATCH`), the most common first, at most `AGENT_VERSIONS_LABELLED` of them;
+/// no version is `unknown`, anything else `other`.
+fn agent_version_labels(reported: &[(String, u64)]) -> Vec<(String, u64)> {
+    use drover_types::version::Version;
+    let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+    let (mut unknown, mut other) = (0, 0);
+    for (text, n) in reported {
+        match text.parse::<Version>() {
+            Ok(v) => *by.entry(v.to_string()).or_default() += n,
+            Err(_) if text.is_empty() => unknown += n,
+            Err(_) => other += n,
+        }
+    }
+    let mut versions: Vec<(String, u64)> = by.into_iter().collect();
+    versions.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    other += versions
+        .iter()
+        .skip(AGENT_VERSIONS_LABELLED)
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    versions.truncate(AGENT_VERSIONS_LABELLED);
+    versions.extend(
+        [("unknown", unknown), ("other", other)]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(l, n)| (l.to_string(), n)),
+    );
+    versions
+}
+
 /// The fleet's state as gauges, built afresh at each scrape.
 fn fleet_registry(o: &Observation) -> Registry {
     let mut r = Registry::with_prefix("drover");
@@ -255,6 +289,16 @@ fn fleet_registry(o: &Observation) -> Registry {
         resources
             .get_or_create(&vec![label("state", state)])
             .set(*n as f64);
+    }
+    let versions = gauges(
+        &mut r,
+        "nodes_by_agent_version",
+        "Nodes by the agent version they report (unknown: none; other: not a version, or past the labels kept)",
+    );
+    for (version, n) in agent_version_labels(&o.counts.nodes_by_agent_version) {
+        versions
+            .get_or_create(&vec![label("version", version)])
+            .set(n as f64);
     }
     if let Some(per_node) = &o.per_node {
         per_node_gauges(&mut r, per_node);
@@ -333,5 +377,32 @@ fn per_node_gauges(r: &mut Registry, nodes: &[NodeGauges]) {
                 throttled.get_or_create(&labels).set(1.0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_versions_are_bounded_labels() {
+        let reported = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+            pairs.iter().map(|(t, n)| (t.to_string(), *n)).collect()
+        };
+        assert_eq!(
+            agent_version_labels(&reported(&[
+                ("0.2.0", 5),
+                ("", 2),
+                ("0.1.0", 7),
+                ("evil\"} 1\nx", 1),
+                ("0.2.0+build", 1),
+            ])),
+            reported(&[("0.1.0", 7), ("0.2.0", 6), ("unknown", 2), ("other", 1)])
+        );
+        // However many versions nodes report, at most AGENT_VERSIONS_LABELLED labels and `other`.
+        let many: Vec<(String, u64)> = (0..100).map(|i| (format!("0.{i}.0"), 1)).collect();
+        let labels = agent_version_labels(&many);
+        assert_eq!(labels.len(), AGENT_VERSIONS_LABELLED + 1);
+        assert_eq!(labels.last(), Some(&("other".to_string(), 84)));
     }
 }

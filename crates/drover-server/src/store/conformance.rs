@@ -226,6 +226,9 @@ async fn pg_an_unreadable_audit_entry_leaves_the_rest_listed(url: String) {
 }
 
 /// A plain gRPC node, never seen.
+/// The agent version a node of `blobs_audit_and_fleet_counts` reports.
+const AGENT_VERSION_SEEN: &str = "0.1.9";
+
 pub(super) fn node(id: &str, name: &str) -> NodeRecord {
     NodeRecord {
         id: id.into(),
@@ -1364,7 +1367,9 @@ async fn blobs_audit_and_fleet_counts(store: Arc<dyn Store>) {
         .is_empty()
     );
 
-    store.insert_node(&node("a", "alpha")).await.unwrap();
+    let mut alpha = node("a", "alpha");
+    alpha.capabilities.agent_version = Some(AGENT_VERSION_SEEN.into());
+    store.insert_node(&alpha).await.unwrap();
     store.insert_task(&task("t1", &["a", "b"])).await.unwrap();
     store.insert_task(&task("t2", &["a"])).await.unwrap();
     store
@@ -1394,6 +1399,11 @@ async fn blobs_audit_and_fleet_counts(store: Arc<dyn Store>) {
     counts.resources_by_state.sort();
     assert_eq!(counts.nodes.len(), 1);
     assert_eq!(counts.nodes[0].heartbeat_interval_ms, 10_000);
+    assert_eq!(
+        counts.nodes_by_agent_version,
+        [(AGENT_VERSION_SEEN.to_string(), 1)],
+        "the version the node's capabilities name"
+    );
     assert_eq!(
         counts.runs_by_state,
         [("Pending".to_string(), 2), ("Succeeded".to_string(), 1)]

@@ -190,6 +190,8 @@ pub struct FleetCounts {
     pub manifests: u64,
     /// (resource state, resources) over every node's latest convergence report.
     pub resources_by_state: Vec<(String, u64)>,
+    /// (agent version as the node reports it, empty when it does not; nodes).
+    pub nodes_by_agent_version: Vec<(String, u64)>,
 }
 
 /// What a node's status is derived from.

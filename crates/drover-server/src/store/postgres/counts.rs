@@ -33,11 +33,19 @@ pub(super) async fn counts(pool: &PgPool) -> Result<FleetCounts, StoreError> {
         .fetch_one(pool)
         .await?;
     let resources_by_state = grouped(pool, sql::counts::RESOURCES_BY_STATE.pg).await?;
+    // The capabilities are JSON text: matched rather than cast, so text that is not JSON counts as no
+    // version instead of failing the scrape.
+    let nodes_by_agent_version = grouped(
+        pool,
+        r#"SELECT substring(capabilities from '"agent_version":"([^"]*)"'), count(*) FROM nodes GROUP BY 1"#,
+    )
+    .await?;
     Ok(FleetCounts {
         nodes,
         runs_by_state,
         tasks_by_state,
         manifests: unsigned(manifests),
         resources_by_state,
+        nodes_by_agent_version,
     })
 }

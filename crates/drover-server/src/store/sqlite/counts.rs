@@ -44,11 +44,19 @@ pub(super) fn counts(c: &Connection) -> Result<FleetCounts, StoreError> {
         .prepare_cached(sql::counts::MANIFESTS.sqlite)?
         .query_row([], |r| r.get(0))?;
     let resources_by_state = grouped(c, sql::counts::RESOURCES_BY_STATE.sqlite)?;
+    // The capabilities are JSON text the server wrote; one it cannot read counts as no version rather
+    // than fail the scrape.
+    let nodes_by_agent_version = grouped(
+        c,
+        "SELECT CASE WHEN json_valid(capabilities) THEN json_extract(capabilities, '$.agent_version') END,
+                count(*) FROM nodes GROUP BY 1",
+    )?;
     Ok(FleetCounts {
         nodes,
         runs_by_state,
         tasks_by_state,
         manifests: manifests.max(0) as u64,
         resources_by_state,
+        nodes_by_agent_version,
     })
 }
