@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Footprint benchmark (not a test): the release drover-agent's stripped size, idle RSS and CPU time while it
 # heartbeats every 10 s to a real server. Usage: scripts/bench-footprint.sh [SECONDS]   (default 60)
+# AGENT_BIN=path (a static or cross-arch build, say) measures that agent instead of building one; DROVER_BIN
+# likewise for the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
 target="${CARGO_TARGET_DIR:-target}"
 
 # Build the agent alone: a workspace build would unify the server's features into it.
-cargo build --release --locked -p drover-agent >&2
-cargo build --release --locked -p drover >&2
-agent_bin="$target/release/drover-agent"
-drover_bin="$target/release/drover"
+[[ -n "${AGENT_BIN:-}" ]] || cargo build --release --locked -p drover-agent >&2
+[[ -n "${DROVER_BIN:-}" ]] || cargo build --release --locked -p drover >&2
+agent_bin="${AGENT_BIN:-$target/release/drover-agent}"
+drover_bin="${DROVER_BIN:-$target/release/drover}"
 
 work=$(mktemp -d)
 pids=()
