@@ -947,6 +947,13 @@ impl Desired {
 fn check_report(report: &NodeConvergence) -> Result<(), LimitError> {
     check_count("resources", report.resources.len(), MAX_REPORT_RESOURCES)?;
     check_count("conditions", report.conditions.len(), MAX_REPORT_CONDITIONS)?;
+    // One entry a manifest at most, and a node holds no more manifests than resources.
+    check_count("health", report.health.len(), MAX_REPORT_RESOURCES)?;
+    check_count(
+        "self_reverted",
+        report.self_reverted.len(),
+        MAX_REPORT_RESOURCES,
+    )?;
     report
         .resources
         .iter()
@@ -1070,6 +1077,25 @@ impl crate::reach::StateObserver for Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_with_more_entries_than_a_node_has_is_refused_naming_the_field() {
+        let revert = drover_types::manifest::SelfRevert {
+            manifest: "web".into(),
+            revision: 2,
+            previous_revision: 1,
+            reason: "x".into(),
+            at: Utc::now(),
+        };
+        let mut report = NodeConvergence {
+            self_reverted: vec![revert; MAX_REPORT_RESOURCES],
+            ..Default::default()
+        };
+        assert!(check_report(&report).is_ok());
+        report.self_reverted.push(report.self_reverted[0].clone());
+        let refused = check_report(&report).unwrap_err().to_string();
+        assert!(refused.contains("self_reverted"), "{refused}");
+    }
 
     #[tokio::test]
     async fn a_status_follower_gets_each_changed_node_once_and_never_falls_behind() {
