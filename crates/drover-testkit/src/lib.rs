@@ -407,12 +407,24 @@ impl Server {
     /// A real agent named `name`, enrolled here with a join token carrying `token_request` (labels) and
     /// started with `args` besides its token; returned once this server sees it connected.
     pub fn attached_agent(&self, name: &str, token_request: Value, args: &[&str]) -> Agent {
+        self.attached_agent_with_env(name, token_request, args, &[])
+    }
+
+    /// [`Server::attached_agent`] with environment variables for the agent.
+    pub fn attached_agent_with_env(
+        &self,
+        name: &str,
+        token_request: Value,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         let token = self
             .join_token(token_request)
             .unwrap_or_else(|e| panic!("{e:#}"));
         let mut all = vec!["--token", token.as_str()];
         all.extend_from_slice(args);
-        let agent = Agent::start(&self.agent_url(), name, &all).unwrap_or_else(|e| panic!("{e:#}"));
+        let agent = Agent::start_with_env(&self.agent_url(), name, &all, env)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         self.wait_node(name, "attached", |n| n["connected"] == true)
             .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", tail(&agent.log(), 30)));
         agent

@@ -985,17 +985,12 @@ fn a_task_and_a_manifest_on_several_agents_are_read_a_page_at_a_time() {
 /// An agent labelled `role=web`, `tier=TIER`, whose shell jobs write under `dir` (`$NODE_DIR`); a "bad"
 /// revision fails on it when `fail` (`$NODE_FAIL=1`).
 fn web_node(server: &Server, name: &str, tier: &str, dir: &Path, fail: bool) -> Agent {
-    let token = server
-        .join_token(json!({"labels": {"role": "web", "tier": tier}}))
-        .unwrap();
     let dir = dir.display().to_string();
     let env = [
         ("NODE_DIR", dir.as_str()),
         ("NODE_FAIL", if fail { "1" } else { "0" }),
     ];
     let args = [
-        "--token",
-        token.as_str(),
         "--heartbeat-interval",
         "300ms",
         "--resync-interval",
@@ -1004,11 +999,12 @@ fn web_node(server: &Server, name: &str, tier: &str, dir: &Path, fail: bool) -> 
         "shell_job",
         "--allow-shell",
     ];
-    let agent = Agent::start_with_env(&server.agent_url(), name, &args, &env).unwrap();
-    server
-        .wait_node(name, "connected", |n| n["connected"] == true)
-        .unwrap();
-    agent
+    server.attached_agent_with_env(
+        name,
+        json!({"labels": {"role": "web", "tier": tier}}),
+        &args,
+        &env,
+    )
 }
 
 /// Revision `version` of the manifest `web`, rolled out canary first and baking `bake`; a `bad` one fails

@@ -11,9 +11,6 @@ use drover_testkit::{Agent, BUSYBOX, Podman, Server, TIMEOUT, tail, wait_for};
 use serde_json::{Value, json};
 
 fn node(server: &Server, name: &str, tier: &str, dir: &Path, podman: Option<&Podman>) -> Agent {
-    let token = server
-        .join_token(json!({"labels": {"role": "web", "tier": tier}}))
-        .unwrap();
     let dir = dir.display().to_string();
     let docker_host = podman.map(Podman::docker_host).unwrap_or_default();
     let mut env = vec![("NODE_DIR", dir.as_str())];
@@ -21,8 +18,6 @@ fn node(server: &Server, name: &str, tier: &str, dir: &Path, podman: Option<&Pod
         env.push(("DOCKER_HOST", docker_host.as_str()));
     }
     let args = [
-        "--token",
-        token.as_str(),
         "--heartbeat-interval",
         "300ms",
         "--resync-interval",
@@ -31,11 +26,12 @@ fn node(server: &Server, name: &str, tier: &str, dir: &Path, podman: Option<&Pod
         "shell_job,container",
         "--allow-shell",
     ];
-    let agent = Agent::start_with_env(&server.agent_url(), name, &args, &env).unwrap();
-    server
-        .wait_node(name, "connected", |n| n["connected"] == true)
-        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
-    agent
+    server.attached_agent_with_env(
+        name,
+        json!({"labels": {"role": "web", "tier": tier}}),
+        &args,
+        &env,
+    )
 }
 
 fn manifest(container: Option<Value>) -> Value {

@@ -15,31 +15,29 @@ use serde_json::{Value, json};
 
 /// An agent named `name`, labelled `role=web` and `tier=TIER`, whose shell jobs write under `dir`.
 fn node(server: &Server, name: &str, tier: &str, dir: &Path, fail: bool) -> Agent {
-    let token = server
-        .join_token(json!({"labels": {"role": "web", "tier": tier}}))
-        .unwrap();
     let dir = dir.display().to_string();
     let env = [
         ("NODE_DIR", dir.as_str()),
         ("NODE_FAIL", if fail { "1" } else { "0" }),
     ];
-    let args = [
-        "--token",
-        token.as_str(),
-        "--heartbeat-interval",
-        "300ms",
-        "--resync-interval",
-        "500ms",
-        "--allow-kind",
-        "shell_job",
-        "--allow-shell",
-    ];
-    let agent = Agent::start_with_env(&server.agent_url(), name, &args, &env).unwrap();
-    server
-        .wait_node(name, "connected", |n| n["connected"] == true)
-        .unwrap_or_else(|e| panic!("{e}\n{}", tail(&agent.log(), 30)));
-    agent
+    server.attached_agent_with_env(
+        name,
+        json!({"labels": {"role": "web", "tier": tier}}),
+        &SHELL_AGENT,
+        &env,
+    )
 }
+
+/// The flags of the agents that run the tests' shell jobs.
+const SHELL_AGENT: [&str; 7] = [
+    "--heartbeat-interval",
+    "300ms",
+    "--resync-interval",
+    "500ms",
+    "--allow-kind",
+    "shell_job",
+    "--allow-shell",
+];
 
 /// Revision `version` of the manifest `web`: one shell job writing `version` into `$NODE_DIR/version`.
 /// A `bad` revision fails on nodes with `NODE_FAIL=1` (after writing), printing `fails_with`.
